@@ -1,0 +1,129 @@
+//! Creating channels with fresh credentials, printed once and stored hashed.
+
+use serde::Serialize;
+use sori_domain::channel::{self, DEFAULT_TIME_ZONE};
+use sori_domain::Invalid;
+use sori_store::{Channel, Manager, NewChannel};
+
+use crate::secrets::{hash_password, keyed_hash, new_id, now_ms, random_hex};
+use crate::{App, AppResult};
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct ChannelSpec {
+    /// Business name.
+    pub name: String,
+    /// Owner login e-mail.
+    pub owner_email: String,
+    /// Owner password; generated when absent.
+    pub owner_password: Option<String>,
+    /// IANA time zone; `Asia/Seoul` when absent.
+    pub time_zone: Option<String>,
+}
+
+/// The owner login, shown once.
+#[derive(Debug, Clone, Serialize)]
+pub struct OwnerLogin {
+    /// Login e-mail.
+    pub email: String,
+    /// Password in clear text (only ever shown at creation).
+    pub password: String,
+}
+
+/// Credentials of a new channel; the secrets exist in clear only in this value.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelCredentials {
+    /// Channel id as a string, as every id in the API.
+    pub channel_id: String,
+    /// Public SDK key.
+    pub plugin_key: String,
+    /// Open API key.
+    pub access_key: String,
+    /// Open API secret.
+    pub access_secret: String,
+    /// Segment-compatible write key.
+    pub write_key: String,
+    /// Hex key for member hashes.
+    pub member_hash_secret: String,
+    /// Owner account.
+    pub owner: OwnerLogin,
+}
+
+/// Checks a manager e-mail and lowercases it.
+pub fn check_email(field: &str, email: &str) -> Result<String, Invalid> {
+    let e = email.trim().to_lowercase();
+    match e.split_once('@') {
+        Some((l, d)) if !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace) => Ok(e),
+        _ => Err(Invalid::one(field, format!("`{email}` is not an e-mail address"))),
+    }
+}
+
+/// Checks a new password: at least 8 characters.
+pub fn check_password(field: &str, pw: &str) -> Result<(), Invalid> {
+    if pw.chars().count() < 8 || pw.len() > 1024 {
+        return Err(Invalid::one(field, "must be 8 to 1024 characters"));
+    }
+    Ok(())
+}
+
+impl App {
+    /// Creates a channel with an owner, built-in roles and pre-registered profile fields.
+    pub async fn create_channel(&self, spec: ChannelSpec) -> AppResult<ChannelCredentials> {
+        let name = channel::check_name("name", &spec.name)?;
+        let email = check_email("owner.email", &spec.owner_email)?;
+        let tz = spec.time_zone.unwrap_or_else(|| DEFAULT_TIME_ZONE.to_owned());
+        channel::time_zone("timeZone", &tz)?;
+        let password = match spec.owner_password {
+            Some(p) => {
+                check_password("owner.password", &p)?;
+                p
+            }
+            None => random_hex(12),
+        };
+        let plugin_key = random_hex(16);
+        let access_key = random_hex(12);
+        let access_secret = random_hex(32);
+        let write_key = random_hex(24);
+        let member_hash_secret = random_hex(32);
+        let now = now_ms();
+        let pw = password.clone();
+        let password_hash = tokio::task::spawn_blocking(move || hash_password(&pw))
+            .await
+            .map_err(|_| crate::AppError::Unavailable)?;
+        let new = NewChannel {
+            channel: Channel {
+                id: 0,
+                name,
+                time_zone: tz,
+                default_language: "ko".into(),
+                plugin_key: plugin_key.clone(),
+                access_key: access_key.clone(),
+                access_secret_hash: keyed_hash(&self.pepper, &access_secret),
+                write_key_hash: keyed_hash(&self.pepper, &write_key),
+                member_hash_secret: member_hash_secret.clone(),
+                member_hash_required: false,
+                created_at: now,
+            },
+            owner: Manager {
+                channel_id: 0,
+                id: new_id(),
+                email: email.clone(),
+                name: "Owner".into(),
+                role_id: "owner".into(),
+                password_hash,
+                created_at: now,
+            },
+        };
+        let (channel, _) = self.store.create_channel(new).await?;
+        Ok(ChannelCredentials {
+            channel_id: channel.id.to_string(),
+            plugin_key,
+            access_key,
+            access_secret,
+            write_key,
+            member_hash_secret,
+            owner: OwnerLogin { email, password },
+        })
+    }
+}

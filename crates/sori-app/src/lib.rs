@@ -1,0 +1,86 @@
+//! Application services between the HTTP layer and the store: credentials, channel
+//! creation, manager sessions and the group-committing user writer. No HTTP types here.
+
+pub mod auth;
+pub mod channels;
+pub mod secrets;
+pub mod users;
+
+use std::sync::Arc;
+
+use sori_domain::Invalid;
+use sori_store::{Store, StoreError};
+
+pub use auth::{ChannelCache, ManagerContext};
+pub use channels::{ChannelCredentials, ChannelSpec};
+pub use users::UserWriter;
+
+/// What can go wrong in a service call; the HTTP layer maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Input broke a rule (4xx with the field list).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Absent, or belongs to another channel.
+    #[error("{0}")]
+    NotFound(String),
+    /// Clashes with existing data.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed; the cause is logged, not shown.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The writer is shutting down.
+    #[error("service is shutting down")]
+    Unavailable,
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => AppError::Conflict(m),
+            other => AppError::Store(other),
+        }
+    }
+}
+
+/// Shorthand for service results.
+pub type AppResult<T> = Result<T, AppError>;
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    /// The store behind every service.
+    pub store: Arc<dyn Store>,
+    /// Key used to hash API secrets, session tokens and write keys.
+    pub pepper: Arc<[u8]>,
+    /// Channel lookups by access key, cached.
+    pub channels: ChannelCache,
+    /// The group-committing user writer.
+    pub users: UserWriter,
+}
+
+impl App {
+    /// Wires the services over `store`, loading (or creating) the install's hashing key.
+    pub async fn new(store: Arc<dyn Store>, writer_shards: usize) -> AppResult<Self> {
+        let fresh = secrets::random_hex(32);
+        let pepper = store.meta_get_or_insert("secret_hash_key", &fresh).await?;
+        let pepper: Arc<[u8]> = hex_or_bytes(&pepper).into();
+        Ok(Self {
+            channels: ChannelCache::new(store.clone(), pepper.clone()),
+            users: UserWriter::spawn(store.clone(), writer_shards),
+            store,
+            pepper,
+        })
+    }
+}
+
+fn hex_or_bytes(s: &str) -> Vec<u8> {
+    hex::decode(s).unwrap_or_else(|_| s.as_bytes().to_vec())
+}

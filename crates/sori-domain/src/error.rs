@@ -1,0 +1,60 @@
+//! Validation errors that name the offending field and the rule it broke.
+
+use serde::Serialize;
+
+/// One problem with one field; `field` is a JSON path such as `profile.email` or `tags[3]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Path of the offending input, as the client sent it.
+    pub field: String,
+    /// Human-readable rule that was broken.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds an error for `field`; a shorthand used throughout validation.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// A rejected input: every problem found, so a client can fix them all in one round trip.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", summary(.0))]
+pub struct Invalid(pub Vec<FieldError>);
+
+fn summary(errors: &[FieldError]) -> String {
+    match errors {
+        [] => "invalid input".to_owned(),
+        [one] => format!("{}: {}", one.field, one.message),
+        [first, rest @ ..] => format!("{}: {} (and {} more)", first.field, first.message, rest.len()),
+    }
+}
+
+impl Invalid {
+    /// A rejection with a single problem.
+    pub fn one(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(vec![FieldError::new(field, message)])
+    }
+}
+
+/// Collects errors while validating and turns them into a result at the end.
+#[derive(Debug, Default)]
+pub struct Errors(Vec<FieldError>);
+
+impl Errors {
+    /// Records a problem.
+    pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    /// True while nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(())` when nothing was recorded, else every recorded problem.
+    pub fn check(self) -> Result<(), Invalid> {
+        if self.0.is_empty() { Ok(()) } else { Err(Invalid(self.0)) }
+    }
+}

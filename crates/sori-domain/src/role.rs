@@ -1,0 +1,121 @@
+//! Manager roles and permissions (SPEC §2): `owner` and `basic` are built in; a channel may
+//! add up to 20 custom roles.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Invalid;
+
+/// Custom roles a channel may define besides `owner` and `basic`.
+pub const MAX_CUSTOM_ROLES: usize = 20;
+
+/// One thing a manager may be allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Permission {
+    /// Channel settings, profile-field settings, sensitive flags, keys.
+    #[serde(rename = "generalSettings")]
+    GeneralSettings,
+    /// See contacts (sensitive values masked).
+    #[serde(rename = "contacts.read")]
+    ContactsRead,
+    /// Change tags, consent and profile values.
+    #[serde(rename = "contacts.edit")]
+    ContactsEdit,
+    /// Reveal masked values (each reveal is audited).
+    #[serde(rename = "contacts.reveal")]
+    ContactsReveal,
+    /// Export contacts as CSV.
+    #[serde(rename = "contacts.export")]
+    ContactsExport,
+    /// Compose and send marketing messages.
+    #[serde(rename = "marketing")]
+    Marketing,
+    /// Build and publish workflows.
+    #[serde(rename = "workflows")]
+    Workflows,
+    /// Invite managers, assign roles, define roles.
+    #[serde(rename = "teamManagement")]
+    TeamManagement,
+}
+
+impl Permission {
+    /// Every permission.
+    pub const ALL: [Permission; 8] = [
+        Permission::GeneralSettings,
+        Permission::ContactsRead,
+        Permission::ContactsEdit,
+        Permission::ContactsReveal,
+        Permission::ContactsExport,
+        Permission::Marketing,
+        Permission::Workflows,
+        Permission::TeamManagement,
+    ];
+}
+
+/// Which chats a role sees in the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InboxScope {
+    /// Every chat of the channel.
+    All,
+    /// Only chats assigned to or followed by the manager.
+    Assigned,
+}
+
+/// A role: a named set of permissions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Role {
+    /// Stable id; `owner` and `basic` for the built-in roles.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Granted permissions.
+    pub permissions: BTreeSet<Permission>,
+    /// Inbox visibility.
+    pub inbox_scope: InboxScope,
+    /// Built-in roles cannot be edited or deleted.
+    pub builtin: bool,
+}
+
+impl Role {
+    /// The owner role: everything.
+    pub fn owner() -> Self {
+        Self {
+            id: "owner".into(),
+            name: "Owner".into(),
+            permissions: Permission::ALL.into_iter().collect(),
+            inbox_scope: InboxScope::All,
+            builtin: true,
+        }
+    }
+
+    /// The basic role: day-to-day work on contacts, inbox and marketing, no settings, no
+    /// reveal or export of personal data.
+    pub fn basic() -> Self {
+        Self {
+            id: "basic".into(),
+            name: "Basic".into(),
+            permissions: [Permission::ContactsRead, Permission::ContactsEdit, Permission::Marketing]
+                .into_iter()
+                .collect(),
+            inbox_scope: InboxScope::All,
+            builtin: true,
+        }
+    }
+
+    /// Whether the role grants `p`.
+    pub fn allows(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+
+    /// Checks a custom role's name (1–50 characters, not a built-in id).
+    pub fn check_name(name: &str) -> Result<String, Invalid> {
+        let n = name.trim();
+        if n.is_empty() || n.chars().count() > 50 {
+            return Err(Invalid::one("name", "must be 1 to 50 characters"));
+        }
+        Ok(n.to_owned())
+    }
+}

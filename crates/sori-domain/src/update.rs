@@ -1,0 +1,383 @@
+//! Update semantics of a user, the same on every path (Open API, SDK, Segment, import):
+//! `profile` sets keys, `null` clears one key, `profile: null` clears all, `profileOnce`
+//! sets only empty keys, tags are normalized and limited. An update either applies whole or
+//! is rejected with every problem listed; nothing is half-applied.
+
+use std::collections::BTreeMap;
+
+use jiff::tz::TimeZone;
+use serde_json::{Map, Value};
+
+use crate::error::{Errors, Invalid};
+use crate::field::{ProfileField, ProfileKey, Registry, SET_ONCE_KEYS};
+use crate::limits::{
+    MAX_MEMBER_ID_CHARS, MAX_PROFILE_BYTES, MAX_PROFILE_KEYS, MAX_TAG_CHARS, MAX_TAGS_PER_USER,
+};
+use crate::user::User;
+use crate::value::{self, kind};
+
+/// What an update does to `profile`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ProfilePatch {
+    /// `profile` absent: leave it.
+    #[default]
+    Keep,
+    /// `profile: null`: clear every key.
+    ClearAll,
+    /// `profile: {...}`: set (or with `null`, clear) the given keys.
+    Set(Map<String, Value>),
+}
+
+/// What an update does to tags.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TagOp {
+    /// Replace all tags (Open API `tags`).
+    Set(Vec<String>),
+    /// Add tags (SDK `addTags`).
+    Add(Vec<String>),
+    /// Remove tags (SDK `removeTags`).
+    Remove(Vec<String>),
+}
+
+/// A parsed update request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserUpdate {
+    /// Profile change.
+    pub profile: ProfilePatch,
+    /// Keys to set only where empty.
+    pub profile_once: Option<Map<String, Value>>,
+    /// Tag change.
+    pub tags: Option<TagOp>,
+    /// Marketing e-mail consent.
+    pub unsubscribe_email: Option<bool>,
+    /// Marketing SMS consent.
+    pub unsubscribe_texting: Option<bool>,
+    /// Block from chatting.
+    pub blocked: Option<bool>,
+    /// Language, applied only to a new user.
+    pub language: Option<String>,
+}
+
+/// Fields a JSON update body may carry, so each path can say what it accepts.
+pub const UPDATE_FIELDS: &[&str] =
+    &["profile", "profileOnce", "tags", "unsubscribeEmail", "unsubscribeTexting", "blocked"];
+
+impl UserUpdate {
+    /// Parses a JSON body, accepting only `allowed` top-level fields; every wrong type is
+    /// reported with its field name.
+    pub fn from_json(body: &Value, allowed: &[&str]) -> Result<Self, Invalid> {
+        let mut errs = Errors::default();
+        let Value::Object(obj) = body else {
+            return Err(Invalid::one("body", format!("must be a JSON object, got {}", kind(body))));
+        };
+        let mut upd = UserUpdate::default();
+        for (k, v) in obj {
+            if !allowed.contains(&k.as_str()) {
+                errs.push(k, format!("unknown field; expected one of {}", allowed.join(", ")));
+                continue;
+            }
+            match (k.as_str(), v) {
+                ("profile", Value::Null) => upd.profile = ProfilePatch::ClearAll,
+                ("profile", Value::Object(m)) => upd.profile = ProfilePatch::Set(m.clone()),
+                ("profileOnce", Value::Object(m)) => upd.profile_once = Some(m.clone()),
+                ("tags", Value::Array(items)) => match strings(items, "tags", &mut errs) {
+                    Some(tags) => upd.tags = Some(TagOp::Set(tags)),
+                    None => continue,
+                },
+                ("unsubscribeEmail", Value::Bool(b)) => upd.unsubscribe_email = Some(*b),
+                ("unsubscribeTexting", Value::Bool(b)) => upd.unsubscribe_texting = Some(*b),
+                ("blocked", Value::Bool(b)) => upd.blocked = Some(*b),
+                ("language", Value::String(s)) => upd.language = Some(s.clone()),
+                ("profile" | "profileOnce", _) => {
+                    errs.push(k, format!("must be an object or null, got {}", kind(v)))
+                }
+                ("tags", _) => errs.push(k, format!("must be a list of strings, got {}", kind(v))),
+                ("language", _) => errs.push(k, format!("must be a string, got {}", kind(v))),
+                _ => errs.push(k, format!("must be a boolean, got {}", kind(v))),
+            }
+        }
+        errs.check()?;
+        Ok(upd)
+    }
+}
+
+fn strings(items: &[Value], field: &str, errs: &mut Errors) -> Option<Vec<String>> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(s) => out.push(s.to_owned()),
+            None => {
+                ok = false;
+                errs.push(format!("{field}[{i}]"), format!("must be a string, got {}", kind(item)));
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// Checks a `memberId`: 1–256 characters, no surrounding whitespace.
+pub fn check_member_id(s: &str) -> Result<(), Invalid> {
+    if s.is_empty() {
+        return Err(Invalid::one("memberId", "must not be empty"));
+    }
+    if s.trim() != s {
+        return Err(Invalid::one("memberId", "must not start or end with whitespace"));
+    }
+    if s.chars().count() > MAX_MEMBER_ID_CHARS {
+        return Err(Invalid::one(
+            "memberId",
+            format!("must be at most {MAX_MEMBER_ID_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Inputs of an update that do not come from the request.
+#[derive(Debug, Clone)]
+pub struct ApplyContext {
+    /// Current time (ms).
+    pub now: i64,
+    /// Channel time zone, to turn timestamps into calendar days.
+    pub tz: TimeZone,
+    /// Tags one call may carry (10 on the SDK, 20 on the Open API).
+    pub tag_limit_per_call: usize,
+    /// False on SDK boots: a boot can unsubscribe but never subscribe again.
+    pub may_resubscribe: bool,
+}
+
+/// The result of a successful update.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The user after the update.
+    pub user: User,
+    /// Whether anything changed (when false, nothing needs writing).
+    pub changed: bool,
+    /// Profile fields registered by this update, inferred from the values.
+    pub new_fields: Vec<ProfileField>,
+}
+
+/// Applies `upd` to `base` (a stored user, or a fresh one when `created`).
+pub fn apply_update(
+    base: &User,
+    created: bool,
+    registry: &Registry,
+    upd: &UserUpdate,
+    ctx: &ApplyContext,
+) -> Result<Applied, Invalid> {
+    let mut errs = Errors::default();
+    let mut user = base.clone();
+    let mut new_fields: BTreeMap<String, ProfileField> = BTreeMap::new();
+
+    match &upd.profile {
+        ProfilePatch::Keep => {}
+        ProfilePatch::ClearAll => user.profile.clear(),
+        ProfilePatch::Set(m) if m.is_empty() => errs.push(
+            "profile",
+            "must not be an empty object; send null to clear every field or omit it",
+        ),
+        ProfilePatch::Set(m) => {
+            for (k, v) in m {
+                let path = format!("profile.{k}");
+                if v.is_null() {
+                    match ProfileKey::parse(k) {
+                        Ok(_) => {
+                            user.profile.remove(k);
+                        }
+                        Err(e) => errs.push(path, e),
+                    }
+                    continue;
+                }
+                let Some(stored) =
+                    checked_value(k, v, &path, registry, &mut new_fields, ctx, &mut errs)
+                else {
+                    continue;
+                };
+                if SET_ONCE_KEYS.contains(&k.as_str()) && has_value(&user, k) {
+                    continue;
+                }
+                user.profile.insert(k.clone(), stored);
+            }
+        }
+    }
+
+    if let Some(m) = &upd.profile_once {
+        if m.is_empty() {
+            errs.push("profileOnce", "must not be an empty object");
+        }
+        for (k, v) in m {
+            let path = format!("profileOnce.{k}");
+            if v.is_null() {
+                errs.push(path, "must not be null; profileOnce only sets values");
+                continue;
+            }
+            if let Some(stored) =
+                checked_value(k, v, &path, registry, &mut new_fields, ctx, &mut errs)
+                && !has_value(&user, k)
+            {
+                user.profile.insert(k.clone(), stored);
+            }
+        }
+    }
+
+    if user.profile.len() > MAX_PROFILE_KEYS {
+        errs.push(
+            "profile",
+            format!("has {} keys; at most {MAX_PROFILE_KEYS} are allowed", user.profile.len()),
+        );
+    }
+    let size = serde_json::to_vec(&user.profile).map_or(usize::MAX, |v| v.len());
+    if size > MAX_PROFILE_BYTES {
+        errs.push(
+            "profile",
+            format!("is {size} bytes; the whole profile may be at most {MAX_PROFILE_BYTES} bytes"),
+        );
+    }
+
+    if let Some(op) = &upd.tags {
+        apply_tags(&mut user.tags, op, ctx.tag_limit_per_call, &mut errs);
+    }
+
+    if let Some(b) = upd.unsubscribe_email {
+        user.unsubscribe_email = consent(base.unsubscribe_email, b, ctx.may_resubscribe);
+    }
+    if let Some(b) = upd.unsubscribe_texting {
+        user.unsubscribe_texting = consent(base.unsubscribe_texting, b, ctx.may_resubscribe);
+    }
+    if let Some(b) = upd.blocked {
+        user.blocked = b;
+    }
+    if let Some(lang) = &upd.language
+        && created
+    {
+        match check_language(lang) {
+            Ok(l) => user.language = Some(l),
+            Err(e) => errs.push("language", e),
+        }
+    }
+
+    errs.check()?;
+    let changed = created || !user.same_content(base);
+    if changed && !created {
+        user.updated_at = ctx.now;
+    }
+    Ok(Applied { user, changed, new_fields: new_fields.into_values().collect() })
+}
+
+fn has_value(user: &User, key: &str) -> bool {
+    user.profile.get(key).is_some_and(|v| !v.is_null())
+}
+
+fn consent(old: bool, requested: bool, may_resubscribe: bool) -> bool {
+    if old && !requested && !may_resubscribe { old } else { requested }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn checked_value(
+    key: &str,
+    v: &Value,
+    path: &str,
+    registry: &Registry,
+    new_fields: &mut BTreeMap<String, ProfileField>,
+    ctx: &ApplyContext,
+    errs: &mut Errors,
+) -> Option<Value> {
+    let ty = if let Some(f) = registry.get(key).or_else(|| new_fields.get(key)) {
+        f.field_type
+    } else {
+        let parsed = match ProfileKey::parse(key) {
+            Ok(k) => k,
+            Err(e) => {
+                errs.push(path, e);
+                return None;
+            }
+        };
+        let ty = match value::infer_type(v) {
+            Ok(t) => t,
+            Err(e) => {
+                errs.push(path, format!("cannot register a new field: {e}"));
+                return None;
+            }
+        };
+        new_fields.insert(
+            key.to_owned(),
+            ProfileField {
+                key: parsed,
+                name: key.to_owned(),
+                field_type: ty,
+                sensitive: false,
+                builtin: false,
+                created_at: ctx.now,
+            },
+        );
+        ty
+    };
+    match value::check(key, ty, v, &ctx.tz) {
+        Ok(stored) => Some(stored),
+        Err(e) => {
+            errs.push(path, e);
+            None
+        }
+    }
+}
+
+/// Normalizes one tag: trimmed, lowercase, 1–50 characters.
+pub fn normalize_tag(raw: &str) -> Result<String, String> {
+    let t = raw.trim().to_lowercase();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if t.chars().count() > MAX_TAG_CHARS {
+        return Err(format!("must be at most {MAX_TAG_CHARS} characters"));
+    }
+    Ok(t)
+}
+
+fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Errors) {
+    let given = match op {
+        TagOp::Set(t) | TagOp::Add(t) | TagOp::Remove(t) => t,
+    };
+    if given.is_empty() {
+        errs.push("tags", "must not be an empty list");
+        return;
+    }
+    if given.len() > per_call {
+        errs.push("tags", format!("at most {per_call} tags per call (got {})", given.len()));
+        return;
+    }
+    let mut normalized: Vec<String> = Vec::with_capacity(given.len());
+    for (i, raw) in given.iter().enumerate() {
+        match normalize_tag(raw) {
+            Ok(t) if !normalized.contains(&t) => normalized.push(t),
+            Ok(_) => {}
+            Err(e) => errs.push(format!("tags[{i}]"), e),
+        }
+    }
+    match op {
+        TagOp::Set(_) => *tags = normalized,
+        TagOp::Add(_) => {
+            for t in normalized {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+        }
+        TagOp::Remove(_) => tags.retain(|t| !normalized.contains(t)),
+    }
+    if tags.len() > MAX_TAGS_PER_USER {
+        errs.push(
+            "tags",
+            format!("a user may have at most {MAX_TAGS_PER_USER} tags (would have {})", tags.len()),
+        );
+    }
+}
+
+fn check_language(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 35
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(s.to_owned()) } else { Err(format!("`{s}` is not a language tag such as ko or en-US")) }
+}
+
+#[cfg(test)]
+mod tests;

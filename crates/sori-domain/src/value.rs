@@ -1,0 +1,220 @@
+//! Checking and normalizing one profile value against its field type.
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use serde_json::Value;
+
+use crate::field::FieldType;
+use crate::limits::{MAX_LIST_ITEMS, MAX_STRING_CHARS};
+use crate::phone;
+
+/// Infers the type of a value sent for an unregistered key. Dates and datetimes cannot be
+/// told from strings and numbers, so such fields must be registered first.
+pub fn infer_type(v: &Value) -> Result<FieldType, String> {
+    match v {
+        Value::Bool(_) => Ok(FieldType::Boolean),
+        Value::Number(_) => Ok(FieldType::Number),
+        Value::String(_) => Ok(FieldType::String),
+        Value::Array(items) if items.iter().all(Value::is_number) && !items.is_empty() => {
+            Ok(FieldType::ListOfNumber)
+        }
+        Value::Array(items) if items.iter().all(Value::is_string) => Ok(FieldType::List),
+        Value::Array(_) => Err("a list must hold only strings or only numbers".into()),
+        Value::Object(_) => Err("objects are not a profile value type".into()),
+        Value::Null => Err("null cannot register a field".into()),
+    }
+}
+
+/// Checks `v` against `ty` and returns the stored form: E.164 for `mobileNumber`,
+/// `YYYY-MM-DD` for dates, epoch milliseconds for datetimes.
+pub fn check(key: &str, ty: FieldType, v: &Value, tz: &TimeZone) -> Result<Value, String> {
+    let normalized = match (ty, v) {
+        (FieldType::Boolean, Value::Bool(_)) => v.clone(),
+        (FieldType::Number, Value::Number(n)) => {
+            if n.as_f64().is_none_or(|f| !f.is_finite()) {
+                return Err("must be a finite number".into());
+            }
+            v.clone()
+        }
+        (FieldType::String, Value::String(s)) => Value::String(check_string(key, s)?),
+        (FieldType::Date, _) => Value::String(to_date(v, tz)?),
+        (FieldType::Datetime, _) => Value::from(to_millis(v)?),
+        (FieldType::List, Value::Array(items)) => {
+            check_list_len(items.len())?;
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) => {
+                        out.push(Value::String(check_len(s).map_err(|e| format!("item {i}: {e}"))?))
+                    }
+                    _ => return Err(format!("item {i} must be a string ({})", kind(item))),
+                }
+            }
+            Value::Array(out)
+        }
+        (FieldType::ListOfNumber, Value::Array(items)) => {
+            check_list_len(items.len())?;
+            if let Some((i, item)) =
+                items.iter().enumerate().find(|(_, x)| x.as_f64().is_none_or(|f| !f.is_finite()))
+            {
+                return Err(format!("item {i} must be a number ({})", kind(item)));
+            }
+            v.clone()
+        }
+        _ => return Err(format!("must be a {ty} value, got {}", kind(v))),
+    };
+    Ok(normalized)
+}
+
+fn check_string(key: &str, s: &str) -> Result<String, String> {
+    let s = check_len(s)?;
+    match key {
+        "mobileNumber" => phone::normalize_mobile(&s),
+        "landlineNumber" => phone::normalize_landline(&s),
+        "email" => check_email(&s),
+        _ => Ok(s),
+    }
+}
+
+fn check_len(s: &str) -> Result<String, String> {
+    if s.chars().count() > MAX_STRING_CHARS {
+        return Err(format!("must be at most {MAX_STRING_CHARS} characters"));
+    }
+    Ok(s.to_owned())
+}
+
+fn check_list_len(n: usize) -> Result<(), String> {
+    if n > MAX_LIST_ITEMS {
+        return Err(format!("must have at most {MAX_LIST_ITEMS} items (got {n})"));
+    }
+    Ok(())
+}
+
+fn check_email(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let ok = match t.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+                && !t.chars().any(char::is_whitespace)
+        }
+        None => false,
+    };
+    if ok { Ok(t.to_owned()) } else { Err(format!("`{s}` is not an e-mail address")) }
+}
+
+fn to_date(v: &Value, tz: &TimeZone) -> Result<String, String> {
+    match v {
+        Value::String(s) => s
+            .parse::<Date>()
+            .map(|d| d.to_string())
+            .map_err(|_| format!("`{s}` is not a date; use YYYY-MM-DD or epoch milliseconds")),
+        Value::Number(_) => {
+            let ts = Timestamp::from_millisecond(as_i64(v)?)
+                .map_err(|_| "timestamp out of range".to_owned())?;
+            Ok(ts.to_zoned(tz.clone()).date().to_string())
+        }
+        _ => Err(format!("must be a date (YYYY-MM-DD or epoch milliseconds), got {}", kind(v))),
+    }
+}
+
+fn to_millis(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Number(_) => {
+            let ms = as_i64(v)?;
+            Timestamp::from_millisecond(ms).map_err(|_| "timestamp out of range".to_owned())?;
+            Ok(ms)
+        }
+        Value::String(s) => s
+            .parse::<Timestamp>()
+            .map(|t| t.as_millisecond())
+            .map_err(|_| format!("`{s}` is not a datetime; use epoch milliseconds or RFC 3339")),
+        _ => Err(format!("must be a datetime in epoch milliseconds, got {}", kind(v))),
+    }
+}
+
+fn as_i64(v: &Value) -> Result<i64, String> {
+    if let Some(i) = v.as_i64() {
+        return Ok(i);
+    }
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        _ => Err("must be whole epoch milliseconds".into()),
+    }
+}
+
+/// The JSON kind of a value, for error messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn seoul() -> TimeZone {
+        TimeZone::get("Asia/Seoul").expect("bundled tzdb")
+    }
+
+    #[test]
+    fn inference() {
+        assert_eq!(infer_type(&json!(true)), Ok(FieldType::Boolean));
+        assert_eq!(infer_type(&json!(1.5)), Ok(FieldType::Number));
+        assert_eq!(infer_type(&json!("x")), Ok(FieldType::String));
+        assert_eq!(infer_type(&json!(["a"])), Ok(FieldType::List));
+        assert_eq!(infer_type(&json!([])), Ok(FieldType::List));
+        assert_eq!(infer_type(&json!([1, 2])), Ok(FieldType::ListOfNumber));
+        assert!(infer_type(&json!([1, "a"])).is_err());
+        assert!(infer_type(&json!({"a": 1})).is_err());
+    }
+
+    #[test]
+    fn dates_and_datetimes() {
+        let tz = seoul();
+        assert_eq!(check("d", FieldType::Date, &json!("2024-02-29"), &tz), Ok(json!("2024-02-29")));
+        assert!(check("d", FieldType::Date, &json!("2023-02-29"), &tz).is_err());
+        // 2024-01-01T15:00Z is already 2024-01-02 in Seoul.
+        assert_eq!(
+            check("d", FieldType::Date, &json!(1_704_121_200_000_i64), &tz),
+            Ok(json!("2024-01-02"))
+        );
+        assert_eq!(
+            check("t", FieldType::Datetime, &json!("2024-01-01T00:00:00Z"), &tz),
+            Ok(json!(1_704_067_200_000_i64))
+        );
+        assert!(check("t", FieldType::Datetime, &json!(1.5), &tz).is_err());
+        assert!(check("t", FieldType::Datetime, &json!(true), &tz).is_err());
+    }
+
+    #[test]
+    fn strings_and_lists() {
+        let tz = seoul();
+        assert!(check("s", FieldType::String, &json!("가".repeat(512)), &tz).is_ok());
+        assert!(check("s", FieldType::String, &json!("가".repeat(513)), &tz).is_err());
+        assert!(check("l", FieldType::List, &json!(vec!["a"; 200]), &tz).is_ok());
+        assert!(check("l", FieldType::List, &json!(vec!["a"; 201]), &tz).is_err());
+        assert!(check("l", FieldType::List, &json!(["a", 1]), &tz).unwrap_err().contains("item 1"));
+        assert!(check("n", FieldType::ListOfNumber, &json!([1, "a"]), &tz).is_err());
+        assert!(check("n", FieldType::Number, &json!("1"), &tz).unwrap_err().contains("got string"));
+    }
+
+    #[test]
+    fn email_shape() {
+        let tz = seoul();
+        assert!(check("email", FieldType::String, &json!("a@b.co"), &tz).is_ok());
+        assert!(check("email", FieldType::String, &json!("nope"), &tz).is_err());
+        assert!(check("email", FieldType::String, &json!("a@b"), &tz).is_err());
+    }
+}

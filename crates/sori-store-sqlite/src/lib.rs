@@ -1,0 +1,790 @@
+//! SQLite implementation of the storage seam: the embedded default.
+//!
+//! All writes go through one connection (a pool of size one), so SQLite never answers
+//! "database is locked"; reads use a separate pool and see committed data through WAL.
+//! `synchronous = FULL` makes every commit durable before the call returns; throughput
+//! comes from group commit (many user writes per transaction), not from weaker syncing.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Registry, Role, User};
+use sori_store::{
+    Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, Store, StoreError,
+    UserOp, UserOpResult, UserRow, plan_user_writes,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+/// The embedded store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return StoreError::Conflict(db.message().to_owned());
+    }
+    StoreError::Backend(Box::new(e))
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `url` (`sqlite://path`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(backend)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-65536");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(backend)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(backend)?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn load_registry(tx: &mut Transaction<'_, Sqlite>, channel_id: i64) -> Result<Registry> {
+        let rows = sqlx::query(FIELD_SELECT)
+            .bind(channel_id)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(Registry::new(rows.iter().map(field_from_row).collect::<Result<Vec<_>>>()?))
+    }
+}
+
+const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, tags, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
+
+const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
+    FROM profile_fields WHERE channel_id = ? ORDER BY key";
+
+fn user_from_row(r: &SqliteRow) -> Result<User> {
+    let row = UserRow {
+        channel_id: r.try_get("channel_id").map_err(backend)?,
+        id: r.try_get("id").map_err(backend)?,
+        member_id: r.try_get("member_id").map_err(backend)?,
+        veil_id: r.try_get("veil_id").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        profile: r.try_get("profile").map_err(backend)?,
+        tags: r.try_get("tags").map_err(backend)?,
+        unsubscribe_email: r.try_get("unsubscribe_email").map_err(backend)?,
+        unsubscribe_texting: r.try_get("unsubscribe_texting").map_err(backend)?,
+        blocked: r.try_get("blocked").map_err(backend)?,
+        city: r.try_get("city").map_err(backend)?,
+        country: r.try_get("country").map_err(backend)?,
+        language: r.try_get("language").map_err(backend)?,
+        has_chat: r.try_get("has_chat").map_err(backend)?,
+        has_push_token: r.try_get("has_push_token").map_err(backend)?,
+        sessions_count: r.try_get("sessions_count").map_err(backend)?,
+        last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+        updated_at: r.try_get("updated_at").map_err(backend)?,
+        web: r.try_get("web").map_err(backend)?,
+        mobile: r.try_get("mobile").map_err(backend)?,
+    };
+    row.into_user()
+}
+
+fn field_from_row(r: &SqliteRow) -> Result<ProfileField> {
+    let key: String = r.try_get("key").map_err(backend)?;
+    let ty: String = r.try_get("type").map_err(backend)?;
+    Ok(ProfileField {
+        key: ProfileKey::parse(&key).map_err(StoreError::Corrupt)?,
+        name: r.try_get("name").map_err(backend)?,
+        field_type: FieldType::parse(&ty).map_err(StoreError::Corrupt)?,
+        sensitive: r.try_get("sensitive").map_err(backend)?,
+        builtin: r.try_get("builtin").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+    })
+}
+
+fn channel_from_row(r: &SqliteRow) -> Result<Channel> {
+    Ok(Channel {
+        id: r.try_get("id").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        time_zone: r.try_get("time_zone").map_err(backend)?,
+        default_language: r.try_get("default_language").map_err(backend)?,
+        plugin_key: r.try_get("plugin_key").map_err(backend)?,
+        access_key: r.try_get("access_key").map_err(backend)?,
+        access_secret_hash: r.try_get("access_secret_hash").map_err(backend)?,
+        write_key_hash: r.try_get("write_key_hash").map_err(backend)?,
+        member_hash_secret: r.try_get("member_hash_secret").map_err(backend)?,
+        member_hash_required: r.try_get("member_hash_required").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+    })
+}
+
+fn manager_from_row(r: &SqliteRow) -> Result<Manager> {
+    Ok(Manager {
+        channel_id: r.try_get("channel_id").map_err(backend)?,
+        id: r.try_get("id").map_err(backend)?,
+        email: r.try_get("email").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        role_id: r.try_get("role_id").map_err(backend)?,
+        password_hash: r.try_get("password_hash").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+    })
+}
+
+fn role_from_row(r: &SqliteRow) -> Result<Role> {
+    let perms: String = r.try_get("permissions").map_err(backend)?;
+    let scope: String = r.try_get("inbox_scope").map_err(backend)?;
+    Ok(Role {
+        id: r.try_get("id").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        permissions: serde_json::from_str(&perms)
+            .map_err(|e| StoreError::Corrupt(format!("roles.permissions: {e}")))?,
+        inbox_scope: serde_json::from_value::<InboxScope>(serde_json::Value::String(scope))
+            .map_err(|e| StoreError::Corrupt(format!("roles.inbox_scope: {e}")))?,
+        builtin: r.try_get("builtin").map_err(backend)?,
+    })
+}
+
+fn scope_str(s: InboxScope) -> &'static str {
+    match s {
+        InboxScope::All => "all",
+        InboxScope::Assigned => "assigned",
+    }
+}
+
+fn perms_json(role: &Role) -> String {
+    serde_json::to_string(&role.permissions).unwrap_or_else(|_| "[]".into())
+}
+
+async fn insert_role_tx(tx: &mut Transaction<'_, Sqlite>, channel_id: i64, role: &Role) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO roles (channel_id, id, name, permissions, inbox_scope, builtin) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(channel_id)
+    .bind(&role.id)
+    .bind(&role.name)
+    .bind(perms_json(role))
+    .bind(scope_str(role.inbox_scope))
+    .bind(role.builtin)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_field_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    channel_id: i64,
+    f: &ProfileField,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(channel_id)
+    .bind(f.key.as_str())
+    .bind(&f.name)
+    .bind(f.field_type.as_str())
+    .bind(f.sensitive)
+    .bind(f.builtin)
+    .bind(f.created_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_manager_tx(tx: &mut Transaction<'_, Sqlite>, m: &Manager) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO managers (channel_id, id, email, name, role_id, password_hash, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(m.channel_id)
+    .bind(&m.id)
+    .bind(&m.email)
+    .bind(&m.name)
+    .bind(&m.role_id)
+    .bind(&m.password_hash)
+    .bind(m.created_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS sori_migrations \
+             (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM sori_migrations")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        for (version, description, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            tracing::info!(version, description, "applying sqlite migration");
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(backend)?;
+            sqlx::query(
+                "INSERT INTO sori_migrations (version, description, applied_at) \
+                 VALUES (?, ?, strftime('%s','now') * 1000)",
+            )
+            .bind(version)
+            .bind(description)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn meta_get_or_insert(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(backend)
+    }
+
+    async fn create_channel(&self, new: NewChannel) -> Result<(Channel, Manager)> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let c = &new.channel;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO channels (name, time_zone, default_language, plugin_key, access_key, \
+             access_secret_hash, write_key_hash, member_hash_secret, member_hash_required, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&c.name)
+        .bind(&c.time_zone)
+        .bind(&c.default_language)
+        .bind(&c.plugin_key)
+        .bind(&c.access_key)
+        .bind(&c.access_secret_hash)
+        .bind(&c.write_key_hash)
+        .bind(&c.member_hash_secret)
+        .bind(c.member_hash_required)
+        .bind(c.created_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        for role in [Role::owner(), Role::basic()] {
+            insert_role_tx(&mut tx, id, &role).await?;
+        }
+        for f in Registry::preregistered(c.created_at) {
+            insert_field_tx(&mut tx, id, &f).await?;
+        }
+        let owner = Manager { channel_id: id, ..new.owner };
+        insert_manager_tx(&mut tx, &owner).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok((Channel { id, ..new.channel }, owner))
+    }
+
+    async fn count_channels(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM channels")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)
+    }
+
+    async fn channel(&self, id: i64) -> Result<Option<Channel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn channel_by_access_key(&self, access_key: &str) -> Result<Option<Channel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE access_key = ?")
+            .bind(access_key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn update_channel(&self, id: i64, p: &ChannelSettingsPatch) -> Result<Option<Channel>> {
+        let row = sqlx::query(
+            "UPDATE channels SET name = COALESCE(?, name), time_zone = COALESCE(?, time_zone), \
+             default_language = COALESCE(?, default_language), \
+             member_hash_required = COALESCE(?, member_hash_required) WHERE id = ? RETURNING *",
+        )
+        .bind(&p.name)
+        .bind(&p.time_zone)
+        .bind(&p.default_language)
+        .bind(p.member_hash_required)
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
+        let rows = sqlx::query(
+            "SELECT * FROM roles WHERE channel_id = ? ORDER BY builtin DESC, id = 'basic', id",
+        )
+        .bind(channel_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(role_from_row).collect()
+    }
+
+    async fn insert_role(&self, channel_id: i64, role: &Role) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        insert_role_tx(&mut tx, channel_id, role).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn update_role(&self, channel_id: i64, role: &Role) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE roles SET name = ?, permissions = ?, inbox_scope = ? \
+             WHERE channel_id = ? AND id = ? AND builtin = 0",
+        )
+        .bind(&role.name)
+        .bind(perms_json(role))
+        .bind(scope_str(role.inbox_scope))
+        .bind(channel_id)
+        .bind(&role.id)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_role(&self, channel_id: i64, role_id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM roles WHERE channel_id = ? AND id = ? AND builtin = 0")
+            .bind(channel_id)
+            .bind(role_id)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn managers(&self, channel_id: i64) -> Result<Vec<Manager>> {
+        let rows = sqlx::query("SELECT * FROM managers WHERE channel_id = ? ORDER BY id")
+            .bind(channel_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(manager_from_row).collect()
+    }
+
+    async fn managers_by_email(&self, email: &str) -> Result<Vec<Manager>> {
+        let rows = sqlx::query("SELECT * FROM managers WHERE email = ? ORDER BY channel_id")
+            .bind(email)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(manager_from_row).collect()
+    }
+
+    async fn manager(&self, channel_id: i64, id: &str) -> Result<Option<Manager>> {
+        let row = sqlx::query("SELECT * FROM managers WHERE channel_id = ? AND id = ?")
+            .bind(channel_id)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(manager_from_row).transpose()
+    }
+
+    async fn insert_manager(&self, manager: &Manager) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        insert_manager_tx(&mut tx, manager).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn set_manager_role(&self, channel_id: i64, id: &str, role_id: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE managers SET role_id = ? WHERE channel_id = ? AND id = ?")
+            .bind(role_id)
+            .bind(channel_id)
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_manager(&self, channel_id: i64, id: &str) -> Result<bool> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM sessions WHERE channel_id = ? AND manager_id = ?")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let r = sqlx::query("DELETE FROM managers WHERE channel_id = ? AND id = ?")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_session(&self, s: &Session) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (channel_id, token_hash, manager_id, csrf_token, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(s.channel_id)
+        .bind(&s.token_hash)
+        .bind(&s.manager_id)
+        .bind(&s.csrf_token)
+        .bind(s.expires_at)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn session(&self, channel_id: i64, token_hash: &str) -> Result<Option<Session>> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE channel_id = ? AND token_hash = ?")
+            .bind(channel_id)
+            .bind(token_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.map(|r| -> Result<Session> {
+            Ok(Session {
+                token_hash: r.try_get("token_hash").map_err(backend)?,
+                channel_id: r.try_get("channel_id").map_err(backend)?,
+                manager_id: r.try_get("manager_id").map_err(backend)?,
+                csrf_token: r.try_get("csrf_token").map_err(backend)?,
+                expires_at: r.try_get("expires_at").map_err(backend)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, channel_id: i64, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE channel_id = ? AND token_hash = ?")
+            .bind(channel_id)
+            .bind(token_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn profile_fields(&self, channel_id: i64) -> Result<Vec<ProfileField>> {
+        let rows = sqlx::query(FIELD_SELECT)
+            .bind(channel_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(field_from_row).collect()
+    }
+
+    async fn insert_profile_field(&self, channel_id: i64, field: &ProfileField) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        insert_field_tx(&mut tx, channel_id, field).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn update_profile_field(
+        &self,
+        channel_id: i64,
+        key: &str,
+        name: Option<&str>,
+        sensitive: Option<bool>,
+    ) -> Result<Option<ProfileField>> {
+        let row = sqlx::query(
+            "UPDATE profile_fields SET name = COALESCE(?, name), sensitive = COALESCE(?, sensitive) \
+             WHERE channel_id = ? AND key = ? \
+             RETURNING key, name, type, sensitive, builtin, created_at",
+        )
+        .bind(name)
+        .bind(sensitive)
+        .bind(channel_id)
+        .bind(key)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(field_from_row).transpose()
+    }
+
+    async fn delete_profile_field(&self, channel_id: i64, key: &str) -> Result<bool> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let r = sqlx::query("DELETE FROM profile_fields WHERE channel_id = ? AND key = ? AND builtin = 0")
+            .bind(channel_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if r.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE users SET profile = json_remove(profile, '$.\"' || ? || '\"') \
+                 WHERE channel_id = ? AND json_type(profile, '$.\"' || ? || '\"') IS NOT NULL",
+            )
+            .bind(key)
+            .bind(channel_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn sensitive_builtins(&self, channel_id: i64) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT key FROM builtin_field_settings WHERE channel_id = ? AND sensitive = 1 ORDER BY key",
+        )
+        .bind(channel_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)
+    }
+
+    async fn set_builtin_sensitive(&self, channel_id: i64, key: &str, sensitive: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO builtin_field_settings (channel_id, key, sensitive) VALUES (?, ?, ?) \
+             ON CONFLICT (channel_id, key) DO UPDATE SET sensitive = excluded.sensitive",
+        )
+        .bind(channel_id)
+        .bind(key)
+        .bind(sensitive)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut registries = HashMap::new();
+        let mut loaded: HashMap<(i64, String), User> = HashMap::new();
+        let by_id = format!("SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND id = ?");
+        let by_member =
+            format!("SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND member_id = ?");
+        for op in &ops {
+            if !registries.contains_key(&op.channel_id) {
+                registries.insert(op.channel_id, Self::load_registry(&mut tx, op.channel_id).await?);
+            }
+            let (sql, key) = match (op.id_key(), op.member_key()) {
+                (Some(id), _) => (&by_id, id),
+                (None, Some(m)) => (&by_member, m),
+                (None, None) => continue,
+            };
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(op.channel_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if let Some(r) = row {
+                let u = user_from_row(&r)?;
+                loaded.insert((op.channel_id, u.id.clone()), u);
+            }
+        }
+        let loaded = loaded.into_iter().map(|((ch, _), u)| (ch, u)).collect();
+        let plan = plan_user_writes(ops, loaded, registries);
+        for (ch, f) in &plan.new_fields {
+            sqlx::query(
+                "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, created_at) \
+                 VALUES (?, ?, ?, ?, 0, 0, ?) ON CONFLICT (channel_id, key) DO NOTHING",
+            )
+            .bind(ch)
+            .bind(f.key.as_str())
+            .bind(&f.name)
+            .bind(f.field_type.as_str())
+            .bind(f.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        let upsert = format!(
+            "INSERT INTO users ({USER_COLUMNS}) VALUES \
+             (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (channel_id, id) DO UPDATE SET member_id = excluded.member_id, \
+             veil_id = excluded.veil_id, name = excluded.name, profile = excluded.profile, \
+             tags = excluded.tags, unsubscribe_email = excluded.unsubscribe_email, \
+             unsubscribe_texting = excluded.unsubscribe_texting, blocked = excluded.blocked, \
+             city = excluded.city, country = excluded.country, language = excluded.language, \
+             has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
+             sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
+             created_at = excluded.created_at, updated_at = excluded.updated_at, \
+             web = excluded.web, mobile = excluded.mobile"
+        );
+        for ((ch, _), user) in &plan.users {
+            let r = UserRow::from_user(*ch, user);
+            sqlx::query(sqlx::AssertSqlSafe(upsert.as_str()))
+                .bind(r.channel_id)
+                .bind(r.id)
+                .bind(r.member_id)
+                .bind(r.veil_id)
+                .bind(r.name)
+                .bind(r.profile)
+                .bind(r.tags)
+                .bind(r.unsubscribe_email)
+                .bind(r.unsubscribe_texting)
+                .bind(r.blocked)
+                .bind(r.city)
+                .bind(r.country)
+                .bind(r.language)
+                .bind(r.has_chat)
+                .bind(r.has_push_token)
+                .bind(r.sessions_count)
+                .bind(r.last_seen_at)
+                .bind(r.created_at)
+                .bind(r.updated_at)
+                .bind(r.web)
+                .bind(r.mobile)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(plan.results)
+    }
+
+    async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(channel_id)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn user_by_member_id(&self, channel_id: i64, member_id: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND member_id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(channel_id)
+            .bind(member_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn users_page(
+        &self,
+        channel_id: i64,
+        after: Option<&str>,
+        limit: u32,
+        descending: bool,
+    ) -> Result<Vec<User>> {
+        let (cmp, order) = if descending { ("<", "DESC") } else { (">", "ASC") };
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND (? IS NULL OR id {cmp} ?) \
+             ORDER BY id {order} LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(channel_id)
+            .bind(after)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM users WHERE channel_id = ? AND id = ?")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_reveal(&self, r: &RevealRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reveal_audit (channel_id, id, manager_id, user_id, field, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.channel_id)
+        .bind(&r.id)
+        .bind(&r.manager_id)
+        .bind(&r.user_id)
+        .bind(&r.field)
+        .bind(r.created_at)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn reveals(&self, channel_id: i64, before: Option<&str>, limit: u32) -> Result<Vec<RevealRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM reveal_audit WHERE channel_id = ? AND (? IS NULL OR id < ?) \
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(channel_id)
+        .bind(before)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| -> Result<RevealRecord> {
+                Ok(RevealRecord {
+                    channel_id: r.try_get("channel_id").map_err(backend)?,
+                    id: r.try_get("id").map_err(backend)?,
+                    manager_id: r.try_get("manager_id").map_err(backend)?,
+                    user_id: r.try_get("user_id").map_err(backend)?,
+                    field: r.try_get("field").map_err(backend)?,
+                    created_at: r.try_get("created_at").map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,124 @@
+//! The storage seam: one narrow trait that the SQLite and PostgreSQL crates implement, the
+//! row types that cross it, and the dialect-free planning of user writes that both
+//! backends share. No SQL lives here.
+
+mod plan;
+mod types;
+
+use async_trait::async_trait;
+use sori_domain::{ProfileField, Role, User};
+
+pub use plan::{UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, plan_user_writes, WritePlan};
+pub use types::{Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, UserRow};
+
+/// Failures of the store that are not the caller's fault, except `Conflict`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key is taken (e-mail of a manager, key of a profile field, ...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database failed; the cause is logged, never shown to clients.
+    #[error("database error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Stored data could not be decoded (a bug or a hand-edited database).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything Sori keeps. Implementations must make every write durable before returning
+/// and must never let one channel's call touch another channel's rows.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`, for logs and metrics.
+    fn backend(&self) -> &'static str;
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Returns the stored value for `key`, storing `value` first when absent.
+    async fn meta_get_or_insert(&self, key: &str, value: &str) -> Result<String>;
+
+    /// Creates a channel with its built-in roles, owner and pre-registered fields, atomically.
+    async fn create_channel(&self, new: NewChannel) -> Result<(Channel, Manager)>;
+    /// Number of channels (zero on a fresh store).
+    async fn count_channels(&self) -> Result<i64>;
+    /// A channel by id.
+    async fn channel(&self, id: i64) -> Result<Option<Channel>>;
+    /// A channel by its public access key.
+    async fn channel_by_access_key(&self, access_key: &str) -> Result<Option<Channel>>;
+    /// Changes channel settings; `None` when the channel does not exist.
+    async fn update_channel(&self, id: i64, patch: &ChannelSettingsPatch) -> Result<Option<Channel>>;
+
+    /// Roles of a channel, built-in first.
+    async fn roles(&self, channel_id: i64) -> Result<Vec<Role>>;
+    /// Adds a custom role.
+    async fn insert_role(&self, channel_id: i64, role: &Role) -> Result<()>;
+    /// Replaces a custom role; false when absent.
+    async fn update_role(&self, channel_id: i64, role: &Role) -> Result<bool>;
+    /// Deletes a custom role; false when absent.
+    async fn delete_role(&self, channel_id: i64, role_id: &str) -> Result<bool>;
+
+    /// Managers of a channel.
+    async fn managers(&self, channel_id: i64) -> Result<Vec<Manager>>;
+    /// Managers with this e-mail in any channel (login picks among them).
+    async fn managers_by_email(&self, email: &str) -> Result<Vec<Manager>>;
+    /// One manager.
+    async fn manager(&self, channel_id: i64, id: &str) -> Result<Option<Manager>>;
+    /// Adds a manager; `Conflict` when the e-mail is taken in the channel.
+    async fn insert_manager(&self, manager: &Manager) -> Result<()>;
+    /// Changes a manager's role; false when absent.
+    async fn set_manager_role(&self, channel_id: i64, id: &str, role_id: &str) -> Result<bool>;
+    /// Removes a manager and their sessions; false when absent.
+    async fn delete_manager(&self, channel_id: i64, id: &str) -> Result<bool>;
+
+    /// Stores a login session.
+    async fn insert_session(&self, session: &Session) -> Result<()>;
+    /// A session by the hash of its token.
+    async fn session(&self, channel_id: i64, token_hash: &str) -> Result<Option<Session>>;
+    /// Ends a session.
+    async fn delete_session(&self, channel_id: i64, token_hash: &str) -> Result<()>;
+
+    /// Registered profile fields of a channel.
+    async fn profile_fields(&self, channel_id: i64) -> Result<Vec<ProfileField>>;
+    /// Registers a field; `Conflict` when the key exists.
+    async fn insert_profile_field(&self, channel_id: i64, field: &ProfileField) -> Result<()>;
+    /// Renames a field or flips its sensitive flag.
+    async fn update_profile_field(
+        &self,
+        channel_id: i64,
+        key: &str,
+        name: Option<&str>,
+        sensitive: Option<bool>,
+    ) -> Result<Option<ProfileField>>;
+    /// Removes a custom field and its values from every user of the channel.
+    async fn delete_profile_field(&self, channel_id: i64, key: &str) -> Result<bool>;
+    /// Built-in fields marked sensitive.
+    async fn sensitive_builtins(&self, channel_id: i64) -> Result<Vec<String>>;
+    /// Marks or unmarks a built-in field as sensitive.
+    async fn set_builtin_sensitive(&self, channel_id: i64, key: &str, sensitive: bool) -> Result<()>;
+
+    /// Runs user writes in one transaction (group commit); per-op failures do not abort the
+    /// others. The whole call fails only when the database does.
+    async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>>;
+    /// A user by id.
+    async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>>;
+    /// A user by member id.
+    async fn user_by_member_id(&self, channel_id: i64, member_id: &str) -> Result<Option<User>>;
+    /// Users ordered by id after (or, descending, before) the cursor `after`.
+    async fn users_page(
+        &self,
+        channel_id: i64,
+        after: Option<&str>,
+        limit: u32,
+        descending: bool,
+    ) -> Result<Vec<User>>;
+    /// Deletes a user; false when absent.
+    async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool>;
+
+    /// Appends to the reveal audit log.
+    async fn insert_reveal(&self, record: &RevealRecord) -> Result<()>;
+    /// Reveal audit log, newest first, before the cursor id.
+    async fn reveals(&self, channel_id: i64, before: Option<&str>, limit: u32) -> Result<Vec<RevealRecord>>;
+}
