@@ -93,3 +93,53 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
         }
     }
 }
+
+/// Which path a write came from; decides per-call tag limits and consent rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Server-side Open API (full trust; tags ≤ 20 per call).
+    OpenApi,
+    /// A manager in the console (tags ≤ 20 per call).
+    Desk,
+    /// The browser SDK (tags ≤ 10 per call; a boot can never resubscribe).
+    SdkBoot,
+}
+
+impl crate::App {
+    fn context(&self, ch: &crate::auth::ChannelInfo, source: Source) -> sori_domain::ApplyContext {
+        use sori_domain::limits::{MAX_TAGS_PER_API_CALL, MAX_TAGS_PER_SDK_CALL};
+        sori_domain::ApplyContext {
+            now: crate::secrets::now_ms(),
+            tz: ch.tz.clone(),
+            tag_limit_per_call: match source {
+                Source::SdkBoot => MAX_TAGS_PER_SDK_CALL,
+                Source::OpenApi | Source::Desk => MAX_TAGS_PER_API_CALL,
+            },
+            may_resubscribe: source != Source::SdkBoot,
+        }
+    }
+
+    /// Runs one user write through the group-committing writer and maps per-op failures.
+    pub async fn write_user(
+        &self,
+        ch: &crate::auth::ChannelInfo,
+        target: sori_store::UserTarget,
+        update: sori_domain::UserUpdate,
+        source: Source,
+    ) -> AppResult<sori_store::UserOpOutcome> {
+        if let sori_store::UserTarget::MemberId { member_id, .. }
+        | sori_store::UserTarget::New { member_id: Some(member_id), .. } = &target
+        {
+            sori_domain::update::check_member_id(member_id)?;
+        }
+        let op = UserOp { channel_id: ch.channel.id, target, update, ctx: self.context(ch, source) };
+        match self.users.write(op).await? {
+            Ok(outcome) => Ok(outcome),
+            Err(sori_store::UserOpError::NotFound) => Err(AppError::NotFound("user not found".into())),
+            Err(sori_store::UserOpError::MemberIdTaken(m)) => {
+                Err(AppError::Conflict(format!("memberId `{m}` belongs to another user")))
+            }
+            Err(sori_store::UserOpError::Invalid(e)) => Err(e.into()),
+        }
+    }
+}

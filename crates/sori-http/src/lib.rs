@@ -1,1 +1,105 @@
+//! The thin HTTP layer: axum routers that turn requests into service calls and errors into
+//! JSON responses. Routes: the Open API (`/open/v5`), the desk API (`/desk/v1`),
+//! `/healthz`, `/metrics` and `/openapi.json`. No business rule lives here.
 
+pub mod body;
+pub mod desk;
+pub mod error;
+pub mod open;
+mod ops;
+pub mod ratelimit;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, patch, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sori_app::App;
+
+pub use ops::{ApiDoc, metrics_handle};
+use ratelimit::RateLimiter;
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Open API requests per second per access key (0 turns limiting off).
+    pub rate_limit_per_second: u32,
+    /// Open API burst per access key.
+    pub rate_limit_burst: u32,
+    /// Mark the session cookie `Secure` (serve behind HTTPS).
+    pub cookie_secure: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 256 * 1024, rate_limit_per_second: 1000, rate_limit_burst: 2000, cookie_secure: false }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Services.
+    pub app: App,
+    /// Open API rate limiter.
+    pub limiter: Arc<RateLimiter>,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+    /// See [`HttpConfig::cookie_secure`].
+    pub cookie_secure: bool,
+}
+
+/// Builds the whole HTTP surface.
+pub fn router(app: App, cfg: &HttpConfig) -> Router {
+    let state = AppState {
+        app,
+        limiter: Arc::new(RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst)),
+        metrics: metrics_handle(),
+        cookie_secure: cfg.cookie_secure,
+    };
+    use open::{channel as och, fields as of, users as ou};
+    let open = Router::new()
+        .route("/open/v5/users", get(ou::list_users).post(ou::create_user))
+        .route(
+            "/open/v5/users/{key}",
+            get(ou::get_route).put(ou::put_route).patch(ou::patch_user).delete(ou::delete_route),
+        )
+        .route("/open/v5/profile-fields", get(of::open_list).post(of::open_create))
+        .route("/open/v5/profile-fields/{key}", patch(of::open_update).delete(of::open_delete))
+        .route("/open/v5/channel", get(och::get_channel).patch(och::patch_channel))
+        .layer(from_fn_with_state(state.clone(), ratelimit::limit));
+    use desk::{settings as ds, users as du};
+    let desk = Router::new()
+        .route("/desk/v1/login", post(desk::login))
+        .route("/desk/v1/logout", post(desk::logout))
+        .route("/desk/v1/me", get(desk::whoami))
+        .route("/desk/v1/channel", get(ds::get_channel).patch(ds::patch_channel))
+        .route("/desk/v1/users", get(du::list))
+        .route("/desk/v1/users/{id}", get(du::get).patch(du::patch))
+        .route("/desk/v1/users/{id}/reveal", post(du::reveal))
+        .route("/desk/v1/audit/reveals", get(du::reveals))
+        .route("/desk/v1/exports/users.csv", get(du::export))
+        .route("/desk/v1/fields", get(ds::all_fields))
+        .route("/desk/v1/fields/{key}", patch(ds::set_sensitive))
+        .route("/desk/v1/profile-fields", get(ds::list_fields).post(ds::create_field))
+        .route("/desk/v1/profile-fields/{key}", patch(ds::update_field).delete(ds::delete_field))
+        .route("/desk/v1/roles", get(ds::list_roles).post(ds::create_role))
+        .route("/desk/v1/roles/{id}", patch(ds::update_role).delete(ds::delete_role))
+        .route("/desk/v1/managers", get(ds::list_managers).post(ds::create_manager))
+        .route("/desk/v1/managers/{id}", patch(ds::update_manager).delete(ds::delete_manager));
+    let routes = Router::new()
+        .merge(open)
+        .merge(desk)
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
+    ops::with_middleware(routes, state.clone()).with_state(state)
+}

@@ -1,1 +1,139 @@
+//! Wiring of the `sori` binary: configuration (flags, `SORI_*` environment, optional TOML
+//! file), store selection by URL scheme, and the server lifecycle. Tests and benchmarks use
+//! [`start`] to run a real server on a free port.
 
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sori_app::{App, ChannelCredentials, ChannelSpec};
+use sori_store::Store;
+use sori_store_postgres::PostgresStore;
+use sori_store_sqlite::SqliteStore;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+
+/// Opens the store the configuration names and applies migrations.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = cfg.database_url();
+    let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(PostgresStore::connect(&url, cfg.pg_max_connections).await.context("connecting to PostgreSQL")?)
+    } else if url.starts_with("sqlite:") {
+        if cfg.database_url.is_none() {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+        }
+        Arc::new(SqliteStore::connect(&url).await.context("opening SQLite database")?)
+    } else {
+        anyhow::bail!("database URL must start with sqlite: or postgres:// (got `{}`)", config::redact(&url));
+    };
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+/// Builds the services over a store.
+pub async fn app(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<App> {
+    let shards = cfg.writer_shards.unwrap_or(if store.backend() == "sqlite" { 1 } else { 4 });
+    Ok(App::new(store, shards).await?)
+}
+
+/// Creates a channel and returns its one-time credentials.
+pub async fn create_channel(app: &App, spec: ChannelSpec) -> anyhow::Result<ChannelCredentials> {
+    app.create_channel(spec).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A running server.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The services (for tests that need direct access).
+    pub app: App,
+    /// Credentials of the default channel, when this start created it.
+    pub first_channel: Option<ChannelCredentials>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, finishes in-flight requests and waits.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await??;
+        Ok(())
+    }
+
+    /// Waits until the server ends (after a signal, see [`Running::shutdown_on_signal`]).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await??;
+        Ok(())
+    }
+
+    /// Turns SIGTERM / Ctrl-C into a graceful shutdown.
+    pub fn shutdown_on_signal(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                let _ = tx.send(());
+            });
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Opens the store, creates the default channel on an empty store, binds the listener and
+/// serves in a background task. The listener is bound before this returns, so callers can
+/// connect at once.
+pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
+    let store = open_store(cfg).await?;
+    let app = app(cfg, store.clone()).await?;
+    let first_channel = if store.count_channels().await? == 0 {
+        let spec = ChannelSpec {
+            name: "Default".into(),
+            owner_email: cfg.owner_email.clone(),
+            owner_password: None,
+            time_zone: None,
+        };
+        Some(create_channel(&app, spec).await?)
+    } else {
+        None
+    };
+    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let router = sori_http::router(app.clone(), &cfg.http());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(Running { addr, app, first_channel, shutdown: Some(tx), task })
+}

@@ -1,1 +1,105 @@
-fn main() {}
+//! `sori`: serve, migrate and manage channels.
+
+use clap::{Parser, Subcommand};
+use sori::config::{Config, ConfigArgs, LogFormat};
+use sori_app::ChannelSpec;
+
+/// Sori, a self-hosted customer-messaging CRM.
+#[derive(Debug, Parser)]
+#[command(name = "sori", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server and background workers.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage channels.
+    Channel {
+        #[command(subcommand)]
+        command: ChannelCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelCommand {
+    /// Create a channel with an owner account and print its credentials once.
+    Create {
+        /// Business name.
+        #[arg(long)]
+        name: String,
+        /// Owner login e-mail.
+        #[arg(long, default_value = "owner@sori.local")]
+        owner_email: String,
+        /// Owner password (generated when omitted).
+        #[arg(long, env = "SORI_OWNER_PASSWORD")]
+        owner_password: Option<String>,
+        /// IANA time zone.
+        #[arg(long, default_value = "Asia/Seoul")]
+        time_zone: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn print_credentials(c: &sori_app::ChannelCredentials) {
+    println!("Channel {} created. These secrets are shown only now:", c.channel_id);
+    println!("  pluginKey        {}", c.plugin_key);
+    println!("  accessKey        {}", c.access_key);
+    println!("  accessSecret     {}", c.access_secret);
+    println!("  writeKey         {}", c.write_key);
+    println!("  memberHashSecret {}", c.member_hash_secret);
+    println!("  owner login      {} / {}", c.owner.email, c.owner.password);
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(&cli.config)?;
+    init_logs(cfg.log_format);
+    match cli.command {
+        Command::Serve => {
+            let mut running = sori::start(&cfg).await?;
+            if let Some(c) = &running.first_channel {
+                print_credentials(c);
+            }
+            tracing::info!(addr = %running.addr, store = running.app.store.backend(), "sori is serving");
+            println!("Sori is listening on http://{}", running.addr);
+            running.shutdown_on_signal();
+            running.wait().await?;
+        }
+        Command::Migrate => {
+            let store = sori::open_store(&cfg).await?;
+            println!("migrations applied ({})", store.backend());
+        }
+        Command::Channel { command: ChannelCommand::Create { name, owner_email, owner_password, time_zone, json } } => {
+            let store = sori::open_store(&cfg).await?;
+            let app = sori::app(&cfg, store).await?;
+            let spec = ChannelSpec { name, owner_email, owner_password, time_zone: Some(time_zone) };
+            let creds = sori::create_channel(&app, spec).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&creds)?);
+            } else {
+                print_credentials(&creds);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! Console settings: channel, profile fields and sensitive flags, roles, managers.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use sori_app::channels::{check_email, check_password};
+use sori_app::secrets::{hash_password, new_id, now_ms};
+use sori_domain::field::{BUILTIN_FIELDS, builtin_type};
+use sori_domain::role::MAX_CUSTOM_ROLES;
+use sori_domain::{InboxScope, Permission, Role};
+use sori_store::Manager;
+use utoipa::ToSchema;
+
+use super::{Desk, ManagerView};
+use crate::AppState;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::open::channel::{self, ChannelEnvelope};
+use crate::open::fields::{self, FieldEnvelope, FieldsEnvelope};
+
+/// The channel's settings.
+#[utoipa::path(get, path = "/desk/v1/channel", tag = "desk", responses((status = 200, body = ChannelEnvelope)))]
+pub async fn get_channel(Desk(ctx): Desk) -> Json<ChannelEnvelope> {
+    Json(ChannelEnvelope { channel: (&ctx.channel.channel).into() })
+}
+
+/// Changes channel settings (general-settings permission).
+#[utoipa::path(patch, path = "/desk/v1/channel", tag = "desk", request_body = channel::ChannelPatch,
+    responses((status = 200, body = ChannelEnvelope), (status = 403, body = ErrorBody)))]
+pub async fn patch_channel(State(state): State<AppState>, Desk(ctx): Desk, body: JsonBody) -> ApiResult<Json<ChannelEnvelope>> {
+    ctx.require(Permission::GeneralSettings)?;
+    Ok(Json(ChannelEnvelope { channel: channel::apply(&state, &ctx.channel.channel, body).await? }))
+}
+
+/// A built-in field and whether it is masked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuiltinFieldView {
+    /// Key (`memberId`, `web.os`, ...).
+    pub key: String,
+    /// Value type.
+    #[serde(rename = "type")]
+    pub field_type: String,
+    /// Masked in the console.
+    pub sensitive: bool,
+}
+
+/// Built-in and profile fields with their sensitive flags.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllFields {
+    /// Built-in user fields.
+    pub builtin_fields: Vec<BuiltinFieldView>,
+    /// Registered profile fields.
+    pub profile_fields: Vec<crate::views::FieldView>,
+}
+
+/// Every field a user has, with sensitive flags.
+#[utoipa::path(get, path = "/desk/v1/fields", tag = "desk", responses((status = 200, body = AllFields)))]
+pub async fn all_fields(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<AllFields>> {
+    ctx.require(Permission::ContactsRead)?;
+    let ch = ctx.channel.channel.id;
+    let sensitive = state.app.store.sensitive_builtins(ch).await?;
+    let builtin_fields = BUILTIN_FIELDS
+        .iter()
+        .map(|(k, t)| BuiltinFieldView {
+            key: (*k).to_owned(),
+            field_type: t.as_str().to_owned(),
+            sensitive: sensitive.iter().any(|s| s == k),
+        })
+        .collect();
+    Ok(Json(AllFields { builtin_fields, profile_fields: fields::list(&state, ch).await?.profile_fields }))
+}
+
+/// Body of a sensitive-flag change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensitivePatch {
+    /// Mask this field.
+    pub sensitive: bool,
+}
+
+/// Marks a built-in field (`memberId`) or a profile field (`profile.email`) sensitive
+/// (general-settings permission, seed 002).
+#[utoipa::path(patch, path = "/desk/v1/fields/{key}", tag = "desk", params(("key" = String, Path)),
+    request_body = SensitivePatch,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn set_sensitive(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(key): Path<String>,
+    body: JsonBody,
+) -> ApiResult<StatusCode> {
+    ctx.require(Permission::GeneralSettings)?;
+    let req: SensitivePatch = body.parse()?;
+    let ch = ctx.channel.channel.id;
+    if let Some(pkey) = key.strip_prefix("profile.") {
+        state
+            .app
+            .store
+            .update_profile_field(ch, pkey, None, Some(req.sensitive))
+            .await?
+            .ok_or_else(|| ApiError::not_found("profile field"))?;
+    } else if builtin_type(&key).is_some() {
+        state.app.store.set_builtin_sensitive(ch, &key, req.sensitive).await?;
+    } else {
+        return Err(ApiError::not_found("field"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lists profile fields.
+#[utoipa::path(get, path = "/desk/v1/profile-fields", tag = "desk", responses((status = 200, body = FieldsEnvelope)))]
+pub async fn list_fields(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<FieldsEnvelope>> {
+    ctx.require(Permission::ContactsRead)?;
+    Ok(Json(fields::list(&state, ctx.channel.channel.id).await?))
+}
+
+/// Registers a profile field (general-settings permission).
+#[utoipa::path(post, path = "/desk/v1/profile-fields", tag = "desk", request_body = fields::NewField,
+    responses((status = 201, body = FieldEnvelope), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_field(State(state): State<AppState>, Desk(ctx): Desk, body: JsonBody) -> ApiResult<(StatusCode, Json<FieldEnvelope>)> {
+    ctx.require(Permission::GeneralSettings)?;
+    Ok((StatusCode::CREATED, Json(fields::create(&state, ctx.channel.channel.id, body).await?)))
+}
+
+/// Renames a profile field or flips its sensitive flag (general-settings permission).
+#[utoipa::path(patch, path = "/desk/v1/profile-fields/{key}", tag = "desk", params(("key" = String, Path)),
+    request_body = fields::FieldPatch, responses((status = 200, body = FieldEnvelope), (status = 404, body = ErrorBody)))]
+pub async fn update_field(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(key): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Json<FieldEnvelope>> {
+    ctx.require(Permission::GeneralSettings)?;
+    Ok(Json(fields::update(&state, ctx.channel.channel.id, &key, body).await?))
+}
+
+/// Deletes a custom profile field and its values (general-settings permission).
+#[utoipa::path(delete, path = "/desk/v1/profile-fields/{key}", tag = "desk", params(("key" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_field(State(state): State<AppState>, Desk(ctx): Desk, Path(key): Path<String>) -> ApiResult<StatusCode> {
+    ctx.require(Permission::GeneralSettings)?;
+    fields::delete(&state, ctx.channel.channel.id, &key).await
+}
+
+/// `{"roles": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RolesEnvelope {
+    /// Built-in roles first.
+    #[schema(value_type = Vec<Object>)]
+    pub roles: Vec<Role>,
+}
+
+/// A custom role to create or change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleBody {
+    /// Display name.
+    pub name: String,
+    /// Granted permissions.
+    #[schema(value_type = Vec<String>)]
+    pub permissions: Vec<Permission>,
+    /// `all` or `assigned`.
+    #[schema(value_type = String)]
+    pub inbox_scope: InboxScope,
+}
+
+/// Lists roles (team-management permission).
+#[utoipa::path(get, path = "/desk/v1/roles", tag = "desk", responses((status = 200, body = RolesEnvelope)))]
+pub async fn list_roles(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<RolesEnvelope>> {
+    ctx.require(Permission::TeamManagement)?;
+    Ok(Json(RolesEnvelope { roles: state.app.store.roles(ctx.channel.channel.id).await? }))
+}
+
+/// Creates a custom role (at most 20 per channel).
+#[utoipa::path(post, path = "/desk/v1/roles", tag = "desk", request_body = RoleBody,
+    responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_role(State(state): State<AppState>, Desk(ctx): Desk, body: JsonBody) -> ApiResult<(StatusCode, Json<Role>)> {
+    ctx.require(Permission::TeamManagement)?;
+    let req: RoleBody = body.parse()?;
+    let ch = ctx.channel.channel.id;
+    let custom = state.app.store.roles(ch).await?.iter().filter(|r| !r.builtin).count();
+    if custom >= MAX_CUSTOM_ROLES {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("a channel may have at most {MAX_CUSTOM_ROLES} custom roles"),
+        ));
+    }
+    let role = Role {
+        id: new_id(),
+        name: Role::check_name(&req.name)?,
+        permissions: req.permissions.into_iter().collect(),
+        inbox_scope: req.inbox_scope,
+        builtin: false,
+    };
+    state.app.store.insert_role(ch, &role).await?;
+    Ok((StatusCode::CREATED, Json(role)))
+}
+
+/// Changes a custom role; built-in roles are fixed.
+#[utoipa::path(patch, path = "/desk/v1/roles/{roleId}", tag = "desk", params(("roleId" = String, Path)),
+    request_body = RoleBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn update_role(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Json<Role>> {
+    ctx.require(Permission::TeamManagement)?;
+    let req: RoleBody = body.parse()?;
+    let role = Role {
+        id,
+        name: Role::check_name(&req.name)?,
+        permissions: req.permissions.into_iter().collect(),
+        inbox_scope: req.inbox_scope,
+        builtin: false,
+    };
+    if !state.app.store.update_role(ctx.channel.channel.id, &role).await? {
+        return Err(ApiError::not_found("custom role"));
+    }
+    Ok(Json(role))
+}
+
+/// Deletes a custom role nobody holds.
+#[utoipa::path(delete, path = "/desk/v1/roles/{roleId}", tag = "desk", params(("roleId" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_role(State(state): State<AppState>, Desk(ctx): Desk, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctx.require(Permission::TeamManagement)?;
+    let ch = ctx.channel.channel.id;
+    if state.app.store.managers(ch).await?.iter().any(|m| m.role_id == id) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "managers still hold this role"));
+    }
+    if !state.app.store.delete_role(ch, &id).await? {
+        return Err(ApiError::not_found("custom role"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `{"managers": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ManagersEnvelope {
+    /// Managers of the channel.
+    pub managers: Vec<ManagerView>,
+}
+
+/// A manager account to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewManager {
+    /// Login e-mail.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Initial password (8+ characters).
+    pub password: String,
+    /// Role id.
+    pub role_id: String,
+}
+
+/// A role change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManagerPatch {
+    /// New role id.
+    pub role_id: String,
+}
+
+/// Lists managers (team-management permission).
+#[utoipa::path(get, path = "/desk/v1/managers", tag = "desk", responses((status = 200, body = ManagersEnvelope)))]
+pub async fn list_managers(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<ManagersEnvelope>> {
+    ctx.require(Permission::TeamManagement)?;
+    let ms = state.app.store.managers(ctx.channel.channel.id).await?;
+    Ok(Json(ManagersEnvelope { managers: ms.iter().map(ManagerView::from).collect() }))
+}
+
+async fn check_role(state: &AppState, ch: i64, role_id: &str) -> ApiResult<()> {
+    if state.app.store.roles(ch).await?.iter().any(|r| r.id == role_id) {
+        Ok(())
+    } else {
+        Err(ApiError::field("roleId", format!("no role `{role_id}` in this channel")))
+    }
+}
+
+/// Adds a manager.
+#[utoipa::path(post, path = "/desk/v1/managers", tag = "desk", request_body = NewManager,
+    responses((status = 201, body = ManagerView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_manager(State(state): State<AppState>, Desk(ctx): Desk, body: JsonBody) -> ApiResult<(StatusCode, Json<ManagerView>)> {
+    ctx.require(Permission::TeamManagement)?;
+    let req: NewManager = body.parse()?;
+    let ch = ctx.channel.channel.id;
+    let email = check_email("email", &req.email)?;
+    check_password("password", &req.password)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::field("name", "must be 1 to 100 characters"));
+    }
+    check_role(&state, ch, &req.role_id).await?;
+    let pw = req.password.clone();
+    let password_hash = tokio::task::spawn_blocking(move || hash_password(&pw))
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let m = Manager {
+        channel_id: ch,
+        id: new_id(),
+        email,
+        name: name.to_owned(),
+        role_id: req.role_id,
+        password_hash,
+        created_at: now_ms(),
+    };
+    state.app.store.insert_manager(&m).await.map_err(|e| match e {
+        sori_store::StoreError::Conflict(_) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", "a manager with this e-mail already exists")
+        }
+        other => other.into(),
+    })?;
+    Ok((StatusCode::CREATED, Json(ManagerView::from(&m))))
+}
+
+async fn ensure_not_last_owner(state: &AppState, ch: i64, id: &str) -> ApiResult<()> {
+    let ms = state.app.store.managers(ch).await?;
+    let owners: Vec<_> = ms.iter().filter(|m| m.role_id == "owner").collect();
+    if owners.len() == 1 && owners[0].id == id {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "a channel must keep at least one owner"));
+    }
+    Ok(())
+}
+
+/// Changes a manager's role.
+#[utoipa::path(patch, path = "/desk/v1/managers/{managerId}", tag = "desk", params(("managerId" = String, Path)),
+    request_body = ManagerPatch, responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_manager(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<StatusCode> {
+    ctx.require(Permission::TeamManagement)?;
+    let req: ManagerPatch = body.parse()?;
+    let ch = ctx.channel.channel.id;
+    check_role(&state, ch, &req.role_id).await?;
+    if req.role_id != "owner" {
+        ensure_not_last_owner(&state, ch, &id).await?;
+    }
+    if !state.app.store.set_manager_role(ch, &id, &req.role_id).await? {
+        return Err(ApiError::not_found("manager"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a manager and ends their sessions.
+#[utoipa::path(delete, path = "/desk/v1/managers/{managerId}", tag = "desk", params(("managerId" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_manager(State(state): State<AppState>, Desk(ctx): Desk, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctx.require(Permission::TeamManagement)?;
+    let ch = ctx.channel.channel.id;
+    ensure_not_last_owner(&state, ch, &id).await?;
+    if !state.app.store.delete_manager(ch, &id).await? {
+        return Err(ApiError::not_found("manager"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

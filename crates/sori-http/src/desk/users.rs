@@ -1,0 +1,242 @@
+//! Contacts in the console: masked lists and profiles, edits, audited reveals, CSV export.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sori_app::secrets::{is_id, new_id, now_ms};
+use sori_app::users::Source;
+use sori_domain::{Permission, UserUpdate};
+use sori_store::{RevealRecord, UserTarget};
+use utoipa::ToSchema;
+
+use super::Desk;
+use crate::AppState;
+use crate::body::{JsonBody, Paging, SortOrder};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::open::users::users_page;
+use crate::views::{MaskSet, UserView, UsersPage, value_at};
+
+/// Fields a manager may change on a user (built-ins other than tags and consent are the
+/// system's).
+const DESK_UPDATE_FIELDS: &[&str] = &["profile", "tags", "unsubscribeEmail", "unsubscribeTexting", "blocked"];
+
+async fn mask_set(state: &AppState, channel_id: i64) -> ApiResult<MaskSet> {
+    let builtins = state.app.store.sensitive_builtins(channel_id).await?;
+    let fields = state.app.store.profile_fields(channel_id).await?;
+    Ok(MaskSet::new(builtins, &fields))
+}
+
+fn masked(channel_id: i64, u: sori_domain::User, mask: &MaskSet) -> Value {
+    let mut v = serde_json::to_value(UserView::of(channel_id, u)).unwrap_or(Value::Null);
+    mask.apply(&mut v);
+    v
+}
+
+/// `{"user": …}` with sensitive values masked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MaskedUser {
+    /// The user; sensitive values replaced by masks.
+    #[schema(value_type = Object)]
+    pub user: Value,
+}
+
+/// Lists users with sensitive values masked.
+#[utoipa::path(get, path = "/desk/v1/users", tag = "desk",
+    params(("since" = Option<String>, Query), ("limit" = Option<u32>, Query), ("sortOrder" = Option<String>, Query)),
+    responses((status = 200, body = UsersPage), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    q: Query<HashMap<String, String>>,
+) -> ApiResult<Json<UsersPage>> {
+    ctx.require(Permission::ContactsRead)?;
+    let page = Paging::from_query(&q)?;
+    let mask = mask_set(&state, ctx.channel.channel.id).await?;
+    let page = users_page(&state, ctx.channel.channel.id, &page, |mut v| {
+        mask.apply(&mut v);
+        v
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+async fn load(state: &AppState, channel_id: i64, id: &str) -> ApiResult<sori_domain::User> {
+    if !is_id(id) {
+        return Err(ApiError::not_found("user"));
+    }
+    state.app.store.user(channel_id, id).await?.ok_or_else(|| ApiError::not_found("user"))
+}
+
+/// One user with sensitive values masked.
+#[utoipa::path(get, path = "/desk/v1/users/{userId}", tag = "desk", params(("userId" = String, Path)),
+    responses((status = 200, body = MaskedUser), (status = 404, body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Desk(ctx): Desk, Path(id): Path<String>) -> ApiResult<Json<MaskedUser>> {
+    ctx.require(Permission::ContactsRead)?;
+    let ch = ctx.channel.channel.id;
+    let u = load(&state, ch, &id).await?;
+    Ok(Json(MaskedUser { user: masked(ch, u, &mask_set(&state, ch).await?) }))
+}
+
+/// Changes profile values, tags, consent or the block flag.
+#[utoipa::path(patch, path = "/desk/v1/users/{userId}", tag = "desk", params(("userId" = String, Path)),
+    request_body(content = Object, description = "profile, tags, unsubscribeEmail, unsubscribeTexting, blocked"),
+    responses((status = 200, body = MaskedUser), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<MaskedUser>> {
+    ctx.require(Permission::ContactsEdit)?;
+    let update = UserUpdate::from_json(&body, DESK_UPDATE_FIELDS)?;
+    if !is_id(&id) {
+        return Err(ApiError::not_found("user"));
+    }
+    let out = state.app.write_user(&ctx.channel, UserTarget::Id(id), update, Source::Desk).await?;
+    let ch = ctx.channel.channel.id;
+    Ok(Json(MaskedUser { user: masked(ch, out.user, &mask_set(&state, ch).await?) }))
+}
+
+/// Which masked fields to reveal.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevealRequest {
+    /// Field paths such as `profile.email` or `memberId`.
+    pub fields: Vec<String>,
+}
+
+/// Revealed values by field path.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevealResponse {
+    /// Clear values.
+    #[schema(value_type = Object)]
+    pub values: Map<String, Value>,
+}
+
+/// Reveals masked values; each field revealed is written to the audit log.
+#[utoipa::path(post, path = "/desk/v1/users/{userId}/reveal", tag = "desk", params(("userId" = String, Path)),
+    request_body = RevealRequest,
+    responses((status = 200, body = RevealResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn reveal(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Json<RevealResponse>> {
+    ctx.require(Permission::ContactsReveal)?;
+    let req: RevealRequest = body.parse()?;
+    if req.fields.is_empty() || req.fields.len() > 50 {
+        return Err(ApiError::field("fields", "must list 1 to 50 field paths"));
+    }
+    let ch = ctx.channel.channel.id;
+    let mask = mask_set(&state, ch).await?;
+    for (i, f) in req.fields.iter().enumerate() {
+        if !mask.contains(f) {
+            return Err(ApiError::field(format!("fields[{i}]"), format!("`{f}` is not a sensitive field")));
+        }
+    }
+    let u = load(&state, ch, &id).await?;
+    let clear = serde_json::to_value(UserView::of(ch, u)).unwrap_or(Value::Null);
+    let mut values = Map::new();
+    for f in req.fields {
+        state
+            .app
+            .store
+            .insert_reveal(&RevealRecord {
+                channel_id: ch,
+                id: new_id(),
+                manager_id: ctx.manager.id.clone(),
+                user_id: id.clone(),
+                field: f.clone(),
+                created_at: now_ms(),
+            })
+            .await?;
+        values.insert(f.clone(), value_at(&clear, &f).cloned().unwrap_or(Value::Null));
+    }
+    Ok(Json(RevealResponse { values }))
+}
+
+/// A page of the reveal audit log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevealsPage {
+    /// Newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub reveals: Vec<RevealRecord>,
+    /// Cursor for older records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The reveal audit log: who revealed which field of which user, when.
+#[utoipa::path(get, path = "/desk/v1/audit/reveals", tag = "desk",
+    params(("since" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = RevealsPage), (status = 403, body = ErrorBody)))]
+pub async fn reveals(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    q: Query<HashMap<String, String>>,
+) -> ApiResult<Json<RevealsPage>> {
+    ctx.require(Permission::GeneralSettings)?;
+    let page = Paging::from_query(&q)?;
+    let reveals = state.app.store.reveals(ctx.channel.channel.id, page.since.as_deref(), page.limit).await?;
+    let next = (reveals.len() == page.limit as usize).then(|| reveals.last().map(|r| r.id.clone())).flatten();
+    Ok(Json(RevealsPage { reveals, next }))
+}
+
+fn csv_cell(v: &Value) -> String {
+    let s = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(";"),
+        other => other.to_string(),
+    };
+    // A leading formula character is neutralized so spreadsheets do not execute it.
+    let risky = s.starts_with(['=', '@'])
+        || (s.starts_with(['+', '-']) && s[1..].parse::<f64>().is_err());
+    let s = if risky { format!("'{s}") } else { s };
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
+}
+
+/// Every user as CSV, masked like the console shows them.
+#[utoipa::path(get, path = "/desk/v1/exports/users.csv", tag = "desk",
+    responses((status = 200, content_type = "text/csv"), (status = 403, body = ErrorBody)))]
+pub async fn export(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Response> {
+    ctx.require(Permission::ContactsExport)?;
+    let ch = ctx.channel.channel.id;
+    let mask = mask_set(&state, ch).await?;
+    let fields = state.app.store.profile_fields(ch).await?;
+    let base = ["id", "memberId", "name", "tags", "unsubscribeEmail", "unsubscribeTexting", "lastSeenAt", "createdAt", "updatedAt"];
+    let mut columns: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
+    columns.extend(fields.iter().map(|f| format!("profile.{}", f.key.as_str())));
+    let mut out = columns.join(",");
+    out.push('\n');
+    let mut page = Paging { since: None, limit: 500, order: SortOrder::Asc };
+    loop {
+        let users = state.app.store.users_page(ch, page.since.as_deref(), page.limit, false).await?;
+        for u in &users {
+            let v = masked(ch, u.clone(), &mask);
+            let row: Vec<String> =
+                columns.iter().map(|c| csv_cell(value_at(&v, c).unwrap_or(&Value::Null))).collect();
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+        match users.last() {
+            Some(last) if users.len() == page.limit as usize => page.since = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    Ok((
+        [(CONTENT_TYPE, "text/csv; charset=utf-8"), (CONTENT_DISPOSITION, "attachment; filename=\"users.csv\"")],
+        out,
+    )
+        .into_response())
+}

@@ -1,0 +1,127 @@
+//! The one API error type: every failure becomes `{type, message, errors[]}` with a fitting
+//! status. Server faults are logged with their cause and shown to clients only as
+//! "internal error".
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sori_app::AppError;
+use sori_domain::{FieldError, Invalid};
+use utoipa::ToSchema;
+
+/// Body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable kind, e.g. `invalidInput`, `notFound`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Human-readable summary.
+    pub message: String,
+    /// Per-field problems, when the input was at fault.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldErrorBody>,
+}
+
+/// One field problem in an error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldErrorBody {
+    /// JSON path of the offending input.
+    pub field: String,
+    /// The rule it broke.
+    pub message: String,
+}
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    errors: Vec<FieldError>,
+}
+
+/// Handler result.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// An error without field details.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind, message: message.into(), errors: Vec::new() }
+    }
+
+    /// 400 naming one field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid::one(field, message).into()
+    }
+
+    /// 404 that does not say whether the thing exists in another channel.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "notFound", format!("{what} not found"))
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 500 with the cause logged, not shown.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internalError", "internal error")
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalidInput",
+            message: e.to_string(),
+            errors: e.0,
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Invalid(i) => i.into(),
+            AppError::Unauthorized(m) => Self::unauthorized(m),
+            AppError::Forbidden(m) => Self::forbidden(m),
+            AppError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "notFound", m),
+            AppError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            AppError::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server is shutting down or overloaded; retry shortly",
+            ),
+            AppError::Store(s) => Self::internal(&s),
+        }
+    }
+}
+
+impl From<sori_store::StoreError> for ApiError {
+    fn from(e: sori_store::StoreError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            kind: self.kind,
+            message: self.message,
+            errors: self
+                .errors
+                .into_iter()
+                .map(|f| FieldErrorBody { field: f.field, message: f.message })
+                .collect(),
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}

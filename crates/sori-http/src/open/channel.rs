@@ -1,0 +1,112 @@
+//! `/open/v5/channel`: the calling channel's settings.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use sori_domain::channel;
+use sori_store::{Channel, ChannelSettingsPatch};
+use utoipa::ToSchema;
+
+use super::OpenChannel;
+use crate::AppState;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+
+/// A channel's public settings (no secrets).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelView {
+    /// Id.
+    pub id: String,
+    /// Business name.
+    pub name: String,
+    /// IANA time zone.
+    pub time_zone: String,
+    /// Default language.
+    pub default_language: String,
+    /// Public SDK key.
+    pub plugin_key: String,
+    /// Boots with a memberId must carry a valid memberHash.
+    pub member_hash_required: bool,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+impl From<&Channel> for ChannelView {
+    fn from(c: &Channel) -> Self {
+        Self {
+            id: c.id.to_string(),
+            name: c.name.clone(),
+            time_zone: c.time_zone.clone(),
+            default_language: c.default_language.clone(),
+            plugin_key: c.plugin_key.clone(),
+            member_hash_required: c.member_hash_required,
+            created_at: c.created_at,
+        }
+    }
+}
+
+/// `{"channel": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChannelEnvelope {
+    /// The channel.
+    pub channel: ChannelView,
+}
+
+/// Settings that may change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChannelPatch {
+    /// Business name.
+    pub name: Option<String>,
+    /// IANA time zone.
+    pub time_zone: Option<String>,
+    /// `ko` or `en`.
+    pub default_language: Option<String>,
+    /// Member-hash checking.
+    pub member_hash_required: Option<bool>,
+}
+
+/// Validates a patch and applies it.
+pub async fn apply(state: &AppState, channel: &Channel, body: JsonBody) -> ApiResult<ChannelView> {
+    let p: ChannelPatch = body.parse()?;
+    let name = p.name.as_deref().map(|n| channel::check_name("name", n)).transpose()?;
+    if let Some(tz) = &p.time_zone {
+        channel::time_zone("timeZone", tz)?;
+    }
+    if let Some(l) = &p.default_language {
+        channel::check_language("defaultLanguage", l)?;
+    }
+    let patch = ChannelSettingsPatch {
+        name,
+        time_zone: p.time_zone,
+        default_language: p.default_language,
+        member_hash_required: p.member_hash_required,
+    };
+    let updated = state
+        .app
+        .store
+        .update_channel(channel.id, &patch)
+        .await?
+        .ok_or_else(|| ApiError::not_found("channel"))?;
+    state.app.channels.forget(&channel.access_key);
+    Ok(ChannelView::from(&updated))
+}
+
+/// The calling channel.
+#[utoipa::path(get, path = "/open/v5/channel", tag = "channel",
+    responses((status = 200, body = ChannelEnvelope), (status = 401, body = ErrorBody)))]
+pub async fn get_channel(OpenChannel(ch): OpenChannel) -> Json<ChannelEnvelope> {
+    Json(ChannelEnvelope { channel: ChannelView::from(&ch.channel) })
+}
+
+/// Changes the calling channel's settings (name, time zone, language, member-hash checking).
+#[utoipa::path(patch, path = "/open/v5/channel", tag = "channel", request_body = ChannelPatch,
+    responses((status = 200, body = ChannelEnvelope), (status = 400, body = ErrorBody)))]
+pub async fn patch_channel(
+    State(state): State<AppState>,
+    OpenChannel(ch): OpenChannel,
+    body: JsonBody,
+) -> ApiResult<Json<ChannelEnvelope>> {
+    Ok(Json(ChannelEnvelope { channel: apply(&state, &ch.channel, body).await? }))
+}

@@ -1,0 +1,32 @@
+//! The Open API (`/open/v5`): server-to-server calls authenticated by the channel's
+//! access key and secret. One channel's keys only ever reach that channel's data.
+
+pub mod channel;
+pub mod fields;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use sori_app::auth::ChannelInfo;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The channel whose keys signed the request.
+pub struct OpenChannel(pub Arc<ChannelInfo>);
+
+impl FromRequestParts<AppState> for OpenChannel {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let (Some(key), Some(secret)) = (header("x-access-key"), header("x-access-secret")) else {
+            return Err(ApiError::unauthorized(
+                "send the channel's credentials in x-access-key and x-access-secret",
+            ));
+        };
+        Ok(Self(state.app.channels.authenticate(key, secret).await?))
+    }
+}

@@ -1,0 +1,157 @@
+//! Operations endpoints and cross-cutting middleware: request ids, tracing, metrics,
+//! panic safety, `/healthz`, `/metrics` and `/openapi.json`.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{Next, from_fn};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The process-wide Prometheus recorder, installed on first use (tests start many servers
+/// in one process; the recorder is global).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (embedding); then ours only renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+#[derive(Clone, Default)]
+struct NextRequestId(u64);
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl MakeRequestId for NextRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:x}-{n:x}", self.0);
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// Wraps the routes in request-id, tracing, panic and metrics layers.
+pub fn with_middleware(routes: Router<AppState>, _state: AppState) -> Router<AppState> {
+    let boot = sori_app::secrets::now_ms() as u64;
+    routes
+        .layer(from_fn(track))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            ApiError::internal(&"handler panicked").into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(NextRequestId(boot)))
+}
+
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("sori_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("sori_http_request_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Liveness and store reachability.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Object), (status = 503)))]
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    match state.app.store.count_channels().await {
+        Ok(_) => Json(serde_json::json!({"status": "ok", "store": state.app.store.backend()})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "unavailable"}))).into_response()
+        }
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, body = Object)))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// JSON 404 for unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "notFound", "no such endpoint; see /openapi.json")
+}
+
+/// JSON 405 for known paths with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "methodNotAllowed", "method not allowed on this path; see /openapi.json")
+}
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme("accessKey", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-key"))));
+        c.add_security_scheme("accessSecret", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-secret"))));
+        c.add_security_scheme("session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("sori_session"))));
+    }
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Sori API", description = "Open API (x-access-key / x-access-secret), desk API (session cookie + x-csrf-token). Times are epoch milliseconds."),
+    paths(
+        crate::open::users::upsert_member, crate::open::users::get_member, crate::open::users::get_user,
+        crate::open::users::delete_member, crate::open::users::delete_user, crate::open::users::patch_user,
+        crate::open::users::create_user, crate::open::users::list_users,
+        crate::open::fields::open_list, crate::open::fields::open_create, crate::open::fields::open_update,
+        crate::open::fields::open_delete,
+        crate::open::channel::get_channel, crate::open::channel::patch_channel,
+        crate::desk::login, crate::desk::logout, crate::desk::whoami,
+        crate::desk::settings::get_channel, crate::desk::settings::patch_channel,
+        crate::desk::users::list, crate::desk::users::get, crate::desk::users::patch, crate::desk::users::reveal,
+        crate::desk::users::reveals, crate::desk::users::export,
+        crate::desk::settings::all_fields, crate::desk::settings::set_sensitive,
+        crate::desk::settings::list_fields, crate::desk::settings::create_field, crate::desk::settings::update_field,
+        crate::desk::settings::delete_field,
+        crate::desk::settings::list_roles, crate::desk::settings::create_role, crate::desk::settings::update_role,
+        crate::desk::settings::delete_role,
+        crate::desk::settings::list_managers, crate::desk::settings::create_manager,
+        crate::desk::settings::update_manager, crate::desk::settings::delete_manager,
+        healthz, metrics, openapi,
+    ),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;

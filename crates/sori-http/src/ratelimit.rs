@@ -1,0 +1,134 @@
+//! Per-key rate limiting of the Open API: a token bucket per access key on each node,
+//! reported in `x-ratelimit-*` headers, 429 when empty.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Buckets kept before full (idle) ones are dropped, bounding memory under key spraying.
+const MAX_BUCKETS: usize = 10_000;
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Token buckets by key.
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The request may proceed.
+    pub allowed: bool,
+    /// Bucket size.
+    pub limit: u64,
+    /// Tokens left after this request.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset: u64,
+}
+
+impl RateLimiter {
+    /// `per_second` sustained, `burst` at once; `per_second == 0` turns limiting off.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Whether limiting is on.
+    pub fn enabled(&self) -> bool {
+        self.per_second > 0.0
+    }
+
+    /// Takes one token for `key`.
+    pub fn check(&self, key: &str, now: Instant) -> Decision {
+        let Ok(mut map) = self.buckets.lock() else {
+            return Decision { allowed: true, limit: 0, remaining: 0, reset: 0 };
+        };
+        if map.len() >= MAX_BUCKETS && !map.contains_key(key) {
+            let (rate, burst) = (self.per_second, self.burst);
+            map.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+        }
+        let b = map.entry(key.to_owned()).or_insert(Bucket { tokens: self.burst, last: now });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * self.per_second).min(self.burst);
+        b.last = now;
+        let allowed = b.tokens >= 1.0;
+        if allowed {
+            b.tokens -= 1.0;
+        }
+        Decision {
+            allowed,
+            limit: self.burst as u64,
+            remaining: b.tokens.floor() as u64,
+            reset: ((self.burst - b.tokens) / self.per_second).ceil() as u64,
+        }
+    }
+}
+
+/// Middleware for the Open API router.
+pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limiter = &state.limiter;
+    if !limiter.enabled() {
+        return next.run(req).await;
+    }
+    let key = req
+        .headers()
+        .get("x-access-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let d = limiter.check(&key, Instant::now());
+    let mut resp = if d.allowed {
+        next.run(req).await
+    } else {
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "tooManyRequests",
+            format!("rate limit of {} requests exceeded; retry in {} s", d.limit, d.reset.max(1)),
+        )
+        .into_response();
+        r.headers_mut().insert("retry-after", HeaderValue::from(d.reset.max(1)));
+        r
+    };
+    let h = resp.headers_mut();
+    h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(d.reset));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_empties_and_refills() {
+        let l = RateLimiter::new(10, 3);
+        let t0 = Instant::now();
+        assert!(l.check("k", t0).allowed);
+        assert!(l.check("k", t0).allowed);
+        let d = l.check("k", t0);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+        assert!(!l.check("k", t0).allowed);
+        assert!(l.check("other", t0).allowed);
+        assert!(l.check("k", t0 + Duration::from_millis(150)).allowed);
+    }
+}

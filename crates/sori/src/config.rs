@@ -1,0 +1,200 @@
+//! Configuration: defaults, then an optional TOML file, then `SORI_*` environment
+//! variables and command-line flags (clap reads both; flags win).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options shared by every command; each also reads `SORI_<NAME>`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SORI_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory of the embedded store [default: ./sori-data].
+    #[arg(long, env = "SORI_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: postgres://… for PostgreSQL, sqlite://… for a SQLite file
+    /// [default: the data directory's sori.db].
+    #[arg(long, env = "SORI_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "SORI_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "SORI_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Open API requests per second per access key, 0 for unlimited [default: 1000].
+    #[arg(long, env = "SORI_RATE_LIMIT", global = true)]
+    pub rate_limit: Option<u32>,
+    /// Open API burst per access key [default: 2000].
+    #[arg(long, env = "SORI_RATE_BURST", global = true)]
+    pub rate_burst: Option<u32>,
+}
+
+/// The TOML file's keys (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    listen: Option<String>,
+    log_format: Option<LogFormat>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
+    max_body_bytes: Option<usize>,
+    cookie_secure: Option<bool>,
+    writer_shards: Option<usize>,
+    pg_max_connections: Option<u32>,
+    owner_email: Option<String>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Explicit database URL, if any.
+    pub database_url: Option<String>,
+    /// Listen address.
+    pub listen: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Open API rate per key (0 = off).
+    pub rate_limit: u32,
+    /// Open API burst per key.
+    pub rate_burst: u32,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// `Secure` session cookie.
+    pub cookie_secure: bool,
+    /// User writer shards (default 1 on SQLite, 4 on PostgreSQL).
+    pub writer_shards: Option<usize>,
+    /// PostgreSQL pool size.
+    pub pg_max_connections: u32,
+    /// Owner e-mail of the default channel created on first start.
+    pub owner_email: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./sori-data"),
+            database_url: None,
+            listen: "127.0.0.1:8080".into(),
+            log_format: LogFormat::Text,
+            rate_limit: 1000,
+            rate_burst: 2000,
+            max_body_bytes: 256 * 1024,
+            cookie_secure: false,
+            writer_shards: None,
+            pg_max_connections: 16,
+            owner_email: "owner@sori.local".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Merges defaults, the TOML file and the flags/environment.
+    pub fn load(args: &ConfigArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let listen = args.listen.clone().or(file.listen).unwrap_or(d.listen);
+        listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("listen address `{listen}` is not host:port (e.g. 127.0.0.1:8080)"))?;
+        Ok(Self {
+            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
+            database_url: args.database_url.clone().or(file.database_url),
+            listen,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(d.rate_limit),
+            rate_burst: args.rate_burst.or(file.rate_burst).unwrap_or(d.rate_burst),
+            max_body_bytes: file.max_body_bytes.unwrap_or(d.max_body_bytes),
+            cookie_secure: file.cookie_secure.unwrap_or(d.cookie_secure),
+            writer_shards: file.writer_shards,
+            pg_max_connections: file.pg_max_connections.unwrap_or(d.pg_max_connections),
+            owner_email: file.owner_email.unwrap_or(d.owner_email),
+        })
+    }
+
+    /// The effective database URL.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("sori.db").display()))
+    }
+
+    /// HTTP settings.
+    pub fn http(&self) -> sori_http::HttpConfig {
+        sori_http::HttpConfig {
+            max_body_bytes: self.max_body_bytes,
+            rate_limit_per_second: self.rate_limit,
+            rate_limit_burst: self.rate_burst,
+            cookie_secure: self.cookie_secure,
+        }
+    }
+}
+
+fn read_file(p: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
+/// Hides the password of a database URL in messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("sori.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\nrate_limit = 5\n").expect("write");
+        let args = ConfigArgs { config: Some(f.clone()), ..Default::default() };
+        let c = Config::load(&args).expect("load");
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert_eq!(c.rate_limit, 5);
+        let args = ConfigArgs { config: Some(f), rate_limit: Some(7), ..Default::default() };
+        assert_eq!(Config::load(&args).expect("load").rate_limit, 7);
+        std::fs::write(dir.path().join("bad.toml"), "nope = 1").expect("write");
+        let args = ConfigArgs { config: Some(dir.path().join("bad.toml")), ..Default::default() };
+        assert!(Config::load(&args).is_err());
+    }
+}
