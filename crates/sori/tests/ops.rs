@@ -1,0 +1,62 @@
+//! Operations surface: health, metrics, OpenAPI document, JSON errors for unknown routes,
+//! request ids.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Backend, spawn_app};
+use reqwest::Method;
+use serde_json::json;
+
+async fn ops_endpoints(b: Backend) {
+    let app = spawn_app(b).await;
+    let r = app.raw(Method::GET, "/healthz", &[], vec![]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["status"], "ok");
+    assert!(r.headers.contains_key("x-request-id"));
+
+    app.upsert("m-1", json!({"profile": {"name": "Kim"}})).await;
+    let r = app.raw(Method::GET, "/metrics", &[], vec![]).await;
+    let text = r.body.as_str().unwrap();
+    assert!(text.contains("sori_http_requests_total"), "{text}");
+
+    let r = app.raw(Method::GET, "/nope", &[], vec![]).await;
+    assert_eq!((r.status, r.body["type"].as_str()), (404, Some("notFound")));
+    let r = app.raw(Method::POST, "/healthz", &[], vec![]).await;
+    assert_eq!((r.status, r.body["type"].as_str()), (405, Some("methodNotAllowed")));
+    app.stop().await;
+}
+
+/// Every routed public endpoint is described in /openapi.json.
+async fn openapi_describes_every_endpoint(b: Backend) {
+    let app = spawn_app(b).await;
+    let doc = app.raw(Method::GET, "/openapi.json", &[], vec![]).await.body;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/open/v5/users/@{memberId}", "put"),
+        ("/open/v5/users/@{memberId}", "get"),
+        ("/open/v5/users/@{memberId}", "delete"),
+        ("/open/v5/users/{userId}", "get"),
+        ("/open/v5/users/{userId}", "patch"),
+        ("/open/v5/users/{userId}", "delete"),
+        ("/open/v5/users", "get"),
+        ("/open/v5/users", "post"),
+        ("/open/v5/profile-fields", "get"),
+        ("/open/v5/profile-fields", "post"),
+        ("/open/v5/profile-fields/{key}", "patch"),
+        ("/open/v5/profile-fields/{key}", "delete"),
+        ("/open/v5/channel", "get"),
+        ("/open/v5/channel", "patch"),
+        ("/desk/v1/login", "post"),
+        ("/desk/v1/users/{userId}/reveal", "post"),
+        ("/desk/v1/audit/reveals", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} undocumented");
+    }
+    assert!(doc["components"]["securitySchemes"]["accessKey"].is_object());
+    app.stop().await;
+}
+
+both!(ops_endpoints, openapi_describes_every_endpoint);
