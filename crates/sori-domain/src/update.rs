@@ -124,6 +124,9 @@ pub fn check_member_id(s: &str) -> Result<(), Invalid> {
     if s.trim() != s {
         return Err(Invalid::one("memberId", "must not start or end with whitespace"));
     }
+    if s.contains('\0') {
+        return Err(Invalid::one("memberId", value::NUL_REJECTED));
+    }
     if s.chars().count() > MAX_MEMBER_ID_CHARS {
         return Err(Invalid::one(
             "memberId",
@@ -326,6 +329,9 @@ pub fn normalize_tag(raw: &str) -> Result<String, String> {
     let t = raw.trim().to_lowercase();
     if t.is_empty() {
         return Err("must not be empty".into());
+    }
+    if t.contains('\0') {
+        return Err(value::NUL_REJECTED.into());
     }
     if t.chars().count() > MAX_TAG_CHARS {
         return Err(format!("must be at most {MAX_TAG_CHARS} characters"));

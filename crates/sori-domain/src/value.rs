@@ -78,6 +78,9 @@ fn check_string(key: &str, s: &str) -> Result<String, String> {
 }
 
 fn check_len(s: &str) -> Result<String, String> {
+    if s.contains('\0') {
+        return Err(NUL_REJECTED.into());
+    }
     if s.chars().count() > MAX_STRING_CHARS {
         return Err(format!("must be at most {MAX_STRING_CHARS} characters"));
     }
@@ -147,6 +150,10 @@ fn as_i64(v: &Value) -> Result<i64, String> {
     }
 }
 
+/// Why a string holding U+0000 is refused: PostgreSQL cannot store it in `text` or `jsonb`,
+/// and both backends must accept the same data (one such op would fail a whole batch).
+pub const NUL_REJECTED: &str = "must not contain the NUL character (U+0000)";
+
 /// The JSON kind of a value, for error messages.
 pub fn kind(v: &Value) -> &'static str {
     match v {
@@ -208,6 +215,8 @@ mod tests {
         assert!(check("l", FieldType::List, &json!(["a", 1]), &tz).unwrap_err().contains("item 1"));
         assert!(check("n", FieldType::ListOfNumber, &json!([1, "a"]), &tz).is_err());
         assert!(check("n", FieldType::Number, &json!("1"), &tz).unwrap_err().contains("got string"));
+        assert!(check("s", FieldType::String, &json!("a\u{0}b"), &tz).unwrap_err().contains("NUL"));
+        assert!(check("l", FieldType::List, &json!(["a\u{0}"]), &tz).unwrap_err().contains("NUL"));
     }
 
     #[test]

@@ -1,1 +1,896 @@
+//! PostgreSQL implementation of the storage seam, for deployments that outgrow one node.
+//!
+//! Semantics match the SQLite store exactly; only the dialect and the batching differ.
+//! User writes are group-committed by the caller, so `write_users` spends a fixed handful of
+//! round trips per batch (lock the addressed rows, register new fields, one `UNNEST`
+//! upsert) however many ops the batch holds. Several nodes may share one database:
+//! migrations take an advisory lock, and user rows are locked in key order so concurrent
+//! batches queue instead of deadlocking.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Registry, Role, User};
+use sori_store::{
+    Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, Store, StoreError,
+    UserOp, UserOpResult, UserRow, plan_user_writes,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgExecutor, Row};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+/// Advisory lock key serializing migrations across nodes that start at the same time.
+const MIGRATION_LOCK: i64 = 7_261_001;
+
+/// The user columns in table order, JSON columns read back as text for `UserRow`.
+macro_rules! user_select {
+    () => {
+        "SELECT channel_id, id, member_id, veil_id, name, profile::text AS profile, \
+         tags::text AS tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, \
+         language, has_chat, has_push_token, sessions_count, last_seen_at, created_at, \
+         updated_at, web::text AS web, mobile::text AS mobile FROM users "
+    };
+}
+
+const USER_BY_ID: &str = concat!(user_select!(), "WHERE channel_id = $1 AND id = $2");
+const USER_BY_MEMBER: &str = concat!(user_select!(), "WHERE channel_id = $1 AND member_id = $2");
+const USERS_AFTER: &str = concat!(
+    user_select!(),
+    "WHERE channel_id = $1 AND ($2::text IS NULL OR id > $2) ORDER BY id ASC LIMIT $3"
+);
+const USERS_BEFORE: &str = concat!(
+    user_select!(),
+    "WHERE channel_id = $1 AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+);
+/// Loads and locks, in id order, every user a batch addresses in one channel. One
+/// statement (not one per key kind) so two batches always lock shared rows in the same order.
+const USERS_FOR_UPDATE: &str = concat!(
+    user_select!(),
+    "WHERE channel_id = $1 AND (id = ANY($2::text[]) OR member_id = ANY($3::text[])) \
+     ORDER BY id FOR UPDATE"
+);
+
+const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
+    tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile) \
+    SELECT channel_id, id, member_id, veil_id, name, profile::jsonb, tags::jsonb, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web::jsonb, mobile::jsonb \
+    FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+    $7::text[], $8::bool[], $9::bool[], $10::bool[], $11::text[], $12::text[], $13::text[], \
+    $14::bool[], $15::bool[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], \
+    $20::text[], $21::text[]) AS t (channel_id, id, member_id, veil_id, name, profile, tags, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile) \
+    ON CONFLICT (channel_id, id) DO UPDATE SET member_id = EXCLUDED.member_id, \
+    veil_id = EXCLUDED.veil_id, name = EXCLUDED.name, profile = EXCLUDED.profile, \
+    tags = EXCLUDED.tags, unsubscribe_email = EXCLUDED.unsubscribe_email, \
+    unsubscribe_texting = EXCLUDED.unsubscribe_texting, blocked = EXCLUDED.blocked, \
+    city = EXCLUDED.city, country = EXCLUDED.country, language = EXCLUDED.language, \
+    has_chat = EXCLUDED.has_chat, has_push_token = EXCLUDED.has_push_token, \
+    sessions_count = EXCLUDED.sessions_count, last_seen_at = EXCLUDED.last_seen_at, \
+    created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+    web = EXCLUDED.web, mobile = EXCLUDED.mobile";
+
+const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
+    FROM profile_fields WHERE channel_id = $1 ORDER BY key";
+
+/// The store on a PostgreSQL database shared by every node of a deployment.
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connect options hold the password; never print them.
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return StoreError::Conflict(db.message().to_owned());
+    }
+    // Deadlocks and serialization failures are races another attempt wins.
+    if let sqlx::Error::Database(db) = &e
+        && matches!(db.code().as_deref(), Some("40P01" | "40001"))
+    {
+        return StoreError::Transient(db.message().to_owned());
+    }
+    StoreError::Backend(Box::new(e))
+}
+
+impl PostgresStore {
+    /// Connects a pool of at most `max_connections` to `url` (`postgres://...`), so every
+    /// request and the user writer shards share a bounded number of server backends.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url).map_err(backend)?.application_name("sori");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(opts)
+            .await
+            .map_err(backend)?;
+        Ok(Self { pool })
+    }
+}
+
+fn user_from_row(r: &PgRow) -> Result<User> {
+    let row = UserRow {
+        channel_id: r.try_get("channel_id").map_err(backend)?,
+        id: r.try_get("id").map_err(backend)?,
+        member_id: r.try_get("member_id").map_err(backend)?,
+        veil_id: r.try_get("veil_id").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        profile: r.try_get("profile").map_err(backend)?,
+        tags: r.try_get("tags").map_err(backend)?,
+        unsubscribe_email: r.try_get("unsubscribe_email").map_err(backend)?,
+        unsubscribe_texting: r.try_get("unsubscribe_texting").map_err(backend)?,
+        blocked: r.try_get("blocked").map_err(backend)?,
+        city: r.try_get("city").map_err(backend)?,
+        country: r.try_get("country").map_err(backend)?,
+        language: r.try_get("language").map_err(backend)?,
+        has_chat: r.try_get("has_chat").map_err(backend)?,
+        has_push_token: r.try_get("has_push_token").map_err(backend)?,
+        sessions_count: r.try_get("sessions_count").map_err(backend)?,
+        last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+        updated_at: r.try_get("updated_at").map_err(backend)?,
+        web: r.try_get("web").map_err(backend)?,
+        mobile: r.try_get("mobile").map_err(backend)?,
+    };
+    row.into_user()
+}
+
+fn field_from_row(r: &PgRow) -> Result<ProfileField> {
+    let key: String = r.try_get("key").map_err(backend)?;
+    let ty: String = r.try_get("type").map_err(backend)?;
+    Ok(ProfileField {
+        key: ProfileKey::parse(&key).map_err(StoreError::Corrupt)?,
+        name: r.try_get("name").map_err(backend)?,
+        field_type: FieldType::parse(&ty).map_err(StoreError::Corrupt)?,
+        sensitive: r.try_get("sensitive").map_err(backend)?,
+        builtin: r.try_get("builtin").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+    })
+}
+
+fn channel_from_row(r: &PgRow) -> Result<Channel> {
+    Ok(Channel {
+        id: r.try_get("id").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        time_zone: r.try_get("time_zone").map_err(backend)?,
+        default_language: r.try_get("default_language").map_err(backend)?,
+        plugin_key: r.try_get("plugin_key").map_err(backend)?,
+        access_key: r.try_get("access_key").map_err(backend)?,
+        access_secret_hash: r.try_get("access_secret_hash").map_err(backend)?,
+        write_key_hash: r.try_get("write_key_hash").map_err(backend)?,
+        member_hash_secret: r.try_get("member_hash_secret").map_err(backend)?,
+        member_hash_required: r.try_get("member_hash_required").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+    })
+}
+
+fn manager_from_row(r: &PgRow) -> Result<Manager> {
+    Ok(Manager {
+        channel_id: r.try_get("channel_id").map_err(backend)?,
+        id: r.try_get("id").map_err(backend)?,
+        email: r.try_get("email").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        role_id: r.try_get("role_id").map_err(backend)?,
+        password_hash: r.try_get("password_hash").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+    })
+}
+
+fn role_from_row(r: &PgRow) -> Result<Role> {
+    let perms: String = r.try_get("permissions").map_err(backend)?;
+    let scope: String = r.try_get("inbox_scope").map_err(backend)?;
+    Ok(Role {
+        id: r.try_get("id").map_err(backend)?,
+        name: r.try_get("name").map_err(backend)?,
+        permissions: serde_json::from_str(&perms)
+            .map_err(|e| StoreError::Corrupt(format!("roles.permissions: {e}")))?,
+        inbox_scope: serde_json::from_value::<InboxScope>(serde_json::Value::String(scope))
+            .map_err(|e| StoreError::Corrupt(format!("roles.inbox_scope: {e}")))?,
+        builtin: r.try_get("builtin").map_err(backend)?,
+    })
+}
+
+fn reveal_from_row(r: &PgRow) -> Result<RevealRecord> {
+    Ok(RevealRecord {
+        channel_id: r.try_get("channel_id").map_err(backend)?,
+        id: r.try_get("id").map_err(backend)?,
+        manager_id: r.try_get("manager_id").map_err(backend)?,
+        user_id: r.try_get("user_id").map_err(backend)?,
+        field: r.try_get("field").map_err(backend)?,
+        created_at: r.try_get("created_at").map_err(backend)?,
+    })
+}
+
+fn scope_str(s: InboxScope) -> &'static str {
+    match s {
+        InboxScope::All => "all",
+        InboxScope::Assigned => "assigned",
+    }
+}
+
+fn perms_json(role: &Role) -> String {
+    serde_json::to_string(&role.permissions).unwrap_or_else(|_| "[]".into())
+}
+
+async fn insert_role(db: impl PgExecutor<'_>, channel_id: i64, role: &Role) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO roles (channel_id, id, name, permissions, inbox_scope, builtin) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(channel_id)
+    .bind(&role.id)
+    .bind(&role.name)
+    .bind(perms_json(role))
+    .bind(scope_str(role.inbox_scope))
+    .bind(role.builtin)
+    .execute(db)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_field(db: impl PgExecutor<'_>, channel_id: i64, f: &ProfileField) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(channel_id)
+    .bind(f.key.as_str())
+    .bind(&f.name)
+    .bind(f.field_type.as_str())
+    .bind(f.sensitive)
+    .bind(f.builtin)
+    .bind(f.created_at)
+    .execute(db)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_manager(db: impl PgExecutor<'_>, m: &Manager) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO managers (channel_id, id, email, name, role_id, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(m.channel_id)
+    .bind(&m.id)
+    .bind(&m.email)
+    .bind(&m.name)
+    .bind(&m.role_id)
+    .bind(&m.password_hash)
+    .bind(m.created_at)
+    .execute(db)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// The keys a batch addresses in one channel.
+#[derive(Default)]
+struct ChannelKeys<'a> {
+    ids: BTreeSet<&'a str>,
+    members: BTreeSet<&'a str>,
+}
+
+/// Registers the fields a batch inferred, in key order (so concurrent batches registering
+/// the same keys wait on each other in one order); a key another batch registered first wins.
+async fn insert_new_fields(db: impl PgExecutor<'_>, fields: &[(i64, ProfileField)]) -> Result<()> {
+    let mut sorted: Vec<&(i64, ProfileField)> = fields.iter().collect();
+    sorted.sort_by(|a, b| (a.0, a.1.key.as_str()).cmp(&(b.0, b.1.key.as_str())));
+    sqlx::query(
+        "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, created_at) \
+         SELECT ch, k, n, ty, FALSE, FALSE, at \
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+         AS t (ch, k, n, ty, at) \
+         ON CONFLICT (channel_id, key) DO NOTHING",
+    )
+    .bind(sorted.iter().map(|(ch, _)| *ch).collect::<Vec<i64>>())
+    .bind(sorted.iter().map(|(_, f)| f.key.as_str()).collect::<Vec<&str>>())
+    .bind(sorted.iter().map(|(_, f)| f.name.as_str()).collect::<Vec<&str>>())
+    .bind(sorted.iter().map(|(_, f)| f.field_type.as_str()).collect::<Vec<&str>>())
+    .bind(sorted.iter().map(|(_, f)| f.created_at).collect::<Vec<i64>>())
+    .execute(db)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Writes every planned user with one statement. Rows go in (channel, member id) order: the
+/// only waits left at this point are on member ids another batch is inserting, and taking
+/// them in one order turns a race for the same new members into a `Conflict`, not a deadlock.
+async fn upsert_users(db: impl PgExecutor<'_>, users: &BTreeMap<(i64, String), User>) -> Result<()> {
+    let mut rows: Vec<UserRow> =
+        users.iter().map(|((ch, _), user)| UserRow::from_user(*ch, user)).collect();
+    rows.sort_by(|a, b| {
+        (a.channel_id, &a.member_id, &a.id).cmp(&(b.channel_id, &b.member_id, &b.id))
+    });
+    let n = rows.len();
+    let mut channel_id = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
+    let mut member_id = Vec::with_capacity(n);
+    let mut veil_id = Vec::with_capacity(n);
+    let mut name = Vec::with_capacity(n);
+    let mut profile = Vec::with_capacity(n);
+    let mut tags = Vec::with_capacity(n);
+    let mut unsubscribe_email = Vec::with_capacity(n);
+    let mut unsubscribe_texting = Vec::with_capacity(n);
+    let mut blocked = Vec::with_capacity(n);
+    let mut city = Vec::with_capacity(n);
+    let mut country = Vec::with_capacity(n);
+    let mut language = Vec::with_capacity(n);
+    let mut has_chat = Vec::with_capacity(n);
+    let mut has_push_token = Vec::with_capacity(n);
+    let mut sessions_count = Vec::with_capacity(n);
+    let mut last_seen_at = Vec::with_capacity(n);
+    let mut created_at = Vec::with_capacity(n);
+    let mut updated_at = Vec::with_capacity(n);
+    let mut web = Vec::with_capacity(n);
+    let mut mobile = Vec::with_capacity(n);
+    for r in rows {
+        channel_id.push(r.channel_id);
+        id.push(r.id);
+        member_id.push(r.member_id);
+        veil_id.push(r.veil_id);
+        name.push(r.name);
+        profile.push(r.profile);
+        tags.push(r.tags);
+        unsubscribe_email.push(r.unsubscribe_email);
+        unsubscribe_texting.push(r.unsubscribe_texting);
+        blocked.push(r.blocked);
+        city.push(r.city);
+        country.push(r.country);
+        language.push(r.language);
+        has_chat.push(r.has_chat);
+        has_push_token.push(r.has_push_token);
+        sessions_count.push(r.sessions_count);
+        last_seen_at.push(r.last_seen_at);
+        created_at.push(r.created_at);
+        updated_at.push(r.updated_at);
+        web.push(r.web);
+        mobile.push(r.mobile);
+    }
+    sqlx::query(USER_UPSERT)
+        .bind(channel_id)
+        .bind(id)
+        .bind(member_id)
+        .bind(veil_id)
+        .bind(name)
+        .bind(profile)
+        .bind(tags)
+        .bind(unsubscribe_email)
+        .bind(unsubscribe_texting)
+        .bind(blocked)
+        .bind(city)
+        .bind(country)
+        .bind(language)
+        .bind(has_chat)
+        .bind(has_push_token)
+        .bind(sessions_count)
+        .bind(last_seen_at)
+        .bind(created_at)
+        .bind(updated_at)
+        .bind(web)
+        .bind(mobile)
+        .execute(db)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Held until commit: a node starting alongside waits, then sees the versions applied.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS sori_migrations \
+             (version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM sori_migrations")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        for (version, description, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            tracing::info!(version, description, "applying postgres migration");
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(backend)?;
+            sqlx::query(
+                "INSERT INTO sori_migrations (version, description, applied_at) \
+                 VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+            )
+            .bind(version)
+            .bind(description)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn meta_get_or_insert(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn create_channel(&self, new: NewChannel) -> Result<(Channel, Manager)> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let c = &new.channel;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO channels (name, time_zone, default_language, plugin_key, access_key, \
+             access_secret_hash, write_key_hash, member_hash_secret, member_hash_required, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(&c.name)
+        .bind(&c.time_zone)
+        .bind(&c.default_language)
+        .bind(&c.plugin_key)
+        .bind(&c.access_key)
+        .bind(&c.access_secret_hash)
+        .bind(&c.write_key_hash)
+        .bind(&c.member_hash_secret)
+        .bind(c.member_hash_required)
+        .bind(c.created_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        for role in [Role::owner(), Role::basic()] {
+            insert_role(&mut *tx, id, &role).await?;
+        }
+        for f in Registry::preregistered(c.created_at) {
+            insert_field(&mut *tx, id, &f).await?;
+        }
+        let owner = Manager { channel_id: id, ..new.owner };
+        insert_manager(&mut *tx, &owner).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok((Channel { id, ..new.channel }, owner))
+    }
+
+    async fn count_channels(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM channels")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn channel(&self, id: i64) -> Result<Option<Channel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn channel_by_access_key(&self, access_key: &str) -> Result<Option<Channel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE access_key = $1")
+            .bind(access_key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn update_channel(&self, id: i64, p: &ChannelSettingsPatch) -> Result<Option<Channel>> {
+        let row = sqlx::query(
+            "UPDATE channels SET name = COALESCE($1, name), time_zone = COALESCE($2, time_zone), \
+             default_language = COALESCE($3, default_language), \
+             member_hash_required = COALESCE($4, member_hash_required) WHERE id = $5 RETURNING *",
+        )
+        .bind(&p.name)
+        .bind(&p.time_zone)
+        .bind(&p.default_language)
+        .bind(p.member_hash_required)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
+        let rows = sqlx::query(
+            "SELECT * FROM roles WHERE channel_id = $1 ORDER BY builtin DESC, id = 'basic', id",
+        )
+        .bind(channel_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(role_from_row).collect()
+    }
+
+    async fn insert_role(&self, channel_id: i64, role: &Role) -> Result<()> {
+        insert_role(&self.pool, channel_id, role).await
+    }
+
+    async fn update_role(&self, channel_id: i64, role: &Role) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE roles SET name = $1, permissions = $2, inbox_scope = $3 \
+             WHERE channel_id = $4 AND id = $5 AND NOT builtin",
+        )
+        .bind(&role.name)
+        .bind(perms_json(role))
+        .bind(scope_str(role.inbox_scope))
+        .bind(channel_id)
+        .bind(&role.id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_role(&self, channel_id: i64, role_id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM roles WHERE channel_id = $1 AND id = $2 AND NOT builtin")
+            .bind(channel_id)
+            .bind(role_id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn managers(&self, channel_id: i64) -> Result<Vec<Manager>> {
+        let rows = sqlx::query("SELECT * FROM managers WHERE channel_id = $1 ORDER BY id")
+            .bind(channel_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(manager_from_row).collect()
+    }
+
+    async fn managers_by_email(&self, email: &str) -> Result<Vec<Manager>> {
+        let rows = sqlx::query("SELECT * FROM managers WHERE email = $1 ORDER BY channel_id")
+            .bind(email)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(manager_from_row).collect()
+    }
+
+    async fn manager(&self, channel_id: i64, id: &str) -> Result<Option<Manager>> {
+        let row = sqlx::query("SELECT * FROM managers WHERE channel_id = $1 AND id = $2")
+            .bind(channel_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(manager_from_row).transpose()
+    }
+
+    async fn insert_manager(&self, manager: &Manager) -> Result<()> {
+        insert_manager(&self.pool, manager).await
+    }
+
+    async fn set_manager_role(&self, channel_id: i64, id: &str, role_id: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE managers SET role_id = $1 WHERE channel_id = $2 AND id = $3")
+            .bind(role_id)
+            .bind(channel_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_manager(&self, channel_id: i64, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM sessions WHERE channel_id = $1 AND manager_id = $2")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let r = sqlx::query("DELETE FROM managers WHERE channel_id = $1 AND id = $2")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_session(&self, s: &Session) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (channel_id, token_hash, manager_id, csrf_token, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(s.channel_id)
+        .bind(&s.token_hash)
+        .bind(&s.manager_id)
+        .bind(&s.csrf_token)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn session(&self, channel_id: i64, token_hash: &str) -> Result<Option<Session>> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE channel_id = $1 AND token_hash = $2")
+            .bind(channel_id)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|r| -> Result<Session> {
+            Ok(Session {
+                token_hash: r.try_get("token_hash").map_err(backend)?,
+                channel_id: r.try_get("channel_id").map_err(backend)?,
+                manager_id: r.try_get("manager_id").map_err(backend)?,
+                csrf_token: r.try_get("csrf_token").map_err(backend)?,
+                expires_at: r.try_get("expires_at").map_err(backend)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, channel_id: i64, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE channel_id = $1 AND token_hash = $2")
+            .bind(channel_id)
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn profile_fields(&self, channel_id: i64) -> Result<Vec<ProfileField>> {
+        let rows = sqlx::query(FIELD_SELECT)
+            .bind(channel_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(field_from_row).collect()
+    }
+
+    async fn insert_profile_field(&self, channel_id: i64, field: &ProfileField) -> Result<()> {
+        insert_field(&self.pool, channel_id, field).await
+    }
+
+    async fn update_profile_field(
+        &self,
+        channel_id: i64,
+        key: &str,
+        name: Option<&str>,
+        sensitive: Option<bool>,
+    ) -> Result<Option<ProfileField>> {
+        let row = sqlx::query(
+            "UPDATE profile_fields SET name = COALESCE($1, name), \
+             sensitive = COALESCE($2, sensitive) WHERE channel_id = $3 AND key = $4 \
+             RETURNING key, name, type, sensitive, builtin, created_at",
+        )
+        .bind(name)
+        .bind(sensitive)
+        .bind(channel_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(field_from_row).transpose()
+    }
+
+    async fn delete_profile_field(&self, channel_id: i64, key: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let r = sqlx::query(
+            "DELETE FROM profile_fields WHERE channel_id = $1 AND key = $2 AND NOT builtin",
+        )
+        .bind(channel_id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let deleted = r.rows_affected() == 1;
+        if deleted {
+            sqlx::query(
+                "UPDATE users SET profile = profile - $1::text \
+                 WHERE channel_id = $2 AND profile ? $1::text",
+            )
+            .bind(key)
+            .bind(channel_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted)
+    }
+
+    async fn sensitive_builtins(&self, channel_id: i64) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT key FROM builtin_field_settings WHERE channel_id = $1 AND sensitive ORDER BY key",
+        )
+        .bind(channel_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)
+    }
+
+    async fn set_builtin_sensitive(&self, channel_id: i64, key: &str, sensitive: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO builtin_field_settings (channel_id, key, sensitive) VALUES ($1, $2, $3) \
+             ON CONFLICT (channel_id, key) DO UPDATE SET sensitive = EXCLUDED.sensitive",
+        )
+        .bind(channel_id)
+        .bind(key)
+        .bind(sensitive)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
+        // Channels in ascending order and rows in id order: a global lock order.
+        let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
+        for op in &ops {
+            let k = keys.entry(op.channel_id).or_default();
+            // PostgreSQL text cannot hold U+0000, so no stored row has such a key; binding one
+            // would fail the whole batch, while leaving it out lets the planner answer that op.
+            if let Some(id) = op.id_key().filter(|s| !s.contains('\0')) {
+                k.ids.insert(id);
+            }
+            if let Some(m) = op.member_key().filter(|s| !s.contains('\0')) {
+                k.members.insert(m);
+            }
+        }
+        let channel_ids: Vec<i64> = keys.keys().copied().collect();
+
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let field_rows = sqlx::query(
+            "SELECT channel_id, key, name, type, sensitive, builtin, created_at \
+             FROM profile_fields WHERE channel_id = ANY($1::bigint[])",
+        )
+        .bind(&channel_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let mut fields: HashMap<i64, Vec<ProfileField>> =
+            channel_ids.iter().map(|ch| (*ch, Vec::new())).collect();
+        for r in &field_rows {
+            let ch: i64 = r.try_get("channel_id").map_err(backend)?;
+            fields.entry(ch).or_default().push(field_from_row(r)?);
+        }
+        let registries = fields.into_iter().map(|(ch, f)| (ch, Registry::new(f))).collect();
+
+        let mut loaded = Vec::new();
+        for (ch, k) in &keys {
+            if k.ids.is_empty() && k.members.is_empty() {
+                continue;
+            }
+            let rows = sqlx::query(USERS_FOR_UPDATE)
+                .bind(ch)
+                .bind(k.ids.iter().copied().collect::<Vec<&str>>())
+                .bind(k.members.iter().copied().collect::<Vec<&str>>())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            for r in &rows {
+                loaded.push((*ch, user_from_row(r)?));
+            }
+        }
+
+        let plan = plan_user_writes(ops, loaded, registries);
+        if !plan.new_fields.is_empty() {
+            insert_new_fields(&mut *tx, &plan.new_fields).await?;
+        }
+        if !plan.users.is_empty() {
+            upsert_users(&mut *tx, &plan.users).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(plan.results)
+    }
+
+    async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>> {
+        let row = sqlx::query(USER_BY_ID)
+            .bind(channel_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn user_by_member_id(&self, channel_id: i64, member_id: &str) -> Result<Option<User>> {
+        let row = sqlx::query(USER_BY_MEMBER)
+            .bind(channel_id)
+            .bind(member_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn users_page(
+        &self,
+        channel_id: i64,
+        after: Option<&str>,
+        limit: u32,
+        descending: bool,
+    ) -> Result<Vec<User>> {
+        let sql = if descending { USERS_BEFORE } else { USERS_AFTER };
+        let rows = sqlx::query(sql)
+            .bind(channel_id)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM users WHERE channel_id = $1 AND id = $2")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_reveal(&self, r: &RevealRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reveal_audit (channel_id, id, manager_id, user_id, field, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(r.channel_id)
+        .bind(&r.id)
+        .bind(&r.manager_id)
+        .bind(&r.user_id)
+        .bind(&r.field)
+        .bind(r.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn reveals(&self, channel_id: i64, before: Option<&str>, limit: u32) -> Result<Vec<RevealRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM reveal_audit WHERE channel_id = $1 AND ($2::text IS NULL OR id < $2) \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(channel_id)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(reveal_from_row).collect()
+    }
+}

@@ -118,6 +118,14 @@ fn tags_are_lowercased_deduplicated_and_limited() {
 }
 
 #[test]
+fn nul_characters_are_refused_where_postgres_cannot_store_them() {
+    let e = apply(&base(), json!({"tags": ["a\u{0}"]})).unwrap_err();
+    assert_eq!(e.0[0].field, "tags[0]");
+    assert!(apply(&base(), json!({"profile": {"name": "a\u{0}"}})).is_err());
+    assert!(check_member_id("m\u{0}1").is_err());
+}
+
+#[test]
 fn tags_per_user_limit_counts_after_adding() {
     let mut u = base();
     u.tags = (0..195).map(|i| format!("t{i}")).collect();

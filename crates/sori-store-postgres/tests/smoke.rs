@@ -1,0 +1,116 @@
+//! Smoke test against a real PostgreSQL; runs only when `SORI_TEST_PG_URL` is set, e.g.
+//! `SORI_TEST_PG_URL=postgres://postgres@127.0.0.1:55432/postgres cargo test -p sori-store-postgres`.
+//! Each run uses fresh keys, so it can be repeated on the same database.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use sori_domain::update::UPDATE_FIELDS;
+use sori_domain::{ApplyContext, UserUpdate};
+use sori_store::{Channel, Manager, NewChannel, Store, UserOp, UserOpError, UserTarget};
+use sori_store_postgres::PostgresStore;
+
+#[tokio::test]
+async fn store_round_trip() {
+    let Ok(url) = std::env::var("SORI_TEST_PG_URL") else {
+        eprintln!("SORI_TEST_PG_URL unset; skipping");
+        return;
+    };
+    let store = PostgresStore::connect(&url, 4).await.expect("connect");
+    let (a, b) = tokio::join!(store.migrate(), store.migrate());
+    a.expect("migrate");
+    b.expect("concurrent migrate");
+    store.migrate().await.expect("migrate again");
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
+    let run = format!("{now:024x}");
+    let ms = i64::try_from(now / 1_000_000).expect("ms");
+    let (channel, owner) = store
+        .create_channel(NewChannel {
+            channel: Channel {
+                id: 0,
+                name: "Smoke".into(),
+                time_zone: "Asia/Seoul".into(),
+                default_language: "ko".into(),
+                plugin_key: format!("pk{run}"),
+                access_key: format!("ak{run}"),
+                access_secret_hash: "h1".into(),
+                write_key_hash: format!("wk{run}"),
+                member_hash_secret: "00".into(),
+                member_hash_required: false,
+                created_at: ms,
+            },
+            owner: Manager {
+                channel_id: 0,
+                id: run.clone(),
+                email: format!("{run}@example.com"),
+                name: "Owner".into(),
+                role_id: "owner".into(),
+                password_hash: "$argon2id$dummy".into(),
+                created_at: ms,
+            },
+        })
+        .await
+        .expect("create channel");
+    assert_eq!(owner.channel_id, channel.id);
+    assert_eq!(store.roles(channel.id).await.expect("roles")[0].id, "owner");
+
+    let ch = channel.id;
+    let op = |target: UserTarget, body: serde_json::Value| UserOp {
+        channel_id: ch,
+        target,
+        update: UserUpdate::from_json(&body, UPDATE_FIELDS).expect("valid body"),
+        ctx: ApplyContext {
+            now: ms,
+            tz: jiff::tz::TimeZone::UTC,
+            tag_limit_per_call: 20,
+            may_resubscribe: true,
+        },
+    };
+    let upsert = |new_id: &str, body| {
+        op(UserTarget::MemberId { member_id: "m1".into(), new_id: new_id.into() }, body)
+    };
+    let results = store
+        .write_users(vec![
+            upsert("u1", json!({"profile": {"name": "Kim", "age": 3}, "tags": ["VIP"]})),
+            upsert("u2", json!({"profile": {"name": 1}})),
+            upsert("u3", json!({"unsubscribeEmail": true})),
+        ])
+        .await
+        .expect("write users");
+    let first = results[0].as_ref().expect("first upsert");
+    assert!(first.created && first.changed);
+    assert!(matches!(results[1], Err(UserOpError::Invalid(_))));
+    let third = results[2].as_ref().expect("second upsert");
+    assert!(!third.created && third.changed);
+    assert_eq!(third.user.id, "u1");
+
+    let u = store.user_by_member_id(ch, "m1").await.expect("read").expect("member exists");
+    assert_eq!(u, third.user);
+    assert_eq!(u.profile["age"], json!(3));
+    assert_eq!(u.tags, ["vip"]);
+    assert!(u.unsubscribe_email);
+    let page = store.users_page(ch, None, 10, false).await.expect("page");
+    assert_eq!(page, [u]);
+    assert!(store.users_page(ch, Some("u1"), 10, false).await.expect("page 2").is_empty());
+    assert_eq!(store.users_page(ch, Some("v"), 10, true).await.expect("desc").len(), 1);
+
+    // Same member again in a later batch: found, not re-created; a missing id is NotFound.
+    let again = store
+        .write_users(vec![
+            upsert("u4", json!({"profile": {"age": 4}})),
+            op(UserTarget::Id("nope".into()), json!({"blocked": true})),
+        ])
+        .await
+        .expect("second batch");
+    assert_eq!(again[0].as_ref().expect("upsert").user.id, "u1");
+    assert_eq!(again[1].as_ref().err(), Some(&UserOpError::NotFound));
+
+    // Deleting a custom field strips it from every profile.
+    assert!(store.profile_fields(ch).await.expect("fields").iter().any(|f| f.key.as_str() == "age"));
+    assert!(store.delete_profile_field(ch, "age").await.expect("delete field"));
+    assert!(!store.delete_profile_field(ch, "name").await.expect("builtin stays"));
+    let u = store.user(ch, "u1").await.expect("read").expect("exists");
+    assert!(!u.profile.contains_key("age"));
+    assert_eq!(u.profile["name"], json!("Kim"));
+}
