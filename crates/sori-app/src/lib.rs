@@ -45,6 +45,7 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => AppError::Conflict(m),
+            StoreError::Transient(_) => AppError::Unavailable,
             other => AppError::Store(other),
         }
     }

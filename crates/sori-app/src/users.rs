@@ -34,11 +34,23 @@ pub struct UserWriter {
 
 impl UserWriter {
     /// Starts `shards` writer tasks (1 for SQLite's single writer, a few for PostgreSQL).
+    /// Each shard runs on its own thread with its own small runtime, so a batch is never
+    /// queued behind HTTP work on the request workers: the commit pipeline's latency is
+    /// what bounds throughput for a fixed number of clients.
     pub fn spawn(store: Arc<dyn Store>, shards: usize) -> Self {
         let shards: Vec<_> = (0..shards.max(1))
-            .map(|_| {
+            .map(|i| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(run(store.clone(), rx));
+                let store = store.clone();
+                let thread = std::thread::Builder::new().name(format!("sori-writer-{i}")).spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt.block_on(run(store, rx)),
+                        Err(e) => tracing::error!(error = %e, "cannot start user writer runtime"),
+                    }
+                });
+                if let Err(e) = thread {
+                    tracing::error!(error = %e, "cannot start user writer thread");
+                }
                 tx
             })
             .collect();
@@ -70,7 +82,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
         let mut attempt = 0;
         let outcome = loop {
             match store.write_users(ops.clone()).await {
-                Err(StoreError::Conflict(m)) if attempt < RETRIES => {
+                Err(StoreError::Conflict(m) | StoreError::Transient(m)) if attempt < RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, conflict = %m, "user batch raced; retrying");
                 }

@@ -23,9 +23,26 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::field("body", "a JSON body is required"));
         }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))?;
+        if let Some(path) = nul_path(&v, String::new()) {
+            return Err(ApiError::field(path, "must not contain NUL characters"));
+        }
+        Ok(JsonBody(v))
+    }
+}
+
+/// Path of the first string (or key) holding U+0000, which no store can keep as text.
+fn nul_path(v: &Value, at: String) -> Option<String> {
+    let here = || if at.is_empty() { "body".to_owned() } else { at.clone() };
+    match v {
+        Value::String(s) if s.contains('\0') => Some(here()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| nul_path(x, format!("{}[{i}]", here()))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let p = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            if k.contains('\0') { Some(p) } else { nul_path(x, p) }
+        }),
+        _ => None,
     }
 }
 

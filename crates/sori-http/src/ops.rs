@@ -53,6 +53,7 @@ impl MakeRequestId for NextRequestId {
 pub fn with_middleware(routes: Router<AppState>, _state: AppState) -> Router<AppState> {
     let boot = sori_app::secrets::now_ms() as u64;
     routes
+        .layer(from_fn(refuse_nul))
         .layer(from_fn(track))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             ApiError::internal(&"handler panicked").into_response()
@@ -65,6 +66,17 @@ pub fn with_middleware(routes: Router<AppState>, _state: AppState) -> Router<App
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(NextRequestId(boot)))
+}
+
+/// Refuses an encoded NUL anywhere in the path or query: no store keeps it as text, and
+/// ids, keys and cursors all travel there.
+async fn refuse_nul(req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let has_nul = |s: &str| s.contains("%00") || s.contains('\0');
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return ApiError::field("path", "must not contain NUL characters").into_response();
+    }
+    next.run(req).await
 }
 
 async fn track(req: Request, next: Next) -> Response {

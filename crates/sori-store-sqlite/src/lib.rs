@@ -5,7 +5,7 @@
 //! `synchronous = FULL` makes every commit durable before the call returns; throughput
 //! comes from group commit (many user writes per transaction), not from weaker syncing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -85,6 +85,45 @@ impl SqliteStore {
 const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, tags, \
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
+
+/// Users of channel ?1 by ids (?2) or member ids (?3), both JSON arrays; two indexed
+/// lookups joined with UNION (an OR would make SQLite scan the table).
+const USERS_BY_KEYS: &str = "SELECT channel_id, id, member_id, veil_id, name, profile, tags, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile \
+    FROM users WHERE channel_id = ?1 AND id IN (SELECT value FROM json_each(?2)) \
+    UNION SELECT channel_id, id, member_id, veil_id, name, profile, tags, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile \
+    FROM users WHERE channel_id = ?1 AND member_id IN (SELECT value FROM json_each(?3))";
+
+/// Inserts or replaces users given as a JSON array of arrays in `USER_COLUMNS` order.
+const UPSERT_USERS: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
+    tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile) \
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+    value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12, \
+    value ->> 13, value ->> 14, value ->> 15, value ->> 16, value ->> 17, value ->> 18, \
+    value ->> 19, value ->> 20 FROM json_each(?) WHERE true \
+    ON CONFLICT (channel_id, id) DO UPDATE SET member_id = excluded.member_id, \
+    veil_id = excluded.veil_id, name = excluded.name, profile = excluded.profile, \
+    tags = excluded.tags, unsubscribe_email = excluded.unsubscribe_email, \
+    unsubscribe_texting = excluded.unsubscribe_texting, blocked = excluded.blocked, \
+    city = excluded.city, country = excluded.country, language = excluded.language, \
+    has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
+    sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
+    created_at = excluded.created_at, updated_at = excluded.updated_at, \
+    web = excluded.web, mobile = excluded.mobile";
+
+/// One user row as a JSON array for `UPSERT_USERS`; JSON columns stay text.
+fn row_json(r: &UserRow) -> serde_json::Value {
+    serde_json::json!([
+        r.channel_id, r.id, r.member_id, r.veil_id, r.name, r.profile, r.tags,
+        i64::from(r.unsubscribe_email), i64::from(r.unsubscribe_texting), i64::from(r.blocked),
+        r.city, r.country, r.language, i64::from(r.has_chat), i64::from(r.has_push_token),
+        r.sessions_count, r.last_seen_at, r.created_at, r.updated_at, r.web, r.mobile
+    ])
+}
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";
@@ -603,85 +642,58 @@ impl Store for SqliteStore {
     }
 
     async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        let mut registries = HashMap::new();
-        let mut loaded: HashMap<(i64, String), User> = HashMap::new();
-        let by_id = format!("SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND id = ?");
-        let by_member =
-            format!("SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND member_id = ?");
+        // A constant number of statements per batch, whatever its size: keys and rows
+        // travel as one JSON parameter each and are unpacked with json_each.
+        let mut keys: BTreeMap<i64, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
         for op in &ops {
-            if !registries.contains_key(&op.channel_id) {
-                registries.insert(op.channel_id, Self::load_registry(&mut tx, op.channel_id).await?);
+            let k = keys.entry(op.channel_id).or_default();
+            if let Some(id) = op.id_key() {
+                k.0.push(id);
             }
-            let (sql, key) = match (op.id_key(), op.member_key()) {
-                (Some(id), _) => (&by_id, id),
-                (None, Some(m)) => (&by_member, m),
-                (None, None) => continue,
-            };
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(op.channel_id)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if let Some(r) = row {
-                let u = user_from_row(&r)?;
-                loaded.insert((op.channel_id, u.id.clone()), u);
+            if let Some(m) = op.member_key() {
+                k.1.push(m);
             }
         }
-        let loaded = loaded.into_iter().map(|((ch, _), u)| (ch, u)).collect();
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut registries = HashMap::new();
+        let mut loaded = Vec::new();
+        for (ch, (ids, members)) in &keys {
+            registries.insert(*ch, Self::load_registry(&mut tx, *ch).await?);
+            let rows = sqlx::query(USERS_BY_KEYS)
+                .bind(ch)
+                .bind(serde_json::to_string(ids).unwrap_or_default())
+                .bind(serde_json::to_string(members).unwrap_or_default())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            for r in &rows {
+                loaded.push((*ch, user_from_row(r)?));
+            }
+        }
         let plan = plan_user_writes(ops, loaded, registries);
-        for (ch, f) in &plan.new_fields {
+        if !plan.new_fields.is_empty() {
+            let fields: Vec<serde_json::Value> = plan
+                .new_fields
+                .iter()
+                .map(|(ch, f)| {
+                    serde_json::json!([ch, f.key.as_str(), f.name, f.field_type.as_str(), f.created_at])
+                })
+                .collect();
             sqlx::query(
                 "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, created_at) \
-                 VALUES (?, ?, ?, ?, 0, 0, ?) ON CONFLICT (channel_id, key) DO NOTHING",
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 0, 0, value ->> 4 \
+                 FROM json_each(?) WHERE true ON CONFLICT (channel_id, key) DO NOTHING",
             )
-            .bind(ch)
-            .bind(f.key.as_str())
-            .bind(&f.name)
-            .bind(f.field_type.as_str())
-            .bind(f.created_at)
+            .bind(serde_json::Value::Array(fields).to_string())
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         }
-        let upsert = format!(
-            "INSERT INTO users ({USER_COLUMNS}) VALUES \
-             (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (channel_id, id) DO UPDATE SET member_id = excluded.member_id, \
-             veil_id = excluded.veil_id, name = excluded.name, profile = excluded.profile, \
-             tags = excluded.tags, unsubscribe_email = excluded.unsubscribe_email, \
-             unsubscribe_texting = excluded.unsubscribe_texting, blocked = excluded.blocked, \
-             city = excluded.city, country = excluded.country, language = excluded.language, \
-             has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
-             sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
-             created_at = excluded.created_at, updated_at = excluded.updated_at, \
-             web = excluded.web, mobile = excluded.mobile"
-        );
-        for ((ch, _), user) in &plan.users {
-            let r = UserRow::from_user(*ch, user);
-            sqlx::query(sqlx::AssertSqlSafe(upsert.as_str()))
-                .bind(r.channel_id)
-                .bind(r.id)
-                .bind(r.member_id)
-                .bind(r.veil_id)
-                .bind(r.name)
-                .bind(r.profile)
-                .bind(r.tags)
-                .bind(r.unsubscribe_email)
-                .bind(r.unsubscribe_texting)
-                .bind(r.blocked)
-                .bind(r.city)
-                .bind(r.country)
-                .bind(r.language)
-                .bind(r.has_chat)
-                .bind(r.has_push_token)
-                .bind(r.sessions_count)
-                .bind(r.last_seen_at)
-                .bind(r.created_at)
-                .bind(r.updated_at)
-                .bind(r.web)
-                .bind(r.mobile)
+        if !plan.users.is_empty() {
+            let rows: Vec<serde_json::Value> =
+                plan.users.iter().map(|((ch, _), u)| row_json(&UserRow::from_user(*ch, u))).collect();
+            sqlx::query(UPSERT_USERS)
+                .bind(serde_json::Value::Array(rows).to_string())
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;

@@ -17,6 +17,9 @@ pub enum StoreError {
     /// A unique key is taken (e-mail of a manager, key of a profile field, ...).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A race with another transaction (deadlock, serialization failure); retrying may succeed.
+    #[error("transient conflict: {0}")]
+    Transient(String),
     /// The database failed; the cause is logged, never shown to clients.
     #[error("database error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -1,6 +1,11 @@
 //! `sori`: serve, migrate and manage channels.
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: request handling allocates many small short-lived objects; glibc malloc
+/// spent a quarter of the server's CPU on them under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sori::config::{Config, ConfigArgs, LogFormat};
 use sori_app::ChannelSpec;
 

@@ -102,6 +102,8 @@ async fn bad_input_changes_nothing(b: Backend) {
         (json!({"nickname": "x"}), "nickname"),
         (json!([1, 2]), "body"),
         (json!("text"), "body"),
+        (json!({"profile": {"name": "a\u{0}b"}}), "profile.name"),
+        (json!({"tags": ["ok", "b\u{0}"]}), "tags[1]"),
     ];
     for (body, field) in cases {
         let r = app.upsert("m-1", body.clone()).await;
@@ -121,6 +123,11 @@ async fn bad_input_changes_nothing(b: Backend) {
     let r = app.raw(Method::PUT, "/open/v5/users/@m-1", &h, huge.into_bytes()).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.body["type"], "payloadTooLarge");
+    // NUL in a path or cursor is refused before any lookup.
+    let r = app.open(Method::GET, "/open/v5/users/@m%00", None).await;
+    assert_eq!((r.status, r.error_field()), (400, "path"));
+    let r = app.open(Method::GET, "/open/v5/users?since=%00", None).await;
+    assert_eq!(r.status, 400);
     // A member id that is too long.
     let r = app.upsert(&"m".repeat(257), json!({})).await;
     assert_eq!((r.status, r.error_field()), (400, "memberId"));
