@@ -83,9 +83,16 @@ impl Drop for Server {
 
 fn start_server(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut cmd = Command::new(bin);
-    cmd.args(["--data-dir"]).arg(dir.path()).args(["--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "0"]);
+    cmd.args(["--data-dir"]).arg(dir.path()).args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--rate-limit",
+        "0",
+    ]);
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);
     }
@@ -95,7 +102,12 @@ fn start_server(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Ser
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("starting {} (build it with cargo build --release)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "starting {} (build it with cargo build --release)",
+                bin.display()
+            )
+        })?;
     let out = child.stdout.take().context("stdout")?;
     let (mut key, mut secret) = (String::new(), String::new());
     for line in BufReader::new(out).lines() {
@@ -113,7 +125,13 @@ fn start_server(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Ser
     if key.is_empty() || secret.is_empty() {
         bail!("server did not print credentials");
     }
-    Ok(Server { child: Some(child), base: format!("http://127.0.0.1:{port}"), key, secret, _dir: dir })
+    Ok(Server {
+        child: Some(child),
+        base: format!("http://127.0.0.1:{port}"),
+        key,
+        secret,
+        _dir: dir,
+    })
 }
 
 /// A deterministic pseudo-random stream (xorshift), so runs are comparable.
@@ -129,7 +147,14 @@ impl Rng {
 }
 
 fn profile(rng: &mut Rng, n: u64) -> Value {
-    const NAMES: [&str; 6] = ["김민준", "이서연", "박지호", "최수아", "Jane Doe", "John Smith"];
+    const NAMES: [&str; 6] = [
+        "김민준",
+        "이서연",
+        "박지호",
+        "최수아",
+        "Jane Doe",
+        "John Smith",
+    ];
     const TAGS: [&str; 6] = ["vip", "newsletter", "cart", "app", "seoul", "returning"];
     let r = rng.next();
     let grade = ["bronze", "silver", "gold"][(r % 3) as usize];
@@ -149,8 +174,15 @@ fn profile(rng: &mut Rng, n: u64) -> Value {
     })
 }
 
-async fn run_upserts(server: &Server, clients: usize, seconds: u64, members: u64) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+async fn run_upserts(
+    server: &Server,
+    clients: usize,
+    seconds: u64,
+    members: u64,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
     let stop_warmup = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -204,7 +236,11 @@ async fn run_upserts(server: &Server, clients: usize, seconds: u64, members: u64
         errors += e;
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "upserts: {} in {elapsed:.1} s = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; errors {errors}",
         all.len(),
@@ -219,28 +255,54 @@ async fn run_upserts(server: &Server, clients: usize, seconds: u64, members: u64
 async fn fresh_pg_database(admin: &str) -> anyhow::Result<String> {
     let name = format!("sori_bench_{}", std::process::id());
     let status = Command::new("psql")
-        .args([admin, "-q", "-c", &format!("DROP DATABASE IF EXISTS {name}"), "-c", &format!("CREATE DATABASE {name}")])
+        .args([
+            admin,
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name}"),
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
         .status()
         .context("running psql")?;
     if !status.success() {
         bail!("could not create benchmark database");
     }
-    let (base, _) = admin.rsplit_once('/').context("admin URL needs a database part")?;
+    let (base, _) = admin
+        .rsplit_once('/')
+        .context("admin URL needs a database part")?;
     Ok(format!("{base}/{name}"))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Upsert { backend, pg_url, clients, seconds, members, sori, base_url, access_key, access_secret } => {
+        Cmd::Upsert {
+            backend,
+            pg_url,
+            clients,
+            seconds,
+            members,
+            sori,
+            base_url,
+            access_key,
+            access_secret,
+        } => {
             if let Some(base) = base_url {
-                let server = Server { child: None, base, key: access_key, secret: access_secret, _dir: tempfile::tempdir()? };
+                let server = Server {
+                    child: None,
+                    base,
+                    key: access_key,
+                    secret: access_secret,
+                    _dir: tempfile::tempdir()?,
+                };
                 return run_upserts(&server, clients, seconds, members).await;
             }
             let url = match backend {
                 Backend::Sqlite => None,
                 Backend::Postgres => {
-                    let admin = pg_url.context("--pg-url (or SORI_BENCH_PG_URL) is required for postgres")?;
+                    let admin = pg_url
+                        .context("--pg-url (or SORI_BENCH_PG_URL) is required for postgres")?;
                     Some(fresh_pg_database(&admin).await?)
                 }
             };
@@ -248,7 +310,11 @@ async fn main() -> anyhow::Result<()> {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             println!(
                 "backend {} | {clients} clients | {seconds} s | {members} members | {cores} cores (server and load generator share them)",
-                if backend == Backend::Sqlite { "sqlite" } else { "postgres" }
+                if backend == Backend::Sqlite {
+                    "sqlite"
+                } else {
+                    "postgres"
+                }
             );
             run_upserts(&server, clients, seconds, members).await?;
         }

@@ -27,23 +27,34 @@ pub struct ChannelInfo {
     pub tz: TimeZone,
 }
 
+/// A cached channel and when it was read.
+type Cached = (Arc<ChannelInfo>, Instant);
+
 /// Channel lookups by access key, cached for [`CHANNEL_TTL`].
 #[derive(Clone)]
 pub struct ChannelCache {
     store: Arc<dyn Store>,
     pepper: Arc<[u8]>,
-    by_key: Arc<RwLock<HashMap<String, (Arc<ChannelInfo>, Instant)>>>,
+    by_key: Arc<RwLock<HashMap<String, Cached>>>,
 }
 
 impl ChannelCache {
     /// An empty cache over `store`.
     pub fn new(store: Arc<dyn Store>, pepper: Arc<[u8]>) -> Self {
-        Self { store, pepper, by_key: Arc::default() }
+        Self {
+            store,
+            pepper,
+            by_key: Arc::default(),
+        }
     }
 
     /// Checks an Open API key pair; both a wrong key and a wrong secret are a plain 401 so
     /// keys cannot be probed.
-    pub async fn authenticate(&self, access_key: &str, secret: &str) -> AppResult<Arc<ChannelInfo>> {
+    pub async fn authenticate(
+        &self,
+        access_key: &str,
+        secret: &str,
+    ) -> AppResult<Arc<ChannelInfo>> {
         let info = self.get(access_key).await?.ok_or_else(bad_key)?;
         if keyed_hash_matches(&self.pepper, secret, &info.channel.access_secret_hash) {
             Ok(info)
@@ -106,7 +117,9 @@ impl ManagerContext {
         if self.role.allows(p) {
             Ok(())
         } else {
-            let name = serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_owned));
+            let name = serde_json::to_value(p)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
             Err(AppError::Forbidden(format!(
                 "your role `{}` lacks the `{}` permission",
                 self.role.name,
@@ -120,7 +133,9 @@ impl ManagerContext {
 /// whether an account exists.
 fn dummy_hash() -> String {
     static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| crate::secrets::hash_password(&random_hex(16))).clone()
+    DUMMY
+        .get_or_init(|| crate::secrets::hash_password(&random_hex(16)))
+        .clone()
 }
 
 impl App {
@@ -132,27 +147,43 @@ impl App {
         channel_id: Option<i64>,
     ) -> AppResult<(String, ManagerContext)> {
         let email = email.trim().to_lowercase();
+        let _slot = self
+            .login_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AppError::Busy("too many logins at once; retry in a moment".into()))?;
         let mut candidates = self.store.managers_by_email(&email).await?;
         if let Some(ch) = channel_id {
             candidates.retain(|m| m.channel_id == ch);
         }
-        if candidates.len() > 1 {
+        // Every candidate's password is checked (and a dummy one when there is none), so
+        // neither the answer nor its timing tells whether an account exists.
+        let hashes: Vec<String> = if candidates.is_empty() {
+            vec![dummy_hash()]
+        } else {
+            candidates.iter().map(|m| m.password_hash.clone()).collect()
+        };
+        let pw = password.to_owned();
+        let ok: Vec<bool> = tokio::task::spawn_blocking(move || {
+            hashes.iter().map(|h| verify_password(&pw, h)).collect()
+        })
+        .await
+        .map_err(|_| AppError::Unavailable)?;
+        let mut matching: Vec<Manager> = candidates
+            .into_iter()
+            .zip(ok)
+            .filter_map(|(m, ok)| ok.then_some(m))
+            .collect();
+        if matching.len() > 1 {
             return Err(sori_domain::Invalid::one(
                 "channelId",
-                "this e-mail belongs to managers of several channels; say which channel",
+                "you manage several channels with this e-mail; say which channel",
             )
             .into());
         }
-        let manager = candidates.pop();
-        let phc = manager.as_ref().map(|m| m.password_hash.clone());
-        let pw = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&pw, &phc.unwrap_or_else(dummy_hash)))
-            .await
-            .map_err(|_| AppError::Unavailable)?;
-        let manager = match manager {
-            Some(m) if ok => m,
-            _ => return Err(AppError::Unauthorized("wrong e-mail or password".into())),
-        };
+        let manager = matching
+            .pop()
+            .ok_or_else(|| AppError::Unauthorized("wrong e-mail or password".into()))?;
         let token = random_hex(32);
         let session = Session {
             token_hash: keyed_hash(&self.pepper, &token),
@@ -168,15 +199,23 @@ impl App {
 
     /// Resolves a session cookie; `None` for anything unknown, expired or malformed.
     pub async fn session(&self, cookie: &str) -> AppResult<Option<ManagerContext>> {
-        let Some((ch, token)) = cookie.split_once('.') else { return Ok(None) };
-        let Ok(ch) = ch.parse::<i64>() else { return Ok(None) };
+        let Some((ch, token)) = cookie.split_once('.') else {
+            return Ok(None);
+        };
+        let Ok(ch) = ch.parse::<i64>() else {
+            return Ok(None);
+        };
         let hash = keyed_hash(&self.pepper, token);
-        let Some(s) = self.store.session(ch, &hash).await? else { return Ok(None) };
+        let Some(s) = self.store.session(ch, &hash).await? else {
+            return Ok(None);
+        };
         if s.expires_at < now_ms() {
             self.store.delete_session(ch, &hash).await?;
             return Ok(None);
         }
-        let Some(manager) = self.store.manager(ch, &s.manager_id).await? else { return Ok(None) };
+        let Some(manager) = self.store.manager(ch, &s.manager_id).await? else {
+            return Ok(None);
+        };
         Ok(Some(self.context_of(manager, s.csrf_token).await?))
     }
 
@@ -185,7 +224,9 @@ impl App {
         if let Some((ch, token)) = cookie.split_once('.')
             && let Ok(ch) = ch.parse::<i64>()
         {
-            self.store.delete_session(ch, &keyed_hash(&self.pepper, token)).await?;
+            self.store
+                .delete_session(ch, &keyed_hash(&self.pepper, token))
+                .await?;
         }
         Ok(())
     }
@@ -202,7 +243,15 @@ impl App {
             .await?
             .into_iter()
             .find(|r| r.id == manager.role_id)
-            .unwrap_or_else(|| Role { permissions: Default::default(), ..Role::basic() });
-        Ok(ManagerContext { channel: Arc::new(info_of(channel)), manager, role, csrf_token })
+            .unwrap_or_else(|| Role {
+                permissions: Default::default(),
+                ..Role::basic()
+            });
+        Ok(ManagerContext {
+            channel: Arc::new(info_of(channel)),
+            manager,
+            role,
+            csrf_token,
+        })
     }
 }

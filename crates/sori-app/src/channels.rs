@@ -1,8 +1,8 @@
 //! Creating channels with fresh credentials, printed once and stored hashed.
 
 use serde::Serialize;
-use sori_domain::channel::{self, DEFAULT_TIME_ZONE};
 use sori_domain::Invalid;
+use sori_domain::channel::{self, DEFAULT_TIME_ZONE};
 use sori_store::{Channel, Manager, NewChannel};
 
 use crate::secrets::{hash_password, keyed_hash, new_id, now_ms, random_hex};
@@ -54,8 +54,13 @@ pub struct ChannelCredentials {
 pub fn check_email(field: &str, email: &str) -> Result<String, Invalid> {
     let e = email.trim().to_lowercase();
     match e.split_once('@') {
-        Some((l, d)) if !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace) => Ok(e),
-        _ => Err(Invalid::one(field, format!("`{email}` is not an e-mail address"))),
+        Some((l, d)) if !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace) => {
+            Ok(e)
+        }
+        _ => Err(Invalid::one(
+            field,
+            format!("`{email}` is not an e-mail address"),
+        )),
     }
 }
 
@@ -72,7 +77,9 @@ impl App {
     pub async fn create_channel(&self, spec: ChannelSpec) -> AppResult<ChannelCredentials> {
         let name = channel::check_name("name", &spec.name)?;
         let email = check_email("owner.email", &spec.owner_email)?;
-        let tz = spec.time_zone.unwrap_or_else(|| DEFAULT_TIME_ZONE.to_owned());
+        let tz = spec
+            .time_zone
+            .unwrap_or_else(|| DEFAULT_TIME_ZONE.to_owned());
         channel::time_zone("timeZone", &tz)?;
         let password = match spec.owner_password {
             Some(p) => {

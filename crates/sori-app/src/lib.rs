@@ -39,6 +39,9 @@ pub enum AppError {
     /// The writer is shutting down.
     #[error("service is shutting down")]
     Unavailable,
+    /// Too much of a costly operation at once; retry later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<StoreError> for AppError {
@@ -65,6 +68,9 @@ pub struct App {
     pub channels: ChannelCache,
     /// The group-committing user writer.
     pub users: UserWriter,
+    /// Bounds concurrent Argon2 work (about 19 MiB and tens of ms each), so a flood of
+    /// logins cannot exhaust memory or starve the API.
+    pub login_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -76,6 +82,9 @@ impl App {
         Ok(Self {
             channels: ChannelCache::new(store.clone(), pepper.clone()),
             users: UserWriter::spawn(store.clone(), writer_shards),
+            login_slots: Arc::new(tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
             store,
             pepper,
         })

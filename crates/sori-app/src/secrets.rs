@@ -7,8 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
@@ -30,7 +30,9 @@ pub fn keyed_hash(pepper: &[u8], secret: &str) -> String {
 
 /// Constant-time check of a secret against its keyed hash.
 pub fn keyed_hash_matches(pepper: &[u8], secret: &str, stored_hex: &str) -> bool {
-    let Ok(stored) = hex::decode(stored_hex) else { return false };
+    let Ok(stored) = hex::decode(stored_hex) else {
+        return false;
+    };
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper).expect("hmac takes any key");
     mac.update(secret.as_bytes());
     mac.verify_slice(&stored).is_ok()
@@ -49,13 +51,18 @@ pub fn hash_password(password: &str) -> String {
 
 /// Checks a password against a PHC string.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc)
-        .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(phc).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 /// Current time in epoch milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 static LAST: AtomicU64 = AtomicU64::new(0);
@@ -78,7 +85,9 @@ pub fn new_id() -> String {
 
 /// True when `s` looks like an id made by [`new_id`]; lets handlers answer 404 early.
 pub fn is_id(s: &str) -> bool {
-    s.len() == 24 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 24
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -42,19 +42,28 @@ impl UserWriter {
             .map(|i| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let store = store.clone();
-                let thread = std::thread::Builder::new().name(format!("sori-writer-{i}")).spawn(move || {
-                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => rt.block_on(run(store, rx)),
-                        Err(e) => tracing::error!(error = %e, "cannot start user writer runtime"),
-                    }
-                });
+                let thread = std::thread::Builder::new()
+                    .name(format!("sori-writer-{i}"))
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(run(store, rx)),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot start user writer runtime")
+                            }
+                        }
+                    });
                 if let Err(e) = thread {
                     tracing::error!(error = %e, "cannot start user writer thread");
                 }
                 tx
             })
             .collect();
-        Self { shards: shards.into() }
+        Self {
+            shards: shards.into(),
+        }
     }
 
     /// Queues one write and waits until it is committed (or rejected).
@@ -64,7 +73,10 @@ impl UserWriter {
         op.member_key().or(op.id_key()).hash(&mut h);
         let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
         let (reply, rx) = oneshot::channel();
-        shard.send(Job { op, reply }).await.map_err(|_| AppError::Unavailable)?;
+        shard
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| AppError::Unavailable)?;
         match rx.await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(msg)) => Err(AppError::Store(StoreError::Backend(msg.into()))),
@@ -89,7 +101,8 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
                 other => break other,
             }
         };
-        metrics::histogram!("sori_user_write_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("sori_user_write_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(results) => {
                 for (job, r) in jobs.drain(..).zip(results) {
@@ -111,8 +124,12 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
 pub enum Source {
     /// Server-side Open API (full trust; tags ≤ 20 per call).
     OpenApi,
-    /// A manager in the console (tags ≤ 20 per call).
-    Desk,
+    /// A manager in the console (tags ≤ 20 per call); registering new profile keys needs
+    /// the general-settings permission.
+    Desk {
+        /// The manager may register new profile fields.
+        may_register: bool,
+    },
     /// The browser SDK (tags ≤ 10 per call; a boot can never resubscribe).
     SdkBoot,
 }
@@ -125,9 +142,15 @@ impl crate::App {
             tz: ch.tz.clone(),
             tag_limit_per_call: match source {
                 Source::SdkBoot => MAX_TAGS_PER_SDK_CALL,
-                Source::OpenApi | Source::Desk => MAX_TAGS_PER_API_CALL,
+                Source::OpenApi | Source::Desk { .. } => MAX_TAGS_PER_API_CALL,
             },
             may_resubscribe: source != Source::SdkBoot,
+            may_register: !matches!(
+                source,
+                Source::Desk {
+                    may_register: false
+                }
+            ),
         }
     }
 
@@ -140,17 +163,27 @@ impl crate::App {
         source: Source,
     ) -> AppResult<sori_store::UserOpOutcome> {
         if let sori_store::UserTarget::MemberId { member_id, .. }
-        | sori_store::UserTarget::New { member_id: Some(member_id), .. } = &target
+        | sori_store::UserTarget::New {
+            member_id: Some(member_id),
+            ..
+        } = &target
         {
             sori_domain::update::check_member_id(member_id)?;
         }
-        let op = UserOp { channel_id: ch.channel.id, target, update, ctx: self.context(ch, source) };
+        let op = UserOp {
+            channel_id: ch.channel.id,
+            target,
+            update,
+            ctx: self.context(ch, source),
+        };
         match self.users.write(op).await? {
             Ok(outcome) => Ok(outcome),
-            Err(sori_store::UserOpError::NotFound) => Err(AppError::NotFound("user not found".into())),
-            Err(sori_store::UserOpError::MemberIdTaken(m)) => {
-                Err(AppError::Conflict(format!("memberId `{m}` belongs to another user")))
+            Err(sori_store::UserOpError::NotFound) => {
+                Err(AppError::NotFound("user not found".into()))
             }
+            Err(sori_store::UserOpError::MemberIdTaken(m)) => Err(AppError::Conflict(format!(
+                "memberId `{m}` belongs to another user"
+            ))),
             Err(sori_store::UserOpError::Invalid(e)) => Err(e.into()),
         }
     }

@@ -13,7 +13,10 @@ pub const LANGUAGES: &[&str] = &["ko", "en"];
 /// Resolves an IANA time zone name from the bundled database.
 pub fn time_zone(field: &str, name: &str) -> Result<TimeZone, Invalid> {
     TimeZone::get(name).map_err(|_| {
-        Invalid::one(field, format!("`{name}` is not an IANA time zone such as Asia/Seoul"))
+        Invalid::one(
+            field,
+            format!("`{name}` is not an IANA time zone such as Asia/Seoul"),
+        )
     })
 }
 
@@ -22,7 +25,10 @@ pub fn check_language(field: &str, lang: &str) -> Result<(), Invalid> {
     if LANGUAGES.contains(&lang) {
         Ok(())
     } else {
-        Err(Invalid::one(field, format!("must be one of {}", LANGUAGES.join(", "))))
+        Err(Invalid::one(
+            field,
+            format!("must be one of {}", LANGUAGES.join(", ")),
+        ))
     }
 }
 
@@ -43,6 +49,9 @@ mod tests {
     fn zones() {
         assert!(time_zone("timeZone", "Asia/Seoul").is_ok());
         assert!(time_zone("timeZone", "America/New_York").is_ok());
-        assert_eq!(time_zone("timeZone", "Mars/Base").unwrap_err().0[0].field, "timeZone");
+        assert_eq!(
+            time_zone("timeZone", "Mars/Base").unwrap_err().0[0].field,
+            "timeZone"
+        );
     }
 }

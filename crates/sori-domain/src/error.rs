@@ -14,7 +14,10 @@ pub struct FieldError {
 impl FieldError {
     /// Builds an error for `field`; a shorthand used throughout validation.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -27,7 +30,12 @@ fn summary(errors: &[FieldError]) -> String {
     match errors {
         [] => "invalid input".to_owned(),
         [one] => format!("{}: {}", one.field, one.message),
-        [first, rest @ ..] => format!("{}: {} (and {} more)", first.field, first.message, rest.len()),
+        [first, rest @ ..] => format!(
+            "{}: {} (and {} more)",
+            first.field,
+            first.message,
+            rest.len()
+        ),
     }
 }
 
@@ -55,6 +63,10 @@ impl Errors {
 
     /// `Ok(())` when nothing was recorded, else every recorded problem.
     pub fn check(self) -> Result<(), Invalid> {
-        if self.0.is_empty() { Ok(()) } else { Err(Invalid(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(self.0))
+        }
     }
 }

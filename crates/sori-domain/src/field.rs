@@ -55,10 +55,13 @@ impl FieldType {
 
     /// Parses a wire name; the error lists the accepted names.
     pub fn parse(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|t| t.as_str()).collect();
-            format!("unknown type `{s}`; expected one of {}", names.join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|t| t.as_str()).collect();
+                format!("unknown type `{s}`; expected one of {}", names.join(", "))
+            })
     }
 }
 
@@ -81,7 +84,10 @@ impl ProfileKey {
         match chars.next() {
             None => return Err("key must not be empty".into()),
             Some(c) if !c.is_ascii_alphabetic() => {
-                return Err(format!("key `{}` must start with an English letter", clip(s)));
+                return Err(format!(
+                    "key `{}` must start with an English letter",
+                    clip(s)
+                ));
             }
             _ => {}
         }
@@ -161,12 +167,22 @@ pub const PREREGISTERED: &[(&str, &str, FieldType)] = &[
     ("lastUtmContent", "UTM Content", FieldType::String),
     ("lastUtmTerm", "UTM Term", FieldType::String),
     ("description", "Description", FieldType::String),
-    ("lastCheckoutCompletedAt", "Last checkout completed at", FieldType::Datetime),
+    (
+        "lastCheckoutCompletedAt",
+        "Last checkout completed at",
+        FieldType::Datetime,
+    ),
 ];
 
 /// Profile keys written only while empty (seed 002: "한번 입력되면 갱신되지 않음").
-pub const SET_ONCE_KEYS: &[&str] =
-    &["referrer", "utmSource", "utmMedium", "utmCampaign", "utmContent", "utmTerm"];
+pub const SET_ONCE_KEYS: &[&str] = &[
+    "referrer",
+    "utmSource",
+    "utmMedium",
+    "utmCampaign",
+    "utmContent",
+    "utmTerm",
+];
 
 /// Built-in user fields with their types (seed 002, "채널톡이 저장해주는 데이터 목록").
 pub const BUILTIN_FIELDS: &[(&str, FieldType)] = &[
@@ -204,7 +220,10 @@ pub const BUILTIN_FIELDS: &[(&str, FieldType)] = &[
 
 /// Looks up a built-in field's type.
 pub fn builtin_type(key: &str) -> Option<FieldType> {
-    BUILTIN_FIELDS.iter().find(|(k, _)| *k == key).map(|(_, t)| *t)
+    BUILTIN_FIELDS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, t)| *t)
 }
 
 /// A channel's registered profile fields by key.
@@ -216,7 +235,12 @@ pub struct Registry {
 impl Registry {
     /// Builds a registry from stored rows.
     pub fn new(fields: impl IntoIterator<Item = ProfileField>) -> Self {
-        Self { fields: fields.into_iter().map(|f| (f.key.as_str().to_owned(), f)).collect() }
+        Self {
+            fields: fields
+                .into_iter()
+                .map(|f| (f.key.as_str().to_owned(), f))
+                .collect(),
+        }
     }
 
     /// The field registered under `key`.
@@ -270,6 +294,10 @@ mod tests {
         for t in FieldType::ALL {
             assert_eq!(FieldType::parse(t.as_str()), Ok(t));
         }
-        assert!(FieldType::parse("object").unwrap_err().contains("listOfNumber"));
+        assert!(
+            FieldType::parse("object")
+                .unwrap_err()
+                .contains("listOfNumber")
+        );
     }
 }

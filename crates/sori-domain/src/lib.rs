@@ -19,5 +19,5 @@ pub mod value;
 pub use error::{FieldError, Invalid};
 pub use field::{FieldType, ProfileField, ProfileKey, Registry};
 pub use role::{InboxScope, Permission, Role};
-pub use update::{ApplyContext, Applied, TagOp, UserUpdate, apply_update};
+pub use update::{Applied, ApplyContext, TagOp, UserUpdate, apply_update};
 pub use user::{DeviceInfo, User};

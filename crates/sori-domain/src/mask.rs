@@ -52,7 +52,11 @@ pub fn mask_phone(stored: &str) -> String {
     }
     let chars: Vec<char> = shown.chars().collect();
     let keep = chars.len().min(4);
-    format!("{}{}", "*".repeat(chars.len() - keep), chars[chars.len() - keep..].iter().collect::<String>())
+    format!(
+        "{}{}",
+        "*".repeat(chars.len() - keep),
+        chars[chars.len() - keep..].iter().collect::<String>()
+    )
 }
 
 /// `aaabbb@example.com` → `aaa***@example.com`; at least two characters are always hidden.
@@ -75,7 +79,10 @@ mod tests {
     fn phone_masking() {
         assert_eq!(mask_phone("+821012340000"), "010-****-0000");
         assert_eq!(mask_phone("02-123-4567"), "02-***-4567");
-        assert_eq!(mask("mobileNumber", &json!("+821012340000")), json!("010-****-0000"));
+        assert_eq!(
+            mask("mobileNumber", &json!("+821012340000")),
+            json!("010-****-0000")
+        );
     }
 
     #[test]

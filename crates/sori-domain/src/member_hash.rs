@@ -34,8 +34,15 @@ mod tests {
     fn matches_rfc4231_case_2() {
         // Key "Jefe", data "what do ya want for nothing?".
         let h = compute(&hex::encode("Jefe"), "what do ya want for nothing?").expect("hash");
-        assert_eq!(h, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        assert!(verify(&hex::encode("Jefe"), "what do ya want for nothing?", &h));
+        assert_eq!(
+            h,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(verify(
+            &hex::encode("Jefe"),
+            "what do ya want for nothing?",
+            &h
+        ));
         assert!(!verify(&hex::encode("Jefe"), "someone else", &h));
         assert!(!verify(&hex::encode("Jefe"), "x", "zz"));
     }

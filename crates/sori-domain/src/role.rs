@@ -97,9 +97,13 @@ impl Role {
         Self {
             id: "basic".into(),
             name: "Basic".into(),
-            permissions: [Permission::ContactsRead, Permission::ContactsEdit, Permission::Marketing]
-                .into_iter()
-                .collect(),
+            permissions: [
+                Permission::ContactsRead,
+                Permission::ContactsEdit,
+                Permission::Marketing,
+            ]
+            .into_iter()
+            .collect(),
             inbox_scope: InboxScope::All,
             builtin: true,
         }
@@ -110,12 +114,69 @@ impl Role {
         self.permissions.contains(&p)
     }
 
-    /// Checks a custom role's name (1–50 characters, not a built-in id).
+    /// Whether a manager holding `self` may hand out `granted` (assign it, or define it):
+    /// only owners deal in the owner role, and nobody grants permissions they lack, so
+    /// team management cannot be turned into a way to become owner.
+    pub fn may_grant(&self, granted: &Role) -> Result<(), String> {
+        if self.id == "owner" {
+            return Ok(());
+        }
+        if granted.id == "owner" {
+            return Err("only owners may grant the owner role".into());
+        }
+        match granted
+            .permissions
+            .iter()
+            .find(|p| !self.permissions.contains(p))
+        {
+            Some(p) => Err(format!(
+                "you cannot grant `{}`, which your own role lacks",
+                serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a custom role's name (1–50 characters).
     pub fn check_name(name: &str) -> Result<String, Invalid> {
         let n = name.trim();
         if n.is_empty() || n.chars().count() > 50 {
             return Err(Invalid::one("name", "must be 1 to 50 characters"));
         }
         Ok(n.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn custom(perms: &[Permission]) -> Role {
+        Role {
+            id: "r1".into(),
+            name: "Team lead".into(),
+            permissions: perms.iter().copied().collect(),
+            inbox_scope: InboxScope::All,
+            builtin: false,
+        }
+    }
+
+    #[test]
+    fn nobody_but_owners_grants_owner_or_more_than_they_have() {
+        let lead = custom(&[Permission::TeamManagement, Permission::ContactsRead]);
+        assert!(lead.may_grant(&Role::owner()).is_err());
+        assert!(lead.may_grant(&custom(&[Permission::ContactsRead])).is_ok());
+        let err = lead
+            .may_grant(&custom(&[Permission::ContactsReveal]))
+            .unwrap_err();
+        assert!(err.contains("contacts.reveal"));
+        assert!(
+            lead.may_grant(&Role::basic()).is_err(),
+            "basic has contacts.edit and marketing"
+        );
+        assert!(Role::owner().may_grant(&Role::owner()).is_ok());
     }
 }

@@ -59,8 +59,14 @@ pub struct UserUpdate {
 }
 
 /// Fields a JSON update body may carry, so each path can say what it accepts.
-pub const UPDATE_FIELDS: &[&str] =
-    &["profile", "profileOnce", "tags", "unsubscribeEmail", "unsubscribeTexting", "blocked"];
+pub const UPDATE_FIELDS: &[&str] = &[
+    "profile",
+    "profileOnce",
+    "tags",
+    "unsubscribeEmail",
+    "unsubscribeTexting",
+    "blocked",
+];
 
 impl UserUpdate {
     /// Parses a JSON body, accepting only `allowed` top-level fields; every wrong type is
@@ -68,12 +74,18 @@ impl UserUpdate {
     pub fn from_json(body: &Value, allowed: &[&str]) -> Result<Self, Invalid> {
         let mut errs = Errors::default();
         let Value::Object(obj) = body else {
-            return Err(Invalid::one("body", format!("must be a JSON object, got {}", kind(body))));
+            return Err(Invalid::one(
+                "body",
+                format!("must be a JSON object, got {}", kind(body)),
+            ));
         };
         let mut upd = UserUpdate::default();
         for (k, v) in obj {
             if !allowed.contains(&k.as_str()) {
-                errs.push(k, format!("unknown field; expected one of {}", allowed.join(", ")));
+                errs.push(
+                    k,
+                    format!("unknown field; expected one of {}", allowed.join(", ")),
+                );
                 continue;
             }
             match (k.as_str(), v) {
@@ -109,7 +121,10 @@ fn strings(items: &[Value], field: &str, errs: &mut Errors) -> Option<Vec<String
             Some(s) => out.push(s.to_owned()),
             None => {
                 ok = false;
-                errs.push(format!("{field}[{i}]"), format!("must be a string, got {}", kind(item)));
+                errs.push(
+                    format!("{field}[{i}]"),
+                    format!("must be a string, got {}", kind(item)),
+                );
             }
         }
     }
@@ -122,7 +137,10 @@ pub fn check_member_id(s: &str) -> Result<(), Invalid> {
         return Err(Invalid::one("memberId", "must not be empty"));
     }
     if s.trim() != s {
-        return Err(Invalid::one("memberId", "must not start or end with whitespace"));
+        return Err(Invalid::one(
+            "memberId",
+            "must not start or end with whitespace",
+        ));
     }
     if s.contains('\0') {
         return Err(Invalid::one("memberId", value::NUL_REJECTED));
@@ -147,6 +165,9 @@ pub struct ApplyContext {
     pub tag_limit_per_call: usize,
     /// False on SDK boots: a boot can unsubscribe but never subscribe again.
     pub may_resubscribe: bool,
+    /// Whether an unknown profile key may register a new field (false for managers
+    /// without the general-settings permission, who may not change the schema).
+    pub may_register: bool,
 }
 
 /// The result of a successful update.
@@ -226,7 +247,10 @@ pub fn apply_update(
     if user.profile.len() > MAX_PROFILE_KEYS {
         errs.push(
             "profile",
-            format!("has {} keys; at most {MAX_PROFILE_KEYS} are allowed", user.profile.len()),
+            format!(
+                "has {} keys; at most {MAX_PROFILE_KEYS} are allowed",
+                user.profile.len()
+            ),
         );
     }
     let size = serde_json::to_vec(&user.profile).map_or(usize::MAX, |v| v.len());
@@ -264,7 +288,11 @@ pub fn apply_update(
     if changed && !created {
         user.updated_at = ctx.now;
     }
-    Ok(Applied { user, changed, new_fields: new_fields.into_values().collect() })
+    Ok(Applied {
+        user,
+        changed,
+        new_fields: new_fields.into_values().collect(),
+    })
 }
 
 fn has_value(user: &User, key: &str) -> bool {
@@ -272,7 +300,11 @@ fn has_value(user: &User, key: &str) -> bool {
 }
 
 fn consent(old: bool, requested: bool, may_resubscribe: bool) -> bool {
-    if old && !requested && !may_resubscribe { old } else { requested }
+    if old && !requested && !may_resubscribe {
+        old
+    } else {
+        requested
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -287,6 +319,9 @@ fn checked_value(
 ) -> Option<Value> {
     let ty = if let Some(f) = registry.get(key).or_else(|| new_fields.get(key)) {
         f.field_type
+    } else if !ctx.may_register {
+        errs.push(path, "is not a registered profile field; registering one needs the general-settings permission");
+        return None;
     } else {
         let parsed = match ProfileKey::parse(key) {
             Ok(k) => k,
@@ -348,7 +383,10 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
         return;
     }
     if given.len() > per_call {
-        errs.push("tags", format!("at most {per_call} tags per call (got {})", given.len()));
+        errs.push(
+            "tags",
+            format!("at most {per_call} tags per call (got {})", given.len()),
+        );
         return;
     }
     let mut normalized: Vec<String> = Vec::with_capacity(given.len());
@@ -373,7 +411,10 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
     if tags.len() > MAX_TAGS_PER_USER {
         errs.push(
             "tags",
-            format!("a user may have at most {MAX_TAGS_PER_USER} tags (would have {})", tags.len()),
+            format!(
+                "a user may have at most {MAX_TAGS_PER_USER} tags (would have {})",
+                tags.len()
+            ),
         );
     }
 }
@@ -381,8 +422,13 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
 fn check_language(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 35
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok { Ok(s.to_owned()) } else { Err(format!("`{s}` is not a language tag such as ko or en-US")) }
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}` is not a language tag such as ko or en-US"))
+    }
 }
 
 #[cfg(test)]

@@ -45,9 +45,9 @@ pub fn check(key: &str, ty: FieldType, v: &Value, tz: &TimeZone) -> Result<Value
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 match item {
-                    Value::String(s) => {
-                        out.push(Value::String(check_len(s).map_err(|e| format!("item {i}: {e}"))?))
-                    }
+                    Value::String(s) => out.push(Value::String(
+                        check_len(s).map_err(|e| format!("item {i}: {e}"))?,
+                    )),
                     _ => return Err(format!("item {i} must be a string ({})", kind(item))),
                 }
             }
@@ -55,8 +55,10 @@ pub fn check(key: &str, ty: FieldType, v: &Value, tz: &TimeZone) -> Result<Value
         }
         (FieldType::ListOfNumber, Value::Array(items)) => {
             check_list_len(items.len())?;
-            if let Some((i, item)) =
-                items.iter().enumerate().find(|(_, x)| x.as_f64().is_none_or(|f| !f.is_finite()))
+            if let Some((i, item)) = items
+                .iter()
+                .enumerate()
+                .find(|(_, x)| x.as_f64().is_none_or(|f| !f.is_finite()))
             {
                 return Err(format!("item {i} must be a number ({})", kind(item)));
             }
@@ -89,7 +91,9 @@ fn check_len(s: &str) -> Result<String, String> {
 
 fn check_list_len(n: usize) -> Result<(), String> {
     if n > MAX_LIST_ITEMS {
-        return Err(format!("must have at most {MAX_LIST_ITEMS} items (got {n})"));
+        return Err(format!(
+            "must have at most {MAX_LIST_ITEMS} items (got {n})"
+        ));
     }
     Ok(())
 }
@@ -107,7 +111,11 @@ fn check_email(s: &str) -> Result<String, String> {
         }
         None => false,
     };
-    if ok { Ok(t.to_owned()) } else { Err(format!("`{s}` is not an e-mail address")) }
+    if ok {
+        Ok(t.to_owned())
+    } else {
+        Err(format!("`{s}` is not an e-mail address"))
+    }
 }
 
 fn to_date(v: &Value, tz: &TimeZone) -> Result<String, String> {
@@ -121,7 +129,10 @@ fn to_date(v: &Value, tz: &TimeZone) -> Result<String, String> {
                 .map_err(|_| "timestamp out of range".to_owned())?;
             Ok(ts.to_zoned(tz.clone()).date().to_string())
         }
-        _ => Err(format!("must be a date (YYYY-MM-DD or epoch milliseconds), got {}", kind(v))),
+        _ => Err(format!(
+            "must be a date (YYYY-MM-DD or epoch milliseconds), got {}",
+            kind(v)
+        )),
     }
 }
 
@@ -136,7 +147,10 @@ fn to_millis(v: &Value) -> Result<i64, String> {
             .parse::<Timestamp>()
             .map(|t| t.as_millisecond())
             .map_err(|_| format!("`{s}` is not a datetime; use epoch milliseconds or RFC 3339")),
-        _ => Err(format!("must be a datetime in epoch milliseconds, got {}", kind(v))),
+        _ => Err(format!(
+            "must be a datetime in epoch milliseconds, got {}",
+            kind(v)
+        )),
     }
 }
 
@@ -190,7 +204,10 @@ mod tests {
     #[test]
     fn dates_and_datetimes() {
         let tz = seoul();
-        assert_eq!(check("d", FieldType::Date, &json!("2024-02-29"), &tz), Ok(json!("2024-02-29")));
+        assert_eq!(
+            check("d", FieldType::Date, &json!("2024-02-29"), &tz),
+            Ok(json!("2024-02-29"))
+        );
         assert!(check("d", FieldType::Date, &json!("2023-02-29"), &tz).is_err());
         // 2024-01-01T15:00Z is already 2024-01-02 in Seoul.
         assert_eq!(
@@ -198,7 +215,12 @@ mod tests {
             Ok(json!("2024-01-02"))
         );
         assert_eq!(
-            check("t", FieldType::Datetime, &json!("2024-01-01T00:00:00Z"), &tz),
+            check(
+                "t",
+                FieldType::Datetime,
+                &json!("2024-01-01T00:00:00Z"),
+                &tz
+            ),
             Ok(json!(1_704_067_200_000_i64))
         );
         assert!(check("t", FieldType::Datetime, &json!(1.5), &tz).is_err());
@@ -212,11 +234,27 @@ mod tests {
         assert!(check("s", FieldType::String, &json!("가".repeat(513)), &tz).is_err());
         assert!(check("l", FieldType::List, &json!(vec!["a"; 200]), &tz).is_ok());
         assert!(check("l", FieldType::List, &json!(vec!["a"; 201]), &tz).is_err());
-        assert!(check("l", FieldType::List, &json!(["a", 1]), &tz).unwrap_err().contains("item 1"));
+        assert!(
+            check("l", FieldType::List, &json!(["a", 1]), &tz)
+                .unwrap_err()
+                .contains("item 1")
+        );
         assert!(check("n", FieldType::ListOfNumber, &json!([1, "a"]), &tz).is_err());
-        assert!(check("n", FieldType::Number, &json!("1"), &tz).unwrap_err().contains("got string"));
-        assert!(check("s", FieldType::String, &json!("a\u{0}b"), &tz).unwrap_err().contains("NUL"));
-        assert!(check("l", FieldType::List, &json!(["a\u{0}"]), &tz).unwrap_err().contains("NUL"));
+        assert!(
+            check("n", FieldType::Number, &json!("1"), &tz)
+                .unwrap_err()
+                .contains("got string")
+        );
+        assert!(
+            check("s", FieldType::String, &json!("a\u{0}b"), &tz)
+                .unwrap_err()
+                .contains("NUL")
+        );
+        assert!(
+            check("l", FieldType::List, &json!(["a\u{0}"]), &tz)
+                .unwrap_err()
+                .contains("NUL")
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::field("body", "a JSON body is required"));
         }
@@ -34,13 +36,30 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
 /// Path of the first string (or key) holding U+0000, which no store can keep as text.
 fn nul_path(v: &Value, at: String) -> Option<String> {
-    let here = || if at.is_empty() { "body".to_owned() } else { at.clone() };
+    let here = || {
+        if at.is_empty() {
+            "body".to_owned()
+        } else {
+            at.clone()
+        }
+    };
     match v {
         Value::String(s) if s.contains('\0') => Some(here()),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| nul_path(x, format!("{}[{i}]", here()))),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_path(x, format!("{}[{i}]", here()))),
         Value::Object(m) => m.iter().find_map(|(k, x)| {
-            let p = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
-            if k.contains('\0') { Some(p) } else { nul_path(x, p) }
+            let p = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(p)
+            } else {
+                nul_path(x, p)
+            }
         }),
         _ => None,
     }
@@ -48,7 +67,11 @@ fn nul_path(v: &Value, at: String) -> Option<String> {
 
 fn body_rejection(r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payloadTooLarge", "request body is too large")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payloadTooLarge",
+            "request body is too large",
+        )
     } else {
         ApiError::field("body", r.body_text())
     }
@@ -97,7 +120,12 @@ impl Paging {
             None => DEFAULT_LIMIT,
             Some(s) => match s.parse::<u32>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => return Err(ApiError::field("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))),
+                _ => {
+                    return Err(ApiError::field(
+                        "limit",
+                        format!("must be an integer from 1 to {MAX_LIMIT}"),
+                    ));
+                }
             },
         };
         let order = match q.get("sortOrder").map(String::as_str) {
@@ -107,10 +135,17 @@ impl Paging {
         };
         let since = match q.get("since") {
             Some(s) if !sori_app::secrets::is_id(s) => {
-                return Err(ApiError::field("since", "is not a cursor returned by this API"));
+                return Err(ApiError::field(
+                    "since",
+                    "is not a cursor returned by this API",
+                ));
             }
             other => other.cloned(),
         };
-        Ok(Self { since, limit, order })
+        Ok(Self {
+            since,
+            limit,
+            order,
+        })
     }
 }

@@ -46,7 +46,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 impl ApiError {
     /// An error without field details.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, message: message.into(), errors: Vec::new() }
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            errors: Vec::new(),
+        }
     }
 
     /// 400 naming one field.
@@ -56,7 +61,11 @@ impl ApiError {
 
     /// 404 that does not say whether the thing exists in another channel.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "notFound", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            format!("{what} not found"),
+        )
     }
 
     /// 401.
@@ -72,7 +81,11 @@ impl ApiError {
     /// 500 with the cause logged, not shown.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internalError", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internalError",
+            "internal error",
+        )
     }
 }
 
@@ -100,6 +113,7 @@ impl From<AppError> for ApiError {
                 "unavailable",
                 "the server is shutting down or overloaded; retry shortly",
             ),
+            AppError::Busy(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "tooManyRequests", m),
             AppError::Store(s) => Self::internal(&s),
         }
     }
@@ -119,7 +133,10 @@ impl IntoResponse for ApiError {
             errors: self
                 .errors
                 .into_iter()
-                .map(|f| FieldErrorBody { field: f.field, message: f.message })
+                .map(|f| FieldErrorBody {
+                    field: f.field,
+                    message: f.message,
+                })
                 .collect(),
         };
         (self.status, axum::Json(body)).into_response()

@@ -37,7 +37,12 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 256 * 1024, rate_limit_per_second: 1000, rate_limit_burst: 2000, cookie_secure: false }
+        Self {
+            max_body_bytes: 256 * 1024,
+            rate_limit_per_second: 1000,
+            rate_limit_burst: 2000,
+            cookie_secure: false,
+        }
     }
 }
 
@@ -58,7 +63,10 @@ pub struct AppState {
 pub fn router(app: App, cfg: &HttpConfig) -> Router {
     let state = AppState {
         app,
-        limiter: Arc::new(RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst)),
+        limiter: Arc::new(RateLimiter::new(
+            cfg.rate_limit_per_second,
+            cfg.rate_limit_burst,
+        )),
         metrics: metrics_handle(),
         cookie_secure: cfg.cookie_secure,
     };
@@ -67,18 +75,33 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/open/v5/users", get(ou::list_users).post(ou::create_user))
         .route(
             "/open/v5/users/{key}",
-            get(ou::get_route).put(ou::put_route).patch(ou::patch_user).delete(ou::delete_route),
+            get(ou::get_route)
+                .put(ou::put_route)
+                .patch(ou::patch_user)
+                .delete(ou::delete_route),
         )
-        .route("/open/v5/profile-fields", get(of::open_list).post(of::open_create))
-        .route("/open/v5/profile-fields/{key}", patch(of::open_update).delete(of::open_delete))
-        .route("/open/v5/channel", get(och::get_channel).patch(och::patch_channel))
+        .route(
+            "/open/v5/profile-fields",
+            get(of::open_list).post(of::open_create),
+        )
+        .route(
+            "/open/v5/profile-fields/{key}",
+            patch(of::open_update).delete(of::open_delete),
+        )
+        .route(
+            "/open/v5/channel",
+            get(och::get_channel).patch(och::patch_channel),
+        )
         .layer(from_fn_with_state(state.clone(), ratelimit::limit));
     use desk::{settings as ds, users as du};
     let desk = Router::new()
         .route("/desk/v1/login", post(desk::login))
         .route("/desk/v1/logout", post(desk::logout))
         .route("/desk/v1/me", get(desk::whoami))
-        .route("/desk/v1/channel", get(ds::get_channel).patch(ds::patch_channel))
+        .route(
+            "/desk/v1/channel",
+            get(ds::get_channel).patch(ds::patch_channel),
+        )
         .route("/desk/v1/users", get(du::list))
         .route("/desk/v1/users/{id}", get(du::get).patch(du::patch))
         .route("/desk/v1/users/{id}/reveal", post(du::reveal))
@@ -86,12 +109,27 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/desk/v1/exports/users.csv", get(du::export))
         .route("/desk/v1/fields", get(ds::all_fields))
         .route("/desk/v1/fields/{key}", patch(ds::set_sensitive))
-        .route("/desk/v1/profile-fields", get(ds::list_fields).post(ds::create_field))
-        .route("/desk/v1/profile-fields/{key}", patch(ds::update_field).delete(ds::delete_field))
+        .route(
+            "/desk/v1/profile-fields",
+            get(ds::list_fields).post(ds::create_field),
+        )
+        .route(
+            "/desk/v1/profile-fields/{key}",
+            patch(ds::update_field).delete(ds::delete_field),
+        )
         .route("/desk/v1/roles", get(ds::list_roles).post(ds::create_role))
-        .route("/desk/v1/roles/{id}", patch(ds::update_role).delete(ds::delete_role))
-        .route("/desk/v1/managers", get(ds::list_managers).post(ds::create_manager))
-        .route("/desk/v1/managers/{id}", patch(ds::update_manager).delete(ds::delete_manager));
+        .route(
+            "/desk/v1/roles/{id}",
+            patch(ds::update_role).delete(ds::delete_role),
+        )
+        .route(
+            "/desk/v1/managers",
+            get(ds::list_managers).post(ds::create_manager),
+        )
+        .route(
+            "/desk/v1/managers/{id}",
+            patch(ds::update_manager).delete(ds::delete_manager),
+        );
     let routes = Router::new()
         .merge(open)
         .merge(desk)

@@ -13,7 +13,9 @@ use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -99,10 +101,15 @@ async fn track(req: Request, next: Next) -> Response {
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Object), (status = 503)))]
 pub async fn healthz(State(state): State<AppState>) -> Response {
     match state.app.store.count_channels().await {
-        Ok(_) => Json(serde_json::json!({"status": "ok", "store": state.app.store.backend()})).into_response(),
+        Ok(_) => Json(serde_json::json!({"status": "ok", "store": state.app.store.backend()}))
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "unavailable"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
         }
     }
 }
@@ -110,7 +117,14 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// This document.
@@ -121,12 +135,20 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 
 /// JSON 404 for unknown paths.
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "notFound", "no such endpoint; see /openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "notFound",
+        "no such endpoint; see /openapi.json",
+    )
 }
 
 /// JSON 405 for known paths with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "methodNotAllowed", "method not allowed on this path; see /openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "methodNotAllowed",
+        "method not allowed on this path; see /openapi.json",
+    )
 }
 
 struct Security;
@@ -134,9 +156,18 @@ struct Security;
 impl utoipa::Modify for Security {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let c = doc.components.get_or_insert_with(Default::default);
-        c.add_security_scheme("accessKey", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-key"))));
-        c.add_security_scheme("accessSecret", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-secret"))));
-        c.add_security_scheme("session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("sori_session"))));
+        c.add_security_scheme(
+            "accessKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-key"))),
+        );
+        c.add_security_scheme(
+            "accessSecret",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-secret"))),
+        );
+        c.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("sori_session"))),
+        );
     }
 }
 

@@ -1,4 +1,4 @@
-//! Per-key rate limiting of the Open API: a token bucket per access key on each node,
+//! Per-key rate limiting of the Open API: a token bucket per channel key pair on each node,
 //! reported in `x-ratelimit-*` headers, 429 when empty.
 
 use std::collections::HashMap;
@@ -59,14 +59,23 @@ impl RateLimiter {
     /// Takes one token for `key`.
     pub fn check(&self, key: &str, now: Instant) -> Decision {
         let Ok(mut map) = self.buckets.lock() else {
-            return Decision { allowed: true, limit: 0, remaining: 0, reset: 0 };
+            return Decision {
+                allowed: true,
+                limit: 0,
+                remaining: 0,
+                reset: 0,
+            };
         };
         if map.len() >= MAX_BUCKETS && !map.contains_key(key) {
             let (rate, burst) = (self.per_second, self.burst);
             map.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
         }
-        let b = map.entry(key.to_owned()).or_insert(Bucket { tokens: self.burst, last: now });
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * self.per_second).min(self.burst);
+        let b = map.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        b.tokens =
+            (b.tokens + now.duration_since(b.last).as_secs_f64() * self.per_second).min(self.burst);
         b.last = now;
         let allowed = b.tokens >= 1.0;
         if allowed {
@@ -87,12 +96,25 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     if !limiter.enabled() {
         return next.run(req).await;
     }
-    let key = req
-        .headers()
-        .get("x-access-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+    // Buckets belong to authenticated channels, so nobody can spend another channel's
+    // budget with its public access key and a wrong secret; every failed authentication
+    // shares one bucket, which bounds key guessing (and its uncached lookups).
+    let creds = {
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (header("x-access-key"), header("x-access-secret"))
+    };
+    let key = match creds {
+        (Some(k), Some(s)) => match state.app.channels.authenticate(&k, &s).await {
+            Ok(info) => format!("channel:{}", info.channel.id),
+            Err(_) => "unauthenticated".to_owned(),
+        },
+        _ => "unauthenticated".to_owned(),
+    };
     let d = limiter.check(&key, Instant::now());
     let mut resp = if d.allowed {
         next.run(req).await
@@ -100,10 +122,15 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
         let mut r = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "tooManyRequests",
-            format!("rate limit of {} requests exceeded; retry in {} s", d.limit, d.reset.max(1)),
+            format!(
+                "rate limit of {} requests exceeded; retry in {} s",
+                d.limit,
+                d.reset.max(1)
+            ),
         )
         .into_response();
-        r.headers_mut().insert("retry-after", HeaderValue::from(d.reset.max(1)));
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from(d.reset.max(1)));
         r
     };
     let h = resp.headers_mut();

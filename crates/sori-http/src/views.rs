@@ -154,7 +154,12 @@ impl MaskSet {
     /// Collects the sensitive paths of a channel.
     pub fn new(builtins: Vec<String>, fields: &[ProfileField]) -> Self {
         let mut paths = builtins;
-        paths.extend(fields.iter().filter(|f| f.sensitive).map(|f| format!("profile.{}", f.key.as_str())));
+        paths.extend(
+            fields
+                .iter()
+                .filter(|f| f.sensitive)
+                .map(|f| format!("profile.{}", f.key.as_str())),
+        );
         if paths.iter().any(|p| p == "name" || p == "profile.name") {
             for p in ["name", "profile.name"] {
                 if !paths.iter().any(|x| x == p) {

@@ -21,7 +21,8 @@ use sqlx::{PgExecutor, Row};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
 const MIGRATION_LOCK: i64 = 7_261_001;
@@ -110,7 +111,9 @@ impl PostgresStore {
     /// Connects a pool of at most `max_connections` to `url` (`postgres://...`), so every
     /// request and the user writer shards share a bounded number of server backends.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let opts = PgConnectOptions::from_str(url).map_err(backend)?.application_name("sori");
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(backend)?
+            .application_name("sori");
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(opts)
@@ -286,10 +289,13 @@ struct ChannelKeys<'a> {
 
 /// Registers the fields a batch inferred, in key order (so concurrent batches registering
 /// the same keys wait on each other in one order); a key another batch registered first wins.
+/// Registers inferred fields. If another transaction registered one of the keys first (it
+/// may have inferred or been given another type), the batch was validated against a stale
+/// registry: `Transient` makes the writer retry it with the fresh one.
 async fn insert_new_fields(db: impl PgExecutor<'_>, fields: &[(i64, ProfileField)]) -> Result<()> {
     let mut sorted: Vec<&(i64, ProfileField)> = fields.iter().collect();
     sorted.sort_by(|a, b| (a.0, a.1.key.as_str()).cmp(&(b.0, b.1.key.as_str())));
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, created_at) \
          SELECT ch, k, n, ty, FALSE, FALSE, at \
          FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
@@ -297,22 +303,52 @@ async fn insert_new_fields(db: impl PgExecutor<'_>, fields: &[(i64, ProfileField
          ON CONFLICT (channel_id, key) DO NOTHING",
     )
     .bind(sorted.iter().map(|(ch, _)| *ch).collect::<Vec<i64>>())
-    .bind(sorted.iter().map(|(_, f)| f.key.as_str()).collect::<Vec<&str>>())
-    .bind(sorted.iter().map(|(_, f)| f.name.as_str()).collect::<Vec<&str>>())
-    .bind(sorted.iter().map(|(_, f)| f.field_type.as_str()).collect::<Vec<&str>>())
-    .bind(sorted.iter().map(|(_, f)| f.created_at).collect::<Vec<i64>>())
+    .bind(
+        sorted
+            .iter()
+            .map(|(_, f)| f.key.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(
+        sorted
+            .iter()
+            .map(|(_, f)| f.name.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(
+        sorted
+            .iter()
+            .map(|(_, f)| f.field_type.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(
+        sorted
+            .iter()
+            .map(|(_, f)| f.created_at)
+            .collect::<Vec<i64>>(),
+    )
     .execute(db)
     .await
     .map_err(backend)?;
+    if inserted.rows_affected() < sorted.len() as u64 {
+        return Err(StoreError::Transient(
+            "a profile field was registered concurrently".into(),
+        ));
+    }
     Ok(())
 }
 
 /// Writes every planned user with one statement. Rows go in (channel, member id) order: the
 /// only waits left at this point are on member ids another batch is inserting, and taking
 /// them in one order turns a race for the same new members into a `Conflict`, not a deadlock.
-async fn upsert_users(db: impl PgExecutor<'_>, users: &BTreeMap<(i64, String), User>) -> Result<()> {
-    let mut rows: Vec<UserRow> =
-        users.iter().map(|((ch, _), user)| UserRow::from_user(*ch, user)).collect();
+async fn upsert_users(
+    db: impl PgExecutor<'_>,
+    users: &BTreeMap<(i64, String), User>,
+) -> Result<()> {
+    let mut rows: Vec<UserRow> = users
+        .iter()
+        .map(|((ch, _), user)| UserRow::from_user(*ch, user))
+        .collect();
     rows.sort_by(|a, b| {
         (a.channel_id, &a.member_id, &a.id).cmp(&(b.channel_id, &b.member_id, &b.id))
     });
@@ -419,7 +455,10 @@ impl Store for PostgresStore {
                 continue;
             }
             tracing::info!(version, description, "applying postgres migration");
-            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(backend)?;
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
             sqlx::query(
                 "INSERT INTO sori_migrations (version, description, applied_at) \
                  VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
@@ -474,7 +513,10 @@ impl Store for PostgresStore {
         for f in Registry::preregistered(c.created_at) {
             insert_field(&mut *tx, id, &f).await?;
         }
-        let owner = Manager { channel_id: id, ..new.owner };
+        let owner = Manager {
+            channel_id: id,
+            ..new.owner
+        };
         insert_manager(&mut *tx, &owner).await?;
         tx.commit().await.map_err(backend)?;
         Ok((Channel { id, ..new.channel }, owner))
@@ -740,7 +782,12 @@ impl Store for PostgresStore {
         .map_err(backend)
     }
 
-    async fn set_builtin_sensitive(&self, channel_id: i64, key: &str, sensitive: bool) -> Result<()> {
+    async fn set_builtin_sensitive(
+        &self,
+        channel_id: i64,
+        key: &str,
+        sensitive: bool,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO builtin_field_settings (channel_id, key, sensitive) VALUES ($1, $2, $3) \
              ON CONFLICT (channel_id, key) DO UPDATE SET sensitive = EXCLUDED.sensitive",
@@ -785,7 +832,10 @@ impl Store for PostgresStore {
             let ch: i64 = r.try_get("channel_id").map_err(backend)?;
             fields.entry(ch).or_default().push(field_from_row(r)?);
         }
-        let registries = fields.into_iter().map(|(ch, f)| (ch, Registry::new(f))).collect();
+        let registries = fields
+            .into_iter()
+            .map(|(ch, f)| (ch, Registry::new(f)))
+            .collect();
 
         let mut loaded = Vec::new();
         for (ch, k) in &keys {
@@ -842,7 +892,11 @@ impl Store for PostgresStore {
         limit: u32,
         descending: bool,
     ) -> Result<Vec<User>> {
-        let sql = if descending { USERS_BEFORE } else { USERS_AFTER };
+        let sql = if descending {
+            USERS_BEFORE
+        } else {
+            USERS_AFTER
+        };
         let rows = sqlx::query(sql)
             .bind(channel_id)
             .bind(after)
@@ -880,7 +934,12 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn reveals(&self, channel_id: i64, before: Option<&str>, limit: u32) -> Result<Vec<RevealRecord>> {
+    async fn reveals(
+        &self,
+        channel_id: i64,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RevealRecord>> {
         let rows = sqlx::query(
             "SELECT * FROM reveal_audit WHERE channel_id = $1 AND ($2::text IS NULL OR id < $2) \
              ORDER BY id DESC LIMIT $3",

@@ -22,7 +22,10 @@ async fn store_round_trip() {
     b.expect("concurrent migrate");
     store.migrate().await.expect("migrate again");
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
     let run = format!("{now:024x}");
     let ms = i64::try_from(now / 1_000_000).expect("ms");
     let (channel, owner) = store
@@ -65,14 +68,24 @@ async fn store_round_trip() {
             tz: jiff::tz::TimeZone::UTC,
             tag_limit_per_call: 20,
             may_resubscribe: true,
+            may_register: true,
         },
     };
     let upsert = |new_id: &str, body| {
-        op(UserTarget::MemberId { member_id: "m1".into(), new_id: new_id.into() }, body)
+        op(
+            UserTarget::MemberId {
+                member_id: "m1".into(),
+                new_id: new_id.into(),
+            },
+            body,
+        )
     };
     let results = store
         .write_users(vec![
-            upsert("u1", json!({"profile": {"name": "Kim", "age": 3}, "tags": ["VIP"]})),
+            upsert(
+                "u1",
+                json!({"profile": {"name": "Kim", "age": 3}, "tags": ["VIP"]}),
+            ),
             upsert("u2", json!({"profile": {"name": 1}})),
             upsert("u3", json!({"unsubscribeEmail": true})),
         ])
@@ -85,15 +98,32 @@ async fn store_round_trip() {
     assert!(!third.created && third.changed);
     assert_eq!(third.user.id, "u1");
 
-    let u = store.user_by_member_id(ch, "m1").await.expect("read").expect("member exists");
+    let u = store
+        .user_by_member_id(ch, "m1")
+        .await
+        .expect("read")
+        .expect("member exists");
     assert_eq!(u, third.user);
     assert_eq!(u.profile["age"], json!(3));
     assert_eq!(u.tags, ["vip"]);
     assert!(u.unsubscribe_email);
     let page = store.users_page(ch, None, 10, false).await.expect("page");
     assert_eq!(page, [u]);
-    assert!(store.users_page(ch, Some("u1"), 10, false).await.expect("page 2").is_empty());
-    assert_eq!(store.users_page(ch, Some("v"), 10, true).await.expect("desc").len(), 1);
+    assert!(
+        store
+            .users_page(ch, Some("u1"), 10, false)
+            .await
+            .expect("page 2")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .users_page(ch, Some("v"), 10, true)
+            .await
+            .expect("desc")
+            .len(),
+        1
+    );
 
     // Same member again in a later batch: found, not re-created; a missing id is NotFound.
     let again = store
@@ -107,9 +137,26 @@ async fn store_round_trip() {
     assert_eq!(again[1].as_ref().err(), Some(&UserOpError::NotFound));
 
     // Deleting a custom field strips it from every profile.
-    assert!(store.profile_fields(ch).await.expect("fields").iter().any(|f| f.key.as_str() == "age"));
-    assert!(store.delete_profile_field(ch, "age").await.expect("delete field"));
-    assert!(!store.delete_profile_field(ch, "name").await.expect("builtin stays"));
+    assert!(
+        store
+            .profile_fields(ch)
+            .await
+            .expect("fields")
+            .iter()
+            .any(|f| f.key.as_str() == "age")
+    );
+    assert!(
+        store
+            .delete_profile_field(ch, "age")
+            .await
+            .expect("delete field")
+    );
+    assert!(
+        !store
+            .delete_profile_field(ch, "name")
+            .await
+            .expect("builtin stays")
+    );
     let u = store.user(ch, "u1").await.expect("read").expect("exists");
     assert!(!u.profile.contains_key("age"));
     assert_eq!(u.profile["name"], json!("Kim"));

@@ -23,7 +23,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
 
 /// The embedded store.
 pub struct SqliteStore {
@@ -78,7 +79,11 @@ impl SqliteStore {
             .fetch_all(&mut **tx)
             .await
             .map_err(backend)?;
-        Ok(Registry::new(rows.iter().map(field_from_row).collect::<Result<Vec<_>>>()?))
+        Ok(Registry::new(
+            rows.iter()
+                .map(field_from_row)
+                .collect::<Result<Vec<_>>>()?,
+        ))
     }
 }
 
@@ -118,10 +123,27 @@ const UPSERT_USERS: &str = "INSERT INTO users (channel_id, id, member_id, veil_i
 /// One user row as a JSON array for `UPSERT_USERS`; JSON columns stay text.
 fn row_json(r: &UserRow) -> serde_json::Value {
     serde_json::json!([
-        r.channel_id, r.id, r.member_id, r.veil_id, r.name, r.profile, r.tags,
-        i64::from(r.unsubscribe_email), i64::from(r.unsubscribe_texting), i64::from(r.blocked),
-        r.city, r.country, r.language, i64::from(r.has_chat), i64::from(r.has_push_token),
-        r.sessions_count, r.last_seen_at, r.created_at, r.updated_at, r.web, r.mobile
+        r.channel_id,
+        r.id,
+        r.member_id,
+        r.veil_id,
+        r.name,
+        r.profile,
+        r.tags,
+        i64::from(r.unsubscribe_email),
+        i64::from(r.unsubscribe_texting),
+        i64::from(r.blocked),
+        r.city,
+        r.country,
+        r.language,
+        i64::from(r.has_chat),
+        i64::from(r.has_push_token),
+        r.sessions_count,
+        r.last_seen_at,
+        r.created_at,
+        r.updated_at,
+        r.web,
+        r.mobile
     ])
 }
 
@@ -221,7 +243,11 @@ fn perms_json(role: &Role) -> String {
     serde_json::to_string(&role.permissions).unwrap_or_else(|_| "[]".into())
 }
 
-async fn insert_role_tx(tx: &mut Transaction<'_, Sqlite>, channel_id: i64, role: &Role) -> Result<()> {
+async fn insert_role_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    channel_id: i64,
+    role: &Role,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO roles (channel_id, id, name, permissions, inbox_scope, builtin) \
          VALUES (?, ?, ?, ?, ?, ?)",
@@ -302,7 +328,10 @@ impl Store for SqliteStore {
                 continue;
             }
             tracing::info!(version, description, "applying sqlite migration");
-            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(backend)?;
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
             sqlx::query(
                 "INSERT INTO sori_migrations (version, description, applied_at) \
                  VALUES (?, ?, strftime('%s','now') * 1000)",
@@ -357,7 +386,10 @@ impl Store for SqliteStore {
         for f in Registry::preregistered(c.created_at) {
             insert_field_tx(&mut tx, id, &f).await?;
         }
-        let owner = Manager { channel_id: id, ..new.owner };
+        let owner = Manager {
+            channel_id: id,
+            ..new.owner
+        };
         insert_manager_tx(&mut tx, &owner).await?;
         tx.commit().await.map_err(backend)?;
         Ok((Channel { id, ..new.channel }, owner))
@@ -595,12 +627,14 @@ impl Store for SqliteStore {
 
     async fn delete_profile_field(&self, channel_id: i64, key: &str) -> Result<bool> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        let r = sqlx::query("DELETE FROM profile_fields WHERE channel_id = ? AND key = ? AND builtin = 0")
-            .bind(channel_id)
-            .bind(key)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let r = sqlx::query(
+            "DELETE FROM profile_fields WHERE channel_id = ? AND key = ? AND builtin = 0",
+        )
+        .bind(channel_id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         if r.rows_affected() == 1 {
             sqlx::query(
                 "UPDATE users SET profile = json_remove(profile, '$.\"' || ? || '\"') \
@@ -627,7 +661,12 @@ impl Store for SqliteStore {
         .map_err(backend)
     }
 
-    async fn set_builtin_sensitive(&self, channel_id: i64, key: &str, sensitive: bool) -> Result<()> {
+    async fn set_builtin_sensitive(
+        &self,
+        channel_id: i64,
+        key: &str,
+        sensitive: bool,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO builtin_field_settings (channel_id, key, sensitive) VALUES (?, ?, ?) \
              ON CONFLICT (channel_id, key) DO UPDATE SET sensitive = excluded.sensitive",
@@ -676,7 +715,13 @@ impl Store for SqliteStore {
                 .new_fields
                 .iter()
                 .map(|(ch, f)| {
-                    serde_json::json!([ch, f.key.as_str(), f.name, f.field_type.as_str(), f.created_at])
+                    serde_json::json!([
+                        ch,
+                        f.key.as_str(),
+                        f.name,
+                        f.field_type.as_str(),
+                        f.created_at
+                    ])
                 })
                 .collect();
             sqlx::query(
@@ -690,8 +735,11 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         }
         if !plan.users.is_empty() {
-            let rows: Vec<serde_json::Value> =
-                plan.users.iter().map(|((ch, _), u)| row_json(&UserRow::from_user(*ch, u))).collect();
+            let rows: Vec<serde_json::Value> = plan
+                .users
+                .iter()
+                .map(|((ch, _), u)| row_json(&UserRow::from_user(*ch, u)))
+                .collect();
             sqlx::query(UPSERT_USERS)
                 .bind(serde_json::Value::Array(rows).to_string())
                 .execute(&mut *tx)
@@ -714,7 +762,8 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_member_id(&self, channel_id: i64, member_id: &str) -> Result<Option<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND member_id = ?");
+        let sql =
+            format!("SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND member_id = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(channel_id)
             .bind(member_id)
@@ -731,7 +780,11 @@ impl Store for SqliteStore {
         limit: u32,
         descending: bool,
     ) -> Result<Vec<User>> {
-        let (cmp, order) = if descending { ("<", "DESC") } else { (">", "ASC") };
+        let (cmp, order) = if descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         let sql = format!(
             "SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? AND (? IS NULL OR id {cmp} ?) \
              ORDER BY id {order} LIMIT ?"
@@ -774,7 +827,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn reveals(&self, channel_id: i64, before: Option<&str>, limit: u32) -> Result<Vec<RevealRecord>> {
+    async fn reveals(
+        &self,
+        channel_id: i64,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RevealRecord>> {
         let rows = sqlx::query(
             "SELECT * FROM reveal_audit WHERE channel_id = ? AND (? IS NULL OR id < ?) \
              ORDER BY id DESC LIMIT ?",

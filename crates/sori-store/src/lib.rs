@@ -8,8 +8,12 @@ mod types;
 use async_trait::async_trait;
 use sori_domain::{ProfileField, Role, User};
 
-pub use plan::{UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, plan_user_writes, WritePlan};
-pub use types::{Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, UserRow};
+pub use plan::{
+    UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan, plan_user_writes,
+};
+pub use types::{
+    Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, UserRow,
+};
 
 /// Failures of the store that are not the caller's fault, except `Conflict`.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +56,11 @@ pub trait Store: Send + Sync + 'static {
     /// A channel by its public access key.
     async fn channel_by_access_key(&self, access_key: &str) -> Result<Option<Channel>>;
     /// Changes channel settings; `None` when the channel does not exist.
-    async fn update_channel(&self, id: i64, patch: &ChannelSettingsPatch) -> Result<Option<Channel>>;
+    async fn update_channel(
+        &self,
+        id: i64,
+        patch: &ChannelSettingsPatch,
+    ) -> Result<Option<Channel>>;
 
     /// Roles of a channel, built-in first.
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>>;
@@ -100,7 +108,12 @@ pub trait Store: Send + Sync + 'static {
     /// Built-in fields marked sensitive.
     async fn sensitive_builtins(&self, channel_id: i64) -> Result<Vec<String>>;
     /// Marks or unmarks a built-in field as sensitive.
-    async fn set_builtin_sensitive(&self, channel_id: i64, key: &str, sensitive: bool) -> Result<()>;
+    async fn set_builtin_sensitive(
+        &self,
+        channel_id: i64,
+        key: &str,
+        sensitive: bool,
+    ) -> Result<()>;
 
     /// Runs user writes in one transaction (group commit); per-op failures do not abort the
     /// others. The whole call fails only when the database does.
@@ -123,5 +136,10 @@ pub trait Store: Send + Sync + 'static {
     /// Appends to the reveal audit log.
     async fn insert_reveal(&self, record: &RevealRecord) -> Result<()>;
     /// Reveal audit log, newest first, before the cursor id.
-    async fn reveals(&self, channel_id: i64, before: Option<&str>, limit: u32) -> Result<Vec<RevealRecord>>;
+    async fn reveals(
+        &self,
+        channel_id: i64,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RevealRecord>>;
 }

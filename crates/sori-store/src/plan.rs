@@ -86,8 +86,10 @@ pub fn plan_user_writes(
     loaded: Vec<(i64, User)>,
     mut registries: HashMap<i64, Registry>,
 ) -> WritePlan {
-    let mut users: HashMap<(i64, String), User> =
-        loaded.into_iter().map(|(ch, u)| ((ch, u.id.clone()), u)).collect();
+    let mut users: HashMap<(i64, String), User> = loaded
+        .into_iter()
+        .map(|(ch, u)| ((ch, u.id.clone()), u))
+        .collect();
     let mut by_member: HashMap<(i64, String), String> = users
         .iter()
         .filter_map(|((ch, id), u)| u.member_id.as_ref().map(|m| ((*ch, m.clone()), id.clone())))
@@ -105,7 +107,10 @@ pub fn plan_user_writes(
                 }
             },
             UserTarget::MemberId { member_id, new_id } => {
-                match by_member.get(&(ch, member_id.clone())).and_then(|id| users.get(&(ch, id.clone()))) {
+                match by_member
+                    .get(&(ch, member_id.clone()))
+                    .and_then(|id| users.get(&(ch, id.clone())))
+                {
                     Some(u) => (u.clone(), false),
                     None => {
                         let mut u = User::new(new_id.clone(), op.ctx.now);
@@ -118,7 +123,8 @@ pub fn plan_user_writes(
                 if let Some(m) = member_id
                     && by_member.contains_key(&(ch, m.clone()))
                 {
-                    plan.results.push(Err(UserOpError::MemberIdTaken(m.clone())));
+                    plan.results
+                        .push(Err(UserOpError::MemberIdTaken(m.clone())));
                     continue;
                 }
                 let mut u = User::new(id.clone(), op.ctx.now);
@@ -141,7 +147,11 @@ pub fn plan_user_writes(
                     users.insert((ch, user.id.clone()), user.clone());
                     plan.users.insert((ch, user.id.clone()), user.clone());
                 }
-                plan.results.push(Ok(UserOpOutcome { user, created, changed: applied.changed }));
+                plan.results.push(Ok(UserOpOutcome {
+                    user,
+                    created,
+                    changed: applied.changed,
+                }));
             }
             Err(e) => plan.results.push(Err(e.into())),
         }
@@ -184,12 +194,19 @@ mod tests {
                 tz: jiff::tz::TimeZone::UTC,
                 tag_limit_per_call: 20,
                 may_resubscribe: true,
+                may_register: true,
             },
         }
     }
 
     fn upsert(m: &str, id: &str, body: serde_json::Value) -> UserOp {
-        op(UserTarget::MemberId { member_id: m.into(), new_id: id.into() }, body)
+        op(
+            UserTarget::MemberId {
+                member_id: m.into(),
+                new_id: id.into(),
+            },
+            body,
+        )
     }
 
     #[test]
@@ -233,10 +250,19 @@ mod tests {
         let mut existing = User::new("a".into(), 1);
         existing.member_id = Some("m1".into());
         let plan = plan_user_writes(
-            vec![op(UserTarget::New { id: "b".into(), member_id: Some("m1".into()) }, json!({}))],
+            vec![op(
+                UserTarget::New {
+                    id: "b".into(),
+                    member_id: Some("m1".into()),
+                },
+                json!({}),
+            )],
             vec![(1, existing)],
             HashMap::new(),
         );
-        assert_eq!(plan.results[0].as_ref().err(), Some(&UserOpError::MemberIdTaken("m1".into())));
+        assert_eq!(
+            plan.results[0].as_ref().err(),
+            Some(&UserOpError::MemberIdTaken("m1".into()))
+        );
     }
 }

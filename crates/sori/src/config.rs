@@ -117,11 +117,15 @@ impl Config {
         };
         let d = Config::default();
         let listen = args.listen.clone().or(file.listen).unwrap_or(d.listen);
-        listen
-            .parse::<SocketAddr>()
-            .with_context(|| format!("listen address `{listen}` is not host:port (e.g. 127.0.0.1:8080)"))?;
+        listen.parse::<SocketAddr>().with_context(|| {
+            format!("listen address `{listen}` is not host:port (e.g. 127.0.0.1:8080)")
+        })?;
         Ok(Self {
-            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir),
             database_url: args.database_url.clone().or(file.database_url),
             listen,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -187,14 +191,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let f = dir.path().join("sori.toml");
         std::fs::write(&f, "listen = \"127.0.0.1:9000\"\nrate_limit = 5\n").expect("write");
-        let args = ConfigArgs { config: Some(f.clone()), ..Default::default() };
+        let args = ConfigArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
         let c = Config::load(&args).expect("load");
         assert_eq!(c.listen, "127.0.0.1:9000");
         assert_eq!(c.rate_limit, 5);
-        let args = ConfigArgs { config: Some(f), rate_limit: Some(7), ..Default::default() };
+        let args = ConfigArgs {
+            config: Some(f),
+            rate_limit: Some(7),
+            ..Default::default()
+        };
         assert_eq!(Config::load(&args).expect("load").rate_limit, 7);
         std::fs::write(dir.path().join("bad.toml"), "nope = 1").expect("write");
-        let args = ConfigArgs { config: Some(dir.path().join("bad.toml")), ..Default::default() };
+        let args = ConfigArgs {
+            config: Some(dir.path().join("bad.toml")),
+            ..Default::default()
+        };
         assert!(Config::load(&args).is_err());
     }
 }

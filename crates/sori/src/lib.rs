@@ -21,16 +21,29 @@ pub use config::Config;
 /// Opens the store the configuration names and applies migrations.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = cfg.database_url();
-    let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Arc::new(PostgresStore::connect(&url, cfg.pg_max_connections).await.context("connecting to PostgreSQL")?)
+    let store: Arc<dyn Store> = if url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Arc::new(
+            PostgresStore::connect(&url, cfg.pg_max_connections)
+                .await
+                .context("connecting to PostgreSQL")?,
+        )
     } else if url.starts_with("sqlite:") {
         if cfg.database_url.is_none() {
             std::fs::create_dir_all(&cfg.data_dir)
                 .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
         }
-        Arc::new(SqliteStore::connect(&url).await.context("opening SQLite database")?)
+        Arc::new(
+            SqliteStore::connect(&url)
+                .await
+                .context("opening SQLite database")?,
+        )
     } else {
-        anyhow::bail!("database URL must start with sqlite: or postgres:// (got `{}`)", config::redact(&url));
+        anyhow::bail!(
+            "database URL must start with sqlite: or postgres:// (got `{}`)",
+            config::redact(&url)
+        );
     };
     store.migrate().await.context("applying migrations")?;
     Ok(store)
@@ -38,13 +51,17 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Builds the services over a store.
 pub async fn app(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<App> {
-    let shards = cfg.writer_shards.unwrap_or(if store.backend() == "sqlite" { 1 } else { 4 });
+    let shards = cfg
+        .writer_shards
+        .unwrap_or(if store.backend() == "sqlite" { 1 } else { 4 });
     Ok(App::new(store, shards).await?)
 }
 
 /// Creates a channel and returns its one-time credentials.
 pub async fn create_channel(app: &App, spec: ChannelSpec) -> anyhow::Result<ChannelCredentials> {
-    app.create_channel(spec).await.map_err(|e| anyhow::anyhow!("{e}"))
+    app.create_channel(spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A running server.
@@ -75,36 +92,26 @@ impl Running {
         Ok(())
     }
 
-    /// Turns SIGTERM / Ctrl-C into a graceful shutdown.
-    pub fn shutdown_on_signal(&mut self) {
+    /// Turns SIGTERM / Ctrl-C into a graceful shutdown. The handlers are installed before
+    /// this returns, so a signal sent right after start-up is not lost.
+    pub fn shutdown_on_signal(&mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         if let Some(tx) = self.shutdown.take() {
             tokio::spawn(async move {
-                shutdown_signal().await;
+                #[cfg(unix)]
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                #[cfg(not(unix))]
+                let _ = tokio::signal::ctrl_c().await;
                 tracing::info!("shutting down");
                 let _ = tx.send(());
             });
         }
+        Ok(())
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Opens the store, creates the default channel on an empty store, binds the listener and
@@ -124,7 +131,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     } else {
         None
     };
-    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let router = sori_http::router(app.clone(), &cfg.http());
     let (tx, rx) = oneshot::channel::<()>();
@@ -135,5 +144,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             })
             .await
     });
-    Ok(Running { addr, app, first_channel, shutdown: Some(tx), task })
+    Ok(Running {
+        addr,
+        app,
+        first_channel,
+        shutdown: Some(tx),
+        task,
+    })
 }

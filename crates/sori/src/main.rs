@@ -57,7 +57,9 @@ enum ChannelCommand {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -65,13 +67,19 @@ fn init_logs(format: LogFormat) {
 }
 
 fn print_credentials(c: &sori_app::ChannelCredentials) {
-    println!("Channel {} created. These secrets are shown only now:", c.channel_id);
+    println!(
+        "Channel {} created. These secrets are shown only now:",
+        c.channel_id
+    );
     println!("  pluginKey        {}", c.plugin_key);
     println!("  accessKey        {}", c.access_key);
     println!("  accessSecret     {}", c.access_secret);
     println!("  writeKey         {}", c.write_key);
     println!("  memberHashSecret {}", c.member_hash_secret);
-    println!("  owner login      {} / {}", c.owner.email, c.owner.password);
+    println!(
+        "  owner login      {} / {}",
+        c.owner.email, c.owner.password
+    );
 }
 
 #[tokio::main]
@@ -82,22 +90,36 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let mut running = sori::start(&cfg).await?;
+            running.shutdown_on_signal()?;
             if let Some(c) = &running.first_channel {
                 print_credentials(c);
             }
             tracing::info!(addr = %running.addr, store = running.app.store.backend(), "sori is serving");
             println!("Sori is listening on http://{}", running.addr);
-            running.shutdown_on_signal();
             running.wait().await?;
         }
         Command::Migrate => {
             let store = sori::open_store(&cfg).await?;
             println!("migrations applied ({})", store.backend());
         }
-        Command::Channel { command: ChannelCommand::Create { name, owner_email, owner_password, time_zone, json } } => {
+        Command::Channel {
+            command:
+                ChannelCommand::Create {
+                    name,
+                    owner_email,
+                    owner_password,
+                    time_zone,
+                    json,
+                },
+        } => {
             let store = sori::open_store(&cfg).await?;
             let app = sori::app(&cfg, store).await?;
-            let spec = ChannelSpec { name, owner_email, owner_password, time_zone: Some(time_zone) };
+            let spec = ChannelSpec {
+                name,
+                owner_email,
+                owner_password,
+                time_zone: Some(time_zone),
+            };
             let creds = sori::create_channel(&app, spec).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&creds)?);

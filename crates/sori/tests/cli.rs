@@ -8,7 +8,10 @@ use std::process::{Command, Stdio};
 
 fn sori(dir: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sori"));
-    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).arg("--data-dir").arg(dir);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .arg("--data-dir")
+        .arg(dir);
     c
 }
 
@@ -16,19 +19,55 @@ fn sori(dir: &std::path::Path) -> Command {
 fn channel_create_prints_credentials_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let out = sori(dir.path()).args(["migrate"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = sori(dir.path())
-        .args(["channel", "create", "--name", "Shop", "--owner-email", "boss@shop.example", "--json"])
+        .args([
+            "channel",
+            "create",
+            "--name",
+            "Shop",
+            "--owner-email",
+            "boss@shop.example",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for k in ["channelId", "pluginKey", "accessKey", "accessSecret", "writeKey", "memberHashSecret"] {
-        assert!(v[k].as_str().is_some_and(|s| !s.is_empty()), "{k} missing in {v}");
+    for k in [
+        "channelId",
+        "pluginKey",
+        "accessKey",
+        "accessSecret",
+        "writeKey",
+        "memberHashSecret",
+    ] {
+        assert!(
+            v[k].as_str().is_some_and(|s| !s.is_empty()),
+            "{k} missing in {v}"
+        );
     }
     assert_eq!(v["owner"]["email"], "boss@shop.example");
     assert!(v["owner"]["password"].as_str().unwrap().len() >= 8);
-    let bad = sori(dir.path()).args(["channel", "create", "--name", "X", "--time-zone", "Mars/Base"]).output().unwrap();
+    let bad = sori(dir.path())
+        .args([
+            "channel",
+            "create",
+            "--name",
+            "X",
+            "--time-zone",
+            "Mars/Base",
+        ])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("timeZone"));
 }
@@ -53,13 +92,27 @@ fn serve_prints_first_credentials_and_stops_on_sigterm() {
         }
     }
     assert!(seen.contains("accessSecret"), "{seen}");
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
 
     // A second start on the same data does not create another channel.
-    let out = sori(dir.path()).args(["--listen", "127.0.0.1:0", "channel", "create", "--name", "Two", "--json"]).output().unwrap();
+    let out = sori(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "channel",
+            "create",
+            "--name",
+            "Two",
+            "--json",
+        ])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["channelId"], "2");
 }

@@ -13,14 +13,21 @@ async fn login_session_and_csrf(b: Backend) {
     let app = spawn_app(b).await;
     let owner = app.creds.owner.clone();
     let r = app
-        .raw(Method::POST, "/desk/v1/login", &[("content-type", "application/json")],
-            serde_json::to_vec(&json!({"email": owner.email, "password": "wrong-password"})).unwrap())
+        .raw(
+            Method::POST,
+            "/desk/v1/login",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&json!({"email": owner.email, "password": "wrong-password"}))
+                .unwrap(),
+        )
         .await;
     assert_eq!(r.status, 401);
     let r = app.raw(Method::GET, "/desk/v1/me", &[], vec![]).await;
     assert_eq!(r.status, 401);
 
-    let s = app.login(&owner.email.to_uppercase(), &owner.password).await;
+    let s = app
+        .login(&owner.email.to_uppercase(), &owner.password)
+        .await;
     let me = app.desk(&s, Method::GET, "/desk/v1/me", None).await;
     assert_eq!(me.status, 200);
     assert_eq!(me.body["role"]["id"], "owner");
@@ -28,11 +35,25 @@ async fn login_session_and_csrf(b: Backend) {
 
     // A state-changing call without the CSRF token is refused and changes nothing.
     let no_csrf = (s.0.clone(), "forged".to_owned());
-    let r = app.desk(&no_csrf, Method::PATCH, "/desk/v1/channel", Some(json!({"name": "Hacked"}))).await;
+    let r = app
+        .desk(
+            &no_csrf,
+            Method::PATCH,
+            "/desk/v1/channel",
+            Some(json!({"name": "Hacked"})),
+        )
+        .await;
     assert_eq!(r.status, 403);
     let r = app.desk(&s, Method::GET, "/desk/v1/channel", None).await;
     assert_eq!(r.body["channel"]["name"], "Default");
-    let r = app.desk(&s, Method::PATCH, "/desk/v1/channel", Some(json!({"name": "Shop"}))).await;
+    let r = app
+        .desk(
+            &s,
+            Method::PATCH,
+            "/desk/v1/channel",
+            Some(json!({"name": "Shop"})),
+        )
+        .await;
     assert_eq!(r.body["channel"]["name"], "Shop");
 
     let r = app.desk(&s, Method::POST, "/desk/v1/logout", None).await;
@@ -48,19 +69,44 @@ async fn masking_reveal_and_audit(b: Backend) {
         .upsert("m-1", json!({"profile": {"name": "Kim", "email": "aaabb@example.com", "mobileNumber": "01012340000", "secretNote": "x"}}))
         .await;
     let id = r.body["user"]["id"].as_str().unwrap().to_owned();
-    let owner = app.login(&app.creds.owner.email, &app.creds.owner.password).await;
+    let owner = app
+        .login(&app.creds.owner.email, &app.creds.owner.password)
+        .await;
 
     // Nothing is sensitive yet.
-    let u = app.desk(&owner, Method::GET, &format!("/desk/v1/users/{id}"), None).await;
+    let u = app
+        .desk(&owner, Method::GET, &format!("/desk/v1/users/{id}"), None)
+        .await;
     assert_eq!(u.body["user"]["profile"]["email"], "aaabb@example.com");
 
-    for key in ["profile.email", "profile.mobileNumber", "profile.secretNote", "memberId"] {
-        let r = app.desk(&owner, Method::PATCH, &format!("/desk/v1/fields/{key}"), Some(json!({"sensitive": true}))).await;
+    for key in [
+        "profile.email",
+        "profile.mobileNumber",
+        "profile.secretNote",
+        "memberId",
+    ] {
+        let r = app
+            .desk(
+                &owner,
+                Method::PATCH,
+                &format!("/desk/v1/fields/{key}"),
+                Some(json!({"sensitive": true})),
+            )
+            .await;
         assert_eq!(r.status, 204, "{key}: {:?}", r.body);
     }
-    let r = app.desk(&owner, Method::PATCH, "/desk/v1/fields/nope", Some(json!({"sensitive": true}))).await;
+    let r = app
+        .desk(
+            &owner,
+            Method::PATCH,
+            "/desk/v1/fields/nope",
+            Some(json!({"sensitive": true})),
+        )
+        .await;
     assert_eq!(r.status, 404);
-    let u = app.desk(&owner, Method::GET, &format!("/desk/v1/users/{id}"), None).await;
+    let u = app
+        .desk(&owner, Method::GET, &format!("/desk/v1/users/{id}"), None)
+        .await;
     let p = &u.body["user"]["profile"];
     assert_eq!(p["email"], "aaa**@example.com");
     assert_eq!(p["mobileNumber"], "010-****-0000");
@@ -68,23 +114,45 @@ async fn masking_reveal_and_audit(b: Backend) {
     assert_eq!(u.body["user"]["memberId"], "••••••");
     assert_eq!(p["name"], "Kim");
     let list = app.desk(&owner, Method::GET, "/desk/v1/users", None).await;
-    assert_eq!(list.body["users"][0]["profile"]["email"], "aaa**@example.com");
+    assert_eq!(
+        list.body["users"][0]["profile"]["email"],
+        "aaa**@example.com"
+    );
     // The Open API sees full data.
-    assert_eq!(app.member("m-1").await["profile"]["email"], "aaabb@example.com");
+    assert_eq!(
+        app.member("m-1").await["profile"]["email"],
+        "aaabb@example.com"
+    );
 
     // Reveal is explicit and audited.
     let r = app
-        .desk(&owner, Method::POST, &format!("/desk/v1/users/{id}/reveal"), Some(json!({"fields": ["profile.email", "memberId"]})))
+        .desk(
+            &owner,
+            Method::POST,
+            &format!("/desk/v1/users/{id}/reveal"),
+            Some(json!({"fields": ["profile.email", "memberId"]})),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["values"]["profile.email"], "aaabb@example.com");
     assert_eq!(r.body["values"]["memberId"], "m-1");
-    let r = app.desk(&owner, Method::POST, &format!("/desk/v1/users/{id}/reveal"), Some(json!({"fields": ["profile.name"]}))).await;
+    let r = app
+        .desk(
+            &owner,
+            Method::POST,
+            &format!("/desk/v1/users/{id}/reveal"),
+            Some(json!({"fields": ["profile.name"]})),
+        )
+        .await;
     assert_eq!((r.status, r.error_field()), (400, "fields[0]"));
-    let audit = app.desk(&owner, Method::GET, "/desk/v1/audit/reveals", None).await;
+    let audit = app
+        .desk(&owner, Method::GET, "/desk/v1/audit/reveals", None)
+        .await;
     let rows = audit.body["reveals"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r["userId"] == json!(id) && r["managerId"].is_string() && r["createdAt"].is_i64()));
+    assert!(rows.iter().all(|r| r["userId"] == json!(id)
+        && r["managerId"].is_string()
+        && r["createdAt"].is_i64()));
 
     // A basic manager sees masks, cannot reveal, export, or change settings.
     let r = app
@@ -92,51 +160,139 @@ async fn masking_reveal_and_audit(b: Backend) {
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let agent = app.login("agent@example.com", "agent-pass-1").await;
-    let u = app.desk(&agent, Method::GET, &format!("/desk/v1/users/{id}"), None).await;
+    let u = app
+        .desk(&agent, Method::GET, &format!("/desk/v1/users/{id}"), None)
+        .await;
     assert_eq!(u.body["user"]["profile"]["email"], "aaa**@example.com");
-    let r = app.desk(&agent, Method::POST, &format!("/desk/v1/users/{id}/reveal"), Some(json!({"fields": ["profile.email"]}))).await;
+    let r = app
+        .desk(
+            &agent,
+            Method::POST,
+            &format!("/desk/v1/users/{id}/reveal"),
+            Some(json!({"fields": ["profile.email"]})),
+        )
+        .await;
     assert_eq!(r.status, 403);
-    assert_eq!(app.desk(&agent, Method::GET, "/desk/v1/exports/users.csv", None).await.status, 403);
-    assert_eq!(app.desk(&agent, Method::PATCH, "/desk/v1/fields/profile.email", Some(json!({"sensitive": false}))).await.status, 403);
-    assert_eq!(app.desk(&owner, Method::GET, "/desk/v1/audit/reveals", None).await.body["reveals"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        app.desk(&agent, Method::GET, "/desk/v1/exports/users.csv", None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        app.desk(
+            &agent,
+            Method::PATCH,
+            "/desk/v1/fields/profile.email",
+            Some(json!({"sensitive": false}))
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        app.desk(&owner, Method::GET, "/desk/v1/audit/reveals", None)
+            .await
+            .body["reveals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // A basic manager may edit tags and profile values, not system fields.
-    let r = app.desk(&agent, Method::PATCH, &format!("/desk/v1/users/{id}"), Some(json!({"tags": ["VIP"], "profile": {"description": "call back"}}))).await;
+    let r = app
+        .desk(
+            &agent,
+            Method::PATCH,
+            &format!("/desk/v1/users/{id}"),
+            Some(json!({"tags": ["VIP"], "profile": {"description": "call back"}})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["user"]["tags"], json!(["vip"]));
-    let r = app.desk(&agent, Method::PATCH, &format!("/desk/v1/users/{id}"), Some(json!({"profileOnce": {"x": 1}}))).await;
+    let r = app
+        .desk(
+            &agent,
+            Method::PATCH,
+            &format!("/desk/v1/users/{id}"),
+            Some(json!({"profileOnce": {"x": 1}})),
+        )
+        .await;
     assert_eq!((r.status, r.error_field()), (400, "profileOnce"));
 
     // Export is masked like the console.
-    let r = app.desk(&owner, Method::GET, "/desk/v1/exports/users.csv", None).await;
+    let r = app
+        .desk(&owner, Method::GET, "/desk/v1/exports/users.csv", None)
+        .await;
     assert_eq!(r.status, 200);
     let csv = r.body.as_str().unwrap();
     assert!(csv.starts_with("id,memberId,name,tags"));
-    assert!(csv.contains("aaa**@example.com") && !csv.contains("aaabb@example.com"), "{csv}");
+    assert!(
+        csv.contains("aaa**@example.com") && !csv.contains("aaabb@example.com"),
+        "{csv}"
+    );
     app.stop().await;
 }
 
 async fn roles_and_managers(b: Backend) {
     let app = spawn_app(b).await;
-    let owner = app.login(&app.creds.owner.email, &app.creds.owner.password).await;
+    let owner = app
+        .login(&app.creds.owner.email, &app.creds.owner.password)
+        .await;
     let roles = app.desk(&owner, Method::GET, "/desk/v1/roles", None).await;
-    let ids: Vec<_> = roles.body["roles"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<_> = roles.body["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, ["owner", "basic"]);
 
     let body = json!({"name": "Marketer", "permissions": ["contacts.read", "contacts.reveal", "marketing"], "inboxScope": "assigned"});
-    let r = app.desk(&owner, Method::POST, "/desk/v1/roles", Some(body.clone())).await;
+    let r = app
+        .desk(&owner, Method::POST, "/desk/v1/roles", Some(body.clone()))
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let role_id = r.body["id"].as_str().unwrap().to_owned();
-    let r = app.desk(&owner, Method::POST, "/desk/v1/roles", Some(json!({"name": "X", "permissions": ["fly"], "inboxScope": "all"}))).await;
+    let r = app
+        .desk(
+            &owner,
+            Method::POST,
+            "/desk/v1/roles",
+            Some(json!({"name": "X", "permissions": ["fly"], "inboxScope": "all"})),
+        )
+        .await;
     assert_eq!(r.status, 400);
     assert!(r.error_field().starts_with("permissions"), "{:?}", r.body);
     for i in 1..20 {
-        let r = app.desk(&owner, Method::POST, "/desk/v1/roles", Some(json!({"name": format!("R{i}"), "permissions": [], "inboxScope": "all"}))).await;
+        let r = app
+            .desk(
+                &owner,
+                Method::POST,
+                "/desk/v1/roles",
+                Some(json!({"name": format!("R{i}"), "permissions": [], "inboxScope": "all"})),
+            )
+            .await;
         assert_eq!(r.status, 201);
     }
-    let r = app.desk(&owner, Method::POST, "/desk/v1/roles", Some(json!({"name": "R21", "permissions": [], "inboxScope": "all"}))).await;
+    let r = app
+        .desk(
+            &owner,
+            Method::POST,
+            "/desk/v1/roles",
+            Some(json!({"name": "R21", "permissions": [], "inboxScope": "all"})),
+        )
+        .await;
     assert_eq!(r.status, 409, "the 21st custom role is refused");
-    let r = app.desk(&owner, Method::PATCH, "/desk/v1/roles/owner", Some(body.clone())).await;
+    let r = app
+        .desk(
+            &owner,
+            Method::PATCH,
+            "/desk/v1/roles/owner",
+            Some(body.clone()),
+        )
+        .await;
     assert_eq!(r.status, 404, "built-in roles are fixed");
 
     let r = app
@@ -149,33 +305,209 @@ async fn roles_and_managers(b: Backend) {
         .await;
     assert_eq!(dup.status, 409);
     for (body, field) in [
-        (json!({"email": "bad", "name": "M", "password": "m-password", "roleId": "basic"}), "email"),
-        (json!({"email": "n@example.com", "name": "M", "password": "short", "roleId": "basic"}), "password"),
-        (json!({"email": "n@example.com", "name": "M", "password": "long-enough", "roleId": "ghost"}), "roleId"),
+        (
+            json!({"email": "bad", "name": "M", "password": "m-password", "roleId": "basic"}),
+            "email",
+        ),
+        (
+            json!({"email": "n@example.com", "name": "M", "password": "short", "roleId": "basic"}),
+            "password",
+        ),
+        (
+            json!({"email": "n@example.com", "name": "M", "password": "long-enough", "roleId": "ghost"}),
+            "roleId",
+        ),
     ] {
-        let r = app.desk(&owner, Method::POST, "/desk/v1/managers", Some(body)).await;
+        let r = app
+            .desk(&owner, Method::POST, "/desk/v1/managers", Some(body))
+            .await;
         assert_eq!((r.status, r.error_field()), (400, field));
     }
-    let r = app.desk(&owner, Method::DELETE, &format!("/desk/v1/roles/{role_id}"), None).await;
+    let r = app
+        .desk(
+            &owner,
+            Method::DELETE,
+            &format!("/desk/v1/roles/{role_id}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 409, "a held role cannot be deleted");
 
     let marketer = app.login("m@example.com", "m-password").await;
-    let r = app.desk(&marketer, Method::GET, "/desk/v1/managers", None).await;
+    let r = app
+        .desk(&marketer, Method::GET, "/desk/v1/managers", None)
+        .await;
     assert_eq!(r.status, 403);
     let me = app.desk(&marketer, Method::GET, "/desk/v1/me", None).await;
     assert_eq!(me.body["role"]["inboxScope"], "assigned");
 
-    // The last owner cannot be demoted or removed.
-    let owner_id = app.desk(&owner, Method::GET, "/desk/v1/me", None).await.body["manager"]["id"].as_str().unwrap().to_owned();
-    let r = app.desk(&owner, Method::PATCH, &format!("/desk/v1/managers/{owner_id}"), Some(json!({"roleId": "basic"}))).await;
-    assert_eq!(r.status, 409);
-    let r = app.desk(&owner, Method::DELETE, &format!("/desk/v1/managers/{owner_id}"), None).await;
+    // Nobody changes their own role; the last owner cannot be removed.
+    let owner_id = app
+        .desk(&owner, Method::GET, "/desk/v1/me", None)
+        .await
+        .body["manager"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .desk(
+            &owner,
+            Method::PATCH,
+            &format!("/desk/v1/managers/{owner_id}"),
+            Some(json!({"roleId": "basic"})),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = app
+        .desk(
+            &owner,
+            Method::DELETE,
+            &format!("/desk/v1/managers/{owner_id}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 409);
     // Removing a manager ends their session.
-    let r = app.desk(&owner, Method::DELETE, &format!("/desk/v1/managers/{mid}"), None).await;
+    let r = app
+        .desk(
+            &owner,
+            Method::DELETE,
+            &format!("/desk/v1/managers/{mid}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 204);
-    assert_eq!(app.desk(&marketer, Method::GET, "/desk/v1/me", None).await.status, 401);
+    assert_eq!(
+        app.desk(&marketer, Method::GET, "/desk/v1/me", None)
+            .await
+            .status,
+        401
+    );
     app.stop().await;
 }
 
-both!(login_session_and_csrf, masking_reveal_and_audit, roles_and_managers);
+/// Team management cannot be turned into more power than the manager already holds.
+async fn no_privilege_escalation(b: Backend) {
+    let app = spawn_app(b).await;
+    let owner = app
+        .login(&app.creds.owner.email, &app.creds.owner.password)
+        .await;
+    let r = app
+        .desk(&owner, Method::POST, "/desk/v1/roles", Some(json!({"name": "Lead", "permissions": ["teamManagement", "contacts.read"], "inboxScope": "all"})))
+        .await;
+    let lead_role = r.body["id"].as_str().unwrap().to_owned();
+    let r = app
+        .desk(&owner, Method::POST, "/desk/v1/managers", Some(json!({"email": "lead@example.com", "name": "Lead", "password": "lead-pass-1", "roleId": lead_role})))
+        .await;
+    let lead_id = r.body["id"].as_str().unwrap().to_owned();
+    let lead = app.login("lead@example.com", "lead-pass-1").await;
+
+    let r = app
+        .desk(
+            &lead,
+            Method::PATCH,
+            &format!("/desk/v1/managers/{lead_id}"),
+            Some(json!({"roleId": "owner"})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    let r = app
+        .desk(&lead, Method::POST, "/desk/v1/managers", Some(json!({"email": "x@example.com", "name": "X", "password": "x-password", "roleId": "owner"})))
+        .await;
+    assert_eq!(r.status, 403);
+    let r = app
+        .desk(
+            &lead,
+            Method::POST,
+            "/desk/v1/roles",
+            Some(json!({"name": "All", "permissions": ["contacts.reveal"], "inboxScope": "all"})),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("contacts.reveal")
+    );
+    let r = app
+        .desk(&lead, Method::PATCH, &format!("/desk/v1/roles/{lead_role}"), Some(json!({"name": "Lead", "permissions": ["teamManagement", "contacts.read", "generalSettings"], "inboxScope": "all"})))
+        .await;
+    assert_eq!(r.status, 403);
+    let owner_id = app
+        .desk(&owner, Method::GET, "/desk/v1/me", None)
+        .await
+        .body["manager"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .desk(
+            &lead,
+            Method::DELETE,
+            &format!("/desk/v1/managers/{owner_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    // What the lead may do: hand out a subset of its own permissions.
+    let r = app
+        .desk(&lead, Method::POST, "/desk/v1/roles", Some(json!({"name": "Reader", "permissions": ["contacts.read"], "inboxScope": "assigned"})))
+        .await;
+    assert_eq!(r.status, 201);
+    let me = app.desk(&lead, Method::GET, "/desk/v1/me", None).await;
+    assert_eq!(me.body["role"]["id"], json!(lead_role));
+
+    // Without general settings a manager cannot add profile fields by editing a user.
+    let u = app.upsert("m-1", json!({"profile": {"name": "Kim"}})).await;
+    let id = u.body["user"]["id"].as_str().unwrap().to_owned();
+    app.desk(&owner, Method::POST, "/desk/v1/managers", Some(json!({"email": "agent@example.com", "name": "A", "password": "agent-pass-1", "roleId": "basic"}))).await;
+    let agent = app.login("agent@example.com", "agent-pass-1").await;
+    let r = app
+        .desk(
+            &agent,
+            Method::PATCH,
+            &format!("/desk/v1/users/{id}"),
+            Some(json!({"profile": {"newKey": "x"}})),
+        )
+        .await;
+    assert_eq!((r.status, r.error_field()), (400, "profile.newKey"));
+    let r = app
+        .desk(
+            &owner,
+            Method::PATCH,
+            &format!("/desk/v1/users/{id}"),
+            Some(json!({"profile": {"newKey": "x"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    app.stop().await;
+}
+
+/// The same e-mail managing two channels logs in to the one whose password matches.
+async fn login_across_channels(b: Backend) {
+    let app = spawn_app(b).await;
+    let other = app.second_channel().await;
+    let owner = app
+        .login(&app.creds.owner.email, &app.creds.owner.password)
+        .await;
+    let r = app
+        .desk(&owner, Method::POST, "/desk/v1/managers", Some(json!({"email": "second@example.com", "name": "S", "password": "first-pass-1", "roleId": "basic"})))
+        .await;
+    assert_eq!(r.status, 201);
+    let s = app.login("second@example.com", "second-pass-1").await;
+    let me = app.desk(&s, Method::GET, "/desk/v1/me", None).await;
+    assert_eq!(me.body["channel"]["id"], json!(other.channel_id));
+    let s = app.login("second@example.com", "first-pass-1").await;
+    let me = app.desk(&s, Method::GET, "/desk/v1/me", None).await;
+    assert_eq!(me.body["channel"]["id"], json!(app.creds.channel_id));
+    app.stop().await;
+}
+
+both!(
+    login_session_and_csrf,
+    masking_reveal_and_audit,
+    roles_and_managers,
+    no_privilege_escalation,
+    login_across_channels
+);

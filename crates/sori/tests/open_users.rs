@@ -11,9 +11,12 @@ use serde_json::{Value, json};
 async fn upsert_semantics(b: Backend) {
     let app = spawn_app(b).await;
     let r = app
-        .upsert("m-1", json!({"profile": {"name": "Kim", "mobileNumber": "010-1234-5678", "cartCount": 3,
+        .upsert(
+            "m-1",
+            json!({"profile": {"name": "Kim", "mobileNumber": "010-1234-5678", "cartCount": 3,
             "referrer": "https://a.example", "utmSource": "google", "lastUtmSource": "google"},
-            "tags": ["VIP", "vip ", "New"]}))
+            "tags": ["VIP", "vip ", "New"]}),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let u = &r.body["user"];
@@ -46,7 +49,9 @@ async fn upsert_semantics(b: Backend) {
     assert!(p.get("cartCount").is_none());
 
     // By id and by member id are the same user.
-    let by_id = app.open(Method::GET, &format!("/open/v5/users/{id}"), None).await;
+    let by_id = app
+        .open(Method::GET, &format!("/open/v5/users/{id}"), None)
+        .await;
     assert_eq!(by_id.body["user"], app.member("m-1").await);
 
     // profile: null clears everything.
@@ -55,17 +60,35 @@ async fn upsert_semantics(b: Backend) {
     assert!(r.body["user"].get("name").is_none());
 
     // Consent flags and block.
-    let r = app.upsert("m-1", json!({"unsubscribeEmail": true, "unsubscribeTexting": true, "blocked": true})).await;
+    let r = app
+        .upsert(
+            "m-1",
+            json!({"unsubscribeEmail": true, "unsubscribeTexting": true, "blocked": true}),
+        )
+        .await;
     assert_eq!(r.body["user"]["unsubscribeEmail"], true);
     assert_eq!(r.body["user"]["blocked"], true);
     let r = app.upsert("m-1", json!({"unsubscribeEmail": false})).await;
-    assert_eq!(r.body["user"]["unsubscribeEmail"], false, "server-side calls may resubscribe");
+    assert_eq!(
+        r.body["user"]["unsubscribeEmail"], false,
+        "server-side calls may resubscribe"
+    );
 
     // A new key registers its inferred type.
-    app.upsert("m-2", json!({"profile": {"vipLevel": 2, "interests": ["a", "b"], "optIn": true}})).await;
+    app.upsert(
+        "m-2",
+        json!({"profile": {"vipLevel": 2, "interests": ["a", "b"], "optIn": true}}),
+    )
+    .await;
     let fields = app.open(Method::GET, "/open/v5/profile-fields", None).await;
     let ty = |k: &str| {
-        fields.body["profileFields"].as_array().unwrap().iter().find(|f| f["key"] == k).unwrap()["type"].clone()
+        fields.body["profileFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == k)
+            .unwrap()["type"]
+            .clone()
     };
     assert_eq!(ty("vipLevel"), "number");
     assert_eq!(ty("interests"), "list");
@@ -77,27 +100,59 @@ async fn upsert_semantics(b: Backend) {
 /// Every rejected update names its field and leaves the user exactly as it was.
 async fn bad_input_changes_nothing(b: Backend) {
     let app = spawn_app(b).await;
-    app.upsert("m-1", json!({"profile": {"name": "Kim", "cartCount": 1}, "tags": ["a"]})).await;
+    app.upsert(
+        "m-1",
+        json!({"profile": {"name": "Kim", "cartCount": 1}, "tags": ["a"]}),
+    )
+    .await;
     let before = app.member("m-1").await;
-    let too_many_keys: serde_json::Map<String, Value> = (0..257).map(|i| (format!("k{i}"), json!(i))).collect();
-    let big: serde_json::Map<String, Value> = (0..40).map(|i| (format!("big{i}"), json!("x".repeat(500)))).collect();
+    let too_many_keys: serde_json::Map<String, Value> =
+        (0..257).map(|i| (format!("k{i}"), json!(i))).collect();
+    let big: serde_json::Map<String, Value> = (0..40)
+        .map(|i| (format!("big{i}"), json!("x".repeat(500))))
+        .collect();
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"profile": {"name": 5, "email": "ok@example.com"}}), "profile.name"),
-        (json!({"profile": {"cartCount": "three"}}), "profile.cartCount"),
+        (
+            json!({"profile": {"name": 5, "email": "ok@example.com"}}),
+            "profile.name",
+        ),
+        (
+            json!({"profile": {"cartCount": "three"}}),
+            "profile.cartCount",
+        ),
         (json!({"profile": {"bio": "가".repeat(513)}}), "profile.bio"),
         (json!({"profile": {"list": vec!["a"; 201]}}), "profile.list"),
         (json!({"profile": too_many_keys}), "profile"),
         (json!({"profile": big}), "profile"),
         (json!({"profile": {}}), "profile"),
         (json!({"tags": []}), "tags"),
-        (json!({"tags": (0..21).map(|i| format!("t{i}")).collect::<Vec<_>>()}), "tags"),
+        (
+            json!({"tags": (0..21).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+            "tags",
+        ),
         (json!({"tags": ["ok", 3]}), "tags[1]"),
-        (json!({"profile": {"mobileNumber": "02-123-4567"}}), "profile.mobileNumber"),
-        (json!({"profile": {"mobileNumber": "1644-1234"}}), "profile.mobileNumber"),
+        (
+            json!({"profile": {"mobileNumber": "02-123-4567"}}),
+            "profile.mobileNumber",
+        ),
+        (
+            json!({"profile": {"mobileNumber": "1644-1234"}}),
+            "profile.mobileNumber",
+        ),
+        (
+            json!({"profile": {"mobileNumber": "011-234-5678"}}),
+            "profile.mobileNumber",
+        ),
         (json!({"profile": {"bad_key": 1}}), "profile.bad_key"),
         (json!({"profile": {"obj": {"a": 1}}}), "profile.obj"),
-        (json!({"profile": {"lastCheckoutCompletedAt": "tomorrow"}}), "profile.lastCheckoutCompletedAt"),
-        (json!({"profile": {"email": "not-an-email"}}), "profile.email"),
+        (
+            json!({"profile": {"lastCheckoutCompletedAt": "tomorrow"}}),
+            "profile.lastCheckoutCompletedAt",
+        ),
+        (
+            json!({"profile": {"email": "not-an-email"}}),
+            "profile.email",
+        ),
         (json!({"unsubscribeEmail": "yes"}), "unsubscribeEmail"),
         (json!({"nickname": "x"}), "nickname"),
         (json!([1, 2]), "body"),
@@ -113,30 +168,58 @@ async fn bad_input_changes_nothing(b: Backend) {
         assert!(!r.body["message"].as_str().unwrap().is_empty());
     }
     // Broken JSON and an empty body.
-    let h = [("x-access-key", app.creds.access_key.as_str()), ("x-access-secret", app.creds.access_secret.as_str())];
-    let r = app.raw(Method::PUT, "/open/v5/users/@m-1", &h, b"{\"profile\": {".to_vec()).await;
+    let h = [
+        ("x-access-key", app.creds.access_key.as_str()),
+        ("x-access-secret", app.creds.access_secret.as_str()),
+    ];
+    let r = app
+        .raw(
+            Method::PUT,
+            "/open/v5/users/@m-1",
+            &h,
+            b"{\"profile\": {".to_vec(),
+        )
+        .await;
     assert_eq!((r.status, r.error_field()), (400, "body"));
-    let r = app.raw(Method::PUT, "/open/v5/users/@m-1", &h, Vec::new()).await;
+    let r = app
+        .raw(Method::PUT, "/open/v5/users/@m-1", &h, Vec::new())
+        .await;
     assert_eq!((r.status, r.error_field()), (400, "body"));
     // An oversized body is refused before parsing.
     let huge = format!("{{\"profile\": {{\"a\": \"{}\"}}}}", "x".repeat(400_000));
-    let r = app.raw(Method::PUT, "/open/v5/users/@m-1", &h, huge.into_bytes()).await;
+    let r = app
+        .raw(Method::PUT, "/open/v5/users/@m-1", &h, huge.into_bytes())
+        .await;
     assert_eq!(r.status, 413);
     assert_eq!(r.body["type"], "payloadTooLarge");
     // NUL in a path or cursor is refused before any lookup.
     let r = app.open(Method::GET, "/open/v5/users/@m%00", None).await;
     assert_eq!((r.status, r.error_field()), (400, "path"));
-    let r = app.open(Method::GET, "/open/v5/users?since=%00", None).await;
+    let r = app
+        .open(Method::GET, "/open/v5/users?since=%00", None)
+        .await;
     assert_eq!(r.status, 400);
     // A member id that is too long.
     let r = app.upsert(&"m".repeat(257), json!({})).await;
     assert_eq!((r.status, r.error_field()), (400, "memberId"));
 
-    assert_eq!(app.member("m-1").await, before, "a rejected update must change nothing");
+    assert_eq!(
+        app.member("m-1").await,
+        before,
+        "a rejected update must change nothing"
+    );
     // No stray field was registered by the rejected writes.
     let fields = app.open(Method::GET, "/open/v5/profile-fields", None).await;
-    let keys: Vec<&str> = fields.body["profileFields"].as_array().unwrap().iter().map(|f| f["key"].as_str().unwrap()).collect();
-    assert!(!keys.contains(&"bio") && !keys.contains(&"k0") && !keys.contains(&"big0"), "{keys:?}");
+    let keys: Vec<&str> = fields.body["profileFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        !keys.contains(&"bio") && !keys.contains(&"k0") && !keys.contains(&"big0"),
+        "{keys:?}"
+    );
     app.stop().await;
 }
 
@@ -150,7 +233,11 @@ async fn tenants_are_isolated(b: Backend) {
 
     for (method, path, body) in [
         (Method::GET, format!("/open/v5/users/{id}"), None),
-        (Method::PATCH, format!("/open/v5/users/{id}"), Some(json!({"profile": {"name": "Evil"}}))),
+        (
+            Method::PATCH,
+            format!("/open/v5/users/{id}"),
+            Some(json!({"profile": {"name": "Evil"}})),
+        ),
         (Method::DELETE, format!("/open/v5/users/{id}"), None),
         (Method::GET, "/open/v5/users/@m-1".to_owned(), None),
         (Method::DELETE, "/open/v5/users/@m-1".to_owned(), None),
@@ -159,9 +246,18 @@ async fn tenants_are_isolated(b: Backend) {
         assert_eq!(r.status, 404, "{method} {path}: {:?}", r.body);
     }
     // Same member id in the other channel is a different user.
-    let r = app.open_as(&other, Method::PUT, "/open/v5/users/@m-1", Some(json!({"profile": {"name": "Other"}}))).await;
+    let r = app
+        .open_as(
+            &other,
+            Method::PUT,
+            "/open/v5/users/@m-1",
+            Some(json!({"profile": {"name": "Other"}})),
+        )
+        .await;
     assert_ne!(r.body["user"]["id"], json!(id));
-    let list = app.open_as(&other, Method::GET, "/open/v5/users", None).await;
+    let list = app
+        .open_as(&other, Method::GET, "/open/v5/users", None)
+        .await;
     assert_eq!(list.body["users"].as_array().unwrap().len(), 1);
     assert_eq!(app.member("m-1").await, before);
 
@@ -169,7 +265,15 @@ async fn tenants_are_isolated(b: Backend) {
     let r = app.raw(Method::GET, "/open/v5/users", &[], vec![]).await;
     assert_eq!(r.status, 401);
     let r = app
-        .raw(Method::GET, "/open/v5/users", &[("x-access-key", &app.creds.access_key), ("x-access-secret", &other.access_secret)], vec![])
+        .raw(
+            Method::GET,
+            "/open/v5/users",
+            &[
+                ("x-access-key", &app.creds.access_key),
+                ("x-access-secret", &other.access_secret),
+            ],
+            vec![],
+        )
         .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.body["type"], "unauthorized");
@@ -178,26 +282,65 @@ async fn tenants_are_isolated(b: Backend) {
 
 async fn create_patch_delete_and_list(b: Backend) {
     let app = spawn_app(b).await;
-    let r = app.open(Method::POST, "/open/v5/users", Some(json!({"profile": {"email": "lead@example.com"}}))).await;
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/users",
+            Some(json!({"profile": {"email": "lead@example.com"}})),
+        )
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["user"]["member"], false);
     let lead = r.body["user"]["id"].as_str().unwrap().to_owned();
-    let r = app.open(Method::POST, "/open/v5/users", Some(json!({"memberId": "m-9"}))).await;
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/users",
+            Some(json!({"memberId": "m-9"})),
+        )
+        .await;
     assert_eq!(r.status, 201);
-    let r = app.open(Method::POST, "/open/v5/users", Some(json!({"memberId": "m-9"}))).await;
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/users",
+            Some(json!({"memberId": "m-9"})),
+        )
+        .await;
     assert_eq!(r.status, 409);
-    let r = app.open(Method::POST, "/open/v5/users", Some(json!({"memberId": 9}))).await;
+    let r = app
+        .open(Method::POST, "/open/v5/users", Some(json!({"memberId": 9})))
+        .await;
     assert_eq!((r.status, r.error_field()), (400, "memberId"));
 
-    let r = app.open(Method::PATCH, &format!("/open/v5/users/{lead}"), Some(json!({"tags": ["Lead"]}))).await;
+    let r = app
+        .open(
+            Method::PATCH,
+            &format!("/open/v5/users/{lead}"),
+            Some(json!({"tags": ["Lead"]})),
+        )
+        .await;
     assert_eq!(r.body["user"]["tags"], json!(["lead"]));
-    let r = app.open(Method::PATCH, "/open/v5/users/0123456789abcdef01234567", Some(json!({"tags": ["x"]}))).await;
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/users/0123456789abcdef01234567",
+            Some(json!({"tags": ["x"]})),
+        )
+        .await;
     assert_eq!(r.status, 404);
-    let r = app.open(Method::PUT, &format!("/open/v5/users/{lead}"), Some(json!({}))).await;
+    let r = app
+        .open(
+            Method::PUT,
+            &format!("/open/v5/users/{lead}"),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(r.status, 405);
 
     for i in 0..7 {
-        app.upsert(&format!("p-{i}"), json!({"profile": {"rank": i}})).await;
+        app.upsert(&format!("p-{i}"), json!({"profile": {"rank": i}}))
+            .await;
     }
     // 9 users: page through ascending, 4 at a time.
     let mut seen = Vec::new();
@@ -216,11 +359,26 @@ async fn create_patch_delete_and_list(b: Backend) {
     let mut sorted = seen.clone();
     sorted.sort();
     assert_eq!(seen, sorted);
-    let desc = app.open(Method::GET, "/open/v5/users?limit=500", None).await;
-    let ids: Vec<String> = desc.body["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_owned()).collect();
+    let desc = app
+        .open(Method::GET, "/open/v5/users?limit=500", None)
+        .await;
+    let ids: Vec<String> = desc.body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, seen.iter().rev().cloned().collect::<Vec<_>>());
-    for (q, field) in [("limit=0", "limit"), ("limit=501", "limit"), ("limit=x", "limit"), ("sortOrder=up", "sortOrder"), ("since=zz", "since")] {
-        let r = app.open(Method::GET, &format!("/open/v5/users?{q}"), None).await;
+    for (q, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=x", "limit"),
+        ("sortOrder=up", "sortOrder"),
+        ("since=zz", "since"),
+    ] {
+        let r = app
+            .open(Method::GET, &format!("/open/v5/users?{q}"), None)
+            .await;
         assert_eq!((r.status, r.error_field()), (400, field), "{q}");
     }
 
@@ -228,7 +386,9 @@ async fn create_patch_delete_and_list(b: Backend) {
     assert_eq!(r.status, 204);
     let r = app.open(Method::GET, "/open/v5/users/@m-9", None).await;
     assert_eq!(r.status, 404);
-    let r = app.open(Method::DELETE, &format!("/open/v5/users/{lead}"), None).await;
+    let r = app
+        .open(Method::DELETE, &format!("/open/v5/users/{lead}"), None)
+        .await;
     assert_eq!(r.status, 204);
     app.stop().await;
 }
@@ -239,7 +399,12 @@ async fn profile_field_registry(b: Backend) {
     let r = post(json!({"key": "birthday", "name": "생일", "type": "date"})).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["profileField"]["type"], "date");
-    assert_eq!(post(json!({"key": "birthday", "type": "date"})).await.status, 409);
+    assert_eq!(
+        post(json!({"key": "birthday", "type": "date"}))
+            .await
+            .status,
+        409
+    );
     for (body, field) in [
         (json!({"key": "1abc", "type": "string"}), "key"),
         (json!({"key": "has_space", "type": "string"}), "key"),
@@ -253,22 +418,50 @@ async fn profile_field_registry(b: Backend) {
         assert_eq!(r.error_field(), field, "{body}: {:?}", r.body);
     }
     // A registered date accepts YYYY-MM-DD and rejects other shapes.
-    assert_eq!(app.upsert("m-1", json!({"profile": {"birthday": "1990-03-01"}})).await.status, 200);
-    let r = app.upsert("m-1", json!({"profile": {"birthday": "March"}})).await;
+    assert_eq!(
+        app.upsert("m-1", json!({"profile": {"birthday": "1990-03-01"}}))
+            .await
+            .status,
+        200
+    );
+    let r = app
+        .upsert("m-1", json!({"profile": {"birthday": "March"}}))
+        .await;
     assert_eq!((r.status, r.error_field()), (400, "profile.birthday"));
 
-    let r = app.open(Method::PATCH, "/open/v5/profile-fields/birthday", Some(json!({"name": "Birthday", "sensitive": true}))).await;
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/profile-fields/birthday",
+            Some(json!({"name": "Birthday", "sensitive": true})),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["profileField"]["sensitive"], true);
-    let r = app.open(Method::PATCH, "/open/v5/profile-fields/birthday", Some(json!({"type": "string"}))).await;
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/profile-fields/birthday",
+            Some(json!({"type": "string"})),
+        )
+        .await;
     assert_eq!((r.status, r.error_field()), (400, "type"));
-    let r = app.open(Method::DELETE, "/open/v5/profile-fields/email", None).await;
+    let r = app
+        .open(Method::DELETE, "/open/v5/profile-fields/email", None)
+        .await;
     assert_eq!(r.status, 409);
-    let r = app.open(Method::DELETE, "/open/v5/profile-fields/nope", None).await;
+    let r = app
+        .open(Method::DELETE, "/open/v5/profile-fields/nope", None)
+        .await;
     assert_eq!(r.status, 404);
-    let r = app.open(Method::DELETE, "/open/v5/profile-fields/birthday", None).await;
+    let r = app
+        .open(Method::DELETE, "/open/v5/profile-fields/birthday", None)
+        .await;
     assert_eq!(r.status, 204);
-    assert!(app.member("m-1").await["profile"].get("birthday").is_none(), "values go with the field");
+    assert!(
+        app.member("m-1").await["profile"].get("birthday").is_none(),
+        "values go with the field"
+    );
     app.stop().await;
 }
 
@@ -277,10 +470,22 @@ async fn channel_settings(b: Backend) {
     let r = app.open(Method::GET, "/open/v5/channel", None).await;
     assert_eq!(r.body["channel"]["timeZone"], "Asia/Seoul");
     assert_eq!(r.body["channel"]["memberHashRequired"], false);
-    let r = app.open(Method::PATCH, "/open/v5/channel", Some(json!({"memberHashRequired": true, "timeZone": "Europe/Berlin"}))).await;
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/channel",
+            Some(json!({"memberHashRequired": true, "timeZone": "Europe/Berlin"})),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["channel"]["memberHashRequired"], true);
-    let r = app.open(Method::PATCH, "/open/v5/channel", Some(json!({"timeZone": "Mars/Base"}))).await;
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/channel",
+            Some(json!({"timeZone": "Mars/Base"})),
+        )
+        .await;
     assert_eq!((r.status, r.error_field()), (400, "timeZone"));
     let r = app.open(Method::GET, "/open/v5/channel", None).await;
     assert_eq!(r.body["channel"]["timeZone"], "Europe/Berlin");
@@ -296,7 +501,12 @@ async fn concurrent_upserts(b: Backend) {
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
                 let member = format!("c-{}", i % 5);
-                let r = app.upsert(&member, json!({"profile": {format!("k{t}"): i}, "tags": [format!("t{t}")]})).await;
+                let r = app
+                    .upsert(
+                        &member,
+                        json!({"profile": {format!("k{t}"): i}, "tags": [format!("t{t}")]}),
+                    )
+                    .await;
                 assert_eq!(r.status, 200, "{:?}", r.body);
             }
         }));
@@ -304,13 +514,18 @@ async fn concurrent_upserts(b: Backend) {
     for t in tasks {
         t.await.unwrap();
     }
-    let list = app.open(Method::GET, "/open/v5/users?limit=100", None).await;
+    let list = app
+        .open(Method::GET, "/open/v5/users?limit=100", None)
+        .await;
     assert_eq!(list.body["users"].as_array().unwrap().len(), 5);
     // Every writer's key landed on every member it touched: nothing was lost.
     for i in 0..5 {
         let u = app.member(&format!("c-{i}")).await;
         for t in 0..16 {
-            assert!(u["profile"].get(format!("k{t}")).is_some(), "c-{i} lacks k{t}");
+            assert!(
+                u["profile"].get(format!("k{t}")).is_some(),
+                "c-{i} lacks k{t}"
+            );
         }
     }
 }
@@ -326,12 +541,32 @@ async fn rate_limit(b: Backend) {
         let r = app.open(Method::GET, "/open/v5/users", None).await;
         assert!(r.headers.contains_key("x-ratelimit-limit"));
         assert!(r.headers.contains_key("x-ratelimit-reset"));
-        statuses.push((r.status, r.headers["x-ratelimit-remaining"].to_str().unwrap().to_owned()));
+        statuses.push((
+            r.status,
+            r.headers["x-ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        ));
     }
     assert_eq!(statuses[0], (200, "2".to_owned()));
     assert_eq!(statuses[3].0, 429);
     let r = app.open(Method::GET, "/open/v5/users", None).await;
     assert_eq!(r.body["type"], "tooManyRequests");
+    // Someone with this channel's public key but not its secret spends no budget of ours.
+    let other = app.second_channel().await;
+    let forged = sori_app::ChannelCredentials {
+        access_secret: "0".repeat(64),
+        ..other.clone()
+    };
+    for _ in 0..5 {
+        app.open_as(&forged, Method::GET, "/open/v5/users", None)
+            .await;
+    }
+    let r = app
+        .open_as(&other, Method::GET, "/open/v5/users", None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     app.stop().await;
 }
 

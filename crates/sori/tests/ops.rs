@@ -24,14 +24,20 @@ async fn ops_endpoints(b: Backend) {
     let r = app.raw(Method::GET, "/nope", &[], vec![]).await;
     assert_eq!((r.status, r.body["type"].as_str()), (404, Some("notFound")));
     let r = app.raw(Method::POST, "/healthz", &[], vec![]).await;
-    assert_eq!((r.status, r.body["type"].as_str()), (405, Some("methodNotAllowed")));
+    assert_eq!(
+        (r.status, r.body["type"].as_str()),
+        (405, Some("methodNotAllowed"))
+    );
     app.stop().await;
 }
 
 /// Every routed public endpoint is described in /openapi.json.
 async fn openapi_describes_every_endpoint(b: Backend) {
     let app = spawn_app(b).await;
-    let doc = app.raw(Method::GET, "/openapi.json", &[], vec![]).await.body;
+    let doc = app
+        .raw(Method::GET, "/openapi.json", &[], vec![])
+        .await
+        .body;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
@@ -53,7 +59,10 @@ async fn openapi_describes_every_endpoint(b: Backend) {
         ("/desk/v1/users/{userId}/reveal", "post"),
         ("/desk/v1/audit/reveals", "get"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} undocumented");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} undocumented"
+        );
     }
     assert!(doc["components"]["securitySchemes"]["accessKey"].is_object());
     app.stop().await;

@@ -11,6 +11,7 @@ fn ctx() -> ApplyContext {
         tz: TimeZone::get("Asia/Seoul").expect("tz"),
         tag_limit_per_call: MAX_TAGS_PER_API_CALL,
         may_resubscribe: true,
+        may_register: true,
     }
 }
 
@@ -62,17 +63,27 @@ fn empty_object_and_empty_tags_are_errors() {
 fn profile_once_sets_only_empty_keys() {
     let mut u = base();
     u.profile.insert("name".into(), json!("Kim"));
-    let a = apply(&u, json!({"profileOnce": {"name": "Lee", "email": "a@b.co"}})).expect("ok");
+    let a = apply(
+        &u,
+        json!({"profileOnce": {"name": "Lee", "email": "a@b.co"}}),
+    )
+    .expect("ok");
     assert_eq!(a.user.profile["name"], json!("Kim"));
     assert_eq!(a.user.profile["email"], json!("a@b.co"));
 }
 
 #[test]
 fn set_once_fields_keep_the_first_value_and_last_utm_overwrites() {
-    let a = apply(&base(), json!({"profile": {"utmSource": "google", "lastUtmSource": "google"}}))
-        .expect("ok");
-    let b = apply(&a.user, json!({"profile": {"utmSource": "naver", "lastUtmSource": "naver"}}))
-        .expect("ok");
+    let a = apply(
+        &base(),
+        json!({"profile": {"utmSource": "google", "lastUtmSource": "google"}}),
+    )
+    .expect("ok");
+    let b = apply(
+        &a.user,
+        json!({"profile": {"utmSource": "naver", "lastUtmSource": "naver"}}),
+    )
+    .expect("ok");
     assert_eq!(b.user.profile["utmSource"], json!("google"));
     assert_eq!(b.user.profile["lastUtmSource"], json!("naver"));
 }
@@ -82,17 +93,31 @@ fn nothing_changed_keeps_updated_at() {
     let a = apply(&base(), json!({"profile": {"name": "Kim"}})).expect("ok");
     let mut again_ctx = ctx();
     again_ctx.now = 9_000;
-    let b = apply_update(&a.user, false, &registry(), &parse(json!({"profile": {"name": "Kim"}})), &again_ctx)
-        .expect("ok");
+    let b = apply_update(
+        &a.user,
+        false,
+        &registry(),
+        &parse(json!({"profile": {"name": "Kim"}})),
+        &again_ctx,
+    )
+    .expect("ok");
     assert!(!b.changed);
     assert_eq!(b.user.updated_at, a.user.updated_at);
 }
 
 #[test]
 fn mobile_number_rules() {
-    let a = apply(&base(), json!({"profile": {"mobileNumber": "010-1234-5678"}})).expect("ok");
+    let a = apply(
+        &base(),
+        json!({"profile": {"mobileNumber": "010-1234-5678"}}),
+    )
+    .expect("ok");
     assert_eq!(a.user.profile["mobileNumber"], json!("+821012345678"));
-    let e = apply(&base(), json!({"profile": {"mobileNumber": "070-1234-5678"}})).unwrap_err();
+    let e = apply(
+        &base(),
+        json!({"profile": {"mobileNumber": "070-1234-5678"}}),
+    )
+    .unwrap_err();
     assert_eq!(e.0[0].field, "profile.mobileNumber");
     assert!(e.0[0].message.contains("landlineNumber"));
 }
@@ -113,7 +138,10 @@ fn tags_are_lowercased_deduplicated_and_limited() {
     let mut sdk = ctx();
     sdk.tag_limit_per_call = MAX_TAGS_PER_SDK_CALL;
     let eleven: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
-    let upd = UserUpdate { tags: Some(TagOp::Add(eleven)), ..Default::default() };
+    let upd = UserUpdate {
+        tags: Some(TagOp::Add(eleven)),
+        ..Default::default()
+    };
     assert!(apply_update(&base(), false, &registry(), &upd, &sdk).is_err());
 }
 
@@ -130,7 +158,10 @@ fn tags_per_user_limit_counts_after_adding() {
     let mut u = base();
     u.tags = (0..195).map(|i| format!("t{i}")).collect();
     let add: Vec<String> = (195..201).map(|i| format!("t{i}")).collect();
-    let upd = UserUpdate { tags: Some(TagOp::Add(add)), ..Default::default() };
+    let upd = UserUpdate {
+        tags: Some(TagOp::Add(add)),
+        ..Default::default()
+    };
     let e = apply_update(&u, false, &registry(), &upd, &ctx()).unwrap_err();
     assert!(e.0[0].message.contains("at most 200"));
 }
@@ -141,7 +172,10 @@ fn boot_cannot_resubscribe() {
     u.unsubscribe_email = true;
     let mut boot = ctx();
     boot.may_resubscribe = false;
-    let upd = UserUpdate { unsubscribe_email: Some(false), ..Default::default() };
+    let upd = UserUpdate {
+        unsubscribe_email: Some(false),
+        ..Default::default()
+    };
     let a = apply_update(&u, false, &registry(), &upd, &boot).expect("ok");
     assert!(a.user.unsubscribe_email);
     let a = apply_update(&u, false, &registry(), &upd, &ctx()).expect("ok");
@@ -161,11 +195,28 @@ fn unknown_and_mistyped_top_level_fields_are_named() {
 
 #[test]
 fn registered_type_wins_over_inference() {
-    let e = apply(&base(), json!({"profile": {"lastCheckoutCompletedAt": "soon"}})).unwrap_err();
+    let e = apply(
+        &base(),
+        json!({"profile": {"lastCheckoutCompletedAt": "soon"}}),
+    )
+    .unwrap_err();
     assert_eq!(e.0[0].field, "profile.lastCheckoutCompletedAt");
-    let a = apply(&base(), json!({"profile": {"lastCheckoutCompletedAt": 1_700_000_000_000_i64}}))
-        .expect("ok");
+    let a = apply(
+        &base(),
+        json!({"profile": {"lastCheckoutCompletedAt": 1_700_000_000_000_i64}}),
+    )
+    .expect("ok");
     assert!(a.new_fields.is_empty());
+}
+
+#[test]
+fn unknown_keys_need_the_right_to_register() {
+    let mut c = ctx();
+    c.may_register = false;
+    let upd = parse(json!({"profile": {"name": "Kim", "newKey": 1}}));
+    let e = apply_update(&base(), false, &registry(), &upd, &c).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(e.0[0].field, "profile.newKey");
 }
 
 #[test]

@@ -27,12 +27,16 @@ pub const SESSION_COOKIE: &str = "sori_session";
 pub struct Desk(pub ManagerContext);
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
-        line.split(';').find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == SESSION_COOKIE).then(|| v.to_owned())
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|line| {
+            line.split(';').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == SESSION_COOKIE).then(|| v.to_owned())
+            })
         })
-    })
 }
 
 impl FromRequestParts<AppState> for Desk {
@@ -41,13 +45,15 @@ impl FromRequestParts<AppState> for Desk {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let cookie = session_cookie(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized("log in first: POST /desk/v1/login"))?;
-        let ctx = state
-            .app
-            .session(&cookie)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("session expired or unknown; log in again"))?;
+        let ctx =
+            state.app.session(&cookie).await?.ok_or_else(|| {
+                ApiError::unauthorized("session expired or unknown; log in again")
+            })?;
         if !matches!(parts.method, Method::GET | Method::HEAD) {
-            let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+            let sent = parts
+                .headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok());
             if sent != Some(ctx.csrf_token.as_str()) {
                 return Err(ApiError::forbidden(
                     "missing or wrong x-csrf-token header; use the csrfToken from login or /desk/v1/me",
@@ -132,9 +138,14 @@ pub async fn login(State(state): State<AppState>, body: JsonBody) -> ApiResult<R
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => return Err(ApiError::field("channelId", "must be a channel id")),
     };
-    let (cookie, ctx) = state.app.login(&req.email, &req.password, channel_id).await?;
+    let (cookie, ctx) = state
+        .app
+        .login(&req.email, &req.password, channel_id)
+        .await?;
     let secure = if state.cookie_secure { "; Secure" } else { "" };
-    let set = format!("{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age=604800{secure}");
+    let set = format!(
+        "{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age=604800{secure}"
+    );
     let mut resp = Json(me(&ctx)).into_response();
     resp.headers_mut().insert(
         SET_COOKIE,
@@ -145,7 +156,11 @@ pub async fn login(State(state): State<AppState>, body: JsonBody) -> ApiResult<R
 
 /// Ends the session.
 #[utoipa::path(post, path = "/desk/v1/logout", tag = "desk", responses((status = 204)))]
-pub async fn logout(State(state): State<AppState>, Desk(_): Desk, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn logout(
+    State(state): State<AppState>,
+    Desk(_): Desk,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     if let Some(c) = session_cookie(&headers) {
         state.app.logout(&c).await?;
     }

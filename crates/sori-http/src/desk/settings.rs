@@ -22,15 +22,23 @@ use crate::open::fields::{self, FieldEnvelope, FieldsEnvelope};
 /// The channel's settings.
 #[utoipa::path(get, path = "/desk/v1/channel", tag = "desk", responses((status = 200, body = ChannelEnvelope)))]
 pub async fn get_channel(Desk(ctx): Desk) -> Json<ChannelEnvelope> {
-    Json(ChannelEnvelope { channel: (&ctx.channel.channel).into() })
+    Json(ChannelEnvelope {
+        channel: (&ctx.channel.channel).into(),
+    })
 }
 
 /// Changes channel settings (general-settings permission).
 #[utoipa::path(patch, path = "/desk/v1/channel", tag = "desk", request_body = channel::ChannelPatch,
     responses((status = 200, body = ChannelEnvelope), (status = 403, body = ErrorBody)))]
-pub async fn patch_channel(State(state): State<AppState>, Desk(ctx): Desk, body: JsonBody) -> ApiResult<Json<ChannelEnvelope>> {
+pub async fn patch_channel(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    body: JsonBody,
+) -> ApiResult<Json<ChannelEnvelope>> {
     ctx.require(Permission::GeneralSettings)?;
-    Ok(Json(ChannelEnvelope { channel: channel::apply(&state, &ctx.channel.channel, body).await? }))
+    Ok(Json(ChannelEnvelope {
+        channel: channel::apply(&state, &ctx.channel.channel, body).await?,
+    }))
 }
 
 /// A built-in field and whether it is masked.
@@ -57,7 +65,10 @@ pub struct AllFields {
 
 /// Every field a user has, with sensitive flags.
 #[utoipa::path(get, path = "/desk/v1/fields", tag = "desk", responses((status = 200, body = AllFields)))]
-pub async fn all_fields(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<AllFields>> {
+pub async fn all_fields(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+) -> ApiResult<Json<AllFields>> {
     ctx.require(Permission::ContactsRead)?;
     let ch = ctx.channel.channel.id;
     let sensitive = state.app.store.sensitive_builtins(ch).await?;
@@ -69,7 +80,10 @@ pub async fn all_fields(State(state): State<AppState>, Desk(ctx): Desk) -> ApiRe
             sensitive: sensitive.iter().any(|s| s == k),
         })
         .collect();
-    Ok(Json(AllFields { builtin_fields, profile_fields: fields::list(&state, ch).await?.profile_fields }))
+    Ok(Json(AllFields {
+        builtin_fields,
+        profile_fields: fields::list(&state, ch).await?.profile_fields,
+    }))
 }
 
 /// Body of a sensitive-flag change.
@@ -102,7 +116,11 @@ pub async fn set_sensitive(
             .await?
             .ok_or_else(|| ApiError::not_found("profile field"))?;
     } else if builtin_type(&key).is_some() {
-        state.app.store.set_builtin_sensitive(ch, &key, req.sensitive).await?;
+        state
+            .app
+            .store
+            .set_builtin_sensitive(ch, &key, req.sensitive)
+            .await?;
     } else {
         return Err(ApiError::not_found("field"));
     }
@@ -111,7 +129,10 @@ pub async fn set_sensitive(
 
 /// Lists profile fields.
 #[utoipa::path(get, path = "/desk/v1/profile-fields", tag = "desk", responses((status = 200, body = FieldsEnvelope)))]
-pub async fn list_fields(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<FieldsEnvelope>> {
+pub async fn list_fields(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+) -> ApiResult<Json<FieldsEnvelope>> {
     ctx.require(Permission::ContactsRead)?;
     Ok(Json(fields::list(&state, ctx.channel.channel.id).await?))
 }
@@ -119,9 +140,16 @@ pub async fn list_fields(State(state): State<AppState>, Desk(ctx): Desk) -> ApiR
 /// Registers a profile field (general-settings permission).
 #[utoipa::path(post, path = "/desk/v1/profile-fields", tag = "desk", request_body = fields::NewField,
     responses((status = 201, body = FieldEnvelope), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_field(State(state): State<AppState>, Desk(ctx): Desk, body: JsonBody) -> ApiResult<(StatusCode, Json<FieldEnvelope>)> {
+pub async fn create_field(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    body: JsonBody,
+) -> ApiResult<(StatusCode, Json<FieldEnvelope>)> {
     ctx.require(Permission::GeneralSettings)?;
-    Ok((StatusCode::CREATED, Json(fields::create(&state, ctx.channel.channel.id, body).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(fields::create(&state, ctx.channel.channel.id, body).await?),
+    ))
 }
 
 /// Renames a profile field or flips its sensitive flag (general-settings permission).
@@ -134,13 +162,19 @@ pub async fn update_field(
     body: JsonBody,
 ) -> ApiResult<Json<FieldEnvelope>> {
     ctx.require(Permission::GeneralSettings)?;
-    Ok(Json(fields::update(&state, ctx.channel.channel.id, &key, body).await?))
+    Ok(Json(
+        fields::update(&state, ctx.channel.channel.id, &key, body).await?,
+    ))
 }
 
 /// Deletes a custom profile field and its values (general-settings permission).
 #[utoipa::path(delete, path = "/desk/v1/profile-fields/{key}", tag = "desk", params(("key" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_field(State(state): State<AppState>, Desk(ctx): Desk, Path(key): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_field(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(key): Path<String>,
+) -> ApiResult<StatusCode> {
     ctx.require(Permission::GeneralSettings)?;
     fields::delete(&state, ctx.channel.channel.id, &key).await
 }
@@ -169,19 +203,35 @@ pub struct RoleBody {
 
 /// Lists roles (team-management permission).
 #[utoipa::path(get, path = "/desk/v1/roles", tag = "desk", responses((status = 200, body = RolesEnvelope)))]
-pub async fn list_roles(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<RolesEnvelope>> {
+pub async fn list_roles(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+) -> ApiResult<Json<RolesEnvelope>> {
     ctx.require(Permission::TeamManagement)?;
-    Ok(Json(RolesEnvelope { roles: state.app.store.roles(ctx.channel.channel.id).await? }))
+    Ok(Json(RolesEnvelope {
+        roles: state.app.store.roles(ctx.channel.channel.id).await?,
+    }))
 }
 
 /// Creates a custom role (at most 20 per channel).
 #[utoipa::path(post, path = "/desk/v1/roles", tag = "desk", request_body = RoleBody,
     responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_role(State(state): State<AppState>, Desk(ctx): Desk, body: JsonBody) -> ApiResult<(StatusCode, Json<Role>)> {
+pub async fn create_role(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    body: JsonBody,
+) -> ApiResult<(StatusCode, Json<Role>)> {
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
     let ch = ctx.channel.channel.id;
-    let custom = state.app.store.roles(ch).await?.iter().filter(|r| !r.builtin).count();
+    let custom = state
+        .app
+        .store
+        .roles(ch)
+        .await?
+        .iter()
+        .filter(|r| !r.builtin)
+        .count();
     if custom >= MAX_CUSTOM_ROLES {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -196,6 +246,7 @@ pub async fn create_role(State(state): State<AppState>, Desk(ctx): Desk, body: J
         inbox_scope: req.inbox_scope,
         builtin: false,
     };
+    ctx.role.may_grant(&role).map_err(ApiError::forbidden)?;
     state.app.store.insert_role(ch, &role).await?;
     Ok((StatusCode::CREATED, Json(role)))
 }
@@ -218,7 +269,20 @@ pub async fn update_role(
         inbox_scope: req.inbox_scope,
         builtin: false,
     };
-    if !state.app.store.update_role(ctx.channel.channel.id, &role).await? {
+    let existing = state.app.store.roles(ctx.channel.channel.id).await?;
+    if !existing.iter().any(|r| r.id == role.id && !r.builtin) {
+        return Err(ApiError::not_found("custom role"));
+    }
+    if role.id == ctx.role.id {
+        return Err(ApiError::forbidden("you cannot change your own role"));
+    }
+    ctx.role.may_grant(&role).map_err(ApiError::forbidden)?;
+    if !state
+        .app
+        .store
+        .update_role(ctx.channel.channel.id, &role)
+        .await?
+    {
         return Err(ApiError::not_found("custom role"));
     }
     Ok(Json(role))
@@ -227,11 +291,26 @@ pub async fn update_role(
 /// Deletes a custom role nobody holds.
 #[utoipa::path(delete, path = "/desk/v1/roles/{roleId}", tag = "desk", params(("roleId" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_role(State(state): State<AppState>, Desk(ctx): Desk, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_role(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     ctx.require(Permission::TeamManagement)?;
     let ch = ctx.channel.channel.id;
-    if state.app.store.managers(ch).await?.iter().any(|m| m.role_id == id) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "managers still hold this role"));
+    if state
+        .app
+        .store
+        .managers(ch)
+        .await?
+        .iter()
+        .any(|m| m.role_id == id)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "managers still hold this role",
+        ));
     }
     if !state.app.store.delete_role(ch, &id).await? {
         return Err(ApiError::not_found("custom role"));
@@ -270,24 +349,43 @@ pub struct ManagerPatch {
 
 /// Lists managers (team-management permission).
 #[utoipa::path(get, path = "/desk/v1/managers", tag = "desk", responses((status = 200, body = ManagersEnvelope)))]
-pub async fn list_managers(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<ManagersEnvelope>> {
+pub async fn list_managers(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+) -> ApiResult<Json<ManagersEnvelope>> {
     ctx.require(Permission::TeamManagement)?;
     let ms = state.app.store.managers(ctx.channel.channel.id).await?;
-    Ok(Json(ManagersEnvelope { managers: ms.iter().map(ManagerView::from).collect() }))
+    Ok(Json(ManagersEnvelope {
+        managers: ms.iter().map(ManagerView::from).collect(),
+    }))
 }
 
-async fn check_role(state: &AppState, ch: i64, role_id: &str) -> ApiResult<()> {
-    if state.app.store.roles(ch).await?.iter().any(|r| r.id == role_id) {
-        Ok(())
-    } else {
-        Err(ApiError::field("roleId", format!("no role `{role_id}` in this channel")))
-    }
+/// Checks that `role_id` exists and that the acting manager may grant it.
+async fn check_grant(
+    state: &AppState,
+    ctx: &sori_app::ManagerContext,
+    role_id: &str,
+) -> ApiResult<Role> {
+    let role = state
+        .app
+        .store
+        .roles(ctx.channel.channel.id)
+        .await?
+        .into_iter()
+        .find(|r| r.id == role_id)
+        .ok_or_else(|| ApiError::field("roleId", format!("no role `{role_id}` in this channel")))?;
+    ctx.role.may_grant(&role).map_err(ApiError::forbidden)?;
+    Ok(role)
 }
 
 /// Adds a manager.
 #[utoipa::path(post, path = "/desk/v1/managers", tag = "desk", request_body = NewManager,
     responses((status = 201, body = ManagerView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_manager(State(state): State<AppState>, Desk(ctx): Desk, body: JsonBody) -> ApiResult<(StatusCode, Json<ManagerView>)> {
+pub async fn create_manager(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    body: JsonBody,
+) -> ApiResult<(StatusCode, Json<ManagerView>)> {
     ctx.require(Permission::TeamManagement)?;
     let req: NewManager = body.parse()?;
     let ch = ctx.channel.channel.id;
@@ -297,7 +395,7 @@ pub async fn create_manager(State(state): State<AppState>, Desk(ctx): Desk, body
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::field("name", "must be 1 to 100 characters"));
     }
-    check_role(&state, ch, &req.role_id).await?;
+    check_grant(&state, &ctx, &req.role_id).await?;
     let pw = req.password.clone();
     let password_hash = tokio::task::spawn_blocking(move || hash_password(&pw))
         .await
@@ -311,12 +409,19 @@ pub async fn create_manager(State(state): State<AppState>, Desk(ctx): Desk, body
         password_hash,
         created_at: now_ms(),
     };
-    state.app.store.insert_manager(&m).await.map_err(|e| match e {
-        sori_store::StoreError::Conflict(_) => {
-            ApiError::new(StatusCode::CONFLICT, "conflict", "a manager with this e-mail already exists")
-        }
-        other => other.into(),
-    })?;
+    state
+        .app
+        .store
+        .insert_manager(&m)
+        .await
+        .map_err(|e| match e {
+            sori_store::StoreError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a manager with this e-mail already exists",
+            ),
+            other => other.into(),
+        })?;
     Ok((StatusCode::CREATED, Json(ManagerView::from(&m))))
 }
 
@@ -324,7 +429,11 @@ async fn ensure_not_last_owner(state: &AppState, ch: i64, id: &str) -> ApiResult
     let ms = state.app.store.managers(ch).await?;
     let owners: Vec<_> = ms.iter().filter(|m| m.role_id == "owner").collect();
     if owners.len() == 1 && owners[0].id == id {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "a channel must keep at least one owner"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a channel must keep at least one owner",
+        ));
     }
     Ok(())
 }
@@ -341,11 +450,30 @@ pub async fn update_manager(
     ctx.require(Permission::TeamManagement)?;
     let req: ManagerPatch = body.parse()?;
     let ch = ctx.channel.channel.id;
-    check_role(&state, ch, &req.role_id).await?;
+    if id == ctx.manager.id {
+        return Err(ApiError::forbidden("you cannot change your own role"));
+    }
+    check_grant(&state, &ctx, &req.role_id).await?;
+    let target = state
+        .app
+        .store
+        .manager(ch, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("manager"))?;
+    if target.role_id == "owner" && ctx.role.id != "owner" {
+        return Err(ApiError::forbidden(
+            "only owners may change an owner's role",
+        ));
+    }
     if req.role_id != "owner" {
         ensure_not_last_owner(&state, ch, &id).await?;
     }
-    if !state.app.store.set_manager_role(ch, &id, &req.role_id).await? {
+    if !state
+        .app
+        .store
+        .set_manager_role(ch, &id, &req.role_id)
+        .await?
+    {
         return Err(ApiError::not_found("manager"));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -354,9 +482,22 @@ pub async fn update_manager(
 /// Removes a manager and ends their sessions.
 #[utoipa::path(delete, path = "/desk/v1/managers/{managerId}", tag = "desk", params(("managerId" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_manager(State(state): State<AppState>, Desk(ctx): Desk, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_manager(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     ctx.require(Permission::TeamManagement)?;
     let ch = ctx.channel.channel.id;
+    let target = state
+        .app
+        .store
+        .manager(ch, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("manager"))?;
+    if target.role_id == "owner" && ctx.role.id != "owner" {
+        return Err(ApiError::forbidden("only owners may remove an owner"));
+    }
     ensure_not_last_owner(&state, ch, &id).await?;
     if !state.app.store.delete_manager(ch, &id).await? {
         return Err(ApiError::not_found("manager"));

@@ -23,7 +23,13 @@ use crate::views::{MaskSet, UserView, UsersPage, value_at};
 
 /// Fields a manager may change on a user (built-ins other than tags and consent are the
 /// system's).
-const DESK_UPDATE_FIELDS: &[&str] = &["profile", "tags", "unsubscribeEmail", "unsubscribeTexting", "blocked"];
+const DESK_UPDATE_FIELDS: &[&str] = &[
+    "profile",
+    "tags",
+    "unsubscribeEmail",
+    "unsubscribeTexting",
+    "blocked",
+];
 
 async fn mask_set(state: &AppState, channel_id: i64) -> ApiResult<MaskSet> {
     let builtins = state.app.store.sensitive_builtins(channel_id).await?;
@@ -69,17 +75,28 @@ async fn load(state: &AppState, channel_id: i64, id: &str) -> ApiResult<sori_dom
     if !is_id(id) {
         return Err(ApiError::not_found("user"));
     }
-    state.app.store.user(channel_id, id).await?.ok_or_else(|| ApiError::not_found("user"))
+    state
+        .app
+        .store
+        .user(channel_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))
 }
 
 /// One user with sensitive values masked.
 #[utoipa::path(get, path = "/desk/v1/users/{userId}", tag = "desk", params(("userId" = String, Path)),
     responses((status = 200, body = MaskedUser), (status = 404, body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Desk(ctx): Desk, Path(id): Path<String>) -> ApiResult<Json<MaskedUser>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MaskedUser>> {
     ctx.require(Permission::ContactsRead)?;
     let ch = ctx.channel.channel.id;
     let u = load(&state, ch, &id).await?;
-    Ok(Json(MaskedUser { user: masked(ch, u, &mask_set(&state, ch).await?) }))
+    Ok(Json(MaskedUser {
+        user: masked(ch, u, &mask_set(&state, ch).await?),
+    }))
 }
 
 /// Changes profile values, tags, consent or the block flag.
@@ -97,9 +114,17 @@ pub async fn patch(
     if !is_id(&id) {
         return Err(ApiError::not_found("user"));
     }
-    let out = state.app.write_user(&ctx.channel, UserTarget::Id(id), update, Source::Desk).await?;
+    let source = Source::Desk {
+        may_register: ctx.role.allows(Permission::GeneralSettings),
+    };
+    let out = state
+        .app
+        .write_user(&ctx.channel, UserTarget::Id(id), update, source)
+        .await?;
     let ch = ctx.channel.channel.id;
-    Ok(Json(MaskedUser { user: masked(ch, out.user, &mask_set(&state, ch).await?) }))
+    Ok(Json(MaskedUser {
+        user: masked(ch, out.user, &mask_set(&state, ch).await?),
+    }))
 }
 
 /// Which masked fields to reveal.
@@ -137,7 +162,10 @@ pub async fn reveal(
     let mask = mask_set(&state, ch).await?;
     for (i, f) in req.fields.iter().enumerate() {
         if !mask.contains(f) {
-            return Err(ApiError::field(format!("fields[{i}]"), format!("`{f}` is not a sensitive field")));
+            return Err(ApiError::field(
+                format!("fields[{i}]"),
+                format!("`{f}` is not a sensitive field"),
+            ));
         }
     }
     let u = load(&state, ch, &id).await?;
@@ -156,7 +184,10 @@ pub async fn reveal(
                 created_at: now_ms(),
             })
             .await?;
-        values.insert(f.clone(), value_at(&clear, &f).cloned().unwrap_or(Value::Null));
+        values.insert(
+            f.clone(),
+            value_at(&clear, &f).cloned().unwrap_or(Value::Null),
+        );
     }
     Ok(Json(RevealResponse { values }))
 }
@@ -183,8 +214,14 @@ pub async fn reveals(
 ) -> ApiResult<Json<RevealsPage>> {
     ctx.require(Permission::GeneralSettings)?;
     let page = Paging::from_query(&q)?;
-    let reveals = state.app.store.reveals(ctx.channel.channel.id, page.since.as_deref(), page.limit).await?;
-    let next = (reveals.len() == page.limit as usize).then(|| reveals.last().map(|r| r.id.clone())).flatten();
+    let reveals = state
+        .app
+        .store
+        .reveals(ctx.channel.channel.id, page.since.as_deref(), page.limit)
+        .await?;
+    let next = (reveals.len() == page.limit as usize)
+        .then(|| reveals.last().map(|r| r.id.clone()))
+        .flatten();
     Ok(Json(RevealsPage { reveals, next }))
 }
 
@@ -200,10 +237,14 @@ fn csv_cell(v: &Value) -> String {
         other => other.to_string(),
     };
     // A leading formula character is neutralized so spreadsheets do not execute it.
-    let risky = s.starts_with(['=', '@'])
-        || (s.starts_with(['+', '-']) && s[1..].parse::<f64>().is_err());
+    let risky =
+        s.starts_with(['=', '@']) || (s.starts_with(['+', '-']) && s[1..].parse::<f64>().is_err());
     let s = if risky { format!("'{s}") } else { s };
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
 }
 
 /// Every user as CSV, masked like the console shows them.
@@ -214,18 +255,38 @@ pub async fn export(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult
     let ch = ctx.channel.channel.id;
     let mask = mask_set(&state, ch).await?;
     let fields = state.app.store.profile_fields(ch).await?;
-    let base = ["id", "memberId", "name", "tags", "unsubscribeEmail", "unsubscribeTexting", "lastSeenAt", "createdAt", "updatedAt"];
+    let base = [
+        "id",
+        "memberId",
+        "name",
+        "tags",
+        "unsubscribeEmail",
+        "unsubscribeTexting",
+        "lastSeenAt",
+        "createdAt",
+        "updatedAt",
+    ];
     let mut columns: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
     columns.extend(fields.iter().map(|f| format!("profile.{}", f.key.as_str())));
     let mut out = columns.join(",");
     out.push('\n');
-    let mut page = Paging { since: None, limit: 500, order: SortOrder::Asc };
+    let mut page = Paging {
+        since: None,
+        limit: 500,
+        order: SortOrder::Asc,
+    };
     loop {
-        let users = state.app.store.users_page(ch, page.since.as_deref(), page.limit, false).await?;
+        let users = state
+            .app
+            .store
+            .users_page(ch, page.since.as_deref(), page.limit, false)
+            .await?;
         for u in &users {
             let v = masked(ch, u.clone(), &mask);
-            let row: Vec<String> =
-                columns.iter().map(|c| csv_cell(value_at(&v, c).unwrap_or(&Value::Null))).collect();
+            let row: Vec<String> = columns
+                .iter()
+                .map(|c| csv_cell(value_at(&v, c).unwrap_or(&Value::Null)))
+                .collect();
             out.push_str(&row.join(","));
             out.push('\n');
         }
@@ -235,7 +296,10 @@ pub async fn export(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult
         }
     }
     Ok((
-        [(CONTENT_TYPE, "text/csv; charset=utf-8"), (CONTENT_DISPOSITION, "attachment; filename=\"users.csv\"")],
+        [
+            (CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (CONTENT_DISPOSITION, "attachment; filename=\"users.csv\""),
+        ],
         out,
     )
         .into_response())

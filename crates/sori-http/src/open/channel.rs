@@ -70,7 +70,11 @@ pub struct ChannelPatch {
 /// Validates a patch and applies it.
 pub async fn apply(state: &AppState, channel: &Channel, body: JsonBody) -> ApiResult<ChannelView> {
     let p: ChannelPatch = body.parse()?;
-    let name = p.name.as_deref().map(|n| channel::check_name("name", n)).transpose()?;
+    let name = p
+        .name
+        .as_deref()
+        .map(|n| channel::check_name("name", n))
+        .transpose()?;
     if let Some(tz) = &p.time_zone {
         channel::time_zone("timeZone", tz)?;
     }
@@ -97,7 +101,9 @@ pub async fn apply(state: &AppState, channel: &Channel, body: JsonBody) -> ApiRe
 #[utoipa::path(get, path = "/open/v5/channel", tag = "channel",
     responses((status = 200, body = ChannelEnvelope), (status = 401, body = ErrorBody)))]
 pub async fn get_channel(OpenChannel(ch): OpenChannel) -> Json<ChannelEnvelope> {
-    Json(ChannelEnvelope { channel: ChannelView::from(&ch.channel) })
+    Json(ChannelEnvelope {
+        channel: ChannelView::from(&ch.channel),
+    })
 }
 
 /// Changes the calling channel's settings (name, time zone, language, member-hash checking).
@@ -108,5 +114,7 @@ pub async fn patch_channel(
     OpenChannel(ch): OpenChannel,
     body: JsonBody,
 ) -> ApiResult<Json<ChannelEnvelope>> {
-    Ok(Json(ChannelEnvelope { channel: apply(&state, &ch.channel, body).await? }))
+    Ok(Json(ChannelEnvelope {
+        channel: apply(&state, &ch.channel, body).await?,
+    }))
 }

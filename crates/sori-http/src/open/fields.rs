@@ -60,7 +60,9 @@ pub struct FieldPatch {
 /// Lists registered fields.
 pub async fn list(state: &AppState, channel_id: i64) -> ApiResult<FieldsEnvelope> {
     let fields = state.app.store.profile_fields(channel_id).await?;
-    Ok(FieldsEnvelope { profile_fields: fields.into_iter().map(FieldView::from).collect() })
+    Ok(FieldsEnvelope {
+        profile_fields: fields.into_iter().map(FieldView::from).collect(),
+    })
 }
 
 /// Registers a field.
@@ -69,32 +71,60 @@ pub async fn create(state: &AppState, channel_id: i64, body: JsonBody) -> ApiRes
     let key = ProfileKey::parse(&req.key).map_err(|e| ApiError::field("key", e))?;
     let field_type = FieldType::parse(&req.field_type).map_err(|e| ApiError::field("type", e))?;
     let name = ProfileField::check_name(req.name.as_deref().unwrap_or(key.as_str()))?;
-    let field = ProfileField { key, name, field_type, sensitive: req.sensitive, builtin: false, created_at: now_ms() };
-    state.app.store.insert_profile_field(channel_id, &field).await.map_err(|e| match e {
-        sori_store::StoreError::Conflict(_) => ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("profile field `{}` already exists", field.key.as_str()),
-        ),
-        other => other.into(),
-    })?;
-    Ok(FieldEnvelope { profile_field: field.into() })
+    let field = ProfileField {
+        key,
+        name,
+        field_type,
+        sensitive: req.sensitive,
+        builtin: false,
+        created_at: now_ms(),
+    };
+    state
+        .app
+        .store
+        .insert_profile_field(channel_id, &field)
+        .await
+        .map_err(|e| match e {
+            sori_store::StoreError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("profile field `{}` already exists", field.key.as_str()),
+            ),
+            other => other.into(),
+        })?;
+    Ok(FieldEnvelope {
+        profile_field: field.into(),
+    })
 }
 
 /// Renames a field or flips its sensitive flag.
-pub async fn update(state: &AppState, channel_id: i64, key: &str, body: JsonBody) -> ApiResult<FieldEnvelope> {
+pub async fn update(
+    state: &AppState,
+    channel_id: i64,
+    key: &str,
+    body: JsonBody,
+) -> ApiResult<FieldEnvelope> {
     if body.0.get("type").is_some() {
-        return Err(ApiError::field("type", "cannot change; delete the field and register it again"));
+        return Err(ApiError::field(
+            "type",
+            "cannot change; delete the field and register it again",
+        ));
     }
     let req: FieldPatch = body.parse()?;
-    let name = req.name.as_deref().map(ProfileField::check_name).transpose()?;
+    let name = req
+        .name
+        .as_deref()
+        .map(ProfileField::check_name)
+        .transpose()?;
     let f = state
         .app
         .store
         .update_profile_field(channel_id, key, name.as_deref(), req.sensitive)
         .await?
         .ok_or_else(|| ApiError::not_found("profile field"))?;
-    Ok(FieldEnvelope { profile_field: f.into() })
+    Ok(FieldEnvelope {
+        profile_field: f.into(),
+    })
 }
 
 /// Deletes a custom field and its values.
@@ -108,7 +138,11 @@ pub async fn delete(state: &AppState, channel_id: i64, key: &str) -> ApiResult<S
             format!("`{key}` is pre-registered and cannot be deleted"),
         )),
         Some(_) => {
-            state.app.store.delete_profile_field(channel_id, key).await?;
+            state
+                .app
+                .store
+                .delete_profile_field(channel_id, key)
+                .await?;
             Ok(StatusCode::NO_CONTENT)
         }
     }
@@ -117,7 +151,10 @@ pub async fn delete(state: &AppState, channel_id: i64, key: &str) -> ApiResult<S
 /// Lists the channel's profile fields.
 #[utoipa::path(get, path = "/open/v5/profile-fields", tag = "profile-fields",
     responses((status = 200, body = FieldsEnvelope), (status = 401, body = ErrorBody)))]
-pub async fn open_list(State(state): State<AppState>, OpenChannel(ch): OpenChannel) -> ApiResult<Json<FieldsEnvelope>> {
+pub async fn open_list(
+    State(state): State<AppState>,
+    OpenChannel(ch): OpenChannel,
+) -> ApiResult<Json<FieldsEnvelope>> {
     Ok(Json(list(&state, ch.channel.id).await?))
 }
 
@@ -130,7 +167,10 @@ pub async fn open_create(
     OpenChannel(ch): OpenChannel,
     body: JsonBody,
 ) -> ApiResult<(StatusCode, Json<FieldEnvelope>)> {
-    Ok((StatusCode::CREATED, Json(create(&state, ch.channel.id, body).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(create(&state, ch.channel.id, body).await?),
+    ))
 }
 
 /// Renames a profile field or changes its sensitive flag.

@@ -34,7 +34,9 @@ fn user_key(raw: String) -> UserKey {
 }
 
 fn envelope(ch: &ChannelInfo, u: User) -> Json<UserEnvelope> {
-    Json(UserEnvelope { user: UserView::of(ch.channel.id, u) })
+    Json(UserEnvelope {
+        user: UserView::of(ch.channel.id, u),
+    })
 }
 
 async fn find(state: &AppState, ch: &ChannelInfo, key: &UserKey) -> ApiResult<User> {
@@ -78,8 +80,14 @@ pub async fn upsert_member(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<UserEnvelope>> {
     let update = UserUpdate::from_json(&body, UPDATE_FIELDS)?;
-    let target = UserTarget::MemberId { member_id, new_id: new_id() };
-    let out = state.app.write_user(&ch, target, update, Source::OpenApi).await?;
+    let target = UserTarget::MemberId {
+        member_id,
+        new_id: new_id(),
+    };
+    let out = state
+        .app
+        .write_user(&ch, target, update, Source::OpenApi)
+        .await?;
     Ok(envelope(&ch, out.user))
 }
 
@@ -184,7 +192,10 @@ pub async fn patch_user(
         UserKey::Id(_) => return Err(ApiError::not_found("user")),
         UserKey::Member(m) => UserTarget::Id(find(&state, &ch, &UserKey::Member(m)).await?.id),
     };
-    let out = state.app.write_user(&ch, target, update, Source::OpenApi).await?;
+    let out = state
+        .app
+        .write_user(&ch, target, update, Source::OpenApi)
+        .await?;
     Ok(envelope(&ch, out.user))
 }
 
@@ -203,8 +214,14 @@ pub async fn create_user(
         Some(_) => return Err(ApiError::field("memberId", "must be a string")),
     };
     let update = UserUpdate::from_json(&body, UPDATE_FIELDS)?;
-    let target = UserTarget::New { id: new_id(), member_id };
-    let out = state.app.write_user(&ch, target, update, Source::OpenApi).await?;
+    let target = UserTarget::New {
+        id: new_id(),
+        member_id,
+    };
+    let out = state
+        .app
+        .write_user(&ch, target, update, Source::OpenApi)
+        .await?;
     Ok((StatusCode::CREATED, envelope(&ch, out.user)).into_response())
 }
 
@@ -233,9 +250,16 @@ pub async fn users_page(
     let users = state
         .app
         .store
-        .users_page(channel_id, page.since.as_deref(), page.limit, page.order == SortOrder::Desc)
+        .users_page(
+            channel_id,
+            page.since.as_deref(),
+            page.limit,
+            page.order == SortOrder::Desc,
+        )
         .await?;
-    let next = (users.len() == page.limit as usize).then(|| users.last().map(|u| u.id.clone())).flatten();
+    let next = (users.len() == page.limit as usize)
+        .then(|| users.last().map(|u| u.id.clone()))
+        .flatten();
     let users = users
         .into_iter()
         .map(|u| shape(serde_json::to_value(UserView::of(channel_id, u)).unwrap_or(Value::Null)))

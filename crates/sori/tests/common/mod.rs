@@ -47,7 +47,9 @@ pub async fn fresh_pg_database() -> String {
         "SORI_TEST_PG_URL is not set: run the suite with ./scripts/test.sh, which starts PostgreSQL",
     );
     let name = format!("sori_test_{}", sori_app::secrets::random_hex(6));
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to admin database");
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to admin database");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
@@ -71,7 +73,10 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Te
     }
     tweak(&mut config);
     let running = sori::start(&config).await.expect("server starts");
-    let creds = running.first_channel.clone().expect("fresh store creates the default channel");
+    let creds = running
+        .first_channel
+        .clone()
+        .expect("fresh store creates the default channel");
     TestApp {
         base: format!("http://{}", running.addr),
         http: Client::new(),
@@ -101,8 +106,16 @@ impl Reply {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Self { status, body, headers }
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Self {
+            status,
+            body,
+            headers,
+        }
     }
 
     /// The `field` of the first error, for asserting which input was blamed.
@@ -118,7 +131,13 @@ impl TestApp {
     }
 
     /// An Open API call with another channel's keys.
-    pub async fn open_as(&self, c: &ChannelCredentials, method: Method, path: &str, body: Option<Value>) -> Reply {
+    pub async fn open_as(
+        &self,
+        c: &ChannelCredentials,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -131,8 +150,17 @@ impl TestApp {
     }
 
     /// Raw request with arbitrary headers and body bytes.
-    pub async fn raw(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).body(body);
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -141,12 +169,19 @@ impl TestApp {
 
     /// `PUT /open/v5/users/@{memberId}`.
     pub async fn upsert(&self, member_id: &str, body: Value) -> Reply {
-        self.open(Method::PUT, &format!("/open/v5/users/@{member_id}"), Some(body)).await
+        self.open(
+            Method::PUT,
+            &format!("/open/v5/users/@{member_id}"),
+            Some(body),
+        )
+        .await
     }
 
     /// `GET /open/v5/users/@{memberId}`, asserting it exists.
     pub async fn member(&self, member_id: &str) -> Value {
-        let r = self.open(Method::GET, &format!("/open/v5/users/@{member_id}"), None).await;
+        let r = self
+            .open(Method::GET, &format!("/open/v5/users/@{member_id}"), None)
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         r.body["user"].clone()
     }
@@ -177,13 +212,25 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
         let body: Value = r.json().await.unwrap();
         (cookie, body["csrfToken"].as_str().unwrap().to_owned())
     }
 
     /// A desk call with a session cookie and optional CSRF token.
-    pub async fn desk(&self, session: &(String, String), method: Method, path: &str, body: Option<Value>) -> Reply {
+    pub async fn desk(
+        &self,
+        session: &(String, String),
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
