@@ -113,7 +113,11 @@ impl PostgresStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(backend)?
-            .application_name("sori");
+            .application_name("sori")
+            // Lookups by `= ANY($n)` arrays: a cached generic plan cannot see the array size
+            // and falls back to a sequential scan (5+ ms per batch at 20,000 users); custom
+            // plans keep the index scans for a fraction of a millisecond of planning.
+            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(opts)

@@ -201,6 +201,19 @@ pub struct RoleBody {
     pub inbox_scope: InboxScope,
 }
 
+impl RoleBody {
+    /// The custom role this body describes, under `id`.
+    fn into_role(self, id: String) -> Result<Role, sori_domain::Invalid> {
+        Ok(Role {
+            id,
+            name: Role::check_name(&self.name)?,
+            permissions: self.permissions.into_iter().collect(),
+            inbox_scope: self.inbox_scope,
+            builtin: false,
+        })
+    }
+}
+
 /// Lists roles (team-management permission).
 #[utoipa::path(get, path = "/desk/v1/roles", tag = "desk", responses((status = 200, body = RolesEnvelope)))]
 pub async fn list_roles(
@@ -239,13 +252,7 @@ pub async fn create_role(
             format!("a channel may have at most {MAX_CUSTOM_ROLES} custom roles"),
         ));
     }
-    let role = Role {
-        id: new_id(),
-        name: Role::check_name(&req.name)?,
-        permissions: req.permissions.into_iter().collect(),
-        inbox_scope: req.inbox_scope,
-        builtin: false,
-    };
+    let role = req.into_role(new_id())?;
     ctx.role.may_grant(&role).map_err(ApiError::forbidden)?;
     state.app.store.insert_role(ch, &role).await?;
     Ok((StatusCode::CREATED, Json(role)))
@@ -262,13 +269,7 @@ pub async fn update_role(
 ) -> ApiResult<Json<Role>> {
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
-    let role = Role {
-        id,
-        name: Role::check_name(&req.name)?,
-        permissions: req.permissions.into_iter().collect(),
-        inbox_scope: req.inbox_scope,
-        builtin: false,
-    };
+    let role = req.into_role(id)?;
     let existing = state.app.store.roles(ctx.channel.channel.id).await?;
     if !existing.iter().any(|r| r.id == role.id && !r.builtin) {
         return Err(ApiError::not_found("custom role"));
