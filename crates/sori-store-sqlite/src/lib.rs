@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,6 +31,10 @@ const MIGRATIONS: &[(i64, &str, &str)] =
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Field registries by channel, read by user batches without a round trip. Only the
+    /// single writer connection changes the registry, and it drops a channel's entry
+    /// while it still holds that connection, so no batch can see a stale one.
+    registries: Mutex<HashMap<i64, Registry>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -70,7 +75,17 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(backend)?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            registries: Mutex::default(),
+        })
+    }
+
+    fn forget_registry(&self, channel_id: i64) {
+        if let Ok(mut cache) = self.registries.lock() {
+            cache.remove(&channel_id);
+        }
     }
 
     async fn load_registry(tx: &mut Transaction<'_, Sqlite>, channel_id: i64) -> Result<Registry> {
@@ -600,6 +615,7 @@ impl Store for SqliteStore {
     async fn insert_profile_field(&self, channel_id: i64, field: &ProfileField) -> Result<()> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         insert_field_tx(&mut tx, channel_id, field).await?;
+        self.forget_registry(channel_id);
         tx.commit().await.map_err(backend)
     }
 
@@ -647,6 +663,7 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         }
+        self.forget_registry(channel_id);
         tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
     }
@@ -697,7 +714,12 @@ impl Store for SqliteStore {
         let mut registries = HashMap::new();
         let mut loaded = Vec::new();
         for (ch, (ids, members)) in &keys {
-            registries.insert(*ch, Self::load_registry(&mut tx, *ch).await?);
+            let cached = self.registries.lock().ok().and_then(|m| m.get(ch).cloned());
+            let registry = match cached {
+                Some(r) => r,
+                None => Self::load_registry(&mut tx, *ch).await?,
+            };
+            registries.insert(*ch, registry);
             let rows = sqlx::query(USERS_BY_KEYS)
                 .bind(ch)
                 .bind(serde_json::to_string(ids).unwrap_or_default())
@@ -709,7 +731,11 @@ impl Store for SqliteStore {
                 loaded.push((*ch, user_from_row(r)?));
             }
         }
+        let mut registries_after = registries.clone();
         let plan = plan_user_writes(ops, loaded, registries);
+        for (ch, f) in &plan.new_fields {
+            registries_after.entry(*ch).or_default().insert(f.clone());
+        }
         if !plan.new_fields.is_empty() {
             let fields: Vec<serde_json::Value> = plan
                 .new_fields
@@ -747,6 +773,11 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
+        if let Ok(mut cache) = self.registries.lock() {
+            for (ch, registry) in registries_after {
+                cache.insert(ch, registry);
+            }
+        }
         Ok(plan.results)
     }
 
