@@ -397,7 +397,12 @@ async fn profile_field_registry(b: Backend) {
     let app = spawn_app(b).await;
     let post = |body: Value| app.open(Method::POST, "/open/v5/profile-fields", Some(body));
     // A write first, so any registry the server caches is loaded before the schema changes.
-    assert_eq!(app.upsert("m-0", json!({"profile": {"name": "Kim"}})).await.status, 200);
+    assert_eq!(
+        app.upsert("m-0", json!({"profile": {"name": "Kim"}}))
+            .await
+            .status,
+        200
+    );
     let r = post(json!({"key": "birthday", "name": "생일", "type": "date"})).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["profileField"]["type"], "date");

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sori_app::secrets::{is_id, new_id, now_ms};
@@ -16,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::Desk;
 use crate::AppState;
-use crate::body::{JsonBody, Paging, SortOrder};
+use crate::body::{JsonBody, Paging};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::open::users::users_page;
 use crate::views::{MaskSet, UserView, UsersPage, value_at};
@@ -268,33 +269,49 @@ pub async fn export(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult
     ];
     let mut columns: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
     columns.extend(fields.iter().map(|f| format!("profile.{}", f.key.as_str())));
-    let mut out = columns.join(",");
-    out.push('\n');
-    let mut page = Paging {
-        since: None,
-        limit: 500,
-        order: SortOrder::Asc,
-    };
-    loop {
-        let users = state
-            .app
-            .store
-            .users_page(ch, page.since.as_deref(), page.limit, false)
-            .await?;
-        for u in &users {
-            let v = masked(ch, u.clone(), &mask);
-            let row: Vec<String> = columns
-                .iter()
-                .map(|c| csv_cell(value_at(&v, c).unwrap_or(&Value::Null)))
-                .collect();
-            out.push_str(&row.join(","));
-            out.push('\n');
+    let header = format!("{}\n", columns.join(","));
+    // One page of 500 users per chunk: memory stays flat however large the channel is.
+    // A failure mid-stream ends the body early (the client sees a truncated download) and
+    // is logged; the status line has already been sent.
+    let pages = futures_util::stream::unfold(Some(None::<String>), move |cursor| {
+        let (state, mask, columns) = (state.clone(), mask.clone(), columns.clone());
+        async move {
+            let since = cursor?;
+            let users = match state
+                .app
+                .store
+                .users_page(ch, since.as_deref(), 500, false)
+                .await
+            {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::error!(error = %e, "user export failed");
+                    return Some((Err(std::io::Error::other("export failed")), None));
+                }
+            };
+            let mut chunk = String::new();
+            for u in &users {
+                let v = masked(ch, u.clone(), &mask);
+                let row: Vec<String> = columns
+                    .iter()
+                    .map(|c| csv_cell(value_at(&v, c).unwrap_or(&Value::Null)))
+                    .collect();
+                chunk.push_str(&row.join(","));
+                chunk.push('\n');
+            }
+            let next = (users.len() == 500)
+                .then(|| users.last().map(|u| u.id.clone()))
+                .flatten();
+            if chunk.is_empty() {
+                None
+            } else {
+                Some((Ok(chunk), next.map(Some)))
+            }
         }
-        match users.last() {
-            Some(last) if users.len() == page.limit as usize => page.since = Some(last.id.clone()),
-            _ => break,
-        }
-    }
+    });
+    let body =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(header) }).chain(pages);
+    let out = axum::body::Body::from_stream(body);
     Ok((
         [
             (CONTENT_TYPE, "text/csv; charset=utf-8"),
