@@ -7,16 +7,20 @@
 //! migrations take an advisory lock, and user rows are locked in key order so concurrent
 //! batches queue instead of deadlocking.
 
+use sori_store_sqlx::{
+    channel as channel_from_row, field as field_from_row, manager as manager_from_row, perms_json,
+    reveal as reveal_from_row, role as role_from_row, scope_str, user as user_from_row,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Registry, Role, User};
+use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, Store, StoreError,
     UserOp, UserOpResult, UserRow, plan_user_writes,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgExecutor, Row};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -125,110 +129,6 @@ impl PostgresStore {
             .map_err(backend)?;
         Ok(Self { pool })
     }
-}
-
-fn user_from_row(r: &PgRow) -> Result<User> {
-    let row = UserRow {
-        channel_id: r.try_get("channel_id").map_err(backend)?,
-        id: r.try_get("id").map_err(backend)?,
-        member_id: r.try_get("member_id").map_err(backend)?,
-        veil_id: r.try_get("veil_id").map_err(backend)?,
-        name: r.try_get("name").map_err(backend)?,
-        profile: r.try_get("profile").map_err(backend)?,
-        tags: r.try_get("tags").map_err(backend)?,
-        unsubscribe_email: r.try_get("unsubscribe_email").map_err(backend)?,
-        unsubscribe_texting: r.try_get("unsubscribe_texting").map_err(backend)?,
-        blocked: r.try_get("blocked").map_err(backend)?,
-        city: r.try_get("city").map_err(backend)?,
-        country: r.try_get("country").map_err(backend)?,
-        language: r.try_get("language").map_err(backend)?,
-        has_chat: r.try_get("has_chat").map_err(backend)?,
-        has_push_token: r.try_get("has_push_token").map_err(backend)?,
-        sessions_count: r.try_get("sessions_count").map_err(backend)?,
-        last_seen_at: r.try_get("last_seen_at").map_err(backend)?,
-        created_at: r.try_get("created_at").map_err(backend)?,
-        updated_at: r.try_get("updated_at").map_err(backend)?,
-        web: r.try_get("web").map_err(backend)?,
-        mobile: r.try_get("mobile").map_err(backend)?,
-    };
-    row.into_user()
-}
-
-fn field_from_row(r: &PgRow) -> Result<ProfileField> {
-    let key: String = r.try_get("key").map_err(backend)?;
-    let ty: String = r.try_get("type").map_err(backend)?;
-    Ok(ProfileField {
-        key: ProfileKey::parse(&key).map_err(StoreError::Corrupt)?,
-        name: r.try_get("name").map_err(backend)?,
-        field_type: FieldType::parse(&ty).map_err(StoreError::Corrupt)?,
-        sensitive: r.try_get("sensitive").map_err(backend)?,
-        builtin: r.try_get("builtin").map_err(backend)?,
-        created_at: r.try_get("created_at").map_err(backend)?,
-    })
-}
-
-fn channel_from_row(r: &PgRow) -> Result<Channel> {
-    Ok(Channel {
-        id: r.try_get("id").map_err(backend)?,
-        name: r.try_get("name").map_err(backend)?,
-        time_zone: r.try_get("time_zone").map_err(backend)?,
-        default_language: r.try_get("default_language").map_err(backend)?,
-        plugin_key: r.try_get("plugin_key").map_err(backend)?,
-        access_key: r.try_get("access_key").map_err(backend)?,
-        access_secret_hash: r.try_get("access_secret_hash").map_err(backend)?,
-        write_key_hash: r.try_get("write_key_hash").map_err(backend)?,
-        member_hash_secret: r.try_get("member_hash_secret").map_err(backend)?,
-        member_hash_required: r.try_get("member_hash_required").map_err(backend)?,
-        created_at: r.try_get("created_at").map_err(backend)?,
-    })
-}
-
-fn manager_from_row(r: &PgRow) -> Result<Manager> {
-    Ok(Manager {
-        channel_id: r.try_get("channel_id").map_err(backend)?,
-        id: r.try_get("id").map_err(backend)?,
-        email: r.try_get("email").map_err(backend)?,
-        name: r.try_get("name").map_err(backend)?,
-        role_id: r.try_get("role_id").map_err(backend)?,
-        password_hash: r.try_get("password_hash").map_err(backend)?,
-        created_at: r.try_get("created_at").map_err(backend)?,
-    })
-}
-
-fn role_from_row(r: &PgRow) -> Result<Role> {
-    let perms: String = r.try_get("permissions").map_err(backend)?;
-    let scope: String = r.try_get("inbox_scope").map_err(backend)?;
-    Ok(Role {
-        id: r.try_get("id").map_err(backend)?,
-        name: r.try_get("name").map_err(backend)?,
-        permissions: serde_json::from_str(&perms)
-            .map_err(|e| StoreError::Corrupt(format!("roles.permissions: {e}")))?,
-        inbox_scope: serde_json::from_value::<InboxScope>(serde_json::Value::String(scope))
-            .map_err(|e| StoreError::Corrupt(format!("roles.inbox_scope: {e}")))?,
-        builtin: r.try_get("builtin").map_err(backend)?,
-    })
-}
-
-fn reveal_from_row(r: &PgRow) -> Result<RevealRecord> {
-    Ok(RevealRecord {
-        channel_id: r.try_get("channel_id").map_err(backend)?,
-        id: r.try_get("id").map_err(backend)?,
-        manager_id: r.try_get("manager_id").map_err(backend)?,
-        user_id: r.try_get("user_id").map_err(backend)?,
-        field: r.try_get("field").map_err(backend)?,
-        created_at: r.try_get("created_at").map_err(backend)?,
-    })
-}
-
-fn scope_str(s: InboxScope) -> &'static str {
-    match s {
-        InboxScope::All => "all",
-        InboxScope::Assigned => "assigned",
-    }
-}
-
-fn perms_json(role: &Role) -> String {
-    serde_json::to_string(&role.permissions).unwrap_or_else(|_| "[]".into())
 }
 
 async fn insert_role(db: impl PgExecutor<'_>, channel_id: i64, role: &Role) -> Result<()> {
