@@ -4,14 +4,18 @@
 //! Nothing in this crate performs I/O or reads the clock: callers pass the current time and
 //! freshly generated identifiers in, so every rule can be tested without a database.
 
+pub mod activity;
 pub mod channel;
 pub mod error;
+pub mod event;
 pub mod field;
+pub mod identity;
 pub mod limits;
 pub mod mask;
 pub mod member_hash;
 pub mod phone;
 pub mod role;
+pub mod segment;
 pub mod update;
 pub mod user;
 pub mod value;

@@ -1,0 +1,217 @@
+//! Activity of a user: when they were last seen, sessions, and the device they used
+//! (SPEC §4 "Sessions"). A visit after 30 minutes of inactivity starts a new session.
+//! Times only move the right way: `lastSeenAt` never goes back, `createdAt` never forward,
+//! so replayed or historical data (Segment `timestamp`, imports) cannot corrupt them.
+
+use crate::user::{DeviceInfo, User};
+
+/// Inactivity that ends a session.
+pub const SESSION_GAP_MS: i64 = 30 * 60 * 1000;
+
+/// Which counters a visit feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// A browser (`web.*`).
+    Web,
+    /// A mobile app (`mobile.*`).
+    Mobile,
+}
+
+/// A page arrival or boot: it may start a session and tells us the device.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Visit {
+    /// Platform; web when absent.
+    pub platform: Option<Platform>,
+    /// Device facts parsed from the user agent (only `Some` fields overwrite).
+    pub device: DeviceInfo,
+}
+
+/// What a request tells us about the user's activity.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Activity {
+    /// Time of the activity (ms); `None` when the request carries no activity (a plain
+    /// profile update by the business is not the customer being seen).
+    pub at: Option<i64>,
+    /// Present for visits (boots, page views).
+    pub visit: Option<Visit>,
+    /// Explicit creation time (imports); only ever moves `createdAt` earlier.
+    pub created_at: Option<i64>,
+    /// Explicit last-seen time (imports); only ever moves `lastSeenAt` later.
+    pub last_seen_at: Option<i64>,
+    /// City reported by the client.
+    pub city: Option<String>,
+    /// Country reported by the client.
+    pub country: Option<String>,
+}
+
+impl Activity {
+    /// Activity at `at` without a visit (an event).
+    pub fn seen(at: i64) -> Self {
+        Self {
+            at: Some(at),
+            ..Self::default()
+        }
+    }
+
+    /// True when applying this can change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.at.is_none()
+            && self.created_at.is_none()
+            && self.last_seen_at.is_none()
+            && self.city.is_none()
+            && self.country.is_none()
+    }
+}
+
+/// Applies activity to `user`; returns whether anything changed.
+pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
+    let before = user.clone();
+    overwrite(&mut user.city, &a.city);
+    overwrite(&mut user.country, &a.country);
+    if let Some(c) = a.created_at {
+        user.created_at = user.created_at.min(c);
+    }
+    if let Some(s) = a.last_seen_at {
+        user.last_seen_at = Some(user.last_seen_at.map_or(s, |l| l.max(s)));
+    }
+    if let Some(at) = a.at {
+        user.created_at = user.created_at.min(at);
+        if let Some(v) = &a.visit {
+            let starts_session = user.last_seen_at.is_none_or(|l| at - l > SESSION_GAP_MS);
+            let dev = match v.platform.unwrap_or(Platform::Web) {
+                Platform::Web => &mut user.web,
+                Platform::Mobile => &mut user.mobile,
+            };
+            let dev_starts = dev.last_seen_at.is_none_or(|l| at - l > SESSION_GAP_MS);
+            if starts_session {
+                user.sessions_count += 1;
+            }
+            if dev_starts {
+                dev.sessions_count += 1;
+            }
+            if dev.last_seen_at.is_none_or(|l| at >= l) {
+                overwrite(&mut dev.browser, &v.device.browser);
+                overwrite(&mut dev.browser_name, &v.device.browser_name);
+                overwrite(&mut dev.os, &v.device.os);
+                overwrite(&mut dev.os_name, &v.device.os_name);
+                overwrite(&mut dev.device, &v.device.device);
+                overwrite(&mut dev.app_name, &v.device.app_name);
+                overwrite(&mut dev.app_version, &v.device.app_version);
+            }
+            dev.last_seen_at = Some(dev.last_seen_at.map_or(at, |l| l.max(at)));
+        }
+        user.last_seen_at = Some(user.last_seen_at.map_or(at, |l| l.max(at)));
+    }
+    *user != before
+}
+
+fn overwrite(slot: &mut Option<String>, v: &Option<String>) {
+    if let Some(v) = v {
+        *slot = Some(v.clone());
+    }
+}
+
+/// Device facts from a `User-Agent` header, by the woothee parser.
+pub fn parse_user_agent(ua: &str) -> DeviceInfo {
+    let Some(r) = woothee::parser::Parser::new().parse(ua) else {
+        return DeviceInfo::default();
+    };
+    let known = |s: &str| (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN).then(|| s.to_owned());
+    let name = known(r.name);
+    let version = known(&r.version);
+    let os_name = known(r.os);
+    let os_version = known(&r.os_version);
+    DeviceInfo {
+        browser: match (&name, &version) {
+            (Some(n), Some(v)) => Some(format!("{n} {v}")),
+            (n, _) => n.clone(),
+        },
+        browser_name: name,
+        os: match (&os_name, &os_version) {
+            (Some(n), Some(v)) => Some(format!("{n} {v}")),
+            (n, _) => n.clone(),
+        },
+        os_name,
+        device: match r.category {
+            "pc" => Some("desktop".to_owned()),
+            "smartphone" | "mobilephone" => Some("mobile".to_owned()),
+            "appliance" => Some("appliance".to_owned()),
+            "crawler" => Some("bot".to_owned()),
+            _ => None,
+        },
+        ..DeviceInfo::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIN: i64 = 60_000;
+
+    fn visit(at: i64) -> Activity {
+        Activity {
+            at: Some(at),
+            visit: Some(Visit::default()),
+            ..Activity::default()
+        }
+    }
+
+    #[test]
+    fn thirty_minutes_of_silence_start_a_session() {
+        let mut u = User::new("u".into(), 0);
+        apply_activity(&mut u, &visit(0));
+        apply_activity(&mut u, &visit(10 * MIN));
+        apply_activity(&mut u, &visit(40 * MIN));
+        assert_eq!(u.sessions_count, 1);
+        apply_activity(&mut u, &visit(71 * MIN));
+        assert_eq!(u.sessions_count, 2);
+        assert_eq!(u.web.sessions_count, 2);
+        assert_eq!(u.last_seen_at, Some(71 * MIN));
+        assert_eq!(u.mobile.sessions_count, 0);
+    }
+
+    #[test]
+    fn events_keep_sessions_alive_but_do_not_start_them() {
+        let mut u = User::new("u".into(), 0);
+        apply_activity(&mut u, &visit(0));
+        apply_activity(&mut u, &Activity::seen(25 * MIN));
+        apply_activity(&mut u, &visit(50 * MIN));
+        assert_eq!(u.sessions_count, 1);
+    }
+
+    #[test]
+    fn historical_activity_moves_created_back_and_never_last_seen_back() {
+        let mut u = User::new("u".into(), 1_000 * MIN);
+        apply_activity(&mut u, &Activity::seen(900 * MIN));
+        assert_eq!(u.created_at, 900 * MIN);
+        assert_eq!(u.last_seen_at, Some(900 * MIN));
+        apply_activity(&mut u, &Activity::seen(100 * MIN));
+        assert_eq!(u.created_at, 100 * MIN);
+        assert_eq!(u.last_seen_at, Some(900 * MIN));
+    }
+
+    #[test]
+    fn chrome_on_linux_is_parsed() {
+        let d = parse_user_agent(
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        );
+        assert_eq!(d.browser_name.as_deref(), Some("Chrome"));
+        assert_eq!(d.os_name.as_deref(), Some("Linux"));
+        assert_eq!(d.device.as_deref(), Some("desktop"));
+        assert_eq!(parse_user_agent(""), DeviceInfo::default());
+    }
+
+    proptest! {
+        #[test]
+        fn any_order_of_events_gives_the_same_extremes(ts in proptest::collection::vec(0i64..1_000_000, 1..20)) {
+            let mut u = User::new("u".into(), 2_000_000);
+            for t in &ts {
+                apply_activity(&mut u, &Activity::seen(*t));
+            }
+            prop_assert_eq!(u.last_seen_at, ts.iter().max().copied());
+            prop_assert_eq!(u.created_at, *ts.iter().min().unwrap());
+        }
+    }
+}

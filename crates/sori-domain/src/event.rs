@@ -1,0 +1,401 @@
+//! Events (SPEC §4): what a customer did, with typed properties, the page it happened on and
+//! the path it came in by. Every ingestion path (SDK, Open API, Segment, import) validates
+//! through [`EventInput::check`], so they all accept and reject the same things.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Errors, Invalid};
+use crate::value::kind;
+
+/// Maximum characters of an event name.
+pub const MAX_NAME_CHARS: usize = 30;
+/// Maximum bytes of a string property.
+pub const MAX_STRING_BYTES: usize = 512;
+/// Maximum bytes (compact JSON) of an array or object property.
+pub const MAX_COMPOSITE_BYTES: usize = 4 * 1024;
+/// Maximum properties on one event.
+pub const MAX_PROPERTIES: usize = 100;
+/// Maximum characters of a property key.
+pub const MAX_PROPERTY_KEY_CHARS: usize = 128;
+/// Maximum bytes of a page.
+pub const MAX_PAGE_BYTES: usize = 2048;
+/// Maximum characters of a client-chosen `messageId`.
+pub const MAX_MESSAGE_ID_CHARS: usize = 128;
+
+/// Built-in event recorded on page arrival.
+pub const PAGE_VIEW: &str = "PageView";
+/// Names only the system may record: clients cannot forge marketing or chat statistics.
+pub const RESERVED: &[&str] = &[
+    "UserChatOpen",
+    "MarketingSend",
+    "MarketingView",
+    "MarketingClick",
+    "MarketingGoal",
+];
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EventSource {
+    /// The browser SDK.
+    Sdk,
+    /// The server-side Open API.
+    OpenApi,
+    /// The Segment-compatible API.
+    Segment,
+    /// `sori import events`.
+    Import,
+    /// Recorded by Sori itself (marketing, chats).
+    System,
+}
+
+impl EventSource {
+    /// Stable name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sdk => "sdk",
+            Self::OpenApi => "openApi",
+            Self::Segment => "segment",
+            Self::Import => "import",
+            Self::System => "system",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sdk" => Self::Sdk,
+            "openApi" => Self::OpenApi,
+            "segment" => Self::Segment,
+            "import" => Self::Import,
+            "system" => Self::System,
+            _ => return None,
+        })
+    }
+}
+
+/// An event as a client sent it, before validation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventInput {
+    /// Event name.
+    pub name: Value,
+    /// Properties (object, or absent).
+    pub property: Option<Value>,
+    /// Page, or absent.
+    pub page: Option<Value>,
+}
+
+/// A validated event, ready to store once its user is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Event id (time ordered).
+    pub id: String,
+    /// Event name.
+    pub name: String,
+    /// Properties.
+    pub property: Map<String, Value>,
+    /// Page the event happened on.
+    pub page: Option<String>,
+    /// When it happened (ms); may be in the past for imported and Segment events.
+    pub created_at: i64,
+    /// Ingestion path.
+    pub source: EventSource,
+    /// Client id that makes a retry idempotent.
+    pub message_id: Option<String>,
+}
+
+impl NewEvent {
+    /// True when a numeric `revenue` property makes this an order or payment event.
+    pub fn is_revenue(&self) -> bool {
+        is_revenue(&self.property)
+    }
+}
+
+/// True when `property` carries a numeric `revenue`.
+pub fn is_revenue(property: &Map<String, Value>) -> bool {
+    property.get("revenue").is_some_and(Value::is_number)
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Event id.
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Event name.
+    pub name: String,
+    /// Properties.
+    pub property: Map<String, Value>,
+    /// Page.
+    pub page: Option<String>,
+    /// Time (ms).
+    pub created_at: i64,
+    /// Ingestion path.
+    pub source: EventSource,
+}
+
+/// Checks an event name; `by_client` refuses the reserved system names.
+pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, Invalid> {
+    let Value::String(s) = name else {
+        return Err(Invalid::one(
+            path,
+            format!("must be a string, got {}", kind(name)),
+        ));
+    };
+    let trimmed = s.trim();
+    if trimmed.is_empty() {
+        return Err(Invalid::one(path, "must not be empty"));
+    }
+    if trimmed.chars().count() > MAX_NAME_CHARS {
+        return Err(Invalid::one(
+            path,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(Invalid::one(path, "must not contain control characters"));
+    }
+    if by_client && RESERVED.contains(&trimmed) {
+        return Err(Invalid::one(
+            path,
+            format!("`{trimmed}` is recorded by Sori itself and cannot be sent by a client"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Checks a page value.
+pub fn check_page(path: &str, page: &Value) -> Result<Option<String>, Invalid> {
+    match page {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) if s.len() > MAX_PAGE_BYTES => Err(Invalid::one(
+            path,
+            format!("must be at most {MAX_PAGE_BYTES} bytes"),
+        )),
+        Value::String(s) if s.chars().any(char::is_control) => {
+            Err(Invalid::one(path, "must not contain control characters"))
+        }
+        Value::String(s) => Ok(Some(s.clone())),
+        other => Err(Invalid::one(
+            path,
+            format!("must be a string, got {}", kind(other)),
+        )),
+    }
+}
+
+/// Checks a `messageId`.
+pub fn check_message_id(path: &str, id: &str) -> Result<(), Invalid> {
+    if id.is_empty() || id.chars().count() > MAX_MESSAGE_ID_CHARS {
+        return Err(Invalid::one(
+            path,
+            format!("must be 1 to {MAX_MESSAGE_ID_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks event properties: strings ≤ 512 bytes (also inside arrays and objects), finite
+/// numbers, booleans, and arrays/objects of at most 4 KB. `null` values are dropped, as if
+/// the key had not been sent.
+pub fn check_property(path: &str, property: Option<&Value>) -> Result<Map<String, Value>, Invalid> {
+    let obj = match property {
+        None | Some(Value::Null) => return Ok(Map::new()),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(Invalid::one(
+                path,
+                format!("must be an object, got {}", kind(other)),
+            ));
+        }
+    };
+    let mut errs = Errors::default();
+    if obj.len() > MAX_PROPERTIES {
+        errs.push(path, format!("must have at most {MAX_PROPERTIES} keys"));
+    }
+    let mut out = Map::new();
+    for (k, v) in obj {
+        let p = format!("{path}.{k}");
+        if k.is_empty() || k.chars().count() > MAX_PROPERTY_KEY_CHARS {
+            errs.push(
+                &p,
+                format!("key must be 1 to {MAX_PROPERTY_KEY_CHARS} characters"),
+            );
+            continue;
+        }
+        if k.chars().any(char::is_control) {
+            errs.push(&p, "key must not contain control characters");
+            continue;
+        }
+        match v {
+            Value::Null => continue,
+            Value::Array(_) | Value::Object(_) => {
+                let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+                if size > MAX_COMPOSITE_BYTES {
+                    errs.push(
+                        &p,
+                        format!("arrays and objects must be at most {MAX_COMPOSITE_BYTES} bytes"),
+                    );
+                    continue;
+                }
+                if let Some(bad) = long_string(v) {
+                    errs.push(
+                        &p,
+                        format!("strings must be at most {MAX_STRING_BYTES} bytes (`{bad}…`)"),
+                    );
+                    continue;
+                }
+            }
+            Value::String(s) if s.len() > MAX_STRING_BYTES => {
+                errs.push(&p, format!("must be at most {MAX_STRING_BYTES} bytes"));
+                continue;
+            }
+            _ => {}
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    errs.check().map(|()| out)
+}
+
+/// The start of the first over-long string inside `v`.
+fn long_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if s.len() > MAX_STRING_BYTES => Some(s.chars().take(16).collect()),
+        Value::Array(a) => a.iter().find_map(long_string),
+        Value::Object(o) => o.values().find_map(long_string),
+        _ => None,
+    }
+}
+
+impl EventInput {
+    /// Parses a `{name, property, page}` object.
+    pub fn from_json(body: &Value) -> Result<Self, Invalid> {
+        let Value::Object(o) = body else {
+            return Err(Invalid::one(
+                "body",
+                format!("must be an object, got {}", kind(body)),
+            ));
+        };
+        let mut errs = Errors::default();
+        for k in o.keys() {
+            if !matches!(k.as_str(), "name" | "property" | "page") {
+                errs.push(k, "is not a known field (name, property, page)");
+            }
+        }
+        errs.check()?;
+        Ok(Self {
+            name: o.get("name").cloned().unwrap_or(Value::Null),
+            property: o.get("property").cloned(),
+            page: o.get("page").cloned(),
+        })
+    }
+
+    /// Validates into a [`NewEvent`] (all problems at once).
+    pub fn check(
+        &self,
+        prefix: &str,
+        id: String,
+        created_at: i64,
+        source: EventSource,
+        default_page: Option<&str>,
+    ) -> Result<NewEvent, Invalid> {
+        let at = |f: &str| {
+            if prefix.is_empty() {
+                f.to_owned()
+            } else {
+                format!("{prefix}.{f}")
+            }
+        };
+        let by_client = source != EventSource::System;
+        let name = check_name(&at("name"), &self.name, by_client);
+        let property = check_property(&at("property"), self.property.as_ref());
+        let page = match &self.page {
+            Some(p) => check_page(&at("page"), p),
+            None => Ok(default_page.map(str::to_owned)),
+        };
+        match (name, property, page) {
+            (Ok(name), Ok(property), Ok(page)) => Ok(NewEvent {
+                id,
+                name,
+                property,
+                page,
+                created_at,
+                source,
+                message_id: None,
+            }),
+            (n, p, g) => {
+                let mut all = Vec::new();
+                for e in [n.err(), p.err(), g.err()].into_iter().flatten() {
+                    all.extend(e.0);
+                }
+                Err(Invalid(all))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn check(v: Value) -> Result<NewEvent, Invalid> {
+        EventInput::from_json(&v)?.check("", "e1".into(), 1, EventSource::OpenApi, None)
+    }
+
+    #[test]
+    fn names_are_limited_and_reserved_ones_refused() {
+        assert!(check(json!({"name": "x".repeat(30)})).is_ok());
+        assert_eq!(
+            check(json!({"name": "x".repeat(31)})).unwrap_err().0[0].field,
+            "name"
+        );
+        assert!(check(json!({"name": "MarketingClick"})).is_err());
+        assert!(check(json!({"name": "PageView"})).is_ok());
+        assert!(check(json!({"name": "  "})).is_err());
+        assert!(check(json!({"property": {}})).is_err());
+        assert!(
+            EventInput::from_json(&json!({"name": "MarketingSend"}))
+                .unwrap()
+                .check("", "e".into(), 1, EventSource::System, None)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn property_limits_name_the_key() {
+        let e = check(json!({"name": "a", "property": {"s": "é".repeat(257)}})).unwrap_err();
+        assert_eq!(e.0[0].field, "property.s");
+        let e = check(json!({"name": "a", "property": {"l": vec!["y".repeat(300); 14]}}))
+            .unwrap_err();
+        assert_eq!(e.0[0].field, "property.l");
+        let ok = check(json!({"name": "a", "property": {"n": 1.5, "b": true, "l": ["a"], "o": {"k": 1}, "z": null}}))
+            .unwrap();
+        assert_eq!(ok.property.len(), 4);
+        assert!(check(json!({"name": "a", "property": [1]})).is_err());
+        assert!(check(json!({"name": "a", "extra": 1})).is_err());
+    }
+
+    #[test]
+    fn revenue_needs_a_number() {
+        assert!(check(json!({"name": "Buy", "property": {"revenue": 10}})).unwrap().is_revenue());
+        assert!(!check(json!({"name": "Buy", "property": {"revenue": "10"}})).unwrap().is_revenue());
+    }
+
+    proptest! {
+        #[test]
+        fn strings_pass_exactly_up_to_the_byte_limit(n in 0usize..1200) {
+            let r = check(json!({"name": "a", "property": {"s": "a".repeat(n)}}));
+            prop_assert_eq!(r.is_ok(), n <= MAX_STRING_BYTES);
+        }
+
+        #[test]
+        fn names_pass_exactly_up_to_the_char_limit(s in "[가-힣a-z]{1,40}") {
+            let r = check(json!({"name": s.clone()}));
+            prop_assert_eq!(r.is_ok(), s.chars().count() <= MAX_NAME_CHARS);
+        }
+    }
+}

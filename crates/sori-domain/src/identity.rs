@@ -1,0 +1,83 @@
+//! Identity merges (SPEC §3.4): when a browser with anonymous history boots as a member who
+//! already exists, the anonymous user folds into the member. The member's own values win;
+//! the anonymous user only fills gaps.
+
+use crate::limits::MAX_TAGS_PER_USER;
+use crate::user::User;
+
+/// Folds `anon` into `member`: profile values the member lacks, tags (up to the per-user
+/// limit), sessions, the earliest creation and the latest activity, and any opt-out (an
+/// opt-out is never lost by merging).
+pub fn merge_into(member: &mut User, anon: &User) {
+    for (k, v) in &anon.profile {
+        if !member.profile.contains_key(k) {
+            member.profile.insert(k.clone(), v.clone());
+        }
+    }
+    for t in &anon.tags {
+        if member.tags.len() >= MAX_TAGS_PER_USER {
+            break;
+        }
+        if !member.tags.contains(t) {
+            member.tags.push(t.clone());
+        }
+    }
+    member.unsubscribe_email |= anon.unsubscribe_email;
+    member.unsubscribe_texting |= anon.unsubscribe_texting;
+    member.has_chat |= anon.has_chat;
+    member.has_push_token |= anon.has_push_token;
+    member.sessions_count += anon.sessions_count;
+    member.web.sessions_count += anon.web.sessions_count;
+    member.mobile.sessions_count += anon.mobile.sessions_count;
+    member.created_at = member.created_at.min(anon.created_at);
+    member.last_seen_at = match (member.last_seen_at, anon.last_seen_at) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    for (slot, v) in [
+        (&mut member.city, &anon.city),
+        (&mut member.country, &anon.country),
+        (&mut member.language, &anon.language),
+    ] {
+        if slot.is_none() {
+            slot.clone_from(v);
+        }
+    }
+    if member.web.browser.is_none() {
+        let sessions = member.web.sessions_count;
+        let seen = member.web.last_seen_at;
+        member.web = anon.web.clone();
+        member.web.sessions_count = sessions;
+        member.web.last_seen_at = seen.max(anon.web.last_seen_at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn member_values_win_and_gaps_are_filled() {
+        let mut m = User::new("m".into(), 100);
+        m.member_id = Some("42".into());
+        m.profile.insert("name".into(), json!("Kim"));
+        m.tags = vec!["vip".into()];
+        let mut a = User::new("a".into(), 50);
+        a.profile.insert("name".into(), json!("anon"));
+        a.profile.insert("nickname".into(), json!("K"));
+        a.tags = vec!["new".into(), "vip".into()];
+        a.sessions_count = 2;
+        a.unsubscribe_email = true;
+        a.last_seen_at = Some(70);
+        merge_into(&mut m, &a);
+        assert_eq!(m.profile["name"], json!("Kim"));
+        assert_eq!(m.profile["nickname"], json!("K"));
+        assert_eq!(m.tags, vec!["vip", "new"]);
+        assert_eq!(m.sessions_count, 2);
+        assert!(m.unsubscribe_email);
+        assert_eq!(m.created_at, 50);
+        assert_eq!(m.last_seen_at, Some(70));
+        assert_eq!(m.member_id.as_deref(), Some("42"));
+    }
+}

@@ -1,0 +1,428 @@
+//! The Segment tracking spec mapped onto Sori (SPEC §4): `userId` is the member id,
+//! `anonymousId` the browser's veil id, `traits` the profile, `context.campaign` the UTM
+//! fields, `context.page` the page, `properties` the event property, and `messageId` makes a
+//! retry idempotent. Pure: the caller passes the receive time.
+
+use serde_json::{Map, Value};
+
+use crate::error::{Errors, Invalid};
+use crate::event::{self, EventInput, PAGE_VIEW};
+use crate::phone;
+use crate::update::{ProfilePatch, UserUpdate};
+use crate::value::kind;
+
+/// Which call an item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Profile update.
+    Identify,
+    /// Custom event.
+    Track,
+    /// Page view (a visit).
+    Page,
+}
+
+impl Kind {
+    /// The kind named by a batch item's `type`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "identify" => Some(Self::Identify),
+            "track" => Some(Self::Track),
+            "page" => Some(Self::Page),
+            _ => None,
+        }
+    }
+}
+
+/// One Segment call, translated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// Kind of call.
+    pub kind: Kind,
+    /// `userId`.
+    pub member_id: Option<String>,
+    /// `anonymousId`.
+    pub veil_id: Option<String>,
+    /// Profile change from traits, campaign and referrer (`None` when nothing to change).
+    pub update: Option<UserUpdate>,
+    /// The event of a track or page call.
+    pub event: Option<EventInput>,
+    /// When it happened (ms), corrected for client clock skew, never in the future.
+    pub at: i64,
+    /// Idempotency key.
+    pub message_id: Option<String>,
+    /// `context.userAgent`, for page calls.
+    pub user_agent: Option<String>,
+    /// `traits.createdAt`: when the business created this customer.
+    pub created_at: Option<i64>,
+    /// `traits.address.city`.
+    pub city: Option<String>,
+    /// `traits.address.country`.
+    pub country: Option<String>,
+}
+
+/// Translates one message. `kind` is given by the endpoint (`/v1/track`) or read from the
+/// item's `type` (batch). `prefix` names fields in errors (`batch[3]`).
+pub fn parse(
+    prefix: &str,
+    msg: &Value,
+    kind: Option<Kind>,
+    received_at: i64,
+) -> Result<Call, Invalid> {
+    let at = |f: &str| {
+        if prefix.is_empty() {
+            f.to_owned()
+        } else {
+            format!("{prefix}.{f}")
+        }
+    };
+    let Value::Object(m) = msg else {
+        return Err(Invalid::one(
+            at("body"),
+            format!("must be an object, got {}", kind_of(msg)),
+        ));
+    };
+    let kind = match kind {
+        Some(k) => k,
+        None => match m.get("type").and_then(Value::as_str) {
+            Some(t) => Kind::parse(t).ok_or_else(|| {
+                Invalid::one(
+                    at("type"),
+                    format!("`{t}` is not supported (identify, track, page)"),
+                )
+            })?,
+            None => return Err(Invalid::one(at("type"), "is required")),
+        },
+    };
+    let mut errs = Errors::default();
+    let member_id = id_field(m, "userId", &at, &mut errs);
+    let veil_id = id_field(m, "anonymousId", &at, &mut errs);
+    if member_id.is_none() && veil_id.is_none() && errs.is_empty() {
+        errs.push(at("userId"), "userId or anonymousId is required");
+    }
+    let message_id = match m.get("messageId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match event::check_message_id(&at("messageId"), s) {
+            Ok(()) => Some(s.clone()),
+            Err(e) => {
+                errs.push(at("messageId"), e.0[0].message.clone());
+                None
+            }
+        },
+        Some(other) => {
+            errs.push(at("messageId"), format!("must be a string, got {}", kind_of(other)));
+            None
+        }
+    };
+    let when = time_of(m, received_at, &at, &mut errs);
+    let empty = Map::new();
+    let context = m.get("context").and_then(Value::as_object).unwrap_or(&empty);
+
+    let mut profile = Map::new();
+    let mut created_at = None;
+    let (mut city, mut country) = (None, None);
+    let traits = match kind {
+        Kind::Identify => m.get("traits").or_else(|| context.get("traits")),
+        _ => context.get("traits"),
+    };
+    if kind == Kind::Identify {
+        match traits {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(t)) => {
+                for (k, v) in t {
+                    let path = at(&format!("traits.{k}"));
+                    match k.as_str() {
+                        "id" | "anonymousId" | "userId" => {}
+                        "createdAt" => created_at = time_value(v, &path, &mut errs),
+                        "phone" | "mobileNumber" if v.is_string() => {
+                            let s = v.as_str().unwrap_or_default();
+                            let key = if phone::normalize_mobile(s).is_ok() || k == "mobileNumber"
+                            {
+                                "mobileNumber"
+                            } else {
+                                "landlineNumber"
+                            };
+                            profile.insert(key.to_owned(), v.clone());
+                        }
+                        "address" => {
+                            if let Value::Object(a) = v {
+                                city = a.get("city").and_then(Value::as_str).map(str::to_owned);
+                                country =
+                                    a.get("country").and_then(Value::as_str).map(str::to_owned);
+                            }
+                        }
+                        _ => {
+                            profile.insert(camel_case(k), v.clone());
+                        }
+                    }
+                }
+            }
+            Some(other) => errs.push(
+                at("traits"),
+                format!("must be an object, got {}", kind_of(other)),
+            ),
+        }
+    }
+    if let Some(Value::Object(c)) = context.get("campaign") {
+        for (from, to) in [
+            ("source", "Source"),
+            ("medium", "Medium"),
+            ("name", "Campaign"),
+            ("content", "Content"),
+            ("term", "Term"),
+        ] {
+            if let Some(Value::String(v)) = c.get(from)
+                && !v.is_empty()
+            {
+                profile.insert(format!("utm{to}"), Value::String(v.clone()));
+                profile.insert(format!("lastUtm{to}"), Value::String(v.clone()));
+            }
+        }
+    }
+    let page_ctx = context.get("page").and_then(Value::as_object);
+    if let Some(Value::String(r)) = page_ctx.and_then(|p| p.get("referrer"))
+        && !r.is_empty()
+    {
+        profile.insert("referrer".into(), Value::String(r.clone()));
+    }
+    let language = context
+        .get("locale")
+        .and_then(Value::as_str)
+        .and_then(|l| l.split(['-', '_']).next())
+        .filter(|l| matches!(*l, "ko" | "en" | "ja"))
+        .map(str::to_owned);
+
+    let ctx_page = page_ctx.and_then(|p| p.get("url")).cloned();
+    let event = match kind {
+        Kind::Identify => None,
+        Kind::Track => Some(EventInput {
+            name: m.get("event").cloned().unwrap_or(Value::Null),
+            property: m.get("properties").cloned(),
+            page: ctx_page,
+        }),
+        Kind::Page => {
+            let props = m.get("properties").cloned();
+            let url = props
+                .as_ref()
+                .and_then(|p| p.get("url"))
+                .filter(|u| u.is_string())
+                .cloned()
+                .or(ctx_page);
+            Some(EventInput {
+                name: Value::String(PAGE_VIEW.into()),
+                property: props,
+                page: url,
+            })
+        }
+    };
+    errs.check()?;
+    let update = (!profile.is_empty() || language.is_some()).then(|| UserUpdate {
+        profile: if profile.is_empty() {
+            ProfilePatch::Keep
+        } else {
+            ProfilePatch::Set(profile)
+        },
+        language,
+        ..UserUpdate::default()
+    });
+    Ok(Call {
+        kind,
+        member_id,
+        veil_id,
+        update,
+        event,
+        at: when,
+        message_id,
+        user_agent: context
+            .get("userAgent")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        created_at,
+        city,
+        country,
+    })
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    kind(v)
+}
+
+fn id_field(
+    m: &Map<String, Value>,
+    key: &str,
+    at: &dyn Fn(&str) -> String,
+    errs: &mut Errors,
+) -> Option<String> {
+    match m.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) if s.chars().count() > 256 => {
+            errs.push(at(key), "must be at most 256 characters");
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            errs.push(at(key), format!("must be a string, got {}", kind_of(other)));
+            None
+        }
+    }
+}
+
+/// The event time: `timestamp` when given; else `originalTimestamp` corrected by the
+/// client's clock skew (`sentAt` vs our receive time); else the receive time. Never later
+/// than the receive time.
+fn time_of(
+    m: &Map<String, Value>,
+    received_at: i64,
+    at: &dyn Fn(&str) -> String,
+    errs: &mut Errors,
+) -> i64 {
+    let get = |k: &str, errs: &mut Errors| match m.get(k) {
+        None | Some(Value::Null) => None,
+        Some(v) => time_value(v, &at(k), errs),
+    };
+    let t = if let Some(t) = get("timestamp", errs) {
+        t
+    } else if let Some(o) = get("originalTimestamp", errs) {
+        match get("sentAt", errs) {
+            Some(s) => received_at - (s - o),
+            None => o,
+        }
+    } else {
+        received_at
+    };
+    t.min(received_at)
+}
+
+/// An ISO-8601 time or epoch milliseconds.
+pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
+    match v {
+        Value::String(s) => match s.parse::<jiff::Timestamp>() {
+            Ok(t) => Some(t.as_millisecond()),
+            Err(_) => {
+                errs.push(path, "must be an ISO-8601 time with an offset, or epoch milliseconds");
+                None
+            }
+        },
+        Value::Number(n) => match n.as_i64() {
+            Some(ms) if (0..=253_402_300_799_999).contains(&ms) => Some(ms),
+            _ => {
+                errs.push(path, "must be epoch milliseconds between 1970 and 9999");
+                None
+            }
+        },
+        other => {
+            errs.push(path, format!("must be a time, got {}", kind_of(other)));
+            None
+        }
+    }
+}
+
+/// `first_name` → `firstName`, so snake_case traits fit the profile key rule.
+fn camel_case(k: &str) -> String {
+    if !k.contains('_') {
+        return k.to_owned();
+    }
+    let mut out = String::with_capacity(k.len());
+    let mut upper = false;
+    for c in k.chars() {
+        if c == '_' {
+            upper = !out.is_empty();
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn identify_maps_traits_campaign_and_phone() {
+        let c = parse(
+            "",
+            &json!({"type": "identify", "userId": "m1", "anonymousId": "a1",
+                "traits": {"name": "Kim", "first_name": "Min", "phone": "010-1234-5678",
+                           "createdAt": "2024-01-02T03:04:05Z", "address": {"city": "Seoul"}},
+                "context": {"campaign": {"source": "news", "name": "fall"}, "locale": "ko-KR"}}),
+            None,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(c.kind, Kind::Identify);
+        assert_eq!(c.member_id.as_deref(), Some("m1"));
+        assert_eq!(c.veil_id.as_deref(), Some("a1"));
+        let u = c.update.unwrap();
+        let ProfilePatch::Set(p) = u.profile else { panic!("profile") };
+        assert_eq!(p["firstName"], json!("Min"));
+        assert_eq!(p["mobileNumber"], json!("010-1234-5678"));
+        assert_eq!(p["utmSource"], json!("news"));
+        assert_eq!(p["lastUtmCampaign"], json!("fall"));
+        assert_eq!(u.language.as_deref(), Some("ko"));
+        assert_eq!(c.created_at, Some(1_704_164_645_000));
+        assert_eq!(c.city.as_deref(), Some("Seoul"));
+        assert_eq!(c.at, NOW);
+    }
+
+    #[test]
+    fn landline_phone_goes_to_landline() {
+        let c = parse("", &json!({"userId": "m", "traits": {"phone": "02-123-4567"}}), Some(Kind::Identify), NOW).unwrap();
+        let ProfilePatch::Set(p) = c.update.unwrap().profile else { panic!("profile") };
+        assert!(p.contains_key("landlineNumber"));
+    }
+
+    #[test]
+    fn track_and_page_carry_time_and_page() {
+        let c = parse(
+            "",
+            &json!({"type": "track", "userId": "m", "event": "Order Completed", "properties": {"revenue": 3},
+                "timestamp": "2024-01-02T03:04:05.000Z", "messageId": "x1",
+                "context": {"page": {"url": "https://s/x"}}}),
+            None,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(c.at, 1_704_164_645_000);
+        assert_eq!(c.message_id.as_deref(), Some("x1"));
+        assert_eq!(c.event.as_ref().unwrap().page, Some(json!("https://s/x")));
+        let p = parse("", &json!({"anonymousId": "a", "properties": {"url": "https://s/"}}), Some(Kind::Page), NOW).unwrap();
+        let e = p.event.unwrap();
+        assert_eq!(e.name, json!("PageView"));
+        assert_eq!(e.page, Some(json!("https://s/")));
+    }
+
+    #[test]
+    fn skewed_clocks_are_corrected_and_the_future_is_clamped() {
+        let c = parse(
+            "",
+            &json!({"userId": "m", "event": "e", "originalTimestamp": 1000, "sentAt": 5000}),
+            Some(Kind::Track),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(c.at, NOW - 4000);
+        let f = parse("", &json!({"userId": "m", "event": "e", "timestamp": NOW + 10}), Some(Kind::Track), NOW).unwrap();
+        assert_eq!(f.at, NOW);
+    }
+
+    #[test]
+    fn errors_name_the_item_field() {
+        let e = parse("batch[2]", &json!({"type": "alias", "userId": "m"}), None, NOW).unwrap_err();
+        assert_eq!(e.0[0].field, "batch[2].type");
+        let e = parse("batch[0]", &json!({"type": "track", "event": "x"}), None, NOW).unwrap_err();
+        assert_eq!(e.0[0].field, "batch[0].userId");
+        let e = parse("", &json!({"userId": "m", "timestamp": "yesterday"}), Some(Kind::Track), NOW).unwrap_err();
+        assert_eq!(e.0[0].field, "timestamp");
+        assert_eq!(camel_case("first_name"), "firstName");
+        assert_eq!(camel_case("_x_y"), "xY");
+    }
+}
