@@ -1,0 +1,454 @@
+/*! Sori web SDK. Protocol: docs/sdk.md. Plain ES2017, no dependencies. */
+(function () {
+  'use strict';
+
+  var w = window;
+  // Loaded twice (two loader snippets): keep the first instance.
+  if (w.Sori && w.Sori.__soriSdk) return;
+
+  // The server is wherever this script came from. currentScript is only set while the
+  // script runs for the first time, so read it now.
+  var ORIGIN = (function () {
+    var el = document.currentScript;
+    if (!el || !el.src) {
+      var all = document.querySelectorAll('script[src*="/sdk/sori.js"]');
+      el = all[all.length - 1];
+    }
+    try {
+      return new URL(el.src, location.href).origin;
+    } catch (e) {
+      return location.origin;
+    }
+  })();
+
+  var VEIL_KEY = 'sori:veilId';
+  var MAX_EARLY_CALLS = 100;
+
+  // The one session object: a future WebSocket client reads `token` and `user` from here.
+  var session = {
+    origin: ORIGIN,
+    pluginKey: null,
+    veilId: null,
+    token: null, // the `session` string from boot, sent as x-sori-session
+    user: null,
+    options: null, // the boot option (hidePopup, zIndex… for the messenger UI)
+    callbacks: {}, // onShowMessenger & co., by event name
+  };
+
+  // 'idle' (never booted), 'booting', 'booted', 'off' (shut down or boot failed).
+  var state = 'idle';
+  var generation = 0; // bumped by every boot and shutdown; stale responses are ignored
+  var earlyCalls = []; // calls made before the first boot; sent once a boot succeeds
+  var chain = Promise.resolve(); // every request runs in call order on this chain
+  var pageOverride = null;
+  var spa = { tracking: false, installed: false, lastHref: null };
+  var memoryVeil = null;
+
+  // ---------------------------------------------------------------- helpers
+
+  function warn(msg) {
+    if (w.console && console.warn) console.warn('[Sori] ' + msg);
+  }
+
+  // Runs a user callback; its exceptions are reported but never reach the SDK.
+  function safeCall(fn, a, b) {
+    if (typeof fn !== 'function') return;
+    try {
+      fn(a, b);
+    } catch (e) {
+      if (w.console && console.error) console.error('[Sori] callback threw', e);
+    }
+  }
+
+  function sdkError(message, status) {
+    var err = new Error(message);
+    err.status = status || 0;
+    return err;
+  }
+
+  function loadVeil() {
+    try {
+      return w.localStorage.getItem(VEIL_KEY) || memoryVeil;
+    } catch (e) {
+      return memoryVeil;
+    }
+  }
+
+  function saveVeil(id) {
+    memoryVeil = id;
+    try {
+      w.localStorage.setItem(VEIL_KEY, id);
+    } catch (e) {
+      // Storage disabled or full: the in-memory copy lasts for this page.
+    }
+  }
+
+  // JSON of a request body, or null (with a warning) for values JSON cannot hold.
+  function serialize(what, body) {
+    try {
+      return JSON.stringify(body);
+    } catch (e) {
+      warn(what + ': ' + e.message);
+      return null;
+    }
+  }
+
+  function hrefWithoutHash() {
+    return location.href.split('#')[0];
+  }
+
+  // The page of an event: setPage's value, else the canonical URL, else the URL without hash.
+  function currentPage() {
+    if (pageOverride != null) return pageOverride;
+    var link = document.querySelector('link[rel~="canonical"][href]');
+    if (link && link.getAttribute('href')) return link.href; // .href is absolute
+    return hrefWithoutHash();
+  }
+
+  // utm_* query parameters that are present and non-empty; null when there are none.
+  function utmFromLocation() {
+    var params = new URLSearchParams(location.search);
+    var utm = {};
+    var any = false;
+    ['source', 'medium', 'campaign', 'content', 'term'].forEach(function (k) {
+      var v = params.get('utm_' + k);
+      if (v) {
+        utm[k] = v;
+        any = true;
+      }
+    });
+    return any ? utm : null;
+  }
+
+  // One JSON request to the server. Resolves with the parsed body; rejects with an Error
+  // carrying `.status` (0 for network failures) and the server's `.message`.
+  // `json` is the already serialized body, so later changes to the caller's objects
+  // do not leak into a queued request.
+  function request(method, path, json, token, keepalive) {
+    var headers = { 'content-type': 'application/json' };
+    if (token) headers['x-sori-session'] = token;
+    return fetch(ORIGIN + path, {
+      method: method,
+      mode: 'cors',
+      credentials: 'omit',
+      keepalive: !!keepalive,
+      headers: headers,
+      body: json,
+    }).then(
+      function (res) {
+        return res.text().then(function (text) {
+          var data = null;
+          try {
+            data = text ? JSON.parse(text) : null;
+          } catch (e) {
+            data = null;
+          }
+          if (!res.ok) {
+            var err = sdkError((data && data.message) || 'HTTP ' + res.status, res.status);
+            if (data) {
+              err.type = data.type;
+              err.errors = data.errors;
+            }
+            throw err;
+          }
+          return data || {};
+        });
+      },
+      function (e) {
+        throw sdkError((e && e.message) || 'network error', 0);
+      }
+    );
+  }
+
+  // Appends a task to the request chain. A failed task never stops the ones after it.
+  function enqueue(task) {
+    chain = chain.then(task).catch(function (e) {
+      warn(e && e.message ? e.message : String(e));
+    });
+    return chain;
+  }
+
+  // Runs `send(token)` with the session token once one exists:
+  // - booted: now (in order), with the current token;
+  // - booting: after the boot, if it succeeds and is still current;
+  // - never booted: after the first successful boot;
+  // - shut down / boot failed: dropped. `fail(err)` is told when the call is dropped.
+  function withSession(what, send, fail) {
+    var drop = function () {
+      warn(what + ' dropped: Sori is not booted');
+      if (fail) fail(sdkError('Sori is not booted', 0));
+    };
+    if (state === 'booted') {
+      var token = session.token;
+      enqueue(function () {
+        return send(token);
+      });
+    } else if (state === 'booting') {
+      var gen = generation;
+      enqueue(function () {
+        if (gen === generation && state === 'booted') return send(session.token);
+        drop();
+      });
+    } else if (state === 'idle') {
+      if (earlyCalls.length >= MAX_EARLY_CALLS) return drop();
+      earlyCalls.push({ send: send, drop: drop });
+    } else {
+      drop();
+    }
+  }
+
+  // ---------------------------------------------------------------- SPA page views
+
+  function onUrlMaybeChanged() {
+    if (!spa.tracking) return;
+    var href = hrefWithoutHash();
+    if (href === spa.lastHref) return; // only the fragment changed, or nothing did
+    spa.lastHref = href;
+    track('PageView');
+  }
+
+  function installSpaHooks() {
+    if (spa.installed) return;
+    spa.installed = true;
+    ['pushState', 'replaceState'].forEach(function (name) {
+      var original = history[name];
+      if (typeof original !== 'function') return;
+      history[name] = function () {
+        var result = original.apply(this, arguments);
+        try {
+          onUrlMaybeChanged();
+        } catch (e) {
+          warn('page view tracking failed: ' + e.message);
+        }
+        return result;
+      };
+    });
+    w.addEventListener('popstate', onUrlMaybeChanged);
+  }
+
+  // ---------------------------------------------------------------- methods
+
+  function boot(option, cb) {
+    if (state === 'booting' || state === 'booted') shutdown();
+    if (!option || typeof option !== 'object' || !option.pluginKey) {
+      warn('boot needs { pluginKey }');
+      safeCall(cb, sdkError('pluginKey is required', 0), null);
+      return;
+    }
+
+    var gen = ++generation;
+    state = 'booting';
+    session.pluginKey = option.pluginKey;
+    session.options = option;
+    session.veilId = loadVeil();
+
+    var body = {
+      pluginKey: option.pluginKey,
+      veilId: session.veilId || undefined,
+      memberId: option.memberId,
+      memberHash: option.memberHash,
+      profile: option.profile,
+      language: option.language,
+      unsubscribeEmail: option.unsubscribeEmail,
+      unsubscribeTexting: option.unsubscribeTexting,
+      page: currentPage(),
+      trackDefaultEvent: option.trackDefaultEvent !== false,
+    };
+    if (option.trackUtmSource !== false) {
+      var utm = utmFromLocation();
+      if (utm) body.utm = utm;
+      if (document.referrer) body.referrer = document.referrer;
+    }
+
+    // The server records the boot's own PageView; later URL changes are ours to send.
+    spa.tracking = body.trackDefaultEvent;
+    spa.lastHref = hrefWithoutHash();
+    if (spa.tracking) installSpaHooks();
+
+    // Calls made before the first boot wait right behind this boot.
+    var early = earlyCalls;
+    earlyCalls = [];
+
+    enqueue(function () {
+      if (gen !== generation) {
+        safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
+        return;
+      }
+      return request('POST', '/sdk/v1/boot', JSON.stringify(body)).then(
+        function (data) {
+          if (gen !== generation) {
+            safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
+            return;
+          }
+          state = 'booted';
+          session.token = data.session || null;
+          session.user = data.user || null;
+          if (data.veilId) {
+            session.veilId = data.veilId;
+            saveVeil(data.veilId);
+          }
+          safeCall(cb, null, session.user);
+        },
+        function (err) {
+          if (gen === generation) {
+            state = 'off';
+            spa.tracking = false;
+          }
+          warn('boot failed: ' + err.message);
+          safeCall(cb, err, null);
+        }
+      );
+    });
+
+    early.forEach(function (call) {
+      enqueue(function () {
+        if (gen === generation && state === 'booted') return call.send(session.token);
+        call.drop();
+      });
+    });
+  }
+
+  function shutdown() {
+    generation++;
+    state = 'off';
+    session.token = null;
+    session.user = null;
+    session.options = null;
+    spa.tracking = false;
+    earlyCalls.forEach(function (call) {
+      call.drop();
+    });
+    earlyCalls = [];
+  }
+
+  function track(name, property) {
+    if (typeof name !== 'string' || !name) {
+      warn('track needs an event name');
+      return;
+    }
+    // The page is the one at call time, not at send time.
+    var json = serialize('track', {
+      name: name,
+      property: property == null ? undefined : property,
+      page: currentPage(),
+    });
+    if (json === null) return;
+    withSession('track(' + name + ')', function (token) {
+      return request('POST', '/sdk/v1/events', json, token, true);
+    });
+  }
+
+  // PATCH /sdk/v1/user, then cb(error, user).
+  function patchUser(what, body, cb) {
+    var json = serialize(what, body);
+    if (json === null) {
+      safeCall(cb, sdkError(what + ': the argument cannot be sent as JSON', 0), null);
+      return;
+    }
+    withSession(
+      what,
+      function (token) {
+        return request('PATCH', '/sdk/v1/user', json, token).then(
+          function (data) {
+            if (data.user && session.token === token) session.user = data.user;
+            safeCall(cb, null, data.user || null);
+          },
+          function (err) {
+            warn(what + ' failed: ' + err.message);
+            safeCall(cb, err, null);
+          }
+        );
+      },
+      function (err) {
+        safeCall(cb, err, null);
+      }
+    );
+  }
+
+  function updateUser(info, cb) {
+    patchUser('updateUser', info || {}, cb);
+  }
+
+  function addTags(tags, cb) {
+    patchUser('addTags', { addTags: tags }, cb);
+  }
+
+  function removeTags(tags, cb) {
+    patchUser('removeTags', { removeTags: tags }, cb);
+  }
+
+  function setPage(page) {
+    pageOverride = page == null ? null : String(page);
+  }
+
+  function resetPage() {
+    pageOverride = null;
+  }
+
+  function noop() {}
+
+  function register(key) {
+    return function (fn) {
+      if (typeof fn === 'function') session.callbacks[key] = fn;
+      else delete session.callbacks[key];
+    };
+  }
+
+  var methods = {
+    boot: boot,
+    shutdown: shutdown,
+    track: track,
+    updateUser: updateUser,
+    addTags: addTags,
+    removeTags: removeTags,
+    setPage: setPage,
+    resetPage: resetPage,
+    // The messenger UI arrives with the chat work; these are accepted meanwhile.
+    showMessenger: noop,
+    hideMessenger: noop,
+    openChat: noop,
+    showChannelButton: noop,
+    hideChannelButton: noop,
+    onShowMessenger: register('showMessenger'),
+    onHideMessenger: register('hideMessenger'),
+    onBadgeChanged: register('badgeChanged'),
+    onChatCreated: register('chatCreated'),
+    onUrlClicked: register('urlClicked'),
+    clearCallbacks: function () {
+      Object.keys(session.callbacks).forEach(function (key) {
+        delete session.callbacks[key];
+      });
+    },
+  };
+
+  // ---------------------------------------------------------------- dispatcher
+
+  function Sori(method) {
+    if (typeof method !== 'string' || !Object.prototype.hasOwnProperty.call(methods, method)) {
+      warn('unknown method: ' + method);
+      return;
+    }
+    var args = Array.prototype.slice.call(arguments, 1);
+    try {
+      return methods[method].apply(null, args);
+    } catch (e) {
+      warn(method + ' failed: ' + (e && e.message));
+    }
+  }
+  Sori.__soriSdk = true;
+
+  // Take over from the loader stub, then replay what it queued, in order.
+  var stub = w.Sori;
+  var queued = stub && stub.q ? Array.prototype.slice.call(stub.q) : [];
+  w.Sori = Sori;
+  if (stub && typeof stub === 'function') {
+    stub.q = [];
+    // Someone holding the stub itself still reaches the SDK.
+    stub.c = function (args) {
+      Sori.apply(null, args);
+    };
+  }
+  queued.forEach(function (args) {
+    Sori.apply(null, args);
+  });
+})();

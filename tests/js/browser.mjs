@@ -1,0 +1,428 @@
+// Drives the web SDK (`/sdk/sori.js`) in headless Chromium against a running Sori server
+// and checks the results through the Open API. Run by the Rust integration tests; see
+// README.md for the environment. Exits 0 when every check passes, 1 when one fails, 2 when
+// the environment is incomplete.
+
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import http from 'node:http';
+import { inspect } from 'node:util';
+import { chromium } from 'playwright-core';
+
+function env(name) {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`missing environment variable ${name}`);
+    process.exit(2); // misconfigured, as in segment.mjs
+  }
+  return v;
+}
+
+const SORI_URL = env('SORI_URL').replace(/\/+$/, '');
+const PLUGIN_KEY = env('SORI_PLUGIN_KEY');
+const ACCESS_KEY = env('SORI_ACCESS_KEY');
+const ACCESS_SECRET = env('SORI_ACCESS_SECRET');
+const MEMBER_HASH_SECRET = env('SORI_MEMBER_HASH_SECRET');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+const WAIT_MS = 10_000; // deadline for any single condition
+const TOTAL_MS = 180_000; // deadline for the whole script
+
+// A hung browser or server must not hang the Rust test forever.
+setTimeout(() => {
+  console.error(`browser.mjs: gave up after ${TOTAL_MS} ms`);
+  process.exit(1);
+}, TOTAL_MS).unref();
+
+// ---------------------------------------------------------------- test pages
+
+// The loader snippet of docs/sdk.md, pointing at the server under test. `extra` is more
+// inline script run right after it (calls there are queued until sori.js loads).
+function html({ title, canonical, extra = '' }) {
+  return `<!doctype html>
+<html><head><meta charset="utf-8"><title>${title}</title>
+${canonical ? `<link rel="canonical" href="${canonical}">` : ''}
+<script>
+  (function () {
+    var w = window;
+    if (w.Sori) return;
+    var s = function () { s.c(arguments); };
+    s.q = [];
+    s.c = function (args) { s.q.push(args); };
+    w.Sori = s;
+    function l() {
+      var x = document.createElement('script');
+      x.async = true;
+      x.src = ${JSON.stringify(`${SORI_URL}/sdk/sori.js`)};
+      document.head.appendChild(x);
+    }
+    if (document.readyState === 'complete') l(); else w.addEventListener('load', l);
+  })();
+  ${extra}
+</script>
+</head><body><h1>${title}</h1></body></html>`;
+}
+
+// The first page boots from its own inline script, so the boot is always replayed from
+// the loader's queue.
+const BOOT_INLINE = `Sori('boot', { pluginKey: ${JSON.stringify(PLUGIN_KEY)} }, function (e, u) {
+    window.__boot = { error: e ? { status: e.status, message: e.message } : null, user: u };
+  });`;
+
+const PAGES = {
+  '/shop/product-1': html({ title: 'Product 1', canonical: '/canonical/product-1', extra: BOOT_INLINE }),
+  '/shop/second': html({ title: 'Second' }),
+  '/shop/fresh': html({ title: 'Fresh' }),
+};
+
+function startPageServer() {
+  const server = http.createServer((req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    // SPA routes render the same document as their parent page.
+    const key = Object.keys(PAGES).find((p) => path === p || path.startsWith(`${p}/`));
+    if (!key) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+    res.end(PAGES[key]);
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve(server));
+  });
+}
+
+// ---------------------------------------------------------------- Open API
+
+async function api(method, path, body) {
+  const headers = { 'x-access-key': ACCESS_KEY, 'x-access-secret': ACCESS_SECRET };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const res = await fetch(`${SORI_URL}/open/v5${path}`, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    json = null;
+  }
+  return { status: res.status, body: json, text };
+}
+
+async function apiOk(method, path, body) {
+  const r = await api(method, path, body);
+  assert.equal(r.status, 200, `${method} ${path} -> ${r.status} ${r.text}`);
+  return r.body;
+}
+
+const userPath = (id) => `/users/${encodeURIComponent(id)}`;
+const memberPath = (memberId) => `/users/@${encodeURIComponent(memberId)}`;
+
+async function getUser(id) {
+  return (await apiOk('GET', userPath(id))).user;
+}
+
+async function events(userId) {
+  return (await apiOk('GET', `${userPath(userId)}/events?limit=50`)).events;
+}
+
+// Polls `probe` until it returns a truthy value; fails after WAIT_MS with `what`.
+async function until(what, probe) {
+  const deadline = Date.now() + WAIT_MS;
+  let last;
+  for (;;) {
+    last = await probe();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+// Waits until the user's stored events include one named `name`; returns all events.
+async function eventsWith(userId, name) {
+  return until(`event ${name} of user ${userId}`, async () => {
+    const list = await events(userId);
+    return list.some((e) => e.name === name) ? list : null;
+  });
+}
+
+const named = (list, name) => list.filter((e) => e.name === name);
+
+function memberHash(memberId) {
+  return createHmac('sha256', Buffer.from(MEMBER_HASH_SECRET, 'hex')).update(memberId).digest('hex');
+}
+
+// ---------------------------------------------------------------- SDK calls in the page
+
+let seq = 0;
+
+// Calls Sori(method, ...args, cb) in the page and waits for the callback;
+// returns { error: {status, message} | null, user }.
+async function sdkCall(page, method, ...args) {
+  const key = `__sori_result_${++seq}`;
+  await page.evaluate(
+    ([method, args, key]) => {
+      window.Sori(method, ...args, (e, u) => {
+        window[key] = { error: e ? { status: e.status, message: e.message } : null, user: u };
+      });
+    },
+    [method, args, key],
+  );
+  await page.waitForFunction((key) => window[key] !== undefined, key, { timeout: WAIT_MS });
+  return page.evaluate((key) => window[key], key);
+}
+
+// Calls Sori(method, ...args) without a callback.
+async function sdk(page, method, ...args) {
+  await page.evaluate(([method, args]) => window.Sori(method, ...args), [method, args]);
+}
+
+// ---------------------------------------------------------------- the checks
+
+const pageErrors = [];
+
+function watch(page) {
+  page.on('pageerror', (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+}
+
+async function run(browser, pagesOrigin) {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  watch(page);
+  const canonical = `${pagesOrigin}/canonical/product-1`;
+  const steps = [];
+  const step = (name, fn) => steps.push([name, fn]);
+  const s = {}; // state shared by the steps
+
+  step('1 anonymous boot on the canonical page', async () => {
+    await page.goto(`${pagesOrigin}/shop/product-1?utm_source=news&utm_medium=email&utm_campaign=fall`);
+    await page.waitForFunction(() => window.__boot !== undefined, null, { timeout: WAIT_MS });
+    const boot = await page.evaluate(() => window.__boot);
+    assert.equal(boot.error, null, 'boot error');
+    assert.ok(boot.user && boot.user.id, 'booted user has an id');
+    assert.equal(boot.user.memberId, undefined, 'anonymous user has no memberId');
+    assert.equal(await page.evaluate(() => typeof window.Sori.q), 'undefined', 'loader stub replaced');
+    s.anonId = boot.user.id;
+
+    const list = await eventsWith(s.anonId, 'PageView');
+    const views = named(list, 'PageView');
+    assert.equal(views.length, 1, 'one PageView after boot');
+    assert.equal(views[0].page, canonical, 'PageView page is the absolute canonical URL');
+    assert.equal(views[0].source, 'sdk', 'event source');
+
+    const user = await getUser(s.anonId);
+    const p = user.profile;
+    assert.deepEqual(
+      [p.utmSource, p.utmMedium, p.utmCampaign],
+      ['news', 'email', 'fall'],
+      'initial UTM profile',
+    );
+    assert.deepEqual(
+      [p.lastUtmSource, p.lastUtmMedium, p.lastUtmCampaign],
+      ['news', 'email', 'fall'],
+      'last UTM profile',
+    );
+    assert.equal(user.sessionsCount, 1, 'sessionsCount');
+    assert.ok(user.web && typeof user.web.browserName === 'string' && user.web.browserName, 'web.browserName set');
+    return `user ${s.anonId}, PageView ${views[0].page}, browser ${user.web.browserName}`;
+  });
+
+  step('2 second page keeps the veilId', async () => {
+    await page.goto(`${pagesOrigin}/shop/second?utm_source=ads#top`);
+    const boot = await sdkCall(page, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.equal(boot.error, null, 'boot error');
+    assert.equal(boot.user.id, s.anonId, 'same user (veilId kept in localStorage)');
+
+    const user = await getUser(s.anonId);
+    const stored = await page.evaluate(() => localStorage.getItem('sori:veilId'));
+    assert.ok(stored, 'sori:veilId in localStorage');
+    if (user.veilId !== undefined) assert.equal(user.veilId, stored, 'stored veilId is the user\'s');
+    const p = user.profile;
+    assert.equal(p.utmSource, 'news', 'utmSource is set once');
+    assert.equal(p.lastUtmSource, 'ads', 'lastUtmSource updated');
+    assert.equal(p.lastUtmMedium, 'email', 'lastUtmMedium kept when absent');
+    return `same user ${s.anonId}, utmSource ${p.utmSource}, lastUtmSource ${p.lastUtmSource}`;
+  });
+
+  step('3 track with setPage and resetPage', async () => {
+    const property = { sku: 'A-1', price: 1200, tags: ['x', 'y'] };
+    await sdk(page, 'setPage', '/custom/page');
+    await sdk(page, 'track', 'AddToCart', property);
+    let list = await eventsWith(s.anonId, 'AddToCart');
+    const cart = named(list, 'AddToCart');
+    assert.equal(cart.length, 1, 'one AddToCart');
+    assert.equal(cart[0].page, '/custom/page', 'AddToCart page from setPage');
+    assert.deepEqual(cart[0].property, property, 'AddToCart property');
+    assert.equal(cart[0].source, 'sdk', 'event source');
+
+    await sdk(page, 'resetPage');
+    await sdk(page, 'track', 'Viewed');
+    list = await eventsWith(s.anonId, 'Viewed');
+    const viewed = named(list, 'Viewed');
+    assert.equal(viewed.length, 1, 'one Viewed');
+    assert.equal(viewed[0].page, `${pagesOrigin}/shop/second?utm_source=ads`, 'Viewed page is the URL without hash');
+    return `AddToCart on ${cart[0].page}, Viewed on ${viewed[0].page}`;
+  });
+
+  step('3b single-page-app navigation', async () => {
+    const before = named(await events(s.anonId), 'PageView').length;
+    await page.evaluate(() => history.pushState({}, '', '/shop/second/spa-2'));
+    // A hash-only change and a same-URL replaceState are not page views.
+    await page.evaluate(() => history.replaceState({}, '', '/shop/second/spa-2#section'));
+    await sdk(page, 'track', 'SpaMarker');
+    const list = await eventsWith(s.anonId, 'SpaMarker');
+    const views = named(list, 'PageView');
+    assert.equal(views.length, before + 1, 'exactly one new PageView');
+    assert.equal(views[0].page, `${pagesOrigin}/shop/second/spa-2`, 'SPA PageView page (newest first)');
+    return `PageView ${views[0].page}`;
+  });
+
+  step('4 updateUser and addTags', async () => {
+    const upd = await sdkCall(page, 'updateUser', { profile: { nickname: 'Kim' } });
+    assert.equal(upd.error, null, 'updateUser error');
+    assert.equal(upd.user && upd.user.profile && upd.user.profile.nickname, 'Kim', 'profile.nickname');
+
+    const tags = await sdkCall(page, 'addTags', ['VIP', 'vip', 'new']);
+    assert.equal(tags.error, null, 'addTags error');
+    assert.deepEqual([...tags.user.tags].sort(), ['new', 'vip'], 'tags lowercased and de-duplicated');
+    return `nickname ${upd.user.profile.nickname}, tags ${tags.user.tags.join(',')}`;
+  });
+
+  step('5 wrong memberHash is refused', async () => {
+    await apiOk('PATCH', '/channel', { memberHashRequired: true });
+    const beforeUser = await getUser(s.anonId);
+    const beforeCount = (await events(s.anonId)).length;
+
+    const boot = await sdkCall(page, 'boot', {
+      pluginKey: PLUGIN_KEY,
+      memberId: 'member-42',
+      memberHash: memberHash('member-43'),
+    });
+    assert.equal(boot.user, null, 'no user on a refused boot');
+    assert.equal(boot.error && boot.error.status, 401, 'error status');
+    assert.ok(boot.error.message, 'error message');
+
+    const member = await api('GET', memberPath('member-42'));
+    assert.equal(member.status, 404, `no user @member-42: ${member.text}`);
+    const afterUser = await getUser(s.anonId);
+    assert.equal((await events(s.anonId)).length, beforeCount, 'anonymous events unchanged');
+    assert.equal(afterUser.memberId, undefined, 'anonymous user still anonymous');
+    assert.equal(afterUser.sessionsCount, beforeUser.sessionsCount, 'sessionsCount unchanged');
+    assert.deepEqual(afterUser.profile, beforeUser.profile, 'profile unchanged');
+    assert.deepEqual(afterUser.tags, beforeUser.tags, 'tags unchanged');
+    return `401 "${boot.error.message}", ${beforeCount} events unchanged`;
+  });
+
+  step('6 member boot merges the anonymous user', async () => {
+    const boot = await sdkCall(page, 'boot', {
+      pluginKey: PLUGIN_KEY,
+      memberId: 'member-42',
+      memberHash: memberHash('member-42'),
+    });
+    assert.equal(boot.error, null, 'boot error');
+    assert.equal(boot.user.memberId, 'member-42', 'memberId');
+
+    const member = (await apiOk('GET', memberPath('member-42'))).user;
+    assert.equal(member.memberId, 'member-42', 'GET @member-42');
+    assert.equal(member.profile.nickname, 'Kim', 'nickname merged from the anonymous user');
+    const list = await events(member.id);
+    const cart = named(list, 'AddToCart');
+    assert.equal(cart.length, 1, 'AddToCart merged');
+    assert.equal(cart[0].page, '/custom/page', 'merged AddToCart page');
+    assert.ok(
+      named(list, 'PageView').some((e) => e.page === canonical),
+      'first PageView (canonical page) merged',
+    );
+    const gone = await api('GET', userPath(s.anonId));
+    assert.equal(gone.status, 404, `anonymous user merged away: ${gone.text}`);
+    return `member ${member.id} has ${list.length} events, anonymous ${s.anonId} gone`;
+  });
+
+  // A fresh browser: a new context has empty localStorage, so a new anonymous user.
+  let fresh;
+  step('7 trackDefaultEvent:false records no PageView', async () => {
+    const ctx2 = await browser.newContext();
+    fresh = await ctx2.newPage();
+    watch(fresh);
+    await fresh.goto(`${pagesOrigin}/shop/fresh`);
+    const boot = await sdkCall(fresh, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
+    assert.equal(boot.error, null, 'boot error');
+    assert.notEqual(boot.user.id, s.anonId, 'a new user');
+    s.freshId = boot.user.id;
+    // Neither the boot nor an SPA navigation may record a PageView; the marker, sent after
+    // both, proves the requests before it were handled.
+    await fresh.evaluate(() => history.pushState({}, '', '/shop/fresh/next'));
+    await sdk(fresh, 'track', 'Marker7');
+    const list = await eventsWith(s.freshId, 'Marker7');
+    assert.deepEqual(named(list, 'PageView'), [], 'no PageView');
+    return `user ${s.freshId}: ${list.map((e) => e.name).join(',')}`;
+  });
+
+  step('8 bad input does not throw and stores nothing', async () => {
+    const long = 'x'.repeat(31);
+    await fresh.evaluate((long) => {
+      window.Sori('track', long);
+      window.Sori('noSuchMethod', 1, 2);
+      window.Sori('track');
+    }, long);
+    await sdk(fresh, 'track', 'Marker8');
+    const list = await eventsWith(s.freshId, 'Marker8');
+    assert.deepEqual(named(list, long), [], 'no event with a 31-character name');
+    assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
+    return 'rejected quietly';
+  });
+
+  for (const [name, fn] of steps) {
+    try {
+      const summary = await fn();
+      console.log(`ok   ${name}: ${summary}`);
+    } catch (err) {
+      console.error(`FAIL ${name}: ${err.message}`);
+      if (err instanceof assert.AssertionError) {
+        console.error(`  expected: ${inspect(err.expected, { depth: 6 })}`);
+        console.error(`  actual:   ${inspect(err.actual, { depth: 6 })}`);
+      } else if (err.stack) {
+        console.error(err.stack);
+      }
+      if (pageErrors.length) console.error(`  page errors: ${pageErrors.join('; ')}`);
+      return false;
+    }
+  }
+  return true;
+}
+
+async function main() {
+  const server = await startPageServer();
+  const pagesOrigin = `http://127.0.0.1:${server.address().port}`;
+  let browser;
+  let ok = false;
+  try {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    });
+    ok = await run(browser, pagesOrigin);
+  } catch (err) {
+    console.error(`browser.mjs: ${err.stack || err}`);
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    server.closeAllConnections();
+    server.close();
+  }
+  process.exit(ok ? 0 : 1);
+}
+
+main();
