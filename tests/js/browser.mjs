@@ -318,6 +318,10 @@ async function run(browser, pagesOrigin) {
   });
 
   step('6 member boot merges the anonymous user', async () => {
+    // The business already knows member-42 (server-side upsert), so the browser's anonymous
+    // history has to be merged into that existing member.
+    const existing = (await apiOk('PUT', memberPath('member-42'), { profile: { name: '민수', nickname: 'server' } })).user;
+    await apiOk('PATCH', userPath(existing.id), { profile: { nickname: null } });
     const boot = await sdkCall(page, 'boot', {
       pluginKey: PLUGIN_KEY,
       memberId: 'member-42',
@@ -328,6 +332,8 @@ async function run(browser, pagesOrigin) {
 
     const member = (await apiOk('GET', memberPath('member-42'))).user;
     assert.equal(member.memberId, 'member-42', 'GET @member-42');
+    assert.equal(member.id, existing.id, 'the existing member kept its id');
+    assert.equal(member.profile.name, '민수', "the member's own values win");
     assert.equal(member.profile.nickname, 'Kim', 'nickname merged from the anonymous user');
     const list = await events(member.id);
     const cart = named(list, 'AddToCart');
@@ -339,6 +345,9 @@ async function run(browser, pagesOrigin) {
     );
     const gone = await api('GET', userPath(s.anonId));
     assert.equal(gone.status, 404, `anonymous user merged away: ${gone.text}`);
+    const merges = (await apiOk('GET', `${userPath(member.id)}/merges`)).merges;
+    assert.equal(merges.length, 1, 'one merge recorded');
+    assert.equal(merges[0].fromUserId, s.anonId, 'merge record names the anonymous user');
     return `member ${member.id} has ${list.length} events, anonymous ${s.anonId} gone`;
   });
 

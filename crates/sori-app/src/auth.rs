@@ -30,12 +30,23 @@ pub struct ChannelInfo {
 /// A cached channel and when it was read.
 type Cached = (Arc<ChannelInfo>, Instant);
 
-/// Channel lookups by access key, cached for [`CHANNEL_TTL`].
+/// Which public key a channel is looked up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyKind {
+    /// Open API access key.
+    Access,
+    /// SDK plugin key.
+    Plugin,
+    /// Keyed hash of a Segment write key.
+    WriteHash,
+}
+
+/// Channel lookups by access key, plugin key or write key, cached for [`CHANNEL_TTL`].
 #[derive(Clone)]
 pub struct ChannelCache {
     store: Arc<dyn Store>,
     pepper: Arc<[u8]>,
-    by_key: Arc<RwLock<HashMap<String, Cached>>>,
+    by_key: Arc<RwLock<HashMap<(KeyKind, String), Cached>>>,
 }
 
 impl ChannelCache {
@@ -55,7 +66,10 @@ impl ChannelCache {
         access_key: &str,
         secret: &str,
     ) -> AppResult<Arc<ChannelInfo>> {
-        let info = self.get(access_key).await?.ok_or_else(bad_key)?;
+        let info = self
+            .get(KeyKind::Access, access_key)
+            .await?
+            .ok_or_else(bad_key)?;
         if keyed_hash_matches(&self.pepper, secret, &info.channel.access_secret_hash) {
             Ok(info)
         } else {
@@ -63,27 +77,50 @@ impl ChannelCache {
         }
     }
 
-    async fn get(&self, access_key: &str) -> AppResult<Option<Arc<ChannelInfo>>> {
+    /// The channel whose SDK plugin key this is.
+    pub async fn by_plugin_key(&self, plugin_key: &str) -> AppResult<Arc<ChannelInfo>> {
+        self.get(KeyKind::Plugin, plugin_key).await?.ok_or_else(|| {
+            AppError::Unauthorized("pluginKey is missing or does not belong to a channel".into())
+        })
+    }
+
+    /// The channel whose Segment write key this is.
+    pub async fn by_write_key(&self, write_key: &str) -> AppResult<Arc<ChannelInfo>> {
+        let hash = keyed_hash(&self.pepper, write_key);
+        self.get(KeyKind::WriteHash, &hash).await?.ok_or_else(|| {
+            AppError::Unauthorized(
+                "the write key (HTTP Basic user name) is missing or wrong".into(),
+            )
+        })
+    }
+
+    async fn get(&self, kind: KeyKind, key: &str) -> AppResult<Option<Arc<ChannelInfo>>> {
+        let cache_key = (kind, key.to_owned());
         if let Ok(map) = self.by_key.read()
-            && let Some((info, at)) = map.get(access_key)
+            && let Some((info, at)) = map.get(&cache_key)
             && at.elapsed() < CHANNEL_TTL
         {
             return Ok(Some(info.clone()));
         }
-        let Some(channel) = self.store.channel_by_access_key(access_key).await? else {
+        let found = match kind {
+            KeyKind::Access => self.store.channel_by_access_key(key).await?,
+            KeyKind::Plugin => self.store.channel_by_plugin_key(key).await?,
+            KeyKind::WriteHash => self.store.channel_by_write_key_hash(key).await?,
+        };
+        let Some(channel) = found else {
             return Ok(None);
         };
         let info = Arc::new(info_of(channel));
         if let Ok(mut map) = self.by_key.write() {
-            map.insert(access_key.to_owned(), (info.clone(), Instant::now()));
+            map.insert(cache_key, (info.clone(), Instant::now()));
         }
         Ok(Some(info))
     }
 
     /// Drops a channel from this node's cache after a settings change.
-    pub fn forget(&self, access_key: &str) {
+    pub fn forget(&self, channel_id: i64) {
         if let Ok(mut map) = self.by_key.write() {
-            map.remove(access_key);
+            map.retain(|_, (info, _)| info.channel.id != channel_id);
         }
     }
 }

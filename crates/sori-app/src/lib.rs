@@ -3,7 +3,10 @@
 
 pub mod auth;
 pub mod channels;
+pub mod retention;
+pub mod sdk;
 pub mod secrets;
+pub mod segment;
 pub mod users;
 
 use std::sync::Arc;

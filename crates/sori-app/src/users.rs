@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{AppError, AppResult};
 
 /// Most ops in one transaction; bounds latency of the last op in a batch.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 2048;
 /// Queued ops per shard before callers wait (back-pressure instead of unbounded memory).
 const QUEUE: usize = 8192;
 /// Times a batch is retried when another node or shard raced it on a unique key.
@@ -68,20 +68,43 @@ impl UserWriter {
 
     /// Queues one write and waits until it is committed (or rejected).
     pub async fn write(&self, op: UserOp) -> AppResult<UserOpResult> {
+        let mut all = self.write_many(vec![op]).await?;
+        all.pop().ok_or(AppError::Unavailable)?
+    }
+
+    /// Queues the writes of one request on one shard, in order, and waits for all of them:
+    /// a request's ops (a Segment batch, say) apply in the order they were sent, and each
+    /// gets its own result.
+    pub async fn write_many(&self, ops: Vec<UserOp>) -> AppResult<Vec<AppResult<UserOpResult>>> {
+        let Some(first) = ops.first() else {
+            return Ok(Vec::new());
+        };
         let mut h = DefaultHasher::new();
-        op.channel_id.hash(&mut h);
-        op.member_key().or(op.id_key()).hash(&mut h);
+        first.channel_id.hash(&mut h);
+        first
+            .veil_key()
+            .or(first.member_key())
+            .or(first.id_key())
+            .hash(&mut h);
         let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
-        let (reply, rx) = oneshot::channel();
-        shard
-            .send(Job { op, reply })
-            .await
-            .map_err(|_| AppError::Unavailable)?;
-        match rx.await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(msg)) => Err(AppError::Store(StoreError::Backend(msg.into()))),
-            Err(_) => Err(AppError::Unavailable),
+        let mut waiting = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (reply, rx) = oneshot::channel();
+            shard
+                .send(Job { op, reply })
+                .await
+                .map_err(|_| AppError::Unavailable)?;
+            waiting.push(rx);
         }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(match rx.await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(msg)) => Err(AppError::Store(StoreError::Backend(msg.into()))),
+                Err(_) => Err(AppError::Unavailable),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -130,8 +153,38 @@ pub enum Source {
         /// The manager may register new profile fields.
         may_register: bool,
     },
-    /// The browser SDK (tags ≤ 10 per call; a boot can never resubscribe).
+    /// The browser SDK's boot (tags ≤ 10 per call; a boot can never resubscribe).
     SdkBoot,
+    /// The customer's own action through the SDK (`updateUser`, tags ≤ 10 per call).
+    Sdk,
+    /// The Segment-compatible API and imports (server-side, full trust).
+    Server,
+}
+
+/// One request's change to one user: who, what to update, what it says about activity,
+/// and which events to append. Every ingestion path builds these.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// Addressed user.
+    pub target: sori_store::UserTarget,
+    /// Profile/tag/consent change (may be empty).
+    pub update: sori_domain::UserUpdate,
+    /// Activity (sessions, last seen, device).
+    pub activity: sori_domain::activity::Activity,
+    /// Events to append.
+    pub events: Vec<sori_domain::event::NewEvent>,
+}
+
+impl Ingest {
+    /// A plain update without activity or events.
+    pub fn update(target: sori_store::UserTarget, update: sori_domain::UserUpdate) -> Self {
+        Self {
+            target,
+            update,
+            activity: sori_domain::activity::Activity::default(),
+            events: Vec::new(),
+        }
+    }
 }
 
 impl crate::App {
@@ -141,8 +194,8 @@ impl crate::App {
             now: crate::secrets::now_ms(),
             tz: ch.tz.clone(),
             tag_limit_per_call: match source {
-                Source::SdkBoot => MAX_TAGS_PER_SDK_CALL,
-                Source::OpenApi | Source::Desk { .. } => MAX_TAGS_PER_API_CALL,
+                Source::SdkBoot | Source::Sdk => MAX_TAGS_PER_SDK_CALL,
+                Source::OpenApi | Source::Desk { .. } | Source::Server => MAX_TAGS_PER_API_CALL,
             },
             may_resubscribe: source != Source::SdkBoot,
             may_register: !matches!(
@@ -154,6 +207,34 @@ impl crate::App {
         }
     }
 
+    fn op(
+        &self,
+        ch: &crate::auth::ChannelInfo,
+        ingest: Ingest,
+        source: Source,
+    ) -> AppResult<UserOp> {
+        if let sori_store::UserTarget::MemberId { member_id, .. }
+        | sori_store::UserTarget::New {
+            member_id: Some(member_id),
+            ..
+        }
+        | sori_store::UserTarget::Identify {
+            member_id: Some(member_id),
+            ..
+        } = &ingest.target
+        {
+            sori_domain::update::check_member_id(member_id)?;
+        }
+        Ok(UserOp {
+            channel_id: ch.channel.id,
+            target: ingest.target,
+            update: ingest.update,
+            ctx: self.context(ch, source),
+            activity: ingest.activity,
+            events: ingest.events,
+        })
+    }
+
     /// Runs one user write through the group-committing writer and maps per-op failures.
     pub async fn write_user(
         &self,
@@ -162,29 +243,60 @@ impl crate::App {
         update: sori_domain::UserUpdate,
         source: Source,
     ) -> AppResult<sori_store::UserOpOutcome> {
-        if let sori_store::UserTarget::MemberId { member_id, .. }
-        | sori_store::UserTarget::New {
-            member_id: Some(member_id),
-            ..
-        } = &target
-        {
-            sori_domain::update::check_member_id(member_id)?;
-        }
-        let op = UserOp {
-            channel_id: ch.channel.id,
-            target,
-            update,
-            ctx: self.context(ch, source),
-        };
-        match self.users.write(op).await? {
-            Ok(outcome) => Ok(outcome),
-            Err(sori_store::UserOpError::NotFound) => {
-                Err(AppError::NotFound("user not found".into()))
+        self.ingest(ch, Ingest::update(target, update), source)
+            .await
+    }
+
+    /// Runs one ingest (update, activity, events) as one atomic write.
+    pub async fn ingest(
+        &self,
+        ch: &crate::auth::ChannelInfo,
+        ingest: Ingest,
+        source: Source,
+    ) -> AppResult<sori_store::UserOpOutcome> {
+        let op = self.op(ch, ingest, source)?;
+        outcome(self.users.write(op).await?)
+    }
+
+    /// Runs several ingests of one request in order; each succeeds or fails on its own.
+    pub async fn ingest_many(
+        &self,
+        ch: &crate::auth::ChannelInfo,
+        items: Vec<Ingest>,
+        source: Source,
+    ) -> AppResult<Vec<AppResult<sori_store::UserOpOutcome>>> {
+        let mut ops = Vec::with_capacity(items.len());
+        let mut early: Vec<Option<AppError>> = Vec::with_capacity(items.len());
+        for item in items {
+            match self.op(ch, item, source) {
+                Ok(op) => {
+                    ops.push(op);
+                    early.push(None);
+                }
+                Err(e) => early.push(Some(e)),
             }
-            Err(sori_store::UserOpError::MemberIdTaken(m)) => Err(AppError::Conflict(format!(
-                "memberId `{m}` belongs to another user"
-            ))),
-            Err(sori_store::UserOpError::Invalid(e)) => Err(e.into()),
         }
+        let mut written = self.users.write_many(ops).await?.into_iter();
+        Ok(early
+            .into_iter()
+            .map(|e| match e {
+                Some(e) => Err(e),
+                None => match written.next() {
+                    Some(r) => r.and_then(outcome),
+                    None => Err(AppError::Unavailable),
+                },
+            })
+            .collect())
+    }
+}
+
+fn outcome(r: UserOpResult) -> AppResult<sori_store::UserOpOutcome> {
+    match r {
+        Ok(outcome) => Ok(outcome),
+        Err(sori_store::UserOpError::NotFound) => Err(AppError::NotFound("user not found".into())),
+        Err(sori_store::UserOpError::MemberIdTaken(m)) => Err(AppError::Conflict(format!(
+            "memberId `{m}` belongs to another user"
+        ))),
+        Err(sori_store::UserOpError::Invalid(e)) => Err(e.into()),
     }
 }

@@ -116,7 +116,8 @@ pub fn parse_user_agent(ua: &str) -> DeviceInfo {
     let Some(r) = woothee::parser::Parser::new().parse(ua) else {
         return DeviceInfo::default();
     };
-    let known = |s: &str| (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN).then(|| s.to_owned());
+    let known =
+        |s: &str| (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN).then(|| s.to_owned());
     let name = known(r.name);
     let version = known(&r.version);
     let os_name = known(r.os);

@@ -23,6 +23,11 @@ pub const MAX_PAGE_BYTES: usize = 2048;
 /// Maximum characters of a client-chosen `messageId`.
 pub const MAX_MESSAGE_ID_CHARS: usize = 128;
 
+/// Days events are kept unless the channel says otherwise.
+pub const DEFAULT_RETENTION_DAYS: i64 = 90;
+/// Longest retention a channel may choose (10 years).
+pub const MAX_RETENTION_DAYS: i64 = 3650;
+
 /// Built-in event recorded on page arrival.
 pub const PAGE_VIEW: &str = "PageView";
 /// Names only the system may record: clients cannot forge marketing or chat statistics.
@@ -369,8 +374,8 @@ mod tests {
     fn property_limits_name_the_key() {
         let e = check(json!({"name": "a", "property": {"s": "é".repeat(257)}})).unwrap_err();
         assert_eq!(e.0[0].field, "property.s");
-        let e = check(json!({"name": "a", "property": {"l": vec!["y".repeat(300); 14]}}))
-            .unwrap_err();
+        let e =
+            check(json!({"name": "a", "property": {"l": vec!["y".repeat(300); 14]}})).unwrap_err();
         assert_eq!(e.0[0].field, "property.l");
         let ok = check(json!({"name": "a", "property": {"n": 1.5, "b": true, "l": ["a"], "o": {"k": 1}, "z": null}}))
             .unwrap();
@@ -381,8 +386,16 @@ mod tests {
 
     #[test]
     fn revenue_needs_a_number() {
-        assert!(check(json!({"name": "Buy", "property": {"revenue": 10}})).unwrap().is_revenue());
-        assert!(!check(json!({"name": "Buy", "property": {"revenue": "10"}})).unwrap().is_revenue());
+        assert!(
+            check(json!({"name": "Buy", "property": {"revenue": 10}}))
+                .unwrap()
+                .is_revenue()
+        );
+        assert!(
+            !check(json!({"name": "Buy", "property": {"revenue": "10"}}))
+                .unwrap()
+                .is_revenue()
+        );
     }
 
     proptest! {

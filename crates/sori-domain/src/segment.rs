@@ -110,13 +110,19 @@ pub fn parse(
             }
         },
         Some(other) => {
-            errs.push(at("messageId"), format!("must be a string, got {}", kind_of(other)));
+            errs.push(
+                at("messageId"),
+                format!("must be a string, got {}", kind_of(other)),
+            );
             None
         }
     };
     let when = time_of(m, received_at, &at, &mut errs);
     let empty = Map::new();
-    let context = m.get("context").and_then(Value::as_object).unwrap_or(&empty);
+    let context = m
+        .get("context")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
 
     let mut profile = Map::new();
     let mut created_at = None;
@@ -136,8 +142,7 @@ pub fn parse(
                         "createdAt" => created_at = time_value(v, &path, &mut errs),
                         "phone" | "mobileNumber" if v.is_string() => {
                             let s = v.as_str().unwrap_or_default();
-                            let key = if phone::normalize_mobile(s).is_ok() || k == "mobileNumber"
-                            {
+                            let key = if phone::normalize_mobile(s).is_ok() || k == "mobileNumber" {
                                 "mobileNumber"
                             } else {
                                 "landlineNumber"
@@ -301,7 +306,10 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
         Value::String(s) => match s.parse::<jiff::Timestamp>() {
             Ok(t) => Some(t.as_millisecond()),
             Err(_) => {
-                errs.push(path, "must be an ISO-8601 time with an offset, or epoch milliseconds");
+                errs.push(
+                    path,
+                    "must be an ISO-8601 time with an offset, or epoch milliseconds",
+                );
                 None
             }
         },
@@ -362,7 +370,9 @@ mod tests {
         assert_eq!(c.member_id.as_deref(), Some("m1"));
         assert_eq!(c.veil_id.as_deref(), Some("a1"));
         let u = c.update.unwrap();
-        let ProfilePatch::Set(p) = u.profile else { panic!("profile") };
+        let ProfilePatch::Set(p) = u.profile else {
+            panic!("profile")
+        };
         assert_eq!(p["firstName"], json!("Min"));
         assert_eq!(p["mobileNumber"], json!("010-1234-5678"));
         assert_eq!(p["utmSource"], json!("news"));
@@ -375,8 +385,16 @@ mod tests {
 
     #[test]
     fn landline_phone_goes_to_landline() {
-        let c = parse("", &json!({"userId": "m", "traits": {"phone": "02-123-4567"}}), Some(Kind::Identify), NOW).unwrap();
-        let ProfilePatch::Set(p) = c.update.unwrap().profile else { panic!("profile") };
+        let c = parse(
+            "",
+            &json!({"userId": "m", "traits": {"phone": "02-123-4567"}}),
+            Some(Kind::Identify),
+            NOW,
+        )
+        .unwrap();
+        let ProfilePatch::Set(p) = c.update.unwrap().profile else {
+            panic!("profile")
+        };
         assert!(p.contains_key("landlineNumber"));
     }
 
@@ -394,7 +412,13 @@ mod tests {
         assert_eq!(c.at, 1_704_164_645_000);
         assert_eq!(c.message_id.as_deref(), Some("x1"));
         assert_eq!(c.event.as_ref().unwrap().page, Some(json!("https://s/x")));
-        let p = parse("", &json!({"anonymousId": "a", "properties": {"url": "https://s/"}}), Some(Kind::Page), NOW).unwrap();
+        let p = parse(
+            "",
+            &json!({"anonymousId": "a", "properties": {"url": "https://s/"}}),
+            Some(Kind::Page),
+            NOW,
+        )
+        .unwrap();
         let e = p.event.unwrap();
         assert_eq!(e.name, json!("PageView"));
         assert_eq!(e.page, Some(json!("https://s/")));
@@ -410,17 +434,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.at, NOW - 4000);
-        let f = parse("", &json!({"userId": "m", "event": "e", "timestamp": NOW + 10}), Some(Kind::Track), NOW).unwrap();
+        let f = parse(
+            "",
+            &json!({"userId": "m", "event": "e", "timestamp": NOW + 10}),
+            Some(Kind::Track),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(f.at, NOW);
     }
 
     #[test]
     fn errors_name_the_item_field() {
-        let e = parse("batch[2]", &json!({"type": "alias", "userId": "m"}), None, NOW).unwrap_err();
+        let e = parse(
+            "batch[2]",
+            &json!({"type": "alias", "userId": "m"}),
+            None,
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(e.0[0].field, "batch[2].type");
-        let e = parse("batch[0]", &json!({"type": "track", "event": "x"}), None, NOW).unwrap_err();
+        let e = parse(
+            "batch[0]",
+            &json!({"type": "track", "event": "x"}),
+            None,
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(e.0[0].field, "batch[0].userId");
-        let e = parse("", &json!({"userId": "m", "timestamp": "yesterday"}), Some(Kind::Track), NOW).unwrap_err();
+        let e = parse(
+            "",
+            &json!({"userId": "m", "timestamp": "yesterday"}),
+            Some(Kind::Track),
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(e.0[0].field, "timestamp");
         assert_eq!(camel_case("first_name"), "firstName");
         assert_eq!(camel_case("_x_y"), "xY");

@@ -58,6 +58,17 @@ pub struct UserUpdate {
     pub language: Option<String>,
 }
 
+/// Fields the SDK's `updateUser`, `addTags` and `removeTags` may carry.
+pub const SDK_UPDATE_FIELDS: &[&str] = &[
+    "profile",
+    "profileOnce",
+    "language",
+    "unsubscribeEmail",
+    "unsubscribeTexting",
+    "addTags",
+    "removeTags",
+];
+
 /// Fields a JSON update body may carry, so each path can say what it accepts.
 pub const UPDATE_FIELDS: &[&str] = &[
     "profile",
@@ -96,6 +107,16 @@ impl UserUpdate {
                     Some(tags) => upd.tags = Some(TagOp::Set(tags)),
                     None => continue,
                 },
+                ("addTags", Value::Array(items)) => match strings(items, "addTags", &mut errs) {
+                    Some(tags) => upd.tags = Some(TagOp::Add(tags)),
+                    None => continue,
+                },
+                ("removeTags", Value::Array(items)) => {
+                    match strings(items, "removeTags", &mut errs) {
+                        Some(tags) => upd.tags = Some(TagOp::Remove(tags)),
+                        None => continue,
+                    }
+                }
                 ("unsubscribeEmail", Value::Bool(b)) => upd.unsubscribe_email = Some(*b),
                 ("unsubscribeTexting", Value::Bool(b)) => upd.unsubscribe_texting = Some(*b),
                 ("blocked", Value::Bool(b)) => upd.blocked = Some(*b),
@@ -103,7 +124,9 @@ impl UserUpdate {
                 ("profile" | "profileOnce", _) => {
                     errs.push(k, format!("must be an object or null, got {}", kind(v)))
                 }
-                ("tags", _) => errs.push(k, format!("must be a list of strings, got {}", kind(v))),
+                ("tags" | "addTags" | "removeTags", _) => {
+                    errs.push(k, format!("must be a list of strings, got {}", kind(v)))
+                }
                 ("language", _) => errs.push(k, format!("must be a string, got {}", kind(v))),
                 _ => errs.push(k, format!("must be a boolean, got {}", kind(v))),
             }

@@ -8,6 +8,8 @@ pub mod error;
 pub mod open;
 mod ops;
 pub mod ratelimit;
+pub mod sdk;
+pub mod segment;
 pub mod views;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use ratelimit::RateLimiter;
 pub struct HttpConfig {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest accepted body on the Segment-compatible ingestion paths (decompressed).
+    pub max_ingest_body_bytes: usize,
     /// Open API requests per second per access key (0 turns limiting off).
     pub rate_limit_per_second: u32,
     /// Open API burst per access key.
@@ -39,6 +43,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 256 * 1024,
+            max_ingest_body_bytes: 1024 * 1024,
             rate_limit_per_second: 1000,
             rate_limit_burst: 2000,
             cookie_secure: false,
@@ -70,7 +75,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         metrics: metrics_handle(),
         cookie_secure: cfg.cookie_secure,
     };
-    use open::{channel as och, fields as of, users as ou};
+    use open::{channel as och, events as oe, fields as of, users as ou};
     let open = Router::new()
         .route("/open/v5/users", get(ou::list_users).post(ou::create_user))
         .route(
@@ -92,6 +97,12 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
             "/open/v5/channel",
             get(och::get_channel).patch(och::patch_channel),
         )
+        .route(
+            "/open/v5/users/{key}/events",
+            get(oe::list).post(oe::create),
+        )
+        .route("/open/v5/users/{key}/merges", get(oe::merges))
+        .route("/open/v5/events/catalog", get(oe::catalog))
         .layer(from_fn_with_state(state.clone(), ratelimit::limit));
     use desk::{settings as ds, users as du};
     let desk = Router::new()
@@ -130,9 +141,44 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
             "/desk/v1/managers/{id}",
             patch(ds::update_manager).delete(ds::delete_manager),
         );
+    // Ingestion paths are not rate limited per key: they are built for bulk, and the
+    // writer queue pushes back (503) when the store cannot keep up.
+    let segment = Router::new()
+        .route("/v1/identify", post(segment::identify))
+        .route("/v1/track", post(segment::track))
+        .route("/v1/page", post(segment::page))
+        .route("/v1/batch", post(segment::batch))
+        .layer(DefaultBodyLimit::max(cfg.max_ingest_body_bytes))
+        .layer(tower_http::decompression::RequestDecompressionLayer::new());
+    let sdk = Router::new()
+        // The OPTIONS routes let the CORS layer answer preflights (without them the
+        // router's 405 fallback would).
+        .route("/sdk/v1/boot", post(sdk::boot).options(sdk::preflight))
+        .route("/sdk/v1/events", post(sdk::track).options(sdk::preflight))
+        .route(
+            "/sdk/v1/user",
+            patch(sdk::update_user).options(sdk::preflight),
+        )
+        .layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods([
+                    axum::http::Method::GET,
+                    axum::http::Method::POST,
+                    axum::http::Method::PATCH,
+                ])
+                .allow_headers([
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderName::from_static("x-sori-session"),
+                ])
+                .max_age(std::time::Duration::from_secs(3600)),
+        )
+        .route("/sdk/sori.js", get(sdk::script));
     let routes = Router::new()
         .merge(open)
         .merge(desk)
+        .merge(segment)
+        .merge(sdk)
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

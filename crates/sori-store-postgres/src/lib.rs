@@ -8,25 +8,30 @@
 //! batches queue instead of deadlocking.
 
 use sori_store_sqlx::{
-    channel as channel_from_row, field as field_from_row, manager as manager_from_row, perms_json,
-    reveal as reveal_from_row, role as role_from_row, scope_str, user as user_from_row,
+    EventAggregates, aggregate, catalog_entry, channel as channel_from_row,
+    event as event_from_row, field as field_from_row, manager as manager_from_row,
+    merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
+    scope_str, user as user_from_row,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use sori_domain::event::{Event, NewEvent};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
-    Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, Store, StoreError,
-    UserOp, UserOpResult, UserRow, plan_user_writes,
+    CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
+    Store, StoreError, UserOp, UserOpResult, UserRow, plan_user_writes,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgExecutor, Row};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "events", include_str!("../migrations/0002_events.sql")),
+];
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
 const MIGRATION_LOCK: i64 = 7_261_001;
@@ -55,8 +60,8 @@ const USERS_BEFORE: &str = concat!(
 /// statement (not one per key kind) so two batches always lock shared rows in the same order.
 const USERS_FOR_UPDATE: &str = concat!(
     user_select!(),
-    "WHERE channel_id = $1 AND (id = ANY($2::text[]) OR member_id = ANY($3::text[])) \
-     ORDER BY id FOR UPDATE"
+    "WHERE channel_id = $1 AND (id = ANY($2::text[]) OR member_id = ANY($3::text[]) \
+     OR (member_id IS NULL AND veil_id = ANY($4::text[]))) ORDER BY id FOR UPDATE"
 );
 
 const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
@@ -189,6 +194,160 @@ async fn insert_manager(db: impl PgExecutor<'_>, m: &Manager) -> Result<()> {
 struct ChannelKeys<'a> {
     ids: BTreeSet<&'a str>,
     members: BTreeSet<&'a str>,
+    veils: BTreeSet<&'a str>,
+}
+
+/// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
+async fn merge_tx(tx: &mut sqlx::PgConnection, m: &Merge) -> Result<()> {
+    let stmts: [&str; 5] = [
+        "UPDATE events SET user_id = $3 WHERE channel_id = $1 AND user_id = $2 \
+         AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL",
+        "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
+         SELECT channel_id, $3, name, count, first_at, last_at FROM user_event_stats \
+         WHERE channel_id = $1 AND user_id = $2 AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL \
+         ON CONFLICT (channel_id, user_id, name) DO UPDATE \
+         SET count = user_event_stats.count + excluded.count, \
+         first_at = LEAST(user_event_stats.first_at, excluded.first_at), \
+         last_at = GREATEST(user_event_stats.last_at, excluded.last_at)",
+        "DELETE FROM user_event_stats WHERE channel_id = $1 AND user_id = $2 \
+         AND $3::text IS NOT NULL AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL",
+        "DELETE FROM users WHERE channel_id = $1 AND id = $2 \
+         AND $3::text IS NOT NULL AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL",
+        "INSERT INTO user_merges (channel_id, id, from_user_id, into_user_id, merged_at) \
+         VALUES ($1, $4, $2, $3, $5)",
+    ];
+    for sql in stmts {
+        sqlx::query(sql)
+            .bind(m.channel_id)
+            .bind(&m.from)
+            .bind(&m.into)
+            .bind(&m.id)
+            .bind(m.at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Appends a batch's events and the per-user counts of those really inserted; returns
+/// the aggregates so the catalog can be updated after commit.
+async fn insert_events_tx(
+    tx: &mut sqlx::PgConnection,
+    events: &[(i64, String, NewEvent)],
+) -> Result<EventAggregates> {
+    let n = events.len();
+    let (mut ch, mut user, mut id, mut name, mut prop, mut page, mut source, mut msg, mut at) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (c, u, e) in events {
+        ch.push(*c);
+        user.push(u.as_str());
+        id.push(e.id.as_str());
+        name.push(e.name.as_str());
+        prop.push(serde_json::Value::Object(e.property.clone()).to_string());
+        page.push(e.page.as_deref());
+        source.push(e.source.as_str());
+        msg.push(e.message_id.as_deref());
+        at.push(e.created_at);
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO events (channel_id, user_id, id, name, property, page, source, message_id, \
+         created_at) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], \
+         $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(&ch)
+    .bind(&user)
+    .bind(&id)
+    .bind(&name)
+    .bind(&prop)
+    .bind(&page)
+    .bind(&source)
+    .bind(&msg)
+    .bind(&at)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let agg = aggregate(events, &inserted);
+    if agg.per_user.is_empty() {
+        return Ok(agg);
+    }
+    let (mut c, mut u, mut nm, mut cnt, mut first, mut last) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((ch, user, name), (n, f, l)) in &agg.per_user {
+        c.push(*ch);
+        u.push(user.as_str());
+        nm.push(name.as_str());
+        cnt.push(*n);
+        first.push(*f);
+        last.push(*l);
+    }
+    sqlx::query(
+        "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+         $6::bigint[]) ON CONFLICT (channel_id, user_id, name) DO UPDATE \
+         SET count = user_event_stats.count + excluded.count, \
+         first_at = LEAST(user_event_stats.first_at, excluded.first_at), \
+         last_at = GREATEST(user_event_stats.last_at, excluded.last_at)",
+    )
+    .bind(&c)
+    .bind(&u)
+    .bind(&nm)
+    .bind(&cnt)
+    .bind(&first)
+    .bind(&last)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    Ok(agg)
+}
+
+/// Adds a batch's counts to the catalog, in its own short transaction after the events
+/// committed: catalog rows are shared by every writer, and holding their locks through the
+/// main commit would serialize all writers on popular names. A crash between the two
+/// commits can only undercount the catalog, never lose an event.
+async fn update_catalog(pool: &PgPool, agg: &EventAggregates) -> Result<()> {
+    if agg.catalog.is_empty() {
+        return Ok(());
+    }
+    let (mut c, mut nm, mut cnt, mut first, mut last, mut rev) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((ch, name), (n, f, l, r)) in &agg.catalog {
+        c.push(*ch);
+        nm.push(name.as_str());
+        cnt.push(*n);
+        first.push(*f);
+        last.push(*l);
+        rev.push(*r);
+    }
+    sqlx::query(
+        "INSERT INTO event_catalog (channel_id, name, count, first_seen_at, last_seen_at, revenue) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+         $6::bool[]) ON CONFLICT (channel_id, name) DO UPDATE \
+         SET count = event_catalog.count + excluded.count, \
+         first_seen_at = LEAST(event_catalog.first_seen_at, excluded.first_seen_at), \
+         last_seen_at = GREATEST(event_catalog.last_seen_at, excluded.last_seen_at), \
+         revenue = event_catalog.revenue OR excluded.revenue",
+    )
+    .bind(&c)
+    .bind(&nm)
+    .bind(&cnt)
+    .bind(&first)
+    .bind(&last)
+    .bind(&rev)
+    .execute(pool)
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 /// Registers the fields a batch inferred, in key order (so concurrent batches registering
@@ -451,16 +610,43 @@ impl Store for PostgresStore {
         row.as_ref().map(channel_from_row).transpose()
     }
 
+    async fn channel_by_plugin_key(&self, key: &str) -> Result<Option<Channel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE plugin_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn channel_by_write_key_hash(&self, key: &str) -> Result<Option<Channel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE write_key_hash = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn channel_ids(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT id FROM channels ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
     async fn update_channel(&self, id: i64, p: &ChannelSettingsPatch) -> Result<Option<Channel>> {
         let row = sqlx::query(
             "UPDATE channels SET name = COALESCE($1, name), time_zone = COALESCE($2, time_zone), \
              default_language = COALESCE($3, default_language), \
-             member_hash_required = COALESCE($4, member_hash_required) WHERE id = $5 RETURNING *",
+             member_hash_required = COALESCE($4, member_hash_required), \
+             event_retention_days = COALESCE($5, event_retention_days) WHERE id = $6 RETURNING *",
         )
         .bind(&p.name)
         .bind(&p.time_zone)
         .bind(&p.default_language)
         .bind(p.member_hash_required)
+        .bind(p.event_retention_days)
         .bind(id)
         .fetch_optional(&self.pool)
         .await
@@ -718,6 +904,9 @@ impl Store for PostgresStore {
             if let Some(m) = op.member_key().filter(|s| !s.contains('\0')) {
                 k.members.insert(m);
             }
+            if let Some(v) = op.veil_key().filter(|s| !s.contains('\0')) {
+                k.veils.insert(v);
+            }
         }
         let channel_ids: Vec<i64> = keys.keys().copied().collect();
 
@@ -743,13 +932,14 @@ impl Store for PostgresStore {
 
         let mut loaded = Vec::new();
         for (ch, k) in &keys {
-            if k.ids.is_empty() && k.members.is_empty() {
+            if k.ids.is_empty() && k.members.is_empty() && k.veils.is_empty() {
                 continue;
             }
             let rows = sqlx::query(USERS_FOR_UPDATE)
                 .bind(ch)
                 .bind(k.ids.iter().copied().collect::<Vec<&str>>())
                 .bind(k.members.iter().copied().collect::<Vec<&str>>())
+                .bind(k.veils.iter().copied().collect::<Vec<&str>>())
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(backend)?;
@@ -762,10 +952,21 @@ impl Store for PostgresStore {
         if !plan.new_fields.is_empty() {
             insert_new_fields(&mut *tx, &plan.new_fields).await?;
         }
+        for m in &plan.merges {
+            merge_tx(&mut tx, m).await?;
+        }
+        let agg = if plan.events.is_empty() {
+            EventAggregates::default()
+        } else {
+            insert_events_tx(&mut tx, &plan.events).await?
+        };
         if !plan.users.is_empty() {
             upsert_users(&mut *tx, &plan.users).await?;
         }
         tx.commit().await.map_err(backend)?;
+        if let Err(e) = update_catalog(&self.pool, &agg).await {
+            tracing::warn!(error = %e, "event catalog update failed; counts may lag");
+        }
         Ok(plan.results)
     }
 
@@ -819,6 +1020,90 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn user_events(
+        &self,
+        channel_id: i64,
+        user_id: &str,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let (t, id) = before.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE channel_id = $1 AND user_id = $2 \
+             AND ($3::bigint IS NULL OR (created_at, id) < ($3, $4::text COLLATE \"C\")) \
+             ORDER BY created_at DESC, id DESC LIMIT $5",
+        )
+        .bind(channel_id)
+        .bind(user_id)
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn events_page(
+        &self,
+        channel_id: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let (t, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE channel_id = $1 \
+             AND ($2::bigint IS NULL OR (created_at, id) > ($2, $3::text COLLATE \"C\")) \
+             ORDER BY created_at, id LIMIT $4",
+        )
+        .bind(channel_id)
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM event_catalog WHERE channel_id = $1 ORDER BY name COLLATE \"C\"",
+        )
+        .bind(channel_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(catalog_entry).collect()
+    }
+
+    async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT ctid FROM events \
+             WHERE channel_id = $1 AND created_at < $2 ORDER BY created_at LIMIT $3))",
+        )
+        .bind(channel_id)
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected())
+    }
+
+    async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>> {
+        let rows = sqlx::query(
+            "SELECT * FROM user_merges WHERE channel_id = $1 AND into_user_id = $2 \
+             ORDER BY merged_at DESC, id DESC",
+        )
+        .bind(channel_id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(merge_from_row).collect()
     }
 
     async fn insert_reveal(&self, r: &RevealRecord) -> Result<()> {

@@ -6,7 +6,8 @@
 //! comes from group commit (many user writes per transaction), not from weaker syncing.
 
 use sori_store_sqlx::{
-    channel as channel_from_row, field as field_from_row, manager as manager_from_row, perms_json,
+    aggregate, catalog_entry, channel as channel_from_row, event as event_from_row,
+    field as field_from_row, manager as manager_from_row, merge as merge_from_row, perms_json,
     reveal as reveal_from_row, role as role_from_row, scope_str, user as user_from_row,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -15,10 +16,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sori_domain::event::{Event, NewEvent};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
-    Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, Store, StoreError,
-    UserOp, UserOpResult, UserRow, plan_user_writes,
+    CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
+    Store, StoreError, UserOp, UserOpResult, UserRow, plan_user_writes,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -27,8 +29,10 @@ use sqlx::{Row, Sqlite, Transaction};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "events", include_str!("../migrations/0002_events.sql")),
+];
 
 /// The embedded store.
 pub struct SqliteStore {
@@ -109,8 +113,8 @@ const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, t
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
 
-/// Users of channel ?1 by ids (?2) or member ids (?3), both JSON arrays; two indexed
-/// lookups joined with UNION (an OR would make SQLite scan the table).
+/// Users of channel ?1 by ids (?2), member ids (?3) or anonymous veil ids (?4), all JSON
+/// arrays; indexed lookups joined with UNION (an OR would make SQLite scan the table).
 const USERS_BY_KEYS: &str = "SELECT channel_id, id, member_id, veil_id, name, profile, tags, \
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile \
@@ -118,7 +122,34 @@ const USERS_BY_KEYS: &str = "SELECT channel_id, id, member_id, veil_id, name, pr
     UNION SELECT channel_id, id, member_id, veil_id, name, profile, tags, \
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile \
-    FROM users WHERE channel_id = ?1 AND member_id IN (SELECT value FROM json_each(?3))";
+    FROM users WHERE channel_id = ?1 AND member_id IN (SELECT value FROM json_each(?3)) \
+    UNION SELECT channel_id, id, member_id, veil_id, name, profile, tags, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile \
+    FROM users WHERE channel_id = ?1 AND member_id IS NULL \
+    AND veil_id IN (SELECT value FROM json_each(?4))";
+
+/// Appends events given as a JSON array of arrays; a repeated `messageId` is skipped and
+/// only the ids of rows really inserted come back (for the aggregates).
+const INSERT_EVENTS: &str = "INSERT INTO events (channel_id, user_id, id, name, property, page, \
+    source, message_id, created_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
+    value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8 FROM json_each(?) WHERE true \
+    ON CONFLICT DO NOTHING RETURNING id";
+
+/// Adds per-user counts `[channel, user, name, count, first, last]`.
+const UPSERT_USER_STATS: &str = "INSERT INTO user_event_stats (channel_id, user_id, name, count, \
+    first_at, last_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+    value ->> 5 FROM json_each(?) WHERE true ON CONFLICT (channel_id, user_id, name) DO UPDATE \
+    SET count = count + excluded.count, first_at = min(first_at, excluded.first_at), \
+    last_at = max(last_at, excluded.last_at)";
+
+/// Adds catalog counts `[channel, name, count, first, last, revenue]`.
+const UPSERT_CATALOG: &str = "INSERT INTO event_catalog (channel_id, name, count, first_seen_at, \
+    last_seen_at, revenue) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
+    value ->> 4, value ->> 5 FROM json_each(?) WHERE true ON CONFLICT (channel_id, name) DO UPDATE \
+    SET count = count + excluded.count, first_seen_at = min(first_seen_at, excluded.first_seen_at), \
+    last_seen_at = max(last_seen_at, excluded.last_seen_at), \
+    revenue = max(revenue, excluded.revenue)";
 
 /// Inserts or replaces users given as a JSON array of arrays in `USER_COLUMNS` order.
 const UPSERT_USERS: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
@@ -163,6 +194,84 @@ fn row_json(r: &UserRow) -> serde_json::Value {
         r.web,
         r.mobile
     ])
+}
+
+/// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
+async fn merge_tx(tx: &mut Transaction<'_, Sqlite>, m: &Merge) -> Result<()> {
+    let stmts: [&str; 5] = [
+        "UPDATE events SET user_id = ?3 WHERE channel_id = ?1 AND user_id = ?2",
+        "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
+         SELECT channel_id, ?3, name, count, first_at, last_at FROM user_event_stats \
+         WHERE channel_id = ?1 AND user_id = ?2 ON CONFLICT (channel_id, user_id, name) DO UPDATE \
+         SET count = count + excluded.count, first_at = min(first_at, excluded.first_at), \
+         last_at = max(last_at, excluded.last_at)",
+        "DELETE FROM user_event_stats WHERE channel_id = ?1 AND user_id = ?2",
+        "DELETE FROM users WHERE channel_id = ?1 AND id = ?2",
+        "INSERT INTO user_merges (channel_id, id, from_user_id, into_user_id, merged_at) \
+         VALUES (?1, ?4, ?2, ?3, ?5)",
+    ];
+    for sql in stmts {
+        sqlx::query(sql)
+            .bind(m.channel_id)
+            .bind(&m.from)
+            .bind(&m.into)
+            .bind(&m.id)
+            .bind(m.at)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Appends a batch's events and adds what was really inserted to the aggregates.
+async fn insert_events_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    events: &[(i64, String, NewEvent)],
+) -> Result<()> {
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .map(|(ch, user, e)| {
+            serde_json::json!([
+                ch,
+                user,
+                e.id,
+                e.name,
+                serde_json::Value::Object(e.property.clone()).to_string(),
+                e.page,
+                e.source.as_str(),
+                e.message_id,
+                e.created_at
+            ])
+        })
+        .collect();
+    let inserted: Vec<String> = sqlx::query_scalar(INSERT_EVENTS)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let agg = aggregate(events, &inserted);
+    if agg.catalog.is_empty() {
+        return Ok(());
+    }
+    let stats: Vec<serde_json::Value> = agg
+        .per_user
+        .iter()
+        .map(|((ch, u, n), (c, f, l))| serde_json::json!([ch, u, n, c, f, l]))
+        .collect();
+    let catalog: Vec<serde_json::Value> = agg
+        .catalog
+        .iter()
+        .map(|((ch, n), (c, f, l, r))| serde_json::json!([ch, n, c, f, l, i64::from(*r)]))
+        .collect();
+    for (sql, rows) in [(UPSERT_USER_STATS, stats), (UPSERT_CATALOG, catalog)] {
+        sqlx::query(sql)
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
@@ -345,16 +454,43 @@ impl Store for SqliteStore {
         row.as_ref().map(channel_from_row).transpose()
     }
 
+    async fn channel_by_plugin_key(&self, key: &str) -> Result<Option<Channel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE plugin_key = ?")
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn channel_by_write_key_hash(&self, key: &str) -> Result<Option<Channel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE write_key_hash = ?")
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn channel_ids(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT id FROM channels ORDER BY id")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)
+    }
+
     async fn update_channel(&self, id: i64, p: &ChannelSettingsPatch) -> Result<Option<Channel>> {
         let row = sqlx::query(
             "UPDATE channels SET name = COALESCE(?, name), time_zone = COALESCE(?, time_zone), \
              default_language = COALESCE(?, default_language), \
-             member_hash_required = COALESCE(?, member_hash_required) WHERE id = ? RETURNING *",
+             member_hash_required = COALESCE(?, member_hash_required), \
+             event_retention_days = COALESCE(?, event_retention_days) WHERE id = ? RETURNING *",
         )
         .bind(&p.name)
         .bind(&p.time_zone)
         .bind(&p.default_language)
         .bind(p.member_hash_required)
+        .bind(p.event_retention_days)
         .bind(id)
         .fetch_optional(&self.writer)
         .await
@@ -610,7 +746,7 @@ impl Store for SqliteStore {
     async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
         // A constant number of statements per batch, whatever its size: keys and rows
         // travel as one JSON parameter each and are unpacked with json_each.
-        let mut keys: BTreeMap<i64, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+        let mut keys: BTreeMap<i64, (Vec<&str>, Vec<&str>, Vec<&str>)> = BTreeMap::new();
         for op in &ops {
             let k = keys.entry(op.channel_id).or_default();
             if let Some(id) = op.id_key() {
@@ -619,11 +755,14 @@ impl Store for SqliteStore {
             if let Some(m) = op.member_key() {
                 k.1.push(m);
             }
+            if let Some(v) = op.veil_key() {
+                k.2.push(v);
+            }
         }
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let mut registries = HashMap::new();
         let mut loaded = Vec::new();
-        for (ch, (ids, members)) in &keys {
+        for (ch, (ids, members, veils)) in &keys {
             let cached = self.registries.lock().ok().and_then(|m| m.get(ch).cloned());
             let registry = match cached {
                 Some(r) => r,
@@ -634,6 +773,7 @@ impl Store for SqliteStore {
                 .bind(ch)
                 .bind(serde_json::to_string(ids).unwrap_or_default())
                 .bind(serde_json::to_string(members).unwrap_or_default())
+                .bind(serde_json::to_string(veils).unwrap_or_default())
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(backend)?;
@@ -669,6 +809,12 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        }
+        for m in &plan.merges {
+            merge_tx(&mut tx, m).await?;
+        }
+        if !plan.events.is_empty() {
+            insert_events_tx(&mut tx, &plan.events).await?;
         }
         if !plan.users.is_empty() {
             let rows: Vec<serde_json::Value> = plan
@@ -749,6 +895,88 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn user_events(
+        &self,
+        channel_id: i64,
+        user_id: &str,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let (t, id) = before.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE channel_id = ?1 AND user_id = ?2 \
+             AND (?3 IS NULL OR (created_at, id) < (?3, ?4)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?5",
+        )
+        .bind(channel_id)
+        .bind(user_id)
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn events_page(
+        &self,
+        channel_id: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let (t, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE channel_id = ?1 \
+             AND (?2 IS NULL OR (created_at, id) > (?2, ?3)) \
+             ORDER BY created_at, id LIMIT ?4",
+        )
+        .bind(channel_id)
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>> {
+        let rows = sqlx::query("SELECT * FROM event_catalog WHERE channel_id = ? ORDER BY name")
+            .bind(channel_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(catalog_entry).collect()
+    }
+
+    async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events \
+             WHERE channel_id = ? AND created_at < ? ORDER BY created_at LIMIT ?)",
+        )
+        .bind(channel_id)
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected())
+    }
+
+    async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>> {
+        let rows = sqlx::query(
+            "SELECT * FROM user_merges WHERE channel_id = ? AND into_user_id = ? \
+             ORDER BY merged_at DESC, id DESC",
+        )
+        .bind(channel_id)
+        .bind(user_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(merge_from_row).collect()
     }
 
     async fn insert_reveal(&self, r: &RevealRecord) -> Result<()> {

@@ -2,8 +2,9 @@
 //! compatible types, so turning a row into a domain value is written once, generically over
 //! sqlx's `Row`; each backend keeps its own SQL, migrations and error mapping.
 
+use sori_domain::event::{Event, EventSource};
 use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Role, User};
-use sori_store::{Channel, Manager, RevealRecord, StoreError, UserRow};
+use sori_store::{CatalogEntry, Channel, Manager, Merge, RevealRecord, StoreError, UserRow};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 /// A row whose columns decode into the plain types Sori stores.
@@ -100,6 +101,7 @@ pub fn channel<R: SoriRow>(r: &R) -> Result<Channel, StoreError> {
         write_key_hash: r.col("write_key_hash")?,
         member_hash_secret: r.col("member_hash_secret")?,
         member_hash_required: r.col("member_hash_required")?,
+        event_retention_days: r.col("event_retention_days")?,
         created_at: r.col("created_at")?,
     })
 }
@@ -155,4 +157,95 @@ pub fn scope_str(s: InboxScope) -> &'static str {
 /// The stored form of a role's permissions.
 pub fn perms_json(role: &Role) -> String {
     serde_json::to_string(&role.permissions).unwrap_or_else(|_| "[]".into())
+}
+
+/// An event (`property` as JSON text).
+pub fn event<R: SoriRow>(r: &R) -> Result<Event, StoreError> {
+    let source: String = r.col("source")?;
+    let property: String = r.col("property")?;
+    Ok(Event {
+        id: r.col("id")?,
+        user_id: r.col("user_id")?,
+        name: r.col("name")?,
+        property: serde_json::from_str(&property)
+            .map_err(|e| StoreError::Corrupt(format!("event property: {e}")))?,
+        page: r.col("page")?,
+        created_at: r.col("created_at")?,
+        source: EventSource::parse(&source)
+            .ok_or_else(|| StoreError::Corrupt(format!("event source `{source}`")))?,
+    })
+}
+
+/// A catalog entry.
+pub fn catalog_entry<R: SoriRow>(r: &R) -> Result<CatalogEntry, StoreError> {
+    Ok(CatalogEntry {
+        name: r.col("name")?,
+        count: r.col("count")?,
+        first_seen_at: r.col("first_seen_at")?,
+        last_seen_at: r.col("last_seen_at")?,
+        revenue: r.col("revenue")?,
+    })
+}
+
+/// A merge record.
+pub fn merge<R: SoriRow>(r: &R) -> Result<Merge, StoreError> {
+    Ok(Merge {
+        channel_id: r.col("channel_id")?,
+        id: r.col("id")?,
+        from: r.col("from_user_id")?,
+        into: r.col("into_user_id")?,
+        at: r.col("merged_at")?,
+    })
+}
+
+/// Per-batch aggregates of inserted events: the catalog rows and per-user counts a batch
+/// adds, so each backend upserts them in one statement each.
+#[derive(Debug, Default)]
+pub struct EventAggregates {
+    /// (channel, name) → (count, first, last, revenue).
+    pub catalog: std::collections::BTreeMap<(i64, String), (i64, i64, i64, bool)>,
+    /// (channel, user, name) → (count, first, last).
+    pub per_user: std::collections::BTreeMap<(i64, String, String), (i64, i64, i64)>,
+}
+
+impl EventAggregates {
+    /// Counts one inserted event.
+    pub fn add(&mut self, channel_id: i64, user_id: &str, name: &str, at: i64, revenue: bool) {
+        let c = self
+            .catalog
+            .entry((channel_id, name.to_owned()))
+            .or_insert((0, at, at, false));
+        c.0 += 1;
+        c.1 = c.1.min(at);
+        c.2 = c.2.max(at);
+        c.3 |= revenue;
+        let u = self
+            .per_user
+            .entry((channel_id, user_id.to_owned(), name.to_owned()))
+            .or_insert((0, at, at));
+        u.0 += 1;
+        u.1 = u.1.min(at);
+        u.2 = u.2.max(at);
+    }
+}
+
+/// Aggregates of the events of a batch that were really inserted (`inserted` ids, as the
+/// insert's RETURNING gave them; duplicates by `messageId` are left out).
+pub fn aggregate(
+    events: &[(i64, String, sori_domain::event::NewEvent)],
+    inserted: &[String],
+) -> EventAggregates {
+    let mut agg = EventAggregates::default();
+    let all = inserted.len() == events.len();
+    let ids: std::collections::HashSet<&str> = if all {
+        std::collections::HashSet::new()
+    } else {
+        inserted.iter().map(String::as_str).collect()
+    };
+    for (ch, user, e) in events {
+        if all || ids.contains(e.id.as_str()) {
+            agg.add(*ch, user, &e.name, e.created_at, e.is_revenue());
+        }
+    }
+    agg
 }

@@ -6,13 +6,16 @@ mod plan;
 mod types;
 
 use async_trait::async_trait;
+use sori_domain::event::Event;
 use sori_domain::{ProfileField, Role, User};
 
 pub use plan::{
-    UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan, plan_user_writes,
+    Merge, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan,
+    plan_user_writes,
 };
 pub use types::{
-    Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session, UserRow,
+    CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session,
+    UserRow,
 };
 
 /// Failures of the store that are not the caller's fault, except `Conflict`.
@@ -55,6 +58,12 @@ pub trait Store: Send + Sync + 'static {
     async fn channel(&self, id: i64) -> Result<Option<Channel>>;
     /// A channel by its public access key.
     async fn channel_by_access_key(&self, access_key: &str) -> Result<Option<Channel>>;
+    /// A channel by its public SDK plugin key.
+    async fn channel_by_plugin_key(&self, plugin_key: &str) -> Result<Option<Channel>>;
+    /// A channel by the keyed hash of its Segment write key.
+    async fn channel_by_write_key_hash(&self, hash: &str) -> Result<Option<Channel>>;
+    /// Every channel id (for background jobs).
+    async fn channel_ids(&self) -> Result<Vec<i64>>;
     /// Changes channel settings; `None` when the channel does not exist.
     async fn update_channel(
         &self,
@@ -132,6 +141,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<User>>;
     /// Deletes a user; false when absent.
     async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool>;
+
+    /// A user's events, newest first, strictly before the cursor `(createdAt, id)`.
+    async fn user_events(
+        &self,
+        channel_id: i64,
+        user_id: &str,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Event>>;
+    /// Events of a channel in time order, strictly after the cursor `(createdAt, id)`
+    /// (exports).
+    async fn events_page(
+        &self,
+        channel_id: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Event>>;
+    /// The channel's event catalog, by name.
+    async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>>;
+    /// Deletes at most `limit` events older than `before` (ms); returns how many went.
+    /// Per-user counts and the catalog are kept.
+    async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64>;
+    /// Merges recorded into `user_id`, newest first.
+    async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>>;
 
     /// Appends to the reveal audit log.
     async fn insert_reveal(&self, record: &RevealRecord) -> Result<()>;

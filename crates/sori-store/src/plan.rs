@@ -4,6 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sori_domain::activity::{Activity, apply_activity};
+use sori_domain::event::NewEvent;
+use sori_domain::identity::merge_into;
 use sori_domain::{ApplyContext, Invalid, ProfileField, Registry, User, UserUpdate, apply_update};
 
 /// Which user a write addresses.
@@ -25,6 +28,17 @@ pub enum UserTarget {
         /// Optional member id.
         member_id: Option<String>,
     },
+    /// A browser or tracked customer (SDK boot, Segment): the member by `member_id`, else
+    /// the anonymous user by `veil_id`, created when neither exists. When both exist the
+    /// anonymous user is merged into the member (SPEC §3.4). At least one id is set.
+    Identify {
+        /// The business's id (`userId` in Segment).
+        member_id: Option<String>,
+        /// The browser's anonymous id (`anonymousId`).
+        veil_id: Option<String>,
+        /// Id for a created user, and for the merge record.
+        new_id: String,
+    },
 }
 
 /// One write request.
@@ -38,6 +52,10 @@ pub struct UserOp {
     pub update: UserUpdate,
     /// Time, zone and limits for this request.
     pub ctx: ApplyContext,
+    /// What the request says about the customer's activity.
+    pub activity: Activity,
+    /// Events to append to the resolved user.
+    pub events: Vec<NewEvent>,
 }
 
 /// Why one write of a batch failed.
@@ -63,6 +81,8 @@ pub struct UserOpOutcome {
     pub created: bool,
     /// Something changed (and was written).
     pub changed: bool,
+    /// The id of an anonymous user merged into this one by this write.
+    pub merged_from: Option<String>,
 }
 
 /// Result of one write of a batch.
@@ -77,6 +97,25 @@ pub struct WritePlan {
     pub new_fields: Vec<(i64, ProfileField)>,
     /// One result per op, in order.
     pub results: Vec<UserOpResult>,
+    /// Events to append, with their final owner (after this batch's merges).
+    pub events: Vec<(i64, String, NewEvent)>,
+    /// Merges to carry out before the events are appended.
+    pub merges: Vec<Merge>,
+}
+
+/// An anonymous user folded into a member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merge {
+    /// Tenant.
+    pub channel_id: i64,
+    /// Id of the merge record.
+    pub id: String,
+    /// The anonymous user, deleted after its rows move.
+    pub from: String,
+    /// The member.
+    pub into: String,
+    /// When (ms).
+    pub at: i64,
 }
 
 /// Applies `ops` in order over the loaded rows. `loaded` holds every existing user the ops
@@ -96,9 +135,16 @@ pub fn plan_user_writes(
         .collect();
     let mut plan = WritePlan::default();
 
+    let mut by_veil: HashMap<(i64, String), String> = users
+        .iter()
+        .filter(|(_, u)| u.member_id.is_none())
+        .filter_map(|((ch, id), u)| u.veil_id.as_ref().map(|v| ((*ch, v.clone()), id.clone())))
+        .collect();
+
     for op in ops {
         let ch = op.channel_id;
-        let (base, created) = match &op.target {
+        let mut merge_from: Option<User> = None;
+        let (mut base, created) = match &op.target {
             UserTarget::Id(id) => match users.get(&(ch, id.clone())) {
                 Some(u) => (u.clone(), false),
                 None => {
@@ -131,30 +177,104 @@ pub fn plan_user_writes(
                 u.member_id = member_id.clone();
                 (u, true)
             }
+            UserTarget::Identify {
+                member_id,
+                veil_id,
+                new_id,
+            } => {
+                let member = member_id
+                    .as_ref()
+                    .and_then(|m| by_member.get(&(ch, m.clone())))
+                    .and_then(|id| users.get(&(ch, id.clone())));
+                let anon = veil_id
+                    .as_ref()
+                    .and_then(|v| by_veil.get(&(ch, v.clone())))
+                    .and_then(|id| users.get(&(ch, id.clone())));
+                match (member, anon) {
+                    (Some(m), Some(a)) => {
+                        let mut merged = m.clone();
+                        merge_into(&mut merged, a);
+                        merge_from = Some(a.clone());
+                        (merged, false)
+                    }
+                    (Some(m), None) => (m.clone(), false),
+                    (None, Some(a)) => {
+                        let mut u = a.clone();
+                        u.member_id.clone_from(member_id);
+                        (u, false)
+                    }
+                    (None, None) => {
+                        let mut u = User::new(new_id.clone(), op.ctx.now);
+                        u.member_id.clone_from(member_id);
+                        u.veil_id.clone_from(veil_id);
+                        (u, true)
+                    }
+                }
+            }
         };
         let registry = registries.entry(ch).or_default();
-        match apply_update(&base, created, registry, &op.update, &op.ctx) {
-            Ok(applied) => {
-                for f in applied.new_fields {
-                    registry.insert(f.clone());
-                    plan.new_fields.push((ch, f));
-                }
-                let user = applied.user;
-                if applied.changed {
-                    if let Some(m) = &user.member_id {
-                        by_member.insert((ch, m.clone()), user.id.clone());
-                    }
-                    users.insert((ch, user.id.clone()), user.clone());
-                    plan.users.insert((ch, user.id.clone()), user.clone());
-                }
-                plan.results.push(Ok(UserOpOutcome {
-                    user,
-                    created,
-                    changed: applied.changed,
-                }));
+        let applied = match apply_update(&base, created, registry, &op.update, &op.ctx) {
+            Ok(a) => a,
+            Err(e) => {
+                plan.results.push(Err(e.into()));
+                continue;
             }
-            Err(e) => plan.results.push(Err(e.into())),
+        };
+        for f in applied.new_fields {
+            registry.insert(f.clone());
+            plan.new_fields.push((ch, f));
         }
+        let identity_changed = applied.user.member_id != base.member_id || merge_from.is_some();
+        base = applied.user;
+        let active = apply_activity(&mut base, &op.activity);
+        let changed = applied.changed || active || identity_changed || created;
+        if changed && !applied.changed {
+            base.updated_at = base.updated_at.max(op.ctx.now);
+        }
+        let user = base;
+        let merged_from = merge_from.map(|a| {
+            by_veil.retain(|_, id| *id != a.id);
+            users.remove(&(ch, a.id.clone()));
+            plan.users.remove(&(ch, a.id.clone()));
+            for (c, owner, _) in &mut plan.events {
+                if *c == ch && *owner == a.id {
+                    owner.clone_from(&user.id);
+                }
+            }
+            let new_id = match &op.target {
+                UserTarget::Identify { new_id, .. } => new_id.clone(),
+                _ => a.id.clone(),
+            };
+            plan.merges.push(Merge {
+                channel_id: ch,
+                id: new_id,
+                from: a.id.clone(),
+                into: user.id.clone(),
+                at: op.ctx.now,
+            });
+            a.id
+        });
+        if user.member_id.is_some() {
+            by_veil.retain(|_, id| *id != user.id);
+        } else if let Some(v) = &user.veil_id {
+            by_veil.insert((ch, v.clone()), user.id.clone());
+        }
+        if changed {
+            if let Some(m) = &user.member_id {
+                by_member.insert((ch, m.clone()), user.id.clone());
+            }
+            users.insert((ch, user.id.clone()), user.clone());
+            plan.users.insert((ch, user.id.clone()), user.clone());
+        }
+        for e in op.events {
+            plan.events.push((ch, user.id.clone(), e));
+        }
+        plan.results.push(Ok(UserOpOutcome {
+            user,
+            created,
+            changed,
+            merged_from,
+        }));
     }
     plan
 }
@@ -172,8 +292,18 @@ impl UserOp {
     pub fn member_key(&self) -> Option<&str> {
         match &self.target {
             UserTarget::MemberId { member_id, .. } => Some(member_id),
-            UserTarget::New { member_id, .. } => member_id.as_deref(),
+            UserTarget::New { member_id, .. } | UserTarget::Identify { member_id, .. } => {
+                member_id.as_deref()
+            }
             UserTarget::Id(_) => None,
+        }
+    }
+
+    /// The anonymous veil id this op may read (only users without a member id match).
+    pub fn veil_key(&self) -> Option<&str> {
+        match &self.target {
+            UserTarget::Identify { veil_id, .. } => veil_id.as_deref(),
+            _ => None,
         }
     }
 }
@@ -196,6 +326,8 @@ mod tests {
                 may_resubscribe: true,
                 may_register: true,
             },
+            activity: Activity::default(),
+            events: Vec::new(),
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Channel {
     pub member_hash_secret: String,
     /// Boots with a `memberId` must carry a valid `memberHash`.
     pub member_hash_required: bool,
+    /// Events older than this many days are deleted by the retention job.
+    pub event_retention_days: i64,
     /// Creation time (ms).
     pub created_at: i64,
 }
@@ -43,6 +45,23 @@ pub struct ChannelSettingsPatch {
     pub default_language: Option<String>,
     /// Member-hash checking on or off.
     pub member_hash_required: Option<bool>,
+    /// New event retention (days, already validated).
+    pub event_retention_days: Option<i64>,
+}
+
+/// One event name of a channel's catalog, for the filter builder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogEntry {
+    /// Event name.
+    pub name: String,
+    /// Events recorded under this name (not reduced by retention).
+    pub count: i64,
+    /// Earliest event time (ms).
+    pub first_seen_at: i64,
+    /// Latest event time (ms).
+    pub last_seen_at: i64,
+    /// Some event of this name carried a numeric `revenue`.
+    pub revenue: bool,
 }
 
 /// A channel to create, with its owner.

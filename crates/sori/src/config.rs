@@ -150,6 +150,7 @@ impl Config {
     pub fn http(&self) -> sori_http::HttpConfig {
         sori_http::HttpConfig {
             max_body_bytes: self.max_body_bytes,
+            max_ingest_body_bytes: self.max_body_bytes.max(1024 * 1024),
             rate_limit_per_second: self.rate_limit,
             rate_limit_burst: self.rate_burst,
             cookie_secure: self.cookie_secure,

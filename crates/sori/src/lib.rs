@@ -74,7 +74,11 @@ pub struct Running {
     pub first_channel: Option<ChannelCredentials>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    retention: JoinHandle<()>,
 }
+
+/// How often the retention job looks for expired events.
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Running {
     /// Stops accepting, finishes in-flight requests and waits.
@@ -82,6 +86,7 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        self.retention.abort();
         self.task.await??;
         Ok(())
     }
@@ -144,11 +149,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             })
             .await
     });
+    let retention = tokio::spawn(app.clone().retention_loop(RETENTION_EVERY));
     Ok(Running {
         addr,
         app,
         first_channel,
         shutdown: Some(tx),
         task,
+        retention,
     })
 }

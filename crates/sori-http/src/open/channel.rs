@@ -28,6 +28,8 @@ pub struct ChannelView {
     pub plugin_key: String,
     /// Boots with a memberId must carry a valid memberHash.
     pub member_hash_required: bool,
+    /// Days events are kept before the retention job deletes them.
+    pub event_retention_days: i64,
     /// Creation time.
     pub created_at: i64,
 }
@@ -41,6 +43,7 @@ impl From<&Channel> for ChannelView {
             default_language: c.default_language.clone(),
             plugin_key: c.plugin_key.clone(),
             member_hash_required: c.member_hash_required,
+            event_retention_days: c.event_retention_days,
             created_at: c.created_at,
         }
     }
@@ -65,6 +68,8 @@ pub struct ChannelPatch {
     pub default_language: Option<String>,
     /// Member-hash checking.
     pub member_hash_required: Option<bool>,
+    /// Event retention in days (1–3650).
+    pub event_retention_days: Option<i64>,
 }
 
 /// Validates a patch and applies it.
@@ -81,7 +86,19 @@ pub async fn apply(state: &AppState, channel: &Channel, body: JsonBody) -> ApiRe
     if let Some(l) = &p.default_language {
         channel::check_language("defaultLanguage", l)?;
     }
+    if let Some(d) = p.event_retention_days
+        && !(1..=sori_domain::event::MAX_RETENTION_DAYS).contains(&d)
+    {
+        return Err(ApiError::field(
+            "eventRetentionDays",
+            format!(
+                "must be from 1 to {} days",
+                sori_domain::event::MAX_RETENTION_DAYS
+            ),
+        ));
+    }
     let patch = ChannelSettingsPatch {
+        event_retention_days: p.event_retention_days,
         name,
         time_zone: p.time_zone,
         default_language: p.default_language,
@@ -93,7 +110,7 @@ pub async fn apply(state: &AppState, channel: &Channel, body: JsonBody) -> ApiRe
         .update_channel(channel.id, &patch)
         .await?
         .ok_or_else(|| ApiError::not_found("channel"))?;
-    state.app.channels.forget(&channel.access_key);
+    state.app.channels.forget(channel.id);
     Ok(ChannelView::from(&updated))
 }
 

@@ -2,6 +2,7 @@
 //! access key and secret. One channel's keys only ever reach that channel's data.
 
 pub mod channel;
+pub mod events;
 pub mod fields;
 pub mod users;
 

@@ -39,6 +39,11 @@ fn envelope(ch: &ChannelInfo, u: User) -> Json<UserEnvelope> {
     })
 }
 
+/// The user a path segment (`{userId}` or `@{memberId}`) names.
+pub async fn find_by_key(state: &AppState, ch: &ChannelInfo, raw: &str) -> ApiResult<User> {
+    find(state, ch, &user_key(raw.to_owned())).await
+}
+
 async fn find(state: &AppState, ch: &ChannelInfo, key: &UserKey) -> ApiResult<User> {
     let found = match key {
         UserKey::Member(m) => state.app.store.user_by_member_id(ch.channel.id, m).await?,

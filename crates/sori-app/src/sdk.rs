@@ -1,0 +1,179 @@
+//! The browser SDK's side of identity: boots (member hash, veil id, merge), and the session
+//! token that later SDK calls carry. The token is `{userId}.{mac}`; the MAC binds it to the
+//! channel and user under the install key, so a browser can only write to the user it
+//! booted as.
+
+use sori_domain::activity::{Activity, Visit, parse_user_agent};
+use sori_domain::event::{EventInput, EventSource, NewEvent, PAGE_VIEW};
+use sori_domain::{Invalid, UserUpdate, member_hash};
+use sori_store::{UserOpOutcome, UserTarget};
+
+use crate::auth::ChannelInfo;
+use crate::secrets::{keyed_hash, keyed_hash_matches, new_id, now_ms};
+use crate::users::{Ingest, Source};
+use crate::{App, AppError, AppResult};
+
+/// Longest veil id a browser may present.
+const MAX_VEIL_CHARS: usize = 64;
+
+/// A boot request, already parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Boot {
+    /// Veil id the browser kept, if any.
+    pub veil_id: Option<String>,
+    /// The business's id for a logged-in customer.
+    pub member_id: Option<String>,
+    /// Proof that `member_id` came from the business's server.
+    pub member_hash: Option<String>,
+    /// Profile, language, consent and UTM/referrer values to apply.
+    pub update: UserUpdate,
+    /// Page for the boot's `PageView`.
+    pub page: Option<String>,
+    /// Record a `PageView` (option `trackDefaultEvent`).
+    pub track_page_view: bool,
+    /// `User-Agent` header.
+    pub user_agent: Option<String>,
+}
+
+/// A successful boot.
+#[derive(Debug)]
+pub struct Booted {
+    /// The user after the boot.
+    pub outcome: UserOpOutcome,
+    /// Veil id the browser should keep.
+    pub veil_id: String,
+    /// Token for later SDK calls.
+    pub token: String,
+}
+
+/// A valid veil id: 1–64 characters of letters, digits, `-` and `_`.
+pub fn check_veil_id(v: &str) -> Result<(), Invalid> {
+    if v.is_empty()
+        || v.chars().count() > MAX_VEIL_CHARS
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Invalid::one(
+            "veilId",
+            format!("must be 1 to {MAX_VEIL_CHARS} letters, digits, `-` or `_`"),
+        ));
+    }
+    Ok(())
+}
+
+impl App {
+    /// Boots a browser: checks the member hash when the channel requires it (a failure
+    /// writes nothing), then identifies, merges, applies the update, counts the visit and
+    /// records the boot's `PageView`, all in one write.
+    pub async fn sdk_boot(&self, ch: &ChannelInfo, boot: Boot) -> AppResult<Booted> {
+        if let Some(v) = &boot.veil_id {
+            check_veil_id(v)?;
+        }
+        if let Some(m) = &boot.member_id
+            && ch.channel.member_hash_required
+        {
+            let ok = boot
+                .member_hash
+                .as_deref()
+                .is_some_and(|h| member_hash::verify(&ch.channel.member_hash_secret, m, h));
+            if !ok {
+                return Err(AppError::Unauthorized(
+                    "memberHash is missing or does not match memberId; this channel requires \
+                     member hashes (HMAC-SHA256 of memberId with the channel's secret)"
+                        .into(),
+                ));
+            }
+        }
+        let veil_id = boot.veil_id.clone().unwrap_or_else(new_id);
+        let now = now_ms();
+        let mut events = Vec::new();
+        if boot.track_page_view {
+            events.push(page_view(boot.page.clone(), now)?);
+        }
+        let ingest = Ingest {
+            target: UserTarget::Identify {
+                member_id: boot.member_id.clone(),
+                veil_id: Some(veil_id.clone()),
+                new_id: new_id(),
+            },
+            update: boot.update,
+            activity: visit(now, boot.user_agent.as_deref()),
+            events,
+        };
+        let outcome = self.ingest(ch, ingest, Source::SdkBoot).await?;
+        let token = self.sdk_token(ch.channel.id, &outcome.user.id);
+        Ok(Booted {
+            outcome,
+            veil_id,
+            token,
+        })
+    }
+
+    /// Records an SDK event for the token's user; a `PageView` counts as a visit.
+    pub async fn sdk_track(
+        &self,
+        ch: &ChannelInfo,
+        user_id: &str,
+        input: &EventInput,
+        user_agent: Option<&str>,
+    ) -> AppResult<(UserOpOutcome, NewEvent)> {
+        let now = now_ms();
+        let event = input.check("", new_id(), now, EventSource::Sdk, None)?;
+        let activity = if event.name == PAGE_VIEW {
+            visit(now, user_agent)
+        } else {
+            Activity::seen(now)
+        };
+        let ingest = Ingest {
+            target: UserTarget::Id(user_id.to_owned()),
+            update: UserUpdate::default(),
+            activity,
+            events: vec![event.clone()],
+        };
+        let outcome = self.ingest(ch, ingest, Source::Sdk).await?;
+        Ok((outcome, event))
+    }
+
+    /// The token naming `user_id` in `channel_id`.
+    pub fn sdk_token(&self, channel_id: i64, user_id: &str) -> String {
+        let mac = keyed_hash(&self.pepper, &format!("sdk:{channel_id}:{user_id}"));
+        format!("{user_id}.{}", &mac[..32])
+    }
+
+    /// The user a token names, when the token is genuine for this channel.
+    pub fn sdk_user(&self, channel_id: i64, token: &str) -> AppResult<String> {
+        let bad =
+            || AppError::Unauthorized("x-sori-session is missing or invalid; boot first".into());
+        let (user_id, mac) = token.rsplit_once('.').ok_or_else(bad)?;
+        let full = keyed_hash(&self.pepper, &format!("sdk:{channel_id}:{user_id}"));
+        // Compare in constant time over the truncated MAC.
+        if mac.len() == 32 && keyed_hash_matches(&[], mac, &keyed_hash(&[], &full[..32])) {
+            Ok(user_id.to_owned())
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+/// The `PageView` of a boot or page change.
+fn page_view(page: Option<String>, now: i64) -> AppResult<NewEvent> {
+    let input = EventInput {
+        name: serde_json::Value::String(PAGE_VIEW.into()),
+        property: None,
+        page: page.map(serde_json::Value::String),
+    };
+    Ok(input.check("", new_id(), now, EventSource::Sdk, None)?)
+}
+
+/// A web visit at `now` from the given user agent.
+pub fn visit(now: i64, user_agent: Option<&str>) -> Activity {
+    Activity {
+        at: Some(now),
+        visit: Some(Visit {
+            platform: None,
+            device: user_agent.map(parse_user_agent).unwrap_or_default(),
+        }),
+        ..Activity::default()
+    }
+}

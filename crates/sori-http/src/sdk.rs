@@ -1,0 +1,272 @@
+//! The browser SDK: the script itself (`/sdk/sori.js`) and its JSON protocol under
+//! `/sdk/v1` (boot, events, user updates), open to any origin through CORS. Protocol and
+//! decisions: `docs/sdk.md`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sori_app::auth::ChannelInfo;
+use sori_app::sdk::Boot;
+use sori_app::users::{Ingest, Source};
+use sori_domain::UserUpdate;
+use sori_domain::event::{EventInput, check_page};
+use sori_domain::update::SDK_UPDATE_FIELDS;
+use sori_store::UserTarget;
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::open::events::{EventEnvelope, EventView};
+use crate::views::{UserEnvelope, UserView};
+
+/// The SDK script, embedded in the binary.
+const SORI_JS: &str = include_str!("../assets/sori.js");
+
+/// Serves `sori.js` (cacheable for five minutes, so a new release reaches sites quickly).
+pub async fn script() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/javascript; charset=utf-8"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            ),
+        ],
+        SORI_JS,
+    )
+        .into_response()
+}
+
+/// Answers a CORS preflight (the CORS layer adds the headers).
+pub async fn preflight() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
+}
+
+/// Boot options the SDK may forward that only matter in the browser.
+const CLIENT_ONLY: &[&str] = &["hidePopup", "zIndex", "trackUtmSource"];
+const BOOT_FIELDS: &[&str] = &[
+    "pluginKey",
+    "veilId",
+    "memberId",
+    "memberHash",
+    "profile",
+    "language",
+    "unsubscribeEmail",
+    "unsubscribeTexting",
+    "page",
+    "trackDefaultEvent",
+    "utm",
+    "referrer",
+];
+
+/// `{"user": …, "veilId": …, "session": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Booted {
+    /// The booted user.
+    pub user: UserView,
+    /// Anonymous id the browser keeps.
+    pub veil_id: String,
+    /// Token for `x-sori-session`.
+    pub session: String,
+}
+
+fn string(o: &Map<String, Value>, k: &str) -> ApiResult<Option<String>> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::field(k, "must be a string")),
+    }
+}
+
+fn user_agent(h: &HeaderMap) -> Option<String> {
+    h.get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Boots a browser (see `docs/sdk.md`).
+#[utoipa::path(post, path = "/sdk/v1/boot", tag = "sdk", request_body = Object,
+    responses((status = 200, body = Booted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn boot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<Booted>> {
+    let Value::Object(o) = &body else {
+        return Err(ApiError::field("body", "must be an object"));
+    };
+    if let Some(k) = o
+        .keys()
+        .find(|k| !BOOT_FIELDS.contains(&k.as_str()) && !CLIENT_ONLY.contains(&k.as_str()))
+    {
+        return Err(ApiError::field(
+            k,
+            format!(
+                "unknown boot option; expected one of {}",
+                BOOT_FIELDS.join(", ")
+            ),
+        ));
+    }
+    let plugin_key =
+        string(o, "pluginKey")?.ok_or_else(|| ApiError::field("pluginKey", "is required"))?;
+    let ch = state.app.channels.by_plugin_key(&plugin_key).await?;
+    let mut upd = Map::new();
+    for k in [
+        "profile",
+        "language",
+        "unsubscribeEmail",
+        "unsubscribeTexting",
+    ] {
+        if let Some(v) = o.get(k).filter(|v| !v.is_null()) {
+            upd.insert(k.to_owned(), v.clone());
+        }
+    }
+    // UTM parameters and the referrer of the visit: initial fields are set once, `lastUtm*`
+    // always (SPEC §3.2).
+    let mut visit_profile = Map::new();
+    match o.get("utm") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(utm)) => {
+            for (from, to) in [
+                ("source", "Source"),
+                ("medium", "Medium"),
+                ("campaign", "Campaign"),
+                ("content", "Content"),
+                ("term", "Term"),
+            ] {
+                match utm.get(from) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(v)) if v.is_empty() => {}
+                    Some(Value::String(v)) => {
+                        visit_profile.insert(format!("utm{to}"), Value::String(v.clone()));
+                        visit_profile.insert(format!("lastUtm{to}"), Value::String(v.clone()));
+                    }
+                    Some(_) => {
+                        return Err(ApiError::field(format!("utm.{from}"), "must be a string"));
+                    }
+                }
+            }
+            if let Some(k) = utm.keys().find(|k| {
+                !matches!(
+                    k.as_str(),
+                    "source" | "medium" | "campaign" | "content" | "term"
+                )
+            }) {
+                return Err(ApiError::field(format!("utm.{k}"), "unknown UTM parameter"));
+            }
+        }
+        Some(_) => return Err(ApiError::field("utm", "must be an object")),
+    }
+    if let Some(r) = string(o, "referrer")? {
+        visit_profile.insert("referrer".into(), Value::String(r));
+    }
+    if !visit_profile.is_empty() {
+        let profile = upd
+            .entry("profile")
+            .or_insert_with(|| Value::Object(Map::new()));
+        match profile {
+            Value::Object(p) => {
+                for (k, v) in visit_profile {
+                    p.entry(k).or_insert(v);
+                }
+            }
+            _ => return Err(ApiError::field("profile", "must be an object")),
+        }
+    }
+    let update = UserUpdate::from_json(&Value::Object(upd), SDK_UPDATE_FIELDS)?;
+    let page = match o.get("page") {
+        Some(p) => check_page("page", p)?,
+        None => None,
+    };
+    let track = match o.get("trackDefaultEvent") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::field("trackDefaultEvent", "must be a boolean")),
+    };
+    let booted = state
+        .app
+        .sdk_boot(
+            &ch,
+            Boot {
+                veil_id: string(o, "veilId")?,
+                member_id: string(o, "memberId")?,
+                member_hash: string(o, "memberHash")?,
+                update,
+                page,
+                track_page_view: track,
+                user_agent: user_agent(&headers),
+            },
+        )
+        .await?;
+    Ok(Json(Booted {
+        user: UserView::of(ch.channel.id, booted.outcome.user),
+        veil_id: booted.veil_id,
+        session: format!("{}:{}", ch.channel.plugin_key, booted.token),
+    }))
+}
+
+/// The channel (by plugin key inside the token's channel) and user of an SDK call.
+async fn session(state: &AppState, headers: &HeaderMap) -> ApiResult<(Arc<ChannelInfo>, String)> {
+    let token = headers
+        .get("x-sori-session")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::unauthorized("x-sori-session is missing; boot first"))?;
+    let (channel, rest) = token
+        .split_once(':')
+        .ok_or_else(|| ApiError::unauthorized("x-sori-session is invalid; boot first"))?;
+    let ch = state.app.channels.by_plugin_key(channel).await?;
+    let user = state.app.sdk_user(ch.channel.id, rest)?;
+    Ok((ch, user))
+}
+
+/// Records an event for the booted user.
+#[utoipa::path(post, path = "/sdk/v1/events", tag = "sdk", request_body = Object,
+    responses((status = 200, body = EventEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn track(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<EventEnvelope>> {
+    let (ch, user) = session(&state, &headers).await?;
+    let input = EventInput::from_json(&body)?;
+    let (outcome, event) = state
+        .app
+        .sdk_track(&ch, &user, &input, user_agent(&headers).as_deref())
+        .await?;
+    Ok(Json(EventEnvelope {
+        event: EventView::of_new(&outcome.user.id, event),
+    }))
+}
+
+/// `updateUser`, `addTags`, `removeTags` for the booted user.
+#[utoipa::path(patch, path = "/sdk/v1/user", tag = "sdk", request_body = Object,
+    responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<UserEnvelope>> {
+    let (ch, user) = session(&state, &headers).await?;
+    let update = UserUpdate::from_json(&body, SDK_UPDATE_FIELDS)?;
+    let outcome = state
+        .app
+        .ingest(
+            &ch,
+            Ingest::update(UserTarget::Id(user), update),
+            Source::Sdk,
+        )
+        .await?;
+    Ok(Json(UserEnvelope {
+        user: UserView::of(ch.channel.id, outcome.user),
+    }))
+}

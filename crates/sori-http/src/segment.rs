@@ -1,0 +1,214 @@
+//! The Segment-compatible tracking API (`/v1/identify`, `/v1/track`, `/v1/page`,
+//! `/v1/batch`), so existing Segment and RudderStack libraries send to Sori unchanged.
+//! Auth is HTTP Basic with the channel's write key as user name (or `writeKey` in the
+//! body). Bodies are read whatever their content type (RudderStack's Node client says
+//! `x-www-form-urlencoded` and gzips), and a batch's invalid items are reported without
+//! dropping the valid ones.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use base64::Engine;
+use serde::Serialize;
+use serde_json::Value;
+use sori_app::auth::ChannelInfo;
+use sori_app::secrets::now_ms;
+use sori_app::segment::ingest_of;
+use sori_app::users::{Ingest, Source};
+use sori_domain::event::EventSource;
+use sori_domain::segment::{self, Kind};
+use sori_domain::{FieldError, Invalid};
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+
+/// Most items in one batch.
+pub const MAX_BATCH_ITEMS: usize = 2000;
+
+/// One rejected item of a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemError {
+    /// Position in `batch`.
+    pub index: usize,
+    /// Offending field (`batch[3].event`).
+    pub field: String,
+    /// The rule it broke.
+    pub message: String,
+}
+
+/// `{"success": true, "errors": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Always true: every valid item was stored.
+    pub success: bool,
+    /// Items that were rejected (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ItemError>,
+}
+
+async fn channel(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Value,
+) -> ApiResult<Arc<ChannelInfo>> {
+    let from_header = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .and_then(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .map(|s| {
+            s.split_once(':')
+                .map_or(s.clone(), |(user, _)| user.to_owned())
+        });
+    let key = from_header
+        .filter(|k| !k.is_empty())
+        .or_else(|| {
+            body.get("writeKey")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "send the channel's write key as the HTTP Basic user name (password empty)",
+            )
+        })?;
+    Ok(state.app.channels.by_write_key(&key).await?)
+}
+
+fn parse_body(bytes: &Bytes) -> ApiResult<Value> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::field("body", "a JSON body is required"));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))
+}
+
+async fn single(
+    state: AppState,
+    headers: HeaderMap,
+    bytes: Bytes,
+    kind: Kind,
+) -> ApiResult<Json<Accepted>> {
+    let body = parse_body(&bytes)?;
+    let ch = channel(&state, &headers, &body).await?;
+    let ingest = segment::parse("", &body, Some(kind), now_ms())
+        .and_then(|call| ingest_of("", call, EventSource::Segment))?;
+    state.app.ingest(&ch, ingest, Source::Server).await?;
+    Ok(Json(Accepted {
+        success: true,
+        errors: Vec::new(),
+    }))
+}
+
+/// Segment `identify`: traits → profile.
+#[utoipa::path(post, path = "/v1/identify", tag = "segment", request_body = Object,
+    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn identify(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    b: Bytes,
+) -> ApiResult<Json<Accepted>> {
+    single(s, h, b, Kind::Identify).await
+}
+
+/// Segment `track`: an event.
+#[utoipa::path(post, path = "/v1/track", tag = "segment", request_body = Object,
+    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn track(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> ApiResult<Json<Accepted>> {
+    single(s, h, b, Kind::Track).await
+}
+
+/// Segment `page`: a `PageView` and a visit.
+#[utoipa::path(post, path = "/v1/page", tag = "segment", request_body = Object,
+    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn page(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> ApiResult<Json<Accepted>> {
+    single(s, h, b, Kind::Page).await
+}
+
+/// Segment `batch`: items of any kind, applied in order; invalid items are listed in
+/// `errors` and the valid ones stored. 400 only when no item is valid.
+#[utoipa::path(post, path = "/v1/batch", tag = "segment", request_body = Object,
+    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult<Json<Accepted>> {
+    let body = parse_body(&bytes)?;
+    let ch = channel(&state, &headers, &body).await?;
+    let Some(Value::Array(items)) = body.get("batch") else {
+        return Err(ApiError::field("batch", "must be a list of calls"));
+    };
+    if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::field(
+            "batch",
+            format!("must hold 1 to {MAX_BATCH_ITEMS} calls"),
+        ));
+    }
+    let now = now_ms();
+    let mut errors = Vec::new();
+    let mut valid: Vec<(usize, Ingest)> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let prefix = format!("batch[{i}]");
+        match segment::parse(&prefix, item, None, now)
+            .and_then(|call| ingest_of(&prefix, call, EventSource::Segment))
+        {
+            Ok(ingest) => valid.push((i, ingest)),
+            Err(Invalid(list)) => errors.extend(list.into_iter().map(|f| item_error(i, f))),
+        }
+    }
+    if valid.is_empty() {
+        let list = errors
+            .into_iter()
+            .map(|e| FieldError::new(e.field, e.message))
+            .collect();
+        return Err(Invalid(list).into());
+    }
+    let (indexes, ingests): (Vec<usize>, Vec<Ingest>) = valid.into_iter().unzip();
+    let results = state.app.ingest_many(&ch, ingests, Source::Server).await?;
+    for (i, r) in indexes.into_iter().zip(results) {
+        match r {
+            Ok(_) => {}
+            Err(sori_app::AppError::Invalid(Invalid(list))) => {
+                errors.extend(list.into_iter().map(|mut f| {
+                    f.field = format!("batch[{i}].{}", f.field);
+                    item_error(i, f)
+                }));
+            }
+            Err(e @ (sori_app::AppError::Store(_) | sori_app::AppError::Unavailable)) => {
+                // The database failed: let the client retry the whole batch (messageIds
+                // make the retry safe).
+                return Err(e.into());
+            }
+            Err(e) => errors.push(ItemError {
+                index: i,
+                field: format!("batch[{i}]"),
+                message: e.to_string(),
+            }),
+        }
+    }
+    errors.sort_by_key(|e| e.index);
+    Ok(Json(Accepted {
+        success: true,
+        errors,
+    }))
+}
+
+fn item_error(index: usize, f: FieldError) -> ItemError {
+    ItemError {
+        index,
+        field: f.field,
+        message: f.message,
+    }
+}
