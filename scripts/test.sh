@@ -10,6 +10,16 @@ if [ -z "${SORI_TEST_PG_URL:-}" ]; then
   exec ./scripts/with-postgres.sh bash -c 'SORI_TEST_PG_URL="$SORI_PG_URL" exec "$0" "$@"' "$0" "$@"
 fi
 
+# The real JavaScript clients the tests drive: Node packages from the lockfile, and
+# Debian's Chromium for the web SDK.
+if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+  (cd tests/js && npm ci --no-audit --no-fund)
+fi
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  echo "Chromium not found; installing Debian's chromium" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -15,7 +15,9 @@ use crate::users::Ingest;
 pub fn ingest_of(prefix: &str, call: Call, source: EventSource) -> Result<Ingest, Invalid> {
     let event = match &call.event {
         Some(input) => {
-            let mut e = input.check(prefix, new_id(), call.at, source, None)?;
+            let mut e = input
+                .check(prefix, new_id(), call.at, source, None)
+                .map_err(|e| segment_names(prefix, e))?;
             e.message_id.clone_from(&call.message_id);
             Some(e)
         }
@@ -39,4 +41,35 @@ pub fn ingest_of(prefix: &str, call: Call, source: EventSource) -> Result<Ingest
         activity,
         events: event.into_iter().collect(),
     })
+}
+
+/// Renames Sori's event fields in errors to the Segment fields the client sent.
+fn segment_names(prefix: &str, e: Invalid) -> Invalid {
+    let at = |f: &str| {
+        if prefix.is_empty() {
+            f.to_owned()
+        } else {
+            format!("{prefix}.{f}")
+        }
+    };
+    let renames = [
+        (at("name"), at("event")),
+        (at("property"), at("properties")),
+        (at("page"), at("context.page.url")),
+    ];
+    Invalid(
+        e.0.into_iter()
+            .map(|mut f| {
+                for (from, to) in &renames {
+                    if let Some(rest) = f.field.strip_prefix(from.as_str())
+                        && (rest.is_empty() || rest.starts_with('.'))
+                    {
+                        f.field = format!("{to}{rest}");
+                        break;
+                    }
+                }
+                f
+            })
+            .collect(),
+    )
 }

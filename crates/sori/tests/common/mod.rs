@@ -167,6 +167,11 @@ impl TestApp {
         Reply::from(req.send().await.unwrap()).await
     }
 
+    /// The services of the running server.
+    pub fn app(&self) -> &sori_app::App {
+        &self.running.as_ref().expect("server is running").app
+    }
+
     /// `PUT /open/v5/users/@{memberId}`.
     pub async fn upsert(&self, member_id: &str, body: Value) -> Reply {
         self.open(

@@ -1,0 +1,579 @@
+//! Events, identity and ingestion scenarios, each on SQLite and on PostgreSQL: the Open API
+//! event endpoints, the Segment-compatible API at the HTTP level, SDK boots, retention, and
+//! the real JavaScript clients (headless Chromium with `sori.js`, the published Segment and
+//! RudderStack Node libraries) driven against the server.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use base64::Engine;
+use common::{Backend, TestApp, spawn_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn events_of(app: &TestApp, key: &str) -> Vec<Value> {
+    let r = app
+        .open(
+            Method::GET,
+            &format!("/open/v5/users/{key}/events?limit=500"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["events"].as_array().unwrap().clone()
+}
+
+async fn open_api_events(b: Backend) {
+    let app = spawn_app(b).await;
+    let id = app
+        .upsert("m1", json!({"profile": {"name": "Kim"}}))
+        .await
+        .body["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let r = app
+        .open(
+            Method::POST,
+            &format!("/open/v5/users/{id}/events"),
+            Some(json!({"name": "Order", "property": {"revenue": 12000, "items": ["a", "b"], "gift": false}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["event"]["name"], "Order");
+    assert_eq!(r.body["event"]["source"], "openApi");
+
+    let batch: Vec<Value> = (0..5)
+        .map(|i| json!({"name": "View", "property": {"n": i}}))
+        .collect();
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/users/@m1/events",
+            Some(json!({"events": batch})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["events"].as_array().unwrap().len(), 5);
+
+    // Newest first, paged with an opaque cursor, and nothing lost or repeated.
+    let mut seen = Vec::new();
+    let mut since: Option<String> = None;
+    loop {
+        let q = since
+            .as_ref()
+            .map_or(String::new(), |s| format!("&since={s}"));
+        let r = app
+            .open(
+                Method::GET,
+                &format!("/open/v5/users/{id}/events?limit=2{q}"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        for e in r.body["events"].as_array().unwrap() {
+            seen.push(e.clone());
+        }
+        match r.body["next"].as_str() {
+            Some(n) => since = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6);
+    let times: Vec<i64> = seen
+        .iter()
+        .map(|e| e["createdAt"].as_i64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    assert_eq!(seen[5]["name"], "Order");
+    assert_eq!(
+        seen[5]["property"],
+        json!({"revenue": 12000, "items": ["a", "b"], "gift": false})
+    );
+
+    let cat = app.open(Method::GET, "/open/v5/events/catalog", None).await;
+    let entries = cat.body["events"].as_array().unwrap();
+    let order = entries.iter().find(|e| e["name"] == "Order").unwrap();
+    assert_eq!(order["count"], 1);
+    assert_eq!(order["revenue"], true);
+    let view = entries.iter().find(|e| e["name"] == "View").unwrap();
+    assert_eq!(view["count"], 5);
+    assert_eq!(view["revenue"], false);
+
+    // Bad events are refused with the field named, and nothing of the call is stored.
+    for (body, field) in [
+        (json!({"name": "x".repeat(31)}), "name"),
+        (json!({"name": "MarketingClick"}), "name"),
+        (
+            json!({"name": "A", "property": {"s": "a".repeat(513)}}),
+            "property.s",
+        ),
+        (
+            json!({"name": "A", "property": {"l": vec!["y".repeat(300); 14]}}),
+            "property.l",
+        ),
+        (json!({"name": "A", "property": [1]}), "property"),
+        (json!({"name": "A", "color": 1}), "color"),
+        (
+            json!({"events": [{"name": "ok"}, {"name": ""}]}),
+            "events[1].name",
+        ),
+    ] {
+        let r = app
+            .open(
+                Method::POST,
+                &format!("/open/v5/users/{id}/events"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{body} → {:?}", r.body);
+        assert_eq!(r.error_field(), field, "{body} → {:?}", r.body);
+    }
+    assert_eq!(events_of(&app, &id).await.len(), 6);
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/users/0123456789abcdef01234567/events",
+            Some(json!({"name": "A"})),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+
+    // lastSeenAt follows events.
+    let u = app.member("m1").await;
+    assert!(u["lastSeenAt"].as_i64().unwrap() >= times[0]);
+
+    // Another channel's keys see nothing of this user.
+    let other = app.second_channel().await;
+    let r = app
+        .open_as(
+            &other,
+            Method::GET,
+            &format!("/open/v5/users/{id}/events"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    app.stop().await;
+}
+
+fn basic(write_key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
+    )
+}
+
+async fn segment(app: &TestApp, path: &str, body: Value) -> common::Reply {
+    let auth = basic(&app.creds.write_key);
+    app.raw(
+        Method::POST,
+        path,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().into_bytes(),
+    )
+    .await
+}
+
+async fn segment_api(b: Backend) {
+    let app = spawn_app(b).await;
+
+    // Authentication: missing or wrong write key is 401 and stores nothing.
+    let r = app
+        .raw(
+            Method::POST,
+            "/v1/track",
+            &[],
+            json!({"userId": "s1", "event": "E"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let bad = basic("nope");
+    let r = app
+        .raw(
+            Method::POST,
+            "/v1/track",
+            &[("authorization", bad.as_str())],
+            json!({"userId": "s1", "event": "E"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        app.open(Method::GET, "/open/v5/users/@s1", None)
+            .await
+            .status,
+        404
+    );
+
+    // A batch: valid items land, invalid ones are reported by index.
+    let r = segment(
+        &app,
+        "/v1/batch",
+        json!({"batch": [
+            {"type": "identify", "userId": "s1", "traits": {"name": "Lee", "plan": "pro"}},
+            {"type": "track", "userId": "s1", "event": "x".repeat(31)},
+            {"type": "track", "userId": "s1", "event": "Signed Up", "messageId": "msg-1",
+             "properties": {"revenue": 5}},
+            {"type": "alias", "userId": "s1", "previousId": "a"},
+            {"type": "page", "userId": "s1", "properties": {"url": "https://shop.example/a"}},
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let errs = r.body["errors"].as_array().unwrap();
+    let indexes: Vec<i64> = errs.iter().map(|e| e["index"].as_i64().unwrap()).collect();
+    assert_eq!(indexes, vec![1, 3], "{errs:?}");
+    assert_eq!(errs[0]["field"], "batch[1].event");
+    let u = app.member("s1").await;
+    assert_eq!(u["profile"]["plan"], "pro");
+    let id = u["id"].as_str().unwrap().to_owned();
+    let evs = events_of(&app, &id).await;
+    assert_eq!(evs.len(), 2);
+    assert_eq!(evs.iter().filter(|e| e["name"] == "PageView").count(), 1);
+
+    // A retry with the same messageId stores nothing new.
+    let r = segment(
+        &app,
+        "/v1/track",
+        json!({"userId": "s1", "event": "Signed Up", "messageId": "msg-1", "properties": {"revenue": 5}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(events_of(&app, &id).await.len(), 2);
+    let cat = app.open(Method::GET, "/open/v5/events/catalog", None).await;
+    let signed = cat.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "Signed Up")
+        .unwrap()
+        .clone();
+    assert_eq!(signed["count"], 1);
+    assert_eq!(signed["revenue"], true);
+
+    // Historical data keeps its time; createdAt moves back, lastSeenAt does not.
+    let seen_before = app.member("s1").await["lastSeenAt"].as_i64().unwrap();
+    let r = segment(
+        &app,
+        "/v1/track",
+        json!({"userId": "s1", "event": "Old", "timestamp": "2024-01-02T03:04:05Z"}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let u = app.member("s1").await;
+    assert_eq!(u["createdAt"], 1_704_164_645_000_i64);
+    assert_eq!(u["lastSeenAt"].as_i64().unwrap(), seen_before);
+    let old = events_of(&app, &id).await;
+    assert_eq!(old.last().unwrap()["createdAt"], 1_704_164_645_000_i64);
+
+    // Whole-call errors name the field; a batch with no valid item is 400.
+    let r = segment(&app, "/v1/track", json!({"event": "E"})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_field(), "userId");
+    let r = segment(
+        &app,
+        "/v1/batch",
+        json!({"batch": [{"type": "track", "userId": "s1"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_field(), "batch[0].event");
+    let r = app
+        .raw(
+            Method::POST,
+            "/v1/batch",
+            &[("authorization", basic(&app.creds.write_key).as_str())],
+            b"{oops".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    app.stop().await;
+}
+
+async fn boot(app: &TestApp, body: Value) -> common::Reply {
+    app.raw(
+        Method::POST,
+        "/sdk/v1/boot",
+        &[("content-type", "application/json"), ("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36")],
+        body.to_string().into_bytes(),
+    )
+    .await
+}
+
+async fn sdk_rules(b: Backend) {
+    let app = spawn_app(b).await;
+    let pk = app.creds.plugin_key.clone();
+
+    let r = boot(&app, json!({"pluginKey": "nope"})).await;
+    assert_eq!(r.status, 401);
+    let r = boot(&app, json!({"pluginKey": pk, "zoom": 1})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_field(), "zoom");
+    let r = boot(&app, json!({"pluginKey": pk, "veilId": "bad id!"})).await;
+    assert_eq!(r.error_field(), "veilId");
+
+    // A first boot creates an anonymous user with a session, device and PageView.
+    let r = boot(&app, json!({"pluginKey": pk, "page": "https://shop.example/", "language": "en",
+        "unsubscribeEmail": true, "utm": {"source": "news"}, "referrer": "https://search.example/"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let u = r.body["user"].clone();
+    let veil = r.body["veilId"].as_str().unwrap().to_owned();
+    let session = r.body["session"].as_str().unwrap().to_owned();
+    assert_eq!(u["sessionsCount"], 1);
+    assert_eq!(u["language"], "en");
+    assert_eq!(u["unsubscribeEmail"], true);
+    assert_eq!(u["web"]["browserName"], "Chrome");
+    assert_eq!(u["web"]["osName"], "Windows 10");
+    assert_eq!(u["profile"]["utmSource"], "news");
+    assert_eq!(u["profile"]["referrer"], "https://search.example/");
+    let id = u["id"].as_str().unwrap().to_owned();
+    let evs = events_of(&app, &id).await;
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["name"], "PageView");
+    assert_eq!(evs[0]["page"], "https://shop.example/");
+    assert_eq!(evs[0]["source"], "sdk");
+
+    // A boot never resubscribes, and language applies only to a new user.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": veil, "unsubscribeEmail": false,
+        "language": "ko", "trackDefaultEvent": false}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["user"]["id"], id.as_str());
+    assert_eq!(r.body["user"]["unsubscribeEmail"], true);
+    assert_eq!(r.body["user"]["language"], "en");
+    assert_eq!(
+        r.body["user"]["sessionsCount"], 1,
+        "same session within 30 minutes"
+    );
+    assert_eq!(events_of(&app, &id).await.len(), 1);
+
+    // SDK calls need a genuine session token.
+    let send = |token: String, path: &'static str, method: Method, body: Value| {
+        let app = &app;
+        async move {
+            app.raw(
+                method,
+                path,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-sori-session", token.as_str()),
+                ],
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    let r = send(
+        session.clone(),
+        "/sdk/v1/events",
+        Method::POST,
+        json!({"name": "Click", "property": {"k": 1}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let forged = session.replacen(&id, "0123456789abcdef01234567", 1);
+    let r = send(
+        forged,
+        "/sdk/v1/events",
+        Method::POST,
+        json!({"name": "Click"}),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = send(
+        session.clone(),
+        "/sdk/v1/events",
+        Method::POST,
+        json!({"name": "MarketingGoal"}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let tags: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
+    let r = send(
+        session.clone(),
+        "/sdk/v1/user",
+        Method::PATCH,
+        json!({"addTags": tags}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "more than 10 tags per SDK call");
+    let r = send(
+        session.clone(),
+        "/sdk/v1/user",
+        Method::PATCH,
+        json!({"addTags": ["A"], "unsubscribeEmail": false}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["user"]["tags"], json!(["a"]));
+    assert_eq!(
+        r.body["user"]["unsubscribeEmail"], false,
+        "the customer's own action may resubscribe"
+    );
+
+    // Member hashes, once required, are checked and a failure writes nothing.
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/channel",
+            Some(json!({"memberHashRequired": true})),
+        )
+        .await;
+    assert_eq!(r.body["channel"]["memberHashRequired"], true);
+    let secret = app.creds.member_hash_secret.clone();
+    let good = sori_domain::member_hash::compute(&secret, "mem-1").unwrap();
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": veil, "memberId": "mem-1"}),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": veil, "memberId": "mem-1", "memberHash": "00"}),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        app.open(Method::GET, "/open/v5/users/@mem-1", None)
+            .await
+            .status,
+        404
+    );
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": veil, "memberId": "mem-1", "memberHash": good}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // No member existed, so the anonymous user itself becomes the member.
+    assert_eq!(r.body["user"]["id"], id.as_str());
+    assert_eq!(r.body["user"]["memberId"], "mem-1");
+    app.stop().await;
+}
+
+async fn retention(b: Backend) {
+    let app = spawn_app(b).await;
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/channel",
+            Some(json!({"eventRetentionDays": 0})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_field(), "eventRetentionDays");
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/channel",
+            Some(json!({"eventRetentionDays": 7})),
+        )
+        .await;
+    assert_eq!(r.body["channel"]["eventRetentionDays"], 7);
+    let day = 24 * 3600 * 1000_i64;
+    let now = sori_app::secrets::now_ms();
+    let batch: Vec<Value> = [30, 8, 6, 0]
+        .iter()
+        .map(|d| json!({"type": "track", "userId": "r1", "event": "Visit", "timestamp": now - d * day}))
+        .collect();
+    let r = segment(&app, "/v1/batch", json!({"batch": batch})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(events_of(&app, "@r1").await.len(), 4);
+    let deleted = app.app().enforce_retention().await.unwrap();
+    assert_eq!(deleted, 2);
+    assert_eq!(events_of(&app, "@r1").await.len(), 2);
+    // The catalog keeps counting what retention removed.
+    let cat = app.open(Method::GET, "/open/v5/events/catalog", None).await;
+    assert_eq!(cat.body["events"][0]["count"], 4);
+    app.stop().await;
+}
+
+/// Runs a script of `tests/js` with node against the server; fails with its output.
+fn node(app: &TestApp, script: &str, envs: &[(&str, String)]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/js");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "tests/js/node_modules is missing: run the suite with ./scripts/test.sh (it runs npm ci)"
+    );
+    let out = std::process::Command::new("node")
+        .arg(script)
+        .current_dir(&dir)
+        .env("SORI_URL", &app.base)
+        .env("SORI_ACCESS_KEY", &app.creds.access_key)
+        .env("SORI_ACCESS_SECRET", &app.creds.access_secret)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("node runs (install Node.js)");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    println!("{text}");
+}
+
+async fn web_sdk_in_chromium(b: Backend) {
+    let app = spawn_app(b).await;
+    let envs = [
+        ("SORI_PLUGIN_KEY", app.creds.plugin_key.clone()),
+        (
+            "SORI_MEMBER_HASH_SECRET",
+            app.creds.member_hash_secret.clone(),
+        ),
+        (
+            "CHROMIUM",
+            std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        ),
+    ];
+    let a = &app;
+    tokio::task::block_in_place(|| node(a, "browser.mjs", &envs));
+    // The browser's member ended up with the merged history, as stored.
+    let member = app.member("member-42").await;
+    let evs = events_of(&app, member["id"].as_str().unwrap()).await;
+    assert!(
+        evs.iter()
+            .any(|e| e["name"] == "AddToCart" && e["page"] == "/custom/page")
+    );
+    app.stop().await;
+}
+
+async fn segment_and_rudder_node_clients(b: Backend) {
+    let app = spawn_app(b).await;
+    for client in ["segment", "rudder"] {
+        let envs = [
+            ("CLIENT", client.to_owned()),
+            ("SORI_WRITE_KEY", app.creds.write_key.clone()),
+        ];
+        let a = &app;
+        tokio::task::block_in_place(|| node(a, "segment.mjs", &envs));
+        let u = app.member(&format!("{client}-m1")).await;
+        assert_eq!(u["profile"]["mobileNumber"], "+821012345678");
+    }
+    app.stop().await;
+}
+
+both!(
+    open_api_events,
+    segment_api,
+    sdk_rules,
+    retention,
+    web_sdk_in_chromium,
+    segment_and_rudder_node_clients
+);
