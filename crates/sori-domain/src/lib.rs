@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod field;
 pub mod identity;
+pub mod import;
 pub mod limits;
 pub mod mask;
 pub mod member_hash;

@@ -3,6 +3,7 @@
 //! [`start`] to run a real server on a free port.
 
 pub mod config;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sori::config::{Config, ConfigArgs, LogFormat};
+use sori::transfer::{Format, Kind};
 use sori_app::ChannelSpec;
+use std::path::PathBuf;
 
 /// Sori, a self-hosted customer-messaging CRM.
 #[derive(Debug, Parser)]
@@ -29,6 +31,36 @@ enum Command {
     Channel {
         #[command(subcommand)]
         command: ChannelCommand,
+    },
+    /// Import users or events from a CSV (header row) or NDJSON file. Bad lines are
+    /// reported with their numbers and skipped; re-running a file duplicates nothing.
+    Import {
+        /// What the file holds.
+        #[arg(value_enum)]
+        kind: Kind,
+        /// The file.
+        file: PathBuf,
+        /// Channel id (needed when the store has several).
+        #[arg(long)]
+        channel: Option<i64>,
+        /// File format (default: by extension, `.csv` or NDJSON).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// Export every user or event of a channel as NDJSON or CSV.
+    Export {
+        /// What to export.
+        #[arg(value_enum)]
+        kind: Kind,
+        /// Channel id (needed when the store has several).
+        #[arg(long)]
+        channel: Option<i64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: Format,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -126,6 +158,51 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 print_credentials(&creds);
             }
+        }
+        Command::Import {
+            kind,
+            file,
+            channel,
+            format,
+        } => {
+            let store = sori::open_store(&cfg).await?;
+            let app = sori::app(&cfg, store).await?;
+            let ch = sori::transfer::channel(&app, channel).await?;
+            let format = format.unwrap_or_else(|| Format::of(&file));
+            let started = std::time::Instant::now();
+            let s = sori::transfer::import(&app, &ch, kind, &file, format, &mut std::io::stderr())
+                .await?;
+            println!(
+                "imported {} {}, skipped {} bad lines, in {:.1} s",
+                s.imported,
+                match kind {
+                    Kind::Users => "users",
+                    Kind::Events => "events",
+                },
+                s.skipped,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Export {
+            kind,
+            channel,
+            format,
+            output,
+        } => {
+            let store = sori::open_store(&cfg).await?;
+            let app = sori::app(&cfg, store).await?;
+            let ch = sori::transfer::channel(&app, channel).await?;
+            let n = match output {
+                Some(path) => {
+                    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                    sori::transfer::export(&app, &ch, kind, format, &mut f).await?
+                }
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    sori::transfer::export(&app, &ch, kind, format, &mut out).await?
+                }
+            };
+            eprintln!("exported {n} rows");
         }
     }
     Ok(())

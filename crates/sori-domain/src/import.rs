@@ -1,0 +1,324 @@
+//! Import lines (SPEC §4, `sori import`): a user line is an upsert body plus `memberId`,
+//! `createdAt` and `lastSeenAt`; an event line is `{memberId or userId, name, property,
+//! createdAt, page}`. CSV rows are first turned into the same JSON shape, so both formats
+//! share one validation.
+
+use serde_json::{Map, Value};
+
+use crate::error::{Errors, Invalid};
+use crate::event::EventInput;
+use crate::field::{FieldType, Registry};
+use crate::segment::time_value;
+use crate::update::{UPDATE_FIELDS, UserUpdate, check_member_id};
+use crate::value::kind;
+
+/// A parsed user line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserLine {
+    /// The member to upsert.
+    pub member_id: String,
+    /// The update.
+    pub update: UserUpdate,
+    /// Explicit creation time (moves `createdAt` earlier only).
+    pub created_at: Option<i64>,
+    /// Explicit last activity (moves `lastSeenAt` later only).
+    pub last_seen_at: Option<i64>,
+}
+
+/// Whose event a line is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    /// By member id (created when absent).
+    Member(String),
+    /// By user id (must exist).
+    User(String),
+}
+
+/// A parsed event line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventLine {
+    /// Owner.
+    pub owner: Owner,
+    /// The event.
+    pub input: EventInput,
+    /// When it happened; now when absent.
+    pub created_at: Option<i64>,
+}
+
+fn object(v: &Value) -> Result<&Map<String, Value>, Invalid> {
+    v.as_object()
+        .ok_or_else(|| Invalid::one("line", format!("must be a JSON object, got {}", kind(v))))
+}
+
+fn time(o: &Map<String, Value>, k: &str, errs: &mut Errors) -> Option<i64> {
+    match o.get(k) {
+        None | Some(Value::Null) => None,
+        Some(v) => time_value(v, k, errs),
+    }
+}
+
+/// Parses a user line.
+pub fn user_line(v: &Value) -> Result<UserLine, Invalid> {
+    let o = object(v)?;
+    let mut errs = Errors::default();
+    let member_id = match o.get("memberId") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => {
+            errs.push("memberId", "is required (a string)");
+            None
+        }
+    };
+    if let Some(m) = &member_id
+        && let Err(e) = check_member_id(m)
+    {
+        errs.push("memberId", e.0[0].message.clone());
+    }
+    let created_at = time(o, "createdAt", &mut errs);
+    let last_seen_at = time(o, "lastSeenAt", &mut errs);
+    let body: Map<String, Value> = o
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "memberId" | "createdAt" | "lastSeenAt"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let update = match UserUpdate::from_json(&Value::Object(body), UPDATE_FIELDS) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            for f in e.0 {
+                errs.push(f.field, f.message);
+            }
+            None
+        }
+    };
+    errs.check()?;
+    Ok(UserLine {
+        member_id: member_id.unwrap_or_default(),
+        update: update.unwrap_or_default(),
+        created_at,
+        last_seen_at,
+    })
+}
+
+/// Parses an event line.
+pub fn event_line(v: &Value) -> Result<EventLine, Invalid> {
+    let o = object(v)?;
+    let mut errs = Errors::default();
+    let id = |k: &str| match o.get(k) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let owner = match (id("memberId"), id("userId")) {
+        (Some(m), None) => Some(Owner::Member(m)),
+        (None, Some(u)) => Some(Owner::User(u)),
+        (Some(_), Some(_)) => {
+            errs.push("memberId", "send memberId or userId, not both");
+            None
+        }
+        (None, None) => {
+            errs.push("memberId", "memberId or userId is required");
+            None
+        }
+    };
+    for k in o.keys() {
+        if !matches!(
+            k.as_str(),
+            "memberId" | "userId" | "name" | "property" | "page" | "createdAt"
+        ) {
+            errs.push(
+                k,
+                "is not a known field (memberId, userId, name, property, page, createdAt)",
+            );
+        }
+    }
+    let created_at = time(o, "createdAt", &mut errs);
+    errs.check()?;
+    Ok(EventLine {
+        owner: owner.unwrap_or(Owner::User(String::new())),
+        input: EventInput {
+            name: o.get("name").cloned().unwrap_or(Value::Null),
+            property: o.get("property").cloned(),
+            page: o.get("page").cloned(),
+        },
+        created_at,
+    })
+}
+
+/// A CSV cell as a JSON value: empty cells are absent; registered fields get their type;
+/// unregistered cells become booleans, numbers (without leading zeros, so codes and phone
+/// numbers stay text) or strings.
+pub fn csv_cell(raw: &str, registered: Option<FieldType>) -> Option<Value> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let number = || {
+        let plain = s.strip_prefix('-').unwrap_or(s);
+        let leading_zero = plain.len() > 1 && plain.starts_with('0') && !plain.starts_with("0.");
+        (!leading_zero && plain.chars().all(|c| c.is_ascii_digit() || c == '.'))
+            .then(|| s.parse::<f64>().ok())
+            .flatten()
+            .and_then(|f| {
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    Some(Value::from(f as i64))
+                } else {
+                    serde_json::Number::from_f64(f).map(Value::Number)
+                }
+            })
+    };
+    let list = || s.split(';').map(|x| x.trim()).filter(|x| !x.is_empty());
+    Some(match registered {
+        Some(FieldType::String) => Value::String(s.to_owned()),
+        Some(FieldType::List) => {
+            Value::Array(list().map(|x| Value::String(x.to_owned())).collect())
+        }
+        Some(FieldType::ListOfNumber) => Value::Array(
+            list()
+                .map(|x| csv_cell(x, Some(FieldType::Number)).unwrap_or(Value::Null))
+                .collect(),
+        ),
+        Some(FieldType::Number) => number().unwrap_or_else(|| Value::String(s.to_owned())),
+        Some(FieldType::Boolean) | None if s == "true" || s == "false" => Value::Bool(s == "true"),
+        Some(FieldType::Datetime) => number().unwrap_or_else(|| Value::String(s.to_owned())),
+        _ => number().unwrap_or_else(|| Value::String(s.to_owned())),
+    })
+}
+
+/// A CSV user row as a user line: `memberId`, `createdAt`, `lastSeenAt`, `tags` (`;`
+/// separated), `unsubscribeEmail`, `unsubscribeTexting`, `blocked`; every other column
+/// (optionally written `profile.key`) is a profile value.
+pub fn csv_user(headers: &[String], cells: &[String], registry: &Registry) -> Value {
+    let mut line = Map::new();
+    let mut profile = Map::new();
+    for (h, c) in headers.iter().zip(cells) {
+        let h = h.trim();
+        match h {
+            "memberId" => {
+                line.insert(h.into(), Value::String(c.trim().to_owned()));
+            }
+            "createdAt" | "lastSeenAt" => {
+                if let Some(v) = csv_cell(c, Some(FieldType::Datetime)) {
+                    line.insert(h.into(), v);
+                }
+            }
+            "tags" => {
+                if let Some(v) = csv_cell(c, Some(FieldType::List)) {
+                    line.insert(h.into(), v);
+                }
+            }
+            "unsubscribeEmail" | "unsubscribeTexting" | "blocked" => {
+                if let Some(v) = csv_cell(c, Some(FieldType::Boolean)) {
+                    line.insert(h.into(), v);
+                }
+            }
+            _ => {
+                let key = h.strip_prefix("profile.").unwrap_or(h);
+                let ty = registry.get(key).map(|f| f.field_type);
+                if let Some(v) = csv_cell(c, ty) {
+                    profile.insert(key.to_owned(), v);
+                }
+            }
+        }
+    }
+    if !profile.is_empty() {
+        line.insert("profile".into(), Value::Object(profile));
+    }
+    Value::Object(line)
+}
+
+/// A CSV event row as an event line: `memberId` or `userId`, `name`, `createdAt`, `page`,
+/// `property` (a JSON object) and `property.key` columns.
+pub fn csv_event(headers: &[String], cells: &[String]) -> Result<Value, Invalid> {
+    let mut line = Map::new();
+    let mut property = Map::new();
+    for (h, c) in headers.iter().zip(cells) {
+        let h = h.trim();
+        match h {
+            "property" if !c.trim().is_empty() => match serde_json::from_str::<Value>(c) {
+                Ok(Value::Object(m)) => property.extend(m),
+                _ => return Err(Invalid::one("property", "must be a JSON object")),
+            },
+            "property" => {}
+            "createdAt" => {
+                if let Some(v) = csv_cell(c, Some(FieldType::Datetime)) {
+                    line.insert(h.into(), v);
+                }
+            }
+            "memberId" | "userId" | "name" | "page" => {
+                if !c.trim().is_empty() {
+                    line.insert(h.into(), Value::String(c.trim().to_owned()));
+                }
+            }
+            other => match other.strip_prefix("property.") {
+                Some(k) => {
+                    if let Some(v) = csv_cell(c, None) {
+                        property.insert(k.to_owned(), v);
+                    }
+                }
+                None => {
+                    line.insert(other.to_owned(), Value::String(c.clone()));
+                }
+            },
+        }
+    }
+    if !property.is_empty() {
+        line.insert("property".into(), Value::Object(property));
+    }
+    Ok(Value::Object(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn user_lines_carry_times_and_reject_unknown_fields() {
+        let l = user_line(
+            &json!({"memberId": "m", "createdAt": "2020-01-01T00:00:00Z",
+            "lastSeenAt": 1_600_000_000_000_i64, "profile": {"name": "Kim"}, "tags": ["a"]}),
+        )
+        .unwrap();
+        assert_eq!(l.member_id, "m");
+        assert_eq!(l.created_at, Some(1_577_836_800_000));
+        assert_eq!(l.last_seen_at, Some(1_600_000_000_000));
+        let e = user_line(&json!({"profile": {"x": 1}, "color": "red"})).unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, vec!["memberId", "color"]);
+    }
+
+    #[test]
+    fn event_lines_need_exactly_one_owner() {
+        assert!(event_line(&json!({"memberId": "m", "name": "A"})).is_ok());
+        assert!(event_line(&json!({"name": "A"})).is_err());
+        assert!(event_line(&json!({"memberId": "m", "userId": "u", "name": "A"})).is_err());
+        assert!(event_line(&json!({"userId": "u", "name": "A", "createdAt": "x"})).is_err());
+    }
+
+    #[test]
+    fn csv_cells_keep_codes_as_text() {
+        assert_eq!(csv_cell("01234", None), Some(json!("01234")));
+        assert_eq!(
+            csv_cell("010-1234-5678", None),
+            Some(json!("010-1234-5678"))
+        );
+        assert_eq!(csv_cell("42", None), Some(json!(42)));
+        assert_eq!(csv_cell("4.5", None), Some(json!(4.5)));
+        assert_eq!(csv_cell("true", None), Some(json!(true)));
+        assert_eq!(csv_cell("42", Some(FieldType::String)), Some(json!("42")));
+        assert_eq!(
+            csv_cell("a; b", Some(FieldType::List)),
+            Some(json!(["a", "b"]))
+        );
+        assert_eq!(csv_cell("  ", None), None);
+    }
+
+    proptest! {
+        #[test]
+        fn csv_cells_never_panic(s in ".{0,40}") {
+            let _ = csv_cell(&s, None);
+            let _ = csv_cell(&s, Some(FieldType::ListOfNumber));
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! `sori import` and `sori export`: bulk moves of users and events through files (CSV with
+//! a header row, or NDJSON), going through the same validation and write path as the APIs.
+//! Bad lines are reported with their line numbers and skipped; re-running a file does not
+//! duplicate anything (users are upserts by member id, events carry a `messageId` derived
+//! from the line's content).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sori_app::App;
+use sori_app::auth::{ChannelInfo, info_of};
+use sori_app::secrets::{new_id, now_ms};
+use sori_app::users::{Ingest, Source};
+use sori_domain::activity::Activity;
+use sori_domain::event::EventSource;
+use sori_domain::import::{Owner, csv_event, csv_user, event_line, user_line};
+use sori_domain::{Invalid, Registry};
+use sori_store::UserTarget;
+
+/// What a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Users (upserts by member id).
+    Users,
+    /// Events.
+    Events,
+}
+
+/// File format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl Format {
+    /// The format a file name implies (`.csv`, else NDJSON).
+    pub fn of(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("csv") => Self::Csv,
+            _ => Self::Ndjson,
+        }
+    }
+}
+
+/// Lines written per store batch.
+const CHUNK: usize = 1000;
+
+/// The outcome of an import.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Lines stored.
+    pub imported: u64,
+    /// Lines skipped as invalid.
+    pub skipped: u64,
+}
+
+/// Picks the channel: the given id, or the only channel of the store.
+pub async fn channel(app: &App, id: Option<i64>) -> anyhow::Result<ChannelInfo> {
+    let id = match id {
+        Some(id) => id,
+        None => {
+            let ids = app.store.channel_ids().await?;
+            match ids.as_slice() {
+                [one] => *one,
+                [] => anyhow::bail!(
+                    "the store has no channel yet; run `sori serve` or `sori channel create` first"
+                ),
+                _ => anyhow::bail!(
+                    "the store has {} channels; pick one with --channel",
+                    ids.len()
+                ),
+            }
+        }
+    };
+    let ch = app
+        .store
+        .channel(id)
+        .await?
+        .with_context(|| format!("channel {id} does not exist"))?;
+    Ok(info_of(ch))
+}
+
+/// One line to write, with its line number.
+struct Pending {
+    line: usize,
+    ingest: Ingest,
+}
+
+/// Imports `path`, reporting bad lines on `errors` and progress on a bar.
+pub async fn import(
+    app: &App,
+    ch: &ChannelInfo,
+    kind: Kind,
+    path: &Path,
+    format: Format,
+    errors: &mut dyn Write,
+) -> anyhow::Result<Summary> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} [{bar:30}] {msg} ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let reader = BufReader::new(bar.wrap_read(file));
+    let registry = Registry::new(app.store.profile_fields(ch.channel.id).await?);
+    let mut summary = Summary::default();
+    let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
+    let mut seen: HashMap<String, u32> = HashMap::new();
+
+    let mut handle = |line: usize,
+                      parsed: Result<Value, Invalid>,
+                      pending: &mut Vec<Pending>,
+                      summary: &mut Summary,
+                      errors: &mut dyn Write| {
+        let ingest = parsed.and_then(|v| match kind {
+            Kind::Users => user_ingest(&v),
+            Kind::Events => event_ingest(&v, &mut seen),
+        });
+        match ingest {
+            Ok(ingest) => pending.push(Pending { line, ingest }),
+            Err(e) => {
+                summary.skipped += 1;
+                report(errors, line, &e);
+            }
+        }
+    };
+
+    match format {
+        Format::Ndjson => {
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| format!("reading line {}", i + 1))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let parsed = serde_json::from_str::<Value>(&line)
+                    .map_err(|e| Invalid::one("line", format!("malformed JSON: {e}")));
+                handle(i + 1, parsed, &mut pending, &mut summary, errors);
+                if pending.len() >= CHUNK {
+                    flush(app, ch, &mut pending, &mut summary, errors).await?;
+                    bar.set_message(format!(
+                        "{} imported, {} skipped",
+                        summary.imported, summary.skipped
+                    ));
+                }
+            }
+        }
+        Format::Csv => {
+            let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+            let headers: Vec<String> = rdr
+                .headers()
+                .context("reading the CSV header row")?
+                .iter()
+                .map(str::to_owned)
+                .collect();
+            for (i, record) in rdr.records().enumerate() {
+                let line = i + 2;
+                let parsed = match record {
+                    Ok(r) => {
+                        let cells: Vec<String> = r.iter().map(str::to_owned).collect();
+                        match kind {
+                            Kind::Users => Ok(csv_user(&headers, &cells, &registry)),
+                            Kind::Events => csv_event(&headers, &cells),
+                        }
+                    }
+                    Err(e) => Err(Invalid::one("line", format!("malformed CSV: {e}"))),
+                };
+                handle(line, parsed, &mut pending, &mut summary, errors);
+                if pending.len() >= CHUNK {
+                    flush(app, ch, &mut pending, &mut summary, errors).await?;
+                    bar.set_message(format!(
+                        "{} imported, {} skipped",
+                        summary.imported, summary.skipped
+                    ));
+                }
+            }
+        }
+    }
+    flush(app, ch, &mut pending, &mut summary, errors).await?;
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+fn report(errors: &mut dyn Write, line: usize, e: &Invalid) {
+    for f in &e.0 {
+        let _ = writeln!(errors, "line {line}: {}: {}", f.field, f.message);
+    }
+}
+
+async fn flush(
+    app: &App,
+    ch: &ChannelInfo,
+    pending: &mut Vec<Pending>,
+    summary: &mut Summary,
+    errors: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let batch: Vec<Pending> = std::mem::take(pending);
+    let lines: Vec<usize> = batch.iter().map(|p| p.line).collect();
+    let results = app
+        .ingest_many(
+            ch,
+            batch.into_iter().map(|p| p.ingest).collect(),
+            Source::Server,
+        )
+        .await?;
+    for (line, r) in lines.into_iter().zip(results) {
+        match r {
+            Ok(_) => summary.imported += 1,
+            Err(sori_app::AppError::Invalid(e)) => {
+                summary.skipped += 1;
+                report(errors, line, &e);
+            }
+            Err(e @ (sori_app::AppError::Store(_) | sori_app::AppError::Unavailable)) => {
+                return Err(anyhow::anyhow!("line {line}: {e}"));
+            }
+            Err(e) => {
+                summary.skipped += 1;
+                let _ = writeln!(errors, "line {line}: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn user_ingest(v: &Value) -> Result<Ingest, Invalid> {
+    let l = user_line(v)?;
+    Ok(Ingest {
+        target: UserTarget::MemberId {
+            member_id: l.member_id,
+            new_id: new_id(),
+        },
+        update: l.update,
+        activity: Activity {
+            created_at: l.created_at,
+            last_seen_at: l.last_seen_at,
+            ..Activity::default()
+        },
+        events: Vec::new(),
+    })
+}
+
+/// An event line as an ingest. Its `messageId` is a hash of the line's content plus how
+/// often that content appeared before in this file, so a re-run stores nothing twice while
+/// two identical lines of one file stay two events.
+fn event_ingest(v: &Value, seen: &mut HashMap<String, u32>) -> Result<Ingest, Invalid> {
+    let l = event_line(v)?;
+    let at = l.created_at.unwrap_or_else(now_ms).min(now_ms());
+    let mut event = l.input.check("", new_id(), at, EventSource::Import, None)?;
+    let digest = hex::encode(Sha256::digest(v.to_string().as_bytes()));
+    let n = seen.entry(digest.clone()).or_insert(0);
+    event.message_id = Some(format!("import:{}:{n}", &digest[..40]));
+    *n += 1;
+    let target = match l.owner {
+        Owner::Member(m) => UserTarget::MemberId {
+            member_id: m,
+            new_id: new_id(),
+        },
+        Owner::User(u) => UserTarget::Id(u),
+    };
+    Ok(Ingest {
+        target,
+        update: sori_domain::UserUpdate::default(),
+        activity: Activity::seen(at),
+        events: vec![event],
+    })
+}
+
+/// Writes every user or event of the channel to `out`.
+pub async fn export(
+    app: &App,
+    ch: &ChannelInfo,
+    kind: Kind,
+    format: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    const PAGE: u32 = 500;
+    let id = ch.channel.id;
+    let mut n = 0;
+    match kind {
+        Kind::Users => {
+            let keys: Vec<String> = app
+                .store
+                .profile_fields(id)
+                .await?
+                .into_iter()
+                .map(|f| f.key.as_str().to_owned())
+                .collect();
+            let csv = format == Format::Csv;
+            if csv {
+                let mut header: Vec<String> = [
+                    "id",
+                    "memberId",
+                    "createdAt",
+                    "lastSeenAt",
+                    "tags",
+                    "unsubscribeEmail",
+                    "unsubscribeTexting",
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                header.extend(keys.iter().cloned());
+                out.write_all(&csv_line(&header)?)?;
+            }
+            let mut after: Option<String> = None;
+            loop {
+                let users = app
+                    .store
+                    .users_page(id, after.as_deref(), PAGE, false)
+                    .await?;
+                for u in &users {
+                    n += 1;
+                    match csv {
+                        false => {
+                            let v = serde_json::json!({
+                                "id": u.id, "memberId": u.member_id, "profile": u.profile,
+                                "tags": u.tags, "unsubscribeEmail": u.unsubscribe_email,
+                                "unsubscribeTexting": u.unsubscribe_texting, "blocked": u.blocked,
+                                "createdAt": u.created_at, "lastSeenAt": u.last_seen_at,
+                            });
+                            writeln!(out, "{v}")?;
+                        }
+                        true => {
+                            let mut row = vec![
+                                u.id.clone(),
+                                u.member_id.clone().unwrap_or_default(),
+                                u.created_at.to_string(),
+                                u.last_seen_at.map(|t| t.to_string()).unwrap_or_default(),
+                                u.tags.join(";"),
+                                u.unsubscribe_email.to_string(),
+                                u.unsubscribe_texting.to_string(),
+                            ];
+                            row.extend(keys.iter().map(|k| cell(u.profile.get(k))));
+                            out.write_all(&csv_line(&row)?)?;
+                        }
+                    }
+                }
+                match users.last() {
+                    Some(u) if users.len() == PAGE as usize => after = Some(u.id.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Kind::Events => {
+            let csv = format == Format::Csv;
+            if csv {
+                let header = [
+                    "id",
+                    "userId",
+                    "name",
+                    "createdAt",
+                    "page",
+                    "source",
+                    "property",
+                ];
+                out.write_all(&csv_line(&header.map(str::to_owned))?)?;
+            }
+            let mut after: Option<(i64, String)> = None;
+            loop {
+                let events = app
+                    .store
+                    .events_page(id, after.as_ref().map(|(t, i)| (*t, i.as_str())), PAGE)
+                    .await?;
+                for e in &events {
+                    n += 1;
+                    let property = Value::Object(e.property.clone());
+                    match csv {
+                        false => {
+                            let v = serde_json::json!({
+                                "userId": e.user_id, "name": e.name, "property": property,
+                                "page": e.page, "createdAt": e.created_at,
+                            });
+                            writeln!(out, "{v}")?;
+                        }
+                        true => {
+                            let row = [
+                                e.id.clone(),
+                                e.user_id.clone(),
+                                e.name.clone(),
+                                e.created_at.to_string(),
+                                e.page.clone().unwrap_or_default(),
+                                e.source.as_str().to_owned(),
+                                property.to_string(),
+                            ];
+                            out.write_all(&csv_line(&row)?)?;
+                        }
+                    }
+                }
+                match events.last() {
+                    Some(e) if events.len() == PAGE as usize => {
+                        after = Some((e.created_at, e.id.clone()));
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(n)
+}
+
+/// One CSV record, quoted as needed.
+fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(fields)?;
+    Ok(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+}
+
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(";"),
+        Some(other) => other.to_string(),
+    }
+}

@@ -1,0 +1,274 @@
+//! The binary against a real store, on SQLite and on PostgreSQL: `sori import` / `sori
+//! export`, and durability of acknowledged events across `kill -9`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
+use common::{Backend, fresh_pg_database};
+use serde_json::{Value, json};
+
+/// A store for the binary: a data dir, plus a PostgreSQL URL on that backend.
+struct Db {
+    dir: tempfile::TempDir,
+    url: Option<String>,
+}
+
+impl Db {
+    async fn new(b: Backend) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            url: match b {
+                Backend::Sqlite => None,
+                Backend::Postgres => Some(fresh_pg_database().await),
+            },
+        }
+    }
+
+    fn sori(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sori"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"));
+        if let Some(u) = &self.url {
+            c.arg("--database-url").arg(u);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.sori().args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+fn ndjson(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn import_and_export(b: Backend) {
+    let db = Db::new(b).await;
+    let (ok, _, err) = db.run(&["channel", "create", "--name", "Shop"]);
+    assert!(ok, "{err}");
+
+    let users = db.file(
+        "users.ndjson",
+        &([
+            json!({"memberId": "u1", "profile": {"name": "Kim", "plan": "pro"}, "tags": ["VIP"],
+                   "createdAt": "2021-03-04T05:06:07Z", "lastSeenAt": 1_650_000_000_000_i64}),
+            json!({"memberId": "u2", "profile": {"name": "Lee"}}),
+            json!({"memberId": "u3", "profile": {"age": "x".repeat(600)}}),
+            json!({"profile": {"name": "no member id"}}),
+        ]
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+            + "\n{broken\n"),
+    );
+    let (ok, out, err) = db.run(&["import", "users", &users]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("imported 2 users, skipped 3 bad lines"),
+        "{out}"
+    );
+    assert!(err.contains("line 3: profile.age"), "{err}");
+    assert!(err.contains("line 4: memberId"), "{err}");
+    assert!(err.contains("line 5: line: malformed JSON"), "{err}");
+
+    let csv_users = db.file(
+        "users.csv",
+        "memberId,name,zip,visits,tags,createdAt\nu4,Park,01234,3,a;b,2020-01-01T00:00:00Z\n,Nobody,,,,\n",
+    );
+    let (ok, out, err) = db.run(&["import", "users", &csv_users]);
+    assert!(ok, "{err}");
+    assert!(out.contains("imported 1 users, skipped 1"), "{out} {err}");
+    assert!(err.contains("line 3: memberId"), "{err}");
+
+    let events = db.file(
+        "events.csv",
+        "memberId,name,createdAt,page,property.sku,property.price\n\
+         u1,Order,2022-05-06T07:08:09Z,https://shop.example/o,A-1,1200\n\
+         u1,Order,2022-05-06T07:08:09Z,https://shop.example/o,A-1,1200\n\
+         u2,View,2023-01-01T00:00:00Z,,,\n\
+         u2,,2023-01-01T00:00:00Z,,,\n",
+    );
+    for _ in 0..2 {
+        let (ok, out, err) = db.run(&["import", "events", &events]);
+        assert!(ok, "{err}");
+        assert!(out.contains("imported 3 events, skipped 1"), "{out} {err}");
+        assert!(err.contains("line 5: name"), "{err}");
+    }
+
+    let (ok, out, err) = db.run(&["export", "events"]);
+    assert!(ok, "{err}");
+    let evs = ndjson(&out);
+    assert_eq!(
+        evs.len(),
+        3,
+        "re-running the file duplicated nothing: {out}"
+    );
+    assert_eq!(evs[0]["createdAt"], 1_651_820_889_000_i64);
+    assert_eq!(evs[0]["property"], json!({"sku": "A-1", "price": 1200}));
+    assert_eq!(evs[0]["page"], "https://shop.example/o");
+
+    let (ok, out, err) = db.run(&["export", "users"]);
+    assert!(ok, "{err}");
+    let us = ndjson(&out);
+    let u1 = us.iter().find(|u| u["memberId"] == "u1").unwrap();
+    assert_eq!(u1["createdAt"], 1_614_834_367_000_i64);
+    assert_eq!(
+        u1["lastSeenAt"], 1_651_820_889_000_i64,
+        "latest of explicit and event times"
+    );
+    assert_eq!(u1["tags"], json!(["vip"]));
+    let u4 = us.iter().find(|u| u["memberId"] == "u4").unwrap();
+    assert_eq!(u4["profile"]["zip"], "01234");
+    assert_eq!(u4["profile"]["visits"], 3);
+    assert_eq!(u4["tags"], json!(["a", "b"]));
+
+    let (ok, out, err) = db.run(&["export", "users", "--format", "csv"]);
+    assert!(ok, "{err}");
+    let mut rdr = csv::Reader::from_reader(out.as_bytes());
+    assert_eq!(rdr.records().count(), 3);
+    // An export of events re-imports into another store with the same content.
+    let (ok, out, _) = db.run(&["export", "events", "--format", "csv"]);
+    assert!(ok);
+    assert!(out.starts_with("id,userId,name,createdAt,page,source,property"));
+}
+
+/// Starts `sori serve`; returns the child, its base URL and the first start's keys.
+fn serve(db: &Db) -> (Child, String, Vec<String>) {
+    let mut child = db
+        .sori()
+        .args(["--listen", "127.0.0.1:0", "serve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut keys = Vec::new();
+    let mut base = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [k @ ("accessKey" | "accessSecret" | "writeKey"), v] = words.as_slice() {
+            keys.push(format!("{k}={v}"));
+        }
+        if let Some(addr) = line.strip_prefix("Sori is listening on ") {
+            base = addr.to_owned();
+            break;
+        }
+    }
+    (child, base, keys)
+}
+
+fn key(keys: &[String], name: &str) -> String {
+    keys.iter()
+        .find_map(|k| k.strip_prefix(&format!("{name}=")))
+        .unwrap()
+        .to_owned()
+}
+
+async fn acknowledged_events_survive_kill_9(b: Backend) {
+    let db = Db::new(b).await;
+    let (mut child, base, keys) = serve(&db);
+    let write = key(&keys, "writeKey");
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write}:"))
+    );
+    // Eight clients send events as fast as they are acknowledged; the server is killed
+    // while they are in flight.
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for seq in 0..10_000 {
+                let body = json!({"userId": format!("k{t}"), "event": "Tick",
+                    "properties": {"seq": seq}, "messageId": format!("k{t}-{seq}")});
+                let r = http
+                    .post(format!("{base}/v1/track"))
+                    .header("authorization", &auth)
+                    .json(&body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => acked.push(seq),
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap());
+    }
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(
+        total > 100,
+        "the clients got {total} acknowledgements before the kill"
+    );
+
+    let (mut child, base, _) = serve(&db);
+    let (ak, asec) = (key(&keys, "accessKey"), key(&keys, "accessSecret"));
+    for (t, seqs) in acked.iter().enumerate() {
+        let mut stored = std::collections::HashSet::new();
+        let mut since = String::new();
+        loop {
+            let r: Value = http
+                .get(format!(
+                    "{base}/open/v5/users/@k{t}/events?limit=500{since}"
+                ))
+                .header("x-access-key", &ak)
+                .header("x-access-secret", &asec)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for e in r["events"].as_array().unwrap() {
+                stored.insert(e["property"]["seq"].as_i64().unwrap());
+            }
+            match r["next"].as_str() {
+                Some(n) => since = format!("&since={n}"),
+                None => break,
+            }
+        }
+        for s in seqs {
+            assert!(
+                stored.contains(&(*s as i64)),
+                "client {t}: acknowledged event {s} was lost"
+            );
+        }
+    }
+    println!("{total} acknowledged events, all found after kill -9");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+both!(import_and_export, acknowledged_events_survive_kill_9);
