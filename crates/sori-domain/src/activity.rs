@@ -119,7 +119,7 @@ pub fn parse_user_agent(ua: &str) -> DeviceInfo {
     let known =
         |s: &str| (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN).then(|| s.to_owned());
     let name = known(r.name);
-    let version = known(&r.version);
+    let version = known(r.version);
     let os_name = known(r.os);
     let os_version = known(&r.os_version);
     DeviceInfo {

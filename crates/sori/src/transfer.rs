@@ -415,7 +415,7 @@ pub async fn export(
 fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(fields)?;
-    Ok(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn cell(v: Option<&Value>) -> String {
