@@ -6,6 +6,8 @@
 //! percentiles. Every acknowledged upsert is durable (SQLite `synchronous=FULL`,
 //! PostgreSQL `synchronous_commit=on`).
 
+mod ingest;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -62,6 +64,28 @@ enum Cmd {
         #[arg(long, default_value = "")]
         access_secret: String,
     },
+    /// Event ingestion through the Segment-compatible API, driven by wrk: batches of 100
+    /// events, and one event per request, each also against the no-op endpoint.
+    Ingest {
+        /// Store to run against.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        backend: Backend,
+        /// Admin URL of a PostgreSQL server (a fresh database is created on it).
+        #[arg(long, env = "SORI_BENCH_PG_URL")]
+        pg_url: Option<String>,
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections for the batched runs.
+        #[arg(long, default_value_t = 16)]
+        batch_connections: usize,
+        /// Connections for the one-event-per-request runs.
+        #[arg(long, default_value_t = 64)]
+        single_connections: usize,
+        /// The sori binary to start.
+        #[arg(long, default_value = "target/release/sori")]
+        sori: PathBuf,
+    },
 }
 
 struct Server {
@@ -69,6 +93,7 @@ struct Server {
     base: String,
     key: String,
     secret: String,
+    write_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -109,13 +134,14 @@ fn start_server(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Ser
             )
         })?;
     let out = child.stdout.take().context("stdout")?;
-    let (mut key, mut secret) = (String::new(), String::new());
+    let (mut key, mut secret, mut write_key) = (String::new(), String::new(), String::new());
     for line in BufReader::new(out).lines() {
         let line = line?;
         let mut parts = line.split_whitespace();
         match (parts.next(), parts.next()) {
             (Some("accessKey"), Some(v)) => key = v.to_owned(),
             (Some("accessSecret"), Some(v)) => secret = v.to_owned(),
+            (Some("writeKey"), Some(v)) => write_key = v.to_owned(),
             _ => {}
         }
         if line.starts_with("Sori is listening") {
@@ -130,6 +156,7 @@ fn start_server(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Ser
         base: format!("http://127.0.0.1:{port}"),
         key,
         secret,
+        write_key,
         _dir: dir,
     })
 }
@@ -294,6 +321,7 @@ async fn main() -> anyhow::Result<()> {
                     base,
                     key: access_key,
                     secret: access_secret,
+                    write_key: String::new(),
                     _dir: tempfile::tempdir()?,
                 };
                 return run_upserts(&server, clients, seconds, members).await;
@@ -317,6 +345,43 @@ async fn main() -> anyhow::Result<()> {
                 }
             );
             run_upserts(&server, clients, seconds, members).await?;
+        }
+        Cmd::Ingest {
+            backend,
+            pg_url,
+            seconds,
+            batch_connections,
+            single_connections,
+            sori,
+        } => {
+            let url = match backend {
+                Backend::Sqlite => None,
+                Backend::Postgres => {
+                    let admin = pg_url
+                        .context("--pg-url (or SORI_BENCH_PG_URL) is required for postgres")?;
+                    Some(fresh_pg_database(&admin).await?)
+                }
+            };
+            let server = start_server(&sori, url.as_deref())?;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "backend {} | {seconds} s per run | {cores} cores shared by server and wrk (2 threads)",
+                if backend == Backend::Sqlite {
+                    "sqlite"
+                } else {
+                    "postgres"
+                }
+            );
+            ingest::run(
+                &server.base,
+                &server.write_key,
+                &server.key,
+                &server.secret,
+                seconds,
+                batch_connections,
+                single_connections,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -39,7 +39,7 @@ pub struct Boot {
 #[derive(Debug)]
 pub struct Booted {
     /// The user after the boot.
-    pub outcome: UserOpOutcome,
+    pub user: sori_domain::User,
     /// Veil id the browser should keep.
     pub veil_id: String,
     /// Token for later SDK calls.
@@ -102,9 +102,9 @@ impl App {
             events,
         };
         let outcome = self.ingest(ch, ingest, Source::SdkBoot).await?;
-        let token = self.sdk_token(ch.channel.id, &outcome.user.id);
+        let token = self.sdk_token(ch.channel.id, &outcome.user_id);
         Ok(Booted {
-            outcome,
+            user: crate::users::whole(outcome)?,
             veil_id,
             token,
         })

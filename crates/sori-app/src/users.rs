@@ -235,16 +235,18 @@ impl crate::App {
         })
     }
 
-    /// Runs one user write through the group-committing writer and maps per-op failures.
+    /// Runs one user write through the group-committing writer and returns the user.
     pub async fn write_user(
         &self,
         ch: &crate::auth::ChannelInfo,
         target: sori_store::UserTarget,
         update: sori_domain::UserUpdate,
         source: Source,
-    ) -> AppResult<sori_store::UserOpOutcome> {
-        self.ingest(ch, Ingest::update(target, update), source)
-            .await
+    ) -> AppResult<sori_domain::User> {
+        whole(
+            self.ingest(ch, Ingest::update(target, update), source)
+                .await?,
+        )
     }
 
     /// Runs one ingest (update, activity, events) as one atomic write.
@@ -288,6 +290,15 @@ impl crate::App {
             })
             .collect())
     }
+}
+
+/// The whole user of a write that is not events-only (those always load the row).
+pub fn whole(o: sori_store::UserOpOutcome) -> AppResult<sori_domain::User> {
+    o.user.ok_or_else(|| {
+        AppError::Store(StoreError::Corrupt(
+            "a profile write came back without its user".into(),
+        ))
+    })
 }
 
 fn outcome(r: UserOpResult) -> AppResult<sori_store::UserOpOutcome> {

@@ -180,6 +180,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .merge(segment)
         .merge(sdk)
         .route("/healthz", get(ops::healthz))
+        .route("/_noop", post(ops::noop))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)

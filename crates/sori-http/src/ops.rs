@@ -98,6 +98,12 @@ async fn track(req: Request, next: Next) -> Response {
 }
 
 /// Liveness and store reachability.
+/// Reads the body and answers like an ingestion call without doing anything: benchmarks
+/// run the same load against it to show how close an endpoint is to the HTTP stack's limit.
+pub async fn noop(body: axum::body::Bytes) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"success": true, "bytes": body.len()}))
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Object), (status = 503)))]
 pub async fn healthz(State(state): State<AppState>) -> Response {
     match state.app.store.count_channels().await {

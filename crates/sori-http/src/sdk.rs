@@ -209,7 +209,7 @@ pub async fn boot(
         )
         .await?;
     Ok(Json(Booted {
-        user: UserView::of(ch.channel.id, booted.outcome.user),
+        user: UserView::of(ch.channel.id, booted.user),
         veil_id: booted.veil_id,
         session: format!("{}:{}", ch.channel.plugin_key, booted.token),
     }))
@@ -244,7 +244,7 @@ pub async fn track(
         .sdk_track(&ch, &user, &input, user_agent(&headers).as_deref())
         .await?;
     Ok(Json(EventEnvelope {
-        event: EventView::of_new(&outcome.user.id, event),
+        event: EventView::of_new(&outcome.user_id, event),
     }))
 }
 
@@ -267,6 +267,6 @@ pub async fn update_user(
         )
         .await?;
     Ok(Json(UserEnvelope {
-        user: UserView::of(ch.channel.id, outcome.user),
+        user: UserView::of(ch.channel.id, sori_app::users::whole(outcome)?),
     }))
 }

@@ -21,7 +21,7 @@ use sori_domain::event::{Event, NewEvent};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
-    Store, StoreError, UserOp, UserOpResult, UserRow, plan_user_writes,
+    Store, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgExecutor, Row};
@@ -63,6 +63,22 @@ const USERS_FOR_UPDATE: &str = concat!(
     "WHERE channel_id = $1 AND (id = ANY($2::text[]) OR member_id = ANY($3::text[]) \
      OR (member_id IS NULL AND veil_id = ANY($4::text[]))) ORDER BY id FOR UPDATE"
 );
+
+/// Identity columns of the users light ops address, locked in id order.
+const LIGHT_FOR_UPDATE: &str = "SELECT id, member_id, veil_id FROM users \
+    WHERE channel_id = $1 AND (id = ANY($2::text[]) OR member_id = ANY($3::text[]) \
+    OR (member_id IS NULL AND veil_id = ANY($4::text[]))) ORDER BY id FOR UPDATE";
+
+/// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes; `updatedAt`
+/// moves when `lastSeenAt` does.
+const LIGHT_ACTIVITY: &str = "UPDATE users SET \
+    updated_at = CASE WHEN v.latest > COALESCE(users.last_seen_at, -1) \
+        THEN GREATEST(users.updated_at, v.now) ELSE users.updated_at END, \
+    last_seen_at = GREATEST(COALESCE(users.last_seen_at, v.latest), v.latest), \
+    created_at = LEAST(users.created_at, v.earliest) \
+    FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+    AS v(ch, id, latest, earliest, now) \
+    WHERE users.channel_id = v.ch AND users.id = v.id";
 
 const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
     tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
@@ -894,8 +910,14 @@ impl Store for PostgresStore {
     async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
         // Channels in ascending order and rows in id order: a global lock order.
         let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
+        let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
         for op in &ops {
-            let k = keys.entry(op.channel_id).or_default();
+            keys.entry(op.channel_id).or_default();
+            let k = if op.is_light() {
+                light_keys.entry(op.channel_id).or_default()
+            } else {
+                keys.entry(op.channel_id).or_default()
+            };
             // PostgreSQL text cannot hold U+0000, so no stored row has such a key; binding one
             // would fail the whole batch, while leaving it out lets the planner answer that op.
             if let Some(id) = op.id_key().filter(|s| !s.contains('\0')) {
@@ -948,7 +970,29 @@ impl Store for PostgresStore {
             }
         }
 
-        let plan = plan_user_writes(ops, loaded, registries);
+        let mut light = Vec::new();
+        for (ch, k) in &light_keys {
+            let rows = sqlx::query(LIGHT_FOR_UPDATE)
+                .bind(ch)
+                .bind(k.ids.iter().copied().collect::<Vec<&str>>())
+                .bind(k.members.iter().copied().collect::<Vec<&str>>())
+                .bind(k.veils.iter().copied().collect::<Vec<&str>>())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            for r in &rows {
+                light.push((
+                    *ch,
+                    UserKeys {
+                        id: r.try_get("id").map_err(backend)?,
+                        member_id: r.try_get("member_id").map_err(backend)?,
+                        veil_id: r.try_get("veil_id").map_err(backend)?,
+                    },
+                ));
+            }
+        }
+
+        let plan = plan_user_writes(ops, loaded, light, registries);
         if !plan.new_fields.is_empty() {
             insert_new_fields(&mut *tx, &plan.new_fields).await?;
         }
@@ -960,6 +1004,26 @@ impl Store for PostgresStore {
         } else {
             insert_events_tx(&mut tx, &plan.events).await?
         };
+        if !plan.light.is_empty() {
+            let (mut c, mut id, mut latest, mut earliest, mut now) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            for ((ch, uid), (l, e, n)) in &plan.light {
+                c.push(*ch);
+                id.push(uid.as_str());
+                latest.push(*l);
+                earliest.push(*e);
+                now.push(*n);
+            }
+            sqlx::query(LIGHT_ACTIVITY)
+                .bind(&c)
+                .bind(&id)
+                .bind(&latest)
+                .bind(&earliest)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         if !plan.users.is_empty() {
             upsert_users(&mut *tx, &plan.users).await?;
         }

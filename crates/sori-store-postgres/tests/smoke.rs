@@ -41,6 +41,7 @@ async fn store_round_trip() {
                 write_key_hash: format!("wk{run}"),
                 member_hash_secret: "00".into(),
                 member_hash_required: false,
+                event_retention_days: 90,
                 created_at: ms,
             },
             owner: Manager {
@@ -70,6 +71,8 @@ async fn store_round_trip() {
             may_resubscribe: true,
             may_register: true,
         },
+        activity: Default::default(),
+        events: Vec::new(),
     };
     let upsert = |new_id: &str, body| {
         op(
@@ -96,14 +99,14 @@ async fn store_round_trip() {
     assert!(matches!(results[1], Err(UserOpError::Invalid(_))));
     let third = results[2].as_ref().expect("second upsert");
     assert!(!third.created && third.changed);
-    assert_eq!(third.user.id, "u1");
+    assert_eq!(third.user_id, "u1");
 
     let u = store
         .user_by_member_id(ch, "m1")
         .await
         .expect("read")
         .expect("member exists");
-    assert_eq!(u, third.user);
+    assert_eq!(Some(&u), third.user.as_ref());
     assert_eq!(u.profile["age"], json!(3));
     assert_eq!(u.tags, ["vip"]);
     assert!(u.unsubscribe_email);
@@ -133,7 +136,7 @@ async fn store_round_trip() {
         ])
         .await
         .expect("second batch");
-    assert_eq!(again[0].as_ref().expect("upsert").user.id, "u1");
+    assert_eq!(again[0].as_ref().expect("upsert").user_id, "u1");
     assert_eq!(again[1].as_ref().err(), Some(&UserOpError::NotFound));
 
     // Deleting a custom field strips it from every profile.

@@ -20,7 +20,7 @@ use sori_domain::event::{Event, NewEvent};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
-    Store, StoreError, UserOp, UserOpResult, UserRow, plan_user_writes,
+    Store, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -129,12 +129,45 @@ const USERS_BY_KEYS: &str = "SELECT channel_id, id, member_id, veil_id, name, pr
     FROM users WHERE channel_id = ?1 AND member_id IS NULL \
     AND veil_id IN (SELECT value FROM json_each(?4))";
 
-/// Appends events given as a JSON array of arrays; a repeated `messageId` is skipped and
-/// only the ids of rows really inserted come back (for the aggregates).
-const INSERT_EVENTS: &str = "INSERT INTO events (channel_id, user_id, id, name, property, page, \
-    source, message_id, created_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
-    value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8 FROM json_each(?) WHERE true \
-    ON CONFLICT DO NOTHING RETURNING id";
+/// Identity columns of users by ids (?2), member ids (?3) or anonymous veil ids (?4).
+const LIGHT_BY_KEYS: &str = "SELECT id, member_id, veil_id FROM users \
+    WHERE channel_id = ?1 AND id IN (SELECT value FROM json_each(?2)) \
+    UNION SELECT id, member_id, veil_id FROM users \
+    WHERE channel_id = ?1 AND member_id IN (SELECT value FROM json_each(?3)) \
+    UNION SELECT id, member_id, veil_id FROM users WHERE channel_id = ?1 AND member_id IS NULL \
+    AND veil_id IN (SELECT value FROM json_each(?4))";
+
+/// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes, given
+/// `[channel, id, latest, earliest, now]` rows; `updatedAt` moves when `lastSeenAt` does.
+const LIGHT_ACTIVITY: &str = "UPDATE users SET \
+    updated_at = CASE WHEN v.latest > ifnull(users.last_seen_at, -1) \
+        THEN max(users.updated_at, v.now) ELSE users.updated_at END, \
+    last_seen_at = max(ifnull(users.last_seen_at, v.latest), v.latest), \
+    created_at = min(users.created_at, v.earliest) \
+    FROM (SELECT value ->> 0 AS ch, value ->> 1 AS id, value ->> 2 AS latest, \
+    value ->> 3 AS earliest, value ->> 4 AS now FROM json_each(?)) AS v \
+    WHERE users.channel_id = v.ch AND users.id = v.id";
+
+/// Rows per multi-row event insert, largest first; a batch is cut into these sizes so only
+/// a few statement shapes are ever prepared.
+const EVENT_CHUNKS: [usize; 3] = [256, 32, 1];
+
+/// `INSERT INTO events … VALUES (…), (…)` for `rows` rows; a repeated `messageId` is
+/// skipped and only the ids of rows really inserted come back (for the aggregates).
+fn insert_events_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO events (channel_id, user_id, id, name, property, page, source, message_id, \
+         created_at) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?,?)");
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+    sql
+}
 
 /// Adds per-user counts `[channel, user, name, count, first, last]`.
 const UPSERT_USER_STATS: &str = "INSERT INTO user_event_stats (channel_id, user_id, name, count, \
@@ -229,27 +262,30 @@ async fn insert_events_tx(
     tx: &mut Transaction<'_, Sqlite>,
     events: &[(i64, String, NewEvent)],
 ) -> Result<()> {
-    let rows: Vec<serde_json::Value> = events
-        .iter()
-        .map(|(ch, user, e)| {
-            serde_json::json!([
-                ch,
-                user,
-                e.id,
-                e.name,
-                serde_json::Value::Object(e.property.clone()).to_string(),
-                e.page,
-                e.source.as_str(),
-                e.message_id,
-                e.created_at
-            ])
-        })
-        .collect();
-    let inserted: Vec<String> = sqlx::query_scalar(INSERT_EVENTS)
-        .bind(serde_json::Value::Array(rows).to_string())
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(backend)?;
+    let mut inserted: Vec<String> = Vec::with_capacity(events.len());
+    let mut rest = events;
+    while !rest.is_empty() {
+        let size = EVENT_CHUNKS
+            .into_iter()
+            .find(|n| *n <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(insert_events_sql(size)));
+        for (ch, user, e) in chunk {
+            q = q
+                .bind(*ch)
+                .bind(user.as_str())
+                .bind(e.id.as_str())
+                .bind(e.name.as_str())
+                .bind(serde_json::to_string(&e.property).unwrap_or_default())
+                .bind(e.page.as_deref())
+                .bind(e.source.as_str())
+                .bind(e.message_id.as_deref())
+                .bind(e.created_at);
+        }
+        inserted.extend(q.fetch_all(&mut **tx).await.map_err(backend)?);
+    }
     let agg = aggregate(events, &inserted);
     if agg.catalog.is_empty() {
         return Ok(());
@@ -747,8 +783,16 @@ impl Store for SqliteStore {
         // A constant number of statements per batch, whatever its size: keys and rows
         // travel as one JSON parameter each and are unpacked with json_each.
         let mut keys: BTreeMap<i64, (Vec<&str>, Vec<&str>, Vec<&str>)> = BTreeMap::new();
+        let mut light_keys: BTreeMap<i64, (Vec<&str>, Vec<&str>, Vec<&str>)> = BTreeMap::new();
         for op in &ops {
-            let k = keys.entry(op.channel_id).or_default();
+            if !keys.contains_key(&op.channel_id) {
+                keys.insert(op.channel_id, Default::default());
+            }
+            let k = if op.is_light() {
+                light_keys.entry(op.channel_id).or_default()
+            } else {
+                keys.entry(op.channel_id).or_default()
+            };
             if let Some(id) = op.id_key() {
                 k.0.push(id);
             }
@@ -781,8 +825,29 @@ impl Store for SqliteStore {
                 loaded.push((*ch, user_from_row(r)?));
             }
         }
+        let mut light = Vec::new();
+        for (ch, (ids, members, veils)) in &light_keys {
+            let rows = sqlx::query(LIGHT_BY_KEYS)
+                .bind(ch)
+                .bind(serde_json::to_string(ids).unwrap_or_default())
+                .bind(serde_json::to_string(members).unwrap_or_default())
+                .bind(serde_json::to_string(veils).unwrap_or_default())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            for r in &rows {
+                light.push((
+                    *ch,
+                    UserKeys {
+                        id: r.try_get("id").map_err(backend)?,
+                        member_id: r.try_get("member_id").map_err(backend)?,
+                        veil_id: r.try_get("veil_id").map_err(backend)?,
+                    },
+                ));
+            }
+        }
         let mut registries_after = registries.clone();
-        let plan = plan_user_writes(ops, loaded, registries);
+        let plan = plan_user_writes(ops, loaded, light, registries);
         for (ch, f) in &plan.new_fields {
             registries_after.entry(*ch).or_default().insert(f.clone());
         }
@@ -815,6 +880,20 @@ impl Store for SqliteStore {
         }
         if !plan.events.is_empty() {
             insert_events_tx(&mut tx, &plan.events).await?;
+        }
+        if !plan.light.is_empty() {
+            let rows: Vec<serde_json::Value> = plan
+                .light
+                .iter()
+                .map(|((ch, id), (latest, earliest, now))| {
+                    serde_json::json!([ch, id, latest, earliest, now])
+                })
+                .collect();
+            sqlx::query(LIGHT_ACTIVITY)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
         }
         if !plan.users.is_empty() {
             let rows: Vec<serde_json::Value> = plan

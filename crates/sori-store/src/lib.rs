@@ -10,7 +10,7 @@ use sori_domain::event::Event;
 use sori_domain::{ProfileField, Role, User};
 
 pub use plan::{
-    Merge, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan,
+    Merge, UserKeys, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan,
     plan_user_writes,
 };
 pub use types::{

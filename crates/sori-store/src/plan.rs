@@ -75,8 +75,11 @@ pub enum UserOpError {
 /// A successful write.
 #[derive(Debug, Clone)]
 pub struct UserOpOutcome {
-    /// The user after the write.
-    pub user: User,
+    /// Id of the written user.
+    pub user_id: String,
+    /// The user after the write; `None` for events-only writes to an existing user, which
+    /// never load the whole row (see [`UserOp::is_light`]).
+    pub user: Option<User>,
     /// The user did not exist before.
     pub created: bool,
     /// Something changed (and was written).
@@ -101,6 +104,20 @@ pub struct WritePlan {
     pub events: Vec<(i64, String, NewEvent)>,
     /// Merges to carry out before the events are appended.
     pub merges: Vec<Merge>,
+    /// Activity of events-only writes to users not loaded whole: (channel, id) →
+    /// (latest event time, earliest event time, time of the write).
+    pub light: BTreeMap<(i64, String), (i64, i64, i64)>,
+}
+
+/// The identity columns of a user, enough to route an events-only write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserKeys {
+    /// User id.
+    pub id: String,
+    /// Member id.
+    pub member_id: Option<String>,
+    /// Veil id.
+    pub veil_id: Option<String>,
 }
 
 /// An anonymous user folded into a member.
@@ -120,11 +137,28 @@ pub struct Merge {
 
 /// Applies `ops` in order over the loaded rows. `loaded` holds every existing user the ops
 /// address (by id or member id); `registries` every involved channel's field registry.
+/// `light` holds the identity columns of the users that light ops (events only, see
+/// [`UserOp::is_light`]) address; such an op never needs the whole row unless another op of
+/// the batch loaded it.
 pub fn plan_user_writes(
     ops: Vec<UserOp>,
     loaded: Vec<(i64, User)>,
+    light: Vec<(i64, UserKeys)>,
     mut registries: HashMap<i64, Registry>,
 ) -> WritePlan {
+    let light_by_id: HashMap<(i64, &str), &str> = light
+        .iter()
+        .map(|(ch, k)| ((*ch, k.id.as_str()), k.id.as_str()))
+        .collect();
+    let light_by_member: HashMap<(i64, &str), &str> = light
+        .iter()
+        .filter_map(|(ch, k)| k.member_id.as_deref().map(|m| ((*ch, m), k.id.as_str())))
+        .collect();
+    let light_by_veil: HashMap<(i64, &str), &str> = light
+        .iter()
+        .filter(|(_, k)| k.member_id.is_none())
+        .filter_map(|(ch, k)| k.veil_id.as_deref().map(|v| ((*ch, v), k.id.as_str())))
+        .collect();
     let mut users: HashMap<(i64, String), User> = loaded
         .into_iter()
         .map(|(ch, u)| ((ch, u.id.clone()), u))
@@ -143,6 +177,56 @@ pub fn plan_user_writes(
 
     for op in ops {
         let ch = op.channel_id;
+        if op.is_light() {
+            // Resolved against whole rows first (another op of the batch may have changed
+            // the user), then against the identity index; unknown users take the full path
+            // and are created.
+            let in_batch = match &op.target {
+                UserTarget::Id(id) => users.contains_key(&(ch, id.clone())),
+                _ => {
+                    op.member_key()
+                        .is_some_and(|m| by_member.contains_key(&(ch, m.to_owned())))
+                        || op
+                            .veil_key()
+                            .is_some_and(|v| by_veil.contains_key(&(ch, v.to_owned())))
+                }
+            };
+            let known = if in_batch {
+                None
+            } else {
+                match &op.target {
+                    UserTarget::Id(id) => light_by_id.get(&(ch, id.as_str())),
+                    _ => op
+                        .member_key()
+                        .and_then(|m| light_by_member.get(&(ch, m)))
+                        .or_else(|| op.veil_key().and_then(|v| light_by_veil.get(&(ch, v)))),
+                }
+            };
+            if let Some(id) = known {
+                let id = (*id).to_owned();
+                let (mut latest, mut earliest) = (i64::MIN, i64::MAX);
+                for e in op.events {
+                    latest = latest.max(e.created_at);
+                    earliest = earliest.min(e.created_at);
+                    plan.events.push((ch, id.clone(), e));
+                }
+                let slot = plan
+                    .light
+                    .entry((ch, id.clone()))
+                    .or_insert((latest, earliest, op.ctx.now));
+                slot.0 = slot.0.max(latest);
+                slot.1 = slot.1.min(earliest);
+                slot.2 = slot.2.max(op.ctx.now);
+                plan.results.push(Ok(UserOpOutcome {
+                    user_id: id,
+                    user: None,
+                    created: false,
+                    changed: true,
+                    merged_from: None,
+                }));
+                continue;
+            }
+        }
         let mut merge_from: Option<User> = None;
         let (mut base, created) = match &op.target {
             UserTarget::Id(id) => match users.get(&(ch, id.clone())) {
@@ -270,7 +354,8 @@ pub fn plan_user_writes(
             plan.events.push((ch, user.id.clone(), e));
         }
         plan.results.push(Ok(UserOpOutcome {
-            user,
+            user_id: user.id.clone(),
+            user: Some(user),
             created,
             changed,
             merged_from,
@@ -297,6 +382,28 @@ impl UserOp {
             }
             UserTarget::Id(_) => None,
         }
+    }
+
+    /// True for an events-only write (no profile change, no visit, no explicit times) to
+    /// a user named by one key: it only appends events and moves `lastSeenAt`, so backends
+    /// can route it by the user's identity columns without loading the whole row. This is
+    /// what keeps event ingestion fast.
+    pub fn is_light(&self) -> bool {
+        let a = &self.activity;
+        !self.events.is_empty()
+            && self.update == UserUpdate::default()
+            && a.visit.is_none()
+            && a.created_at.is_none()
+            && a.last_seen_at.is_none()
+            && a.city.is_none()
+            && a.country.is_none()
+            && match &self.target {
+                UserTarget::Id(_) | UserTarget::MemberId { .. } => true,
+                UserTarget::Identify {
+                    member_id, veil_id, ..
+                } => member_id.is_some() != veil_id.is_some(),
+                UserTarget::New { .. } => false,
+            }
     }
 
     /// The anonymous veil id this op may read (only users without a member id match).
@@ -349,6 +456,7 @@ mod tests {
                 upsert("m1", "b", json!({"profile": {"age": 3}})),
             ],
             vec![],
+            vec![],
             HashMap::new(),
         );
         assert_eq!(plan.users.len(), 1);
@@ -368,6 +476,7 @@ mod tests {
                 upsert("m2", "b", json!({"profile": {"name": "Lee"}})),
                 op(UserTarget::Id("zz".into()), json!({})),
             ],
+            vec![],
             vec![],
             HashMap::from([(1, Registry::new(Registry::preregistered(0)))]),
         );
@@ -390,6 +499,7 @@ mod tests {
                 json!({}),
             )],
             vec![(1, existing)],
+            vec![],
             HashMap::new(),
         );
         assert_eq!(

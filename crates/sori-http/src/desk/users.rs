@@ -124,7 +124,7 @@ pub async fn patch(
         .await?;
     let ch = ctx.channel.channel.id;
     Ok(Json(MaskedUser {
-        user: masked(ch, out.user, &mask_set(&state, ch).await?),
+        user: masked(ch, out, &mask_set(&state, ch).await?),
     }))
 }
 

@@ -164,7 +164,7 @@ pub async fn create(
     let outcome = state.app.ingest(&ch, ingest, Source::OpenApi).await?;
     let views: Vec<EventView> = events
         .into_iter()
-        .map(|e| EventView::of_new(&outcome.user.id, e))
+        .map(|e| EventView::of_new(&outcome.user_id, e))
         .collect();
     let out = if batch {
         serde_json::to_value(EventsPage {

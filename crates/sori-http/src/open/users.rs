@@ -93,7 +93,7 @@ pub async fn upsert_member(
         .app
         .write_user(&ch, target, update, Source::OpenApi)
         .await?;
-    Ok(envelope(&ch, out.user))
+    Ok(envelope(&ch, out))
 }
 
 /// Routes `GET /open/v5/users/{key}`.
@@ -201,7 +201,7 @@ pub async fn patch_user(
         .app
         .write_user(&ch, target, update, Source::OpenApi)
         .await?;
-    Ok(envelope(&ch, out.user))
+    Ok(envelope(&ch, out))
 }
 
 /// Creates a user (a lead, or a member when `memberId` is given; 409 if it is taken).
@@ -227,7 +227,7 @@ pub async fn create_user(
         .app
         .write_user(&ch, target, update, Source::OpenApi)
         .await?;
-    Ok((StatusCode::CREATED, envelope(&ch, out.user)).into_response())
+    Ok((StatusCode::CREATED, envelope(&ch, out)).into_response())
 }
 
 /// Lists users by creation, newest first unless `sortOrder=asc`.

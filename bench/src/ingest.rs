@@ -1,0 +1,189 @@
+//! The ingestion benchmark: wrk drives `/v1/batch` (100 events per request) and `/v1/track`
+//! (one event per request) over keep-alive connections, then the same requests against
+//! `/_noop`, and the run prints events/s, latency percentiles and the ratio to the no-op
+//! figure. Each event has a unique `messageId` (as Segment clients send), so the dedupe
+//! index is part of the measured path; afterwards the stored count is checked against what
+//! was acknowledged.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use serde_json::Value;
+
+/// Lua for wrk: builds each request's body with fresh message ids spread over 10,000 users.
+fn script(path: &str, auth: &str, events_per_request: usize) -> String {
+    let single = events_per_request == 1;
+    // Message ids must be unique across runs of one benchmark, or dedupe would drop events.
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    format!(
+        r#"
+local counter = 0
+local threads = {{}}
+tid = 0
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  math.randomseed(tid * 7919)
+end
+local function event(n)
+  local u = (n * 7 + tid * 131) % 10000
+  return string.format('{{"type":"track","userId":"u%d","event":"Product Viewed","messageId":"{run}-t%d-%d","properties":{{"sku":"SKU-%d","price":%d,"category":"shoes","currency":"KRW"}},"context":{{"page":{{"url":"https://shop.example/p/%d"}}}}}}', u, tid, n, n % 500, 1000 + n % 90000, n % 500)
+end
+function request()
+  local body
+  if {single} then
+    counter = counter + 1
+    body = event(counter)
+  else
+    local items = {{}}
+    for i = 1, {events_per_request} do
+      counter = counter + 1
+      items[i] = event(counter)
+    end
+    body = '{{"batch":[' .. table.concat(items, ",") .. ']}}'
+  end
+  return wrk.format("POST", "{path}", {{["Authorization"] = "{auth}", ["Content-Type"] = "application/json"}}, body)
+end
+"#
+    )
+}
+
+/// What one wrk run measured.
+struct WrkRun {
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    non_2xx: u64,
+}
+
+fn ms(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(base: &str, lua: &str, connections: usize, seconds: u64) -> anyhow::Result<WrkRun> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("load.lua");
+    std::fs::write(&file, lua)?;
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&file)
+        .arg(base)
+        .output()
+        .context("running wrk (install it: apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut run = WrkRun {
+        requests_per_s: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        requests: 0,
+        non_2xx: 0,
+    };
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["Requests/sec:", v] => run.requests_per_s = v.parse()?,
+            ["50%", v] => run.p50_ms = ms(v).unwrap_or(0.0),
+            ["99%", v] => run.p99_ms = ms(v).unwrap_or(0.0),
+            [n, "requests", "in", ..] => run.requests = n.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => run.non_2xx = n.parse()?,
+            _ => {}
+        }
+    }
+    Ok(run)
+}
+
+async fn stored_events(base: &str, key: &str, secret: &str) -> anyhow::Result<i64> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/open/v5/events/catalog"))
+        .header("x-access-key", key)
+        .header("x-access-secret", secret)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["events"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter_map(|e| e["count"].as_i64()).sum()))
+}
+
+/// Runs the four loads and prints the figures.
+pub async fn run(
+    base: &str,
+    write_key: &str,
+    key: &str,
+    secret: &str,
+    seconds: u64,
+    batch_connections: usize,
+    single_connections: usize,
+) -> anyhow::Result<()> {
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
+    );
+    let mut acked = 0u64;
+    for (label, n, conns, path) in [
+        (
+            "batched (/v1/batch, 100 events per request)",
+            100,
+            batch_connections,
+            "/v1/batch",
+        ),
+        (
+            "one event per request (/v1/track)",
+            1,
+            single_connections,
+            "/v1/track",
+        ),
+    ] {
+        let real = wrk(base, &script(path, &auth, n), conns, seconds)?;
+        let noop = wrk(base, &script("/_noop", &auth, n), conns, seconds)?;
+        acked += (real.requests - real.non_2xx) * n as u64;
+        let events = real.requests_per_s * n as f64;
+        println!("{label}, {conns} connections:");
+        println!(
+            "  sori  {:>9.0} req/s = {:>9.0} events/s; ack p50 {:.2} ms, p99 {:.2} ms; non-2xx {}",
+            real.requests_per_s, events, real.p50_ms, real.p99_ms, real.non_2xx
+        );
+        println!(
+            "  no-op {:>9.0} req/s; p50 {:.2} ms, p99 {:.2} ms",
+            noop.requests_per_s, noop.p50_ms, noop.p99_ms
+        );
+        println!(
+            "  sori reaches {:.0}% of the no-op endpoint's throughput",
+            100.0 * real.requests_per_s / noop.requests_per_s.max(1.0)
+        );
+    }
+    // wrk's last in-flight requests may still be answered after it stops counting.
+    let stored = stored_events(base, key, secret).await?;
+    println!("stored events {stored}, acknowledged {acked}");
+    if (stored as u64) < acked {
+        bail!("fewer events stored ({stored}) than acknowledged ({acked})");
+    }
+    Ok(())
+}
