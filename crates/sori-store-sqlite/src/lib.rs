@@ -785,9 +785,7 @@ impl Store for SqliteStore {
         let mut keys: BTreeMap<i64, (Vec<&str>, Vec<&str>, Vec<&str>)> = BTreeMap::new();
         let mut light_keys: BTreeMap<i64, (Vec<&str>, Vec<&str>, Vec<&str>)> = BTreeMap::new();
         for op in &ops {
-            if !keys.contains_key(&op.channel_id) {
-                keys.insert(op.channel_id, Default::default());
-            }
+            keys.entry(op.channel_id).or_default();
             let k = if op.is_light() {
                 light_keys.entry(op.channel_id).or_default()
             } else {
