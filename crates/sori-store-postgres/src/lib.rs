@@ -246,8 +246,8 @@ async fn merge_tx(tx: &mut sqlx::PgConnection, m: &Merge) -> Result<()> {
     Ok(())
 }
 
-/// Appends a batch's events and the per-user counts of those really inserted; returns
-/// the aggregates so the catalog can be updated after commit.
+/// Appends a batch's events; returns the aggregates of those really inserted so the
+/// catalog can be updated after commit.
 async fn insert_events_tx(
     tx: &mut sqlx::PgConnection,
     events: &[(i64, String, NewEvent)],
@@ -293,38 +293,7 @@ async fn insert_events_tx(
     .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;
-    let agg = aggregate(events, &inserted);
-    if agg.per_user.is_empty() {
-        return Ok(agg);
-    }
-    let (mut c, mut u, mut nm, mut cnt, mut first, mut last) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for ((ch, user, name), (n, f, l)) in &agg.per_user {
-        c.push(*ch);
-        u.push(user.as_str());
-        nm.push(name.as_str());
-        cnt.push(*n);
-        first.push(*f);
-        last.push(*l);
-    }
-    sqlx::query(
-        "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-         $6::bigint[]) ON CONFLICT (channel_id, user_id, name) DO UPDATE \
-         SET count = user_event_stats.count + excluded.count, \
-         first_at = LEAST(user_event_stats.first_at, excluded.first_at), \
-         last_at = GREATEST(user_event_stats.last_at, excluded.last_at)",
-    )
-    .bind(&c)
-    .bind(&u)
-    .bind(&nm)
-    .bind(&cnt)
-    .bind(&first)
-    .bind(&last)
-    .execute(&mut *tx)
-    .await
-    .map_err(backend)?;
-    Ok(agg)
+    Ok(aggregate(events, &inserted))
 }
 
 /// Adds a batch's counts to the catalog, in its own short transaction after the events
@@ -1144,17 +1113,28 @@ impl Store for PostgresStore {
     }
 
     async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64> {
-        let r = sqlx::query(
-            "DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT ctid FROM events \
-             WHERE channel_id = $1 AND created_at < $2 ORDER BY created_at LIMIT $3))",
+        // Roll the chunk up into per-user counts in the same statement that deletes it,
+        // so segments keep counting events that retention removed.
+        let r: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT ctid FROM events \
+             WHERE channel_id = $1 AND created_at < $2 ORDER BY created_at, id LIMIT $3)) \
+             RETURNING channel_id, user_id, name, created_at), \
+             rolled AS (INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
+             SELECT channel_id, user_id, name, count(*), min(created_at), max(created_at) FROM gone \
+             GROUP BY channel_id, user_id, name \
+             ON CONFLICT (channel_id, user_id, name) DO UPDATE \
+             SET count = user_event_stats.count + excluded.count, \
+             first_at = LEAST(user_event_stats.first_at, excluded.first_at), \
+             last_at = GREATEST(user_event_stats.last_at, excluded.last_at)) \
+             SELECT count(*) FROM gone",
         )
         .bind(channel_id)
         .bind(before)
         .bind(i64::from(limit))
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(r.rows_affected())
+        Ok(u64::try_from(r).unwrap_or(0))
     }
 
     async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>> {

@@ -129,13 +129,15 @@ const USERS_BY_KEYS: &str = "SELECT channel_id, id, member_id, veil_id, name, pr
     FROM users WHERE channel_id = ?1 AND member_id IS NULL \
     AND veil_id IN (SELECT value FROM json_each(?4))";
 
-/// Identity columns of users by ids (?2), member ids (?3) or anonymous veil ids (?4).
-const LIGHT_BY_KEYS: &str = "SELECT id, member_id, veil_id FROM users \
+/// Identity columns of users by ids (?2), member ids (?3) or anonymous veil ids (?4), as
+/// one JSON array of `[id, memberId, veilId]` (one row back instead of one per user).
+const LIGHT_BY_KEYS: &str = "SELECT json_group_array(json_array(id, member_id, veil_id)) FROM \
+    (SELECT id, member_id, veil_id FROM users \
     WHERE channel_id = ?1 AND id IN (SELECT value FROM json_each(?2)) \
     UNION SELECT id, member_id, veil_id FROM users \
     WHERE channel_id = ?1 AND member_id IN (SELECT value FROM json_each(?3)) \
     UNION SELECT id, member_id, veil_id FROM users WHERE channel_id = ?1 AND member_id IS NULL \
-    AND veil_id IN (SELECT value FROM json_each(?4))";
+    AND veil_id IN (SELECT value FROM json_each(?4)))";
 
 /// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes, given
 /// `[channel, id, latest, earliest, now]` rows; `updatedAt` moves when `lastSeenAt` does.
@@ -153,7 +155,7 @@ const LIGHT_ACTIVITY: &str = "UPDATE users SET \
 const EVENT_CHUNKS: [usize; 3] = [256, 32, 1];
 
 /// `INSERT INTO events … VALUES (…), (…)` for `rows` rows; a repeated `messageId` is
-/// skipped and only the ids of rows really inserted come back (for the aggregates).
+/// skipped.
 fn insert_events_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO events (channel_id, user_id, id, name, property, page, source, message_id, \
@@ -165,16 +167,13 @@ fn insert_events_sql(rows: usize) -> String {
         }
         sql.push_str("(?,?,?,?,?,?,?,?,?)");
     }
-    sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+    sql.push_str(" ON CONFLICT DO NOTHING");
     sql
 }
 
-/// Adds per-user counts `[channel, user, name, count, first, last]`.
-const UPSERT_USER_STATS: &str = "INSERT INTO user_event_stats (channel_id, user_id, name, count, \
-    first_at, last_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
-    value ->> 5 FROM json_each(?) WHERE true ON CONFLICT (channel_id, user_id, name) DO UPDATE \
-    SET count = count + excluded.count, first_at = min(first_at, excluded.first_at), \
-    last_at = max(last_at, excluded.last_at)";
+/// The oldest events of a channel before a time, in a stable order (retention chunks).
+const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND created_at < ?2 \
+    ORDER BY created_at, id LIMIT ?3";
 
 /// Adds catalog counts `[channel, name, count, first, last, revenue]`.
 const UPSERT_CATALOG: &str = "INSERT INTO event_catalog (channel_id, name, count, first_seen_at, \
@@ -262,6 +261,8 @@ async fn insert_events_tx(
     tx: &mut Transaction<'_, Sqlite>,
     events: &[(i64, String, NewEvent)],
 ) -> Result<()> {
+    // Rows are not streamed back (that costs a message per row); only when a chunk skipped
+    // duplicates are its surviving ids looked up, so the catalog counts what was stored.
     let mut inserted: Vec<String> = Vec::with_capacity(events.len());
     let mut rest = events;
     while !rest.is_empty() {
@@ -271,7 +272,7 @@ async fn insert_events_tx(
             .unwrap_or(1);
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(insert_events_sql(size)));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(size)));
         for (ch, user, e) in chunk {
             q = q
                 .bind(*ch)
@@ -284,29 +285,36 @@ async fn insert_events_tx(
                 .bind(e.message_id.as_deref())
                 .bind(e.created_at);
         }
-        inserted.extend(q.fetch_all(&mut **tx).await.map_err(backend)?);
+        let done = q.execute(&mut **tx).await.map_err(backend)?.rows_affected();
+        if done == chunk.len() as u64 {
+            inserted.extend(chunk.iter().map(|(_, _, e)| e.id.clone()));
+        } else {
+            let ids: Vec<&str> = chunk.iter().map(|(_, _, e)| e.id.as_str()).collect();
+            let found: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM events WHERE channel_id = ? AND id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(chunk[0].0)
+            .bind(serde_json::to_string(&ids).unwrap_or_default())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(backend)?;
+            inserted.extend(found);
+        }
     }
     let agg = aggregate(events, &inserted);
     if agg.catalog.is_empty() {
         return Ok(());
     }
-    let stats: Vec<serde_json::Value> = agg
-        .per_user
-        .iter()
-        .map(|((ch, u, n), (c, f, l))| serde_json::json!([ch, u, n, c, f, l]))
-        .collect();
     let catalog: Vec<serde_json::Value> = agg
         .catalog
         .iter()
         .map(|((ch, n), (c, f, l, r))| serde_json::json!([ch, n, c, f, l, i64::from(*r)]))
         .collect();
-    for (sql, rows) in [(UPSERT_USER_STATS, stats), (UPSERT_CATALOG, catalog)] {
-        sqlx::query(sql)
-            .bind(serde_json::Value::Array(rows).to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(backend)?;
-    }
+    sqlx::query(UPSERT_CATALOG)
+        .bind(serde_json::Value::Array(catalog).to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     Ok(())
 }
 
@@ -825,21 +833,23 @@ impl Store for SqliteStore {
         }
         let mut light = Vec::new();
         for (ch, (ids, members, veils)) in &light_keys {
-            let rows = sqlx::query(LIGHT_BY_KEYS)
+            let packed: String = sqlx::query_scalar(LIGHT_BY_KEYS)
                 .bind(ch)
                 .bind(serde_json::to_string(ids).unwrap_or_default())
                 .bind(serde_json::to_string(members).unwrap_or_default())
                 .bind(serde_json::to_string(veils).unwrap_or_default())
-                .fetch_all(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(backend)?;
-            for r in &rows {
+            let rows: Vec<(String, Option<String>, Option<String>)> = serde_json::from_str(&packed)
+                .map_err(|e| StoreError::Corrupt(format!("user keys: {e}")))?;
+            for (id, member_id, veil_id) in rows {
                 light.push((
                     *ch,
                     UserKeys {
-                        id: r.try_get("id").map_err(backend)?,
-                        member_id: r.try_get("member_id").map_err(backend)?,
-                        veil_id: r.try_get("veil_id").map_err(backend)?,
+                        id,
+                        member_id,
+                        veil_id,
                     },
                 ));
             }
@@ -1030,17 +1040,33 @@ impl Store for SqliteStore {
     }
 
     async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64> {
-        let r = sqlx::query(
-            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events \
-             WHERE channel_id = ? AND created_at < ? ORDER BY created_at LIMIT ?)",
-        )
-        .bind(channel_id)
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await
-        .map_err(backend)?;
-        Ok(r.rows_affected())
+        // Roll the chunk up into per-user counts first, so segments keep counting events
+        // that retention removed; both statements see the same rows inside the transaction.
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let rollup = format!(
+            "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
+             SELECT channel_id, user_id, name, count(*), min(created_at), max(created_at) \
+             FROM events WHERE rowid IN ({EXPIRED}) GROUP BY channel_id, user_id, name \
+             ON CONFLICT (channel_id, user_id, name) DO UPDATE \
+             SET count = count + excluded.count, first_at = min(first_at, excluded.first_at), \
+             last_at = max(last_at, excluded.last_at)"
+        );
+        let delete = format!("DELETE FROM events WHERE rowid IN ({EXPIRED})");
+        let mut deleted = 0;
+        for (i, sql) in [rollup, delete].into_iter().enumerate() {
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(channel_id)
+                .bind(before)
+                .bind(i64::from(limit))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if i == 1 {
+                deleted = r.rows_affected();
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted)
     }
 
     async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>> {

@@ -198,19 +198,17 @@ pub fn merge<R: SoriRow>(r: &R) -> Result<Merge, StoreError> {
     })
 }
 
-/// Per-batch aggregates of inserted events: the catalog rows and per-user counts a batch
-/// adds, so each backend upserts them in one statement each.
+/// Per-batch aggregates of inserted events: the catalog rows a batch adds, so each backend
+/// upserts them in one statement.
 #[derive(Debug, Default)]
 pub struct EventAggregates {
     /// (channel, name) → (count, first, last, revenue).
     pub catalog: std::collections::BTreeMap<(i64, String), (i64, i64, i64, bool)>,
-    /// (channel, user, name) → (count, first, last).
-    pub per_user: std::collections::BTreeMap<(i64, String, String), (i64, i64, i64)>,
 }
 
 impl EventAggregates {
     /// Counts one inserted event.
-    pub fn add(&mut self, channel_id: i64, user_id: &str, name: &str, at: i64, revenue: bool) {
+    pub fn add(&mut self, channel_id: i64, name: &str, at: i64, revenue: bool) {
         let c = self
             .catalog
             .entry((channel_id, name.to_owned()))
@@ -219,13 +217,6 @@ impl EventAggregates {
         c.1 = c.1.min(at);
         c.2 = c.2.max(at);
         c.3 |= revenue;
-        let u = self
-            .per_user
-            .entry((channel_id, user_id.to_owned(), name.to_owned()))
-            .or_insert((0, at, at));
-        u.0 += 1;
-        u.1 = u.1.min(at);
-        u.2 = u.2.max(at);
     }
 }
 
@@ -242,9 +233,9 @@ pub fn aggregate(
     } else {
         inserted.iter().map(String::as_str).collect()
     };
-    for (ch, user, e) in events {
+    for (ch, _, e) in events {
         if all || ids.contains(e.id.as_str()) {
-            agg.add(*ch, user, &e.name, e.created_at, e.is_revenue());
+            agg.add(*ch, &e.name, e.created_at, e.is_revenue());
         }
     }
     agg

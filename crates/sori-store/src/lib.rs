@@ -161,7 +161,8 @@ pub trait Store: Send + Sync + 'static {
     /// The channel's event catalog, by name.
     async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>>;
     /// Deletes at most `limit` events older than `before` (ms); returns how many went.
-    /// Per-user counts and the catalog are kept.
+    /// The deleted events are first rolled up into per-user counts (`user_event_stats`),
+    /// and the catalog keeps its totals, so segments still count them.
     async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64>;
     /// Merges recorded into `user_id`, newest first.
     async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>>;
