@@ -134,33 +134,37 @@ async fn stored_events(base: &str, key: &str, secret: &str) -> anyhow::Result<i6
 
 /// Runs the four loads and prints the figures.
 pub async fn run(
-    base: &str,
-    write_key: &str,
-    key: &str,
-    secret: &str,
+    server: &crate::Server,
     seconds: u64,
     batch_connections: usize,
     single_connections: usize,
+    runs: &[String],
 ) -> anyhow::Result<()> {
+    let (base, write_key) = (server.base.as_str(), server.write_key.as_str());
     let auth = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
     );
     let mut acked = 0u64;
-    for (label, n, conns, path) in [
+    for (run, label, n, conns, path) in [
         (
+            "batch",
             "batched (/v1/batch, 100 events per request)",
             100,
             batch_connections,
             "/v1/batch",
         ),
         (
+            "single",
             "one event per request (/v1/track)",
             1,
             single_connections,
             "/v1/track",
         ),
     ] {
+        if !runs.iter().any(|r| r == run) {
+            continue;
+        }
         let real = wrk(base, &script(path, &auth, n), conns, seconds)?;
         let noop = wrk(base, &script("/_noop", &auth, n), conns, seconds)?;
         acked += (real.requests - real.non_2xx) * n as u64;
@@ -180,7 +184,7 @@ pub async fn run(
         );
     }
     // wrk's last in-flight requests may still be answered after it stops counting.
-    let stored = stored_events(base, key, secret).await?;
+    let stored = stored_events(base, &server.key, &server.secret).await?;
     println!("stored events {stored}, acknowledged {acked}");
     if (stored as u64) < acked {
         bail!("fewer events stored ({stored}) than acknowledged ({acked})");

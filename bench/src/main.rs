@@ -82,6 +82,9 @@ enum Cmd {
         /// Connections for the one-event-per-request runs.
         #[arg(long, default_value_t = 64)]
         single_connections: usize,
+        /// Which loads to run.
+        #[arg(long, value_delimiter = ',', default_value = "batch,single")]
+        runs: Vec<String>,
         /// The sori binary to start.
         #[arg(long, default_value = "target/release/sori")]
         sori: PathBuf,
@@ -352,6 +355,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             batch_connections,
             single_connections,
+            runs,
             sori,
         } => {
             let url = match backend {
@@ -373,13 +377,11 @@ async fn main() -> anyhow::Result<()> {
                 }
             );
             ingest::run(
-                &server.base,
-                &server.write_key,
-                &server.key,
-                &server.secret,
+                &server,
                 seconds,
                 batch_connections,
                 single_connections,
+                &runs,
             )
             .await?;
         }

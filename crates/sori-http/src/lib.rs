@@ -51,9 +51,22 @@ impl Default for HttpConfig {
     }
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler: one `Arc`, so the per-request clone axum makes is a
+/// single reference-count bump instead of one per service (measured: a few percent of
+/// CPU at tens of thousands of requests a second).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<StateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = StateInner;
+
+    fn deref(&self) -> &StateInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct StateInner {
     /// Services.
     pub app: App,
     /// Open API rate limiter.
@@ -66,7 +79,7 @@ pub struct AppState {
 
 /// Builds the whole HTTP surface.
 pub fn router(app: App, cfg: &HttpConfig) -> Router {
-    let state = AppState {
+    let state = AppState(Arc::new(StateInner {
         app,
         limiter: Arc::new(RateLimiter::new(
             cfg.rate_limit_per_second,
@@ -74,7 +87,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         )),
         metrics: metrics_handle(),
         cookie_secure: cfg.cookie_secure,
-    };
+    }));
     use open::{channel as och, events as oe, fields as of, users as ou};
     let open = Router::new()
         .route("/open/v5/users", get(ou::list_users).post(ou::create_user))

@@ -5,22 +5,23 @@
 //! `synchronous = FULL` makes every commit durable before the call returns; throughput
 //! comes from group commit (many user writes per transaction), not from weaker syncing.
 
+mod batch;
+
 use sori_store_sqlx::{
-    aggregate, catalog_entry, channel as channel_from_row, event as event_from_row,
-    field as field_from_row, manager as manager_from_row, merge as merge_from_row, perms_json,
-    reveal as reveal_from_row, role as role_from_row, scope_str, user as user_from_row,
+    catalog_entry, channel as channel_from_row, event as event_from_row, field as field_from_row,
+    manager as manager_from_row, merge as merge_from_row, perms_json, reveal as reveal_from_row,
+    role as role_from_row, scope_str, user as user_from_row,
 };
-use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sori_domain::event::{Event, NewEvent};
+use sori_domain::event::Event;
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
-    Store, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes,
+    Store, StoreError, UserOp, UserOpResult,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -38,10 +39,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// Field registries by channel, read by user batches without a round trip. Only the
-    /// single writer connection changes the registry, and it drops a channel's entry
-    /// while it still holds that connection, so no batch can see a stale one.
-    registries: Mutex<HashMap<i64, Registry>>,
+    /// The connection user batches run on, synchronously (see `batch`).
+    batch: Mutex<rusqlite::Connection>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -70,7 +69,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-16384");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -85,27 +84,8 @@ impl SqliteStore {
         Ok(Self {
             writer,
             reader,
-            registries: Mutex::default(),
+            batch: Mutex::new(batch::open(url)?),
         })
-    }
-
-    fn forget_registry(&self, channel_id: i64) {
-        if let Ok(mut cache) = self.registries.lock() {
-            cache.remove(&channel_id);
-        }
-    }
-
-    async fn load_registry(tx: &mut Transaction<'_, Sqlite>, channel_id: i64) -> Result<Registry> {
-        let rows = sqlx::query(FIELD_SELECT)
-            .bind(channel_id)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(backend)?;
-        Ok(Registry::new(
-            rows.iter()
-                .map(field_from_row)
-                .collect::<Result<Vec<_>>>()?,
-        ))
     }
 }
 
@@ -113,210 +93,9 @@ const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, t
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
 
-/// Users of channel ?1 by ids (?2), member ids (?3) or anonymous veil ids (?4), all JSON
-/// arrays; indexed lookups joined with UNION (an OR would make SQLite scan the table).
-const USERS_BY_KEYS: &str = "SELECT channel_id, id, member_id, veil_id, name, profile, tags, \
-    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile \
-    FROM users WHERE channel_id = ?1 AND id IN (SELECT value FROM json_each(?2)) \
-    UNION SELECT channel_id, id, member_id, veil_id, name, profile, tags, \
-    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile \
-    FROM users WHERE channel_id = ?1 AND member_id IN (SELECT value FROM json_each(?3)) \
-    UNION SELECT channel_id, id, member_id, veil_id, name, profile, tags, \
-    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile \
-    FROM users WHERE channel_id = ?1 AND member_id IS NULL \
-    AND veil_id IN (SELECT value FROM json_each(?4))";
-
-/// Identity columns of users by ids (?2), member ids (?3) or anonymous veil ids (?4), as
-/// one JSON array of `[id, memberId, veilId]` (one row back instead of one per user).
-const LIGHT_BY_KEYS: &str = "SELECT json_group_array(json_array(id, member_id, veil_id)) FROM \
-    (SELECT id, member_id, veil_id FROM users \
-    WHERE channel_id = ?1 AND id IN (SELECT value FROM json_each(?2)) \
-    UNION SELECT id, member_id, veil_id FROM users \
-    WHERE channel_id = ?1 AND member_id IN (SELECT value FROM json_each(?3)) \
-    UNION SELECT id, member_id, veil_id FROM users WHERE channel_id = ?1 AND member_id IS NULL \
-    AND veil_id IN (SELECT value FROM json_each(?4)))";
-
-/// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes, given
-/// `[channel, id, latest, earliest, now]` rows; `updatedAt` moves when `lastSeenAt` does.
-const LIGHT_ACTIVITY: &str = "UPDATE users SET \
-    updated_at = CASE WHEN v.latest > ifnull(users.last_seen_at, -1) \
-        THEN max(users.updated_at, v.now) ELSE users.updated_at END, \
-    last_seen_at = max(ifnull(users.last_seen_at, v.latest), v.latest), \
-    created_at = min(users.created_at, v.earliest) \
-    FROM (SELECT value ->> 0 AS ch, value ->> 1 AS id, value ->> 2 AS latest, \
-    value ->> 3 AS earliest, value ->> 4 AS now FROM json_each(?)) AS v \
-    WHERE users.channel_id = v.ch AND users.id = v.id";
-
-/// Rows per multi-row event insert, largest first; a batch is cut into these sizes so only
-/// a few statement shapes are ever prepared.
-const EVENT_CHUNKS: [usize; 3] = [256, 32, 1];
-
-/// `INSERT INTO events … VALUES (…), (…)` for `rows` rows; a repeated `messageId` is
-/// skipped.
-fn insert_events_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO events (channel_id, user_id, id, name, property, page, source, message_id, \
-         created_at) VALUES ",
-    );
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?,?,?,?,?,?,?,?,?)");
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING");
-    sql
-}
-
 /// The oldest events of a channel before a time, in a stable order (retention chunks).
 const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND created_at < ?2 \
     ORDER BY created_at, id LIMIT ?3";
-
-/// Adds catalog counts `[channel, name, count, first, last, revenue]`.
-const UPSERT_CATALOG: &str = "INSERT INTO event_catalog (channel_id, name, count, first_seen_at, \
-    last_seen_at, revenue) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
-    value ->> 4, value ->> 5 FROM json_each(?) WHERE true ON CONFLICT (channel_id, name) DO UPDATE \
-    SET count = count + excluded.count, first_seen_at = min(first_seen_at, excluded.first_seen_at), \
-    last_seen_at = max(last_seen_at, excluded.last_seen_at), \
-    revenue = max(revenue, excluded.revenue)";
-
-/// Inserts or replaces users given as a JSON array of arrays in `USER_COLUMNS` order.
-const UPSERT_USERS: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
-    tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile) \
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-    value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12, \
-    value ->> 13, value ->> 14, value ->> 15, value ->> 16, value ->> 17, value ->> 18, \
-    value ->> 19, value ->> 20 FROM json_each(?) WHERE true \
-    ON CONFLICT (channel_id, id) DO UPDATE SET member_id = excluded.member_id, \
-    veil_id = excluded.veil_id, name = excluded.name, profile = excluded.profile, \
-    tags = excluded.tags, unsubscribe_email = excluded.unsubscribe_email, \
-    unsubscribe_texting = excluded.unsubscribe_texting, blocked = excluded.blocked, \
-    city = excluded.city, country = excluded.country, language = excluded.language, \
-    has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
-    sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
-    created_at = excluded.created_at, updated_at = excluded.updated_at, \
-    web = excluded.web, mobile = excluded.mobile";
-
-/// One user row as a JSON array for `UPSERT_USERS`; JSON columns stay text.
-fn row_json(r: &UserRow) -> serde_json::Value {
-    serde_json::json!([
-        r.channel_id,
-        r.id,
-        r.member_id,
-        r.veil_id,
-        r.name,
-        r.profile,
-        r.tags,
-        i64::from(r.unsubscribe_email),
-        i64::from(r.unsubscribe_texting),
-        i64::from(r.blocked),
-        r.city,
-        r.country,
-        r.language,
-        i64::from(r.has_chat),
-        i64::from(r.has_push_token),
-        r.sessions_count,
-        r.last_seen_at,
-        r.created_at,
-        r.updated_at,
-        r.web,
-        r.mobile
-    ])
-}
-
-/// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
-async fn merge_tx(tx: &mut Transaction<'_, Sqlite>, m: &Merge) -> Result<()> {
-    let stmts: [&str; 5] = [
-        "UPDATE events SET user_id = ?3 WHERE channel_id = ?1 AND user_id = ?2",
-        "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
-         SELECT channel_id, ?3, name, count, first_at, last_at FROM user_event_stats \
-         WHERE channel_id = ?1 AND user_id = ?2 ON CONFLICT (channel_id, user_id, name) DO UPDATE \
-         SET count = count + excluded.count, first_at = min(first_at, excluded.first_at), \
-         last_at = max(last_at, excluded.last_at)",
-        "DELETE FROM user_event_stats WHERE channel_id = ?1 AND user_id = ?2",
-        "DELETE FROM users WHERE channel_id = ?1 AND id = ?2",
-        "INSERT INTO user_merges (channel_id, id, from_user_id, into_user_id, merged_at) \
-         VALUES (?1, ?4, ?2, ?3, ?5)",
-    ];
-    for sql in stmts {
-        sqlx::query(sql)
-            .bind(m.channel_id)
-            .bind(&m.from)
-            .bind(&m.into)
-            .bind(&m.id)
-            .bind(m.at)
-            .execute(&mut **tx)
-            .await
-            .map_err(backend)?;
-    }
-    Ok(())
-}
-
-/// Appends a batch's events and adds what was really inserted to the aggregates.
-async fn insert_events_tx(
-    tx: &mut Transaction<'_, Sqlite>,
-    events: &[(i64, String, NewEvent)],
-) -> Result<()> {
-    // Rows are not streamed back (that costs a message per row); only when a chunk skipped
-    // duplicates are its surviving ids looked up, so the catalog counts what was stored.
-    let mut inserted: Vec<String> = Vec::with_capacity(events.len());
-    let mut rest = events;
-    while !rest.is_empty() {
-        let size = EVENT_CHUNKS
-            .into_iter()
-            .find(|n| *n <= rest.len())
-            .unwrap_or(1);
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(size)));
-        for (ch, user, e) in chunk {
-            q = q
-                .bind(*ch)
-                .bind(user.as_str())
-                .bind(e.id.as_str())
-                .bind(e.name.as_str())
-                .bind(serde_json::to_string(&e.property).unwrap_or_default())
-                .bind(e.page.as_deref())
-                .bind(e.source.as_str())
-                .bind(e.message_id.as_deref())
-                .bind(e.created_at);
-        }
-        let done = q.execute(&mut **tx).await.map_err(backend)?.rows_affected();
-        if done == chunk.len() as u64 {
-            inserted.extend(chunk.iter().map(|(_, _, e)| e.id.clone()));
-        } else {
-            let ids: Vec<&str> = chunk.iter().map(|(_, _, e)| e.id.as_str()).collect();
-            let found: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM events WHERE channel_id = ? AND id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(chunk[0].0)
-            .bind(serde_json::to_string(&ids).unwrap_or_default())
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(backend)?;
-            inserted.extend(found);
-        }
-    }
-    let agg = aggregate(events, &inserted);
-    if agg.catalog.is_empty() {
-        return Ok(());
-    }
-    let catalog: Vec<serde_json::Value> = agg
-        .catalog
-        .iter()
-        .map(|((ch, n), (c, f, l, r))| serde_json::json!([ch, n, c, f, l, i64::from(*r)]))
-        .collect();
-    sqlx::query(UPSERT_CATALOG)
-        .bind(serde_json::Value::Array(catalog).to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    Ok(())
-}
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";
@@ -705,7 +484,6 @@ impl Store for SqliteStore {
     async fn insert_profile_field(&self, channel_id: i64, field: &ProfileField) -> Result<()> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         insert_field_tx(&mut tx, channel_id, field).await?;
-        self.forget_registry(channel_id);
         tx.commit().await.map_err(backend)
     }
 
@@ -753,7 +531,6 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         }
-        self.forget_registry(channel_id);
         tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
     }
@@ -788,140 +565,13 @@ impl Store for SqliteStore {
     }
 
     async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
-        // A constant number of statements per batch, whatever its size: keys and rows
-        // travel as one JSON parameter each and are unpacked with json_each.
-        let mut keys: BTreeMap<i64, (Vec<&str>, Vec<&str>, Vec<&str>)> = BTreeMap::new();
-        let mut light_keys: BTreeMap<i64, (Vec<&str>, Vec<&str>, Vec<&str>)> = BTreeMap::new();
-        for op in &ops {
-            keys.entry(op.channel_id).or_default();
-            let k = if op.is_light() {
-                light_keys.entry(op.channel_id).or_default()
-            } else {
-                keys.entry(op.channel_id).or_default()
-            };
-            if let Some(id) = op.id_key() {
-                k.0.push(id);
-            }
-            if let Some(m) = op.member_key() {
-                k.1.push(m);
-            }
-            if let Some(v) = op.veil_key() {
-                k.2.push(v);
-            }
-        }
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        let mut registries = HashMap::new();
-        let mut loaded = Vec::new();
-        for (ch, (ids, members, veils)) in &keys {
-            let cached = self.registries.lock().ok().and_then(|m| m.get(ch).cloned());
-            let registry = match cached {
-                Some(r) => r,
-                None => Self::load_registry(&mut tx, *ch).await?,
-            };
-            registries.insert(*ch, registry);
-            let rows = sqlx::query(USERS_BY_KEYS)
-                .bind(ch)
-                .bind(serde_json::to_string(ids).unwrap_or_default())
-                .bind(serde_json::to_string(members).unwrap_or_default())
-                .bind(serde_json::to_string(veils).unwrap_or_default())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend)?;
-            for r in &rows {
-                loaded.push((*ch, user_from_row(r)?));
-            }
-        }
-        let mut light = Vec::new();
-        for (ch, (ids, members, veils)) in &light_keys {
-            let packed: String = sqlx::query_scalar(LIGHT_BY_KEYS)
-                .bind(ch)
-                .bind(serde_json::to_string(ids).unwrap_or_default())
-                .bind(serde_json::to_string(members).unwrap_or_default())
-                .bind(serde_json::to_string(veils).unwrap_or_default())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let rows: Vec<(String, Option<String>, Option<String>)> = serde_json::from_str(&packed)
-                .map_err(|e| StoreError::Corrupt(format!("user keys: {e}")))?;
-            for (id, member_id, veil_id) in rows {
-                light.push((
-                    *ch,
-                    UserKeys {
-                        id,
-                        member_id,
-                        veil_id,
-                    },
-                ));
-            }
-        }
-        let mut registries_after = registries.clone();
-        let plan = plan_user_writes(ops, loaded, light, registries);
-        for (ch, f) in &plan.new_fields {
-            registries_after.entry(*ch).or_default().insert(f.clone());
-        }
-        if !plan.new_fields.is_empty() {
-            let fields: Vec<serde_json::Value> = plan
-                .new_fields
-                .iter()
-                .map(|(ch, f)| {
-                    serde_json::json!([
-                        ch,
-                        f.key.as_str(),
-                        f.name,
-                        f.field_type.as_str(),
-                        f.created_at
-                    ])
-                })
-                .collect();
-            sqlx::query(
-                "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, created_at) \
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 0, 0, value ->> 4 \
-                 FROM json_each(?) WHERE true ON CONFLICT (channel_id, key) DO NOTHING",
-            )
-            .bind(serde_json::Value::Array(fields).to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
-        for m in &plan.merges {
-            merge_tx(&mut tx, m).await?;
-        }
-        if !plan.events.is_empty() {
-            insert_events_tx(&mut tx, &plan.events).await?;
-        }
-        if !plan.light.is_empty() {
-            let rows: Vec<serde_json::Value> = plan
-                .light
-                .iter()
-                .map(|((ch, id), (latest, earliest, now))| {
-                    serde_json::json!([ch, id, latest, earliest, now])
-                })
-                .collect();
-            sqlx::query(LIGHT_ACTIVITY)
-                .bind(serde_json::Value::Array(rows).to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        if !plan.users.is_empty() {
-            let rows: Vec<serde_json::Value> = plan
-                .users
-                .iter()
-                .map(|((ch, _), u)| row_json(&UserRow::from_user(*ch, u)))
-                .collect();
-            sqlx::query(UPSERT_USERS)
-                .bind(serde_json::Value::Array(rows).to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        if let Ok(mut cache) = self.registries.lock() {
-            for (ch, registry) in registries_after {
-                cache.insert(ch, registry);
-            }
-        }
-        Ok(plan.results)
+        // Called from a writer shard's own thread, which may block: the whole batch runs
+        // synchronously on the batch connection.
+        let mut conn = self
+            .batch
+            .lock()
+            .map_err(|_| StoreError::Corrupt("batch connection poisoned".into()))?;
+        batch::write_users(&mut conn, ops)
     }
 
     async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>> {

@@ -1,0 +1,370 @@
+//! The group-commit batch writer: user writes, merges and events of one batch in one
+//! transaction on a dedicated connection driven synchronously (rusqlite) from the writer
+//! shard's own thread. Going through the async driver cost a thread hop per statement,
+//! which dominated small batches; here every statement is a direct call into SQLite, so a
+//! batch costs what SQLite costs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sori_domain::event::NewEvent;
+use sori_domain::{FieldType, ProfileField, ProfileKey, Registry, User};
+use sori_store::{Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// rusqlite failures: unique violations are conflicts (the writer retries), the rest
+/// database errors.
+fn db(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    {
+        return StoreError::Conflict(e.to_string());
+    }
+    StoreError::Backend(Box::new(e))
+}
+
+/// Opens the batch connection on the database file of `url` (`sqlite://path?…`).
+pub fn open(url: &str) -> Result<Connection> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    let conn = Connection::open(path).map_err(db)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;",
+    )
+    .map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, tags, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        channel_id: r.get(0)?,
+        id: r.get(1)?,
+        member_id: r.get(2)?,
+        veil_id: r.get(3)?,
+        name: r.get(4)?,
+        profile: r.get(5)?,
+        tags: r.get(6)?,
+        unsubscribe_email: r.get(7)?,
+        unsubscribe_texting: r.get(8)?,
+        blocked: r.get(9)?,
+        city: r.get(10)?,
+        country: r.get(11)?,
+        language: r.get(12)?,
+        has_chat: r.get(13)?,
+        has_push_token: r.get(14)?,
+        sessions_count: r.get(15)?,
+        last_seen_at: r.get(16)?,
+        created_at: r.get(17)?,
+        updated_at: r.get(18)?,
+        web: r.get(19)?,
+        mobile: r.get(20)?,
+    })
+}
+
+fn registry(tx: &Connection, channel_id: i64) -> Result<Registry> {
+    let mut st = tx
+        .prepare_cached(
+            "SELECT key, name, type, sensitive, builtin, created_at FROM profile_fields \
+             WHERE channel_id = ?",
+        )
+        .map_err(db)?;
+    let rows = st
+        .query_map([channel_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut fields = Vec::new();
+    for row in rows {
+        let (key, name, ty, sensitive, builtin, created_at) = row.map_err(db)?;
+        fields.push(ProfileField {
+            key: ProfileKey::parse(&key).map_err(StoreError::Corrupt)?,
+            name,
+            field_type: FieldType::parse(&ty).map_err(StoreError::Corrupt)?,
+            sensitive,
+            builtin,
+            created_at,
+        });
+    }
+    Ok(Registry::new(fields))
+}
+
+/// Keys a batch reads, per channel: ids, member ids, veil ids.
+#[derive(Default)]
+struct Keys<'a> {
+    ids: HashSet<&'a str>,
+    members: HashSet<&'a str>,
+    veils: HashSet<&'a str>,
+}
+
+const BY_ID: &str = "WHERE channel_id = ?1 AND id = ?2";
+const BY_MEMBER: &str = "WHERE channel_id = ?1 AND member_id = ?2";
+const BY_VEIL: &str = "WHERE channel_id = ?1 AND member_id IS NULL AND veil_id = ?2";
+
+/// Runs one batch in one transaction.
+pub fn write_users(conn: &mut Connection, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
+    let mut full: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
+    let mut light_keys: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
+    for op in &ops {
+        full.entry(op.channel_id).or_default();
+        let k = if op.is_light() {
+            light_keys.entry(op.channel_id).or_default()
+        } else {
+            full.entry(op.channel_id).or_default()
+        };
+        if let Some(id) = op.id_key() {
+            k.ids.insert(id);
+        }
+        if let Some(m) = op.member_key() {
+            k.members.insert(m);
+        }
+        if let Some(v) = op.veil_key() {
+            k.veils.insert(v);
+        }
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let mut registries = HashMap::new();
+    let mut loaded: Vec<(i64, User)> = Vec::new();
+    for (ch, k) in &full {
+        registries.insert(*ch, registry(&tx, *ch)?);
+        for (filter, keys) in [
+            (BY_ID, &k.ids),
+            (BY_MEMBER, &k.members),
+            (BY_VEIL, &k.veils),
+        ] {
+            if keys.is_empty() {
+                continue;
+            }
+            let mut st = tx
+                .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users {filter}"))
+                .map_err(db)?;
+            for key in keys {
+                if let Some(row) = st
+                    .query_row(params![ch, key], user_row)
+                    .optional()
+                    .map_err(db)?
+                {
+                    loaded.push((*ch, row.into_user()?));
+                }
+            }
+        }
+    }
+    let mut light = Vec::new();
+    for (ch, k) in &light_keys {
+        for (filter, keys) in [
+            (BY_ID, &k.ids),
+            (BY_MEMBER, &k.members),
+            (BY_VEIL, &k.veils),
+        ] {
+            if keys.is_empty() {
+                continue;
+            }
+            let mut st = tx
+                .prepare_cached(&format!(
+                    "SELECT id, member_id, veil_id FROM users {filter}"
+                ))
+                .map_err(db)?;
+            for key in keys {
+                if let Some(keys) = st
+                    .query_row(params![ch, key], |r| {
+                        Ok(UserKeys {
+                            id: r.get(0)?,
+                            member_id: r.get(1)?,
+                            veil_id: r.get(2)?,
+                        })
+                    })
+                    .optional()
+                    .map_err(db)?
+                {
+                    light.push((*ch, keys));
+                }
+            }
+        }
+    }
+
+    let plan = plan_user_writes(ops, loaded, light, registries);
+    if !plan.new_fields.is_empty() {
+        let mut st = tx
+            .prepare_cached(
+                "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, \
+                 created_at) VALUES (?, ?, ?, ?, 0, 0, ?) ON CONFLICT (channel_id, key) DO NOTHING",
+            )
+            .map_err(db)?;
+        for (ch, f) in &plan.new_fields {
+            st.execute(params![
+                ch,
+                f.key.as_str(),
+                f.name,
+                f.field_type.as_str(),
+                f.created_at
+            ])
+            .map_err(db)?;
+        }
+    }
+    for m in &plan.merges {
+        merge(&tx, m)?;
+    }
+    if !plan.events.is_empty() {
+        insert_events(&tx, &plan.events)?;
+    }
+    if !plan.light.is_empty() {
+        let mut st = tx
+            .prepare_cached(
+                "UPDATE users SET \
+                 updated_at = CASE WHEN ?3 > ifnull(last_seen_at, -1) \
+                     THEN max(updated_at, ?5) ELSE updated_at END, \
+                 last_seen_at = max(ifnull(last_seen_at, ?3), ?3), \
+                 created_at = min(created_at, ?4) \
+                 WHERE channel_id = ?1 AND id = ?2",
+            )
+            .map_err(db)?;
+        for ((ch, id), (latest, earliest, now)) in &plan.light {
+            st.execute(params![ch, id, latest, earliest, now])
+                .map_err(db)?;
+        }
+    }
+    if !plan.users.is_empty() {
+        let mut st = tx
+            .prepare_cached(&format!(
+                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
+                 ON CONFLICT (channel_id, id) DO UPDATE SET member_id = excluded.member_id, \
+                 veil_id = excluded.veil_id, name = excluded.name, profile = excluded.profile, \
+                 tags = excluded.tags, unsubscribe_email = excluded.unsubscribe_email, \
+                 unsubscribe_texting = excluded.unsubscribe_texting, blocked = excluded.blocked, \
+                 city = excluded.city, country = excluded.country, language = excluded.language, \
+                 has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
+                 sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
+                 created_at = excluded.created_at, updated_at = excluded.updated_at, \
+                 web = excluded.web, mobile = excluded.mobile"
+            ))
+            .map_err(db)?;
+        for ((ch, _), u) in &plan.users {
+            let r = UserRow::from_user(*ch, u);
+            st.execute(params![
+                r.channel_id,
+                r.id,
+                r.member_id,
+                r.veil_id,
+                r.name,
+                r.profile,
+                r.tags,
+                r.unsubscribe_email,
+                r.unsubscribe_texting,
+                r.blocked,
+                r.city,
+                r.country,
+                r.language,
+                r.has_chat,
+                r.has_push_token,
+                r.sessions_count,
+                r.last_seen_at,
+                r.created_at,
+                r.updated_at,
+                r.web,
+                r.mobile
+            ])
+            .map_err(db)?;
+        }
+    }
+    tx.commit().map_err(db)?;
+    Ok(plan.results)
+}
+
+/// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
+fn merge(tx: &Connection, m: &Merge) -> Result<()> {
+    let stmts: [&str; 5] = [
+        "UPDATE events SET user_id = ?3 WHERE channel_id = ?1 AND user_id = ?2",
+        "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
+         SELECT channel_id, ?3, name, count, first_at, last_at FROM user_event_stats \
+         WHERE channel_id = ?1 AND user_id = ?2 ON CONFLICT (channel_id, user_id, name) DO UPDATE \
+         SET count = count + excluded.count, first_at = min(first_at, excluded.first_at), \
+         last_at = max(last_at, excluded.last_at)",
+        "DELETE FROM user_event_stats WHERE channel_id = ?1 AND user_id = ?2",
+        "DELETE FROM users WHERE channel_id = ?1 AND id = ?2",
+        "INSERT INTO user_merges (channel_id, id, from_user_id, into_user_id, merged_at) \
+         VALUES (?1, ?4, ?2, ?3, ?5)",
+    ];
+    for sql in stmts {
+        let mut st = tx.prepare_cached(sql).map_err(db)?;
+        let n = st.parameter_count();
+        let all = params![m.channel_id, m.from, m.into, m.id, m.at];
+        st.execute(&all[..n]).map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Appends a batch's events (a repeated `messageId` is skipped) and adds what was really
+/// stored to the catalog.
+fn insert_events(tx: &Connection, events: &[(i64, String, NewEvent)]) -> Result<()> {
+    let mut st = tx
+        .prepare_cached(
+            "INSERT INTO events (channel_id, user_id, id, name, property, page, source, \
+             message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .map_err(db)?;
+    let mut catalog: BTreeMap<(i64, &str), (i64, i64, i64, bool)> = BTreeMap::new();
+    for (ch, user, e) in events {
+        let property = serde_json::to_string(&e.property).unwrap_or_default();
+        let n = st
+            .execute(params![
+                ch,
+                user,
+                e.id,
+                e.name,
+                property,
+                e.page,
+                e.source.as_str(),
+                e.message_id,
+                e.created_at
+            ])
+            .map_err(db)?;
+        if n == 1 {
+            let c = catalog.entry((*ch, e.name.as_str())).or_insert((
+                0,
+                e.created_at,
+                e.created_at,
+                false,
+            ));
+            c.0 += 1;
+            c.1 = c.1.min(e.created_at);
+            c.2 = c.2.max(e.created_at);
+            c.3 |= e.is_revenue();
+        }
+    }
+    let mut st = tx
+        .prepare_cached(
+            "INSERT INTO event_catalog (channel_id, name, count, first_seen_at, last_seen_at, \
+             revenue) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id, name) DO UPDATE \
+             SET count = count + excluded.count, \
+             first_seen_at = min(first_seen_at, excluded.first_seen_at), \
+             last_seen_at = max(last_seen_at, excluded.last_seen_at), \
+             revenue = max(revenue, excluded.revenue)",
+        )
+        .map_err(db)?;
+    for ((ch, name), (count, first, last, revenue)) in catalog {
+        st.execute(params![ch, name, count, first, last, revenue])
+            .map_err(db)?;
+    }
+    Ok(())
+}
