@@ -18,6 +18,8 @@ use crate::{AppError, AppResult};
 const MAX_BATCH: usize = 2048;
 /// Queued ops per shard before callers wait (back-pressure instead of unbounded memory).
 const QUEUE: usize = 8192;
+/// Longest a request waits for room in a full writer queue before it gets a 503.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Times a batch is retried when another node or shard raced it on a unique key.
 const RETRIES: usize = 3;
 
@@ -90,11 +92,12 @@ impl UserWriter {
         let mut waiting = Vec::with_capacity(ops.len());
         for op in ops {
             let (reply, rx) = oneshot::channel();
-            shard
-                .send(Job { op, reply })
-                .await
-                .map_err(|_| AppError::Unavailable)?;
-            waiting.push(rx);
+            // A full queue means the store cannot keep up: answer 503 after a while rather
+            // than let waiting requests pile up without bound.
+            match tokio::time::timeout(QUEUE_WAIT, shard.send(Job { op, reply })).await {
+                Ok(Ok(())) => waiting.push(rx),
+                Ok(Err(_)) | Err(_) => return Err(AppError::Unavailable),
+            }
         }
         let mut out = Vec::with_capacity(waiting.len());
         for rx in waiting {

@@ -2,17 +2,25 @@
 //! already exists, the anonymous user folds into the member. The member's own values win;
 //! the anonymous user only fills gaps.
 
-use crate::limits::MAX_TAGS_PER_USER;
+use crate::limits::{MAX_PROFILE_BYTES, MAX_PROFILE_KEYS, MAX_TAGS_PER_USER};
 use crate::user::User;
 
-/// Folds `anon` into `member`: profile values the member lacks, tags (up to the per-user
-/// limit), sessions, the earliest creation and the latest activity, and any opt-out (an
-/// opt-out is never lost by merging).
+/// Folds `anon` into `member`: profile values the member lacks (while the profile stays
+/// within its key and size limits, so a merge can never make the member's later updates
+/// fail), tags (up to the per-user limit), sessions, the earliest creation and the latest
+/// activity, and any opt-out (an opt-out is never lost by merging).
 pub fn merge_into(member: &mut User, anon: &User) {
+    let mut size = serde_json::to_vec(&member.profile).map_or(0, |b| b.len());
     for (k, v) in &anon.profile {
-        if !member.profile.contains_key(k) {
-            member.profile.insert(k.clone(), v.clone());
+        if member.profile.contains_key(k) || member.profile.len() >= MAX_PROFILE_KEYS {
+            continue;
         }
+        let adds = k.len() + serde_json::to_vec(v).map_or(0, |b| b.len()) + 4;
+        if size + adds > MAX_PROFILE_BYTES {
+            continue;
+        }
+        size += adds;
+        member.profile.insert(k.clone(), v.clone());
     }
     for t in &anon.tags {
         if member.tags.len() >= MAX_TAGS_PER_USER {
@@ -79,5 +87,25 @@ mod tests {
         assert_eq!(m.created_at, 50);
         assert_eq!(m.last_seen_at, Some(70));
         assert_eq!(m.member_id.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn a_merge_keeps_the_profile_within_its_limits() {
+        let mut m = User::new("m".into(), 1);
+        for i in 0..MAX_PROFILE_KEYS - 1 {
+            m.profile.insert(format!("k{i}"), json!(1));
+        }
+        let mut a = User::new("a".into(), 1);
+        for i in 0..10 {
+            a.profile.insert(format!("x{i}"), json!(1));
+        }
+        merge_into(&mut m, &a);
+        assert_eq!(m.profile.len(), MAX_PROFILE_KEYS);
+        let mut big = User::new("b".into(), 1);
+        big.profile
+            .insert("huge".into(), json!("x".repeat(MAX_PROFILE_BYTES)));
+        let mut small = User::new("s".into(), 1);
+        merge_into(&mut small, &big);
+        assert!(small.profile.is_empty());
     }
 }

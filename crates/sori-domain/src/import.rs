@@ -78,7 +78,7 @@ pub fn user_line(v: &Value) -> Result<UserLine, Invalid> {
     let last_seen_at = time(o, "lastSeenAt", &mut errs);
     let body: Map<String, Value> = o
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "memberId" | "createdAt" | "lastSeenAt"))
+        .filter(|(k, _)| !matches!(k.as_str(), "id" | "memberId" | "createdAt" | "lastSeenAt"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let update = match UserUpdate::from_json(&Value::Object(body), UPDATE_FIELDS) {
@@ -193,6 +193,8 @@ pub fn csv_user(headers: &[String], cells: &[String], registry: &Registry) -> Va
     for (h, c) in headers.iter().zip(cells) {
         let h = h.trim();
         match h {
+            // Exports carry ids of the source store; they mean nothing on import.
+            "id" => {}
             "memberId" => {
                 line.insert(h.into(), Value::String(c.trim().to_owned()));
             }
@@ -238,7 +240,7 @@ pub fn csv_event(headers: &[String], cells: &[String]) -> Result<Value, Invalid>
                 Ok(Value::Object(m)) => property.extend(m),
                 _ => return Err(Invalid::one("property", "must be a JSON object")),
             },
-            "property" => {}
+            "property" | "id" | "source" => {}
             "createdAt" => {
                 if let Some(v) = csv_cell(c, Some(FieldType::Datetime)) {
                     line.insert(h.into(), v);

@@ -35,7 +35,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 }
 
 /// Path of the first string (or key) holding U+0000, which no store can keep as text.
-fn nul_path(v: &Value, at: String) -> Option<String> {
+pub(crate) fn nul_path(v: &Value, at: String) -> Option<String> {
     let here = || {
         if at.is_empty() {
             "body".to_owned()

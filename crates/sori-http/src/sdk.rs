@@ -94,6 +94,19 @@ fn user_agent(h: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The user as the browser may see it. A member's profile is shown only when the channel
+/// requires member hashes: otherwise anyone holding the public plugin key could boot as a
+/// known memberId and read that customer's data.
+fn browser_view(ch: &ChannelInfo, u: sori_domain::User) -> UserView {
+    let hide = u.member() && !ch.channel.member_hash_required;
+    let mut v = UserView::of(ch.channel.id, u);
+    if hide {
+        v.profile = Map::new();
+        v.name = None;
+    }
+    v
+}
+
 /// Boots a browser (see `docs/sdk.md`).
 #[utoipa::path(post, path = "/sdk/v1/boot", tag = "sdk", request_body = Object,
     responses((status = 200, body = Booted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
@@ -209,7 +222,7 @@ pub async fn boot(
         )
         .await?;
     Ok(Json(Booted {
-        user: UserView::of(ch.channel.id, booted.user),
+        user: browser_view(&ch, booted.user),
         veil_id: booted.veil_id,
         session: format!("{}:{}", ch.channel.plugin_key, booted.token),
     }))
@@ -267,6 +280,6 @@ pub async fn update_user(
         )
         .await?;
     Ok(Json(UserEnvelope {
-        user: UserView::of(ch.channel.id, sori_app::users::whole(outcome)?),
+        user: browser_view(&ch, sori_app::users::whole(outcome)?),
     }))
 }

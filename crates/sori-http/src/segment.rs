@@ -90,8 +90,12 @@ fn parse_body(bytes: &Bytes) -> ApiResult<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::field("body", "a JSON body is required"));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))?;
+    if let Some(path) = crate::body::nul_path(&v, String::new()) {
+        return Err(ApiError::field(path, "must not contain NUL characters"));
+    }
+    Ok(v)
 }
 
 async fn single(

@@ -1046,12 +1046,27 @@ impl Store for PostgresStore {
     }
 
     async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool> {
+        // The user's events, counts and merge records go with it.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for sql in [
+            "DELETE FROM events WHERE channel_id = $1 AND user_id = $2",
+            "DELETE FROM user_event_stats WHERE channel_id = $1 AND user_id = $2",
+            "DELETE FROM user_merges WHERE channel_id = $1 AND into_user_id = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(channel_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         let r = sqlx::query("DELETE FROM users WHERE channel_id = $1 AND id = $2")
             .bind(channel_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
     }
 

@@ -625,12 +625,27 @@ impl Store for SqliteStore {
     }
 
     async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool> {
+        // The user's events, counts and merge records go with it.
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        for sql in [
+            "DELETE FROM events WHERE channel_id = ? AND user_id = ?",
+            "DELETE FROM user_event_stats WHERE channel_id = ? AND user_id = ?",
+            "DELETE FROM user_merges WHERE channel_id = ? AND into_user_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(channel_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         let r = sqlx::query("DELETE FROM users WHERE channel_id = ? AND id = ?")
             .bind(channel_id)
             .bind(id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
     }
 

@@ -175,6 +175,7 @@ pub fn plan_user_writes(
         .filter_map(|((ch, id), u)| u.veil_id.as_ref().map(|v| ((*ch, v.clone()), id.clone())))
         .collect();
 
+    let mut merged_into: HashMap<(i64, String), String> = HashMap::new();
     for op in ops {
         let ch = op.channel_id;
         if op.is_light() {
@@ -203,7 +204,11 @@ pub fn plan_user_writes(
                 }
             };
             if let Some(id) = known {
-                let id = (*id).to_owned();
+                // An earlier op of this batch may have merged this user away.
+                let id = merged_into
+                    .get(&(ch, (*id).to_owned()))
+                    .cloned()
+                    .unwrap_or_else(|| (*id).to_owned());
                 let (mut latest, mut earliest) = (i64::MIN, i64::MAX);
                 for e in op.events {
                     latest = latest.max(e.created_at);
@@ -329,6 +334,7 @@ pub fn plan_user_writes(
                 UserTarget::Identify { new_id, .. } => new_id.clone(),
                 _ => a.id.clone(),
             };
+            merged_into.insert((ch, a.id.clone()), user.id.clone());
             plan.merges.push(Merge {
                 channel_id: ch,
                 id: new_id,
@@ -484,6 +490,51 @@ mod tests {
         assert!(plan.results[1].is_ok());
         assert_eq!(plan.results[2].as_ref().err(), Some(&UserOpError::NotFound));
         assert_eq!(plan.users.len(), 1);
+    }
+
+    #[test]
+    fn an_events_only_write_after_a_merge_lands_on_the_member() {
+        use sori_domain::event::{EventSource, NewEvent};
+        let mut member = User::new("m".into(), 1);
+        member.member_id = Some("42".into());
+        let mut anon = User::new("a".into(), 1);
+        anon.veil_id = Some("v1".into());
+        let event = |id: &str| NewEvent {
+            id: id.into(),
+            name: "E".into(),
+            property: serde_json::Map::new(),
+            page: None,
+            created_at: 3,
+            source: EventSource::Segment,
+            message_id: None,
+        };
+        let mut identify = op(
+            UserTarget::Identify {
+                member_id: Some("42".into()),
+                veil_id: Some("v1".into()),
+                new_id: "merge-1".into(),
+            },
+            json!({}),
+        );
+        identify.update = UserUpdate::default();
+        let mut late = op(UserTarget::Id("a".into()), json!({}));
+        late.update = UserUpdate::default();
+        late.events = vec![event("e1")];
+        assert!(late.is_light());
+        let keys = UserKeys {
+            id: "a".into(),
+            member_id: None,
+            veil_id: Some("v1".into()),
+        };
+        let plan = plan_user_writes(
+            vec![identify, late],
+            vec![(1, member), (1, anon)],
+            vec![(1, keys)],
+            HashMap::new(),
+        );
+        assert_eq!(plan.merges.len(), 1);
+        assert_eq!(plan.events[0].1, "m");
+        assert_eq!(plan.results[1].as_ref().expect("ok").user_id, "m");
     }
 
     #[test]

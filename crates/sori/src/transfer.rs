@@ -308,6 +308,7 @@ pub async fn export(
                     "tags",
                     "unsubscribeEmail",
                     "unsubscribeTexting",
+                    "blocked",
                 ]
                 .map(str::to_owned)
                 .to_vec();
@@ -324,12 +325,20 @@ pub async fn export(
                     n += 1;
                     match csv {
                         false => {
-                            let v = serde_json::json!({
-                                "id": u.id, "memberId": u.member_id, "profile": u.profile,
-                                "tags": u.tags, "unsubscribeEmail": u.unsubscribe_email,
+                            // The shape of an import line; empty profile and tags are
+                            // left out because an import refuses them.
+                            let mut v = serde_json::json!({
+                                "id": u.id, "memberId": u.member_id,
+                                "unsubscribeEmail": u.unsubscribe_email,
                                 "unsubscribeTexting": u.unsubscribe_texting, "blocked": u.blocked,
                                 "createdAt": u.created_at, "lastSeenAt": u.last_seen_at,
                             });
+                            if !u.profile.is_empty() {
+                                v["profile"] = Value::Object(u.profile.clone());
+                            }
+                            if !u.tags.is_empty() {
+                                v["tags"] = serde_json::json!(u.tags);
+                            }
                             writeln!(out, "{v}")?;
                         }
                         true => {
@@ -341,6 +350,7 @@ pub async fn export(
                                 u.tags.join(";"),
                                 u.unsubscribe_email.to_string(),
                                 u.unsubscribe_texting.to_string(),
+                                u.blocked.to_string(),
                             ];
                             row.extend(keys.iter().map(|k| cell(u.profile.get(k))));
                             out.write_all(&csv_line(&row)?)?;

@@ -148,6 +148,32 @@ async fn open_api_events(b: Backend) {
     let u = app.member("m1").await;
     assert!(u["lastSeenAt"].as_i64().unwrap() >= times[0]);
 
+    // Deleting a user deletes their events.
+    let doomed = app
+        .upsert("gone", json!({"profile": {"name": "X"}}))
+        .await
+        .body["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.open(
+        Method::POST,
+        "/open/v5/users/@gone/events",
+        Some(json!({"name": "Bye"})),
+    )
+    .await;
+    let r = app
+        .open(Method::DELETE, &format!("/open/v5/users/{doomed}"), None)
+        .await;
+    assert!(r.status < 300, "{:?}", r.body);
+    let ch: i64 = app.creds.channel_id.parse().unwrap();
+    let left = app.app().store.events_page(ch, None, 500).await.unwrap();
+    assert!(
+        left.iter().all(|e| e.user_id != doomed),
+        "events of a deleted user remain"
+    );
+    assert_eq!(left.len(), 6);
+
     // Another channel's keys see nothing of this user.
     let other = app.second_channel().await;
     let r = app
@@ -299,6 +325,14 @@ async fn segment_api(b: Backend) {
         )
         .await;
     assert_eq!(r.status, 400);
+    let r = segment(
+        &app,
+        "/v1/track",
+        json!({"userId": "s1", "event": "E", "anonymousId": "a\u{0}b"}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_field(), "anonymousId");
     app.stop().await;
 }
 
@@ -426,6 +460,18 @@ async fn sdk_rules(b: Backend) {
         "the customer's own action may resubscribe"
     );
 
+    // Without member-hash checking a member boot works, but the browser is not shown the
+    // member's profile (anyone with the public plugin key could claim a memberId).
+    app.upsert(
+        "known",
+        json!({"profile": {"name": "Secret Kim", "email": "kim@example.com"}}),
+    )
+    .await;
+    let r = boot(&app, json!({"pluginKey": pk, "memberId": "known"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["user"]["profile"], json!({}));
+    assert!(r.body["user"].get("name").is_none());
+
     // Member hashes, once required, are checked and a failure writes nothing.
     let r = app
         .open(
@@ -464,6 +510,16 @@ async fn sdk_rules(b: Backend) {
     // No member existed, so the anonymous user itself becomes the member.
     assert_eq!(r.body["user"]["id"], id.as_str());
     assert_eq!(r.body["user"]["memberId"], "mem-1");
+    let known = sori_domain::member_hash::compute(&secret, "known").unwrap();
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "memberId": "known", "memberHash": known}),
+    )
+    .await;
+    assert_eq!(
+        r.body["user"]["profile"]["name"], "Secret Kim",
+        "a verified member sees their profile"
+    );
     app.stop().await;
 }
 

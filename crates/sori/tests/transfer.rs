@@ -144,6 +144,15 @@ async fn import_and_export(b: Backend) {
     assert_eq!(u4["profile"]["visits"], 3);
     assert_eq!(u4["tags"], json!(["a", "b"]));
 
+    // A user export re-imports: every member line is accepted.
+    let exported = db.file("export.ndjson", &out);
+    let (ok, again, err) = db.run(&["import", "users", &exported]);
+    assert!(ok, "{err}");
+    assert!(
+        again.contains("imported 3 users, skipped 0"),
+        "{again} {err}"
+    );
+
     let (ok, out, err) = db.run(&["export", "users", "--format", "csv"]);
     assert!(ok, "{err}");
     let mut rdr = csv::Reader::from_reader(out.as_bytes());

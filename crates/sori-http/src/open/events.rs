@@ -209,6 +209,12 @@ pub async fn list(
 ) -> ApiResult<Json<EventsPage>> {
     let since = q.remove("since");
     let page = Paging::from_query(&Query(q))?;
+    if page.order == crate::body::SortOrder::Asc {
+        return Err(ApiError::field(
+            "sortOrder",
+            "a timeline is listed newest first; only `desc` is supported",
+        ));
+    }
     let cursor = since.as_deref().map(parse_cursor).transpose()?;
     let user = super::users::find_by_key(&state, &ch, &key).await?;
     let events = state
