@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
-# Builds release binaries and runs the upsert benchmark on SQLite and PostgreSQL.
-# Extra arguments go to every run (e.g. --seconds 20).
+# Builds release binaries and runs the benchmarks on SQLite and PostgreSQL:
+#   upsert  — member upserts over the Open API;
+#   ingest  — events through the Segment-compatible API (batches of 100, and one per
+#             request), each against the no-op endpoint of the same server (needs wrk).
+# Usage: scripts/bench.sh [upsert|ingest|all] [extra args for every run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+which=${1:-all}
+[ $# -gt 0 ] && shift
+if ! command -v wrk >/dev/null; then
+  echo "wrk not found; installing Debian's wrk" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
 cargo build --release -p sori -p sori-bench
 echo "== $(nproc) cores, $(date -u +%Y-%m-%d)"
-./target/release/sori-bench upsert --backend sqlite "$@"
-./scripts/with-postgres.sh bash -c './target/release/sori-bench upsert --backend postgres --pg-url "$SORI_PG_URL" "$@"' bench "$@"
+for b in upsert ingest; do
+  if [ "$which" = all ] || [ "$which" = "$b" ]; then
+    ./target/release/sori-bench "$b" --backend sqlite "$@"
+    ./scripts/with-postgres.sh bash -c './target/release/sori-bench "$0" --backend postgres --pg-url "$SORI_PG_URL" "$@"' "$b" "$@"
+  fi
+done

@@ -77,7 +77,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Connections for the batched runs.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 32)]
         batch_connections: usize,
         /// Connections for the one-event-per-request runs.
         #[arg(long, default_value_t = 64)]
