@@ -156,9 +156,22 @@ pub fn parse(
                                     a.get("country").and_then(Value::as_str).map(str::to_owned);
                             }
                         }
-                        _ => {
-                            profile.insert(camel_case(k), v.clone());
-                        }
+                        // Other objects (`company: {name, plan}`) are flattened one
+                        // level (`companyName`, `companyPlan`): profiles hold no objects.
+                        _ => match v {
+                            Value::Object(inner) => {
+                                for (ik, iv) in inner {
+                                    let mut sub = camel_case(ik);
+                                    if let Some(first) = sub.get(..1) {
+                                        sub = first.to_uppercase() + &sub[1..];
+                                    }
+                                    profile.insert(format!("{}{sub}", camel_case(k)), iv.clone());
+                                }
+                            }
+                            _ => {
+                                profile.insert(camel_case(k), v.clone());
+                            }
+                        },
                     }
                 }
             }
@@ -381,6 +394,22 @@ mod tests {
         assert_eq!(c.created_at, Some(1_704_164_645_000));
         assert_eq!(c.city.as_deref(), Some("Seoul"));
         assert_eq!(c.at, NOW);
+    }
+
+    #[test]
+    fn nested_traits_are_flattened() {
+        let c = parse(
+            "",
+            &json!({"userId": "m", "traits": {"company": {"name": "Acme", "employee_count": 3}}}),
+            Some(Kind::Identify),
+            NOW,
+        )
+        .unwrap();
+        let ProfilePatch::Set(p) = c.update.unwrap().profile else {
+            panic!("profile")
+        };
+        assert_eq!(p["companyName"], json!("Acme"));
+        assert_eq!(p["companyEmployeeCount"], json!(3));
     }
 
     #[test]

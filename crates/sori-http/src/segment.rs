@@ -165,7 +165,8 @@ pub async fn batch(
     let mut valid: Vec<(usize, Ingest)> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let prefix = format!("batch[{i}]");
-        match segment::parse(&prefix, item, None, now)
+        let item = with_batch_defaults(item, &body);
+        match segment::parse(&prefix, &item, None, now)
             .and_then(|call| ingest_of(&prefix, call, EventSource::Segment))
         {
             Ok(ingest) => valid.push((i, ingest)),
@@ -207,6 +208,30 @@ pub async fn batch(
         success: true,
         errors,
     }))
+}
+
+/// A batch item with the batch-level `context` (item keys win) and `sentAt` filled in, as
+/// the Segment HTTP API defines them.
+fn with_batch_defaults(item: &Value, body: &Value) -> Value {
+    let mut item = item.clone();
+    if let Value::Object(m) = &mut item {
+        if let Some(sent) = body.get("sentAt")
+            && !m.contains_key("sentAt")
+        {
+            m.insert("sentAt".into(), sent.clone());
+        }
+        if let Some(Value::Object(shared)) = body.get("context") {
+            let ctx = m
+                .entry("context")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(ctx) = ctx {
+                for (k, v) in shared {
+                    ctx.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+    }
+    item
 }
 
 fn item_error(index: usize, f: FieldError) -> ItemError {

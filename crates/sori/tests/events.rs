@@ -269,6 +269,19 @@ async fn segment_api(b: Backend) {
     assert_eq!(evs.len(), 2);
     assert_eq!(evs.iter().filter(|e| e["name"] == "PageView").count(), 1);
 
+    // Batch-level context applies to every item (the item's own keys win).
+    let r = segment(
+        &app,
+        "/v1/batch",
+        json!({"context": {"campaign": {"source": "batchwide"}},
+               "batch": [{"type": "identify", "userId": "s2", "traits": {"company": {"name": "Acme"}}}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let s2 = app.member("s2").await;
+    assert_eq!(s2["profile"]["utmSource"], "batchwide");
+    assert_eq!(s2["profile"]["companyName"], "Acme");
+
     // A retry with the same messageId stores nothing new.
     let r = segment(
         &app,
