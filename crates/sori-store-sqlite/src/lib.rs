@@ -734,6 +734,20 @@ impl Store for SqliteStore {
         Ok(deleted)
     }
 
+    async fn event_counts(&self, channel_id: i64, user_id: &str) -> Result<Vec<(String, i64)>> {
+        sqlx::query_as(
+            "SELECT name, CAST(sum(n) AS INTEGER) AS n FROM ( \
+             SELECT name, count AS n FROM user_event_stats WHERE channel_id = ?1 AND user_id = ?2 \
+             UNION ALL SELECT name, count(*) AS n FROM events \
+             WHERE channel_id = ?1 AND user_id = ?2 GROUP BY name) GROUP BY name ORDER BY name",
+        )
+        .bind(channel_id)
+        .bind(user_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)
+    }
+
     async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>> {
         let rows = sqlx::query(
             "SELECT * FROM user_merges WHERE channel_id = ? AND into_user_id = ? \

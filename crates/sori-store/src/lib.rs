@@ -164,6 +164,9 @@ pub trait Store: Send + Sync + 'static {
     /// The deleted events are first rolled up into per-user counts (`user_event_stats`),
     /// and the catalog keeps its totals, so segments still count them.
     async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64>;
+    /// How many events of each name a user has, counting those retention already removed
+    /// (rolled up into `user_event_stats`) and those still stored; by name.
+    async fn event_counts(&self, channel_id: i64, user_id: &str) -> Result<Vec<(String, i64)>>;
     /// Merges recorded into `user_id`, newest first.
     async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>>;
 

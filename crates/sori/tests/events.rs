@@ -567,6 +567,14 @@ async fn retention(b: Backend) {
     let deleted = app.app().enforce_retention().await.unwrap();
     assert_eq!(deleted, 2);
     assert_eq!(events_of(&app, "@r1").await.len(), 2);
+    // Per-user counts still include what retention removed (rolled up before deletion).
+    let ch: i64 = app.creds.channel_id.parse().unwrap();
+    let id = app.member("r1").await["id"].as_str().unwrap().to_owned();
+    let counts = app.app().store.event_counts(ch, &id).await.unwrap();
+    assert_eq!(counts, vec![("Visit".to_owned(), 4)]);
+    // A second pass finds nothing more and counts nothing twice.
+    assert_eq!(app.app().enforce_retention().await.unwrap(), 0);
+    assert_eq!(app.app().store.event_counts(ch, &id).await.unwrap()[0].1, 4);
     // The catalog keeps counting what retention removed.
     let cat = app.open(Method::GET, "/open/v5/events/catalog", None).await;
     assert_eq!(cat.body["events"][0]["count"], 4);
