@@ -23,9 +23,13 @@ const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Times a batch is retried when another node or shard raced it on a unique key.
 const RETRIES: usize = 3;
 
+/// The op goes back with its result, so the requester's thread (not the writer's) pays
+/// for freeing it.
+type Reply = (Result<UserOpResult, String>, UserOp);
+
 struct Job {
     op: UserOp,
-    reply: oneshot::Sender<Result<UserOpResult, String>>,
+    reply: oneshot::Sender<Reply>,
 }
 
 /// Handle to the writer shards.
@@ -102,8 +106,8 @@ impl UserWriter {
         let mut out = Vec::with_capacity(waiting.len());
         for rx in waiting {
             out.push(match rx.await {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(msg)) => Err(AppError::Store(StoreError::Backend(msg.into()))),
+                Ok((Ok(r), _op)) => Ok(r),
+                Ok((Err(msg), _op)) => Err(AppError::Store(StoreError::Backend(msg.into()))),
                 Err(_) => Err(AppError::Unavailable),
             });
         }
@@ -115,11 +119,11 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let started = Instant::now();
-        let ops: Vec<UserOp> = jobs.iter().map(|j| j.op.clone()).collect();
+        let (ops, replies): (Vec<UserOp>, Vec<_>) = jobs.drain(..).map(|j| (j.op, j.reply)).unzip();
         metrics::histogram!("sori_user_write_batch_size").record(ops.len() as f64);
         let mut attempt = 0;
         let outcome = loop {
-            match store.write_users(ops.clone()).await {
+            match store.write_users(&ops).await {
                 Err(StoreError::Conflict(m) | StoreError::Transient(m)) if attempt < RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, conflict = %m, "user batch raced; retrying");
@@ -131,14 +135,14 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
             .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(results) => {
-                for (job, r) in jobs.drain(..).zip(results) {
-                    let _ = job.reply.send(Ok(r));
+                for ((reply, op), r) in replies.into_iter().zip(ops).zip(results) {
+                    let _ = reply.send((Ok(r), op));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, batch = jobs.len(), "user write batch failed");
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(e.to_string()));
+                tracing::error!(error = %e, batch = ops.len(), "user write batch failed");
+                for (reply, op) in replies.into_iter().zip(ops) {
+                    let _ = reply.send((Err(e.to_string()), op));
                 }
             }
         }

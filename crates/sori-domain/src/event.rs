@@ -100,6 +100,9 @@ pub struct NewEvent {
     pub name: String,
     /// Properties.
     pub property: Map<String, Value>,
+    /// `property` as stored (compact JSON), serialized once where the event is validated so
+    /// the single writer thread only binds it.
+    pub property_json: String,
     /// Page the event happened on.
     pub page: Option<String>,
     /// When it happened (ms); may be in the past for imported and Segment events.
@@ -324,6 +327,8 @@ impl EventInput {
             (Ok(name), Ok(property), Ok(page)) => Ok(NewEvent {
                 id,
                 name,
+                // A map of JSON values always serializes.
+                property_json: serde_json::to_string(&property).unwrap_or_default(),
                 property,
                 page,
                 created_at,

@@ -250,7 +250,7 @@ async fn merge_tx(tx: &mut sqlx::PgConnection, m: &Merge) -> Result<()> {
 /// catalog can be updated after commit.
 async fn insert_events_tx(
     tx: &mut sqlx::PgConnection,
-    events: &[(i64, String, NewEvent)],
+    events: &[(i64, String, &NewEvent)],
 ) -> Result<EventAggregates> {
     let n = events.len();
     let (mut ch, mut user, mut id, mut name, mut prop, mut page, mut source, mut msg, mut at) = (
@@ -269,7 +269,7 @@ async fn insert_events_tx(
         user.push(u.as_str());
         id.push(e.id.as_str());
         name.push(e.name.as_str());
-        prop.push(serde_json::Value::Object(e.property.clone()).to_string());
+        prop.push(e.property_json.as_str());
         page.push(e.page.as_deref());
         source.push(e.source.as_str());
         msg.push(e.message_id.as_deref());
@@ -876,11 +876,11 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
         // Channels in ascending order and rows in id order: a global lock order.
         let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
         let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
-        for op in &ops {
+        for op in ops {
             keys.entry(op.channel_id).or_default();
             let k = if op.is_light() {
                 light_keys.entry(op.channel_id).or_default()

@@ -84,7 +84,7 @@ async fn store_round_trip() {
         )
     };
     let results = store
-        .write_users(vec![
+        .write_users(&[
             upsert(
                 "u1",
                 json!({"profile": {"name": "Kim", "age": 3}, "tags": ["VIP"]}),
@@ -130,7 +130,7 @@ async fn store_round_trip() {
 
     // Same member again in a later batch: found, not re-created; a missing id is NotFound.
     let again = store
-        .write_users(vec![
+        .write_users(&[
             upsert("u4", json!({"profile": {"age": 4}})),
             op(UserTarget::Id("nope".into()), json!({"blocked": true})),
         ])

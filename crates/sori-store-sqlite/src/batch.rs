@@ -120,10 +120,10 @@ const BY_MEMBER: &str = "WHERE channel_id = ?1 AND member_id = ?2";
 const BY_VEIL: &str = "WHERE channel_id = ?1 AND member_id IS NULL AND veil_id = ?2";
 
 /// Runs one batch in one transaction.
-pub fn write_users(conn: &mut Connection, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
+pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     let mut full: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
     let mut light_keys: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
-    for op in &ops {
+    for op in ops {
         full.entry(op.channel_id).or_default();
         let k = if op.is_light() {
             light_keys.entry(op.channel_id).or_default()
@@ -316,7 +316,7 @@ fn merge(tx: &Connection, m: &Merge) -> Result<()> {
 
 /// Appends a batch's events (a repeated `messageId` is skipped) and adds what was really
 /// stored to the catalog.
-fn insert_events(tx: &Connection, events: &[(i64, String, NewEvent)]) -> Result<()> {
+fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result<()> {
     let mut st = tx
         .prepare_cached(
             "INSERT INTO events (channel_id, user_id, id, name, property, page, source, \
@@ -325,14 +325,13 @@ fn insert_events(tx: &Connection, events: &[(i64, String, NewEvent)]) -> Result<
         .map_err(db)?;
     let mut catalog: BTreeMap<(i64, &str), (i64, i64, i64, bool)> = BTreeMap::new();
     for (ch, user, e) in events {
-        let property = serde_json::to_string(&e.property).unwrap_or_default();
         let n = st
             .execute(params![
                 ch,
                 user,
                 e.id,
                 e.name,
-                property,
+                e.property_json,
                 e.page,
                 e.source.as_str(),
                 e.message_id,

@@ -564,7 +564,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>> {
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
         // Called from a writer shard's own thread, which may block: the whole batch runs
         // synchronously on the batch connection.
         let mut conn = self

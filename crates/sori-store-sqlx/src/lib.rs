@@ -223,7 +223,7 @@ impl EventAggregates {
 /// Aggregates of the events of a batch that were really inserted (`inserted` ids, as the
 /// insert's RETURNING gave them; duplicates by `messageId` are left out).
 pub fn aggregate(
-    events: &[(i64, String, sori_domain::event::NewEvent)],
+    events: &[(i64, String, &sori_domain::event::NewEvent)],
     inserted: &[String],
 ) -> EventAggregates {
     let mut agg = EventAggregates::default();

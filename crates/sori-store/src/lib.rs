@@ -126,7 +126,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs user writes in one transaction (group commit); per-op failures do not abort the
     /// others. The whole call fails only when the database does.
-    async fn write_users(&self, ops: Vec<UserOp>) -> Result<Vec<UserOpResult>>;
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>>;
     /// A user by id.
     async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>>;
     /// A user by member id.

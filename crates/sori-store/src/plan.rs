@@ -93,7 +93,7 @@ pub type UserOpResult = Result<UserOpOutcome, UserOpError>;
 
 /// What a backend must write for a batch.
 #[derive(Debug, Default)]
-pub struct WritePlan {
+pub struct WritePlan<'a> {
     /// Users to insert or replace, keyed by (channel, id).
     pub users: BTreeMap<(i64, String), User>,
     /// Profile fields registered by the batch.
@@ -101,7 +101,8 @@ pub struct WritePlan {
     /// One result per op, in order.
     pub results: Vec<UserOpResult>,
     /// Events to append, with their final owner (after this batch's merges).
-    pub events: Vec<(i64, String, NewEvent)>,
+    /// (Borrowed from the ops: a batch's events are never copied.)
+    pub events: Vec<(i64, String, &'a NewEvent)>,
     /// Merges to carry out before the events are appended.
     pub merges: Vec<Merge>,
     /// Activity of events-only writes to users not loaded whole: (channel, id) →
@@ -140,12 +141,12 @@ pub struct Merge {
 /// `light` holds the identity columns of the users that light ops (events only, see
 /// [`UserOp::is_light`]) address; such an op never needs the whole row unless another op of
 /// the batch loaded it.
-pub fn plan_user_writes(
-    ops: Vec<UserOp>,
+pub fn plan_user_writes<'a>(
+    ops: &'a [UserOp],
     loaded: Vec<(i64, User)>,
     light: Vec<(i64, UserKeys)>,
     mut registries: HashMap<i64, Registry>,
-) -> WritePlan {
+) -> WritePlan<'a> {
     let light_by_id: HashMap<(i64, &str), &str> = light
         .iter()
         .map(|(ch, k)| ((*ch, k.id.as_str()), k.id.as_str()))
@@ -210,7 +211,7 @@ pub fn plan_user_writes(
                     .cloned()
                     .unwrap_or_else(|| (*id).to_owned());
                 let (mut latest, mut earliest) = (i64::MIN, i64::MAX);
-                for e in op.events {
+                for e in &op.events {
                     latest = latest.max(e.created_at);
                     earliest = earliest.min(e.created_at);
                     plan.events.push((ch, id.clone(), e));
@@ -356,7 +357,7 @@ pub fn plan_user_writes(
             users.insert((ch, user.id.clone()), user.clone());
             plan.users.insert((ch, user.id.clone()), user.clone());
         }
-        for e in op.events {
+        for e in &op.events {
             plan.events.push((ch, user.id.clone(), e));
         }
         plan.results.push(Ok(UserOpOutcome {
@@ -456,15 +457,11 @@ mod tests {
 
     #[test]
     fn two_writes_to_one_new_member_in_a_batch_create_it_once() {
-        let plan = plan_user_writes(
-            vec![
-                upsert("m1", "a", json!({"profile": {"name": "Kim"}})),
-                upsert("m1", "b", json!({"profile": {"age": 3}})),
-            ],
-            vec![],
-            vec![],
-            HashMap::new(),
-        );
+        let ops = [
+            upsert("m1", "a", json!({"profile": {"name": "Kim"}})),
+            upsert("m1", "b", json!({"profile": {"age": 3}})),
+        ];
+        let plan = plan_user_writes(&ops, vec![], vec![], HashMap::new());
         assert_eq!(plan.users.len(), 1);
         let u = &plan.users[&(1, "a".to_owned())];
         assert_eq!(u.profile["name"], json!("Kim"));
@@ -476,12 +473,13 @@ mod tests {
 
     #[test]
     fn a_failing_op_leaves_the_others_alone() {
+        let ops = [
+            upsert("m1", "a", json!({"profile": {"name": 1}})),
+            upsert("m2", "b", json!({"profile": {"name": "Lee"}})),
+            op(UserTarget::Id("zz".into()), json!({})),
+        ];
         let plan = plan_user_writes(
-            vec![
-                upsert("m1", "a", json!({"profile": {"name": 1}})),
-                upsert("m2", "b", json!({"profile": {"name": "Lee"}})),
-                op(UserTarget::Id("zz".into()), json!({})),
-            ],
+            &ops,
             vec![],
             vec![],
             HashMap::from([(1, Registry::new(Registry::preregistered(0)))]),
@@ -503,6 +501,7 @@ mod tests {
             id: id.into(),
             name: "E".into(),
             property: serde_json::Map::new(),
+            property_json: "{}".into(),
             page: None,
             created_at: 3,
             source: EventSource::Segment,
@@ -526,8 +525,9 @@ mod tests {
             member_id: None,
             veil_id: Some("v1".into()),
         };
+        let ops = [identify, late];
         let plan = plan_user_writes(
-            vec![identify, late],
+            &ops,
             vec![(1, member), (1, anon)],
             vec![(1, keys)],
             HashMap::new(),
@@ -541,18 +541,14 @@ mod tests {
     fn member_id_conflicts_on_create() {
         let mut existing = User::new("a".into(), 1);
         existing.member_id = Some("m1".into());
-        let plan = plan_user_writes(
-            vec![op(
-                UserTarget::New {
-                    id: "b".into(),
-                    member_id: Some("m1".into()),
-                },
-                json!({}),
-            )],
-            vec![(1, existing)],
-            vec![],
-            HashMap::new(),
-        );
+        let ops = [op(
+            UserTarget::New {
+                id: "b".into(),
+                member_id: Some("m1".into()),
+            },
+            json!({}),
+        )];
+        let plan = plan_user_writes(&ops, vec![(1, existing)], vec![], HashMap::new());
         assert_eq!(
             plan.results[0].as_ref().err(),
             Some(&UserOpError::MemberIdTaken("m1".into()))
