@@ -304,6 +304,36 @@ async fn fresh_pg_database(admin: &str) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Starts the server on a fresh store of `backend`; returns it and the machine's cores.
+async fn start_for(
+    backend: Backend,
+    pg_url: Option<String>,
+    sori: &PathBuf,
+) -> anyhow::Result<(Server, usize)> {
+    let url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let admin =
+                pg_url.context("--pg-url (or SORI_BENCH_PG_URL) is required for postgres")?;
+            Some(fresh_pg_database(&admin).await?)
+        }
+    };
+    let server = start_server(sori, url.as_deref())?;
+    Ok((
+        server,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
@@ -329,23 +359,10 @@ async fn main() -> anyhow::Result<()> {
                 };
                 return run_upserts(&server, clients, seconds, members).await;
             }
-            let url = match backend {
-                Backend::Sqlite => None,
-                Backend::Postgres => {
-                    let admin = pg_url
-                        .context("--pg-url (or SORI_BENCH_PG_URL) is required for postgres")?;
-                    Some(fresh_pg_database(&admin).await?)
-                }
-            };
-            let server = start_server(&sori, url.as_deref())?;
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let (server, cores) = start_for(backend, pg_url, &sori).await?;
             println!(
                 "backend {} | {clients} clients | {seconds} s | {members} members | {cores} cores (server and load generator share them)",
-                if backend == Backend::Sqlite {
-                    "sqlite"
-                } else {
-                    "postgres"
-                }
+                backend.name()
             );
             run_upserts(&server, clients, seconds, members).await?;
         }
@@ -358,23 +375,10 @@ async fn main() -> anyhow::Result<()> {
             runs,
             sori,
         } => {
-            let url = match backend {
-                Backend::Sqlite => None,
-                Backend::Postgres => {
-                    let admin = pg_url
-                        .context("--pg-url (or SORI_BENCH_PG_URL) is required for postgres")?;
-                    Some(fresh_pg_database(&admin).await?)
-                }
-            };
-            let server = start_server(&sori, url.as_deref())?;
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let (server, cores) = start_for(backend, pg_url, &sori).await?;
             println!(
                 "backend {} | {seconds} s per run | {cores} cores shared by server and wrk (2 threads)",
-                if backend == Backend::Sqlite {
-                    "sqlite"
-                } else {
-                    "postgres"
-                }
+                backend.name()
             );
             ingest::run(
                 &server,

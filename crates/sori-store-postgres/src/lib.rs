@@ -133,6 +133,16 @@ fn backend(e: sqlx::Error) -> StoreError {
 }
 
 impl PostgresStore {
+    /// The channel a unique public key column names (`sql` selects by that column).
+    async fn channel_where(&self, sql: &'static str, key: &str) -> Result<Option<Channel>> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
     /// Connects a pool of at most `max_connections` to `url` (`postgres://...`), so every
     /// request and the user writer shards share a bounded number of server backends.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
@@ -587,30 +597,18 @@ impl Store for PostgresStore {
     }
 
     async fn channel_by_access_key(&self, access_key: &str) -> Result<Option<Channel>> {
-        let row = sqlx::query("SELECT * FROM channels WHERE access_key = $1")
-            .bind(access_key)
-            .fetch_optional(&self.pool)
+        self.channel_where("SELECT * FROM channels WHERE access_key = $1", access_key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(channel_from_row).transpose()
     }
 
     async fn channel_by_plugin_key(&self, key: &str) -> Result<Option<Channel>> {
-        let row = sqlx::query("SELECT * FROM channels WHERE plugin_key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
+        self.channel_where("SELECT * FROM channels WHERE plugin_key = $1", key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(channel_from_row).transpose()
     }
 
     async fn channel_by_write_key_hash(&self, key: &str) -> Result<Option<Channel>> {
-        let row = sqlx::query("SELECT * FROM channels WHERE write_key_hash = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
+        self.channel_where("SELECT * FROM channels WHERE write_key_hash = $1", key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(channel_from_row).transpose()
     }
 
     async fn channel_ids(&self) -> Result<Vec<i64>> {

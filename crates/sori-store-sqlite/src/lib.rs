@@ -59,6 +59,16 @@ fn backend(e: sqlx::Error) -> StoreError {
 }
 
 impl SqliteStore {
+    /// The channel a unique public key column names (`sql` selects by that column).
+    async fn channel_where(&self, sql: &'static str, key: &str) -> Result<Option<Channel>> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
     /// Opens (creating when missing) the database at `url` (`sqlite://path`).
     pub async fn connect(url: &str) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url)
@@ -269,30 +279,18 @@ impl Store for SqliteStore {
     }
 
     async fn channel_by_access_key(&self, access_key: &str) -> Result<Option<Channel>> {
-        let row = sqlx::query("SELECT * FROM channels WHERE access_key = ?")
-            .bind(access_key)
-            .fetch_optional(&self.reader)
+        self.channel_where("SELECT * FROM channels WHERE access_key = ?", access_key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(channel_from_row).transpose()
     }
 
     async fn channel_by_plugin_key(&self, key: &str) -> Result<Option<Channel>> {
-        let row = sqlx::query("SELECT * FROM channels WHERE plugin_key = ?")
-            .bind(key)
-            .fetch_optional(&self.reader)
+        self.channel_where("SELECT * FROM channels WHERE plugin_key = ?", key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(channel_from_row).transpose()
     }
 
     async fn channel_by_write_key_hash(&self, key: &str) -> Result<Option<Channel>> {
-        let row = sqlx::query("SELECT * FROM channels WHERE write_key_hash = ?")
-            .bind(key)
-            .fetch_optional(&self.reader)
+        self.channel_where("SELECT * FROM channels WHERE write_key_hash = ?", key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(channel_from_row).transpose()
     }
 
     async fn channel_ids(&self) -> Result<Vec<i64>> {
