@@ -31,15 +31,16 @@ impl App {
         Ok(total)
     }
 
-    /// Runs [`App::enforce_retention`] now and then every `every`, forever.
+    /// Runs [`App::enforce_retention`] every `every`, forever (the first pass after one
+    /// interval, so a starting server does not race its own setup).
     pub async fn retention_loop(self, every: Duration) {
         loop {
+            tokio::time::sleep(every).await;
             match self.enforce_retention().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "retention removed old events"),
                 Err(e) => tracing::error!(error = %e, "retention pass failed"),
             }
-            tokio::time::sleep(every).await;
         }
     }
 }
