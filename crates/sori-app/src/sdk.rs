@@ -9,7 +9,7 @@ use sori_domain::{Invalid, UserUpdate, member_hash};
 use sori_store::{UserOpOutcome, UserTarget};
 
 use crate::auth::ChannelInfo;
-use crate::secrets::{keyed_hash, keyed_hash_matches, new_id, now_ms};
+use crate::secrets::{keyed_hash, keyed_hash_prefix_matches, new_id, now_ms};
 use crate::users::{Ingest, Source};
 use crate::{App, AppError, AppResult};
 
@@ -146,9 +146,8 @@ impl App {
         let bad =
             || AppError::Unauthorized("x-sori-session is missing or invalid; boot first".into());
         let (user_id, mac) = token.rsplit_once('.').ok_or_else(bad)?;
-        let full = keyed_hash(&self.pepper, &format!("sdk:{channel_id}:{user_id}"));
-        // Compare in constant time over the truncated MAC.
-        if mac.len() == 32 && keyed_hash_matches(&[], mac, &keyed_hash(&[], &full[..32])) {
+        let signed = format!("sdk:{channel_id}:{user_id}");
+        if mac.len() == 32 && keyed_hash_prefix_matches(&self.pepper, &signed, mac) {
             Ok(user_id.to_owned())
         } else {
             Err(bad())

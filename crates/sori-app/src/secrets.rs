@@ -28,6 +28,17 @@ pub fn keyed_hash(pepper: &[u8], secret: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// Constant-time check of `secret` against the leading bytes of its keyed hash, given as
+/// hex (tokens carry a truncated MAC to stay short).
+pub fn keyed_hash_prefix_matches(pepper: &[u8], secret: &str, prefix_hex: &str) -> bool {
+    let Ok(prefix) = hex::decode(prefix_hex) else {
+        return false;
+    };
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper).expect("hmac takes any key");
+    mac.update(secret.as_bytes());
+    !prefix.is_empty() && mac.verify_truncated_left(&prefix).is_ok()
+}
+
 /// Constant-time check of a secret against its keyed hash.
 pub fn keyed_hash_matches(pepper: &[u8], secret: &str, stored_hex: &str) -> bool {
     let Ok(stored) = hex::decode(stored_hex) else {

@@ -9,7 +9,7 @@ use crate::error::{Errors, Invalid};
 use crate::event::{self, EventInput, PAGE_VIEW};
 use crate::phone;
 use crate::update::{ProfilePatch, UserUpdate};
-use crate::value::kind;
+use crate::value;
 
 /// Which call an item is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub fn parse(
     let Value::Object(m) = msg else {
         return Err(Invalid::one(
             at("body"),
-            format!("must be an object, got {}", kind_of(msg)),
+            format!("must be an object, got {}", value::kind(msg)),
         ));
     };
     let kind = match kind {
@@ -112,7 +112,7 @@ pub fn parse(
         Some(other) => {
             errs.push(
                 at("messageId"),
-                format!("must be a string, got {}", kind_of(other)),
+                format!("must be a string, got {}", value::kind(other)),
             );
             None
         }
@@ -177,7 +177,7 @@ pub fn parse(
             }
             Some(other) => errs.push(
                 at("traits"),
-                format!("must be an object, got {}", kind_of(other)),
+                format!("must be an object, got {}", value::kind(other)),
             ),
         }
     }
@@ -261,10 +261,6 @@ pub fn parse(
     })
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    kind(v)
-}
-
 fn id_field(
     m: &Map<String, Value>,
     key: &str,
@@ -281,7 +277,10 @@ fn id_field(
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(other) => {
-            errs.push(at(key), format!("must be a string, got {}", kind_of(other)));
+            errs.push(
+                at(key),
+                format!("must be a string, got {}", value::kind(other)),
+            );
             None
         }
     }
@@ -334,7 +333,7 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
             }
         },
         other => {
-            errs.push(path, format!("must be a time, got {}", kind_of(other)));
+            errs.push(path, format!("must be a time, got {}", value::kind(other)));
             None
         }
     }

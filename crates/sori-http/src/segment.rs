@@ -166,7 +166,7 @@ pub async fn batch(
     for (i, item) in items.iter().enumerate() {
         let prefix = format!("batch[{i}]");
         let item = with_batch_defaults(item, &body);
-        match segment::parse(&prefix, &item, None, now)
+        match segment::parse(&prefix, item.as_ref(), None, now)
             .and_then(|call| ingest_of(&prefix, call, EventSource::Segment))
         {
             Ok(ingest) => valid.push((i, ingest)),
@@ -212,7 +212,10 @@ pub async fn batch(
 
 /// A batch item with the batch-level `context` (item keys win) and `sentAt` filled in, as
 /// the Segment HTTP API defines them.
-fn with_batch_defaults(item: &Value, body: &Value) -> Value {
+fn with_batch_defaults<'a>(item: &'a Value, body: &Value) -> std::borrow::Cow<'a, Value> {
+    if body.get("sentAt").is_none() && body.get("context").is_none() {
+        return std::borrow::Cow::Borrowed(item);
+    }
     let mut item = item.clone();
     if let Value::Object(m) = &mut item {
         if let Some(sent) = body.get("sentAt")
@@ -231,7 +234,7 @@ fn with_batch_defaults(item: &Value, body: &Value) -> Value {
             }
         }
     }
-    item
+    std::borrow::Cow::Owned(item)
 }
 
 fn item_error(index: usize, f: FieldError) -> ItemError {

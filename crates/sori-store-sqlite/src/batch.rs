@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sori_domain::event::NewEvent;
 use sori_domain::{FieldType, ProfileField, ProfileKey, Registry, User};
 use sori_store::{Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
+use sori_store_sqlx::EventAggregates;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -323,7 +324,7 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
              message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .map_err(db)?;
-    let mut catalog: BTreeMap<(i64, &str), (i64, i64, i64, bool)> = BTreeMap::new();
+    let mut agg = EventAggregates::default();
     for (ch, user, e) in events {
         let n = st
             .execute(params![
@@ -339,16 +340,7 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
             ])
             .map_err(db)?;
         if n == 1 {
-            let c = catalog.entry((*ch, e.name.as_str())).or_insert((
-                0,
-                e.created_at,
-                e.created_at,
-                false,
-            ));
-            c.0 += 1;
-            c.1 = c.1.min(e.created_at);
-            c.2 = c.2.max(e.created_at);
-            c.3 |= e.is_revenue();
+            agg.add(*ch, &e.name, e.created_at, e.is_revenue());
         }
     }
     let mut st = tx
@@ -361,7 +353,7 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
              revenue = max(revenue, excluded.revenue)",
         )
         .map_err(db)?;
-    for ((ch, name), (count, first, last, revenue)) in catalog {
+    for ((ch, name), (count, first, last, revenue)) in agg.catalog {
         st.execute(params![ch, name, count, first, last, revenue])
             .map_err(db)?;
     }
