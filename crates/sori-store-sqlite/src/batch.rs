@@ -120,6 +120,40 @@ const BY_ID: &str = "WHERE channel_id = ?1 AND id = ?2";
 const BY_MEMBER: &str = "WHERE channel_id = ?1 AND member_id = ?2";
 const BY_VEIL: &str = "WHERE channel_id = ?1 AND member_id IS NULL AND veil_id = ?2";
 
+/// The users of one channel that `keys` name (by id, member id or anonymous veil id),
+/// read as `columns` and mapped by `map`; one indexed lookup per key.
+fn lookup<T>(
+    tx: &Connection,
+    channel_id: i64,
+    keys: &Keys<'_>,
+    columns: &str,
+    map: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for (filter, keys) in [
+        (BY_ID, &keys.ids),
+        (BY_MEMBER, &keys.members),
+        (BY_VEIL, &keys.veils),
+    ] {
+        if keys.is_empty() {
+            continue;
+        }
+        let mut st = tx
+            .prepare_cached(&format!("SELECT {columns} FROM users {filter}"))
+            .map_err(db)?;
+        for key in keys {
+            if let Some(row) = st
+                .query_row(params![channel_id, key], &map)
+                .optional()
+                .map_err(db)?
+            {
+                out.push(row);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Runs one batch in one transaction.
 pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     let mut full: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
@@ -148,59 +182,20 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     let mut loaded: Vec<(i64, User)> = Vec::new();
     for (ch, k) in &full {
         registries.insert(*ch, registry(&tx, *ch)?);
-        for (filter, keys) in [
-            (BY_ID, &k.ids),
-            (BY_MEMBER, &k.members),
-            (BY_VEIL, &k.veils),
-        ] {
-            if keys.is_empty() {
-                continue;
-            }
-            let mut st = tx
-                .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users {filter}"))
-                .map_err(db)?;
-            for key in keys {
-                if let Some(row) = st
-                    .query_row(params![ch, key], user_row)
-                    .optional()
-                    .map_err(db)?
-                {
-                    loaded.push((*ch, row.into_user()?));
-                }
-            }
+        for row in lookup(&tx, *ch, k, USER_COLUMNS, user_row)? {
+            loaded.push((*ch, row.into_user()?));
         }
     }
     let mut light = Vec::new();
     for (ch, k) in &light_keys {
-        for (filter, keys) in [
-            (BY_ID, &k.ids),
-            (BY_MEMBER, &k.members),
-            (BY_VEIL, &k.veils),
-        ] {
-            if keys.is_empty() {
-                continue;
-            }
-            let mut st = tx
-                .prepare_cached(&format!(
-                    "SELECT id, member_id, veil_id FROM users {filter}"
-                ))
-                .map_err(db)?;
-            for key in keys {
-                if let Some(keys) = st
-                    .query_row(params![ch, key], |r| {
-                        Ok(UserKeys {
-                            id: r.get(0)?,
-                            member_id: r.get(1)?,
-                            veil_id: r.get(2)?,
-                        })
-                    })
-                    .optional()
-                    .map_err(db)?
-                {
-                    light.push((*ch, keys));
-                }
-            }
-        }
+        let found = lookup(&tx, *ch, k, "id, member_id, veil_id", |r| {
+            Ok(UserKeys {
+                id: r.get(0)?,
+                member_id: r.get(1)?,
+                veil_id: r.get(2)?,
+            })
+        })?;
+        light.extend(found.into_iter().map(|keys| (*ch, keys)));
     }
 
     let plan = plan_user_writes(ops, loaded, light, registries);
