@@ -9,6 +9,7 @@ pub mod channel;
 pub mod error;
 pub mod event;
 pub mod field;
+pub mod filter;
 pub mod identity;
 pub mod import;
 pub mod limits;
