@@ -1,0 +1,715 @@
+//! The audience engine: a typed, columnar, in-memory projection of one channel's contacts
+//! and the event counts filters need, answering a resolved filter with bitmaps.
+//!
+//! The projection holds no I/O. Its owner builds it from the store at start and feeds it
+//! every committed change in commit order ([`Projection::apply`]); each change carries the
+//! stamp its transaction took while it held the user's row lock, so a change that arrives
+//! late never overwrites a newer one. Event conditions with `where` clauses need the
+//! events' properties, which the projection does not keep: the caller evaluates them over
+//! the stored events and passes the per-user counts in ([`External`]).
+
+mod columns;
+pub mod testgen;
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::tz::TimeZone;
+use roaring::RoaringBitmap;
+use serde_json::Value;
+use sori_domain::filter::eval::test_num;
+use sori_domain::filter::{
+    Builtin, Cond, Device, EventTest, Field, ListMode, Query, Test, day_of,
+};
+use sori_domain::{DeviceInfo, FieldType, User};
+
+use columns::{BoolCol, ListCol, NumCol, StrCol, TimeCol, num_key};
+
+/// One committed change, as the store reports it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A user written whole (created or updated).
+    User(User),
+    /// An events-only write that moved a user's times without loading the row:
+    /// `lastSeenAt = max(lastSeenAt, latest)`, `createdAt = min(createdAt, earliest)`,
+    /// and `updatedAt` moves to `now` when `latest` is newer than the last visit.
+    Seen {
+        /// User.
+        id: String,
+        /// Latest event time.
+        latest: i64,
+        /// Earliest event time.
+        earliest: i64,
+        /// Time of the write.
+        now: i64,
+    },
+    /// An anonymous user folded into a member: its events count for the member, it is gone.
+    Merge {
+        /// The anonymous user.
+        from: String,
+        /// The member.
+        into: String,
+    },
+    /// A stored event.
+    Event {
+        /// Owner.
+        user_id: String,
+        /// Name.
+        name: String,
+        /// Time (ms).
+        at: i64,
+    },
+    /// A deleted user.
+    Delete(String),
+    /// A profile field removed from every user.
+    DropField(String),
+    /// Events removed by retention, already counted in the users' totals.
+    Retire {
+        /// Events strictly before this instant are gone.
+        before: i64,
+    },
+}
+
+/// Per-user counts of events that pass an event condition's `where` clauses, computed
+/// by the caller from stored events; keyed by the condition's position (group, index).
+pub type External = HashMap<(usize, usize), HashMap<String, i64>>;
+
+#[derive(Debug, Default)]
+struct DeviceCols {
+    strs: [StrCol; 7],
+    last_seen_at: TimeCol,
+    sessions_count: NumCol,
+}
+
+impl DeviceCols {
+    fn set(&mut self, slot: u32, d: &DeviceInfo) {
+        let vals = [
+            &d.browser,
+            &d.browser_name,
+            &d.os,
+            &d.os_name,
+            &d.device,
+            &d.app_name,
+            &d.app_version,
+        ];
+        for (c, v) in self.strs.iter_mut().zip(vals) {
+            c.set(slot, v.as_deref());
+        }
+        self.last_seen_at.set(slot, d.last_seen_at);
+        self.sessions_count.set(slot, Some(d.sessions_count as f64));
+    }
+
+    fn bytes(&self) -> usize {
+        self.strs.iter().map(StrCol::bytes).sum::<usize>()
+            + self.last_seen_at.bytes()
+            + self.sessions_count.bytes()
+    }
+}
+
+/// One profile key's values; a key holds one type, but the projection does not need the
+/// registry to store it: each value goes where its JSON shape says.
+#[derive(Debug, Default)]
+struct ProfileCol {
+    strs: StrCol,
+    nums: NumCol,
+    bools: BoolCol,
+    list: ListCol<Box<str>>,
+    num_list: ListCol<u64>,
+}
+
+impl ProfileCol {
+    fn set(&mut self, slot: u32, v: Option<&Value>) {
+        self.strs.set(slot, v.and_then(Value::as_str));
+        self.nums.set(slot, v.and_then(Value::as_f64));
+        self.bools.set(slot, v.and_then(Value::as_bool));
+        let arr = v.and_then(Value::as_array);
+        self.list.set(
+            slot,
+            arr.into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(Box::from)),
+        );
+        self.num_list.set(
+            slot,
+            arr.into_iter().flatten().filter_map(|x| x.as_f64().map(num_key)),
+        );
+    }
+
+    fn bytes(&self) -> usize {
+        self.strs.bytes()
+            + self.nums.bytes()
+            + self.bools.bytes()
+            + self.list.bytes()
+            + self.num_list.bytes()
+    }
+}
+
+/// Event occurrences of one name: one slot entry per event in its local day's bucket, and
+/// running totals per slot (never reduced by retention, so all-history counts stay whole).
+#[derive(Debug, Default)]
+struct EventCol {
+    days: BTreeMap<i32, Vec<u32>>,
+    totals: Vec<u32>,
+}
+
+impl EventCol {
+    fn add(&mut self, slot: u32, day: i32) {
+        self.days.entry(day).or_default().push(slot);
+        let i = slot as usize;
+        if self.totals.len() <= i {
+            self.totals.resize(i + 1, 0);
+        }
+        self.totals[i] += 1;
+    }
+
+    fn bytes(&self) -> usize {
+        self.days.values().map(|v| v.capacity() * 4 + 48).sum::<usize>() + self.totals.capacity() * 4
+    }
+}
+
+/// The projection of one channel.
+#[derive(Debug)]
+pub struct Projection {
+    tz: TimeZone,
+    ids: Vec<Box<str>>,
+    slot_of: HashMap<Box<str>, u32>,
+    stamps: Vec<u64>,
+    live: RoaringBitmap,
+    /// Merged slot → the slot its events now count for.
+    redirect: HashMap<u32, u32>,
+    member_id: StrCol,
+    city: StrCol,
+    country: StrCol,
+    language: StrCol,
+    tags: ListCol<Box<str>>,
+    last_seen_at: TimeCol,
+    created_at: TimeCol,
+    updated_at: TimeCol,
+    sessions_count: NumCol,
+    has_chat: BoolCol,
+    has_push_token: BoolCol,
+    unsubscribe_email: BoolCol,
+    unsubscribe_texting: BoolCol,
+    web: DeviceCols,
+    mobile: DeviceCols,
+    profile: HashMap<String, ProfileCol>,
+    events: HashMap<String, EventCol>,
+}
+
+impl Projection {
+    /// An empty projection for a channel in `tz` (event days are local days).
+    pub fn new(tz: TimeZone) -> Self {
+        Self {
+            tz,
+            ids: Vec::new(),
+            slot_of: HashMap::new(),
+            stamps: Vec::new(),
+            live: RoaringBitmap::new(),
+            redirect: HashMap::new(),
+            member_id: StrCol::default(),
+            city: StrCol::default(),
+            country: StrCol::default(),
+            language: StrCol::default(),
+            tags: ListCol::default(),
+            last_seen_at: TimeCol::default(),
+            created_at: TimeCol::default(),
+            updated_at: TimeCol::default(),
+            sessions_count: NumCol::default(),
+            has_chat: BoolCol::default(),
+            has_push_token: BoolCol::default(),
+            unsubscribe_email: BoolCol::default(),
+            unsubscribe_texting: BoolCol::default(),
+            web: DeviceCols::default(),
+            mobile: DeviceCols::default(),
+            profile: HashMap::new(),
+            events: HashMap::new(),
+        }
+    }
+
+    /// The zone event days are counted in.
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.tz
+    }
+
+    /// Users the projection knows.
+    pub fn len(&self) -> u64 {
+        self.live.len()
+    }
+
+    /// True when the channel has no users.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    fn slot(&mut self, id: &str) -> u32 {
+        if let Some(s) = self.slot_of.get(id) {
+            return *s;
+        }
+        let s = self.ids.len() as u32;
+        self.ids.push(id.into());
+        self.slot_of.insert(id.into(), s);
+        self.stamps.push(0);
+        s
+    }
+
+    /// The user id of a slot.
+    pub fn id(&self, slot: u32) -> &str {
+        &self.ids[slot as usize]
+    }
+
+    /// The slot of a live user.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.slot_of.get(id).copied().filter(|s| self.live.contains(*s))
+    }
+
+    /// Applies one committed change. `stamp` orders whole-row writes of the same user:
+    /// a row older than the one already applied is ignored.
+    pub fn apply(&mut self, stamp: u64, change: &Change) {
+        match change {
+            Change::User(u) => {
+                let slot = self.slot(&u.id);
+                let i = slot as usize;
+                if self.stamps[i] > stamp || (self.stamps[i] == u64::MAX) {
+                    return;
+                }
+                self.stamps[i] = stamp;
+                self.set_user(slot, u);
+            }
+            Change::Seen {
+                id,
+                latest,
+                earliest,
+                now,
+            } => {
+                let Some(slot) = self.slot_of(id) else { return };
+                let last = self.last_seen_at.get(slot);
+                if last.is_none_or(|l| *latest > l) {
+                    let upd = self.updated_at.get(slot).unwrap_or(*now).max(*now);
+                    self.updated_at.set(slot, Some(upd));
+                    self.last_seen_at.set(slot, Some(*latest));
+                }
+                let created = self.created_at.get(slot).unwrap_or(*earliest);
+                self.created_at.set(slot, Some(created.min(*earliest)));
+            }
+            Change::Merge { from, into } => {
+                let (Some(f), Some(t)) = (self.slot_of.get(from.as_str()).copied(), self.slot_of(into))
+                else {
+                    return;
+                };
+                for col in self.events.values_mut() {
+                    let moved = col.totals.get(f as usize).copied().unwrap_or(0);
+                    if moved > 0 {
+                        col.totals[f as usize] = 0;
+                        if col.totals.len() <= t as usize {
+                            col.totals.resize(t as usize + 1, 0);
+                        }
+                        col.totals[t as usize] += moved;
+                    }
+                }
+                // Slots that were merged into `from` now count for `into` as well.
+                for v in self.redirect.values_mut() {
+                    if *v == f {
+                        *v = t;
+                    }
+                }
+                self.redirect.insert(f, t);
+                self.kill(f);
+            }
+            Change::Event { user_id, name, at } => {
+                let Some(slot) = self.slot_of(user_id) else { return };
+                let day = day_of(*at, &self.tz);
+                self.events.entry(name.clone()).or_default().add(slot, day);
+            }
+            Change::Delete(id) => {
+                if let Some(s) = self.slot_of.get(id.as_str()).copied() {
+                    self.kill(s);
+                }
+            }
+            Change::DropField(key) => {
+                self.profile.remove(key);
+            }
+            Change::Retire { before } => {
+                // Whole local days before the cutoff; their events stay in the totals.
+                let day = day_of(*before, &self.tz);
+                for col in self.events.values_mut() {
+                    col.days = col.days.split_off(&day);
+                }
+            }
+        }
+    }
+
+    /// Adds events that retention already removed from the store (rebuild): they count in
+    /// all-history totals only.
+    pub fn add_rolled(&mut self, user_id: &str, name: &str, count: i64) {
+        let Some(slot) = self.slot_of(user_id) else { return };
+        let col = self.events.entry(name.to_owned()).or_default();
+        let i = slot as usize;
+        if col.totals.len() <= i {
+            col.totals.resize(i + 1, 0);
+        }
+        col.totals[i] += count.clamp(0, i64::from(u32::MAX)) as u32;
+    }
+
+    fn kill(&mut self, slot: u32) {
+        self.live.remove(slot);
+        // A dead slot never comes back: ids are never reused, and a late write is ignored.
+        self.stamps[slot as usize] = u64::MAX;
+        let blank = User::new(String::new(), 0);
+        self.set_user(slot, &blank);
+        self.created_at.set(slot, None);
+        self.updated_at.set(slot, None);
+    }
+
+    fn set_user(&mut self, slot: u32, u: &User) {
+        if !u.id.is_empty() {
+            self.live.insert(slot);
+        }
+        self.member_id.set(slot, u.member_id.as_deref());
+        self.city.set(slot, u.city.as_deref());
+        self.country.set(slot, u.country.as_deref());
+        self.language.set(slot, u.language.as_deref());
+        self.tags.set(slot, u.tags.iter().map(|t| Box::from(t.as_str())));
+        self.last_seen_at.set(slot, u.last_seen_at);
+        self.created_at.set(slot, Some(u.created_at));
+        self.updated_at.set(slot, Some(u.updated_at));
+        self.sessions_count.set(slot, Some(u.sessions_count as f64));
+        self.has_chat.set(slot, Some(u.has_chat));
+        self.has_push_token.set(slot, Some(u.has_push_token));
+        self.unsubscribe_email.set(slot, Some(u.unsubscribe_email));
+        self.unsubscribe_texting.set(slot, Some(u.unsubscribe_texting));
+        self.web.set(slot, &u.web);
+        self.mobile.set(slot, &u.mobile);
+        for (k, col) in self.profile.iter_mut() {
+            if !u.profile.contains_key(k) {
+                col.set(slot, None);
+            }
+        }
+        for (k, v) in &u.profile {
+            self.profile.entry(k.clone()).or_default().set(slot, Some(v));
+        }
+    }
+
+    /// The users matching a query, as slots. `external` holds the counts of event
+    /// conditions with `where` clauses.
+    pub fn select(&self, q: &Query, external: &External) -> RoaringBitmap {
+        let mut acc = self.live.clone();
+        for (gi, g) in q.groups.iter().enumerate() {
+            let mut any = RoaringBitmap::new();
+            for (ci, c) in g.iter().enumerate() {
+                any |= match c {
+                    Cond::Field { field, test } => self.field(field, test),
+                    Cond::Event(e) => self.event(e, external.get(&(gi, ci))),
+                };
+            }
+            acc &= any;
+            if acc.is_empty() {
+                break;
+            }
+        }
+        acc
+    }
+
+    /// How many users match.
+    pub fn count(&self, q: &Query, external: &External) -> u64 {
+        self.select(q, external).len()
+    }
+
+    fn n(&self) -> u32 {
+        self.ids.len() as u32
+    }
+
+    fn bool_test(&self, col: &BoolCol, t: &Test) -> RoaringBitmap {
+        match t {
+            Test::Bool(true) => col.yes.clone(),
+            Test::Bool(false) => col.no.clone(),
+            Test::Exists(true) => &col.yes | &col.no,
+            Test::Exists(false) => &self.live - &(&col.yes | &col.no),
+            _ => RoaringBitmap::new(),
+        }
+    }
+
+    fn str_test(&self, col: &StrCol, t: &Test) -> RoaringBitmap {
+        match t {
+            Test::Exists(want) => col.select(self.n(), |v| v.is_some() == *want),
+            Test::Str(s) => col.test(self.n(), s),
+            Test::Day { from, to } => col.days(self.n(), *from, *to),
+            _ => RoaringBitmap::new(),
+        }
+    }
+
+    fn time_test(&self, col: &TimeCol, t: &Test) -> RoaringBitmap {
+        match t {
+            Test::Exists(true) => col.range(None, None),
+            Test::Exists(false) => &self.live - col.range(None, None),
+            Test::Time { from, to } => col.range(*from, *to),
+            _ => RoaringBitmap::new(),
+        }
+    }
+
+    fn num_test(&self, col: &NumCol, t: &Test) -> RoaringBitmap {
+        match t {
+            Test::Exists(true) => col.present(),
+            Test::Exists(false) => &self.live - col.present(),
+            Test::Num(n) => col.test(self.n(), n),
+            _ => RoaringBitmap::new(),
+        }
+    }
+
+    fn device(&self, cols: &DeviceCols, d: Device, t: &Test) -> RoaringBitmap {
+        match d {
+            Device::LastSeenAt => self.time_test(&cols.last_seen_at, t),
+            Device::SessionsCount => self.num_test(&cols.sessions_count, t),
+            Device::Browser => self.str_test(&cols.strs[0], t),
+            Device::BrowserName => self.str_test(&cols.strs[1], t),
+            Device::Os => self.str_test(&cols.strs[2], t),
+            Device::OsName => self.str_test(&cols.strs[3], t),
+            Device::Device => self.str_test(&cols.strs[4], t),
+            Device::AppName => self.str_test(&cols.strs[5], t),
+            Device::AppVersion => self.str_test(&cols.strs[6], t),
+        }
+    }
+
+    fn field(&self, field: &Field, t: &Test) -> RoaringBitmap {
+        match field {
+            Field::Builtin(b) => match b {
+                Builtin::Id => {
+                    let ids = StrColView(&self.ids);
+                    ids.test(t, &self.live)
+                }
+                Builtin::MemberId => self.str_test(&self.member_id, t),
+                Builtin::City => self.str_test(&self.city, t),
+                Builtin::Country => self.str_test(&self.country, t),
+                Builtin::Language => self.str_test(&self.language, t),
+                Builtin::Member => {
+                    let members = self.member_id.select(self.n(), |v| v.is_some());
+                    match t {
+                        Test::Bool(true) => members,
+                        Test::Bool(false) => &self.live - members,
+                        Test::Exists(want) => {
+                            if *want {
+                                self.live.clone()
+                            } else {
+                                RoaringBitmap::new()
+                            }
+                        }
+                        _ => RoaringBitmap::new(),
+                    }
+                }
+                Builtin::Tags => match t {
+                    Test::Exists(true) => self.tags.present().clone(),
+                    Test::Exists(false) => &self.live - self.tags.present(),
+                    Test::List(mode, items) => {
+                        let keys: Vec<Box<str>> = items.iter().map(|s| Box::from(s.as_str())).collect();
+                        self.tags.test(*mode, &keys, &self.live)
+                    }
+                    _ => RoaringBitmap::new(),
+                },
+                Builtin::LastSeenAt => self.time_test(&self.last_seen_at, t),
+                Builtin::CreatedAt => self.time_test(&self.created_at, t),
+                Builtin::UpdatedAt => self.time_test(&self.updated_at, t),
+                Builtin::SessionsCount => self.num_test(&self.sessions_count, t),
+                Builtin::HasChat => self.bool_test(&self.has_chat, t),
+                Builtin::HasPushToken => self.bool_test(&self.has_push_token, t),
+                Builtin::UnsubscribeEmail => self.bool_test(&self.unsubscribe_email, t),
+                Builtin::UnsubscribeTexting => self.bool_test(&self.unsubscribe_texting, t),
+                Builtin::Web(d) => self.device(&self.web, *d, t),
+                Builtin::Mobile(d) => self.device(&self.mobile, *d, t),
+            },
+            Field::Profile { key, ty } => self.profile_field(key, *ty, t),
+        }
+    }
+
+    fn profile_field(&self, key: &str, ty: FieldType, t: &Test) -> RoaringBitmap {
+        let Some(col) = self.profile.get(key) else {
+            // Nobody has a value: only tests that match absence pass.
+            return if absent_passes(t) {
+                self.live.clone()
+            } else {
+                RoaringBitmap::new()
+            };
+        };
+        let present = || -> RoaringBitmap {
+            match ty {
+                FieldType::String | FieldType::Date => col.strs.select(self.n(), |v| match ty {
+                    FieldType::Date => v.is_some_and(|s| s.parse::<jiff::civil::Date>().is_ok()),
+                    _ => v.is_some(),
+                }),
+                FieldType::Number => col.nums.present(),
+                FieldType::Datetime => col.nums.times(None, None),
+                FieldType::Boolean => &col.bools.yes | &col.bools.no,
+                FieldType::List => col.list.present().clone(),
+                FieldType::ListOfNumber => col.num_list.present().clone(),
+            }
+        };
+        match t {
+            Test::Exists(true) => present(),
+            Test::Exists(false) => &self.live - present(),
+            Test::Str(_) | Test::Day { .. } => self.str_test(&col.strs, t),
+            Test::Num(_) => self.num_test(&col.nums, t),
+            Test::Time { from, to } => col.nums.times(*from, *to),
+            Test::Bool(_) => self.bool_test(&col.bools, t),
+            Test::List(mode, items) => {
+                let keys: Vec<Box<str>> = items.iter().map(|s| Box::from(s.as_str())).collect();
+                col.list.test(*mode, &keys, &self.live)
+            }
+            Test::NumList(mode, items) => {
+                let keys: Vec<u64> = items.iter().map(|x| num_key(*x)).collect();
+                col.num_list.test(*mode, &keys, &self.live)
+            }
+        }
+    }
+
+    fn event(&self, e: &EventTest, external: Option<&HashMap<String, i64>>) -> RoaringBitmap {
+        let n = self.ids.len();
+        let mut counts = vec![0u32; n];
+        if !e.props.is_empty() {
+            if let Some(ext) = external {
+                for (id, c) in ext {
+                    if let Some(s) = self.slot_of.get(id.as_str()) {
+                        counts[*s as usize] = (*c).clamp(0, i64::from(u32::MAX)) as u32;
+                    }
+                }
+            }
+        } else if let Some(col) = self.events.get(&e.name) {
+            match e.since {
+                None => {
+                    counts[..col.totals.len()].copy_from_slice(&col.totals);
+                }
+                Some(since) => {
+                    for bucket in col.days.range(since.day..).map(|(_, b)| b) {
+                        for s in bucket {
+                            counts[*s as usize] += 1;
+                        }
+                    }
+                    for (from, into) in &self.redirect {
+                        let c = std::mem::take(&mut counts[*from as usize]);
+                        counts[*into as usize] += c;
+                    }
+                }
+            }
+        }
+        let test = e.count;
+        if test.passes_zero() {
+            let mut out = self.live.clone();
+            for (s, c) in counts.iter().enumerate() {
+                if !test.passes(i64::from(*c)) {
+                    out.remove(s as u32);
+                }
+            }
+            out
+        } else {
+            RoaringBitmap::from_sorted_iter(
+                counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| test.passes(i64::from(**c)))
+                    .map(|(s, _)| s as u32),
+            )
+            .unwrap_or_default()
+                & &self.live
+        }
+    }
+
+    /// Sort keys for listing users: `(slot, key)` pairs where the key orders as requested.
+    pub fn sort_key(&self, by: &SortBy, slot: u32) -> SortKey {
+        match by {
+            SortBy::LastSeenAt => SortKey::Num(self.last_seen_at.get(slot).map(|t| t as f64)),
+            SortBy::CreatedAt => SortKey::Num(self.created_at.get(slot).map(|t| t as f64)),
+            SortBy::Name => SortKey::Str(
+                self.profile
+                    .get("name")
+                    .and_then(|c| c.strs.get(slot))
+                    .map(str::to_owned),
+            ),
+            SortBy::Profile(k) => match self.profile.get(k) {
+                Some(c) => match c.strs.get(slot) {
+                    Some(s) => SortKey::Str(Some(s.to_owned())),
+                    None => SortKey::Num(c.nums.get(slot)),
+                },
+                None => SortKey::Num(None),
+            },
+        }
+    }
+
+    /// Approximate heap bytes, for `/metrics`.
+    pub fn bytes(&self) -> usize {
+        self.ids.iter().map(|s| s.len() + 16).sum::<usize>()
+            + self.slot_of.capacity() * (std::mem::size_of::<Box<str>>() + 4 + 8)
+            + self.ids.iter().map(|s| s.len()).sum::<usize>()
+            + self.stamps.capacity() * 8
+            + self.live.serialized_size()
+            + self.member_id.bytes()
+            + self.city.bytes()
+            + self.country.bytes()
+            + self.language.bytes()
+            + self.tags.bytes()
+            + self.last_seen_at.bytes()
+            + self.created_at.bytes()
+            + self.updated_at.bytes()
+            + self.sessions_count.bytes()
+            + self.has_chat.bytes()
+            + self.has_push_token.bytes()
+            + self.unsubscribe_email.bytes()
+            + self.unsubscribe_texting.bytes()
+            + self.web.bytes()
+            + self.mobile.bytes()
+            + self.profile.values().map(ProfileCol::bytes).sum::<usize>()
+            + self.events.values().map(EventCol::bytes).sum::<usize>()
+    }
+}
+
+/// What users are listed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortBy {
+    /// Last visit.
+    LastSeenAt,
+    /// Creation.
+    CreatedAt,
+    /// `profile.name`.
+    Name,
+    /// Any profile field.
+    Profile(String),
+}
+
+/// A sort key; absent values sort last in both directions.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub enum SortKey {
+    /// Numbers and instants.
+    Num(Option<f64>),
+    /// Text.
+    Str(Option<String>),
+}
+
+/// Tests whose answer for a user without the value is "yes".
+fn absent_passes(t: &Test) -> bool {
+    use sori_domain::filter::StrTest;
+    match t {
+        Test::Exists(want) => !want,
+        Test::Str(StrTest::Ne(_) | StrTest::Nin(_) | StrTest::NotContains(_)) => true,
+        Test::Num(n) => test_num(n, None),
+        Test::List(ListMode::None, _) | Test::NumList(ListMode::None, _) => true,
+        _ => false,
+    }
+}
+
+/// User ids read as a string column (every user has one).
+struct StrColView<'a>(&'a [Box<str>]);
+
+impl StrColView<'_> {
+    fn test(&self, t: &Test, live: &RoaringBitmap) -> RoaringBitmap {
+        match t {
+            Test::Exists(true) => live.clone(),
+            Test::Str(s) => RoaringBitmap::from_sorted_iter(
+                self.0
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, id)| sori_domain::filter::eval::test_str(s, Some(id)))
+                    .map(|(i, _)| i as u32),
+            )
+            .unwrap_or_default(),
+            _ => RoaringBitmap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
