@@ -1,6 +1,7 @@
 //! Application services between the HTTP layer and the store: credentials, channel
 //! creation, manager sessions and the group-committing user writer. No HTTP types here.
 
+pub mod audience;
 pub mod auth;
 pub mod channels;
 pub mod retention;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use sori_domain::Invalid;
 use sori_store::{Store, StoreError};
 
+pub use audience::{Audience, Engine};
 pub use auth::{ChannelCache, ManagerContext};
 pub use channels::{ChannelCredentials, ChannelSpec};
 pub use users::UserWriter;
@@ -71,6 +73,8 @@ pub struct App {
     pub channels: ChannelCache,
     /// The group-committing user writer.
     pub users: UserWriter,
+    /// The in-memory audience projections, fed by the writer.
+    pub audience: Arc<Audience>,
     /// Bounds concurrent Argon2 work (about 19 MiB and tens of ms each), so a flood of
     /// logins cannot exhaust memory or starve the API.
     pub login_slots: Arc<tokio::sync::Semaphore>,
@@ -82,9 +86,12 @@ impl App {
         let fresh = secrets::random_hex(32);
         let pepper = store.meta_get_or_insert("secret_hash_key", &fresh).await?;
         let pepper: Arc<[u8]> = hex_or_bytes(&pepper).into();
+        // Built before the writer starts, so no committed change can slip between the two.
+        let audience = Arc::new(Audience::build(&*store).await?);
         Ok(Self {
             channels: ChannelCache::new(store.clone(), pepper.clone()),
-            users: UserWriter::spawn(store.clone(), writer_shards),
+            users: UserWriter::spawn(store.clone(), writer_shards, audience.clone()),
+            audience,
             login_slots: Arc::new(tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),

@@ -8,7 +8,6 @@ use crate::{App, AppResult};
 
 /// Events deleted per statement.
 const CHUNK: u32 = 5_000;
-const DAY_MS: i64 = 24 * 3600 * 1000;
 
 impl App {
     /// One pass over every channel; returns how many events went.
@@ -18,7 +17,17 @@ impl App {
             let Some(ch) = self.store.channel(id).await? else {
                 continue;
             };
-            let cutoff = now_ms() - ch.event_retention_days * DAY_MS;
+            // Whole local days only: the cutoff is the start of a day in the channel's zone,
+            // so an event window (whole days, at most the retention) never loses part of a
+            // day, and the audience projection can drop whole buckets.
+            let tz = sori_domain::channel::time_zone("timeZone", &ch.time_zone)?;
+            let today = jiff::Timestamp::from_millisecond(now_ms())
+                .map(|t| t.to_zoned(tz.clone()).date())
+                .map_err(|e| crate::AppError::Store(sori_store::StoreError::Corrupt(e.to_string())))?;
+            let first_kept = today
+                .checked_sub(jiff::Span::new().days(ch.event_retention_days))
+                .unwrap_or(today);
+            let cutoff = sori_domain::filter::start_of_day(first_kept, &tz);
             loop {
                 let n = self.store.delete_events_before(id, cutoff, CHUNK).await?;
                 total += n;
@@ -27,6 +36,8 @@ impl App {
                 }
                 tokio::task::yield_now().await;
             }
+            self.audience
+                .apply_now(id, sori_audience::Change::Retire { before: cutoff });
         }
         Ok(total)
     }

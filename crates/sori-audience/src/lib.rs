@@ -13,61 +13,16 @@ pub mod testgen;
 
 use std::collections::{BTreeMap, HashMap};
 
-use jiff::tz::TimeZone;
 use roaring::RoaringBitmap;
 use serde_json::Value;
 use sori_domain::filter::eval::test_num;
 use sori_domain::filter::{
-    Builtin, Cond, Device, EventTest, Field, ListMode, Query, Test, day_of,
+    Builtin, Cond, Device, EventTest, Field, ListMode, Query, Test,
 };
+pub use sori_domain::change::Change;
 use sori_domain::{DeviceInfo, FieldType, User};
 
 use columns::{BoolCol, ListCol, NumCol, StrCol, TimeCol, num_key};
-
-/// One committed change, as the store reports it.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// A user written whole (created or updated).
-    User(User),
-    /// An events-only write that moved a user's times without loading the row:
-    /// `lastSeenAt = max(lastSeenAt, latest)`, `createdAt = min(createdAt, earliest)`,
-    /// and `updatedAt` moves to `now` when `latest` is newer than the last visit.
-    Seen {
-        /// User.
-        id: String,
-        /// Latest event time.
-        latest: i64,
-        /// Earliest event time.
-        earliest: i64,
-        /// Time of the write.
-        now: i64,
-    },
-    /// An anonymous user folded into a member: its events count for the member, it is gone.
-    Merge {
-        /// The anonymous user.
-        from: String,
-        /// The member.
-        into: String,
-    },
-    /// A stored event.
-    Event {
-        /// Owner.
-        user_id: String,
-        /// Name.
-        name: String,
-        /// Time (ms).
-        at: i64,
-    },
-    /// A deleted user.
-    Delete(String),
-    /// A profile field removed from every user.
-    DropField(String),
-    /// Events removed by retention, already counted in the users' totals.
-    Retire {
-        /// Events strictly before this instant are gone.
-        before: i64,
-    },
-}
 
 /// Per-user counts of events that pass an event condition's `where` clauses, computed
 /// by the caller from stored events; keyed by the condition's position (group, index).
@@ -143,17 +98,26 @@ impl ProfileCol {
     }
 }
 
-/// Event occurrences of one name: one slot entry per event in its local day's bucket, and
+/// Width of an event time bucket. Every time zone's offset is a multiple of 15 minutes, so
+/// the start of any local day is a bucket boundary: windows are exact in any zone, and a
+/// channel changing its zone needs no rebuild.
+const BUCKET_MS: i64 = 15 * 60 * 1000;
+
+fn bucket(at: i64) -> i64 {
+    at.div_euclid(BUCKET_MS)
+}
+
+/// Event occurrences of one name: one slot entry per event in its time bucket, and
 /// running totals per slot (never reduced by retention, so all-history counts stay whole).
 #[derive(Debug, Default)]
 struct EventCol {
-    days: BTreeMap<i32, Vec<u32>>,
+    buckets: BTreeMap<i64, Vec<u32>>,
     totals: Vec<u32>,
 }
 
 impl EventCol {
-    fn add(&mut self, slot: u32, day: i32) {
-        self.days.entry(day).or_default().push(slot);
+    fn add(&mut self, slot: u32, at: i64) {
+        self.buckets.entry(bucket(at)).or_default().push(slot);
         let i = slot as usize;
         if self.totals.len() <= i {
             self.totals.resize(i + 1, 0);
@@ -162,14 +126,13 @@ impl EventCol {
     }
 
     fn bytes(&self) -> usize {
-        self.days.values().map(|v| v.capacity() * 4 + 48).sum::<usize>() + self.totals.capacity() * 4
+        self.buckets.values().map(|v| v.capacity() * 4 + 48).sum::<usize>() + self.totals.capacity() * 4
     }
 }
 
 /// The projection of one channel.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Projection {
-    tz: TimeZone,
     ids: Vec<Box<str>>,
     slot_of: HashMap<Box<str>, u32>,
     stamps: Vec<u64>,
@@ -196,10 +159,9 @@ pub struct Projection {
 }
 
 impl Projection {
-    /// An empty projection for a channel in `tz` (event days are local days).
-    pub fn new(tz: TimeZone) -> Self {
+    /// An empty projection.
+    pub fn new() -> Self {
         Self {
-            tz,
             ids: Vec::new(),
             slot_of: HashMap::new(),
             stamps: Vec::new(),
@@ -223,11 +185,6 @@ impl Projection {
             profile: HashMap::new(),
             events: HashMap::new(),
         }
-    }
-
-    /// The zone event days are counted in.
-    pub fn time_zone(&self) -> &TimeZone {
-        &self.tz
     }
 
     /// Users the projection knows.
@@ -316,8 +273,7 @@ impl Projection {
             }
             Change::Event { user_id, name, at } => {
                 let Some(slot) = self.slot_of(user_id) else { return };
-                let day = day_of(*at, &self.tz);
-                self.events.entry(name.clone()).or_default().add(slot, day);
+                self.events.entry(name.clone()).or_default().add(slot, *at);
             }
             Change::Delete(id) => {
                 if let Some(s) = self.slot_of.get(id.as_str()).copied() {
@@ -328,10 +284,10 @@ impl Projection {
                 self.profile.remove(key);
             }
             Change::Retire { before } => {
-                // Whole local days before the cutoff; their events stay in the totals.
-                let day = day_of(*before, &self.tz);
+                // The cutoff is the start of a local day, so a bucket boundary; the
+                // removed events stay in the totals.
                 for col in self.events.values_mut() {
-                    col.days = col.days.split_off(&day);
+                    col.buckets = col.buckets.split_off(&bucket(*before));
                 }
             }
         }
@@ -575,8 +531,8 @@ impl Projection {
                     counts[..col.totals.len()].copy_from_slice(&col.totals);
                 }
                 Some(since) => {
-                    for bucket in col.days.range(since.day..).map(|(_, b)| b) {
-                        for s in bucket {
+                    for b in col.buckets.range(bucket(since)..).map(|(_, b)| b) {
+                        for s in b {
                             counts[*s as usize] += 1;
                         }
                     }

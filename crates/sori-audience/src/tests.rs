@@ -6,6 +6,8 @@ use sori_domain::filter::eval::{Facts, event_counts, matches};
 use sori_domain::filter::{Filter, Schema};
 use sori_domain::{Registry, User};
 
+use jiff::tz::TimeZone;
+
 use super::*;
 use crate::testgen::{FIELDS, Gen};
 
@@ -56,7 +58,7 @@ fn projection_agrees_with_the_reference_evaluator() {
     let schema = Schema { registry: &reg, retention_days: 90 };
     for seed in 0..4u64 {
         let mut g = Gen::new(seed, NOW);
-        let mut p = Projection::new(tz.clone());
+        let mut p = Projection::new();
         let mut users: Vec<User> = Vec::new();
         let mut events: Vec<Event> = Vec::new();
         for i in 0..300 {
@@ -111,7 +113,7 @@ fn projection_agrees_with_the_reference_evaluator() {
 
 #[test]
 fn seen_moves_times_like_the_store() {
-    let mut p = Projection::new(TimeZone::UTC);
+    let mut p = Projection::new();
     let mut u = User::new("a".into(), 100);
     u.last_seen_at = Some(200);
     p.apply(1, &Change::User(u));

@@ -397,20 +397,11 @@ pub struct EventTest {
     pub name: String,
     /// Required count.
     pub count: CountTest,
-    /// Window start: events at or after this instant (ms) and on or after this day number
-    /// (days since 1970-01-01 in the channel's zone) count; `None` counts all history.
-    pub since: Option<Since>,
+    /// Window start: events at or after this instant (ms), the start of a local day, count;
+    /// `None` counts all history.
+    pub since: Option<i64>,
     /// Conditions every counted event must meet.
     pub props: Vec<PropTest>,
-}
-
-/// The start of an event window, as an instant and as a local day number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Since {
-    /// First counted instant (ms), the start of `day` in the channel's zone.
-    pub at: i64,
-    /// First counted day, as days since 1970-01-01 (local calendar).
-    pub day: i32,
 }
 
 /// A condition on one event attribute.
@@ -429,35 +420,6 @@ pub enum PropTarget {
     Page,
     /// A property by key.
     Property(String),
-}
-
-/// Day number (days since 1970-01-01) of a calendar date.
-pub fn day_number(d: Date) -> i32 {
-    // Civil arithmetic cannot fail inside jiff's supported range, which every Date is in.
-    d.since(Date::constant(1970, 1, 1))
-        .map(|s| s.get_days())
-        .unwrap_or(0)
-}
-
-/// Calendar date of a day number.
-pub fn date_of_day(day: i32) -> Date {
-    Date::constant(1970, 1, 1)
-        .checked_add(i64::from(day).days())
-        .unwrap_or(Date::constant(1970, 1, 1))
-}
-
-/// Local day number of an instant (ms) in a zone.
-pub fn day_of(ms: i64, tz: &TimeZone) -> i32 {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(t) => day_number(t.to_zoned(tz.clone()).date()),
-        Err(_) => {
-            if ms < 0 {
-                i32::MIN / 2
-            } else {
-                i32::MAX / 2
-            }
-        }
-    }
 }
 
 /// First instant (ms) of a local day in a zone.
@@ -599,10 +561,7 @@ impl Filter {
                                 let first = today
                                     .checked_sub((n - 1).days())
                                     .unwrap_or(Date::constant(1970, 1, 1));
-                                Since {
-                                    at: start_of_day(first, tz),
-                                    day: day_number(first),
-                                }
+                                start_of_day(first, tz)
                             }),
                             props: e.props.clone(),
                         }),
@@ -1165,12 +1124,18 @@ fn parse_prop(path: &str, w: &Value, errs: &mut Errors) -> Option<PropTest> {
         }
     }
     let key = match o.get("key").and_then(Value::as_str) {
-        Some(k) if !k.is_empty() && k.chars().count() <= crate::event::MAX_PROPERTY_KEY_CHARS => k,
+        Some(k)
+            if !k.is_empty()
+                && k.chars().count() <= crate::event::MAX_PROPERTY_KEY_CHARS
+                && !k.contains(['"', '\\']) =>
+        {
+            k
+        }
         _ => {
             errs.push(
                 format!("{path}.key"),
                 format!(
-                    "is required: a property key of 1 to {} characters, or `page`",
+                    "is required: a property key of 1 to {} characters without `\"` or `\\`, or `page`",
                     crate::event::MAX_PROPERTY_KEY_CHARS
                 ),
             );

@@ -5,6 +5,7 @@
 //! freshly generated identifiers in, so every rule can be tested without a database.
 
 pub mod activity;
+pub mod change;
 pub mod channel;
 pub mod error;
 pub mod event;

@@ -17,11 +17,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use sori_domain::filter::{EventTest, Query};
+use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sori_domain::event::{Event, NewEvent};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
-    Store, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes,
+    Store, StoreError, UserKeys, UserOp, UserRow, Written, plan_user_writes,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgExecutor, Row};
@@ -47,6 +49,7 @@ macro_rules! user_select {
 }
 
 const USER_BY_ID: &str = concat!(user_select!(), "WHERE channel_id = $1 AND id = $2");
+const USERS_BY_IDS: &str = concat!(user_select!(), "WHERE channel_id = $1 AND id = ANY($2)");
 const USER_BY_MEMBER: &str = concat!(user_select!(), "WHERE channel_id = $1 AND member_id = $2");
 const USERS_AFTER: &str = concat!(
     user_select!(),
@@ -261,7 +264,7 @@ async fn merge_tx(tx: &mut sqlx::PgConnection, m: &Merge) -> Result<()> {
 async fn insert_events_tx(
     tx: &mut sqlx::PgConnection,
     events: &[(i64, String, &NewEvent)],
-) -> Result<EventAggregates> {
+) -> Result<(EventAggregates, Vec<bool>)> {
     let n = events.len();
     let (mut ch, mut user, mut id, mut name, mut prop, mut page, mut source, mut msg, mut at) = (
         Vec::with_capacity(n),
@@ -874,7 +877,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Written> {
         // Channels in ascending order and rows in id order: a global lock order.
         let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
         let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
@@ -959,15 +962,15 @@ impl Store for PostgresStore {
             }
         }
 
-        let plan = plan_user_writes(ops, loaded, light, registries);
+        let mut plan = plan_user_writes(ops, loaded, light, registries);
         if !plan.new_fields.is_empty() {
             insert_new_fields(&mut *tx, &plan.new_fields).await?;
         }
         for m in &plan.merges {
             merge_tx(&mut tx, m).await?;
         }
-        let agg = if plan.events.is_empty() {
-            EventAggregates::default()
+        let (agg, stored) = if plan.events.is_empty() {
+            (EventAggregates::default(), Vec::new())
         } else {
             insert_events_tx(&mut tx, &plan.events).await?
         };
@@ -994,11 +997,13 @@ impl Store for PostgresStore {
         if !plan.users.is_empty() {
             upsert_users(&mut *tx, &plan.users).await?;
         }
+        // Stamped under the row locks: a batch that waited for ours stamps later.
+        let written = plan.written(&stored);
         tx.commit().await.map_err(backend)?;
         if let Err(e) = update_catalog(&self.pool, &agg).await {
             tracing::warn!(error = %e, "event catalog update failed; counts may lag");
         }
-        Ok(plan.results)
+        Ok(written)
     }
 
     async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>> {
@@ -1066,6 +1071,105 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>> {
+        let rows = sqlx::query(USERS_BY_IDS)
+            .bind(channel_id)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn count_matching(&self, channel_id: i64, query: &Query) -> Result<u64> {
+        let sql =
+            filter_sql::users_matching(Dialect::Postgres, "count(*)", channel_id, query, "");
+        let n: i64 = bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn ids_matching(&self, channel_id: i64, query: &Query) -> Result<Vec<String>> {
+        let sql = filter_sql::users_matching(
+            Dialect::Postgres,
+            "u.id",
+            channel_id,
+            query,
+            "ORDER BY u.id",
+        );
+        bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn event_counts_matching(
+        &self,
+        channel_id: i64,
+        test: &EventTest,
+    ) -> Result<Vec<(String, i64)>> {
+        let sql = filter_sql::event_counts(Dialect::Postgres, channel_id, test);
+        let rows = bind_row(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
+            .collect()
+    }
+
+    async fn event_keys(
+        &self,
+        channel_id: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String, String)>> {
+        let (t, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let rows = sqlx::query(
+            "SELECT created_at, id, user_id, name FROM events WHERE channel_id = $1 \
+             AND ($2::bigint IS NULL OR (created_at, id) > ($2, $3::text)) \
+             ORDER BY created_at, id LIMIT $4",
+        )
+        .bind(channel_id)
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                    r.try_get(2).map_err(backend)?,
+                    r.try_get(3).map_err(backend)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT user_id, name, count FROM user_event_stats WHERE channel_id = $1",
+        )
+        .bind(channel_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                    r.try_get(2).map_err(backend)?,
+                ))
+            })
+            .collect()
     }
 
     async fn user_events(
@@ -1212,4 +1316,38 @@ impl Store for PostgresStore {
         .map_err(backend)?;
         rows.iter().map(reveal_from_row).collect()
     }
+}
+
+type PgArgs = sqlx::postgres::PgArguments;
+
+/// Binds a compiled filter's arguments to a scalar query.
+fn bind<'q, O>(
+    mut q: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, PgArgs>,
+    args: Vec<Arg>,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, PgArgs> {
+    for a in args {
+        q = match a {
+            Arg::Int(i) => q.bind(i),
+            Arg::Float(f) => q.bind(f),
+            Arg::Text(t) => q.bind(t),
+            Arg::TextArray(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// Binds a compiled filter's arguments to a row query.
+fn bind_row(
+    mut q: sqlx::query::Query<'_, sqlx::Postgres, PgArgs>,
+    args: Vec<Arg>,
+) -> sqlx::query::Query<'_, sqlx::Postgres, PgArgs> {
+    for a in args {
+        q = match a {
+            Arg::Int(i) => q.bind(i),
+            Arg::Float(f) => q.bind(f),
+            Arg::Text(t) => q.bind(t),
+            Arg::TextArray(v) => q.bind(v),
+        };
+    }
+    q
 }

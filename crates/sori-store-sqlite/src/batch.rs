@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sori_domain::event::NewEvent;
 use sori_domain::{FieldType, ProfileField, ProfileKey, Registry, User};
-use sori_store::{Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
+use sori_store::{Merge, StoreError, UserKeys, UserOp, UserRow, Written, plan_user_writes};
 use sori_store_sqlx::EventAggregates;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -155,7 +155,7 @@ fn lookup<T>(
 }
 
 /// Runs one batch in one transaction.
-pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Written> {
     let mut full: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
     let mut light_keys: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
     for op in ops {
@@ -198,7 +198,7 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
         light.extend(found.into_iter().map(|keys| (*ch, keys)));
     }
 
-    let plan = plan_user_writes(ops, loaded, light, registries);
+    let mut plan = plan_user_writes(ops, loaded, light, registries);
     if !plan.new_fields.is_empty() {
         let mut st = tx
             .prepare_cached(
@@ -220,9 +220,11 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     for m in &plan.merges {
         merge(&tx, m)?;
     }
-    if !plan.events.is_empty() {
-        insert_events(&tx, &plan.events)?;
-    }
+    let stored = if plan.events.is_empty() {
+        Vec::new()
+    } else {
+        insert_events(&tx, &plan.events)?
+    };
     if !plan.light.is_empty() {
         let mut st = tx
             .prepare_cached(
@@ -283,8 +285,9 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
             .map_err(db)?;
         }
     }
+    let written = plan.written(&stored);
     tx.commit().map_err(db)?;
-    Ok(plan.results)
+    Ok(written)
 }
 
 /// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
@@ -311,8 +314,8 @@ fn merge(tx: &Connection, m: &Merge) -> Result<()> {
 }
 
 /// Appends a batch's events (a repeated `messageId` is skipped) and adds what was really
-/// stored to the catalog.
-fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result<()> {
+/// stored to the catalog; tells which events were stored.
+fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result<Vec<bool>> {
     let mut st = tx
         .prepare_cached(
             "INSERT INTO events (channel_id, user_id, id, name, property, page, source, \
@@ -320,6 +323,7 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
         )
         .map_err(db)?;
     let mut agg = EventAggregates::default();
+    let mut stored = Vec::with_capacity(events.len());
     for (ch, user, e) in events {
         let n = st
             .execute(params![
@@ -337,6 +341,7 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
         if n == 1 {
             agg.add(*ch, &e.name, e.created_at, e.is_revenue());
         }
+        stored.push(n == 1);
     }
     let mut st = tx
         .prepare_cached(
@@ -352,5 +357,5 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
         st.execute(params![ch, name, count, first, last, revenue])
             .map_err(db)?;
     }
-    Ok(())
+    Ok(stored)
 }

@@ -18,10 +18,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sori_domain::event::Event;
+use sori_domain::filter::{EventTest, Query};
+use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
-    Store, StoreError, UserOp, UserOpResult,
+    Store, StoreError, UserOp, Written,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -562,7 +564,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Written> {
         // Called from a writer shard's own thread, which may block: the whole batch runs
         // synchronously on the batch connection.
         let mut conn = self
@@ -645,6 +647,103 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? \
+             AND id IN (SELECT value FROM json_each(?))"
+        );
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(channel_id)
+            .bind(list)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn count_matching(&self, channel_id: i64, query: &Query) -> Result<u64> {
+        let sql = filter_sql::users_matching(Dialect::Sqlite, "count(*)", channel_id, query, "");
+        let n: i64 = bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn ids_matching(&self, channel_id: i64, query: &Query) -> Result<Vec<String>> {
+        let sql =
+            filter_sql::users_matching(Dialect::Sqlite, "u.id", channel_id, query, "ORDER BY u.id");
+        bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)
+    }
+
+    async fn event_counts_matching(
+        &self,
+        channel_id: i64,
+        test: &EventTest,
+    ) -> Result<Vec<(String, i64)>> {
+        let sql = filter_sql::event_counts(Dialect::Sqlite, channel_id, test);
+        let rows = bind_row(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
+            .collect()
+    }
+
+    async fn event_keys(
+        &self,
+        channel_id: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String, String)>> {
+        let (t, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let rows = sqlx::query(
+            "SELECT created_at, id, user_id, name FROM events WHERE channel_id = ?1 \
+             AND (?2 IS NULL OR (created_at, id) > (?2, ?3)) ORDER BY created_at, id LIMIT ?4",
+        )
+        .bind(channel_id)
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                    r.try_get(2).map_err(backend)?,
+                    r.try_get(3).map_err(backend)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT user_id, name, count FROM user_event_stats WHERE channel_id = ?",
+        )
+        .bind(channel_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                    r.try_get(2).map_err(backend)?,
+                ))
+            })
+            .collect()
     }
 
     async fn user_events(
@@ -795,4 +894,39 @@ impl Store for SqliteStore {
         .map_err(backend)?;
         rows.iter().map(reveal_from_row).collect()
     }
+}
+
+type SqliteArgs<'q> = sqlx::sqlite::SqliteArguments;
+
+/// Binds a compiled filter's arguments to a scalar query.
+fn bind<'q, O>(
+    mut q: sqlx::query::QueryScalar<'q, Sqlite, O, SqliteArgs<'q>>,
+    args: Vec<Arg>,
+) -> sqlx::query::QueryScalar<'q, Sqlite, O, SqliteArgs<'q>> {
+    for a in args {
+        q = match a {
+            Arg::Int(i) => q.bind(i),
+            Arg::Float(f) => q.bind(f),
+            Arg::Text(t) => q.bind(t),
+            // Never produced for SQLite.
+            Arg::TextArray(v) => q.bind(serde_json::to_string(&v).unwrap_or_default()),
+        };
+    }
+    q
+}
+
+/// Binds a compiled filter's arguments to a row query.
+fn bind_row<'q>(
+    mut q: sqlx::query::Query<'q, Sqlite, SqliteArgs<'q>>,
+    args: Vec<Arg>,
+) -> sqlx::query::Query<'q, Sqlite, SqliteArgs<'q>> {
+    for a in args {
+        q = match a {
+            Arg::Int(i) => q.bind(i),
+            Arg::Float(f) => q.bind(f),
+            Arg::Text(t) => q.bind(t),
+            Arg::TextArray(v) => q.bind(serde_json::to_string(&v).unwrap_or_default()),
+        };
+    }
+    q
 }

@@ -2,6 +2,8 @@
 //! compatible types, so turning a row into a domain value is written once, generically over
 //! sqlx's `Row`; each backend keeps its own SQL, migrations and error mapping.
 
+pub mod filter_sql;
+
 use sori_domain::event::{Event, EventSource};
 use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Role, User};
 use sori_store::{CatalogEntry, Channel, Manager, Merge, RevealRecord, StoreError, UserRow};
@@ -225,7 +227,7 @@ impl EventAggregates {
 pub fn aggregate(
     events: &[(i64, String, &sori_domain::event::NewEvent)],
     inserted: &[String],
-) -> EventAggregates {
+) -> (EventAggregates, Vec<bool>) {
     let mut agg = EventAggregates::default();
     let all = inserted.len() == events.len();
     let ids: std::collections::HashSet<&str> = if all {
@@ -233,10 +235,13 @@ pub fn aggregate(
     } else {
         inserted.iter().map(String::as_str).collect()
     };
+    let mut stored = Vec::with_capacity(events.len());
     for (ch, _, e) in events {
-        if all || ids.contains(e.id.as_str()) {
+        let s = all || ids.contains(e.id.as_str());
+        if s {
             agg.add(*ch, &e.name, e.created_at, e.is_revenue());
         }
+        stored.push(s);
     }
-    agg
+    (agg, stored)
 }

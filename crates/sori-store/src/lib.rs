@@ -7,11 +7,12 @@ mod types;
 
 use async_trait::async_trait;
 use sori_domain::event::Event;
+use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Role, User};
 
 pub use plan::{
     Merge, UserKeys, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan,
-    plan_user_writes,
+    Written, next_stamp, plan_user_writes,
 };
 pub use types::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session,
@@ -125,8 +126,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Runs user writes in one transaction (group commit); per-op failures do not abort the
-    /// others. The whole call fails only when the database does.
-    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>>;
+    /// others. The whole call fails only when the database does. The answer carries what
+    /// was committed, stamped while the rows were locked (see [`Written`]).
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Written>;
     /// A user by id.
     async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>>;
     /// A user by member id.
@@ -141,6 +143,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<User>>;
     /// Deletes a user; false when absent.
     async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool>;
+    /// Users by id, in no particular order; missing ids are skipped.
+    async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>>;
+
+    /// How many users match a filter, answered by the database (the SQL path).
+    async fn count_matching(&self, channel_id: i64, query: &Query) -> Result<u64>;
+    /// Ids of the users matching a filter, in id order (the SQL path).
+    async fn ids_matching(&self, channel_id: i64, query: &Query) -> Result<Vec<String>>;
+    /// Per-user counts of the stored events that pass an event condition (its window and
+    /// `where` clauses); users without such events are left out.
+    async fn event_counts_matching(
+        &self,
+        channel_id: i64,
+        test: &EventTest,
+    ) -> Result<Vec<(String, i64)>>;
+    /// Events of a channel as `(createdAt, id, userId, name)` in time order, strictly after
+    /// the cursor: the lean read that rebuilds the audience projection.
+    async fn event_keys(
+        &self,
+        channel_id: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String, String)>>;
+    /// Counts of events retention removed, as `(userId, name, count)`.
+    async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>>;
 
     /// A user's events, newest first, strictly before the cursor `(createdAt, id)`.
     async fn user_events(

@@ -209,7 +209,7 @@ pub fn test_prop(p: &PropTest, page: Option<&str>, property: &serde_json::Map<St
 /// Whether one event counts for an event condition.
 pub fn event_counts(e: &EventTest, name: &str, at: i64, page: Option<&str>, property: &serde_json::Map<String, Value>) -> bool {
     name == e.name
-        && e.since.is_none_or(|s| at >= s.at)
+        && e.since.is_none_or(|s| at >= s)
         && e.props.iter().all(|p| test_prop(p, page, property))
 }
 

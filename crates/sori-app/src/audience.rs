@@ -1,0 +1,316 @@
+//! The audience service: one in-memory projection per channel, built from the store at
+//! start and fed every committed change by the user writer before a write is
+//! acknowledged, so a count or search always includes every acknowledged write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use roaring::RoaringBitmap;
+use sori_audience::{Change, External, Projection, SortBy, SortKey};
+use sori_domain::filter::{Cond, Filter, Query, Schema};
+use sori_domain::{Registry, User};
+use sori_store::{Store, next_stamp};
+
+use crate::auth::ChannelInfo;
+use crate::secrets::now_ms;
+use crate::{App, AppError, AppResult};
+
+/// Users read per page while building.
+const BUILD_PAGE: u32 = 5_000;
+/// Events read per page while building.
+const BUILD_EVENTS_PAGE: u32 = 50_000;
+
+type Shared = Arc<RwLock<Projection>>;
+
+/// Every channel's projection.
+#[derive(Default)]
+pub struct Audience {
+    channels: RwLock<HashMap<i64, Shared>>,
+}
+
+fn poisoned<T>(_: T) -> AppError {
+    AppError::Unavailable
+}
+
+impl Audience {
+    /// Builds every channel's projection from the store. Call before the writer starts.
+    pub async fn build(store: &dyn Store) -> AppResult<Self> {
+        let started = std::time::Instant::now();
+        let me = Self::default();
+        let mut users = 0;
+        for ch in store.channel_ids().await? {
+            let p = build_channel(store, ch).await?;
+            users += p.len();
+            me.channels
+                .write()
+                .map_err(poisoned)?
+                .insert(ch, Arc::new(RwLock::new(p)));
+        }
+        tracing::info!(
+            users,
+            seconds = started.elapsed().as_secs_f64(),
+            "audience projection built"
+        );
+        Ok(me)
+    }
+
+    fn get(&self, channel_id: i64) -> Shared {
+        if let Some(p) = self.channels.read().ok().and_then(|m| m.get(&channel_id).cloned()) {
+            return p;
+        }
+        // A channel created after start: it began empty, and every write since was applied.
+        match self.channels.write() {
+            Ok(mut m) => m.entry(channel_id).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// Applies a committed batch's changes.
+    pub fn apply(&self, stamp: u64, changes: &[(i64, Change)]) {
+        let mut i = 0;
+        while i < changes.len() {
+            let ch = changes[i].0;
+            let p = self.get(ch);
+            let Ok(mut p) = p.write() else { return };
+            while i < changes.len() && changes[i].0 == ch {
+                p.apply(stamp, &changes[i].1);
+                i += 1;
+            }
+        }
+    }
+
+    /// Applies changes made outside the user writer (deletes, field removal, retention).
+    pub fn apply_now(&self, channel_id: i64, change: Change) {
+        self.apply(next_stamp(), &[(channel_id, change)]);
+    }
+
+    /// Approximate heap bytes of every projection.
+    pub fn bytes(&self) -> usize {
+        let Ok(m) = self.channels.read() else { return 0 };
+        m.values()
+            .filter_map(|p| p.read().ok().map(|p| p.bytes()))
+            .sum()
+    }
+
+    /// The matching users of a resolved query.
+    pub async fn select(
+        &self,
+        store: &dyn Store,
+        channel_id: i64,
+        q: &Query,
+    ) -> AppResult<(Shared, RoaringBitmap)> {
+        // Event conditions with `where` clauses read the stored events' properties.
+        let mut ext = External::new();
+        for (gi, g) in q.groups.iter().enumerate() {
+            for (ci, c) in g.iter().enumerate() {
+                if let Cond::Event(e) = c
+                    && !e.props.is_empty()
+                {
+                    let counts = store.event_counts_matching(channel_id, e).await?;
+                    ext.insert((gi, ci), counts.into_iter().collect());
+                }
+            }
+        }
+        let p = self.get(channel_id);
+        let set = p.read().map_err(poisoned)?.select(q, &ext);
+        Ok((p, set))
+    }
+}
+
+async fn build_channel(store: &dyn Store, ch: i64) -> AppResult<Projection> {
+    let mut p = Projection::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.users_page(ch, after.as_deref(), BUILD_PAGE, false).await?;
+        for u in &page {
+            p.apply(0, &Change::User(u.clone()));
+        }
+        match page.last() {
+            Some(u) if page.len() == BUILD_PAGE as usize => after = Some(u.id.clone()),
+            _ => break,
+        }
+    }
+    let mut cursor: Option<(i64, String)> = None;
+    loop {
+        let page = store
+            .event_keys(
+                ch,
+                cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
+                BUILD_EVENTS_PAGE,
+            )
+            .await?;
+        for (at, _, user_id, name) in &page {
+            p.apply(
+                0,
+                &Change::Event {
+                    user_id: user_id.clone(),
+                    name: name.clone(),
+                    at: *at,
+                },
+            );
+        }
+        match page.last() {
+            Some((t, id, _, _)) if page.len() == BUILD_EVENTS_PAGE as usize => {
+                cursor = Some((*t, id.clone()));
+            }
+            _ => break,
+        }
+    }
+    for (user, name, count) in store.rolled_counts(ch).await? {
+        p.add_rolled(&user, &name, count);
+    }
+    Ok(p)
+}
+
+/// Which engine answers a query: the projection (default) or the database's SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// The in-memory projection.
+    #[default]
+    Memory,
+    /// The store's SQL.
+    Sql,
+}
+
+impl App {
+    /// Checks a filter against the channel's registry and retention.
+    pub async fn check_filter(
+        &self,
+        ch: &ChannelInfo,
+        path: &str,
+        json: &serde_json::Value,
+    ) -> AppResult<Filter> {
+        let registry = Registry::new(self.store.profile_fields(ch.channel.id).await?);
+        Ok(Filter::parse(
+            path,
+            json,
+            &Schema {
+                registry: &registry,
+                retention_days: ch.channel.event_retention_days,
+            },
+        )?)
+    }
+
+    /// Fixes a filter's clock for the channel (now, its zone and retention).
+    pub fn resolve(&self, ch: &ChannelInfo, f: &Filter) -> AppResult<Query> {
+        let tz = sori_domain::channel::time_zone("timeZone", &ch.channel.time_zone)?;
+        Ok(f.resolve(&tz, now_ms(), ch.channel.event_retention_days))
+    }
+
+    /// How many users match.
+    pub async fn count_users(&self, ch: &ChannelInfo, q: &Query, engine: Engine) -> AppResult<u64> {
+        match engine {
+            Engine::Memory => {
+                let (_, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
+                Ok(set.len())
+            }
+            Engine::Sql => Ok(self.store.count_matching(ch.channel.id, q).await?),
+        }
+    }
+
+    /// Ids of the matching users, in id order.
+    pub async fn matching_ids(
+        &self,
+        ch: &ChannelInfo,
+        q: &Query,
+        engine: Engine,
+    ) -> AppResult<Vec<String>> {
+        match engine {
+            Engine::Memory => {
+                let (p, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
+                let p = p.read().map_err(poisoned)?;
+                let mut ids: Vec<String> = set.iter().map(|s| p.id(s).to_owned()).collect();
+                ids.sort_unstable();
+                Ok(ids)
+            }
+            Engine::Sql => Ok(self.store.ids_matching(ch.channel.id, q).await?),
+        }
+    }
+
+    /// One page of matching users sorted by `by` (absent values last), starting at
+    /// `offset`; also returns the total.
+    pub async fn search_users(
+        &self,
+        ch: &ChannelInfo,
+        q: &Query,
+        by: &SortBy,
+        descending: bool,
+        offset: usize,
+        limit: usize,
+    ) -> AppResult<(Vec<User>, u64)> {
+        let (p, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
+        let total = set.len();
+        let ids: Vec<String> = {
+            let p = p.read().map_err(poisoned)?;
+            let mut keyed: Vec<(SortKey, u32)> =
+                set.iter().map(|s| (p.sort_key(by, s), s)).collect();
+            let cmp = |a: &(SortKey, u32), b: &(SortKey, u32)| {
+                sort_cmp(&a.0, &b.0, descending).then_with(|| p.id(a.1).cmp(p.id(b.1)))
+            };
+            let end = (offset + limit).min(keyed.len());
+            if offset >= keyed.len() {
+                Vec::new()
+            } else {
+                // Only the requested page needs ordering: partition, then sort that slice.
+                if end < keyed.len() {
+                    keyed.select_nth_unstable_by(end, cmp);
+                    keyed.truncate(end);
+                }
+                keyed.sort_unstable_by(cmp);
+                keyed[offset..end]
+                    .iter()
+                    .map(|(_, s)| p.id(*s).to_owned())
+                    .collect()
+            }
+        };
+        let mut users = self.store.users_by_ids(ch.channel.id, &ids).await?;
+        let pos: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        users.sort_by_key(|u| pos.get(u.id.as_str()).copied().unwrap_or(usize::MAX));
+        Ok((users, total))
+    }
+
+    /// Whether one user matches.
+    pub async fn user_matches(&self, ch: &ChannelInfo, q: &Query, user_id: &str) -> AppResult<bool> {
+        let (p, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
+        let p = p.read().map_err(poisoned)?;
+        Ok(p.slot_of(user_id).is_some_and(|s| set.contains(s)))
+    }
+
+    /// Deletes a user and drops it from the audience.
+    pub async fn delete_user(&self, channel_id: i64, id: &str) -> AppResult<bool> {
+        let gone = self.store.delete_user(channel_id, id).await?;
+        if gone {
+            self.audience.apply_now(channel_id, Change::Delete(id.to_owned()));
+        }
+        Ok(gone)
+    }
+
+    /// Removes a profile field and its values everywhere.
+    pub async fn delete_profile_field(&self, channel_id: i64, key: &str) -> AppResult<bool> {
+        let gone = self.store.delete_profile_field(channel_id, key).await?;
+        if gone {
+            self.audience.apply_now(channel_id, Change::DropField(key.to_owned()));
+        }
+        Ok(gone)
+    }
+}
+
+/// Orders sort keys; absent values go last whichever the direction.
+fn sort_cmp(a: &SortKey, b: &SortKey, descending: bool) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let rank = |k: &SortKey| match k {
+        SortKey::Num(None) | SortKey::Str(None) => 2,
+        SortKey::Num(Some(_)) => 0,
+        SortKey::Str(Some(_)) => 1,
+    };
+    let (ra, rb) = (rank(a), rank(b));
+    if ra != rb || ra == 2 {
+        return ra.cmp(&rb);
+    }
+    let o = match (a, b) {
+        (SortKey::Num(Some(x)), SortKey::Num(Some(y))) => x.total_cmp(y),
+        (SortKey::Str(Some(x)), SortKey::Str(Some(y))) => x.cmp(y),
+        _ => Ordering::Equal,
+    };
+    if descending { o.reverse() } else { o }
+}
