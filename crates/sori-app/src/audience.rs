@@ -9,7 +9,7 @@ use roaring::RoaringBitmap;
 use sori_audience::{Change, External, Projection, SortBy, SortKey};
 use sori_domain::filter::{Cond, Filter, Query, Schema};
 use sori_domain::{Registry, User};
-use sori_store::{Store, next_stamp};
+use sori_store::{Segment, Store, next_stamp};
 
 use crate::auth::ChannelInfo;
 use crate::secrets::now_ms;
@@ -55,7 +55,12 @@ impl Audience {
     }
 
     fn get(&self, channel_id: i64) -> Shared {
-        if let Some(p) = self.channels.read().ok().and_then(|m| m.get(&channel_id).cloned()) {
+        if let Some(p) = self
+            .channels
+            .read()
+            .ok()
+            .and_then(|m| m.get(&channel_id).cloned())
+        {
             return p;
         }
         // A channel created after start: it began empty, and every write since was applied.
@@ -86,7 +91,9 @@ impl Audience {
 
     /// Approximate heap bytes of every projection.
     pub fn bytes(&self) -> usize {
-        let Ok(m) = self.channels.read() else { return 0 };
+        let Ok(m) = self.channels.read() else {
+            return 0;
+        };
         m.values()
             .filter_map(|p| p.read().ok().map(|p| p.bytes()))
             .sum()
@@ -121,7 +128,9 @@ async fn build_channel(store: &dyn Store, ch: i64) -> AppResult<Projection> {
     let mut p = Projection::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.users_page(ch, after.as_deref(), BUILD_PAGE, false).await?;
+        let page = store
+            .users_page(ch, after.as_deref(), BUILD_PAGE, false)
+            .await?;
         for u in &page {
             p.apply(0, &Change::User(u.clone()));
         }
@@ -264,13 +273,22 @@ impl App {
             }
         };
         let mut users = self.store.users_by_ids(ch.channel.id, &ids).await?;
-        let pos: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let pos: HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
         users.sort_by_key(|u| pos.get(u.id.as_str()).copied().unwrap_or(usize::MAX));
         Ok((users, total))
     }
 
     /// Whether one user matches.
-    pub async fn user_matches(&self, ch: &ChannelInfo, q: &Query, user_id: &str) -> AppResult<bool> {
+    pub async fn user_matches(
+        &self,
+        ch: &ChannelInfo,
+        q: &Query,
+        user_id: &str,
+    ) -> AppResult<bool> {
         let (p, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
         let p = p.read().map_err(poisoned)?;
         Ok(p.slot_of(user_id).is_some_and(|s| set.contains(s)))
@@ -280,7 +298,8 @@ impl App {
     pub async fn delete_user(&self, channel_id: i64, id: &str) -> AppResult<bool> {
         let gone = self.store.delete_user(channel_id, id).await?;
         if gone {
-            self.audience.apply_now(channel_id, Change::Delete(id.to_owned()));
+            self.audience
+                .apply_now(channel_id, Change::Delete(id.to_owned()));
         }
         Ok(gone)
     }
@@ -289,7 +308,8 @@ impl App {
     pub async fn delete_profile_field(&self, channel_id: i64, key: &str) -> AppResult<bool> {
         let gone = self.store.delete_profile_field(channel_id, key).await?;
         if gone {
-            self.audience.apply_now(channel_id, Change::DropField(key.to_owned()));
+            self.audience
+                .apply_now(channel_id, Change::DropField(key.to_owned()));
         }
         Ok(gone)
     }
@@ -313,4 +333,146 @@ fn sort_cmp(a: &SortKey, b: &SortKey, descending: bool) -> std::cmp::Ordering {
         _ => Ordering::Equal,
     };
     if descending { o.reverse() } else { o }
+}
+
+/// Most saved segments per channel.
+pub const MAX_SEGMENTS: usize = 1_000;
+/// Longest segment name (characters).
+pub const MAX_SEGMENT_NAME_CHARS: usize = 100;
+
+fn check_segment_name(name: &str) -> AppResult<String> {
+    let n = name.trim();
+    if n.is_empty() || n.chars().count() > MAX_SEGMENT_NAME_CHARS {
+        return Err(sori_domain::Invalid::one(
+            "name",
+            format!("must be 1 to {MAX_SEGMENT_NAME_CHARS} characters"),
+        )
+        .into());
+    }
+    Ok(n.to_owned())
+}
+
+impl App {
+    /// Saves a new segment after checking its filter.
+    pub async fn create_segment(
+        &self,
+        ch: &ChannelInfo,
+        name: &str,
+        filter: &serde_json::Value,
+    ) -> AppResult<Segment> {
+        let name = check_segment_name(name)?;
+        self.check_filter(ch, "filter", filter).await?;
+        if self.store.segments(ch.channel.id).await?.len() >= MAX_SEGMENTS {
+            return Err(AppError::Conflict(format!(
+                "a channel keeps at most {MAX_SEGMENTS} segments; delete one first"
+            )));
+        }
+        let now = now_ms();
+        let sg = Segment {
+            channel_id: ch.channel.id,
+            id: crate::secrets::new_id(),
+            name,
+            filter: filter.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_segment(&sg).await.map_err(|e| match e {
+            sori_store::StoreError::Conflict(_) => {
+                AppError::Conflict(format!("a segment named `{}` exists", sg.name))
+            }
+            other => other.into(),
+        })?;
+        Ok(sg)
+    }
+
+    /// A segment of the channel, or 404.
+    pub async fn segment(&self, ch: &ChannelInfo, id: &str) -> AppResult<Segment> {
+        let found = if crate::secrets::is_id(id) {
+            self.store.segment(ch.channel.id, id).await?
+        } else {
+            None
+        };
+        found.ok_or_else(|| AppError::NotFound("segment not found".into()))
+    }
+
+    /// Renames a segment and/or replaces its filter.
+    pub async fn update_segment(
+        &self,
+        ch: &ChannelInfo,
+        id: &str,
+        name: Option<&str>,
+        filter: Option<&serde_json::Value>,
+    ) -> AppResult<Segment> {
+        let mut sg = self.segment(ch, id).await?;
+        if let Some(n) = name {
+            sg.name = check_segment_name(n)?;
+        }
+        if let Some(f) = filter {
+            self.check_filter(ch, "filter", f).await?;
+            sg.filter = f.clone();
+        }
+        sg.updated_at = now_ms();
+        let updated = self.store.update_segment(&sg).await.map_err(|e| match e {
+            sori_store::StoreError::Conflict(_) => {
+                AppError::Conflict(format!("a segment named `{}` exists", sg.name))
+            }
+            other => other.into(),
+        })?;
+        if !updated {
+            return Err(AppError::NotFound("segment not found".into()));
+        }
+        Ok(sg)
+    }
+
+    /// The query a target names: exactly one of a filter or a saved segment's id. A saved
+    /// filter that no longer fits the registry (a field was deleted) is reported as such.
+    pub async fn target(
+        &self,
+        ch: &ChannelInfo,
+        filter: Option<&serde_json::Value>,
+        segment_id: Option<&str>,
+    ) -> AppResult<Query> {
+        let f = match (filter, segment_id) {
+            (Some(f), None) => self.check_filter(ch, "filter", f).await?,
+            (None, Some(id)) => {
+                let sg = self.segment(ch, id).await?;
+                self.check_filter(ch, "segment.filter", &sg.filter).await?
+            }
+            _ => {
+                return Err(sori_domain::Invalid::one(
+                    "filter",
+                    "send exactly one of `filter` and `segmentId`",
+                )
+                .into());
+            }
+        };
+        self.resolve(ch, &f)
+    }
+
+    /// Loads users and events as given (generated or migrated data) and adds them to the
+    /// audience.
+    pub async fn bulk_load(
+        &self,
+        channel_id: i64,
+        users: &[User],
+        events: &[(String, sori_domain::event::NewEvent)],
+    ) -> AppResult<()> {
+        let stored = self.store.bulk_load(channel_id, users, events).await?;
+        let mut changes: Vec<(i64, Change)> = users
+            .iter()
+            .map(|u| (channel_id, Change::User(u.clone())))
+            .collect();
+        for ((user, e), _) in events.iter().zip(&stored).filter(|(_, s)| **s) {
+            changes.push((
+                channel_id,
+                Change::Event {
+                    user_id: user.clone(),
+                    name: e.name.clone(),
+                    at: e.created_at,
+                },
+            ));
+        }
+        self.audience.apply(next_stamp(), &changes);
+        Ok(())
+    }
 }

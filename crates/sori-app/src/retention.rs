@@ -23,7 +23,9 @@ impl App {
             let tz = sori_domain::channel::time_zone("timeZone", &ch.time_zone)?;
             let today = jiff::Timestamp::from_millisecond(now_ms())
                 .map(|t| t.to_zoned(tz.clone()).date())
-                .map_err(|e| crate::AppError::Store(sori_store::StoreError::Corrupt(e.to_string())))?;
+                .map_err(|e| {
+                    crate::AppError::Store(sori_store::StoreError::Corrupt(e.to_string()))
+                })?;
             let first_kept = today
                 .checked_sub(jiff::Span::new().days(ch.event_retention_days))
                 .unwrap_or(today);

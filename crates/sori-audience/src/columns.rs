@@ -84,11 +84,7 @@ impl StrCol {
         let ok: Vec<bool> = self.dict.iter().map(|s| pass(Some(s))).collect();
         let missing = pass(None);
         let mut out = select(&self.codes, |&c| {
-            if c == NONE {
-                missing
-            } else {
-                ok[c as usize]
-            }
+            if c == NONE { missing } else { ok[c as usize] }
         });
         if missing && (self.codes.len() as u32) < n {
             out.insert_range(self.codes.len() as u32..n);
@@ -138,7 +134,10 @@ impl NumCol {
 
     /// A slot's value.
     pub fn get(&self, slot: u32) -> Option<f64> {
-        self.values.get(slot as usize).copied().filter(|x| !x.is_nan())
+        self.values
+            .get(slot as usize)
+            .copied()
+            .filter(|x| !x.is_nan())
     }
 
     /// A number test among the first `n` slots.
@@ -197,7 +196,10 @@ impl TimeCol {
 
     /// A slot's value.
     pub fn get(&self, slot: u32) -> Option<i64> {
-        self.values.get(slot as usize).copied().filter(|&t| t != i64::MIN)
+        self.values
+            .get(slot as usize)
+            .copied()
+            .filter(|&t| t != i64::MIN)
     }
 
     /// Slots in `[from, to)`.
@@ -332,8 +334,15 @@ impl<K: std::hash::Hash + Eq + Clone> ListCol<K> {
 
     /// Approximate heap bytes.
     pub fn bytes(&self) -> usize {
-        self.postings.iter().map(|p| p.serialized_size()).sum::<usize>()
-            + self.items.iter().map(|v| v.capacity() * 4 + 24).sum::<usize>()
+        self.postings
+            .iter()
+            .map(|p| p.serialized_size())
+            .sum::<usize>()
+            + self
+                .items
+                .iter()
+                .map(|v| v.capacity() * 4 + 24)
+                .sum::<usize>()
             + self.codes.capacity() * (size_of::<K>() + 8)
             + self.nonempty.serialized_size()
     }

@@ -15,11 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use roaring::RoaringBitmap;
 use serde_json::Value;
-use sori_domain::filter::eval::test_num;
-use sori_domain::filter::{
-    Builtin, Cond, Device, EventTest, Field, ListMode, Query, Test,
-};
 pub use sori_domain::change::Change;
+use sori_domain::filter::eval::test_num;
+use sori_domain::filter::{Builtin, Cond, Device, EventTest, Field, ListMode, Query, Test};
 use sori_domain::{DeviceInfo, FieldType, User};
 
 use columns::{BoolCol, ListCol, NumCol, StrCol, TimeCol, num_key};
@@ -85,7 +83,9 @@ impl ProfileCol {
         );
         self.num_list.set(
             slot,
-            arr.into_iter().flatten().filter_map(|x| x.as_f64().map(num_key)),
+            arr.into_iter()
+                .flatten()
+                .filter_map(|x| x.as_f64().map(num_key)),
         );
     }
 
@@ -126,7 +126,11 @@ impl EventCol {
     }
 
     fn bytes(&self) -> usize {
-        self.buckets.values().map(|v| v.capacity() * 4 + 48).sum::<usize>() + self.totals.capacity() * 4
+        self.buckets
+            .values()
+            .map(|v| v.capacity() * 4 + 48)
+            .sum::<usize>()
+            + self.totals.capacity() * 4
     }
 }
 
@@ -215,7 +219,10 @@ impl Projection {
 
     /// The slot of a live user.
     pub fn slot_of(&self, id: &str) -> Option<u32> {
-        self.slot_of.get(id).copied().filter(|s| self.live.contains(*s))
+        self.slot_of
+            .get(id)
+            .copied()
+            .filter(|s| self.live.contains(*s))
     }
 
     /// Applies one committed change. `stamp` orders whole-row writes of the same user:
@@ -248,7 +255,8 @@ impl Projection {
                 self.created_at.set(slot, Some(created.min(*earliest)));
             }
             Change::Merge { from, into } => {
-                let (Some(f), Some(t)) = (self.slot_of.get(from.as_str()).copied(), self.slot_of(into))
+                let (Some(f), Some(t)) =
+                    (self.slot_of.get(from.as_str()).copied(), self.slot_of(into))
                 else {
                     return;
                 };
@@ -272,7 +280,9 @@ impl Projection {
                 self.kill(f);
             }
             Change::Event { user_id, name, at } => {
-                let Some(slot) = self.slot_of(user_id) else { return };
+                let Some(slot) = self.slot_of(user_id) else {
+                    return;
+                };
                 self.events.entry(name.clone()).or_default().add(slot, *at);
             }
             Change::Delete(id) => {
@@ -296,7 +306,9 @@ impl Projection {
     /// Adds events that retention already removed from the store (rebuild): they count in
     /// all-history totals only.
     pub fn add_rolled(&mut self, user_id: &str, name: &str, count: i64) {
-        let Some(slot) = self.slot_of(user_id) else { return };
+        let Some(slot) = self.slot_of(user_id) else {
+            return;
+        };
         let col = self.events.entry(name.to_owned()).or_default();
         let i = slot as usize;
         if col.totals.len() <= i {
@@ -323,7 +335,8 @@ impl Projection {
         self.city.set(slot, u.city.as_deref());
         self.country.set(slot, u.country.as_deref());
         self.language.set(slot, u.language.as_deref());
-        self.tags.set(slot, u.tags.iter().map(|t| Box::from(t.as_str())));
+        self.tags
+            .set(slot, u.tags.iter().map(|t| Box::from(t.as_str())));
         self.last_seen_at.set(slot, u.last_seen_at);
         self.created_at.set(slot, Some(u.created_at));
         self.updated_at.set(slot, Some(u.updated_at));
@@ -331,7 +344,8 @@ impl Projection {
         self.has_chat.set(slot, Some(u.has_chat));
         self.has_push_token.set(slot, Some(u.has_push_token));
         self.unsubscribe_email.set(slot, Some(u.unsubscribe_email));
-        self.unsubscribe_texting.set(slot, Some(u.unsubscribe_texting));
+        self.unsubscribe_texting
+            .set(slot, Some(u.unsubscribe_texting));
         self.web.set(slot, &u.web);
         self.mobile.set(slot, &u.mobile);
         for (k, col) in self.profile.iter_mut() {
@@ -340,7 +354,10 @@ impl Projection {
             }
         }
         for (k, v) in &u.profile {
-            self.profile.entry(k.clone()).or_default().set(slot, Some(v));
+            self.profile
+                .entry(k.clone())
+                .or_default()
+                .set(slot, Some(v));
         }
     }
 
@@ -454,7 +471,8 @@ impl Projection {
                     Test::Exists(true) => self.tags.present().clone(),
                     Test::Exists(false) => &self.live - self.tags.present(),
                     Test::List(mode, items) => {
-                        let keys: Vec<Box<str>> = items.iter().map(|s| Box::from(s.as_str())).collect();
+                        let keys: Vec<Box<str>> =
+                            items.iter().map(|s| Box::from(s.as_str())).collect();
                         self.tags.test(*mode, &keys, &self.live)
                     }
                     _ => RoaringBitmap::new(),

@@ -137,7 +137,10 @@ impl Gen {
             p.insert("plan".into(), json!(v));
         }
         if chance(&mut self.rng, 0.3) {
-            p.insert("name".into(), json!(format!("Kim {}", self.rng.random_range(0..9))));
+            p.insert(
+                "name".into(),
+                json!(format!("Kim {}", self.rng.random_range(0..9))),
+            );
         }
         u
     }
@@ -173,11 +176,15 @@ impl Gen {
         match (key, ty) {
             ("tags", _) => json!(self.pick(TAGS)),
             ("city", _) => json!(self.pick(CITIES)),
-            ("profile.email", _) => json!(format!("user{}@example.com", self.rng.random_range(0..50))),
+            ("profile.email", _) => {
+                json!(format!("user{}@example.com", self.rng.random_range(0..50)))
+            }
             ("profile.plan", _) => json!(self.pick(PLANS)),
             ("profile.interests", _) => json!(self.pick(INTERESTS)),
             ("web.browserName", _) => json!("Chrome"),
-            ("profile.name", _) | ("name", _) => json!(format!("Kim {}", self.rng.random_range(0..9))),
+            ("profile.name", _) | ("name", _) => {
+                json!(format!("Kim {}", self.rng.random_range(0..9)))
+            }
             (_, FieldType::Number | FieldType::ListOfNumber) => json!(self.rng.random_range(0..4)),
             _ => json!("x"),
         }
@@ -207,22 +214,38 @@ impl Gen {
         ];
         let (key, ty) = *KEYS.choose(&mut self.rng).unwrap_or(&KEYS[0]);
         if self.chance(0.15) {
-            let op = if self.chance(0.5) { "$exists" } else { "$notExists" };
+            let op = if self.chance(0.5) {
+                "$exists"
+            } else {
+                "$notExists"
+            };
             return json!({"key": key, "operator": op});
         }
         let (op, values) = match ty {
             FieldType::Boolean => ("$eq", json!([self.chance(0.5)])),
             FieldType::String => {
-                let op = *["$eq", "$ne", "$in", "$nin", "$contains", "$notContains", "$startsWith"]
-                    .choose(&mut self.rng)
-                    .unwrap_or(&"$eq");
+                let op = *[
+                    "$eq",
+                    "$ne",
+                    "$in",
+                    "$nin",
+                    "$contains",
+                    "$notContains",
+                    "$startsWith",
+                ]
+                .choose(&mut self.rng)
+                .unwrap_or(&"$eq");
                 let v = self.value_for(key, ty);
                 match op {
                     "$in" | "$nin" => (op, json!([v, self.value_for(key, ty)])),
                     "$contains" | "$notContains" | "$startsWith" => {
                         let s = v.as_str().unwrap_or("");
                         let cut = self.rng.random_range(0..=s.len().min(6));
-                        let part = if op == "$startsWith" { &s[..cut] } else { &s[s.len() - cut..] };
+                        let part = if op == "$startsWith" {
+                            &s[..cut]
+                        } else {
+                            &s[s.len() - cut..]
+                        };
                         (op, json!([part]))
                     }
                     _ => (op, json!([v])),
@@ -253,7 +276,9 @@ impl Gen {
                 }
             }
             FieldType::List | FieldType::ListOfNumber => {
-                let op = *["$in", "$all", "$nin"].choose(&mut self.rng).unwrap_or(&"$in");
+                let op = *["$in", "$all", "$nin"]
+                    .choose(&mut self.rng)
+                    .unwrap_or(&"$in");
                 let n = self.rng.random_range(1..3);
                 let vs: Vec<Value> = (0..n).map(|_| self.value_for(key, ty)).collect();
                 (op, Value::Array(vs))
@@ -281,8 +306,12 @@ impl Gen {
         }
         if self.chance(0.4) {
             let w = match self.rng.random_range(0..4) {
-                0 => json!({"key": "url", "operator": "$startsWith", "values": ["https://shop.example/cart"]}),
-                1 => json!({"key": "revenue", "operator": "$gte", "values": [self.rng.random_range(1..5) * 1000]}),
+                0 => {
+                    json!({"key": "url", "operator": "$startsWith", "values": ["https://shop.example/cart"]})
+                }
+                1 => {
+                    json!({"key": "revenue", "operator": "$gte", "values": [self.rng.random_range(1..5) * 1000]})
+                }
                 2 => json!({"key": "plan", "operator": "$ne", "values": [self.pick(PLANS)]}),
                 _ => json!({"key": "coupon", "operator": "$eq", "values": [self.chance(0.5)]}),
             };

@@ -55,7 +55,10 @@ fn external(q: &Query, events: &[Event]) -> External {
 fn projection_agrees_with_the_reference_evaluator() {
     let tz = TimeZone::get("Asia/Seoul").expect("tz");
     let reg = registry();
-    let schema = Schema { registry: &reg, retention_days: 90 };
+    let schema = Schema {
+        registry: &reg,
+        retention_days: 90,
+    };
     for seed in 0..4u64 {
         let mut g = Gen::new(seed, NOW);
         let mut p = Projection::new();
@@ -66,7 +69,14 @@ fn projection_agrees_with_the_reference_evaluator() {
             let evs = g.events(&u.id, 6);
             p.apply(1, &Change::User(u.clone()));
             for e in &evs {
-                p.apply(1, &Change::Event { user_id: e.user_id.clone(), name: e.name.clone(), at: e.created_at });
+                p.apply(
+                    1,
+                    &Change::Event {
+                        user_id: e.user_id.clone(),
+                        name: e.name.clone(),
+                        at: e.created_at,
+                    },
+                );
             }
             users.push(u);
             events.extend(evs);
@@ -76,7 +86,13 @@ fn projection_agrees_with_the_reference_evaluator() {
         p.apply(5, &Change::User(newer.clone()));
         p.apply(3, &Change::User(users[1].clone()));
         users[1] = newer;
-        p.apply(6, &Change::Merge { from: "u0002".into(), into: "u0003".into() });
+        p.apply(
+            6,
+            &Change::Merge {
+                from: "u0002".into(),
+                into: "u0003".into(),
+            },
+        );
         for e in events.iter_mut().filter(|e| e.user_id == "u0002") {
             e.user_id = "u0003".into();
         }
@@ -92,12 +108,27 @@ fn projection_agrees_with_the_reference_evaluator() {
             let q = Filter::parse("filter", &json, &schema)
                 .unwrap_or_else(|e| panic!("{json}: {e}"))
                 .resolve(&tz, NOW, 90);
-            let got: Vec<&str> = p.select(&q, &external(&q, &events)).iter().map(|s| p.id(s)).collect();
+            let got: Vec<&str> = p
+                .select(&q, &external(&q, &events))
+                .iter()
+                .map(|s| p.id(s))
+                .collect();
             let want: Vec<&str> = users
                 .iter()
                 .filter(|u| {
-                    let evs: Vec<Event> = events.iter().filter(|e| e.user_id == u.id).cloned().collect();
-                    matches(&q, &Facts { user: u, events: &evs, rolled: &rolled })
+                    let evs: Vec<Event> = events
+                        .iter()
+                        .filter(|e| e.user_id == u.id)
+                        .cloned()
+                        .collect();
+                    matches(
+                        &q,
+                        &Facts {
+                            user: u,
+                            events: &evs,
+                            rolled: &rolled,
+                        },
+                    )
                 })
                 .map(|u| u.id.as_str())
                 .collect();
@@ -107,7 +138,10 @@ fn projection_agrees_with_the_reference_evaluator() {
             }
         }
         // The generator must make filters that split the users, or the agreement is cheap.
-        assert!(partial > 150, "only {partial} of 300 filters split the users");
+        assert!(
+            partial > 150,
+            "only {partial} of 300 filters split the users"
+        );
     }
 }
 
@@ -117,11 +151,27 @@ fn seen_moves_times_like_the_store() {
     let mut u = User::new("a".into(), 100);
     u.last_seen_at = Some(200);
     p.apply(1, &Change::User(u));
-    p.apply(2, &Change::Seen { id: "a".into(), latest: 150, earliest: 50, now: 1000 });
+    p.apply(
+        2,
+        &Change::Seen {
+            id: "a".into(),
+            latest: 150,
+            earliest: 50,
+            now: 1000,
+        },
+    );
     assert_eq!(p.created_at.get(0), Some(50));
     assert_eq!(p.last_seen_at.get(0), Some(200));
     assert_eq!(p.updated_at.get(0), Some(100));
-    p.apply(3, &Change::Seen { id: "a".into(), latest: 300, earliest: 300, now: 1000 });
+    p.apply(
+        3,
+        &Change::Seen {
+            id: "a".into(),
+            latest: 300,
+            earliest: 300,
+            now: 1000,
+        },
+    );
     assert_eq!(p.last_seen_at.get(0), Some(300));
     assert_eq!(p.updated_at.get(0), Some(1000));
     assert!(p.bytes() > 0);

@@ -48,4 +48,3 @@ pub enum Change {
         before: i64,
     },
 }
-

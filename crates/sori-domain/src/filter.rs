@@ -426,7 +426,11 @@ pub enum PropTarget {
 pub fn start_of_day(d: Date, tz: &TimeZone) -> i64 {
     d.to_zoned(tz.clone())
         .map(|z| z.timestamp().as_millisecond())
-        .unwrap_or(if d.year() < 1970 { i64::MIN / 2 } else { i64::MAX / 2 })
+        .unwrap_or(if d.year() < 1970 {
+            i64::MIN / 2
+        } else {
+            i64::MAX / 2
+        })
 }
 
 fn next_day(d: Date) -> Date {
@@ -454,7 +458,10 @@ impl Filter {
         };
         for k in obj.keys() {
             if k != "and" {
-                errs.push(format!("{path}.{k}"), "unknown key; a filter has only `and`");
+                errs.push(
+                    format!("{path}.{k}"),
+                    "unknown key; a filter has only `and`",
+                );
             }
         }
         let groups = match obj.get("and") {
@@ -513,10 +520,7 @@ impl Filter {
             let mut group = Vec::with_capacity(conds.len());
             for (ci, c) in conds.iter().enumerate() {
                 let cp = format!("{gp}.or[{ci}]");
-                total += 1 + c
-                    .get("where")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len);
+                total += 1 + c.get("where").and_then(Value::as_array).map_or(0, Vec::len);
                 if let Some(check) = parse_condition(&cp, c, schema, &mut errs) {
                     group.push(check);
                 }
@@ -610,12 +614,7 @@ fn resolve_date(op: DateOp, ty: FieldType, today: Date, tz: &TimeZone) -> Test {
     Test::Time { from, to }
 }
 
-fn parse_condition(
-    path: &str,
-    c: &Value,
-    schema: &Schema<'_>,
-    errs: &mut Errors,
-) -> Option<Check> {
+fn parse_condition(path: &str, c: &Value, schema: &Schema<'_>, errs: &mut Errors) -> Option<Check> {
     let Some(o) = c.as_object() else {
         errs.push(path, "must be an object with `key` or `event`");
         return None;
@@ -638,7 +637,10 @@ fn parse_condition(
         }
     }
     let Some(operator) = o.get("operator").and_then(Value::as_str) else {
-        errs.push(format!("{path}.operator"), "is required and must be a string");
+        errs.push(
+            format!("{path}.operator"),
+            "is required and must be a string",
+        );
         return None;
     };
     let values = match o.get("values") {
@@ -662,7 +664,10 @@ fn parse_condition(
         return parse_event(path, o, operator, values, schema, errs).map(Check::Event);
     }
     let Some(key) = o.get("key").and_then(Value::as_str) else {
-        errs.push(format!("{path}.key"), "is required (or `event` for an event condition)");
+        errs.push(
+            format!("{path}.key"),
+            "is required (or `event` for an event condition)",
+        );
         return None;
     };
     let field = if let Some(pk) = key.strip_prefix("profile.") {
@@ -805,9 +810,7 @@ fn type_error(path: &str, operator: &str, ty: FieldType, errs: &mut Errors) {
     };
     errs.push(
         format!("{path}.operator"),
-        format!(
-            "`{operator}` does not apply to a {ty} field; use $exists, $notExists or {ops}"
-        ),
+        format!("`{operator}` does not apply to a {ty} field; use $exists, $notExists or {ops}"),
     );
 }
 
@@ -1148,7 +1151,10 @@ fn parse_prop(path: &str, w: &Value, errs: &mut Errors) -> Option<PropTest> {
         PropTarget::Property(key.to_owned())
     };
     let Some(operator) = o.get("operator").and_then(Value::as_str) else {
-        errs.push(format!("{path}.operator"), "is required and must be a string");
+        errs.push(
+            format!("{path}.operator"),
+            "is required and must be a string",
+        );
         return None;
     };
     let values = match o.get("values") {
@@ -1181,9 +1187,22 @@ fn parse_prop(path: &str, w: &Value, errs: &mut Errors) -> Option<PropTest> {
         }
         Test::Bool(values[0].as_bool().unwrap_or(false))
     } else if numeric {
-        Test::Num(parse_num_op(path, operator, values, FieldType::Number, true, errs)?)
+        Test::Num(parse_num_op(
+            path,
+            operator,
+            values,
+            FieldType::Number,
+            true,
+            errs,
+        )?)
     } else {
-        Test::Str(parse_str_op(path, operator, values, FieldType::String, errs)?)
+        Test::Str(parse_str_op(
+            path,
+            operator,
+            values,
+            FieldType::String,
+            errs,
+        )?)
     };
     Some(PropTest { target, test })
 }

@@ -88,7 +88,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         metrics: metrics_handle(),
         cookie_secure: cfg.cookie_secure,
     }));
-    use open::{channel as och, events as oe, fields as of, users as ou};
+    use open::{channel as och, events as oe, fields as of, segments as osg, users as ou};
     let open = Router::new()
         .route("/open/v5/users", get(ou::list_users).post(ou::create_user))
         .route(
@@ -116,6 +116,16 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         )
         .route("/open/v5/users/{key}/merges", get(oe::merges))
         .route("/open/v5/events/catalog", get(oe::catalog))
+        .route("/open/v5/users/count", post(osg::count))
+        .route("/open/v5/users/search", post(osg::search))
+        .route("/open/v5/segments", get(osg::list).post(osg::create))
+        .route(
+            "/open/v5/segments/{id}",
+            get(osg::get).patch(osg::patch).delete(osg::delete),
+        )
+        .route("/open/v5/segments/{id}/users", get(osg::users))
+        .route("/open/v5/segments/{id}/users.csv", get(osg::export))
+        .route("/open/v5/segments/{id}/users/{user}", get(osg::membership))
         .layer(from_fn_with_state(state.clone(), ratelimit::limit));
     use desk::{settings as ds, users as du};
     let desk = Router::new()

@@ -11,20 +11,20 @@ use sori_store_sqlx::{
     EventAggregates, aggregate, catalog_entry, channel as channel_from_row,
     event as event_from_row, field as field_from_row, manager as manager_from_row,
     merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
-    scope_str, user as user_from_row,
+    scope_str, segment as segment_from_row, user as user_from_row,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use sori_domain::filter::{EventTest, Query};
-use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sori_domain::event::{Event, NewEvent};
+use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
-    CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
-    Store, StoreError, UserKeys, UserOp, UserRow, Written, plan_user_writes,
+    CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Segment,
+    Session, Store, StoreError, UserKeys, UserOp, UserRow, Written, plan_user_writes,
 };
+use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgExecutor, Row};
 
@@ -33,6 +33,11 @@ type Result<T> = std::result::Result<T, StoreError>;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "events", include_str!("../migrations/0002_events.sql")),
+    (
+        3,
+        "segments",
+        include_str!("../migrations/0003_segments.sql"),
+    ),
 ];
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
@@ -1073,6 +1078,34 @@ impl Store for PostgresStore {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn bulk_load(
+        &self,
+        channel_id: i64,
+        users: &[User],
+        events: &[(String, NewEvent)],
+    ) -> Result<Vec<bool>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let map: BTreeMap<(i64, String), User> = users
+            .iter()
+            .map(|u| ((channel_id, u.id.clone()), u.clone()))
+            .collect();
+        if !map.is_empty() {
+            upsert_users(&mut *tx, &map).await?;
+        }
+        let rows: Vec<(i64, String, &NewEvent)> = events
+            .iter()
+            .map(|(user, e)| (channel_id, user.clone(), e))
+            .collect();
+        let (agg, stored) = if rows.is_empty() {
+            (EventAggregates::default(), Vec::new())
+        } else {
+            insert_events_tx(&mut tx, &rows).await?
+        };
+        tx.commit().await.map_err(backend)?;
+        update_catalog(&self.pool, &agg).await?;
+        Ok(stored)
+    }
+
     async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>> {
         let rows = sqlx::query(USERS_BY_IDS)
             .bind(channel_id)
@@ -1084,8 +1117,7 @@ impl Store for PostgresStore {
     }
 
     async fn count_matching(&self, channel_id: i64, query: &Query) -> Result<u64> {
-        let sql =
-            filter_sql::users_matching(Dialect::Postgres, "count(*)", channel_id, query, "");
+        let sql = filter_sql::users_matching(Dialect::Postgres, "count(*)", channel_id, query, "");
         let n: i64 = bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
             .fetch_one(&self.pool)
             .await
@@ -1118,7 +1150,12 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                ))
+            })
             .collect()
     }
 
@@ -1154,13 +1191,12 @@ impl Store for PostgresStore {
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT user_id, name, count FROM user_event_stats WHERE channel_id = $1",
-        )
-        .bind(channel_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows =
+            sqlx::query("SELECT user_id, name, count FROM user_event_stats WHERE channel_id = $1")
+                .bind(channel_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -1279,6 +1315,68 @@ impl Store for PostgresStore {
         .await
         .map_err(backend)?;
         rows.iter().map(merge_from_row).collect()
+    }
+
+    async fn segments(&self, channel_id: i64) -> Result<Vec<Segment>> {
+        let rows = sqlx::query("SELECT * FROM segments WHERE channel_id = $1 ORDER BY name")
+            .bind(channel_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(segment_from_row).collect()
+    }
+
+    async fn segment(&self, channel_id: i64, id: &str) -> Result<Option<Segment>> {
+        let row = sqlx::query("SELECT * FROM segments WHERE channel_id = $1 AND id = $2")
+            .bind(channel_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(segment_from_row).transpose()
+    }
+
+    async fn insert_segment(&self, sg: &Segment) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO segments (channel_id, id, name, filter, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(sg.channel_id)
+        .bind(&sg.id)
+        .bind(&sg.name)
+        .bind(sg.filter.to_string())
+        .bind(sg.created_at)
+        .bind(sg.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn update_segment(&self, sg: &Segment) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE segments SET name = $1, filter = $2, updated_at = $3 \
+             WHERE channel_id = $4 AND id = $5",
+        )
+        .bind(&sg.name)
+        .bind(sg.filter.to_string())
+        .bind(sg.updated_at)
+        .bind(sg.channel_id)
+        .bind(&sg.id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_segment(&self, channel_id: i64, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM segments WHERE channel_id = $1 AND id = $2")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn insert_reveal(&self, r: &RevealRecord) -> Result<()> {

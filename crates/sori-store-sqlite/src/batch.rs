@@ -242,52 +242,79 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Written> {
         }
     }
     if !plan.users.is_empty() {
-        let mut st = tx
-            .prepare_cached(&format!(
-                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
-                 ON CONFLICT (channel_id, id) DO UPDATE SET member_id = excluded.member_id, \
-                 veil_id = excluded.veil_id, name = excluded.name, profile = excluded.profile, \
-                 tags = excluded.tags, unsubscribe_email = excluded.unsubscribe_email, \
-                 unsubscribe_texting = excluded.unsubscribe_texting, blocked = excluded.blocked, \
-                 city = excluded.city, country = excluded.country, language = excluded.language, \
-                 has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
-                 sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
-                 created_at = excluded.created_at, updated_at = excluded.updated_at, \
-                 web = excluded.web, mobile = excluded.mobile"
-            ))
-            .map_err(db)?;
-        for ((ch, _), u) in &plan.users {
-            let r = UserRow::from_user(*ch, u);
-            st.execute(params![
-                r.channel_id,
-                r.id,
-                r.member_id,
-                r.veil_id,
-                r.name,
-                r.profile,
-                r.tags,
-                r.unsubscribe_email,
-                r.unsubscribe_texting,
-                r.blocked,
-                r.city,
-                r.country,
-                r.language,
-                r.has_chat,
-                r.has_push_token,
-                r.sessions_count,
-                r.last_seen_at,
-                r.created_at,
-                r.updated_at,
-                r.web,
-                r.mobile
-            ])
-            .map_err(db)?;
-        }
+        upsert_users(&tx, plan.users.iter().map(|((ch, _), u)| (*ch, u)))?;
     }
     let written = plan.written(&stored);
     tx.commit().map_err(db)?;
     Ok(written)
+}
+
+/// Inserts or replaces whole user rows.
+fn upsert_users<'u>(tx: &Connection, users: impl Iterator<Item = (i64, &'u User)>) -> Result<()> {
+    let mut st = tx
+        .prepare_cached(&format!(
+            "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
+             ON CONFLICT (channel_id, id) DO UPDATE SET member_id = excluded.member_id, \
+             veil_id = excluded.veil_id, name = excluded.name, profile = excluded.profile, \
+             tags = excluded.tags, unsubscribe_email = excluded.unsubscribe_email, \
+             unsubscribe_texting = excluded.unsubscribe_texting, blocked = excluded.blocked, \
+             city = excluded.city, country = excluded.country, language = excluded.language, \
+             has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
+             sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
+             created_at = excluded.created_at, updated_at = excluded.updated_at, \
+             web = excluded.web, mobile = excluded.mobile"
+        ))
+        .map_err(db)?;
+    for (ch, u) in users {
+        let r = UserRow::from_user(ch, u);
+        st.execute(params![
+            r.channel_id,
+            r.id,
+            r.member_id,
+            r.veil_id,
+            r.name,
+            r.profile,
+            r.tags,
+            r.unsubscribe_email,
+            r.unsubscribe_texting,
+            r.blocked,
+            r.city,
+            r.country,
+            r.language,
+            r.has_chat,
+            r.has_push_token,
+            r.sessions_count,
+            r.last_seen_at,
+            r.created_at,
+            r.updated_at,
+            r.web,
+            r.mobile
+        ])
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Loads users and events as they are (imports of generated or migrated data), in one
+/// transaction; events with a known id are skipped.
+pub fn bulk_load(
+    conn: &mut Connection,
+    channel_id: i64,
+    users: &[User],
+    events: &[(String, NewEvent)],
+) -> Result<Vec<bool>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    upsert_users(&tx, users.iter().map(|u| (channel_id, u)))?;
+    let rows: Vec<(i64, String, &NewEvent)> = events
+        .iter()
+        .map(|(user, e)| (channel_id, user.clone(), e))
+        .collect();
+    let stored = insert_events(&tx, &rows)?;
+    tx.commit().map_err(db)?;
+    Ok(stored)
 }
 
 /// Moves an anonymous user's events and counts to the member, deletes it, records the merge.

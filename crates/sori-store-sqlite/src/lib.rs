@@ -10,21 +10,21 @@ mod batch;
 use sori_store_sqlx::{
     catalog_entry, channel as channel_from_row, event as event_from_row, field as field_from_row,
     manager as manager_from_row, merge as merge_from_row, perms_json, reveal as reveal_from_row,
-    role as role_from_row, scope_str, user as user_from_row,
+    role as role_from_row, scope_str, segment as segment_from_row, user as user_from_row,
 };
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sori_domain::event::Event;
+use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
-use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
-    CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Session,
-    Store, StoreError, UserOp, Written,
+    CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Segment,
+    Session, Store, StoreError, UserOp, Written,
 };
+use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -35,6 +35,11 @@ type Result<T> = std::result::Result<T, StoreError>;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "events", include_str!("../migrations/0002_events.sql")),
+    (
+        3,
+        "segments",
+        include_str!("../migrations/0003_segments.sql"),
+    ),
 ];
 
 /// The embedded store.
@@ -649,6 +654,23 @@ impl Store for SqliteStore {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn bulk_load(
+        &self,
+        channel_id: i64,
+        users: &[User],
+        events: &[(String, NewEvent)],
+    ) -> Result<Vec<bool>> {
+        // A bulk load is an administrative job: it may hold a runtime thread while the
+        // batch connection works.
+        tokio::task::block_in_place(|| {
+            let mut conn = self
+                .batch
+                .lock()
+                .map_err(|_| StoreError::Corrupt("batch connection poisoned".into()))?;
+            batch::bulk_load(&mut conn, channel_id, users, events)
+        })
+    }
+
     async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>> {
         let sql = format!(
             "SELECT {USER_COLUMNS} FROM users WHERE channel_id = ? \
@@ -693,7 +715,12 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                ))
+            })
             .collect()
     }
 
@@ -728,13 +755,12 @@ impl Store for SqliteStore {
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT user_id, name, count FROM user_event_stats WHERE channel_id = ?",
-        )
-        .bind(channel_id)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
+        let rows =
+            sqlx::query("SELECT user_id, name, count FROM user_event_stats WHERE channel_id = ?")
+                .bind(channel_id)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(backend)?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -856,6 +882,68 @@ impl Store for SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter().map(merge_from_row).collect()
+    }
+
+    async fn segments(&self, channel_id: i64) -> Result<Vec<Segment>> {
+        let rows = sqlx::query("SELECT * FROM segments WHERE channel_id = ? ORDER BY name")
+            .bind(channel_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(segment_from_row).collect()
+    }
+
+    async fn segment(&self, channel_id: i64, id: &str) -> Result<Option<Segment>> {
+        let row = sqlx::query("SELECT * FROM segments WHERE channel_id = ? AND id = ?")
+            .bind(channel_id)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(segment_from_row).transpose()
+    }
+
+    async fn insert_segment(&self, sg: &Segment) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO segments (channel_id, id, name, filter, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(sg.channel_id)
+        .bind(&sg.id)
+        .bind(&sg.name)
+        .bind(sg.filter.to_string())
+        .bind(sg.created_at)
+        .bind(sg.updated_at)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn update_segment(&self, sg: &Segment) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE segments SET name = ?, filter = ?, updated_at = ? \
+             WHERE channel_id = ? AND id = ?",
+        )
+        .bind(&sg.name)
+        .bind(sg.filter.to_string())
+        .bind(sg.updated_at)
+        .bind(sg.channel_id)
+        .bind(&sg.id)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_segment(&self, channel_id: i64, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM segments WHERE channel_id = ? AND id = ?")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn insert_reveal(&self, r: &RevealRecord) -> Result<()> {

@@ -59,8 +59,10 @@ enum Json<'a> {
 impl Builder {
     fn arg(&mut self, a: Arg) -> String {
         self.args.push(a);
+        // Numbered in both dialects: an expression's text may appear twice in a statement
+        // (`x IS NOT NULL AND x < ?`), and must then refer to the same arguments.
         match self.d {
-            Dialect::Sqlite => "?".to_owned(),
+            Dialect::Sqlite => format!("?{}", self.args.len()),
             Dialect::Postgres => format!("${}", self.args.len()),
         }
     }
@@ -180,10 +182,7 @@ impl Builder {
                     let a = b.text(x);
                     match b.d {
                         // substr counts characters, like length: a prefix test.
-                        Dialect::Sqlite => {
-                            let a2 = b.text(x);
-                            format!("substr({s}, 1, length({a})) = {a2}")
-                        }
+                        Dialect::Sqlite => format!("substr({s}, 1, length({a})) = {a}"),
                         Dialect::Postgres => format!("starts_with({s}, {a})"),
                     }
                 }
@@ -268,14 +267,20 @@ impl Builder {
     }
 
     /// A list test over a JSON array of strings or numbers.
-    fn list(&mut self, arr: Json<'_>, numbers: bool, mode: ListMode, items: ListItems<'_>) -> String {
+    fn list(
+        &mut self,
+        arr: Json<'_>,
+        numbers: bool,
+        mode: ListMode,
+        items: ListItems<'_>,
+    ) -> String {
         let is_array = self.json_is(arr, "array");
         let v = self.json(arr);
         let has = |b: &mut Self, cond: String| -> String {
             match b.d {
-                Dialect::Sqlite => format!(
-                    "({is_array} AND EXISTS (SELECT 1 FROM json_each({v}) WHERE {cond}))"
-                ),
+                Dialect::Sqlite => {
+                    format!("({is_array} AND EXISTS (SELECT 1 FROM json_each({v}) WHERE {cond}))")
+                }
                 Dialect::Postgres => format!(
                     "({is_array} AND EXISTS (SELECT 1 FROM jsonb_array_elements({v}) AS e(value) \
                      WHERE {cond}))"
@@ -397,7 +402,14 @@ impl Builder {
     fn field(&mut self, field: &Field, t: &Test) -> String {
         let b = match field {
             Field::Profile { key, ty } => {
-                return self.json_value(Json::Key { doc: "u.profile", key }, *ty, t);
+                return self.json_value(
+                    Json::Key {
+                        doc: "u.profile",
+                        key,
+                    },
+                    *ty,
+                    t,
+                );
             }
             Field::Builtin(b) => *b,
         };
@@ -423,18 +435,20 @@ impl Builder {
                 Test::Exists(w) => bool_sql(*w).to_owned(),
                 _ => "FALSE".to_owned(),
             },
-            Builtin::Tags => {
-                match t {
-                    Test::Exists(w) => {
-                        let p = self.tags_nonempty();
-                        if *w { p } else { format!("NOT {p}") }
-                    }
-                    Test::List(mode, items) => self.tags(*mode, items),
-                    _ => "FALSE".to_owned(),
+            Builtin::Tags => match t {
+                Test::Exists(w) => {
+                    let p = self.tags_nonempty();
+                    if *w { p } else { format!("NOT {p}") }
                 }
-            }
+                Test::List(mode, items) => self.tags(*mode, items),
+                _ => "FALSE".to_owned(),
+            },
             Builtin::Web(d) | Builtin::Mobile(d) => {
-                let doc = if matches!(b, Builtin::Web(_)) { "u.web" } else { "u.mobile" };
+                let doc = if matches!(b, Builtin::Web(_)) {
+                    "u.web"
+                } else {
+                    "u.mobile"
+                };
                 let key = device_key(d);
                 let j = Json::Key { doc, key };
                 match (d, t) {

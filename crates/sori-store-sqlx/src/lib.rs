@@ -6,7 +6,9 @@ pub mod filter_sql;
 
 use sori_domain::event::{Event, EventSource};
 use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Role, User};
-use sori_store::{CatalogEntry, Channel, Manager, Merge, RevealRecord, StoreError, UserRow};
+use sori_store::{
+    CatalogEntry, Channel, Manager, Merge, RevealRecord, Segment, StoreError, UserRow,
+};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 /// A row whose columns decode into the plain types Sori stores.
@@ -244,4 +246,18 @@ pub fn aggregate(
         stored.push(s);
     }
     (agg, stored)
+}
+
+/// Decodes a `segments` row.
+pub fn segment<R: SoriRow>(r: &R) -> Result<Segment, StoreError> {
+    let filter: String = r.col("filter")?;
+    Ok(Segment {
+        channel_id: r.col("channel_id")?,
+        id: r.col("id")?,
+        name: r.col("name")?,
+        filter: serde_json::from_str(&filter)
+            .map_err(|e| StoreError::Corrupt(format!("segment filter: {e}")))?,
+        created_at: r.col("created_at")?,
+        updated_at: r.col("updated_at")?,
+    })
 }

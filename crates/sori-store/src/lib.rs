@@ -6,7 +6,7 @@ mod plan;
 mod types;
 
 use async_trait::async_trait;
-use sori_domain::event::Event;
+use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Role, User};
 
@@ -15,8 +15,8 @@ pub use plan::{
     Written, next_stamp, plan_user_writes,
 };
 pub use types::{
-    CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Session,
-    UserRow,
+    CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Segment,
+    Session, UserRow,
 };
 
 /// Failures of the store that are not the caller's fault, except `Conflict`.
@@ -143,6 +143,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<User>>;
     /// Deletes a user; false when absent.
     async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool>;
+    /// Loads users and events as given (generated or migrated data), replacing users with
+    /// the same id and skipping events whose id is known; tells which events were stored.
+    async fn bulk_load(
+        &self,
+        channel_id: i64,
+        users: &[User],
+        events: &[(String, NewEvent)],
+    ) -> Result<Vec<bool>>;
     /// Users by id, in no particular order; missing ids are skipped.
     async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>>;
 
@@ -195,6 +203,17 @@ pub trait Store: Send + Sync + 'static {
     async fn event_counts(&self, channel_id: i64, user_id: &str) -> Result<Vec<(String, i64)>>;
     /// Merges recorded into `user_id`, newest first.
     async fn merges_into(&self, channel_id: i64, user_id: &str) -> Result<Vec<Merge>>;
+
+    /// A channel's segments, by name.
+    async fn segments(&self, channel_id: i64) -> Result<Vec<Segment>>;
+    /// One segment.
+    async fn segment(&self, channel_id: i64, id: &str) -> Result<Option<Segment>>;
+    /// Saves a new segment; `Conflict` when the name is taken.
+    async fn insert_segment(&self, segment: &Segment) -> Result<()>;
+    /// Replaces a segment's name and filter; false when absent, `Conflict` on a taken name.
+    async fn update_segment(&self, segment: &Segment) -> Result<bool>;
+    /// Deletes a segment; false when absent.
+    async fn delete_segment(&self, channel_id: i64, id: &str) -> Result<bool>;
 
     /// Appends to the reveal audit log.
     async fn insert_reveal(&self, record: &RevealRecord) -> Result<()>;

@@ -241,3 +241,21 @@ fn device_json(d: &DeviceInfo) -> String {
 fn device(s: &str) -> Result<DeviceInfo, StoreError> {
     parse(s, "device")
 }
+
+/// A saved audience: a name and a filter (kept as the JSON the client sent, checked again
+/// against the registry whenever it is used).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// Tenant.
+    pub channel_id: i64,
+    /// Id (24 hex characters, time ordered).
+    pub id: String,
+    /// Unique name within the channel.
+    pub name: String,
+    /// The filter.
+    pub filter: serde_json::Value,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Last change (ms).
+    pub updated_at: i64,
+}

@@ -8,8 +8,8 @@ use jiff::civil::Date;
 use serde_json::Value;
 
 use super::{
-    Builtin, Cond, Device, EventTest, Field, ListMode, NumTest, PropTarget, PropTest, Query, StrTest,
-    Test,
+    Builtin, Cond, Device, EventTest, Field, ListMode, NumTest, PropTarget, PropTest, Query,
+    StrTest, Test,
 };
 use crate::event::Event;
 use crate::field::FieldType;
@@ -52,7 +52,10 @@ pub fn profile_value(v: Option<&Value>, ty: FieldType) -> Val<'_> {
         FieldType::String => v.as_str().map(Val::Str),
         FieldType::Number => v.as_f64().map(Val::Num),
         FieldType::Boolean => v.as_bool().map(Val::Bool),
-        FieldType::Date => v.as_str().and_then(|s| s.parse::<Date>().ok()).map(Val::Day),
+        FieldType::Date => v
+            .as_str()
+            .and_then(|s| s.parse::<Date>().ok())
+            .map(Val::Day),
         FieldType::Datetime => v.as_i64().map(Val::Time),
         FieldType::List | FieldType::ListOfNumber => v.as_array().map(|a| Val::List(a)),
     };
@@ -186,7 +189,11 @@ pub fn test(t: &Test, v: Val<'_>) -> bool {
 }
 
 /// Applies a `where` condition to one event.
-pub fn test_prop(p: &PropTest, page: Option<&str>, property: &serde_json::Map<String, Value>) -> bool {
+pub fn test_prop(
+    p: &PropTest,
+    page: Option<&str>,
+    property: &serde_json::Map<String, Value>,
+) -> bool {
     let v = match &p.target {
         PropTarget::Page => page.map_or(Val::Missing, Val::Str),
         PropTarget::Property(k) => match property.get(k) {
@@ -207,7 +214,13 @@ pub fn test_prop(p: &PropTest, page: Option<&str>, property: &serde_json::Map<St
 }
 
 /// Whether one event counts for an event condition.
-pub fn event_counts(e: &EventTest, name: &str, at: i64, page: Option<&str>, property: &serde_json::Map<String, Value>) -> bool {
+pub fn event_counts(
+    e: &EventTest,
+    name: &str,
+    at: i64,
+    page: Option<&str>,
+    property: &serde_json::Map<String, Value>,
+) -> bool {
     name == e.name
         && e.since.is_none_or(|s| at >= s)
         && e.props.iter().all(|p| test_prop(p, page, property))

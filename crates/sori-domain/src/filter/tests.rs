@@ -107,12 +107,29 @@ fn seed_audiences() {
     });
     assert!(!check(&q, &recent, &[]));
     let never_seen = user(|u| u.member_id = Some("m".into()));
-    assert!(!check(&q, &never_seen, &[]), "no lastSeenAt is not 30 days ago");
+    assert!(
+        !check(&q, &never_seen, &[]),
+        "no lastSeenAt is not 30 days ago"
+    );
 
     // Example 2: at least one item in the cart.
-    let q = query(json!({"and": [{"or": [{"key": "profile.cartCount", "operator": "$gte", "values": [1]}]}]}));
-    assert!(check(&q, &user(|u| { u.profile.insert("cartCount".into(), json!(2)); }), &[]));
-    assert!(!check(&q, &user(|u| { u.profile.insert("cartCount".into(), json!(0)); }), &[]));
+    let q = query(
+        json!({"and": [{"or": [{"key": "profile.cartCount", "operator": "$gte", "values": [1]}]}]}),
+    );
+    assert!(check(
+        &q,
+        &user(|u| {
+            u.profile.insert("cartCount".into(), json!(2));
+        }),
+        &[]
+    ));
+    assert!(!check(
+        &q,
+        &user(|u| {
+            u.profile.insert("cartCount".into(), json!(0));
+        }),
+        &[]
+    ));
     assert!(!check(&q, &user(|_| {}), &[]));
 
     // Example 3: e-mail present, not a member.
@@ -120,25 +137,65 @@ fn seed_audiences() {
         {"or": [{"key": "member", "operator": "$eq", "values": [false]}]},
         {"or": [{"key": "profile.email", "operator": "$exists"}]}
     ]}));
-    assert!(check(&q, &user(|u| { u.profile.insert("email".into(), json!("a@b.co")); }), &[]));
-    assert!(!check(&q, &user(|u| {
-        u.profile.insert("email".into(), json!("a@b.co"));
-        u.member_id = Some("m".into());
-    }), &[]));
+    assert!(check(
+        &q,
+        &user(|u| {
+            u.profile.insert("email".into(), json!("a@b.co"));
+        }),
+        &[]
+    ));
+    assert!(!check(
+        &q,
+        &user(|u| {
+            u.profile.insert("email".into(), json!("a@b.co"));
+            u.member_id = Some("m".into());
+        }),
+        &[]
+    ));
 }
 
 #[test]
 fn calendar_days_follow_the_channel_zone() {
     // 2024-06-15 00:30 Seoul is 2024-06-14 15:30 UTC: still "today" in Seoul.
     let just_after_midnight = 1_718_379_000_000;
-    let q = query(json!({"and": [{"or": [{"key": "lastSeenAt", "operator": "$daysAgoLte", "values": [0]}]}]}));
-    assert!(check(&q, &user(|u| u.last_seen_at = Some(just_after_midnight)), &[]));
-    assert!(!check(&q, &user(|u| u.last_seen_at = Some(just_after_midnight - DAY)), &[]));
-    let q = query(json!({"and": [{"or": [{"key": "lastSeenAt", "operator": "$on", "values": ["2024-06-14"]}]}]}));
-    assert!(check(&q, &user(|u| u.last_seen_at = Some(just_after_midnight - DAY)), &[]));
-    let q = query(json!({"and": [{"or": [{"key": "profile.birthday", "operator": "$daysAgoGte", "values": [1]}]}]}));
-    assert!(check(&q, &user(|u| { u.profile.insert("birthday".into(), json!("2024-06-14")); }), &[]));
-    assert!(!check(&q, &user(|u| { u.profile.insert("birthday".into(), json!("2024-06-15")); }), &[]));
+    let q = query(
+        json!({"and": [{"or": [{"key": "lastSeenAt", "operator": "$daysAgoLte", "values": [0]}]}]}),
+    );
+    assert!(check(
+        &q,
+        &user(|u| u.last_seen_at = Some(just_after_midnight)),
+        &[]
+    ));
+    assert!(!check(
+        &q,
+        &user(|u| u.last_seen_at = Some(just_after_midnight - DAY)),
+        &[]
+    ));
+    let q = query(
+        json!({"and": [{"or": [{"key": "lastSeenAt", "operator": "$on", "values": ["2024-06-14"]}]}]}),
+    );
+    assert!(check(
+        &q,
+        &user(|u| u.last_seen_at = Some(just_after_midnight - DAY)),
+        &[]
+    ));
+    let q = query(
+        json!({"and": [{"or": [{"key": "profile.birthday", "operator": "$daysAgoGte", "values": [1]}]}]}),
+    );
+    assert!(check(
+        &q,
+        &user(|u| {
+            u.profile.insert("birthday".into(), json!("2024-06-14"));
+        }),
+        &[]
+    ));
+    assert!(!check(
+        &q,
+        &user(|u| {
+            u.profile.insert("birthday".into(), json!("2024-06-15"));
+        }),
+        &[]
+    ));
 }
 
 #[test]
@@ -158,25 +215,44 @@ fn negative_operators_match_missing_values() {
 
 #[test]
 fn tags_compare_lowercase_and_empty_string_is_a_value() {
-    let q = query(json!({"and": [{"or": [{"key": "tags", "operator": "$all", "values": ["VIP", "new"]}]}]}));
-    assert!(check(&q, &user(|u| u.tags = vec!["vip".into(), "new".into(), "x".into()]), &[]));
+    let q = query(
+        json!({"and": [{"or": [{"key": "tags", "operator": "$all", "values": ["VIP", "new"]}]}]}),
+    );
+    assert!(check(
+        &q,
+        &user(|u| u.tags = vec!["vip".into(), "new".into(), "x".into()]),
+        &[]
+    ));
     assert!(!check(&q, &user(|u| u.tags = vec!["vip".into()]), &[]));
     let q = query(json!({"and": [{"or": [{"key": "profile.email", "operator": "$exists"}]}]}));
-    assert!(check(&q, &user(|u| { u.profile.insert("email".into(), json!("")); }), &[]));
+    assert!(check(
+        &q,
+        &user(|u| {
+            u.profile.insert("email".into(), json!(""));
+        }),
+        &[]
+    ));
     let q = query(json!({"and": [{"or": [{"key": "tags", "operator": "$notExists"}]}]}));
     assert!(check(&q, &user(|_| {}), &[]));
 }
 
 #[test]
 fn event_counts_windows_and_properties() {
-    let q = query(json!({"and": [{"or": [{"event": "PageView", "operator": "$countGte", "values": [2], "withinDays": 7,
-        "where": [{"key": "url", "operator": "$startsWith", "values": ["https://shop.example/cart"]}]}]}]}));
+    let q = query(
+        json!({"and": [{"or": [{"event": "PageView", "operator": "$countGte", "values": [2], "withinDays": 7,
+        "where": [{"key": "url", "operator": "$startsWith", "values": ["https://shop.example/cart"]}]}]}]}),
+    );
     let u = user(|_| {});
     let cart = Some("https://shop.example/cart/1");
     let evs = [
         event("PageView", NOW - DAY, cart, json!({})),
         event("PageView", NOW - 2 * DAY, cart, json!({})),
-        event("PageView", NOW - 3 * DAY, Some("https://shop.example/"), json!({})),
+        event(
+            "PageView",
+            NOW - 3 * DAY,
+            Some("https://shop.example/"),
+            json!({}),
+        ),
     ];
     assert!(check(&q, &u, &evs));
     assert!(!check(&q, &u, &evs[1..]));
@@ -188,37 +264,105 @@ fn event_counts_windows_and_properties() {
     assert!(!check(&q, &u, &old));
     let q = query(json!({"and": [{"or": [{"event": "Purchase", "operator": "$notPerformed"}]}]}));
     assert!(check(&q, &u, &evs));
-    assert!(!check(&q, &u, &[event("Purchase", NOW, None, json!({"revenue": 3}))]));
-    let q = query(json!({"and": [{"or": [{"event": "Purchase", "operator": "$countEq", "values": [1],
-        "where": [{"key": "revenue", "operator": "$gt", "values": [2]}]}]}]}));
-    assert!(check(&q, &u, &[event("Purchase", NOW, None, json!({"revenue": 3}))]));
-    assert!(!check(&q, &u, &[event("Purchase", NOW, None, json!({"revenue": "3"}))]));
+    assert!(!check(
+        &q,
+        &u,
+        &[event("Purchase", NOW, None, json!({"revenue": 3}))]
+    ));
+    let q = query(
+        json!({"and": [{"or": [{"event": "Purchase", "operator": "$countEq", "values": [1],
+        "where": [{"key": "revenue", "operator": "$gt", "values": [2]}]}]}]}),
+    );
+    assert!(check(
+        &q,
+        &u,
+        &[event("Purchase", NOW, None, json!({"revenue": 3}))]
+    ));
+    assert!(!check(
+        &q,
+        &u,
+        &[event("Purchase", NOW, None, json!({"revenue": "3"}))]
+    ));
 }
 
 #[test]
 fn errors_name_group_condition_and_rule() {
     let cases = [
         (json!([]), "filter", "must be an object"),
-        (json!({"and": [{"or": []}]}), "filter.and[0].or", "must not be empty"),
-        (json!({"and": [{"or": [{"key": "profile.nope", "operator": "$exists"}]}]}), "filter.and[0].or[0].key", "not a registered profile field"),
-        (json!({"and": [{"or": [{"key": "wat", "operator": "$exists"}]}]}), "filter.and[0].or[0].key", "not a built-in field"),
-        (json!({"and": [{"or": [{"key": "member", "operator": "$gt", "values": [1]}]}]}), "filter.and[0].or[0].operator", "does not apply to a boolean field"),
-        (json!({"and": [{"or": [{"key": "profile.cartCount", "operator": "$gt", "values": ["1"]}]}]}), "filter.and[0].or[0].values[0]", "must be a number"),
-        (json!({"and": [{"or": [{"key": "profile.cartCount", "operator": "$between", "values": [3, 1]}]}]}), "filter.and[0].or[0].values", "low ≤ high"),
-        (json!({"and": [{"or": [{"key": "lastSeenAt", "operator": "$daysAgoGte", "values": [-1]}]}]}), "filter.and[0].or[0].values[0]", "whole number of days"),
-        (json!({"and": [{"or": [{"key": "lastSeenAt", "operator": "$on", "values": ["2024-02-30"]}]}]}), "filter.and[0].or[0].values[0]", "YYYY-MM-DD"),
-        (json!({"and": [{"or": [{"event": "PageView", "operator": "$countGte", "values": [1], "withinDays": 100000}]}]}), "filter.and[0].or[0].withinDays", "from 1 to 90"),
-        (json!({"and": [{"or": [{"event": "PageView", "operator": "$eq", "values": [1]}]}]}), "filter.and[0].or[0].operator", "does not apply to an event"),
-        (json!({"and": [{"or": [{"key": "tags", "operator": "$in", "values": []}]}]}), "filter.and[0].or[0].values", "at least one value"),
-        (json!({"and": [{"or": [{"key": "tags", "operator": "$in", "values": ["a"], "x": 1}]}]}), "filter.and[0].or[0].x", "unknown key"),
+        (
+            json!({"and": [{"or": []}]}),
+            "filter.and[0].or",
+            "must not be empty",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "profile.nope", "operator": "$exists"}]}]}),
+            "filter.and[0].or[0].key",
+            "not a registered profile field",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "wat", "operator": "$exists"}]}]}),
+            "filter.and[0].or[0].key",
+            "not a built-in field",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "member", "operator": "$gt", "values": [1]}]}]}),
+            "filter.and[0].or[0].operator",
+            "does not apply to a boolean field",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "profile.cartCount", "operator": "$gt", "values": ["1"]}]}]}),
+            "filter.and[0].or[0].values[0]",
+            "must be a number",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "profile.cartCount", "operator": "$between", "values": [3, 1]}]}]}),
+            "filter.and[0].or[0].values",
+            "low ≤ high",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "lastSeenAt", "operator": "$daysAgoGte", "values": [-1]}]}]}),
+            "filter.and[0].or[0].values[0]",
+            "whole number of days",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "lastSeenAt", "operator": "$on", "values": ["2024-02-30"]}]}]}),
+            "filter.and[0].or[0].values[0]",
+            "YYYY-MM-DD",
+        ),
+        (
+            json!({"and": [{"or": [{"event": "PageView", "operator": "$countGte", "values": [1], "withinDays": 100000}]}]}),
+            "filter.and[0].or[0].withinDays",
+            "from 1 to 90",
+        ),
+        (
+            json!({"and": [{"or": [{"event": "PageView", "operator": "$eq", "values": [1]}]}]}),
+            "filter.and[0].or[0].operator",
+            "does not apply to an event",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "tags", "operator": "$in", "values": []}]}]}),
+            "filter.and[0].or[0].values",
+            "at least one value",
+        ),
+        (
+            json!({"and": [{"or": [{"key": "tags", "operator": "$in", "values": ["a"], "x": 1}]}]}),
+            "filter.and[0].or[0].x",
+            "unknown key",
+        ),
     ];
     for (v, field, msg) in cases {
         let (f, m) = first_error(v.clone());
         assert_eq!(f, field, "{v}");
         assert!(m.contains(msg), "{v}: {m}");
     }
-    let many: Vec<Value> = (0..21).map(|_| json!({"or": [{"key": "member", "operator": "$exists"}]})).collect();
-    assert!(first_error(json!({"and": many})).1.contains("at most 20 groups"));
+    let many: Vec<Value> = (0..21)
+        .map(|_| json!({"or": [{"key": "member", "operator": "$exists"}]}))
+        .collect();
+    assert!(
+        first_error(json!({"and": many}))
+            .1
+            .contains("at most 20 groups")
+    );
 }
 
 #[test]
@@ -231,18 +375,47 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         prop_oneof![
-            Just("$eq"), Just("$in"), Just("$exists"), Just("$countGte"), Just("$between"), Just("$daysAgoLte"),
-            Just("tags"), Just("profile.cartCount"), Just("lastSeenAt"), Just("PageView"), Just("2024-01-01"),
-            Just("and"), Just("or"), Just("key"), Just("operator"), Just("values"), Just("event"), Just("where"),
-        ].prop_map(|s| Value::String(s.into())),
+            Just("$eq"),
+            Just("$in"),
+            Just("$exists"),
+            Just("$countGte"),
+            Just("$between"),
+            Just("$daysAgoLte"),
+            Just("tags"),
+            Just("profile.cartCount"),
+            Just("lastSeenAt"),
+            Just("PageView"),
+            Just("2024-01-01"),
+            Just("and"),
+            Just("or"),
+            Just("key"),
+            Just("operator"),
+            Just("values"),
+            Just("event"),
+            Just("where"),
+        ]
+        .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(5, 64, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
             prop::collection::vec(
-                (prop_oneof![Just("and"), Just("or"), Just("key"), Just("operator"), Just("values"), Just("event"), Just("withinDays"), Just("where")], inner),
+                (
+                    prop_oneof![
+                        Just("and"),
+                        Just("or"),
+                        Just("key"),
+                        Just("operator"),
+                        Just("values"),
+                        Just("event"),
+                        Just("withinDays"),
+                        Just("where")
+                    ],
+                    inner
+                ),
                 0..5
             )
             .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),

@@ -226,7 +226,8 @@ pub async fn reveals(
     Ok(Json(RevealsPage { reveals, next }))
 }
 
-fn csv_cell(v: &Value) -> String {
+/// One CSV cell: lists joined by `;`, formula characters neutralized, quoted when needed.
+pub(crate) fn csv_cell(v: &Value) -> String {
     let s = match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -248,14 +249,8 @@ fn csv_cell(v: &Value) -> String {
     }
 }
 
-/// Every user as CSV, masked like the console shows them.
-#[utoipa::path(get, path = "/desk/v1/exports/users.csv", tag = "desk",
-    responses((status = 200, content_type = "text/csv"), (status = 403, body = ErrorBody)))]
-pub async fn export(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Response> {
-    ctx.require(Permission::ContactsExport)?;
-    let ch = ctx.channel.channel.id;
-    let mask = mask_set(&state, ch).await?;
-    let fields = state.app.store.profile_fields(ch).await?;
+/// Columns of a user CSV export: the main built-ins, then every registered profile field.
+pub(crate) fn user_columns(fields: &[sori_domain::ProfileField]) -> Vec<String> {
     let base = [
         "id",
         "memberId",
@@ -269,6 +264,18 @@ pub async fn export(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult
     ];
     let mut columns: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
     columns.extend(fields.iter().map(|f| format!("profile.{}", f.key.as_str())));
+    columns
+}
+
+/// Every user as CSV, masked like the console shows them.
+#[utoipa::path(get, path = "/desk/v1/exports/users.csv", tag = "desk",
+    responses((status = 200, content_type = "text/csv"), (status = 403, body = ErrorBody)))]
+pub async fn export(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Response> {
+    ctx.require(Permission::ContactsExport)?;
+    let ch = ctx.channel.channel.id;
+    let mask = mask_set(&state, ch).await?;
+    let fields = state.app.store.profile_fields(ch).await?;
+    let columns = user_columns(&fields);
     let header = format!("{}\n", columns.join(","));
     // One page of 500 users per chunk: memory stays flat however large the channel is.
     // A failure mid-stream ends the body early (the client sees a truncated download) and

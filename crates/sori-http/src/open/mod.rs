@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod events;
 pub mod fields;
+pub mod segments;
 pub mod users;
 
 use std::sync::Arc;
