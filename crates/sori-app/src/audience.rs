@@ -132,7 +132,7 @@ async fn build_channel(store: &dyn Store, ch: i64) -> AppResult<Projection> {
             .users_page(ch, after.as_deref(), BUILD_PAGE, false)
             .await?;
         for u in &page {
-            p.apply(0, &Change::User(u.clone()));
+            p.apply(0, &Change::User(Box::new(u.clone())));
         }
         match page.last() {
             Some(u) if page.len() == BUILD_PAGE as usize => after = Some(u.id.clone()),
@@ -460,7 +460,7 @@ impl App {
         let stored = self.store.bulk_load(channel_id, users, events).await?;
         let mut changes: Vec<(i64, Change)> = users
             .iter()
-            .map(|u| (channel_id, Change::User(u.clone())))
+            .map(|u| (channel_id, Change::User(Box::new(u.clone()))))
             .collect();
         for ((user, e), _) in events.iter().zip(&stored).filter(|(_, s)| **s) {
             changes.push((

@@ -67,7 +67,7 @@ fn projection_agrees_with_the_reference_evaluator() {
         for i in 0..300 {
             let u = g.user(format!("u{i:04}"));
             let evs = g.events(&u.id, 6);
-            p.apply(1, &Change::User(u.clone()));
+            p.apply(1, &Change::User(Box::new(u.clone())));
             for e in &evs {
                 p.apply(
                     1,
@@ -83,8 +83,8 @@ fn projection_agrees_with_the_reference_evaluator() {
         }
         // Rewrites (a later stamp wins, an older one is ignored), a merge and a delete.
         let newer = g.user("u0001".into());
-        p.apply(5, &Change::User(newer.clone()));
-        p.apply(3, &Change::User(users[1].clone()));
+        p.apply(5, &Change::User(Box::new(newer.clone())));
+        p.apply(3, &Change::User(Box::new(users[1].clone())));
         users[1] = newer;
         p.apply(
             6,
@@ -150,7 +150,7 @@ fn seen_moves_times_like_the_store() {
     let mut p = Projection::new();
     let mut u = User::new("a".into(), 100);
     u.last_seen_at = Some(200);
-    p.apply(1, &Change::User(u));
+    p.apply(1, &Change::User(Box::new(u)));
     p.apply(
         2,
         &Change::Seen {

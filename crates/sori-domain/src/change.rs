@@ -8,7 +8,7 @@ use crate::user::User;
 #[derive(Debug, Clone)]
 pub enum Change {
     /// A user written whole (created or updated).
-    User(User),
+    User(Box<User>),
     /// An events-only write that moved a user's times without loading the row:
     /// `lastSeenAt = max(lastSeenAt, latest)`, `createdAt = min(createdAt, earliest)`,
     /// and `updatedAt` moves to `now` when `latest` is newer than the last visit.

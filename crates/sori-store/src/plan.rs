@@ -149,7 +149,7 @@ impl WritePlan<'_> {
             ));
         }
         for ((ch, _), u) in &self.users {
-            changes.push((*ch, Change::User(u.clone())));
+            changes.push((*ch, Change::User(Box::new(u.clone()))));
         }
         for ((ch, id), (latest, earliest, now)) in &self.light {
             changes.push((
