@@ -6,6 +6,8 @@
 //! percentiles. Every acknowledged upsert is durable (SQLite `synchronous=FULL`,
 //! PostgreSQL `synchronous_commit=on`).
 
+mod audience;
+mod generate;
 mod ingest;
 
 use std::io::{BufRead, BufReader};
@@ -63,6 +65,41 @@ enum Cmd {
         /// Access secret for --base-url.
         #[arg(long, default_value = "")]
         access_secret: String,
+    },
+    /// Audience counts over generated users: Sori's in-memory engine against PostgreSQL
+    /// (JSONB profile, tuned indexes) and DuckDB (typed columns) on the same data.
+    Audience {
+        /// Users to generate (about 20 events each).
+        #[arg(long, default_value_t = 1_000_000)]
+        users: u64,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Admin URL of a PostgreSQL server (a fresh database is created on it).
+        #[arg(long, env = "SORI_BENCH_PG_URL")]
+        pg_url: Option<String>,
+        /// Timed counts per filter on Sori.
+        #[arg(long, default_value_t = 50)]
+        sori_runs: usize,
+        /// Timed counts per filter on PostgreSQL and DuckDB.
+        #[arg(long, default_value_t = 5)]
+        peer_runs: usize,
+    },
+    /// Generates realistic users and events into a Sori store (a new channel, whose
+    /// credentials are printed), for trying filters by hand.
+    Generate {
+        /// Users to generate (about 20 events each).
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Data directory of the SQLite store.
+        #[arg(long, default_value = "./sori-data")]
+        data_dir: PathBuf,
+        /// Database URL instead of the data directory's SQLite file.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Event ingestion through the Segment-compatible API, driven by wrk: batches of 100
     /// events, and one event per request, each also against the no-op endpoint.
@@ -366,6 +403,19 @@ async fn main() -> anyhow::Result<()> {
             );
             run_upserts(&server, clients, seconds, members).await?;
         }
+        Cmd::Audience {
+            users,
+            seed,
+            pg_url,
+            sori_runs,
+            peer_runs,
+        } => audience::run(users, seed, pg_url, sori_runs, peer_runs).await?,
+        Cmd::Generate {
+            users,
+            seed,
+            data_dir,
+            database_url,
+        } => audience::generate_into(users, seed, data_dir, database_url).await?,
         Cmd::Ingest {
             backend,
             pg_url,

@@ -15,11 +15,6 @@ use crate::auth::ChannelInfo;
 use crate::secrets::now_ms;
 use crate::{App, AppError, AppResult};
 
-/// Users read per page while building.
-const BUILD_PAGE: u32 = 5_000;
-/// Events read per page while building.
-const BUILD_EVENTS_PAGE: u32 = 50_000;
-
 type Shared = Arc<RwLock<Projection>>;
 
 /// Every channel's projection.
@@ -126,45 +121,12 @@ impl Audience {
 
 async fn build_channel(store: &dyn Store, ch: i64) -> AppResult<Projection> {
     let mut p = Projection::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .users_page(ch, after.as_deref(), BUILD_PAGE, false)
-            .await?;
-        for u in &page {
-            p.apply(0, &Change::User(Box::new(u.clone())));
-        }
-        match page.last() {
-            Some(u) if page.len() == BUILD_PAGE as usize => after = Some(u.id.clone()),
-            _ => break,
-        }
-    }
-    let mut cursor: Option<(i64, String)> = None;
-    loop {
-        let page = store
-            .event_keys(
-                ch,
-                cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
-                BUILD_EVENTS_PAGE,
-            )
-            .await?;
-        for (at, _, user_id, name) in &page {
-            p.apply(
-                0,
-                &Change::Event {
-                    user_id: user_id.clone(),
-                    name: name.clone(),
-                    at: *at,
-                },
-            );
-        }
-        match page.last() {
-            Some((t, id, _, _)) if page.len() == BUILD_EVENTS_PAGE as usize => {
-                cursor = Some((*t, id.clone()));
-            }
-            _ => break,
-        }
-    }
+    store
+        .scan_users(ch, &mut |u| p.apply(0, &Change::User(Box::new(u))))
+        .await?;
+    store
+        .scan_events(ch, &mut |at, user, name| p.add_event(user, name, at))
+        .await?;
     for (user, name, count) in store.rolled_counts(ch).await? {
         p.add_rolled(&user, &name, count);
     }

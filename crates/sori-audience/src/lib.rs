@@ -303,6 +303,15 @@ impl Projection {
         }
     }
 
+    /// Counts one stored event (a name is allocated once, not per event).
+    pub fn add_event(&mut self, user_id: &str, name: &str, at: i64) {
+        let Some(slot) = self.slot_of(user_id) else { return };
+        match self.events.get_mut(name) {
+            Some(col) => col.add(slot, at),
+            None => self.events.entry(name.to_owned()).or_default().add(slot, at),
+        }
+    }
+
     /// Adds events that retention already removed from the store (rebuild): they count in
     /// all-history totals only.
     pub fn add_rolled(&mut self, user_id: &str, name: &str, count: i64) {

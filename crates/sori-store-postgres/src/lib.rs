@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
 use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Registry, Role, User};
@@ -1159,35 +1160,36 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn event_keys(
+    async fn scan_users(
         &self,
         channel_id: i64,
-        after: Option<(i64, &str)>,
-        limit: u32,
-    ) -> Result<Vec<(i64, String, String, String)>> {
-        let (t, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let rows = sqlx::query(
-            "SELECT created_at, id, user_id, name FROM events WHERE channel_id = $1 \
-             AND ($2::bigint IS NULL OR (created_at, id) > ($2, $3::text)) \
-             ORDER BY created_at, id LIMIT $4",
+        user: &mut (dyn FnMut(User) + Send),
+    ) -> Result<()> {
+        let sql = concat!(user_select!(), "WHERE channel_id = $1");
+        let mut rows = sqlx::query(sql).bind(channel_id).fetch(&self.pool);
+        while let Some(r) = rows.try_next().await.map_err(backend)? {
+            user(user_from_row(&r)?);
+        }
+        Ok(())
+    }
+
+    async fn scan_events(
+        &self,
+        channel_id: i64,
+        event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
+    ) -> Result<()> {
+        let mut rows = sqlx::query(
+            "SELECT created_at, user_id, name FROM events WHERE channel_id = $1",
         )
         .bind(channel_id)
-        .bind(t)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                    r.try_get(2).map_err(backend)?,
-                    r.try_get(3).map_err(backend)?,
-                ))
-            })
-            .collect()
+        .fetch(&self.pool);
+        while let Some(r) = rows.try_next().await.map_err(backend)? {
+            let at: i64 = r.try_get(0).map_err(backend)?;
+            let user: &str = r.try_get(1).map_err(backend)?;
+            let name: &str = r.try_get(2).map_err(backend)?;
+            event(at, user, name);
+        }
+        Ok(())
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {

@@ -386,3 +386,41 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
     }
     Ok(stored)
 }
+
+/// Streams every user of a channel (audience projection build).
+pub fn scan_users(
+    conn: &Connection,
+    channel_id: i64,
+    f: &mut (dyn FnMut(User) + Send),
+) -> Result<()> {
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE channel_id = ?"
+        ))
+        .map_err(db)?;
+    let mut rows = st.query([channel_id]).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        f(user_row(r).map_err(db)?.into_user()?);
+    }
+    Ok(())
+}
+
+/// Streams every event of a channel as (time, user, name), borrowing the strings.
+pub fn scan_events(
+    conn: &Connection,
+    channel_id: i64,
+    f: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
+) -> Result<()> {
+    let mut st = conn
+        .prepare("SELECT created_at, user_id, name FROM events WHERE channel_id = ?")
+        .map_err(db)?;
+    let mut rows = st.query([channel_id]).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        let at: i64 = r.get(0).map_err(db)?;
+        let corrupt = |e: rusqlite::types::FromSqlError| StoreError::Corrupt(e.to_string());
+        let user = r.get_ref(1).map_err(db)?.as_str().map_err(corrupt)?;
+        let name = r.get_ref(2).map_err(db)?.as_str().map_err(corrupt)?;
+        f(at, user, name);
+    }
+    Ok(())
+}

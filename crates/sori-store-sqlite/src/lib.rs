@@ -724,34 +724,32 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn event_keys(
+    async fn scan_users(
         &self,
         channel_id: i64,
-        after: Option<(i64, &str)>,
-        limit: u32,
-    ) -> Result<Vec<(i64, String, String, String)>> {
-        let (t, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let rows = sqlx::query(
-            "SELECT created_at, id, user_id, name FROM events WHERE channel_id = ?1 \
-             AND (?2 IS NULL OR (created_at, id) > (?2, ?3)) ORDER BY created_at, id LIMIT ?4",
-        )
-        .bind(channel_id)
-        .bind(t)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                    r.try_get(2).map_err(backend)?,
-                    r.try_get(3).map_err(backend)?,
-                ))
-            })
-            .collect()
+        user: &mut (dyn FnMut(User) + Send),
+    ) -> Result<()> {
+        tokio::task::block_in_place(|| {
+            let conn = self
+                .batch
+                .lock()
+                .map_err(|_| StoreError::Corrupt("batch connection poisoned".into()))?;
+            batch::scan_users(&conn, channel_id, user)
+        })
+    }
+
+    async fn scan_events(
+        &self,
+        channel_id: i64,
+        event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
+    ) -> Result<()> {
+        tokio::task::block_in_place(|| {
+            let conn = self
+                .batch
+                .lock()
+                .map_err(|_| StoreError::Corrupt("batch connection poisoned".into()))?;
+            batch::scan_events(&conn, channel_id, event)
+        })
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {

@@ -165,14 +165,20 @@ pub trait Store: Send + Sync + 'static {
         channel_id: i64,
         test: &EventTest,
     ) -> Result<Vec<(String, i64)>>;
-    /// Events of a channel as `(createdAt, id, userId, name)` in time order, strictly after
-    /// the cursor: the lean read that rebuilds the audience projection.
-    async fn event_keys(
+    /// Calls `user` for every user of a channel: the bulk read that builds the audience
+    /// projection at start (a streaming scan, not pages).
+    async fn scan_users(
         &self,
         channel_id: i64,
-        after: Option<(i64, &str)>,
-        limit: u32,
-    ) -> Result<Vec<(i64, String, String, String)>>;
+        user: &mut (dyn FnMut(User) + Send),
+    ) -> Result<()>;
+    /// Calls `event(createdAt, userId, name)` for every stored event of a channel, borrowing
+    /// the strings so that tens of millions of rows cost no allocation each.
+    async fn scan_events(
+        &self,
+        channel_id: i64,
+        event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
+    ) -> Result<()>;
     /// Counts of events retention removed, as `(userId, name, count)`.
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>>;
 
