@@ -326,7 +326,7 @@ pub async fn run(
     // Start-up rebuild, as `serve` does it, from the SQLite store.
     let before = rss_bytes();
     let t = Instant::now();
-    let rebuilt = Audience::build(&*sqlite.app.store)
+    let rebuilt = Audience::build(&sqlite.app.store)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let build_s = t.elapsed().as_secs_f64();

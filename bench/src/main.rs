@@ -373,6 +373,14 @@ async fn start_for(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // In-process runs (audience, generate) report what the services log, e.g. build times.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,sori_app=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().cmd {
         Cmd::Upsert {
             backend,

@@ -87,7 +87,7 @@ impl App {
         let pepper = store.meta_get_or_insert("secret_hash_key", &fresh).await?;
         let pepper: Arc<[u8]> = hex_or_bytes(&pepper).into();
         // Built before the writer starts, so no committed change can slip between the two.
-        let audience = Arc::new(Audience::build(&*store).await?);
+        let audience = Arc::new(Audience::build(&store).await?);
         Ok(Self {
             channels: ChannelCache::new(store.clone(), pepper.clone()),
             users: UserWriter::spawn(store.clone(), writer_shards, audience.clone()),

@@ -10,31 +10,10 @@ use roaring::RoaringBitmap;
 use sori_domain::filter::eval::{in_range, test_num, test_str};
 use sori_domain::filter::{ListMode, NumTest, StrTest};
 
+use crate::bits::Bits;
+
 /// Code of "no value" in a string column.
 const NONE: u32 = u32::MAX;
-
-/// Slots whose element passes, as a bitmap (slots are in order, so this is a sorted fill).
-fn select<T>(values: &[T], pass: impl Fn(&T) -> bool) -> RoaringBitmap {
-    let mut out = RoaringBitmap::new();
-    let mut run: Option<(u32, u32)> = None;
-    for (i, v) in values.iter().enumerate() {
-        let i = i as u32;
-        if pass(v) {
-            run = match run {
-                Some((s, e)) if e == i => Some((s, i + 1)),
-                Some((s, e)) => {
-                    out.insert_range(s..e);
-                    Some((i, i + 1))
-                }
-                None => Some((i, i + 1)),
-            };
-        }
-    }
-    if let Some((s, e)) = run {
-        out.insert_range(s..e);
-    }
-    out
-}
 
 /// Dictionary-encoded strings: low-cardinality fields (country, browser) cost four bytes
 /// a user, and a test runs once per distinct value, then once over the codes.
@@ -80,25 +59,24 @@ impl StrCol {
 
     /// Slots whose value passes `pass` (called once per distinct value, `None` for absent),
     /// among the first `n` slots.
-    pub fn select(&self, n: u32, pass: impl Fn(Option<&str>) -> bool) -> RoaringBitmap {
-        let ok: Vec<bool> = self.dict.iter().map(|s| pass(Some(s))).collect();
+    pub fn select(&self, n: u32, pass: impl Fn(Option<&str>) -> bool) -> Bits {
+        // One answer per code, absent last: the scan is then a table lookup per slot.
+        let mut ok: Vec<bool> = self.dict.iter().map(|s| pass(Some(s))).collect();
         let missing = pass(None);
-        let mut out = select(&self.codes, |&c| {
-            if c == NONE { missing } else { ok[c as usize] }
-        });
-        if missing && (self.codes.len() as u32) < n {
-            out.insert_range(self.codes.len() as u32..n);
-        }
-        out
+        ok.push(missing);
+        let last = self.dict.len();
+        Bits::select(&self.codes, n, missing, |&c| {
+            ok[if c == NONE { last } else { c as usize }]
+        })
     }
 
     /// A string test.
-    pub fn test(&self, n: u32, t: &StrTest) -> RoaringBitmap {
+    pub fn test(&self, n: u32, t: &StrTest) -> Bits {
         self.select(n, |v| test_str(t, v))
     }
 
     /// Slots whose value is a calendar day within `[from, to]`.
-    pub fn days(&self, n: u32, from: Option<Date>, to: Option<Date>) -> RoaringBitmap {
+    pub fn days(&self, n: u32, from: Option<Date>, to: Option<Date>) -> Bits {
         self.select(n, |v| {
             v.and_then(|s| s.parse::<Date>().ok())
                 .is_some_and(|d| from.is_none_or(|f| d >= f) && to.is_none_or(|e| d <= e))
@@ -141,22 +119,19 @@ impl NumCol {
     }
 
     /// A number test among the first `n` slots.
-    pub fn test(&self, n: u32, t: &NumTest) -> RoaringBitmap {
+    pub fn test(&self, n: u32, t: &NumTest) -> Bits {
         let opt = |x: f64| if x.is_nan() { None } else { Some(x) };
-        let mut out = match t {
-            // The common range case avoids the generic match per element.
-            NumTest::Range { lo, hi } => select(&self.values, |&x| in_range(x, *lo, *hi)),
-            _ => select(&self.values, |&x| test_num(t, opt(x))),
-        };
-        if test_num(t, None) && (self.values.len() as u32) < n {
-            out.insert_range(self.values.len() as u32..n);
+        let rest = test_num(t, None);
+        match t {
+            // The common range case avoids the generic match per element (NaN fails it).
+            NumTest::Range { lo, hi } => Bits::select(&self.values, n, rest, |&x| in_range(x, *lo, *hi)),
+            _ => Bits::select(&self.values, n, rest, |&x| test_num(t, opt(x))),
         }
-        out
     }
 
     /// Slots holding a whole number in `[from, to)` (instants in ms).
-    pub fn times(&self, from: Option<i64>, to: Option<i64>) -> RoaringBitmap {
-        select(&self.values, |&x| {
+    pub fn times(&self, n: u32, from: Option<i64>, to: Option<i64>) -> Bits {
+        Bits::select(&self.values, n, false, |&x| {
             x.fract() == 0.0
                 && (x as i64) as f64 == x
                 && from.is_none_or(|f| x as i64 >= f)
@@ -165,8 +140,8 @@ impl NumCol {
     }
 
     /// Slots with a value.
-    pub fn present(&self) -> RoaringBitmap {
-        select(&self.values, |x| !x.is_nan())
+    pub fn present(&self, n: u32) -> Bits {
+        Bits::select(&self.values, n, false, |x| !x.is_nan())
     }
 
     /// Approximate heap bytes.
@@ -203,10 +178,10 @@ impl TimeCol {
     }
 
     /// Slots in `[from, to)`.
-    pub fn range(&self, from: Option<i64>, to: Option<i64>) -> RoaringBitmap {
+    pub fn range(&self, n: u32, from: Option<i64>, to: Option<i64>) -> Bits {
         let lo = from.unwrap_or(i64::MIN + 1).max(i64::MIN + 1);
         let hi = to.unwrap_or(i64::MAX);
-        select(&self.values, |&t| t >= lo && t < hi)
+        Bits::select(&self.values, n, false, |&t| t >= lo && t < hi)
     }
 
     /// Approximate heap bytes.
@@ -215,45 +190,43 @@ impl TimeCol {
     }
 }
 
-/// Booleans as two bitmaps, so `$eq` is a lookup, not a scan.
+/// Booleans as two bit sets, so `$eq` is a copy, not a scan.
 #[derive(Debug, Default)]
 pub struct BoolCol {
     /// Slots holding true.
-    pub yes: RoaringBitmap,
+    pub yes: Bits,
     /// Slots holding false.
-    pub no: RoaringBitmap,
+    pub no: Bits,
 }
 
 impl BoolCol {
     /// Sets (or clears) a slot's value.
     pub fn set(&mut self, slot: u32, v: Option<bool>) {
-        self.yes.remove(slot);
-        self.no.remove(slot);
-        match v {
-            Some(true) => {
-                self.yes.insert(slot);
-            }
-            Some(false) => {
-                self.no.insert(slot);
-            }
-            None => {}
-        }
+        self.yes.set(slot, v == Some(true));
+        self.no.set(slot, v == Some(false));
+    }
+
+    /// Slots with a value.
+    pub fn present(&self) -> Bits {
+        let mut p = self.yes.clone();
+        p.or(&self.no);
+        p
     }
 
     /// Approximate heap bytes.
     pub fn bytes(&self) -> usize {
-        self.yes.serialized_size() + self.no.serialized_size()
+        self.yes.bytes() + self.no.bytes()
     }
 }
 
-/// Lists (tags, list fields): an inverted index from item to slots, plus each slot's
-/// items so an update can take the old ones out.
+/// Lists (tags, list fields): an inverted index from item to slots (compressed, as most
+/// items are rare), plus each slot's items so an update can take the old ones out.
 #[derive(Debug, Default)]
 pub struct ListCol<K> {
     codes: HashMap<K, u32>,
     postings: Vec<RoaringBitmap>,
     items: Vec<Vec<u32>>,
-    nonempty: RoaringBitmap,
+    nonempty: Bits,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> ListCol<K> {
@@ -281,13 +254,13 @@ impl<K: std::hash::Hash + Eq + Clone> ListCol<K> {
             }
         }
         if new.is_empty() {
-            self.nonempty.remove(slot);
+            self.nonempty.set(slot, false);
             if let Some(old) = self.items.get_mut(i) {
                 *old = Vec::new();
             }
             return;
         }
-        self.nonempty.insert(slot);
+        self.nonempty.set(slot, true);
         if self.items.len() <= i {
             self.items.resize_with(i + 1, Vec::new);
         }
@@ -295,39 +268,46 @@ impl<K: std::hash::Hash + Eq + Clone> ListCol<K> {
     }
 
     /// Slots with at least one item.
-    pub fn present(&self) -> &RoaringBitmap {
+    pub fn present(&self) -> &Bits {
         &self.nonempty
     }
 
-    /// A list test among `universe`.
-    pub fn test(&self, mode: ListMode, keys: &[K], universe: &RoaringBitmap) -> RoaringBitmap {
+    /// A list test among `universe` (`n` slots).
+    pub fn test(&self, mode: ListMode, keys: &[K], n: u32, universe: &Bits) -> Bits {
         let post = |k: &K| self.codes.get(k).map(|c| &self.postings[*c as usize]);
+        let any = || {
+            let mut any = RoaringBitmap::new();
+            for p in keys.iter().filter_map(post) {
+                any |= p;
+            }
+            any
+        };
+        let dense = |r: &RoaringBitmap| {
+            let mut b = Bits::zeros(n);
+            for s in r {
+                b.set(s, true);
+            }
+            b
+        };
         match mode {
-            ListMode::Any | ListMode::None => {
-                let mut any = RoaringBitmap::new();
-                for k in keys {
-                    if let Some(p) = post(k) {
-                        any |= p;
-                    }
-                }
-                if mode == ListMode::Any {
-                    any
-                } else {
-                    universe - any
-                }
+            ListMode::Any => dense(&any()),
+            ListMode::None => {
+                let mut b = universe.clone();
+                b.and_not(&dense(&any()));
+                b
             }
             ListMode::All => {
                 let mut all: Option<RoaringBitmap> = None;
                 for k in keys {
                     let Some(p) = post(k) else {
-                        return RoaringBitmap::new();
+                        return Bits::zeros(n);
                     };
                     all = Some(match all {
                         None => p.clone(),
                         Some(a) => a & p,
                     });
                 }
-                all.unwrap_or_default()
+                dense(&all.unwrap_or_default())
             }
         }
     }
@@ -344,7 +324,7 @@ impl<K: std::hash::Hash + Eq + Clone> ListCol<K> {
                 .map(|v| v.capacity() * 4 + 24)
                 .sum::<usize>()
             + self.codes.capacity() * (size_of::<K>() + 8)
-            + self.nonempty.serialized_size()
+            + self.nonempty.bytes()
     }
 }
 

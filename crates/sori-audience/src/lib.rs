@@ -8,18 +8,23 @@
 //! events' properties, which the projection does not keep: the caller evaluates them over
 //! the stored events and passes the per-user counts in ([`External`]).
 
+mod bits;
 mod columns;
+mod slots;
 pub mod testgen;
 
 use std::collections::{BTreeMap, HashMap};
 
-use roaring::RoaringBitmap;
+use rustc_hash::FxHashMap;
+
 use serde_json::Value;
 pub use sori_domain::change::Change;
 use sori_domain::filter::eval::test_num;
 use sori_domain::filter::{Builtin, Cond, Device, EventTest, Field, ListMode, Query, Test};
 use sori_domain::{DeviceInfo, FieldType, User};
 
+pub use bits::Bits;
+pub use slots::Slots;
 use columns::{BoolCol, ListCol, NumCol, StrCol, TimeCol, num_key};
 
 /// Per-user counts of events that pass an event condition's `where` clauses, computed
@@ -134,13 +139,32 @@ impl EventCol {
     }
 }
 
+/// Events counted apart from a projection (one part of a parallel build), merged in with
+/// [`Projection::absorb`].
+#[derive(Debug, Default)]
+pub struct EventPart {
+    events: FxHashMap<String, EventCol>,
+}
+
+impl EventPart {
+    /// Counts one event of the user in `slot`.
+    pub fn add(&mut self, slot: u32, name: &str, at: i64) {
+        match self.events.get_mut(name) {
+            Some(col) => col.add(slot, at),
+            None => self.events.entry(name.to_owned()).or_default().add(slot, at),
+        }
+    }
+}
+
 /// The projection of one channel.
 #[derive(Debug, Default)]
 pub struct Projection {
     ids: Vec<Box<str>>,
-    slot_of: HashMap<Box<str>, u32>,
+    slot_of: Slots,
     stamps: Vec<u64>,
-    live: RoaringBitmap,
+    live: Bits,
+    /// Members (users with a member id), kept so `member` is never a scan.
+    members: Bits,
     /// Merged slot → the slot its events now count for.
     redirect: HashMap<u32, u32>,
     member_id: StrCol,
@@ -159,7 +183,7 @@ pub struct Projection {
     web: DeviceCols,
     mobile: DeviceCols,
     profile: HashMap<String, ProfileCol>,
-    events: HashMap<String, EventCol>,
+    events: FxHashMap<String, EventCol>,
 }
 
 impl Projection {
@@ -167,9 +191,10 @@ impl Projection {
     pub fn new() -> Self {
         Self {
             ids: Vec::new(),
-            slot_of: HashMap::new(),
+            slot_of: Slots::default(),
             stamps: Vec::new(),
-            live: RoaringBitmap::new(),
+            live: Bits::default(),
+            members: Bits::default(),
             redirect: HashMap::new(),
             member_id: StrCol::default(),
             city: StrCol::default(),
@@ -187,7 +212,7 @@ impl Projection {
             web: DeviceCols::default(),
             mobile: DeviceCols::default(),
             profile: HashMap::new(),
-            events: HashMap::new(),
+            events: FxHashMap::default(),
         }
     }
 
@@ -203,11 +228,11 @@ impl Projection {
 
     fn slot(&mut self, id: &str) -> u32 {
         if let Some(s) = self.slot_of.get(id) {
-            return *s;
+            return s;
         }
         let s = self.ids.len() as u32;
         self.ids.push(id.into());
-        self.slot_of.insert(id.into(), s);
+        self.slot_of.insert(id, s);
         self.stamps.push(0);
         s
     }
@@ -221,7 +246,6 @@ impl Projection {
     pub fn slot_of(&self, id: &str) -> Option<u32> {
         self.slot_of
             .get(id)
-            .copied()
             .filter(|s| self.live.contains(*s))
     }
 
@@ -256,7 +280,7 @@ impl Projection {
             }
             Change::Merge { from, into } => {
                 let (Some(f), Some(t)) =
-                    (self.slot_of.get(from.as_str()).copied(), self.slot_of(into))
+                    (self.slot_of.get(from), self.slot_of(into))
                 else {
                     return;
                 };
@@ -286,7 +310,7 @@ impl Projection {
                 self.events.entry(name.clone()).or_default().add(slot, *at);
             }
             Change::Delete(id) => {
-                if let Some(s) = self.slot_of.get(id.as_str()).copied() {
+                if let Some(s) = self.slot_of.get(id) {
                     self.kill(s);
                 }
             }
@@ -299,6 +323,51 @@ impl Projection {
                 for col in self.events.values_mut() {
                     col.buckets = col.buckets.split_off(&bucket(*before));
                 }
+            }
+        }
+    }
+
+    /// A projection with a slot for each of `ids` and nothing else yet: a parallel build
+    /// assigns the slots first, then loads users and events concurrently.
+    pub fn with_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut p = Self::new();
+        for id in ids {
+            let s = p.slot(id);
+            p.live.set(s, true);
+        }
+        p
+    }
+
+    /// Loads a user into its slot (the build's users phase, with the index set aside).
+    pub fn load_user(&mut self, slot: u32, u: &User) {
+        if (slot as usize) < self.ids.len() {
+            self.set_user(slot, u);
+        }
+    }
+
+    /// The user-id index, for a parallel build to resolve event owners while the projection
+    /// is set aside; give it back with [`Projection::put_slots`].
+    pub fn take_slots(&mut self) -> Slots {
+        std::mem::take(&mut self.slot_of)
+    }
+
+    /// Restores the index taken by [`Projection::take_slots`].
+    pub fn put_slots(&mut self, slots: Slots) {
+        self.slot_of = slots;
+    }
+
+    /// Merges events counted apart.
+    pub fn absorb(&mut self, part: EventPart) {
+        for (name, col) in part.events {
+            let mine = self.events.entry(name).or_default();
+            for (b, mut slots) in col.buckets {
+                mine.buckets.entry(b).or_default().append(&mut slots);
+            }
+            if mine.totals.len() < col.totals.len() {
+                mine.totals.resize(col.totals.len(), 0);
+            }
+            for (t, c) in mine.totals.iter_mut().zip(&col.totals) {
+                *t += c;
             }
         }
     }
@@ -327,7 +396,7 @@ impl Projection {
     }
 
     fn kill(&mut self, slot: u32) {
-        self.live.remove(slot);
+        self.live.set(slot, false);
         // A dead slot never comes back: ids are never reused, and a late write is ignored.
         self.stamps[slot as usize] = u64::MAX;
         let blank = User::new(String::new(), 0);
@@ -338,8 +407,9 @@ impl Projection {
 
     fn set_user(&mut self, slot: u32, u: &User) {
         if !u.id.is_empty() {
-            self.live.insert(slot);
+            self.live.set(slot, true);
         }
+        self.members.set(slot, u.member_id.is_some());
         self.member_id.set(slot, u.member_id.as_deref());
         self.city.set(slot, u.city.as_deref());
         self.country.set(slot, u.country.as_deref());
@@ -371,18 +441,21 @@ impl Projection {
     }
 
     /// The users matching a query, as slots. `external` holds the counts of event
-    /// conditions with `where` clauses.
-    pub fn select(&self, q: &Query, external: &External) -> RoaringBitmap {
+    /// conditions with `where` clauses. Groups without event conditions run first, so an
+    /// event count only has to look at the users still in the running.
+    pub fn select(&self, q: &Query, external: &External) -> Bits {
         let mut acc = self.live.clone();
-        for (gi, g) in q.groups.iter().enumerate() {
-            let mut any = RoaringBitmap::new();
-            for (ci, c) in g.iter().enumerate() {
-                any |= match c {
-                    Cond::Field { field, test } => self.field(field, test),
-                    Cond::Event(e) => self.event(e, external.get(&(gi, ci))),
-                };
+        let mut order: Vec<usize> = (0..q.groups.len()).collect();
+        order.sort_by_key(|&g| q.groups[g].iter().any(|c| matches!(c, Cond::Event(_))));
+        for gi in order {
+            let mut any = Bits::zeros(self.n());
+            for (ci, c) in q.groups[gi].iter().enumerate() {
+                match c {
+                    Cond::Field { field, test } => any.or(&self.field(field, test)),
+                    Cond::Event(e) => any.or(&self.event(e, external.get(&(gi, ci)), &acc)),
+                }
             }
-            acc &= any;
+            acc.and(&any);
             if acc.is_empty() {
                 break;
             }
@@ -399,44 +472,50 @@ impl Projection {
         self.ids.len() as u32
     }
 
-    fn bool_test(&self, col: &BoolCol, t: &Test) -> RoaringBitmap {
+    fn not(&self, b: &Bits) -> Bits {
+        let mut out = self.live.clone();
+        out.and_not(b);
+        out
+    }
+
+    fn bool_test(&self, col: &BoolCol, t: &Test) -> Bits {
         match t {
             Test::Bool(true) => col.yes.clone(),
             Test::Bool(false) => col.no.clone(),
-            Test::Exists(true) => &col.yes | &col.no,
-            Test::Exists(false) => &self.live - &(&col.yes | &col.no),
-            _ => RoaringBitmap::new(),
+            Test::Exists(true) => col.present(),
+            Test::Exists(false) => self.not(&col.present()),
+            _ => Bits::default(),
         }
     }
 
-    fn str_test(&self, col: &StrCol, t: &Test) -> RoaringBitmap {
+    fn str_test(&self, col: &StrCol, t: &Test) -> Bits {
         match t {
             Test::Exists(want) => col.select(self.n(), |v| v.is_some() == *want),
             Test::Str(s) => col.test(self.n(), s),
             Test::Day { from, to } => col.days(self.n(), *from, *to),
-            _ => RoaringBitmap::new(),
+            _ => Bits::default(),
         }
     }
 
-    fn time_test(&self, col: &TimeCol, t: &Test) -> RoaringBitmap {
+    fn time_test(&self, col: &TimeCol, t: &Test) -> Bits {
         match t {
-            Test::Exists(true) => col.range(None, None),
-            Test::Exists(false) => &self.live - col.range(None, None),
-            Test::Time { from, to } => col.range(*from, *to),
-            _ => RoaringBitmap::new(),
+            Test::Exists(true) => col.range(self.n(), None, None),
+            Test::Exists(false) => self.not(&col.range(self.n(), None, None)),
+            Test::Time { from, to } => col.range(self.n(), *from, *to),
+            _ => Bits::default(),
         }
     }
 
-    fn num_test(&self, col: &NumCol, t: &Test) -> RoaringBitmap {
+    fn num_test(&self, col: &NumCol, t: &Test) -> Bits {
         match t {
-            Test::Exists(true) => col.present(),
-            Test::Exists(false) => &self.live - col.present(),
+            Test::Exists(true) => col.present(self.n()),
+            Test::Exists(false) => self.not(&col.present(self.n())),
             Test::Num(n) => col.test(self.n(), n),
-            _ => RoaringBitmap::new(),
+            _ => Bits::default(),
         }
     }
 
-    fn device(&self, cols: &DeviceCols, d: Device, t: &Test) -> RoaringBitmap {
+    fn device(&self, cols: &DeviceCols, d: Device, t: &Test) -> Bits {
         match d {
             Device::LastSeenAt => self.time_test(&cols.last_seen_at, t),
             Device::SessionsCount => self.num_test(&cols.sessions_count, t),
@@ -450,41 +529,35 @@ impl Projection {
         }
     }
 
-    fn field(&self, field: &Field, t: &Test) -> RoaringBitmap {
+    fn field(&self, field: &Field, t: &Test) -> Bits {
         match field {
             Field::Builtin(b) => match b {
-                Builtin::Id => {
-                    let ids = StrColView(&self.ids);
-                    ids.test(t, &self.live)
-                }
+                Builtin::Id => match t {
+                    Test::Exists(true) => self.live.clone(),
+                    Test::Str(s) => Bits::select(&self.ids, self.n(), false, |id| {
+                        sori_domain::filter::eval::test_str(s, Some(id))
+                    }),
+                    _ => Bits::default(),
+                },
                 Builtin::MemberId => self.str_test(&self.member_id, t),
                 Builtin::City => self.str_test(&self.city, t),
                 Builtin::Country => self.str_test(&self.country, t),
                 Builtin::Language => self.str_test(&self.language, t),
-                Builtin::Member => {
-                    let members = self.member_id.select(self.n(), |v| v.is_some());
-                    match t {
-                        Test::Bool(true) => members,
-                        Test::Bool(false) => &self.live - members,
-                        Test::Exists(want) => {
-                            if *want {
-                                self.live.clone()
-                            } else {
-                                RoaringBitmap::new()
-                            }
-                        }
-                        _ => RoaringBitmap::new(),
-                    }
-                }
+                Builtin::Member => match t {
+                    Test::Bool(true) => self.members.clone(),
+                    Test::Bool(false) => self.not(&self.members),
+                    Test::Exists(true) => self.live.clone(),
+                    _ => Bits::default(),
+                },
                 Builtin::Tags => match t {
                     Test::Exists(true) => self.tags.present().clone(),
-                    Test::Exists(false) => &self.live - self.tags.present(),
+                    Test::Exists(false) => self.not(self.tags.present()),
                     Test::List(mode, items) => {
                         let keys: Vec<Box<str>> =
                             items.iter().map(|s| Box::from(s.as_str())).collect();
-                        self.tags.test(*mode, &keys, &self.live)
+                        self.tags.test(*mode, &keys, self.n(), &self.live)
                     }
-                    _ => RoaringBitmap::new(),
+                    _ => Bits::default(),
                 },
                 Builtin::LastSeenAt => self.time_test(&self.last_seen_at, t),
                 Builtin::CreatedAt => self.time_test(&self.created_at, t),
@@ -501,54 +574,62 @@ impl Projection {
         }
     }
 
-    fn profile_field(&self, key: &str, ty: FieldType, t: &Test) -> RoaringBitmap {
+    fn profile_field(&self, key: &str, ty: FieldType, t: &Test) -> Bits {
         let Some(col) = self.profile.get(key) else {
             // Nobody has a value: only tests that match absence pass.
             return if absent_passes(t) {
                 self.live.clone()
             } else {
-                RoaringBitmap::new()
+                Bits::default()
             };
         };
-        let present = || -> RoaringBitmap {
+        let n = self.n();
+        let present = || -> Bits {
             match ty {
-                FieldType::String | FieldType::Date => col.strs.select(self.n(), |v| match ty {
-                    FieldType::Date => v.is_some_and(|s| s.parse::<jiff::civil::Date>().is_ok()),
-                    _ => v.is_some(),
+                FieldType::String => col.strs.select(n, |v| v.is_some()),
+                FieldType::Date => col.strs.select(n, |v| {
+                    v.is_some_and(|s| s.parse::<jiff::civil::Date>().is_ok())
                 }),
-                FieldType::Number => col.nums.present(),
-                FieldType::Datetime => col.nums.times(None, None),
-                FieldType::Boolean => &col.bools.yes | &col.bools.no,
+                FieldType::Number => col.nums.present(n),
+                FieldType::Datetime => col.nums.times(n, None, None),
+                FieldType::Boolean => col.bools.present(),
                 FieldType::List => col.list.present().clone(),
                 FieldType::ListOfNumber => col.num_list.present().clone(),
             }
         };
         match t {
             Test::Exists(true) => present(),
-            Test::Exists(false) => &self.live - present(),
+            Test::Exists(false) => self.not(&present()),
             Test::Str(_) | Test::Day { .. } => self.str_test(&col.strs, t),
             Test::Num(_) => self.num_test(&col.nums, t),
-            Test::Time { from, to } => col.nums.times(*from, *to),
+            Test::Time { from, to } => col.nums.times(n, *from, *to),
             Test::Bool(_) => self.bool_test(&col.bools, t),
             Test::List(mode, items) => {
                 let keys: Vec<Box<str>> = items.iter().map(|s| Box::from(s.as_str())).collect();
-                col.list.test(*mode, &keys, &self.live)
+                col.list.test(*mode, &keys, n, &self.live)
             }
             Test::NumList(mode, items) => {
                 let keys: Vec<u64> = items.iter().map(|x| num_key(*x)).collect();
-                col.num_list.test(*mode, &keys, &self.live)
+                col.num_list.test(*mode, &keys, n, &self.live)
             }
         }
     }
 
-    fn event(&self, e: &EventTest, external: Option<&HashMap<String, i64>>) -> RoaringBitmap {
+    /// Users among `candidates` whose event count passes (others are left out: the caller
+    /// intersects with them anyway).
+    fn event(
+        &self,
+        e: &EventTest,
+        external: Option<&HashMap<String, i64>>,
+        candidates: &Bits,
+    ) -> Bits {
         let n = self.ids.len();
         let mut counts = vec![0u32; n];
         if !e.props.is_empty() {
             if let Some(ext) = external {
                 for (id, c) in ext {
-                    if let Some(s) = self.slot_of.get(id.as_str()) {
-                        counts[*s as usize] = (*c).clamp(0, i64::from(u32::MAX)) as u32;
+                    if let Some(s) = self.slot_of.get(id) {
+                        counts[s as usize] = (*c).clamp(0, i64::from(u32::MAX)) as u32;
                     }
                 }
             }
@@ -558,9 +639,18 @@ impl Projection {
                     counts[..col.totals.len()].copy_from_slice(&col.totals);
                 }
                 Some(since) => {
+                    // Merged slots count for their member: fold them as candidates too.
+                    let mut wanted = candidates.clone();
+                    for (from, into) in &self.redirect {
+                        if candidates.contains(*into) {
+                            wanted.set(*from, true);
+                        }
+                    }
                     for b in col.buckets.range(bucket(since)..).map(|(_, b)| b) {
-                        for s in b {
-                            counts[*s as usize] += 1;
+                        for &s in b {
+                            if wanted.contains(s) {
+                                counts[s as usize] += 1;
+                            }
                         }
                     }
                     for (from, into) in &self.redirect {
@@ -571,25 +661,9 @@ impl Projection {
             }
         }
         let test = e.count;
-        if test.passes_zero() {
-            let mut out = self.live.clone();
-            for (s, c) in counts.iter().enumerate() {
-                if !test.passes(i64::from(*c)) {
-                    out.remove(s as u32);
-                }
-            }
-            out
-        } else {
-            RoaringBitmap::from_sorted_iter(
-                counts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| test.passes(i64::from(**c)))
-                    .map(|(s, _)| s as u32),
-            )
-            .unwrap_or_default()
-                & &self.live
-        }
+        let mut out = Bits::select(&counts, self.n(), false, |c| test.passes(i64::from(*c)));
+        out.and(candidates);
+        out
     }
 
     /// Sort keys for listing users: `(slot, key)` pairs where the key orders as requested.
@@ -616,10 +690,11 @@ impl Projection {
     /// Approximate heap bytes, for `/metrics`.
     pub fn bytes(&self) -> usize {
         self.ids.iter().map(|s| s.len() + 16).sum::<usize>()
-            + self.slot_of.capacity() * (std::mem::size_of::<Box<str>>() + 4 + 8)
+            + self.slot_of.bytes()
             + self.ids.iter().map(|s| s.len()).sum::<usize>()
             + self.stamps.capacity() * 8
-            + self.live.serialized_size()
+            + self.live.bytes()
+            + self.members.bytes()
             + self.member_id.bytes()
             + self.city.bytes()
             + self.country.bytes()
@@ -671,26 +746,6 @@ fn absent_passes(t: &Test) -> bool {
         Test::Num(n) => test_num(n, None),
         Test::List(ListMode::None, _) | Test::NumList(ListMode::None, _) => true,
         _ => false,
-    }
-}
-
-/// User ids read as a string column (every user has one).
-struct StrColView<'a>(&'a [Box<str>]);
-
-impl StrColView<'_> {
-    fn test(&self, t: &Test, live: &RoaringBitmap) -> RoaringBitmap {
-        match t {
-            Test::Exists(true) => live.clone(),
-            Test::Str(s) => RoaringBitmap::from_sorted_iter(
-                self.0
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, id)| sori_domain::filter::eval::test_str(s, Some(id)))
-                    .map(|(i, _)| i as u32),
-            )
-            .unwrap_or_default(),
-            _ => RoaringBitmap::new(),
-        }
     }
 }
 

@@ -1160,6 +1160,14 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn user_ids(&self, channel_id: i64) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT id FROM users WHERE channel_id = $1")
+            .bind(channel_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
     async fn scan_users(
         &self,
         channel_id: i64,
@@ -1176,12 +1184,17 @@ impl Store for PostgresStore {
     async fn scan_events(
         &self,
         channel_id: i64,
+        part: u32,
+        parts: u32,
         event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
     ) -> Result<()> {
         let mut rows = sqlx::query(
-            "SELECT created_at, user_id, name FROM events WHERE channel_id = $1",
+            "SELECT created_at, user_id, name FROM events WHERE channel_id = $1 \
+             AND abs(hashtext(id)) % $3 = $2",
         )
         .bind(channel_id)
+        .bind(i64::from(part))
+        .bind(i64::from(parts.max(1)))
         .fetch(&self.pool);
         while let Some(r) = rows.try_next().await.map_err(backend)? {
             let at: i64 = r.try_get(0).map_err(backend)?;

@@ -387,7 +387,8 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
     Ok(stored)
 }
 
-/// Streams every user of a channel (audience projection build).
+/// Streams every user of a channel (audience projection build). A plain table scan: going
+/// through the channel index would visit the rows in random order.
 pub fn scan_users(
     conn: &Connection,
     channel_id: i64,
@@ -395,7 +396,7 @@ pub fn scan_users(
 ) -> Result<()> {
     let mut st = conn
         .prepare(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE channel_id = ?"
+            "SELECT {USER_COLUMNS} FROM users NOT INDEXED WHERE channel_id = ?"
         ))
         .map_err(db)?;
     let mut rows = st.query([channel_id]).map_err(db)?;
@@ -405,16 +406,32 @@ pub fn scan_users(
     Ok(())
 }
 
-/// Streams every event of a channel as (time, user, name), borrowing the strings.
+/// Streams part `part` of `parts` of a channel's events as (time, user, name), borrowing
+/// the strings. Parts are rowid ranges, each a plain table scan: going through the
+/// channel index would visit the rows in random order.
 pub fn scan_events(
     conn: &Connection,
     channel_id: i64,
+    part: u32,
+    parts: u32,
     f: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
 ) -> Result<()> {
-    let mut st = conn
-        .prepare("SELECT created_at, user_id, name FROM events WHERE channel_id = ?")
+    let (lo, hi): (i64, i64) = conn
+        .query_row("SELECT ifnull(min(rowid), 0), ifnull(max(rowid), -1) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .map_err(db)?;
-    let mut rows = st.query([channel_id]).map_err(db)?;
+    let span = (hi - lo + 1).max(0);
+    let parts = i64::from(parts.max(1));
+    let from = lo + span * i64::from(part) / parts;
+    let to = lo + span * (i64::from(part) + 1) / parts;
+    let mut st = conn
+        .prepare(
+            "SELECT created_at, user_id, name FROM events NOT INDEXED \
+             WHERE rowid >= ? AND rowid < ? AND channel_id = ?",
+        )
+        .map_err(db)?;
+    let mut rows = st.query(params![from, to, channel_id]).map_err(db)?;
     while let Some(r) = rows.next().map_err(db)? {
         let at: i64 = r.get(0).map_err(db)?;
         let corrupt = |e: rusqlite::types::FromSqlError| StoreError::Corrupt(e.to_string());

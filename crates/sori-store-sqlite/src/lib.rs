@@ -48,6 +48,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// The connection user batches run on, synchronously (see `batch`).
     batch: Mutex<rusqlite::Connection>,
+    /// The database URL, for extra read connections of bulk scans.
+    url: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -102,6 +104,7 @@ impl SqliteStore {
             writer,
             reader,
             batch: Mutex::new(batch::open(url)?),
+            url: url.to_owned(),
         })
     }
 }
@@ -724,6 +727,14 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn user_ids(&self, channel_id: i64) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT id FROM users WHERE channel_id = ?")
+            .bind(channel_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)
+    }
+
     async fn scan_users(
         &self,
         channel_id: i64,
@@ -741,14 +752,15 @@ impl Store for SqliteStore {
     async fn scan_events(
         &self,
         channel_id: i64,
+        part: u32,
+        parts: u32,
         event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
     ) -> Result<()> {
+        // Its own connection, so the parts of one scan run in parallel (WAL readers do not
+        // block each other or the writer).
         tokio::task::block_in_place(|| {
-            let conn = self
-                .batch
-                .lock()
-                .map_err(|_| StoreError::Corrupt("batch connection poisoned".into()))?;
-            batch::scan_events(&conn, channel_id, event)
+            let conn = batch::open(&self.url)?;
+            batch::scan_events(&conn, channel_id, part, parts, event)
         })
     }
 

@@ -165,6 +165,8 @@ pub trait Store: Send + Sync + 'static {
         channel_id: i64,
         test: &EventTest,
     ) -> Result<Vec<(String, i64)>>;
+    /// Every user id of a channel.
+    async fn user_ids(&self, channel_id: i64) -> Result<Vec<String>>;
     /// Calls `user` for every user of a channel: the bulk read that builds the audience
     /// projection at start (a streaming scan, not pages).
     async fn scan_users(
@@ -172,11 +174,15 @@ pub trait Store: Send + Sync + 'static {
         channel_id: i64,
         user: &mut (dyn FnMut(User) + Send),
     ) -> Result<()>;
-    /// Calls `event(createdAt, userId, name)` for every stored event of a channel, borrowing
-    /// the strings so that tens of millions of rows cost no allocation each.
+    /// Calls `event(createdAt, userId, name)` for every stored event of part `part` of
+    /// `parts` of a channel's events, borrowing the strings so that tens of millions of rows
+    /// cost no allocation each. The parts together cover every event once and may be
+    /// scanned concurrently.
     async fn scan_events(
         &self,
         channel_id: i64,
+        part: u32,
+        parts: u32,
         event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
     ) -> Result<()>;
     /// Counts of events retention removed, as `(userId, name, count)`.
