@@ -2,8 +2,10 @@
 # Builds release binaries and runs the benchmarks on SQLite and PostgreSQL:
 #   upsert  — member upserts over the Open API;
 #   ingest  — events through the Segment-compatible API (batches of 100, and one per
-#             request), each against the no-op endpoint of the same server (needs wrk).
-# Usage: scripts/bench.sh [upsert|ingest|all] [extra args for every run]
+#             request), each against the no-op endpoint of the same server (needs wrk);
+#   audience — counts over 1,000,000 generated users on Sori, PostgreSQL and DuckDB
+#             (needs Python's duckdb; about 20 minutes, most of it loading).
+# Usage: scripts/bench.sh [upsert|ingest|audience|all] [extra args for every run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-all}
@@ -20,3 +22,10 @@ for b in upsert ingest; do
     ./scripts/with-postgres.sh bash -c './target/release/sori-bench "$0" --backend postgres --pg-url "$SORI_PG_URL" "$@"' "$b" "$@"
   fi
 done
+if [ "$which" = all ] || [ "$which" = audience ]; then
+  if ! python3 -c 'import duckdb' 2>/dev/null; then
+    echo "installing duckdb from PyPI" >&2
+    python3 -m pip install -q duckdb 2>/dev/null || python3 -m pip install -q --break-system-packages duckdb
+  fi
+  ./scripts/with-postgres.sh bash -c './target/release/sori-bench audience --pg-url "$SORI_PG_URL" "$@"' audience "$@"
+fi

@@ -70,11 +70,17 @@ fn filters() -> Vec<(&'static str, Value)> {
 /// The same five filters in DuckDB SQL over typed columns, with the resolved bounds.
 fn duck_sql(queries: &[Query]) -> Vec<String> {
     let time_to = |q: &Query, g: usize| match &q.groups[g][0] {
-        Cond::Field { test: Test::Time { to: Some(t), .. }, .. } => *t,
+        Cond::Field {
+            test: Test::Time { to: Some(t), .. },
+            ..
+        } => *t,
         _ => 0,
     };
     let time_from = |q: &Query, g: usize| match &q.groups[g][0] {
-        Cond::Field { test: Test::Time { from: Some(t), .. }, .. } => *t,
+        Cond::Field {
+            test: Test::Time { from: Some(t), .. },
+            ..
+        } => *t,
         _ => 0,
     };
     let since = |q: &Query, g: usize, c: usize| match &q.groups[g][c] {
@@ -148,7 +154,11 @@ where
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -174,6 +184,7 @@ async fn register_fields(app: &App, ch: i64) -> anyhow::Result<()> {
 struct Target {
     app: App,
     ch: ChannelInfo,
+    creds: sori_app::ChannelCredentials,
 }
 
 async fn open(url: Option<&str>, dir: &Path) -> anyhow::Result<Target> {
@@ -204,6 +215,7 @@ async fn open(url: Option<&str>, dir: &Path) -> anyhow::Result<Target> {
     Ok(Target {
         app,
         ch: (*ch).clone(),
+        creds,
     })
 }
 
@@ -246,7 +258,10 @@ pub async fn run(
     let events_csv = dir.path().join("events.csv");
     let mut ucsv = std::io::BufWriter::new(std::fs::File::create(&users_csv)?);
     let mut ecsv = std::io::BufWriter::new(std::fs::File::create(&events_csv)?);
-    writeln!(ucsv, "id,member,last_seen_at,created_at,tags,email,cart_count,plan,city,sessions_count,browser")?;
+    writeln!(
+        ucsv,
+        "id,member,last_seen_at,created_at,tags,email,cart_count,plan,city,sessions_count,browser"
+    )?;
     writeln!(ecsv, "user_id,name,created_at")?;
     let started = Instant::now();
     let (mut n_events, chunk) = (0u64, 10_000u64);
@@ -268,7 +283,9 @@ pub async fn run(
                 u.created_at,
                 csv_str(Some(&u.tags.join("|"))),
                 csv_str(u.profile.get("email").and_then(Value::as_str)),
-                u.profile.get("cartCount").map_or(String::new(), |v| v.to_string()),
+                u.profile
+                    .get("cartCount")
+                    .map_or(String::new(), |v| v.to_string()),
                 csv_str(u.profile.get("plan").and_then(Value::as_str)),
                 csv_str(u.city.as_deref()),
                 u.sessions_count,
@@ -351,11 +368,24 @@ pub async fn run(
     }
 
     // DuckDB.
-    let duck = duckdb(&users_csv, &events_csv, &duck_sql(&queries), peer_runs.max(5))?;
+    let duck = duckdb(
+        &users_csv,
+        &events_csv,
+        &duck_sql(&queries),
+        peer_runs.max(5),
+    )?;
 
     println!(
         "{:<36} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9} {:>9}",
-        "filter", "count", "sori p50", "sori p99", "pg p50", "pg p99", "duck p50", "pg/sori", "duck/sori"
+        "filter",
+        "count",
+        "sori p50",
+        "sori p99",
+        "pg p50",
+        "pg p99",
+        "duck p50",
+        "pg/sori",
+        "duck/sori"
     );
     for (i, ((name, _), q)) in filters().iter().zip(&queries).enumerate() {
         let (s50, s99, n) = time(sori_runs, || async {
@@ -397,7 +427,12 @@ pub async fn run(
 
 /// Loads the CSVs into DuckDB with typed columns and times the queries there; returns
 /// (p50 ms, count) per query.
-fn duckdb(users: &Path, events: &Path, sql: &[String], runs: usize) -> anyhow::Result<Vec<(f64, u64)>> {
+fn duckdb(
+    users: &Path,
+    events: &Path,
+    sql: &[String],
+    runs: usize,
+) -> anyhow::Result<Vec<(f64, u64)>> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/duckdb_audience.py");
     let out = Command::new("python3")
         .arg(script)
@@ -446,6 +481,10 @@ pub async fn generate_into(
     println!(
         "generated {users} users and {n_events} events (seed {seed}) into channel {} ({})",
         t.ch.channel.id, t.ch.channel.name
+    );
+    println!(
+        "accessKey {} accessSecret {} writeKey {}",
+        t.creds.access_key, t.creds.access_secret, t.creds.write_key
     );
     println!("owner login: bench@example.com / bench-password-1");
     Ok(())

@@ -24,13 +24,34 @@ pub const FIELDS: &[(&str, FieldType)] = &[
 ];
 
 const TAGS: &[&str] = &[
-    "vip", "new", "sale", "newsletter", "app", "returning", "kr", "jp", "us", "coupon",
-    "wishlist", "beta", "b2b", "student", "family", "gift", "premium", "trial", "churned",
+    "vip",
+    "new",
+    "sale",
+    "newsletter",
+    "app",
+    "returning",
+    "kr",
+    "jp",
+    "us",
+    "coupon",
+    "wishlist",
+    "beta",
+    "b2b",
+    "student",
+    "family",
+    "gift",
+    "premium",
+    "trial",
+    "churned",
     "loyal",
 ];
-const CITIES: &[&str] = &["Seoul", "Busan", "Incheon", "Daegu", "Daejeon", "Gwangju", "Suwon"];
+const CITIES: &[&str] = &[
+    "Seoul", "Busan", "Incheon", "Daegu", "Daejeon", "Gwangju", "Suwon",
+];
 const PLANS: &[&str] = &["free", "basic", "pro", "team"];
-const INTERESTS: &[&str] = &["fashion", "beauty", "food", "travel", "tech", "sports", "books"];
+const INTERESTS: &[&str] = &[
+    "fashion", "beauty", "food", "travel", "tech", "sports", "books",
+];
 const BROWSERS: &[&str] = &["Chrome", "Safari", "Samsung Internet", "Firefox", "Edge"];
 const EVENTS: &[(&str, u32)] = &[
     ("PageView", 60),
@@ -137,7 +158,10 @@ pub fn user(seed: u64, n: u64, now: i64, event_days: i64) -> Generated {
             );
         }
         if rng.random_bool(0.3) {
-            p.insert("couponValues".into(), json!([1000, 3000, 5000][..rng.random_range(1..=3)]));
+            p.insert(
+                "couponValues".into(),
+                json!([1000, 3000, 5000][..rng.random_range(1..=3)]),
+            );
         }
     }
     if rng.random_bool(0.35) {

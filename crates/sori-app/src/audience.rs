@@ -133,9 +133,17 @@ async fn build_channel(store: &Arc<dyn Store>, ch: i64) -> AppResult<Projection>
             let (store, slots) = (store.clone(), slots.clone());
             tokio::spawn(async move {
                 let mut ev = EventPart::default();
+                // Events come in runs of one user's (a session, a batch): remember the last
+                // owner instead of looking every event's owner up.
+                let mut last: (String, Option<u32>) = (String::new(), None);
                 store
                     .scan_events(ch, part, parts, &mut |at, user, name| {
-                        if let Some(s) = slots.get(user) {
+                        if last.0 != user {
+                            last.0.clear();
+                            last.0.push_str(user);
+                            last.1 = slots.get(user);
+                        }
+                        if let Some(s) = last.1 {
                             ev.add(s, name, at);
                         }
                     })

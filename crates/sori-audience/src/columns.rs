@@ -124,7 +124,9 @@ impl NumCol {
         let rest = test_num(t, None);
         match t {
             // The common range case avoids the generic match per element (NaN fails it).
-            NumTest::Range { lo, hi } => Bits::select(&self.values, n, rest, |&x| in_range(x, *lo, *hi)),
+            NumTest::Range { lo, hi } => {
+                Bits::select(&self.values, n, rest, |&x| in_range(x, *lo, *hi))
+            }
             _ => Bits::select(&self.values, n, rest, |&x| test_num(t, opt(x))),
         }
     }

@@ -24,8 +24,8 @@ use sori_domain::filter::{Builtin, Cond, Device, EventTest, Field, ListMode, Que
 use sori_domain::{DeviceInfo, FieldType, User};
 
 pub use bits::Bits;
-pub use slots::Slots;
 use columns::{BoolCol, ListCol, NumCol, StrCol, TimeCol, num_key};
+pub use slots::Slots;
 
 /// Per-user counts of events that pass an event condition's `where` clauses, computed
 /// by the caller from stored events; keyed by the condition's position (group, index).
@@ -151,7 +151,11 @@ impl EventPart {
     pub fn add(&mut self, slot: u32, name: &str, at: i64) {
         match self.events.get_mut(name) {
             Some(col) => col.add(slot, at),
-            None => self.events.entry(name.to_owned()).or_default().add(slot, at),
+            None => self
+                .events
+                .entry(name.to_owned())
+                .or_default()
+                .add(slot, at),
         }
     }
 }
@@ -244,9 +248,7 @@ impl Projection {
 
     /// The slot of a live user.
     pub fn slot_of(&self, id: &str) -> Option<u32> {
-        self.slot_of
-            .get(id)
-            .filter(|s| self.live.contains(*s))
+        self.slot_of.get(id).filter(|s| self.live.contains(*s))
     }
 
     /// Applies one committed change. `stamp` orders whole-row writes of the same user:
@@ -279,9 +281,7 @@ impl Projection {
                 self.created_at.set(slot, Some(created.min(*earliest)));
             }
             Change::Merge { from, into } => {
-                let (Some(f), Some(t)) =
-                    (self.slot_of.get(from), self.slot_of(into))
-                else {
+                let (Some(f), Some(t)) = (self.slot_of.get(from), self.slot_of(into)) else {
                     return;
                 };
                 for col in self.events.values_mut() {
@@ -374,10 +374,16 @@ impl Projection {
 
     /// Counts one stored event (a name is allocated once, not per event).
     pub fn add_event(&mut self, user_id: &str, name: &str, at: i64) {
-        let Some(slot) = self.slot_of(user_id) else { return };
+        let Some(slot) = self.slot_of(user_id) else {
+            return;
+        };
         match self.events.get_mut(name) {
             Some(col) => col.add(slot, at),
-            None => self.events.entry(name.to_owned()).or_default().add(slot, at),
+            None => self
+                .events
+                .entry(name.to_owned())
+                .or_default()
+                .add(slot, at),
         }
     }
 

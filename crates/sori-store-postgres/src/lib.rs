@@ -1168,11 +1168,7 @@ impl Store for PostgresStore {
             .map_err(backend)
     }
 
-    async fn scan_users(
-        &self,
-        channel_id: i64,
-        user: &mut (dyn FnMut(User) + Send),
-    ) -> Result<()> {
+    async fn scan_users(&self, channel_id: i64, user: &mut (dyn FnMut(User) + Send)) -> Result<()> {
         let sql = concat!(user_select!(), "WHERE channel_id = $1");
         let mut rows = sqlx::query(sql).bind(channel_id).fetch(&self.pool);
         while let Some(r) = rows.try_next().await.map_err(backend)? {

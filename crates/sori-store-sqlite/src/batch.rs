@@ -417,9 +417,11 @@ pub fn scan_events(
     f: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
 ) -> Result<()> {
     let (lo, hi): (i64, i64) = conn
-        .query_row("SELECT ifnull(min(rowid), 0), ifnull(max(rowid), -1) FROM events", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT ifnull(min(rowid), 0), ifnull(max(rowid), -1) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .map_err(db)?;
     let span = (hi - lo + 1).max(0);
     let parts = i64::from(parts.max(1));

@@ -735,11 +735,7 @@ impl Store for SqliteStore {
             .map_err(backend)
     }
 
-    async fn scan_users(
-        &self,
-        channel_id: i64,
-        user: &mut (dyn FnMut(User) + Send),
-    ) -> Result<()> {
+    async fn scan_users(&self, channel_id: i64, user: &mut (dyn FnMut(User) + Send)) -> Result<()> {
         tokio::task::block_in_place(|| {
             let conn = self
                 .batch

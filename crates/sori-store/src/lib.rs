@@ -169,11 +169,7 @@ pub trait Store: Send + Sync + 'static {
     async fn user_ids(&self, channel_id: i64) -> Result<Vec<String>>;
     /// Calls `user` for every user of a channel: the bulk read that builds the audience
     /// projection at start (a streaming scan, not pages).
-    async fn scan_users(
-        &self,
-        channel_id: i64,
-        user: &mut (dyn FnMut(User) + Send),
-    ) -> Result<()>;
+    async fn scan_users(&self, channel_id: i64, user: &mut (dyn FnMut(User) + Send)) -> Result<()>;
     /// Calls `event(createdAt, userId, name)` for every stored event of part `part` of
     /// `parts` of a channel's events, borrowing the strings so that tens of millions of rows
     /// cost no allocation each. The parts together cover every event once and may be

@@ -61,6 +61,9 @@ enum Command {
         /// Output file (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Only the users of this saved segment (users only).
+        #[arg(long)]
+        segment: Option<String>,
     },
 }
 
@@ -188,18 +191,24 @@ async fn main() -> anyhow::Result<()> {
             channel,
             format,
             output,
+            segment,
         } => {
+            if segment.is_some() && kind != sori::transfer::Kind::Users {
+                anyhow::bail!("--segment applies to `export users` only");
+            }
             let store = sori::open_store(&cfg).await?;
             let app = sori::app(&cfg, store).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
             let n = match output {
                 Some(path) => {
                     let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-                    sori::transfer::export(&app, &ch, kind, format, &mut f).await?
+                    sori::transfer::export(&app, &ch, kind, format, segment.as_deref(), &mut f)
+                        .await?
                 }
                 None => {
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    sori::transfer::export(&app, &ch, kind, format, &mut out).await?
+                    sori::transfer::export(&app, &ch, kind, format, segment.as_deref(), &mut out)
+                        .await?
                 }
             };
             eprintln!("exported {n} rows");

@@ -284,6 +284,7 @@ pub async fn export(
     ch: &ChannelInfo,
     kind: Kind,
     format: Format,
+    segment: Option<&str>,
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
     const PAGE: u32 = 500;
@@ -315,12 +316,43 @@ pub async fn export(
                 header.extend(keys.iter().cloned());
                 out.write_all(&csv_line(&header)?)?;
             }
+            // A segment's users, in id order like a whole export.
+            let members = match segment {
+                Some(sid) => {
+                    let q = app
+                        .target(ch, None, Some(sid))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("segment {sid}: {e}"))?;
+                    Some(
+                        app.matching_ids(ch, &q, sori_app::Engine::Memory)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                    )
+                }
+                None => None,
+            };
             let mut after: Option<String> = None;
+            let mut chunk = 0;
             loop {
-                let users = app
-                    .store
-                    .users_page(id, after.as_deref(), PAGE, false)
-                    .await?;
+                let users = match &members {
+                    None => {
+                        app.store
+                            .users_page(id, after.as_deref(), PAGE, false)
+                            .await?
+                    }
+                    Some(ids) => {
+                        let from = (chunk * PAGE as usize).min(ids.len());
+                        let to = (from + PAGE as usize).min(ids.len());
+                        chunk += 1;
+                        let mut us = app.store.users_by_ids(id, &ids[from..to]).await?;
+                        us.sort_by(|a, b| a.id.cmp(&b.id));
+                        us
+                    }
+                };
+                let more = match &members {
+                    None => users.len() == PAGE as usize,
+                    Some(ids) => chunk * (PAGE as usize) < ids.len(),
+                };
                 for u in &users {
                     n += 1;
                     match csv {
@@ -358,7 +390,8 @@ pub async fn export(
                     }
                 }
                 match users.last() {
-                    Some(u) if users.len() == PAGE as usize => after = Some(u.id.clone()),
+                    Some(u) if more => after = Some(u.id.clone()),
+                    _ if more => {}
                     _ => break,
                 }
             }

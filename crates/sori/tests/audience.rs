@@ -426,6 +426,31 @@ async fn segments_api(b: Backend) {
     assert!(text.starts_with("id,memberId,"), "{text}");
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(text.contains(",s1,") && text.contains(",s2,") && text.contains(",s3,"));
+    // The same from the command line.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sori"));
+    cmd.arg("--data-dir").arg(&app.config.data_dir);
+    if let Some(u) = &app.config.database_url {
+        cmd.arg("--database-url").arg(u);
+    }
+    let out = cmd
+        .args(["export", "users", "--segment", &sid, "--format", "csv"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli = String::from_utf8_lossy(&out.stdout);
+    let members: Vec<&str> = cli
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    let mut sorted = members.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["s1", "s2", "s3"], "{cli}");
 
     // Exact and current: an acknowledged write is in the next answer.
     app.upsert("f2", json!({"profile": {"cartCount": 5}})).await;
