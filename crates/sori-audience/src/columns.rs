@@ -232,8 +232,15 @@ pub struct ListCol<K> {
 }
 
 impl<K: std::hash::Hash + Eq + Clone> ListCol<K> {
-    /// Replaces a slot's items.
-    pub fn set(&mut self, slot: u32, items: impl IntoIterator<Item = K>) {
+    /// Replaces a slot's items; `own` makes a stored key from a borrowed one.
+    pub fn set<'a, Q: std::hash::Hash + Eq + ?Sized + 'a>(
+        &mut self,
+        slot: u32,
+        items: impl IntoIterator<Item = &'a Q>,
+        own: impl Fn(&Q) -> K,
+    ) where
+        K: std::borrow::Borrow<Q>,
+    {
         let i = slot as usize;
         if let Some(old) = self.items.get_mut(i) {
             for c in old.drain(..) {
@@ -242,11 +249,12 @@ impl<K: std::hash::Hash + Eq + Clone> ListCol<K> {
         }
         let mut new = Vec::new();
         for k in items {
-            let c = match self.codes.get(&k) {
+            // Looked up by reference: a key is only allocated the first time it is seen.
+            let c = match self.codes.get(k) {
                 Some(c) => *c,
                 None => {
                     let c = self.postings.len() as u32;
-                    self.codes.insert(k, c);
+                    self.codes.insert(own(k), c);
                     self.postings.push(RoaringBitmap::new());
                     c
                 }

@@ -79,19 +79,11 @@ impl ProfileCol {
         self.strs.set(slot, v.and_then(Value::as_str));
         self.nums.set(slot, v.and_then(Value::as_f64));
         self.bools.set(slot, v.and_then(Value::as_bool));
-        let arr = v.and_then(Value::as_array);
-        self.list.set(
-            slot,
-            arr.into_iter()
-                .flatten()
-                .filter_map(|x| x.as_str().map(Box::from)),
-        );
-        self.num_list.set(
-            slot,
-            arr.into_iter()
-                .flatten()
-                .filter_map(|x| x.as_f64().map(num_key)),
-        );
+        let arr = v.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+        self.list
+            .set(slot, arr.iter().filter_map(Value::as_str), |k: &str| Box::from(k));
+        let nums: Vec<u64> = arr.iter().filter_map(|x| x.as_f64().map(num_key)).collect();
+        self.num_list.set(slot, nums.iter(), |k| *k);
     }
 
     fn bytes(&self) -> usize {
@@ -421,7 +413,7 @@ impl Projection {
         self.country.set(slot, u.country.as_deref());
         self.language.set(slot, u.language.as_deref());
         self.tags
-            .set(slot, u.tags.iter().map(|t| Box::from(t.as_str())));
+            .set(slot, u.tags.iter().map(String::as_str), |k: &str| Box::from(k));
         self.last_seen_at.set(slot, u.last_seen_at);
         self.created_at.set(slot, Some(u.created_at));
         self.updated_at.set(slot, Some(u.updated_at));
@@ -439,10 +431,10 @@ impl Projection {
             }
         }
         for (k, v) in &u.profile {
-            self.profile
-                .entry(k.clone())
-                .or_default()
-                .set(slot, Some(v));
+            match self.profile.get_mut(k) {
+                Some(col) => col.set(slot, Some(v)),
+                None => self.profile.entry(k.clone()).or_default().set(slot, Some(v)),
+            }
         }
     }
 
