@@ -81,7 +81,9 @@ impl ProfileCol {
         self.bools.set(slot, v.and_then(Value::as_bool));
         let arr = v.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
         self.list
-            .set(slot, arr.iter().filter_map(Value::as_str), |k: &str| Box::from(k));
+            .set(slot, arr.iter().filter_map(Value::as_str), |k: &str| {
+                Box::from(k)
+            });
         let nums: Vec<u64> = arr.iter().filter_map(|x| x.as_f64().map(num_key)).collect();
         self.num_list.set(slot, nums.iter(), |k| *k);
     }
@@ -413,7 +415,9 @@ impl Projection {
         self.country.set(slot, u.country.as_deref());
         self.language.set(slot, u.language.as_deref());
         self.tags
-            .set(slot, u.tags.iter().map(String::as_str), |k: &str| Box::from(k));
+            .set(slot, u.tags.iter().map(String::as_str), |k: &str| {
+                Box::from(k)
+            });
         self.last_seen_at.set(slot, u.last_seen_at);
         self.created_at.set(slot, Some(u.created_at));
         self.updated_at.set(slot, Some(u.updated_at));
@@ -433,7 +437,11 @@ impl Projection {
         for (k, v) in &u.profile {
             match self.profile.get_mut(k) {
                 Some(col) => col.set(slot, Some(v)),
-                None => self.profile.entry(k.clone()).or_default().set(slot, Some(v)),
+                None => self
+                    .profile
+                    .entry(k.clone())
+                    .or_default()
+                    .set(slot, Some(v)),
             }
         }
     }

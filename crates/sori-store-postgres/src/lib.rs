@@ -31,6 +31,22 @@ use sqlx::{PgExecutor, Row};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Binds a compiled filter's arguments, in order, to a query or scalar query.
+macro_rules! bind_args {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::Int(i) => q.bind(i),
+                Arg::Float(f) => q.bind(f),
+                Arg::Text(t) => q.bind(t),
+                Arg::TextArray(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "events", include_str!("../migrations/0002_events.sql")),
@@ -1119,7 +1135,7 @@ impl Store for PostgresStore {
 
     async fn count_matching(&self, channel_id: i64, query: &Query) -> Result<u64> {
         let sql = filter_sql::users_matching(Dialect::Postgres, "count(*)", channel_id, query, "");
-        let n: i64 = bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
+        let n: i64 = bind_args!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
@@ -1134,7 +1150,7 @@ impl Store for PostgresStore {
             query,
             "ORDER BY u.id",
         );
-        bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
+        bind_args!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)
@@ -1146,7 +1162,7 @@ impl Store for PostgresStore {
         test: &EventTest,
     ) -> Result<Vec<(String, i64)>> {
         let sql = filter_sql::event_counts(Dialect::Postgres, channel_id, test);
-        let rows = bind_row(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
+        let rows = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
@@ -1425,38 +1441,4 @@ impl Store for PostgresStore {
         .map_err(backend)?;
         rows.iter().map(reveal_from_row).collect()
     }
-}
-
-type PgArgs = sqlx::postgres::PgArguments;
-
-/// Binds a compiled filter's arguments to a scalar query.
-fn bind<'q, O>(
-    mut q: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, PgArgs>,
-    args: Vec<Arg>,
-) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, PgArgs> {
-    for a in args {
-        q = match a {
-            Arg::Int(i) => q.bind(i),
-            Arg::Float(f) => q.bind(f),
-            Arg::Text(t) => q.bind(t),
-            Arg::TextArray(v) => q.bind(v),
-        };
-    }
-    q
-}
-
-/// Binds a compiled filter's arguments to a row query.
-fn bind_row(
-    mut q: sqlx::query::Query<'_, sqlx::Postgres, PgArgs>,
-    args: Vec<Arg>,
-) -> sqlx::query::Query<'_, sqlx::Postgres, PgArgs> {
-    for a in args {
-        q = match a {
-            Arg::Int(i) => q.bind(i),
-            Arg::Float(f) => q.bind(f),
-            Arg::Text(t) => q.bind(t),
-            Arg::TextArray(v) => q.bind(v),
-        };
-    }
-    q
 }

@@ -32,6 +32,23 @@ use sqlx::{Row, Sqlite, Transaction};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Binds a compiled filter's arguments, in order, to a query or scalar query.
+macro_rules! bind_args {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::Int(i) => q.bind(i),
+                Arg::Float(f) => q.bind(f),
+                Arg::Text(t) => q.bind(t),
+                // Never produced for SQLite.
+                Arg::TextArray(v) => q.bind(serde_json::to_string(&v).unwrap_or_default()),
+            };
+        }
+        q
+    }};
+}
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "events", include_str!("../migrations/0002_events.sql")),
@@ -691,7 +708,7 @@ impl Store for SqliteStore {
 
     async fn count_matching(&self, channel_id: i64, query: &Query) -> Result<u64> {
         let sql = filter_sql::users_matching(Dialect::Sqlite, "count(*)", channel_id, query, "");
-        let n: i64 = bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
+        let n: i64 = bind_args!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
             .fetch_one(&self.reader)
             .await
             .map_err(backend)?;
@@ -701,7 +718,7 @@ impl Store for SqliteStore {
     async fn ids_matching(&self, channel_id: i64, query: &Query) -> Result<Vec<String>> {
         let sql =
             filter_sql::users_matching(Dialect::Sqlite, "u.id", channel_id, query, "ORDER BY u.id");
-        bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
+        bind_args!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text)), sql.args)
             .fetch_all(&self.reader)
             .await
             .map_err(backend)
@@ -713,7 +730,7 @@ impl Store for SqliteStore {
         test: &EventTest,
     ) -> Result<Vec<(String, i64)>> {
         let sql = filter_sql::event_counts(Dialect::Sqlite, channel_id, test);
-        let rows = bind_row(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
+        let rows = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
             .fetch_all(&self.reader)
             .await
             .map_err(backend)?;
@@ -988,39 +1005,4 @@ impl Store for SqliteStore {
         .map_err(backend)?;
         rows.iter().map(reveal_from_row).collect()
     }
-}
-
-type SqliteArgs<'q> = sqlx::sqlite::SqliteArguments;
-
-/// Binds a compiled filter's arguments to a scalar query.
-fn bind<'q, O>(
-    mut q: sqlx::query::QueryScalar<'q, Sqlite, O, SqliteArgs<'q>>,
-    args: Vec<Arg>,
-) -> sqlx::query::QueryScalar<'q, Sqlite, O, SqliteArgs<'q>> {
-    for a in args {
-        q = match a {
-            Arg::Int(i) => q.bind(i),
-            Arg::Float(f) => q.bind(f),
-            Arg::Text(t) => q.bind(t),
-            // Never produced for SQLite.
-            Arg::TextArray(v) => q.bind(serde_json::to_string(&v).unwrap_or_default()),
-        };
-    }
-    q
-}
-
-/// Binds a compiled filter's arguments to a row query.
-fn bind_row<'q>(
-    mut q: sqlx::query::Query<'q, Sqlite, SqliteArgs<'q>>,
-    args: Vec<Arg>,
-) -> sqlx::query::Query<'q, Sqlite, SqliteArgs<'q>> {
-    for a in args {
-        q = match a {
-            Arg::Int(i) => q.bind(i),
-            Arg::Float(f) => q.bind(f),
-            Arg::Text(t) => q.bind(t),
-            Arg::TextArray(v) => q.bind(serde_json::to_string(&v).unwrap_or_default()),
-        };
-    }
-    q
 }
