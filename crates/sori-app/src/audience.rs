@@ -1,6 +1,8 @@
 //! The audience service: one in-memory projection per channel, built from the store at
-//! start and fed every committed change by the user writer before a write is
-//! acknowledged, so a count or search always includes every acknowledged write.
+//! start and kept in step by following the store's change sequence. Every query first
+//! catches up to the committed horizon, so a count or search includes every write
+//! acknowledged before it, whichever node or process made it; a background task keeps the
+//! backlog small between queries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -8,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use sori_audience::{Bits, Change, EventPart, External, Projection, SortBy, SortKey};
 use sori_domain::filter::{Cond, Filter, Query, Schema};
 use sori_domain::{Registry, User};
-use sori_store::{Segment, Store, next_stamp};
+use sori_store::{Cursor, Segment, Store};
 
 use crate::auth::ChannelInfo;
 use crate::secrets::now_ms;
@@ -20,6 +22,9 @@ type Shared = Arc<RwLock<Projection>>;
 #[derive(Default)]
 pub struct Audience {
     channels: RwLock<HashMap<i64, Shared>>,
+    /// How far the projections have followed the change sequence; held while catching up,
+    /// so catch-ups never overlap.
+    cursor: tokio::sync::Mutex<Cursor>,
 }
 
 fn poisoned<T>(_: T) -> AppError {
@@ -31,9 +36,12 @@ impl Audience {
     pub async fn build(store: &Arc<dyn Store>) -> AppResult<Self> {
         let started = std::time::Instant::now();
         let me = Self::default();
+        // Events up to the horizon are scanned; everything after it is caught up later.
+        let horizon = store.horizon().await?;
+        *me.cursor.lock().await = horizon;
         let mut users = 0;
         for ch in store.channel_ids().await? {
-            let p = build_channel(store, ch).await?;
+            let p = build_channel(store, ch, horizon.event).await?;
             users += p.len();
             me.channels
                 .write()
@@ -64,23 +72,45 @@ impl Audience {
         }
     }
 
-    /// Applies a committed batch's changes.
-    pub fn apply(&self, stamp: u64, changes: &[(i64, Change)]) {
-        let mut i = 0;
-        while i < changes.len() {
-            let ch = changes[i].0;
+    /// Follows the change sequence up to the committed horizon. Users come first (they
+    /// give events their slots), then removals and merges in order, then events.
+    pub async fn catch_up(&self, store: &dyn Store) -> AppResult<()> {
+        let mut cursor = self.cursor.lock().await;
+        let horizon = store.horizon().await?;
+        if horizon == *cursor {
+            return Ok(());
+        }
+        let batch = store.changes(*cursor, horizon).await?;
+        for (ch, seq, user) in batch.users {
             let p = self.get(ch);
-            let Ok(mut p) = p.write() else { return };
-            while i < changes.len() && changes[i].0 == ch {
-                p.apply(stamp, &changes[i].1);
+            let mut p = p.write().map_err(poisoned)?;
+            p.apply(seq.max(0) as u64, &Change::User(Box::new(user)));
+        }
+        for (ch, change) in &batch.log {
+            let p = self.get(*ch);
+            let mut p = p.write().map_err(poisoned)?;
+            p.apply(0, change);
+        }
+        let mut i = 0;
+        while i < batch.events.len() {
+            let ch = batch.events[i].0;
+            let p = self.get(ch);
+            let mut p = p.write().map_err(poisoned)?;
+            while i < batch.events.len() && batch.events[i].0 == ch {
+                let (_, user, name, at) = &batch.events[i];
+                p.add_event(user, name, *at);
                 i += 1;
             }
         }
+        *cursor = horizon;
+        Ok(())
     }
 
-    /// Applies changes made outside the user writer (deletes, field removal, retention).
-    pub fn apply_now(&self, channel_id: i64, change: Change) {
-        self.apply(next_stamp(), &[(channel_id, change)]);
+    /// Drops event buckets that retention emptied (memory only: no window reaches them).
+    pub fn retire(&self, channel_id: i64, before: i64) {
+        if let Ok(mut p) = self.get(channel_id).write() {
+            p.apply(0, &Change::Retire { before });
+        }
     }
 
     /// Approximate heap bytes of every projection.
@@ -112,6 +142,7 @@ impl Audience {
                 }
             }
         }
+        self.catch_up(store).await?;
         let p = self.get(channel_id);
         let set = p.read().map_err(poisoned)?.select(q, &ext);
         Ok((p, set))
@@ -121,7 +152,7 @@ impl Audience {
 /// Builds one channel. The user ids come first and fix the slots; then the users and the
 /// events load concurrently, the events in parts (one per core, counted apart and merged),
 /// so a start-up rebuild uses every core.
-async fn build_channel(store: &Arc<dyn Store>, ch: i64) -> AppResult<Projection> {
+async fn build_channel(store: &Arc<dyn Store>, ch: i64, upto: i64) -> AppResult<Projection> {
     let t = std::time::Instant::now();
     let ids = store.user_ids(ch).await?;
     let mut p = Projection::with_ids(ids.iter().map(String::as_str));
@@ -137,7 +168,7 @@ async fn build_channel(store: &Arc<dyn Store>, ch: i64) -> AppResult<Projection>
                 // owner instead of looking every event's owner up.
                 let mut last: (String, Option<u32>) = (String::new(), None);
                 store
-                    .scan_events(ch, part, parts, &mut |at, user, name| {
+                    .scan_events(ch, upto, part, parts, &mut |at, user, name| {
                         if last.0 != user {
                             last.0.clear();
                             last.0.push_str(user);
@@ -153,9 +184,9 @@ async fn build_channel(store: &Arc<dyn Store>, ch: i64) -> AppResult<Projection>
         })
         .collect();
     store
-        .scan_users(ch, &mut |u| {
+        .scan_users(ch, &mut |seq, u| {
             if let Some(s) = slots.get(&u.id) {
-                p.load_user(s, &u);
+                p.load_user(s, seq.max(0) as u64, &u);
             }
         })
         .await?;
@@ -304,24 +335,15 @@ impl App {
         Ok(p.slot_of(user_id).is_some_and(|s| set.contains(s)))
     }
 
-    /// Deletes a user and drops it from the audience.
-    pub async fn delete_user(&self, channel_id: i64, id: &str) -> AppResult<bool> {
-        let gone = self.store.delete_user(channel_id, id).await?;
-        if gone {
-            self.audience
-                .apply_now(channel_id, Change::Delete(id.to_owned()));
+    /// Keeps the projections close to the store between queries (queries catch up anyway;
+    /// this keeps what they have to read small), every `every`, forever.
+    pub async fn audience_loop(self, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.audience.catch_up(&*self.store).await {
+                tracing::warn!(error = %e, "audience catch-up failed; the next query retries");
+            }
         }
-        Ok(gone)
-    }
-
-    /// Removes a profile field and its values everywhere.
-    pub async fn delete_profile_field(&self, channel_id: i64, key: &str) -> AppResult<bool> {
-        let gone = self.store.delete_profile_field(channel_id, key).await?;
-        if gone {
-            self.audience
-                .apply_now(channel_id, Change::DropField(key.to_owned()));
-        }
-        Ok(gone)
     }
 }
 
@@ -459,30 +481,14 @@ impl App {
         self.resolve(ch, &f)
     }
 
-    /// Loads users and events as given (generated or migrated data) and adds them to the
-    /// audience.
+    /// Loads users and events as given (generated or migrated data); the audience picks
+    /// them up from the change sequence.
     pub async fn bulk_load(
         &self,
         channel_id: i64,
         users: &[User],
         events: &[(String, sori_domain::event::NewEvent)],
     ) -> AppResult<()> {
-        let stored = self.store.bulk_load(channel_id, users, events).await?;
-        let mut changes: Vec<(i64, Change)> = users
-            .iter()
-            .map(|u| (channel_id, Change::User(Box::new(u.clone()))))
-            .collect();
-        for ((user, e), _) in events.iter().zip(&stored).filter(|(_, s)| **s) {
-            changes.push((
-                channel_id,
-                Change::Event {
-                    user_id: user.clone(),
-                    name: e.name.clone(),
-                    at: e.created_at,
-                },
-            ));
-        }
-        self.audience.apply(next_stamp(), &changes);
-        Ok(())
+        Ok(self.store.bulk_load(channel_id, users, events).await?)
     }
 }

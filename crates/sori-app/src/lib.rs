@@ -73,7 +73,7 @@ pub struct App {
     pub channels: ChannelCache,
     /// The group-committing user writer.
     pub users: UserWriter,
-    /// The in-memory audience projections, fed by the writer.
+    /// The in-memory audience projections, following the store's change sequence.
     pub audience: Arc<Audience>,
     /// Bounds concurrent Argon2 work (about 19 MiB and tens of ms each), so a flood of
     /// logins cannot exhaust memory or starve the API.
@@ -86,11 +86,10 @@ impl App {
         let fresh = secrets::random_hex(32);
         let pepper = store.meta_get_or_insert("secret_hash_key", &fresh).await?;
         let pepper: Arc<[u8]> = hex_or_bytes(&pepper).into();
-        // Built before the writer starts, so no committed change can slip between the two.
         let audience = Arc::new(Audience::build(&store).await?);
         Ok(Self {
             channels: ChannelCache::new(store.clone(), pepper.clone()),
-            users: UserWriter::spawn(store.clone(), writer_shards, audience.clone()),
+            users: UserWriter::spawn(store.clone(), writer_shards),
             audience,
             login_slots: Arc::new(tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -38,8 +38,7 @@ impl App {
                 }
                 tokio::task::yield_now().await;
             }
-            self.audience
-                .apply_now(id, sori_audience::Change::Retire { before: cutoff });
+            self.audience.retire(id, cutoff);
         }
         Ok(total)
     }

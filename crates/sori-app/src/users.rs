@@ -12,7 +12,7 @@ use std::time::Instant;
 use sori_store::{Store, StoreError, UserOp, UserOpResult};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{AppError, AppResult, Audience};
+use crate::{AppError, AppResult};
 
 /// Most ops in one transaction; bounds latency of the last op in a batch.
 const MAX_BATCH: usize = 2048;
@@ -43,12 +43,11 @@ impl UserWriter {
     /// Each shard runs on its own thread with its own small runtime, so a batch is never
     /// queued behind HTTP work on the request workers: the commit pipeline's latency is
     /// what bounds throughput for a fixed number of clients.
-    pub fn spawn(store: Arc<dyn Store>, shards: usize, audience: Arc<Audience>) -> Self {
+    pub fn spawn(store: Arc<dyn Store>, shards: usize) -> Self {
         let shards: Vec<_> = (0..shards.max(1))
             .map(|i| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let store = store.clone();
-                let audience = audience.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("sori-writer-{i}"))
                     .spawn(move || {
@@ -56,7 +55,7 @@ impl UserWriter {
                             .enable_all()
                             .build()
                         {
-                            Ok(rt) => rt.block_on(run(store, audience, rx)),
+                            Ok(rt) => rt.block_on(run(store, rx)),
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot start user writer runtime")
                             }
@@ -116,7 +115,7 @@ impl UserWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, audience: Arc<Audience>, mut rx: mpsc::Receiver<Job>) {
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let started = Instant::now();
@@ -135,10 +134,8 @@ async fn run(store: Arc<dyn Store>, audience: Arc<Audience>, mut rx: mpsc::Recei
         metrics::histogram!("sori_user_write_batch_seconds")
             .record(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(written) => {
-                // Before any reply: an acknowledged write is in every later count.
-                audience.apply(written.stamp, &written.changes);
-                for ((reply, op), r) in replies.into_iter().zip(ops).zip(written.results) {
+            Ok(results) => {
+                for ((reply, op), r) in replies.into_iter().zip(ops).zip(results) {
                     let _ = reply.send((Ok(r), op));
                 }
             }

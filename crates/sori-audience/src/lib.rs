@@ -2,9 +2,8 @@
 //! and the event counts filters need, answering a resolved filter with bitmaps.
 //!
 //! The projection holds no I/O. Its owner builds it from the store at start and feeds it
-//! every committed change in commit order ([`Projection::apply`]); each change carries the
-//! stamp its transaction took while it held the user's row lock, so a change that arrives
-//! late never overwrites a newer one. Event conditions with `where` clauses need the
+//! the store's committed changes ([`Projection::apply`]); a whole-user change carries the
+//! change number of its row, so an older row never overwrites a newer one. Event conditions with `where` clauses need the
 //! events' properties, which the projection does not keep: the caller evaluates them over
 //! the stored events and passes the per-user counts in ([`External`]).
 
@@ -258,22 +257,6 @@ impl Projection {
                 self.stamps[i] = stamp;
                 self.set_user(slot, u);
             }
-            Change::Seen {
-                id,
-                latest,
-                earliest,
-                now,
-            } => {
-                let Some(slot) = self.slot_of(id) else { return };
-                let last = self.last_seen_at.get(slot);
-                if last.is_none_or(|l| *latest > l) {
-                    let upd = self.updated_at.get(slot).unwrap_or(*now).max(*now);
-                    self.updated_at.set(slot, Some(upd));
-                    self.last_seen_at.set(slot, Some(*latest));
-                }
-                let created = self.created_at.get(slot).unwrap_or(*earliest);
-                self.created_at.set(slot, Some(created.min(*earliest)));
-            }
             Change::Merge { from, into } => {
                 let (Some(f), Some(t)) = (self.slot_of.get(from), self.slot_of(into)) else {
                     return;
@@ -297,19 +280,10 @@ impl Projection {
                 self.redirect.insert(f, t);
                 self.kill(f);
             }
-            Change::Event { user_id, name, at } => {
-                let Some(slot) = self.slot_of(user_id) else {
-                    return;
-                };
-                self.events.entry(name.clone()).or_default().add(slot, *at);
-            }
             Change::Delete(id) => {
                 if let Some(s) = self.slot_of.get(id) {
                     self.kill(s);
                 }
-            }
-            Change::DropField(key) => {
-                self.profile.remove(key);
             }
             Change::Retire { before } => {
                 // The cutoff is the start of a local day, so a bucket boundary; the
@@ -332,9 +306,11 @@ impl Projection {
         p
     }
 
-    /// Loads a user into its slot (the build's users phase, with the index set aside).
-    pub fn load_user(&mut self, slot: u32, u: &User) {
+    /// Loads a user into its slot (the build's users phase, with the index set aside);
+    /// `stamp` is the change number of the row.
+    pub fn load_user(&mut self, slot: u32, stamp: u64, u: &User) {
         if (slot as usize) < self.ids.len() {
+            self.stamps[slot as usize] = stamp;
             self.set_user(slot, u);
         }
     }

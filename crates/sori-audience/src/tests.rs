@@ -69,14 +69,7 @@ fn projection_agrees_with_the_reference_evaluator() {
             let evs = g.events(&u.id, 6);
             p.apply(1, &Change::User(Box::new(u.clone())));
             for e in &evs {
-                p.apply(
-                    1,
-                    &Change::Event {
-                        user_id: e.user_id.clone(),
-                        name: e.name.clone(),
-                        at: e.created_at,
-                    },
-                );
+                p.add_event(&e.user_id, &e.name, e.created_at);
             }
             users.push(u);
             events.extend(evs);
@@ -143,36 +136,4 @@ fn projection_agrees_with_the_reference_evaluator() {
             "only {partial} of 300 filters split the users"
         );
     }
-}
-
-#[test]
-fn seen_moves_times_like_the_store() {
-    let mut p = Projection::new();
-    let mut u = User::new("a".into(), 100);
-    u.last_seen_at = Some(200);
-    p.apply(1, &Change::User(Box::new(u)));
-    p.apply(
-        2,
-        &Change::Seen {
-            id: "a".into(),
-            latest: 150,
-            earliest: 50,
-            now: 1000,
-        },
-    );
-    assert_eq!(p.created_at.get(0), Some(50));
-    assert_eq!(p.last_seen_at.get(0), Some(200));
-    assert_eq!(p.updated_at.get(0), Some(100));
-    p.apply(
-        3,
-        &Change::Seen {
-            id: "a".into(),
-            latest: 300,
-            earliest: 300,
-            now: 1000,
-        },
-    );
-    assert_eq!(p.last_seen_at.get(0), Some(300));
-    assert_eq!(p.updated_at.get(0), Some(1000));
-    assert!(p.bytes() > 0);
 }

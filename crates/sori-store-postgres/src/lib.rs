@@ -9,7 +9,7 @@
 
 use sori_store_sqlx::{
     EventAggregates, aggregate, catalog_entry, channel as channel_from_row,
-    event as event_from_row, field as field_from_row, manager as manager_from_row,
+    event as event_from_row, field as field_from_row, log_entry, manager as manager_from_row,
     merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
     scope_str, segment as segment_from_row, user as user_from_row,
 };
@@ -22,8 +22,9 @@ use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
-    CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Segment,
-    Session, Store, StoreError, UserKeys, UserOp, UserRow, Written, plan_user_writes,
+    CatalogEntry, ChangeBatch, Channel, ChannelSettingsPatch, Cursor, Manager, Merge, NewChannel,
+    RevealRecord, Segment, Session, Store, StoreError, UserKeys, UserOp, UserOpResult, UserRow,
+    plan_user_writes,
 };
 use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -55,6 +56,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "segments",
         include_str!("../migrations/0003_segments.sql"),
     ),
+    (4, "changes", include_str!("../migrations/0004_changes.sql")),
 ];
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
@@ -66,7 +68,7 @@ macro_rules! user_select {
         "SELECT channel_id, id, member_id, veil_id, name, profile::text AS profile, \
          tags::text AS tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, \
          language, has_chat, has_push_token, sessions_count, last_seen_at, created_at, \
-         updated_at, web::text AS web, mobile::text AS mobile FROM users "
+         updated_at, web::text AS web, mobile::text AS mobile, seq FROM users "
     };
 }
 
@@ -100,18 +102,18 @@ const LIGHT_ACTIVITY: &str = "UPDATE users SET \
     updated_at = CASE WHEN v.latest > COALESCE(users.last_seen_at, -1) \
         THEN GREATEST(users.updated_at, v.now) ELSE users.updated_at END, \
     last_seen_at = GREATEST(COALESCE(users.last_seen_at, v.latest), v.latest), \
-    created_at = LEAST(users.created_at, v.earliest) \
+    created_at = LEAST(users.created_at, v.earliest), seq = $6 \
     FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
     AS v(ch, id, latest, earliest, now) \
     WHERE users.channel_id = v.ch AND users.id = v.id";
 
 const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
     tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile) \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile, seq) \
     SELECT channel_id, id, member_id, veil_id, name, profile::jsonb, tags::jsonb, \
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web::jsonb, mobile::jsonb \
-    FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web::jsonb, \
+    mobile::jsonb, $22::bigint FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
     $7::text[], $8::bool[], $9::bool[], $10::bool[], $11::text[], $12::text[], $13::text[], \
     $14::bool[], $15::bool[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], \
     $20::text[], $21::text[]) AS t (channel_id, id, member_id, veil_id, name, profile, tags, \
@@ -125,7 +127,7 @@ const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id
     has_chat = EXCLUDED.has_chat, has_push_token = EXCLUDED.has_push_token, \
     sessions_count = EXCLUDED.sessions_count, last_seen_at = EXCLUDED.last_seen_at, \
     created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-    web = EXCLUDED.web, mobile = EXCLUDED.mobile";
+    web = EXCLUDED.web, mobile = EXCLUDED.mobile, seq = EXCLUDED.seq";
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = $1 ORDER BY key";
@@ -249,7 +251,18 @@ struct ChannelKeys<'a> {
 }
 
 /// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
-async fn merge_tx(tx: &mut sqlx::PgConnection, m: &Merge) -> Result<()> {
+async fn merge_tx(tx: &mut sqlx::PgConnection, m: &Merge, seq: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id) \
+         VALUES ($1, $2, 'merge', $3, $4)",
+    )
+    .bind(m.channel_id)
+    .bind(seq)
+    .bind(&m.from)
+    .bind(&m.into)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
     let stmts: [&str; 5] = [
         "UPDATE events SET user_id = $3 WHERE channel_id = $1 AND user_id = $2 \
          AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL",
@@ -286,7 +299,8 @@ async fn merge_tx(tx: &mut sqlx::PgConnection, m: &Merge) -> Result<()> {
 async fn insert_events_tx(
     tx: &mut sqlx::PgConnection,
     events: &[(i64, String, &NewEvent)],
-) -> Result<(EventAggregates, Vec<bool>)> {
+    seq: i64,
+) -> Result<EventAggregates> {
     let n = events.len();
     let (mut ch, mut user, mut id, mut name, mut prop, mut page, mut source, mut msg, mut at) = (
         Vec::with_capacity(n),
@@ -312,9 +326,9 @@ async fn insert_events_tx(
     }
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO events (channel_id, user_id, id, name, property, page, source, message_id, \
-         created_at) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], \
-         $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) \
-         ON CONFLICT DO NOTHING RETURNING id",
+         created_at, seq) SELECT u.*, $10::bigint FROM UNNEST($1::bigint[], $2::text[], \
+         $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) \
+         AS u ON CONFLICT DO NOTHING RETURNING id",
     )
     .bind(&ch)
     .bind(&user)
@@ -325,6 +339,7 @@ async fn insert_events_tx(
     .bind(&source)
     .bind(&msg)
     .bind(&at)
+    .bind(seq)
     .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;
@@ -427,6 +442,7 @@ async fn insert_new_fields(db: impl PgExecutor<'_>, fields: &[(i64, ProfileField
 async fn upsert_users(
     db: impl PgExecutor<'_>,
     users: &BTreeMap<(i64, String), User>,
+    seq: i64,
 ) -> Result<()> {
     let mut rows: Vec<UserRow> = users
         .iter()
@@ -502,6 +518,7 @@ async fn upsert_users(
         .bind(updated_at)
         .bind(web)
         .bind(mobile)
+        .bind(seq)
         .execute(db)
         .await
         .map_err(backend)?;
@@ -846,6 +863,7 @@ impl Store for PostgresStore {
 
     async fn delete_profile_field(&self, channel_id: i64, key: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        let seq = next_seq(&mut tx).await?;
         let r = sqlx::query(
             "DELETE FROM profile_fields WHERE channel_id = $1 AND key = $2 AND NOT builtin",
         )
@@ -857,11 +875,12 @@ impl Store for PostgresStore {
         let deleted = r.rows_affected() == 1;
         if deleted {
             sqlx::query(
-                "UPDATE users SET profile = profile - $1::text \
+                "UPDATE users SET profile = profile - $1::text, seq = $3 \
                  WHERE channel_id = $2 AND profile ? $1::text",
             )
             .bind(key)
             .bind(channel_id)
+            .bind(seq)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -899,7 +918,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn write_users(&self, ops: &[UserOp]) -> Result<Written> {
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
         // Channels in ascending order and rows in id order: a global lock order.
         let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
         let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
@@ -925,6 +944,8 @@ impl Store for PostgresStore {
         let channel_ids: Vec<i64> = keys.keys().copied().collect();
 
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        // First, before any row lock (see `next_seq`).
+        let seq = next_seq(&mut tx).await?;
         let field_rows = sqlx::query(
             "SELECT channel_id, key, name, type, sensitive, builtin, created_at \
              FROM profile_fields WHERE channel_id = ANY($1::bigint[])",
@@ -984,17 +1005,17 @@ impl Store for PostgresStore {
             }
         }
 
-        let mut plan = plan_user_writes(ops, loaded, light, registries);
+        let plan = plan_user_writes(ops, loaded, light, registries);
         if !plan.new_fields.is_empty() {
             insert_new_fields(&mut *tx, &plan.new_fields).await?;
         }
         for m in &plan.merges {
-            merge_tx(&mut tx, m).await?;
+            merge_tx(&mut tx, m, seq).await?;
         }
-        let (agg, stored) = if plan.events.is_empty() {
-            (EventAggregates::default(), Vec::new())
+        let agg = if plan.events.is_empty() {
+            EventAggregates::default()
         } else {
-            insert_events_tx(&mut tx, &plan.events).await?
+            insert_events_tx(&mut tx, &plan.events, seq).await?
         };
         if !plan.light.is_empty() {
             let (mut c, mut id, mut latest, mut earliest, mut now) =
@@ -1012,20 +1033,19 @@ impl Store for PostgresStore {
                 .bind(&latest)
                 .bind(&earliest)
                 .bind(&now)
+                .bind(seq)
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
         }
         if !plan.users.is_empty() {
-            upsert_users(&mut *tx, &plan.users).await?;
+            upsert_users(&mut *tx, &plan.users, seq).await?;
         }
-        // Stamped under the row locks: a batch that waited for ours stamps later.
-        let written = plan.written(&stored);
         tx.commit().await.map_err(backend)?;
         if let Err(e) = update_catalog(&self.pool, &agg).await {
             tracing::warn!(error = %e, "event catalog update failed; counts may lag");
         }
-        Ok(written)
+        Ok(plan.results)
     }
 
     async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>> {
@@ -1071,8 +1091,10 @@ impl Store for PostgresStore {
     }
 
     async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool> {
-        // The user's events, counts and merge records go with it.
+        // The user's events, counts and merge records go with it; the removal is logged
+        // for followers of the change sequence.
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        let seq = next_seq(&mut tx).await?;
         for sql in [
             "DELETE FROM events WHERE channel_id = $1 AND user_id = $2",
             "DELETE FROM user_event_stats WHERE channel_id = $1 AND user_id = $2",
@@ -1091,6 +1113,17 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        if r.rows_affected() == 1 {
+            sqlx::query(
+                "INSERT INTO change_log (channel_id, seq, kind, user_id) VALUES ($1, $2, 'delete', $3)",
+            )
+            .bind(channel_id)
+            .bind(seq)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
         tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
     }
@@ -1100,27 +1133,27 @@ impl Store for PostgresStore {
         channel_id: i64,
         users: &[User],
         events: &[(String, NewEvent)],
-    ) -> Result<Vec<bool>> {
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        let seq = next_seq(&mut tx).await?;
         let map: BTreeMap<(i64, String), User> = users
             .iter()
             .map(|u| ((channel_id, u.id.clone()), u.clone()))
             .collect();
         if !map.is_empty() {
-            upsert_users(&mut *tx, &map).await?;
+            upsert_users(&mut *tx, &map, seq).await?;
         }
         let rows: Vec<(i64, String, &NewEvent)> = events
             .iter()
             .map(|(user, e)| (channel_id, user.clone(), e))
             .collect();
-        let (agg, stored) = if rows.is_empty() {
-            (EventAggregates::default(), Vec::new())
+        let agg = if rows.is_empty() {
+            EventAggregates::default()
         } else {
-            insert_events_tx(&mut tx, &rows).await?
+            insert_events_tx(&mut tx, &rows, seq).await?
         };
         tx.commit().await.map_err(backend)?;
-        update_catalog(&self.pool, &agg).await?;
-        Ok(stored)
+        update_catalog(&self.pool, &agg).await
     }
 
     async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>> {
@@ -1184,11 +1217,16 @@ impl Store for PostgresStore {
             .map_err(backend)
     }
 
-    async fn scan_users(&self, channel_id: i64, user: &mut (dyn FnMut(User) + Send)) -> Result<()> {
-        let sql = concat!(user_select!(), "WHERE channel_id = $1");
-        let mut rows = sqlx::query(sql).bind(channel_id).fetch(&self.pool);
+    async fn scan_users(
+        &self,
+        channel_id: i64,
+        user: &mut (dyn FnMut(i64, User) + Send),
+    ) -> Result<()> {
+        let mut rows = sqlx::query(concat!(user_select!(), "WHERE channel_id = $1"))
+            .bind(channel_id)
+            .fetch(&self.pool);
         while let Some(r) = rows.try_next().await.map_err(backend)? {
-            user(user_from_row(&r)?);
+            user(r.try_get("seq").map_err(backend)?, user_from_row(&r)?);
         }
         Ok(())
     }
@@ -1196,17 +1234,19 @@ impl Store for PostgresStore {
     async fn scan_events(
         &self,
         channel_id: i64,
+        upto: i64,
         part: u32,
         parts: u32,
         event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
     ) -> Result<()> {
         let mut rows = sqlx::query(
             "SELECT created_at, user_id, name FROM events WHERE channel_id = $1 \
-             AND abs(hashtext(id)) % $3 = $2",
+             AND abs(hashtext(id)) % $3 = $2 AND seq <= $4",
         )
         .bind(channel_id)
         .bind(i64::from(part))
         .bind(i64::from(parts.max(1)))
+        .bind(upto)
         .fetch(&self.pool);
         while let Some(r) = rows.try_next().await.map_err(backend)? {
             let at: i64 = r.try_get(0).map_err(backend)?;
@@ -1215,6 +1255,80 @@ impl Store for PostgresStore {
             event(at, user, name);
         }
         Ok(())
+    }
+
+    async fn horizon(&self) -> Result<Cursor> {
+        // Waits until every transaction holding a change number has ended (they hold the
+        // shared lock from before they take the number until they commit), so the current
+        // value bounds everything that can still appear.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM change_seq",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Cursor { seq, event: seq })
+    }
+
+    async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let mut out = ChangeBatch::default();
+        for r in sqlx::query(concat!(
+            user_select!(),
+            "WHERE seq > $1 AND seq <= $2 ORDER BY seq"
+        ))
+        .bind(from.seq)
+        .bind(to.seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?
+        {
+            let ch: i64 = r.try_get("channel_id").map_err(backend)?;
+            let seq: i64 = r.try_get("seq").map_err(backend)?;
+            out.users.push((ch, seq, user_from_row(&r)?));
+        }
+        for r in sqlx::query(
+            "SELECT channel_id, user_id, name, created_at FROM events \
+             WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(from.event)
+        .bind(to.event)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?
+        {
+            out.events.push((
+                r.try_get(0).map_err(backend)?,
+                r.try_get(1).map_err(backend)?,
+                r.try_get(2).map_err(backend)?,
+                r.try_get(3).map_err(backend)?,
+            ));
+        }
+        let log = sqlx::query(
+            "SELECT channel_id, kind, user_id, into_id FROM change_log \
+             WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(from.seq)
+        .bind(to.seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        for r in &log {
+            out.log.push(log_entry(r)?);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(out)
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {
@@ -1441,4 +1555,21 @@ impl Store for PostgresStore {
         .map_err(backend)?;
         rows.iter().map(reveal_from_row).collect()
     }
+}
+
+/// The advisory lock that orders change numbers against `horizon`.
+const CHANGE_LOCK: i64 = 7_261_002;
+
+/// Takes the next change number. Call it first in a write transaction, before any row
+/// lock: the shared advisory lock it takes (held to commit) is what `horizon` waits on,
+/// and taking it after a row lock could deadlock with a waiting horizon.
+async fn next_seq(tx: &mut sqlx::PgConnection) -> Result<i64> {
+    sqlx::query_scalar(
+        "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1)) \
+         SELECT nextval('change_seq') FROM l",
+    )
+    .bind(CHANGE_LOCK)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(backend)
 }

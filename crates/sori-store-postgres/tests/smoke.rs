@@ -93,8 +93,7 @@ async fn store_round_trip() {
             upsert("u3", json!({"unsubscribeEmail": true})),
         ])
         .await
-        .expect("write users")
-        .results;
+        .expect("write users");
     let first = results[0].as_ref().expect("first upsert");
     assert!(first.created && first.changed);
     assert!(matches!(results[1], Err(UserOpError::Invalid(_))));
@@ -136,8 +135,7 @@ async fn store_round_trip() {
             op(UserTarget::Id("nope".into()), json!({"blocked": true})),
         ])
         .await
-        .expect("second batch")
-        .results;
+        .expect("second batch");
     assert_eq!(again[0].as_ref().expect("upsert").user_id, "u1");
     assert_eq!(again[1].as_ref().err(), Some(&UserOpError::NotFound));
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sori_domain::event::NewEvent;
 use sori_domain::{FieldType, ProfileField, ProfileKey, Registry, User};
-use sori_store::{Merge, StoreError, UserKeys, UserOp, UserRow, Written, plan_user_writes};
+use sori_store::{Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
 use sori_store_sqlx::EventAggregates;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -155,7 +155,7 @@ fn lookup<T>(
 }
 
 /// Runs one batch in one transaction.
-pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Written> {
+pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     let mut full: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
     let mut light_keys: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
     for op in ops {
@@ -178,6 +178,7 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Written> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db)?;
+    let seq = next_seq(&tx)?;
     let mut registries = HashMap::new();
     let mut loaded: Vec<(i64, User)> = Vec::new();
     for (ch, k) in &full {
@@ -198,7 +199,7 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Written> {
         light.extend(found.into_iter().map(|keys| (*ch, keys)));
     }
 
-    let mut plan = plan_user_writes(ops, loaded, light, registries);
+    let plan = plan_user_writes(ops, loaded, light, registries);
     if !plan.new_fields.is_empty() {
         let mut st = tx
             .prepare_cached(
@@ -218,13 +219,11 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Written> {
         }
     }
     for m in &plan.merges {
-        merge(&tx, m)?;
+        merge(&tx, m, seq)?;
     }
-    let stored = if plan.events.is_empty() {
-        Vec::new()
-    } else {
-        insert_events(&tx, &plan.events)?
-    };
+    if !plan.events.is_empty() {
+        insert_events(&tx, &plan.events)?;
+    }
     if !plan.light.is_empty() {
         let mut st = tx
             .prepare_cached(
@@ -232,29 +231,41 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Written> {
                  updated_at = CASE WHEN ?3 > ifnull(last_seen_at, -1) \
                      THEN max(updated_at, ?5) ELSE updated_at END, \
                  last_seen_at = max(ifnull(last_seen_at, ?3), ?3), \
-                 created_at = min(created_at, ?4) \
+                 created_at = min(created_at, ?4), seq = ?6 \
                  WHERE channel_id = ?1 AND id = ?2",
             )
             .map_err(db)?;
         for ((ch, id), (latest, earliest, now)) in &plan.light {
-            st.execute(params![ch, id, latest, earliest, now])
+            st.execute(params![ch, id, latest, earliest, now, seq])
                 .map_err(db)?;
         }
     }
     if !plan.users.is_empty() {
-        upsert_users(&tx, plan.users.iter().map(|((ch, _), u)| (*ch, u)))?;
+        upsert_users(&tx, seq, plan.users.iter().map(|((ch, _), u)| (*ch, u)))?;
     }
-    let written = plan.written(&stored);
     tx.commit().map_err(db)?;
-    Ok(written)
+    Ok(plan.results)
+}
+
+/// Takes the next change number; the write transaction holds the database's write lock,
+/// so numbers are handed out in commit order.
+pub fn next_seq(tx: &Connection) -> Result<i64> {
+    tx.query_row("UPDATE change_seq SET v = v + 1 RETURNING v", [], |r| {
+        r.get(0)
+    })
+    .map_err(db)
 }
 
 /// Inserts or replaces whole user rows.
-fn upsert_users<'u>(tx: &Connection, users: impl Iterator<Item = (i64, &'u User)>) -> Result<()> {
+fn upsert_users<'u>(
+    tx: &Connection,
+    seq: i64,
+    users: impl Iterator<Item = (i64, &'u User)>,
+) -> Result<()> {
     let mut st = tx
         .prepare_cached(&format!(
-            "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
+            "INSERT INTO users ({USER_COLUMNS}, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) \
              ON CONFLICT (channel_id, id) DO UPDATE SET member_id = excluded.member_id, \
              veil_id = excluded.veil_id, name = excluded.name, profile = excluded.profile, \
              tags = excluded.tags, unsubscribe_email = excluded.unsubscribe_email, \
@@ -263,7 +274,7 @@ fn upsert_users<'u>(tx: &Connection, users: impl Iterator<Item = (i64, &'u User)
              has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
              sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
              created_at = excluded.created_at, updated_at = excluded.updated_at, \
-             web = excluded.web, mobile = excluded.mobile"
+             web = excluded.web, mobile = excluded.mobile, seq = excluded.seq"
         ))
         .map_err(db)?;
     for (ch, u) in users {
@@ -289,7 +300,8 @@ fn upsert_users<'u>(tx: &Connection, users: impl Iterator<Item = (i64, &'u User)
             r.created_at,
             r.updated_at,
             r.web,
-            r.mobile
+            r.mobile,
+            seq
         ])
         .map_err(db)?;
     }
@@ -303,22 +315,28 @@ pub fn bulk_load(
     channel_id: i64,
     users: &[User],
     events: &[(String, NewEvent)],
-) -> Result<Vec<bool>> {
+) -> Result<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db)?;
-    upsert_users(&tx, users.iter().map(|u| (channel_id, u)))?;
+    let seq = next_seq(&tx)?;
+    upsert_users(&tx, seq, users.iter().map(|u| (channel_id, u)))?;
     let rows: Vec<(i64, String, &NewEvent)> = events
         .iter()
         .map(|(user, e)| (channel_id, user.clone(), e))
         .collect();
-    let stored = insert_events(&tx, &rows)?;
-    tx.commit().map_err(db)?;
-    Ok(stored)
+    insert_events(&tx, &rows)?;
+    tx.commit().map_err(db)
 }
 
 /// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
-fn merge(tx: &Connection, m: &Merge) -> Result<()> {
+fn merge(tx: &Connection, m: &Merge, seq: i64) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id) \
+         VALUES (?, ?, 'merge', ?, ?)",
+    )
+    .and_then(|mut st| st.execute(params![m.channel_id, seq, m.from, m.into]))
+    .map_err(db)?;
     let stmts: [&str; 5] = [
         "UPDATE events SET user_id = ?3 WHERE channel_id = ?1 AND user_id = ?2",
         "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
@@ -341,8 +359,8 @@ fn merge(tx: &Connection, m: &Merge) -> Result<()> {
 }
 
 /// Appends a batch's events (a repeated `messageId` is skipped) and adds what was really
-/// stored to the catalog; tells which events were stored.
-fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result<Vec<bool>> {
+/// stored to the catalog.
+fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result<()> {
     let mut st = tx
         .prepare_cached(
             "INSERT INTO events (channel_id, user_id, id, name, property, page, source, \
@@ -350,7 +368,6 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
         )
         .map_err(db)?;
     let mut agg = EventAggregates::default();
-    let mut stored = Vec::with_capacity(events.len());
     for (ch, user, e) in events {
         let n = st
             .execute(params![
@@ -368,7 +385,6 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
         if n == 1 {
             agg.add(*ch, &e.name, e.created_at, e.is_revenue());
         }
-        stored.push(n == 1);
     }
     let mut st = tx
         .prepare_cached(
@@ -384,7 +400,7 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
         st.execute(params![ch, name, count, first, last, revenue])
             .map_err(db)?;
     }
-    Ok(stored)
+    Ok(())
 }
 
 /// Streams every user of a channel (audience projection build). A plain table scan: going
@@ -392,16 +408,17 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
 pub fn scan_users(
     conn: &Connection,
     channel_id: i64,
-    f: &mut (dyn FnMut(User) + Send),
+    f: &mut (dyn FnMut(i64, User) + Send),
 ) -> Result<()> {
     let mut st = conn
         .prepare(&format!(
-            "SELECT {USER_COLUMNS} FROM users NOT INDEXED WHERE channel_id = ?"
+            "SELECT {USER_COLUMNS}, seq FROM users NOT INDEXED WHERE channel_id = ?"
         ))
         .map_err(db)?;
     let mut rows = st.query([channel_id]).map_err(db)?;
     while let Some(r) = rows.next().map_err(db)? {
-        f(user_row(r).map_err(db)?.into_user()?);
+        let seq: i64 = r.get(21).map_err(db)?;
+        f(seq, user_row(r).map_err(db)?.into_user()?);
     }
     Ok(())
 }
@@ -412,14 +429,15 @@ pub fn scan_users(
 pub fn scan_events(
     conn: &Connection,
     channel_id: i64,
+    upto: i64,
     part: u32,
     parts: u32,
     f: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
 ) -> Result<()> {
     let (lo, hi): (i64, i64) = conn
         .query_row(
-            "SELECT ifnull(min(rowid), 0), ifnull(max(rowid), -1) FROM events",
-            [],
+            "SELECT ifnull(min(rowid), 0), min(ifnull(max(rowid), -1), ?) FROM events",
+            [upto],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(db)?;

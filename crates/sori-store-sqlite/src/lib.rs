@@ -9,8 +9,9 @@ mod batch;
 
 use sori_store_sqlx::{
     catalog_entry, channel as channel_from_row, event as event_from_row, field as field_from_row,
-    manager as manager_from_row, merge as merge_from_row, perms_json, reveal as reveal_from_row,
-    role as role_from_row, scope_str, segment as segment_from_row, user as user_from_row,
+    log_entry, manager as manager_from_row, merge as merge_from_row, perms_json,
+    reveal as reveal_from_row, role as role_from_row, scope_str, segment as segment_from_row,
+    user as user_from_row,
 };
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -21,8 +22,8 @@ use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
-    CatalogEntry, Channel, ChannelSettingsPatch, Manager, Merge, NewChannel, RevealRecord, Segment,
-    Session, Store, StoreError, UserOp, Written,
+    CatalogEntry, ChangeBatch, Channel, ChannelSettingsPatch, Cursor, Manager, Merge, NewChannel,
+    RevealRecord, Segment, Session, Store, StoreError, UserOp, UserOpResult,
 };
 use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sqlx::sqlite::{
@@ -57,6 +58,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "segments",
         include_str!("../migrations/0003_segments.sql"),
     ),
+    (4, "changes", include_str!("../migrations/0004_changes.sql")),
 ];
 
 /// The embedded store.
@@ -131,8 +133,10 @@ const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, t
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
 
 /// The oldest events of a channel before a time, in a stable order (retention chunks).
+/// The newest row is never removed: rowids then never repeat, and followers of the change
+/// sequence track events by rowid.
 const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND created_at < ?2 \
-    ORDER BY created_at, id LIMIT ?3";
+    AND rowid < (SELECT max(rowid) FROM events) ORDER BY created_at, id LIMIT ?3";
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";
@@ -545,11 +549,14 @@ impl Store for SqliteStore {
         .await
         .map_err(backend)?;
         if r.rows_affected() == 1 {
+            // The users who lose a value count as changed for followers of the sequence.
+            let seq = next_seq(&mut tx).await?;
             sqlx::query(
-                "UPDATE users SET profile = json_remove(profile, '$.\"' || ? || '\"') \
+                "UPDATE users SET profile = json_remove(profile, '$.\"' || ? || '\"'), seq = ? \
                  WHERE channel_id = ? AND json_type(profile, '$.\"' || ? || '\"') IS NOT NULL",
             )
             .bind(key)
+            .bind(seq)
             .bind(channel_id)
             .bind(key)
             .execute(&mut *tx)
@@ -589,7 +596,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn write_users(&self, ops: &[UserOp]) -> Result<Written> {
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
         // Called from a writer shard's own thread, which may block: the whole batch runs
         // synchronously on the batch connection.
         let mut conn = self
@@ -650,7 +657,8 @@ impl Store for SqliteStore {
     }
 
     async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool> {
-        // The user's events, counts and merge records go with it.
+        // The user's events, counts and merge records go with it; the removal is logged
+        // for followers of the change sequence.
         let mut tx = self.writer.begin().await.map_err(backend)?;
         for sql in [
             "DELETE FROM events WHERE channel_id = ? AND user_id = ?",
@@ -670,6 +678,18 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        if r.rows_affected() == 1 {
+            let seq = next_seq(&mut tx).await?;
+            sqlx::query(
+                "INSERT INTO change_log (channel_id, seq, kind, user_id) VALUES (?, ?, 'delete', ?)",
+            )
+            .bind(channel_id)
+            .bind(seq)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
         tx.commit().await.map_err(backend)?;
         Ok(r.rows_affected() == 1)
     }
@@ -679,7 +699,7 @@ impl Store for SqliteStore {
         channel_id: i64,
         users: &[User],
         events: &[(String, NewEvent)],
-    ) -> Result<Vec<bool>> {
+    ) -> Result<()> {
         // A bulk load is an administrative job: it may hold a runtime thread while the
         // batch connection works.
         tokio::task::block_in_place(|| {
@@ -752,7 +772,11 @@ impl Store for SqliteStore {
             .map_err(backend)
     }
 
-    async fn scan_users(&self, channel_id: i64, user: &mut (dyn FnMut(User) + Send)) -> Result<()> {
+    async fn scan_users(
+        &self,
+        channel_id: i64,
+        user: &mut (dyn FnMut(i64, User) + Send),
+    ) -> Result<()> {
         tokio::task::block_in_place(|| {
             let conn = self
                 .batch
@@ -765,6 +789,7 @@ impl Store for SqliteStore {
     async fn scan_events(
         &self,
         channel_id: i64,
+        upto: i64,
         part: u32,
         parts: u32,
         event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
@@ -773,8 +798,73 @@ impl Store for SqliteStore {
         // block each other or the writer).
         tokio::task::block_in_place(|| {
             let conn = batch::open(&self.url)?;
-            batch::scan_events(&conn, channel_id, part, parts, event)
+            batch::scan_events(&conn, channel_id, upto, part, parts, event)
         })
+    }
+
+    async fn horizon(&self) -> Result<Cursor> {
+        // One read transaction, so both numbers come from the same snapshot.
+        let mut tx = self.reader.begin().await.map_err(backend)?;
+        let seq: i64 = sqlx::query_scalar("SELECT v FROM change_seq")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let event: i64 = sqlx::query_scalar("SELECT ifnull(max(rowid), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Cursor { seq, event })
+    }
+
+    async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch> {
+        let mut tx = self.reader.begin().await.map_err(backend)?;
+        let mut out = ChangeBatch::default();
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, seq FROM users WHERE seq > ? AND seq <= ? ORDER BY seq"
+        );
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from.seq)
+            .bind(to.seq)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?
+        {
+            let ch: i64 = r.try_get("channel_id").map_err(backend)?;
+            let seq: i64 = r.try_get("seq").map_err(backend)?;
+            out.users.push((ch, seq, user_from_row(&r)?));
+        }
+        for r in sqlx::query(
+            "SELECT channel_id, user_id, name, created_at FROM events \
+             WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+        )
+        .bind(from.event)
+        .bind(to.event)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?
+        {
+            out.events.push((
+                r.try_get(0).map_err(backend)?,
+                r.try_get(1).map_err(backend)?,
+                r.try_get(2).map_err(backend)?,
+                r.try_get(3).map_err(backend)?,
+            ));
+        }
+        let log = sqlx::query(
+            "SELECT channel_id, kind, user_id, into_id FROM change_log \
+             WHERE seq > ? AND seq <= ? ORDER BY seq",
+        )
+        .bind(from.seq)
+        .bind(to.seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        for r in &log {
+            out.log.push(log_entry(r)?);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(out)
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {
@@ -1005,4 +1095,13 @@ impl Store for SqliteStore {
         .map_err(backend)?;
         rows.iter().map(reveal_from_row).collect()
     }
+}
+
+/// Takes the next change number inside a write transaction (SQLite serializes writers, so
+/// numbers are handed out in commit order).
+async fn next_seq(tx: &mut Transaction<'_, Sqlite>) -> Result<i64> {
+    sqlx::query_scalar("UPDATE change_seq SET v = v + 1 RETURNING v")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)
 }

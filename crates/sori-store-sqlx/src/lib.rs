@@ -229,7 +229,7 @@ impl EventAggregates {
 pub fn aggregate(
     events: &[(i64, String, &sori_domain::event::NewEvent)],
     inserted: &[String],
-) -> (EventAggregates, Vec<bool>) {
+) -> EventAggregates {
     let mut agg = EventAggregates::default();
     let all = inserted.len() == events.len();
     let ids: std::collections::HashSet<&str> = if all {
@@ -237,15 +237,12 @@ pub fn aggregate(
     } else {
         inserted.iter().map(String::as_str).collect()
     };
-    let mut stored = Vec::with_capacity(events.len());
     for (ch, _, e) in events {
-        let s = all || ids.contains(e.id.as_str());
-        if s {
+        if all || ids.contains(e.id.as_str()) {
             agg.add(*ch, &e.name, e.created_at, e.is_revenue());
         }
-        stored.push(s);
     }
-    (agg, stored)
+    agg
 }
 
 /// Decodes a `segments` row.
@@ -260,4 +257,18 @@ pub fn segment<R: SoriRow>(r: &R) -> Result<Segment, StoreError> {
         created_at: r.col("created_at")?,
         updated_at: r.col("updated_at")?,
     })
+}
+
+/// Decodes a `change_log` row into its channel and change.
+pub fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change), StoreError> {
+    use sori_domain::change::Change;
+    let kind: String = r.col("kind")?;
+    let user: String = r.col("user_id")?;
+    let into: Option<String> = r.col("into_id")?;
+    let change = match (kind.as_str(), into) {
+        ("merge", Some(into)) => Change::Merge { from: user, into },
+        ("delete", _) => Change::Delete(user),
+        (other, _) => return Err(StoreError::Corrupt(format!("change_log kind `{other}`"))),
+    };
+    Ok((r.col("channel_id")?, change))
 }

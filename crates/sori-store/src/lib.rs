@@ -12,7 +12,7 @@ use sori_domain::{ProfileField, Role, User};
 
 pub use plan::{
     Merge, UserKeys, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan,
-    Written, next_stamp, plan_user_writes,
+    plan_user_writes,
 };
 pub use types::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Segment,
@@ -34,6 +34,27 @@ pub enum StoreError {
     /// Stored data could not be decoded (a bug or a hand-edited database).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+/// A position in the change sequence: `seq` orders user writes, removals and merges;
+/// `event` orders stored events (the same number on PostgreSQL, the rowid on SQLite).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Last change number seen.
+    pub seq: i64,
+    /// Last event position seen.
+    pub event: i64,
+}
+
+/// The changes between two cursors.
+#[derive(Debug, Default)]
+pub struct ChangeBatch {
+    /// Users written, as `(channel, seq, user)` in their current state.
+    pub users: Vec<(i64, i64, User)>,
+    /// Events stored, as `(channel, userId, name, createdAt)`, owned by their current user.
+    pub events: Vec<(i64, String, String, i64)>,
+    /// Removals and merges, as `(channel, change)` in sequence order.
+    pub log: Vec<(i64, sori_domain::change::Change)>,
 }
 
 /// Shorthand for store results.
@@ -126,9 +147,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Runs user writes in one transaction (group commit); per-op failures do not abort the
-    /// others. The whole call fails only when the database does. The answer carries what
-    /// was committed, stamped while the rows were locked (see [`Written`]).
-    async fn write_users(&self, ops: &[UserOp]) -> Result<Written>;
+    /// others. The whole call fails only when the database does.
+    async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>>;
     /// A user by id.
     async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>>;
     /// A user by member id.
@@ -144,13 +164,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a user; false when absent.
     async fn delete_user(&self, channel_id: i64, id: &str) -> Result<bool>;
     /// Loads users and events as given (generated or migrated data), replacing users with
-    /// the same id and skipping events whose id is known; tells which events were stored.
+    /// the same id and skipping events whose id is known.
     async fn bulk_load(
         &self,
         channel_id: i64,
         users: &[User],
         events: &[(String, NewEvent)],
-    ) -> Result<Vec<bool>>;
+    ) -> Result<()>;
     /// Users by id, in no particular order; missing ids are skipped.
     async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>>;
 
@@ -167,20 +187,31 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(String, i64)>>;
     /// Every user id of a channel.
     async fn user_ids(&self, channel_id: i64) -> Result<Vec<String>>;
-    /// Calls `user` for every user of a channel: the bulk read that builds the audience
-    /// projection at start (a streaming scan, not pages).
-    async fn scan_users(&self, channel_id: i64, user: &mut (dyn FnMut(User) + Send)) -> Result<()>;
-    /// Calls `event(createdAt, userId, name)` for every stored event of part `part` of
-    /// `parts` of a channel's events, borrowing the strings so that tens of millions of rows
-    /// cost no allocation each. The parts together cover every event once and may be
-    /// scanned concurrently.
+    /// Calls `user(seq, user)` for every user of a channel, `seq` being the change number of
+    /// its last write: the bulk read that builds the audience projection at start (a
+    /// streaming scan, not pages).
+    async fn scan_users(
+        &self,
+        channel_id: i64,
+        user: &mut (dyn FnMut(i64, User) + Send),
+    ) -> Result<()>;
+    /// Calls `event(createdAt, userId, name)` for every stored event up to the event cursor
+    /// `upto` of part `part` of `parts` of a channel's events, borrowing the strings so that
+    /// tens of millions of rows cost no allocation each. The parts together cover every
+    /// event once and may be scanned concurrently.
     async fn scan_events(
         &self,
         channel_id: i64,
+        upto: i64,
         part: u32,
         parts: u32,
         event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
     ) -> Result<()>;
+    /// How far the change sequence is committed: every change up to it is visible, and no
+    /// change at or below it can still appear.
+    async fn horizon(&self) -> Result<Cursor>;
+    /// Every committed change after `from` up to `to` (a horizon), in every channel.
+    async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch>;
     /// Counts of events retention removed, as `(userId, name, count)`.
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>>;
 

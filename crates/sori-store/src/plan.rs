@@ -3,10 +3,8 @@
 //! user in one batch see each other), and the backend writes back what changed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sori_domain::activity::{Activity, apply_activity};
-use sori_domain::change::Change;
 use sori_domain::event::NewEvent;
 use sori_domain::identity::merge_into;
 use sori_domain::{ApplyContext, Invalid, ProfileField, Registry, User, UserUpdate, apply_update};
@@ -110,74 +108,6 @@ pub struct WritePlan<'a> {
     /// Activity of events-only writes to users not loaded whole: (channel, id) →
     /// (latest event time, earliest event time, time of the write).
     pub light: BTreeMap<(i64, String), (i64, i64, i64)>,
-}
-
-/// A committed batch: one result per op, and the changes it made, for in-memory views.
-#[derive(Debug, Default)]
-pub struct Written {
-    /// One result per op, in order.
-    pub results: Vec<UserOpResult>,
-    /// Taken while the batch held its users' row locks, so of two batches that wrote the
-    /// same user the later commit has the larger stamp.
-    pub stamp: u64,
-    /// What changed, by channel, in the order to apply.
-    pub changes: Vec<(i64, Change)>,
-}
-
-static STAMPS: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh, process-wide increasing stamp (see [`Written::stamp`]).
-pub fn next_stamp() -> u64 {
-    STAMPS.fetch_add(1, Ordering::Relaxed)
-}
-
-impl WritePlan<'_> {
-    /// The batch's results and changes, once it is about to commit. `stored[i]` tells
-    /// whether `events[i]` was really stored (a repeated `messageId` is not). Call it while
-    /// the transaction still holds its row locks.
-    pub fn written(&mut self, stored: &[bool]) -> Written {
-        let mut changes = Vec::with_capacity(
-            self.merges.len() + self.users.len() + self.light.len() + self.events.len(),
-        );
-        for m in &self.merges {
-            changes.push((
-                m.channel_id,
-                Change::Merge {
-                    from: m.from.clone(),
-                    into: m.into.clone(),
-                },
-            ));
-        }
-        for ((ch, _), u) in &self.users {
-            changes.push((*ch, Change::User(Box::new(u.clone()))));
-        }
-        for ((ch, id), (latest, earliest, now)) in &self.light {
-            changes.push((
-                *ch,
-                Change::Seen {
-                    id: id.clone(),
-                    latest: *latest,
-                    earliest: *earliest,
-                    now: *now,
-                },
-            ));
-        }
-        for ((ch, user, e), _) in self.events.iter().zip(stored).filter(|(_, s)| **s) {
-            changes.push((
-                *ch,
-                Change::Event {
-                    user_id: user.clone(),
-                    name: e.name.clone(),
-                    at: e.created_at,
-                },
-            ));
-        }
-        Written {
-            results: std::mem::take(&mut self.results),
-            stamp: next_stamp(),
-            changes,
-        }
-    }
 }
 
 /// The identity columns of a user, enough to route an events-only write.

@@ -76,7 +76,11 @@ pub struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     retention: JoinHandle<()>,
+    audience: JoinHandle<()>,
 }
+
+/// How often the audience projections follow the change sequence between queries.
+const AUDIENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How often the retention job looks for expired events.
 const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -88,6 +92,7 @@ impl Running {
             let _ = tx.send(());
         }
         self.retention.abort();
+        self.audience.abort();
         self.task.await??;
         Ok(())
     }
@@ -151,6 +156,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             .await
     });
     let retention = tokio::spawn(app.clone().retention_loop(RETENTION_EVERY));
+    let audience = tokio::spawn(app.clone().audience_loop(AUDIENCE_EVERY));
     Ok(Running {
         addr,
         app,
@@ -158,5 +164,6 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         shutdown: Some(tx),
         task,
         retention,
+        audience,
     })
 }

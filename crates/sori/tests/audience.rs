@@ -577,3 +577,87 @@ fn iso(ms: i64) -> String {
 }
 
 both!(differential, segments_api);
+
+/// Another node (a second set of services on the same database) and another process
+/// (`sori import`) write; each projection follows the change sequence, so counts include
+/// those writes at once.
+async fn followers(b: Backend) {
+    let app = spawn_app(b).await;
+    let ch = channel(&app).await;
+    let store = sori::open_store(&app.config).await.unwrap();
+    let other = sori::app(&app.config, store).await.unwrap();
+    let vip = json!({"and": [{"or": [{"key": "tags", "operator": "$in", "values": ["vip"]}]}]});
+    let q = app
+        .app()
+        .resolve(
+            &ch,
+            &app.app().check_filter(&ch, "filter", &vip).await.unwrap(),
+        )
+        .unwrap();
+    let n = |a: &sori_app::App| {
+        let (a, ch, q) = (a.clone(), ch.clone(), q.clone());
+        async move { a.count_users(&ch, &q, Engine::Memory).await.unwrap() }
+    };
+    assert_eq!(n(&other).await, 0);
+    // A write through the first node is in the second node's next answer.
+    app.upsert("f1", json!({"tags": ["vip"]})).await;
+    assert_eq!(n(&other).await, 1);
+    // And the other way round, with an event count and a deletion.
+    let r = other
+        .write_user(
+            &ch,
+            sori_store::UserTarget::MemberId {
+                member_id: "f2".into(),
+                new_id: new_id(),
+            },
+            sori_domain::UserUpdate::from_json(&json!({"tags": ["vip"]}), &["tags"]).unwrap(),
+            sori_app::users::Source::OpenApi,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n(app.app()).await, 2);
+    let f1 = app.member("f1").await;
+    let r2 = app
+        .open(
+            Method::DELETE,
+            &format!("/open/v5/users/{}", f1["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(r2.status, 204);
+    assert_eq!(n(&other).await, 1);
+    assert_eq!(n(app.app()).await, 1);
+    let _ = r;
+
+    // A separate `sori import` process while the server runs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.ndjson");
+    std::fs::write(&path, "{\"memberId\": \"imp1\", \"tags\": [\"vip\"]}\n{\"memberId\": \"imp2\", \"tags\": [\"vip\"]}\n").unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sori"));
+    cmd.arg("--data-dir").arg(&app.config.data_dir);
+    if let Some(u) = &app.config.database_url {
+        cmd.arg("--database-url").arg(u);
+    }
+    let out = cmd
+        .args(["import", "users"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/users/count",
+            Some(json!({"filter": vip})),
+        )
+        .await;
+    assert_eq!(r.body["count"], 3, "{:?}", r.body);
+    app.stop().await;
+}
+
+both!(followers);

@@ -138,7 +138,11 @@ pub async fn delete(state: &AppState, channel_id: i64, key: &str) -> ApiResult<S
             format!("`{key}` is pre-registered and cannot be deleted"),
         )),
         Some(_) => {
-            state.app.delete_profile_field(channel_id, key).await?;
+            state
+                .app
+                .store
+                .delete_profile_field(channel_id, key)
+                .await?;
             Ok(StatusCode::NO_CONTENT)
         }
     }

@@ -173,7 +173,7 @@ pub async fn delete_user(
 }
 
 async fn remove(state: &AppState, ch: &ChannelInfo, id: &str) -> ApiResult<StatusCode> {
-    if state.app.delete_user(ch.channel.id, id).await? {
+    if state.app.store.delete_user(ch.channel.id, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("user"))
