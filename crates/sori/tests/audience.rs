@@ -427,11 +427,7 @@ async fn segments_api(b: Backend) {
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(text.contains(",s1,") && text.contains(",s2,") && text.contains(",s3,"));
     // The same from the command line.
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sori"));
-    cmd.arg("--data-dir").arg(&app.config.data_dir);
-    if let Some(u) = &app.config.database_url {
-        cmd.arg("--database-url").arg(u);
-    }
+    let mut cmd = sori_cli(&app);
     let out = cmd
         .args(["export", "users", "--segment", &sid, "--format", "csv"])
         .output()
@@ -461,14 +457,7 @@ async fn segments_api(b: Backend) {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(count(&app, json!({"segmentId": sid})).await, 3);
-    let f2 = app.member("f2").await;
-    let r = app
-        .open(
-            Method::DELETE,
-            &format!("/open/v5/users/{}", f2["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let r = app.open(Method::DELETE, "/open/v5/users/@f2", None).await;
     assert_eq!(r.status, 204);
     assert_eq!(count(&app, json!({"segmentId": sid})).await, 2);
 
@@ -558,6 +547,16 @@ async fn segments_api(b: Backend) {
     app.stop().await;
 }
 
+/// The `sori` command on the same store as the running server.
+fn sori_cli(app: &TestApp) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sori"));
+    cmd.arg("--data-dir").arg(&app.config.data_dir);
+    if let Some(u) = &app.config.database_url {
+        cmd.arg("--database-url").arg(u);
+    }
+    cmd
+}
+
 /// Sends Segment calls through `/v1/batch`.
 async fn segment_batch(app: &TestApp, batch: Vec<Value>) {
     let body = json!({"writeKey": app.creds.write_key, "batch": batch});
@@ -603,7 +602,7 @@ async fn followers(b: Backend) {
     app.upsert("f1", json!({"tags": ["vip"]})).await;
     assert_eq!(n(&other).await, 1);
     // And the other way round, with an event count and a deletion.
-    let r = other
+    other
         .write_user(
             &ch,
             sori_store::UserTarget::MemberId {
@@ -616,28 +615,16 @@ async fn followers(b: Backend) {
         .await
         .unwrap();
     assert_eq!(n(app.app()).await, 2);
-    let f1 = app.member("f1").await;
-    let r2 = app
-        .open(
-            Method::DELETE,
-            &format!("/open/v5/users/{}", f1["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
-    assert_eq!(r2.status, 204);
+    let r = app.open(Method::DELETE, "/open/v5/users/@f1", None).await;
+    assert_eq!(r.status, 204);
     assert_eq!(n(&other).await, 1);
     assert_eq!(n(app.app()).await, 1);
-    let _ = r;
 
     // A separate `sori import` process while the server runs.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("u.ndjson");
     std::fs::write(&path, "{\"memberId\": \"imp1\", \"tags\": [\"vip\"]}\n{\"memberId\": \"imp2\", \"tags\": [\"vip\"]}\n").unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sori"));
-    cmd.arg("--data-dir").arg(&app.config.data_dir);
-    if let Some(u) = &app.config.database_url {
-        cmd.arg("--database-url").arg(u);
-    }
+    let mut cmd = sori_cli(&app);
     let out = cmd
         .args(["import", "users"])
         .arg(&path)
