@@ -301,11 +301,11 @@ pub async fn run(
         let (a, b) = (&sqlite, pg.as_ref());
         let load_pg = async {
             match b {
-                Some(t) => t.app.bulk_load(t.ch.channel.id, &us, &evs).await,
+                Some(t) => t.app.store.bulk_load(t.ch.channel.id, &us, &evs).await,
                 None => Ok(()),
             }
         };
-        let (r1, r2) = tokio::join!(a.app.bulk_load(a.ch.channel.id, &us, &evs), load_pg);
+        let (r1, r2) = tokio::join!(a.app.store.bulk_load(a.ch.channel.id, &us, &evs), load_pg);
         r1.map_err(|e| anyhow::anyhow!("sqlite load: {e}"))?;
         r2.map_err(|e| anyhow::anyhow!("postgres load: {e}"))?;
         bar.inc(end - start);
@@ -475,6 +475,7 @@ pub async fn generate_into(
             evs.extend(g.events);
         }
         t.app
+            .store
             .bulk_load(t.ch.channel.id, &us, &evs)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

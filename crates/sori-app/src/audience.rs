@@ -480,15 +480,4 @@ impl App {
         };
         self.resolve(ch, &f)
     }
-
-    /// Loads users and events as given (generated or migrated data); the audience picks
-    /// them up from the change sequence.
-    pub async fn bulk_load(
-        &self,
-        channel_id: i64,
-        users: &[User],
-        events: &[(String, sori_domain::event::NewEvent)],
-    ) -> AppResult<()> {
-        Ok(self.store.bulk_load(channel_id, users, events).await?)
-    }
 }

@@ -445,11 +445,6 @@ impl Projection {
         acc
     }
 
-    /// How many users match.
-    pub fn count(&self, q: &Query, external: &External) -> u64 {
-        self.select(q, external).len()
-    }
-
     fn n(&self) -> u32 {
         self.ids.len() as u32
     }

@@ -331,27 +331,22 @@ pub async fn export(
                 }
                 None => None,
             };
+            // Pages of a segment's ids, or pages of the whole channel by id cursor.
+            let mut chunks = members.as_deref().map(|ids| ids.chunks(PAGE as usize));
             let mut after: Option<String> = None;
-            let mut chunk = 0;
             loop {
-                let users = match &members {
+                let users = match chunks.as_mut() {
+                    Some(it) => {
+                        let Some(ids) = it.next() else { break };
+                        let mut us = app.store.users_by_ids(id, ids).await?;
+                        us.sort_by(|a, b| a.id.cmp(&b.id));
+                        us
+                    }
                     None => {
                         app.store
                             .users_page(id, after.as_deref(), PAGE, false)
                             .await?
                     }
-                    Some(ids) => {
-                        let from = (chunk * PAGE as usize).min(ids.len());
-                        let to = (from + PAGE as usize).min(ids.len());
-                        chunk += 1;
-                        let mut us = app.store.users_by_ids(id, &ids[from..to]).await?;
-                        us.sort_by(|a, b| a.id.cmp(&b.id));
-                        us
-                    }
-                };
-                let more = match &members {
-                    None => users.len() == PAGE as usize,
-                    Some(ids) => chunk * (PAGE as usize) < ids.len(),
                 };
                 for u in &users {
                     n += 1;
@@ -389,10 +384,11 @@ pub async fn export(
                         }
                     }
                 }
-                match users.last() {
-                    Some(u) if more => after = Some(u.id.clone()),
-                    _ if more => {}
-                    _ => break,
+                if chunks.is_none() {
+                    match users.last() {
+                        Some(u) if users.len() == PAGE as usize => after = Some(u.id.clone()),
+                        _ => break,
+                    }
                 }
             }
         }

@@ -108,7 +108,11 @@ async fn differential(b: Backend) {
         }
         users.push(u);
     }
-    app.app().bulk_load(cid, &users, &events).await.unwrap();
+    app.app()
+        .store
+        .bulk_load(cid, &users, &events)
+        .await
+        .unwrap();
 
     // Writes through the real write paths after the load must be in every answer at once:
     // an update, a new member with an event, an anonymous visitor merged into a member,

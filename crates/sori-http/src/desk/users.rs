@@ -249,6 +249,16 @@ pub(crate) fn csv_cell(v: &Value) -> String {
     }
 }
 
+/// Appends one user's CSV line (`v` is the user's JSON view) for `columns`.
+pub(crate) fn push_csv_row(out: &mut String, v: &Value, columns: &[String]) {
+    let row: Vec<String> = columns
+        .iter()
+        .map(|c| csv_cell(value_at(v, c).unwrap_or(&Value::Null)))
+        .collect();
+    out.push_str(&row.join(","));
+    out.push('\n');
+}
+
 /// Columns of a user CSV export: the main built-ins, then every registered profile field.
 pub(crate) fn user_columns(fields: &[sori_domain::ProfileField]) -> Vec<String> {
     let base = [
@@ -299,12 +309,7 @@ pub async fn export(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult
             let mut chunk = String::new();
             for u in &users {
                 let v = masked(ch, u.clone(), &mask);
-                let row: Vec<String> = columns
-                    .iter()
-                    .map(|c| csv_cell(value_at(&v, c).unwrap_or(&Value::Null)))
-                    .collect();
-                chunk.push_str(&row.join(","));
-                chunk.push('\n');
+                push_csv_row(&mut chunk, &v, &columns);
             }
             let next = (users.len() == 500)
                 .then(|| users.last().map(|u| u.id.clone()))

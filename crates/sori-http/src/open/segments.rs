@@ -19,10 +19,10 @@ use utoipa::ToSchema;
 use super::OpenChannel;
 use crate::AppState;
 use crate::body::{DEFAULT_LIMIT, JsonBody, MAX_LIMIT};
-use crate::desk::users::{csv_cell, user_columns};
+use crate::desk::users::{push_csv_row, user_columns};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::open::users::find_by_key;
-use crate::views::{UserView, value_at};
+use crate::views::UserView;
 
 /// A saved segment as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -453,12 +453,7 @@ pub async fn export(
         for u in users {
             let v = serde_json::to_value(UserView::of(ch.channel.id, u))
                 .map_err(|e| ApiError::internal(&e))?;
-            let row: Vec<String> = columns
-                .iter()
-                .map(|c| csv_cell(value_at(&v, c).unwrap_or(&Value::Null)))
-                .collect();
-            out.push_str(&row.join(","));
-            out.push('\n');
+            push_csv_row(&mut out, &v, &columns);
         }
     }
     Ok((
