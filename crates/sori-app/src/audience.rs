@@ -149,9 +149,13 @@ impl Audience {
     }
 }
 
+/// Users decoded by a scan part, sent in chunks to the task filling the projection.
+type UserChunk = Vec<(i64, User)>;
+
 /// Builds one channel. The user ids come first and fix the slots; then the users and the
-/// events load concurrently, the events in parts (one per core, counted apart and merged),
-/// so a start-up rebuild uses every core.
+/// events load concurrently, each in parts (one per core): the user parts decode rows and
+/// hand them to one task filling the projection, the event parts count apart and are
+/// merged at the end. A start-up rebuild so uses every core.
 async fn build_channel(store: &Arc<dyn Store>, ch: i64, upto: i64) -> AppResult<Projection> {
     let t = std::time::Instant::now();
     let ids = store.user_ids(ch).await?;
@@ -159,7 +163,7 @@ async fn build_channel(store: &Arc<dyn Store>, ch: i64, upto: i64) -> AppResult<
     drop(ids);
     let slots = Arc::new(p.take_slots());
     let parts = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let tasks: Vec<_> = (0..parts)
+    let events: Vec<_> = (0..parts)
         .map(|part| {
             let (store, slots) = (store.clone(), slots.clone());
             tokio::spawn(async move {
@@ -183,22 +187,58 @@ async fn build_channel(store: &Arc<dyn Store>, ch: i64, upto: i64) -> AppResult<
             })
         })
         .collect();
-    store
-        .scan_users(ch, &mut |seq, u| {
-            if let Some(s) = slots.get(&u.id) {
-                p.load_user(s, seq.max(0) as u64, &u);
-            }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, UserChunk)>(64);
+    let users: Vec<_> = (0..parts)
+        .map(|part| {
+            let (store, tx) = (store.clone(), tx.clone());
+            tokio::spawn(async move {
+                const CHUNK: usize = 1024;
+                let mut chunk = Vec::with_capacity(CHUNK);
+                store
+                    .scan_users(ch, part, parts, &mut |seq, u| {
+                        chunk.push((seq, u));
+                        if chunk.len() == CHUNK {
+                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                            // The receiver only goes away on an error, reported below.
+                            let _ = tx.send((part, full));
+                        }
+                    })
+                    .await?;
+                let _ = tx.send((part, chunk));
+                Ok::<_, sori_store::StoreError>(())
+            })
         })
-        .await?;
+        .collect();
+    drop(tx);
+    // A part's users come in the order of the ids (both are scans of the table), so the
+    // part's next slot is nearly always the user's: check it before looking the id up.
+    tokio::task::block_in_place(|| {
+        let mut next = vec![0u32; parts as usize];
+        for (part, chunk) in rx {
+            let next = &mut next[part as usize];
+            for (seq, u) in chunk {
+                let slot = if p.holds(*next, &u.id) {
+                    Some(*next)
+                } else {
+                    slots.get(&u.id)
+                };
+                if let Some(s) = slot {
+                    p.load_user(s, seq.max(0) as u64, &u);
+                    *next = s + 1;
+                }
+            }
+        }
+    });
+    for task in users {
+        task.await.map_err(|_| AppError::Unavailable)??;
+    }
     let users_s = t.elapsed().as_secs_f64();
-    let mut merged = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        merged.push(task.await.map_err(|_| AppError::Unavailable)??);
+    let mut counted = Vec::with_capacity(events.len());
+    for task in events {
+        counted.push(task.await.map_err(|_| AppError::Unavailable)??);
     }
     p.put_slots(Arc::try_unwrap(slots).map_err(|_| AppError::Unavailable)?);
-    for ev in merged {
-        p.absorb(ev);
-    }
+    p.absorb(counted);
     for (user, name, count) in store.rolled_counts(ch).await? {
         p.add_rolled(&user, &name, count);
     }

@@ -2,7 +2,7 @@
 //! the value semantics come from `sori_domain::filter::eval`, so the projection and the
 //! reference evaluator cannot drift apart.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::mem::size_of;
 
 use jiff::civil::Date;

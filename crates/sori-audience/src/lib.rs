@@ -12,6 +12,7 @@ mod columns;
 mod slots;
 pub mod testgen;
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::FxHashMap;
@@ -132,11 +133,37 @@ impl EventCol {
     }
 }
 
+/// Events of one name counted apart: (bucket, slot) pairs packed in one number, pushed in
+/// scan order. A build meets the buckets in random order; appending to one list and
+/// sorting the pairs into buckets once, when the parts are absorbed, avoids a cache miss
+/// and a growing list per event.
+#[derive(Debug, Default)]
+struct PartCol {
+    pairs: Vec<u64>,
+    /// Events whose bucket does not fit the packing (before 1970 or after year 124,000).
+    odd: Vec<(i64, u32)>,
+    totals: Vec<u32>,
+}
+
+impl PartCol {
+    fn add(&mut self, slot: u32, at: i64) {
+        match u32::try_from(bucket(at)) {
+            Ok(b) => self.pairs.push(u64::from(b) << 32 | u64::from(slot)),
+            Err(_) => self.odd.push((bucket(at), slot)),
+        }
+        let i = slot as usize;
+        if self.totals.len() <= i {
+            self.totals.resize(i + 1, 0);
+        }
+        self.totals[i] += 1;
+    }
+}
+
 /// Events counted apart from a projection (one part of a parallel build), merged in with
 /// [`Projection::absorb`].
 #[derive(Debug, Default)]
 pub struct EventPart {
-    events: FxHashMap<String, EventCol>,
+    events: FxHashMap<String, PartCol>,
 }
 
 impl EventPart {
@@ -153,6 +180,42 @@ impl EventPart {
     }
 }
 
+/// Sorts the pairs of one name's parts into `col`: a counting sort, so every bucket's list
+/// is allocated once at its final size.
+fn absorb_pairs(col: &mut EventCol, parts: &[PartCol]) {
+    let buckets = || {
+        parts
+            .iter()
+            .flat_map(|p| &p.pairs)
+            .map(|x| (x >> 32) as u32)
+    };
+    let (Some(lo), Some(hi)) = (buckets().min(), buckets().max()) else {
+        return;
+    };
+    let mut counts = vec![0u32; (hi - lo) as usize + 1];
+    for b in buckets() {
+        counts[(b - lo) as usize] += 1;
+    }
+    let mut lists: Vec<Vec<u32>> = counts
+        .iter()
+        .map(|&c| Vec::with_capacity(c as usize))
+        .collect();
+    for &x in parts.iter().flat_map(|p| &p.pairs) {
+        lists[((x >> 32) as u32 - lo) as usize].push(x as u32);
+    }
+    for (i, mut list) in lists.into_iter().enumerate() {
+        if list.is_empty() {
+            continue;
+        }
+        match col.buckets.entry(i64::from(lo) + i as i64) {
+            Entry::Vacant(e) => {
+                e.insert(list);
+            }
+            Entry::Occupied(mut e) => e.get_mut().append(&mut list),
+        }
+    }
+}
+
 /// The projection of one channel.
 #[derive(Debug, Default)]
 pub struct Projection {
@@ -163,7 +226,7 @@ pub struct Projection {
     /// Members (users with a member id), kept so `member` is never a scan.
     members: Bits,
     /// Merged slot → the slot its events now count for.
-    redirect: HashMap<u32, u32>,
+    redirect: FxHashMap<u32, u32>,
     member_id: StrCol,
     city: StrCol,
     country: StrCol,
@@ -179,7 +242,7 @@ pub struct Projection {
     unsubscribe_texting: BoolCol,
     web: DeviceCols,
     mobile: DeviceCols,
-    profile: HashMap<String, ProfileCol>,
+    profile: FxHashMap<String, ProfileCol>,
     events: FxHashMap<String, EventCol>,
 }
 
@@ -192,7 +255,7 @@ impl Projection {
             stamps: Vec::new(),
             live: Bits::default(),
             members: Bits::default(),
-            redirect: HashMap::new(),
+            redirect: FxHashMap::default(),
             member_id: StrCol::default(),
             city: StrCol::default(),
             country: StrCol::default(),
@@ -208,7 +271,7 @@ impl Projection {
             unsubscribe_texting: BoolCol::default(),
             web: DeviceCols::default(),
             mobile: DeviceCols::default(),
-            profile: HashMap::new(),
+            profile: FxHashMap::default(),
             events: FxHashMap::default(),
         }
     }
@@ -239,6 +302,11 @@ impl Projection {
         &self.ids[slot as usize]
     }
 
+    /// True when `slot` holds `id` (a build checks its guess before trusting it).
+    pub fn holds(&self, slot: u32, id: &str) -> bool {
+        self.ids.get(slot as usize).is_some_and(|x| **x == *id)
+    }
+
     /// The slot of a live user.
     pub fn slot_of(&self, id: &str) -> Option<u32> {
         self.slot_of.get(id).filter(|s| self.live.contains(*s))
@@ -255,7 +323,7 @@ impl Projection {
                     return;
                 }
                 self.stamps[i] = stamp;
-                self.set_user(slot, u);
+                self.set_user(slot, u, false);
             }
             Change::Merge { from, into } => {
                 let (Some(f), Some(t)) = (self.slot_of.get(from), self.slot_of(into)) else {
@@ -297,10 +365,17 @@ impl Projection {
 
     /// A projection with a slot for each of `ids` and nothing else yet: a parallel build
     /// assigns the slots first, then loads users and events concurrently.
-    pub fn with_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Self {
+    pub fn with_ids<'a>(ids: impl ExactSizeIterator<Item = &'a str>) -> Self {
         let mut p = Self::new();
-        for id in ids {
-            let s = p.slot(id);
+        p.ids.reserve_exact(ids.len());
+        p.stamps.reserve_exact(ids.len());
+        p.slot_of.reserve(ids.len());
+        // The ids are a table's keys, so distinct: no need to look each up first.
+        for (s, id) in ids.enumerate() {
+            let s = s as u32;
+            p.ids.push(id.into());
+            p.slot_of.insert(id, s);
+            p.stamps.push(0);
             p.live.set(s, true);
         }
         p
@@ -311,7 +386,7 @@ impl Projection {
     pub fn load_user(&mut self, slot: u32, stamp: u64, u: &User) {
         if (slot as usize) < self.ids.len() {
             self.stamps[slot as usize] = stamp;
-            self.set_user(slot, u);
+            self.set_user(slot, u, true);
         }
     }
 
@@ -326,18 +401,27 @@ impl Projection {
         self.slot_of = slots;
     }
 
-    /// Merges events counted apart.
-    pub fn absorb(&mut self, part: EventPart) {
-        for (name, col) in part.events {
+    /// Merges the parts of a parallel build.
+    pub fn absorb(&mut self, parts: Vec<EventPart>) {
+        let mut by_name: FxHashMap<String, Vec<PartCol>> = FxHashMap::default();
+        for part in parts {
+            for (name, col) in part.events {
+                by_name.entry(name).or_default().push(col);
+            }
+        }
+        for (name, cols) in by_name {
             let mine = self.events.entry(name).or_default();
-            for (b, mut slots) in col.buckets {
-                mine.buckets.entry(b).or_default().append(&mut slots);
-            }
-            if mine.totals.len() < col.totals.len() {
-                mine.totals.resize(col.totals.len(), 0);
-            }
-            for (t, c) in mine.totals.iter_mut().zip(&col.totals) {
-                *t += c;
+            absorb_pairs(mine, &cols);
+            for col in cols {
+                for (b, slot) in col.odd {
+                    mine.buckets.entry(b).or_default().push(slot);
+                }
+                if mine.totals.len() < col.totals.len() {
+                    mine.totals.resize(col.totals.len(), 0);
+                }
+                for (t, c) in mine.totals.iter_mut().zip(&col.totals) {
+                    *t += c;
+                }
             }
         }
     }
@@ -376,12 +460,14 @@ impl Projection {
         // A dead slot never comes back: ids are never reused, and a late write is ignored.
         self.stamps[slot as usize] = u64::MAX;
         let blank = User::new(String::new(), 0);
-        self.set_user(slot, &blank);
+        self.set_user(slot, &blank, false);
         self.created_at.set(slot, None);
         self.updated_at.set(slot, None);
     }
 
-    fn set_user(&mut self, slot: u32, u: &User) {
+    /// Writes a user's values into its slot; `fresh` when the slot holds nothing yet (a
+    /// build), so keys the user lacks need no clearing.
+    fn set_user(&mut self, slot: u32, u: &User, fresh: bool) {
         if !u.id.is_empty() {
             self.live.set(slot, true);
         }
@@ -405,9 +491,11 @@ impl Projection {
             .set(slot, Some(u.unsubscribe_texting));
         self.web.set(slot, &u.web);
         self.mobile.set(slot, &u.mobile);
-        for (k, col) in self.profile.iter_mut() {
-            if !u.profile.contains_key(k) {
-                col.set(slot, None);
+        if !fresh {
+            for (k, col) in self.profile.iter_mut() {
+                if !u.profile.contains_key(k) {
+                    col.set(slot, None);
+                }
             }
         }
         for (k, v) in &u.profile {

@@ -41,6 +41,11 @@ impl Slots {
         }
     }
 
+    /// Makes room for `n` more ids (a build knows how many are coming).
+    pub fn reserve(&mut self, n: usize) {
+        self.hex.reserve(n);
+    }
+
     /// Approximate heap bytes.
     pub fn bytes(&self) -> usize {
         self.hex.capacity() * (16 + 4 + 8) + self.other.capacity() * (16 + 4 + 8 + 24)

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sori_domain::event::Event;
 use sori_domain::field::{ProfileField, ProfileKey};
@@ -134,6 +134,75 @@ fn projection_agrees_with_the_reference_evaluator() {
         assert!(
             partial > 150,
             "only {partial} of 300 filters split the users"
+        );
+    }
+}
+
+/// A projection's events in a comparable form: each bucket's slots sorted (their order in
+/// a bucket carries no meaning), totals without trailing zeros.
+type EventsView<'a> = BTreeMap<&'a str, (Vec<(i64, Vec<u32>)>, Vec<u32>)>;
+
+fn events_view(p: &Projection) -> EventsView<'_> {
+    p.events
+        .iter()
+        .map(|(name, col)| {
+            let buckets = col
+                .buckets
+                .iter()
+                .map(|(b, slots)| {
+                    let mut slots = slots.clone();
+                    slots.sort_unstable();
+                    (*b, slots)
+                })
+                .collect();
+            let mut totals = col.totals.clone();
+            while totals.last() == Some(&0) {
+                totals.pop();
+            }
+            (name.as_str(), (buckets, totals))
+        })
+        .collect()
+}
+
+#[test]
+fn a_parallel_build_equals_one_made_by_changes() {
+    let mut g = Gen::new(9, NOW);
+    let users: Vec<User> = (0..200).map(|i| g.user(format!("u{i:04}"))).collect();
+    let mut events: Vec<Event> = users.iter().flat_map(|u| g.events(&u.id, 6)).collect();
+    // Events from before 1970 do not fit the packed (bucket, slot) pairs of a part.
+    events[0].created_at = -5 * BUCKET_MS;
+    events[1].created_at = -1;
+
+    let mut by_changes = Projection::new();
+    for u in &users {
+        by_changes.apply(1, &Change::User(Box::new(u.clone())));
+    }
+    for e in &events {
+        by_changes.add_event(&e.user_id, &e.name, e.created_at);
+    }
+
+    let mut built = Projection::with_ids(users.iter().map(|u| u.id.as_str()));
+    for (i, u) in users.iter().enumerate() {
+        built.load_user(i as u32, 1, u);
+    }
+    let mut parts: Vec<EventPart> = (0..3).map(|_| EventPart::default()).collect();
+    for (i, e) in events.iter().enumerate() {
+        let slot = built.slot_of(&e.user_id).expect("slot");
+        parts[i % 3].add(slot, &e.name, e.created_at);
+    }
+    built.absorb(parts);
+
+    let counted: u32 = events_view(&built).values().flat_map(|(_, t)| t).sum();
+    assert_eq!(counted as usize, events.len());
+    assert_eq!(events_view(&built), events_view(&by_changes));
+    assert_eq!(built.len(), by_changes.len());
+    for u in &users {
+        let (a, b) = (built.slot_of(&u.id), by_changes.slot_of(&u.id));
+        assert_eq!(a, b);
+        let by = SortBy::LastSeenAt;
+        assert_eq!(
+            built.sort_key(&by, a.expect("slot")),
+            by_changes.sort_key(&by, b.expect("slot"))
         );
     }
 }

@@ -1220,11 +1220,18 @@ impl Store for PostgresStore {
     async fn scan_users(
         &self,
         channel_id: i64,
+        part: u32,
+        parts: u32,
         user: &mut (dyn FnMut(i64, User) + Send),
     ) -> Result<()> {
-        let mut rows = sqlx::query(concat!(user_select!(), "WHERE channel_id = $1"))
-            .bind(channel_id)
-            .fetch(&self.pool);
+        let mut rows = sqlx::query(concat!(
+            user_select!(),
+            "WHERE channel_id = $1 AND abs(hashtext(id)) % $3 = $2"
+        ))
+        .bind(channel_id)
+        .bind(i64::from(part))
+        .bind(i64::from(parts.max(1)))
+        .fetch(&self.pool);
         while let Some(r) = rows.try_next().await.map_err(backend)? {
             user(r.try_get("seq").map_err(backend)?, user_from_row(&r)?);
         }

@@ -44,6 +44,16 @@ pub fn open(url: &str) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens a connection for one long sequential read (a projection build): a small page
+/// cache, since a scan never returns to a page, and filling a large one costs an
+/// allocation and a page fault per page read.
+pub fn open_scan(url: &str) -> Result<Connection> {
+    let conn = open(url)?;
+    conn.execute_batch("PRAGMA cache_size = -1024;")
+        .map_err(db)?;
+    Ok(conn)
+}
+
 const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, tags, \
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
@@ -403,24 +413,65 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
     Ok(())
 }
 
-/// Streams every user of a channel (audience projection build). A plain table scan: going
-/// through the channel index would visit the rows in random order.
+/// Every user id of a channel, in table order (the order of [`scan_users`]).
+pub fn user_ids(conn: &Connection, channel_id: i64) -> Result<Vec<String>> {
+    let mut st = conn
+        .prepare("SELECT id FROM users NOT INDEXED WHERE channel_id = ?")
+        .map_err(db)?;
+    let ids = st
+        .query_map([channel_id], |r| r.get(0))
+        .map_err(db)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db)?;
+    Ok(ids)
+}
+
+/// Streams part `part` of `parts` of a channel's users (audience projection build). Parts
+/// are rowid ranges, each a plain table scan: going through the channel index would visit
+/// the rows in random order.
 pub fn scan_users(
     conn: &Connection,
     channel_id: i64,
+    part: u32,
+    parts: u32,
     f: &mut (dyn FnMut(i64, User) + Send),
 ) -> Result<()> {
+    let (from, to) = rowid_part(conn, "users", i64::MAX, part, parts)?;
     let mut st = conn
         .prepare(&format!(
-            "SELECT {USER_COLUMNS}, seq FROM users NOT INDEXED WHERE channel_id = ?"
+            "SELECT {USER_COLUMNS}, seq FROM users NOT INDEXED \
+             WHERE rowid >= ? AND rowid < ? AND channel_id = ?"
         ))
         .map_err(db)?;
-    let mut rows = st.query([channel_id]).map_err(db)?;
+    let mut rows = st.query(params![from, to, channel_id]).map_err(db)?;
     while let Some(r) = rows.next().map_err(db)? {
         let seq: i64 = r.get(21).map_err(db)?;
         f(seq, user_row(r).map_err(db)?.into_user()?);
     }
     Ok(())
+}
+
+/// The rowid range `[from, to)` of part `part` of `parts` of a table, up to rowid `upto`.
+fn rowid_part(
+    conn: &Connection,
+    table: &str,
+    upto: i64,
+    part: u32,
+    parts: u32,
+) -> Result<(i64, i64)> {
+    // Two bare min/max queries: SQLite answers each from the end of the rowid tree, while
+    // any expression around them would scan the whole table.
+    let bound = |f: &str| -> Result<Option<i64>> {
+        conn.query_row(&format!("SELECT {f}(rowid) FROM {table}"), [], |r| r.get(0))
+            .map_err(db)
+    };
+    let lo = bound("min")?.unwrap_or(0);
+    let hi = bound("max")?.map_or(-1, |m| m.min(upto));
+    let span = (hi - lo + 1).max(0);
+    let parts = i64::from(parts.max(1));
+    let from = lo + span * i64::from(part) / parts;
+    let to = lo + span * (i64::from(part) + 1) / parts;
+    Ok((from, to))
 }
 
 /// Streams part `part` of `parts` of a channel's events as (time, user, name), borrowing
@@ -434,17 +485,7 @@ pub fn scan_events(
     parts: u32,
     f: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
 ) -> Result<()> {
-    let (lo, hi): (i64, i64) = conn
-        .query_row(
-            "SELECT ifnull(min(rowid), 0), min(ifnull(max(rowid), -1), ?) FROM events",
-            [upto],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .map_err(db)?;
-    let span = (hi - lo + 1).max(0);
-    let parts = i64::from(parts.max(1));
-    let from = lo + span * i64::from(part) / parts;
-    let to = lo + span * (i64::from(part) + 1) / parts;
+    let (from, to) = rowid_part(conn, "events", upto, part, parts)?;
     let mut st = conn
         .prepare(
             "SELECT created_at, user_id, name FROM events NOT INDEXED \

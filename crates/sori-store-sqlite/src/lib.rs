@@ -765,24 +765,26 @@ impl Store for SqliteStore {
     }
 
     async fn user_ids(&self, channel_id: i64) -> Result<Vec<String>> {
-        sqlx::query_scalar("SELECT id FROM users WHERE channel_id = ?")
-            .bind(channel_id)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(backend)
-    }
-
-    async fn scan_users(
-        &self,
-        channel_id: i64,
-        user: &mut (dyn FnMut(i64, User) + Send),
-    ) -> Result<()> {
         tokio::task::block_in_place(|| {
             let conn = self
                 .batch
                 .lock()
                 .map_err(|_| StoreError::Corrupt("batch connection poisoned".into()))?;
-            batch::scan_users(&conn, channel_id, user)
+            batch::user_ids(&conn, channel_id)
+        })
+    }
+
+    async fn scan_users(
+        &self,
+        channel_id: i64,
+        part: u32,
+        parts: u32,
+        user: &mut (dyn FnMut(i64, User) + Send),
+    ) -> Result<()> {
+        // Its own connection, so the parts run in parallel.
+        tokio::task::block_in_place(|| {
+            let conn = batch::open_scan(&self.url)?;
+            batch::scan_users(&conn, channel_id, part, parts, user)
         })
     }
 
@@ -797,7 +799,7 @@ impl Store for SqliteStore {
         // Its own connection, so the parts of one scan run in parallel (WAL readers do not
         // block each other or the writer).
         tokio::task::block_in_place(|| {
-            let conn = batch::open(&self.url)?;
+            let conn = batch::open_scan(&self.url)?;
             batch::scan_events(&conn, channel_id, upto, part, parts, event)
         })
     }

@@ -185,14 +185,18 @@ pub trait Store: Send + Sync + 'static {
         channel_id: i64,
         test: &EventTest,
     ) -> Result<Vec<(String, i64)>>;
-    /// Every user id of a channel.
+    /// Every user id of a channel, in the order `scan_users` gives the users when nothing
+    /// changed in between (a build uses it to guess each user's slot).
     async fn user_ids(&self, channel_id: i64) -> Result<Vec<String>>;
-    /// Calls `user(seq, user)` for every user of a channel, `seq` being the change number of
-    /// its last write: the bulk read that builds the audience projection at start (a
-    /// streaming scan, not pages).
+    /// Calls `user(seq, user)` for every user of part `part` of `parts` of a channel, `seq`
+    /// being the change number of its last write: the bulk read that builds the audience
+    /// projection at start (a streaming scan, not pages). The parts together cover every
+    /// user once and may be scanned concurrently.
     async fn scan_users(
         &self,
         channel_id: i64,
+        part: u32,
+        parts: u32,
         user: &mut (dyn FnMut(i64, User) + Send),
     ) -> Result<()>;
     /// Calls `event(createdAt, userId, name)` for every stored event up to the event cursor
