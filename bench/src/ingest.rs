@@ -5,11 +5,11 @@
 //! index is part of the measured path; afterwards the stored count is checked against what
 //! was acknowledged.
 
-use std::process::Command;
-
-use anyhow::{Context, bail};
+use anyhow::bail;
 use base64::Engine;
 use serde_json::Value;
+
+use crate::wrk::wrk;
 
 /// Lua for wrk: builds each request's body with fresh message ids spread over 10,000 users.
 fn script(path: &str, auth: &str, events_per_request: usize) -> String {
@@ -54,68 +54,6 @@ function request()
 end
 "#
     )
-}
-
-/// What one wrk run measured.
-struct WrkRun {
-    requests_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    requests: u64,
-    non_2xx: u64,
-}
-
-fn ms(s: &str) -> Option<f64> {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let v: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => v / 1000.0,
-        "ms" => v,
-        "s" => v * 1000.0,
-        "m" => v * 60_000.0,
-        _ => return None,
-    })
-}
-
-fn wrk(base: &str, lua: &str, connections: usize, seconds: u64) -> anyhow::Result<WrkRun> {
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("load.lua");
-    std::fs::write(&file, lua)?;
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            "-s",
-        ])
-        .arg(&file)
-        .arg(base)
-        .output()
-        .context("running wrk (install it: apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut run = WrkRun {
-        requests_per_s: 0.0,
-        p50_ms: 0.0,
-        p99_ms: 0.0,
-        requests: 0,
-        non_2xx: 0,
-    };
-    for line in text.lines() {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        match w.as_slice() {
-            ["Requests/sec:", v] => run.requests_per_s = v.parse()?,
-            ["50%", v] => run.p50_ms = ms(v).unwrap_or(0.0),
-            ["99%", v] => run.p99_ms = ms(v).unwrap_or(0.0),
-            [n, "requests", "in", ..] => run.requests = n.parse()?,
-            ["Non-2xx", "or", "3xx", "responses:", n] => run.non_2xx = n.parse()?,
-            _ => {}
-        }
-    }
-    Ok(run)
 }
 
 async fn stored_events(base: &str, key: &str, secret: &str) -> anyhow::Result<i64> {

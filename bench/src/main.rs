@@ -2,24 +2,22 @@
 //!
 //! `sori-bench upsert` starts the release binary on a fresh store (SQLite in a temp dir, or
 //! a fresh PostgreSQL database), then drives `PUT /open/v5/users/@{memberId}` with realistic
-//! profiles from N keep-alive clients for a fixed time, and prints throughput and latency
-//! percentiles. Every acknowledged upsert is durable (SQLite `synchronous=FULL`,
+//! profiles from N keep-alive connections (wrk) for a fixed time, and prints throughput and
+//! latency percentiles. Every acknowledged upsert is durable (SQLite `synchronous=FULL`,
 //! PostgreSQL `synchronous_commit=on`).
 
 mod audience;
 mod generate;
 mod ingest;
+mod upsert;
+mod wrk;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::{Value, json};
 
 #[derive(Parser)]
 #[command(about = "Sori load benchmarks")]
@@ -44,10 +42,10 @@ enum Cmd {
         /// Admin URL of a PostgreSQL server (a fresh database is created on it).
         #[arg(long, env = "SORI_BENCH_PG_URL")]
         pg_url: Option<String>,
-        /// Concurrent keep-alive clients.
+        /// Concurrent keep-alive connections.
         #[arg(long, default_value_t = 32)]
         clients: usize,
-        /// Seconds of measured load (after a 2 s warm-up).
+        /// Seconds of measured load (after a 2 s warm-up run).
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Distinct members (upserts beyond this update existing users).
@@ -201,124 +199,6 @@ fn start_server(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Ser
     })
 }
 
-/// A deterministic pseudo-random stream (xorshift), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn profile(rng: &mut Rng, n: u64) -> Value {
-    const NAMES: [&str; 6] = [
-        "김민준",
-        "이서연",
-        "박지호",
-        "최수아",
-        "Jane Doe",
-        "John Smith",
-    ];
-    const TAGS: [&str; 6] = ["vip", "newsletter", "cart", "app", "seoul", "returning"];
-    let r = rng.next();
-    let grade = ["bronze", "silver", "gold"][(r % 3) as usize];
-    json!({
-        "profile": {
-            "name": NAMES[(r % 6) as usize],
-            "email": format!("user{n}@example.com"),
-            "mobileNumber": format!("010{:08}", n % 100_000_000),
-            "cartCount": r % 7,
-            "totalSpent": (r % 500_000) as f64 / 10.0,
-            "grade": grade,
-            "lastCheckoutCompletedAt": 1_700_000_000_000_i64 + (r % 10_000_000) as i64,
-            "interests": [TAGS[(r % 6) as usize], TAGS[((r >> 8) % 6) as usize]],
-        },
-        "profileOnce": {"utmSource": "google"},
-        "tags": [TAGS[((r >> 16) % 6) as usize]],
-    })
-}
-
-async fn run_upserts(
-    server: &Server,
-    clients: usize,
-    seconds: u64,
-    members: u64,
-) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()?;
-    let stop_warmup = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let http = http.clone();
-        let url = server.base.clone();
-        let (key, secret) = (server.key.clone(), server.secret.clone());
-        let (warm, stop) = (stop_warmup.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1));
-            let mut lat = Vec::with_capacity(100_000);
-            let mut errors = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let n = rng.next() % members;
-                let body = serde_json::to_vec(&profile(&mut rng, n)).unwrap_or_default();
-                let t = Instant::now();
-                let r = http
-                    .put(format!("{url}/open/v5/users/@member-{n}"))
-                    .header("x-access-key", &key)
-                    .header("x-access-secret", &secret)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let ok = match r {
-                    Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if warm.load(Ordering::Relaxed) {
-                    if ok {
-                        lat.push(t.elapsed().as_micros() as u32);
-                    } else {
-                        errors += 1;
-                    }
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop_warmup.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (lat, e) = t.await?;
-        all.extend(lat);
-        errors += e;
-    }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    println!(
-        "upserts: {} in {elapsed:.1} s = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; errors {errors}",
-        all.len(),
-        all.len() as f64 / elapsed,
-        pct(0.50) as f64 / 1000.0,
-        pct(0.99) as f64 / 1000.0,
-        all.last().copied().unwrap_or(0) as f64 / 1000.0,
-    );
-    Ok(())
-}
-
 async fn fresh_pg_database(admin: &str) -> anyhow::Result<String> {
     let name = format!("sori_bench_{}", std::process::id());
     let status = Command::new("psql")
@@ -402,14 +282,14 @@ async fn main() -> anyhow::Result<()> {
                     write_key: String::new(),
                     _dir: tempfile::tempdir()?,
                 };
-                return run_upserts(&server, clients, seconds, members).await;
+                return upsert::run(&server, clients, seconds, members);
             }
             let (server, cores) = start_for(backend, pg_url, &sori).await?;
             println!(
                 "backend {} | {clients} clients | {seconds} s | {members} members | {cores} cores (server and load generator share them)",
                 backend.name()
             );
-            run_upserts(&server, clients, seconds, members).await?;
+            upsert::run(&server, clients, seconds, members)?;
         }
         Cmd::Audience {
             users,

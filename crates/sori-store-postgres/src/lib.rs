@@ -160,6 +160,28 @@ fn backend(e: sqlx::Error) -> StoreError {
 }
 
 impl PostgresStore {
+    /// The block range of part `part` of `parts` of a table, as the text of two tuple ids
+    /// `[from, to)`: parallel scans of a build read disjoint stretches of the heap (a TID
+    /// range scan), instead of each reading all of it and keeping a share.
+    async fn block_part(&self, table: &str, part: u32, parts: u32) -> Result<(String, String)> {
+        let blocks: i64 = sqlx::query_scalar(
+            "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
+        )
+        .bind(table)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let parts = i64::from(parts.max(1));
+        let from = blocks * i64::from(part) / parts;
+        // The last part is open-ended: rows the table grew by since the size was read.
+        let to = if i64::from(part) + 1 >= parts {
+            i64::from(u32::MAX)
+        } else {
+            blocks * (i64::from(part) + 1) / parts
+        };
+        Ok((format!("({from},0)"), format!("({to},0)")))
+    }
+
     /// The channel a unique public key column names (`sql` selects by that column).
     async fn channel_where(&self, sql: &'static str, key: &str) -> Result<Option<Channel>> {
         let row = sqlx::query(sql)
@@ -1224,13 +1246,14 @@ impl Store for PostgresStore {
         parts: u32,
         user: &mut (dyn FnMut(i64, User) + Send),
     ) -> Result<()> {
+        let (from, to) = self.block_part("users", part, parts).await?;
         let mut rows = sqlx::query(concat!(
             user_select!(),
-            "WHERE channel_id = $1 AND abs(hashtext(id)) % $3 = $2"
+            "WHERE ctid >= $2::text::tid AND ctid < $3::text::tid AND channel_id = $1"
         ))
         .bind(channel_id)
-        .bind(i64::from(part))
-        .bind(i64::from(parts.max(1)))
+        .bind(from)
+        .bind(to)
         .fetch(&self.pool);
         while let Some(r) = rows.try_next().await.map_err(backend)? {
             user(r.try_get("seq").map_err(backend)?, user_from_row(&r)?);
@@ -1246,13 +1269,14 @@ impl Store for PostgresStore {
         parts: u32,
         event: &mut (dyn for<'s> FnMut(i64, &'s str, &'s str) + Send),
     ) -> Result<()> {
+        let (from, to) = self.block_part("events", part, parts).await?;
         let mut rows = sqlx::query(
-            "SELECT created_at, user_id, name FROM events WHERE channel_id = $1 \
-             AND abs(hashtext(id)) % $3 = $2 AND seq <= $4",
+            "SELECT created_at, user_id, name FROM events WHERE ctid >= $2::text::tid \
+             AND ctid < $3::text::tid AND channel_id = $1 AND seq <= $4",
         )
         .bind(channel_id)
-        .bind(i64::from(part))
-        .bind(i64::from(parts.max(1)))
+        .bind(from)
+        .bind(to)
         .bind(upto)
         .fetch(&self.pool);
         while let Some(r) = rows.try_next().await.map_err(backend)? {
