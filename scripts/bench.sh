@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds release binaries and runs the benchmarks on SQLite and PostgreSQL:
-#   upsert  — member upserts over the Open API;
+#   upsert  — member upserts over the Open API (driven by wrk);
 #   ingest  — events through the Segment-compatible API (batches of 100, and one per
 #             request), each against the no-op endpoint of the same server (needs wrk);
 #   audience — counts over 1,000,000 generated users on Sori, PostgreSQL and DuckDB
