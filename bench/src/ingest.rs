@@ -24,15 +24,6 @@ fn script(path: &str, auth: &str, events_per_request: usize) -> String {
     format!(
         r#"
 local counter = 0
-local threads = {{}}
-tid = 0
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
-function init(args)
-  math.randomseed(tid * 7919)
-end
 local function event(n)
   local u = (n * 7 + tid * 131) % 10000
   return string.format('{{"type":"track","userId":"u%d","event":"Product Viewed","messageId":"{run}-t%d-%d","properties":{{"sku":"SKU-%d","price":%d,"category":"shoes","currency":"KRW"}},"context":{{"page":{{"url":"https://shop.example/p/%d"}}}}}}', u, tid, n, n % 500, 1000 + n % 90000, n % 500)

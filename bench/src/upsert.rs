@@ -12,15 +12,6 @@ use crate::wrk::wrk;
 fn script(key: &str, secret: &str, members: u64) -> String {
     format!(
         r#"
-local threads = {{}}
-tid = 0
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
-function init(args)
-  math.randomseed(tid * 7919)
-end
 local names = {{"김민준", "이서연", "박지호", "최수아", "Jane Doe", "John Smith"}}
 local tags = {{"vip", "newsletter", "cart", "app", "seoul", "returning"}}
 local grades = {{"bronze", "silver", "gold"}}

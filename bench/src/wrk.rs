@@ -6,12 +6,31 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+/// Lua run before every script: each wrk thread learns its number (`tid`, from 1) and
+/// seeds its random numbers from it, so scripts can make per-thread unique values.
+const PREAMBLE: &str = r#"
+local threads = {}
+tid = 0
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  math.randomseed(tid * 7919)
+end
+"#;
+
 /// What one wrk run measured.
 pub struct WrkRun {
+    /// Completed requests per second.
     pub requests_per_s: f64,
+    /// Median latency.
     pub p50_ms: f64,
+    /// 99th percentile latency.
     pub p99_ms: f64,
+    /// Completed requests.
     pub requests: u64,
+    /// Requests answered with anything but 2xx or 3xx.
     pub non_2xx: u64,
 }
 
@@ -27,10 +46,11 @@ fn ms(s: &str) -> Option<f64> {
     })
 }
 
+/// Runs `lua` against `base` over `connections` keep-alive connections for `seconds`.
 pub fn wrk(base: &str, lua: &str, connections: usize, seconds: u64) -> anyhow::Result<WrkRun> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("load.lua");
-    std::fs::write(&file, lua)?;
+    std::fs::write(&file, format!("{PREAMBLE}{lua}"))?;
     let out = Command::new("wrk")
         .args([
             "-t2",
