@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0003_segments.sql"),
     ),
     (4, "changes", include_str!("../migrations/0004_changes.sql")),
+    (
+        5,
+        "no profile gin",
+        include_str!("../migrations/0005_no_profile_gin.sql"),
+    ),
 ];
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
@@ -204,6 +209,9 @@ impl PostgresStore {
             .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
+            // No ping before every checkout: it cost a round trip per transaction (a tenth
+            // of an upsert batch). A dead connection fails its query instead and is dropped.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(backend)?;
@@ -966,21 +974,30 @@ impl Store for PostgresStore {
         let channel_ids: Vec<i64> = keys.keys().copied().collect();
 
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        // First, before any row lock (see `next_seq`).
-        let seq = next_seq(&mut tx).await?;
+        // First, before any row lock (see `next_seq`): the change number, and in the same
+        // round trip the field registries of the batch's channels.
         let field_rows = sqlx::query(
-            "SELECT channel_id, key, name, type, sensitive, builtin, created_at \
-             FROM profile_fields WHERE channel_id = ANY($1::bigint[])",
+            "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1)), \
+             s AS MATERIALIZED (SELECT nextval('change_seq') AS seq FROM l) \
+             SELECT s.seq, f.channel_id, f.key, f.name, f.type, f.sensitive, f.builtin, \
+             f.created_at FROM s LEFT JOIN profile_fields f ON f.channel_id = ANY($2::bigint[])",
         )
+        .bind(CHANGE_LOCK)
         .bind(&channel_ids)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
+        let seq: i64 = field_rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("no change number".into()))?
+            .try_get("seq")
+            .map_err(backend)?;
         let mut fields: HashMap<i64, Vec<ProfileField>> =
             channel_ids.iter().map(|ch| (*ch, Vec::new())).collect();
         for r in &field_rows {
-            let ch: i64 = r.try_get("channel_id").map_err(backend)?;
-            fields.entry(ch).or_default().push(field_from_row(r)?);
+            if let Some(ch) = r.try_get::<Option<i64>, _>("channel_id").map_err(backend)? {
+                fields.entry(ch).or_default().push(field_from_row(r)?);
+            }
         }
         let registries = fields
             .into_iter()
