@@ -73,7 +73,8 @@ impl Audience {
     }
 
     /// Follows the change sequence up to the committed horizon. Users come first (they
-    /// give events their slots), then removals and merges in order, then events.
+    /// give events their slots), then activity-only changes, then removals and merges in
+    /// order, then events.
     pub async fn catch_up(&self, store: &dyn Store) -> AppResult<()> {
         let mut cursor = self.cursor.lock().await;
         let horizon = store.horizon().await?;
@@ -85,6 +86,11 @@ impl Audience {
             let p = self.get(ch);
             let mut p = p.write().map_err(poisoned)?;
             p.apply(seq.max(0) as u64, &Change::User(Box::new(user)));
+        }
+        for (ch, seq, change) in &batch.activity {
+            let p = self.get(*ch);
+            let mut p = p.write().map_err(poisoned)?;
+            p.apply((*seq).max(0) as u64, change);
         }
         for (ch, change) in &batch.log {
             let p = self.get(*ch);

@@ -348,6 +348,24 @@ impl Projection {
                 self.redirect.insert(f, t);
                 self.kill(f);
             }
+            Change::Activity {
+                id,
+                last_seen_at,
+                created_at,
+                updated_at,
+            } => {
+                let Some(slot) = self.slot_of(id) else {
+                    return;
+                };
+                let i = slot as usize;
+                if self.stamps[i] > stamp {
+                    return;
+                }
+                self.stamps[i] = stamp;
+                self.last_seen_at.set(slot, *last_seen_at);
+                self.created_at.set(slot, Some(*created_at));
+                self.updated_at.set(slot, Some(*updated_at));
+            }
             Change::Delete(id) => {
                 if let Some(s) = self.slot_of.get(id) {
                     self.kill(s);

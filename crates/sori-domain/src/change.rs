@@ -16,6 +16,19 @@ pub enum Change {
         /// The member.
         into: String,
     },
+    /// A user whose only change is activity (events moved `lastSeenAt`, `createdAt` or
+    /// `updatedAt`): the store reports the three instants instead of the whole row, so
+    /// following a stream of events costs no profile decoding.
+    Activity {
+        /// The user.
+        id: String,
+        /// The user's last visit.
+        last_seen_at: Option<i64>,
+        /// The user's first activity.
+        created_at: i64,
+        /// The user's last real change.
+        updated_at: i64,
+    },
     /// A deleted user.
     Delete(String),
     /// Events removed by retention, already counted in the users' totals.

@@ -8,7 +8,7 @@
 //! batches queue instead of deadlocking.
 
 use sori_store_sqlx::{
-    EventAggregates, aggregate, catalog_entry, channel as channel_from_row,
+    EventAggregates, activity_row, aggregate, catalog_entry, channel as channel_from_row,
     event as event_from_row, field as field_from_row, log_entry, manager as manager_from_row,
     merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
     scope_str, segment as segment_from_row, user as user_from_row,
@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "no profile gin",
         include_str!("../migrations/0005_no_profile_gin.sql"),
     ),
+    (
+        6,
+        "activity",
+        include_str!("../migrations/0006_activity.sql"),
+    ),
 ];
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
@@ -107,7 +112,9 @@ const LIGHT_ACTIVITY: &str = "UPDATE users SET \
     updated_at = CASE WHEN v.latest > COALESCE(users.last_seen_at, -1) \
         THEN GREATEST(users.updated_at, v.now) ELSE users.updated_at END, \
     last_seen_at = GREATEST(COALESCE(users.last_seen_at, v.latest), v.latest), \
-    created_at = LEAST(users.created_at, v.earliest), seq = $6 \
+    created_at = LEAST(users.created_at, v.earliest), \
+    full_seq = CASE WHEN users.light_seq = users.seq THEN users.full_seq ELSE users.seq END, \
+    seq = $6, light_seq = $6 \
     FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
     AS v(ch, id, latest, earliest, now) \
     WHERE users.channel_id = v.ch AND users.id = v.id";
@@ -132,7 +139,7 @@ const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id
     has_chat = EXCLUDED.has_chat, has_push_token = EXCLUDED.has_push_token, \
     sessions_count = EXCLUDED.sessions_count, last_seen_at = EXCLUDED.last_seen_at, \
     created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-    web = EXCLUDED.web, mobile = EXCLUDED.mobile, seq = EXCLUDED.seq";
+    web = EXCLUDED.web, mobile = EXCLUDED.mobile, seq = EXCLUDED.seq, light_seq = NULL";
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = $1 ORDER BY key";
@@ -905,7 +912,7 @@ impl Store for PostgresStore {
         let deleted = r.rows_affected() == 1;
         if deleted {
             sqlx::query(
-                "UPDATE users SET profile = profile - $1::text, seq = $3 \
+                "UPDATE users SET profile = profile - $1::text, seq = $3, light_seq = NULL \
                  WHERE channel_id = $2 AND profile ? $1::text",
             )
             .bind(key)
@@ -1332,9 +1339,12 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         let mut out = ChangeBatch::default();
+        // Whole rows for users written whole since `from`; three instants for users whose
+        // changes since then were all activity (see migration 6).
         for r in sqlx::query(concat!(
             user_select!(),
-            "WHERE seq > $1 AND seq <= $2 ORDER BY seq"
+            "WHERE seq > $1 AND seq <= $2 \
+             AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= $1) ORDER BY seq"
         ))
         .bind(from.seq)
         .bind(to.seq)
@@ -1345,6 +1355,18 @@ impl Store for PostgresStore {
             let ch: i64 = r.try_get("channel_id").map_err(backend)?;
             let seq: i64 = r.try_get("seq").map_err(backend)?;
             out.users.push((ch, seq, user_from_row(&r)?));
+        }
+        for r in sqlx::query(
+            "SELECT channel_id, seq, id, last_seen_at, created_at, updated_at FROM users \
+             WHERE seq > $1 AND seq <= $2 AND light_seq = seq AND full_seq <= $1 ORDER BY seq",
+        )
+        .bind(from.seq)
+        .bind(to.seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?
+        {
+            out.activity.push(activity_row(&r)?);
         }
         for r in sqlx::query(
             "SELECT channel_id, user_id, name, created_at FROM events \

@@ -8,10 +8,10 @@
 mod batch;
 
 use sori_store_sqlx::{
-    catalog_entry, channel as channel_from_row, event as event_from_row, field as field_from_row,
-    log_entry, manager as manager_from_row, merge as merge_from_row, perms_json,
-    reveal as reveal_from_row, role as role_from_row, scope_str, segment as segment_from_row,
-    user as user_from_row,
+    activity_row, catalog_entry, channel as channel_from_row, event as event_from_row,
+    field as field_from_row, log_entry, manager as manager_from_row, merge as merge_from_row,
+    perms_json, reveal as reveal_from_row, role as role_from_row, scope_str,
+    segment as segment_from_row, user as user_from_row,
 };
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0003_segments.sql"),
     ),
     (4, "changes", include_str!("../migrations/0004_changes.sql")),
+    (
+        5,
+        "activity",
+        include_str!("../migrations/0005_activity.sql"),
+    ),
 ];
 
 /// The embedded store.
@@ -552,7 +557,8 @@ impl Store for SqliteStore {
             // The users who lose a value count as changed for followers of the sequence.
             let seq = next_seq(&mut tx).await?;
             sqlx::query(
-                "UPDATE users SET profile = json_remove(profile, '$.\"' || ? || '\"'), seq = ? \
+                "UPDATE users SET profile = json_remove(profile, '$.\"' || ? || '\"'), seq = ?, \
+                 light_seq = NULL \
                  WHERE channel_id = ? AND json_type(profile, '$.\"' || ? || '\"') IS NOT NULL",
             )
             .bind(key)
@@ -822,8 +828,11 @@ impl Store for SqliteStore {
     async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch> {
         let mut tx = self.reader.begin().await.map_err(backend)?;
         let mut out = ChangeBatch::default();
+        // Whole rows for users written whole since `from`; three instants for users whose
+        // changes since then were all activity (see migration 5).
         let sql = format!(
-            "SELECT {USER_COLUMNS}, seq FROM users WHERE seq > ? AND seq <= ? ORDER BY seq"
+            "SELECT {USER_COLUMNS}, seq FROM users WHERE seq > ?1 AND seq <= ?2 \
+             AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= ?1) ORDER BY seq"
         );
         for r in sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(from.seq)
@@ -835,6 +844,18 @@ impl Store for SqliteStore {
             let ch: i64 = r.try_get("channel_id").map_err(backend)?;
             let seq: i64 = r.try_get("seq").map_err(backend)?;
             out.users.push((ch, seq, user_from_row(&r)?));
+        }
+        for r in sqlx::query(
+            "SELECT channel_id, seq, id, last_seen_at, created_at, updated_at FROM users \
+             WHERE seq > ?1 AND seq <= ?2 AND light_seq = seq AND full_seq <= ?1 ORDER BY seq",
+        )
+        .bind(from.seq)
+        .bind(to.seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?
+        {
+            out.activity.push(activity_row(&r)?);
         }
         for r in sqlx::query(
             "SELECT channel_id, user_id, name, created_at FROM events \

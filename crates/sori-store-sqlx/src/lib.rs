@@ -272,3 +272,20 @@ pub fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change)
     };
     Ok((r.col("channel_id")?, change))
 }
+
+/// Decodes an activity-only user change (`channel_id, seq, id, last_seen_at, created_at,
+/// updated_at`) into its channel, change number and change.
+pub fn activity_row<R: SoriRow>(
+    r: &R,
+) -> Result<(i64, i64, sori_domain::change::Change), StoreError> {
+    Ok((
+        r.col("channel_id")?,
+        r.col("seq")?,
+        sori_domain::change::Change::Activity {
+            id: r.col("id")?,
+            last_seen_at: r.col("last_seen_at")?,
+            created_at: r.col("created_at")?,
+            updated_at: r.col("updated_at")?,
+        },
+    ))
+}

@@ -51,6 +51,9 @@ pub struct Cursor {
 pub struct ChangeBatch {
     /// Users written, as `(channel, seq, user)` in their current state.
     pub users: Vec<(i64, i64, User)>,
+    /// Users whose only changes in the range were activity, as `(channel, seq,
+    /// Change::Activity)`.
+    pub activity: Vec<(i64, i64, sori_domain::change::Change)>,
     /// Events stored, as `(channel, userId, name, createdAt)`, owned by their current user.
     pub events: Vec<(i64, String, String, i64)>,
     /// Removals and merges, as `(channel, change)` in sequence order.
