@@ -120,7 +120,9 @@ const PG_INDEXES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS bench_users_cart ON users (channel_id, (((profile->'cartCount') #>> '{}')::float8)) WHERE jsonb_typeof(profile->'cartCount') = 'number'",
     "CREATE INDEX IF NOT EXISTS bench_users_email ON users (channel_id) WHERE profile ? 'email'",
     "CREATE INDEX IF NOT EXISTS bench_events_name ON events (channel_id, name, created_at, user_id)",
-    "ANALYZE",
+    // Vacuumed as well as analyzed: the visibility map allows index-only scans, and
+    // autovacuum does not wake up on the fresh tables in the middle of the timed runs.
+    "VACUUM ANALYZE",
 ];
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -321,7 +323,8 @@ pub async fn run(
     );
 
     if let Some(url) = &pg_url {
-        // The indexes a careful operator would add for these filters, then fresh statistics.
+        // The indexes a careful operator would add for these filters, then a vacuum and
+        // fresh statistics.
         let t = Instant::now();
         for sql in PG_INDEXES {
             let ok = Command::new("psql")
@@ -334,7 +337,7 @@ pub async fn run(
             }
         }
         println!(
-            "PostgreSQL: {} extra indexes and ANALYZE in {:.0} s",
+            "PostgreSQL: {} extra indexes and VACUUM ANALYZE in {:.0} s",
             PG_INDEXES.len() - 1,
             t.elapsed().as_secs_f64()
         );
