@@ -8,7 +8,7 @@
 mod batch;
 
 use sori_store_sqlx::{
-    activity_row, catalog_entry, channel as channel_from_row, event as event_from_row,
+    activity_changes, catalog_entry, channel as channel_from_row, event as event_from_row,
     field as field_from_row, log_entry, manager as manager_from_row, merge as merge_from_row,
     perms_json, reveal as reveal_from_row, role as role_from_row, scope_str,
     segment as segment_from_row, user as user_from_row,
@@ -845,18 +845,7 @@ impl Store for SqliteStore {
             let seq: i64 = r.try_get("seq").map_err(backend)?;
             out.users.push((ch, seq, user_from_row(&r)?));
         }
-        for r in sqlx::query(
-            "SELECT channel_id, seq, id, last_seen_at, created_at, updated_at FROM users \
-             WHERE seq > ?1 AND seq <= ?2 AND light_seq = seq AND full_seq <= ?1 ORDER BY seq",
-        )
-        .bind(from.seq)
-        .bind(to.seq)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?
-        {
-            out.activity.push(activity_row(&r)?);
-        }
+        out.activity = activity_changes(&mut *tx, from.seq, to.seq).await?;
         for r in sqlx::query(
             "SELECT channel_id, user_id, name, created_at FROM events \
              WHERE rowid > ? AND rowid <= ? ORDER BY rowid",

@@ -273,11 +273,41 @@ pub fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change)
     Ok((r.col("channel_id")?, change))
 }
 
+/// Users whose changes in the range `($1, $2]` of the change sequence were all activity
+/// (`light_seq = seq`: the last write was an activity update; `full_seq <= $1`: the last
+/// whole write was already followed), decoded by [`activity_row`]. Both backends run this
+/// text (SQLite reads `$1`, `$2` as numbered parameters).
+const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, created_at, \
+    updated_at FROM users WHERE seq > $1 AND seq <= $2 AND light_seq = seq \
+    AND full_seq <= $1 ORDER BY seq";
+
+/// Reads [`ACTIVITY_CHANGES`] for the range `(from, to]` on either backend.
+pub async fn activity_changes<'e, DB, E>(
+    ex: E,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, i64, sori_domain::change::Change)>, StoreError>
+where
+    DB: sqlx::Database,
+    DB::Row: SoriRow,
+    E: sqlx::Executor<'e, Database = DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    sqlx::query::<DB>(ACTIVITY_CHANGES)
+        .bind(from)
+        .bind(to)
+        .fetch_all(ex)
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+        .iter()
+        .map(activity_row)
+        .collect()
+}
+
 /// Decodes an activity-only user change (`channel_id, seq, id, last_seen_at, created_at,
 /// updated_at`) into its channel, change number and change.
-pub fn activity_row<R: SoriRow>(
-    r: &R,
-) -> Result<(i64, i64, sori_domain::change::Change), StoreError> {
+fn activity_row<R: SoriRow>(r: &R) -> Result<(i64, i64, sori_domain::change::Change), StoreError> {
     Ok((
         r.col("channel_id")?,
         r.col("seq")?,
