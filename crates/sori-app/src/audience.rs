@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use sori_audience::{Bits, Change, EventPart, External, Projection, SortBy, SortKey};
+/// How a search orders users; the HTTP layer parses it, the projection sorts by it.
+pub use sori_audience::SortBy;
+use sori_audience::{Bits, Change, EventPart, External, Projection, SortKey};
 use sori_domain::filter::{Cond, Filter, Query, Schema};
 use sori_domain::{Registry, User};
 use sori_store::{Cursor, Segment, Store};

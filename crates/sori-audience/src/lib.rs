@@ -2,10 +2,11 @@
 //! and the event counts filters need, answering a resolved filter with bitmaps.
 //!
 //! The projection holds no I/O. Its owner builds it from the store at start and feeds it
-//! the store's committed changes ([`Projection::apply`]); a whole-user change carries the
-//! change number of its row, so an older row never overwrites a newer one. Event conditions with `where` clauses need the
-//! events' properties, which the projection does not keep: the caller evaluates them over
-//! the stored events and passes the per-user counts in ([`External`]).
+//! the store's committed changes ([`Projection::apply`]); a user change carries the change
+//! number of its row, so an older row never overwrites a newer one. Event conditions with
+//! `where` clauses need the events' properties, which the projection does not keep: the
+//! caller evaluates them over the stored events and passes the per-user counts in
+//! ([`External`]).
 
 mod bits;
 mod columns;
@@ -189,7 +190,10 @@ fn absorb_pairs(col: &mut EventCol, parts: &[PartCol]) {
             .flat_map(|p| &p.pairs)
             .map(|x| (x >> 32) as u32)
     };
-    let (Some(lo), Some(hi)) = (buckets().min(), buckets().max()) else {
+    let Some((lo, hi)) = buckets().fold(None, |r, b| match r {
+        None => Some((b, b)),
+        Some((lo, hi)) => Some((b.min(lo), b.max(hi))),
+    }) else {
         return;
     };
     let mut counts = vec![0u32; (hi - lo) as usize + 1];

@@ -8,10 +8,10 @@
 mod batch;
 
 use sori_store_sqlx::{
-    activity_changes, catalog_entry, channel as channel_from_row, event as event_from_row,
-    field as field_from_row, log_entry, manager as manager_from_row, merge as merge_from_row,
-    perms_json, reveal as reveal_from_row, role as role_from_row, scope_str,
-    segment as segment_from_row, user as user_from_row,
+    ChangeSql, catalog_entry, changes_between, channel as channel_from_row,
+    event as event_from_row, field as field_from_row, manager as manager_from_row,
+    merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
+    scope_str, segment as segment_from_row, user as user_from_row,
 };
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -827,54 +827,14 @@ impl Store for SqliteStore {
 
     async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch> {
         let mut tx = self.reader.begin().await.map_err(backend)?;
-        let mut out = ChangeBatch::default();
         // Whole rows for users written whole since `from`; three instants for users whose
-        // changes since then were all activity (see migration 5).
-        let sql = format!(
-            "SELECT {USER_COLUMNS}, seq FROM users WHERE seq > ?1 AND seq <= ?2 \
-             AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= ?1) ORDER BY seq"
-        );
-        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(from.seq)
-            .bind(to.seq)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?
-        {
-            let ch: i64 = r.try_get("channel_id").map_err(backend)?;
-            let seq: i64 = r.try_get("seq").map_err(backend)?;
-            out.users.push((ch, seq, user_from_row(&r)?));
-        }
-        out.activity = activity_changes(&mut *tx, from.seq, to.seq).await?;
-        for r in sqlx::query(
-            "SELECT channel_id, user_id, name, created_at FROM events \
-             WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
-        )
-        .bind(from.event)
-        .bind(to.event)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?
-        {
-            out.events.push((
-                r.try_get(0).map_err(backend)?,
-                r.try_get(1).map_err(backend)?,
-                r.try_get(2).map_err(backend)?,
-                r.try_get(3).map_err(backend)?,
-            ));
-        }
-        let log = sqlx::query(
-            "SELECT channel_id, kind, user_id, into_id FROM change_log \
-             WHERE seq > ? AND seq <= ? ORDER BY seq",
-        )
-        .bind(from.seq)
-        .bind(to.seq)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
-        for r in &log {
-            out.log.push(log_entry(r)?);
-        }
+        // changes since then were all activity (see migration 5). Events by rowid.
+        let sql = ChangeSql {
+            users: &format!("SELECT {USER_COLUMNS}, seq FROM users "),
+            events: "SELECT channel_id, user_id, name, created_at FROM events \
+                     WHERE rowid > $1 AND rowid <= $2 ORDER BY rowid",
+        };
+        let out = changes_between::<sqlx::Sqlite>(&mut *tx, &sql, from, to).await?;
         tx.commit().await.map_err(backend)?;
         Ok(out)
     }

@@ -7,7 +7,8 @@ pub mod filter_sql;
 use sori_domain::event::{Event, EventSource};
 use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Role, User};
 use sori_store::{
-    CatalogEntry, Channel, Manager, Merge, RevealRecord, Segment, StoreError, UserRow,
+    CatalogEntry, ChangeBatch, Channel, Cursor, Manager, Merge, RevealRecord, Segment, StoreError,
+    UserRow,
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -260,7 +261,7 @@ pub fn segment<R: SoriRow>(r: &R) -> Result<Segment, StoreError> {
 }
 
 /// Decodes a `change_log` row into its channel and change.
-pub fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change), StoreError> {
+fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change), StoreError> {
     use sori_domain::change::Change;
     let kind: String = r.col("kind")?;
     let user: String = r.col("user_id")?;
@@ -273,36 +274,93 @@ pub fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change)
     Ok((r.col("channel_id")?, change))
 }
 
-/// Users whose changes in the range `($1, $2]` of the change sequence were all activity
-/// (`light_seq = seq`: the last write was an activity update; `full_seq <= $1`: the last
-/// whole write was already followed), decoded by [`activity_row`]. Both backends run this
-/// text (SQLite reads `$1`, `$2` as numbered parameters).
+/// Users written whole in the range `($1, $2]` of the change sequence: every row changed
+/// there except those whose changes were all activity (see [`ACTIVITY_CHANGES`]).
+const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 \
+    AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= $1) ORDER BY seq";
+
+/// Users whose changes in the range `($1, $2]` were all activity (`light_seq = seq`: the
+/// last write was an activity update; `full_seq <= $1`: the last whole write was already
+/// followed), decoded by [`activity_row`].
 const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, created_at, \
     updated_at FROM users WHERE seq > $1 AND seq <= $2 AND light_seq = seq \
     AND full_seq <= $1 ORDER BY seq";
 
-/// Reads [`ACTIVITY_CHANGES`] for the range `(from, to]` on either backend.
-pub async fn activity_changes<'e, DB, E>(
-    ex: E,
-    from: i64,
-    to: i64,
-) -> Result<Vec<(i64, i64, sori_domain::change::Change)>, StoreError>
+/// Removals and merges in the range `($1, $2]`, decoded by [`log_entry`].
+const LOG_CHANGES: &str = "SELECT channel_id, kind, user_id, into_id FROM change_log \
+    WHERE seq > $1 AND seq <= $2 ORDER BY seq";
+
+/// What differs between the backends when reading the change sequence.
+pub struct ChangeSql<'a> {
+    /// `SELECT <every users column, JSON as text>, seq FROM users ` (with the space).
+    pub users: &'a str,
+    /// `channel_id, user_id, name, created_at` of the events with position in `($1, $2]`,
+    /// in position order.
+    pub events: &'static str,
+}
+
+/// Reads the changes between two cursors inside the caller's transaction (one snapshot),
+/// on either backend. Both run the same text: SQLite reads `$1`, `$2` as numbered
+/// parameters.
+pub async fn changes_between<DB>(
+    conn: &mut DB::Connection,
+    sql: &ChangeSql<'_>,
+    from: Cursor,
+    to: Cursor,
+) -> Result<ChangeBatch, StoreError>
 where
     DB: sqlx::Database,
     DB::Row: SoriRow,
-    E: sqlx::Executor<'e, Database = DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
-    sqlx::query::<DB>(ACTIVITY_CHANGES)
-        .bind(from)
-        .bind(to)
-        .fetch_all(ex)
+    let db = |e: sqlx::Error| StoreError::Backend(Box::new(e));
+    let mut out = ChangeBatch::default();
+    let users = format!("{}{WHOLE_CHANGES}", sql.users);
+    for r in sqlx::query::<DB>(sqlx::AssertSqlSafe(users))
+        .bind(from.seq)
+        .bind(to.seq)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(|e| StoreError::Backend(Box::new(e)))?
-        .iter()
-        .map(activity_row)
-        .collect()
+        .map_err(db)?
+    {
+        out.users
+            .push((r.col("channel_id")?, r.col("seq")?, user(&r)?));
+    }
+    for r in sqlx::query::<DB>(ACTIVITY_CHANGES)
+        .bind(from.seq)
+        .bind(to.seq)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?
+    {
+        out.activity.push(activity_row(&r)?);
+    }
+    for r in sqlx::query::<DB>(sql.events)
+        .bind(from.event)
+        .bind(to.event)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?
+    {
+        out.events.push((
+            r.col("channel_id")?,
+            r.col("user_id")?,
+            r.col("name")?,
+            r.col("created_at")?,
+        ));
+    }
+    for r in sqlx::query::<DB>(LOG_CHANGES)
+        .bind(from.seq)
+        .bind(to.seq)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?
+    {
+        out.log.push(log_entry(&r)?);
+    }
+    Ok(out)
 }
 
 /// Decodes an activity-only user change (`channel_id, seq, id, last_seen_at, created_at,

@@ -482,18 +482,11 @@ async fn segments_api(b: Backend) {
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(text.contains(",s1,") && text.contains(",s2,") && text.contains(",s3,"));
     // The same from the command line.
-    let mut cmd = sori_cli(&app);
-    let out = cmd
-        .args(["export", "users", "--segment", &sid, "--format", "csv"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cli = String::from_utf8_lossy(&out.stdout);
+    let cli = sori_cli(
+        &app,
+        &["export", "users", "--segment", &sid, "--format", "csv"],
+    )
+    .await;
     let members: Vec<&str> = cli
         .lines()
         .skip(1)
@@ -602,14 +595,21 @@ async fn segments_api(b: Backend) {
     app.stop().await;
 }
 
-/// The `sori` command on the same store as the running server.
-fn sori_cli(app: &TestApp) -> tokio::process::Command {
+/// Runs the `sori` command on the same store as the running server; it must succeed.
+/// Returns what it printed.
+async fn sori_cli<S: AsRef<std::ffi::OsStr>>(app: &TestApp, args: &[S]) -> String {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sori"));
     cmd.arg("--data-dir").arg(&app.config.data_dir);
     if let Some(u) = &app.config.database_url {
         cmd.arg("--database-url").arg(u);
     }
-    cmd
+    let out = cmd.args(args).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Sends Segment calls through `/v1/batch`.
@@ -679,18 +679,15 @@ async fn followers(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("u.ndjson");
     std::fs::write(&path, "{\"memberId\": \"imp1\", \"tags\": [\"vip\"]}\n{\"memberId\": \"imp2\", \"tags\": [\"vip\"]}\n").unwrap();
-    let mut cmd = sori_cli(&app);
-    let out = cmd
-        .args(["import", "users"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sori_cli(
+        &app,
+        &[
+            std::ffi::OsStr::new("import"),
+            "users".as_ref(),
+            path.as_os_str(),
+        ],
+    )
+    .await;
     let r = app
         .open(
             Method::POST,

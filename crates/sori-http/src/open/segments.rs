@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sori_app::Engine;
+use sori_app::audience::SortBy;
 use sori_app::auth::ChannelInfo;
-use sori_audience::SortBy;
 use sori_store::Segment;
 use utoipa::ToSchema;
 
