@@ -1,14 +1,15 @@
 //! Operations endpoints and cross-cutting middleware: request ids, tracing, metrics,
 //! panic safety, `/healthz`, `/metrics` and `/openapi.json`.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -81,19 +82,48 @@ async fn refuse_nul(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Request metric handles by route, then (method, status). Registering through the
+/// `metrics` macros builds and hashes a label set on every request, a visible share of a
+/// small request's cost; routes and statuses are few, so the handles are kept.
+type RouteHandles = HashMap<String, HashMap<(Method, u16), (metrics::Counter, metrics::Histogram)>>;
+
+fn route_handles(
+    route: &str,
+    method: &Method,
+    status: u16,
+) -> (metrics::Counter, metrics::Histogram) {
+    static HANDLES: OnceLock<RwLock<RouteHandles>> = OnceLock::new();
+    let lock = HANDLES.get_or_init(Default::default);
+    if let Some(h) = lock
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(route)
+        .and_then(|m| m.get(&(method.clone(), status)))
+    {
+        return h.clone();
+    }
+    let m = method.to_string();
+    let handles = (
+        metrics::counter!("sori_http_requests_total", "method" => m.clone(), "route" => route.to_owned(), "status" => status.to_string()),
+        metrics::histogram!("sori_http_request_seconds", "method" => m, "route" => route.to_owned()),
+    );
+    lock.write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(route.to_owned())
+        .or_default()
+        .insert((method.clone(), status), handles.clone());
+    handles
+}
+
 async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let started = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("sori_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("sori_http_request_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let (requests, seconds) = route_handles(route, &method, resp.status().as_u16());
+    requests.increment(1);
+    seconds.record(started.elapsed().as_secs_f64());
     resp
 }
 

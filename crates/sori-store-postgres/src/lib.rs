@@ -1,19 +1,19 @@
 //! PostgreSQL implementation of the storage seam, for deployments that outgrow one node.
 //!
 //! Semantics match the SQLite store exactly; only the dialect and the batching differ.
-//! User writes are group-committed by the caller, so `write_users` spends a fixed handful of
-//! round trips per batch (lock the addressed rows, register new fields, one `UNNEST`
-//! upsert) however many ops the batch holds. Several nodes may share one database:
+//! User writes are group-committed by the caller, so `write_users` spends two round trips
+//! per batch (lock the addressed rows; write and commit, see `write`) however many ops the
+//! batch holds. Several nodes may share one database:
 //! migrations take an advisory lock, and user rows are locked in key order so concurrent
 //! batches queue instead of deadlocking.
 
 use sori_store_sqlx::{
-    ChangeSql, EventAggregates, aggregate, catalog_entry, changes_between,
-    channel as channel_from_row, event as event_from_row, field as field_from_row,
-    manager as manager_from_row, merge as merge_from_row, perms_json, reveal as reveal_from_row,
-    role as role_from_row, scope_str, segment as segment_from_row, user as user_from_row,
+    ChangeSql, EventAggregates, catalog_entry, changes_between, channel as channel_from_row,
+    event as event_from_row, field as field_from_row, manager as manager_from_row,
+    merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
+    scope_str, segment as segment_from_row, user as user_from_row,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -23,12 +23,14 @@ use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     CatalogEntry, ChangeBatch, Channel, ChannelSettingsPatch, Cursor, Manager, Merge, NewChannel,
-    RevealRecord, Segment, Session, Store, StoreError, UserKeys, UserOp, UserOpResult, UserRow,
-    plan_user_writes,
+    RevealRecord, Segment, Session, Store, StoreError, UserOp, UserOpResult,
 };
 use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgExecutor, Row};
+
+mod script;
+mod write;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -73,6 +75,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 const MIGRATION_LOCK: i64 = 7_261_001;
 
 /// The user columns in table order, JSON columns read back as text for `UserRow`.
+/// Users of channel `$1` whose id is in `$2`, member id in `$3`, or (anonymous) veil id in
+/// `$4`.
+macro_rules! user_keys_in {
+    () => {
+        "WHERE channel_id = $1 AND (id = ANY($2::text[]) OR member_id = ANY($3::text[]) \
+         OR (member_id IS NULL AND veil_id = ANY($4::text[])))"
+    };
+}
+
+/// Identity columns of the users light ops address, locked in id order.
+const LIGHT_FOR_UPDATE: &str = concat!(
+    "SELECT id, member_id, veil_id FROM users ",
+    user_keys_in!(),
+    " ORDER BY id FOR UPDATE"
+);
+
 macro_rules! user_select {
     () => {
         "SELECT channel_id, id, member_id, veil_id, name, profile::text AS profile, \
@@ -95,51 +113,7 @@ const USERS_BEFORE: &str = concat!(
 );
 /// Loads and locks, in id order, every user a batch addresses in one channel. One
 /// statement (not one per key kind) so two batches always lock shared rows in the same order.
-const USERS_FOR_UPDATE: &str = concat!(
-    user_select!(),
-    "WHERE channel_id = $1 AND (id = ANY($2::text[]) OR member_id = ANY($3::text[]) \
-     OR (member_id IS NULL AND veil_id = ANY($4::text[]))) ORDER BY id FOR UPDATE"
-);
-
-/// Identity columns of the users light ops address, locked in id order.
-const LIGHT_FOR_UPDATE: &str = "SELECT id, member_id, veil_id FROM users \
-    WHERE channel_id = $1 AND (id = ANY($2::text[]) OR member_id = ANY($3::text[]) \
-    OR (member_id IS NULL AND veil_id = ANY($4::text[]))) ORDER BY id FOR UPDATE";
-
-/// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes; `updatedAt`
-/// moves when `lastSeenAt` does.
-const LIGHT_ACTIVITY: &str = "UPDATE users SET \
-    updated_at = CASE WHEN v.latest > COALESCE(users.last_seen_at, -1) \
-        THEN GREATEST(users.updated_at, v.now) ELSE users.updated_at END, \
-    last_seen_at = GREATEST(COALESCE(users.last_seen_at, v.latest), v.latest), \
-    created_at = LEAST(users.created_at, v.earliest), \
-    full_seq = CASE WHEN users.light_seq = users.seq THEN users.full_seq ELSE users.seq END, \
-    seq = $6, light_seq = $6 \
-    FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
-    AS v(ch, id, latest, earliest, now) \
-    WHERE users.channel_id = v.ch AND users.id = v.id";
-
-const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
-    tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile, seq) \
-    SELECT channel_id, id, member_id, veil_id, name, profile::jsonb, tags::jsonb, \
-    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web::jsonb, \
-    mobile::jsonb, $22::bigint FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-    $7::text[], $8::bool[], $9::bool[], $10::bool[], $11::text[], $12::text[], $13::text[], \
-    $14::bool[], $15::bool[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], \
-    $20::text[], $21::text[]) AS t (channel_id, id, member_id, veil_id, name, profile, tags, \
-    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
-    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile) \
-    ON CONFLICT (channel_id, id) DO UPDATE SET member_id = EXCLUDED.member_id, \
-    veil_id = EXCLUDED.veil_id, name = EXCLUDED.name, profile = EXCLUDED.profile, \
-    tags = EXCLUDED.tags, unsubscribe_email = EXCLUDED.unsubscribe_email, \
-    unsubscribe_texting = EXCLUDED.unsubscribe_texting, blocked = EXCLUDED.blocked, \
-    city = EXCLUDED.city, country = EXCLUDED.country, language = EXCLUDED.language, \
-    has_chat = EXCLUDED.has_chat, has_push_token = EXCLUDED.has_push_token, \
-    sessions_count = EXCLUDED.sessions_count, last_seen_at = EXCLUDED.last_seen_at, \
-    created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-    web = EXCLUDED.web, mobile = EXCLUDED.mobile, seq = EXCLUDED.seq, light_seq = NULL";
+const USERS_FOR_UPDATE: &str = concat!(user_select!(), user_keys_in!(), " ORDER BY id FOR UPDATE");
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = $1 ORDER BY key";
@@ -279,110 +253,6 @@ async fn insert_manager(db: impl PgExecutor<'_>, m: &Manager) -> Result<()> {
     Ok(())
 }
 
-/// The keys a batch addresses in one channel.
-#[derive(Default)]
-struct ChannelKeys<'a> {
-    ids: BTreeSet<&'a str>,
-    members: BTreeSet<&'a str>,
-    veils: BTreeSet<&'a str>,
-}
-
-/// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
-async fn merge_tx(tx: &mut sqlx::PgConnection, m: &Merge, seq: i64) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id) \
-         VALUES ($1, $2, 'merge', $3, $4)",
-    )
-    .bind(m.channel_id)
-    .bind(seq)
-    .bind(&m.from)
-    .bind(&m.into)
-    .execute(&mut *tx)
-    .await
-    .map_err(backend)?;
-    let stmts: [&str; 5] = [
-        "UPDATE events SET user_id = $3 WHERE channel_id = $1 AND user_id = $2 \
-         AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL",
-        "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
-         SELECT channel_id, $3, name, count, first_at, last_at FROM user_event_stats \
-         WHERE channel_id = $1 AND user_id = $2 AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL \
-         ON CONFLICT (channel_id, user_id, name) DO UPDATE \
-         SET count = user_event_stats.count + excluded.count, \
-         first_at = LEAST(user_event_stats.first_at, excluded.first_at), \
-         last_at = GREATEST(user_event_stats.last_at, excluded.last_at)",
-        "DELETE FROM user_event_stats WHERE channel_id = $1 AND user_id = $2 \
-         AND $3::text IS NOT NULL AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL",
-        "DELETE FROM users WHERE channel_id = $1 AND id = $2 \
-         AND $3::text IS NOT NULL AND $4::text IS NOT NULL AND $5::bigint IS NOT NULL",
-        "INSERT INTO user_merges (channel_id, id, from_user_id, into_user_id, merged_at) \
-         VALUES ($1, $4, $2, $3, $5)",
-    ];
-    for sql in stmts {
-        sqlx::query(sql)
-            .bind(m.channel_id)
-            .bind(&m.from)
-            .bind(&m.into)
-            .bind(&m.id)
-            .bind(m.at)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-    }
-    Ok(())
-}
-
-/// Appends a batch's events; returns the aggregates of those really inserted so the
-/// catalog can be updated after commit.
-async fn insert_events_tx(
-    tx: &mut sqlx::PgConnection,
-    events: &[(i64, String, &NewEvent)],
-    seq: i64,
-) -> Result<EventAggregates> {
-    let n = events.len();
-    let (mut ch, mut user, mut id, mut name, mut prop, mut page, mut source, mut msg, mut at) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (c, u, e) in events {
-        ch.push(*c);
-        user.push(u.as_str());
-        id.push(e.id.as_str());
-        name.push(e.name.as_str());
-        prop.push(e.property_json.as_str());
-        page.push(e.page.as_deref());
-        source.push(e.source.as_str());
-        msg.push(e.message_id.as_deref());
-        at.push(e.created_at);
-    }
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO events (channel_id, user_id, id, name, property, page, source, message_id, \
-         created_at, seq) SELECT u.*, $10::bigint FROM UNNEST($1::bigint[], $2::text[], \
-         $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) \
-         AS u ON CONFLICT DO NOTHING RETURNING id",
-    )
-    .bind(&ch)
-    .bind(&user)
-    .bind(&id)
-    .bind(&name)
-    .bind(&prop)
-    .bind(&page)
-    .bind(&source)
-    .bind(&msg)
-    .bind(&at)
-    .bind(seq)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(backend)?;
-    Ok(aggregate(events, &inserted))
-}
-
 /// Adds a batch's counts to the catalog, in its own short transaction after the events
 /// committed: catalog rows are shared by every writer, and holding their locks through the
 /// main commit would serialize all writers on popular names. A crash between the two
@@ -419,146 +289,6 @@ async fn update_catalog(pool: &PgPool, agg: &EventAggregates) -> Result<()> {
     .execute(pool)
     .await
     .map_err(backend)?;
-    Ok(())
-}
-
-/// Registers the fields a batch inferred, in key order (so concurrent batches registering
-/// the same keys wait on each other in one order); a key another batch registered first wins.
-/// Registers inferred fields. If another transaction registered one of the keys first (it
-/// may have inferred or been given another type), the batch was validated against a stale
-/// registry: `Transient` makes the writer retry it with the fresh one.
-async fn insert_new_fields(db: impl PgExecutor<'_>, fields: &[(i64, ProfileField)]) -> Result<()> {
-    let mut sorted: Vec<&(i64, ProfileField)> = fields.iter().collect();
-    sorted.sort_by(|a, b| (a.0, a.1.key.as_str()).cmp(&(b.0, b.1.key.as_str())));
-    let inserted = sqlx::query(
-        "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, builtin, created_at) \
-         SELECT ch, k, n, ty, FALSE, FALSE, at \
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-         AS t (ch, k, n, ty, at) \
-         ON CONFLICT (channel_id, key) DO NOTHING",
-    )
-    .bind(sorted.iter().map(|(ch, _)| *ch).collect::<Vec<i64>>())
-    .bind(
-        sorted
-            .iter()
-            .map(|(_, f)| f.key.as_str())
-            .collect::<Vec<&str>>(),
-    )
-    .bind(
-        sorted
-            .iter()
-            .map(|(_, f)| f.name.as_str())
-            .collect::<Vec<&str>>(),
-    )
-    .bind(
-        sorted
-            .iter()
-            .map(|(_, f)| f.field_type.as_str())
-            .collect::<Vec<&str>>(),
-    )
-    .bind(
-        sorted
-            .iter()
-            .map(|(_, f)| f.created_at)
-            .collect::<Vec<i64>>(),
-    )
-    .execute(db)
-    .await
-    .map_err(backend)?;
-    if inserted.rows_affected() < sorted.len() as u64 {
-        return Err(StoreError::Transient(
-            "a profile field was registered concurrently".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Writes every planned user with one statement. Rows go in (channel, member id) order: the
-/// only waits left at this point are on member ids another batch is inserting, and taking
-/// them in one order turns a race for the same new members into a `Conflict`, not a deadlock.
-async fn upsert_users(
-    db: impl PgExecutor<'_>,
-    users: &BTreeMap<(i64, String), User>,
-    seq: i64,
-) -> Result<()> {
-    let mut rows: Vec<UserRow> = users
-        .iter()
-        .map(|((ch, _), user)| UserRow::from_user(*ch, user))
-        .collect();
-    rows.sort_by(|a, b| {
-        (a.channel_id, &a.member_id, &a.id).cmp(&(b.channel_id, &b.member_id, &b.id))
-    });
-    let n = rows.len();
-    let mut channel_id = Vec::with_capacity(n);
-    let mut id = Vec::with_capacity(n);
-    let mut member_id = Vec::with_capacity(n);
-    let mut veil_id = Vec::with_capacity(n);
-    let mut name = Vec::with_capacity(n);
-    let mut profile = Vec::with_capacity(n);
-    let mut tags = Vec::with_capacity(n);
-    let mut unsubscribe_email = Vec::with_capacity(n);
-    let mut unsubscribe_texting = Vec::with_capacity(n);
-    let mut blocked = Vec::with_capacity(n);
-    let mut city = Vec::with_capacity(n);
-    let mut country = Vec::with_capacity(n);
-    let mut language = Vec::with_capacity(n);
-    let mut has_chat = Vec::with_capacity(n);
-    let mut has_push_token = Vec::with_capacity(n);
-    let mut sessions_count = Vec::with_capacity(n);
-    let mut last_seen_at = Vec::with_capacity(n);
-    let mut created_at = Vec::with_capacity(n);
-    let mut updated_at = Vec::with_capacity(n);
-    let mut web = Vec::with_capacity(n);
-    let mut mobile = Vec::with_capacity(n);
-    for r in rows {
-        channel_id.push(r.channel_id);
-        id.push(r.id);
-        member_id.push(r.member_id);
-        veil_id.push(r.veil_id);
-        name.push(r.name);
-        profile.push(r.profile);
-        tags.push(r.tags);
-        unsubscribe_email.push(r.unsubscribe_email);
-        unsubscribe_texting.push(r.unsubscribe_texting);
-        blocked.push(r.blocked);
-        city.push(r.city);
-        country.push(r.country);
-        language.push(r.language);
-        has_chat.push(r.has_chat);
-        has_push_token.push(r.has_push_token);
-        sessions_count.push(r.sessions_count);
-        last_seen_at.push(r.last_seen_at);
-        created_at.push(r.created_at);
-        updated_at.push(r.updated_at);
-        web.push(r.web);
-        mobile.push(r.mobile);
-    }
-    sqlx::query(USER_UPSERT)
-        .bind(channel_id)
-        .bind(id)
-        .bind(member_id)
-        .bind(veil_id)
-        .bind(name)
-        .bind(profile)
-        .bind(tags)
-        .bind(unsubscribe_email)
-        .bind(unsubscribe_texting)
-        .bind(blocked)
-        .bind(city)
-        .bind(country)
-        .bind(language)
-        .bind(has_chat)
-        .bind(has_push_token)
-        .bind(sessions_count)
-        .bind(last_seen_at)
-        .bind(created_at)
-        .bind(updated_at)
-        .bind(web)
-        .bind(mobile)
-        .bind(seq)
-        .execute(db)
-        .await
-        .map_err(backend)?;
     Ok(())
 }
 
@@ -956,142 +686,7 @@ impl Store for PostgresStore {
     }
 
     async fn write_users(&self, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
-        // Channels in ascending order and rows in id order: a global lock order.
-        let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
-        let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
-        for op in ops {
-            keys.entry(op.channel_id).or_default();
-            let k = if op.is_light() {
-                light_keys.entry(op.channel_id).or_default()
-            } else {
-                keys.entry(op.channel_id).or_default()
-            };
-            // PostgreSQL text cannot hold U+0000, so no stored row has such a key; binding one
-            // would fail the whole batch, while leaving it out lets the planner answer that op.
-            if let Some(id) = op.id_key().filter(|s| !s.contains('\0')) {
-                k.ids.insert(id);
-            }
-            if let Some(m) = op.member_key().filter(|s| !s.contains('\0')) {
-                k.members.insert(m);
-            }
-            if let Some(v) = op.veil_key().filter(|s| !s.contains('\0')) {
-                k.veils.insert(v);
-            }
-        }
-        let channel_ids: Vec<i64> = keys.keys().copied().collect();
-
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        // First, before any row lock (see `next_seq`): the change number, and in the same
-        // round trip the field registries of the batch's channels.
-        let field_rows = sqlx::query(
-            "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1)), \
-             s AS MATERIALIZED (SELECT nextval('change_seq') AS seq FROM l) \
-             SELECT s.seq, f.channel_id, f.key, f.name, f.type, f.sensitive, f.builtin, \
-             f.created_at FROM s LEFT JOIN profile_fields f ON f.channel_id = ANY($2::bigint[])",
-        )
-        .bind(CHANGE_LOCK)
-        .bind(&channel_ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let seq: i64 = field_rows
-            .first()
-            .ok_or_else(|| StoreError::Corrupt("no change number".into()))?
-            .try_get("seq")
-            .map_err(backend)?;
-        let mut fields: HashMap<i64, Vec<ProfileField>> =
-            channel_ids.iter().map(|ch| (*ch, Vec::new())).collect();
-        for r in &field_rows {
-            if let Some(ch) = r.try_get::<Option<i64>, _>("channel_id").map_err(backend)? {
-                fields.entry(ch).or_default().push(field_from_row(r)?);
-            }
-        }
-        let registries = fields
-            .into_iter()
-            .map(|(ch, f)| (ch, Registry::new(f)))
-            .collect();
-
-        let mut loaded = Vec::new();
-        for (ch, k) in &keys {
-            if k.ids.is_empty() && k.members.is_empty() && k.veils.is_empty() {
-                continue;
-            }
-            let rows = sqlx::query(USERS_FOR_UPDATE)
-                .bind(ch)
-                .bind(k.ids.iter().copied().collect::<Vec<&str>>())
-                .bind(k.members.iter().copied().collect::<Vec<&str>>())
-                .bind(k.veils.iter().copied().collect::<Vec<&str>>())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend)?;
-            for r in &rows {
-                loaded.push((*ch, user_from_row(r)?));
-            }
-        }
-
-        let mut light = Vec::new();
-        for (ch, k) in &light_keys {
-            let rows = sqlx::query(LIGHT_FOR_UPDATE)
-                .bind(ch)
-                .bind(k.ids.iter().copied().collect::<Vec<&str>>())
-                .bind(k.members.iter().copied().collect::<Vec<&str>>())
-                .bind(k.veils.iter().copied().collect::<Vec<&str>>())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend)?;
-            for r in &rows {
-                light.push((
-                    *ch,
-                    UserKeys {
-                        id: r.try_get("id").map_err(backend)?,
-                        member_id: r.try_get("member_id").map_err(backend)?,
-                        veil_id: r.try_get("veil_id").map_err(backend)?,
-                    },
-                ));
-            }
-        }
-
-        let plan = plan_user_writes(ops, loaded, light, registries);
-        if !plan.new_fields.is_empty() {
-            insert_new_fields(&mut *tx, &plan.new_fields).await?;
-        }
-        for m in &plan.merges {
-            merge_tx(&mut tx, m, seq).await?;
-        }
-        let agg = if plan.events.is_empty() {
-            EventAggregates::default()
-        } else {
-            insert_events_tx(&mut tx, &plan.events, seq).await?
-        };
-        if !plan.light.is_empty() {
-            let (mut c, mut id, mut latest, mut earliest, mut now) =
-                (vec![], vec![], vec![], vec![], vec![]);
-            for ((ch, uid), (l, e, n)) in &plan.light {
-                c.push(*ch);
-                id.push(uid.as_str());
-                latest.push(*l);
-                earliest.push(*e);
-                now.push(*n);
-            }
-            sqlx::query(LIGHT_ACTIVITY)
-                .bind(&c)
-                .bind(&id)
-                .bind(&latest)
-                .bind(&earliest)
-                .bind(&now)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        if !plan.users.is_empty() {
-            upsert_users(&mut *tx, &plan.users, seq).await?;
-        }
-        tx.commit().await.map_err(backend)?;
-        if let Err(e) = update_catalog(&self.pool, &agg).await {
-            tracing::warn!(error = %e, "event catalog update failed; counts may lag");
-        }
-        Ok(plan.results)
+        write::write_users(&self.pool, ops).await
     }
 
     async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>> {
@@ -1187,7 +782,7 @@ impl Store for PostgresStore {
             .map(|u| ((channel_id, u.id.clone()), u.clone()))
             .collect();
         if !map.is_empty() {
-            upsert_users(&mut *tx, &map, seq).await?;
+            write::upsert_users(&mut tx, &map, seq).await?;
         }
         let rows: Vec<(i64, String, &NewEvent)> = events
             .iter()
@@ -1196,7 +791,7 @@ impl Store for PostgresStore {
         let agg = if rows.is_empty() {
             EventAggregates::default()
         } else {
-            insert_events_tx(&mut tx, &rows, seq).await?
+            write::insert_events(&mut tx, &rows, seq).await?
         };
         tx.commit().await.map_err(backend)?;
         update_catalog(&self.pool, &agg).await

@@ -163,4 +163,42 @@ async fn store_round_trip() {
     let u = store.user(ch, "u1").await.expect("read").expect("exists");
     assert!(!u.profile.contains_key("age"));
     assert_eq!(u.profile["name"], json!("Kim"));
+
+    // Batches travel as SQL literals (one round trip for several statements): text that
+    // looks like quoting, array syntax or a dollar-quote tag must come back unchanged.
+    let nasty = [
+        "it's",
+        "a\"b",
+        "back\\slash",
+        "{x,y}",
+        "NULL",
+        "$q$",
+        "$q0$ and $q$",
+        "end$",
+        "",
+        "한국어 😀",
+        "comma, space",
+    ];
+    for (i, s) in nasty.iter().enumerate() {
+        let member = format!("nasty{i}{s}");
+        let r = store
+            .write_users(&[op(
+                UserTarget::MemberId {
+                    member_id: member.clone(),
+                    new_id: format!("n{i}"),
+                },
+                json!({"profile": {"name": s, "city": s}, "tags": [format!("t{s}")]}),
+            )])
+            .await
+            .expect("write nasty");
+        assert!(r[0].is_ok(), "{s:?}: {:?}", r[0]);
+        let u = store
+            .user_by_member_id(ch, &member)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("{s:?} written"));
+        assert_eq!(u.member_id.as_deref(), Some(member.as_str()));
+        assert_eq!(u.profile["name"], json!(s), "{s:?}");
+        assert_eq!(u.profile.get("city"), Some(&json!(s)), "{s:?}");
+    }
 }

@@ -52,9 +52,15 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Builds the services over a store.
 pub async fn app(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<App> {
-    let shards = cfg
-        .writer_shards
-        .unwrap_or(if store.backend() == "sqlite" { 1 } else { 4 });
+    // SQLite has one writer connection. On PostgreSQL each shard's batch pays a fixed cost
+    // (two round trips, a commit), so fewer, bigger batches win until PostgreSQL's work on
+    // a batch needs more than one core: one shard per two cores.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let shards = cfg.writer_shards.unwrap_or(if store.backend() == "sqlite" {
+        1
+    } else {
+        (cores / 2).max(1)
+    });
     Ok(App::new(store, shards).await?)
 }
 

@@ -1,0 +1,519 @@
+//! The batch write path: a writer shard's batch of user ops in one transaction of two round
+//! trips. The first (`BEGIN`, change number, field registries, the addressed rows locked
+//! `FOR UPDATE`) gives the planner what it needs; the second writes everything the plan
+//! produced and commits. Statements and their lock order are the same as one statement per
+//! round trip would be; only the sending differs (see `script`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sori_domain::event::NewEvent;
+use sori_domain::{ProfileField, Registry, User};
+use sori_store::{StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
+use sori_store_sqlx::{EventAggregates, aggregate, field as field_from_row, user as user_from_row};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
+
+use crate::script::{Lit, Outcome, Script, bind};
+use crate::{CHANGE_LOCK, LIGHT_FOR_UPDATE, USERS_FOR_UPDATE, backend, update_catalog};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The change number, taken before any row lock (see `next_seq`), with the field registries
+/// of the batch's channels.
+const SEQ_AND_FIELDS: &str = "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1::bigint)), \
+     s AS MATERIALIZED (SELECT nextval('change_seq') AS seq FROM l) \
+     SELECT s.seq, f.channel_id, f.key, f.name, f.type, f.sensitive, f.builtin, \
+     f.created_at FROM s LEFT JOIN profile_fields f ON f.channel_id = ANY($2::bigint[])";
+
+/// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes; `updatedAt`
+/// moves when `lastSeenAt` does.
+const LIGHT_ACTIVITY: &str = "UPDATE users SET \
+    updated_at = CASE WHEN v.latest > COALESCE(users.last_seen_at, -1) \
+        THEN GREATEST(users.updated_at, v.now) ELSE users.updated_at END, \
+    last_seen_at = GREATEST(COALESCE(users.last_seen_at, v.latest), v.latest), \
+    created_at = LEAST(users.created_at, v.earliest), \
+    full_seq = CASE WHEN users.light_seq = users.seq THEN users.full_seq ELSE users.seq END, \
+    seq = $6, light_seq = $6 \
+    FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+    AS v(ch, id, latest, earliest, now) \
+    WHERE users.channel_id = v.ch AND users.id = v.id";
+
+const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id, name, profile, \
+    tags, unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile, seq) \
+    SELECT channel_id, id, member_id, veil_id, name, profile::jsonb, tags::jsonb, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web::jsonb, \
+    mobile::jsonb, $22::bigint FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+    $7::text[], $8::bool[], $9::bool[], $10::bool[], $11::text[], $12::text[], $13::text[], \
+    $14::bool[], $15::bool[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], \
+    $20::text[], $21::text[]) AS t (channel_id, id, member_id, veil_id, name, profile, tags, \
+    unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
+    has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile) \
+    ON CONFLICT (channel_id, id) DO UPDATE SET member_id = EXCLUDED.member_id, \
+    veil_id = EXCLUDED.veil_id, name = EXCLUDED.name, profile = EXCLUDED.profile, \
+    tags = EXCLUDED.tags, unsubscribe_email = EXCLUDED.unsubscribe_email, \
+    unsubscribe_texting = EXCLUDED.unsubscribe_texting, blocked = EXCLUDED.blocked, \
+    city = EXCLUDED.city, country = EXCLUDED.country, language = EXCLUDED.language, \
+    has_chat = EXCLUDED.has_chat, has_push_token = EXCLUDED.has_push_token, \
+    sessions_count = EXCLUDED.sessions_count, last_seen_at = EXCLUDED.last_seen_at, \
+    created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+    web = EXCLUDED.web, mobile = EXCLUDED.mobile, seq = EXCLUDED.seq, light_seq = NULL";
+
+const EVENT_INSERT: &str = "INSERT INTO events (channel_id, user_id, id, name, property, page, \
+    source, message_id, created_at, seq) SELECT u.*, $10::bigint FROM UNNEST($1::bigint[], \
+    $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+    $9::bigint[]) AS u ON CONFLICT DO NOTHING RETURNING id";
+
+const FIELDS_INSERT: &str = "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, \
+    builtin, created_at) SELECT ch, k, n, ty, FALSE, FALSE, at \
+    FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+    AS t (ch, k, n, ty, at) ON CONFLICT (channel_id, key) DO NOTHING";
+
+/// A merge: the anonymous user's events and counts move to the member, the anonymous row
+/// goes, the merge is recorded (arguments: channel, from, into, merge id, time, change).
+const MERGE: [&str; 6] = [
+    "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id) \
+     VALUES ($1, $6::bigint, 'merge', $2, $3)",
+    "UPDATE events SET user_id = $3 WHERE channel_id = $1 AND user_id = $2",
+    "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
+     SELECT channel_id, $3, name, count, first_at, last_at FROM user_event_stats \
+     WHERE channel_id = $1 AND user_id = $2 \
+     ON CONFLICT (channel_id, user_id, name) DO UPDATE \
+     SET count = user_event_stats.count + excluded.count, \
+     first_at = LEAST(user_event_stats.first_at, excluded.first_at), \
+     last_at = GREATEST(user_event_stats.last_at, excluded.last_at)",
+    "DELETE FROM user_event_stats WHERE channel_id = $1 AND user_id = $2",
+    "DELETE FROM users WHERE channel_id = $1 AND id = $2",
+    "INSERT INTO user_merges (channel_id, id, from_user_id, into_user_id, merged_at) \
+     VALUES ($1, $4, $2, $3, $5::bigint)",
+];
+
+/// The statements every batch runs, prepared on a connection at its first batch so
+/// PostgreSQL parses and analyzes each once: sent as SQL text, parsing, analyzing and
+/// planning them took a quarter of the machine under upsert load. Lookups and joins keep
+/// custom plans (a generic plan made before the table's first ANALYZE scans the whole
+/// channel); the inserts, which have one plan whatever the data, run generic (see
+/// `GENERIC_PLANS`).
+const PREPARED: [(&str, &str); 6] = [
+    ("sori_seq", SEQ_AND_FIELDS),
+    ("sori_users", USERS_FOR_UPDATE),
+    ("sori_light_users", LIGHT_FOR_UPDATE),
+    ("sori_light", LIGHT_ACTIVITY),
+    ("sori_upsert", USER_UPSERT),
+    ("sori_events", EVENT_INSERT),
+];
+
+/// The pool's sessions force custom plans (lookups by arrays need them); the batch's inserts
+/// switch to their cached generic plans, which cannot go wrong, to skip planning.
+const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// `PREPARE`s the statements of `PREPARED` a connection lacks (all of them, unless an
+/// earlier attempt stopped halfway).
+async fn prepare(conn: &mut PgConnection) -> Result<()> {
+    let have: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE name LIKE 'sori%'")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+    let sql: String = PREPARED
+        .iter()
+        .filter(|(name, _)| !have.iter().any(|h| h == name))
+        .map(|(name, sql)| format!("PREPARE {name} AS {sql};\n"))
+        .collect();
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Whether `e` says a prepared statement is missing: the connection has not run a batch yet.
+fn unprepared(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("26000"))
+}
+
+/// The keys a batch addresses in one channel.
+#[derive(Default)]
+struct ChannelKeys<'a> {
+    ids: BTreeSet<&'a str>,
+    members: BTreeSet<&'a str>,
+    veils: BTreeSet<&'a str>,
+}
+
+impl ChannelKeys<'_> {
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.members.is_empty() && self.veils.is_empty()
+    }
+
+    fn args(&self, channel_id: i64) -> [Lit<'_>; 4] {
+        fn texts<'k>(s: &BTreeSet<&'k str>) -> Lit<'k> {
+            Lit::Texts(s.iter().map(|k| Some(*k)).collect())
+        }
+        [
+            Lit::Int(channel_id),
+            texts(&self.ids),
+            texts(&self.members),
+            texts(&self.veils),
+        ]
+    }
+}
+
+/// A pooled connection inside a transaction the driver does not track (it began in a
+/// script). Dropped before `release` — an error, or a cancelled batch — it is closed
+/// rather than returned to the pool, so no later user inherits the open transaction;
+/// PostgreSQL rolls back a transaction whose connection ends.
+struct OpenTx(Option<PoolConnection<Postgres>>);
+
+impl OpenTx {
+    fn conn(&mut self) -> &mut PgConnection {
+        self.0.as_mut().expect("open until released")
+    }
+
+    /// Returns the connection to the pool: its transaction has ended.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+
+    /// Ends the transaction after a failed statement and returns `e`.
+    async fn abort(mut self, e: StoreError) -> StoreError {
+        if sqlx::raw_sql("ROLLBACK").execute(self.conn()).await.is_ok() {
+            self.release();
+        }
+        e
+    }
+
+    /// Runs the batch's first script, preparing the batch statements on this connection
+    /// first if it has never run a batch.
+    async fn begin(&mut self, read: &Script) -> Result<Vec<Outcome>> {
+        match read.run(self.conn()).await {
+            Err(e) if unprepared(&e) => {
+                sqlx::raw_sql("ROLLBACK")
+                    .execute(self.conn())
+                    .await
+                    .map_err(backend)?;
+                prepare(self.conn()).await?;
+                read.run(self.conn()).await.map_err(backend)
+            }
+            r => r.map_err(backend),
+        }
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            c.close_on_drop();
+        }
+    }
+}
+
+/// Writes a batch of user ops (see the module documentation).
+pub(crate) async fn write_users(pool: &PgPool, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+    // Channels in ascending order and rows in id order: a global lock order.
+    let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
+    let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
+    for op in ops {
+        keys.entry(op.channel_id).or_default();
+        let k = if op.is_light() {
+            light_keys.entry(op.channel_id).or_default()
+        } else {
+            keys.entry(op.channel_id).or_default()
+        };
+        // PostgreSQL text cannot hold U+0000, so no stored row has such a key; sending one
+        // would fail the whole batch, while leaving it out lets the planner answer that op.
+        if let Some(id) = op.id_key().filter(|s| !s.contains('\0')) {
+            k.ids.insert(id);
+        }
+        if let Some(m) = op.member_key().filter(|s| !s.contains('\0')) {
+            k.members.insert(m);
+        }
+        if let Some(v) = op.veil_key().filter(|s| !s.contains('\0')) {
+            k.veils.insert(v);
+        }
+    }
+    let channel_ids: Vec<i64> = keys.keys().copied().collect();
+
+    // Round trip 1: begin, number, registries, locked rows.
+    let mut read = Script::default();
+    read.raw("BEGIN");
+    let fields_at = read.exec(
+        "sori_seq",
+        &[
+            Lit::Int(CHANGE_LOCK),
+            Lit::Ints(channel_ids.iter().map(|c| Some(*c)).collect()),
+        ],
+    )?;
+    let mut lookups = Vec::new();
+    for (ch, k) in keys.iter().filter(|(_, k)| !k.is_empty()) {
+        lookups.push((*ch, read.exec("sori_users", &k.args(*ch))?));
+    }
+    let mut light_lookups = Vec::new();
+    for (ch, k) in &light_keys {
+        light_lookups.push((*ch, read.exec("sori_light_users", &k.args(*ch))?));
+    }
+    let mut tx = OpenTx(Some(pool.acquire().await.map_err(backend)?));
+    let got = match tx.begin(&read).await {
+        Ok(got) => got,
+        Err(e) => return Err(tx.abort(e).await),
+    };
+
+    let field_rows = &got[fields_at].rows;
+    let seq: i64 = field_rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("no change number".into()))?
+        .try_get("seq")
+        .map_err(backend)?;
+    let mut fields: HashMap<i64, Vec<ProfileField>> =
+        channel_ids.iter().map(|ch| (*ch, Vec::new())).collect();
+    for r in field_rows {
+        if let Some(ch) = r.try_get::<Option<i64>, _>("channel_id").map_err(backend)? {
+            fields.entry(ch).or_default().push(field_from_row(r)?);
+        }
+    }
+    let registries = fields
+        .into_iter()
+        .map(|(ch, f)| (ch, Registry::new(f)))
+        .collect();
+    let mut loaded = Vec::new();
+    for (ch, at) in lookups {
+        for r in &got[at].rows {
+            loaded.push((ch, user_from_row(r)?));
+        }
+    }
+    let mut light = Vec::new();
+    for (ch, at) in light_lookups {
+        for r in &got[at].rows {
+            light.push((
+                ch,
+                UserKeys {
+                    id: r.try_get("id").map_err(backend)?,
+                    member_id: r.try_get("member_id").map_err(backend)?,
+                    veil_id: r.try_get("veil_id").map_err(backend)?,
+                },
+            ));
+        }
+    }
+
+    let plan = plan_user_writes(ops, loaded, light, registries);
+    if !plan.new_fields.is_empty() {
+        // Rare (a key's first appearance), and its outcome decides whether to go on: alone.
+        if let Err(e) = insert_new_fields(tx.conn(), &plan.new_fields).await {
+            return Err(tx.abort(e).await);
+        }
+    }
+
+    // Round trip 2: everything the plan wrote, and the commit.
+    let mut write = Script::default();
+    for m in &plan.merges {
+        let args = [
+            Lit::Int(m.channel_id),
+            Lit::Text(&m.from),
+            Lit::Text(&m.into),
+            Lit::Text(&m.id),
+            Lit::Int(m.at),
+            Lit::Int(seq),
+        ];
+        for sql in MERGE {
+            write.push(sql, &args)?;
+        }
+    }
+    if !plan.light.is_empty() {
+        let (mut c, mut id, mut latest, mut earliest, mut now) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for ((ch, uid), (l, e, n)) in &plan.light {
+            c.push(Some(*ch));
+            id.push(Some(uid.as_str()));
+            latest.push(Some(*l));
+            earliest.push(Some(*e));
+            now.push(Some(*n));
+        }
+        write.exec(
+            "sori_light",
+            &[
+                Lit::Ints(c),
+                Lit::Texts(id),
+                Lit::Ints(latest),
+                Lit::Ints(earliest),
+                Lit::Ints(now),
+                Lit::Int(seq),
+            ],
+        )?;
+    }
+    write.raw(GENERIC_PLANS);
+    let events_at = if plan.events.is_empty() {
+        None
+    } else {
+        Some(write.exec("sori_events", &event_args(&plan.events, seq))?)
+    };
+    if !plan.users.is_empty() {
+        let rows = upsert_rows(&plan.users);
+        write.exec("sori_upsert", &upsert_args(&rows, seq))?;
+    }
+    write.raw("COMMIT");
+    let done = match write.run(tx.conn()).await {
+        Ok(done) => done,
+        Err(e) => return Err(tx.abort(backend(e)).await),
+    };
+    tx.release();
+
+    if let Some(at) = events_at {
+        let inserted: Vec<String> = done[at]
+            .rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(backend))
+            .collect::<Result<_>>()?;
+        let agg = aggregate(&plan.events, &inserted);
+        if let Err(e) = update_catalog(pool, &agg).await {
+            tracing::warn!(error = %e, "event catalog update failed; counts may lag");
+        }
+    }
+    Ok(plan.results)
+}
+
+/// Registers inferred fields, in key order (concurrent batches registering the same keys
+/// wait on each other in one order). If another transaction registered one of the keys
+/// first (it may have inferred or been given another type), the batch was validated
+/// against a stale registry: `Transient` makes the writer retry it with the fresh one.
+async fn insert_new_fields(conn: &mut PgConnection, fields: &[(i64, ProfileField)]) -> Result<()> {
+    let mut sorted: Vec<&(i64, ProfileField)> = fields.iter().collect();
+    sorted.sort_by(|a, b| (a.0, a.1.key.as_str()).cmp(&(b.0, b.1.key.as_str())));
+    let args = vec![
+        Lit::Ints(sorted.iter().map(|(ch, _)| Some(*ch)).collect()),
+        Lit::Texts(sorted.iter().map(|(_, f)| Some(f.key.as_str())).collect()),
+        Lit::Texts(sorted.iter().map(|(_, f)| Some(f.name.as_str())).collect()),
+        Lit::Texts(
+            sorted
+                .iter()
+                .map(|(_, f)| Some(f.field_type.as_str()))
+                .collect(),
+        ),
+        Lit::Ints(sorted.iter().map(|(_, f)| Some(f.created_at)).collect()),
+    ];
+    let inserted = bind(sqlx::query(FIELDS_INSERT), args)
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    if inserted.rows_affected() < sorted.len() as u64 {
+        return Err(StoreError::Transient(
+            "a profile field was registered concurrently".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Appends events outside the batch path (bulk loads); returns the aggregates of those
+/// really inserted so the catalog can be updated after commit.
+pub(crate) async fn insert_events(
+    conn: &mut PgConnection,
+    events: &[(i64, String, &NewEvent)],
+    seq: i64,
+) -> Result<EventAggregates> {
+    let rows = bind(sqlx::query(EVENT_INSERT), event_args(events, seq))
+        .fetch_all(conn)
+        .await
+        .map_err(backend)?;
+    let inserted: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(backend))
+        .collect::<Result<_>>()?;
+    Ok(aggregate(events, &inserted))
+}
+
+fn event_args<'a>(events: &'a [(i64, String, &NewEvent)], seq: i64) -> Vec<Lit<'a>> {
+    let n = events.len();
+    let (mut ch, mut user, mut id, mut name, mut prop, mut page, mut source, mut msg, mut at) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (c, u, e) in events {
+        ch.push(Some(*c));
+        user.push(Some(u.as_str()));
+        id.push(Some(e.id.as_str()));
+        name.push(Some(e.name.as_str()));
+        prop.push(Some(e.property_json.as_str()));
+        page.push(e.page.as_deref());
+        source.push(Some(e.source.as_str()));
+        msg.push(e.message_id.as_deref());
+        at.push(Some(e.created_at));
+    }
+    vec![
+        Lit::Ints(ch),
+        Lit::Texts(user),
+        Lit::Texts(id),
+        Lit::Texts(name),
+        Lit::Texts(prop),
+        Lit::Texts(page),
+        Lit::Texts(source),
+        Lit::Texts(msg),
+        Lit::Ints(at),
+        Lit::Int(seq),
+    ]
+}
+
+/// Writes users with one statement outside the batch path (bulk loads).
+pub(crate) async fn upsert_users(
+    conn: &mut PgConnection,
+    users: &BTreeMap<(i64, String), User>,
+    seq: i64,
+) -> Result<()> {
+    let rows = upsert_rows(users);
+    bind(sqlx::query(USER_UPSERT), upsert_args(&rows, seq))
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Rows in (channel, member id) order: the only waits left when they are written are on
+/// member ids another batch is inserting, and taking them in one order turns a race for
+/// the same new members into a `Conflict`, not a deadlock.
+fn upsert_rows(users: &BTreeMap<(i64, String), User>) -> Vec<UserRow> {
+    let mut rows: Vec<UserRow> = users
+        .iter()
+        .map(|((ch, _), user)| UserRow::from_user(*ch, user))
+        .collect();
+    rows.sort_by(|a, b| {
+        (a.channel_id, &a.member_id, &a.id).cmp(&(b.channel_id, &b.member_id, &b.id))
+    });
+    rows
+}
+
+fn upsert_args(rows: &[UserRow], seq: i64) -> Vec<Lit<'_>> {
+    let ints = |f: fn(&UserRow) -> Option<i64>| Lit::Ints(rows.iter().map(f).collect());
+    let bools = |f: fn(&UserRow) -> bool| Lit::Bools(rows.iter().map(|r| Some(f(r))).collect());
+    let texts =
+        |f: for<'r> fn(&'r UserRow) -> Option<&'r str>| Lit::Texts(rows.iter().map(f).collect());
+    vec![
+        ints(|r| Some(r.channel_id)),
+        texts(|r| Some(&r.id)),
+        texts(|r| r.member_id.as_deref()),
+        texts(|r| r.veil_id.as_deref()),
+        texts(|r| r.name.as_deref()),
+        texts(|r| Some(&r.profile)),
+        texts(|r| Some(&r.tags)),
+        bools(|r| r.unsubscribe_email),
+        bools(|r| r.unsubscribe_texting),
+        bools(|r| r.blocked),
+        texts(|r| r.city.as_deref()),
+        texts(|r| r.country.as_deref()),
+        texts(|r| r.language.as_deref()),
+        bools(|r| r.has_chat),
+        bools(|r| r.has_push_token),
+        ints(|r| Some(r.sessions_count)),
+        ints(|r| r.last_seen_at),
+        ints(|r| Some(r.created_at)),
+        ints(|r| Some(r.updated_at)),
+        texts(|r| Some(&r.web)),
+        texts(|r| Some(&r.mobile)),
+        Lit::Int(seq),
+    ]
+}
