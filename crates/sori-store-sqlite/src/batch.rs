@@ -25,7 +25,8 @@ fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
-/// Opens the batch connection on the database file of `url` (`sqlite://path?…`).
+/// Opens the batch connection on the database file of `url` (`sqlite://path?…`). It never
+/// checkpoints the WAL itself (see `checkpoint`).
 pub fn open(url: &str) -> Result<Connection> {
     let path = url
         .strip_prefix("sqlite://")
@@ -35,7 +36,8 @@ pub fn open(url: &str) -> Result<Connection> {
     let conn = Connection::open(path).map_err(db)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;",
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; \
+         PRAGMA wal_autocheckpoint = 0;",
     )
     .map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))

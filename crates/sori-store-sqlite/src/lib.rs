@@ -6,6 +6,7 @@
 //! comes from group commit (many user writes per transaction), not from weaker syncing.
 
 mod batch;
+mod checkpoint;
 
 use sori_store_sqlx::{
     ChangeSql, catalog_entry, changes_between, channel as channel_from_row,
@@ -74,6 +75,8 @@ pub struct SqliteStore {
     batch: Mutex<rusqlite::Connection>,
     /// The database URL, for extra read connections of bulk scans.
     url: String,
+    /// Checkpoints the WAL while the store is open.
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -112,7 +115,9 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16384");
+            .pragma("cache_size", "-16384")
+            // Checkpoints run on their own thread (see `checkpoint`).
+            .pragma("wal_autocheckpoint", "0");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -129,6 +134,8 @@ impl SqliteStore {
             reader,
             batch: Mutex::new(batch::open(url)?),
             url: url.to_owned(),
+            _checkpointer: checkpoint::start(batch::open(url)?)
+                .map_err(|e| StoreError::Backend(Box::new(e)))?,
         })
     }
 }
