@@ -2,10 +2,10 @@
 //!
 //! Semantics match the SQLite store exactly; only the dialect and the batching differ.
 //! User writes are group-committed by the caller, so `write_users` spends two round trips
-//! per batch (lock the addressed rows; write and commit, see `write`) however many ops the
-//! batch holds. Several nodes may share one database:
-//! migrations take an advisory lock, and user rows are locked in key order so concurrent
-//! batches queue instead of deadlocking.
+//! per batch, three with events (lock the addressed rows; write and commit, see `write`),
+//! however many ops the batch holds. Several nodes may share one database: migrations take
+//! an advisory lock, and user rows are locked in key order so concurrent batches queue
+//! instead of deadlocking.
 
 use sori_store_sqlx::{
     ChangeSql, EventAggregates, catalog_entry, changes_between, channel as channel_from_row,

@@ -44,6 +44,9 @@ pub struct ConfigArgs {
     /// Open API burst per access key [default: 2000].
     #[arg(long, env = "SORI_RATE_BURST", global = true)]
     pub rate_burst: Option<u32>,
+    /// User writer shards (see `Config::writer_shards`).
+    #[arg(long, env = "SORI_WRITER_SHARDS", global = true)]
+    pub writer_shards: Option<usize>,
 }
 
 /// The TOML file's keys (all optional).
@@ -82,7 +85,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `Secure` session cookie.
     pub cookie_secure: bool,
-    /// User writer shards (default 1 on SQLite, 4 on PostgreSQL).
+    /// User writer shards (default 1 on SQLite; on PostgreSQL see `sori::app`).
     pub writer_shards: Option<usize>,
     /// PostgreSQL pool size.
     pub pg_max_connections: u32,
@@ -133,7 +136,7 @@ impl Config {
             rate_burst: args.rate_burst.or(file.rate_burst).unwrap_or(d.rate_burst),
             max_body_bytes: file.max_body_bytes.unwrap_or(d.max_body_bytes),
             cookie_secure: file.cookie_secure.unwrap_or(d.cookie_secure),
-            writer_shards: file.writer_shards,
+            writer_shards: args.writer_shards.or(file.writer_shards),
             pg_max_connections: file.pg_max_connections.unwrap_or(d.pg_max_connections),
             owner_email: file.owner_email.unwrap_or(d.owner_email),
         })
