@@ -87,9 +87,13 @@ impl App {
         let pepper = store.meta_get_or_insert("secret_hash_key", &fresh).await?;
         let pepper: Arc<[u8]> = hex_or_bytes(&pepper).into();
         let audience = Arc::new(Audience::build(&store).await?);
+        // SQLite writes on one connection, so a second batch in flight would only queue.
+        // On PostgreSQL a large batch (bulk ingestion) keeps one backend on one core busy,
+        // and a second one (on other keys) puts the other core to work.
+        let writer_overlap = if store.backend() == "sqlite" { 1 } else { 2 };
         Ok(Self {
             channels: ChannelCache::new(store.clone(), pepper.clone()),
-            users: UserWriter::spawn(store.clone(), writer_shards),
+            users: UserWriter::spawn(store.clone(), writer_shards, writer_overlap),
             audience,
             login_slots: Arc::new(tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -5,6 +5,7 @@
 //! user are always ordered.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,8 @@ use crate::{AppError, AppResult};
 
 /// Most ops in one transaction; bounds latency of the last op in a batch.
 const MAX_BATCH: usize = 2048;
+/// Queued ops that let a shard start a second batch while one is in flight (see `run`).
+const OVERLAP_MIN: usize = 64;
 /// Queued ops per shard before callers wait (back-pressure instead of unbounded memory).
 const QUEUE: usize = 8192;
 /// Longest a request waits for room in a full writer queue before it gets a 503.
@@ -43,7 +46,8 @@ impl UserWriter {
     /// Each shard runs on its own thread with its own small runtime, so a batch is never
     /// queued behind HTTP work on the request workers: the commit pipeline's latency is
     /// what bounds throughput for a fixed number of clients.
-    pub fn spawn(store: Arc<dyn Store>, shards: usize) -> Self {
+    pub fn spawn(store: Arc<dyn Store>, shards: usize, overlap: usize) -> Self {
+        let overlap = overlap.max(1);
         let shards: Vec<_> = (0..shards.max(1))
             .map(|i| {
                 let (tx, rx) = mpsc::channel(QUEUE);
@@ -55,7 +59,7 @@ impl UserWriter {
                             .enable_all()
                             .build()
                         {
-                            Ok(rt) => rt.block_on(run(store, rx)),
+                            Ok(rt) => rt.block_on(run(store, rx, overlap)),
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot start user writer runtime")
                             }
@@ -115,41 +119,87 @@ impl UserWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
+/// The (channel, key) pairs a batch addresses.
+type Keys = HashSet<(i64, String)>;
+
+/// A shard's loop: whatever is queued becomes one batch; up to `overlap` batches are in the
+/// store at once.
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, overlap: usize) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let started = Instant::now();
-        let (ops, replies): (Vec<UserOp>, Vec<_>) = jobs.drain(..).map(|j| (j.op, j.reply)).unzip();
-        metrics::histogram!("sori_user_write_batch_size").record(ops.len() as f64);
-        let mut attempt = 0;
-        let outcome = loop {
-            match store.write_users(&ops).await {
-                Err(StoreError::Conflict(m) | StoreError::Transient(m)) if attempt < RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(attempt, conflict = %m, "user batch raced; retrying");
-                }
-                other => break other,
+    let mut flying: VecDeque<(Keys, tokio::task::JoinHandle<()>)> = VecDeque::new();
+    loop {
+        // A second batch joins one in flight only when enough is queued to make it worth
+        // its fixed cost; otherwise the queue keeps growing into the next batch.
+        if rx.len() < OVERLAP_MIN
+            && let Some((_, h)) = flying.pop_front()
+        {
+            let _ = h.await;
+            continue;
+        }
+        if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            break;
+        }
+        let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
+        let keys: Keys = batch
+            .iter()
+            .flat_map(|j| {
+                [j.op.id_key(), j.op.member_key(), j.op.veil_key()]
+                    .into_iter()
+                    .flatten()
+                    .map(|k| (j.op.channel_id, k.to_owned()))
+            })
+            .collect();
+        // Batches in flight together address disjoint keys: a batch sharing a key with an
+        // earlier one waits for it, so writes to one user keep their order.
+        while !may_join(&flying, &keys, overlap) {
+            if let Some((_, h)) = flying.pop_front() {
+                let _ = h.await;
             }
-        };
-        metrics::histogram!("sori_user_write_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(results) => {
-                for ((reply, op), r) in replies.into_iter().zip(ops).zip(results) {
-                    let _ = reply.send((Ok(r), op));
-                }
+        }
+        flying.push_back((keys, tokio::spawn(write_batch(store.clone(), batch))));
+    }
+    for (_, h) in flying {
+        let _ = h.await;
+    }
+}
+
+/// Whether a batch on `keys` may start beside the batches in flight: fewer than `overlap`
+/// are, and none shares a key with it.
+fn may_join<T>(flying: &VecDeque<(Keys, T)>, keys: &Keys, overlap: usize) -> bool {
+    flying.len() < overlap && flying.iter().all(|(k, _)| k.is_disjoint(keys))
+}
+
+/// Writes one batch (retrying races) and answers its callers.
+async fn write_batch(store: Arc<dyn Store>, jobs: Vec<Job>) {
+    let started = Instant::now();
+    let (ops, replies): (Vec<UserOp>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+    metrics::histogram!("sori_user_write_batch_size").record(ops.len() as f64);
+    let mut attempt = 0;
+    let outcome = loop {
+        match store.write_users(&ops).await {
+            Err(StoreError::Conflict(m) | StoreError::Transient(m)) if attempt < RETRIES => {
+                attempt += 1;
+                tracing::debug!(attempt, conflict = %m, "user batch raced; retrying");
             }
-            Err(e) => {
-                tracing::error!(error = %e, batch = ops.len(), "user write batch failed");
-                for (reply, op) in replies.into_iter().zip(ops) {
-                    let _ = reply.send((Err(e.to_string()), op));
-                }
+            other => break other,
+        }
+    };
+    metrics::histogram!("sori_user_write_batch_seconds").record(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(results) => {
+            for ((reply, op), r) in replies.into_iter().zip(ops).zip(results) {
+                let _ = reply.send((Ok(r), op));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch = ops.len(), "user write batch failed");
+            for (reply, op) in replies.into_iter().zip(ops) {
+                let _ = reply.send((Err(e.to_string()), op));
             }
         }
     }
 }
 
-/// Which path a write came from; decides per-call tag limits and consent rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// Server-side Open API (full trust; tags ≤ 20 per call).
@@ -316,5 +366,26 @@ fn outcome(r: UserOpResult) -> AppResult<sori_store::UserOpOutcome> {
             "memberId `{m}` belongs to another user"
         ))),
         Err(sori_store::UserOpError::Invalid(e)) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(ks: &[&str]) -> Keys {
+        ks.iter().map(|k| (1, (*k).to_owned())).collect()
+    }
+
+    #[test]
+    fn batches_overlap_only_on_disjoint_keys_and_within_the_limit() {
+        let mut flying = VecDeque::new();
+        assert!(may_join(&flying, &keys(&["a"]), 1));
+        flying.push_back((keys(&["a", "b"]), ()));
+        assert!(!may_join(&flying, &keys(&["c"]), 1), "limit of one");
+        assert!(may_join(&flying, &keys(&["c"]), 2));
+        assert!(!may_join(&flying, &keys(&["c", "b"]), 2), "shares b");
+        let other_channel: Keys = [(2, "a".to_owned())].into();
+        assert!(may_join(&flying, &other_channel, 2), "keys are per channel");
     }
 }

@@ -646,9 +646,29 @@ async fn segment_and_rudder_node_clients(b: Backend) {
     app.stop().await;
 }
 
+/// Writes to one user keep their order when a request's ops span several store batches
+/// (PostgreSQL may run two large batches at once; the rule that keeps batches sharing a
+/// user apart is unit-tested in sori-app).
+async fn batch_order(b: Backend) {
+    let app = spawn_app(b).await;
+    let mut calls = Vec::new();
+    for i in 0..1500 {
+        calls.push(json!({"type": "identify", "userId": "ord", "traits": {"step": i}}));
+        calls.push(json!({"type": "track", "userId": format!("other{}", i % 300), "event": "E"}));
+    }
+    for chunk in calls.chunks(1000) {
+        let r = segment(&app, "/v1/batch", json!({"batch": chunk})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let u = app.member("ord").await;
+    assert_eq!(u["profile"]["step"], 1499, "{u}");
+    app.stop().await;
+}
+
 both!(
     open_api_events,
     segment_api,
+    batch_order,
     sdk_rules,
     retention,
     web_sdk_in_chromium,
