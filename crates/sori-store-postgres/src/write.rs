@@ -10,12 +10,15 @@ use sori_domain::event::NewEvent;
 use sori_domain::{ProfileField, Registry, User};
 use sori_store::{StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
 use sori_store_sqlx::{EventAggregates, aggregate, field as field_from_row, user as user_from_row};
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgPool;
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
+use std::sync::{Mutex, PoisonError};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use crate::script::{Lit, Outcome, Script, bind};
-use crate::{CHANGE_LOCK, LIGHT_FOR_UPDATE, USERS_FOR_UPDATE, backend, update_catalog};
+use crate::{
+    CHANGE_LOCK, LIGHT_FOR_UPDATE, MEMBERS_FOR_UPDATE, USERS_FOR_UPDATE, backend, update_catalog,
+};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -93,21 +96,24 @@ const MERGE: [&str; 6] = [
 /// The statements every batch runs, prepared on a connection at its first batch so
 /// PostgreSQL parses and analyzes each once: sent as SQL text, parsing, analyzing and
 /// planning them took a quarter of the machine under upsert load. (Event inserts go
-/// separately, see `write_users`.) Lookups and joins keep
-/// custom plans (a generic plan made before the table's first ANALYZE scans the whole
-/// channel); the inserts, which have one plan whatever the data, run generic (see
+/// separately, see `write_users`.) Lookups and joins keep custom plans (a generic plan
+/// made before the table's first ANALYZE scans the whole channel); the change number and
+/// the inserts, which have one sensible plan whatever the data, run generic (see
 /// `GENERIC_PLANS`).
-const PREPARED: [(&str, &str); 5] = [
+const PREPARED: [(&str, &str); 6] = [
     ("sori_seq", SEQ_AND_FIELDS),
     ("sori_users", USERS_FOR_UPDATE),
+    ("sori_members", MEMBERS_FOR_UPDATE),
     ("sori_light_users", LIGHT_FOR_UPDATE),
     ("sori_light", LIGHT_ACTIVITY),
     ("sori_upsert", USER_UPSERT),
 ];
 
-/// The pool's sessions force custom plans (lookups by arrays need them); the batch's inserts
-/// switch to their cached generic plans, which cannot go wrong, to skip planning.
+/// Sessions force custom plans (lookups by arrays need them); a batch switches to cached
+/// generic plans around the statements whose plan cannot go wrong, to skip planning.
 const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+/// Back to planning each statement for its arguments.
+const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
 
 /// `PREPARE`s the statements of `PREPARED` a connection lacks (all of them, unless an
 /// earlier attempt stopped halfway).
@@ -160,20 +166,67 @@ impl ChannelKeys<'_> {
     }
 }
 
-/// A pooled connection inside a transaction the driver does not track (it began in a
-/// script). Dropped before `release` — an error, or a cancelled batch — it is closed
-/// rather than returned to the pool, so no later user inherits the open transaction;
-/// PostgreSQL rolls back a transaction whose connection ends.
-struct OpenTx(Option<PoolConnection<Postgres>>);
+/// Connections kept for batch writes, apart from the pool: the pool pings every connection
+/// handed back to it (a round trip per batch), and a connection kept here also keeps the
+/// batch statements prepared. There are at most as many as batches run at once (writer
+/// shards × overlap), on top of the pool's.
+pub(crate) struct Writers {
+    opts: PgConnectOptions,
+    spare: Mutex<Vec<PgConnection>>,
+}
 
-impl OpenTx {
-    fn conn(&mut self) -> &mut PgConnection {
-        self.0.as_mut().expect("open until released")
+impl Writers {
+    /// Connections will be opened with `opts`, as they are first needed.
+    pub(crate) fn new(opts: PgConnectOptions) -> Self {
+        Self {
+            opts,
+            spare: Mutex::new(Vec::new()),
+        }
     }
 
-    /// Returns the connection to the pool: its transaction has ended.
+    /// A connection for one batch.
+    async fn take(&self) -> Result<OpenTx<'_>> {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match spare {
+            Some(c) => c,
+            None => PgConnection::connect_with(&self.opts)
+                .await
+                .map_err(backend)?,
+        };
+        Ok(OpenTx {
+            conn: Some(conn),
+            home: self,
+        })
+    }
+}
+
+/// A batch's connection, inside a transaction the driver does not track (it began in a
+/// script). Dropped before `release` — an error, or a cancelled batch — it is closed rather
+/// than kept, so no later batch inherits the open transaction; PostgreSQL rolls back a
+/// transaction whose connection ends.
+struct OpenTx<'a> {
+    conn: Option<PgConnection>,
+    home: &'a Writers,
+}
+
+impl OpenTx<'_> {
+    fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("open until released")
+    }
+
+    /// Keeps the connection for the next batch: its transaction has ended.
     fn release(mut self) {
-        drop(self.0.take());
+        if let Some(c) = self.conn.take() {
+            self.home
+                .spare
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(c);
+        }
     }
 
     /// Ends the transaction after a failed statement and returns `e`.
@@ -201,16 +254,8 @@ impl OpenTx {
     }
 }
 
-impl Drop for OpenTx {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            c.close_on_drop();
-        }
-    }
-}
-
 /// Writes a batch of user ops (see the module documentation).
-pub(crate) async fn write_users(pool: &PgPool, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     // Channels in ascending order and rows in id order: a global lock order.
     let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
     let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
@@ -238,6 +283,7 @@ pub(crate) async fn write_users(pool: &PgPool, ops: &[UserOp]) -> Result<Vec<Use
     // Round trip 1: begin, number, registries, locked rows.
     let mut read = Script::default();
     read.raw("BEGIN");
+    read.raw(GENERIC_PLANS);
     let fields_at = read.exec(
         "sori_seq",
         &[
@@ -245,15 +291,22 @@ pub(crate) async fn write_users(pool: &PgPool, ops: &[UserOp]) -> Result<Vec<Use
             Lit::Ints(channel_ids.iter().map(|c| Some(*c)).collect()),
         ],
     )?;
+    read.raw(CUSTOM_PLANS);
     let mut lookups = Vec::new();
     for (ch, k) in keys.iter().filter(|(_, k)| !k.is_empty()) {
-        lookups.push((*ch, read.exec("sori_users", &k.args(*ch))?));
+        let at = if k.ids.is_empty() && k.veils.is_empty() {
+            let [channel, _, members, _] = k.args(*ch);
+            read.exec("sori_members", &[channel, members])?
+        } else {
+            read.exec("sori_users", &k.args(*ch))?
+        };
+        lookups.push((*ch, at));
     }
     let mut light_lookups = Vec::new();
     for (ch, k) in &light_keys {
         light_lookups.push((*ch, read.exec("sori_light_users", &k.args(*ch))?));
     }
-    let mut tx = OpenTx(Some(pool.acquire().await.map_err(backend)?));
+    let mut tx = writers.take().await?;
     let got = match tx.begin(&read).await {
         Ok(got) => got,
         Err(e) => return Err(tx.abort(e).await),
@@ -362,13 +415,12 @@ pub(crate) async fn write_users(pool: &PgPool, ops: &[UserOp]) -> Result<Vec<Use
     if let Err(e) = write.run(tx.conn()).await {
         return Err(tx.abort(backend(e)).await);
     }
-    tx.release();
-
     if let Some(agg) = agg
-        && let Err(e) = update_catalog(pool, &agg).await
+        && let Err(e) = update_catalog(tx.conn(), &agg).await
     {
         tracing::warn!(error = %e, "event catalog update failed; counts may lag");
     }
+    tx.release();
     Ok(plan.results)
 }
 
