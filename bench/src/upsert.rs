@@ -2,14 +2,22 @@
 //! connections with realistic profiles (Korean and Latin names, e-mail, a Korean mobile
 //! number the server normalizes to E.164, numbers, a datetime, a list, a `profileOnce` UTM
 //! value, a tag) over a pool of member ids, so a run mixes creates and updates. A warm-up
-//! run comes first; then the measured run prints throughput and latency percentiles.
+//! run comes first; then the measured run prints throughput and latency percentiles, and
+//! the same requests against the server's no-op endpoint give the machine's HTTP ceiling
+//! at that moment (this shared machine's speed moves by ±20 % between runs).
 
 use anyhow::bail;
 
 use crate::wrk::wrk;
 
-/// Lua for wrk: each request upserts a random member of `members` with a fresh profile.
-fn script(key: &str, secret: &str, members: u64) -> String {
+/// Lua for wrk: each request upserts a random member of `members` with a fresh profile
+/// (or, with `noop`, sends the same body to `POST /_noop`).
+fn script(key: &str, secret: &str, members: u64, noop: bool) -> String {
+    let target = if noop {
+        r#""POST", "/_noop""#.to_owned()
+    } else {
+        r#""PUT", "/open/v5/users/@member-" .. n"#.to_owned()
+    };
     format!(
         r#"
 local names = {{"김민준", "이서연", "박지호", "최수아", "Jane Doe", "John Smith"}}
@@ -23,7 +31,7 @@ function request()
     names[r % 6 + 1], n, n % 100000000, r % 7, (r % 500000) / 10, grades[r % 3 + 1],
     1700000000000 + r % 10000000, tags[r % 6 + 1], tags[math.floor(r / 256) % 6 + 1],
     tags[math.floor(r / 65536) % 6 + 1])
-  return wrk.format("PUT", "/open/v5/users/@member-" .. n, headers, body)
+  return wrk.format({target}, headers, body)
 end
 "#
     )
@@ -36,12 +44,23 @@ pub fn run(
     seconds: u64,
     members: u64,
 ) -> anyhow::Result<()> {
-    let lua = script(&server.key, &server.secret, members);
+    let lua = script(&server.key, &server.secret, members, false);
     wrk(&server.base, &lua, clients, 2)?;
     let r = wrk(&server.base, &lua, clients, seconds)?;
     println!(
         "upserts: {} in {seconds} s = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms; non-2xx {}",
         r.requests, r.requests_per_s, r.p50_ms, r.p99_ms, r.non_2xx
+    );
+    let noop = wrk(
+        &server.base,
+        &script(&server.key, &server.secret, members, true),
+        clients,
+        seconds,
+    )?;
+    println!(
+        "no-op endpoint, same requests: {:.0}/s (upserts reach {:.0}% of it)",
+        noop.requests_per_s,
+        100.0 * r.requests_per_s / noop.requests_per_s.max(1.0)
     );
     if r.non_2xx > 0 {
         bail!("{} upserts failed", r.non_2xx);
