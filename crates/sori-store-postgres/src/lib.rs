@@ -116,10 +116,15 @@ const USERS_BEFORE: &str = concat!(
 const USERS_FOR_UPDATE: &str = concat!(user_select!(), user_keys_in!(), " ORDER BY id FOR UPDATE");
 
 /// `USERS_FOR_UPDATE` for a batch that addresses users by member id only (upserts through
-/// the Open API): one index condition is cheaper to plan than three.
+/// the Open API): one unique-index probe per member, a shape whose cached generic plan is
+/// that probe even before the table's first ANALYZE, so it is never planned again. Rows
+/// are locked in member order (batches of this kind all lock in that order; against a
+/// batch locking by id a deadlock is possible, which PostgreSQL breaks and the writer
+/// retries).
 const MEMBERS_FOR_UPDATE: &str = concat!(
+    "SELECT u.* FROM unnest($2::text[]) AS k(m) CROSS JOIN LATERAL (",
     user_select!(),
-    "WHERE channel_id = $1 AND member_id = ANY($2::text[]) ORDER BY id FOR UPDATE"
+    "WHERE channel_id = $1 AND member_id = k.m FOR UPDATE) u"
 );
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \

@@ -96,10 +96,10 @@ const MERGE: [&str; 6] = [
 /// The statements every batch runs, prepared on a connection at its first batch so
 /// PostgreSQL parses and analyzes each once: sent as SQL text, parsing, analyzing and
 /// planning them took a quarter of the machine under upsert load. (Event inserts go
-/// separately, see `write_users`.) Lookups and joins keep custom plans (a generic plan
-/// made before the table's first ANALYZE scans the whole channel); the change number and
-/// the inserts, which have one sensible plan whatever the data, run generic (see
-/// `GENERIC_PLANS`).
+/// separately, see `write_users`.) Lookups by several key kinds and joins keep custom
+/// plans (a generic plan made before the table's first ANALYZE scans the whole channel);
+/// the change number, the member lookup and the upsert, which have one sensible plan
+/// whatever the data, run generic (see `GENERIC_PLANS`).
 const PREPARED: [(&str, &str); 6] = [
     ("sori_seq", SEQ_AND_FIELDS),
     ("sori_users", USERS_FOR_UPDATE),
@@ -291,16 +291,18 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
             Lit::Ints(channel_ids.iter().map(|c| Some(*c)).collect()),
         ],
     )?;
-    read.raw(CUSTOM_PLANS);
     let mut lookups = Vec::new();
-    for (ch, k) in keys.iter().filter(|(_, k)| !k.is_empty()) {
-        let at = if k.ids.is_empty() && k.veils.is_empty() {
-            let [channel, _, members, _] = k.args(*ch);
-            read.exec("sori_members", &[channel, members])?
-        } else {
-            read.exec("sori_users", &k.args(*ch))?
-        };
-        lookups.push((*ch, at));
+    let member_only = |k: &ChannelKeys<'_>| k.ids.is_empty() && k.veils.is_empty();
+    for (ch, k) in keys.iter().filter(|(_, k)| !k.is_empty() && member_only(k)) {
+        let [channel, _, members, _] = k.args(*ch);
+        lookups.push((*ch, read.exec("sori_members", &[channel, members])?));
+    }
+    read.raw(CUSTOM_PLANS);
+    for (ch, k) in keys
+        .iter()
+        .filter(|(_, k)| !k.is_empty() && !member_only(k))
+    {
+        lookups.push((*ch, read.exec("sori_users", &k.args(*ch))?));
     }
     let mut light_lookups = Vec::new();
     for (ch, k) in &light_keys {
