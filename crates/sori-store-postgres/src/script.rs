@@ -195,18 +195,27 @@ fn array<T>(a: &mut String, v: &[Option<T>], mut item: impl FnMut(&mut String, &
     a.push('}');
 }
 
-/// Dollar-quotes `text` with the first tag of `$q$`, `$q0$`, `$q1$`, … it does not contain.
+/// Dollar-quotes `text`. The tag is `$q$` when the text holds no `$q` at all, else `$q1$`,
+/// `$q10$`, `$q100$`… with more digits than any digit run after a `$q` in the text, so the
+/// text can neither contain the tag nor end with a prefix of it; found in one pass (a
+/// search per candidate tag would let a value full of `$q0$`, `$q1$`… cost quadratic time).
 fn quote(out: &mut String, text: &str) -> Result<()> {
     if text.contains('\0') {
         // The query is one C string; PostgreSQL text cannot hold NUL either.
         return Err(StoreError::Corrupt("a value holds a NUL character".into()));
     }
-    let mut tag = String::from("$q$");
-    let mut n = 0u32;
-    while text.contains(tag.as_str()) {
-        tag = format!("$q{n}$");
-        n += 1;
+    let mut longest = None;
+    for (at, _) in text.match_indices("$q") {
+        let run = text[at + 2..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        longest = Some(longest.unwrap_or(0).max(run));
     }
+    let tag = match longest {
+        None => "$q$".to_owned(),
+        Some(run) => format!("$q1{}$", "0".repeat(run)),
+    };
     out.push_str(&tag);
     out.push_str(text);
     out.push_str(&tag);
@@ -241,8 +250,53 @@ mod tests {
                     Lit::Ints(vec![Some(1), None]),
                 ]
             ),
-            "SELECT (-5)::bigint, $q0$it's $q$ here$q0$, $q${\"a\\\"b\\\\c\",NULL,\"\"}$q$::text[], $q${1,NULL}$q$;\n"
+            "SELECT (-5)::bigint, $q1$it's $q$ here$q1$, $q${\"a\\\"b\\\\c\",NULL,\"\"}$q$::text[], $q${1,NULL}$q$;\n"
         );
+    }
+
+    /// The closing tag is found exactly where the text ends, whatever the text holds.
+    fn closes_at_the_end(text: &str) {
+        let mut out = String::new();
+        quote(&mut out, text).unwrap();
+        let tag_len = out[1..].find('$').expect("a tag") + 2;
+        let tag = &out[..tag_len];
+        assert_eq!(&out[tag_len..tag_len + text.len()], text);
+        assert_eq!(
+            out[tag_len..].find(tag),
+            Some(text.len()),
+            "{text:?} -> {out}"
+        );
+    }
+
+    #[test]
+    fn dollar_quote_tags_never_occur_in_the_text() {
+        for text in [
+            "",
+            "plain",
+            "$",
+            "$q",
+            "abc$q",
+            "$q$",
+            "a$q0",
+            "$q0$ $q1$",
+            "$q9$q10",
+            "x$q1",
+            "$q10",
+            "$$q$$",
+            "$q99999999999999999999999$",
+        ] {
+            closes_at_the_end(text);
+        }
+        // Many candidate tags in one value: one pass, whatever their number.
+        let crowded: String = (0..20_000).map(|i| format!("$q{i}$")).collect();
+        closes_at_the_end(&crowded);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_closes_at_its_end(text in "[$q0-9a ]{0,40}") {
+            closes_at_the_end(&text);
+        }
     }
 
     #[test]

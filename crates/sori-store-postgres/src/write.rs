@@ -231,32 +231,49 @@ impl OpenTx<'_> {
 
     /// Ends the transaction after a failed statement and returns `e`.
     async fn abort(mut self, e: StoreError) -> StoreError {
-        if sqlx::raw_sql("ROLLBACK").execute(self.conn()).await.is_ok() {
+        if let Some(c) = self.conn.as_mut()
+            && sqlx::raw_sql("ROLLBACK").execute(c).await.is_ok()
+        {
             self.release();
         }
         e
     }
 
     /// Runs the batch's first script, preparing the batch statements on this connection
-    /// first if it has never run a batch.
+    /// first if it has never run a batch. A connection whose preparation failed is closed
+    /// (statements prepared before the failure would stay, and the check would not run
+    /// again). Nothing is written yet, so a broken connection (a kept connection the server
+    /// dropped, after a restart) is a `Transient` failure the writer retries on another.
     async fn begin(&mut self, read: &Script) -> Result<Vec<Outcome>> {
-        match read.run(self.conn()).await {
+        let first = match read.run(self.conn()).await {
             Err(e) if unprepared(&e) => {
                 sqlx::raw_sql("ROLLBACK")
                     .execute(self.conn())
                     .await
                     .map_err(backend)?;
-                prepare(self.conn()).await?;
-                read.run(self.conn()).await.map_err(backend)
+                if let Err(e) = prepare(self.conn()).await {
+                    self.conn = None;
+                    return Err(e);
+                }
+                read.run(self.conn()).await
             }
-            r => r.map_err(backend),
-        }
+            r => r,
+        };
+        first.map_err(|e| match e {
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => {
+                self.conn = None;
+                StoreError::Transient(format!("batch connection lost: {e}"))
+            }
+            e => backend(e),
+        })
     }
 }
 
 /// Writes a batch of user ops (see the module documentation).
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
-    // Channels in ascending order and rows in id order: a global lock order.
+    // Rows are locked channel by channel in ascending order; within a channel in id order
+    // (member-only lookups: member order), then the light ops' rows. Batches that meet in
+    // another order deadlock; PostgreSQL breaks that and the writer retries.
     let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
     let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
     for op in ops {
@@ -291,19 +308,20 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
             Lit::Ints(channel_ids.iter().map(|c| Some(*c)).collect()),
         ],
     )?;
+    // Channels in ascending order, each on the plan its lookup can use.
     let mut lookups = Vec::new();
-    let member_only = |k: &ChannelKeys<'_>| k.ids.is_empty() && k.veils.is_empty();
-    for (ch, k) in keys.iter().filter(|(_, k)| !k.is_empty() && member_only(k)) {
-        let [channel, _, members, _] = k.args(*ch);
-        lookups.push((*ch, read.exec("sori_members", &[channel, members])?));
+    for (ch, k) in keys.iter().filter(|(_, k)| !k.is_empty()) {
+        let at = if k.ids.is_empty() && k.veils.is_empty() {
+            read.raw(GENERIC_PLANS);
+            let [channel, _, members, _] = k.args(*ch);
+            read.exec("sori_members", &[channel, members])?
+        } else {
+            read.raw(CUSTOM_PLANS);
+            read.exec("sori_users", &k.args(*ch))?
+        };
+        lookups.push((*ch, at));
     }
     read.raw(CUSTOM_PLANS);
-    for (ch, k) in keys
-        .iter()
-        .filter(|(_, k)| !k.is_empty() && !member_only(k))
-    {
-        lookups.push((*ch, read.exec("sori_users", &k.args(*ch))?));
-    }
     let mut light_lookups = Vec::new();
     for (ch, k) in &light_keys {
         light_lookups.push((*ch, read.exec("sori_light_users", &k.args(*ch))?));

@@ -3,7 +3,9 @@
 //! event ingestion, spent while every queued request waited. Here the writer connections
 //! never checkpoint (`wal_autocheckpoint = 0`); this thread copies the log into the
 //! database between batches, on the other core, and keeps the log short so a restart does
-//! not have to read a large one.
+//! not have to read a large one. Only passive checkpoints: they never wait for readers or
+//! block writers; the next writer restarts a fully copied log, and `journal_size_limit`
+//! (set on the writer connections) trims the file then.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::Duration;
@@ -12,9 +14,6 @@ use rusqlite::Connection;
 
 /// How often the log is checkpointed while the store is open.
 const EVERY: Duration = Duration::from_millis(200);
-/// Log pages a passive checkpoint may leave behind (readers holding old snapshots) before
-/// a truncating one, which waits for writers and readers, resets the log.
-const TRUNCATE_AT: i64 = 262_144;
 
 /// Keeps the checkpoint thread running; dropping it stops the thread.
 pub(crate) struct Checkpointer {
@@ -32,23 +31,8 @@ pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpointer> {
 
 fn run(conn: &Connection, stopped: &Receiver<()>) {
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EVERY) {
-        match checkpoint(conn, "PASSIVE") {
-            Ok(left) if left > TRUNCATE_AT => {
-                if let Err(e) = checkpoint(conn, "TRUNCATE") {
-                    tracing::warn!(error = %e, "WAL truncate failed");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
-}
-
-/// Runs one checkpoint; returns the log pages not yet copied into the database.
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        let log: i64 = r.get(1)?;
-        let done: i64 = r.get(2)?;
-        Ok(log - done)
-    })
 }

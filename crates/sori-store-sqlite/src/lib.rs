@@ -117,7 +117,8 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-16384")
             // Checkpoints run on their own thread (see `checkpoint`).
-            .pragma("wal_autocheckpoint", "0");
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", "67108864");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
