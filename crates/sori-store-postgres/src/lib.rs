@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity",
         include_str!("../migrations/0006_activity.sql"),
     ),
+    (
+        7,
+        "one anonymous user per veil id",
+        include_str!("../migrations/0007_one_anonymous.sql"),
+    ),
 ];
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.

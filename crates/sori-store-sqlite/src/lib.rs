@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity",
         include_str!("../migrations/0005_activity.sql"),
     ),
+    (
+        6,
+        "one anonymous user per veil id",
+        include_str!("../migrations/0006_one_anonymous.sql"),
+    ),
 ];
 
 /// The embedded store.
