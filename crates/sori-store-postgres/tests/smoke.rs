@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use sori_domain::update::UPDATE_FIELDS;
 use sori_domain::{ApplyContext, UserUpdate};
-use sori_store::{Channel, Manager, NewChannel, Store, UserOp, UserOpError, UserTarget};
+use sori_store::{
+    Channel, Manager, NewChannel, Store, StoreError, UserOp, UserOpError, UserTarget,
+};
 use sori_store_postgres::PostgresStore;
 
 #[tokio::test]
@@ -200,5 +202,40 @@ async fn store_round_trip() {
         assert_eq!(u.member_id.as_deref(), Some(member.as_str()));
         assert_eq!(u.profile["name"], json!(s), "{s:?}");
         assert_eq!(u.profile.get("city"), Some(&json!(s)), "{s:?}");
+    }
+
+    // Two writers creating the same anonymous user at once (two shards or nodes): the
+    // unique index lets only one in; the other batch fails with a conflict, which the
+    // writer retries, and never leaves a second anonymous user with the same veil id.
+    for round in 0..5 {
+        let veil = format!("race-veil-{round}");
+        let anon = |new_id: String| {
+            op(
+                UserTarget::Identify {
+                    member_id: None,
+                    veil_id: Some(veil.clone()),
+                    new_id,
+                },
+                json!({}),
+            )
+        };
+        let (first, second) = ([anon(format!("ra{round}"))], [anon(format!("rb{round}"))]);
+        let (a, b) = tokio::join!(store.write_users(&first), store.write_users(&second));
+        assert!(
+            matches!(
+                (&a, &b),
+                (Ok(_), Ok(_))
+                    | (Ok(_), Err(StoreError::Conflict(_)))
+                    | (Err(StoreError::Conflict(_)), Ok(_))
+            ),
+            "{a:?} {b:?}"
+        );
+        let ra = store.user(ch, &format!("ra{round}")).await.expect("read");
+        let rb = store.user(ch, &format!("rb{round}")).await.expect("read");
+        assert_eq!(
+            usize::from(ra.is_some()) + usize::from(rb.is_some()),
+            1,
+            "one anonymous user for {veil}"
+        );
     }
 }
