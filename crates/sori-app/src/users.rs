@@ -127,7 +127,7 @@ type Keys = HashSet<(i64, String)>;
 /// A shard's loop: whatever is queued becomes one batch; up to `overlap` batches are in the
 /// store at once.
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, overlap: usize) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut jobs = Vec::new();
     let mut flying: VecDeque<(Keys, tokio::task::JoinHandle<()>)> = VecDeque::new();
     loop {
         // A second batch joins one in flight only when enough is queued to make it worth
@@ -141,16 +141,21 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, overlap: usize)
         if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             break;
         }
-        let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
-        let keys: Keys = batch
-            .iter()
-            .flat_map(|j| {
-                [j.op.id_key(), j.op.member_key(), j.op.veil_key()]
-                    .into_iter()
-                    .flatten()
-                    .map(|k| (j.op.channel_id, k.to_owned()))
-            })
-            .collect();
+        let batch = std::mem::take(&mut jobs);
+        // Only a shard that overlaps batches needs their keys.
+        let keys: Keys = if overlap > 1 {
+            batch
+                .iter()
+                .flat_map(|j| {
+                    [j.op.id_key(), j.op.member_key(), j.op.veil_key()]
+                        .into_iter()
+                        .flatten()
+                        .map(|k| (j.op.channel_id, k.to_owned()))
+                })
+                .collect()
+        } else {
+            Keys::new()
+        };
         // Batches in flight together address disjoint keys: a batch sharing a key with an
         // earlier one waits for it, so writes to one user keep their order.
         while !may_join(&flying, &keys, overlap) {

@@ -315,35 +315,16 @@ where
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
-    let db = |e: sqlx::Error| StoreError::Backend(Box::new(e));
     let mut out = ChangeBatch::default();
-    let users = format!("{}{WHOLE_CHANGES}", sql.users);
-    for r in sqlx::query::<DB>(sqlx::AssertSqlSafe(users))
-        .bind(from.seq)
-        .bind(to.seq)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?
-    {
+    let users = sqlx::AssertSqlSafe(format!("{}{WHOLE_CHANGES}", sql.users));
+    for r in rows_between::<DB>(conn, users, from.seq, to.seq).await? {
         out.users
             .push((r.col("channel_id")?, r.col("seq")?, user(&r)?));
     }
-    for r in sqlx::query::<DB>(ACTIVITY_CHANGES)
-        .bind(from.seq)
-        .bind(to.seq)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?
-    {
+    for r in rows_between::<DB>(conn, ACTIVITY_CHANGES, from.seq, to.seq).await? {
         out.activity.push(activity_row(&r)?);
     }
-    for r in sqlx::query::<DB>(sql.events)
-        .bind(from.event)
-        .bind(to.event)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?
-    {
+    for r in rows_between::<DB>(conn, sql.events, from.event, to.event).await? {
         out.events.push((
             r.col("channel_id")?,
             r.col("user_id")?,
@@ -351,16 +332,31 @@ where
             r.col("created_at")?,
         ));
     }
-    for r in sqlx::query::<DB>(LOG_CHANGES)
-        .bind(from.seq)
-        .bind(to.seq)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?
-    {
+    for r in rows_between::<DB>(conn, LOG_CHANGES, from.seq, to.seq).await? {
         out.log.push(log_entry(&r)?);
     }
     Ok(out)
+}
+
+/// The rows of a change query for the range `(from, to]` of its position (`$1`, `$2`).
+async fn rows_between<DB>(
+    conn: &mut DB::Connection,
+    sql: impl sqlx::SqlSafeStr,
+    from: i64,
+    to: i64,
+) -> Result<Vec<DB::Row>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    sqlx::query::<DB>(sql)
+        .bind(from)
+        .bind(to)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))
 }
 
 /// Decodes an activity-only user change (`channel_id, seq, id, last_seen_at, created_at,
