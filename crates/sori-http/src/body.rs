@@ -22,20 +22,30 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::field("body", "a JSON body is required"));
-        }
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))?;
-        if let Some(path) = nul_path(&v, String::new()) {
-            return Err(ApiError::field(path, "must not contain NUL characters"));
-        }
-        Ok(JsonBody(v))
+        parse_json(&bytes).map(JsonBody)
     }
 }
 
-/// Path of the first string (or key) holding U+0000, which no store can keep as text.
-pub(crate) fn nul_path(v: &Value, at: String) -> Option<String> {
+/// Parses a JSON body: 400 naming `body` when it is empty or malformed, or naming the
+/// first string that holds U+0000, which no store can keep as text.
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::field("body", "a JSON body is required"));
+    }
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))?;
+    // JSON can only carry U+0000 as the escape `\u0000`; without it in the text there is
+    // nothing to look for, and the walk (which builds a path per node) is skipped.
+    if memchr::memmem::find(bytes, br"\u0000").is_some()
+        && let Some(path) = nul_path(&v, String::new())
+    {
+        return Err(ApiError::field(path, "must not contain NUL characters"));
+    }
+    Ok(v)
+}
+
+/// Path of the first string (or key) holding U+0000.
+fn nul_path(v: &Value, at: String) -> Option<String> {
     let here = || {
         if at.is_empty() {
             "body".to_owned()
@@ -147,5 +157,28 @@ impl Paging {
             limit,
             order,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nul_error(body: &str) -> Option<String> {
+        parse_json(body.as_bytes()).err().map(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn nul_is_refused_naming_the_path_and_only_when_present() {
+        let e = nul_error(r#"{"batch":[{"properties":{"a":"x\u0000y"}}]}"#).unwrap();
+        assert!(e.contains("batch[0].properties.a"), "{e}");
+        assert!(e.contains("must not contain NUL"), "{e}");
+        let e = nul_error(r#"{"k\u0000":1}"#).unwrap();
+        assert!(e.contains(r"k\0"), "{e}");
+        // An escaped backslash followed by `u0000` is six plain characters, not NUL.
+        assert_eq!(nul_error(r#"{"a":"\\u0000"}"#), None);
+        assert_eq!(nul_error(r#"{"a":"plain"}"#), None);
+        assert!(nul_error("  ").unwrap().contains("a JSON body is required"));
+        assert!(nul_error("{").unwrap().contains("malformed JSON"));
     }
 }

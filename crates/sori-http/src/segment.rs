@@ -86,25 +86,13 @@ async fn channel(
     Ok(state.app.channels.by_write_key(&key).await?)
 }
 
-fn parse_body(bytes: &Bytes) -> ApiResult<Value> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::field("body", "a JSON body is required"));
-    }
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))?;
-    if let Some(path) = crate::body::nul_path(&v, String::new()) {
-        return Err(ApiError::field(path, "must not contain NUL characters"));
-    }
-    Ok(v)
-}
-
 async fn single(
     state: AppState,
     headers: HeaderMap,
     bytes: Bytes,
     kind: Kind,
 ) -> ApiResult<Json<Accepted>> {
-    let body = parse_body(&bytes)?;
+    let body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
     let ingest = segment::parse("", &body, Some(kind), now_ms())
         .and_then(|call| ingest_of("", call, EventSource::Segment))?;
@@ -149,7 +137,7 @@ pub async fn batch(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Json<Accepted>> {
-    let body = parse_body(&bytes)?;
+    let body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
     let Some(Value::Array(items)) = body.get("batch") else {
         return Err(ApiError::field("batch", "must be a list of calls"));

@@ -7,6 +7,7 @@
 
 mod batch;
 mod checkpoint;
+mod pcache;
 
 use sori_store_sqlx::{
     ChangeSql, catalog_entry, changes_between, channel as channel_from_row,
@@ -112,6 +113,7 @@ impl SqliteStore {
 
     /// Opens (creating when missing) the database at `url` (`sqlite://path`).
     pub async fn connect(url: &str) -> Result<Self> {
+        pcache::install();
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(backend)?
             .create_if_missing(true)
