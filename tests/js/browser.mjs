@@ -199,7 +199,10 @@ async function run(browser, pagesOrigin) {
   const s = {}; // state shared by the steps
 
   step('1 anonymous boot on the canonical page', async () => {
-    await page.goto(`${pagesOrigin}/shop/product-1?utm_source=news&utm_medium=email&utm_campaign=fall`);
+    // Arriving from another site: the browser passes on that site's origin.
+    await page.goto(`${pagesOrigin}/shop/product-1?utm_source=news&utm_medium=email&utm_campaign=fall`, {
+      referer: 'http://search.example/results?q=shoes',
+    });
     await page.waitForFunction(() => window.__boot !== undefined, null, { timeout: WAIT_MS });
     const boot = await page.evaluate(() => window.__boot);
     assert.equal(boot.error, null, 'boot error');
@@ -226,6 +229,7 @@ async function run(browser, pagesOrigin) {
       ['news', 'email', 'fall'],
       'last UTM profile',
     );
+    assert.equal(p.referrer, 'http://search.example/results?q=shoes', 'referrer from the arriving page');
     assert.equal(user.sessionsCount, 1, 'sessionsCount');
     assert.ok(user.web && typeof user.web.browserName === 'string' && user.web.browserName, 'web.browserName set');
     return `user ${s.anonId}, PageView ${views[0].page}, browser ${user.web.browserName}`;
@@ -383,6 +387,44 @@ async function run(browser, pagesOrigin) {
     assert.deepEqual(named(list, long), [], 'no event with a 31-character name');
     assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
     return 'rejected quietly';
+  });
+
+  step('9 own-site referrer, trackUtmSource:false, removeTags, shutdown', async () => {
+    // A link between the site's own pages is not where the visitor came from.
+    await fresh.goto(`${pagesOrigin}/shop/fresh/inner`, { referer: `${pagesOrigin}/shop/fresh` });
+    assert.equal(await fresh.evaluate(() => document.referrer), `${pagesOrigin}/shop/fresh`, 'browser referrer');
+    let boot = await sdkCall(fresh, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
+    assert.equal(boot.error, null, 'boot error');
+    assert.equal(boot.user.id, s.freshId, 'same user');
+    assert.equal((await getUser(s.freshId)).profile?.referrer, undefined, 'no referrer from the own site');
+
+    // trackUtmSource:false sends neither UTM parameters nor the referrer.
+    await fresh.goto(`${pagesOrigin}/shop/fresh/x?utm_source=zzz`, { referer: 'http://other.example/page' });
+    boot = await sdkCall(fresh, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false, trackUtmSource: false });
+    assert.equal(boot.error, null, 'boot error');
+    let p = (await getUser(s.freshId)).profile || {};
+    assert.deepEqual([p.utmSource, p.lastUtmSource, p.referrer], [undefined, undefined, undefined], 'nothing tracked');
+
+    // removeTags takes away only the named tags.
+    const added = await sdkCall(fresh, 'addTags', ['a', 'b', 'c']);
+    assert.equal(added.error, null, 'addTags error');
+    const removed = await sdkCall(fresh, 'removeTags', ['B', 'c']);
+    assert.equal(removed.error, null, 'removeTags error');
+    assert.deepEqual(removed.user.tags, ['a'], 'tags after removeTags');
+
+    // After shutdown calls fail with an error and write nothing, until the next boot.
+    await sdk(fresh, 'shutdown');
+    const upd = await sdkCall(fresh, 'updateUser', { profile: { afterShutdown: 1 } });
+    assert.ok(upd.error, 'updateUser after shutdown fails');
+    await sdk(fresh, 'track', 'AfterShutdown');
+    boot = await sdkCall(fresh, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
+    assert.equal(boot.error, null, 'boot error');
+    await sdk(fresh, 'track', 'Marker9');
+    const list = await eventsWith(s.freshId, 'Marker9');
+    assert.deepEqual(named(list, 'AfterShutdown'), [], 'no event sent while shut down');
+    p = (await getUser(s.freshId)).profile || {};
+    assert.equal(p.afterShutdown, undefined, 'no profile change while shut down');
+    return `referrer none, tags ${removed.user.tags.join(',')}, shutdown dropped calls`;
   });
 
   for (const [name, fn] of steps) {

@@ -43,11 +43,14 @@ impl App {
         Ok(total)
     }
 
-    /// Runs [`App::enforce_retention`] every `every`, forever (the first pass after one
-    /// interval, so a starting server does not race its own setup).
-    pub async fn retention_loop(self, every: Duration) {
+    /// Runs [`App::enforce_retention`] after `first`, then every `every`, forever. The
+    /// first pass waits a little so a starting server does not race its own setup, but
+    /// not a whole interval: a server restarted more often than that would never clean up.
+    pub async fn retention_loop(self, first: Duration, every: Duration) {
+        let mut wait = first;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(wait).await;
+            wait = every;
             match self.enforce_retention().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "retention removed old events"),

@@ -2,7 +2,7 @@
 //! (`sori_domain::segment`); this adds ids and the activity each kind of call implies.
 
 use sori_domain::Invalid;
-use sori_domain::activity::Activity;
+use sori_domain::activity::{Activity, Platform};
 use sori_domain::event::EventSource;
 use sori_domain::segment::{Call, Kind};
 use sori_store::UserTarget;
@@ -27,7 +27,13 @@ pub fn ingest_of(prefix: &str, call: Call, source: EventSource) -> Result<Ingest
         Kind::Identify => Activity::default(),
         Kind::Track => Activity::seen(call.at),
         Kind::Page => visit(call.at, call.user_agent.as_deref()),
+        Kind::Screen => visit(call.at, None),
     };
+    // A visit from a mobile app feeds `mobile.*` with the app's own facts.
+    if let (Some(app), Some(v)) = (call.app, activity.visit.as_mut()) {
+        v.platform = Some(Platform::Mobile);
+        v.device = app;
+    }
     activity.created_at = call.created_at;
     activity.city = call.city;
     activity.country = call.country;

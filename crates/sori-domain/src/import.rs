@@ -57,8 +57,9 @@ fn time(o: &Map<String, Value>, k: &str, errs: &mut Errors) -> Option<i64> {
     }
 }
 
-/// Parses a user line.
-pub fn user_line(v: &Value) -> Result<UserLine, Invalid> {
+/// Parses a user line; `now` (ms) bounds its times: a customer cannot have been created
+/// or seen in the future, and a future `lastSeenAt` would never move back.
+pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
     let o = object(v)?;
     let mut errs = Errors::default();
     let member_id = match o.get("memberId") {
@@ -76,6 +77,11 @@ pub fn user_line(v: &Value) -> Result<UserLine, Invalid> {
     }
     let created_at = time(o, "createdAt", &mut errs);
     let last_seen_at = time(o, "lastSeenAt", &mut errs);
+    for (k, t) in [("createdAt", created_at), ("lastSeenAt", last_seen_at)] {
+        if t.is_some_and(|t| t > now) {
+            errs.push(k, "must not be in the future");
+        }
+    }
     let body: Map<String, Value> = o
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "id" | "memberId" | "createdAt" | "lastSeenAt"))
@@ -275,17 +281,30 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    const NOW: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn future_user_times_are_refused() {
+        for k in ["createdAt", "lastSeenAt"] {
+            let e = user_line(&json!({"memberId": "m", k: NOW + 1}), NOW).unwrap_err();
+            assert_eq!(e.0[0].field, k);
+            assert_eq!(e.0[0].message, "must not be in the future");
+            assert!(user_line(&json!({"memberId": "m", k: NOW}), NOW).is_ok());
+        }
+    }
+
     #[test]
     fn user_lines_carry_times_and_reject_unknown_fields() {
         let l = user_line(
             &json!({"memberId": "m", "createdAt": "2020-01-01T00:00:00Z",
             "lastSeenAt": 1_600_000_000_000_i64, "profile": {"name": "Kim"}, "tags": ["a"]}),
+            NOW,
         )
         .unwrap();
         assert_eq!(l.member_id, "m");
         assert_eq!(l.created_at, Some(1_577_836_800_000));
         assert_eq!(l.last_seen_at, Some(1_600_000_000_000));
-        let e = user_line(&json!({"profile": {"x": 1}, "color": "red"})).unwrap_err();
+        let e = user_line(&json!({"profile": {"x": 1}, "color": "red"}), NOW).unwrap_err();
         let fields: Vec<&str> = e.0.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, vec!["memberId", "color"]);
     }

@@ -9,6 +9,7 @@ use crate::error::{Errors, Invalid};
 use crate::event::{self, EventInput, PAGE_VIEW};
 use crate::phone;
 use crate::update::{ProfilePatch, UserUpdate};
+use crate::user::DeviceInfo;
 use crate::value;
 
 /// Which call an item is.
@@ -20,6 +21,8 @@ pub enum Kind {
     Track,
     /// Page view (a visit).
     Page,
+    /// Screen view of a mobile app: its page view (a visit; the page is the screen name).
+    Screen,
 }
 
 impl Kind {
@@ -29,6 +32,7 @@ impl Kind {
             "identify" => Some(Self::Identify),
             "track" => Some(Self::Track),
             "page" => Some(Self::Page),
+            "screen" => Some(Self::Screen),
             _ => None,
         }
     }
@@ -53,6 +57,9 @@ pub struct Call {
     pub message_id: Option<String>,
     /// `context.userAgent`, for page calls.
     pub user_agent: Option<String>,
+    /// The app, OS and device of a call sent from a mobile app (`context.app`,
+    /// `context.os`, `context.device`); `None` for other callers.
+    pub app: Option<DeviceInfo>,
     /// `traits.createdAt`: when the business created this customer.
     pub created_at: Option<i64>,
     /// `traits.address.city`.
@@ -88,7 +95,7 @@ pub fn parse(
             Some(t) => Kind::parse(t).ok_or_else(|| {
                 Invalid::one(
                     at("type"),
-                    format!("`{t}` is not supported (identify, track, page)"),
+                    format!("`{t}` is not supported (identify, track, page, screen)"),
                 )
             })?,
             None => return Err(Invalid::one(at("type"), "is required")),
@@ -218,6 +225,11 @@ pub fn parse(
             property: m.get("properties").cloned(),
             page: ctx_page,
         }),
+        Kind::Screen => Some(EventInput {
+            name: Value::String(PAGE_VIEW.into()),
+            property: m.get("properties").cloned(),
+            page: m.get("name").cloned(),
+        }),
         Kind::Page => {
             let props = m.get("properties").cloned();
             let url = props
@@ -255,9 +267,45 @@ pub fn parse(
             .get("userAgent")
             .and_then(Value::as_str)
             .map(str::to_owned),
+        app: app_of(context),
         created_at,
         city,
         country,
+    })
+}
+
+/// Longest app, OS or device string kept (longer ones are left out).
+const MAX_CONTEXT_BYTES: usize = 512;
+
+/// The mobile app a call comes from. Segment's mobile libraries always send `context.app`
+/// (browsers and servers never do); a `context.device.type` of `ios` or `android` counts
+/// too. Strings that are not strings, or are empty, are left out rather than refused:
+/// context is the library's, not the business's.
+fn app_of(context: &Map<String, Value>) -> Option<DeviceInfo> {
+    let obj = |k: &str| context.get(k).and_then(Value::as_object);
+    let text = |o: Option<&Map<String, Value>>, k: &str| {
+        o.and_then(|o| o.get(k))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= MAX_CONTEXT_BYTES)
+            .map(str::to_owned)
+    };
+    let (app, os, device) = (obj("app"), obj("os"), obj("device"));
+    let device_type = text(device, "type").map(|t| t.to_ascii_lowercase());
+    if app.is_none() && !matches!(device_type.as_deref(), Some("ios" | "android")) {
+        return None;
+    }
+    let os_name = text(os, "name");
+    Some(DeviceInfo {
+        app_name: text(app, "name"),
+        app_version: text(app, "version"),
+        os: match (&os_name, text(os, "version")) {
+            (Some(n), Some(v)) => Some(format!("{n} {v}")),
+            (n, _) => n.clone(),
+        },
+        os_name,
+        device: text(device, "model").or_else(|| text(device, "manufacturer")),
+        ..DeviceInfo::default()
     })
 }
 
@@ -393,6 +441,39 @@ mod tests {
         assert_eq!(c.created_at, Some(1_704_164_645_000));
         assert_eq!(c.city.as_deref(), Some("Seoul"));
         assert_eq!(c.at, NOW);
+    }
+
+    #[test]
+    fn mobile_context_is_read_only_from_apps() {
+        let call = |context: Value| {
+            parse(
+                "",
+                &json!({"type": "screen", "anonymousId": "a", "name": "Home", "context": context}),
+                None,
+                NOW,
+            )
+            .unwrap()
+        };
+        // A browser or server call has no app.
+        let web = call(json!({"userAgent": "Mozilla/5.0", "os": {"name": "Windows"}}));
+        assert_eq!(web.app, None);
+        assert_eq!(web.event.unwrap().page, Some(json!("Home")));
+        // An Android device without an app object still counts; odd values are left out.
+        let a = call(
+            json!({"device": {"type": "Android", "manufacturer": "Samsung"},
+                            "os": {"name": "Android", "version": 14}, "app": "x"}),
+        )
+        .app
+        .unwrap();
+        assert_eq!(a.os.as_deref(), Some("Android"));
+        assert_eq!(a.device.as_deref(), Some("Samsung"));
+        assert_eq!(a.app_name, None);
+        let long = "x".repeat(MAX_CONTEXT_BYTES + 1);
+        let a = call(json!({"app": {"name": long, "version": " 1.0 "}}))
+            .app
+            .unwrap();
+        assert_eq!(a.app_name, None);
+        assert_eq!(a.app_version.as_deref(), Some("1.0"));
     }
 
     #[test]

@@ -106,6 +106,20 @@
   }
 
   // utm_* query parameters that are present and non-empty; null when there are none.
+  // The page that sent the visitor here, when it is another site's: a link between the
+  // site's own pages says nothing about where the visitor came from, and the referrer
+  // field is set once, so an internal page would stick for good.
+  function externalReferrer() {
+    var ref = document.referrer;
+    if (!ref) return null;
+    try {
+      if (new URL(ref).host === location.host) return null;
+    } catch (e) {
+      return null;
+    }
+    return ref;
+  }
+
   function utmFromLocation() {
     var params = new URLSearchParams(location.search);
     var utm = {};
@@ -257,7 +271,8 @@
     if (option.trackUtmSource !== false) {
       var utm = utmFromLocation();
       if (utm) body.utm = utm;
-      if (document.referrer) body.referrer = document.referrer;
+      var ref = externalReferrer();
+      if (ref) body.referrer = ref;
     }
 
     // The server records the boot's own PageView; later URL changes are ours to send.

@@ -170,6 +170,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/v1/identify", post(segment::identify))
         .route("/v1/track", post(segment::track))
         .route("/v1/page", post(segment::page))
+        .route("/v1/screen", post(segment::screen))
         .route("/v1/batch", post(segment::batch))
         .layer(DefaultBodyLimit::max(cfg.max_ingest_body_bytes))
         .layer(tower_http::decompression::RequestDecompressionLayer::new());

@@ -227,7 +227,7 @@ impl utoipa::Modify for Security {
         crate::open::segments::patch, crate::open::segments::delete, crate::open::segments::count,
         crate::open::segments::search, crate::open::segments::users,
         crate::open::segments::membership, crate::open::segments::export,
-        crate::segment::identify, crate::segment::track, crate::segment::page, crate::segment::batch,
+        crate::segment::identify, crate::segment::track, crate::segment::page, crate::segment::screen, crate::segment::batch,
         crate::sdk::boot, crate::sdk::track, crate::sdk::update_user,
         crate::desk::login, crate::desk::logout, crate::desk::whoami,
         crate::desk::settings::get_channel, crate::desk::settings::patch_channel,

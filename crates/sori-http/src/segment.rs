@@ -1,4 +1,4 @@
-//! The Segment-compatible tracking API (`/v1/identify`, `/v1/track`, `/v1/page`,
+//! The Segment-compatible tracking API (`/v1/identify`, `/v1/track`, `/v1/page`, `/v1/screen`,
 //! `/v1/batch`), so existing Segment and RudderStack libraries send to Sori unchanged.
 //! Auth is HTTP Basic with the channel's write key as user name (or `writeKey` in the
 //! body). Bodies are read whatever their content type (RudderStack's Node client says
@@ -126,6 +126,17 @@ pub async fn track(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> ApiResu
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn page(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Page).await
+}
+
+/// Segment `screen`: a mobile app's `PageView` (the page is the screen name) and a visit.
+#[utoipa::path(post, path = "/v1/screen", tag = "segment", request_body = Object,
+    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn screen(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    b: Bytes,
+) -> ApiResult<Json<Accepted>> {
+    single(s, h, b, Kind::Screen).await
 }
 
 /// Segment `batch`: items of any kind, applied in order; invalid items are listed in

@@ -90,6 +90,8 @@ const AUDIENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(250
 
 /// How often the retention job looks for expired events.
 const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// When after start the retention job first looks.
+const RETENTION_FIRST: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Running {
     /// Stops accepting, finishes in-flight requests and waits.
@@ -161,7 +163,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             })
             .await
     });
-    let retention = tokio::spawn(app.clone().retention_loop(RETENTION_EVERY));
+    let retention = tokio::spawn(app.clone().retention_loop(RETENTION_FIRST, RETENTION_EVERY));
     let audience = tokio::spawn(app.clone().audience_loop(AUDIENCE_EVERY));
     Ok(Running {
         addr,

@@ -236,7 +236,7 @@ async fn flush(
 }
 
 fn user_ingest(v: &Value) -> Result<Ingest, Invalid> {
-    let l = user_line(v)?;
+    let l = user_line(v, now_ms())?;
     Ok(Ingest {
         target: UserTarget::MemberId {
             member_id: l.member_id,

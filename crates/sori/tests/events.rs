@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use base64::Engine;
 use common::{Backend, TestApp, spawn_app};
 use reqwest::Method;
@@ -282,6 +284,82 @@ async fn segment_api(b: Backend) {
     assert_eq!(s2["profile"]["utmSource"], "batchwide");
     assert_eq!(s2["profile"]["companyName"], "Acme");
 
+    // Direct identify and page calls: city and country from the address, browser facts
+    // from the user agent.
+    let r = segment(
+        &app,
+        "/v1/identify",
+        json!({"userId": "s3", "traits": {"address": {"city": "Busan", "country": "KR"}}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
+                  (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    let r = segment(
+        &app,
+        "/v1/page",
+        json!({"userId": "s3", "context": {"page": {"url": "https://shop.example/w"}, "userAgent": chrome}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let s3 = app.member("s3").await;
+    assert_eq!(s3["city"], "Busan");
+    assert_eq!(s3["country"], "KR");
+    assert_eq!(s3["web"]["browserName"], "Chrome");
+    assert_eq!(s3["web"]["sessionsCount"], 1);
+
+    // A mobile app's screen calls (alone and in a batch) are its page views and feed
+    // `mobile.*` from the app's context, leaving `web.*` alone.
+    let phone = json!({"app": {"name": "Shop", "version": "2.3.1"},
+                       "os": {"name": "iOS", "version": "17.2"},
+                       "device": {"model": "iPhone15,2", "type": "ios", "manufacturer": "Apple"}});
+    let r = segment(
+        &app,
+        "/v1/screen",
+        json!({"userId": "s3", "name": "Home", "context": phone}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = segment(
+        &app,
+        "/v1/batch",
+        json!({"batch": [{"type": "screen", "userId": "s3", "name": "Cart", "context": phone,
+                          "properties": {"items": 2}}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["errors"].as_array().map_or(0, Vec::len),
+        0,
+        "{:?}",
+        r.body
+    );
+    let s3 = app.member("s3").await;
+    let m = &s3["mobile"];
+    assert_eq!(m["appName"], "Shop", "{s3}");
+    assert_eq!(m["appVersion"], "2.3.1");
+    assert_eq!(m["os"], "iOS 17.2");
+    assert_eq!(m["osName"], "iOS");
+    assert_eq!(m["device"], "iPhone15,2");
+    assert_eq!(m["sessionsCount"], 1);
+    assert!(m["lastSeenAt"].as_i64().is_some());
+    assert_eq!(s3["web"]["sessionsCount"], 1);
+    assert_eq!(s3["web"]["browserName"], "Chrome");
+    assert_eq!(s3["sessionsCount"], 1);
+    let pages: Vec<_> = events_of(&app, s3["id"].as_str().unwrap())
+        .await
+        .iter()
+        .map(|e| (e["name"].clone(), e["page"].clone()))
+        .collect();
+    assert_eq!(
+        pages,
+        vec![
+            (json!("PageView"), json!("Cart")),
+            (json!("PageView"), json!("Home")),
+            (json!("PageView"), json!("https://shop.example/w")),
+        ]
+    );
+
     // A retry with the same messageId stores nothing new.
     let r = segment(
         &app,
@@ -538,6 +616,11 @@ async fn sdk_rules(b: Backend) {
 
 async fn retention(b: Backend) {
     let app = spawn_app(b).await;
+    let r = app.open(Method::GET, "/open/v5/channel", None).await;
+    assert_eq!(
+        r.body["channel"]["eventRetentionDays"], 90,
+        "default retention"
+    );
     let r = app
         .open(
             Method::PATCH,
@@ -578,6 +661,29 @@ async fn retention(b: Backend) {
     // The catalog keeps counting what retention removed.
     let cat = app.open(Method::GET, "/open/v5/events/catalog", None).await;
     assert_eq!(cat.body["events"][0]["count"], 4);
+    // The background job does the same on its own schedule. (A fresh event goes after the
+    // old one: SQLite never deletes the newest row, so its row ids are never reused.)
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "r1", "event": "Visit", "timestamp": now - 9 * day},
+        {"type": "track", "userId": "r1", "event": "Visit"},
+    ]});
+    let r = segment(&app, "/v1/batch", batch).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(events_of(&app, "@r1").await.len(), 4);
+    let job = tokio::spawn(
+        app.app()
+            .clone()
+            .retention_loop(Duration::ZERO, Duration::from_secs(3600)),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while events_of(&app, "@r1").await.len() != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention job did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    job.abort();
     app.stop().await;
 }
 

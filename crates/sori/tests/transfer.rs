@@ -76,6 +76,7 @@ async fn import_and_export(b: Backend) {
             json!({"memberId": "u2", "profile": {"name": "Lee"}}),
             json!({"memberId": "u3", "profile": {"age": "x".repeat(600)}}),
             json!({"profile": {"name": "no member id"}}),
+            json!({"memberId": "u9", "lastSeenAt": "2999-01-01T00:00:00Z"}),
         ]
         .iter()
         .map(Value::to_string)
@@ -86,12 +87,16 @@ async fn import_and_export(b: Backend) {
     let (ok, out, err) = db.run(&["import", "users", &users]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("imported 2 users, skipped 3 bad lines"),
+        out.contains("imported 2 users, skipped 4 bad lines"),
         "{out}"
     );
     assert!(err.contains("line 3: profile.age"), "{err}");
     assert!(err.contains("line 4: memberId"), "{err}");
-    assert!(err.contains("line 5: line: malformed JSON"), "{err}");
+    assert!(
+        err.contains("line 5: lastSeenAt: must not be in the future"),
+        "{err}"
+    );
+    assert!(err.contains("line 6: line: malformed JSON"), "{err}");
 
     let csv_users = db.file(
         "users.csv",
