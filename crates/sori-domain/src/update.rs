@@ -297,11 +297,12 @@ pub fn apply_update(
     if let Some(b) = upd.blocked {
         user.blocked = b;
     }
-    if let Some(lang) = &upd.language
-        && created
-    {
+    // Checked on every update, applied only to a new user (the language a customer first
+    // came with stays theirs).
+    if let Some(lang) = &upd.language {
         match check_language(lang) {
-            Ok(l) => user.language = Some(l),
+            Ok(l) if created => user.language = Some(l),
+            Ok(_) => {}
             Err(e) => errs.push("language", e),
         }
     }

@@ -163,17 +163,26 @@ pub async fn import(
                 .iter()
                 .map(str::to_owned)
                 .collect();
-            for (i, record) in rdr.records().enumerate() {
-                let line = i + 2;
-                let parsed = match record {
-                    Ok(r) => {
-                        let cells: Vec<String> = r.iter().map(str::to_owned).collect();
-                        match kind {
+            let mut record = csv::StringRecord::new();
+            loop {
+                // Line numbers from the parser: a quoted cell may span lines.
+                let next = rdr.position().line() as usize;
+                let (line, parsed) = match rdr.read_record(&mut record) {
+                    Ok(false) => break,
+                    Ok(true) => {
+                        let line = record.position().map_or(next, |p| p.line() as usize);
+                        let cells: Vec<String> = record.iter().map(str::to_owned).collect();
+                        let parsed = match kind {
                             Kind::Users => Ok(csv_user(&headers, &cells, &registry)),
                             Kind::Events => csv_event(&headers, &cells),
-                        }
+                        };
+                        (line, parsed)
                     }
-                    Err(e) => Err(Invalid::one("line", format!("malformed CSV: {e}"))),
+                    Err(e) => {
+                        let line = e.position().map_or(next, |p| p.line() as usize);
+                        let bad = Invalid::one("line", format!("malformed CSV: {e}"));
+                        (line, Err(bad))
+                    }
                 };
                 handle(line, parsed, &mut pending, &mut summary, errors);
                 if pending.len() >= CHUNK {

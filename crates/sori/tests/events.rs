@@ -486,6 +486,15 @@ async fn sdk_rules(b: Backend) {
         "same session within 30 minutes"
     );
     assert_eq!(events_of(&app, &id).await.len(), 1);
+    // Ignored for an existing user, but still checked: a bad tag is a 400 that writes nothing.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": veil, "language": "not a language!",
+        "trackDefaultEvent": false}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error_field(), "language");
 
     // SDK calls need a genuine session token.
     let send = |token: String, path: &'static str, method: Method, body: Value| {
