@@ -399,6 +399,15 @@ async fn segment_api(b: Backend) {
     let r = segment(&app, "/v1/track", json!({"event": "E"})).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.error_field(), "userId");
+    // Marketing events are the system's own: a client cannot send one.
+    let r = segment(
+        &app,
+        "/v1/track",
+        json!({"userId": "s1", "event": "MarketingClick"}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_field(), "event");
     let r = segment(
         &app,
         "/v1/batch",
@@ -670,6 +679,8 @@ async fn retention(b: Backend) {
     // The catalog keeps counting what retention removed.
     let cat = app.open(Method::GET, "/open/v5/events/catalog", None).await;
     assert_eq!(cat.body["events"][0]["count"], 4);
+    assert_eq!(cat.body["events"][0]["firstSeenAt"], now - 30 * day);
+    assert_eq!(cat.body["events"][0]["lastSeenAt"], now);
     // The background job does the same on its own schedule. (A fresh event goes after the
     // old one: SQLite never deletes the newest row, so its row ids are never reused.)
     let batch = json!({"batch": [

@@ -150,6 +150,37 @@ async fn import_and_export(b: Backend) {
     assert_eq!(u4["profile"]["visits"], 3);
     assert_eq!(u4["tags"], json!(["a", "b"]));
 
+    // NDJSON events, owned by a member id or by a user id; a marketing event name is
+    // reserved for the system, and an unknown user id is reported, not created.
+    let u1_id = u1["id"].as_str().unwrap().to_owned();
+    let nd = [
+        json!({"userId": u1_id, "name": "Refund", "property": {"amount": 3},
+               "createdAt": "2022-06-01T00:00:00Z"}),
+        json!({"memberId": "u2", "name": "MarketingClick"}),
+        json!({"userId": "no-such-user", "name": "Refund"}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let nd = db.file("events.ndjson", &nd);
+    let (ok, done, err) = db.run(&["import", "events", &nd]);
+    assert!(ok, "{err}");
+    assert!(
+        done.contains("imported 1 events, skipped 2"),
+        "{done} {err}"
+    );
+    assert!(err.contains("line 2: name"), "{err}");
+    assert!(err.contains("line 3:"), "{err}");
+    let (ok, evs, err) = db.run(&["export", "events"]);
+    assert!(ok, "{err}");
+    let evs = ndjson(&evs);
+    let refund = evs.iter().find(|e| e["name"] == "Refund").unwrap();
+    assert_eq!(refund["userId"], u1_id.as_str());
+    assert_eq!(refund["createdAt"], 1_654_041_600_000_i64);
+    assert_eq!(refund["property"], json!({"amount": 3}));
+    assert_eq!(evs.len(), 4);
+
     // A user export re-imports: every member line is accepted.
     let exported = db.file("export.ndjson", &out);
     let (ok, again, err) = db.run(&["import", "users", &exported]);
@@ -163,10 +194,17 @@ async fn import_and_export(b: Backend) {
     assert!(ok, "{err}");
     let mut rdr = csv::Reader::from_reader(out.as_bytes());
     assert_eq!(rdr.records().count(), 3);
-    // An export of events re-imports into another store with the same content.
+    // An events export in CSV: the import's columns plus id and source.
     let (ok, out, _) = db.run(&["export", "events", "--format", "csv"]);
     assert!(ok);
     assert!(out.starts_with("id,userId,name,createdAt,page,source,property"));
+    let mut rdr = csv::Reader::from_reader(out.as_bytes());
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows.iter().all(|r| &r[5] == "import"),
+        "every imported event's source"
+    );
 }
 
 /// Starts `sori serve`; returns the child, its base URL and the first start's keys.
