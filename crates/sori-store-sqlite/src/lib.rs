@@ -876,23 +876,30 @@ impl Store for SqliteStore {
         &self,
         channel_id: i64,
         user_id: &str,
-        before: Option<(i64, &str)>,
+        cursor: Option<(i64, &str)>,
         limit: u32,
+        oldest_first: bool,
     ) -> Result<Vec<Event>> {
-        let (t, id) = before.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let rows = sqlx::query(
+        let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let (cmp, dir) = if oldest_first {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        let sql = format!(
             "SELECT * FROM events WHERE channel_id = ?1 AND user_id = ?2 \
-             AND (?3 IS NULL OR (created_at, id) < (?3, ?4)) \
-             ORDER BY created_at DESC, id DESC LIMIT ?5",
-        )
-        .bind(channel_id)
-        .bind(user_id)
-        .bind(t)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
+             AND (?3 IS NULL OR (created_at, id) {cmp} (?3, ?4)) \
+             ORDER BY created_at {dir}, id {dir} LIMIT ?5"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(channel_id)
+            .bind(user_id)
+            .bind(t)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
         rows.iter().map(event_from_row).collect()
     }
 

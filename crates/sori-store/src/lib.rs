@@ -222,13 +222,15 @@ pub trait Store: Send + Sync + 'static {
     /// Counts of events retention removed, as `(userId, name, count)`.
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>>;
 
-    /// A user's events, newest first, strictly before the cursor `(createdAt, id)`.
+    /// A user's events, newest first and strictly before the cursor `(createdAt, id)`, or
+    /// with `oldest_first` oldest first and strictly after it.
     async fn user_events(
         &self,
         channel_id: i64,
         user_id: &str,
-        before: Option<(i64, &str)>,
+        cursor: Option<(i64, &str)>,
         limit: u32,
+        oldest_first: bool,
     ) -> Result<Vec<Event>>;
     /// Events of a channel in time order, strictly after the cursor `(createdAt, id)`
     /// (exports).

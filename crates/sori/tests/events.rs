@@ -60,29 +60,40 @@ async fn open_api_events(b: Backend) {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["events"].as_array().unwrap().len(), 5);
 
-    // Newest first, paged with an opaque cursor, and nothing lost or repeated.
-    let mut seen = Vec::new();
-    let mut since: Option<String> = None;
-    loop {
-        let q = since
-            .as_ref()
-            .map_or(String::new(), |s| format!("&since={s}"));
-        let r = app
-            .open(
-                Method::GET,
-                &format!("/open/v5/users/{id}/events?limit=2{q}"),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        for e in r.body["events"].as_array().unwrap() {
-            seen.push(e.clone());
+    // Newest first (or oldest first), paged with an opaque cursor, nothing lost or repeated.
+    let list = |order: &'static str| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut since: Option<String> = None;
+            loop {
+                let q = since
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("&since={s}"));
+                let r = app
+                    .open(
+                        Method::GET,
+                        &format!("/open/v5/users/{id}/events?limit=2&sortOrder={order}{q}"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                for e in r.body["events"].as_array().unwrap() {
+                    seen.push(e.clone());
+                }
+                match r.body["next"].as_str() {
+                    Some(n) => since = Some(n.to_owned()),
+                    None => break,
+                }
+            }
+            seen
         }
-        match r.body["next"].as_str() {
-            Some(n) => since = Some(n.to_owned()),
-            None => break,
-        }
-    }
+    };
+    let seen = list("desc").await;
+    let mut oldest_first = list("asc").await;
+    oldest_first.reverse();
+    assert_eq!(oldest_first, seen, "asc is desc reversed");
     assert_eq!(seen.len(), 6);
     let times: Vec<i64> = seen
         .iter()

@@ -195,10 +195,12 @@ fn prefixed(prefix: &str, e: Invalid) -> Invalid {
     )
 }
 
-/// A user's events, newest first; `since` is the previous page's `next`.
+/// A user's events, newest first (`sortOrder=asc`: oldest first); `since` is the previous
+/// page's `next`.
 #[utoipa::path(get, path = "/open/v5/users/{userId}/events", tag = "events",
     params(("userId" = String, Path, description = "user id, or `@memberId`"),
-        ("since" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+        ("since" = Option<String>, Query), ("limit" = Option<u32>, Query),
+        ("sortOrder" = Option<String>, Query, description = "desc (default) or asc")),
     responses((status = 200, body = EventsPage), (status = 404, body = ErrorBody)),
     security(("access_key" = [])))]
 pub async fn list(
@@ -209,12 +211,6 @@ pub async fn list(
 ) -> ApiResult<Json<EventsPage>> {
     let since = q.remove("since");
     let page = Paging::from_query(&Query(q))?;
-    if page.order == crate::body::SortOrder::Asc {
-        return Err(ApiError::field(
-            "sortOrder",
-            "a timeline is listed newest first; only `desc` is supported",
-        ));
-    }
     let cursor = since.as_deref().map(parse_cursor).transpose()?;
     let user = super::users::find_by_key(&state, &ch, &key).await?;
     let events = state
@@ -225,6 +221,7 @@ pub async fn list(
             &user.id,
             cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
             page.limit,
+            page.order == crate::body::SortOrder::Asc,
         )
         .await?;
     let next = (events.len() == page.limit as usize)
