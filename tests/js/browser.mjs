@@ -199,7 +199,7 @@ async function run(browser, pagesOrigin) {
   const s = {}; // state shared by the steps
 
   step('1 anonymous boot on the canonical page', async () => {
-    // Arriving from another site: the browser passes on that site's origin.
+    // Arriving from another site (Playwright passes the full URL as the referrer).
     await page.goto(`${pagesOrigin}/shop/product-1?utm_source=news&utm_medium=email&utm_campaign=fall`, {
       referer: 'http://search.example/results?q=shoes',
     });

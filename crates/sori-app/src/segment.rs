@@ -17,7 +17,7 @@ pub fn ingest_of(prefix: &str, call: Call, source: EventSource) -> Result<Ingest
         Some(input) => {
             let mut e = input
                 .check(prefix, new_id(), call.at, source, None)
-                .map_err(|e| segment_names(prefix, e))?;
+                .map_err(|e| segment_names(prefix, call.kind, e))?;
             e.message_id.clone_from(&call.message_id);
             Some(e)
         }
@@ -29,10 +29,15 @@ pub fn ingest_of(prefix: &str, call: Call, source: EventSource) -> Result<Ingest
         Kind::Page => visit(call.at, call.user_agent.as_deref()),
         Kind::Screen => visit(call.at, None),
     };
-    // A visit from a mobile app feeds `mobile.*` with the app's own facts.
-    if let (Some(app), Some(v)) = (call.app, activity.visit.as_mut()) {
-        v.platform = Some(Platform::Mobile);
-        v.device = app;
+    // A visit from a mobile app feeds `mobile.*` with the app's own facts; a screen is an
+    // app's by definition, even when its context says nothing about the app.
+    if let Some(v) = activity.visit.as_mut() {
+        if let Some(app) = call.app {
+            v.platform = Some(Platform::Mobile);
+            v.device = app;
+        } else if call.kind == Kind::Screen {
+            v.platform = Some(Platform::Mobile);
+        }
     }
     activity.created_at = call.created_at;
     activity.city = call.city;
@@ -50,7 +55,7 @@ pub fn ingest_of(prefix: &str, call: Call, source: EventSource) -> Result<Ingest
 }
 
 /// Renames Sori's event fields in errors to the Segment fields the client sent.
-fn segment_names(prefix: &str, e: Invalid) -> Invalid {
+fn segment_names(prefix: &str, kind: Kind, e: Invalid) -> Invalid {
     let at = |f: &str| {
         if prefix.is_empty() {
             f.to_owned()
@@ -61,7 +66,14 @@ fn segment_names(prefix: &str, e: Invalid) -> Invalid {
     let renames = [
         (at("name"), at("event")),
         (at("property"), at("properties")),
-        (at("page"), at("context.page.url")),
+        (
+            at("page"),
+            at(if kind == Kind::Screen {
+                "name"
+            } else {
+                "context.page.url"
+            }),
+        ),
     ];
     Invalid(
         e.0.into_iter()

@@ -57,8 +57,13 @@ fn time(o: &Map<String, Value>, k: &str, errs: &mut Errors) -> Option<i64> {
     }
 }
 
+/// Clock difference between the machine that wrote a file and this one that a time may
+/// be ahead by; such a time counts as now.
+pub const FUTURE_TOLERANCE_MS: i64 = 5 * 60 * 1000;
+
 /// Parses a user line; `now` (ms) bounds its times: a customer cannot have been created
-/// or seen in the future, and a future `lastSeenAt` would never move back.
+/// or seen in the future, and a future `lastSeenAt` would never move back. Times up to
+/// [`FUTURE_TOLERANCE_MS`] ahead (another server's clock) are taken as now.
 pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
     let o = object(v)?;
     let mut errs = Errors::default();
@@ -75,13 +80,15 @@ pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
     {
         errs.push("memberId", e.0[0].message.clone());
     }
-    let created_at = time(o, "createdAt", &mut errs);
-    let last_seen_at = time(o, "lastSeenAt", &mut errs);
-    for (k, t) in [("createdAt", created_at), ("lastSeenAt", last_seen_at)] {
-        if t.is_some_and(|t| t > now) {
+    let mut not_future = |k: &str| {
+        let t = time(o, k, &mut errs)?;
+        if t > now + FUTURE_TOLERANCE_MS {
             errs.push(k, "must not be in the future");
         }
-    }
+        Some(t.min(now))
+    };
+    let created_at = not_future("createdAt");
+    let last_seen_at = not_future("lastSeenAt");
     let body: Map<String, Value> = o
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "id" | "memberId" | "createdAt" | "lastSeenAt"))
@@ -284,12 +291,15 @@ mod tests {
     const NOW: i64 = 1_700_000_000_000;
 
     #[test]
-    fn future_user_times_are_refused() {
+    fn future_user_times_are_refused_beyond_a_clock_skew() {
         for k in ["createdAt", "lastSeenAt"] {
-            let e = user_line(&json!({"memberId": "m", k: NOW + 1}), NOW).unwrap_err();
+            let late = NOW + FUTURE_TOLERANCE_MS + 1;
+            let e = user_line(&json!({"memberId": "m", k: late}), NOW).unwrap_err();
             assert_eq!(e.0[0].field, k);
             assert_eq!(e.0[0].message, "must not be in the future");
-            assert!(user_line(&json!({"memberId": "m", k: NOW}), NOW).is_ok());
+            // A clock a little ahead counts as now.
+            let l = user_line(&json!({"memberId": "m", k: NOW + 1000}), NOW).unwrap();
+            assert_eq!(l.created_at.or(l.last_seen_at), Some(NOW));
         }
     }
 

@@ -277,10 +277,11 @@ pub fn parse(
 /// Longest app, OS or device string kept (longer ones are left out).
 const MAX_CONTEXT_BYTES: usize = 512;
 
-/// The mobile app a call comes from. Segment's mobile libraries always send `context.app`
-/// (browsers and servers never do); a `context.device.type` of `ios` or `android` counts
-/// too. Strings that are not strings, or are empty, are left out rather than refused:
-/// context is the library's, not the business's.
+/// The mobile app a call comes from: `context.device.type` is `ios` or `android`, or the
+/// call names an app (`context.app`) running on a mobile OS (`context.os.name`). An app
+/// object alone is not enough: RudderStack's browser SDK sends one (naming itself) on
+/// every call. Strings that are not strings, or are empty, are left out rather than
+/// refused: context is the library's, not the business's.
 fn app_of(context: &Map<String, Value>) -> Option<DeviceInfo> {
     let obj = |k: &str| context.get(k).and_then(Value::as_object);
     let text = |o: Option<&Map<String, Value>>, k: &str| {
@@ -291,8 +292,13 @@ fn app_of(context: &Map<String, Value>) -> Option<DeviceInfo> {
             .map(str::to_owned)
     };
     let (app, os, device) = (obj("app"), obj("os"), obj("device"));
-    let device_type = text(device, "type").map(|t| t.to_ascii_lowercase());
-    if app.is_none() && !matches!(device_type.as_deref(), Some("ios" | "android")) {
+    let lower = |o, k| text(o, k).map(|t| t.to_ascii_lowercase());
+    let mobile_device = matches!(lower(device, "type").as_deref(), Some("ios" | "android"));
+    let mobile_os = matches!(
+        lower(os, "name").as_deref(),
+        Some("ios" | "ipados" | "android" | "tvos" | "watchos")
+    );
+    if !(mobile_device || (app.is_some() && mobile_os)) {
         return None;
     }
     let os_name = text(os, "name");
@@ -458,6 +464,15 @@ mod tests {
         let web = call(json!({"userAgent": "Mozilla/5.0", "os": {"name": "Windows"}}));
         assert_eq!(web.app, None);
         assert_eq!(web.event.unwrap().page, Some(json!("Home")));
+        // RudderStack's browser SDK names itself as the app: still a browser.
+        let rudder_web = call(json!({"app": {"name": "RudderLabs JavaScript SDK",
+                                            "namespace": "com.rudderlabs.javascript"},
+                                     "os": {"name": "", "version": ""},
+                                     "userAgent": "Mozilla/5.0"}));
+        assert_eq!(rudder_web.app, None);
+        // An app on iOS counts without a device type.
+        let ios = call(json!({"app": {"name": "Shop"}, "os": {"name": "iOS", "version": "17"}}));
+        assert_eq!(ios.app.unwrap().app_name.as_deref(), Some("Shop"));
         // An Android device without an app object still counts; odd values are left out.
         let a = call(
             json!({"device": {"type": "Android", "manufacturer": "Samsung"},
@@ -469,7 +484,7 @@ mod tests {
         assert_eq!(a.device.as_deref(), Some("Samsung"));
         assert_eq!(a.app_name, None);
         let long = "x".repeat(MAX_CONTEXT_BYTES + 1);
-        let a = call(json!({"app": {"name": long, "version": " 1.0 "}}))
+        let a = call(json!({"app": {"name": long, "version": " 1.0 "}, "os": {"name": "iOS"}}))
             .app
             .unwrap();
         assert_eq!(a.app_name, None);

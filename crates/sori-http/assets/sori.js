@@ -105,7 +105,6 @@
     return hrefWithoutHash();
   }
 
-  // utm_* query parameters that are present and non-empty; null when there are none.
   // The page that sent the visitor here, when it is another site's: a link between the
   // site's own pages says nothing about where the visitor came from, and the referrer
   // field is set once, so an internal page would stick for good.
@@ -120,6 +119,7 @@
     return ref;
   }
 
+  // utm_* query parameters that are present and non-empty; null when there are none.
   function utmFromLocation() {
     var params = new URLSearchParams(location.search);
     var utm = {};

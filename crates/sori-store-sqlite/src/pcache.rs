@@ -3,9 +3,9 @@
 //!
 //! When a B-tree page split hands out new pages out of order, SQLite swaps their numbers
 //! through a temporary key, the "pending byte" page (page 262,145 with 4 KiB pages). The
-//! built-in cache remembers the largest key it has seen, so from then on every commit's
-//! "drop pages beyond the end of the database" walks the entire hash table and every cached
-//! page, though none lies beyond the end. On the event writer that walk was 13 % of the
+//! built-in cache remembers the largest key it has seen, so the commit of every
+//! transaction that split pages that way ("drop pages beyond the end of the database")
+//! walks the entire hash table and every cached page, though none lies beyond the end. On the event writer that walk was 13 % of the
 //! thread's time. This wrapper keeps its own largest key, leaving the temporary key out,
 //! and skips truncations that cannot drop anything; every other call goes straight to the
 //! built-in cache.
@@ -191,9 +191,10 @@ unsafe extern "C" fn x_shrink(p: *mut ffi::sqlite3_pcache) {
     }
 }
 
-/// Installs the wrapper. It must run before SQLite is first used in the process; when it
-/// cannot (SQLite already initialized), SQLite keeps its own cache unchanged and only the
-/// scan comes back.
+/// Installs the wrapper. It must run before SQLite is first used in the process (and,
+/// as `sqlite3_config` is not thread-safe, before any other thread opens a database):
+/// the store calls it before opening its first connection. When it is too late, SQLite
+/// keeps its own cache unchanged and only the scan comes back.
 pub fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -201,11 +202,11 @@ pub fn install() {
         // SQLite refuses the configuration), and only read afterwards.
         unsafe {
             let inner = std::ptr::addr_of_mut!(INNER);
-            if ffi::sqlite3_config(ffi::SQLITE_CONFIG_GETPCACHE2, inner) != ffi::SQLITE_OK
-                || (*inner).xFetch.is_none()
-            {
+            let rc = ffi::sqlite3_config(ffi::SQLITE_CONFIG_GETPCACHE2, inner);
+            if rc != ffi::SQLITE_OK || (*inner).xFetch.is_none() {
                 tracing::warn!(
-                    "SQLite page cache wrapper not installed: built-in cache unavailable"
+                    rc,
+                    "SQLite page cache wrapper not installed (SQLite already initialized)"
                 );
                 return;
             }

@@ -5,7 +5,7 @@
 //! from the line's content).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
@@ -156,7 +156,9 @@ pub async fn import(
             }
         }
         Format::Csv => {
-            let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+            let mut rdr = csv::ReaderBuilder::new()
+                .flexible(true)
+                .from_reader(LfOnly::new(reader));
             let headers: Vec<String> = rdr
                 .headers()
                 .context("reading the CSV header row")?
@@ -198,6 +200,89 @@ pub async fn import(
     flush(app, ch, &mut pending, &mut summary, errors).await?;
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// Turns CRLF line ends into LF. The CSV parser counts lines on `\n` but ends a record at
+/// the `\r` before it, so in a CRLF file (Excel on Windows) a record's start position
+/// would name the line before it.
+struct LfOnly<R> {
+    inner: R,
+    /// A `\r` ended the last chunk: it goes out only if no `\n` follows.
+    cr: bool,
+    /// A byte read while looking past a held `\r` that did not fit the caller's buffer.
+    next: Option<u8>,
+}
+
+impl<R> LfOnly<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            cr: false,
+            next: None,
+        }
+    }
+}
+
+impl<R: Read> Read for LfOnly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if let Some(b) = self.next.take() {
+            buf[0] = b;
+            return Ok(1);
+        }
+        if self.cr {
+            // One byte of lookahead decides the held `\r`.
+            self.cr = false;
+            let mut one = [0u8; 1];
+            if self.inner.read(&mut one)? == 0 {
+                buf[0] = b'\r';
+                return Ok(1);
+            }
+            match one[0] {
+                b'\n' => buf[0] = b'\n',
+                b'\r' => {
+                    buf[0] = b'\r';
+                    self.cr = true;
+                }
+                b => {
+                    buf[0] = b'\r';
+                    match buf.get_mut(1) {
+                        Some(slot) => {
+                            *slot = b;
+                            return Ok(2);
+                        }
+                        None => self.next = Some(b),
+                    }
+                }
+            }
+            return Ok(1);
+        }
+        {
+            let n = self.inner.read(buf)?;
+            let mut w = 0;
+            for i in 0..n {
+                let b = buf[i];
+                if b == b'\r' {
+                    if i + 1 == n {
+                        self.cr = true;
+                        continue;
+                    }
+                    if buf[i + 1] == b'\n' {
+                        continue;
+                    }
+                }
+                buf[w] = b;
+                w += 1;
+            }
+            // A chunk of just the held `\r` says nothing yet: read on.
+            if w > 0 || n == 0 {
+                return Ok(w);
+            }
+        }
+        self.read(buf)
+    }
 }
 
 fn report(errors: &mut dyn Write, line: usize, e: &Invalid) {
@@ -479,5 +564,58 @@ fn cell(v: Option<&Value>) -> String {
             .collect::<Vec<_>>()
             .join(";"),
         Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::LfOnly;
+
+    /// Hands out at most `step` bytes per read, to put chunk ends everywhere.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(self.1).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn crlf_becomes_lf_across_every_chunk_boundary() {
+        let inputs: [&[u8]; 6] = [
+            b"a,b\r\nc,d\r\n",
+            b"\r\r\n\r",
+            b"x\ry\r\n\r\n\n\rz",
+            b"\"q\r\nr\",1\r\n",
+            b"\r",
+            b"",
+        ];
+        for input in inputs {
+            let want = String::from_utf8_lossy(input).replace("\r\n", "\n");
+            for step in 1..=5 {
+                for size in 1..=4 {
+                    let mut r = LfOnly::new(Trickle(input, step));
+                    let mut out = Vec::new();
+                    let mut buf = vec![0u8; size];
+                    loop {
+                        let n = r.read(&mut buf).unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        want,
+                        "step {step} size {size}"
+                    );
+                }
+            }
+        }
     }
 }
