@@ -207,6 +207,7 @@ async fn write_batch(store: Arc<dyn Store>, jobs: Vec<Job>) {
     }
 }
 
+/// Which path a write came from; decides per-call tag limits and consent rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// Server-side Open API (full trust; tags ≤ 20 per call).

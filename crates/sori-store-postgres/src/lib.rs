@@ -165,6 +165,44 @@ fn backend(e: sqlx::Error) -> StoreError {
 }
 
 impl PostgresStore {
+    /// A page of events in `(createdAt, id)` order from a cursor (exclusive), of one user
+    /// or of the whole channel: the timeline and the export page the same way.
+    async fn events_from(
+        &self,
+        channel_id: i64,
+        user_id: Option<&str>,
+        cursor: Option<(i64, &str)>,
+        limit: u32,
+        oldest_first: bool,
+    ) -> Result<Vec<Event>> {
+        let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let (cmp, dir) = if oldest_first {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        let user = if user_id.is_some() {
+            "AND user_id = $5"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT * FROM events WHERE channel_id = $1 {user} \
+             AND ($2::bigint IS NULL OR (created_at, id) {cmp} ($2, $3::text COLLATE \"C\")) \
+             ORDER BY created_at {dir}, id {dir} LIMIT $4"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(channel_id)
+            .bind(t)
+            .bind(id)
+            .bind(i64::from(limit));
+        if let Some(u) = user_id {
+            q = q.bind(u);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     /// The block range of part `part` of `parts` of a table, as the text of two tuple ids
     /// `[from, to)`: parallel scans of a build read disjoint stretches of the heap (a TID
     /// range scan), instead of each reading all of it and keeping a share.
@@ -993,27 +1031,8 @@ impl Store for PostgresStore {
         limit: u32,
         oldest_first: bool,
     ) -> Result<Vec<Event>> {
-        let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let (cmp, dir) = if oldest_first {
-            (">", "ASC")
-        } else {
-            ("<", "DESC")
-        };
-        let sql = format!(
-            "SELECT * FROM events WHERE channel_id = $1 AND user_id = $2 \
-             AND ($3::bigint IS NULL OR (created_at, id) {cmp} ($3, $4::text COLLATE \"C\")) \
-             ORDER BY created_at {dir}, id {dir} LIMIT $5"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(channel_id)
-            .bind(user_id)
-            .bind(t)
-            .bind(id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+        self.events_from(channel_id, Some(user_id), cursor, limit, oldest_first)
             .await
-            .map_err(backend)?;
-        rows.iter().map(event_from_row).collect()
     }
 
     async fn events_page(
@@ -1022,20 +1041,7 @@ impl Store for PostgresStore {
         after: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<Event>> {
-        let (t, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let rows = sqlx::query(
-            "SELECT * FROM events WHERE channel_id = $1 \
-             AND ($2::bigint IS NULL OR (created_at, id) > ($2, $3::text COLLATE \"C\")) \
-             ORDER BY created_at, id LIMIT $4",
-        )
-        .bind(channel_id)
-        .bind(t)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(event_from_row).collect()
+        self.events_from(channel_id, None, after, limit, true).await
     }
 
     async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>> {

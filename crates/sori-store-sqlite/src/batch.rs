@@ -28,7 +28,6 @@ fn db(e: rusqlite::Error) -> StoreError {
 /// Opens the batch connection on the database file of `url` (`sqlite://path?…`). It never
 /// checkpoints the WAL itself (see `checkpoint`).
 pub fn open(url: &str) -> Result<Connection> {
-    crate::pcache::install();
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))

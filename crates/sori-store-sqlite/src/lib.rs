@@ -111,8 +111,47 @@ impl SqliteStore {
         row.as_ref().map(channel_from_row).transpose()
     }
 
+    /// A page of events in `(createdAt, id)` order from a cursor (exclusive), of one user
+    /// or of the whole channel: the timeline and the export page the same way.
+    async fn events_from(
+        &self,
+        channel_id: i64,
+        user_id: Option<&str>,
+        cursor: Option<(i64, &str)>,
+        limit: u32,
+        oldest_first: bool,
+    ) -> Result<Vec<Event>> {
+        let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+        let (cmp, dir) = if oldest_first {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        let user = if user_id.is_some() {
+            "AND user_id = ?5"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT * FROM events WHERE channel_id = ?1 {user} \
+             AND (?2 IS NULL OR (created_at, id) {cmp} (?2, ?3)) \
+             ORDER BY created_at {dir}, id {dir} LIMIT ?4"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(channel_id)
+            .bind(t)
+            .bind(id)
+            .bind(i64::from(limit));
+        if let Some(u) = user_id {
+            q = q.bind(u);
+        }
+        let rows = q.fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     /// Opens (creating when missing) the database at `url` (`sqlite://path`).
     pub async fn connect(url: &str) -> Result<Self> {
+        // Before the first connection of the process opens (see `pcache`).
         pcache::install();
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(backend)?
@@ -880,27 +919,8 @@ impl Store for SqliteStore {
         limit: u32,
         oldest_first: bool,
     ) -> Result<Vec<Event>> {
-        let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let (cmp, dir) = if oldest_first {
-            (">", "ASC")
-        } else {
-            ("<", "DESC")
-        };
-        let sql = format!(
-            "SELECT * FROM events WHERE channel_id = ?1 AND user_id = ?2 \
-             AND (?3 IS NULL OR (created_at, id) {cmp} (?3, ?4)) \
-             ORDER BY created_at {dir}, id {dir} LIMIT ?5"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(channel_id)
-            .bind(user_id)
-            .bind(t)
-            .bind(id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+        self.events_from(channel_id, Some(user_id), cursor, limit, oldest_first)
             .await
-            .map_err(backend)?;
-        rows.iter().map(event_from_row).collect()
     }
 
     async fn events_page(
@@ -909,20 +929,7 @@ impl Store for SqliteStore {
         after: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<Event>> {
-        let (t, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let rows = sqlx::query(
-            "SELECT * FROM events WHERE channel_id = ?1 \
-             AND (?2 IS NULL OR (created_at, id) > (?2, ?3)) \
-             ORDER BY created_at, id LIMIT ?4",
-        )
-        .bind(channel_id)
-        .bind(t)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(event_from_row).collect()
+        self.events_from(channel_id, None, after, limit, true).await
     }
 
     async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>> {

@@ -158,7 +158,7 @@ pub async fn import(
         Format::Csv => {
             let mut rdr = csv::ReaderBuilder::new()
                 .flexible(true)
-                .from_reader(LfOnly::new(reader));
+                .from_reader(LfOnly(reader));
             let headers: Vec<String> = rdr
                 .headers()
                 .context("reading the CSV header row")?
@@ -205,83 +205,43 @@ pub async fn import(
 /// Turns CRLF line ends into LF. The CSV parser counts lines on `\n` but ends a record at
 /// the `\r` before it, so in a CRLF file (Excel on Windows) a record's start position
 /// would name the line before it.
-struct LfOnly<R> {
-    inner: R,
-    /// A `\r` ended the last chunk: it goes out only if no `\n` follows.
-    cr: bool,
-    /// A byte read while looking past a held `\r` that did not fit the caller's buffer.
-    next: Option<u8>,
-}
+struct LfOnly<R>(R);
 
-impl<R> LfOnly<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            cr: false,
-            next: None,
-        }
-    }
-}
-
-impl<R: Read> Read for LfOnly<R> {
+impl<R: BufRead> Read for LfOnly<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if let Some(b) = self.next.take() {
-            buf[0] = b;
-            return Ok(1);
-        }
-        if self.cr {
-            // One byte of lookahead decides the held `\r`.
-            self.cr = false;
-            let mut one = [0u8; 1];
-            if self.inner.read(&mut one)? == 0 {
-                buf[0] = b'\r';
-                return Ok(1);
-            }
-            match one[0] {
-                b'\n' => buf[0] = b'\n',
-                b'\r' => {
-                    buf[0] = b'\r';
-                    self.cr = true;
-                }
-                b => {
-                    buf[0] = b'\r';
-                    match buf.get_mut(1) {
-                        Some(slot) => {
-                            *slot = b;
-                            return Ok(2);
-                        }
-                        None => self.next = Some(b),
-                    }
-                }
-            }
-            return Ok(1);
-        }
-        {
-            let n = self.inner.read(buf)?;
-            let mut w = 0;
-            for i in 0..n {
-                let b = buf[i];
-                if b == b'\r' {
-                    if i + 1 == n {
-                        self.cr = true;
+        let chunk = self.0.fill_buf()?;
+        let (mut r, mut w) = (0, 0);
+        // A `\r` that ends the buffered bytes, with nothing copied before it.
+        let mut lone_cr = false;
+        while r < chunk.len() && w < buf.len() {
+            if chunk[r] == b'\r' {
+                match chunk.get(r + 1) {
+                    Some(b'\n') => {
+                        r += 1;
                         continue;
                     }
-                    if buf[i + 1] == b'\n' {
-                        continue;
+                    // Whether it ends a line depends on the next byte: leave it for later.
+                    None => {
+                        lone_cr = w == 0;
+                        break;
                     }
+                    Some(_) => {}
                 }
-                buf[w] = b;
-                w += 1;
             }
-            // A chunk of just the held `\r` says nothing yet: read on.
-            if w > 0 || n == 0 {
-                return Ok(w);
-            }
+            buf[w] = chunk[r];
+            w += 1;
+            r += 1;
         }
-        self.read(buf)
+        if !lone_cr {
+            self.0.consume(r);
+            return Ok(w);
+        }
+        self.0.consume(1);
+        if self.0.fill_buf()?.first() == Some(&b'\n') {
+            return self.read(buf);
+        }
+        buf[0] = b'\r';
+        Ok(1)
     }
 }
 
@@ -569,7 +529,7 @@ fn cell(v: Option<&Value>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::io::{BufReader, Read};
 
     use super::LfOnly;
 
@@ -599,7 +559,7 @@ mod tests {
             let want = String::from_utf8_lossy(input).replace("\r\n", "\n");
             for step in 1..=5 {
                 for size in 1..=4 {
-                    let mut r = LfOnly::new(Trickle(input, step));
+                    let mut r = LfOnly(BufReader::with_capacity(step, Trickle(input, step)));
                     let mut out = Vec::new();
                     let mut buf = vec![0u8; size];
                     loop {
