@@ -82,7 +82,7 @@ pub struct SqliteStore {
     /// The database URL, for extra read connections of bulk scans.
     url: String,
     /// Checkpoints the WAL while the store is open.
-    _checkpointer: checkpoint::Checkpointer,
+    checkpointer: checkpoint::Checkpointer,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -164,7 +164,7 @@ impl SqliteStore {
             .pragma("cache_size", "-16384")
             // Checkpoints run on their own thread (see `checkpoint`).
             .pragma("wal_autocheckpoint", "0")
-            .pragma("journal_size_limit", "67108864");
+            .pragma("journal_size_limit", "268435456");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -176,12 +176,14 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(backend)?;
+        let batch = batch::open(url)?;
+        checkpoint::Checkpointer::watch(&batch);
         Ok(Self {
             writer,
             reader,
-            batch: Mutex::new(batch::open(url)?),
+            batch: Mutex::new(batch),
             url: url.to_owned(),
-            _checkpointer: checkpoint::start(batch::open(url)?)
+            checkpointer: checkpoint::start(batch::open(url)?)
                 .map_err(|e| StoreError::Backend(Box::new(e)))?,
         })
     }
@@ -663,7 +665,9 @@ impl Store for SqliteStore {
             .batch
             .lock()
             .map_err(|_| StoreError::Corrupt("batch connection poisoned".into()))?;
-        batch::write_users(&mut conn, ops)
+        let out = batch::write_users(&mut conn, ops);
+        self.checkpointer.after_commit(&conn);
+        out
     }
 
     async fn user(&self, channel_id: i64, id: &str) -> Result<Option<User>> {
@@ -767,7 +771,9 @@ impl Store for SqliteStore {
                 .batch
                 .lock()
                 .map_err(|_| StoreError::Corrupt("batch connection poisoned".into()))?;
-            batch::bulk_load(&mut conn, channel_id, users, events)
+            let out = batch::bulk_load(&mut conn, channel_id, users, events);
+            self.checkpointer.after_commit(&conn);
+            out
         })
     }
 
