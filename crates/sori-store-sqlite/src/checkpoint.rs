@@ -27,7 +27,7 @@ const EVERY: Duration = Duration::from_millis(200);
 const CLOSE: Duration = Duration::from_millis(5);
 /// Log length (frames, 4 KiB each) past which the writer makes the log start over.
 const RESTART_AT: i64 = 32768;
-/// The most frames the writer copies itself, so a commit's caller waits only briefly.
+/// A tail the writer always copies itself when the log is long (1 MiB).
 const SHORT_TAIL: i64 = 256;
 /// Log length past which the writer copies whatever is left (the background thread is
 /// not keeping up).
@@ -37,6 +37,8 @@ thread_local! {
     /// Frames in the log after this thread's last commit (set by the WAL hook, which runs
     /// inside the commit on the committing thread).
     static LOG_FRAMES: Cell<i64> = const { Cell::new(0) };
+    /// The log length `after_commit` saw last on this thread.
+    static LAST_FRAMES: Cell<i64> = const { Cell::new(0) };
 }
 
 fn record_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
@@ -76,7 +78,14 @@ impl Checkpointer {
     /// next write transaction starts the log over.
     pub(crate) fn after_commit(&self, conn: &Connection) {
         let frames = LOG_FRAMES.with(|f| f.replace(0));
-        if !restart_due(frames, self.copied.load(Ordering::Relaxed)) {
+        let before = LAST_FRAMES.with(|f| f.replace(frames));
+        // What the last commit wrote (the whole log if it started the log over).
+        let commit = if frames > before {
+            frames - before
+        } else {
+            frames
+        };
+        if !restart_due(frames, self.copied.load(Ordering::Relaxed), commit) {
             return;
         }
         if let Err(e) = pass(conn) {
@@ -85,10 +94,13 @@ impl Checkpointer {
     }
 }
 
-/// Whether the writer should finish the copy now, with `frames` in the log and `copied` of
-/// them copied by the last background pass.
-fn restart_due(frames: i64, copied: i64) -> bool {
-    frames >= RESTART_AT && (frames - copied <= SHORT_TAIL || frames >= FORCE_AT)
+/// Whether the writer should finish the copy now, with `frames` in the log, `copied` of
+/// them copied by the last background pass and `commit` written by the last commit.
+fn restart_due(frames: i64, copied: i64, commit: i64) -> bool {
+    // A pass never covers the commits made while it ran, so the shortest tail to wait for
+    // is about two commits: a hundred frames with single events, thousands with batches.
+    let short = SHORT_TAIL.max(2 * commit);
+    frames >= RESTART_AT && (frames - copied <= short || frames >= FORCE_AT)
 }
 
 /// One passive checkpoint: `(frames in the log, frames copied)`.
@@ -165,7 +177,7 @@ mod tests {
         // Without the writer's copy the log keeps growing: nothing starts it over.
         frames = commit(&writer);
         assert!(frames > copied + 1);
-        assert!(restart_due(frames, copied));
+        assert!(restart_due(frames, copied, 1));
         let (stop, _) = channel();
         let ck = Checkpointer {
             _stop: stop,
@@ -179,9 +191,12 @@ mod tests {
 
     #[test]
     fn the_writer_copies_only_a_short_tail_unless_the_log_is_very_long() {
-        assert!(!restart_due(RESTART_AT - 1, 0));
-        assert!(restart_due(RESTART_AT, RESTART_AT - SHORT_TAIL));
-        assert!(!restart_due(RESTART_AT, RESTART_AT - SHORT_TAIL - 1));
-        assert!(restart_due(FORCE_AT, 0));
+        assert!(!restart_due(RESTART_AT - 1, RESTART_AT - 1, 10));
+        assert!(restart_due(RESTART_AT, RESTART_AT - SHORT_TAIL, 10));
+        assert!(!restart_due(RESTART_AT, RESTART_AT - SHORT_TAIL - 1, 10));
+        // Batches of 2,000 frames: a tail of two of them is short.
+        assert!(restart_due(RESTART_AT, RESTART_AT - 4000, 2000));
+        assert!(!restart_due(RESTART_AT, RESTART_AT - 4001, 2000));
+        assert!(restart_due(FORCE_AT, 0, 10));
     }
 }
