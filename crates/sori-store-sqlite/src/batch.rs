@@ -37,7 +37,7 @@ pub fn open(url: &str) -> Result<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
          PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; \
-         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456;",
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 1073741824;",
     )
     .map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))

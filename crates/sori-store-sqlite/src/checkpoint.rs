@@ -11,7 +11,8 @@
 //! over a gigabyte in a ten-second benchmark, and every commit then extended the file. So
 //! once the log is long, the batch writer finishes the copy itself right after a commit,
 //! when the background pass has left only a short tail to copy; its next transaction
-//! then starts the log over, and `journal_size_limit` trims the file.
+//! then starts the log over. That copy stalls the writer (its pages are fsynced), so a
+//! cycle is long: see `docs/storage.md` for the measurements behind the numbers.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -26,12 +27,12 @@ const EVERY: Duration = Duration::from_millis(200);
 /// The pause between passes once the log is three quarters of the way to `RESTART_AT`.
 const CLOSE: Duration = Duration::from_millis(5);
 /// Log length (frames, 4 KiB each) past which the writer makes the log start over.
-const RESTART_AT: i64 = 32768;
+const RESTART_AT: i64 = 131_072;
 /// A tail the writer always copies itself when the log is long (1 MiB).
 const SHORT_TAIL: i64 = 256;
-/// Log length past which the writer copies whatever is left (the background thread is
-/// not keeping up).
-const FORCE_AT: i64 = 131_072;
+/// Past this many times `RESTART_AT` the writer copies whatever is left (the background
+/// thread is not keeping up).
+const FORCE_FACTOR: i64 = 4;
 
 thread_local! {
     /// Frames in the log after this thread's last commit (set by the WAL hook, which runs
@@ -51,6 +52,9 @@ pub(crate) struct Checkpointer {
     _stop: Sender<()>,
     /// Frames of the log the background thread has copied, as of its last pass.
     copied: Arc<AtomicI64>,
+    /// Log length past which the writer makes the log start over (`RESTART_AT`; smaller
+    /// in tests).
+    restart_at: i64,
 }
 
 /// Starts checkpointing the database `conn` is open on.
@@ -64,6 +68,7 @@ pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpointer> {
     Ok(Checkpointer {
         _stop: stop,
         copied,
+        restart_at: RESTART_AT,
     })
 }
 
@@ -85,7 +90,8 @@ impl Checkpointer {
         } else {
             frames
         };
-        if !restart_due(frames, self.copied.load(Ordering::Relaxed), commit) {
+        let copied = self.copied.load(Ordering::Relaxed);
+        if !restart_due(self.restart_at, frames, copied, commit) {
             return;
         }
         if let Err(e) = pass(conn) {
@@ -96,11 +102,11 @@ impl Checkpointer {
 
 /// Whether the writer should finish the copy now, with `frames` in the log, `copied` of
 /// them copied by the last background pass and `commit` written by the last commit.
-fn restart_due(frames: i64, copied: i64, commit: i64) -> bool {
+fn restart_due(restart_at: i64, frames: i64, copied: i64, commit: i64) -> bool {
     // A pass never covers the commits made while it ran, so the shortest tail to wait for
     // is about two commits: a hundred frames with single events, thousands with batches.
     let short = SHORT_TAIL.max(2 * commit);
-    frames >= RESTART_AT && (frames - copied <= short || frames >= FORCE_AT)
+    frames >= restart_at && (frames - copied <= short || frames >= restart_at * FORCE_FACTOR)
 }
 
 /// One passive checkpoint: `(frames in the log, frames copied)`.
@@ -116,7 +122,10 @@ fn run(conn: &Connection, stopped: &Receiver<()>, copied: &AtomicI64) {
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
         match pass(conn) {
             Ok((frames, n)) => {
-                copied.store(n, Ordering::Relaxed);
+                // -1: another connection was checkpointing; its pass is not known here.
+                if n >= 0 {
+                    copied.store(n, Ordering::Relaxed);
+                }
                 // Close to a restart, passes follow each other closely, so the tail the
                 // writer is left to copy stays short.
                 wait = if frames >= RESTART_AT / 4 * 3 {
@@ -159,8 +168,9 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         let writer = open(&path);
         Checkpointer::watch(&writer);
+        let restart_at = 64;
         let mut frames = 0;
-        while frames < RESTART_AT {
+        while frames < restart_at {
             frames = commit(&writer);
         }
         // Under a steady load a background pass never copies the newest commits: here a
@@ -177,11 +187,12 @@ mod tests {
         // Without the writer's copy the log keeps growing: nothing starts it over.
         frames = commit(&writer);
         assert!(frames > copied + 1);
-        assert!(restart_due(frames, copied, 1));
+        assert!(restart_due(restart_at, frames, copied, 1));
         let (stop, _) = channel();
         let ck = Checkpointer {
             _stop: stop,
             copied: Arc::new(AtomicI64::new(copied)),
+            restart_at,
         };
         ck.after_commit(&writer);
         assert_eq!(LOG_FRAMES.with(Cell::get), 0, "the hook's count is taken");
@@ -191,12 +202,14 @@ mod tests {
 
     #[test]
     fn the_writer_copies_only_a_short_tail_unless_the_log_is_very_long() {
-        assert!(!restart_due(RESTART_AT - 1, RESTART_AT - 1, 10));
-        assert!(restart_due(RESTART_AT, RESTART_AT - SHORT_TAIL, 10));
-        assert!(!restart_due(RESTART_AT, RESTART_AT - SHORT_TAIL - 1, 10));
+        let at = RESTART_AT;
+        assert!(!restart_due(at, at - 1, at - 1, 10));
+        assert!(restart_due(at, at, at - SHORT_TAIL, 10));
+        assert!(!restart_due(at, at, at - SHORT_TAIL - 1, 10));
         // Batches of 2,000 frames: a tail of two of them is short.
-        assert!(restart_due(RESTART_AT, RESTART_AT - 4000, 2000));
-        assert!(!restart_due(RESTART_AT, RESTART_AT - 4001, 2000));
-        assert!(restart_due(FORCE_AT, 0, 10));
+        assert!(restart_due(at, at, at - 4000, 2000));
+        assert!(!restart_due(at, at, at - 4001, 2000));
+        assert!(!restart_due(at, at * FORCE_FACTOR - 1, 0, 10));
+        assert!(restart_due(at, at * FORCE_FACTOR, 0, 10));
     }
 }

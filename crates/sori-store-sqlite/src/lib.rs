@@ -164,7 +164,7 @@ impl SqliteStore {
             .pragma("cache_size", "-16384")
             // Checkpoints run on their own thread (see `checkpoint`).
             .pragma("wal_autocheckpoint", "0")
-            .pragma("journal_size_limit", "268435456");
+            .pragma("journal_size_limit", "1073741824");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
