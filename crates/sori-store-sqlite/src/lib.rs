@@ -193,6 +193,18 @@ const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, t
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
 
+/// Users written whole in the range `($1, $2]` of the change sequence: every row changed
+/// there except those whose changes were all activity (see `ACTIVITY_CHANGES`).
+const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 \
+    AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= $1) ORDER BY seq";
+
+/// Users whose changes in the range `($1, $2]` were all activity (`light_seq = seq`: the
+/// last write was an activity update; `full_seq <= $1`: the last whole write was already
+/// followed).
+const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, created_at, \
+    updated_at FROM users WHERE seq > $1 AND seq <= $2 AND light_seq = seq \
+    AND full_seq <= $1 ORDER BY seq";
+
 /// The oldest events of a channel before a time, in a stable order (retention chunks).
 /// The newest row is never removed: rowids then never repeat, and followers of the change
 /// sequence track events by rowid.
@@ -890,13 +902,19 @@ impl Store for SqliteStore {
         // Whole rows for users written whole since `from`; three instants for users whose
         // changes since then were all activity (see migration 5). Events by rowid.
         let sql = ChangeSql {
-            users: &format!("SELECT {USER_COLUMNS}, seq FROM users "),
+            users: &format!("SELECT {USER_COLUMNS}, seq FROM users {WHOLE_CHANGES}"),
+            activity: ACTIVITY_CHANGES,
             events: "SELECT channel_id, user_id, name, created_at FROM events \
                      WHERE rowid > $1 AND rowid <= $2 ORDER BY rowid",
         };
         let out = changes_between::<sqlx::Sqlite>(&mut *tx, &sql, from, to).await?;
         tx.commit().await.map_err(backend)?;
         Ok(out)
+    }
+
+    async fn prune_activity(&self, _upto: i64) -> Result<()> {
+        // Activity lives in the user rows (`light_seq`, migration 5).
+        Ok(())
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {

@@ -274,26 +274,19 @@ fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change), St
     Ok((r.col("channel_id")?, change))
 }
 
-/// Users written whole in the range `($1, $2]` of the change sequence: every row changed
-/// there except those whose changes were all activity (see [`ACTIVITY_CHANGES`]).
-const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 \
-    AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= $1) ORDER BY seq";
-
-/// Users whose changes in the range `($1, $2]` were all activity (`light_seq = seq`: the
-/// last write was an activity update; `full_seq <= $1`: the last whole write was already
-/// followed), decoded by [`activity_row`].
-const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, created_at, \
-    updated_at FROM users WHERE seq > $1 AND seq <= $2 AND light_seq = seq \
-    AND full_seq <= $1 ORDER BY seq";
-
 /// Removals and merges in the range `($1, $2]`, decoded by [`log_entry`].
 const LOG_CHANGES: &str = "SELECT channel_id, kind, user_id, into_id FROM change_log \
     WHERE seq > $1 AND seq <= $2 ORDER BY seq";
 
-/// What differs between the backends when reading the change sequence.
+/// What differs between the backends when reading the change sequence (each keeps
+/// activity-only changes its own way, see their migrations).
 pub struct ChangeSql<'a> {
-    /// `SELECT <every users column, JSON as text>, seq FROM users ` (with the space).
+    /// Every users column (JSON as text) and `seq` of the users written whole in the range
+    /// `($1, $2]`, in sequence order.
     pub users: &'a str,
+    /// `channel_id, seq, id, last_seen_at, created_at, updated_at` of the users whose
+    /// activity changed in the range `($1, $2]` (decoded by [`activity_row`]).
+    pub activity: &'static str,
     /// `channel_id, user_id, name, created_at` of the events with position in `($1, $2]`,
     /// in position order.
     pub events: &'static str,
@@ -316,12 +309,12 @@ where
     <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
 {
     let mut out = ChangeBatch::default();
-    let users = sqlx::AssertSqlSafe(format!("{}{WHOLE_CHANGES}", sql.users));
+    let users = sqlx::AssertSqlSafe(sql.users.to_owned());
     for r in rows_between::<DB>(conn, users, from.seq, to.seq).await? {
         out.users
             .push((r.col("channel_id")?, r.col("seq")?, user(&r)?));
     }
-    for r in rows_between::<DB>(conn, ACTIVITY_CHANGES, from.seq, to.seq).await? {
+    for r in rows_between::<DB>(conn, sql.activity, from.seq, to.seq).await? {
         out.activity.push(activity_row(&r)?);
     }
     for r in rows_between::<DB>(conn, sql.events, from.event, to.event).await? {
