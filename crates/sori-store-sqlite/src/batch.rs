@@ -16,7 +16,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 /// rusqlite failures: unique violations are conflicts (the writer retries), the rest
 /// database errors.
-fn db(e: rusqlite::Error) -> StoreError {
+pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e
         && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
     {
@@ -56,11 +56,20 @@ pub fn open_scan(url: &str) -> Result<Connection> {
     Ok(conn)
 }
 
-const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, tags, \
+/// Opens the connection the change sequence is read on (see `follow`): it reads what was
+/// just written, so a modest page cache holds it.
+pub fn open_follower(url: &str) -> Result<Connection> {
+    let conn = open(url)?;
+    conn.execute_batch("PRAGMA cache_size = -8192;")
+        .map_err(db)?;
+    Ok(conn)
+}
+
+pub(crate) const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, tags, \
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
 
-fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+pub(crate) fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
         channel_id: r.get(0)?,
         id: r.get(1)?,

@@ -7,13 +7,13 @@
 
 mod batch;
 mod checkpoint;
+mod follow;
 mod pcache;
 
 use sori_store_sqlx::{
-    ChangeSql, catalog_entry, changes_between, channel as channel_from_row,
-    event as event_from_row, field as field_from_row, manager as manager_from_row,
-    merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
-    scope_str, segment as segment_from_row, user as user_from_row,
+    catalog_entry, channel as channel_from_row, event as event_from_row, field as field_from_row,
+    manager as manager_from_row, merge as merge_from_row, perms_json, reveal as reveal_from_row,
+    role as role_from_row, scope_str, segment as segment_from_row, user as user_from_row,
 };
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -79,6 +79,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// The connection user batches run on, synchronously (see `batch`).
     batch: Mutex<rusqlite::Connection>,
+    /// The connection the change sequence is read on (see `follow`).
+    follower: std::sync::Arc<Mutex<rusqlite::Connection>>,
     /// The database URL, for extra read connections of bulk scans.
     url: String,
     /// Checkpoints the WAL while the store is open.
@@ -101,6 +103,22 @@ fn backend(e: sqlx::Error) -> StoreError {
 }
 
 impl SqliteStore {
+    /// Runs `f` on the follower connection, off the async workers.
+    async fn follow<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.follower.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| StoreError::Corrupt("follower connection poisoned".into()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+    }
+
     /// The channel a unique public key column names (`sql` selects by that column).
     async fn channel_where(&self, sql: &'static str, key: &str) -> Result<Option<Channel>> {
         let row = sqlx::query(sql)
@@ -182,6 +200,7 @@ impl SqliteStore {
             writer,
             reader,
             batch: Mutex::new(batch),
+            follower: std::sync::Arc::new(Mutex::new(batch::open_follower(url)?)),
             url: url.to_owned(),
             checkpointer: checkpoint::start(batch::open(url)?)
                 .map_err(|e| StoreError::Backend(Box::new(e)))?,
@@ -192,18 +211,6 @@ impl SqliteStore {
 const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, tags, \
     unsubscribe_email, unsubscribe_texting, blocked, city, country, language, has_chat, \
     has_push_token, sessions_count, last_seen_at, created_at, updated_at, web, mobile";
-
-/// Users written whole in the range `($1, $2]` of the change sequence: every row changed
-/// there except those whose changes were all activity (see `ACTIVITY_CHANGES`).
-const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 \
-    AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= $1) ORDER BY seq";
-
-/// Users whose changes in the range `($1, $2]` were all activity (`light_seq = seq`: the
-/// last write was an activity update; `full_seq <= $1`: the last whole write was already
-/// followed).
-const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, created_at, \
-    updated_at FROM users WHERE seq > $1 AND seq <= $2 AND light_seq = seq \
-    AND full_seq <= $1 ORDER BY seq";
 
 /// The oldest events of a channel before a time, in a stable order (retention chunks).
 /// The newest row is never removed: rowids then never repeat, and followers of the change
@@ -883,33 +890,12 @@ impl Store for SqliteStore {
     }
 
     async fn horizon(&self) -> Result<Cursor> {
-        // One read transaction, so both numbers come from the same snapshot.
-        let mut tx = self.reader.begin().await.map_err(backend)?;
-        let seq: i64 = sqlx::query_scalar("SELECT v FROM change_seq")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let event: i64 = sqlx::query_scalar("SELECT ifnull(max(rowid), 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(Cursor { seq, event })
+        self.follow(follow::horizon).await
     }
 
     async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch> {
-        let mut tx = self.reader.begin().await.map_err(backend)?;
-        // Whole rows for users written whole since `from`; three instants for users whose
-        // changes since then were all activity (see migration 5). Events by rowid.
-        let sql = ChangeSql {
-            users: &format!("SELECT {USER_COLUMNS}, seq FROM users {WHOLE_CHANGES}"),
-            activity: ACTIVITY_CHANGES,
-            events: "SELECT channel_id, user_id, name, created_at FROM events \
-                     WHERE rowid > $1 AND rowid <= $2 ORDER BY rowid",
-        };
-        let out = changes_between::<sqlx::Sqlite>(&mut *tx, &sql, from, to).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(out)
+        self.follow(move |conn| follow::changes(conn, from, to))
+            .await
     }
 
     async fn prune_activity(&self, _upto: i64) -> Result<()> {

@@ -262,20 +262,28 @@ pub fn segment<R: SoriRow>(r: &R) -> Result<Segment, StoreError> {
 
 /// Decodes a `change_log` row into its channel and change.
 fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change), StoreError> {
-    use sori_domain::change::Change;
     let kind: String = r.col("kind")?;
-    let user: String = r.col("user_id")?;
-    let into: Option<String> = r.col("into_id")?;
-    let change = match (kind.as_str(), into) {
-        ("merge", Some(into)) => Change::Merge { from: user, into },
-        ("delete", _) => Change::Delete(user),
-        (other, _) => return Err(StoreError::Corrupt(format!("change_log kind `{other}`"))),
-    };
+    let change = log_change(&kind, r.col("user_id")?, r.col("into_id")?)?;
     Ok((r.col("channel_id")?, change))
 }
 
-/// Removals and merges in the range `($1, $2]`, decoded by [`log_entry`].
-const LOG_CHANGES: &str = "SELECT channel_id, kind, user_id, into_id FROM change_log \
+/// The change a `change_log` row (`kind`, `user_id`, `into_id`) records.
+pub fn log_change(
+    kind: &str,
+    user: String,
+    into: Option<String>,
+) -> Result<sori_domain::change::Change, StoreError> {
+    use sori_domain::change::Change;
+    match (kind, into) {
+        ("merge", Some(into)) => Ok(Change::Merge { from: user, into }),
+        ("delete", _) => Ok(Change::Delete(user)),
+        (other, _) => Err(StoreError::Corrupt(format!("change_log kind `{other}`"))),
+    }
+}
+
+/// Removals and merges in the range `($1, $2]` (`channel_id, kind, user_id, into_id`, see
+/// [`log_change`]).
+pub const LOG_CHANGES: &str = "SELECT channel_id, kind, user_id, into_id FROM change_log \
     WHERE seq > $1 AND seq <= $2 ORDER BY seq";
 
 /// What differs between the backends when reading the change sequence (each keeps
