@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sori_domain::event::NewEvent;
 use sori_domain::{ProfileField, Registry, User};
-use sori_store::{StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
+use sori_store::{
+    StoreError, UserKeys, UserOp, UserOpResult, UserRow, note_duplicates, plan_user_writes,
+};
 use sori_store_sqlx::{EventAggregates, aggregate, field as field_from_row, user as user_from_row};
 use std::sync::{Mutex, PoisonError};
 
@@ -369,7 +371,7 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
         }
     }
 
-    let plan = plan_user_writes(ops, loaded, light, registries);
+    let mut plan = plan_user_writes(ops, loaded, light, registries);
     if !plan.new_fields.is_empty() {
         // Rare (a key's first appearance), and its outcome decides whether to go on: alone.
         if let Err(e) = insert_new_fields(tx.conn(), &plan.new_fields).await {
@@ -435,10 +437,11 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
     if let Err(e) = write.run(tx.conn()).await {
         return Err(tx.abort(backend(e)).await);
     }
-    if let Some(agg) = agg
-        && let Err(e) = update_catalog(tx.conn(), &agg).await
-    {
-        tracing::warn!(error = %e, "event catalog update failed; counts may lag");
+    if let Some(agg) = agg {
+        if let Err(e) = update_catalog(tx.conn(), &agg).await {
+            tracing::warn!(error = %e, "event catalog update failed; counts may lag");
+        }
+        note_duplicates(ops, &mut plan.results, &agg.duplicates);
     }
     tx.release();
     Ok(plan.results)

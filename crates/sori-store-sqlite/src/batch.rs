@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sori_domain::event::NewEvent;
 use sori_domain::{FieldType, ProfileField, ProfileKey, Registry, User};
-use sori_store::{Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
+use sori_store::{
+    Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, note_duplicates, plan_user_writes,
+};
 use sori_store_sqlx::EventAggregates;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -220,7 +222,7 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
         light.extend(found.into_iter().map(|keys| (*ch, keys)));
     }
 
-    let plan = plan_user_writes(ops, loaded, light, registries);
+    let mut plan = plan_user_writes(ops, loaded, light, registries);
     if !plan.new_fields.is_empty() {
         let mut st = tx
             .prepare_cached(
@@ -242,9 +244,11 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     for m in &plan.merges {
         merge(&tx, m, seq)?;
     }
-    if !plan.events.is_empty() {
-        insert_events(&tx, &plan.events)?;
-    }
+    let duplicates = if plan.events.is_empty() {
+        Default::default()
+    } else {
+        insert_events(&tx, &plan.events)?
+    };
     if !plan.light.is_empty() {
         let mut st = tx
             .prepare_cached(
@@ -267,6 +271,7 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
         upsert_users(&tx, seq, plan.users.iter().map(|((ch, _), u)| (*ch, u)))?;
     }
     tx.commit().map_err(db)?;
+    note_duplicates(ops, &mut plan.results, &duplicates);
     Ok(plan.results)
 }
 
@@ -384,7 +389,12 @@ fn merge(tx: &Connection, m: &Merge, seq: i64) -> Result<()> {
 
 /// Appends a batch's events (a repeated `messageId` is skipped) and adds what was really
 /// stored to the catalog.
-fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result<()> {
+/// Inserts events (skipping those whose `messageId` is stored) and counts them into the
+/// catalog; returns the ids of the skipped ones.
+fn insert_events(
+    tx: &Connection,
+    events: &[(i64, String, &NewEvent)],
+) -> Result<std::collections::HashSet<String>> {
     let mut st = tx
         .prepare_cached(
             "INSERT INTO events (channel_id, user_id, id, name, property, page, source, \
@@ -408,6 +418,8 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
             .map_err(db)?;
         if n == 1 {
             agg.add(*ch, &e.name, e.created_at, e.is_revenue());
+        } else {
+            agg.duplicates.insert(e.id.clone());
         }
     }
     let mut st = tx
@@ -424,7 +436,7 @@ fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result
         st.execute(params![ch, name, count, first, last, revenue])
             .map_err(db)?;
     }
-    Ok(())
+    Ok(agg.duplicates)
 }
 
 /// Every user id of a channel, in table order (the order of [`scan_users`]).

@@ -209,6 +209,9 @@ pub fn merge<R: SoriRow>(r: &R) -> Result<Merge, StoreError> {
 pub struct EventAggregates {
     /// (channel, name) → (count, first, last, revenue).
     pub catalog: std::collections::BTreeMap<(i64, String), (i64, i64, i64, bool)>,
+    /// Ids of the batch's events not inserted: an event with their `messageId` was
+    /// already stored.
+    pub duplicates: std::collections::HashSet<String>,
 }
 
 impl EventAggregates {
@@ -241,6 +244,8 @@ pub fn aggregate(
     for (ch, _, e) in events {
         if all || ids.contains(e.id.as_str()) {
             agg.add(*ch, &e.name, e.created_at, e.is_revenue());
+        } else {
+            agg.duplicates.insert(e.id.clone());
         }
     }
     agg

@@ -86,6 +86,9 @@ pub struct UserOpOutcome {
     pub changed: bool,
     /// The id of an anonymous user merged into this one by this write.
     pub merged_from: Option<String>,
+    /// Events of this write not stored because one with the same `messageId` already was
+    /// (a retry, or a file imported again), so that imports can report them.
+    pub duplicate_events: usize,
 }
 
 /// Result of one write of a batch.
@@ -229,6 +232,7 @@ pub fn plan_user_writes<'a>(
                     created: false,
                     changed: true,
                     merged_from: None,
+                    duplicate_events: 0,
                 }));
                 continue;
             }
@@ -366,9 +370,32 @@ pub fn plan_user_writes<'a>(
             created,
             changed,
             merged_from,
+            duplicate_events: 0,
         }));
     }
     plan
+}
+
+/// Counts into each write's outcome its events the store did not insert (`duplicates`:
+/// their ids) because their `messageId` was already stored. `results` are the batch's,
+/// one per op in order.
+pub fn note_duplicates(
+    ops: &[UserOp],
+    results: &mut [UserOpResult],
+    duplicates: &std::collections::HashSet<String>,
+) {
+    if duplicates.is_empty() {
+        return;
+    }
+    for (op, r) in ops.iter().zip(results) {
+        if let Ok(o) = r {
+            o.duplicate_events = op
+                .events
+                .iter()
+                .filter(|e| duplicates.contains(&e.id))
+                .count();
+        }
+    }
 }
 
 impl UserOp {

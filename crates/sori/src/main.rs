@@ -175,8 +175,12 @@ async fn main() -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let s = sori::transfer::import(&app, &ch, kind, &file, format, &mut std::io::stderr())
                 .await?;
+            let already = match kind {
+                Kind::Users => String::new(),
+                Kind::Events => format!(" ({} already stored)", s.already),
+            };
             println!(
-                "imported {} {}, skipped {} bad lines, in {:.1} s",
+                "imported {} {}{already}, skipped {} bad lines, in {:.1} s",
                 s.imported,
                 match kind {
                     Kind::Users => "users",

@@ -57,6 +57,9 @@ const CHUNK: usize = 1000;
 pub struct Summary {
     /// Lines stored.
     pub imported: u64,
+    /// Event lines whose event was stored before (the file, or part of it, was imported
+    /// already): nothing written.
+    pub already: u64,
     /// Lines skipped as invalid.
     pub skipped: u64,
 }
@@ -272,6 +275,7 @@ async fn flush(
         .await?;
     for (line, r) in lines.into_iter().zip(results) {
         match r {
+            Ok(o) if o.duplicate_events > 0 => summary.already += 1,
             Ok(_) => summary.imported += 1,
             Err(sori_app::AppError::Invalid(e)) => {
                 summary.skipped += 1;
