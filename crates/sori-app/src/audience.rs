@@ -114,11 +114,6 @@ impl Audience {
         Ok(())
     }
 
-    /// The change number the projections have followed to.
-    pub async fn followed(&self) -> i64 {
-        self.cursor.lock().await.seq
-    }
-
     /// Drops event buckets that retention emptied (memory only: no window reaches them).
     pub fn retire(&self, channel_id: i64, before: i64) {
         if let Ok(mut p) = self.get(channel_id).write() {
@@ -389,23 +384,12 @@ impl App {
     }
 
     /// Keeps the projections close to the store between queries (queries catch up anyway;
-    /// this keeps what they have to read small), every `every`, forever. Once a minute it
-    /// lets the store forget activity this node followed a minute before: every node
-    /// sharing the database follows just as often, so none still needs it.
+    /// this keeps what they have to read small), every `every`, forever.
     pub async fn audience_loop(self, every: std::time::Duration) {
-        const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-        let mut mark = (std::time::Instant::now(), 0);
         loop {
             tokio::time::sleep(every).await;
             if let Err(e) = self.audience.catch_up(&*self.store).await {
                 tracing::warn!(error = %e, "audience catch-up failed; the next query retries");
-                continue;
-            }
-            if mark.0.elapsed() >= FORGET_AFTER {
-                if let Err(e) = self.store.prune_activity(mark.1).await {
-                    tracing::warn!(error = %e, "forgetting followed activity failed");
-                }
-                mark = (std::time::Instant::now(), self.audience.followed().await);
             }
         }
     }

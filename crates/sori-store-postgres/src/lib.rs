@@ -74,18 +74,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "one anonymous user per veil id",
         include_str!("../migrations/0007_one_anonymous.sql"),
     ),
-    (
-        8,
-        "activity log",
-        include_str!("../migrations/0008_activity_log.sql"),
-    ),
 ];
-
-/// Users whose activity changed in the range `($1, $2]`, once each, as they are now.
-const ACTIVITY_CHANGES: &str = "SELECT u.channel_id, max(a.seq) AS seq, u.id, u.last_seen_at, \
-    u.created_at, u.updated_at FROM activity_log a \
-    JOIN users u ON u.channel_id = a.channel_id AND u.id = a.user_id \
-    WHERE a.seq > $1 AND a.seq <= $2 GROUP BY u.channel_id, u.id ORDER BY 2";
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
 const MIGRATION_LOCK: i64 = 7_261_001;
@@ -713,7 +702,7 @@ impl Store for PostgresStore {
         let deleted = r.rows_affected() == 1;
         if deleted {
             sqlx::query(
-                "UPDATE users SET profile = profile - $1::text, seq = $3 \
+                "UPDATE users SET profile = profile - $1::text, seq = $3, light_seq = NULL \
                  WHERE channel_id = $2 AND profile ? $1::text",
             )
             .bind(key)
@@ -1005,25 +994,16 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         // Whole rows for users written whole since `from`; three instants for users whose
-        // activity changed (the activity log, see migration 8). Events by change number.
+        // changes since then were all activity (see migration 6). Events by change number.
         let sql = ChangeSql {
-            users: concat!(user_select!(), "WHERE seq > $1 AND seq <= $2 ORDER BY seq"),
-            activity: ACTIVITY_CHANGES,
+            users: &format!("{}{}", user_select!(), sori_store_sqlx::WHOLE_CHANGES),
+            activity: sori_store_sqlx::ACTIVITY_CHANGES,
             events: "SELECT channel_id, user_id, name, created_at FROM events \
                      WHERE seq > $1 AND seq <= $2 ORDER BY seq",
         };
         let out = changes_between::<sqlx::Postgres>(&mut *tx, &sql, from, to).await?;
         tx.commit().await.map_err(backend)?;
         Ok(out)
-    }
-
-    async fn prune_activity(&self, upto: i64) -> Result<()> {
-        sqlx::query("DELETE FROM activity_log WHERE seq <= $1")
-            .bind(upto)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {

@@ -30,12 +30,7 @@ pub(crate) fn db(e: rusqlite::Error) -> StoreError {
 /// Opens the batch connection on the database file of `url` (`sqlite://path?…`). It never
 /// checkpoints the WAL itself (see `checkpoint`).
 pub fn open(url: &str) -> Result<Connection> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = path.split('?').next().unwrap_or(path);
-    let conn = Connection::open(path).map_err(db)?;
+    let conn = Connection::open(path_of(url)).map_err(db)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
          PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; \
@@ -58,11 +53,26 @@ pub fn open_scan(url: &str) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Opens the connection the change sequence is read on (see `follow`): it reads what was
-/// just written, so a modest page cache holds it.
+/// The file path of a database URL (`sqlite://path?…`).
+fn path_of(url: &str) -> &str {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    path.split('?').next().unwrap_or(path)
+}
+
+/// Opens the read-only connection the change sequence is read on (see `follow`): it reads
+/// what was just written, so a modest page cache holds it.
 pub fn open_follower(url: &str) -> Result<Connection> {
-    let conn = open(url)?;
+    let conn = Connection::open_with_flags(
+        path_of(url),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db)?;
     conn.execute_batch("PRAGMA cache_size = -8192;")
+        .map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db)?;
     Ok(conn)
 }

@@ -31,15 +31,14 @@ const RESTART_AT: i64 = 131_072;
 /// A tail the writer always copies itself when the log is long (1 MiB).
 const SHORT_TAIL: i64 = 256;
 /// Past this many times `RESTART_AT` the writer copies whatever is left (the background
-/// thread is not keeping up).
-const FORCE_FACTOR: i64 = 4;
+/// thread is not keeping up). Twice the cycle is 1 GiB, the `journal_size_limit`.
+const FORCE_FACTOR: i64 = 2;
 
 thread_local! {
     /// Frames in the log after this thread's last commit (set by the WAL hook, which runs
-    /// inside the commit on the committing thread).
+    /// inside the commit on the committing thread; the caller holds the connection's lock
+    /// from the commit to `after_commit`, so no other commit comes between).
     static LOG_FRAMES: Cell<i64> = const { Cell::new(0) };
-    /// The log length `after_commit` saw last on this thread.
-    static LAST_FRAMES: Cell<i64> = const { Cell::new(0) };
 }
 
 fn record_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
@@ -50,8 +49,11 @@ fn record_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite:
 /// Keeps the checkpoint thread running; dropping it stops the thread.
 pub(crate) struct Checkpointer {
     _stop: Sender<()>,
-    /// Frames of the log the background thread has copied, as of its last pass.
+    /// Frames of the log copied as of the last pass (the background thread's or the
+    /// writer's).
     copied: Arc<AtomicI64>,
+    /// The log length after the writer's previous commit.
+    last: AtomicI64,
     /// Log length past which the writer makes the log start over (`RESTART_AT`; smaller
     /// in tests).
     restart_at: i64,
@@ -68,6 +70,7 @@ pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpointer> {
     Ok(Checkpointer {
         _stop: stop,
         copied,
+        last: AtomicI64::new(0),
         restart_at: RESTART_AT,
     })
 }
@@ -83,7 +86,11 @@ impl Checkpointer {
     /// next write transaction starts the log over.
     pub(crate) fn after_commit(&self, conn: &Connection) {
         let frames = LOG_FRAMES.with(|f| f.replace(0));
-        let before = LAST_FRAMES.with(|f| f.replace(frames));
+        if frames == 0 {
+            // No commit (a failed or read-only batch).
+            return;
+        }
+        let before = self.last.swap(frames, Ordering::Relaxed);
         // What the last commit wrote (the whole log if it started the log over).
         let commit = if frames > before {
             frames - before
@@ -94,8 +101,10 @@ impl Checkpointer {
         if !restart_due(self.restart_at, frames, copied, commit) {
             return;
         }
-        if let Err(e) = pass(conn) {
-            tracing::warn!(error = %e, "WAL checkpoint on the writer failed");
+        match pass(conn) {
+            Ok((_, n)) if n >= 0 => self.copied.store(n, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint on the writer failed"),
         }
     }
 }
@@ -119,6 +128,7 @@ fn pass(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
 
 fn run(conn: &Connection, stopped: &Receiver<()>, copied: &AtomicI64) {
     let mut wait = EVERY;
+    let mut seen = 0;
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
         match pass(conn) {
             Ok((frames, n)) => {
@@ -126,13 +136,15 @@ fn run(conn: &Connection, stopped: &Receiver<()>, copied: &AtomicI64) {
                 if n >= 0 {
                     copied.store(n, Ordering::Relaxed);
                 }
-                // Close to a restart, passes follow each other closely, so the tail the
-                // writer is left to copy stays short.
-                wait = if frames >= RESTART_AT / 4 * 3 {
+                // Close to a restart and while writes come in, passes follow each other
+                // closely, so the tail the writer is left to copy stays short; an idle
+                // store is polled at the normal pace.
+                wait = if frames >= RESTART_AT / 4 * 3 && frames != seen {
                     CLOSE
                 } else {
                     EVERY
                 };
+                seen = frames;
             }
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
@@ -160,44 +172,89 @@ mod tests {
         LOG_FRAMES.with(Cell::get)
     }
 
+    /// Commits one row and lets the checkpointer look, as the batch writer does; returns
+    /// the log length after the commit.
+    fn step(ck: &Checkpointer, writer: &Connection) -> i64 {
+        let frames = commit(writer);
+        ck.after_commit(writer);
+        frames
+    }
+
     #[test]
-    fn the_writer_finishes_a_copy_so_the_log_starts_over() {
+    fn the_writer_finishes_a_short_copy_so_the_log_starts_over() {
         // The page-cache wrapper must be in place before this process first uses SQLite.
         crate::pcache::install();
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("db.sqlite");
         let writer = open(&path);
         Checkpointer::watch(&writer);
-        let restart_at = 64;
-        let mut frames = 0;
-        while frames < restart_at {
-            frames = commit(&writer);
-        }
-        // Under a steady load a background pass never copies the newest commits: here a
-        // reader's snapshot stops it short of them.
+        let (stop, _) = channel();
+        let ck = Checkpointer {
+            _stop: stop,
+            copied: Arc::new(AtomicI64::new(0)),
+            last: AtomicI64::new(0),
+            restart_at: 1024,
+        };
+        // Stands in for the background thread.
+        let background = open(&path);
+        let mut rows = 0;
+        // A reader's snapshot keeps the background pass short of the newest commits, as a
+        // steady load does.
         let reader = open(&path);
+        for _ in 0..10 {
+            step(&ck, &writer);
+            rows += 1;
+        }
         reader.execute_batch("BEGIN").expect("begin");
         reader
             .query_row("SELECT count(*) FROM t", [], |_| Ok(()))
             .expect("read");
-        commit(&writer);
-        let (_, copied) = pass(&open(&path)).expect("pass");
-        assert_eq!(copied, frames, "copied up to the reader's snapshot");
+        let mut frames = 0;
+        while frames < 1024 + 2 * SHORT_TAIL {
+            frames = step(&ck, &writer);
+            rows += 1;
+        }
+        let (_, copied) = pass(&background).expect("pass");
+        ck.copied.store(copied, Ordering::Relaxed);
+        assert!(
+            frames - copied > SHORT_TAIL,
+            "the pass stopped at the snapshot"
+        );
         reader.execute_batch("COMMIT").expect("end read");
-        // Without the writer's copy the log keeps growing: nothing starts it over.
-        frames = commit(&writer);
-        assert!(frames > copied + 1);
-        assert!(restart_due(restart_at, frames, copied, 1));
-        let (stop, _) = channel();
-        let ck = Checkpointer {
-            _stop: stop,
-            copied: Arc::new(AtomicI64::new(copied)),
-            restart_at,
-        };
-        ck.after_commit(&writer);
-        assert_eq!(LOG_FRAMES.with(Cell::get), 0, "the hook's count is taken");
-        // The next transaction starts the log over.
-        assert!(commit(&writer) < 10);
+        // The tail is long: the writer leaves it to the background thread, and with
+        // nothing to start it over the log keeps growing.
+        for _ in 0..3 {
+            let next = step(&ck, &writer);
+            rows += 1;
+            assert!(next > frames, "log went on: {next} after {frames}");
+            frames = next;
+        }
+        // The background pass catches up but for the commit made while it ran (again a
+        // snapshot stands for the race); the next commit leaves a short tail, which the
+        // writer copies, and its next transaction starts the log over.
+        reader.execute_batch("BEGIN").expect("begin");
+        reader
+            .query_row("SELECT count(*) FROM t", [], |_| Ok(()))
+            .expect("read");
+        frames = step(&ck, &writer);
+        let (_, copied) = pass(&background).expect("pass");
+        ck.copied.store(copied, Ordering::Relaxed);
+        reader.execute_batch("COMMIT").expect("end read");
+        assert!(copied < frames);
+        assert!(
+            step(&ck, &writer) > frames,
+            "no restart before the writer's copy"
+        );
+        assert!(commit(&writer) < 10, "the log started over");
+        rows += 3;
+        let (count, check): (i64, String) = writer
+            .query_row(
+                "SELECT (SELECT count(*) FROM t), (SELECT integrity_check FROM pragma_integrity_check)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("check");
+        assert_eq!((count, check.as_str()), (rows, "ok"));
     }
 
     #[test]

@@ -8,20 +8,9 @@ use sori_domain::change::Change;
 use sori_store::{ChangeBatch, Cursor, StoreError};
 
 use crate::batch::{USER_COLUMNS, db, user_row};
+use sori_store_sqlx::{ACTIVITY_CHANGES, WHOLE_CHANGES};
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-/// Users written whole in the range `($1, $2]` of the change sequence: every row changed
-/// there except those whose changes were all activity (see `ACTIVITY_CHANGES`).
-const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 \
-    AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= $1) ORDER BY seq";
-
-/// Users whose changes in the range `($1, $2]` were all activity (`light_seq = seq`: the
-/// last write was an activity update; `full_seq <= $1`: the last whole write was already
-/// followed; migration 5).
-const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, created_at, \
-    updated_at FROM users WHERE seq > $1 AND seq <= $2 AND light_seq = seq \
-    AND full_seq <= $1 ORDER BY seq";
 
 /// Events by rowid (retention never deletes the newest row, so rowids never repeat).
 const EVENT_CHANGES: &str = "SELECT channel_id, user_id, name, created_at FROM events \

@@ -898,11 +898,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn prune_activity(&self, _upto: i64) -> Result<()> {
-        // Activity lives in the user rows (`light_seq`, migration 5).
-        Ok(())
-    }
-
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {
         let rows =
             sqlx::query("SELECT user_id, name, count FROM user_event_stats WHERE channel_id = ?")

@@ -286,28 +286,40 @@ pub fn log_change(
     }
 }
 
+/// `WHERE …` of the users written whole in the range `($1, $2]` of the change sequence:
+/// every row changed there except those whose changes were all activity (see
+/// [`ACTIVITY_CHANGES`]).
+pub const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 \
+    AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= $1) ORDER BY seq";
+
+/// Users whose changes in the range `($1, $2]` were all activity (`light_seq = seq`: the
+/// last write was an activity update; `full_seq <= $1`: the last whole write was already
+/// followed; SQLite migration 5, PostgreSQL 6), as `channel_id, seq, id, last_seen_at,
+/// created_at, updated_at`.
+pub const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, created_at, \
+    updated_at FROM users WHERE seq > $1 AND seq <= $2 AND light_seq = seq \
+    AND full_seq <= $1 ORDER BY seq";
+
 /// Removals and merges in the range `($1, $2]` (`channel_id, kind, user_id, into_id`, see
 /// [`log_change`]).
 pub const LOG_CHANGES: &str = "SELECT channel_id, kind, user_id, into_id FROM change_log \
     WHERE seq > $1 AND seq <= $2 ORDER BY seq";
 
-/// What differs between the backends when reading the change sequence (each keeps
-/// activity-only changes its own way, see their migrations).
+/// What differs between the backends when reading the change sequence.
 pub struct ChangeSql<'a> {
     /// Every users column (JSON as text) and `seq` of the users written whole in the range
     /// `($1, $2]`, in sequence order.
     pub users: &'a str,
-    /// `channel_id, seq, id, last_seen_at, created_at, updated_at` of the users whose
-    /// activity changed in the range `($1, $2]` (decoded by [`activity_row`]).
+    /// The users whose changes in the range were all activity ([`ACTIVITY_CHANGES`]).
     pub activity: &'static str,
     /// `channel_id, user_id, name, created_at` of the events with position in `($1, $2]`,
     /// in position order.
     pub events: &'static str,
 }
 
-/// Reads the changes between two cursors inside the caller's transaction (one snapshot),
-/// on either backend. Both run the same text: SQLite reads `$1`, `$2` as numbered
-/// parameters.
+/// Reads the changes between two cursors inside the caller's transaction (one snapshot).
+/// PostgreSQL reads its change sequence here; SQLite reads its own on a rusqlite
+/// connection (`sori-store-sqlite/src/follow.rs`).
 pub async fn changes_between<DB>(
     conn: &mut DB::Connection,
     sql: &ChangeSql<'_>,

@@ -219,10 +219,6 @@ pub trait Store: Send + Sync + 'static {
     async fn horizon(&self) -> Result<Cursor>;
     /// Every committed change after `from` up to `to` (a horizon), in every channel.
     async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch>;
-    /// Forgets what `changes` would report of activity-only changes up to change number
-    /// `upto`, once every follower has read them (PostgreSQL logs them apart; SQLite keeps
-    /// them in the user rows and has nothing to forget).
-    async fn prune_activity(&self, upto: i64) -> Result<()>;
     /// Counts of events retention removed, as `(userId, name, count)`.
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>>;
 
