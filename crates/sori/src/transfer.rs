@@ -159,9 +159,10 @@ pub async fn import(
             }
         }
         Format::Csv => {
+            let blank = BlankLines::default();
             let mut rdr = csv::ReaderBuilder::new()
                 .flexible(true)
-                .from_reader(LfOnly(reader));
+                .from_reader(blank.wrap(LfOnly(reader)));
             let headers: Vec<String> = rdr
                 .headers()
                 .context("reading the CSV header row")?
@@ -175,7 +176,8 @@ pub async fn import(
                 let (line, parsed) = match rdr.read_record(&mut record) {
                     Ok(false) => break,
                     Ok(true) => {
-                        let line = record.position().map_or(next, |p| p.line() as usize);
+                        let line =
+                            blank.skip(record.position().map_or(next, |p| p.line() as usize));
                         let cells: Vec<String> = record.iter().map(str::to_owned).collect();
                         let parsed = match kind {
                             Kind::Users => Ok(csv_user(&headers, &cells, &registry)),
@@ -184,7 +186,7 @@ pub async fn import(
                         (line, parsed)
                     }
                     Err(e) => {
-                        let line = e.position().map_or(next, |p| p.line() as usize);
+                        let line = blank.skip(e.position().map_or(next, |p| p.line() as usize));
                         let bad = Invalid::one("line", format!("malformed CSV: {e}"));
                         (line, Err(bad))
                     }
@@ -203,6 +205,70 @@ pub async fn import(
     flush(app, ch, &mut pending, &mut summary, errors).await?;
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// The empty lines of a CSV file as the parser reads it. The parser skips them but counts
+/// a record as starting where it began looking, so a record after empty lines would be
+/// reported on the first of them; `skip` moves such a line number past them. (Only lines
+/// from a record's reported start on are looked at, and the lines between two records can
+/// only be empty ones, so an empty line inside a quoted cell never matters.)
+#[derive(Clone, Default)]
+struct BlankLines(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+
+impl BlankLines {
+    /// A reader passing `inner` through while noting its empty lines.
+    fn wrap<R: Read>(&self, inner: R) -> NoteBlank<R> {
+        NoteBlank {
+            inner,
+            blank: self.clone(),
+            line: 1,
+            at_start: true,
+        }
+    }
+
+    /// The first line from `line` on that is not empty.
+    fn skip(&self, mut line: usize) -> usize {
+        let Ok(blank) = self.0.lock() else {
+            return line;
+        };
+        while blank.binary_search(&line).is_ok() {
+            line += 1;
+        }
+        line
+    }
+}
+
+/// See [`BlankLines::wrap`].
+struct NoteBlank<R> {
+    inner: R,
+    blank: BlankLines,
+    /// The line the next byte belongs to (1-based, as the parser counts).
+    line: usize,
+    /// Nothing of `line` has been read yet.
+    at_start: bool,
+}
+
+impl<R: Read> Read for NoteBlank<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut blank = self
+            .blank
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("blank-line list poisoned"))?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                if self.at_start {
+                    blank.push(self.line);
+                }
+                self.line += 1;
+                self.at_start = true;
+            } else {
+                self.at_start = false;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Turns CRLF line ends into LF. The CSV parser counts lines on `\n` but ends a record at
@@ -547,6 +613,22 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    #[test]
+    fn empty_lines_are_skipped_when_naming_a_line() {
+        let blank = super::BlankLines::default();
+        let input = b"h\n\n\n,x\n\"a\n\nb\"\ny";
+        let mut r = blank.wrap(&input[..]);
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut out).unwrap();
+        assert_eq!(out, input, "passed through");
+        assert_eq!(blank.skip(1), 1);
+        assert_eq!(blank.skip(2), 4);
+        assert_eq!(blank.skip(4), 4);
+        // Inside the quoted cell (lines 5–7) only the cell's own start is ever asked for.
+        assert_eq!(blank.skip(5), 5);
+        assert_eq!(blank.skip(8), 8);
     }
 
     #[test]

@@ -100,13 +100,14 @@ async fn import_and_export(b: Backend) {
 
     let csv_users = db.file(
         "users.csv",
-        "memberId,name,zip,visits,tags,createdAt\r\nu4,\"Park\r\nJr\",01234,3,a;b,2020-01-01T00:00:00Z\r\n,Nobody,,,,\r\n",
+        "memberId,name,zip,visits,tags,createdAt\r\nu4,\"Park\r\nJr\",01234,3,a;b,2020-01-01T00:00:00Z\r\n\r\n\r\n,Nobody,,,,\r\n",
     );
     let (ok, out, err) = db.run(&["import", "users", &csv_users]);
     assert!(ok, "{err}");
     assert!(out.contains("imported 1 users, skipped 1"), "{out} {err}");
-    // CRLF line ends (Excel); the quoted name spans two lines, so the bad row is line 4.
-    assert!(err.contains("line 4: memberId"), "{err}");
+    // CRLF line ends (Excel); the quoted name spans two lines and two empty lines follow,
+    // so the bad row is line 6.
+    assert!(err.contains("line 6: memberId"), "{err}");
 
     let events = db.file(
         "events.csv",
