@@ -8,8 +8,8 @@
 //! instead of deadlocking.
 
 use sori_store_sqlx::{
-    ChangeSql, EventAggregates, catalog_entry, changes_between, channel as channel_from_row,
-    event as event_from_row, field as field_from_row, manager as manager_from_row,
+    ACTIVITY_CHANGES, EventAggregates, LOG_CHANGES, RowDecode, WHOLE_CHANGES, catalog_entry,
+    channel as channel_from_row, field as field_from_row, log_change, manager as manager_from_row,
     merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
     scope_str, segment as segment_from_row, user as user_from_row,
 };
@@ -18,6 +18,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
+use sori_domain::change::Change;
 use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Registry, Role, User};
@@ -26,7 +27,7 @@ use sori_store::{
     RevealRecord, Segment, Session, Store, StoreError, UserOp, UserOpResult,
 };
 use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgExecutor, Row};
 
 mod script;
@@ -164,45 +165,22 @@ fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
-impl PostgresStore {
-    /// A page of events in `(createdAt, id)` order from a cursor (exclusive), of one user
-    /// or of the whole channel: the timeline and the export page the same way.
-    async fn events_from(
-        &self,
-        channel_id: i64,
-        user_id: Option<&str>,
-        cursor: Option<(i64, &str)>,
-        limit: u32,
-        oldest_first: bool,
-    ) -> Result<Vec<Event>> {
-        let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let (cmp, dir) = if oldest_first {
-            (">", "ASC")
-        } else {
-            ("<", "DESC")
-        };
-        let user = if user_id.is_some() {
-            "AND user_id = $5"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT * FROM events WHERE channel_id = $1 {user} \
-             AND ($2::bigint IS NULL OR (created_at, id) {cmp} ($2, $3::text COLLATE \"C\")) \
-             ORDER BY created_at {dir}, id {dir} LIMIT $4"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(channel_id)
-            .bind(t)
-            .bind(id)
-            .bind(i64::from(limit));
-        if let Some(u) = user_id {
-            q = q.bind(u);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter().map(event_from_row).collect()
-    }
+/// The rows of a change query for the range `(from, to]` of its position (`$1`, `$2`).
+async fn rows_between(
+    tx: &mut sqlx::PgConnection,
+    sql: impl sqlx::SqlSafeStr,
+    from: i64,
+    to: i64,
+) -> Result<Vec<PgRow>> {
+    sqlx::query(sql)
+        .bind(from)
+        .bind(to)
+        .fetch_all(tx)
+        .await
+        .map_err(backend)
+}
 
+impl PostgresStore {
     /// The block range of part `part` of `parts` of a table, as the text of two tuple ids
     /// `[from, to)`: parallel scans of a build read disjoint stretches of the heap (a TID
     /// range scan), instead of each reading all of it and keeping a share.
@@ -995,13 +973,37 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         // Whole rows for users written whole since `from`; three instants for users whose
         // changes since then were all activity (see migration 6). Events by change number.
-        let sql = ChangeSql {
-            users: &format!("{}{}", user_select!(), sori_store_sqlx::WHOLE_CHANGES),
-            activity: sori_store_sqlx::ACTIVITY_CHANGES,
-            events: "SELECT channel_id, user_id, name, created_at FROM events \
-                     WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-        };
-        let out = changes_between::<sqlx::Postgres>(&mut *tx, &sql, from, to).await?;
+        let mut out = ChangeBatch::default();
+        let users = format!("{}{WHOLE_CHANGES}", user_select!());
+        for r in rows_between(&mut tx, sqlx::AssertSqlSafe(users), from.seq, to.seq).await? {
+            out.users
+                .push((r.col("channel_id")?, r.col("seq")?, user_from_row(&r)?));
+        }
+        for r in rows_between(&mut tx, ACTIVITY_CHANGES, from.seq, to.seq).await? {
+            let change = Change::Activity {
+                id: r.col("id")?,
+                last_seen_at: r.col("last_seen_at")?,
+                created_at: r.col("created_at")?,
+                updated_at: r.col("updated_at")?,
+            };
+            out.activity
+                .push((r.col("channel_id")?, r.col("seq")?, change));
+        }
+        let events = "SELECT channel_id, user_id, name, created_at FROM events \
+                      WHERE seq > $1 AND seq <= $2 ORDER BY seq";
+        for r in rows_between(&mut tx, events, from.event, to.event).await? {
+            out.events.push((
+                r.col("channel_id")?,
+                r.col("user_id")?,
+                r.col("name")?,
+                r.col("created_at")?,
+            ));
+        }
+        for r in rows_between(&mut tx, LOG_CHANGES, from.seq, to.seq).await? {
+            let kind: String = r.col("kind")?;
+            let change = log_change(&kind, r.col("user_id")?, r.col("into_id")?)?;
+            out.log.push((r.col("channel_id")?, change));
+        }
         tx.commit().await.map_err(backend)?;
         Ok(out)
     }
@@ -1032,8 +1034,16 @@ impl Store for PostgresStore {
         limit: u32,
         oldest_first: bool,
     ) -> Result<Vec<Event>> {
-        self.events_from(channel_id, Some(user_id), cursor, limit, oldest_first)
-            .await
+        sori_store_sqlx::events_from(
+            &self.pool,
+            Dialect::Postgres,
+            channel_id,
+            Some(user_id),
+            cursor,
+            limit,
+            oldest_first,
+        )
+        .await
     }
 
     async fn events_page(
@@ -1042,7 +1052,16 @@ impl Store for PostgresStore {
         after: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<Event>> {
-        self.events_from(channel_id, None, after, limit, true).await
+        sori_store_sqlx::events_from(
+            &self.pool,
+            Dialect::Postgres,
+            channel_id,
+            None,
+            after,
+            limit,
+            true,
+        )
+        .await
     }
 
     async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>> {

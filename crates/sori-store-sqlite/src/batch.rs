@@ -398,13 +398,8 @@ fn merge(tx: &Connection, m: &Merge, seq: i64) -> Result<()> {
 }
 
 /// Appends a batch's events (a repeated `messageId` is skipped) and adds what was really
-/// stored to the catalog.
-/// Inserts events (skipping those whose `messageId` is stored) and counts them into the
-/// catalog; returns the ids of the skipped ones.
-fn insert_events(
-    tx: &Connection,
-    events: &[(i64, String, &NewEvent)],
-) -> Result<std::collections::HashSet<String>> {
+/// stored to the catalog; returns the ids of the skipped ones.
+fn insert_events(tx: &Connection, events: &[(i64, String, &NewEvent)]) -> Result<HashSet<String>> {
     let mut st = tx
         .prepare_cached(
             "INSERT INTO events (channel_id, user_id, id, name, property, page, source, \

@@ -11,7 +11,7 @@ mod follow;
 mod pcache;
 
 use sori_store_sqlx::{
-    catalog_entry, channel as channel_from_row, event as event_from_row, field as field_from_row,
+    catalog_entry, channel as channel_from_row, field as field_from_row,
     manager as manager_from_row, merge as merge_from_row, perms_json, reveal as reveal_from_row,
     role as role_from_row, scope_str, segment as segment_from_row, user as user_from_row,
 };
@@ -127,44 +127,6 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         row.as_ref().map(channel_from_row).transpose()
-    }
-
-    /// A page of events in `(createdAt, id)` order from a cursor (exclusive), of one user
-    /// or of the whole channel: the timeline and the export page the same way.
-    async fn events_from(
-        &self,
-        channel_id: i64,
-        user_id: Option<&str>,
-        cursor: Option<(i64, &str)>,
-        limit: u32,
-        oldest_first: bool,
-    ) -> Result<Vec<Event>> {
-        let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
-        let (cmp, dir) = if oldest_first {
-            (">", "ASC")
-        } else {
-            ("<", "DESC")
-        };
-        let user = if user_id.is_some() {
-            "AND user_id = ?5"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT * FROM events WHERE channel_id = ?1 {user} \
-             AND (?2 IS NULL OR (created_at, id) {cmp} (?2, ?3)) \
-             ORDER BY created_at {dir}, id {dir} LIMIT ?4"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(channel_id)
-            .bind(t)
-            .bind(id)
-            .bind(i64::from(limit));
-        if let Some(u) = user_id {
-            q = q.bind(u);
-        }
-        let rows = q.fetch_all(&self.reader).await.map_err(backend)?;
-        rows.iter().map(event_from_row).collect()
     }
 
     /// Opens (creating when missing) the database at `url` (`sqlite://path`).
@@ -924,8 +886,16 @@ impl Store for SqliteStore {
         limit: u32,
         oldest_first: bool,
     ) -> Result<Vec<Event>> {
-        self.events_from(channel_id, Some(user_id), cursor, limit, oldest_first)
-            .await
+        sori_store_sqlx::events_from(
+            &self.reader,
+            Dialect::Sqlite,
+            channel_id,
+            Some(user_id),
+            cursor,
+            limit,
+            oldest_first,
+        )
+        .await
     }
 
     async fn events_page(
@@ -934,7 +904,16 @@ impl Store for SqliteStore {
         after: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<Event>> {
-        self.events_from(channel_id, None, after, limit, true).await
+        sori_store_sqlx::events_from(
+            &self.reader,
+            Dialect::Sqlite,
+            channel_id,
+            None,
+            after,
+            limit,
+            true,
+        )
+        .await
     }
 
     async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>> {

@@ -7,8 +7,7 @@ pub mod filter_sql;
 use sori_domain::event::{Event, EventSource};
 use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Role, User};
 use sori_store::{
-    CatalogEntry, ChangeBatch, Channel, Cursor, Manager, Merge, RevealRecord, Segment, StoreError,
-    UserRow,
+    CatalogEntry, Channel, Manager, Merge, RevealRecord, Segment, StoreError, UserRow,
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -251,6 +250,68 @@ pub fn aggregate(
     agg
 }
 
+/// A page of events in `(createdAt, id)` order from a cursor (exclusive), of one user or of
+/// the whole channel: the timeline and the export page the same way, on either backend.
+pub async fn events_from<'e, DB>(
+    db: impl sqlx::Executor<'e, Database = DB>,
+    dialect: filter_sql::Dialect,
+    channel_id: i64,
+    user_id: Option<&str>,
+    cursor: Option<(i64, &str)>,
+    limit: u32,
+    oldest_first: bool,
+) -> Result<Vec<Event>, StoreError>
+where
+    DB: sqlx::Database,
+    DB::Row: SoriRow,
+    i64: for<'q> sqlx::Encode<'q, DB> + Type<DB>,
+    Option<i64>: for<'q> sqlx::Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    use filter_sql::Dialect;
+    // SQLite numbers `$n` by first appearance, so it gets `?n`; PostgreSQL needs the
+    // cursor's types spelled out and byte order for the ids.
+    let (time, id) = match dialect {
+        Dialect::Postgres => ("$2::bigint", "$3::text COLLATE \"C\""),
+        Dialect::Sqlite => ("?2", "?3"),
+    };
+    let (channel, limit_p, user_p) = match dialect {
+        Dialect::Postgres => ("$1", "$4", "$5"),
+        Dialect::Sqlite => ("?1", "?4", "?5"),
+    };
+    let (cmp, dir) = if oldest_first {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
+    let user = if user_id.is_some() {
+        format!("AND user_id = {user_p}")
+    } else {
+        String::new()
+    };
+    let sql = format!(
+        "SELECT * FROM events WHERE channel_id = {channel} {user} \
+         AND ({time} IS NULL OR (created_at, id) {cmp} ({time}, {id})) \
+         ORDER BY created_at {dir}, id {dir} LIMIT {limit_p}"
+    );
+    let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
+    let mut q = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql))
+        .bind(channel_id)
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(limit));
+    if let Some(u) = user_id {
+        q = q.bind(u);
+    }
+    let rows = q
+        .fetch_all(db)
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?;
+    rows.iter().map(event).collect()
+}
+
 /// Decodes a `segments` row.
 pub fn segment<R: SoriRow>(r: &R) -> Result<Segment, StoreError> {
     let filter: String = r.col("filter")?;
@@ -263,13 +324,6 @@ pub fn segment<R: SoriRow>(r: &R) -> Result<Segment, StoreError> {
         created_at: r.col("created_at")?,
         updated_at: r.col("updated_at")?,
     })
-}
-
-/// Decodes a `change_log` row into its channel and change.
-fn log_entry<R: SoriRow>(r: &R) -> Result<(i64, sori_domain::change::Change), StoreError> {
-    let kind: String = r.col("kind")?;
-    let change = log_change(&kind, r.col("user_id")?, r.col("into_id")?)?;
-    Ok((r.col("channel_id")?, change))
 }
 
 /// The change a `change_log` row (`kind`, `user_id`, `into_id`) records.
@@ -304,90 +358,3 @@ pub const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, cr
 /// [`log_change`]).
 pub const LOG_CHANGES: &str = "SELECT channel_id, kind, user_id, into_id FROM change_log \
     WHERE seq > $1 AND seq <= $2 ORDER BY seq";
-
-/// What differs between the backends when reading the change sequence.
-pub struct ChangeSql<'a> {
-    /// Every users column (JSON as text) and `seq` of the users written whole in the range
-    /// `($1, $2]`, in sequence order.
-    pub users: &'a str,
-    /// The users whose changes in the range were all activity ([`ACTIVITY_CHANGES`]).
-    pub activity: &'static str,
-    /// `channel_id, user_id, name, created_at` of the events with position in `($1, $2]`,
-    /// in position order.
-    pub events: &'static str,
-}
-
-/// Reads the changes between two cursors inside the caller's transaction (one snapshot).
-/// PostgreSQL reads its change sequence here; SQLite reads its own on a rusqlite
-/// connection (`sori-store-sqlite/src/follow.rs`).
-pub async fn changes_between<DB>(
-    conn: &mut DB::Connection,
-    sql: &ChangeSql<'_>,
-    from: Cursor,
-    to: Cursor,
-) -> Result<ChangeBatch, StoreError>
-where
-    DB: sqlx::Database,
-    DB::Row: SoriRow,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-{
-    let mut out = ChangeBatch::default();
-    let users = sqlx::AssertSqlSafe(sql.users.to_owned());
-    for r in rows_between::<DB>(conn, users, from.seq, to.seq).await? {
-        out.users
-            .push((r.col("channel_id")?, r.col("seq")?, user(&r)?));
-    }
-    for r in rows_between::<DB>(conn, sql.activity, from.seq, to.seq).await? {
-        out.activity.push(activity_row(&r)?);
-    }
-    for r in rows_between::<DB>(conn, sql.events, from.event, to.event).await? {
-        out.events.push((
-            r.col("channel_id")?,
-            r.col("user_id")?,
-            r.col("name")?,
-            r.col("created_at")?,
-        ));
-    }
-    for r in rows_between::<DB>(conn, LOG_CHANGES, from.seq, to.seq).await? {
-        out.log.push(log_entry(&r)?);
-    }
-    Ok(out)
-}
-
-/// The rows of a change query for the range `(from, to]` of its position (`$1`, `$2`).
-async fn rows_between<DB>(
-    conn: &mut DB::Connection,
-    sql: impl sqlx::SqlSafeStr,
-    from: i64,
-    to: i64,
-) -> Result<Vec<DB::Row>, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-{
-    sqlx::query::<DB>(sql)
-        .bind(from)
-        .bind(to)
-        .fetch_all(conn)
-        .await
-        .map_err(|e| StoreError::Backend(Box::new(e)))
-}
-
-/// Decodes an activity-only user change (`channel_id, seq, id, last_seen_at, created_at,
-/// updated_at`) into its channel, change number and change.
-fn activity_row<R: SoriRow>(r: &R) -> Result<(i64, i64, sori_domain::change::Change), StoreError> {
-    Ok((
-        r.col("channel_id")?,
-        r.col("seq")?,
-        sori_domain::change::Change::Activity {
-            id: r.col("id")?,
-            last_seen_at: r.col("last_seen_at")?,
-            created_at: r.col("created_at")?,
-            updated_at: r.col("updated_at")?,
-        },
-    ))
-}
