@@ -155,6 +155,7 @@ fn start_server(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Ser
         &format!("127.0.0.1:{port}"),
         "--rate-limit",
         "0",
+        "--bench-endpoints",
     ]);
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);

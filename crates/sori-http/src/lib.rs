@@ -37,6 +37,8 @@ pub struct HttpConfig {
     pub rate_limit_burst: u32,
     /// Mark the session cookie `Secure` (serve behind HTTPS).
     pub cookie_secure: bool,
+    /// Serve `POST /_noop` (benchmarks only).
+    pub noop_endpoint: bool,
 }
 
 impl Default for HttpConfig {
@@ -47,6 +49,7 @@ impl Default for HttpConfig {
             rate_limit_per_second: 1000,
             rate_limit_burst: 2000,
             cookie_secure: false,
+            noop_endpoint: false,
         }
     }
 }
@@ -198,15 +201,18 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
                 .max_age(std::time::Duration::from_secs(3600)),
         )
         .route("/sdk/sori.js", get(sdk::script));
-    let routes = Router::new()
+    let mut routes = Router::new()
         .merge(open)
         .merge(desk)
         .merge(segment)
         .merge(sdk)
         .route("/healthz", get(ops::healthz))
-        .route("/_noop", post(ops::noop))
         .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
+        .route("/openapi.json", get(ops::openapi));
+    if cfg.noop_endpoint {
+        routes = routes.route("/_noop", post(ops::noop));
+    }
+    let routes = routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes));

@@ -47,6 +47,10 @@ pub struct ConfigArgs {
     /// User writer shards (see `Config::writer_shards`).
     #[arg(long, env = "SORI_WRITER_SHARDS", global = true)]
     pub writer_shards: Option<usize>,
+    /// Serve `POST /_noop`, the benchmarks' baseline endpoint (off by default: it is of no
+    /// use to anyone else).
+    #[arg(long, env = "SORI_BENCH_ENDPOINTS", global = true)]
+    pub bench_endpoints: bool,
 }
 
 /// The TOML file's keys (all optional).
@@ -91,6 +95,8 @@ pub struct Config {
     pub pg_max_connections: u32,
     /// Owner e-mail of the default channel created on first start.
     pub owner_email: String,
+    /// Serve the benchmarks' no-op endpoint.
+    pub bench_endpoints: bool,
 }
 
 impl Default for Config {
@@ -107,6 +113,7 @@ impl Default for Config {
             writer_shards: None,
             pg_max_connections: 16,
             owner_email: "owner@sori.local".into(),
+            bench_endpoints: false,
         }
     }
 }
@@ -139,6 +146,7 @@ impl Config {
             writer_shards: args.writer_shards.or(file.writer_shards),
             pg_max_connections: file.pg_max_connections.unwrap_or(d.pg_max_connections),
             owner_email: file.owner_email.unwrap_or(d.owner_email),
+            bench_endpoints: args.bench_endpoints,
         })
     }
 
@@ -157,6 +165,7 @@ impl Config {
             rate_limit_per_second: self.rate_limit,
             rate_limit_burst: self.rate_burst,
             cookie_secure: self.cookie_secure,
+            noop_endpoint: self.bench_endpoints,
         }
     }
 }
@@ -208,6 +217,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::load(&args).expect("load").rate_limit, 7);
+        assert!(!Config::load(&args).expect("load").http().noop_endpoint);
+        let args = ConfigArgs {
+            bench_endpoints: true,
+            ..Default::default()
+        };
+        assert!(Config::load(&args).expect("load").http().noop_endpoint);
         std::fs::write(dir.path().join("bad.toml"), "nope = 1").expect("write");
         let args = ConfigArgs {
             config: Some(dir.path().join("bad.toml")),
