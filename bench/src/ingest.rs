@@ -1,7 +1,7 @@
 //! The ingestion benchmark: wrk drives `/v1/batch` (100 events per request) and `/v1/track`
 //! (one event per request) over keep-alive connections, then the same requests against
 //! `/_noop`, and the run prints events/s, latency percentiles and the ratio to the no-op
-//! figure. Each event has a unique `messageId` (as Segment clients send), so the dedupe
+//! figure. Each event has a unique random `messageId` (as Segment clients send), so the dedupe
 //! index is part of the measured path; afterwards the stored count is checked against what
 //! was acknowledged.
 
@@ -14,19 +14,24 @@ use crate::wrk::wrk;
 /// Lua for wrk: builds each request's body with fresh message ids spread over 10,000 users.
 fn script(path: &str, auth: &str, events_per_request: usize) -> String {
     let single = events_per_request == 1;
-    // Message ids must be unique across runs of one benchmark, or dedupe would drop events.
-    let run = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
+    // Message ids look like the random UUIDs (v4) Segment and RudderStack clients send, so
+    // each lands at a random place in the dedupe index as in production. Their last
+    // group makes them unique by construction: this run's tag, the wrk thread, a counter
+    // (runs of one benchmark share the store, and dedupe would drop a repeated id).
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let (run_hi, run_lo) = ((micros >> 16) & 0xffff, micros & 0xffff);
     format!(
         r#"
 local counter = 0
+local function message_id(n)
+  return string.format('%08x-%04x-4%03x-%04x-%04x%01x%07x', math.random(0, 2147483647),
+    math.random(0, 65535), math.random(0, 4095), {run_hi}, {run_lo}, tid % 16, n)
+end
 local function event(n)
   local u = (n * 7 + tid * 131) % 10000
-  return string.format('{{"type":"track","userId":"u%d","event":"Product Viewed","messageId":"{run}-t%d-%d","properties":{{"sku":"SKU-%d","price":%d,"category":"shoes","currency":"KRW"}},"context":{{"page":{{"url":"https://shop.example/p/%d"}}}}}}', u, tid, n, n % 500, 1000 + n % 90000, n % 500)
+  return string.format('{{"type":"track","userId":"u%d","event":"Product Viewed","messageId":"%s","properties":{{"sku":"SKU-%d","price":%d,"category":"shoes","currency":"KRW"}},"context":{{"page":{{"url":"https://shop.example/p/%d"}}}}}}', u, message_id(n), n % 500, 1000 + n % 90000, n % 500)
 end
 function request()
   local body
