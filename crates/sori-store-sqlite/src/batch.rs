@@ -30,13 +30,33 @@ pub(crate) fn db(e: rusqlite::Error) -> StoreError {
 /// Opens the batch connection on the database file of `url` (`sqlite://path?…`). It never
 /// checkpoints the WAL itself (see `checkpoint`).
 pub fn open(url: &str) -> Result<Connection> {
-    let conn = Connection::open(path_of(url)).map_err(db)?;
+    // Its log writes go through the buffering shim (see `walbuf`), which is safe only
+    // with `synchronous = FULL`: checked below.
+    let conn = if crate::walbuf::register() {
+        Connection::open_with_flags_and_vfs(
+            path_of(url),
+            rusqlite::OpenFlags::default(),
+            crate::walbuf::NAME,
+        )
+    } else {
+        tracing::warn!("WAL write buffering unavailable; writing frames one by one");
+        Connection::open(path_of(url))
+    }
+    .map_err(db)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
          PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; \
          PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 1073741824;",
     )
     .map_err(db)?;
+    let synchronous: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .map_err(db)?;
+    if synchronous != 2 {
+        return Err(StoreError::Corrupt(format!(
+            "batch connection runs with synchronous = {synchronous}, not FULL"
+        )));
+    }
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db)?;
     conn.set_prepared_statement_cache_capacity(64);

@@ -9,6 +9,7 @@ mod batch;
 mod checkpoint;
 mod follow;
 mod pcache;
+mod walbuf;
 
 use sori_store_sqlx::{
     catalog_entry, channel as channel_from_row, field as field_from_row,

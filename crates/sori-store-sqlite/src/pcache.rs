@@ -10,7 +10,8 @@
 //! and skips truncations that cannot drop anything; every other call goes straight to the
 //! built-in cache.
 //!
-//! The only unsafe code in Sori: SQLite takes a page cache as a table of C functions.
+//! Unsafe code (with `walbuf`, the only in Sori): SQLite takes a page cache as a table of C
+//! functions.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_uint, c_void};
