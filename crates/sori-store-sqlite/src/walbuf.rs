@@ -32,8 +32,9 @@ use rusqlite::ffi;
 pub const NAME: &str = "sori-walbuf";
 const NAME_C: &CStr = c"sori-walbuf";
 
-/// Largest buffer.
-const CAPACITY: usize = 4 << 20;
+/// Largest buffer: small enough to stay in the core's cache between the copy in and the
+/// write out (4 MiB measured no better).
+const CAPACITY: usize = 256 << 10;
 /// Largest single write: the default VFS writes at most 128 KiB per call (it masks the
 /// length to 17 bits), so the buffer goes out in pieces of 64 KiB, sixteen frames each.
 const CHUNK: usize = 64 << 10;
