@@ -75,8 +75,8 @@ impl Audience {
     }
 
     /// Follows the change sequence up to the committed horizon. Users come first (they
-    /// give events their slots), then activity-only changes, then removals and merges in
-    /// order, then events.
+    /// give events their slots), then the activity of the events' owners, then removals
+    /// and merges in order, then events.
     pub async fn catch_up(&self, store: &dyn Store) -> AppResult<()> {
         let mut cursor = self.cursor.lock().await;
         let horizon = store.horizon().await?;

@@ -8,7 +8,7 @@
 //! instead of deadlocking.
 
 use sori_store_sqlx::{
-    ACTIVITY_CHANGES, EventAggregates, LOG_CHANGES, RowDecode, WHOLE_CHANGES, catalog_entry,
+    EventAggregates, LOG_CHANGES, RowDecode, WHOLE_CHANGES, catalog_entry,
     channel as channel_from_row, field as field_from_row, log_change, manager as manager_from_row,
     merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
     scope_str, segment as segment_from_row, user as user_from_row,
@@ -75,7 +75,20 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "one anonymous user per veil id",
         include_str!("../migrations/0007_one_anonymous.sql"),
     ),
+    (
+        8,
+        "activity found by events",
+        include_str!("../migrations/0008_activity_by_events.sql"),
+    ),
 ];
+
+/// The owners of the events at positions `($1, $2]` with their activity instants as they
+/// are now. An events-only write moves a user's activity without a new change number but
+/// always appends an event (a retried one moves nothing), so this finds every such change
+/// (migration 8).
+const ACTIVITY_CHANGES: &str = "SELECT u.channel_id, u.id, u.last_seen_at, u.created_at, \
+    u.updated_at FROM users u JOIN (SELECT DISTINCT channel_id, user_id FROM events \
+    WHERE seq > $1 AND seq <= $2) e ON u.channel_id = e.channel_id AND u.id = e.user_id";
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
 const MIGRATION_LOCK: i64 = 7_261_001;
@@ -680,7 +693,7 @@ impl Store for PostgresStore {
         let deleted = r.rows_affected() == 1;
         if deleted {
             sqlx::query(
-                "UPDATE users SET profile = profile - $1::text, seq = $3, light_seq = NULL \
+                "UPDATE users SET profile = profile - $1::text, seq = $3 \
                  WHERE channel_id = $2 AND profile ? $1::text",
             )
             .bind(key)
@@ -971,23 +984,23 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        // Whole rows for users written whole since `from`; three instants for users whose
-        // changes since then were all activity (see migration 6). Events by change number.
+        // Whole rows for users written whole since `from`; three instants for the owners
+        // of the events since then (see migration 8). Events by change number.
         let mut out = ChangeBatch::default();
         let users = format!("{}{WHOLE_CHANGES}", user_select!());
         for r in rows_between(&mut tx, sqlx::AssertSqlSafe(users), from.seq, to.seq).await? {
             out.users
                 .push((r.col("channel_id")?, r.col("seq")?, user_from_row(&r)?));
         }
-        for r in rows_between(&mut tx, ACTIVITY_CHANGES, from.seq, to.seq).await? {
+        // As of this snapshot, so stamped with the horizon's number.
+        for r in rows_between(&mut tx, ACTIVITY_CHANGES, from.event, to.event).await? {
             let change = Change::Activity {
                 id: r.col("id")?,
                 last_seen_at: r.col("last_seen_at")?,
                 created_at: r.col("created_at")?,
                 updated_at: r.col("updated_at")?,
             };
-            out.activity
-                .push((r.col("channel_id")?, r.col("seq")?, change));
+            out.activity.push((r.col("channel_id")?, to.seq, change));
         }
         let events = "SELECT channel_id, user_id, name, created_at FROM events \
                       WHERE seq > $1 AND seq <= $2 ORDER BY seq";

@@ -32,14 +32,14 @@ const SEQ_AND_FIELDS: &str = "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lo
      f.created_at FROM s LEFT JOIN profile_fields f ON f.channel_id = ANY($2::bigint[])";
 
 /// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes; `updatedAt`
-/// moves when `lastSeenAt` does.
+/// moves when `lastSeenAt` does. The change number stays (followers find these users
+/// through their new events), so only unindexed columns change and the update can stay on
+/// the row's page (HOT; migration 8).
 const LIGHT_ACTIVITY: &str = "UPDATE users SET \
     updated_at = CASE WHEN v.latest > COALESCE(users.last_seen_at, -1) \
         THEN GREATEST(users.updated_at, v.now) ELSE users.updated_at END, \
     last_seen_at = GREATEST(COALESCE(users.last_seen_at, v.latest), v.latest), \
-    created_at = LEAST(users.created_at, v.earliest), \
-    full_seq = CASE WHEN users.light_seq = users.seq THEN users.full_seq ELSE users.seq END, \
-    seq = $6, light_seq = $6 \
+    created_at = LEAST(users.created_at, v.earliest) \
     FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
     AS v(ch, id, latest, earliest, now) \
     WHERE users.channel_id = v.ch AND users.id = v.id";
@@ -64,7 +64,7 @@ const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id
     has_chat = EXCLUDED.has_chat, has_push_token = EXCLUDED.has_push_token, \
     sessions_count = EXCLUDED.sessions_count, last_seen_at = EXCLUDED.last_seen_at, \
     created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-    web = EXCLUDED.web, mobile = EXCLUDED.mobile, seq = EXCLUDED.seq, light_seq = NULL";
+    web = EXCLUDED.web, mobile = EXCLUDED.mobile, seq = EXCLUDED.seq";
 
 const EVENT_INSERT: &str = "INSERT INTO events (channel_id, user_id, id, name, property, page, \
     source, message_id, created_at, seq) SELECT u.*, $10::bigint FROM UNNEST($1::bigint[], \
@@ -391,6 +391,10 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
         }
     };
 
+    if let Some(agg) = &agg {
+        plan.drop_duplicate_activity(&agg.duplicates);
+    }
+
     // Round trip 2: everything else the plan wrote, and the commit.
     let mut write = Script::default();
     for m in &plan.merges {
@@ -424,7 +428,6 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
                 Lit::Ints(latest),
                 Lit::Ints(earliest),
                 Lit::Ints(now),
-                Lit::Int(seq),
             ],
         )?;
     }

@@ -279,21 +279,22 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     } else {
         insert_events(&tx, &plan.events)?
     };
+    plan.drop_duplicate_activity(&duplicates);
     if !plan.light.is_empty() {
+        // The change number stays: followers find these users through their new events
+        // (see `follow`), and the seq index is left alone.
         let mut st = tx
             .prepare_cached(
                 "UPDATE users SET \
                  updated_at = CASE WHEN ?3 > ifnull(last_seen_at, -1) \
                      THEN max(updated_at, ?5) ELSE updated_at END, \
                  last_seen_at = max(ifnull(last_seen_at, ?3), ?3), \
-                 created_at = min(created_at, ?4), \
-                 full_seq = CASE WHEN light_seq = seq THEN full_seq ELSE seq END, \
-                 seq = ?6, light_seq = ?6 \
+                 created_at = min(created_at, ?4) \
                  WHERE channel_id = ?1 AND id = ?2",
             )
             .map_err(db)?;
         for ((ch, id), (latest, earliest, now)) in &plan.light {
-            st.execute(params![ch, id, latest, earliest, now, seq])
+            st.execute(params![ch, id, latest, earliest, now])
                 .map_err(db)?;
         }
     }
@@ -332,8 +333,7 @@ fn upsert_users<'u>(
              has_chat = excluded.has_chat, has_push_token = excluded.has_push_token, \
              sessions_count = excluded.sessions_count, last_seen_at = excluded.last_seen_at, \
              created_at = excluded.created_at, updated_at = excluded.updated_at, \
-             web = excluded.web, mobile = excluded.mobile, seq = excluded.seq, \
-             light_seq = NULL"
+             web = excluded.web, mobile = excluded.mobile, seq = excluded.seq"
         ))
         .map_err(db)?;
     for (ch, u) in users {

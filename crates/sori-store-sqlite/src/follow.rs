@@ -3,18 +3,24 @@
 //! second; through the async driver every row crossed a thread and was decoded by column
 //! name, which took ~15 % of the server's CPU under single-event ingestion.
 
-use rusqlite::{Connection, params};
+use std::collections::HashSet;
+
+use rusqlite::{Connection, OptionalExtension, params};
 use sori_domain::change::Change;
 use sori_store::{ChangeBatch, Cursor, StoreError};
 
 use crate::batch::{USER_COLUMNS, db, user_row};
-use sori_store_sqlx::{ACTIVITY_CHANGES, WHOLE_CHANGES};
+use sori_store_sqlx::WHOLE_CHANGES;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// Events by rowid (retention never deletes the newest row, so rowids never repeat).
 const EVENT_CHANGES: &str = "SELECT channel_id, user_id, name, created_at FROM events \
     WHERE rowid > $1 AND rowid <= $2 ORDER BY rowid";
+
+/// A user's activity instants.
+const ACTIVITY: &str =
+    "SELECT last_seen_at, created_at, updated_at FROM users WHERE channel_id = ?1 AND id = ?2";
 
 /// The committed position: the last change number and the last event's rowid, from one
 /// snapshot.
@@ -43,17 +49,6 @@ pub(crate) fn changes(conn: &mut Connection, from: Cursor, to: Cursor) -> Result
         out.users.push((r.get(0).map_err(db)?, seq, user));
         Ok(())
     })?;
-    each(&tx, ACTIVITY_CHANGES, (from.seq, to.seq), |r| {
-        let change = Change::Activity {
-            id: r.get(2).map_err(db)?,
-            last_seen_at: r.get(3).map_err(db)?,
-            created_at: r.get(4).map_err(db)?,
-            updated_at: r.get(5).map_err(db)?,
-        };
-        out.activity
-            .push((r.get(0).map_err(db)?, r.get(1).map_err(db)?, change));
-        Ok(())
-    })?;
     each(&tx, EVENT_CHANGES, (from.event, to.event), |r| {
         out.events.push((
             r.get(0).map_err(db)?,
@@ -63,6 +58,30 @@ pub(crate) fn changes(conn: &mut Connection, from: Cursor, to: Cursor) -> Result
         ));
         Ok(())
     })?;
+    // The events' owners' activity, as of this snapshot (so stamped with the horizon's
+    // number): events-only writes move it without a change number (migration 7). Their
+    // owners come from the events just read, each looked up once.
+    let mut owners: HashSet<(i64, &str)> = HashSet::new();
+    let mut st = tx.prepare_cached(ACTIVITY).map_err(db)?;
+    for (ch, user, _, _) in &out.events {
+        if !owners.insert((*ch, user.as_str())) {
+            continue;
+        }
+        let found = st
+            .query_row(params![ch, user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(db)?;
+        if let Some((last_seen_at, created_at, updated_at)) = found {
+            let change = Change::Activity {
+                id: user.clone(),
+                last_seen_at,
+                created_at,
+                updated_at,
+            };
+            out.activity.push((*ch, to.seq, change));
+        }
+    }
+    drop(st);
     each(&tx, sori_store_sqlx::LOG_CHANGES, (from.seq, to.seq), |r| {
         let kind: String = r.get(1).map_err(db)?;
         let change =

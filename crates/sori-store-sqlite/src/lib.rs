@@ -72,6 +72,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "one anonymous user per veil id",
         include_str!("../migrations/0006_one_anonymous.sql"),
     ),
+    (
+        7,
+        "activity found by events",
+        include_str!("../migrations/0007_activity_by_events.sql"),
+    ),
 ];
 
 /// The embedded store.
@@ -595,8 +600,7 @@ impl Store for SqliteStore {
             // The users who lose a value count as changed for followers of the sequence.
             let seq = next_seq(&mut tx).await?;
             sqlx::query(
-                "UPDATE users SET profile = json_remove(profile, '$.\"' || ? || '\"'), seq = ?, \
-                 light_seq = NULL \
+                "UPDATE users SET profile = json_remove(profile, '$.\"' || ? || '\"'), seq = ? \
                  WHERE channel_id = ? AND json_type(profile, '$.\"' || ? || '\"') IS NOT NULL",
             )
             .bind(key)

@@ -340,19 +340,8 @@ pub fn log_change(
     }
 }
 
-/// `WHERE …` of the users written whole in the range `($1, $2]` of the change sequence:
-/// every row changed there except those whose changes were all activity (see
-/// [`ACTIVITY_CHANGES`]).
-pub const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 \
-    AND NOT (light_seq IS NOT NULL AND light_seq = seq AND full_seq <= $1) ORDER BY seq";
-
-/// Users whose changes in the range `($1, $2]` were all activity (`light_seq = seq`: the
-/// last write was an activity update; `full_seq <= $1`: the last whole write was already
-/// followed; SQLite migration 5, PostgreSQL 6), as `channel_id, seq, id, last_seen_at,
-/// created_at, updated_at`.
-pub const ACTIVITY_CHANGES: &str = "SELECT channel_id, seq, id, last_seen_at, created_at, \
-    updated_at FROM users WHERE seq > $1 AND seq <= $2 AND light_seq = seq \
-    AND full_seq <= $1 ORDER BY seq";
+/// `WHERE …` of the users written whole in the range `($1, $2]` of the change sequence.
+pub const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 ORDER BY seq";
 
 /// Removals and merges in the range `($1, $2]` (`channel_id, kind, user_id, into_id`, see
 /// [`log_change`]).

@@ -51,8 +51,8 @@ pub struct Cursor {
 pub struct ChangeBatch {
     /// Users written, as `(channel, seq, user)` in their current state.
     pub users: Vec<(i64, i64, User)>,
-    /// Users whose only changes in the range were activity, as `(channel, seq,
-    /// Change::Activity)`.
+    /// The activity instants of every owner of an event in the range, as `(channel, seq,
+    /// Change::Activity)`: events-only writes move them without a change number.
     pub activity: Vec<(i64, i64, sori_domain::change::Change)>,
     /// Events stored, as `(channel, userId, name, createdAt)`, owned by their current user.
     pub events: Vec<(i64, String, String, i64)>,

@@ -376,6 +376,38 @@ pub fn plan_user_writes<'a>(
     plan
 }
 
+impl WritePlan<'_> {
+    /// Drops from `light` what only events the store did not insert (`duplicates`: their
+    /// ids, already stored by `messageId`) would move: a retried event changes no user, and
+    /// every activity change then lies next to a new event row, which is where followers
+    /// of the change sequence look for it (the activity update leaves the user's change
+    /// number alone).
+    pub fn drop_duplicate_activity(&mut self, duplicates: &std::collections::HashSet<String>) {
+        if duplicates.is_empty() || self.light.is_empty() {
+            return;
+        }
+        let mut stored: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
+        for (ch, user, e) in &self.events {
+            if !duplicates.contains(&e.id) {
+                let slot = stored
+                    .entry((*ch, user.as_str()))
+                    .or_insert((i64::MIN, i64::MAX));
+                slot.0 = slot.0.max(e.created_at);
+                slot.1 = slot.1.min(e.created_at);
+            }
+        }
+        self.light.retain(|(ch, id), (latest, earliest, _)| {
+            match stored.get(&(*ch, id.as_str())) {
+                Some((l, e)) => {
+                    (*latest, *earliest) = (*l, *e);
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+}
+
 /// Counts into each write's outcome its events the store did not insert (`duplicates`:
 /// their ids) because their `messageId` was already stored. `results` are the batch's,
 /// one per op in order.
@@ -562,6 +594,51 @@ mod tests {
         assert_eq!(plan.merges.len(), 1);
         assert_eq!(plan.events[0].1, "m");
         assert_eq!(plan.results[1].as_ref().expect("ok").user_id, "m");
+    }
+
+    #[test]
+    fn retried_events_move_no_activity() {
+        use sori_domain::event::{EventSource, NewEvent};
+        let event = |id: &str, at: i64| NewEvent {
+            id: id.into(),
+            name: "E".into(),
+            property: serde_json::Map::new(),
+            property_json: "{}".into(),
+            page: None,
+            created_at: at,
+            source: EventSource::Segment,
+            message_id: Some(format!("m-{id}")),
+        };
+        let light = |user: &str, events: Vec<NewEvent>| {
+            let mut o = op(UserTarget::Id(user.into()), json!({}));
+            o.update = UserUpdate::default();
+            o.events = events;
+            assert!(o.is_light());
+            o
+        };
+        // u1: one new event among retries; u2: retries only.
+        let ops = [
+            light("u1", vec![event("a", 10), event("b", 30), event("c", 20)]),
+            light("u2", vec![event("d", 40)]),
+        ];
+        let keys = |id: &str| UserKeys {
+            id: id.into(),
+            member_id: None,
+            veil_id: None,
+        };
+        let mut plan = plan_user_writes(
+            &ops,
+            vec![],
+            vec![(1, keys("u1")), (1, keys("u2"))],
+            HashMap::new(),
+        );
+        assert_eq!(plan.light[&(1, "u1".to_owned())], (30, 10, 5));
+        let duplicates = ["a", "b", "d"].map(String::from).into_iter().collect();
+        plan.drop_duplicate_activity(&duplicates);
+        assert_eq!(
+            plan.light.into_iter().collect::<Vec<_>>(),
+            vec![((1, "u1".to_owned()), (20, 20, 5))]
+        );
     }
 
     #[test]

@@ -380,6 +380,19 @@ async fn segment_api(b: Backend) {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(events_of(&app, &id).await.len(), 2);
+    // Nor does a retry that carries another time (a client that re-stamps): the stored
+    // event decides, so the user's createdAt does not move back.
+    let created = app.member("s1").await["createdAt"].as_i64().unwrap();
+    let r = segment(
+        &app,
+        "/v1/track",
+        json!({"userId": "s1", "event": "Signed Up", "messageId": "msg-1",
+               "timestamp": "2020-01-02T03:04:05Z", "properties": {"revenue": 5}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(events_of(&app, &id).await.len(), 2);
+    assert_eq!(app.member("s1").await["createdAt"].as_i64().unwrap(), created);
     let cat = app.open(Method::GET, "/open/v5/events/catalog", None).await;
     let signed = cat.body["events"]
         .as_array()
