@@ -31,6 +31,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgExecutor, Row};
 
 mod script;
+use script::Lit;
 mod write;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -308,39 +309,39 @@ async fn insert_manager(db: impl PgExecutor<'_>, m: &Manager) -> Result<()> {
 /// committed: catalog rows are shared by every writer, and holding their locks through the
 /// main commit would serialize all writers on popular names. A crash between the two
 /// commits can only undercount the catalog, never lose an event.
-async fn update_catalog(db: impl PgExecutor<'_>, agg: &EventAggregates) -> Result<()> {
+/// Adds a batch's events to the catalog (arguments: see `catalog_args`).
+pub(crate) const CATALOG_UPSERT: &str = "INSERT INTO event_catalog (channel_id, name, count, \
+    first_seen_at, last_seen_at, revenue) SELECT * FROM UNNEST($1::bigint[], $2::text[], \
+    $3::bigint[], $4::bigint[], $5::bigint[], $6::bool[]) ON CONFLICT (channel_id, name) \
+    DO UPDATE SET count = event_catalog.count + excluded.count, \
+    first_seen_at = LEAST(event_catalog.first_seen_at, excluded.first_seen_at), \
+    last_seen_at = GREATEST(event_catalog.last_seen_at, excluded.last_seen_at), \
+    revenue = event_catalog.revenue OR excluded.revenue";
+
+/// `CATALOG_UPSERT`'s arguments, in (channel, name) order (so concurrent batches lock
+/// catalog rows in one order); `None` when nothing was stored.
+pub(crate) fn catalog_args(agg: &EventAggregates) -> Option<Vec<Lit<'_>>> {
     if agg.catalog.is_empty() {
-        return Ok(());
+        return None;
     }
     let (mut c, mut nm, mut cnt, mut first, mut last, mut rev) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for ((ch, name), (n, f, l, r)) in &agg.catalog {
-        c.push(*ch);
-        nm.push(name.as_str());
-        cnt.push(*n);
-        first.push(*f);
-        last.push(*l);
-        rev.push(*r);
+        c.push(Some(*ch));
+        nm.push(Some(name.as_str()));
+        cnt.push(Some(*n));
+        first.push(Some(*f));
+        last.push(Some(*l));
+        rev.push(Some(*r));
     }
-    sqlx::query(
-        "INSERT INTO event_catalog (channel_id, name, count, first_seen_at, last_seen_at, revenue) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
-         $6::bool[]) ON CONFLICT (channel_id, name) DO UPDATE \
-         SET count = event_catalog.count + excluded.count, \
-         first_seen_at = LEAST(event_catalog.first_seen_at, excluded.first_seen_at), \
-         last_seen_at = GREATEST(event_catalog.last_seen_at, excluded.last_seen_at), \
-         revenue = event_catalog.revenue OR excluded.revenue",
-    )
-    .bind(&c)
-    .bind(&nm)
-    .bind(&cnt)
-    .bind(&first)
-    .bind(&last)
-    .bind(&rev)
-    .execute(db)
-    .await
-    .map_err(backend)?;
-    Ok(())
+    Some(vec![
+        Lit::Ints(c),
+        Lit::Texts(nm),
+        Lit::Ints(cnt),
+        Lit::Ints(first),
+        Lit::Ints(last),
+        Lit::Bools(rev),
+    ])
 }
 
 #[async_trait]
@@ -845,7 +846,13 @@ impl Store for PostgresStore {
             write::insert_events(&mut tx, &rows, seq).await?
         };
         tx.commit().await.map_err(backend)?;
-        update_catalog(&self.pool, &agg).await
+        if let Some(args) = catalog_args(&agg) {
+            script::bind(sqlx::query(CATALOG_UPSERT), args)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
     }
 
     async fn users_by_ids(&self, channel_id: i64, ids: &[String]) -> Result<Vec<User>> {

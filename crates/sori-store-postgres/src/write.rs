@@ -19,7 +19,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use crate::script::{Lit, Outcome, Script, bind};
 use crate::{
-    CHANGE_LOCK, LIGHT_FOR_UPDATE, MEMBERS_FOR_UPDATE, USERS_FOR_UPDATE, backend, update_catalog,
+    CATALOG_UPSERT, CHANGE_LOCK, LIGHT_FOR_UPDATE, MEMBERS_FOR_UPDATE, USERS_FOR_UPDATE, backend,
+    catalog_args,
 };
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -436,14 +437,17 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
         let rows = upsert_rows(&plan.users);
         write.exec("sori_upsert", &upsert_args(&rows, seq))?;
     }
+    // The catalog last, in the transaction: its rows are shared by every batch, so they
+    // are locked only for the commit (in one order), and the batch needs no round trip or
+    // commit of its own for them.
+    if let Some(args) = agg.as_ref().and_then(catalog_args) {
+        write.push(CATALOG_UPSERT, &args)?;
+    }
     write.raw("COMMIT");
     if let Err(e) = write.run(tx.conn()).await {
         return Err(tx.abort(backend(e)).await);
     }
     if let Some(agg) = agg {
-        if let Err(e) = update_catalog(tx.conn(), &agg).await {
-            tracing::warn!(error = %e, "event catalog update failed; counts may lag");
-        }
         note_duplicates(ops, &mut plan.results, &agg.duplicates);
     }
     tx.release();
