@@ -845,13 +845,13 @@ impl Store for PostgresStore {
         } else {
             write::insert_events(&mut tx, &rows, seq).await?
         };
-        tx.commit().await.map_err(backend)?;
         if let Some(args) = catalog_args(&agg) {
             script::bind(sqlx::query(CATALOG_UPSERT), args)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
         }
+        tx.commit().await.map_err(backend)?;
         Ok(())
     }
 

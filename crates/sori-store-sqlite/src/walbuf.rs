@@ -18,8 +18,16 @@
 //! [`crate::batch::open`] checks. A crash before the sync loses only an unacknowledged
 //! commit, exactly as without the shim.
 //!
+//! A transaction that rolls back may leave frames in the buffer (pages its cache spilled
+//! to the log). They must never be written: the next writer, another connection or
+//! process, commits its own frames at the same offsets. So when the connection releases
+//! the WAL write lock (a shared-memory lock taken on the database file, which is why both
+//! files of a connection go through the shim and are paired when the log opens), whatever
+//! is still buffered is dropped; after a commit the sync has already emptied it.
+//!
 //! Only log files (opened with `SQLITE_OPEN_WAL`) are buffered; every other file and every
-//! other call goes straight to the default VFS.
+//! other call goes straight to the default VFS, which must be the unix one (its other
+//! functions, copied as they are, ignore the VFS pointer they are given).
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_int, c_void};
@@ -48,7 +56,14 @@ pub fn register() -> bool {
         // process; the shim copies it and is leaked, so SQLite may keep its pointer.
         unsafe {
             let real = ffi::sqlite3_vfs_find(std::ptr::null());
-            if real.is_null() {
+            // Only over the unix VFS (see the module documentation); elsewhere the batch
+            // connections write frame by frame.
+            if real.is_null()
+                || (*real).zName.is_null()
+                || !CStr::from_ptr((*real).zName)
+                    .to_bytes()
+                    .starts_with(b"unix")
+            {
                 return;
             }
             let mut vfs = *real;
@@ -73,12 +88,17 @@ struct Buffer {
     data: Vec<u8>,
 }
 
-/// The shim's file: SQLite's header, the pending writes (log files only) and, right after
-/// this struct, the real file.
+/// The shim's file: SQLite's header, the pending writes (log files only), the pairing of
+/// a log with its database file and, right after this struct, the real file.
 #[repr(C)]
 struct File {
     base: ffi::sqlite3_file,
+    /// Log files: the pending writes.
     buffer: *mut Buffer,
+    /// Database files: the buffer of their open log (see `x_shm_lock`).
+    wal: *mut Buffer,
+    /// Log files: their database file, to undo the pairing when the log closes.
+    db: *mut File,
     real: *mut ffi::sqlite3_file,
 }
 
@@ -104,10 +124,10 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnfetch: Some(x_unfetch),
 };
 
-/// # Safety
-/// `f` is a file this shim opened.
-unsafe fn file<'a>(f: *mut ffi::sqlite3_file) -> &'a mut File {
-    unsafe { &mut *f.cast::<File>() }
+/// The shim's part of a file. Only raw pointers are kept across calls, so no two live
+/// references ever name the same file or buffer.
+fn me(f: *mut ffi::sqlite3_file) -> *mut File {
+    f.cast::<File>()
 }
 
 /// The real file and its methods.
@@ -118,7 +138,7 @@ unsafe fn real(
     f: *mut ffi::sqlite3_file,
 ) -> (*mut ffi::sqlite3_file, &'static ffi::sqlite3_io_methods) {
     unsafe {
-        let r = file(f).real;
+        let r = (*me(f)).real;
         (r, &*(*r).pMethods)
     }
 }
@@ -129,12 +149,8 @@ unsafe fn real(
 /// `f` is a file this shim opened successfully.
 unsafe fn flush(f: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
-        let me = file(f);
-        if me.buffer.is_null() {
-            return ffi::SQLITE_OK;
-        }
-        let b = &mut *me.buffer;
-        if b.data.is_empty() {
+        let b = (*me(f)).buffer;
+        if b.is_null() || (*b).data.is_empty() {
             return ffi::SQLITE_OK;
         }
         let (r, m) = real(f);
@@ -142,15 +158,15 @@ unsafe fn flush(f: *mut ffi::sqlite3_file) -> c_int {
             return ffi::SQLITE_IOERR_WRITE;
         };
         let mut rc = ffi::SQLITE_OK;
-        let mut at = b.start;
-        for chunk in b.data.chunks(CHUNK) {
+        let mut at = (*b).start;
+        for chunk in (*b).data.chunks(CHUNK) {
             rc = write(r, chunk.as_ptr().cast(), chunk.len() as c_int, at);
             if rc != ffi::SQLITE_OK {
                 break;
             }
             at += chunk.len() as i64;
         }
-        b.data.clear();
+        (*b).data.clear();
         rc
     }
 }
@@ -164,27 +180,38 @@ unsafe extern "C" fn x_open(
 ) -> c_int {
     unsafe {
         let real_vfs = (*vfs).pAppData.cast::<ffi::sqlite3_vfs>();
-        let me = f.cast::<File>();
+        let me = me(f);
         let real_file = me.add(1).cast::<ffi::sqlite3_file>();
         (*me).real = real_file;
         (*me).buffer = std::ptr::null_mut();
+        (*me).wal = std::ptr::null_mut();
+        (*me).db = std::ptr::null_mut();
+        (*me).base.pMethods = std::ptr::null();
+        (*real_file).pMethods = std::ptr::null();
         let Some(open) = (*real_vfs).xOpen else {
-            (*me).base.pMethods = std::ptr::null();
             return ffi::SQLITE_CANTOPEN;
         };
         let rc = open(real_vfs, name, real_file, flags, out_flags);
         if (*real_file).pMethods.is_null() {
-            // SQLite calls no method, not even xClose, on a file whose open failed.
-            (*me).base.pMethods = std::ptr::null();
+            // Nothing to close: SQLite calls no method of a file without methods.
             return rc;
         }
-        if rc == ffi::SQLITE_OK && flags & ffi::SQLITE_OPEN_WAL != 0 {
-            (*me).buffer = Box::into_raw(Box::new(Buffer {
-                start: 0,
-                data: Vec::new(),
-            }));
-        }
+        // From here on SQLite calls xClose, even if the open failed.
         (*me).base.pMethods = &METHODS;
+        if rc == ffi::SQLITE_OK && flags & ffi::SQLITE_OPEN_WAL != 0 {
+            let db = ffi::sqlite3_database_file_object(name);
+            // Buffered only when the database file is this shim's too: its write-lock
+            // release is what drops a rolled-back transaction's frames.
+            if !db.is_null() && std::ptr::eq((*db).pMethods, &METHODS) {
+                let buffer = Box::into_raw(Box::new(Buffer {
+                    start: 0,
+                    data: Vec::new(),
+                }));
+                (*me).buffer = buffer;
+                (*me).db = db.cast::<File>();
+                (*(*me).db).wal = buffer;
+            }
+        }
         rc
     }
 }
@@ -192,10 +219,13 @@ unsafe extern "C" fn x_open(
 unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
         let flushed = flush(f);
-        let me = file(f);
-        if !me.buffer.is_null() {
-            drop(Box::from_raw(me.buffer));
-            me.buffer = std::ptr::null_mut();
+        let me = me(f);
+        if !(*me).buffer.is_null() {
+            if !(*me).db.is_null() {
+                (*(*me).db).wal = std::ptr::null_mut();
+            }
+            drop(Box::from_raw((*me).buffer));
+            (*me).buffer = std::ptr::null_mut();
         }
         let (r, m) = real(f);
         let closed = m.xClose.map_or(ffi::SQLITE_OK, |c| c(r));
@@ -231,18 +261,18 @@ unsafe extern "C" fn x_write(
     off: i64,
 ) -> c_int {
     unsafe {
-        let me = file(f);
+        let b = (*me(f)).buffer;
         let (r, m) = real(f);
         let Some(write) = m.xWrite else {
             return ffi::SQLITE_IOERR_WRITE;
         };
-        if me.buffer.is_null() || n < 0 {
+        if b.is_null() || n < 0 {
             return write(r, buf, n, off);
         }
-        let b = &mut *me.buffer;
         let n = n as usize;
-        let follows = !b.data.is_empty() && off == b.start + b.data.len() as i64;
-        if !follows || b.data.len() + n > CAPACITY {
+        let len = (*b).data.len();
+        let follows = len > 0 && off == (*b).start + len as i64;
+        if !follows || len + n > CAPACITY {
             let rc = flush(f);
             if rc != ffi::SQLITE_OK {
                 return rc;
@@ -250,15 +280,15 @@ unsafe extern "C" fn x_write(
             if n >= CHUNK {
                 return write(r, buf, n as c_int, off);
             }
-            b.start = off;
+            (*b).start = off;
         }
-        if b.data.capacity() == 0 {
-            b.data.reserve_exact(CAPACITY);
+        let data = &mut (*b).data;
+        if data.capacity() == 0 {
+            data.reserve_exact(CAPACITY);
         }
-        b.data
-            .extend_from_slice(std::slice::from_raw_parts(buf.cast::<u8>(), n));
+        data.extend_from_slice(std::slice::from_raw_parts(buf.cast::<u8>(), n));
         #[cfg(test)]
-        tests::BUFFERED.fetch_add(1, Ordering::Relaxed);
+        tests::BUFFERED.with(|c| c.set(c.get() + 1));
         ffi::SQLITE_OK
     }
 }
@@ -368,6 +398,9 @@ unsafe extern "C" fn x_shm_map(
     }
 }
 
+/// The WAL write lock's slot in the shared-memory lock array (`WAL_WRITE_LOCK`).
+const WAL_WRITE_LOCK: c_int = 0;
+
 unsafe extern "C" fn x_shm_lock(
     f: *mut ffi::sqlite3_file,
     offset: c_int,
@@ -375,6 +408,20 @@ unsafe extern "C" fn x_shm_lock(
     flags: c_int,
 ) -> c_int {
     unsafe {
+        // The write lock is released after a commit, whose sync emptied the log's buffer,
+        // or after a rollback: then the buffer holds frames the cache spilled for a
+        // transaction that did not happen. Written later, they would overwrite what the
+        // next writer (another connection or process) commits at the same offsets, so
+        // they are dropped now.
+        let wal = (*me(f)).wal;
+        if offset == WAL_WRITE_LOCK
+            && flags == ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE
+            && !wal.is_null()
+        {
+            #[cfg(test)]
+            tests::DROPPED.with(|c| c.set(c.get() + (*wal).data.len() as u64));
+            (*wal).data.clear();
+        }
         let (r, m) = real(f);
         m.xShmLock
             .map_or(ffi::SQLITE_IOERR_SHMLOCK, |s| s(r, offset, n, flags))
@@ -430,12 +477,16 @@ unsafe extern "C" fn x_unfetch(f: *mut ffi::sqlite3_file, off: i64, p: *mut c_vo
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::cell::Cell;
 
     use rusqlite::{Connection, OpenFlags, params};
 
-    /// Writes that went into a buffer (the test shows the shim was on the path).
-    pub(super) static BUFFERED: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        /// Writes this thread put into a buffer (tests show the shim was on the path).
+        pub(super) static BUFFERED: Cell<u64> = const { Cell::new(0) };
+        /// Bytes this thread's write-lock releases dropped from a buffer.
+        pub(super) static DROPPED: Cell<u64> = const { Cell::new(0) };
+    }
 
     fn state(c: &Connection) -> (i64, i64, String) {
         let (n, sum) = c
@@ -451,45 +502,66 @@ mod tests {
         (n, sum, ok)
     }
 
+    /// A connection through the shim, as the batch writer opens it, with a small cache so
+    /// large transactions spill frames before they commit.
+    fn shim(path: &std::path::Path) -> Connection {
+        assert!(super::register());
+        let c =
+            Connection::open_with_flags_and_vfs(path, OpenFlags::default(), super::NAME).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = 64; \
+             PRAGMA wal_autocheckpoint = 0; \
+             CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB); \
+             CREATE INDEX IF NOT EXISTS t_v ON t (v);",
+        )
+        .unwrap();
+        c
+    }
+
+    /// Inserts `rows` pseudo-random blobs in one transaction (the same ones every run, so
+    /// SQLite spills the same pages every run); returns their total length.
+    fn insert(c: &Connection, rows: usize, commit: bool) -> i64 {
+        c.execute_batch("BEGIN").unwrap();
+        let mut bytes = 0;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ rows as u64;
+        {
+            let mut st = c.prepare("INSERT INTO t (v) VALUES (?)").unwrap();
+            for i in 0..rows {
+                let len = 100 + (i * 37) % 400;
+                let blob: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                st.execute(params![blob]).unwrap();
+                bytes += len as i64;
+            }
+        }
+        c.execute_batch(if commit { "COMMIT" } else { "ROLLBACK" })
+            .unwrap();
+        bytes
+    }
+
     /// Commits of every size (one frame, several buffers' worth, a transaction larger than
     /// the page cache, which spills and rewrites frames) read back through the default
     /// VFS, and the log left on disk recovers on its own.
     #[test]
     fn buffered_log_reads_back_and_recovers() {
-        assert!(super::register());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let w =
-            Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), super::NAME).unwrap();
-        w.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = 64; \
-             PRAGMA wal_autocheckpoint = 0; \
-             CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB); CREATE INDEX t_v ON t (v);",
-        )
-        .unwrap();
+        let w = shim(&path);
         let r = Connection::open(&path).unwrap();
-        let before = BUFFERED.load(Ordering::Relaxed);
+        let before = BUFFERED.with(Cell::get);
         let (mut rows, mut bytes) = (0_i64, 0_i64);
-        for (round, size) in [1_usize, 40, 3_000, 25_000, 7].into_iter().enumerate() {
-            w.execute_batch("BEGIN").unwrap();
-            {
-                let mut st = w
-                    .prepare("INSERT INTO t (v) VALUES (randomblob(?))")
-                    .unwrap();
-                for i in 0..size {
-                    let len = 100 + (i * 37 + round) % 400;
-                    st.execute(params![len as i64]).unwrap();
-                    rows += 1;
-                    bytes += len as i64;
-                }
-            }
-            w.execute_batch("COMMIT").unwrap();
-            assert_eq!(state(&r), (rows, bytes, "ok".to_owned()), "round {round}");
+        for size in [1_usize, 40, 3_000, 25_000, 7] {
+            bytes += insert(&w, size, true);
+            rows += size as i64;
+            assert_eq!(state(&r), (rows, bytes, "ok".to_owned()), "{size} rows");
         }
-        assert!(
-            BUFFERED.load(Ordering::Relaxed) > before,
-            "no write was buffered"
-        );
+        assert!(BUFFERED.with(Cell::get) > before, "no write was buffered");
 
         // What a crash leaves: the database and its log, no shared-memory index.
         let copy = tempfile::tempdir().unwrap();
@@ -504,5 +576,46 @@ mod tests {
         assert_eq!(state(&recovered), (rows, bytes, "ok".to_owned()));
         drop(w);
         assert_eq!(state(&r), (rows, bytes, "ok".to_owned()));
+    }
+
+    /// A rolled-back transaction that spilled frames leaves nothing behind to be written
+    /// over the next writer's commit (another connection, not through the shim), and the
+    /// shim's connection then reads and writes on top of that commit.
+    #[test]
+    fn rolled_back_frames_never_reach_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let w = shim(&path);
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;")
+            .unwrap();
+        let mut bytes = insert(&w, 10, true);
+        // With the log copied and emptied, the rollback reloads its pages from the
+        // database file and never touches the log, so its frames stay in the buffer.
+        w.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        let spilled = BUFFERED.with(Cell::get);
+        let dropped = DROPPED.with(Cell::get);
+        // 700 rows leave a frame in the buffer when the rollback releases the write lock
+        // (the blobs are the same every run; without the drop in `x_shm_lock` this test
+        // finds the database malformed).
+        insert(&w, 700, false);
+        assert!(
+            BUFFERED.with(Cell::get) > spilled,
+            "the rollback buffered nothing"
+        );
+        assert!(
+            DROPPED.with(Cell::get) > dropped,
+            "the rollback left nothing to drop"
+        );
+        bytes += insert(&other, 20_000, true);
+        assert_eq!(state(&w), (20_010, bytes, "ok".to_owned()));
+        bytes += insert(&w, 300, true);
+        for c in [&w, &other] {
+            assert_eq!(state(c), (20_310, bytes, "ok".to_owned()));
+        }
+        drop(w);
+        let fresh = Connection::open(&path).unwrap();
+        assert_eq!(state(&fresh), (20_310, bytes, "ok".to_owned()));
     }
 }

@@ -392,7 +392,10 @@ async fn segment_api(b: Backend) {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(events_of(&app, &id).await.len(), 2);
-    assert_eq!(app.member("s1").await["createdAt"].as_i64().unwrap(), created);
+    assert_eq!(
+        app.member("s1").await["createdAt"].as_i64().unwrap(),
+        created
+    );
     let cat = app.open(Method::GET, "/open/v5/events/catalog", None).await;
     let signed = cat.body["events"]
         .as_array()
