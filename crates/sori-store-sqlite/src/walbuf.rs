@@ -171,6 +171,25 @@ unsafe fn flush(f: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
+/// Flushes the pending bytes, then runs `call` on the real file (what must see the file
+/// as written: reads, syncs, sizes, truncations, file controls, unlocks, fetches).
+///
+/// # Safety
+/// `f` is a file this shim opened successfully.
+unsafe fn flushed(
+    f: *mut ffi::sqlite3_file,
+    call: impl FnOnce(*mut ffi::sqlite3_file, &ffi::sqlite3_io_methods) -> c_int,
+) -> c_int {
+    unsafe {
+        let rc = flush(f);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        let (r, m) = real(f);
+        call(r, m)
+    }
+}
+
 unsafe extern "C" fn x_open(
     vfs: *mut ffi::sqlite3_vfs,
     name: ffi::sqlite3_filename,
@@ -244,13 +263,10 @@ unsafe extern "C" fn x_read(
     off: i64,
 ) -> c_int {
     unsafe {
-        let rc = flush(f);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        let (r, m) = real(f);
-        m.xRead
-            .map_or(ffi::SQLITE_IOERR_READ, |g| g(r, buf, n, off))
+        flushed(f, |r, m| {
+            m.xRead
+                .map_or(ffi::SQLITE_IOERR_READ, |g| g(r, buf, n, off))
+        })
     }
 }
 
@@ -295,35 +311,26 @@ unsafe extern "C" fn x_write(
 
 unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: i64) -> c_int {
     unsafe {
-        let rc = flush(f);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        let (r, m) = real(f);
-        m.xTruncate
-            .map_or(ffi::SQLITE_IOERR_TRUNCATE, |t| t(r, size))
+        flushed(f, |r, m| {
+            m.xTruncate
+                .map_or(ffi::SQLITE_IOERR_TRUNCATE, |t| t(r, size))
+        })
     }
 }
 
 unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     unsafe {
-        let rc = flush(f);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        let (r, m) = real(f);
-        m.xSync.map_or(ffi::SQLITE_IOERR_FSYNC, |s| s(r, flags))
+        flushed(f, |r, m| {
+            m.xSync.map_or(ffi::SQLITE_IOERR_FSYNC, |s| s(r, flags))
+        })
     }
 }
 
 unsafe extern "C" fn x_file_size(f: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
     unsafe {
-        let rc = flush(f);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        let (r, m) = real(f);
-        m.xFileSize.map_or(ffi::SQLITE_IOERR_FSTAT, |s| s(r, size))
+        flushed(f, |r, m| {
+            m.xFileSize.map_or(ffi::SQLITE_IOERR_FSTAT, |s| s(r, size))
+        })
     }
 }
 
@@ -336,12 +343,9 @@ unsafe extern "C" fn x_lock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
 
 unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
     unsafe {
-        let rc = flush(f);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        let (r, m) = real(f);
-        m.xUnlock.map_or(ffi::SQLITE_IOERR_UNLOCK, |u| u(r, level))
+        flushed(f, |r, m| {
+            m.xUnlock.map_or(ffi::SQLITE_IOERR_UNLOCK, |u| u(r, level))
+        })
     }
 }
 
@@ -359,13 +363,10 @@ unsafe extern "C" fn x_file_control(
     arg: *mut c_void,
 ) -> c_int {
     unsafe {
-        let rc = flush(f);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        let (r, m) = real(f);
-        m.xFileControl
-            .map_or(ffi::SQLITE_NOTFOUND, |c| c(r, op, arg))
+        flushed(f, |r, m| {
+            m.xFileControl
+                .map_or(ffi::SQLITE_NOTFOUND, |c| c(r, op, arg))
+        })
     }
 }
 
@@ -451,18 +452,13 @@ unsafe extern "C" fn x_fetch(
     out: *mut *mut c_void,
 ) -> c_int {
     unsafe {
-        let rc = flush(f);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        let (r, m) = real(f);
-        match m.xFetch {
+        flushed(f, |r, m| match m.xFetch {
             Some(g) => g(r, off, n, out),
             None => {
                 *out = std::ptr::null_mut();
                 ffi::SQLITE_OK
             }
-        }
+        })
     }
 }
 
