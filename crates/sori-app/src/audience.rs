@@ -114,6 +114,11 @@ impl Audience {
         Ok(())
     }
 
+    /// How far the projections have followed the change sequence.
+    pub async fn followed(&self) -> Cursor {
+        *self.cursor.lock().await
+    }
+
     /// Drops event buckets that retention emptied (memory only: no window reaches them).
     pub fn retire(&self, channel_id: i64, before: i64) {
         if let Ok(mut p) = self.get(channel_id).write() {

@@ -12,6 +12,10 @@ const CHUNK: u32 = 5_000;
 impl App {
     /// One pass over every channel; returns how many events went.
     pub async fn enforce_retention(&self) -> AppResult<u64> {
+        // Only events this node's projections have read: a backdated event stored a moment
+        // ago may have moved its user's createdAt, which followers learn from the event.
+        self.audience.catch_up(&*self.store).await?;
+        let upto = self.audience.followed().await.event;
         let mut total = 0;
         for id in self.store.channel_ids().await? {
             let Some(ch) = self.store.channel(id).await? else {
@@ -31,7 +35,10 @@ impl App {
                 .unwrap_or(today);
             let cutoff = sori_domain::filter::start_of_day(first_kept, &tz);
             loop {
-                let n = self.store.delete_events_before(id, cutoff, CHUNK).await?;
+                let n = self
+                    .store
+                    .delete_events_before(id, cutoff, upto, CHUNK)
+                    .await?;
                 total += n;
                 if n < u64::from(CHUNK) {
                     break;

@@ -1095,12 +1095,19 @@ impl Store for PostgresStore {
         rows.iter().map(catalog_entry).collect()
     }
 
-    async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64> {
+    async fn delete_events_before(
+        &self,
+        channel_id: i64,
+        before: i64,
+        upto: i64,
+        limit: u32,
+    ) -> Result<u64> {
         // Roll the chunk up into per-user counts in the same statement that deletes it,
         // so segments keep counting events that retention removed.
         let r: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT ctid FROM events \
-             WHERE channel_id = $1 AND created_at < $2 ORDER BY created_at, id LIMIT $3)) \
+             WHERE channel_id = $1 AND created_at < $2 AND seq <= $4 \
+             ORDER BY created_at, id LIMIT $3)) \
              RETURNING channel_id, user_id, name, created_at), \
              rolled AS (INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
              SELECT channel_id, user_id, name, count(*), min(created_at), max(created_at) FROM gone \
@@ -1114,6 +1121,7 @@ impl Store for PostgresStore {
         .bind(channel_id)
         .bind(before)
         .bind(i64::from(limit))
+        .bind(upto)
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;

@@ -184,7 +184,8 @@ const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, t
 /// The newest row is never removed: rowids then never repeat, and followers of the change
 /// sequence track events by rowid.
 const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND created_at < ?2 \
-    AND rowid < (SELECT max(rowid) FROM events) ORDER BY created_at, id LIMIT ?3";
+    AND rowid < (SELECT max(rowid) FROM events) AND rowid <= ?4 \
+    ORDER BY created_at, id LIMIT ?3";
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";
@@ -930,7 +931,13 @@ impl Store for SqliteStore {
         rows.iter().map(catalog_entry).collect()
     }
 
-    async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64> {
+    async fn delete_events_before(
+        &self,
+        channel_id: i64,
+        before: i64,
+        upto: i64,
+        limit: u32,
+    ) -> Result<u64> {
         // Roll the chunk up into per-user counts first, so segments keep counting events
         // that retention removed; both statements see the same rows inside the transaction.
         let mut tx = self.writer.begin().await.map_err(backend)?;
@@ -949,6 +956,7 @@ impl Store for SqliteStore {
                 .bind(channel_id)
                 .bind(before)
                 .bind(i64::from(limit))
+                .bind(upto)
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;

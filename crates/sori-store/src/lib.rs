@@ -242,10 +242,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Event>>;
     /// The channel's event catalog, by name.
     async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>>;
-    /// Deletes at most `limit` events older than `before` (ms); returns how many went.
+    /// Deletes at most `limit` events older than `before` (ms) whose position is at most
+    /// `upto` (`Cursor::event`: what the caller's followers have read, so no follower
+    /// misses the activity a just-stored backdated event moved); returns how many went.
     /// The deleted events are first rolled up into per-user counts (`user_event_stats`),
     /// and the catalog keeps its totals, so segments still count them.
-    async fn delete_events_before(&self, channel_id: i64, before: i64, limit: u32) -> Result<u64>;
+    async fn delete_events_before(
+        &self,
+        channel_id: i64,
+        before: i64,
+        upto: i64,
+        limit: u32,
+    ) -> Result<u64>;
     /// How many events of each name a user has, counting those retention already removed
     /// (rolled up into `user_event_stats`) and those still stored; by name.
     async fn event_counts(&self, channel_id: i64, user_id: &str) -> Result<Vec<(String, i64)>>;

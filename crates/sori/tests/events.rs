@@ -692,11 +692,17 @@ async fn retention(b: Backend) {
     let r = segment(&app, "/v1/batch", json!({"batch": batch})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(events_of(&app, "@r1").await.len(), 4);
+    // Nothing past the given position goes (retention passes what the node followed).
+    let ch: i64 = app.creds.channel_id.parse().unwrap();
+    let store = &app.app().store;
+    assert_eq!(
+        store.delete_events_before(ch, now, 0, 100).await.unwrap(),
+        0
+    );
     let deleted = app.app().enforce_retention().await.unwrap();
     assert_eq!(deleted, 2);
     assert_eq!(events_of(&app, "@r1").await.len(), 2);
     // Per-user counts still include what retention removed (rolled up before deletion).
-    let ch: i64 = app.creds.channel_id.parse().unwrap();
     let id = app.member("r1").await["id"].as_str().unwrap().to_owned();
     let counts = app.app().store.event_counts(ch, &id).await.unwrap();
     assert_eq!(counts, vec![("Visit".to_owned(), 4)]);
