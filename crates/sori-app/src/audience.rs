@@ -4,7 +4,7 @@
 //! acknowledged before it, whichever node or process made it; a background task keeps the
 //! backlog small between queries.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// How a search orders users; the HTTP layer parses it, the projection sorts by it.
@@ -78,9 +78,14 @@ impl Audience {
     /// give events their slots), then the activity of the events' owners, then removals
     /// and merges in order, then events.
     pub async fn catch_up(&self, store: &dyn Store) -> AppResult<()> {
-        let mut cursor = self.cursor.lock().await;
         let horizon = store.horizon().await?;
-        if horizon == *cursor {
+        self.catch_up_to(store, horizon).await
+    }
+
+    /// `catch_up` to a horizon read before (a later one is fine too: nothing is skipped).
+    pub async fn catch_up_to(&self, store: &dyn Store, horizon: Cursor) -> AppResult<()> {
+        let mut cursor = self.cursor.lock().await;
+        if horizon.seq <= cursor.seq && horizon.event <= cursor.event {
             return Ok(());
         }
         let batch = store.changes(*cursor, horizon).await?;
@@ -98,6 +103,33 @@ impl Audience {
             let p = self.get(*ch);
             let mut p = p.write().map_err(poisoned)?;
             p.apply(0, change);
+        }
+        // Events name their owner as it is now. One created after the horizon (the member
+        // an anonymous user was merged into, say) has no slot yet; its row comes with a
+        // later catch-up but the event would not, so the row is read now.
+        let mut missing: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
+        let mut i = 0;
+        while i < batch.events.len() {
+            let ch = batch.events[i].0;
+            let p = self.get(ch);
+            let p = p.read().map_err(poisoned)?;
+            while i < batch.events.len() && batch.events[i].0 == ch {
+                let user = batch.events[i].1.as_str();
+                if p.slot_of(user).is_none() {
+                    missing.entry(ch).or_default().insert(user);
+                }
+                i += 1;
+            }
+        }
+        for (ch, ids) in missing {
+            let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+            let rows = store.users_by_ids(ch, &ids).await?;
+            let p = self.get(ch);
+            let mut p = p.write().map_err(poisoned)?;
+            for user in rows {
+                // Stamp 0: the row's own change, when it comes, is newer.
+                p.apply(0, &Change::User(Box::new(user)));
+            }
         }
         let mut i = 0;
         while i < batch.events.len() {

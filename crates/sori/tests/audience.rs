@@ -630,7 +630,53 @@ fn iso(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
 }
 
-both!(differential, segments_api);
+/// An event followed with an owner the projection does not hold yet: the anonymous user
+/// who did it was merged, after the horizon was read, into a member created after it too.
+/// The event must still count for the member once everything is followed.
+async fn owner_created_after_the_horizon(b: Backend) {
+    let app = spawn_app(b).await;
+    let store = app.app().store.clone();
+    segment_batch(
+        &app,
+        vec![json!({"type": "track", "anonymousId": "v-late", "event": "Late"})],
+    )
+    .await;
+    let horizon = store.horizon().await.unwrap();
+    segment_batch(
+        &app,
+        vec![
+            json!({"type": "identify", "userId": "m-late", "traits": {"name": "Kim"}}),
+            json!({"type": "identify", "userId": "m-late", "anonymousId": "v-late"}),
+        ],
+    )
+    .await;
+    let member = app.member("m-late").await;
+    let merged = app
+        .open(
+            Method::GET,
+            &format!("/open/v5/users/{}/merges", member["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        merged.body["merges"].as_array().map(Vec::len),
+        Some(1),
+        "{:?}",
+        merged.body
+    );
+    // Follow up to the old horizon: the event now names the member, who came after it.
+    app.app()
+        .audience
+        .catch_up_to(&*store, horizon)
+        .await
+        .unwrap();
+    let late = json!({"filter": {"and": [{"or": [
+        {"event": "Late", "operator": "$countGte", "values": [1]}]}]}});
+    assert_eq!(count(&app, late).await, 1);
+    app.stop().await;
+}
+
+both!(differential, segments_api, owner_created_after_the_horizon);
 
 /// Another node (a second set of services on the same database) and another process
 /// (`sori import`) write; each projection follows the change sequence, so counts include
