@@ -105,24 +105,30 @@ impl Audience {
             p.apply(0, change);
         }
         // Events name their owner as it is now. One created after the horizon (the member
-        // an anonymous user was merged into, say) has no slot yet; its row comes with a
-        // later catch-up but the event would not, so the row is read now.
-        let mut missing: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
+        // an anonymous user was merged into, say) has no slot yet; its row would come with
+        // a later catch-up but the event would not, so such owners' rows are read now and
+        // their events counted after.
+        let mut orphans: BTreeMap<i64, Vec<&(i64, String, String, i64)>> = BTreeMap::new();
         let mut i = 0;
         while i < batch.events.len() {
             let ch = batch.events[i].0;
             let p = self.get(ch);
-            let p = p.read().map_err(poisoned)?;
+            let mut p = p.write().map_err(poisoned)?;
             while i < batch.events.len() && batch.events[i].0 == ch {
-                let user = batch.events[i].1.as_str();
-                if p.slot_of(user).is_none() {
-                    missing.entry(ch).or_default().insert(user);
+                let e = &batch.events[i];
+                if !p.add_event(&e.1, &e.2, e.3) {
+                    orphans.entry(ch).or_default().push(e);
                 }
                 i += 1;
             }
         }
-        for (ch, ids) in missing {
-            let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+        for (ch, events) in orphans {
+            let ids: Vec<String> = events
+                .iter()
+                .map(|e| e.1.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let rows = store.users_by_ids(ch, &ids).await?;
             let p = self.get(ch);
             let mut p = p.write().map_err(poisoned)?;
@@ -130,16 +136,8 @@ impl Audience {
                 // Stamp 0: the row's own change, when it comes, is newer.
                 p.apply(0, &Change::User(Box::new(user)));
             }
-        }
-        let mut i = 0;
-        while i < batch.events.len() {
-            let ch = batch.events[i].0;
-            let p = self.get(ch);
-            let mut p = p.write().map_err(poisoned)?;
-            while i < batch.events.len() && batch.events[i].0 == ch {
-                let (_, user, name, at) = &batch.events[i];
-                p.add_event(user, name, *at);
-                i += 1;
+            for e in events {
+                p.add_event(&e.1, &e.2, e.3);
             }
         }
         *cursor = horizon;

@@ -448,10 +448,11 @@ impl Projection {
         }
     }
 
-    /// Counts one stored event (a name is allocated once, not per event).
-    pub fn add_event(&mut self, user_id: &str, name: &str, at: i64) {
+    /// Counts one stored event (a name is allocated once, not per event); false, counting
+    /// nothing, when the projection holds no user `user_id`.
+    pub fn add_event(&mut self, user_id: &str, name: &str, at: i64) -> bool {
         let Some(slot) = self.slot_of(user_id) else {
-            return;
+            return false;
         };
         match self.events.get_mut(name) {
             Some(col) => col.add(slot, at),
@@ -461,6 +462,7 @@ impl Projection {
                 .or_default()
                 .add(slot, at),
         }
+        true
     }
 
     /// Adds events that retention already removed from the store (rebuild): they count in

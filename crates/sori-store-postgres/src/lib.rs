@@ -305,11 +305,9 @@ async fn insert_manager(db: impl PgExecutor<'_>, m: &Manager) -> Result<()> {
     Ok(())
 }
 
-/// Adds a batch's counts to the catalog, in its own short transaction after the events
-/// committed: catalog rows are shared by every writer, and holding their locks through the
-/// main commit would serialize all writers on popular names. A crash between the two
-/// commits can only undercount the catalog, never lose an event.
-/// Adds a batch's events to the catalog (arguments: see `catalog_args`).
+/// Adds a batch's events to the catalog (arguments: see `catalog_args`), inside the
+/// batch's transaction as its last statement: catalog rows are shared by every writer, so
+/// they stay locked only for the commit, and the counts commit with the events.
 pub(crate) const CATALOG_UPSERT: &str = "INSERT INTO event_catalog (channel_id, name, count, \
     first_seen_at, last_seen_at, revenue) SELECT * FROM UNNEST($1::bigint[], $2::text[], \
     $3::bigint[], $4::bigint[], $5::bigint[], $6::bool[]) ON CONFLICT (channel_id, name) \

@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sori_domain::event::NewEvent;
 use sori_domain::{ProfileField, Registry, User};
-use sori_store::{
-    StoreError, UserKeys, UserOp, UserOpResult, UserRow, note_duplicates, plan_user_writes,
-};
+use sori_store::{StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
 use sori_store_sqlx::{EventAggregates, aggregate, field as field_from_row, user as user_from_row};
 use std::sync::{Mutex, PoisonError};
 
@@ -393,7 +391,7 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
     };
 
     if let Some(agg) = &agg {
-        plan.drop_duplicate_activity(&agg.duplicates);
+        plan.account_duplicates(ops, &agg.duplicates);
     }
 
     // Round trip 2: everything else the plan wrote, and the commit.
@@ -446,9 +444,6 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
     write.raw("COMMIT");
     if let Err(e) = write.run(tx.conn()).await {
         return Err(tx.abort(backend(e)).await);
-    }
-    if let Some(agg) = agg {
-        note_duplicates(ops, &mut plan.results, &agg.duplicates);
     }
     tx.release();
     Ok(plan.results)

@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sori_domain::event::NewEvent;
 use sori_domain::{FieldType, ProfileField, ProfileKey, Registry, User};
-use sori_store::{
-    Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, note_duplicates, plan_user_writes,
-};
+use sori_store::{Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
 use sori_store_sqlx::EventAggregates;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -279,7 +277,7 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     } else {
         insert_events(&tx, &plan.events)?
     };
-    plan.drop_duplicate_activity(&duplicates);
+    plan.account_duplicates(ops, &duplicates);
     if !plan.light.is_empty() {
         // The change number stays: followers find these users through their new events
         // (see `follow`), and the seq index is left alone.
@@ -302,7 +300,6 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
         upsert_users(&tx, seq, plan.users.iter().map(|((ch, _), u)| (*ch, u)))?;
     }
     tx.commit().map_err(db)?;
-    note_duplicates(ops, &mut plan.results, &duplicates);
     Ok(plan.results)
 }
 

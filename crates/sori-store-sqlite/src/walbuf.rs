@@ -172,7 +172,8 @@ unsafe fn flush(f: *mut ffi::sqlite3_file) -> c_int {
 }
 
 /// Flushes the pending bytes, then runs `call` on the real file (what must see the file
-/// as written: reads, syncs, sizes, truncations, file controls, unlocks, fetches).
+/// as written: reads, syncs, sizes, truncations, file controls, fetches). SQLite never
+/// locks a log file itself (its write lock is a shared-memory lock, see `x_shm_lock`).
 ///
 /// # Safety
 /// `f` is a file this shim opened successfully.
@@ -343,9 +344,8 @@ unsafe extern "C" fn x_lock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
 
 unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
     unsafe {
-        flushed(f, |r, m| {
-            m.xUnlock.map_or(ffi::SQLITE_IOERR_UNLOCK, |u| u(r, level))
-        })
+        let (r, m) = real(f);
+        m.xUnlock.map_or(ffi::SQLITE_IOERR_UNLOCK, |u| u(r, level))
     }
 }
 

@@ -377,14 +377,29 @@ pub fn plan_user_writes<'a>(
 }
 
 impl WritePlan<'_> {
-    /// Drops from `light` what only events the store did not insert (`duplicates`: their
-    /// ids, already stored by `messageId`) would move: a retried event changes no user, and
-    /// every activity change then lies next to a new event row, which is where followers
-    /// of the change sequence look for it (the activity update leaves the user's change
-    /// number alone).
-    pub fn drop_duplicate_activity(&mut self, duplicates: &std::collections::HashSet<String>) {
-        if duplicates.is_empty() || self.light.is_empty() {
+    /// Accounts for the batch's events the store did not insert (`duplicates`: their ids,
+    /// already stored by `messageId`). Each write's outcome counts its own (imports report
+    /// them), and `light` keeps only what stored events move: a retried event changes no
+    /// user, so every activity change lies next to a new event row, which is where
+    /// followers of the change sequence look for it (the activity update leaves the user's
+    /// change number alone). Call it once the events are in and before `light` is written;
+    /// `ops` are the batch's, in order.
+    pub fn account_duplicates(
+        &mut self,
+        ops: &[UserOp],
+        duplicates: &std::collections::HashSet<String>,
+    ) {
+        if duplicates.is_empty() {
             return;
+        }
+        for (op, r) in ops.iter().zip(&mut self.results) {
+            if let Ok(o) = r {
+                o.duplicate_events = op
+                    .events
+                    .iter()
+                    .filter(|e| duplicates.contains(&e.id))
+                    .count();
+            }
         }
         let mut stored: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
         for (ch, user, e) in &self.events {
@@ -405,28 +420,6 @@ impl WritePlan<'_> {
                 None => false,
             }
         });
-    }
-}
-
-/// Counts into each write's outcome its events the store did not insert (`duplicates`:
-/// their ids) because their `messageId` was already stored. `results` are the batch's,
-/// one per op in order.
-pub fn note_duplicates(
-    ops: &[UserOp],
-    results: &mut [UserOpResult],
-    duplicates: &std::collections::HashSet<String>,
-) {
-    if duplicates.is_empty() {
-        return;
-    }
-    for (op, r) in ops.iter().zip(results) {
-        if let Ok(o) = r {
-            o.duplicate_events = op
-                .events
-                .iter()
-                .filter(|e| duplicates.contains(&e.id))
-                .count();
-        }
     }
 }
 
@@ -634,7 +627,7 @@ mod tests {
         );
         assert_eq!(plan.light[&(1, "u1".to_owned())], (30, 10, 5));
         let duplicates = ["a", "b", "d"].map(String::from).into_iter().collect();
-        plan.drop_duplicate_activity(&duplicates);
+        plan.account_duplicates(&ops, &duplicates);
         assert_eq!(
             plan.light.into_iter().collect::<Vec<_>>(),
             vec![((1, "u1".to_owned()), (20, 20, 5))]
