@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity found by events",
         include_str!("../migrations/0008_activity_by_events.sql"),
     ),
+    (
+        9,
+        "compact event index keys",
+        include_str!("../migrations/0009_compact_event_keys.sql"),
+    ),
 ];
 
 /// The owners of the events at positions `($1, $2]` with their activity instants as they

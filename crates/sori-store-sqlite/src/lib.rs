@@ -77,7 +77,43 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity found by events",
         include_str!("../migrations/0007_activity_by_events.sql"),
     ),
+    (
+        8,
+        "compact event index keys",
+        include_str!("../migrations/0008_compact_event_keys.sql"),
+    ),
 ];
+
+/// The migration whose SQL is followed by [`fill_message_keys`].
+const MESSAGE_KEYS: i64 = 8;
+
+/// Fills `message_key` of every stored event that has a `messageId` (migration 8), in
+/// rowid order and chunks, so a large store is not held in memory.
+async fn fill_message_keys(tx: &mut Transaction<'_, Sqlite>) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT rowid, message_id FROM events WHERE rowid > ? AND message_id IS NOT NULL \
+             ORDER BY rowid LIMIT 10000",
+        )
+        .bind(after)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(backend)?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(());
+        };
+        after = *last;
+        for (rowid, id) in &rows {
+            sqlx::query("UPDATE events SET message_key = ? WHERE rowid = ?")
+                .bind(&batch::message_key(id)[..])
+                .bind(rowid)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+        }
+    }
+}
 
 /// The embedded store.
 pub struct SqliteStore {
@@ -185,7 +221,7 @@ const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, t
 /// sequence track events by rowid.
 const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND created_at < ?2 \
     AND rowid < (SELECT max(rowid) FROM events) AND rowid <= ?4 \
-    ORDER BY created_at, id LIMIT ?3";
+    ORDER BY created_at, rowid LIMIT ?3";
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";
@@ -279,6 +315,9 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
+            if *version == MESSAGE_KEYS {
+                fill_message_keys(&mut tx).await?;
+            }
             sqlx::query(
                 "INSERT INTO sori_migrations (version, description, applied_at) \
                  VALUES (?, ?, strftime('%s','now') * 1000)",
@@ -1102,4 +1141,72 @@ async fn next_seq(tx: &mut Transaction<'_, Sqlite>) -> Result<i64> {
         .fetch_one(&mut **tx)
         .await
         .map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection, SqliteConnection};
+
+    /// A store from before migration 8 gets the dedupe key of every stored event with a
+    /// `messageId`, across the migration's chunks, and the new unique index then refuses
+    /// a stored id again.
+    #[tokio::test]
+    async fn migration_fills_message_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE sori_migrations (version INTEGER PRIMARY KEY, \
+             description TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        for (version, _, sql) in MIGRATIONS.iter().filter(|m| m.0 < MESSAGE_KEYS) {
+            sqlx::raw_sql(*sql).execute(&mut conn).await.unwrap();
+            sqlx::query("INSERT INTO sori_migrations VALUES (?, 'old', 0)")
+                .bind(version)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        // Every seventh event has no messageId (the SDK's and the Open API's).
+        sqlx::raw_sql(
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10005) \
+             INSERT INTO events (channel_id, user_id, id, name, property, source, message_id, \
+             created_at) SELECT 1, 'u', 'e' || i, 'E', '{}', 'api', \
+             CASE WHEN i % 7 = 0 THEN NULL ELSE 'm-' || i END, i FROM n",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let rows: Vec<(Option<String>, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT message_id, message_key FROM events ORDER BY rowid")
+                .fetch_all(&store.reader)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 10005);
+        for (id, key) in &rows {
+            let want = id.as_deref().map(|m| batch::message_key(m).to_vec());
+            assert_eq!(key, &want, "the key of {id:?}");
+        }
+        assert_eq!(rows.iter().filter(|(id, _)| id.is_none()).count(), 1429);
+        let again = sqlx::query(
+            "INSERT INTO events (channel_id, user_id, id, name, property, source, message_id, \
+             created_at, message_key) VALUES (1, 'u', 'e-again', 'E', '{}', 'api', 'm-10005', \
+             0, ?)",
+        )
+        .bind(&batch::message_key("m-10005")[..])
+        .execute(&store.writer)
+        .await;
+        assert!(again.is_err(), "a stored messageId is refused: {again:?}");
+    }
 }

@@ -281,10 +281,12 @@ where
         Dialect::Postgres => ("$1", "$4", "$5"),
         Dialect::Sqlite => ("?1", "?4", "?5"),
     };
-    let (cmp, dir) = if oldest_first {
-        (">", "ASC")
+    // The indexes end with `created_at` (ties are sorted when read), so the cursor's time
+    // is also spelled as a plain bound the index can seek to.
+    let (cmp, dir, bound) = if oldest_first {
+        (">", "ASC", format!(">= COALESCE({time}, {})", i64::MIN + 1))
     } else {
-        ("<", "DESC")
+        ("<", "DESC", format!("<= COALESCE({time}, {})", i64::MAX))
     };
     let user = if user_id.is_some() {
         format!("AND user_id = {user_p}")
@@ -293,7 +295,8 @@ where
     };
     let sql = format!(
         "SELECT * FROM events WHERE channel_id = {channel} {user} \
-         AND ({time} IS NULL OR (created_at, id) {cmp} ({time}, {id})) \
+         AND created_at {bound} \
+         AND ({time} IS NULL OR created_at {cmp} {time} OR id {cmp} {id}) \
          ORDER BY created_at {dir}, id {dir} LIMIT {limit_p}"
     );
     let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));
