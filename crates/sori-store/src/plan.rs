@@ -399,6 +399,10 @@ impl WritePlan<'_> {
                     .iter()
                     .filter(|e| duplicates.contains(&e.id))
                     .count();
+                // An events-only write whose events were all stored before wrote nothing.
+                if o.user.is_none() && o.duplicate_events == op.events.len() {
+                    o.changed = false;
+                }
             }
         }
         let mut stored: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
@@ -632,6 +636,15 @@ mod tests {
             plan.light.into_iter().collect::<Vec<_>>(),
             vec![((1, "u1".to_owned()), (20, 20, 5))]
         );
+        let outcomes: Vec<(bool, usize)> = plan
+            .results
+            .iter()
+            .map(|r| {
+                let o = r.as_ref().unwrap();
+                (o.changed, o.duplicate_events)
+            })
+            .collect();
+        assert_eq!(outcomes, vec![(true, 2), (false, 1)], "u2 wrote nothing");
     }
 
     #[test]
