@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "compact event index keys",
         include_str!("../migrations/0009_compact_event_keys.sql"),
     ),
+    (
+        10,
+        "users fill factor 40",
+        include_str!("../migrations/0010_users_fill_factor.sql"),
+    ),
 ];
 
 /// The owners of the events at positions `($1, $2]` with their activity instants as they
