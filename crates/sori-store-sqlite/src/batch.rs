@@ -230,7 +230,6 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db)?;
-    let seq = next_seq(&tx)?;
     let mut registries = HashMap::new();
     let mut loaded: Vec<(i64, User)> = Vec::new();
     for (ch, k) in &full {
@@ -270,8 +269,17 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
             .map_err(db)?;
         }
     }
-    for m in &plan.merges {
-        merge(&tx, m, seq)?;
+    // A change number only for what carries one (whole rows, merges): events are
+    // followed by rowid, so an events-only batch (most of ingestion) leaves the counter's
+    // page alone. The transaction holds the write lock since it began, so numbers are
+    // still handed out in commit order.
+    let seq = (!plan.users.is_empty() || !plan.merges.is_empty())
+        .then(|| next_seq(&tx))
+        .transpose()?;
+    if let Some(seq) = seq {
+        for m in &plan.merges {
+            merge(&tx, m, seq)?;
+        }
     }
     let duplicates = if plan.events.is_empty() {
         Default::default()
@@ -297,7 +305,9 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
                 .map_err(db)?;
         }
     }
-    if !plan.users.is_empty() {
+    if let Some(seq) = seq
+        && !plan.users.is_empty()
+    {
         upsert_users(&tx, seq, plan.users.iter().map(|((ch, _), u)| (*ch, u)))?;
     }
     tx.commit().map_err(db)?;
