@@ -1115,7 +1115,7 @@ impl Store for PostgresStore {
         let r: i64 = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT ctid FROM events \
              WHERE channel_id = $1 AND created_at < $2 AND seq <= $4 \
-             ORDER BY created_at, id LIMIT $3)) \
+             ORDER BY created_at LIMIT $3)) \
              RETURNING channel_id, user_id, name, created_at), \
              rolled AS (INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
              SELECT channel_id, user_id, name, count(*), min(created_at), max(created_at) FROM gone \

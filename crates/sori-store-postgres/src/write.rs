@@ -65,12 +65,11 @@ const USER_UPSERT: &str = "INSERT INTO users (channel_id, id, member_id, veil_id
     created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
     web = EXCLUDED.web, mobile = EXCLUDED.mobile, seq = EXCLUDED.seq";
 
-/// The dedupe key is computed here as migration 9 defines it (SHA-256's first 16 bytes).
+/// The dedupe key `message_key` is a generated column (migration 9).
 const EVENT_INSERT: &str = "INSERT INTO events (channel_id, user_id, id, name, property, page, \
-    source, message_id, created_at, seq, message_key) SELECT u.*, $10::bigint, \
-    substring(sha256(convert_to(u.m, 'UTF8')) FROM 1 FOR 16) FROM UNNEST($1::bigint[], \
+    source, message_id, created_at, seq) SELECT u.*, $10::bigint FROM UNNEST($1::bigint[], \
     $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-    $9::bigint[]) AS u (c, us, i, n, p, pg, s, m, at) ON CONFLICT DO NOTHING RETURNING id";
+    $9::bigint[]) AS u ON CONFLICT DO NOTHING RETURNING id";
 
 const FIELDS_INSERT: &str = "INSERT INTO profile_fields (channel_id, key, name, type, sensitive, \
     builtin, created_at) SELECT ch, k, n, ty, FALSE, FALSE, at \

@@ -82,6 +82,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "compact event index keys",
         include_str!("../migrations/0008_compact_event_keys.sql"),
     ),
+    (
+        9,
+        "messageId dedupe index on keys",
+        include_str!("../migrations/0009_message_key_index.sql"),
+    ),
 ];
 
 /// The migration whose SQL is followed by [`fill_message_keys`].
@@ -1176,7 +1181,7 @@ mod tests {
         }
         // Every seventh event has no messageId (the SDK's and the Open API's).
         sqlx::raw_sql(
-            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10005) \
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12005) \
              INSERT INTO events (channel_id, user_id, id, name, property, source, message_id, \
              created_at) SELECT 1, 'u', 'e' || i, 'E', '{}', 'api', \
              CASE WHEN i % 7 = 0 THEN NULL ELSE 'm-' || i END, i FROM n",
@@ -1193,18 +1198,19 @@ mod tests {
                 .fetch_all(&store.reader)
                 .await
                 .unwrap();
-        assert_eq!(rows.len(), 10005);
+        assert_eq!(rows.len(), 12005);
         for (id, key) in &rows {
             let want = id.as_deref().map(|m| batch::message_key(m).to_vec());
             assert_eq!(key, &want, "the key of {id:?}");
         }
-        assert_eq!(rows.iter().filter(|(id, _)| id.is_none()).count(), 1429);
+        // 10,290 keys: more than one chunk of the fill.
+        assert_eq!(rows.iter().filter(|(id, _)| id.is_none()).count(), 1715);
         let again = sqlx::query(
             "INSERT INTO events (channel_id, user_id, id, name, property, source, message_id, \
-             created_at, message_key) VALUES (1, 'u', 'e-again', 'E', '{}', 'api', 'm-10005', \
+             created_at, message_key) VALUES (1, 'u', 'e-again', 'E', '{}', 'api', 'm-12004', \
              0, ?)",
         )
-        .bind(&batch::message_key("m-10005")[..])
+        .bind(&batch::message_key("m-12004")[..])
         .execute(&store.writer)
         .await;
         assert!(again.is_err(), "a stored messageId is refused: {again:?}");
