@@ -233,7 +233,7 @@ const USER_COLUMNS: &str = "channel_id, id, member_id, veil_id, name, profile, t
 /// sequence track events by rowid.
 const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND created_at < ?2 \
     AND rowid < (SELECT max(rowid) FROM events) AND rowid <= ?4 \
-    ORDER BY created_at, rowid LIMIT ?3";
+    ORDER BY created_at, id LIMIT ?3";
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";

@@ -281,22 +281,35 @@ where
         Dialect::Postgres => ("$1", "$4", "$5"),
         Dialect::Sqlite => ("?1", "?4", "?5"),
     };
-    // The indexes end with `created_at` (ties are sorted when read), so the cursor's time
-    // is also spelled as a plain bound the index can seek to.
-    let (cmp, dir, bound) = if oldest_first {
-        (">", "ASC", format!(">= COALESCE({time}, {})", i64::MIN + 1))
+    let (cmp, dir) = if oldest_first {
+        (">", "ASC")
     } else {
-        ("<", "DESC", format!("<= COALESCE({time}, {})", i64::MAX))
+        ("<", "DESC")
     };
-    let user = if user_id.is_some() {
-        format!("AND user_id = {user_p}")
+    // The channel's time index ends with the id, so the cursor seeks to its place; the
+    // per-user index ends with `created_at` (ties are sorted when read), so there the
+    // cursor's time is also a plain bound to seek to. SQLite is told which index a
+    // user's page reads: without statistics it would take the time index, whose order
+    // matches the ORDER BY, and walk the whole channel.
+    let (from, user, after) = match (user_id.is_some(), dialect) {
+        (false, _) => ("events", String::new(), String::new()),
+        (true, d) => (
+            match d {
+                Dialect::Sqlite => "events INDEXED BY events_by_user",
+                Dialect::Postgres => "events",
+            },
+            format!("AND user_id = {user_p}"),
+            format!("created_at {cmp}= {time} AND "),
+        ),
+    };
+    let cursor_sql = if cursor.is_some() {
+        format!("{after}(created_at, id) {cmp} ({time}, {id})")
     } else {
-        String::new()
+        // Still names the cursor's parameters, so both shapes bind the same arguments.
+        format!("{time} IS NULL AND {id} IS NULL")
     };
     let sql = format!(
-        "SELECT * FROM events WHERE channel_id = {channel} {user} \
-         AND created_at {bound} \
-         AND ({time} IS NULL OR created_at {cmp} {time} OR id {cmp} {id}) \
+        "SELECT * FROM {from} WHERE channel_id = {channel} {user} AND {cursor_sql} \
          ORDER BY created_at {dir}, id {dir} LIMIT {limit_p}"
     );
     let (t, id) = cursor.map_or((None, None), |(t, id)| (Some(t), Some(id)));

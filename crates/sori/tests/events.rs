@@ -824,7 +824,67 @@ async fn batch_order(b: Backend) {
     app.stop().await;
 }
 
+/// Pages through events that share one time (a history imported with one instant): a
+/// channel's pages (export) and a user's, both directions, each event once and in order.
+async fn pages_through_ties(b: Backend) {
+    let app = spawn_app(b).await;
+    let at = 1_700_000_000_000_i64;
+    let batch: Vec<Value> = (0..250)
+        .map(|i| {
+            json!({"type": "track", "userId": format!("t{}", i % 2), "event": "Old",
+                   "timestamp": at, "properties": {"n": i}})
+        })
+        .collect();
+    let r = segment(&app, "/v1/batch", json!({"batch": batch})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let ch: i64 = app.creds.channel_id.parse().unwrap();
+    let store = &app.app().store;
+    let mut seen: Vec<(i64, String)> = Vec::new();
+    loop {
+        let after = seen.last().map(|(t, id)| (*t, id.as_str()));
+        let page = store.events_page(ch, after, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(page.into_iter().map(|e| (e.created_at, e.id)));
+    }
+    assert_eq!(seen.len(), 250, "every event once");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "in (createdAt, id) order"
+    );
+    let user = app.member("t1").await["id"].as_str().unwrap().to_owned();
+    for oldest_first in [true, false] {
+        let mut ids: Vec<String> = Vec::new();
+        let mut cursor: Option<(i64, String)> = None;
+        loop {
+            let page = store
+                .user_events(
+                    ch,
+                    &user,
+                    cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
+                    9,
+                    oldest_first,
+                )
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = Some((last.created_at, last.id.clone()));
+            ids.extend(page.into_iter().map(|e| e.id));
+        }
+        assert_eq!(ids.len(), 125, "t1's events once ({oldest_first})");
+        let mut sorted = ids.clone();
+        sorted.sort();
+        if !oldest_first {
+            sorted.reverse();
+        }
+        assert_eq!(ids, sorted, "ties in id order ({oldest_first})");
+    }
+    app.stop().await;
+}
+
 both!(
+    pages_through_ties,
     open_api_events,
     segment_api,
     batch_order,
