@@ -291,16 +291,19 @@ where
     // cursor's time is also a plain bound to seek to. SQLite is told which index a
     // user's page reads: without statistics it would take the time index, whose order
     // matches the ORDER BY, and walk the whole channel.
-    let (from, user, after) = match (user_id.is_some(), dialect) {
-        (false, _) => ("events", String::new(), String::new()),
-        (true, d) => (
-            match d {
-                Dialect::Sqlite => "events INDEXED BY events_by_user",
-                Dialect::Postgres => "events",
-            },
+    let by_user = user_id.is_some();
+    let from = if by_user && matches!(dialect, Dialect::Sqlite) {
+        "events INDEXED BY events_by_user"
+    } else {
+        "events"
+    };
+    let (user, after) = if by_user {
+        (
             format!("AND user_id = {user_p}"),
             format!("created_at {cmp}= {time} AND "),
-        ),
+        )
+    } else {
+        (String::new(), String::new())
     };
     let cursor_sql = if cursor.is_some() {
         format!("{after}(created_at, id) {cmp} ({time}, {id})")
