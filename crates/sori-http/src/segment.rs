@@ -23,6 +23,7 @@ use std::sync::Arc;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::body::RawBody;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Most items in one batch.
@@ -109,7 +110,7 @@ async fn single(
 pub async fn identify(
     State(s): State<AppState>,
     h: HeaderMap,
-    b: Bytes,
+    RawBody(b): RawBody,
 ) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Identify).await
 }
@@ -117,14 +118,22 @@ pub async fn identify(
 /// Segment `track`: an event.
 #[utoipa::path(post, path = "/v1/track", tag = "segment", request_body = Object,
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn track(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> ApiResult<Json<Accepted>> {
+pub async fn track(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    RawBody(b): RawBody,
+) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Track).await
 }
 
 /// Segment `page`: a `PageView` and a visit.
 #[utoipa::path(post, path = "/v1/page", tag = "segment", request_body = Object,
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn page(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> ApiResult<Json<Accepted>> {
+pub async fn page(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    RawBody(b): RawBody,
+) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Page).await
 }
 
@@ -134,7 +143,7 @@ pub async fn page(State(s): State<AppState>, h: HeaderMap, b: Bytes) -> ApiResul
 pub async fn screen(
     State(s): State<AppState>,
     h: HeaderMap,
-    b: Bytes,
+    RawBody(b): RawBody,
 ) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Screen).await
 }
@@ -146,7 +155,7 @@ pub async fn screen(
 pub async fn batch(
     State(state): State<AppState>,
     headers: HeaderMap,
-    bytes: Bytes,
+    RawBody(bytes): RawBody,
 ) -> ApiResult<Json<Accepted>> {
     let body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;

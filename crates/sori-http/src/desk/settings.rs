@@ -1,7 +1,8 @@
 //! Console settings: channel, profile fields and sensitive flags, roles, managers.
 
+use crate::body::Path;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sori_app::channels::{check_email, check_password};

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use crate::body::{Path, Query};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Serialize;
 use serde_json::Value;
 use sori_app::secrets::{is_id, new_id, now_ms};

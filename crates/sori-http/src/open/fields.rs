@@ -1,8 +1,9 @@
 //! `/open/v5/profile-fields`: the channel's profile-field registry. Shared with the desk
 //! API, which adds the general-settings permission check.
 
+use crate::body::Path;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sori_app::secrets::now_ms;

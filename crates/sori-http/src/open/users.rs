@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
+use crate::body::{Path, Query};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;

@@ -1,0 +1,497 @@
+//! Hostile input on every ingestion path, on SQLite and on PostgreSQL: valid Segment, SDK
+//! and Open API payloads are mutated at random (a seeded generator, so a failure repeats)
+//! with wrong types, extreme numbers, NUL and oversized strings, deep nesting, odd keys,
+//! missing and unknown fields, and bodies that are not JSON at all. Every answer must be a
+//! 2xx or a 4xx that names its rule; a 4xx must leave the store as it was (users, events,
+//! registered profile fields); the server must keep answering.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use base64::Engine;
+use common::{Backend, TestApp, spawn_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A small deterministic generator (xorshift64*): the cases are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A value chosen to break a parser or a rule.
+fn nasty(rng: &mut Rng, n: u64) -> Value {
+    match rng.below(24) {
+        0 => Value::Null,
+        1 => json!(true),
+        2 => json!(-1),
+        3 => json!(0),
+        4 => json!(1e308),
+        5 => json!(-1e308),
+        6 => json!(i64::MAX),
+        7 => json!(u64::MAX),
+        8 => json!(1.5),
+        9 => json!(""),
+        10 => json!("a\u{0}b"),
+        11 => json!("x".repeat(600)),
+        12 => json!("한국어 🎉 ".repeat(40)),
+        13 => json!("2026-13-45T99:99:99Z"),
+        14 => json!("9999-12-31T23:59:59Z"),
+        15 => json!([]),
+        16 => (0..150).fold(json!(1), |v, _| json!([v])),
+        17 => (0..150).fold(json!(1), |v, _| json!({ "a": v })),
+        18 => Value::Object((0..300).map(|i| (format!("k{i}"), json!(i))).collect()),
+        19 => json!((0..3000).collect::<Vec<_>>()),
+        20 => json!({}),
+        21 => json!(format!("id-{n}")),
+        22 => json!("https://shop.example/p?utm_source=x&q=%00"),
+        _ => json!(-0.0),
+    }
+}
+
+/// A key chosen to break a mapping.
+fn nasty_key(rng: &mut Rng) -> String {
+    match rng.below(8) {
+        0 => String::new(),
+        1 => "a.b".into(),
+        2 => "$set".into(),
+        3 => "__proto__".into(),
+        4 => "k".repeat(1000),
+        5 => "\u{0}".into(),
+        6 => "이름".into(),
+        _ => "unknownField".into(),
+    }
+}
+
+/// Every path to a value inside `v` (object keys and array indexes).
+fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                at.push(k.clone());
+                out.push(at.clone());
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                at.push(i.to_string());
+                out.push(at.clone());
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn parent_mut<'v>(v: &'v mut Value, path: &[String]) -> Option<&'v mut Value> {
+    let mut cur = v;
+    for p in path {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(p)?,
+            Value::Array(a) => a.get_mut(p.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// One to three random edits of `v`: replace a value, delete a key, add an odd key.
+fn mutate(rng: &mut Rng, mut v: Value, n: u64) -> Value {
+    for _ in 0..1 + rng.below(3) {
+        let mut all = Vec::new();
+        paths(&v, &mut Vec::new(), &mut all);
+        if all.is_empty() {
+            return nasty(rng, n);
+        }
+        let path = all[rng.below(all.len())].clone();
+        let (last, parent) = path.split_last().unwrap();
+        let what = rng.below(4);
+        let replacement = nasty(rng, n);
+        let key = nasty_key(rng);
+        let Some(parent) = parent_mut(&mut v, parent) else {
+            continue;
+        };
+        match (parent, what) {
+            (Value::Object(m), 0) => {
+                m.remove(last);
+            }
+            (Value::Object(m), 1) => {
+                m.insert(key, replacement);
+            }
+            (Value::Object(m), _) => {
+                m.insert(last.clone(), replacement);
+            }
+            (Value::Array(a), _) => {
+                if let Some(slot) = last.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    *slot = replacement;
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+fn segment_item(n: u64) -> Value {
+    match n % 3 {
+        0 => json!({"type": "track", "userId": format!("u{}", n % 7), "event": "Order Completed",
+            "messageId": format!("m-{n}"), "timestamp": "2026-01-02T03:04:05Z",
+            "properties": {"revenue": 12000, "sku": "A-1", "tags": ["x", "y"], "meta": {"a": 1}},
+            "context": {"page": {"url": "https://shop.example/cart", "referrer": "https://r.example/"},
+                "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
+                "locale": "ko-KR", "location": {"city": "Seoul", "country": "KR"}}}),
+        1 => {
+            json!({"type": "identify", "userId": format!("u{}", n % 7), "anonymousId": format!("a{}", n % 5),
+            "messageId": format!("m-{n}"),
+            "traits": {"name": "Kim", "email": "kim@example.com", "phone": "+821012345678",
+                "plan": "pro", "age": 31, "createdAt": "2025-05-01T00:00:00Z",
+                "address": {"city": "Busan"}}})
+        }
+        _ => json!({"type": "page", "anonymousId": format!("a{}", n % 5), "name": "Home",
+            "messageId": format!("m-{n}"),
+            "properties": {"url": "https://shop.example/?utm_source=news&utm_medium=mail"},
+            "context": {"campaign": {"source": "news"}, "app": {"name": "Shop", "version": "1.2"}}}),
+    }
+}
+
+fn basic(write_key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
+    )
+}
+
+/// What a rejected request must not have changed.
+async fn snapshot(app: &TestApp) -> (Value, Value, Value) {
+    let users = app
+        .open(
+            Method::POST,
+            "/open/v5/users/count?engine=sql",
+            Some(json!({"filter": {"and": []}})),
+        )
+        .await;
+    assert_eq!(users.status, 200, "{:?}", users.body);
+    let catalog = app.open(Method::GET, "/open/v5/events/catalog", None).await;
+    assert_eq!(catalog.status, 200, "{:?}", catalog.body);
+    let fields = app.open(Method::GET, "/open/v5/profile-fields", None).await;
+    assert_eq!(fields.status, 200, "{:?}", fields.body);
+    (users.body, catalog.body, fields.body)
+}
+
+/// Sends one request and checks the answer and, for a 4xx, that nothing changed.
+async fn check(
+    app: &TestApp,
+    label: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> u16 {
+    let before = snapshot(app).await;
+    let shown = String::from_utf8_lossy(&body[..body.len().min(600)]).into_owned();
+    let r = app.raw(method, path, headers, body).await;
+    assert!(
+        r.status < 500,
+        "{label} {path}: {} for {shown}: {:?}",
+        r.status,
+        r.body
+    );
+    if r.status >= 400 {
+        let message = r.body["message"].as_str().unwrap_or("");
+        assert!(
+            !message.is_empty(),
+            "{label} {path}: {} without a message for {shown}: {:?}",
+            r.status,
+            r.body
+        );
+        if r.status == 400 {
+            assert!(
+                r.body["errors"][0]["field"].is_string(),
+                "{label} {path}: 400 names no field for {shown}: {:?}",
+                r.body
+            );
+        }
+        assert_eq!(
+            snapshot(app).await,
+            before,
+            "{label} {path}: {} changed the store for {shown}",
+            r.status
+        );
+    }
+    r.status
+}
+
+async fn hostile_input(b: Backend) {
+    let app = spawn_app(b).await;
+    let auth = basic(&app.creds.write_key);
+    let json_headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let pk = app.creds.plugin_key.clone();
+    let booted = app
+        .raw(
+            Method::POST,
+            "/sdk/v1/boot",
+            &[("content-type", "application/json")],
+            json!({"pluginKey": pk}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(booted.status, 200, "{:?}", booted.body);
+    let session = booted.body["session"].as_str().unwrap().to_owned();
+    let booted_id = booted.body["user"]["id"].as_str().unwrap().to_owned();
+    let sdk_headers = [
+        ("content-type", "application/json"),
+        ("x-sori-session", session.as_str()),
+    ];
+    let open_headers = [
+        ("x-access-key", app.creds.access_key.as_str()),
+        ("x-access-secret", app.creds.access_secret.as_str()),
+        ("content-type", "application/json"),
+    ];
+
+    // Bodies that are not JSON objects at all.
+    for raw in [
+        &b""[..],
+        b"{",
+        b"null",
+        b"[]",
+        b"\"text\"",
+        b"42",
+        b"{\"batch\": [",
+        b"\xff\xfe\x00",
+        b"{\"a\":1}{\"b\":2}",
+    ] {
+        for path in ["/v1/track", "/v1/identify", "/v1/page", "/v1/batch"] {
+            check(&app, "raw", Method::POST, path, &json_headers, raw.to_vec()).await;
+        }
+        check(
+            &app,
+            "raw",
+            Method::POST,
+            "/sdk/v1/events",
+            &sdk_headers,
+            raw.to_vec(),
+        )
+        .await;
+        check(
+            &app,
+            "raw",
+            Method::POST,
+            "/open/v5/users/u1/events",
+            &open_headers,
+            raw.to_vec(),
+        )
+        .await;
+    }
+    // A body that says gzip and is not.
+    let gzip_headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
+    let status = check(
+        &app,
+        "gzip",
+        Method::POST,
+        "/v1/track",
+        &gzip_headers,
+        b"not gzip".to_vec(),
+    )
+    .await;
+    assert!((400..500).contains(&status));
+
+    // Odd user keys in the path, for writes and reads.
+    let long = format!("@{}", "m".repeat(2000));
+    for key in [
+        "%00",
+        "@",
+        "@%00",
+        long.as_str(),
+        "%F0%9F%8E%89",
+        "..",
+        "a%2Fb",
+        "%FF",
+        "@%20",
+    ] {
+        let path = format!("/open/v5/users/{key}/events");
+        let body = json!({"name": "Viewed"}).to_string().into_bytes();
+        check(&app, "key", Method::POST, &path, &open_headers, body).await;
+        let r = app.raw(Method::GET, &path, &open_headers, Vec::new()).await;
+        assert!(r.status < 500, "GET {path}: {} {:?}", r.status, r.body);
+    }
+    // Odd query strings name the parameter or the query in the API's error format.
+    for query in [
+        "limit=%FF",
+        "since=%00",
+        "limit=-1",
+        "sortOrder=%F0%9F",
+        "limit=1&limit=2",
+    ] {
+        let path = format!("/open/v5/users/{booted_id}/events?{query}");
+        let r = app.raw(Method::GET, &path, &open_headers, Vec::new()).await;
+        assert!(r.status < 500, "GET {path}: {} {:?}", r.status, r.body);
+        if r.status >= 400 {
+            assert!(
+                r.body["errors"][0]["field"].is_string(),
+                "GET {path}: {:?}",
+                r.body
+            );
+        }
+    }
+
+    // Bodies over the limits (1 MiB for Segment, 256 KiB elsewhere): a JSON 413.
+    let big = |bytes: usize| {
+        json!({"batch": [segment_item(1)], "pad": "x".repeat(bytes)})
+            .to_string()
+            .into_bytes()
+    };
+    for (path, headers, size) in [
+        ("/v1/batch", &json_headers[..], 1024 * 1024),
+        ("/v1/track", &json_headers[..], 1024 * 1024),
+        ("/sdk/v1/events", &sdk_headers[..], 256 * 1024),
+        ("/open/v5/users/u1/events", &open_headers[..], 256 * 1024),
+    ] {
+        let status = check(&app, "big", Method::POST, path, headers, big(size)).await;
+        assert_eq!(status, 413, "{path}");
+    }
+
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let (mut accepted, mut rejected) = (0, 0);
+    for n in 0..480u64 {
+        let (label, method, path, headers, body): (&str, Method, String, &[(&str, &str)], Value) =
+            match n % 8 {
+                0 | 1 => {
+                    let item = segment_item(n);
+                    let path = match item["type"].as_str().unwrap() {
+                        "track" => "/v1/track",
+                        "identify" => "/v1/identify",
+                        _ => "/v1/page",
+                    };
+                    (
+                        "segment",
+                        Method::POST,
+                        path.into(),
+                        &json_headers,
+                        mutate(&mut rng, item, n),
+                    )
+                }
+                2 => {
+                    let batch: Vec<Value> = (0..4).map(|i| segment_item(n * 10 + i)).collect();
+                    (
+                        "batch",
+                        Method::POST,
+                        "/v1/batch".into(),
+                        &json_headers,
+                        mutate(&mut rng, json!({ "batch": batch }), n),
+                    )
+                }
+                3 => (
+                    "boot",
+                    Method::POST,
+                    "/sdk/v1/boot".into(),
+                    &[("content-type", "application/json")][..],
+                    mutate(
+                        &mut rng,
+                        json!({"pluginKey": pk, "veilId": format!("veil{}", n % 4),
+                            "memberId": format!("m{}", n % 3), "profile": {"name": "Lee", "age": 20},
+                            "language": "ko", "page": "https://shop.example/",
+                            "utm": {"source": "news", "campaign": "spring"},
+                            "referrer": "https://search.example/", "unsubscribeEmail": true,
+                            "trackDefaultEvent": true, "tags": ["vip"]}),
+                        n,
+                    ),
+                ),
+                4 => (
+                    "sdk",
+                    Method::POST,
+                    "/sdk/v1/events".into(),
+                    &sdk_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"name": "Clicked", "property": {"button": "buy", "n": 1},
+                            "page": "https://shop.example/item"}),
+                        n,
+                    ),
+                ),
+                5 => (
+                    "sdk-user",
+                    Method::PATCH,
+                    "/sdk/v1/user".into(),
+                    &sdk_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"profile": {"name": "Park", "visits": 3, "born": "1990-01-01"},
+                            "profileOnce": {"firstSeen": "home"}, "language": "en",
+                            "unsubscribeEmail": true, "addTags": ["a", "b"],
+                            "removeTags": ["c"]}),
+                        n,
+                    ),
+                ),
+                6 => (
+                    "open",
+                    Method::POST,
+                    format!("/open/v5/users/@member{}/events", n % 3),
+                    &open_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"name": "Purchased", "property": {"revenue": 5000, "items": [1, 2]},
+                            "createdAt": 1_767_225_600_000_i64}),
+                        n,
+                    ),
+                ),
+                _ => (
+                    "open-batch",
+                    Method::POST,
+                    format!("/open/v5/users/@member{}/events", n % 3),
+                    &open_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"events": [{"name": "Viewed", "property": {"id": 1}},
+                            {"name": "Liked", "property": {"ids": ["x"]}, "page": "https://a.example/"}]}),
+                        n,
+                    ),
+                ),
+            };
+        let status = check(
+            &app,
+            label,
+            method,
+            &path,
+            headers,
+            body.to_string().into_bytes(),
+        )
+        .await;
+        if status < 300 {
+            accepted += 1;
+        } else {
+            rejected += 1;
+        }
+    }
+    // The generator must exercise both outcomes, or it tests nothing.
+    eprintln!("{accepted} accepted, {rejected} rejected");
+    assert!(
+        accepted > 100 && rejected > 100,
+        "{accepted} accepted, {rejected} rejected"
+    );
+    // Still serving, and the store still reads back.
+    let r = app.open(Method::GET, "/open/v5/events/catalog", None).await;
+    assert_eq!(r.status, 200);
+    app.stop().await;
+}
+
+both!(hostile_input);
