@@ -109,8 +109,15 @@ fn parent_mut<'v>(v: &'v mut Value, path: &[String]) -> Option<&'v mut Value> {
     Some(cur)
 }
 
+/// Cases sent as they are, one per template, to prove the templates valid (so the
+/// mutations are what gets rejected).
+const UNMUTATED: u64 = 12;
+
 /// One to three random edits of `v`: replace a value, delete a key, add an odd key.
 fn mutate(rng: &mut Rng, mut v: Value, n: u64) -> Value {
+    if n < UNMUTATED {
+        return v;
+    }
     for _ in 0..1 + rng.below(3) {
         let mut all = Vec::new();
         paths(&v, &mut Vec::new(), &mut all);
@@ -168,6 +175,15 @@ fn segment_item(n: u64) -> Value {
     }
 }
 
+fn filter() -> Value {
+    json!({"filter": {"and": [
+        {"or": [{"key": "lastSeenAt", "operator": "$daysAgoGte", "values": [30]},
+                {"key": "profile.cartCount", "operator": "$gte", "values": [1]}]},
+        {"or": [{"key": "member", "operator": "$eq", "values": [true]}]},
+        {"or": [{"key": "tags", "operator": "$in", "values": ["vip"]}]}
+    ]}})
+}
+
 fn basic(write_key: &str) -> String {
     format!(
         "Basic {}",
@@ -176,7 +192,7 @@ fn basic(write_key: &str) -> String {
 }
 
 /// What a rejected request must not have changed.
-async fn snapshot(app: &TestApp) -> (Value, Value, Value) {
+async fn snapshot(app: &TestApp) -> (Value, Value, Value, Value) {
     let users = app
         .open(
             Method::POST,
@@ -189,7 +205,9 @@ async fn snapshot(app: &TestApp) -> (Value, Value, Value) {
     assert_eq!(catalog.status, 200, "{:?}", catalog.body);
     let fields = app.open(Method::GET, "/open/v5/profile-fields", None).await;
     assert_eq!(fields.status, 200, "{:?}", fields.body);
-    (users.body, catalog.body, fields.body)
+    let segments = app.open(Method::GET, "/open/v5/segments", None).await;
+    assert_eq!(segments.status, 200, "{:?}", segments.body);
+    (users.body, catalog.body, fields.body, segments.body)
 }
 
 /// Sends one request and checks the answer and, for a 4xx, that nothing changed.
@@ -200,7 +218,7 @@ async fn check(
     path: &str,
     headers: &[(&str, &str)],
     body: Vec<u8>,
-) -> u16 {
+) -> (u16, Value) {
     let before = snapshot(app).await;
     let shown = String::from_utf8_lossy(&body[..body.len().min(600)]).into_owned();
     let r = app.raw(method, path, headers, body).await;
@@ -232,7 +250,7 @@ async fn check(
             r.status
         );
     }
-    r.status
+    (r.status, r.body)
 }
 
 async fn hostile_input(b: Backend) {
@@ -304,7 +322,7 @@ async fn hostile_input(b: Backend) {
         ("content-type", "application/json"),
         ("content-encoding", "gzip"),
     ];
-    let status = check(
+    let (status, _) = check(
         &app,
         "gzip",
         Method::POST,
@@ -366,15 +384,15 @@ async fn hostile_input(b: Backend) {
         ("/sdk/v1/events", &sdk_headers[..], 256 * 1024),
         ("/open/v5/users/u1/events", &open_headers[..], 256 * 1024),
     ] {
-        let status = check(&app, "big", Method::POST, path, headers, big(size)).await;
+        let (status, _) = check(&app, "big", Method::POST, path, headers, big(size)).await;
         assert_eq!(status, 413, "{path}");
     }
 
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let (mut accepted, mut rejected) = (0, 0);
-    for n in 0..480u64 {
+    for n in 0..720u64 {
         let (label, method, path, headers, body): (&str, Method, String, &[(&str, &str)], Value) =
-            match n % 8 {
+            match n % 12 {
                 0 | 1 => {
                     let item = segment_item(n);
                     let path = match item["type"].as_str().unwrap() {
@@ -412,7 +430,7 @@ async fn hostile_input(b: Backend) {
                             "language": "ko", "page": "https://shop.example/",
                             "utm": {"source": "news", "campaign": "spring"},
                             "referrer": "https://search.example/", "unsubscribeEmail": true,
-                            "trackDefaultEvent": true, "tags": ["vip"]}),
+                            "trackDefaultEvent": true}),
                         n,
                     ),
                 ),
@@ -450,11 +468,11 @@ async fn hostile_input(b: Backend) {
                     mutate(
                         &mut rng,
                         json!({"name": "Purchased", "property": {"revenue": 5000, "items": [1, 2]},
-                            "createdAt": 1_767_225_600_000_i64}),
+                            "page": "https://shop.example/done"}),
                         n,
                     ),
                 ),
-                _ => (
+                7 => (
                     "open-batch",
                     Method::POST,
                     format!("/open/v5/users/@member{}/events", n % 3),
@@ -466,8 +484,51 @@ async fn hostile_input(b: Backend) {
                         n,
                     ),
                 ),
+                8 => (
+                    "upsert",
+                    Method::PUT,
+                    format!("/open/v5/users/@member{}", n % 4),
+                    &open_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"profile": {"name": "Choi", "email": "c@example.com",
+                            "mobileNumber": "010-1234-5678", "cartCount": 2, "joined": "2025-01-01"},
+                            "profileOnce": {"firstOrder": "A-1"}, "tags": ["vip"],
+                            "unsubscribeTexting": false}),
+                        n,
+                    ),
+                ),
+                9 => (
+                    "field",
+                    Method::POST,
+                    "/open/v5/profile-fields".into(),
+                    &open_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"key": format!("f{}", n % 5), "name": "Field", "type": "number"}),
+                        n,
+                    ),
+                ),
+                10 => (
+                    "count",
+                    Method::POST,
+                    "/open/v5/users/count".into(),
+                    &open_headers[..],
+                    mutate(&mut rng, filter(), n),
+                ),
+                _ => {
+                    let mut body = filter();
+                    body["name"] = json!(format!("segment {n}"));
+                    (
+                        "segment-create",
+                        Method::POST,
+                        "/open/v5/segments".into(),
+                        &open_headers[..],
+                        mutate(&mut rng, body, n),
+                    )
+                }
             };
-        let status = check(
+        let (status, answer) = check(
             &app,
             label,
             method,
@@ -476,6 +537,10 @@ async fn hostile_input(b: Backend) {
             body.to_string().into_bytes(),
         )
         .await;
+        assert!(
+            n >= UNMUTATED || status < 300,
+            "the {label} template was rejected: {status} {answer:?}"
+        );
         if status < 300 {
             accepted += 1;
         } else {
