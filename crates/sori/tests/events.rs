@@ -883,7 +883,51 @@ async fn pages_through_ties(b: Backend) {
     app.stop().await;
 }
 
+/// Many requests create the same new anonymous user at once, from different writer shards
+/// (each request's first item is another member, and shards follow the first item): one
+/// user per veilId results, holding every event.
+async fn one_anonymous_user_per_veil(b: Backend) {
+    let app = std::sync::Arc::new(common::spawn_with(b, |c| c.writer_shards = Some(4)).await);
+    for round in 0..4 {
+        let veil = format!("shared-veil-{round}");
+        let mut tasks = Vec::new();
+        for t in 0..12 {
+            let (app, veil) = (app.clone(), veil.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = segment(
+                    &app,
+                    "/v1/batch",
+                    json!({"batch": [
+                        {"type": "track", "userId": format!("racer-{round}-{t}"), "event": "Go"},
+                        {"type": "track", "anonymousId": veil, "event": "Seen"},
+                    ]}),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                assert!(r.body.get("errors").is_none(), "{:?}", r.body);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let list = app
+            .open(Method::GET, "/open/v5/users?limit=500", None)
+            .await;
+        assert_eq!(list.status, 200, "{:?}", list.body);
+        let users: Vec<&Value> = list.body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["veilId"] == veil.as_str() && u["memberId"].is_null())
+            .collect();
+        assert_eq!(users.len(), 1, "round {round}: {users:?}");
+        let id = users[0]["id"].as_str().unwrap();
+        assert_eq!(events_of(&app, id).await.len(), 12, "round {round}");
+    }
+}
+
 both!(
+    one_anonymous_user_per_veil,
     pages_through_ties,
     open_api_events,
     segment_api,
