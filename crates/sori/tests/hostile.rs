@@ -1,9 +1,9 @@
-//! Hostile input on every ingestion path, on SQLite and on PostgreSQL: valid Segment, SDK
-//! and Open API payloads are mutated at random (a seeded generator, so a failure repeats)
+//! Hostile input on every ingestion path and on the console's writes, on SQLite and on
+//! PostgreSQL: valid Segment, SDK, Open API and console payloads are mutated at random (a seeded generator, so a failure repeats)
 //! with wrong types, extreme numbers, NUL and oversized strings, deep nesting, odd keys,
 //! missing and unknown fields, and bodies that are not JSON at all. Every answer must be a
 //! 2xx or a 4xx that names its rule; a 4xx must leave the store as it was (users, events,
-//! registered profile fields); the server must keep answering.
+//! profile fields, segments, the channel, roles, managers); the server must keep answering.
 
 #![allow(clippy::unwrap_used)]
 
@@ -109,13 +109,11 @@ fn parent_mut<'v>(v: &'v mut Value, path: &[String]) -> Option<&'v mut Value> {
     Some(cur)
 }
 
-/// Cases sent as they are, one per template, to prove the templates valid (so the
-/// mutations are what gets rejected).
-const UNMUTATED: u64 = 12;
-
-/// One to three random edits of `v`: replace a value, delete a key, add an odd key.
-fn mutate(rng: &mut Rng, mut v: Value, n: u64) -> Value {
-    if n < UNMUTATED {
+/// One to three random edits of `v`: replace a value, delete a key, add an odd key. The
+/// first `arms` cases (one per template) go as they are, to prove the templates valid, so
+/// that the rejections come from the mutations.
+fn mutate(rng: &mut Rng, mut v: Value, n: u64, arms: u64) -> Value {
+    if n < arms {
         return v;
     }
     for _ in 0..1 + rng.below(3) {
@@ -191,35 +189,47 @@ fn basic(write_key: &str) -> String {
     )
 }
 
-/// What a rejected request must not have changed.
-async fn snapshot(app: &TestApp) -> (Value, Value, Value, Value) {
-    let users = app
-        .open(
+/// What a rejected request must not have changed: users (whole records), events, profile
+/// fields, segments, the channel, and with a console session its roles and managers.
+async fn snapshot(app: &TestApp, desk: Option<&(String, String)>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (method, path, body) in [
+        (Method::GET, "/open/v5/users?limit=500", None),
+        (
             Method::POST,
             "/open/v5/users/count?engine=sql",
             Some(json!({"filter": {"and": []}})),
-        )
-        .await;
-    assert_eq!(users.status, 200, "{:?}", users.body);
-    let catalog = app.open(Method::GET, "/open/v5/events/catalog", None).await;
-    assert_eq!(catalog.status, 200, "{:?}", catalog.body);
-    let fields = app.open(Method::GET, "/open/v5/profile-fields", None).await;
-    assert_eq!(fields.status, 200, "{:?}", fields.body);
-    let segments = app.open(Method::GET, "/open/v5/segments", None).await;
-    assert_eq!(segments.status, 200, "{:?}", segments.body);
-    (users.body, catalog.body, fields.body, segments.body)
+        ),
+        (Method::GET, "/open/v5/events/catalog", None),
+        (Method::GET, "/open/v5/profile-fields", None),
+        (Method::GET, "/open/v5/segments", None),
+        (Method::GET, "/open/v5/channel", None),
+    ] {
+        let r = app.open(method, path, body).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+        out.push(r.body);
+    }
+    if let Some(s) = desk {
+        for path in ["/desk/v1/roles", "/desk/v1/managers", "/desk/v1/fields"] {
+            let r = app.desk(s, Method::GET, path, None).await;
+            assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+            out.push(r.body);
+        }
+    }
+    out
 }
 
 /// Sends one request and checks the answer and, for a 4xx, that nothing changed.
 async fn check(
     app: &TestApp,
+    desk: Option<&(String, String)>,
     label: &str,
     method: Method,
     path: &str,
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (u16, Value) {
-    let before = snapshot(app).await;
+    let before = snapshot(app, desk).await;
     let shown = String::from_utf8_lossy(&body[..body.len().min(600)]).into_owned();
     let r = app.raw(method, path, headers, body).await;
     assert!(
@@ -244,7 +254,7 @@ async fn check(
             );
         }
         assert_eq!(
-            snapshot(app).await,
+            snapshot(app, desk).await,
             before,
             "{label} {path}: {} changed the store for {shown}",
             r.status
@@ -252,6 +262,9 @@ async fn check(
     }
     (r.status, r.body)
 }
+
+/// Templates of the Open API, SDK and Segment loop.
+const OPEN_ARMS: u64 = 12;
 
 async fn hostile_input(b: Backend) {
     let app = spawn_app(b).await;
@@ -295,10 +308,20 @@ async fn hostile_input(b: Backend) {
         b"{\"a\":1}{\"b\":2}",
     ] {
         for path in ["/v1/track", "/v1/identify", "/v1/page", "/v1/batch"] {
-            check(&app, "raw", Method::POST, path, &json_headers, raw.to_vec()).await;
+            check(
+                &app,
+                None,
+                "raw",
+                Method::POST,
+                path,
+                &json_headers,
+                raw.to_vec(),
+            )
+            .await;
         }
         check(
             &app,
+            None,
             "raw",
             Method::POST,
             "/sdk/v1/events",
@@ -308,6 +331,7 @@ async fn hostile_input(b: Backend) {
         .await;
         check(
             &app,
+            None,
             "raw",
             Method::POST,
             "/open/v5/users/u1/events",
@@ -324,6 +348,7 @@ async fn hostile_input(b: Backend) {
     ];
     let (status, _) = check(
         &app,
+        None,
         "gzip",
         Method::POST,
         "/v1/track",
@@ -348,7 +373,7 @@ async fn hostile_input(b: Backend) {
     ] {
         let path = format!("/open/v5/users/{key}/events");
         let body = json!({"name": "Viewed"}).to_string().into_bytes();
-        check(&app, "key", Method::POST, &path, &open_headers, body).await;
+        check(&app, None, "key", Method::POST, &path, &open_headers, body).await;
         let r = app.raw(Method::GET, &path, &open_headers, Vec::new()).await;
         assert!(r.status < 500, "GET {path}: {} {:?}", r.status, r.body);
     }
@@ -384,7 +409,7 @@ async fn hostile_input(b: Backend) {
         ("/sdk/v1/events", &sdk_headers[..], 256 * 1024),
         ("/open/v5/users/u1/events", &open_headers[..], 256 * 1024),
     ] {
-        let (status, _) = check(&app, "big", Method::POST, path, headers, big(size)).await;
+        let (status, _) = check(&app, None, "big", Method::POST, path, headers, big(size)).await;
         assert_eq!(status, 413, "{path}");
     }
 
@@ -392,7 +417,7 @@ async fn hostile_input(b: Backend) {
     let (mut accepted, mut rejected) = (0, 0);
     for n in 0..720u64 {
         let (label, method, path, headers, body): (&str, Method, String, &[(&str, &str)], Value) =
-            match n % 12 {
+            match n % OPEN_ARMS {
                 0 | 1 => {
                     let item = segment_item(n);
                     let path = match item["type"].as_str().unwrap() {
@@ -405,7 +430,7 @@ async fn hostile_input(b: Backend) {
                         Method::POST,
                         path.into(),
                         &json_headers,
-                        mutate(&mut rng, item, n),
+                        mutate(&mut rng, item, n, OPEN_ARMS),
                     )
                 }
                 2 => {
@@ -415,7 +440,7 @@ async fn hostile_input(b: Backend) {
                         Method::POST,
                         "/v1/batch".into(),
                         &json_headers,
-                        mutate(&mut rng, json!({ "batch": batch }), n),
+                        mutate(&mut rng, json!({ "batch": batch }), n, OPEN_ARMS),
                     )
                 }
                 3 => (
@@ -432,6 +457,7 @@ async fn hostile_input(b: Backend) {
                             "referrer": "https://search.example/", "unsubscribeEmail": true,
                             "trackDefaultEvent": true}),
                         n,
+                        OPEN_ARMS,
                     ),
                 ),
                 4 => (
@@ -444,6 +470,7 @@ async fn hostile_input(b: Backend) {
                         json!({"name": "Clicked", "property": {"button": "buy", "n": 1},
                             "page": "https://shop.example/item"}),
                         n,
+                        OPEN_ARMS,
                     ),
                 ),
                 5 => (
@@ -458,6 +485,7 @@ async fn hostile_input(b: Backend) {
                             "unsubscribeEmail": true, "addTags": ["a", "b"],
                             "removeTags": ["c"]}),
                         n,
+                        OPEN_ARMS,
                     ),
                 ),
                 6 => (
@@ -470,6 +498,7 @@ async fn hostile_input(b: Backend) {
                         json!({"name": "Purchased", "property": {"revenue": 5000, "items": [1, 2]},
                             "page": "https://shop.example/done"}),
                         n,
+                        OPEN_ARMS,
                     ),
                 ),
                 7 => (
@@ -482,6 +511,7 @@ async fn hostile_input(b: Backend) {
                         json!({"events": [{"name": "Viewed", "property": {"id": 1}},
                             {"name": "Liked", "property": {"ids": ["x"]}, "page": "https://a.example/"}]}),
                         n,
+                        OPEN_ARMS,
                     ),
                 ),
                 8 => (
@@ -496,6 +526,7 @@ async fn hostile_input(b: Backend) {
                             "profileOnce": {"firstOrder": "A-1"}, "tags": ["vip"],
                             "unsubscribeTexting": false}),
                         n,
+                        OPEN_ARMS,
                     ),
                 ),
                 9 => (
@@ -507,6 +538,7 @@ async fn hostile_input(b: Backend) {
                         &mut rng,
                         json!({"key": format!("f{}", n % 5), "name": "Field", "type": "number"}),
                         n,
+                        OPEN_ARMS,
                     ),
                 ),
                 10 => (
@@ -514,7 +546,7 @@ async fn hostile_input(b: Backend) {
                     Method::POST,
                     "/open/v5/users/count".into(),
                     &open_headers[..],
-                    mutate(&mut rng, filter(), n),
+                    mutate(&mut rng, filter(), n, OPEN_ARMS),
                 ),
                 _ => {
                     let mut body = filter();
@@ -524,12 +556,13 @@ async fn hostile_input(b: Backend) {
                         Method::POST,
                         "/open/v5/segments".into(),
                         &open_headers[..],
-                        mutate(&mut rng, body, n),
+                        mutate(&mut rng, body, n, OPEN_ARMS),
                     )
                 }
             };
         let (status, answer) = check(
             &app,
+            None,
             label,
             method,
             &path,
@@ -538,7 +571,7 @@ async fn hostile_input(b: Backend) {
         )
         .await;
         assert!(
-            n >= UNMUTATED || status < 300,
+            n >= OPEN_ARMS || status < 300,
             "the {label} template was rejected: {status} {answer:?}"
         );
         if status < 300 {
@@ -559,4 +592,103 @@ async fn hostile_input(b: Backend) {
     app.stop().await;
 }
 
-both!(hostile_input);
+/// Templates of the console loop.
+const CONSOLE_ARMS: u64 = 7;
+
+/// The same on the console API, signed in as the owner.
+async fn hostile_console(b: Backend) {
+    let app = spawn_app(b).await;
+    let owner = app.creds.owner.clone();
+    let s = app.login(&owner.email, &owner.password).await;
+    let r = app
+        .upsert("console-user", json!({"profile": {"name": "Han"}}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let user = r.body["user"]["id"].as_str().unwrap().to_owned();
+    let headers = [
+        ("cookie", s.0.as_str()),
+        ("x-csrf-token", s.1.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let mut rng = Rng(0x5eed_1234_abcd_0002);
+    let (mut accepted, mut rejected) = (0, 0);
+    for n in 0..280u64 {
+        let (label, method, path, template) = match n % CONSOLE_ARMS {
+            0 => (
+                "channel",
+                Method::PATCH,
+                "/desk/v1/channel".to_owned(),
+                json!({"name": "Shop", "timeZone": "Asia/Seoul", "defaultLanguage": "ko",
+                    "eventRetentionDays": 30}),
+            ),
+            1 => (
+                "user",
+                Method::PATCH,
+                format!("/desk/v1/users/{user}"),
+                json!({"profile": {"name": "Han", "cartCount": 1}, "tags": ["vip"]}),
+            ),
+            2 => (
+                "field",
+                Method::POST,
+                "/desk/v1/profile-fields".to_owned(),
+                json!({"key": format!("p{n}"), "name": "P", "type": "string"}),
+            ),
+            3 => (
+                "role",
+                Method::POST,
+                "/desk/v1/roles".to_owned(),
+                json!({"name": format!("R{n}"), "permissions": ["contacts.read"],
+                    "inboxScope": "all"}),
+            ),
+            4 => (
+                "manager",
+                Method::POST,
+                "/desk/v1/managers".to_owned(),
+                json!({"email": format!("m{n}@example.com"), "name": "M",
+                    "password": "long-password-1", "roleId": "basic"}),
+            ),
+            5 => (
+                "sensitive",
+                Method::PATCH,
+                "/desk/v1/fields/memberId".to_owned(),
+                json!({"sensitive": true}),
+            ),
+            _ => (
+                "login",
+                Method::POST,
+                "/desk/v1/login".to_owned(),
+                json!({"email": owner.email, "password": owner.password}),
+            ),
+        };
+        let body = mutate(&mut rng, template, n, CONSOLE_ARMS);
+        let (status, answer) = check(
+            &app,
+            Some(&s),
+            label,
+            method,
+            &path,
+            &headers,
+            body.to_string().into_bytes(),
+        )
+        .await;
+        assert!(
+            n >= CONSOLE_ARMS || status < 300,
+            "the {label} template was rejected: {status} {answer:?}"
+        );
+        if status < 300 {
+            accepted += 1;
+        } else {
+            rejected += 1;
+        }
+    }
+    // The console's bodies are strict (unknown fields are refused), so most mutations are
+    // rejected.
+    eprintln!("console: {accepted} accepted, {rejected} rejected");
+    assert!(
+        accepted > 15 && rejected > 100,
+        "{accepted} accepted, {rejected} rejected"
+    );
+    app.stop().await;
+}
+
+both!(hostile_input, hostile_console);
