@@ -1,9 +1,10 @@
 //! Hostile input on every ingestion path and on the console's writes, on SQLite and on
-//! PostgreSQL: valid Segment, SDK, Open API and console payloads are mutated at random (a seeded generator, so a failure repeats)
-//! with wrong types, extreme numbers, NUL and oversized strings, deep nesting, odd keys,
-//! missing and unknown fields, and bodies that are not JSON at all. Every answer must be a
-//! 2xx or a 4xx that names its rule; a 4xx must leave the store as it was (users, events,
-//! profile fields, segments, the channel, roles, managers); the server must keep answering.
+//! PostgreSQL: valid Segment, SDK, Open API and console payloads are mutated at random (a
+//! seeded generator, so a failure repeats) with wrong types, extreme numbers, NUL and
+//! oversized strings, deep nesting, odd keys, missing and unknown fields, and bodies that
+//! are not JSON at all. Every answer must be a 2xx or a 4xx that names its rule; a 4xx must
+//! leave the store as it was (users, events, profile fields, segments, the channel, roles,
+//! managers); the server must keep answering.
 
 #![allow(clippy::unwrap_used)]
 
