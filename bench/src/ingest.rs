@@ -9,6 +9,7 @@ use anyhow::bail;
 use base64::Engine;
 use serde_json::Value;
 
+use crate::cpu;
 use crate::wrk::wrk;
 
 /// Lua for wrk: builds each request's body with fresh message ids spread over 10,000 users.
@@ -99,7 +100,15 @@ pub async fn run(
         if !runs.iter().any(|r| r == run) {
             continue;
         }
+        let (server0, pg0) = (
+            server.pid().and_then(cpu::process_seconds),
+            cpu::postgres_seconds(),
+        );
         let real = wrk(base, &script(path, &auth, n), conns, seconds)?;
+        let (server1, pg1) = (
+            server.pid().and_then(cpu::process_seconds),
+            cpu::postgres_seconds(),
+        );
         let noop = wrk(base, &script("/_noop", &auth, n), conns, seconds)?;
         acked += (real.requests - real.non_2xx) * n as u64;
         let events = real.requests_per_s * n as f64;
@@ -108,6 +117,23 @@ pub async fn run(
             "  sori  {:>9.0} req/s = {:>9.0} events/s; ack p50 {:.2} ms, p99 {:.2} ms; non-2xx {}",
             real.requests_per_s, events, real.p50_ms, real.p99_ms, real.non_2xx
         );
+        // CPU per event: steadier than throughput from run to run (see `cpu`).
+        let done = (real.requests * n as u64).max(1) as f64;
+        if let (Some(a), Some(b)) = (server0, server1) {
+            let mut line = format!(
+                "  server CPU {:.2} cores, {:.1} µs per event",
+                (b - a) / seconds as f64,
+                (b - a) * 1e6 / done
+            );
+            if pg1 > pg0 {
+                line += &format!(
+                    "; PostgreSQL {:.2} cores, {:.1} µs per event",
+                    (pg1 - pg0) / seconds as f64,
+                    (pg1 - pg0) * 1e6 / done
+                );
+            }
+            println!("{line}");
+        }
         println!(
             "  no-op {:>9.0} req/s; p50 {:.2} ms, p99 {:.2} ms",
             noop.requests_per_s, noop.p50_ms, noop.p99_ms

@@ -7,6 +7,7 @@
 //! PostgreSQL `synchronous_commit=on`).
 
 mod audience;
+mod cpu;
 mod generate;
 mod ingest;
 mod upsert;
@@ -133,6 +134,13 @@ struct Server {
     secret: String,
     write_key: String,
     _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// The server's process id (for its CPU time).
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Server {
