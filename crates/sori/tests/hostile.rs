@@ -229,6 +229,42 @@ async fn snapshot(app: &TestApp, desk: Option<&(String, String)>) -> Vec<Value> 
     out
 }
 
+/// Outcomes of a loop of cases.
+#[derive(Default)]
+struct Tally {
+    accepted: u32,
+    rejected: u32,
+}
+
+impl Tally {
+    /// Counts case `n`; the first `arms` cases are the unmutated templates, which must pass.
+    fn record(&mut self, n: u64, arms: u64, label: &str, (status, answer): (u16, Value)) {
+        assert!(
+            n >= arms || status < 300,
+            "the {label} template was rejected: {status} {answer:?}"
+        );
+        if status < 300 {
+            self.accepted += 1;
+        } else {
+            self.rejected += 1;
+        }
+    }
+
+    /// The generator must reach both outcomes, or it tests nothing.
+    fn check_both(&self, what: &str, accepted: u32, rejected: u32) {
+        eprintln!(
+            "{what}: {} accepted, {} rejected",
+            self.accepted, self.rejected
+        );
+        assert!(
+            self.accepted > accepted && self.rejected > rejected,
+            "{what}: {} accepted, {} rejected",
+            self.accepted,
+            self.rejected
+        );
+    }
+}
+
 /// Sends one request and checks the answer and, for a 4xx, that nothing changed.
 async fn check(
     app: &TestApp,
@@ -439,7 +475,7 @@ async fn hostile_input(b: Backend) {
     assert_eq!(r.status, 201, "{:?}", r.body);
     let segment = r.body["segment"]["id"].as_str().unwrap().to_owned();
     let mut rng = Rng(seed(0x5eed_1234_abcd_0001));
-    let (mut accepted, mut rejected) = (0, 0);
+    let mut tally = Tally::default();
     for n in 0..960u64 {
         let (label, method, path, headers, body): (&str, Method, String, &[(&str, &str)], Value) =
             match n % OPEN_ARMS {
@@ -631,7 +667,7 @@ async fn hostile_input(b: Backend) {
                     ),
                 ),
             };
-        let (status, answer) = check(
+        let outcome = check(
             &app,
             None,
             label,
@@ -641,22 +677,9 @@ async fn hostile_input(b: Backend) {
             body.to_string().into_bytes(),
         )
         .await;
-        assert!(
-            n >= OPEN_ARMS || status < 300,
-            "the {label} template was rejected: {status} {answer:?}"
-        );
-        if status < 300 {
-            accepted += 1;
-        } else {
-            rejected += 1;
-        }
+        tally.record(n, OPEN_ARMS, label, outcome);
     }
-    // The generator must exercise both outcomes, or it tests nothing.
-    eprintln!("{accepted} accepted, {rejected} rejected");
-    assert!(
-        accepted > 100 && rejected > 100,
-        "{accepted} accepted, {rejected} rejected"
-    );
+    tally.check_both("open", 100, 100);
     // Still serving, and the store still reads back.
     let r = app.open(Method::GET, "/open/v5/events/catalog", None).await;
     assert_eq!(r.status, 200);
@@ -682,7 +705,7 @@ async fn hostile_console(b: Backend) {
         ("content-type", "application/json"),
     ];
     let mut rng = Rng(seed(0x5eed_1234_abcd_0002));
-    let (mut accepted, mut rejected) = (0, 0);
+    let mut tally = Tally::default();
     for n in 0..280u64 {
         let (label, method, path, template) = match n % CONSOLE_ARMS {
             0 => (
@@ -732,7 +755,7 @@ async fn hostile_console(b: Backend) {
             ),
         };
         let body = mutate(&mut rng, template, n, CONSOLE_ARMS);
-        let (status, answer) = check(
+        let outcome = check(
             &app,
             Some(&s),
             label,
@@ -742,23 +765,11 @@ async fn hostile_console(b: Backend) {
             body.to_string().into_bytes(),
         )
         .await;
-        assert!(
-            n >= CONSOLE_ARMS || status < 300,
-            "the {label} template was rejected: {status} {answer:?}"
-        );
-        if status < 300 {
-            accepted += 1;
-        } else {
-            rejected += 1;
-        }
+        tally.record(n, CONSOLE_ARMS, label, outcome);
     }
     // The console's bodies are strict (unknown fields are refused), so most mutations are
     // rejected.
-    eprintln!("console: {accepted} accepted, {rejected} rejected");
-    assert!(
-        accepted > 15 && rejected > 100,
-        "{accepted} accepted, {rejected} rejected"
-    );
+    tally.check_both("console", 15, 100);
     app.stop().await;
 }
 
