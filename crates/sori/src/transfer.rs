@@ -141,13 +141,20 @@ pub async fn import(
 
     match format {
         Format::Ndjson => {
-            for (i, line) in reader.lines().enumerate() {
+            // Lines as bytes: one line that is not UTF-8 (a stray Latin-1 export, say) is
+            // a bad line to report and skip, not the end of the import.
+            for (i, line) in reader.split(b'\n').enumerate() {
                 let line = line.with_context(|| format!("reading line {}", i + 1))?;
-                if line.trim().is_empty() {
+                let line = line.strip_suffix(b"\r").unwrap_or(&line);
+                if line.trim_ascii().is_empty() {
                     continue;
                 }
-                let parsed = serde_json::from_str::<Value>(&line)
-                    .map_err(|e| Invalid::one("line", format!("malformed JSON: {e}")));
+                let parsed = std::str::from_utf8(line)
+                    .map_err(|e| Invalid::one("line", format!("is not UTF-8 text: {e}")))
+                    .and_then(|text| {
+                        serde_json::from_str::<Value>(text)
+                            .map_err(|e| Invalid::one("line", format!("malformed JSON: {e}")))
+                    });
                 handle(i + 1, parsed, &mut pending, &mut summary, errors);
                 if pending.len() >= CHUNK {
                     flush(app, ch, &mut pending, &mut summary, errors).await?;
@@ -179,9 +186,22 @@ pub async fn import(
                         let line =
                             blank.skip(record.position().map_or(next, |p| p.line() as usize));
                         let cells: Vec<String> = record.iter().map(str::to_owned).collect();
-                        let parsed = match kind {
-                            Kind::Users => Ok(csv_user(&headers, &cells, &registry)),
-                            Kind::Events => csv_event(&headers, &cells),
+                        // Fewer cells than columns are empty cells (some exporters drop
+                        // trailing ones); more would be silently lost, so the row is bad.
+                        let parsed = if cells.len() > headers.len() {
+                            Err(Invalid::one(
+                                "line",
+                                format!(
+                                    "has {} cells but the header row names {} columns",
+                                    cells.len(),
+                                    headers.len()
+                                ),
+                            ))
+                        } else {
+                            match kind {
+                                Kind::Users => Ok(csv_user(&headers, &cells, &registry)),
+                                Kind::Events => csv_event(&headers, &cells),
+                            }
                         };
                         (line, parsed)
                     }

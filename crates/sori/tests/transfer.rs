@@ -50,7 +50,7 @@ impl Db {
         )
     }
 
-    fn file(&self, name: &str, text: &str) -> String {
+    fn file(&self, name: &str, text: impl AsRef<[u8]>) -> String {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         p.display().to_string()
@@ -186,6 +186,38 @@ async fn import_and_export(b: Backend) {
     assert_eq!(refund["property"], json!({"amount": 3}));
     assert_eq!(evs.len(), 4);
 
+    // A line that is not UTF-8 is reported and skipped in either format, and a CSV row
+    // with more cells than the header has columns is bad (its extra cells would be lost).
+    let latin = db.file(
+        "latin.ndjson",
+        b"{\"memberId\": \"u2\", \"name\": \"A\"}\r\n{\"memberId\": \"u2\", \"name\": \"Caf\xe9\"}\n{\"memberId\": \"u2\", \"name\": \"C\"}\n",
+    );
+    let (ok, done, err) = db.run(&["import", "events", &latin]);
+    assert!(ok, "{err}");
+    assert!(
+        done.contains("imported 2 events (0 already stored), skipped 1"),
+        "{done} {err}"
+    );
+    assert!(err.contains("line 2: line: is not UTF-8 text"), "{err}");
+    let latin = db.file(
+        "latin.csv",
+        b"memberId,name\nu2,D\nu2,Caf\xe9\nu2,E,extra\nu2,F\n",
+    );
+    let (ok, done, err) = db.run(&["import", "events", &latin]);
+    assert!(ok, "{err}");
+    assert!(
+        done.contains("imported 2 events (0 already stored), skipped 2"),
+        "{done} {err}"
+    );
+    assert!(err.contains("line 3: line: malformed CSV"), "{err}");
+    assert!(
+        err.contains("line 4: line: has 3 cells but the header row names 2 columns"),
+        "{err}"
+    );
+    let (ok, evs, err) = db.run(&["export", "events"]);
+    assert!(ok, "{err}");
+    assert_eq!(ndjson(&evs).len(), 8);
+
     // A user export re-imports: every member line is accepted.
     let exported = db.file("export.ndjson", &out);
     let (ok, again, err) = db.run(&["import", "users", &exported]);
@@ -205,7 +237,7 @@ async fn import_and_export(b: Backend) {
     assert!(out.starts_with("id,userId,name,createdAt,page,source,property"));
     let mut rdr = csv::Reader::from_reader(out.as_bytes());
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 8);
     assert!(
         rows.iter().all(|r| &r[5] == "import"),
         "every imported event's source"
