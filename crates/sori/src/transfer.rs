@@ -146,6 +146,12 @@ pub async fn import(
             for (i, line) in reader.split(b'\n').enumerate() {
                 let line = line.with_context(|| format!("reading line {}", i + 1))?;
                 let line = line.strip_suffix(b"\r").unwrap_or(&line);
+                // A byte-order mark, as Windows editors save UTF-8 (the CSV reader drops
+                // it itself).
+                let line = match i {
+                    0 => line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line),
+                    _ => line,
+                };
                 if line.trim_ascii().is_empty() {
                     continue;
                 }

@@ -186,11 +186,12 @@ async fn import_and_export(b: Backend) {
     assert_eq!(refund["property"], json!({"amount": 3}));
     assert_eq!(evs.len(), 4);
 
-    // A line that is not UTF-8 is reported and skipped in either format, and a CSV row
+    // A line that is not UTF-8 is reported and skipped in either format (a byte-order
+    // mark before the first line is not an error), and a CSV row
     // with more cells than the header has columns is bad (its extra cells would be lost).
     let latin = db.file(
         "latin.ndjson",
-        b"{\"memberId\": \"u2\", \"name\": \"A\"}\r\n{\"memberId\": \"u2\", \"name\": \"Caf\xe9\"}\n{\"memberId\": \"u2\", \"name\": \"C\"}\n",
+        b"\xef\xbb\xbf{\"memberId\": \"u2\", \"name\": \"A\"}\r\n{\"memberId\": \"u2\", \"name\": \"Caf\xe9\"}\n{\"memberId\": \"u2\", \"name\": \"C\"}\n",
     );
     let (ok, done, err) = db.run(&["import", "events", &latin]);
     assert!(ok, "{err}");
@@ -201,7 +202,7 @@ async fn import_and_export(b: Backend) {
     assert!(err.contains("line 2: line: is not UTF-8 text"), "{err}");
     let latin = db.file(
         "latin.csv",
-        b"memberId,name\nu2,D\nu2,Caf\xe9\nu2,E,extra\nu2,F\n",
+        b"\xef\xbb\xbfmemberId,name\nu2,D\nu2,Caf\xe9\nu2,E,extra\nu2,F\n",
     );
     let (ok, done, err) = db.run(&["import", "events", &latin]);
     assert!(ok, "{err}");
