@@ -182,6 +182,14 @@ pub async fn import(
                 .iter()
                 .map(str::to_owned)
                 .collect();
+            // Two columns of one name would leave which cell counts to chance.
+            let mut names = std::collections::HashSet::new();
+            if let Some(twice) = headers.iter().find(|h| !names.insert(h.trim())) {
+                anyhow::bail!(
+                    "the CSV header row names the column `{}` twice",
+                    twice.trim()
+                );
+            }
             let mut record = csv::StringRecord::new();
             loop {
                 // Line numbers from the parser: a quoted cell may span lines.

@@ -218,6 +218,11 @@ async fn import_and_export(b: Backend) {
     let (ok, evs, err) = db.run(&["export", "events"]);
     assert!(ok, "{err}");
     assert_eq!(ndjson(&evs).len(), 8);
+    // A header naming a column twice stops the run before anything is imported.
+    let twice = db.file("twice.csv", "memberId,name,name\nu2,G,H\n");
+    let (ok, _, err) = db.run(&["import", "events", &twice]);
+    assert!(!ok);
+    assert!(err.contains("names the column `name` twice"), "{err}");
 
     // A user export re-imports: every member line is accepted.
     let exported = db.file("export.ndjson", &out);
