@@ -6,7 +6,7 @@
 /// Clock ticks of user plus system time in a `/proc/…/stat` line (fields 14 and 15,
 /// counted after the parenthesised command name, which may hold spaces).
 fn ticks_of(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
@@ -17,7 +17,10 @@ pub fn process_seconds(pid: u32) -> Option<f64> {
     Some(ticks_of(&stat)? as f64 / ticks_per_second())
 }
 
-/// CPU seconds of every running process named `postgres` (server and backends).
+/// CPU seconds of every running process named `postgres` (server and backends). Two
+/// limits, fine for the benchmark's throwaway cluster with a fixed pool: a backend that
+/// exits during a run takes its ticks with it, and any other PostgreSQL on the machine
+/// is counted too.
 pub fn postgres_seconds() -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;

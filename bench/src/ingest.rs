@@ -118,7 +118,7 @@ pub async fn run(
             real.requests_per_s, events, real.p50_ms, real.p99_ms, real.non_2xx
         );
         // CPU per event: steadier than throughput from run to run (see `cpu`).
-        let done = (real.requests * n as u64).max(1) as f64;
+        let done = ((real.requests - real.non_2xx) * n as u64).max(1) as f64;
         if let (Some(a), Some(b)) = (server0, server1) {
             let mut line = format!(
                 "  server CPU {:.2} cores, {:.1} µs per event",

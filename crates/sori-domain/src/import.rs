@@ -254,6 +254,8 @@ pub fn csv_event(headers: &[String], cells: &[String]) -> Result<Value, Invalid>
                 _ => return Err(Invalid::one("property", "must be a JSON object")),
             },
             "property" | "id" | "source" => {}
+            // An unnamed column (an editor's leftover) may hold nothing.
+            "" if c.trim().is_empty() => {}
             "createdAt" => {
                 if let Some(v) = csv_cell(c, Some(FieldType::Datetime)) {
                     line.insert(h.into(), v);

@@ -1,11 +1,12 @@
-//! Request parsing with errors that name the field: JSON bodies (413 when too large, 400
-//! with line and column when malformed) and list query parameters.
+//! Request parsing with errors in the API's format that name the field: JSON and raw
+//! bodies (413 when too large, 400 with line and column when malformed), path
+//! parameters, and list query parameters.
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -58,34 +59,14 @@ where
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Path(p.0))
-            .map_err(|r| ApiError::field("path", r.body_text()))
-    }
-}
-
-/// Query parameters, whose rejections answer 400 in the API's error format naming
-/// `query`.
-pub struct Query<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for Query<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Query(q.0))
-            .map_err(|r| ApiError::field("query", r.body_text()))
-    }
-}
-
-impl<T> std::ops::Deref for Query<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
+            .map_err(|r| {
+                // A route that names a parameter its handler does not take is our bug.
+                if r.status().is_server_error() {
+                    ApiError::internal(&r.body_text())
+                } else {
+                    ApiError::field("path", r.body_text())
+                }
+            })
     }
 }
 

@@ -176,7 +176,8 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/v1/screen", post(segment::screen))
         .route("/v1/batch", post(segment::batch))
         .layer(DefaultBodyLimit::max(cfg.max_ingest_body_bytes))
-        .layer(tower_http::decompression::RequestDecompressionLayer::new());
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .layer(axum::middleware::map_response(ops::unsupported_encoding));
     let sdk = Router::new()
         // The OPTIONS routes let the CORS layer answer preflights (without them the
         // router's 405 fallback would).

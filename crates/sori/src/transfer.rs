@@ -152,15 +152,12 @@ pub async fn import(
                     0 => line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line),
                     _ => line,
                 };
-                if line.trim_ascii().is_empty() {
-                    continue;
-                }
-                let parsed = std::str::from_utf8(line)
-                    .map_err(|e| Invalid::one("line", format!("is not UTF-8 text: {e}")))
-                    .and_then(|text| {
-                        serde_json::from_str::<Value>(text)
-                            .map_err(|e| Invalid::one("line", format!("malformed JSON: {e}")))
-                    });
+                let parsed = match std::str::from_utf8(line) {
+                    Ok(text) if text.trim().is_empty() => continue,
+                    Ok(text) => serde_json::from_str::<Value>(text)
+                        .map_err(|e| Invalid::one("line", format!("malformed JSON: {e}"))),
+                    Err(e) => Err(Invalid::one("line", format!("is not UTF-8 text: {e}"))),
+                };
                 handle(i + 1, parsed, &mut pending, &mut summary, errors);
                 if pending.len() >= CHUNK {
                     flush(app, ch, &mut pending, &mut summary, errors).await?;
@@ -182,13 +179,19 @@ pub async fn import(
                 .iter()
                 .map(str::to_owned)
                 .collect();
-            // Two columns of one name would leave which cell counts to chance.
+            // Two columns of one name (`email` and `profile.email` are one profile key)
+            // would leave which cell counts to chance. Unnamed columns (an editor's
+            // leftovers) are ignored by the import, so they may repeat.
             let mut names = std::collections::HashSet::new();
-            if let Some(twice) = headers.iter().find(|h| !names.insert(h.trim())) {
-                anyhow::bail!(
-                    "the CSV header row names the column `{}` twice",
-                    twice.trim()
-                );
+            let twice = headers.iter().map(|h| h.trim()).find(|h| {
+                let key = match kind {
+                    Kind::Users => h.strip_prefix("profile.").unwrap_or(h),
+                    Kind::Events => h,
+                };
+                !key.is_empty() && !names.insert(key)
+            });
+            if let Some(twice) = twice {
+                anyhow::bail!("the CSV header row names the column `{twice}` twice");
             }
             let mut record = csv::StringRecord::new();
             loop {
@@ -201,8 +204,10 @@ pub async fn import(
                             blank.skip(record.position().map_or(next, |p| p.line() as usize));
                         let cells: Vec<String> = record.iter().map(str::to_owned).collect();
                         // Fewer cells than columns are empty cells (some exporters drop
-                        // trailing ones); more would be silently lost, so the row is bad.
-                        let parsed = if cells.len() > headers.len() {
+                        // trailing ones); more, unless empty (trailing commas), would be
+                        // silently lost, so the row is bad.
+                        let extra = cells.get(headers.len()..).unwrap_or_default();
+                        let parsed = if extra.iter().any(|c| !c.trim().is_empty()) {
                             Err(Invalid::one(
                                 "line",
                                 format!(

@@ -191,18 +191,20 @@ async fn import_and_export(b: Backend) {
     // with more cells than the header has columns is bad (its extra cells would be lost).
     let latin = db.file(
         "latin.ndjson",
-        b"\xef\xbb\xbf{\"memberId\": \"u2\", \"name\": \"A\"}\r\n{\"memberId\": \"u2\", \"name\": \"Caf\xe9\"}\n{\"memberId\": \"u2\", \"name\": \"C\"}\n",
+        b"\xef\xbb\xbf{\"memberId\": \"u2\", \"name\": \"A\"}\r\n{\"memberId\": \"u2\", \"name\": \"Caf\xe9\"}\n\n{\"memberId\": \"u2\"}\n{\"memberId\": \"u2\", \"name\": \"C\"}",
     );
     let (ok, done, err) = db.run(&["import", "events", &latin]);
     assert!(ok, "{err}");
     assert!(
-        done.contains("imported 2 events (0 already stored), skipped 1"),
+        done.contains("imported 2 events (0 already stored), skipped 2"),
         "{done} {err}"
     );
     assert!(err.contains("line 2: line: is not UTF-8 text"), "{err}");
+    // After an empty line 3; the last line has no line end and is still read.
+    assert!(err.contains("line 4: name"), "{err}");
     let latin = db.file(
         "latin.csv",
-        b"\xef\xbb\xbfmemberId,name\nu2,D\nu2,Caf\xe9\nu2,E,extra\nu2,F\n",
+        b"\xef\xbb\xbfmemberId,name,,\nu2,D\nu2,Caf\xe9\nu2,E,,,extra\nu2,F,,,\n",
     );
     let (ok, done, err) = db.run(&["import", "events", &latin]);
     assert!(ok, "{err}");
@@ -212,17 +214,31 @@ async fn import_and_export(b: Backend) {
     );
     assert!(err.contains("line 3: line: malformed CSV"), "{err}");
     assert!(
-        err.contains("line 4: line: has 3 cells but the header row names 2 columns"),
+        err.contains("line 4: line: has 5 cells but the header row names 4 columns"),
         "{err}"
     );
     let (ok, evs, err) = db.run(&["export", "events"]);
     assert!(ok, "{err}");
     assert_eq!(ndjson(&evs).len(), 8);
-    // A header naming a column twice stops the run before anything is imported.
+    // A header naming a column twice stops the run before anything is imported (for
+    // users, `email` and `profile.email` are one column).
     let twice = db.file("twice.csv", "memberId,name,name\nu2,G,H\n");
     let (ok, _, err) = db.run(&["import", "events", &twice]);
     assert!(!ok);
     assert!(err.contains("names the column `name` twice"), "{err}");
+    let (ok, evs, err) = db.run(&["export", "events"]);
+    assert!(ok, "{err}");
+    assert_eq!(ndjson(&evs).len(), 8);
+    let twice = db.file(
+        "twice-users.csv",
+        "memberId,email,profile.email\nu7,a@x.io,b@x.io\n",
+    );
+    let (ok, _, err) = db.run(&["import", "users", &twice]);
+    assert!(!ok);
+    assert!(
+        err.contains("names the column `profile.email` twice"),
+        "{err}"
+    );
 
     // A user export re-imports: every member line is accepted.
     let exported = db.file("export.ndjson", &out);

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::body::{Path, Query};
+use crate::body::Path;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use serde::Serialize;
 use serde_json::Value;
 use sori_app::secrets::{is_id, new_id, now_ms};

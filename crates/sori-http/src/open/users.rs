@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 
-use crate::body::{Path, Query};
+use crate::body::Path;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
