@@ -162,7 +162,7 @@ fn mutate(rng: &mut Rng, mut v: Value, n: u64, arms: u64) -> Value {
 }
 
 fn segment_item(n: u64) -> Value {
-    match n % 3 {
+    match n % 4 {
         0 => json!({"type": "track", "userId": format!("u{}", n % 7), "event": "Order Completed",
             "messageId": format!("m-{n}"), "timestamp": "2026-01-02T03:04:05Z",
             "properties": {"revenue": 12000, "sku": "A-1", "tags": ["x", "y"], "meta": {"a": 1}},
@@ -176,6 +176,10 @@ fn segment_item(n: u64) -> Value {
                 "plan": "pro", "age": 31, "createdAt": "2025-05-01T00:00:00Z",
                 "address": {"city": "Busan"}}})
         }
+        2 => json!({"type": "screen", "userId": format!("u{}", n % 7), "name": "Cart",
+            "messageId": format!("m-{n}"), "properties": {"items": 2},
+            "context": {"app": {"name": "Shop", "version": "1.2", "build": "120"},
+                "os": {"name": "iOS", "version": "17.0"}, "device": {"model": "iPhone15,2"}}}),
         _ => json!({"type": "page", "anonymousId": format!("a{}", n % 5), "name": "Home",
             "messageId": format!("m-{n}"),
             "properties": {"url": "https://shop.example/?utm_source=news&utm_medium=mail"},
@@ -469,10 +473,12 @@ async fn hostile_input(b: Backend) {
         let (label, method, path, headers, body): (&str, Method, String, &[(&str, &str)], Value) =
             match n % OPEN_ARMS {
                 0 | 1 => {
-                    let item = segment_item(n);
+                    // Consecutive numbers over the loop, so every kind comes up.
+                    let item = segment_item(n / OPEN_ARMS * 2 + n % OPEN_ARMS);
                     let path = match item["type"].as_str().unwrap() {
                         "track" => "/v1/track",
                         "identify" => "/v1/identify",
+                        "screen" => "/v1/screen",
                         _ => "/v1/page",
                     };
                     (
