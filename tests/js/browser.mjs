@@ -381,12 +381,41 @@ async function run(browser, pagesOrigin) {
       window.Sori('track', long);
       window.Sori('noSuchMethod', 1, 2);
       window.Sori('track');
+      window.Sori(42);
+      const circular = {};
+      circular.self = circular;
+      window.Sori('track', 'Circular', circular);
+      window.Sori('track', 'TooBig', { s: 'x'.repeat(5000) });
+      window.Sori('setPage', { toString() { throw new Error('boom'); } });
+      window.Sori('resetPage');
     }, long);
+    // Calls with callbacks hear why: the server's 400, or a body JSON cannot hold.
+    const bad = await sdkCall(fresh, 'updateUser', { profile: 'not an object' });
+    assert.equal(bad.error && bad.error.status, 400, `updateUser 400: ${JSON.stringify(bad)}`);
+    assert.equal(bad.user, null, 'no user with the error');
+    const unsendable = await fresh.evaluate(
+      () =>
+        new Promise((resolve) => {
+          const circular = {};
+          circular.self = circular;
+          window.Sori('updateUser', { profile: circular }, (e, u) =>
+            resolve({ status: e && e.status, message: e && e.message, user: u }));
+        }),
+    );
+    assert.equal(unsendable.status, 0, `circular updateUser: ${JSON.stringify(unsendable)}`);
+    assert.equal(unsendable.user, null, 'no user with the error');
     await sdk(fresh, 'track', 'Marker8');
     const list = await eventsWith(s.freshId, 'Marker8');
     assert.deepEqual(named(list, long), [], 'no event with a 31-character name');
+    assert.deepEqual(named(list, 'Circular'), [], 'no event with a circular property');
+    assert.deepEqual(named(list, 'TooBig'), [], 'no event with a 5,000-byte property');
+    assert.equal(
+      named(list, 'Marker8')[0].page,
+      named(list, 'Marker7')[0].page,
+      'a setPage that threw changed nothing',
+    );
     assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
-    return 'rejected quietly';
+    return `rejected quietly; updateUser heard ${bad.error.status} and ${unsendable.status}`;
   });
 
   step('9 own-site referrer, trackUtmSource:false, removeTags, shutdown', async () => {
