@@ -383,4 +383,110 @@ async fn acknowledged_events_survive_kill_9(b: Backend) {
     child.wait().unwrap();
 }
 
-both!(import_and_export, acknowledged_events_survive_kill_9);
+/// An import runs while the server ingests from HTTP clients (on SQLite, two processes
+/// writing one database file; on PostgreSQL, two writers): every acknowledged event and
+/// every imported line is stored, once.
+async fn import_while_serving(b: Backend) {
+    let db = Db::new(b).await;
+    let (mut child, base, keys) = serve(&db);
+    let write = key(&keys, "writeKey");
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write}:"))
+    );
+    // 6,000 lines for 50 members, 2,000 of them for members the clients also send to.
+    let lines: Vec<String> = (0..6_000)
+        .map(|i| {
+            json!({"memberId": format!("m{}", i % 50), "name": "Imported",
+                "property": {"i": i}, "createdAt": 1_700_000_000_000_i64 + i})
+            .to_string()
+        })
+        .collect();
+    let file = db.file("concurrent.ndjson", lines.join("\n"));
+    let http = reqwest::Client::new();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (http, base, auth, stop) = (http.clone(), base.clone(), auth.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = 0u64;
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<Value> = (0..20)
+                    .map(|i| {
+                        json!({"type": "track", "userId": format!("m{}", (seq + i) % 20),
+                            "event": "Live", "messageId": format!("live-{t}-{}", seq + i)})
+                    })
+                    .collect();
+                seq += 20;
+                let r = http
+                    .post(format!("{base}/v1/batch"))
+                    .header("authorization", &auth)
+                    .json(&json!({ "batch": batch }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                acked += 20;
+            }
+            acked
+        }));
+    }
+    let import = {
+        let mut c = db.sori();
+        c.args(["import", "events", &file]);
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+    };
+    let out = import.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.unwrap();
+    }
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{summary} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        summary.contains("imported 6000 events (0 already stored), skipped 0"),
+        "{summary}"
+    );
+    assert!(acked >= 20, "the clients sent during the import");
+    // The catalog counts what was stored, once per event.
+    let (ak, asec) = (key(&keys, "accessKey"), key(&keys, "accessSecret"));
+    let catalog: Value = http
+        .get(format!("{base}/open/v5/events/catalog"))
+        .header("x-access-key", &ak)
+        .header("x-access-secret", &asec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let count = |name: &str| {
+        catalog["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map_or(0, |e| e["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("Imported"), 6_000, "{catalog}");
+    assert_eq!(count("Live"), acked, "{catalog}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // And so does a full export, read back through the store.
+    let (ok, all, err) = db.run(&["export", "events"]);
+    assert!(ok, "{err}");
+    assert_eq!(ndjson(&all).len() as u64, 6_000 + acked);
+    println!("{acked} events acknowledged over HTTP while 6,000 lines were imported");
+}
+
+both!(
+    import_and_export,
+    acknowledged_events_survive_kill_9,
+    import_while_serving
+);
