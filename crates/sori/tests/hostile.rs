@@ -224,7 +224,12 @@ async fn snapshot(app: &TestApp, desk: Option<&(String, String)>) -> Vec<Value> 
         out.push(r.body);
     }
     if let Some(s) = desk {
-        for path in ["/desk/v1/roles", "/desk/v1/managers", "/desk/v1/fields"] {
+        for path in [
+            "/desk/v1/roles",
+            "/desk/v1/managers",
+            "/desk/v1/fields",
+            "/desk/v1/audit/reveals",
+        ] {
             let r = app.desk(s, Method::GET, path, None).await;
             assert_eq!(r.status, 200, "{path}: {:?}", r.body);
             out.push(r.body);
@@ -314,7 +319,7 @@ async fn check(
 }
 
 /// Templates of the Open API, SDK and Segment loop.
-const OPEN_ARMS: u64 = 16;
+const OPEN_ARMS: u64 = 18;
 
 async fn hostile_input(b: Backend) {
     let app = spawn_app(b).await;
@@ -469,7 +474,7 @@ async fn hostile_input(b: Backend) {
     let segment = r.body["segment"]["id"].as_str().unwrap().to_owned();
     let mut rng = Rng(seed(0x5eed_1234_abcd_0001));
     let mut tally = Tally::default();
-    for n in 0..960u64 {
+    for n in 0..1080u64 {
         let (label, method, path, headers, body): (&str, Method, String, &[(&str, &str)], Value) =
             match n % OPEN_ARMS {
                 0 | 1 => {
@@ -648,6 +653,31 @@ async fn hostile_input(b: Backend) {
                         OPEN_ARMS,
                     ),
                 ),
+                16 => (
+                    "field-patch",
+                    Method::PATCH,
+                    "/open/v5/profile-fields/cartCount".into(),
+                    &open_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"name": "Cart", "sensitive": false}),
+                        n,
+                        OPEN_ARMS,
+                    ),
+                ),
+                17 => (
+                    "user-create",
+                    Method::POST,
+                    "/open/v5/users".into(),
+                    &open_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"memberId": format!("created-{n}"), "profile": {"name": "New"},
+                            "tags": ["new"]}),
+                        n,
+                        OPEN_ARMS,
+                    ),
+                ),
                 _ => (
                     "user-patch",
                     Method::PATCH,
@@ -682,7 +712,7 @@ async fn hostile_input(b: Backend) {
 }
 
 /// Templates of the console loop.
-const CONSOLE_ARMS: u64 = 7;
+const CONSOLE_ARMS: u64 = 11;
 
 /// The same on the console API, signed in as the owner.
 async fn hostile_console(b: Backend) {
@@ -694,6 +724,44 @@ async fn hostile_console(b: Backend) {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let user = r.body["user"]["id"].as_str().unwrap().to_owned();
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/profile-fields",
+            Some(json!({"key": "nickname", "type": "string"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = app
+        .desk(
+            &s,
+            Method::POST,
+            "/desk/v1/roles",
+            Some(json!({"name": "Fixed", "permissions": [], "inboxScope": "all"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let role = r.body["id"].as_str().unwrap().to_owned();
+    let r = app
+        .desk(
+            &s,
+            Method::PATCH,
+            "/desk/v1/fields/profile.nickname",
+            Some(json!({"sensitive": true})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let r = app
+        .desk(
+            &s,
+            Method::POST,
+            "/desk/v1/managers",
+            Some(json!({"email": "fixed@example.com", "name": "F",
+                "password": "long-password-1", "roleId": "basic"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let manager = r.body["id"].as_str().unwrap().to_owned();
     let headers = [
         ("cookie", s.0.as_str()),
         ("x-csrf-token", s.1.as_str()),
@@ -701,7 +769,7 @@ async fn hostile_console(b: Backend) {
     ];
     let mut rng = Rng(seed(0x5eed_1234_abcd_0002));
     let mut tally = Tally::default();
-    for n in 0..280u64 {
+    for n in 0..440u64 {
         let (label, method, path, template) = match n % CONSOLE_ARMS {
             0 => (
                 "channel",
@@ -742,11 +810,35 @@ async fn hostile_console(b: Backend) {
                 "/desk/v1/fields/memberId".to_owned(),
                 json!({"sensitive": true}),
             ),
-            _ => (
+            6 => (
                 "login",
                 Method::POST,
                 "/desk/v1/login".to_owned(),
                 json!({"email": owner.email, "password": owner.password}),
+            ),
+            7 => (
+                "reveal",
+                Method::POST,
+                format!("/desk/v1/users/{user}/reveal"),
+                json!({"fields": ["profile.nickname"]}),
+            ),
+            8 => (
+                "role-patch",
+                Method::PATCH,
+                format!("/desk/v1/roles/{role}"),
+                json!({"name": "Fixed", "permissions": ["contacts.read"], "inboxScope": "assigned"}),
+            ),
+            9 => (
+                "manager-patch",
+                Method::PATCH,
+                format!("/desk/v1/managers/{manager}"),
+                json!({"roleId": role}),
+            ),
+            _ => (
+                "field-patch",
+                Method::PATCH,
+                "/desk/v1/profile-fields/nickname".to_owned(),
+                json!({"name": "E-mail", "sensitive": true}),
             ),
         };
         let body = mutate(&mut rng, template, n, CONSOLE_ARMS);
