@@ -50,6 +50,15 @@ impl Db {
         )
     }
 
+    /// Runs `sori import KIND FILE`, which must succeed with `summary` in its report;
+    /// returns what it wrote to stderr (the bad lines).
+    fn import_ok(&self, kind: &str, file: &str, summary: &str) -> String {
+        let (ok, out, err) = self.run(&["import", kind, file]);
+        assert!(ok, "{err}");
+        assert!(out.contains(summary), "{out} {err}");
+        err
+    }
+
     fn file(&self, name: &str, text: impl AsRef<[u8]>) -> String {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -84,12 +93,7 @@ async fn import_and_export(b: Backend) {
         .join("\n")
             + "\n{broken\n"),
     );
-    let (ok, out, err) = db.run(&["import", "users", &users]);
-    assert!(ok, "{err}");
-    assert!(
-        out.contains("imported 2 users, skipped 4 bad lines"),
-        "{out}"
-    );
+    let err = db.import_ok("users", &users, "imported 2 users, skipped 4 bad lines");
     assert!(err.contains("line 3: profile.age"), "{err}");
     assert!(err.contains("line 4: memberId"), "{err}");
     assert!(
@@ -102,9 +106,7 @@ async fn import_and_export(b: Backend) {
         "users.csv",
         "memberId,name,zip,visits,tags,createdAt\r\nu4,\"Park\r\nJr\",01234,3,a;b,2020-01-01T00:00:00Z\r\n\r\n\r\n,Nobody,,,,\r\n",
     );
-    let (ok, out, err) = db.run(&["import", "users", &csv_users]);
-    assert!(ok, "{err}");
-    assert!(out.contains("imported 1 users, skipped 1"), "{out} {err}");
+    let err = db.import_ok("users", &csv_users, "imported 1 users, skipped 1");
     // CRLF line ends (Excel); the quoted name spans two lines and two empty lines follow,
     // so the bad row is line 6.
     assert!(err.contains("line 6: memberId"), "{err}");
@@ -122,9 +124,7 @@ async fn import_and_export(b: Backend) {
         "imported 3 events (0 already stored), skipped 1",
         "imported 0 events (3 already stored), skipped 1",
     ] {
-        let (ok, out, err) = db.run(&["import", "events", &events]);
-        assert!(ok, "{err}");
-        assert!(out.contains(summary), "{out} {err}");
+        let err = db.import_ok("events", &events, summary);
         assert!(err.contains("line 5: name"), "{err}");
     }
 
@@ -169,11 +169,10 @@ async fn import_and_export(b: Backend) {
     .collect::<Vec<_>>()
     .join("\n");
     let nd = db.file("events.ndjson", &nd);
-    let (ok, done, err) = db.run(&["import", "events", &nd]);
-    assert!(ok, "{err}");
-    assert!(
-        done.contains("imported 1 events (0 already stored), skipped 2"),
-        "{done} {err}"
+    let err = db.import_ok(
+        "events",
+        &nd,
+        "imported 1 events (0 already stored), skipped 2",
     );
     assert!(err.contains("line 2: name"), "{err}");
     assert!(err.contains("line 3:"), "{err}");
@@ -187,17 +186,16 @@ async fn import_and_export(b: Backend) {
     assert_eq!(evs.len(), 4);
 
     // A line that is not UTF-8 is reported and skipped in either format (a byte-order
-    // mark before the first line is not an error), and a CSV row
-    // with more cells than the header has columns is bad (its extra cells would be lost).
+    // mark before the first line is not an error), and a CSV row with more non-empty
+    // cells than the header has columns is bad (its extra cells would be lost).
     let latin = db.file(
         "latin.ndjson",
         b"\xef\xbb\xbf{\"memberId\": \"u2\", \"name\": \"A\"}\r\n{\"memberId\": \"u2\", \"name\": \"Caf\xe9\"}\n\n{\"memberId\": \"u2\"}\n{\"memberId\": \"u2\", \"name\": \"C\"}",
     );
-    let (ok, done, err) = db.run(&["import", "events", &latin]);
-    assert!(ok, "{err}");
-    assert!(
-        done.contains("imported 2 events (0 already stored), skipped 2"),
-        "{done} {err}"
+    let err = db.import_ok(
+        "events",
+        &latin,
+        "imported 2 events (0 already stored), skipped 2",
     );
     assert!(err.contains("line 2: line: is not UTF-8 text"), "{err}");
     // After an empty line 3; the last line has no line end and is still read.
@@ -206,11 +204,10 @@ async fn import_and_export(b: Backend) {
         "latin.csv",
         b"\xef\xbb\xbfmemberId,name,,\nu2,D\nu2,Caf\xe9\nu2,E,,,extra\nu2,F,,,\n",
     );
-    let (ok, done, err) = db.run(&["import", "events", &latin]);
-    assert!(ok, "{err}");
-    assert!(
-        done.contains("imported 2 events (0 already stored), skipped 2"),
-        "{done} {err}"
+    let err = db.import_ok(
+        "events",
+        &latin,
+        "imported 2 events (0 already stored), skipped 2",
     );
     assert!(err.contains("line 3: line: malformed CSV"), "{err}");
     assert!(
@@ -242,12 +239,7 @@ async fn import_and_export(b: Backend) {
 
     // A user export re-imports: every member line is accepted.
     let exported = db.file("export.ndjson", &out);
-    let (ok, again, err) = db.run(&["import", "users", &exported]);
-    assert!(ok, "{err}");
-    assert!(
-        again.contains("imported 3 users, skipped 0"),
-        "{again} {err}"
-    );
+    db.import_ok("users", &exported, "imported 3 users, skipped 0");
 
     let (ok, out, err) = db.run(&["export", "users", "--format", "csv"]);
     assert!(ok, "{err}");
