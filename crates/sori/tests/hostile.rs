@@ -70,6 +70,25 @@ fn nasty(rng: &mut Rng, n: u64) -> Value {
     }
 }
 
+/// Path keys chosen to break routing and decoding.
+fn odd_keys() -> Vec<String> {
+    [
+        "%00",
+        "@",
+        "@%00",
+        "%F0%9F%8E%89",
+        "..",
+        "a%2Fb",
+        "%FF",
+        "@%20",
+        "profile.%FF",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([format!("@{}", "m".repeat(2000))])
+    .collect()
+}
+
 /// A key chosen to break a mapping.
 fn nasty_key(rng: &mut Rng) -> String {
     match rng.below(8) {
@@ -398,19 +417,26 @@ async fn hostile_input(b: Backend) {
         }
     }
 
-    // Odd user keys in the path, for writes and reads.
-    let long = format!("@{}", "m".repeat(2000));
-    for key in [
-        "%00",
-        "@",
-        "@%00",
-        long.as_str(),
-        "%F0%9F%8E%89",
-        "..",
-        "a%2Fb",
-        "%FF",
-        "@%20",
-    ] {
+    // Odd keys in the path, for writes, reads and deletions (nothing has these keys, so
+    // every deletion is a 4xx that changes nothing).
+    for key in odd_keys() {
+        for path in [
+            format!("/open/v5/users/{key}"),
+            format!("/open/v5/profile-fields/{key}"),
+            format!("/open/v5/segments/{key}"),
+        ] {
+            let (status, answer) = check(
+                &app,
+                None,
+                "delete",
+                Method::DELETE,
+                &path,
+                &open_headers,
+                vec![],
+            )
+            .await;
+            assert!((400..500).contains(&status), "DELETE {path}: {answer:?}");
+        }
         let path = format!("/open/v5/users/{key}/events");
         let body = json!({"name": "Viewed"}).to_string().into_bytes();
         check(&app, None, "key", Method::POST, &path, &open_headers, body).await;
@@ -767,6 +793,31 @@ async fn hostile_console(b: Backend) {
         ("x-csrf-token", s.1.as_str()),
         ("content-type", "application/json"),
     ];
+    for key in odd_keys() {
+        for path in [
+            format!("/desk/v1/roles/{key}"),
+            format!("/desk/v1/managers/{key}"),
+            format!("/desk/v1/profile-fields/{key}"),
+            format!("/desk/v1/users/{key}"),
+        ] {
+            let method = if path.starts_with("/desk/v1/users/") {
+                Method::PATCH
+            } else {
+                Method::DELETE
+            };
+            let (status, answer) = check(
+                &app,
+                Some(&s),
+                "console-key",
+                method,
+                &path,
+                &headers,
+                b"{}".to_vec(),
+            )
+            .await;
+            assert!((400..500).contains(&status), "{path}: {answer:?}");
+        }
+    }
     let mut rng = Rng(seed(0x5eed_1234_abcd_0002));
     let mut tally = Tally::default();
     for n in 0..440u64 {
