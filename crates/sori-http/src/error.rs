@@ -125,20 +125,58 @@ impl From<sori_store::StoreError> for ApiError {
     }
 }
 
+/// Longest field path an error echoes (characters).
+const MAX_FIELD_CHARS: usize = 200;
+/// Longest message an error carries (characters).
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// `s` cut to `max` characters, marked with an ellipsis. Messages quote the client's
+/// input (an unknown key, say), and a megabyte-long key should not come back twice.
+pub(crate) fn clip(mut s: String, max: usize) -> String {
+    if let Some((at, _)) = s.char_indices().nth(max) {
+        s.truncate(at);
+        s.push('…');
+    }
+    s
+}
+
+/// A field path as errors show it.
+pub(crate) fn clip_field(s: String) -> String {
+    clip(s, MAX_FIELD_CHARS)
+}
+
+/// A message as errors show it.
+pub(crate) fn clip_message(s: String) -> String {
+    clip(s, MAX_MESSAGE_CHARS)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             kind: self.kind,
-            message: self.message,
+            message: clip_message(self.message),
             errors: self
                 .errors
                 .into_iter()
                 .map(|f| FieldErrorBody {
-                    field: f.field,
-                    message: f.message,
+                    field: clip_field(f.field),
+                    message: clip_message(f.message),
                 })
                 .collect(),
         };
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clips_on_character_boundaries() {
+        assert_eq!(clip("abc".into(), 3), "abc");
+        assert_eq!(clip("abcd".into(), 3), "abc…");
+        assert_eq!(clip("한국어입니다".into(), 2), "한국…");
+        assert_eq!(clip(String::new(), 0), "");
     }
 }

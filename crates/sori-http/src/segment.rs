@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::body::RawBody;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, clip_field, clip_message};
 
 /// Most items in one batch.
 pub const MAX_BATCH_ITEMS: usize = 2000;
@@ -207,7 +207,7 @@ pub async fn batch(
             Err(e) => errors.push(ItemError {
                 index: i,
                 field: format!("batch[{i}]"),
-                message: e.to_string(),
+                message: clip_message(e.to_string()),
             }),
         }
     }
@@ -248,7 +248,7 @@ fn with_batch_defaults<'a>(item: &'a Value, body: &Value) -> std::borrow::Cow<'a
 fn item_error(index: usize, f: FieldError) -> ItemError {
     ItemError {
         index,
-        field: f.field,
-        message: f.message,
+        field: clip_field(f.field),
+        message: clip_message(f.message),
     }
 }

@@ -320,6 +320,13 @@ async fn check(
             r.status,
             r.body
         );
+        // Errors quote input, but only so much of it (a long key is cut).
+        let field = r.body["errors"][0]["field"].as_str().unwrap_or("");
+        assert!(
+            message.chars().count() <= 1001 && field.chars().count() <= 201,
+            "{label} {path}: an error {} characters long",
+            message.chars().count()
+        );
         if r.status == 400 {
             assert!(
                 r.body["errors"][0]["field"].is_string(),
