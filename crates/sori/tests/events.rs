@@ -926,7 +926,81 @@ async fn one_anonymous_user_per_veil(b: Backend) {
     }
 }
 
+/// Merges and events racing on a few members from many clients and four writer shards:
+/// anonymous browsers boot as members while Segment batches write to the same members
+/// from other shards. Every request succeeds (races are retried, never surfaced), and
+/// every member ends with every event sent to it or merged into it.
+async fn merges_race_events(b: Backend) {
+    let app = std::sync::Arc::new(common::spawn_with(b, |c| c.writer_shards = Some(4)).await);
+    let pk = app.creds.plugin_key.clone();
+    let mut tasks = Vec::new();
+    for t in 0..12 {
+        let (app, pk) = (app.clone(), pk.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0;
+            for round in 0..6 {
+                let member = format!("racer-{}", (t + round) % 3);
+                // An anonymous visit with an event, then a sign-in that merges it.
+                let veil = format!("veil-{t}-{round}");
+                let r = boot(&app, json!({"pluginKey": pk, "veilId": veil})).await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                let r = boot(
+                    &app,
+                    json!({"pluginKey": pk, "veilId": veil, "memberId": member,
+                        "trackDefaultEvent": false}),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                // Server-side events for the three members, first item varying the shard.
+                let r = segment(
+                    &app,
+                    "/v1/batch",
+                    json!({"batch": [
+                        {"type": "track", "userId": format!("racer-{}", (t + round + 1) % 3), "event": "Race"},
+                        {"type": "track", "userId": format!("racer-{}", (t + round + 2) % 3), "event": "Race"},
+                        {"type": "track", "userId": member, "event": "Race"},
+                    ]}),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                assert!(r.body.get("errors").is_none(), "{:?}", r.body);
+                sent += 3;
+            }
+            sent
+        }));
+    }
+    let mut races = 0;
+    for t in tasks {
+        races += t.await.unwrap();
+    }
+    let mut total_races = 0;
+    let mut total_views = 0;
+    for m in 0..3 {
+        let evs = events_of(&app, &format!("@racer-{m}")).await;
+        total_races += evs.iter().filter(|e| e["name"] == "Race").count();
+        total_views += evs.iter().filter(|e| e["name"] == "PageView").count();
+    }
+    assert_eq!(total_races, races, "every Race event on its member");
+    assert_eq!(
+        total_views,
+        12 * 6,
+        "every anonymous PageView merged into a member"
+    );
+    // No anonymous user is left behind: each was merged.
+    let list = app
+        .open(Method::GET, "/open/v5/users?limit=500", None)
+        .await;
+    let anonymous: Vec<&Value> = list.body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["memberId"].is_null())
+        .collect();
+    assert!(anonymous.is_empty(), "{anonymous:?}");
+}
+
 both!(
+    merges_race_events,
     one_anonymous_user_per_veil,
     pages_through_ties,
     open_api_events,
