@@ -357,6 +357,14 @@ fn time_of(
         t
     } else if let Some(o) = get("originalTimestamp", errs) {
         match get("sentAt", errs) {
+            Some(s) if received_at - (s - o) < 0 => {
+                // The client claims to have held the call for longer than since 1970.
+                errs.push(
+                    &at("originalTimestamp"),
+                    "corrected by sentAt, lies before 1970",
+                );
+                received_at
+            }
             Some(s) => received_at - (s - o),
             None => o,
         }
@@ -366,11 +374,19 @@ fn time_of(
     t.min(received_at)
 }
 
-/// An ISO-8601 time or epoch milliseconds.
+/// Times Sori keeps, in epoch milliseconds: from 1970 to the end of 9999. Earlier ones
+/// would be negative, and a user's `createdAt` follows its earliest event.
+const TIMES: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
+
+/// An ISO-8601 time or epoch milliseconds, from 1970 to 9999.
 pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
     match v {
         Value::String(s) => match s.parse::<jiff::Timestamp>() {
-            Ok(t) => Some(t.as_millisecond()),
+            Ok(t) if TIMES.contains(&t.as_millisecond()) => Some(t.as_millisecond()),
+            Ok(_) => {
+                errs.push(path, "must be a time between 1970 and 9999");
+                None
+            }
             Err(_) => {
                 errs.push(
                     path,
@@ -380,7 +396,7 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
             }
         },
         Value::Number(n) => match n.as_i64() {
-            Some(ms) if (0..=253_402_300_799_999).contains(&ms) => Some(ms),
+            Some(ms) if TIMES.contains(&ms) => Some(ms),
             _ => {
                 errs.push(path, "must be epoch milliseconds between 1970 and 9999");
                 None
@@ -566,6 +582,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.at, NOW);
+    }
+
+    #[test]
+    fn times_before_1970_are_refused() {
+        for (body, kind, field) in [
+            (
+                json!({"userId": "m", "event": "e", "timestamp": "1969-12-31T23:59:59Z"}),
+                Kind::Track,
+                "timestamp",
+            ),
+            (
+                json!({"userId": "m", "event": "e", "originalTimestamp": 0,
+                    "sentAt": NOW + 1}),
+                Kind::Track,
+                "originalTimestamp",
+            ),
+            (
+                json!({"userId": "m", "traits": {"createdAt": "1900-01-01T00:00:00Z"}}),
+                Kind::Identify,
+                "traits.createdAt",
+            ),
+        ] {
+            let e = parse("", &body, Some(kind), NOW).unwrap_err();
+            assert_eq!(e.0[0].field, field, "{body}");
+        }
+        let ok = parse(
+            "",
+            &json!({"userId": "m", "event": "e", "timestamp": "1970-01-01T00:00:00Z"}),
+            Some(Kind::Track),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(ok.at, 0);
     }
 
     #[test]
