@@ -360,7 +360,7 @@ fn time_of(
             Some(s) if received_at - (s - o) < 0 => {
                 // The client claims to have held the call for longer than since 1970.
                 errs.push(
-                    &at("originalTimestamp"),
+                    at("originalTimestamp"),
                     "corrected by sentAt, lies before 1970",
                 );
                 received_at
