@@ -999,7 +999,53 @@ async fn merges_race_events(b: Backend) {
     assert!(anonymous.is_empty(), "{anonymous:?}");
 }
 
+/// A client's retry can overlap the request it retries, on another writer shard or node:
+/// the same `messageId`s sent by eight concurrent requests (each starting with a
+/// different item, so they spread over the shards) are stored once each.
+async fn concurrent_retries_store_once(b: Backend) {
+    let app = std::sync::Arc::new(common::spawn_with(b, |c| c.writer_shards = Some(4)).await);
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut batch = vec![json!({"type": "identify", "userId": format!("lead-{t}")})];
+                for i in 0..10 {
+                    batch.push(
+                        json!({"type": "track", "userId": format!("retrier-{}", i % 3),
+                        "event": "Paid", "messageId": format!("pay-{round}-{i}")}),
+                    );
+                }
+                let r = segment(&app, "/v1/batch", json!({ "batch": batch })).await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                assert!(r.body.get("errors").is_none(), "{:?}", r.body);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let mut paid = 0;
+    for u in 0..3 {
+        paid += events_of(&app, &format!("@retrier-{u}"))
+            .await
+            .iter()
+            .filter(|e| e["name"] == "Paid")
+            .count();
+    }
+    assert_eq!(paid, 30, "each of the 30 message ids once");
+    let catalog = app.open(Method::GET, "/open/v5/events/catalog", None).await;
+    let count = catalog.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "Paid")
+        .map(|e| e["count"].clone());
+    assert_eq!(count, Some(json!(30)), "the catalog counts them once too");
+}
+
 both!(
+    concurrent_retries_store_once,
     merges_race_events,
     one_anonymous_user_per_veil,
     pages_through_ties,
