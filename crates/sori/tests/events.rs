@@ -565,6 +565,21 @@ async fn sdk_rules(b: Backend) {
     )
     .await;
     assert_eq!(r.status, 401);
+    // A token naming no channel is an invalid session, not a plugin-key problem.
+    let reversed: String = session.chars().rev().collect();
+    let r = send(
+        reversed,
+        "/sdk/v1/events",
+        Method::POST,
+        json!({"name": "Click"}),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.body["message"], "x-sori-session is invalid; boot first",
+        "{:?}",
+        r.body
+    );
     let r = send(
         session.clone(),
         "/sdk/v1/events",
