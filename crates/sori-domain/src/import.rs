@@ -197,6 +197,46 @@ pub fn csv_cell(raw: &str, registered: Option<FieldType>) -> Option<Value> {
     })
 }
 
+/// The profile key a user CSV column writes to when it is not one of the named columns:
+/// `profile.key` and `key` are the same column.
+fn profile_column(h: &str) -> &str {
+    h.strip_prefix("profile.").unwrap_or(h)
+}
+
+/// Refuses a header row that names a column twice (for users, `email` and
+/// `profile.email` are one column): which cell counted would be left to chance. Unnamed
+/// columns (an editor's leftovers) may repeat; they hold nothing the import reads.
+pub fn check_csv_header(headers: &[String], users: bool) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    let twice = headers.iter().map(|h| h.trim()).find(|h| {
+        let key = if users { profile_column(h) } else { h };
+        !key.is_empty() && !names.insert(key)
+    });
+    match twice {
+        Some(twice) => Err(format!(
+            "the CSV header row names the column `{twice}` twice"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a row with non-empty cells beyond the header's columns (they would be lost).
+/// Fewer cells read as empty ones, and empty extra cells (trailing commas) are fine.
+pub fn check_csv_width(headers: &[String], cells: &[String]) -> Result<(), Invalid> {
+    let extra = cells.get(headers.len()..).unwrap_or_default();
+    if extra.iter().any(|c| !c.trim().is_empty()) {
+        return Err(Invalid::one(
+            "line",
+            format!(
+                "has {} cells but the header row names {} columns",
+                cells.len(),
+                headers.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A CSV user row as a user line: `memberId`, `createdAt`, `lastSeenAt`, `tags` (`;`
 /// separated), `unsubscribeEmail`, `unsubscribeTexting`, `blocked`; every other column
 /// (optionally written `profile.key`) is a profile value.
@@ -227,7 +267,7 @@ pub fn csv_user(headers: &[String], cells: &[String], registry: &Registry) -> Va
                 }
             }
             _ => {
-                let key = h.strip_prefix("profile.").unwrap_or(h);
+                let key = profile_column(h);
                 let ty = registry.get(key).map(|f| f.field_type);
                 if let Some(v) = csv_cell(c, ty) {
                     profile.insert(key.to_owned(), v);
@@ -327,6 +367,27 @@ mod tests {
         assert!(event_line(&json!({"name": "A"})).is_err());
         assert!(event_line(&json!({"memberId": "m", "userId": "u", "name": "A"})).is_err());
         assert!(event_line(&json!({"userId": "u", "name": "A", "createdAt": "x"})).is_err());
+    }
+
+    #[test]
+    fn csv_headers_name_each_column_once() {
+        let h = |cols: &[&str]| cols.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        assert!(check_csv_header(&h(&["memberId", "name", "", ""]), true).is_ok());
+        let e = check_csv_header(&h(&["memberId", "email", "profile.email"]), true);
+        assert_eq!(
+            e.unwrap_err(),
+            "the CSV header row names the column `profile.email` twice"
+        );
+        assert!(check_csv_header(&h(&["name", " name"]), false).is_err());
+        // Rows: trailing empty cells are fine, a non-empty extra cell is not.
+        let cols = h(&["memberId", "name"]);
+        assert!(check_csv_width(&cols, &h(&["m"])).is_ok());
+        assert!(check_csv_width(&cols, &h(&["m", "n", " ", ""])).is_ok());
+        let e = check_csv_width(&cols, &h(&["m", "n", "x"])).unwrap_err();
+        assert_eq!(
+            e.0[0].message,
+            "has 3 cells but the header row names 2 columns"
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use sori_app::secrets::{new_id, now_ms};
 use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
 use sori_domain::event::EventSource;
-use sori_domain::import::{Owner, csv_event, csv_user, event_line, user_line};
+use sori_domain::import::{
+    Owner, check_csv_header, check_csv_width, csv_event, csv_user, event_line, user_line,
+};
 use sori_domain::{Invalid, Registry};
 use sori_store::UserTarget;
 
@@ -179,20 +181,7 @@ pub async fn import(
                 .iter()
                 .map(str::to_owned)
                 .collect();
-            // Two columns of one name (`email` and `profile.email` are one profile key)
-            // would leave which cell counts to chance. Unnamed columns (an editor's
-            // leftovers) are ignored by the import, so they may repeat.
-            let mut names = std::collections::HashSet::new();
-            let twice = headers.iter().map(|h| h.trim()).find(|h| {
-                let key = match kind {
-                    Kind::Users => h.strip_prefix("profile.").unwrap_or(h),
-                    Kind::Events => h,
-                };
-                !key.is_empty() && !names.insert(key)
-            });
-            if let Some(twice) = twice {
-                anyhow::bail!("the CSV header row names the column `{twice}` twice");
-            }
+            check_csv_header(&headers, kind == Kind::Users).map_err(anyhow::Error::msg)?;
             let mut record = csv::StringRecord::new();
             loop {
                 // Line numbers from the parser: a quoted cell may span lines.
@@ -203,25 +192,10 @@ pub async fn import(
                         let line =
                             blank.skip(record.position().map_or(next, |p| p.line() as usize));
                         let cells: Vec<String> = record.iter().map(str::to_owned).collect();
-                        // Fewer cells than columns are empty cells (some exporters drop
-                        // trailing ones); more, unless empty (trailing commas), would be
-                        // silently lost, so the row is bad.
-                        let extra = cells.get(headers.len()..).unwrap_or_default();
-                        let parsed = if extra.iter().any(|c| !c.trim().is_empty()) {
-                            Err(Invalid::one(
-                                "line",
-                                format!(
-                                    "has {} cells but the header row names {} columns",
-                                    cells.len(),
-                                    headers.len()
-                                ),
-                            ))
-                        } else {
-                            match kind {
-                                Kind::Users => Ok(csv_user(&headers, &cells, &registry)),
-                                Kind::Events => csv_event(&headers, &cells),
-                            }
-                        };
+                        let parsed = check_csv_width(&headers, &cells).and_then(|()| match kind {
+                            Kind::Users => Ok(csv_user(&headers, &cells, &registry)),
+                            Kind::Events => csv_event(&headers, &cells),
+                        });
                         (line, parsed)
                     }
                     Err(e) => {
