@@ -79,9 +79,15 @@ impl ChannelCache {
 
     /// The channel whose SDK plugin key this is.
     pub async fn by_plugin_key(&self, plugin_key: &str) -> AppResult<Arc<ChannelInfo>> {
-        self.get(KeyKind::Plugin, plugin_key).await?.ok_or_else(|| {
+        self.find_plugin_key(plugin_key).await?.ok_or_else(|| {
             AppError::Unauthorized("pluginKey is missing or does not belong to a channel".into())
         })
+    }
+
+    /// The channel whose plugin key this is, if any: for callers that answer an unknown
+    /// key in their own words (an SDK session token carries the key inside).
+    pub async fn find_plugin_key(&self, plugin_key: &str) -> AppResult<Option<Arc<ChannelInfo>>> {
+        self.get(KeyKind::Plugin, plugin_key).await
     }
 
     /// The channel whose Segment write key this is.

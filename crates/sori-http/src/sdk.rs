@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sori_app::AppError;
 use sori_app::auth::ChannelInfo;
 use sori_app::sdk::Boot;
 use sori_app::users::{Ingest, Source};
@@ -235,18 +234,14 @@ async fn session(state: &AppState, headers: &HeaderMap) -> ApiResult<(Arc<Channe
         .get("x-sori-session")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::unauthorized("x-sori-session is missing; boot first"))?;
-    let (channel, rest) = token
-        .split_once(':')
-        .ok_or_else(|| ApiError::unauthorized("x-sori-session is invalid; boot first"))?;
-    // A token naming no channel is a bad token, whatever the plugin key lookup says.
-    let ch = match state.app.channels.by_plugin_key(channel).await {
-        Err(AppError::Unauthorized(_)) => {
-            return Err(ApiError::unauthorized(
-                "x-sori-session is invalid; boot first",
-            ));
-        }
-        other => other?,
-    };
+    let invalid = || ApiError::unauthorized("x-sori-session is invalid; boot first");
+    let (channel, rest) = token.split_once(':').ok_or_else(invalid)?;
+    let ch = state
+        .app
+        .channels
+        .find_plugin_key(channel)
+        .await?
+        .ok_or_else(invalid)?;
     let user = state.app.sdk_user(ch.channel.id, rest)?;
     Ok((ch, user))
 }
