@@ -356,8 +356,8 @@ fn time_of(
     let t = if let Some(t) = get("timestamp", errs) {
         t
     } else if let Some(o) = get("originalTimestamp", errs) {
-        match get("sentAt", errs) {
-            Some(s) if received_at - (s - o) < 0 => {
+        match get("sentAt", errs).map(|s| received_at - (s - o)) {
+            Some(t) if t < 0 => {
                 // The client claims to have held the call for longer than since 1970.
                 errs.push(
                     at("originalTimestamp"),
@@ -365,7 +365,7 @@ fn time_of(
                 );
                 received_at
             }
-            Some(s) => received_at - (s - o),
+            Some(t) => t,
             None => o,
         }
     } else {
