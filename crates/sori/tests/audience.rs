@@ -20,14 +20,7 @@ use sori_domain::filter::eval::{Facts, matches};
 
 async fn register_fields(app: &TestApp) {
     for (key, ty) in FIELDS {
-        let r = app
-            .open(
-                Method::POST,
-                "/open/v5/profile-fields",
-                Some(json!({"key": key, "type": ty.as_str()})),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{:?}", r.body);
+        app.register_field(key, ty.as_str()).await;
     }
 }
 
@@ -331,14 +324,7 @@ fn f(groups: Value) -> Value {
 
 async fn segments_api(b: Backend) {
     let app = spawn_app(b).await;
-    let r = app
-        .open(
-            Method::POST,
-            "/open/v5/profile-fields",
-            Some(json!({"key": "cartCount", "type": "number"})),
-        )
-        .await;
-    assert_eq!(r.status, 201);
+    app.register_field("cartCount", "number").await;
     let day = 86_400_000;
     let now = now_ms();
     // The seed's audiences, on data whose answers are known: three stale members (one with

@@ -490,14 +490,7 @@ async fn hostile_input(b: Backend) {
         assert_eq!(status, 413, "{path}");
     }
 
-    let r = app
-        .open(
-            Method::POST,
-            "/open/v5/profile-fields",
-            Some(json!({"key": "cartCount", "type": "number"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    app.register_field("cartCount", "number").await;
     let mut named = filter();
     named["name"] = json!("fixed segment");
     let r = app
@@ -757,14 +750,7 @@ async fn hostile_console(b: Backend) {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let user = r.body["user"]["id"].as_str().unwrap().to_owned();
-    let r = app
-        .open(
-            Method::POST,
-            "/open/v5/profile-fields",
-            Some(json!({"key": "nickname", "type": "string"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    app.register_field("nickname", "string").await;
     let r = app
         .desk(
             &s,

@@ -172,6 +172,18 @@ impl TestApp {
         &self.running.as_ref().expect("server is running").app
     }
 
+    /// Registers a profile field over the Open API; it must be created.
+    pub async fn register_field(&self, key: &str, ty: &str) {
+        let r = self
+            .open(
+                Method::POST,
+                "/open/v5/profile-fields",
+                Some(json!({"key": key, "type": ty})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{key}: {:?}", r.body);
+    }
+
     /// `PUT /open/v5/users/@{memberId}`.
     pub async fn upsert(&self, member_id: &str, body: Value) -> Reply {
         self.open(
