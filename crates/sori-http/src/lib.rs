@@ -175,9 +175,14 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/v1/page", post(segment::page))
         .route("/v1/screen", post(segment::screen))
         .route("/v1/batch", post(segment::batch))
-        .layer(DefaultBodyLimit::max(cfg.max_ingest_body_bytes))
-        .layer(tower_http::decompression::RequestDecompressionLayer::new())
-        .layer(axum::middleware::map_response(ops::unsupported_encoding));
+        // One composite layer (see `ops::with_middleware`).
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::map_response(ops::unsupported_encoding))
+                .map_response(axum::response::IntoResponse::into_response)
+                .layer(tower_http::decompression::RequestDecompressionLayer::new())
+                .layer(DefaultBodyLimit::max(cfg.max_ingest_body_bytes)),
+        );
     let sdk = Router::new()
         // The OPTIONS routes let the CORS layer answer preflights (without them the
         // router's 405 fallback would).
@@ -215,7 +220,6 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
     }
     let routes = routes
         .fallback(ops::not_found)
-        .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
-    ops::with_middleware(routes, state.clone()).with_state(state)
+        .method_not_allowed_fallback(ops::method_not_allowed);
+    ops::with_middleware(routes, cfg.max_body_bytes).with_state(state)
 }
