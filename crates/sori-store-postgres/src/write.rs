@@ -158,6 +158,26 @@ impl ChannelKeys<'_> {
         self.ids.is_empty() && self.members.is_empty() && self.veils.is_empty()
     }
 
+    /// Appends the lookup of these keys to `read` and returns its statement's place: by
+    /// member ids only, `by_member` (one index probe per key, on its cached generic plan);
+    /// otherwise `by_any`, planned for its arrays.
+    fn lookup(
+        &self,
+        read: &mut Script,
+        channel_id: i64,
+        by_member: &'static str,
+        by_any: &'static str,
+    ) -> Result<usize> {
+        if self.ids.is_empty() && self.veils.is_empty() {
+            read.raw(GENERIC_PLANS);
+            let [channel, _, members, _] = self.args(channel_id);
+            read.exec(by_member, &[channel, members])
+        } else {
+            read.raw(CUSTOM_PLANS);
+            read.exec(by_any, &self.args(channel_id))
+        }
+    }
+
     fn args(&self, channel_id: i64) -> [Lit<'_>; 4] {
         fn texts<'k>(s: &BTreeSet<&'k str>) -> Lit<'k> {
             Lit::Texts(s.iter().map(|k| Some(*k)).collect())
@@ -316,26 +336,11 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
     // Channels in ascending order, each on the plan its lookup can use.
     let mut lookups = Vec::new();
     for (ch, k) in keys.iter().filter(|(_, k)| !k.is_empty()) {
-        let at = if k.ids.is_empty() && k.veils.is_empty() {
-            read.raw(GENERIC_PLANS);
-            let [channel, _, members, _] = k.args(*ch);
-            read.exec("sori_members", &[channel, members])?
-        } else {
-            read.raw(CUSTOM_PLANS);
-            read.exec("sori_users", &k.args(*ch))?
-        };
-        lookups.push((*ch, at));
+        lookups.push((*ch, k.lookup(&mut read, *ch, "sori_members", "sori_users")?));
     }
     let mut light_lookups = Vec::new();
     for (ch, k) in &light_keys {
-        let at = if k.ids.is_empty() && k.veils.is_empty() {
-            read.raw(GENERIC_PLANS);
-            let [channel, _, members, _] = k.args(*ch);
-            read.exec("sori_light_members", &[channel, members])?
-        } else {
-            read.raw(CUSTOM_PLANS);
-            read.exec("sori_light_users", &k.args(*ch))?
-        };
+        let at = k.lookup(&mut read, *ch, "sori_light_members", "sori_light_users")?;
         light_lookups.push((*ch, at));
     }
     // What follows in the transaction until the activity update (new fields, the event

@@ -15,14 +15,27 @@ async fn ops_endpoints(b: Backend) {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["status"], "ok");
     assert!(r.headers.contains_key("x-request-id"));
+    // A caller's request id is kept and echoed.
+    let r = app
+        .raw(
+            Method::GET,
+            "/healthz",
+            &[("x-request-id", "trace-42")],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.headers["x-request-id"], "trace-42");
 
     app.upsert("m-1", json!({"profile": {"name": "Kim"}})).await;
+    let r = app.raw(Method::GET, "/nope", &[], vec![]).await;
+    assert_eq!((r.status, r.body["type"].as_str()), (404, Some("notFound")));
+    // Requests are counted by the route they matched (the metrics middleware runs after
+    // routing), and unrouted ones apart.
     let r = app.raw(Method::GET, "/metrics", &[], vec![]).await;
     let text = r.body.as_str().unwrap();
     assert!(text.contains("sori_http_requests_total"), "{text}");
-
-    let r = app.raw(Method::GET, "/nope", &[], vec![]).await;
-    assert_eq!((r.status, r.body["type"].as_str()), (404, Some("notFound")));
+    assert!(text.contains(r#"route="/open/v5/users/{key}""#), "{text}");
+    assert!(text.contains(r#"route="unmatched""#), "{text}");
     // The benchmarks' no-op endpoint exists only when the server is started for them.
     let r = app.raw(Method::POST, "/_noop", &[], b"{}".to_vec()).await;
     assert_eq!((r.status, r.body["type"].as_str()), (404, Some("notFound")));
