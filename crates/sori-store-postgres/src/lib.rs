@@ -145,26 +145,38 @@ const USERS_BEFORE: &str = concat!(
 /// statement (not one per key kind) so two batches always lock shared rows in the same order.
 const USERS_FOR_UPDATE: &str = concat!(user_select!(), user_keys_in!(), " ORDER BY id FOR UPDATE");
 
+/// The start of a lookup by member ids (`$2`) in channel `$1`: one unique-index probe per
+/// member, unlocked, the users found put in id order (`p`), then a lateral subquery that
+/// the caller completes to lock each by id (rechecking its member id, which may have
+/// changed in between). Rows are thus locked in id order like every other batch lookup,
+/// so two batches sharing users cannot deadlock; and the shape's cached generic plan is
+/// those probes even before the table's first ANALYZE, so it is never planned again.
+/// (`OFFSET 0` keeps the probe a subquery run per key: flattened into a join, a generic
+/// plan made on an empty table walked the whole channel for every batch, 2,200 events/s.)
+macro_rules! by_members_in_id_order {
+    () => {
+        "SELECT u.* FROM (SELECT k.m, x.id FROM unnest($2::text[]) AS k(m) \
+         CROSS JOIN LATERAL (SELECT id FROM users WHERE channel_id = $1 AND member_id = k.m \
+         OFFSET 0) x ORDER BY x.id) p CROSS JOIN LATERAL ("
+    };
+}
+
 /// `USERS_FOR_UPDATE` for a batch that addresses users by member id only (upserts through
-/// the Open API): one unique-index probe per member, a shape whose cached generic plan is
-/// that probe even before the table's first ANALYZE, so it is never planned again. Rows
-/// are locked in member order (batches of this kind all lock in that order; against a
-/// batch locking by id a deadlock is possible, which PostgreSQL breaks and the writer
-/// retries).
+/// the Open API), without planning per batch (see `by_members_in_id_order`).
 const MEMBERS_FOR_UPDATE: &str = concat!(
-    "SELECT u.* FROM unnest($2::text[]) AS k(m) CROSS JOIN LATERAL (",
+    by_members_in_id_order!(),
     user_select!(),
-    "WHERE channel_id = $1 AND member_id = k.m FOR UPDATE) u"
+    "WHERE channel_id = $1 AND id = p.id AND member_id = p.m FOR UPDATE) u"
 );
 
 /// `LIGHT_FOR_UPDATE` for light ops that address users by member id only (Segment and
-/// Open API events name members): one unique-index probe per member, the shape of
-/// `MEMBERS_FOR_UPDATE`, so it runs on its cached generic plan instead of being planned
-/// for every batch (custom planning of the three-way `OR` was a tenth of PostgreSQL's CPU
-/// under single-event ingestion). Locks in member order, like `MEMBERS_FOR_UPDATE`.
-const LIGHT_MEMBERS_FOR_UPDATE: &str = "SELECT u.id, u.member_id, u.veil_id \
-    FROM unnest($2::text[]) AS k(m) CROSS JOIN LATERAL (SELECT id, member_id, veil_id \
-    FROM users WHERE channel_id = $1 AND member_id = k.m FOR UPDATE) u";
+/// Open API events name members), without planning per batch: custom planning of the
+/// three-way `OR` was a tenth of PostgreSQL's CPU under single-event ingestion.
+const LIGHT_MEMBERS_FOR_UPDATE: &str = concat!(
+    by_members_in_id_order!(),
+    "SELECT id, member_id, veil_id FROM users \
+     WHERE channel_id = $1 AND id = p.id AND member_id = p.m FOR UPDATE) u"
+);
 
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = $1 ORDER BY key";
@@ -991,10 +1003,11 @@ impl Store for PostgresStore {
         // batch arriving meanwhile waited (no throughput or p99 change measured; a count's
         // catch-up saves the round trips).
         let seq: i64 = sqlx::query_scalar(
-            // The value is read per row of `l`, so after the lock (a column of the sequence
-            // in a join could be read before it).
-            "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($1)) \
-             SELECT COALESCE(pg_sequence_last_value('change_seq'::regclass), 0) FROM l",
+            // The correlated subquery runs per row of `l`, so after the lock (a column of
+            // the sequence in a join could be read before it).
+            "WITH l AS MATERIALIZED (SELECT 1 AS one FROM (SELECT pg_advisory_xact_lock($1)) x) \
+             SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM change_seq \
+             WHERE l.one = 1) FROM l",
         )
         .bind(CHANGE_LOCK)
         .fetch_one(&self.pool)

@@ -297,8 +297,10 @@ impl OpenTx<'_> {
 /// Writes a batch of user ops (see the module documentation).
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     // Rows are locked channel by channel in ascending order; within a channel in id order
-    // (member-only lookups: member order), then the light ops' rows. Batches that meet in
-    // another order deadlock; PostgreSQL breaks that and the writer retries.
+    // (member-only lookups too, see `by_members_in_id_order`), whole-row ops' rows before
+    // the light ops' rows. Batches that meet in another order (a user written whole by one
+    // and lightly by the other, and the reverse) deadlock; PostgreSQL breaks that and the
+    // writer retries.
     let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
     let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
     for op in ops {
