@@ -184,9 +184,17 @@ async fn write_batch(store: Arc<dyn Store>, jobs: Vec<Job>) {
     let mut attempt = 0;
     let outcome = loop {
         match store.write_users(&ops).await {
-            Err(StoreError::Conflict(m) | StoreError::Transient(m)) if attempt < RETRIES => {
+            Err(e @ (StoreError::Conflict(_) | StoreError::Transient(_))) if attempt < RETRIES => {
                 attempt += 1;
-                tracing::debug!(attempt, conflict = %m, "user batch raced; retrying");
+                // Races are normal in small numbers (several nodes or shards, a deadlock
+                // PostgreSQL broke); a rising count is worth an operator's look.
+                let reason = if matches!(e, StoreError::Conflict(_)) {
+                    "conflict"
+                } else {
+                    "transient"
+                };
+                metrics::counter!("sori_user_write_retries_total", "reason" => reason).increment(1);
+                tracing::debug!(attempt, conflict = %e, "user batch raced; retrying");
             }
             other => break other,
         }
