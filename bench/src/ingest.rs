@@ -100,15 +100,15 @@ pub async fn run(
         if !runs.iter().any(|r| r == run) {
             continue;
         }
-        let (server0, pg0) = (
-            server.pid().and_then(cpu::process_seconds),
-            cpu::postgres_seconds(),
-        );
+        let cpu_now = || {
+            (
+                server.pid().and_then(cpu::process_seconds),
+                cpu::postgres_seconds(),
+            )
+        };
+        let (server0, pg0) = cpu_now();
         let real = wrk(base, &script(path, &auth, n), conns, seconds)?;
-        let (server1, pg1) = (
-            server.pid().and_then(cpu::process_seconds),
-            cpu::postgres_seconds(),
-        );
+        let (server1, pg1) = cpu_now();
         let noop = wrk(base, &script("/_noop", &auth, n), conns, seconds)?;
         acked += (real.requests - real.non_2xx) * n as u64;
         let events = real.requests_per_s * n as f64;

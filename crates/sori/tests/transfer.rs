@@ -59,6 +59,20 @@ impl Db {
         err
     }
 
+    /// Runs an import that must stop before importing anything, with `message`.
+    fn import_refused(&self, kind: &str, file: &str, message: &str) {
+        let (ok, out, err) = self.run(&["import", kind, file]);
+        assert!(!ok, "{out}");
+        assert!(err.contains(message), "{err}");
+    }
+
+    /// Every stored event, through `sori export events`.
+    fn events(&self) -> Vec<Value> {
+        let (ok, out, err) = self.run(&["export", "events"]);
+        assert!(ok, "{err}");
+        ndjson(&out)
+    }
+
     fn file(&self, name: &str, text: impl AsRef<[u8]>) -> String {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -128,13 +142,11 @@ async fn import_and_export(b: Backend) {
         assert!(err.contains("line 5: name"), "{err}");
     }
 
-    let (ok, out, err) = db.run(&["export", "events"]);
-    assert!(ok, "{err}");
-    let evs = ndjson(&out);
+    let evs = db.events();
     assert_eq!(
         evs.len(),
         3,
-        "re-running the file duplicated nothing: {out}"
+        "re-running the file duplicated nothing: {evs:?}"
     );
     assert_eq!(evs[0]["createdAt"], 1_651_820_889_000_i64);
     assert_eq!(evs[0]["property"], json!({"sku": "A-1", "price": 1200}));
@@ -176,9 +188,7 @@ async fn import_and_export(b: Backend) {
     );
     assert!(err.contains("line 2: name"), "{err}");
     assert!(err.contains("line 3:"), "{err}");
-    let (ok, evs, err) = db.run(&["export", "events"]);
-    assert!(ok, "{err}");
-    let evs = ndjson(&evs);
+    let evs = db.events();
     let refund = evs.iter().find(|e| e["name"] == "Refund").unwrap();
     assert_eq!(refund["userId"], u1_id.as_str());
     assert_eq!(refund["createdAt"], 1_654_041_600_000_i64);
@@ -214,28 +224,17 @@ async fn import_and_export(b: Backend) {
         err.contains("line 4: line: has 5 cells but the header row names 4 columns"),
         "{err}"
     );
-    let (ok, evs, err) = db.run(&["export", "events"]);
-    assert!(ok, "{err}");
-    assert_eq!(ndjson(&evs).len(), 8);
+    assert_eq!(db.events().len(), 8);
     // A header naming a column twice stops the run before anything is imported (for
     // users, `email` and `profile.email` are one column).
     let twice = db.file("twice.csv", "memberId,name,name\nu2,G,H\n");
-    let (ok, _, err) = db.run(&["import", "events", &twice]);
-    assert!(!ok);
-    assert!(err.contains("names the column `name` twice"), "{err}");
-    let (ok, evs, err) = db.run(&["export", "events"]);
-    assert!(ok, "{err}");
-    assert_eq!(ndjson(&evs).len(), 8);
+    db.import_refused("events", &twice, "names the column `name` twice");
+    assert_eq!(db.events().len(), 8);
     let twice = db.file(
         "twice-users.csv",
         "memberId,email,profile.email\nu7,a@x.io,b@x.io\n",
     );
-    let (ok, _, err) = db.run(&["import", "users", &twice]);
-    assert!(!ok);
-    assert!(
-        err.contains("names the column `profile.email` twice"),
-        "{err}"
-    );
+    db.import_refused("users", &twice, "names the column `profile.email` twice");
 
     // A user export re-imports: every member line is accepted.
     let exported = db.file("export.ndjson", &out);
@@ -471,9 +470,7 @@ async fn import_while_serving(b: Backend) {
     child.kill().unwrap();
     child.wait().unwrap();
     // And so does a full export, read back through the store.
-    let (ok, all, err) = db.run(&["export", "events"]);
-    assert!(ok, "{err}");
-    assert_eq!(ndjson(&all).len() as u64, 6_000 + acked);
+    assert_eq!(db.events().len() as u64, 6_000 + acked);
     println!("{acked} events acknowledged over HTTP while 6,000 lines were imported");
 }
 
