@@ -290,6 +290,19 @@ fn key(keys: &[String], name: &str) -> String {
         .to_owned()
 }
 
+/// `GET base+path` on the Open API of a `serve` child, with the keys it printed.
+async fn open_get(http: &reqwest::Client, base: &str, keys: &[String], path: &str) -> Value {
+    http.get(format!("{base}{path}"))
+        .header("x-access-key", key(keys, "accessKey"))
+        .header("x-access-secret", key(keys, "accessSecret"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn acknowledged_events_survive_kill_9(b: Backend) {
     let db = Db::new(b).await;
     let (mut child, base, keys) = serve(&db);
@@ -337,23 +350,17 @@ async fn acknowledged_events_survive_kill_9(b: Backend) {
     );
 
     let (mut child, base, _) = serve(&db);
-    let (ak, asec) = (key(&keys, "accessKey"), key(&keys, "accessSecret"));
     for (t, seqs) in acked.iter().enumerate() {
         let mut stored = std::collections::HashSet::new();
         let mut since = String::new();
         loop {
-            let r: Value = http
-                .get(format!(
-                    "{base}/open/v5/users/@k{t}/events?limit=500{since}"
-                ))
-                .header("x-access-key", &ak)
-                .header("x-access-secret", &asec)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r = open_get(
+                &http,
+                &base,
+                &keys,
+                &format!("/open/v5/users/@k{t}/events?limit=500{since}"),
+            )
+            .await;
             for e in r["events"].as_array().unwrap() {
                 stored.insert(e["property"]["seq"].as_i64().unwrap());
             }
@@ -446,17 +453,7 @@ async fn import_while_serving(b: Backend) {
     );
     assert!(acked >= 20, "the clients sent during the import");
     // The catalog counts what was stored, once per event.
-    let (ak, asec) = (key(&keys, "accessKey"), key(&keys, "accessSecret"));
-    let catalog: Value = http
-        .get(format!("{base}/open/v5/events/catalog"))
-        .header("x-access-key", &ak)
-        .header("x-access-secret", &asec)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog = open_get(&http, &base, &keys, "/open/v5/events/catalog").await;
     let count = |name: &str| {
         catalog["events"]
             .as_array()
