@@ -290,6 +290,15 @@ fn key(keys: &[String], name: &str) -> String {
         .to_owned()
 }
 
+/// The Segment API's Basic authorization for a `serve` child's write key.
+fn segment_auth(keys: &[String]) -> String {
+    let write = key(keys, "writeKey");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write}:"))
+    )
+}
+
 /// `GET base+path` on the Open API of a `serve` child, with the keys it printed.
 async fn open_get(http: &reqwest::Client, base: &str, keys: &[String], path: &str) -> Value {
     http.get(format!("{base}{path}"))
@@ -306,11 +315,7 @@ async fn open_get(http: &reqwest::Client, base: &str, keys: &[String], path: &st
 async fn acknowledged_events_survive_kill_9(b: Backend) {
     let db = Db::new(b).await;
     let (mut child, base, keys) = serve(&db);
-    let write = key(&keys, "writeKey");
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{write}:"))
-    );
+    let auth = segment_auth(&keys);
     // Eight clients send events as fast as they are acknowledged; the server is killed
     // while they are in flight.
     let http = reqwest::Client::new();
@@ -387,11 +392,7 @@ async fn acknowledged_events_survive_kill_9(b: Backend) {
 async fn import_while_serving(b: Backend) {
     let db = Db::new(b).await;
     let (mut child, base, keys) = serve(&db);
-    let write = key(&keys, "writeKey");
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{write}:"))
-    );
+    let auth = segment_auth(&keys);
     // 6,000 lines for 50 members, 2,000 of them for members the clients also send to.
     let lines: Vec<String> = (0..6_000)
         .map(|i| {
