@@ -30,23 +30,25 @@ pub struct ChannelInfo {
 /// A cached channel and when it was read.
 type Cached = (Arc<ChannelInfo>, Instant);
 
-/// Which public key a channel is looked up by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which public key a channel is looked up by; indexes [`ChannelCache`]'s maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyKind {
     /// Open API access key.
-    Access,
+    Access = 0,
     /// SDK plugin key.
-    Plugin,
-    /// Keyed hash of a Segment write key.
-    WriteHash,
+    Plugin = 1,
+    /// Segment write key (the store knows only its keyed hash).
+    Write = 2,
 }
 
-/// Channel lookups by access key, plugin key or write key, cached for [`CHANNEL_TTL`].
+/// Channel lookups by access key, plugin key or write key, cached for [`CHANNEL_TTL`]. One
+/// map per kind of key, so a hit borrows the presented key instead of copying it; write
+/// keys are cached as presented, so a hit skips their keyed hash.
 #[derive(Clone)]
 pub struct ChannelCache {
     store: Arc<dyn Store>,
     pepper: Arc<[u8]>,
-    by_key: Arc<RwLock<HashMap<(KeyKind, String), Cached>>>,
+    by_key: Arc<RwLock<[HashMap<String, Cached>; 3]>>,
 }
 
 impl ChannelCache {
@@ -92,8 +94,7 @@ impl ChannelCache {
 
     /// The channel whose Segment write key this is.
     pub async fn by_write_key(&self, write_key: &str) -> AppResult<Arc<ChannelInfo>> {
-        let hash = keyed_hash(&self.pepper, write_key);
-        self.get(KeyKind::WriteHash, &hash).await?.ok_or_else(|| {
+        self.get(KeyKind::Write, write_key).await?.ok_or_else(|| {
             AppError::Unauthorized(
                 "the write key (HTTP Basic user name) is missing or wrong".into(),
             )
@@ -101,9 +102,8 @@ impl ChannelCache {
     }
 
     async fn get(&self, kind: KeyKind, key: &str) -> AppResult<Option<Arc<ChannelInfo>>> {
-        let cache_key = (kind, key.to_owned());
-        if let Ok(map) = self.by_key.read()
-            && let Some((info, at)) = map.get(&cache_key)
+        if let Ok(maps) = self.by_key.read()
+            && let Some((info, at)) = maps[kind as usize].get(key)
             && at.elapsed() < CHANNEL_TTL
         {
             return Ok(Some(info.clone()));
@@ -111,22 +111,27 @@ impl ChannelCache {
         let found = match kind {
             KeyKind::Access => self.store.channel_by_access_key(key).await?,
             KeyKind::Plugin => self.store.channel_by_plugin_key(key).await?,
-            KeyKind::WriteHash => self.store.channel_by_write_key_hash(key).await?,
+            KeyKind::Write => {
+                let hash = keyed_hash(&self.pepper, key);
+                self.store.channel_by_write_key_hash(&hash).await?
+            }
         };
         let Some(channel) = found else {
             return Ok(None);
         };
         let info = Arc::new(info_of(channel));
-        if let Ok(mut map) = self.by_key.write() {
-            map.insert(cache_key, (info.clone(), Instant::now()));
+        if let Ok(mut maps) = self.by_key.write() {
+            maps[kind as usize].insert(key.to_owned(), (info.clone(), Instant::now()));
         }
         Ok(Some(info))
     }
 
     /// Drops a channel from this node's cache after a settings change.
     pub fn forget(&self, channel_id: i64) {
-        if let Ok(mut map) = self.by_key.write() {
-            map.retain(|_, (info, _)| info.channel.id != channel_id);
+        if let Ok(mut maps) = self.by_key.write() {
+            for map in maps.iter_mut() {
+                map.retain(|_, (info, _)| info.channel.id != channel_id);
+            }
         }
     }
 }

@@ -115,7 +115,7 @@ impl App {
         &self,
         ch: &ChannelInfo,
         user_id: &str,
-        input: &EventInput,
+        input: EventInput,
         user_agent: Option<&str>,
     ) -> AppResult<(UserOpOutcome, NewEvent)> {
         let now = now_ms();

@@ -13,7 +13,7 @@ use crate::users::Ingest;
 
 /// The ingest for one call; `prefix` names fields in errors (`batch[3]`).
 pub fn ingest_of(prefix: &str, call: Call, source: EventSource) -> Result<Ingest, Invalid> {
-    let event = match &call.event {
+    let event = match call.event {
         Some(input) => {
             let mut e = input
                 .check(prefix, new_id(), call.at, source, None)

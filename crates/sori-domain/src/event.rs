@@ -2,6 +2,8 @@
 //! the path it came in by. Every ingestion path (SDK, Open API, Segment, import) validates
 //! through [`EventInput::check`], so they all accept and reject the same things.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -208,14 +210,14 @@ pub fn check_message_id(path: &str, id: &str) -> Result<(), Invalid> {
 /// Checks event properties: strings ≤ 512 bytes (also inside arrays and objects), finite
 /// numbers, booleans, and arrays/objects of at most 4 KB. `null` values are dropped, as if
 /// the key had not been sent.
-pub fn check_property(path: &str, property: Option<&Value>) -> Result<Map<String, Value>, Invalid> {
+pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String, Value>, Invalid> {
     let obj = match property {
         None | Some(Value::Null) => return Ok(Map::new()),
         Some(Value::Object(o)) => o,
         Some(other) => {
             return Err(Invalid::one(
                 path,
-                format!("must be an object, got {}", kind(other)),
+                format!("must be an object, got {}", kind(&other)),
             ));
         }
     };
@@ -225,44 +227,45 @@ pub fn check_property(path: &str, property: Option<&Value>) -> Result<Map<String
     }
     let mut out = Map::new();
     for (k, v) in obj {
-        let p = format!("{path}.{k}");
+        // The key's path is only spelled out for an error.
+        let p = || format!("{path}.{k}");
         if k.is_empty() || k.chars().count() > MAX_PROPERTY_KEY_CHARS {
             errs.push(
-                &p,
+                p(),
                 format!("key must be 1 to {MAX_PROPERTY_KEY_CHARS} characters"),
             );
             continue;
         }
         if k.chars().any(char::is_control) {
-            errs.push(&p, "key must not contain control characters");
+            errs.push(p(), "key must not contain control characters");
             continue;
         }
-        match v {
+        match &v {
             Value::Null => continue,
             Value::Array(_) | Value::Object(_) => {
-                let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+                let size = serde_json::to_vec(&v).map_or(usize::MAX, |b| b.len());
                 if size > MAX_COMPOSITE_BYTES {
                     errs.push(
-                        &p,
+                        p(),
                         format!("arrays and objects must be at most {MAX_COMPOSITE_BYTES} bytes"),
                     );
                     continue;
                 }
-                if let Some(bad) = long_string(v) {
+                if let Some(bad) = long_string(&v) {
                     errs.push(
-                        &p,
+                        p(),
                         format!("strings must be at most {MAX_STRING_BYTES} bytes (`{bad}…`)"),
                     );
                     continue;
                 }
             }
             Value::String(s) if s.len() > MAX_STRING_BYTES => {
-                errs.push(&p, format!("must be at most {MAX_STRING_BYTES} bytes"));
+                errs.push(p(), format!("must be at most {MAX_STRING_BYTES} bytes"));
                 continue;
             }
             _ => {}
         }
-        out.insert(k.clone(), v.clone());
+        out.insert(k, v);
     }
     errs.check().map(|()| out)
 }
@@ -302,23 +305,24 @@ impl EventInput {
 
     /// Validates into a [`NewEvent`] (all problems at once).
     pub fn check(
-        &self,
+        self,
         prefix: &str,
         id: String,
         created_at: i64,
         source: EventSource,
         default_page: Option<&str>,
     ) -> Result<NewEvent, Invalid> {
-        let at = |f: &str| {
+        // Unprefixed paths (single events, the common case) are not allocated.
+        let at = |f: &'static str| -> Cow<'static, str> {
             if prefix.is_empty() {
-                f.to_owned()
+                Cow::Borrowed(f)
             } else {
-                format!("{prefix}.{f}")
+                Cow::Owned(format!("{prefix}.{f}"))
             }
         };
         let by_client = source != EventSource::System;
         let name = check_name(&at("name"), &self.name, by_client);
-        let property = check_property(&at("property"), self.property.as_ref());
+        let property = check_property(&at("property"), self.property);
         let page = match &self.page {
             Some(p) => check_page(&at("page"), p),
             None => Ok(default_page.map(str::to_owned)),

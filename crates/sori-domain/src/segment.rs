@@ -72,7 +72,7 @@ pub struct Call {
 /// item's `type` (batch). `prefix` names fields in errors (`batch[3]`).
 pub fn parse(
     prefix: &str,
-    msg: &Value,
+    msg: Value,
     kind: Option<Kind>,
     received_at: i64,
 ) -> Result<Call, Invalid> {
@@ -83,10 +83,10 @@ pub fn parse(
             format!("{prefix}.{f}")
         }
     };
-    let Value::Object(m) = msg else {
+    let Value::Object(mut m) = msg else {
         return Err(Invalid::one(
             at("body"),
-            format!("must be an object, got {}", value::kind(msg)),
+            format!("must be an object, got {}", value::kind(&msg)),
         ));
     };
     let kind = match kind {
@@ -102,14 +102,14 @@ pub fn parse(
         },
     };
     let mut errs = Errors::default();
-    let member_id = id_field(m, "userId", &at, &mut errs);
-    let veil_id = id_field(m, "anonymousId", &at, &mut errs);
+    let member_id = id_field(&m, "userId", &at, &mut errs);
+    let veil_id = id_field(&m, "anonymousId", &at, &mut errs);
     if member_id.is_none() && veil_id.is_none() && errs.is_empty() {
         errs.push(at("userId"), "userId or anonymousId is required");
     }
     let message_id = match m.get("messageId") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => match event::check_message_id(&at("messageId"), s) {
+        Some(Value::String(s)) => match event::check_message_id("messageId", s) {
             Ok(()) => Some(s.clone()),
             Err(e) => {
                 errs.push(at("messageId"), e.0[0].message.clone());
@@ -124,7 +124,7 @@ pub fn parse(
             None
         }
     };
-    let when = time_of(m, received_at, &at, &mut errs);
+    let when = time_of(&m, received_at, &at, &mut errs);
     let empty = Map::new();
     let context = m
         .get("context")
@@ -218,20 +218,26 @@ pub fn parse(
         .map(str::to_owned);
 
     let ctx_page = page_ctx.and_then(|p| p.get("url")).cloned();
+    let user_agent = context
+        .get("userAgent")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let app = app_of(context);
+    // The message is not read after this: its event parts move out rather than copy.
     let event = match kind {
         Kind::Identify => None,
         Kind::Track => Some(EventInput {
-            name: m.get("event").cloned().unwrap_or(Value::Null),
-            property: m.get("properties").cloned(),
+            name: m.remove("event").unwrap_or(Value::Null),
+            property: m.remove("properties"),
             page: ctx_page,
         }),
         Kind::Screen => Some(EventInput {
             name: Value::String(PAGE_VIEW.into()),
-            property: m.get("properties").cloned(),
-            page: m.get("name").cloned(),
+            property: m.remove("properties"),
+            page: m.remove("name"),
         }),
         Kind::Page => {
-            let props = m.get("properties").cloned();
+            let props = m.remove("properties");
             let url = props
                 .as_ref()
                 .and_then(|p| p.get("url"))
@@ -263,11 +269,8 @@ pub fn parse(
         event,
         at: when,
         message_id,
-        user_agent: context
-            .get("userAgent")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        app: app_of(context),
+        user_agent,
+        app,
         created_at,
         city,
         country,
@@ -440,7 +443,7 @@ mod tests {
     fn identify_maps_traits_campaign_and_phone() {
         let c = parse(
             "",
-            &json!({"type": "identify", "userId": "m1", "anonymousId": "a1",
+            json!({"type": "identify", "userId": "m1", "anonymousId": "a1",
                 "traits": {"name": "Kim", "first_name": "Min", "phone": "010-1234-5678",
                            "createdAt": "2024-01-02T03:04:05Z", "address": {"city": "Seoul"}},
                 "context": {"campaign": {"source": "news", "name": "fall"}, "locale": "ko-KR"}}),
@@ -470,7 +473,7 @@ mod tests {
         let call = |context: Value| {
             parse(
                 "",
-                &json!({"type": "screen", "anonymousId": "a", "name": "Home", "context": context}),
+                json!({"type": "screen", "anonymousId": "a", "name": "Home", "context": context}),
                 None,
                 NOW,
             )
@@ -511,7 +514,7 @@ mod tests {
     fn nested_traits_are_flattened() {
         let c = parse(
             "",
-            &json!({"userId": "m", "traits": {"company": {"name": "Acme", "employee_count": 3}}}),
+            json!({"userId": "m", "traits": {"company": {"name": "Acme", "employee_count": 3}}}),
             Some(Kind::Identify),
             NOW,
         )
@@ -527,7 +530,7 @@ mod tests {
     fn landline_phone_goes_to_landline() {
         let c = parse(
             "",
-            &json!({"userId": "m", "traits": {"phone": "02-123-4567"}}),
+            json!({"userId": "m", "traits": {"phone": "02-123-4567"}}),
             Some(Kind::Identify),
             NOW,
         )
@@ -542,7 +545,7 @@ mod tests {
     fn track_and_page_carry_time_and_page() {
         let c = parse(
             "",
-            &json!({"type": "track", "userId": "m", "event": "Order Completed", "properties": {"revenue": 3},
+            json!({"type": "track", "userId": "m", "event": "Order Completed", "properties": {"revenue": 3},
                 "timestamp": "2024-01-02T03:04:05.000Z", "messageId": "x1",
                 "context": {"page": {"url": "https://s/x"}}}),
             None,
@@ -554,7 +557,7 @@ mod tests {
         assert_eq!(c.event.as_ref().unwrap().page, Some(json!("https://s/x")));
         let p = parse(
             "",
-            &json!({"anonymousId": "a", "properties": {"url": "https://s/"}}),
+            json!({"anonymousId": "a", "properties": {"url": "https://s/"}}),
             Some(Kind::Page),
             NOW,
         )
@@ -568,7 +571,7 @@ mod tests {
     fn skewed_clocks_are_corrected_and_the_future_is_clamped() {
         let c = parse(
             "",
-            &json!({"userId": "m", "event": "e", "originalTimestamp": 1000, "sentAt": 5000}),
+            json!({"userId": "m", "event": "e", "originalTimestamp": 1000, "sentAt": 5000}),
             Some(Kind::Track),
             NOW,
         )
@@ -576,7 +579,7 @@ mod tests {
         assert_eq!(c.at, NOW - 4000);
         let f = parse(
             "",
-            &json!({"userId": "m", "event": "e", "timestamp": NOW + 10}),
+            json!({"userId": "m", "event": "e", "timestamp": NOW + 10}),
             Some(Kind::Track),
             NOW,
         )
@@ -604,12 +607,12 @@ mod tests {
                 "traits.createdAt",
             ),
         ] {
-            let e = parse("", &body, Some(kind), NOW).unwrap_err();
+            let e = parse("", body.clone(), Some(kind), NOW).unwrap_err();
             assert_eq!(e.0[0].field, field, "{body}");
         }
         let ok = parse(
             "",
-            &json!({"userId": "m", "event": "e", "timestamp": "1970-01-01T00:00:00Z"}),
+            json!({"userId": "m", "event": "e", "timestamp": "1970-01-01T00:00:00Z"}),
             Some(Kind::Track),
             NOW,
         )
@@ -621,7 +624,7 @@ mod tests {
     fn errors_name_the_item_field() {
         let e = parse(
             "batch[2]",
-            &json!({"type": "alias", "userId": "m"}),
+            json!({"type": "alias", "userId": "m"}),
             None,
             NOW,
         )
@@ -629,7 +632,7 @@ mod tests {
         assert_eq!(e.0[0].field, "batch[2].type");
         let e = parse(
             "batch[0]",
-            &json!({"type": "track", "event": "x"}),
+            json!({"type": "track", "event": "x"}),
             None,
             NOW,
         )
@@ -637,7 +640,7 @@ mod tests {
         assert_eq!(e.0[0].field, "batch[0].userId");
         let e = parse(
             "",
-            &json!({"userId": "m", "timestamp": "yesterday"}),
+            json!({"userId": "m", "timestamp": "yesterday"}),
             Some(Kind::Track),
             NOW,
         )

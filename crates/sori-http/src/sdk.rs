@@ -258,7 +258,7 @@ pub async fn track(
     let input = EventInput::from_json(&body)?;
     let (outcome, event) = state
         .app
-        .sdk_track(&ch, &user, &input, user_agent(&headers).as_deref())
+        .sdk_track(&ch, &user, input, user_agent(&headers).as_deref())
         .await?;
     Ok(Json(EventEnvelope {
         event: EventView::of_new(&outcome.user_id, event),

@@ -95,7 +95,7 @@ async fn single(
 ) -> ApiResult<Json<Accepted>> {
     let body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
-    let ingest = segment::parse("", &body, Some(kind), now_ms())
+    let ingest = segment::parse("", body, Some(kind), now_ms())
         .and_then(|call| ingest_of("", call, EventSource::Segment))?;
     state.app.ingest(&ch, ingest, Source::Server).await?;
     Ok(Json(Accepted {
@@ -162,9 +162,11 @@ pub async fn batch(
     headers: HeaderMap,
     RawBody(bytes): RawBody,
 ) -> ApiResult<Json<Accepted>> {
-    let body = crate::body::parse_json(&bytes)?;
+    let mut body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
-    let Some(Value::Array(items)) = body.get("batch") else {
+    // The items move out of the body (they are parsed by value); the rest of it holds the
+    // defaults they inherit.
+    let Some(Value::Array(items)) = body.get_mut("batch").map(Value::take) else {
         return Err(ApiError::field("batch", "must be a list of calls"));
     };
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
@@ -176,10 +178,10 @@ pub async fn batch(
     let now = now_ms();
     let mut errors = Vec::new();
     let mut valid: Vec<(usize, Ingest)> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         let prefix = format!("batch[{i}]");
         let item = with_batch_defaults(item, &body);
-        match segment::parse(&prefix, item.as_ref(), None, now)
+        match segment::parse(&prefix, item, None, now)
             .and_then(|call| ingest_of(&prefix, call, EventSource::Segment))
         {
             Ok(ingest) => valid.push((i, ingest)),
@@ -225,11 +227,7 @@ pub async fn batch(
 
 /// A batch item with the batch-level `context` (item keys win) and `sentAt` filled in, as
 /// the Segment HTTP API defines them.
-fn with_batch_defaults<'a>(item: &'a Value, body: &Value) -> std::borrow::Cow<'a, Value> {
-    if body.get("sentAt").is_none() && body.get("context").is_none() {
-        return std::borrow::Cow::Borrowed(item);
-    }
-    let mut item = item.clone();
+fn with_batch_defaults(mut item: Value, body: &Value) -> Value {
     if let Value::Object(m) = &mut item {
         if let Some(sent) = body.get("sentAt")
             && !m.contains_key("sentAt")
@@ -247,7 +245,7 @@ fn with_batch_defaults<'a>(item: &'a Value, body: &Value) -> std::borrow::Cow<'a
             }
         }
     }
-    std::borrow::Cow::Owned(item)
+    item
 }
 
 fn item_error(index: usize, f: FieldError) -> ItemError {
