@@ -49,6 +49,11 @@ pub(crate) fn changes(conn: &mut Connection, from: Cursor, to: Cursor) -> Result
         out.users.push((r.get(0).map_err(db)?, seq, user));
         Ok(())
     })?;
+    // Rowids are dense but for rolled-back inserts, so the range bounds the count: sized
+    // once, the buffers are not regrown (regrowing a large one faulted in fresh pages on
+    // every catch-up).
+    let expected = usize::try_from(to.event - from.event).map_or(0, |n| n.min(1 << 20));
+    out.events.reserve(expected);
     each(&tx, EVENT_CHANGES, (from.event, to.event), |r| {
         out.events.push((
             r.get(0).map_err(db)?,
@@ -61,7 +66,8 @@ pub(crate) fn changes(conn: &mut Connection, from: Cursor, to: Cursor) -> Result
     // The events' owners' activity, as of this snapshot (so stamped with the horizon's
     // number): events-only writes move it without a change number (migration 7). Their
     // owners come from the events just read, each looked up once.
-    let mut owners: HashSet<(i64, &str)> = HashSet::new();
+    let mut owners: HashSet<(i64, &str)> = HashSet::with_capacity(out.events.len());
+    out.activity.reserve(out.events.len());
     let mut st = tx.prepare_cached(ACTIVITY).map_err(db)?;
     for (ch, user, _, _) in &out.events {
         if !owners.insert((*ch, user.as_str())) {
