@@ -196,6 +196,22 @@ pub fn check_page(path: &str, page: &Value) -> Result<Option<String>, Invalid> {
     }
 }
 
+/// The longest prefix of `page` within [`MAX_PAGE_BYTES`], cut between characters: pages a
+/// client library takes from the browser or app (the SDK, Segment's `context.page`) are
+/// cut rather than failing the call, like [`crate::value::clip_text`].
+pub fn clip_page(page: &str) -> &str {
+    crate::value::clip_bytes(page, MAX_PAGE_BYTES)
+}
+
+/// [`clip_page`] on a JSON page value; anything but a string is left for [`check_page`]
+/// to refuse.
+pub fn clip_page_value(page: Value) -> Value {
+    match page {
+        Value::String(s) if s.len() > MAX_PAGE_BYTES => Value::String(clip_page(&s).to_owned()),
+        other => other,
+    }
+}
+
 /// Checks a `messageId`.
 pub fn check_message_id(path: &str, id: &str) -> Result<(), Invalid> {
     if id.is_empty() || id.chars().count() > MAX_MESSAGE_ID_CHARS {
@@ -376,6 +392,22 @@ mod tests {
                 .unwrap()
                 .check("", "e".into(), 1, EventSource::System, None)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn collected_pages_are_cut_between_characters() {
+        let long = format!("https://shop.example/?q={}", "가".repeat(1000));
+        let cut = clip_page(&long);
+        assert!(cut.len() <= MAX_PAGE_BYTES && cut.len() > MAX_PAGE_BYTES - 3);
+        assert!(long.starts_with(cut));
+        assert_eq!(clip_page("https://a.example/"), "https://a.example/");
+        let v = clip_page_value(Value::String(long.clone()));
+        assert!(check_page("page", &v).is_ok());
+        assert_eq!(
+            clip_page_value(json!(7)),
+            json!(7),
+            "non-strings are left to refuse"
         );
     }
 

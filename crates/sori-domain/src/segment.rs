@@ -62,9 +62,9 @@ pub struct Call {
     pub app: Option<DeviceInfo>,
     /// `traits.createdAt`: when the business created this customer.
     pub created_at: Option<i64>,
-    /// `traits.address.city`.
+    /// `traits.address.city` on `identify`, else `context.location.city`.
     pub city: Option<String>,
-    /// `traits.address.country`.
+    /// `traits.address.country` on `identify`, else `context.location.country`.
     pub country: Option<String>,
 }
 
@@ -158,9 +158,8 @@ pub fn parse(
                         }
                         "address" => {
                             if let Value::Object(a) = v {
-                                city = a.get("city").and_then(Value::as_str).map(str::to_owned);
-                                country =
-                                    a.get("country").and_then(Value::as_str).map(str::to_owned);
+                                city = place(a, "city");
+                                country = place(a, "country");
                             }
                         }
                         // Other objects (`company: {name, plan}`) are flattened one
@@ -188,6 +187,11 @@ pub fn parse(
             ),
         }
     }
+    // Segment's standard `context.location`, on any call, where traits name no address.
+    if let Some(Value::Object(loc)) = context.get("location") {
+        city = city.or_else(|| place(loc, "city"));
+        country = country.or_else(|| place(loc, "country"));
+    }
     if let Some(Value::Object(c)) = context.get("campaign") {
         for (from, to) in [
             ("source", "Source"),
@@ -199,8 +203,10 @@ pub fn parse(
             if let Some(Value::String(v)) = c.get(from)
                 && !v.is_empty()
             {
-                profile.insert(format!("utm{to}"), Value::String(v.clone()));
-                profile.insert(format!("lastUtm{to}"), Value::String(v.clone()));
+                // Collected by the library, so cut to the limit rather than refused.
+                let v = value::clip_text(v);
+                profile.insert(format!("utm{to}"), Value::String(v.to_owned()));
+                profile.insert(format!("lastUtm{to}"), Value::String(v.to_owned()));
             }
         }
     }
@@ -208,7 +214,10 @@ pub fn parse(
     if let Some(Value::String(r)) = page_ctx.and_then(|p| p.get("referrer"))
         && !r.is_empty()
     {
-        profile.insert("referrer".into(), Value::String(r.clone()));
+        profile.insert(
+            "referrer".into(),
+            Value::String(value::clip_text(r).to_owned()),
+        );
     }
     let language = context
         .get("locale")
@@ -217,7 +226,10 @@ pub fn parse(
         .filter(|l| matches!(*l, "ko" | "en" | "ja"))
         .map(str::to_owned);
 
-    let ctx_page = page_ctx.and_then(|p| p.get("url")).cloned();
+    let ctx_page = page_ctx
+        .and_then(|p| p.get("url"))
+        .cloned()
+        .map(event::clip_page_value);
     let user_agent = context
         .get("userAgent")
         .and_then(Value::as_str)
@@ -234,16 +246,28 @@ pub fn parse(
         Kind::Screen => Some(EventInput {
             name: Value::String(PAGE_VIEW.into()),
             property: m.remove("properties"),
-            page: m.remove("name"),
+            page: m.remove("name").map(event::clip_page_value),
         }),
         Kind::Page => {
-            let props = m.remove("properties");
+            let mut props = m.remove("properties");
             let url = props
                 .as_ref()
                 .and_then(|p| p.get("url"))
                 .filter(|u| u.is_string())
                 .cloned()
+                .map(event::clip_page_value)
                 .or(ctx_page);
+            // Libraries fill these from the browser (analytics.js: `path`, `referrer`,
+            // `search`, `title`, `url`); a long one is cut, not a reason to lose the page.
+            if let Some(Value::Object(p)) = props.as_mut() {
+                for key in ["path", "referrer", "search", "title", "url"] {
+                    if let Some(Value::String(v)) = p.get_mut(key)
+                        && v.len() > event::MAX_STRING_BYTES
+                    {
+                        *v = value::clip_bytes(v, event::MAX_STRING_BYTES).to_owned();
+                    }
+                }
+            }
             Some(EventInput {
                 name: Value::String(PAGE_VIEW.into()),
                 property: props,
@@ -275,6 +299,16 @@ pub fn parse(
         city,
         country,
     })
+}
+
+/// A city or country: trimmed, cut to the string limit, absent when empty or not text
+/// (like the rest of the context, it is the library's to fill, not the business's).
+fn place(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    obj.get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| value::clip_text(s).to_owned())
 }
 
 /// Longest app, OS or device string kept (longer ones are left out).
@@ -618,6 +652,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.at, 0);
+    }
+
+    #[test]
+    fn places_come_from_the_address_or_the_location() {
+        let loc = json!({"city": " Seoul ", "country": ""});
+        let c = parse(
+            "",
+            json!({"userId": "m", "event": "e", "context": {"location": loc}}),
+            Some(Kind::Track),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(c.city.as_deref(), Some("Seoul"));
+        assert_eq!(c.country, None, "an empty value is no value");
+        let c = parse(
+            "",
+            json!({"userId": "m", "traits": {"address": {"city": "Busan"}},
+                   "context": {"location": {"city": "Seoul", "country": "x".repeat(600)}}}),
+            Some(Kind::Identify),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(c.city.as_deref(), Some("Busan"), "the address wins");
+        assert_eq!(c.country.map(|s| s.len()), Some(512));
     }
 
     #[test]

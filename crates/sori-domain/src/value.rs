@@ -180,6 +180,25 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// The longest prefix of `s` of at most `max` bytes, cut between characters.
+pub fn clip_bytes(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The longest prefix of `s` within [`MAX_STRING_CHARS`]. For values a client library
+/// collects by itself (a referrer, UTM parameters): nobody typed them, so an over-long one
+/// is cut rather than failing the call that carries it (docs/events.md).
+pub fn clip_text(s: &str) -> &str {
+    match s.char_indices().nth(MAX_STRING_CHARS) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +274,15 @@ mod tests {
                 .unwrap_err()
                 .contains("NUL")
         );
+    }
+
+    #[test]
+    fn collected_text_is_cut_to_the_string_limit() {
+        let long = "가".repeat(MAX_STRING_CHARS + 5);
+        assert_eq!(clip_text(&long).chars().count(), MAX_STRING_CHARS);
+        assert_eq!(clip_text("short"), "short");
+        let exact = "a".repeat(MAX_STRING_CHARS);
+        assert_eq!(clip_text(&exact), exact);
     }
 
     #[test]

@@ -73,23 +73,41 @@ where
 /// Parses a JSON body: 400 naming `body` when it is empty or malformed, or naming the
 /// first string that holds U+0000, which no store can keep as text.
 pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::field("body", "a JSON body is required"));
-    }
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))?;
-    // JSON can only carry U+0000 as the escape `\u0000`; without it in the text there is
-    // nothing to look for, and the walk (which builds a path per node) is skipped.
-    if memchr::memmem::find(bytes, br"\u0000").is_some()
+    let v = parse_json_with_nul(bytes)?;
+    if may_hold_nul(bytes)
         && let Some(path) = nul_path(&v, String::new())
     {
-        return Err(ApiError::field(path, "must not contain NUL characters"));
+        return Err(nul_error(path));
     }
     Ok(v)
 }
 
-/// Path of the first string (or key) holding U+0000.
-fn nul_path(v: &Value, at: String) -> Option<String> {
+/// [`parse_json`] without the NUL check, for a caller that checks parts of the body on
+/// their own (a Segment batch reports a NUL per item).
+pub(crate) fn parse_json_with_nul(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::field("body", "a JSON body is required"));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))
+}
+
+/// JSON can only carry U+0000 as the escape `\u0000`: without it in the text there is
+/// nothing to look for, and the walk (which builds a path per node) is skipped.
+pub(crate) fn may_hold_nul(bytes: &[u8]) -> bool {
+    memchr::memmem::find(bytes, br"\u0000").is_some()
+}
+
+/// The 400 for a NUL at `path`.
+pub(crate) fn nul_error(path: String) -> ApiError {
+    ApiError::field(path, NUL_RULE)
+}
+
+/// Why a NUL is refused: the words the profile checks use too.
+pub(crate) const NUL_RULE: &str = sori_domain::value::NUL_REJECTED;
+
+/// Path of the first string (or key) holding U+0000, under `at` (empty for the body).
+pub(crate) fn nul_path(v: &Value, at: String) -> Option<String> {
     let here = || {
         if at.is_empty() {
             "body".to_owned()
@@ -208,21 +226,21 @@ impl Paging {
 mod tests {
     use super::*;
 
-    fn nul_error(body: &str) -> Option<String> {
+    fn parse_error(body: &str) -> Option<String> {
         parse_json(body.as_bytes()).err().map(|e| format!("{e:?}"))
     }
 
     #[test]
     fn nul_is_refused_naming_the_path_and_only_when_present() {
-        let e = nul_error(r#"{"batch":[{"properties":{"a":"x\u0000y"}}]}"#).unwrap();
+        let e = parse_error(r#"{"batch":[{"properties":{"a":"x\u0000y"}}]}"#).unwrap();
         assert!(e.contains("batch[0].properties.a"), "{e}");
-        assert!(e.contains("must not contain NUL"), "{e}");
-        let e = nul_error(r#"{"k\u0000":1}"#).unwrap();
+        assert!(e.contains(NUL_RULE), "{e}");
+        let e = parse_error(r#"{"k\u0000":1}"#).unwrap();
         assert!(e.contains(r"k\0"), "{e}");
         // An escaped backslash followed by `u0000` is six plain characters, not NUL.
-        assert_eq!(nul_error(r#"{"a":"\\u0000"}"#), None);
-        assert_eq!(nul_error(r#"{"a":"plain"}"#), None);
-        assert!(nul_error("  ").unwrap().contains("a JSON body is required"));
-        assert!(nul_error("{").unwrap().contains("malformed JSON"));
+        assert_eq!(parse_error(r#"{"a":"\\u0000"}"#), None);
+        assert_eq!(parse_error(r#"{"a":"plain"}"#), None);
+        assert!(parse_error("  ").unwrap().contains("a JSON body is required"));
+        assert!(parse_error("{").unwrap().contains("malformed JSON"));
     }
 }

@@ -88,7 +88,7 @@ async fn frame(req: Request, next: Next) -> Response {
     let uri = req.uri();
     let has_nul = |s: &str| s.contains("%00") || s.contains('\0');
     let resp = if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
-        ApiError::field("path", "must not contain NUL characters").into_response()
+        crate::body::nul_error("path".into()).into_response()
     } else {
         next.run(req).await
     };

@@ -12,8 +12,9 @@ use sori_app::auth::ChannelInfo;
 use sori_app::sdk::Boot;
 use sori_app::users::{Ingest, Source};
 use sori_domain::UserUpdate;
-use sori_domain::event::{EventInput, check_page};
+use sori_domain::event::{EventInput, check_page, clip_page_value};
 use sori_domain::update::SDK_UPDATE_FIELDS;
+use sori_domain::value::clip_text;
 use sori_store::UserTarget;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -161,8 +162,9 @@ pub async fn boot(
                     None | Some(Value::Null) => {}
                     Some(Value::String(v)) if v.is_empty() => {}
                     Some(Value::String(v)) => {
-                        visit_profile.insert(format!("utm{to}"), Value::String(v.clone()));
-                        visit_profile.insert(format!("lastUtm{to}"), Value::String(v.clone()));
+                        let v = clip_text(v);
+                        visit_profile.insert(format!("utm{to}"), Value::String(v.to_owned()));
+                        visit_profile.insert(format!("lastUtm{to}"), Value::String(v.to_owned()));
                     }
                     Some(_) => {
                         return Err(ApiError::field(format!("utm.{from}"), "must be a string"));
@@ -181,7 +183,7 @@ pub async fn boot(
         Some(_) => return Err(ApiError::field("utm", "must be an object")),
     }
     if let Some(r) = string(o, "referrer")? {
-        visit_profile.insert("referrer".into(), Value::String(r));
+        visit_profile.insert("referrer".into(), Value::String(clip_text(&r).to_owned()));
     }
     if !visit_profile.is_empty() {
         let profile = upd
@@ -198,7 +200,7 @@ pub async fn boot(
     }
     let update = UserUpdate::from_json(&Value::Object(upd), SDK_UPDATE_FIELDS)?;
     let page = match o.get("page") {
-        Some(p) => check_page("page", p)?,
+        Some(p) => check_page("page", &clip_page_value(p.clone()))?,
         None => None,
     };
     let track = match o.get("trackDefaultEvent") {
@@ -255,7 +257,8 @@ pub async fn track(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<EventEnvelope>> {
     let (ch, user) = session(&state, &headers).await?;
-    let input = EventInput::from_json(&body)?;
+    let mut input = EventInput::from_json(&body)?;
+    input.page = input.page.map(clip_page_value);
     let (outcome, event) = state
         .app
         .sdk_track(&ch, &user, input, user_agent(&headers).as_deref())

@@ -97,7 +97,16 @@ async fn single(
     let ch = channel(&state, &headers, &body).await?;
     let ingest = segment::parse("", body, Some(kind), now_ms())
         .and_then(|call| ingest_of("", call, EventSource::Segment))?;
-    state.app.ingest(&ch, ingest, Source::Server).await?;
+    state
+        .app
+        .ingest(&ch, ingest, Source::Server)
+        .await
+        .map_err(|e| match e {
+            sori_app::AppError::Invalid(Invalid(list)) => {
+                sori_app::AppError::Invalid(Invalid(list.into_iter().map(segment_field).collect()))
+            }
+            e => e,
+        })?;
     Ok(Json(Accepted {
         success: true,
         errors: Vec::new(),
@@ -162,13 +171,18 @@ pub async fn batch(
     headers: HeaderMap,
     RawBody(bytes): RawBody,
 ) -> ApiResult<Json<Accepted>> {
-    let mut body = crate::body::parse_json(&bytes)?;
+    // A NUL is an error of the item that holds it, like any other (checked below).
+    let mut body = crate::body::parse_json_with_nul(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
     // The items move out of the body (they are parsed by value); the rest of it holds the
     // defaults they inherit.
     let Some(Value::Array(items)) = body.get_mut("batch").map(Value::take) else {
         return Err(ApiError::field("batch", "must be a list of calls"));
     };
+    let nul = crate::body::may_hold_nul(&bytes);
+    if nul && let Some(path) = crate::body::nul_path(&body, String::new()) {
+        return Err(crate::body::nul_error(path));
+    }
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::field(
             "batch",
@@ -180,6 +194,10 @@ pub async fn batch(
     let mut valid: Vec<(usize, Ingest)> = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let prefix = format!("batch[{i}]");
+        if nul && let Some(path) = crate::body::nul_path(&item, prefix.clone()) {
+            errors.push(item_error(i, FieldError::new(path, crate::body::NUL_RULE)));
+            continue;
+        }
         let item = with_batch_defaults(item, &body);
         match segment::parse(&prefix, item, None, now)
             .and_then(|call| ingest_of(&prefix, call, EventSource::Segment))
@@ -201,7 +219,7 @@ pub async fn batch(
         match r {
             Ok(_) => {}
             Err(sori_app::AppError::Invalid(Invalid(list))) => {
-                errors.extend(list.into_iter().map(|mut f| {
+                errors.extend(list.into_iter().map(segment_field).map(|mut f| {
                     f.field = format!("batch[{i}].{}", f.field);
                     item_error(i, f)
                 }));
@@ -223,6 +241,26 @@ pub async fn batch(
         success: true,
         errors,
     }))
+}
+
+/// Renames a field of Sori's user model, in an error found while applying a call, to
+/// what the Segment call sent: `traits.*` (after camelCasing, as stored), `userId`,
+/// `anonymousId`, `context.locale`.
+fn segment_field(mut f: sori_domain::FieldError) -> sori_domain::FieldError {
+    for (from, to) in [
+        ("profile", "traits"),
+        ("memberId", "userId"),
+        ("veilId", "anonymousId"),
+        ("language", "context.locale"),
+    ] {
+        if let Some(rest) = f.field.strip_prefix(from)
+            && (rest.is_empty() || rest.starts_with('.'))
+        {
+            f.field = format!("{to}{rest}");
+            break;
+        }
+    }
+    f
 }
 
 /// A batch item with the batch-level `context` (item keys win) and `sentAt` filled in, as

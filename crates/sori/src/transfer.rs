@@ -118,6 +118,10 @@ pub async fn import(
         .progress_chars("=> "),
     );
     let reader = BufReader::new(bar.wrap_read(file));
+    let errors = &mut AboveBar {
+        bar: &bar,
+        out: errors,
+    };
     let registry = Registry::new(app.store.profile_fields(ch.channel.id).await?);
     let mut summary = Summary::default();
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
@@ -329,7 +333,30 @@ impl<R: BufRead> Read for LfOnly<R> {
 
 fn report(errors: &mut dyn Write, line: usize, e: &Invalid) {
     for f in &e.0 {
-        let _ = writeln!(errors, "line {line}: {}: {}", f.field, f.message);
+        say(errors, &format!("line {line}: {}: {}", f.field, f.message));
+    }
+}
+
+/// Writes one whole line at once, so [`AboveBar`] lifts the bar once per line.
+fn say(errors: &mut dyn Write, line: &str) {
+    let _ = errors.write_all(format!("{line}\n").as_bytes());
+}
+
+/// The error output while a progress bar is drawn on the same terminal: each write goes
+/// out with the bar lifted, so the bar's next redraw cannot wipe a reported line.
+struct AboveBar<'a> {
+    bar: &'a indicatif::ProgressBar,
+    out: &'a mut dyn Write,
+}
+
+impl Write for AboveBar<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let out = &mut self.out;
+        self.bar.suspend(|| out.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -365,7 +392,7 @@ async fn flush(
             }
             Err(e) => {
                 summary.skipped += 1;
-                let _ = writeln!(errors, "line {line}: {e}");
+                say(errors, &format!("line {line}: {e}"));
             }
         }
     }

@@ -267,20 +267,52 @@ async fn segment_api(b: Backend) {
              "properties": {"revenue": 5}},
             {"type": "alias", "userId": "s1", "previousId": "a"},
             {"type": "page", "userId": "s1", "properties": {"url": "https://shop.example/a"}},
+            {"type": "track", "userId": "s1", "event": "Nul", "properties": {"k": "a\u{0}b"}},
         ]}),
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let errs = r.body["errors"].as_array().unwrap();
     let indexes: Vec<i64> = errs.iter().map(|e| e["index"].as_i64().unwrap()).collect();
-    assert_eq!(indexes, vec![1, 3], "{errs:?}");
+    assert_eq!(indexes, vec![1, 3, 5], "{errs:?}");
     assert_eq!(errs[0]["field"], "batch[1].event");
+    assert_eq!(
+        errs[2]["field"], "batch[5].properties.k",
+        "a NUL fails only its item"
+    );
+    assert_eq!(
+        errs[2]["message"],
+        "must not contain the NUL character (U+0000)"
+    );
+    // Outside the items, a NUL fails the whole batch (it is in what every item inherits).
+    let r = segment(
+        &app,
+        "/v1/batch",
+        json!({"context": {"locale": "ko\u{0}"}, "batch": [{"type": "track", "userId": "s1", "event": "e"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error_field(), "context.locale");
     let u = app.member("s1").await;
     assert_eq!(u["profile"]["plan"], "pro");
     let id = u["id"].as_str().unwrap().to_owned();
     let evs = events_of(&app, &id).await;
     assert_eq!(evs.len(), 2);
     assert_eq!(evs.iter().filter(|e| e["name"] == "PageView").count(), 1);
+
+    // Errors found while applying a call name the fields the call sent.
+    let r = segment(&app, "/v1/identify", json!({"userId": " s9 "})).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error_field(), "userId");
+    let long = json!({"type": "identify", "userId": "s9", "traits": {"bio": "x".repeat(600)}});
+    let r = segment(&app, "/v1/identify", long.clone()).await;
+    assert_eq!(r.error_field(), "traits.bio", "{:?}", r.body);
+    let r = segment(&app, "/v1/batch", json!({"batch": [long]})).await;
+    assert_eq!(
+        r.body["errors"][0]["field"], "batch[0].traits.bio",
+        "{:?}",
+        r.body
+    );
 
     // Batch-level context applies to every item (the item's own keys win).
     let r = segment(
@@ -318,6 +350,24 @@ async fn segment_api(b: Backend) {
     assert_eq!(s3["country"], "KR");
     assert_eq!(s3["web"]["browserName"], "Chrome");
     assert_eq!(s3["web"]["sessionsCount"], 1);
+    // What analytics.js collects from the browser is cut to the limits, not refused: a
+    // long referrer or URL would otherwise lose the page view.
+    let long_url = format!("https://shop.example/p?q={}", "x".repeat(3000));
+    let r = segment(
+        &app,
+        "/v1/page",
+        json!({"userId": "s4", "properties": {"url": long_url, "referrer": long_url},
+               "context": {"page": {"referrer": long_url},
+                           "campaign": {"source": "y".repeat(600)}}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let s4 = app.member("s4").await;
+    assert_eq!(s4["profile"]["referrer"].as_str().unwrap().len(), 512);
+    assert_eq!(s4["profile"]["utmSource"], "y".repeat(512));
+    let evs = events_of(&app, s4["id"].as_str().unwrap()).await;
+    assert_eq!(evs[0]["page"], long_url[..2048]);
+    assert_eq!(evs[0]["property"]["url"], long_url[..512]);
 
     // A mobile app's screen calls (alone and in a batch) are its page views and feed
     // `mobile.*` from the app's context, leaving `web.*` alone.
@@ -505,6 +555,22 @@ async fn sdk_rules(b: Backend) {
     assert_eq!(evs[0]["name"], "PageView");
     assert_eq!(evs[0]["page"], "https://shop.example/");
     assert_eq!(evs[0]["source"], "sdk");
+    // Values the SDK collects from the browser are cut to the limits rather than failing
+    // the boot (which would switch the SDK off for the page).
+    let long_url = format!("https://shop.example/?fbclid={}", "가".repeat(1200));
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "page": long_url, "referrer": long_url,
+        "utm": {"campaign": long_url}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let p = &r.body["user"]["profile"];
+    assert_eq!(p["referrer"].as_str().unwrap().chars().count(), 512);
+    assert_eq!(p["utmCampaign"], p["referrer"]);
+    let evs = events_of(&app, r.body["user"]["id"].as_str().unwrap()).await;
+    let page = evs[0]["page"].as_str().unwrap();
+    assert!(page.len() <= 2048 && page.len() > 2045 && long_url.starts_with(page));
 
     // A boot never resubscribes, and language applies only to a new user.
     let r = boot(
