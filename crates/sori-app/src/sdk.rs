@@ -3,7 +3,7 @@
 //! channel and user under the install key, so a browser can only write to the user it
 //! booted as.
 
-use sori_domain::activity::{Activity, Visit, parse_user_agent};
+use sori_domain::activity::{Activity, Visit};
 use sori_domain::event::{EventInput, EventSource, NewEvent, PAGE_VIEW};
 use sori_domain::{Invalid, UserUpdate, member_hash};
 use sori_store::{UserOpOutcome, UserTarget};
@@ -171,7 +171,9 @@ pub fn visit(now: i64, user_agent: Option<&str>) -> Activity {
         at: Some(now),
         visit: Some(Visit {
             platform: None,
-            device: user_agent.map(parse_user_agent).unwrap_or_default(),
+            device: user_agent
+                .map(sori_domain::user_agent::parse)
+                .unwrap_or_default(),
         }),
         ..Activity::default()
     }

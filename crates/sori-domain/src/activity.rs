@@ -111,39 +111,6 @@ fn overwrite(slot: &mut Option<String>, v: &Option<String>) {
     }
 }
 
-/// Device facts from a `User-Agent` header, by the woothee parser.
-pub fn parse_user_agent(ua: &str) -> DeviceInfo {
-    let Some(r) = woothee::parser::Parser::new().parse(ua) else {
-        return DeviceInfo::default();
-    };
-    let known =
-        |s: &str| (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN).then(|| s.to_owned());
-    let name = known(r.name);
-    let version = known(r.version);
-    let os_name = known(r.os);
-    let os_version = known(&r.os_version);
-    DeviceInfo {
-        browser: match (&name, &version) {
-            (Some(n), Some(v)) => Some(format!("{n} {v}")),
-            (n, _) => n.clone(),
-        },
-        browser_name: name,
-        os: match (&os_name, &os_version) {
-            (Some(n), Some(v)) => Some(format!("{n} {v}")),
-            (n, _) => n.clone(),
-        },
-        os_name,
-        device: match r.category {
-            "pc" => Some("desktop".to_owned()),
-            "smartphone" | "mobilephone" => Some("mobile".to_owned()),
-            "appliance" => Some("appliance".to_owned()),
-            "crawler" => Some("bot".to_owned()),
-            _ => None,
-        },
-        ..DeviceInfo::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,17 +158,6 @@ mod tests {
         apply_activity(&mut u, &Activity::seen(100 * MIN));
         assert_eq!(u.created_at, 100 * MIN);
         assert_eq!(u.last_seen_at, Some(900 * MIN));
-    }
-
-    #[test]
-    fn chrome_on_linux_is_parsed() {
-        let d = parse_user_agent(
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
-        );
-        assert_eq!(d.browser_name.as_deref(), Some("Chrome"));
-        assert_eq!(d.os_name.as_deref(), Some("Linux"));
-        assert_eq!(d.device.as_deref(), Some("desktop"));
-        assert_eq!(parse_user_agent(""), DeviceInfo::default());
     }
 
     proptest! {

@@ -21,6 +21,7 @@ pub mod role;
 pub mod segment;
 pub mod update;
 pub mod user;
+pub mod user_agent;
 pub mod value;
 
 pub use error::{FieldError, Invalid};

@@ -240,7 +240,11 @@ mod tests {
         // An escaped backslash followed by `u0000` is six plain characters, not NUL.
         assert_eq!(parse_error(r#"{"a":"\\u0000"}"#), None);
         assert_eq!(parse_error(r#"{"a":"plain"}"#), None);
-        assert!(parse_error("  ").unwrap().contains("a JSON body is required"));
+        assert!(
+            parse_error("  ")
+                .unwrap()
+                .contains("a JSON body is required")
+        );
         assert!(parse_error("{").unwrap().contains("malformed JSON"));
     }
 }

@@ -163,6 +163,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             })
             .await
     });
+    // The user-agent parsers take ~100 ms to build: off the first visit's path.
+    tokio::task::spawn_blocking(sori_domain::user_agent::warm);
     let retention = tokio::spawn(app.clone().retention_loop(RETENTION_FIRST, RETENTION_EVERY));
     let audience = tokio::spawn(app.clone().audience_loop(AUDIENCE_EVERY));
     Ok(Running {

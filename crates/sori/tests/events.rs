@@ -546,7 +546,10 @@ async fn sdk_rules(b: Backend) {
     assert_eq!(u["language"], "en");
     assert_eq!(u["unsubscribeEmail"], true);
     assert_eq!(u["web"]["browserName"], "Chrome");
-    assert_eq!(u["web"]["osName"], "Windows 10");
+    assert_eq!(u["web"]["osName"], "Windows");
+    assert_eq!(u["web"]["os"], "Windows 10");
+    assert_eq!(u["web"]["browser"], "Chrome 120.0.0.0");
+    assert_eq!(u["web"]["device"], "Desktop");
     assert_eq!(u["profile"]["utmSource"], "news");
     assert_eq!(u["profile"]["referrer"], "https://search.example/");
     let id = u["id"].as_str().unwrap().to_owned();
