@@ -21,19 +21,9 @@ impl App {
             let Some(ch) = self.store.channel(id).await? else {
                 continue;
             };
-            // Whole local days only: the cutoff is the start of a day in the channel's zone,
-            // so an event window (whole days, at most the retention) never loses part of a
-            // day, and the audience projection can drop whole buckets.
             let tz = sori_domain::channel::time_zone("timeZone", &ch.time_zone)?;
-            let today = jiff::Timestamp::from_millisecond(now_ms())
-                .map(|t| t.to_zoned(tz.clone()).date())
-                .map_err(|e| {
-                    crate::AppError::Store(sori_store::StoreError::Corrupt(e.to_string()))
-                })?;
-            let first_kept = today
-                .checked_sub(jiff::Span::new().days(ch.event_retention_days))
-                .unwrap_or(today);
-            let cutoff = sori_domain::filter::start_of_day(first_kept, &tz);
+            let cutoff =
+                sori_domain::event::retention_cutoff(now_ms(), &tz, ch.event_retention_days);
             loop {
                 let n = self
                     .store

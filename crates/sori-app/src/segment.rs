@@ -7,17 +7,30 @@ use sori_domain::event::EventSource;
 use sori_domain::segment::{Call, Kind};
 use sori_store::UserTarget;
 
+use crate::auth::Retention;
 use crate::sdk::visit;
 use crate::secrets::new_id;
 use crate::users::Ingest;
 
-/// The ingest for one call; `prefix` names fields in errors (`batch[3]`).
-pub fn ingest_of(prefix: &str, call: Call, source: EventSource) -> Result<Ingest, Invalid> {
+/// The ingest for one call; `prefix` names fields in errors (`batch[3]`). An event from
+/// before the channel's `retention` is refused (see `check_retained`).
+pub fn ingest_of(
+    prefix: &str,
+    call: Call,
+    source: EventSource,
+    retention: Retention,
+) -> Result<Ingest, Invalid> {
     let event = match call.event {
         Some(input) => {
             let mut e = input
                 .check(prefix, new_id(), call.at, source, None)
                 .map_err(|e| segment_names(prefix, call.kind, e))?;
+            let field = if prefix.is_empty() {
+                "timestamp".to_owned()
+            } else {
+                format!("{prefix}.timestamp")
+            };
+            retention.check(&field, e.created_at)?;
             e.message_id.clone_from(&call.message_id);
             Some(e)
         }

@@ -196,6 +196,54 @@ pub fn check_page(path: &str, page: &Value) -> Result<Option<String>, Invalid> {
     }
 }
 
+/// Checks a channel's event retention setting.
+pub fn check_retention_days(field: &str, days: i64) -> Result<(), Invalid> {
+    if (1..=MAX_RETENTION_DAYS).contains(&days) {
+        Ok(())
+    } else {
+        Err(Invalid::one(
+            field,
+            format!("must be from 1 to {MAX_RETENTION_DAYS} days"),
+        ))
+    }
+}
+
+/// The first instant a channel keeps events from, at `now` (ms): the start of the day
+/// `retention_days` before today in the channel's zone. Whole local days, so an event
+/// window (whole days, at most the retention) never loses part of a day. An unreadable
+/// `now` keeps everything.
+pub fn retention_cutoff(now: i64, tz: &jiff::tz::TimeZone, retention_days: i64) -> i64 {
+    let Ok(today) = jiff::Timestamp::from_millisecond(now).map(|t| t.to_zoned(tz.clone()).date())
+    else {
+        return i64::MIN;
+    };
+    let first_kept = today
+        .checked_sub(jiff::Span::new().days(retention_days))
+        .unwrap_or(today);
+    crate::filter::start_of_day(first_kept, tz)
+}
+
+/// Refuses an event from before `cutoff` ([`retention_cutoff`]): the next retention pass
+/// would delete it, and its `messageId` with it, so storing it would make counts depend on
+/// when a file is re-run. Raising the channel's retention first keeps older history.
+pub fn check_retained(
+    path: &str,
+    created_at: i64,
+    cutoff: i64,
+    retention_days: i64,
+) -> Result<(), Invalid> {
+    if created_at < cutoff {
+        return Err(Invalid::one(
+            path,
+            format!(
+                "is older than the channel keeps events ({retention_days} days); raise \
+                 eventRetentionDays first to store older history"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The longest prefix of `page` within [`MAX_PAGE_BYTES`], cut between characters: pages a
 /// client library takes from the browser or app (the SDK, Segment's `context.page`) are
 /// cut rather than failing the call, like [`crate::value::clip_text`].

@@ -95,8 +95,9 @@ async fn single(
 ) -> ApiResult<Json<Accepted>> {
     let body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
-    let ingest = segment::parse("", body, Some(kind), now_ms())
-        .and_then(|call| ingest_of("", call, EventSource::Segment))?;
+    let now = now_ms();
+    let ingest = segment::parse("", body, Some(kind), now)
+        .and_then(|call| ingest_of("", call, EventSource::Segment, ch.retention(now)))?;
     state
         .app
         .ingest(&ch, ingest, Source::Server)
@@ -190,6 +191,7 @@ pub async fn batch(
         ));
     }
     let now = now_ms();
+    let retention = ch.retention(now);
     let mut errors = Vec::new();
     let mut valid: Vec<(usize, Ingest)> = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
@@ -200,7 +202,7 @@ pub async fn batch(
         }
         let item = with_batch_defaults(item, &body);
         match segment::parse(&prefix, item, None, now)
-            .and_then(|call| ingest_of(&prefix, call, EventSource::Segment))
+            .and_then(|call| ingest_of(&prefix, call, EventSource::Segment, retention))
         {
             Ok(ingest) => valid.push((i, ingest)),
             Err(Invalid(list)) => errors.extend(list.into_iter().map(|f| item_error(i, f))),

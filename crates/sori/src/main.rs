@@ -87,6 +87,17 @@ enum ChannelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change a channel's settings (the Open API's `PATCH /open/v5/channel` does the same
+    /// on a running server). Raise the event retention before importing older history.
+    Set {
+        /// Channel id (needed when the store has several).
+        #[arg(long)]
+        channel: Option<i64>,
+        /// Days events are kept (1–3650); events older than this are refused on the way
+        /// in and deleted by the retention job.
+        #[arg(long)]
+        event_retention_days: Option<i64>,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -161,6 +172,33 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 print_credentials(&creds);
             }
+        }
+        Command::Channel {
+            command:
+                ChannelCommand::Set {
+                    channel,
+                    event_retention_days,
+                },
+        } => {
+            let store = sori::open_store(&cfg).await?;
+            let app = sori::app(&cfg, store).await?;
+            let ch = sori::transfer::channel(&app, channel).await?;
+            if let Some(d) = event_retention_days {
+                sori_domain::event::check_retention_days("--event-retention-days", d)?;
+            }
+            let patch = sori_store::ChannelSettingsPatch {
+                event_retention_days,
+                ..Default::default()
+            };
+            let updated = app
+                .store
+                .update_channel(ch.channel.id, &patch)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("channel {} is gone", ch.channel.id))?;
+            println!(
+                "channel {}: events kept {} days",
+                updated.id, updated.event_retention_days
+            );
         }
         Command::Import {
             kind,

@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sori_app::App;
-use sori_app::auth::{ChannelInfo, info_of};
+use sori_app::auth::{ChannelInfo, Retention, info_of};
 use sori_app::secrets::{new_id, now_ms};
 use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
@@ -126,6 +126,7 @@ pub async fn import(
     let mut summary = Summary::default();
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
     let mut seen: HashMap<String, u32> = HashMap::new();
+    let retention = ch.retention(now_ms());
 
     let mut handle = |line: usize,
                       parsed: Result<Value, Invalid>,
@@ -134,7 +135,7 @@ pub async fn import(
                       errors: &mut dyn Write| {
         let ingest = parsed.and_then(|v| match kind {
             Kind::Users => user_ingest(&v),
-            Kind::Events => event_ingest(&v, &mut seen),
+            Kind::Events => event_ingest(&v, &mut seen, retention),
         });
         match ingest {
             Ok(ingest) => pending.push(Pending { line, ingest }),
@@ -419,9 +420,14 @@ fn user_ingest(v: &Value) -> Result<Ingest, Invalid> {
 /// An event line as an ingest. Its `messageId` is a hash of the line's content plus how
 /// often that content appeared before in this file, so a re-run stores nothing twice while
 /// two identical lines of one file stay two events.
-fn event_ingest(v: &Value, seen: &mut HashMap<String, u32>) -> Result<Ingest, Invalid> {
+fn event_ingest(
+    v: &Value,
+    seen: &mut HashMap<String, u32>,
+    retention: Retention,
+) -> Result<Ingest, Invalid> {
     let l = event_line(v)?;
     let at = l.created_at.unwrap_or_else(now_ms).min(now_ms());
+    retention.check("createdAt", at)?;
     let mut event = l.input.check("", new_id(), at, EventSource::Import, None)?;
     let digest = hex::encode(Sha256::digest(v.to_string().as_bytes()));
     let n = seen.entry(digest.clone()).or_insert(0);

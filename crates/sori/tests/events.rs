@@ -14,6 +14,23 @@ use common::{Backend, TestApp, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// Sets the channel's event retention; history older than the default 90 days needs a
+/// longer one to be stored at all.
+async fn keep_events_for(app: &TestApp, days: i64) {
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/channel",
+            Some(json!({"eventRetentionDays": days})),
+        )
+        .await;
+    assert_eq!(
+        r.body["channel"]["eventRetentionDays"], days,
+        "{:?}",
+        r.body
+    );
+}
+
 async fn events_of(app: &TestApp, key: &str) -> Vec<Value> {
     let r = app
         .open(
@@ -437,7 +454,8 @@ async fn segment_api(b: Backend) {
         &app,
         "/v1/track",
         json!({"userId": "s1", "event": "Signed Up", "messageId": "msg-1",
-               "timestamp": "2020-01-02T03:04:05Z", "properties": {"revenue": 5}}),
+               "timestamp": sori_app::secrets::now_ms() - 10 * 24 * 3600 * 1000,
+               "properties": {"revenue": 5}}),
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -457,7 +475,26 @@ async fn segment_api(b: Backend) {
     assert_eq!(signed["count"], 1);
     assert_eq!(signed["revenue"], true);
 
-    // Historical data keeps its time; createdAt moves back, lastSeenAt does not.
+    // History older than the channel keeps events is refused: the next retention pass
+    // would delete it (and the messageId that keeps a re-run from storing it twice).
+    let old = json!({"userId": "s1", "event": "Old", "timestamp": "2024-01-02T03:04:05Z"});
+    let r = segment(&app, "/v1/track", old.clone()).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error_field(), "timestamp");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("raise eventRetentionDays"),
+        "{:?}",
+        r.body
+    );
+    let mut item = old.clone();
+    item["type"] = json!("track");
+    let r = segment(&app, "/v1/batch", json!({"batch": [item]})).await;
+    assert_eq!(r.error_field(), "batch[0].timestamp", "{:?}", r.body);
+    // With a longer retention it keeps its time; createdAt moves back, lastSeenAt does not.
+    keep_events_for(&app, 3650).await;
     let seen_before = app.member("s1").await["lastSeenAt"].as_i64().unwrap();
     let r = segment(
         &app,
@@ -771,10 +808,30 @@ async fn retention(b: Backend) {
     let now = sori_app::secrets::now_ms();
     let batch: Vec<Value> = [30, 8, 6, 0]
         .iter()
-        .map(|d| json!({"type": "track", "userId": "r1", "event": "Visit", "timestamp": now - d * day}))
+        .map(|d| {
+            json!({"type": "track", "userId": "r1", "event": "Visit", "timestamp": now - d * day,
+                        "messageId": format!("visit-{d}")})
+        })
         .collect();
-    let r = segment(&app, "/v1/batch", json!({"batch": batch})).await;
+    // Stored while the channel keeps 40 days.
+    keep_events_for(&app, 40).await;
+    let r = segment(&app, "/v1/batch", json!({"batch": batch.clone()})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(events_of(&app, "@r1").await.len(), 4);
+    // Kept for 7 days, the channel refuses the two older events (a retry of the others
+    // stores nothing twice).
+    keep_events_for(&app, 7).await;
+    let r = segment(&app, "/v1/batch", json!({"batch": batch})).await;
+    let refused: Vec<&Value> = r.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["field"])
+        .collect();
+    assert_eq!(
+        refused,
+        [&json!("batch[0].timestamp"), &json!("batch[1].timestamp")]
+    );
     assert_eq!(events_of(&app, "@r1").await.len(), 4);
     // Nothing past the given position goes (retention passes what the node followed).
     let ch: i64 = app.creds.channel_id.parse().unwrap();
@@ -804,9 +861,11 @@ async fn retention(b: Backend) {
         {"type": "track", "userId": "r1", "event": "Visit", "timestamp": now - 9 * day},
         {"type": "track", "userId": "r1", "event": "Visit"},
     ]});
+    keep_events_for(&app, 40).await;
     let r = segment(&app, "/v1/batch", batch).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(events_of(&app, "@r1").await.len(), 4);
+    keep_events_for(&app, 7).await;
     let job = tokio::spawn(
         app.app()
             .clone()
@@ -876,6 +935,8 @@ async fn web_sdk_in_chromium(b: Backend) {
 
 async fn segment_and_rudder_node_clients(b: Backend) {
     let app = spawn_app(b).await;
+    // The clients' runs include an order from 2024.
+    keep_events_for(&app, 3650).await;
     for client in ["segment", "rudder"] {
         let envs = [
             ("CLIENT", client.to_owned()),
@@ -912,6 +973,7 @@ async fn batch_order(b: Backend) {
 /// channel's pages (export) and a user's, both directions, each event once and in order.
 async fn pages_through_ties(b: Backend) {
     let app = spawn_app(b).await;
+    keep_events_for(&app, 3650).await;
     let at = 1_700_000_000_000_i64;
     let batch: Vec<Value> = (0..250)
         .map(|i| {

@@ -180,10 +180,17 @@ fn mutate(rng: &mut Rng, mut v: Value, n: u64, arms: u64) -> Value {
     v
 }
 
+/// A past time the channel keeps events for (90 days by default), as Segment spells it.
+fn yesterday() -> String {
+    (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 fn segment_item(n: u64) -> Value {
     match n % 4 {
         0 => json!({"type": "track", "userId": format!("u{}", n % 7), "event": "Order Completed",
-            "messageId": format!("m-{n}"), "timestamp": "2026-01-02T03:04:05Z",
+            "messageId": format!("m-{n}"), "timestamp": yesterday(),
             "properties": {"revenue": 12000, "sku": "A-1", "tags": ["x", "y"], "meta": {"a": 1}},
             "context": {"page": {"url": "https://shop.example/cart", "referrer": "https://r.example/"},
                 "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",

@@ -125,6 +125,29 @@ async fn import_and_export(b: Backend) {
     // so the bad row is line 6.
     assert!(err.contains("line 6: memberId"), "{err}");
 
+    // History older than the channel keeps events (90 days by default) is reported and
+    // skipped; `sori channel set` raises the retention first.
+    let old = db.file(
+        "old.ndjson",
+        json!({"memberId": "u1", "name": "Order", "createdAt": "2022-05-06T07:08:09Z"}).to_string(),
+    );
+    let err = db.import_ok(
+        "events",
+        &old,
+        "imported 0 events (0 already stored), skipped 1",
+    );
+    assert!(
+        err.contains("line 1: createdAt: is older than the channel keeps events (90 days)"),
+        "{err}"
+    );
+    let (ok, out, err) = db.run(&["channel", "set", "--event-retention-days", "0"]);
+    assert!(
+        !ok && err.contains("must be from 1 to 3650 days"),
+        "{out} {err}"
+    );
+    let (ok, out, err) = db.run(&["channel", "set", "--event-retention-days", "3650"]);
+    assert!(ok && out.contains("events kept 3650 days"), "{out} {err}");
+
     let events = db.file(
         "events.csv",
         "memberId,name,createdAt,page,property.sku,property.price\n\
@@ -393,11 +416,13 @@ async fn import_while_serving(b: Backend) {
     let db = Db::new(b).await;
     let (mut child, base, keys) = serve(&db);
     let auth = segment_auth(&keys);
-    // 6,000 lines for 50 members, 2,000 of them for members the clients also send to.
+    // 6,000 lines for 50 members, 2,000 of them for members the clients also send to,
+    // from yesterday (within the default retention).
+    let yesterday = sori_app::secrets::now_ms() - 24 * 3600 * 1000;
     let lines: Vec<String> = (0..6_000)
         .map(|i| {
             json!({"memberId": format!("m{}", i % 50), "name": "Imported",
-                "property": {"i": i}, "createdAt": 1_700_000_000_000_i64 + i})
+                "property": {"i": i}, "createdAt": yesterday + i})
             .to_string()
         })
         .collect();

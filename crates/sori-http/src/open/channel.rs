@@ -86,16 +86,8 @@ pub async fn apply(state: &AppState, channel: &Channel, body: JsonBody) -> ApiRe
     if let Some(l) = &p.default_language {
         channel::check_language("defaultLanguage", l)?;
     }
-    if let Some(d) = p.event_retention_days
-        && !(1..=sori_domain::event::MAX_RETENTION_DAYS).contains(&d)
-    {
-        return Err(ApiError::field(
-            "eventRetentionDays",
-            format!(
-                "must be from 1 to {} days",
-                sori_domain::event::MAX_RETENTION_DAYS
-            ),
-        ));
+    if let Some(d) = p.event_retention_days {
+        sori_domain::event::check_retention_days("eventRetentionDays", d)?;
     }
     let patch = ChannelSettingsPatch {
         event_retention_days: p.event_retention_days,
