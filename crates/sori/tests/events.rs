@@ -57,12 +57,28 @@ async fn open_api_events(b: Backend) {
         .open(
             Method::POST,
             &format!("/open/v5/users/{id}/events"),
-            Some(json!({"name": "Order", "property": {"revenue": 12000, "items": ["a", "b"], "gift": false}})),
+            Some(json!({"name": "Order", "property": {"revenue": 12000, "items": ["a", "b"], "gift": false},
+                        "page": "https://shop.example/checkout"})),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["event"]["name"], "Order");
     assert_eq!(r.body["event"]["source"], "openApi");
+    assert_eq!(r.body["event"]["page"], "https://shop.example/checkout");
+    assert_eq!(
+        events_of(&app, &id).await[0]["page"],
+        "https://shop.example/checkout"
+    );
+    // An explicit page over the limit is the caller's to fix: refused, naming it.
+    let r = app
+        .open(
+            Method::POST,
+            &format!("/open/v5/users/{id}/events"),
+            Some(json!({"name": "Order", "page": "x".repeat(2049)})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error_field(), "page");
 
     let batch: Vec<Value> = (0..5)
         .map(|i| json!({"name": "View", "property": {"n": i}}))
@@ -386,6 +402,25 @@ async fn segment_api(b: Backend) {
     assert_eq!(evs[0]["page"], long_url[..2048]);
     assert_eq!(evs[0]["property"]["url"], long_url[..512]);
 
+    // Visits more than 30 minutes apart are two sessions; the locale gives a new user
+    // their language.
+    let hour = 3600 * 1000;
+    let now = sori_app::secrets::now_ms();
+    for at in [now - 2 * hour, now - 2 * hour + 10 * 60 * 1000, now - hour] {
+        let r = segment(
+            &app,
+            "/v1/page",
+            json!({"userId": "s5", "timestamp": at, "context": {"locale": "ko-KR"}}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let s5 = app.member("s5").await;
+    assert_eq!(s5["sessionsCount"], 2);
+    assert_eq!(s5["web"]["sessionsCount"], 2);
+    assert_eq!(s5["lastSeenAt"], now - hour);
+    assert_eq!(s5["language"], "ko");
+
     // A mobile app's screen calls (alone and in a batch) are its page views and feed
     // `mobile.*` from the app's context, leaving `web.*` alone.
     let phone = json!({"app": {"name": "Shop", "version": "2.3.1"},
@@ -573,8 +608,13 @@ async fn sdk_rules(b: Backend) {
     assert_eq!(r.error_field(), "veilId");
 
     // A first boot creates an anonymous user with a session, device and PageView.
-    let r = boot(&app, json!({"pluginKey": pk, "page": "https://shop.example/", "language": "en",
-        "unsubscribeEmail": true, "utm": {"source": "news"}, "referrer": "https://search.example/"})).await;
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "page": "https://shop.example/", "language": "en",
+        "unsubscribeEmail": true, "unsubscribeTexting": true, "profile": {"plan": "free"},
+        "utm": {"source": "news"}, "referrer": "https://search.example/"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let u = r.body["user"].clone();
     let veil = r.body["veilId"].as_str().unwrap().to_owned();
@@ -582,6 +622,8 @@ async fn sdk_rules(b: Backend) {
     assert_eq!(u["sessionsCount"], 1);
     assert_eq!(u["language"], "en");
     assert_eq!(u["unsubscribeEmail"], true);
+    assert_eq!(u["unsubscribeTexting"], true);
+    assert_eq!(u["profile"]["plan"], "free");
     assert_eq!(u["web"]["browserName"], "Chrome");
     assert_eq!(u["web"]["osName"], "Windows");
     assert_eq!(u["web"]["os"], "Windows 10");
