@@ -22,15 +22,17 @@ pub fn ingest_of(
 ) -> Result<Ingest, Invalid> {
     let event = match call.event {
         Some(input) => {
-            let mut e = input
-                .check(prefix, new_id(), call.at, source, None)
-                .map_err(|e| segment_names(prefix, call.kind, e))?;
             let field = if prefix.is_empty() {
-                "timestamp".to_owned()
+                call.time_field.to_owned()
             } else {
-                format!("{prefix}.timestamp")
+                format!("{prefix}.{}", call.time_field)
             };
-            retention.check(&field, e.created_at)?;
+            let mut e = Invalid::both(
+                retention.check(&field, call.at),
+                input
+                    .check(prefix, new_id(), call.at, source, None)
+                    .map_err(|e| segment_names(prefix, call.kind, e)),
+            )?;
             e.message_id.clone_from(&call.message_id);
             Some(e)
         }

@@ -66,8 +66,15 @@ impl Activity {
 /// Applies activity to `user`; returns whether anything changed.
 pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
     let before = user.clone();
-    overwrite(&mut user.city, &a.city);
-    overwrite(&mut user.country, &a.country);
+    // A place that comes with activity is the user's place only if that activity is the
+    // newest (a late-arriving older call must not move them back); one given without a
+    // time (an identify's address) is a statement about now.
+    if a.at
+        .is_none_or(|at| user.last_seen_at.is_none_or(|l| at >= l))
+    {
+        overwrite(&mut user.city, &a.city);
+        overwrite(&mut user.country, &a.country);
+    }
     if let Some(c) = a.created_at {
         user.created_at = user.created_at.min(c);
     }
@@ -158,6 +165,34 @@ mod tests {
         apply_activity(&mut u, &Activity::seen(100 * MIN));
         assert_eq!(u.created_at, 100 * MIN);
         assert_eq!(u.last_seen_at, Some(900 * MIN));
+    }
+
+    #[test]
+    fn only_the_newest_activity_moves_the_place() {
+        let mut u = User::new("u".into(), 0);
+        let at = |t: i64, city: &str| Activity {
+            city: Some(city.into()),
+            ..Activity::seen(t)
+        };
+        apply_activity(&mut u, &at(10 * MIN, "Seoul"));
+        apply_activity(&mut u, &at(5 * MIN, "Busan"));
+        assert_eq!(
+            u.city.as_deref(),
+            Some("Seoul"),
+            "an older call arrived late"
+        );
+        apply_activity(&mut u, &at(20 * MIN, "Incheon"));
+        assert_eq!(u.city.as_deref(), Some("Incheon"));
+        let address = Activity {
+            city: Some("Daegu".into()),
+            ..Activity::default()
+        };
+        apply_activity(&mut u, &address);
+        assert_eq!(
+            u.city.as_deref(),
+            Some("Daegu"),
+            "an identify's address applies"
+        );
     }
 
     proptest! {

@@ -44,6 +44,19 @@ impl Invalid {
     pub fn one(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self(vec![FieldError::new(field, message)])
     }
+
+    /// `value` unless either check failed, then every problem of both: two checks made
+    /// apart still answer all at once.
+    pub fn both<T>(check: Result<(), Invalid>, value: Result<T, Invalid>) -> Result<T, Invalid> {
+        match (check, value) {
+            (Ok(()), v) => v,
+            (Err(Invalid(mut all)), Err(Invalid(more))) => {
+                all.extend(more);
+                Err(Invalid(all))
+            }
+            (Err(e), Ok(_)) => Err(e),
+        }
+    }
 }
 
 /// Collects errors while validating and turns them into a result at the end.

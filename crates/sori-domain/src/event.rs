@@ -444,6 +444,23 @@ mod tests {
     }
 
     #[test]
+    fn the_retention_cutoff_is_the_start_of_a_local_day() {
+        let ms = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        let seoul = jiff::tz::TimeZone::get("Asia/Seoul").unwrap();
+        // 10:00 on 30 November in Seoul; kept for 7 days from 00:00 on 23 November there.
+        let cutoff = retention_cutoff(ms("2026-11-30T01:00:00Z"), &seoul, 7);
+        assert_eq!(cutoff, ms("2026-11-22T15:00:00Z"));
+        assert!(check_retained("t", cutoff, cutoff, 7).is_ok());
+        let e = check_retained("t", cutoff - 1, cutoff, 7).unwrap_err();
+        assert_eq!(e.0[0].field, "t");
+        assert!(e.0[0].message.contains("(7 days)"));
+        // Both problems of a line at once.
+        let both = Invalid::both(Err(e), Err::<(), _>(Invalid::one("name", "bad")));
+        let fields: Vec<String> = both.unwrap_err().0.into_iter().map(|f| f.field).collect();
+        assert_eq!(fields, ["t", "name"]);
+    }
+
+    #[test]
     fn collected_pages_are_cut_between_characters() {
         let long = format!("https://shop.example/?q={}", "가".repeat(1000));
         let cut = clip_page(&long);

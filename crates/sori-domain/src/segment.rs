@@ -53,6 +53,9 @@ pub struct Call {
     pub event: Option<EventInput>,
     /// When it happened (ms), corrected for client clock skew, never in the future.
     pub at: i64,
+    /// The field `at` was read from (`timestamp` or `originalTimestamp`), to name in an
+    /// error about the time.
+    pub time_field: &'static str,
     /// Idempotency key.
     pub message_id: Option<String>,
     /// `context.userAgent`, for page calls.
@@ -124,7 +127,7 @@ pub fn parse(
             None
         }
     };
-    let when = time_of(&m, received_at, &at, &mut errs);
+    let (when, time_field) = time_of(&m, received_at, &at, &mut errs);
     let empty = Map::new();
     let context = m
         .get("context")
@@ -292,6 +295,7 @@ pub fn parse(
         update,
         event,
         at: when,
+        time_field,
         message_id,
         user_agent,
         app,
@@ -385,15 +389,15 @@ fn time_of(
     received_at: i64,
     at: &dyn Fn(&str) -> String,
     errs: &mut Errors,
-) -> i64 {
+) -> (i64, &'static str) {
     let get = |k: &str, errs: &mut Errors| match m.get(k) {
         None | Some(Value::Null) => None,
         Some(v) => time_value(v, &at(k), errs),
     };
-    let t = if let Some(t) = get("timestamp", errs) {
-        t
+    let (t, field) = if let Some(t) = get("timestamp", errs) {
+        (t, "timestamp")
     } else if let Some(o) = get("originalTimestamp", errs) {
-        match get("sentAt", errs).map(|s| received_at - (s - o)) {
+        let t = match get("sentAt", errs).map(|s| received_at - (s - o)) {
             Some(t) if t < 0 => {
                 // The client claims to have held the call for longer than since 1970.
                 errs.push(
@@ -404,11 +408,12 @@ fn time_of(
             }
             Some(t) => t,
             None => o,
-        }
+        };
+        (t, "originalTimestamp")
     } else {
-        received_at
+        (received_at, "timestamp")
     };
-    t.min(received_at)
+    (t.min(received_at), field)
 }
 
 /// Times Sori keeps, in epoch milliseconds: from 1970 to the end of 9999. Earlier ones

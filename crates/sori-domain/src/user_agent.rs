@@ -29,15 +29,44 @@ pub fn warm() {
     extractor();
 }
 
-/// OS families whose devices the dataset does not name: their visits come from a desktop.
+/// Desktop OS families the dataset names, besides any `… Linux` and `…BSD`: their visits
+/// come from a computer it names no device for.
 const DESKTOP_OS: &[&str] = &[
     "Windows",
-    "Linux",
-    "Ubuntu",
-    "Fedora",
     "Chrome OS",
-    "FreeBSD",
+    "Ubuntu",
+    "Kubuntu",
+    "Debian",
+    "Fedora",
+    "Red Hat",
+    "CentOS",
+    "openSUSE",
+    "SUSE",
+    "Gentoo",
+    "Slackware",
+    "Mandriva",
 ];
+
+fn desktop(os: &str) -> bool {
+    DESKTOP_OS.contains(&os) || os.contains("Linux") || os.ends_with("BSD")
+}
+
+/// The device a visit came from, as the dataset names it. Its generic answers become a
+/// kind of device: `Generic Smartphone` is `Smartphone`, and Chrome's reduced Android
+/// string (`Android 10; K`, where the model would be) is a `Smartphone` or a `Tablet`
+/// rather than a device called `K`.
+fn device_name(d: &ua_parser::device::ValueRef<'_>) -> Option<String> {
+    let brand = d.brand.as_deref();
+    if d.model.as_deref() == Some("K") {
+        return match brand {
+            Some("Generic_Android") => Some("Smartphone".to_owned()),
+            Some("Generic_Android_Tablet") => Some("Tablet".to_owned()),
+            _ => None,
+        };
+    }
+    let name = d.device.strip_prefix("Generic ").unwrap_or(&d.device);
+    (!name.is_empty() && name != "Other").then(|| name.to_owned())
+}
 
 /// Device facts of a visit: `browser`/`os` with their versions, `browserName`/`osName`
 /// without, and `device` as the dataset names it (`iPhone`, `Mac`, `Samsung SM-S918N`,
@@ -72,10 +101,10 @@ pub fn parse(ua: &str) -> DeviceInfo {
             ],
         )
     });
-    let device = device.as_ref().and_then(|d| known(&d.device)).or_else(|| {
+    let device = device.as_ref().and_then(device_name).or_else(|| {
         os_name
             .as_deref()
-            .filter(|o| DESKTOP_OS.contains(o))
+            .filter(|o| desktop(o))
             .map(|_| "Desktop".to_owned())
     });
     DeviceInfo {
@@ -157,6 +186,36 @@ mod tests {
             )[3..],
             [Some("Linux".to_owned()), Some("Desktop".to_owned())]
         );
+    }
+
+    #[test]
+    fn reduced_and_generic_agents_name_a_kind_of_device() {
+        let android = |tail: &str| {
+            parse(&format!(
+                "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 {tail}"
+            ))
+            .device
+        };
+        assert_eq!(
+            android("Mobile Safari/537.36").as_deref(),
+            Some("Smartphone")
+        );
+        assert_eq!(android("Safari/537.36").as_deref(), Some("Tablet"));
+        for (ua, os) in [
+            (
+                "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/115.0",
+                "Ubuntu",
+            ),
+            (
+                "Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+                "Chrome OS",
+            ),
+        ] {
+            let d = parse(ua);
+            assert_eq!(d.os_name.as_deref(), Some(os));
+            assert_eq!(d.device.as_deref(), Some("Desktop"), "{ua}");
+        }
+        assert!(desktop("Linux Mint") && desktop("OpenBSD") && !desktop("iOS"));
     }
 
     #[test]

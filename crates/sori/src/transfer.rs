@@ -427,8 +427,10 @@ fn event_ingest(
 ) -> Result<Ingest, Invalid> {
     let l = event_line(v)?;
     let at = l.created_at.unwrap_or_else(now_ms).min(now_ms());
-    retention.check("createdAt", at)?;
-    let mut event = l.input.check("", new_id(), at, EventSource::Import, None)?;
+    let mut event = Invalid::both(
+        retention.check("createdAt", at),
+        l.input.check("", new_id(), at, EventSource::Import, None),
+    )?;
     let digest = hex::encode(Sha256::digest(v.to_string().as_bytes()));
     let n = seen.entry(digest.clone()).or_insert(0);
     event.message_id = Some(format!("import:{}:{n}", &digest[..40]));

@@ -610,6 +610,11 @@ async fn segment_batch(app: &TestApp, batch: Vec<Value>) {
         )
         .await;
     assert!(r.status < 300, "{:?}", r.body);
+    assert!(
+        r.body.get("errors").is_none(),
+        "an item was refused: {:?}",
+        r.body
+    );
 }
 
 fn iso(ms: i64) -> String {

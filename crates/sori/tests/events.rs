@@ -524,6 +524,12 @@ async fn segment_api(b: Backend) {
         "{:?}",
         r.body
     );
+    // RudderStack sends originalTimestamp (and sentAt, here a queue held since 2024): the
+    // error names what was sent.
+    let rudder = json!({"userId": "s1", "event": "Old", "originalTimestamp": "2024-01-02T03:04:05Z",
+                        "sentAt": jiff::Timestamp::now().to_string()});
+    let r = segment(&app, "/v1/track", rudder).await;
+    assert_eq!(r.error_field(), "originalTimestamp", "{:?}", r.body);
     let mut item = old.clone();
     item["type"] = json!("track");
     let r = segment(&app, "/v1/batch", json!({"batch": [item]})).await;
