@@ -56,6 +56,9 @@ pub struct Call {
     /// The field `at` was read from (`timestamp` or `originalTimestamp`), to name in an
     /// error about the time.
     pub time_field: &'static str,
+    /// `(profile key, path in the message)` for every profile value the call sets
+    /// (`firstName` ← `traits.first_name`, `utmSource` ← `context.campaign.source`).
+    pub origins: Vec<(String, String)>,
     /// Idempotency key.
     pub message_id: Option<String>,
     /// `context.userAgent`, for page calls.
@@ -137,16 +140,20 @@ pub fn parse(
     let mut profile = Map::new();
     let mut created_at = None;
     let (mut city, mut country) = (None, None);
-    let traits = match kind {
-        Kind::Identify => m.get("traits").or_else(|| context.get("traits")),
-        _ => context.get("traits"),
+    let (traits, traits_at) = match (kind, m.get("traits")) {
+        (Kind::Identify, Some(t)) => (Some(t), "traits"),
+        _ => (context.get("traits"), "context.traits"),
     };
+    // Where each profile key came from in the message, so an error found when the profile
+    // is applied names what the client sent.
+    let mut origins: Vec<(String, String)> = Vec::new();
     if kind == Kind::Identify {
         match traits {
             None | Some(Value::Null) => {}
             Some(Value::Object(t)) => {
                 for (k, v) in t {
-                    let path = at(&format!("traits.{k}"));
+                    let sent = format!("{traits_at}.{k}");
+                    let path = at(&sent);
                     match k.as_str() {
                         "id" | "anonymousId" | "userId" => {}
                         "createdAt" => created_at = time_value(v, &path, &mut errs),
@@ -158,6 +165,7 @@ pub fn parse(
                                 "landlineNumber"
                             };
                             profile.insert(key.to_owned(), v.clone());
+                            origins.push((key.to_owned(), sent));
                         }
                         "address" => {
                             if let Value::Object(a) = v {
@@ -174,18 +182,21 @@ pub fn parse(
                                     if let Some(first) = sub.get(..1) {
                                         sub = first.to_uppercase() + &sub[1..];
                                     }
-                                    profile.insert(format!("{}{sub}", camel_case(k)), iv.clone());
+                                    let key = format!("{}{sub}", camel_case(k));
+                                    origins.push((key.clone(), format!("{sent}.{ik}")));
+                                    profile.insert(key, iv.clone());
                                 }
                             }
                             _ => {
                                 profile.insert(camel_case(k), v.clone());
+                                origins.push((camel_case(k), sent));
                             }
                         },
                     }
                 }
             }
             Some(other) => errs.push(
-                at("traits"),
+                at(traits_at),
                 format!("must be an object, got {}", value::kind(other)),
             ),
         }
@@ -208,8 +219,10 @@ pub fn parse(
             {
                 // Collected by the library, so cut to the limit rather than refused.
                 let v = value::clip_text(v);
-                profile.insert(format!("utm{to}"), Value::String(v.to_owned()));
-                profile.insert(format!("lastUtm{to}"), Value::String(v.to_owned()));
+                for key in [format!("utm{to}"), format!("lastUtm{to}")] {
+                    origins.push((key.clone(), format!("context.campaign.{from}")));
+                    profile.insert(key, Value::String(v.to_owned()));
+                }
             }
         }
     }
@@ -221,6 +234,7 @@ pub fn parse(
             "referrer".into(),
             Value::String(value::clip_text(r).to_owned()),
         );
+        origins.push(("referrer".into(), "context.page.referrer".into()));
     }
     let language = context
         .get("locale")
@@ -296,6 +310,7 @@ pub fn parse(
         event,
         at: when,
         time_field,
+        origins,
         message_id,
         user_agent,
         app,

@@ -96,16 +96,19 @@ async fn single(
     let body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
     let now = now_ms();
-    let ingest = segment::parse("", body, Some(kind), now)
-        .and_then(|call| ingest_of("", call, EventSource::Segment, ch.retention(now)))?;
+    let call = segment::parse("", body, Some(kind), now)?;
+    let origins = call.origins.clone();
+    let ingest = ingest_of("", call, EventSource::Segment, ch.retention(now))?;
     state
         .app
         .ingest(&ch, ingest, Source::Server)
         .await
         .map_err(|e| match e {
-            sori_app::AppError::Invalid(Invalid(list)) => {
-                sori_app::AppError::Invalid(Invalid(list.into_iter().map(segment_field).collect()))
-            }
+            sori_app::AppError::Invalid(Invalid(list)) => sori_app::AppError::Invalid(Invalid(
+                list.into_iter()
+                    .map(|f| segment_field(f, &origins))
+                    .collect(),
+            )),
             e => e,
         })?;
     Ok(Json(Accepted {
@@ -194,6 +197,7 @@ pub async fn batch(
     let retention = ch.retention(now);
     let mut errors = Vec::new();
     let mut valid: Vec<(usize, Ingest)> = Vec::with_capacity(items.len());
+    let mut origins: Vec<Vec<(String, String)>> = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let prefix = format!("batch[{i}]");
         if nul && let Some(path) = crate::body::nul_path(&item, prefix.clone()) {
@@ -201,10 +205,14 @@ pub async fn batch(
             continue;
         }
         let item = with_batch_defaults(item, &body);
-        match segment::parse(&prefix, item, None, now)
-            .and_then(|call| ingest_of(&prefix, call, EventSource::Segment, retention))
-        {
-            Ok(ingest) => valid.push((i, ingest)),
+        match segment::parse(&prefix, item, None, now).and_then(|call| {
+            let sent = call.origins.clone();
+            ingest_of(&prefix, call, EventSource::Segment, retention).map(|ing| (ing, sent))
+        }) {
+            Ok((ingest, sent)) => {
+                valid.push((i, ingest));
+                origins.push(sent);
+            }
             Err(Invalid(list)) => errors.extend(list.into_iter().map(|f| item_error(i, f))),
         }
     }
@@ -217,11 +225,12 @@ pub async fn batch(
     }
     let (indexes, ingests): (Vec<usize>, Vec<Ingest>) = valid.into_iter().unzip();
     let results = state.app.ingest_many(&ch, ingests, Source::Server).await?;
-    for (i, r) in indexes.into_iter().zip(results) {
+    for ((i, r), sent) in indexes.into_iter().zip(results).zip(&origins) {
         match r {
             Ok(_) => {}
             Err(sori_app::AppError::Invalid(Invalid(list))) => {
-                errors.extend(list.into_iter().map(segment_field).map(|mut f| {
+                errors.extend(list.into_iter().map(|f| {
+                    let mut f = segment_field(f, sent);
                     f.field = format!("batch[{i}].{}", f.field);
                     item_error(i, f)
                 }));
@@ -246,9 +255,19 @@ pub async fn batch(
 }
 
 /// Renames a field of Sori's user model, in an error found while applying a call, to
-/// what the Segment call sent: `traits.*` (after camelCasing, as stored), `userId`,
-/// `anonymousId`, `context.locale`.
-fn segment_field(mut f: sori_domain::FieldError) -> sori_domain::FieldError {
+/// what the Segment call sent: a profile key to the path it came from (`origins`, from
+/// the mapping; `traits.*` for any other), `userId`, `anonymousId`, `context.locale`.
+fn segment_field(
+    mut f: sori_domain::FieldError,
+    origins: &[(String, String)],
+) -> sori_domain::FieldError {
+    if let Some(rest) = f.field.strip_prefix("profile.") {
+        let key = rest.split(['.', '[']).next().unwrap_or(rest);
+        if let Some((_, sent)) = origins.iter().find(|(k, _)| k == key) {
+            f.field = format!("{sent}{}", &rest[key.len()..]);
+            return f;
+        }
+    }
     for (from, to) in [
         ("profile", "traits"),
         ("memberId", "userId"),

@@ -337,15 +337,20 @@ async fn segment_api(b: Backend) {
     let r = segment(&app, "/v1/identify", json!({"userId": " s9 "})).await;
     assert_eq!(r.status, 400, "{:?}", r.body);
     assert_eq!(r.error_field(), "userId");
-    let long = json!({"type": "identify", "userId": "s9", "traits": {"bio": "x".repeat(600)}});
+    // As sent: `long_bio` is stored as `longBio`, `company.legal_name` as
+    // `companyLegalName`.
+    let long = json!({"type": "identify", "userId": "s9", "traits": {"long_bio": "x".repeat(600)}});
     let r = segment(&app, "/v1/identify", long.clone()).await;
-    assert_eq!(r.error_field(), "traits.bio", "{:?}", r.body);
+    assert_eq!(r.error_field(), "traits.long_bio", "{:?}", r.body);
     let r = segment(&app, "/v1/batch", json!({"batch": [long]})).await;
     assert_eq!(
-        r.body["errors"][0]["field"], "batch[0].traits.bio",
+        r.body["errors"][0]["field"], "batch[0].traits.long_bio",
         "{:?}",
         r.body
     );
+    let nested = json!({"userId": "s9", "traits": {"company": {"legal_name": "y".repeat(600)}}});
+    let r = segment(&app, "/v1/identify", nested).await;
+    assert_eq!(r.error_field(), "traits.company.legal_name", "{:?}", r.body);
 
     // Batch-level context applies to every item (the item's own keys win).
     let r = segment(
