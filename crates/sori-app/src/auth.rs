@@ -138,28 +138,8 @@ impl ChannelCache {
 
 impl ChannelInfo {
     /// What the channel keeps events for, at `now` (ms).
-    pub fn retention(&self, now: i64) -> Retention {
-        let days = self.channel.event_retention_days;
-        Retention {
-            cutoff: sori_domain::event::retention_cutoff(now, &self.tz, days),
-            days,
-        }
-    }
-}
-
-/// A channel's event retention at one moment: events from before `cutoff` are not kept.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// First instant kept (ms).
-    pub cutoff: i64,
-    /// The channel's setting, for messages.
-    pub days: i64,
-}
-
-impl Retention {
-    /// Refuses an event time the channel would not keep, naming `field`.
-    pub fn check(&self, field: &str, created_at: i64) -> Result<(), sori_domain::Invalid> {
-        sori_domain::event::check_retained(field, created_at, self.cutoff, self.days)
+    pub fn retention(&self, now: i64) -> sori_domain::event::Retention<'_> {
+        sori_domain::event::Retention::new(now, &self.tz, self.channel.event_retention_days)
     }
 }
 

@@ -23,7 +23,7 @@ impl App {
             };
             let tz = sori_domain::channel::time_zone("timeZone", &ch.time_zone)?;
             let cutoff =
-                sori_domain::event::retention_cutoff(now_ms(), &tz, ch.event_retention_days);
+                sori_domain::event::Retention::new(now_ms(), &tz, ch.event_retention_days).cutoff();
             loop {
                 let n = self
                     .store

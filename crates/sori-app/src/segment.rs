@@ -3,32 +3,27 @@
 
 use sori_domain::Invalid;
 use sori_domain::activity::{Activity, Platform};
-use sori_domain::event::EventSource;
+use sori_domain::error::field_path;
+use sori_domain::event::{EventSource, Retention};
 use sori_domain::segment::{Call, Kind};
 use sori_store::UserTarget;
 
-use crate::auth::Retention;
 use crate::sdk::visit;
 use crate::secrets::new_id;
 use crate::users::Ingest;
 
 /// The ingest for one call; `prefix` names fields in errors (`batch[3]`). An event from
-/// before the channel's `retention` is refused (see `check_retained`).
+/// before the channel's `retention` is refused (see [`Retention::check`]).
 pub fn ingest_of(
     prefix: &str,
     call: Call,
     source: EventSource,
-    retention: Retention,
+    retention: Retention<'_>,
 ) -> Result<Ingest, Invalid> {
     let event = match call.event {
         Some(input) => {
-            let field = if prefix.is_empty() {
-                call.time_field.to_owned()
-            } else {
-                format!("{prefix}.{}", call.time_field)
-            };
             let mut e = Invalid::both(
-                retention.check(&field, call.at),
+                retention.check(&field_path(prefix, call.time_field), call.at),
                 input
                     .check(prefix, new_id(), call.at, source, None)
                     .map_err(|e| segment_names(prefix, call.kind, e)),
@@ -71,13 +66,7 @@ pub fn ingest_of(
 
 /// Renames Sori's event fields in errors to the Segment fields the client sent.
 fn segment_names(prefix: &str, kind: Kind, e: Invalid) -> Invalid {
-    let at = |f: &str| {
-        if prefix.is_empty() {
-            f.to_owned()
-        } else {
-            format!("{prefix}.{f}")
-        }
-    };
+    let at = |f| field_path(prefix, f);
     let renames = [
         (at("name"), at("event")),
         (at("property"), at("properties")),
@@ -94,7 +83,7 @@ fn segment_names(prefix: &str, kind: Kind, e: Invalid) -> Invalid {
         e.0.into_iter()
             .map(|mut f| {
                 for (from, to) in &renames {
-                    if let Some(rest) = f.field.strip_prefix(from.as_str())
+                    if let Some(rest) = f.field.strip_prefix(from.as_ref())
                         && (rest.is_empty() || rest.starts_with('.'))
                     {
                         f.field = format!("{to}{rest}");

@@ -1,5 +1,7 @@
 //! Validation errors that name the offending field and the rule it broke.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 /// One problem with one field; `field` is a JSON path such as `profile.email` or `tags[3]`.
@@ -56,6 +58,16 @@ impl Invalid {
             }
             (Err(e), Ok(_)) => Err(e),
         }
+    }
+}
+
+/// `field` under `prefix` (`batch[3].event`), or `field` itself at the top level, where it
+/// is borrowed: checks of single calls build no paths unless they fail.
+pub fn field_path<'a>(prefix: &str, field: &'a str) -> Cow<'a, str> {
+    if prefix.is_empty() {
+        Cow::Borrowed(field)
+    } else {
+        Cow::Owned(format!("{prefix}.{field}"))
     }
 }
 

@@ -2,8 +2,6 @@
 //! the path it came in by. Every ingestion path (SDK, Open API, Segment, import) validates
 //! through [`EventInput::check`], so they all accept and reject the same things.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -208,40 +206,58 @@ pub fn check_retention_days(field: &str, days: i64) -> Result<(), Invalid> {
     }
 }
 
-/// The first instant a channel keeps events from, at `now` (ms): the start of the day
-/// `retention_days` before today in the channel's zone. Whole local days, so an event
-/// window (whole days, at most the retention) never loses part of a day. An unreadable
-/// `now` keeps everything.
-pub fn retention_cutoff(now: i64, tz: &jiff::tz::TimeZone, retention_days: i64) -> i64 {
-    let Ok(today) = jiff::Timestamp::from_millisecond(now).map(|t| t.to_zoned(tz.clone()).date())
-    else {
-        return i64::MIN;
-    };
-    let first_kept = today
-        .checked_sub(jiff::Span::new().days(retention_days))
-        .unwrap_or(today);
-    crate::filter::start_of_day(first_kept, tz)
+/// A channel's event retention as of `now` (ms): what an incoming event's time is checked
+/// against, and where the retention job cuts.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention<'a> {
+    now: i64,
+    tz: &'a jiff::tz::TimeZone,
+    days: i64,
 }
 
-/// Refuses an event from before `cutoff` ([`retention_cutoff`]): the next retention pass
-/// would delete it, and its `messageId` with it, so storing it would make counts depend on
-/// when a file is re-run. Raising the channel's retention first keeps older history.
-pub fn check_retained(
-    path: &str,
-    created_at: i64,
-    cutoff: i64,
-    retention_days: i64,
-) -> Result<(), Invalid> {
-    if created_at < cutoff {
-        return Err(Invalid::one(
+impl<'a> Retention<'a> {
+    /// Keeping events `days` days in zone `tz`, at `now`.
+    pub fn new(now: i64, tz: &'a jiff::tz::TimeZone, days: i64) -> Self {
+        Self { now, tz, days }
+    }
+
+    /// The first instant kept: the start of the day `days` before today in the channel's
+    /// zone. Whole local days, so an event window (whole days, at most the retention)
+    /// never loses part of a day. An unreadable `now` keeps everything.
+    pub fn cutoff(&self) -> i64 {
+        let Ok(today) =
+            jiff::Timestamp::from_millisecond(self.now).map(|t| t.to_zoned(self.tz.clone()).date())
+        else {
+            return i64::MIN;
+        };
+        let first_kept = today
+            .checked_sub(jiff::Span::new().days(self.days))
+            .unwrap_or(today);
+        crate::filter::start_of_day(first_kept, self.tz)
+    }
+
+    /// Refuses an event from before [`Self::cutoff`]: the next retention pass would delete
+    /// it, and its `messageId` with it, so storing it would make counts depend on when a
+    /// file is re-run. Raising the channel's retention first keeps older history.
+    pub fn check(&self, path: &str, created_at: i64) -> Result<(), Invalid> {
+        // Time-zone arithmetic only near the edge: the cutoff lies at most `days` local
+        // days back, which is never shorter than `days - 2` days of 24 hours (zone shifts
+        // stay under 48 hours), so anything newer is kept. Live events never get further.
+        const DAY: i64 = 24 * 3600 * 1000;
+        if created_at >= self.now.saturating_sub((self.days - 2).max(0) * DAY)
+            || created_at >= self.cutoff()
+        {
+            return Ok(());
+        }
+        Err(Invalid::one(
             path,
             format!(
-                "is older than the channel keeps events ({retention_days} days); raise \
-                 eventRetentionDays first to store older history"
+                "is older than the channel keeps events ({} days); raise \
+                 eventRetentionDays first to store older history",
+                self.days
             ),
-        ));
+        ))
     }
-    Ok(())
 }
 
 /// The longest prefix of `page` within [`MAX_PAGE_BYTES`], cut between characters: pages a
@@ -376,14 +392,7 @@ impl EventInput {
         source: EventSource,
         default_page: Option<&str>,
     ) -> Result<NewEvent, Invalid> {
-        // Unprefixed paths (single events, the common case) are not allocated.
-        let at = |f: &'static str| -> Cow<'static, str> {
-            if prefix.is_empty() {
-                Cow::Borrowed(f)
-            } else {
-                Cow::Owned(format!("{prefix}.{f}"))
-            }
-        };
+        let at = |f| crate::error::field_path(prefix, f);
         let by_client = source != EventSource::System;
         let name = check_name(&at("name"), &self.name, by_client);
         let property = check_property(&at("property"), self.property);
@@ -448,16 +457,36 @@ mod tests {
         let ms = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_millisecond();
         let seoul = jiff::tz::TimeZone::get("Asia/Seoul").unwrap();
         // 10:00 on 30 November in Seoul; kept for 7 days from 00:00 on 23 November there.
-        let cutoff = retention_cutoff(ms("2026-11-30T01:00:00Z"), &seoul, 7);
+        let r = Retention::new(ms("2026-11-30T01:00:00Z"), &seoul, 7);
+        let cutoff = r.cutoff();
         assert_eq!(cutoff, ms("2026-11-22T15:00:00Z"));
-        assert!(check_retained("t", cutoff, cutoff, 7).is_ok());
-        let e = check_retained("t", cutoff - 1, cutoff, 7).unwrap_err();
+        assert!(r.check("t", cutoff).is_ok());
+        let e = r.check("t", cutoff - 1).unwrap_err();
         assert_eq!(e.0[0].field, "t");
         assert!(e.0[0].message.contains("(7 days)"));
         // Both problems of a line at once.
         let both = Invalid::both(Err(e), Err::<(), _>(Invalid::one("name", "bad")));
         let fields: Vec<String> = both.unwrap_err().0.into_iter().map(|f| f.field).collect();
         assert_eq!(fields, ["t", "name"]);
+    }
+
+    proptest::proptest! {
+        /// The check's shortcut for recent times agrees with the cutoff, in zones with
+        /// daylight saving and without, for any retention.
+        #[test]
+        fn the_retention_check_agrees_with_the_cutoff(
+            now in 0i64..4_000_000_000_000,
+            days in 1i64..=MAX_RETENTION_DAYS,
+            off in -3 * 86_400_000i64..3 * 86_400_000,
+            zone in 0usize..4,
+        ) {
+            let name = ["Asia/Seoul", "America/New_York", "Australia/Lord_Howe", "UTC"][zone];
+            let tz = jiff::tz::TimeZone::get(name).unwrap();
+            let r = Retention::new(now, &tz, days);
+            // Around the edge, where the shortcut and the cutoff could disagree.
+            let t = now - days * 86_400_000 + off;
+            proptest::prop_assert_eq!(r.check("t", t).is_ok(), t >= r.cutoff());
+        }
     }
 
     #[test]

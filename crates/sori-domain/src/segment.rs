@@ -82,13 +82,7 @@ pub fn parse(
     kind: Option<Kind>,
     received_at: i64,
 ) -> Result<Call, Invalid> {
-    let at = |f: &str| {
-        if prefix.is_empty() {
-            f.to_owned()
-        } else {
-            format!("{prefix}.{f}")
-        }
-    };
+    let at = |f: &str| crate::error::field_path(prefix, f).into_owned();
     let Value::Object(mut m) = msg else {
         return Err(Invalid::one(
             at("body"),

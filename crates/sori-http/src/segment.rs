@@ -96,8 +96,8 @@ async fn single(
     let body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
     let now = now_ms();
-    let call = segment::parse("", body, Some(kind), now)?;
-    let origins = call.origins.clone();
+    let mut call = segment::parse("", body, Some(kind), now)?;
+    let origins = std::mem::take(&mut call.origins);
     let ingest = ingest_of("", call, EventSource::Segment, ch.retention(now))?;
     state
         .app
@@ -205,8 +205,8 @@ pub async fn batch(
             continue;
         }
         let item = with_batch_defaults(item, &body);
-        match segment::parse(&prefix, item, None, now).and_then(|call| {
-            let sent = call.origins.clone();
+        match segment::parse(&prefix, item, None, now).and_then(|mut call| {
+            let sent = std::mem::take(&mut call.origins);
             ingest_of(&prefix, call, EventSource::Segment, retention).map(|ing| (ing, sent))
         }) {
             Ok((ingest, sent)) => {

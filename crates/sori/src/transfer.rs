@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sori_app::App;
-use sori_app::auth::{ChannelInfo, Retention, info_of};
+use sori_app::auth::{ChannelInfo, info_of};
 use sori_app::secrets::{new_id, now_ms};
 use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
@@ -423,7 +423,7 @@ fn user_ingest(v: &Value) -> Result<Ingest, Invalid> {
 fn event_ingest(
     v: &Value,
     seen: &mut HashMap<String, u32>,
-    retention: Retention,
+    retention: sori_domain::event::Retention<'_>,
 ) -> Result<Ingest, Invalid> {
     let l = event_line(v)?;
     let at = l.created_at.unwrap_or_else(now_ms).min(now_ms());
