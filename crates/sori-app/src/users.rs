@@ -10,6 +10,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt;
+use futures_util::future::{self, Either};
 use sori_store::{Store, StoreError, UserOp, UserOpResult};
 use tokio::sync::{mpsc, oneshot};
 
@@ -79,46 +81,89 @@ impl UserWriter {
     }
 
     /// Queues one write and waits until it is committed (or rejected).
-    pub async fn write(&self, op: UserOp) -> AppResult<UserOpResult> {
-        let mut all = self.write_many(vec![op]).await?;
-        all.pop().ok_or(AppError::Unavailable)?
+    pub fn write(&self, op: UserOp) -> impl Future<Output = AppResult<UserOpResult>> + use<'_> {
+        self.write_many(vec![op])
+            .map(|all| all?.pop().ok_or(AppError::Unavailable)?)
     }
 
     /// Queues the writes of one request on one shard, in order, and waits for all of them:
     /// a request's ops (a Segment batch, say) apply in the order they were sent, and each
     /// gets its own result.
-    pub async fn write_many(&self, ops: Vec<UserOp>) -> AppResult<Vec<AppResult<UserOpResult>>> {
-        let Some(first) = ops.first() else {
-            return Ok(Vec::new());
-        };
-        let mut h = DefaultHasher::new();
-        first.channel_id.hash(&mut h);
-        first
-            .veil_key()
-            .or(first.member_key())
-            .or(first.id_key())
-            .hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
+    ///
+    /// The ops are queued before the future exists (where the queue has room), so the
+    /// future holds only their receivers. Not an `async fn`: every layer above (handler,
+    /// middleware, connection) moves the future it awaits, and ops or a timed send kept in
+    /// it cost kilobytes of copying per request.
+    pub fn write_many(
+        &self,
+        ops: Vec<UserOp>,
+    ) -> impl Future<Output = AppResult<Vec<AppResult<UserOpResult>>>> + use<'_> {
+        let shard = ops.first().map(|first| {
+            let mut h = DefaultHasher::new();
+            first.channel_id.hash(&mut h);
+            first
+                .veil_key()
+                .or(first.member_key())
+                .or(first.id_key())
+                .hash(&mut h);
+            &self.shards[(h.finish() as usize) % self.shards.len()]
+        });
         let mut waiting = Vec::with_capacity(ops.len());
-        for op in ops {
-            let (reply, rx) = oneshot::channel();
-            // A full queue means the store cannot keep up: answer 503 after a while rather
-            // than let waiting requests pile up without bound.
-            match tokio::time::timeout(QUEUE_WAIT, shard.send(Job { op, reply })).await {
-                Ok(Ok(())) => waiting.push(rx),
-                Ok(Err(_)) | Err(_) => return Err(AppError::Unavailable),
+        // Jobs that found the queue full, and every one after them (to keep the order).
+        let mut blocked = Vec::new();
+        let mut closed = false;
+        if let Some(shard) = shard {
+            for op in ops {
+                let (reply, rx) = oneshot::channel();
+                waiting.push(rx);
+                let job = Job { op, reply };
+                if !blocked.is_empty() {
+                    blocked.push(job);
+                    continue;
+                }
+                match shard.try_send(job) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(job)) => blocked.push(job),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        closed = true;
+                        break;
+                    }
+                }
             }
         }
-        let mut out = Vec::with_capacity(waiting.len());
-        for rx in waiting {
-            out.push(match rx.await {
-                Ok((Ok(r), _op)) => Ok(r),
-                Ok((Err(msg), _op)) => Err(AppError::Store(StoreError::Backend(msg.into()))),
-                Err(_) => Err(AppError::Unavailable),
-            });
+        async move {
+            if closed {
+                return Err(AppError::Unavailable);
+            }
+            if let Some(shard) = shard
+                && !blocked.is_empty()
+            {
+                Box::pin(send_blocked(shard, blocked)).await?;
+            }
+            let mut out = Vec::with_capacity(waiting.len());
+            for rx in waiting {
+                out.push(match rx.await {
+                    Ok((Ok(r), _op)) => Ok(r),
+                    Ok((Err(msg), _op)) => Err(AppError::Store(StoreError::Backend(msg.into()))),
+                    Err(_) => Err(AppError::Unavailable),
+                });
+            }
+            Ok(out)
         }
-        Ok(out)
     }
+}
+
+/// Queues jobs that found the writer's queue full. A full queue means the store cannot
+/// keep up: the caller gets a 503 after a while rather than let waiting requests pile up
+/// without bound.
+async fn send_blocked(shard: &mpsc::Sender<Job>, jobs: Vec<Job>) -> AppResult<()> {
+    for job in jobs {
+        match tokio::time::timeout(QUEUE_WAIT, shard.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Err(AppError::Unavailable),
+        }
+    }
+    Ok(())
 }
 
 /// The (channel, key) pairs a batch addresses.
@@ -323,14 +368,19 @@ impl crate::App {
     }
 
     /// Runs one ingest (update, activity, events) as one atomic write.
-    pub async fn ingest(
+    ///
+    /// Not an `async fn`: the op is built and queued before the future exists, so the
+    /// future holds neither (see [`UserWriter::write_many`]).
+    pub fn ingest(
         &self,
         ch: &crate::auth::ChannelInfo,
         ingest: Ingest,
         source: Source,
-    ) -> AppResult<sori_store::UserOpOutcome> {
-        let op = self.op(ch, ingest, source)?;
-        outcome(self.users.write(op).await?)
+    ) -> impl Future<Output = AppResult<sori_store::UserOpOutcome>> + use<'_> {
+        match self.op(ch, ingest, source) {
+            Ok(op) => Either::Left(self.users.write(op).map(|r| outcome(r?))),
+            Err(e) => Either::Right(future::ready(Err(e))),
+        }
     }
 
     /// Runs several ingests of one request in order; each succeeds or fails on its own.

@@ -96,9 +96,16 @@ async fn single(
     let body = crate::body::parse_json(&bytes)?;
     let ch = channel(&state, &headers, &body).await?;
     let now = now_ms();
-    let mut call = segment::parse("", body, Some(kind), now)?;
-    let origins = std::mem::take(&mut call.origins);
-    let ingest = ingest_of("", call, EventSource::Segment, ch.retention(now))?;
+    // In a block, so the parsed call is not kept in this future across the write (see
+    // `App::ingest`).
+    let (ingest, origins) = {
+        let mut call = segment::parse("", body, Some(kind), now)?;
+        let origins = std::mem::take(&mut call.origins);
+        (
+            ingest_of("", call, EventSource::Segment, ch.retention(now))?,
+            origins,
+        )
+    };
     state
         .app
         .ingest(&ch, ingest, Source::Server)
