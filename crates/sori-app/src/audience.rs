@@ -36,25 +36,10 @@ fn poisoned<T>(_: T) -> AppError {
 impl Audience {
     /// Builds every channel's projection from the store. Call before the writer starts.
     pub async fn build(store: &Arc<dyn Store>) -> AppResult<Self> {
-        let started = std::time::Instant::now();
         let me = Self::default();
-        // Events up to the horizon are scanned; everything after it is caught up later.
-        let horizon = store.horizon().await?;
+        let (channels, horizon) = build_all(store).await?;
+        *me.channels.write().map_err(poisoned)? = channels;
         *me.cursor.lock().await = horizon;
-        let mut users = 0;
-        for ch in store.channel_ids().await? {
-            let p = build_channel(store, ch, horizon.event).await?;
-            users += p.len();
-            me.channels
-                .write()
-                .map_err(poisoned)?
-                .insert(ch, Arc::new(RwLock::new(p)));
-        }
-        tracing::info!(
-            users,
-            seconds = started.elapsed().as_secs_f64(),
-            "audience projection built"
-        );
         Ok(me)
     }
 
@@ -77,18 +62,28 @@ impl Audience {
     /// Follows the change sequence up to the committed horizon. Users come first (they
     /// give events their slots), then the activity of the events' owners, then removals
     /// and merges in order, then events.
-    pub async fn catch_up(&self, store: &dyn Store) -> AppResult<()> {
+    pub async fn catch_up(&self, store: &Arc<dyn Store>) -> AppResult<()> {
         let horizon = store.horizon().await?;
         self.catch_up_to(store, horizon).await
     }
 
     /// `catch_up` to a horizon read before (a later one is fine too: nothing is skipped).
-    pub async fn catch_up_to(&self, store: &dyn Store, horizon: Cursor) -> AppResult<()> {
+    ///
+    /// A follower that fell behind the change log's pruning (stopped or stalled for longer
+    /// than the log is kept) rebuilds every projection from the store instead, as at start.
+    pub async fn catch_up_to(&self, store: &Arc<dyn Store>, horizon: Cursor) -> AppResult<()> {
         let mut cursor = self.cursor.lock().await;
         if horizon.seq <= cursor.seq && horizon.event <= cursor.event {
             return Ok(());
         }
         let batch = store.changes(*cursor, horizon).await?;
+        if batch.pruned {
+            tracing::warn!("audience projection is behind the pruned change log; rebuilding");
+            let (channels, rebuilt_at) = build_all(store).await?;
+            *self.channels.write().map_err(poisoned)? = channels;
+            *cursor = rebuilt_at;
+            return Ok(());
+        }
         for (ch, seq, user) in batch.users {
             let p = self.get(ch);
             let mut p = p.write().map_err(poisoned)?;
@@ -169,7 +164,7 @@ impl Audience {
     /// The matching users of a resolved query.
     pub async fn select(
         &self,
-        store: &dyn Store,
+        store: &Arc<dyn Store>,
         channel_id: i64,
         q: &Query,
     ) -> AppResult<(Shared, Bits)> {
@@ -190,6 +185,26 @@ impl Audience {
         let set = p.read().map_err(poisoned)?.select(q, &ext);
         Ok((p, set))
     }
+}
+
+/// Builds every channel's projection; returns them with the horizon they follow from
+/// (events up to it are scanned; everything after it is caught up later).
+async fn build_all(store: &Arc<dyn Store>) -> AppResult<(HashMap<i64, Shared>, Cursor)> {
+    let started = std::time::Instant::now();
+    let horizon = store.horizon().await?;
+    let mut channels = HashMap::new();
+    let mut users = 0;
+    for ch in store.channel_ids().await? {
+        let p = build_channel(store, ch, horizon.event).await?;
+        users += p.len();
+        channels.insert(ch, Arc::new(RwLock::new(p)));
+    }
+    tracing::info!(
+        users,
+        seconds = started.elapsed().as_secs_f64(),
+        "audience projection built"
+    );
+    Ok((channels, horizon))
 }
 
 /// Users decoded by a scan part, sent in chunks to the task filling the projection.
@@ -334,7 +349,7 @@ impl App {
     pub async fn count_users(&self, ch: &ChannelInfo, q: &Query, engine: Engine) -> AppResult<u64> {
         match engine {
             Engine::Memory => {
-                let (_, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
+                let (_, set) = self.audience.select(&self.store, ch.channel.id, q).await?;
                 Ok(set.len())
             }
             Engine::Sql => Ok(self.store.count_matching(ch.channel.id, q).await?),
@@ -350,7 +365,7 @@ impl App {
     ) -> AppResult<Vec<String>> {
         match engine {
             Engine::Memory => {
-                let (p, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
+                let (p, set) = self.audience.select(&self.store, ch.channel.id, q).await?;
                 let p = p.read().map_err(poisoned)?;
                 let mut ids: Vec<String> = set.iter().map(|s| p.id(s).to_owned()).collect();
                 ids.sort_unstable();
@@ -371,7 +386,7 @@ impl App {
         offset: usize,
         limit: usize,
     ) -> AppResult<(Vec<User>, u64)> {
-        let (p, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
+        let (p, set) = self.audience.select(&self.store, ch.channel.id, q).await?;
         let total = set.len();
         let ids: Vec<String> = {
             let p = p.read().map_err(poisoned)?;
@@ -413,7 +428,7 @@ impl App {
         q: &Query,
         user_id: &str,
     ) -> AppResult<bool> {
-        let (p, set) = self.audience.select(&*self.store, ch.channel.id, q).await?;
+        let (p, set) = self.audience.select(&self.store, ch.channel.id, q).await?;
         let p = p.read().map_err(poisoned)?;
         Ok(p.slot_of(user_id).is_some_and(|s| set.contains(s)))
     }
@@ -423,7 +438,7 @@ impl App {
     pub async fn audience_loop(self, every: std::time::Duration) {
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = self.audience.catch_up(&*self.store).await {
+            if let Err(e) = self.audience.catch_up(&self.store).await {
                 tracing::warn!(error = %e, "audience catch-up failed; the next query retries");
             }
         }

@@ -1,5 +1,6 @@
 //! The retention job: deletes events older than each channel's retention, in small chunks
-//! so ingestion keeps flowing meanwhile. Per-user counts and the catalog stay.
+//! so ingestion keeps flowing meanwhile (per-user counts and the catalog stay), and prunes
+//! the change log.
 
 use std::time::Duration;
 
@@ -8,13 +9,16 @@ use crate::{App, AppResult};
 
 /// Events deleted per statement.
 const CHUNK: u32 = 5_000;
+/// How long logged removals and merges stay in the change log: as far back as a follower
+/// may lag and still catch up; one that lags further rebuilds its projection.
+const CHANGE_LOG_DAYS: i64 = 7;
 
 impl App {
     /// One pass over every channel; returns how many events went.
     pub async fn enforce_retention(&self) -> AppResult<u64> {
         // Only events this node's projections have read: a backdated event stored a moment
         // ago may have moved its user's createdAt, which followers learn from the event.
-        self.audience.catch_up(&*self.store).await?;
+        self.audience.catch_up(&self.store).await?;
         let upto = self.audience.followed().await.event;
         let mut total = 0;
         for id in self.store.channel_ids().await? {
@@ -36,6 +40,11 @@ impl App {
                 tokio::task::yield_now().await;
             }
             self.audience.retire(id, cutoff);
+        }
+        let week_ago = now_ms() - CHANGE_LOG_DAYS * 24 * 3_600_000;
+        let pruned = self.store.prune_changes(week_ago).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, "old merges and removals left the change log");
         }
         Ok(total)
     }

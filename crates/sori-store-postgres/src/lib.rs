@@ -8,7 +8,7 @@
 //! instead of deadlocking.
 
 use sori_store_sqlx::{
-    EventAggregates, LOG_CHANGES, RowDecode, WHOLE_CHANGES, catalog_entry,
+    EventAggregates, LOG_CHANGES, PRUNED_MARK, RowDecode, WHOLE_CHANGES, catalog_entry,
     channel as channel_from_row, field as field_from_row, log_change, manager as manager_from_row,
     merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
     scope_str, segment as segment_from_row, user as user_from_row,
@@ -90,6 +90,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "users fill factor 40",
         include_str!("../migrations/0010_users_fill_factor.sql"),
+    ),
+    (
+        11,
+        "change log pruning",
+        include_str!("../migrations/0011_change_log_pruning.sql"),
     ),
 ];
 
@@ -837,7 +842,8 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         if r.rows_affected() == 1 {
             sqlx::query(
-                "INSERT INTO change_log (channel_id, seq, kind, user_id) VALUES ($1, $2, 'delete', $3)",
+                "INSERT INTO change_log (channel_id, seq, kind, user_id, at) \
+                 VALUES ($1, $2, 'delete', $3, (extract(epoch FROM now()) * 1000)::bigint)",
             )
             .bind(channel_id)
             .bind(seq)
@@ -1022,9 +1028,18 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        let mut out = ChangeBatch::default();
+        let pruned: i64 = sqlx::query_scalar(PRUNED_MARK)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if from.seq < pruned {
+            out.pruned = true;
+            tx.commit().await.map_err(backend)?;
+            return Ok(out);
+        }
         // Whole rows for users written whole since `from`; three instants for the owners
         // of the events since then (see migration 8). Events by change number.
-        let mut out = ChangeBatch::default();
         let users = format!("{}{WHOLE_CHANGES}", user_select!());
         for r in rows_between(&mut tx, sqlx::AssertSqlSafe(users), from.seq, to.seq).await? {
             out.users
@@ -1057,6 +1072,25 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(out)
+    }
+
+    async fn prune_changes(&self, before: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query(
+            "UPDATE change_log_pruned SET v = GREATEST(v, \
+             COALESCE((SELECT max(seq) FROM change_log WHERE at < $1), 0))",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let r = sqlx::query("DELETE FROM change_log WHERE at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(r.rows_affected())
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {

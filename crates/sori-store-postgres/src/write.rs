@@ -79,8 +79,8 @@ const FIELDS_INSERT: &str = "INSERT INTO profile_fields (channel_id, key, name, 
 /// A merge: the anonymous user's events and counts move to the member, the anonymous row
 /// goes, the merge is recorded (arguments: channel, from, into, merge id, time, change).
 const MERGE: [&str; 6] = [
-    "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id) \
-     VALUES ($1, $6::bigint, 'merge', $2, $3)",
+    "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id, at) \
+     VALUES ($1, $6::bigint, 'merge', $2, $3, $5::bigint)",
     "UPDATE events SET user_id = $3 WHERE channel_id = $1 AND user_id = $2",
     "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
      SELECT channel_id, $3, name, count, first_at, last_at FROM user_event_stats \

@@ -399,10 +399,10 @@ pub fn bulk_load(
 /// Moves an anonymous user's events and counts to the member, deletes it, records the merge.
 fn merge(tx: &Connection, m: &Merge, seq: i64) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id) \
-         VALUES (?, ?, 'merge', ?, ?)",
+        "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id, at) \
+         VALUES (?, ?, 'merge', ?, ?, ?)",
     )
-    .and_then(|mut st| st.execute(params![m.channel_id, seq, m.from, m.into]))
+    .and_then(|mut st| st.execute(params![m.channel_id, seq, m.from, m.into, m.at]))
     .map_err(db)?;
     let stmts: [&str; 5] = [
         "UPDATE events SET user_id = ?3 WHERE channel_id = ?1 AND user_id = ?2",

@@ -42,6 +42,14 @@ pub(crate) fn horizon(conn: &mut Connection) -> Result<Cursor> {
 pub(crate) fn changes(conn: &mut Connection, from: Cursor, to: Cursor) -> Result<ChangeBatch> {
     let tx = conn.transaction().map_err(db)?;
     let mut out = ChangeBatch::default();
+    let pruned: i64 = tx
+        .prepare_cached(sori_store_sqlx::PRUNED_MARK)
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(db)?;
+    if from.seq < pruned {
+        out.pruned = true;
+        return Ok(out);
+    }
     let users = format!("SELECT {USER_COLUMNS}, seq FROM users {WHOLE_CHANGES}");
     each(&tx, &users, (from.seq, to.seq), |r| {
         let seq: i64 = r.get(21).map_err(db)?;

@@ -87,6 +87,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "messageId dedupe index on keys",
         include_str!("../migrations/0009_message_key_index.sql"),
     ),
+    (
+        10,
+        "change log pruning",
+        include_str!("../migrations/0010_change_log_pruning.sql"),
+    ),
 ];
 
 /// The migration whose SQL is followed by [`fill_message_keys`].
@@ -780,7 +785,8 @@ impl Store for SqliteStore {
         if r.rows_affected() == 1 {
             let seq = next_seq(&mut tx).await?;
             sqlx::query(
-                "INSERT INTO change_log (channel_id, seq, kind, user_id) VALUES (?, ?, 'delete', ?)",
+                "INSERT INTO change_log (channel_id, seq, kind, user_id, at) \
+                 VALUES (?, ?, 'delete', ?, unixepoch() * 1000)",
             )
             .bind(channel_id)
             .bind(seq)
@@ -912,6 +918,25 @@ impl Store for SqliteStore {
     async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch> {
         self.follow(move |conn| follow::changes(conn, from, to))
             .await
+    }
+
+    async fn prune_changes(&self, before: i64) -> Result<u64> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        sqlx::query(
+            "UPDATE change_log_pruned SET v = max(v, \
+             ifnull((SELECT max(seq) FROM change_log WHERE at < ?), 0))",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let r = sqlx::query("DELETE FROM change_log WHERE at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(r.rows_affected())
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {

@@ -359,6 +359,9 @@ pub fn log_change(
     }
 }
 
+/// How far pruning has taken the change log (see `Store::prune_changes`).
+pub const PRUNED_MARK: &str = "SELECT v FROM change_log_pruned";
+
 /// `WHERE …` of the users written whole in the range `($1, $2]` of the change sequence.
 pub const WHOLE_CHANGES: &str = "WHERE seq > $1 AND seq <= $2 ORDER BY seq";
 

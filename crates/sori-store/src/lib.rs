@@ -58,6 +58,9 @@ pub struct ChangeBatch {
     pub events: Vec<(i64, String, String, i64)>,
     /// Removals and merges, as `(channel, change)` in sequence order.
     pub log: Vec<(i64, sori_domain::change::Change)>,
+    /// Pruning took log entries after `from` (see [`Store::prune_changes`]): the batch is
+    /// empty, and a follower must rebuild rather than catch up.
+    pub pruned: bool,
 }
 
 /// Shorthand for store results.
@@ -217,8 +220,14 @@ pub trait Store: Send + Sync + 'static {
     /// How far the change sequence is committed: every change up to it is visible, and no
     /// change at or below it can still appear.
     async fn horizon(&self) -> Result<Cursor>;
-    /// Every committed change after `from` up to `to` (a horizon), in every channel.
+    /// Every committed change after `from` up to `to` (a horizon), in every channel; or,
+    /// when pruning took log entries after `from`, a batch marked `pruned`.
     async fn changes(&self, from: Cursor, to: Cursor) -> Result<ChangeBatch>;
+    /// Deletes logged removals and merges older than `before` (ms), and remembers the
+    /// newest change number deleted, so that a follower still behind it learns from
+    /// [`Store::changes`] to rebuild; returns how many went. Without it the log would grow
+    /// with every merge and removal for ever.
+    async fn prune_changes(&self, before: i64) -> Result<u64>;
     /// Counts of events retention removed, as `(userId, name, count)`.
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>>;
 

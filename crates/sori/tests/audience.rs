@@ -658,7 +658,7 @@ async fn owner_created_after_the_horizon(b: Backend) {
     // Follow up to the old horizon: the event now names the member, who came after it.
     app.app()
         .audience
-        .catch_up_to(&*store, horizon)
+        .catch_up_to(&store, horizon)
         .await
         .unwrap();
     let late = json!({"filter": {"and": [{"or": [
@@ -737,3 +737,95 @@ async fn followers(b: Backend) {
 }
 
 both!(followers);
+
+/// Merges and removals leave the change log after a week (the retention pass prunes it);
+/// a node whose projection is still behind the pruned entries rebuilds from the store
+/// instead of missing them, and one that followed them goes on as before.
+async fn pruned_change_log(b: Backend) {
+    let app = spawn_app(b).await;
+    let ch = channel(&app).await;
+    let store = app.app().store.clone();
+    // A second node, built now and not following (no background catch-up in tests).
+    let other = sori::app(&app.config, sori::open_store(&app.config).await.unwrap())
+        .await
+        .unwrap();
+    let bought =
+        json!({"and": [{"or": [{"event": "Bought", "operator": "$countGte", "values": [1]}]}]});
+    let q = app
+        .app()
+        .resolve(
+            &ch,
+            &app.app()
+                .check_filter(&ch, "filter", &bought)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+    let n = |a: &sori_app::App| {
+        let (a, ch, q) = (a.clone(), ch.clone(), q.clone());
+        async move { a.count_users(&ch, &q, Engine::Memory).await.unwrap() }
+    };
+    // A removal and a merge (an anonymous buyer into a member), both logged.
+    segment_batch(
+        &app,
+        vec![
+            json!({"type": "track", "userId": "gone", "event": "Bought"}),
+            json!({"type": "identify", "userId": "kept", "traits": {"name": "Kim"}}),
+            json!({"type": "track", "anonymousId": "v-buyer", "event": "Bought"}),
+        ],
+    )
+    .await;
+    // The second node has seen both buyers; then it stops following for a while.
+    assert_eq!(n(&other).await, 2);
+    let behind = other.audience.followed().await;
+    let r = app.open(Method::DELETE, "/open/v5/users/@gone", None).await;
+    assert_eq!(r.status, 204);
+    segment_batch(
+        &app,
+        vec![json!({"type": "identify", "userId": "kept", "anonymousId": "v-buyer"})],
+    )
+    .await;
+    assert_eq!(
+        n(app.app()).await,
+        1,
+        "the member took the anonymous user's event"
+    );
+    let horizon = store.horizon().await.unwrap();
+    assert!(!store.changes(behind, horizon).await.unwrap().pruned);
+
+    // Nothing is a week old yet.
+    let week = 7 * 24 * 3_600_000;
+    let now = now_ms();
+    assert_eq!(store.prune_changes(now - week).await.unwrap(), 0);
+    assert!(!store.changes(behind, horizon).await.unwrap().pruned);
+    // A week on, the removal and the merge go.
+    assert_eq!(store.prune_changes(now + 1).await.unwrap(), 2);
+    let batch = store.changes(behind, horizon).await.unwrap();
+    assert!(batch.pruned && batch.log.is_empty() && batch.users.is_empty());
+    // The first node had followed them: it goes on from where it was.
+    let followed = app.app().audience.followed().await;
+    assert!(!store.changes(followed, horizon).await.unwrap().pruned);
+
+    // The second node rebuilds: the removed user is gone, the merged one counted once
+    // (applying what is left of the log would have kept both).
+    assert_eq!(n(&other).await, 1);
+    assert!(other.audience.followed().await.seq >= horizon.seq);
+    assert_eq!(
+        other.matching_ids(&ch, &q, Engine::Memory).await.unwrap(),
+        app.app()
+            .matching_ids(&ch, &q, Engine::Memory)
+            .await
+            .unwrap()
+    );
+    // Both follow later writes as usual.
+    segment_batch(
+        &app,
+        vec![json!({"type": "track", "userId": "new", "event": "Bought"})],
+    )
+    .await;
+    assert_eq!(n(&other).await, 2);
+    assert_eq!(n(app.app()).await, 2);
+    app.stop().await;
+}
+
+both!(pruned_change_log);
