@@ -72,18 +72,20 @@ async fn channel(
             s.split_once(':')
                 .map_or(s.clone(), |(user, _)| user.to_owned())
         });
-    let key = from_header
-        .filter(|k| !k.is_empty())
-        .or_else(|| {
-            body.get("writeKey")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .ok_or_else(|| {
-            ApiError::unauthorized(
-                "send the channel's write key as the HTTP Basic user name (password empty)",
-            )
-        })?;
+    let key = from_header.filter(|k| !k.is_empty());
+    let key = match key {
+        Some(k) => Some(k),
+        // A batch checks its items for NUL one by one, so the key is checked here.
+        None => match body.get("writeKey").and_then(Value::as_str) {
+            Some(k) if k.contains('\0') => return Err(crate::body::nul_error("writeKey".into())),
+            k => k.map(str::to_owned),
+        },
+    };
+    let key = key.ok_or_else(|| {
+        ApiError::unauthorized(
+            "send the channel's write key as the HTTP Basic user name (password empty)",
+        )
+    })?;
     Ok(state.app.channels.by_write_key(&key).await?)
 }
 

@@ -326,6 +326,21 @@ async fn segment_api(b: Backend) {
     .await;
     assert_eq!(r.status, 400, "{:?}", r.body);
     assert_eq!(r.error_field(), "context.locale");
+    // So does one in a write key sent in the body: bad input, not a wrong key.
+    for path in ["/v1/batch", "/v1/track"] {
+        let body = json!({"writeKey": "k\u{0}", "userId": "s1", "event": "e",
+            "batch": [{"type": "track", "userId": "s1", "event": "e"}]});
+        let r = app
+            .raw(
+                Method::POST,
+                path,
+                &[("content-type", "application/json")],
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{path}: {:?}", r.body);
+        assert_eq!(r.error_field(), "writeKey", "{path}");
+    }
     let u = app.member("s1").await;
     assert_eq!(u["profile"]["plan"], "pro");
     let id = u["id"].as_str().unwrap().to_owned();
