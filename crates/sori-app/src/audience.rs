@@ -34,7 +34,8 @@ fn poisoned<T>(_: T) -> AppError {
 }
 
 impl Audience {
-    /// Builds every channel's projection from the store. Call before the writer starts.
+    /// Builds every channel's projection from the store. Writes made meanwhile (by this
+    /// node's writer or another node) are followed by the next catch-up.
     pub async fn build(store: &Arc<dyn Store>) -> AppResult<Self> {
         let me = Self::default();
         let (channels, horizon) = build_all(store).await?;
@@ -80,7 +81,9 @@ impl Audience {
         if batch.pruned {
             tracing::warn!("audience projection is behind the pruned change log; rebuilding");
             let (channels, rebuilt_at) = build_all(store).await?;
-            *self.channels.write().map_err(poisoned)? = channels;
+            let old = std::mem::replace(&mut *self.channels.write().map_err(poisoned)?, channels);
+            // Freed outside the lock: a large projection takes a while to drop.
+            drop(old);
             *cursor = rebuilt_at;
             return Ok(());
         }
@@ -118,22 +121,10 @@ impl Audience {
             }
         }
         for (ch, events) in orphans {
-            let ids: Vec<String> = events
-                .iter()
-                .map(|e| e.1.clone())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let rows = store.users_by_ids(ch, &ids).await?;
+            let events: Vec<_> = events.iter().map(|e| (&*e.1, &*e.2, e.3)).collect();
+            let owners = owners_of(&**store, ch, &events).await?;
             let p = self.get(ch);
-            let mut p = p.write().map_err(poisoned)?;
-            for user in rows {
-                // Stamp 0: the row's own change, when it comes, is newer.
-                p.apply(0, &Change::User(Box::new(user)));
-            }
-            for e in events {
-                p.add_event(&e.1, &e.2, e.3);
-            }
+            adopt(&mut *p.write().map_err(poisoned)?, owners, &events);
         }
         *cursor = horizon;
         Ok(())
@@ -207,6 +198,38 @@ async fn build_all(store: &Arc<dyn Store>) -> AppResult<(HashMap<i64, Shared>, C
     Ok((channels, horizon))
 }
 
+/// The rows of the owners of `events` (`(userId, name, createdAt)`) that the projection has
+/// no slot for. Events name their owner as it is now: the member an anonymous user was
+/// merged into may have been created after the slots were fixed (by a build's id scan or
+/// by the horizon a catch-up follows to), and its row would come with a later catch-up
+/// but these events would not.
+async fn owners_of(
+    store: &dyn Store,
+    ch: i64,
+    events: &[(&str, &str, i64)],
+) -> AppResult<Vec<User>> {
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| e.0)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    Ok(store.users_by_ids(ch, &ids).await?)
+}
+
+/// Adds the owners read by [`owners_of`], then counts their events (those whose owner is
+/// gone meanwhile are dropped, as the owner's removal would drop them).
+fn adopt(p: &mut Projection, owners: Vec<User>, events: &[(&str, &str, i64)]) {
+    for user in owners {
+        // Stamp 0: the row's own change, when it comes, is newer.
+        p.apply(0, &Change::User(Box::new(user)));
+    }
+    for (user, name, at) in events {
+        p.add_event(user, name, *at);
+    }
+}
+
 /// Users decoded by a scan part, sent in chunks to the task filling the projection.
 type UserChunk = Vec<(i64, User)>;
 
@@ -226,6 +249,8 @@ async fn build_channel(store: &Arc<dyn Store>, ch: i64, upto: i64) -> AppResult<
             let (store, slots) = (store.clone(), slots.clone());
             tokio::spawn(async move {
                 let mut ev = EventPart::default();
+                // Owners without a slot (see `owners_of`): rare, so owned copies.
+                let mut orphans: Vec<(String, String, i64)> = Vec::new();
                 // Events come in runs of one user's (a session, a batch): remember the last
                 // owner instead of looking every event's owner up.
                 let mut last: (String, Option<u32>) = (String::new(), None);
@@ -236,12 +261,13 @@ async fn build_channel(store: &Arc<dyn Store>, ch: i64, upto: i64) -> AppResult<
                             last.0.push_str(user);
                             last.1 = slots.get(user);
                         }
-                        if let Some(s) = last.1 {
-                            ev.add(s, name, at);
+                        match last.1 {
+                            Some(s) => ev.add(s, name, at),
+                            None => orphans.push((user.to_owned(), name.to_owned(), at)),
                         }
                     })
                     .await
-                    .map(|()| ev)
+                    .map(|()| (ev, orphans))
             })
         })
         .collect();
@@ -292,11 +318,19 @@ async fn build_channel(store: &Arc<dyn Store>, ch: i64, upto: i64) -> AppResult<
     }
     let users_s = t.elapsed().as_secs_f64();
     let mut counted = Vec::with_capacity(events.len());
+    let mut orphans = Vec::new();
     for task in events {
-        counted.push(task.await.map_err(|_| AppError::Unavailable)??);
+        let (ev, o) = task.await.map_err(|_| AppError::Unavailable)??;
+        counted.push(ev);
+        orphans.extend(o);
     }
     p.put_slots(Arc::try_unwrap(slots).map_err(|_| AppError::Unavailable)?);
     p.absorb(counted);
+    if !orphans.is_empty() {
+        let orphans: Vec<_> = orphans.iter().map(|(u, n, at)| (&**u, &**n, *at)).collect();
+        let owners = owners_of(&**store, ch, &orphans).await?;
+        adopt(&mut p, owners, &orphans);
+    }
     for (user, name, count) in store.rolled_counts(ch).await? {
         p.add_rolled(&user, &name, count);
     }

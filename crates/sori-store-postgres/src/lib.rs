@@ -1075,22 +1075,19 @@ impl Store for PostgresStore {
     }
 
     async fn prune_changes(&self, before: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query(
-            "UPDATE change_log_pruned SET v = GREATEST(v, \
-             COALESCE((SELECT max(seq) FROM change_log WHERE at < $1), 0))",
+        // One statement: the mark covers exactly the rows deleted, whatever commits
+        // meanwhile.
+        let pruned: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM change_log WHERE at < $1 RETURNING seq), \
+             mark AS (UPDATE change_log_pruned \
+             SET v = GREATEST(v, COALESCE((SELECT max(seq) FROM gone), 0))) \
+             SELECT count(*) FROM gone",
         )
         .bind(before)
-        .execute(&mut *tx)
+        .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
-        let r = sqlx::query("DELETE FROM change_log WHERE at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(r.rows_affected())
+        Ok(pruned as u64)
     }
 
     async fn rolled_counts(&self, channel_id: i64) -> Result<Vec<(String, String, i64)>> {
