@@ -216,19 +216,16 @@ pub fn user(seed: u64, n: u64, now: i64, event_days: i64) -> Generated {
             }
             _ => None,
         };
-        let property_json = serde_json::to_string(&property).unwrap_or_default();
         events.push((
             id.clone(),
-            NewEvent {
-                id: hex_id(0xe000_0000 | (i as u64), n),
-                name: name.to_owned(),
+            NewEvent::new(
+                hex_id(0xe000_0000 | (i as u64), n),
+                name.to_owned(),
                 property,
-                property_json,
                 page,
-                created_at: at,
-                source: EventSource::Import,
-                message_id: None,
-            },
+                at,
+                EventSource::Import,
+            ),
         ));
     }
     Generated { user: u, events }

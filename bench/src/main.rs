@@ -118,8 +118,9 @@ enum Cmd {
         /// Connections for the one-event-per-request runs.
         #[arg(long, default_value_t = 64)]
         single_connections: usize,
-        /// Which loads to run.
-        #[arg(long, value_delimiter = ',', default_value = "batch,single")]
+        /// Which loads to run: `batch` (Segment `/v1/batch`), `single` (`/v1/track`),
+        /// `openapi` (Open API batches of one member's events).
+        #[arg(long, value_delimiter = ',', default_value = "batch,single,openapi")]
         runs: Vec<String>,
         /// The sori binary to start.
         #[arg(long, default_value = "target/release/sori")]

@@ -111,12 +111,40 @@ pub struct NewEvent {
     pub source: EventSource,
     /// Client id that makes a retry idempotent.
     pub message_id: Option<String>,
+    /// [`is_revenue`] of the property, fixed when the event is made: the writer needs only
+    /// this and `property_json`, so a caller may take `property` (for its answer) while the
+    /// event is being stored.
+    revenue: bool,
 }
 
 impl NewEvent {
+    /// An event with what the writer binds computed here, once, on the caller's thread:
+    /// the property as compact JSON and whether it is a revenue event.
+    pub fn new(
+        id: String,
+        name: String,
+        property: Map<String, Value>,
+        page: Option<String>,
+        created_at: i64,
+        source: EventSource,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            // A map of JSON values always serializes.
+            property_json: serde_json::to_string(&property).unwrap_or_default(),
+            revenue: is_revenue(&property),
+            property,
+            page,
+            created_at,
+            source,
+            message_id: None,
+        }
+    }
+
     /// True when a numeric `revenue` property makes this an order or payment event.
     pub fn is_revenue(&self) -> bool {
-        is_revenue(&self.property)
+        self.revenue
     }
 }
 
@@ -361,12 +389,12 @@ fn long_string(v: &Value) -> Option<String> {
 }
 
 impl EventInput {
-    /// Parses a `{name, property, page}` object.
-    pub fn from_json(body: &Value) -> Result<Self, Invalid> {
-        let Value::Object(o) = body else {
+    /// Parses a `{name, property, page}` object, taking its parts.
+    pub fn from_json(body: Value) -> Result<Self, Invalid> {
+        let Value::Object(mut o) = body else {
             return Err(Invalid::one(
                 "body",
-                format!("must be an object, got {}", kind(body)),
+                format!("must be an object, got {}", kind(&body)),
             ));
         };
         let mut errs = Errors::default();
@@ -377,9 +405,9 @@ impl EventInput {
         }
         errs.check()?;
         Ok(Self {
-            name: o.get("name").cloned().unwrap_or(Value::Null),
-            property: o.get("property").cloned(),
-            page: o.get("page").cloned(),
+            name: o.remove("name").unwrap_or(Value::Null),
+            property: o.remove("property"),
+            page: o.remove("page"),
         })
     }
 
@@ -401,17 +429,9 @@ impl EventInput {
             None => Ok(default_page.map(str::to_owned)),
         };
         match (name, property, page) {
-            (Ok(name), Ok(property), Ok(page)) => Ok(NewEvent {
-                id,
-                name,
-                // A map of JSON values always serializes.
-                property_json: serde_json::to_string(&property).unwrap_or_default(),
-                property,
-                page,
-                created_at,
-                source,
-                message_id: None,
-            }),
+            (Ok(name), Ok(property), Ok(page)) => {
+                Ok(NewEvent::new(id, name, property, page, created_at, source))
+            }
             (n, p, g) => {
                 let mut all = Vec::new();
                 for e in [n.err(), p.err(), g.err()].into_iter().flatten() {
@@ -430,7 +450,7 @@ mod tests {
     use serde_json::json;
 
     fn check(v: Value) -> Result<NewEvent, Invalid> {
-        EventInput::from_json(&v)?.check("", "e1".into(), 1, EventSource::OpenApi, None)
+        EventInput::from_json(v)?.check("", "e1".into(), 1, EventSource::OpenApi, None)
     }
 
     #[test]
@@ -445,7 +465,7 @@ mod tests {
         assert!(check(json!({"name": "  "})).is_err());
         assert!(check(json!({"property": {}})).is_err());
         assert!(
-            EventInput::from_json(&json!({"name": "MarketingSend"}))
+            EventInput::from_json(json!({"name": "MarketingSend"}))
                 .unwrap()
                 .check("", "e".into(), 1, EventSource::System, None)
                 .is_ok()

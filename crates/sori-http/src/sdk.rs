@@ -257,7 +257,7 @@ pub async fn track(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<EventEnvelope>> {
     let (ch, user) = session(&state, &headers).await?;
-    let mut input = EventInput::from_json(&body)?;
+    let mut input = EventInput::from_json(body)?;
     input.page = input.page.map(clip_page_value);
     let (outcome, event) = state
         .app

@@ -553,15 +553,15 @@ mod tests {
         member.member_id = Some("42".into());
         let mut anon = User::new("a".into(), 1);
         anon.veil_id = Some("v1".into());
-        let event = |id: &str| NewEvent {
-            id: id.into(),
-            name: "E".into(),
-            property: serde_json::Map::new(),
-            property_json: "{}".into(),
-            page: None,
-            created_at: 3,
-            source: EventSource::Segment,
-            message_id: None,
+        let event = |id: &str| {
+            NewEvent::new(
+                id.into(),
+                "E".into(),
+                serde_json::Map::new(),
+                None,
+                3,
+                EventSource::Segment,
+            )
         };
         let mut identify = op(
             UserTarget::Identify {
@@ -596,15 +596,17 @@ mod tests {
     #[test]
     fn retried_events_move_no_activity() {
         use sori_domain::event::{EventSource, NewEvent};
-        let event = |id: &str, at: i64| NewEvent {
-            id: id.into(),
-            name: "E".into(),
-            property: serde_json::Map::new(),
-            property_json: "{}".into(),
-            page: None,
-            created_at: at,
-            source: EventSource::Segment,
-            message_id: Some(format!("m-{id}")),
+        let event = |id: &str, at: i64| {
+            let mut e = NewEvent::new(
+                id.into(),
+                "E".into(),
+                serde_json::Map::new(),
+                None,
+                at,
+                EventSource::Segment,
+            );
+            e.message_id = Some(format!("m-{id}"));
+            e
         };
         let light = |user: &str, events: Vec<NewEvent>| {
             let mut o = op(UserTarget::Id(user.into()), json!({}));

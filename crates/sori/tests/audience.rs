@@ -84,19 +84,9 @@ async fn differential(b: Backend) {
     for _ in 0..400 {
         let u = g.user(new_id());
         for e in g.events(&u.id, 6) {
-            let property_json = serde_json::to_string(&e.property).unwrap();
             events.push((
                 u.id.clone(),
-                NewEvent {
-                    id: new_id(),
-                    name: e.name,
-                    property: e.property,
-                    property_json,
-                    page: e.page,
-                    created_at: e.created_at,
-                    source: e.source,
-                    message_id: None,
-                },
+                NewEvent::new(new_id(), e.name, e.property, e.page, e.created_at, e.source),
             ));
         }
         users.push(u);

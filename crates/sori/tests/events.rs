@@ -64,6 +64,8 @@ async fn open_api_events(b: Backend) {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["event"]["name"], "Order");
     assert_eq!(r.body["event"]["source"], "openApi");
+    assert_eq!(r.body["event"]["userId"], id.as_str());
+    assert_eq!(r.body["event"]["property"]["items"], json!(["a", "b"]));
     assert_eq!(r.body["event"]["page"], "https://shop.example/checkout");
     assert_eq!(
         events_of(&app, &id).await[0]["page"],
@@ -92,6 +94,12 @@ async fn open_api_events(b: Backend) {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["events"].as_array().unwrap().len(), 5);
+    // The answer shows each event as stored: its owner and its properties.
+    for (i, e) in r.body["events"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(e["userId"], id.as_str(), "{e}");
+        assert_eq!(e["property"], json!({"n": i}), "{e}");
+        assert_eq!(e["source"], "openApi", "{e}");
+    }
 
     // Newest first (or oldest first), paged with an opaque cursor, nothing lost or repeated.
     let list = |order: &'static str| {

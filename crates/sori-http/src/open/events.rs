@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use crate::body::Path;
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use sori_app::secrets::{is_id, new_id, now_ms};
@@ -115,10 +116,10 @@ pub async fn create(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
     Path(key): Path<String>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Json<Value>> {
+    JsonBody(mut body): JsonBody,
+) -> ApiResult<Response> {
     let now = now_ms();
-    let (inputs, batch) = match body.get("events") {
+    let batch = match body.get("events") {
         Some(Value::Array(items)) => {
             if items.is_empty() || items.len() > MAX_BATCH_EVENTS {
                 return Err(ApiError::field(
@@ -132,14 +133,19 @@ pub async fn create(
             {
                 return Err(ApiError::field(extra, "is not a known field (events)"));
             }
-            (items.clone(), true)
+            true
         }
         Some(_) => return Err(ApiError::field("events", "must be a list of events")),
-        None => (vec![body], false),
+        None => false,
+    };
+    // The items are taken out of the body, not copied.
+    let inputs = match body.as_object_mut().and_then(|o| o.remove("events")) {
+        Some(Value::Array(items)) if batch => items,
+        _ => vec![body],
     };
     let mut events = Vec::with_capacity(inputs.len());
     let mut problems = Vec::new();
-    for (i, item) in inputs.iter().enumerate() {
+    for (i, item) in inputs.into_iter().enumerate() {
         let prefix = if batch {
             format!("events[{i}]")
         } else {
@@ -156,30 +162,41 @@ pub async fn create(
     if !problems.is_empty() {
         return Err(Invalid(problems).into());
     }
+    // The answer shows the events as stored; their properties move into it, since the
+    // writer binds only what `NewEvent` computed from them.
+    let mut views: Vec<EventView> = events
+        .iter_mut()
+        .map(|e| EventView {
+            id: e.id.clone(),
+            user_id: String::new(),
+            name: e.name.clone(),
+            property: std::mem::take(&mut e.property),
+            page: e.page.clone(),
+            created_at: e.created_at,
+            source: e.source.as_str(),
+        })
+        .collect();
     let ingest = Ingest {
         target: target(&key)?,
         update: UserUpdate::default(),
         activity: Activity::seen(now),
-        events: events.clone(),
+        events,
     };
     let outcome = state.app.ingest(&ch, ingest, Source::OpenApi).await?;
-    let views: Vec<EventView> = events
-        .into_iter()
-        .map(|e| EventView::of_new(&outcome.user_id, e))
-        .collect();
-    let out = if batch {
-        serde_json::to_value(EventsPage {
+    for v in &mut views {
+        v.user_id.clone_from(&outcome.user_id);
+    }
+    if batch {
+        return Ok(Json(EventsPage {
             events: views,
             next: None,
         })
-    } else {
-        let mut views = views;
-        match views.pop() {
-            Some(event) => serde_json::to_value(EventEnvelope { event }),
-            None => return Err(ApiError::field("body", "no event")),
-        }
-    };
-    out.map(Json).map_err(|e| ApiError::internal(&e))
+        .into_response());
+    }
+    match views.pop() {
+        Some(event) => Ok(Json(EventEnvelope { event }).into_response()),
+        None => Err(ApiError::field("body", "no event")),
+    }
 }
 
 fn prefixed(prefix: &str, e: Invalid) -> Invalid {
