@@ -57,9 +57,9 @@ end
 /// Lua for wrk: Open API batches (`POST /open/v5/users/@{{memberId}}/events` with
 /// `{{"events": [...]}}`), each for one of 10,000 members, `events_per_request` events per
 /// batch. The Open API has no `messageId`, so nothing is deduplicated and the bodies can be
-/// built once: 50 of them, cycled (formatting a hundred events per request in Lua took
-/// ~15 % of the machine's samples, a quarter of what the server took). With `noop` every
-/// request goes to the no-op endpoint instead.
+/// built once: 50 of them, cycled (wrk, on the same two cores, then spends half the CPU it
+/// spent formatting a hundred events per request). With `noop` every request goes to the
+/// no-op endpoint instead.
 fn openapi_script(key: &str, secret: &str, events_per_request: usize, noop: bool) -> String {
     format!(
         r#"
