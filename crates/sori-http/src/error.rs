@@ -164,7 +164,7 @@ impl IntoResponse for ApiError {
                 })
                 .collect(),
         };
-        (self.status, axum::Json(body)).into_response()
+        (self.status, crate::json::Json(body)).into_response()
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod desk;
 pub mod error;
+pub mod json;
 pub mod open;
 mod ops;
 pub mod ratelimit;

@@ -2,7 +2,7 @@
 //! `/sdk/v1` (boot, events, user updates), open to any origin through CORS. Protocol and
 //! decisions: `docs/sdk.md`.
 
-use axum::Json;
+use crate::json::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};

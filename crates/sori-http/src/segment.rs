@@ -5,7 +5,7 @@
 //! `x-www-form-urlencoded` and gzips), and a batch's invalid items are reported without
 //! dropping the valid ones.
 
-use axum::Json;
+use crate::json::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;

@@ -4,7 +4,7 @@
 pub mod settings;
 pub mod users;
 
-use axum::Json;
+use crate::json::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::request::Parts;

@@ -1,7 +1,7 @@
 //! Console settings: channel, profile fields and sensitive flags, roles, managers.
 
 use crate::body::Path;
-use axum::Json;
+use crate::json::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,6 @@
 //! `/open/v5/channel`: the calling channel's settings.
 
-use axum::Json;
+use crate::json::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use sori_domain::channel;

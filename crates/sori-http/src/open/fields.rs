@@ -2,7 +2,7 @@
 //! API, which adds the general-settings permission check.
 
 use crate::body::Path;
-use axum::Json;
+use crate::json::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::body::Path;
-use axum::Json;
+use crate::json::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
