@@ -319,7 +319,7 @@ pub fn check_message_id(path: &str, id: &str) -> Result<(), Invalid> {
 /// numbers, booleans, and arrays/objects of at most 4 KB. `null` values are dropped, as if
 /// the key had not been sent.
 pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String, Value>, Invalid> {
-    let obj = match property {
+    let mut obj = match property {
         None | Some(Value::Null) => return Ok(Map::new()),
         Some(Value::Object(o)) => o,
         Some(other) => {
@@ -333,11 +333,15 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
     if obj.len() > MAX_PROPERTIES {
         errs.push(path, format!("must have at most {MAX_PROPERTIES} keys"));
     }
-    let mut out = Map::new();
-    for (k, v) in obj {
+    // Checked in place: the map is kept, not rebuilt key by key.
+    let mut nulls = false;
+    for (k, v) in &obj {
         // The key's path is only spelled out for an error.
         let p = || format!("{path}.{k}");
-        if k.is_empty() || k.chars().count() > MAX_PROPERTY_KEY_CHARS {
+        // A key no longer in bytes than the limit in characters needs no count.
+        if k.is_empty()
+            || (k.len() > MAX_PROPERTY_KEY_CHARS && k.chars().count() > MAX_PROPERTY_KEY_CHARS)
+        {
             errs.push(
                 p(),
                 format!("key must be 1 to {MAX_PROPERTY_KEY_CHARS} characters"),
@@ -348,10 +352,10 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
             errs.push(p(), "key must not contain control characters");
             continue;
         }
-        match &v {
-            Value::Null => continue,
+        match v {
+            Value::Null => nulls = true,
             Value::Array(_) | Value::Object(_) => {
-                let size = serde_json::to_vec(&v).map_or(usize::MAX, |b| b.len());
+                let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
                 if size > MAX_COMPOSITE_BYTES {
                     errs.push(
                         p(),
@@ -359,23 +363,24 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
                     );
                     continue;
                 }
-                if let Some(bad) = long_string(&v) {
+                if let Some(bad) = long_string(v) {
                     errs.push(
                         p(),
                         format!("strings must be at most {MAX_STRING_BYTES} bytes (`{bad}…`)"),
                     );
-                    continue;
                 }
             }
             Value::String(s) if s.len() > MAX_STRING_BYTES => {
                 errs.push(p(), format!("must be at most {MAX_STRING_BYTES} bytes"));
-                continue;
             }
             _ => {}
         }
-        out.insert(k, v);
     }
-    errs.check().map(|()| out)
+    errs.check()?;
+    if nulls {
+        obj.retain(|_, v| !v.is_null());
+    }
+    Ok(obj)
 }
 
 /// The start of the first over-long string inside `v`.
@@ -558,6 +563,14 @@ mod tests {
         fn strings_pass_exactly_up_to_the_byte_limit(n in 0usize..1200) {
             let r = check(json!({"name": "a", "property": {"s": "a".repeat(n)}}));
             prop_assert_eq!(r.is_ok(), n <= MAX_STRING_BYTES);
+        }
+
+        #[test]
+        fn property_keys_pass_exactly_up_to_the_char_limit(k in "[가-힣a-z]{1,200}") {
+            let mut property = serde_json::Map::new();
+            property.insert(k.clone(), json!(1));
+            let r = check(json!({"name": "a", "property": property}));
+            prop_assert_eq!(r.is_ok(), k.chars().count() <= MAX_PROPERTY_KEY_CHARS);
         }
 
         #[test]

@@ -146,16 +146,12 @@ pub async fn create(
     let mut events = Vec::with_capacity(inputs.len());
     let mut problems = Vec::new();
     for (i, item) in inputs.into_iter().enumerate() {
-        let prefix = if batch {
-            format!("events[{i}]")
-        } else {
-            String::new()
-        };
         let checked = EventInput::from_json(item)
-            .map_err(|e| prefixed(&prefix, e))
-            .and_then(|input| input.check(&prefix, new_id(), now, EventSource::OpenApi, None));
+            .and_then(|input| input.check("", new_id(), now, EventSource::OpenApi, None));
         match checked {
             Ok(e) => events.push(e),
+            // A batch item's fields are named under it, spelled out only for an error.
+            Err(e) if batch => problems.extend(prefixed(&format!("events[{i}]"), e).0),
             Err(e) => problems.extend(e.0),
         }
     }
