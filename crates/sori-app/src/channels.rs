@@ -1,9 +1,10 @@
-//! Creating channels with fresh credentials, printed once and stored hashed.
+//! Creating channels with fresh credentials, printed once and stored hashed, and
+//! changing their settings.
 
 use serde::Serialize;
 use sori_domain::Invalid;
 use sori_domain::channel::{self, DEFAULT_TIME_ZONE};
-use sori_store::{Channel, Manager, NewChannel};
+use sori_store::{Channel, ChannelSettingsPatch, Manager, NewChannel};
 
 use crate::secrets::{hash_password, keyed_hash, new_id, now_ms, random_hex};
 use crate::{App, AppResult};
@@ -73,6 +74,34 @@ pub fn check_password(field: &str, pw: &str) -> Result<(), Invalid> {
 }
 
 impl App {
+    /// Changes a channel's settings (the Open API, the console and `sori channel set` all
+    /// come here): every field is checked, named as the API names it; the name is stored
+    /// as checked; this node's cache of the channel is dropped. `None` when the channel is
+    /// gone.
+    pub async fn update_channel(
+        &self,
+        channel_id: i64,
+        mut patch: ChannelSettingsPatch,
+    ) -> AppResult<Option<Channel>> {
+        patch.name = patch
+            .name
+            .as_deref()
+            .map(|n| channel::check_name("name", n))
+            .transpose()?;
+        if let Some(tz) = &patch.time_zone {
+            channel::time_zone("timeZone", tz)?;
+        }
+        if let Some(l) = &patch.default_language {
+            channel::check_language("defaultLanguage", l)?;
+        }
+        if let Some(d) = patch.event_retention_days {
+            sori_domain::event::check_retention_days("eventRetentionDays", d)?;
+        }
+        let updated = self.store.update_channel(channel_id, &patch).await?;
+        self.channels.forget(channel_id);
+        Ok(updated)
+    }
+
     /// Creates a channel with an owner, built-in roles and pre-registered profile fields.
     pub async fn create_channel(&self, spec: ChannelSpec) -> AppResult<ChannelCredentials> {
         let name = channel::check_name("name", &spec.name)?;

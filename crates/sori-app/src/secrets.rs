@@ -124,7 +124,6 @@ mod tests {
         );
         assert_eq!(id_of(1 << 16, 7), "000000000001000000000007");
         let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
-        assert!(ids.iter().all(|id| is_id(id)));
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(ids.iter().all(|i| is_id(i)));
     }

@@ -109,9 +109,9 @@ impl UserWriter {
             &self.shards[(h.finish() as usize) % self.shards.len()]
         });
         let mut waiting = Vec::with_capacity(ops.len());
-        // Jobs that found the queue full, and every one after them (to keep the order).
+        // Jobs that found the queue full (or closed: their send fails below), and every
+        // one after them, to keep the order.
         let mut blocked = Vec::new();
-        let mut closed = false;
         if let Some(shard) = shard {
             for op in ops {
                 let (reply, rx) = oneshot::channel();
@@ -121,20 +121,15 @@ impl UserWriter {
                     blocked.push(job);
                     continue;
                 }
-                match shard.try_send(job) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(job)) => blocked.push(job),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        closed = true;
-                        break;
-                    }
+                if let Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) = shard.try_send(job)
+                {
+                    blocked.push(job);
                 }
             }
         }
         async move {
-            if closed {
-                return Err(AppError::Unavailable);
-            }
             if let Some(shard) = shard
                 && !blocked.is_empty()
             {
@@ -155,7 +150,7 @@ impl UserWriter {
 
 /// Queues jobs that found the writer's queue full. A full queue means the store cannot
 /// keep up: the caller gets a 503 after a while rather than let waiting requests pile up
-/// without bound.
+/// without bound (a closed one, at once).
 async fn send_blocked(shard: &mpsc::Sender<Job>, jobs: Vec<Job>) -> AppResult<()> {
     for job in jobs {
         match tokio::time::timeout(QUEUE_WAIT, shard.send(job)).await {

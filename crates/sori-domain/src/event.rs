@@ -288,18 +288,16 @@ impl<'a> Retention<'a> {
     }
 }
 
-/// The longest prefix of `page` within [`MAX_PAGE_BYTES`], cut between characters: pages a
-/// client library takes from the browser or app (the SDK, Segment's `context.page`) are
-/// cut rather than failing the call, like [`crate::value::clip_text`].
-pub fn clip_page(page: &str) -> &str {
-    crate::value::clip_bytes(page, MAX_PAGE_BYTES)
-}
-
-/// [`clip_page`] on a JSON page value; anything but a string is left for [`check_page`]
-/// to refuse.
+/// A JSON page value cut to its longest prefix within [`MAX_PAGE_BYTES`], between
+/// characters: pages a client library takes from the browser or app (the SDK, Segment's
+/// `context.page`) are cut rather than failing the call, like
+/// [`crate::value::clip_text`]. Anything but a string is left for [`check_page`] to refuse.
 pub fn clip_page_value(page: Value) -> Value {
     match page {
-        Value::String(s) if s.len() > MAX_PAGE_BYTES => Value::String(clip_page(&s).to_owned()),
+        Value::String(mut s) => {
+            s.truncate(s.floor_char_boundary(MAX_PAGE_BYTES));
+            Value::String(s)
+        }
         other => other,
     }
 }
@@ -517,11 +515,14 @@ mod tests {
     #[test]
     fn collected_pages_are_cut_between_characters() {
         let long = format!("https://shop.example/?q={}", "가".repeat(1000));
-        let cut = clip_page(&long);
+        let v = clip_page_value(Value::String(long.clone()));
+        let cut = v.as_str().unwrap();
         assert!(cut.len() <= MAX_PAGE_BYTES && cut.len() > MAX_PAGE_BYTES - 3);
         assert!(long.starts_with(cut));
-        assert_eq!(clip_page("https://a.example/"), "https://a.example/");
-        let v = clip_page_value(Value::String(long.clone()));
+        assert_eq!(
+            clip_page_value(json!("https://a.example/")),
+            json!("https://a.example/")
+        );
         assert!(check_page("page", &v).is_ok());
         assert_eq!(
             clip_page_value(json!(7)),

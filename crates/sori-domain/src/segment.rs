@@ -272,10 +272,8 @@ pub fn parse(
             // `search`, `title`, `url`); a long one is cut, not a reason to lose the page.
             if let Some(Value::Object(p)) = props.as_mut() {
                 for key in ["path", "referrer", "search", "title", "url"] {
-                    if let Some(Value::String(v)) = p.get_mut(key)
-                        && v.len() > event::MAX_STRING_BYTES
-                    {
-                        *v = value::clip_bytes(v, event::MAX_STRING_BYTES).to_owned();
+                    if let Some(Value::String(v)) = p.get_mut(key) {
+                        v.truncate(v.floor_char_boundary(event::MAX_STRING_BYTES));
                     }
                 }
             }

@@ -180,15 +180,6 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// The longest prefix of `s` of at most `max` bytes, cut between characters.
-pub fn clip_bytes(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// The longest prefix of `s` within [`MAX_STRING_CHARS`]. For values a client library
 /// collects by itself (a referrer, UTM parameters): nobody typed them, so an over-long one
 /// is cut rather than failing the call that carries it (docs/events.md).

@@ -259,12 +259,12 @@ pub async fn track(
     let (ch, user) = session(&state, &headers).await?;
     let mut input = EventInput::from_json(body)?;
     input.page = input.page.map(clip_page_value);
-    let (outcome, event) = state
+    let (outcome, mut event) = state
         .app
         .sdk_track(&ch, &user, input, user_agent(&headers).as_deref())
         .await?;
     Ok(Json(EventEnvelope {
-        event: EventView::of_new(&outcome.user_id, event),
+        event: EventView::of_new(&outcome.user_id, &mut event),
     }))
 }
 

@@ -72,20 +72,18 @@ async fn channel(
             s.split_once(':')
                 .map_or(s.clone(), |(user, _)| user.to_owned())
         });
-    let key = from_header.filter(|k| !k.is_empty());
-    let key = match key {
-        Some(k) => Some(k),
-        // A batch checks its items for NUL one by one, so the key is checked here.
-        None => match body.get("writeKey").and_then(Value::as_str) {
-            Some(k) if k.contains('\0') => return Err(crate::body::nul_error("writeKey".into())),
-            k => k.map(str::to_owned),
-        },
-    };
-    let key = key.ok_or_else(|| {
-        ApiError::unauthorized(
-            "send the channel's write key as the HTTP Basic user name (password empty)",
-        )
-    })?;
+    let key = from_header
+        .filter(|k| !k.is_empty())
+        .or_else(|| {
+            body.get("writeKey")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "send the channel's write key as the HTTP Basic user name (password empty)",
+            )
+        })?;
     Ok(state.app.channels.by_write_key(&key).await?)
 }
 
@@ -186,16 +184,18 @@ pub async fn batch(
 ) -> ApiResult<Json<Accepted>> {
     // A NUL is an error of the item that holds it, like any other (checked below).
     let mut body = crate::body::parse_json_with_nul(&bytes)?;
-    let ch = channel(&state, &headers, &body).await?;
-    // The items move out of the body (they are parsed by value); the rest of it holds the
-    // defaults they inherit.
-    let Some(Value::Array(items)) = body.get_mut("batch").map(Value::take) else {
-        return Err(ApiError::field("batch", "must be a list of calls"));
-    };
+    // The items move out of the body (they are parsed by value). The rest of it (the write
+    // key, the defaults the items inherit) is checked for NUL as a whole call's body is,
+    // before it is used.
+    let items = body.get_mut("batch").map(Value::take);
     let nul = crate::body::may_hold_nul(&bytes);
     if nul && let Some(path) = crate::body::nul_path(&body, String::new()) {
         return Err(crate::body::nul_error(path));
     }
+    let ch = channel(&state, &headers, &body).await?;
+    let Some(Value::Array(items)) = items else {
+        return Err(ApiError::field("batch", "must be a list of calls"));
+    };
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::field(
             "batch",

@@ -183,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
             let store = sori::open_store(&cfg).await?;
             let app = sori::app(&cfg, store).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
+            // Checked here too, to name the flag rather than the API's field.
             if let Some(d) = event_retention_days {
                 sori_domain::event::check_retention_days("--event-retention-days", d)?;
             }
@@ -191,8 +192,7 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let updated = app
-                .store
-                .update_channel(ch.channel.id, &patch)
+                .update_channel(ch.channel.id, patch)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("channel {} is gone", ch.channel.id))?;
             println!(

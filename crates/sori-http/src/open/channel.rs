@@ -3,7 +3,6 @@
 use crate::json::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use sori_domain::channel;
 use sori_store::{Channel, ChannelSettingsPatch};
 use utoipa::ToSchema;
 
@@ -75,34 +74,18 @@ pub struct ChannelPatch {
 /// Validates a patch and applies it.
 pub async fn apply(state: &AppState, channel: &Channel, body: JsonBody) -> ApiResult<ChannelView> {
     let p: ChannelPatch = body.parse()?;
-    let name = p
-        .name
-        .as_deref()
-        .map(|n| channel::check_name("name", n))
-        .transpose()?;
-    if let Some(tz) = &p.time_zone {
-        channel::time_zone("timeZone", tz)?;
-    }
-    if let Some(l) = &p.default_language {
-        channel::check_language("defaultLanguage", l)?;
-    }
-    if let Some(d) = p.event_retention_days {
-        sori_domain::event::check_retention_days("eventRetentionDays", d)?;
-    }
     let patch = ChannelSettingsPatch {
         event_retention_days: p.event_retention_days,
-        name,
+        name: p.name,
         time_zone: p.time_zone,
         default_language: p.default_language,
         member_hash_required: p.member_hash_required,
     };
     let updated = state
         .app
-        .store
-        .update_channel(channel.id, &patch)
+        .update_channel(channel.id, patch)
         .await?
         .ok_or_else(|| ApiError::not_found("channel"))?;
-    state.app.channels.forget(channel.id);
     Ok(ChannelView::from(&updated))
 }
 

@@ -61,14 +61,16 @@ impl EventView {
         }
     }
 
-    /// The view of an event just recorded for `user_id`.
-    pub fn of_new(user_id: &str, e: NewEvent) -> Self {
+    /// The view of an event recorded for `user_id`. It takes the event's properties: the
+    /// writer binds only what [`NewEvent`] computed from them, so the view can be made
+    /// while the event is still being stored.
+    pub fn of_new(user_id: &str, e: &mut NewEvent) -> Self {
         Self {
-            id: e.id,
+            id: e.id.clone(),
             user_id: user_id.to_owned(),
-            name: e.name,
-            property: e.property,
-            page: e.page,
+            name: e.name.clone(),
+            property: std::mem::take(&mut e.property),
+            page: e.page.clone(),
             created_at: e.created_at,
             source: e.source.as_str(),
         }
@@ -158,19 +160,10 @@ pub async fn create(
     if !problems.is_empty() {
         return Err(Invalid(problems).into());
     }
-    // The answer shows the events as stored; their properties move into it, since the
-    // writer binds only what `NewEvent` computed from them.
+    // The answer shows the events as stored; the owner is filled in once known.
     let mut views: Vec<EventView> = events
         .iter_mut()
-        .map(|e| EventView {
-            id: e.id.clone(),
-            user_id: String::new(),
-            name: e.name.clone(),
-            property: std::mem::take(&mut e.property),
-            page: e.page.clone(),
-            created_at: e.created_at,
-            source: e.source.as_str(),
-        })
+        .map(|e| EventView::of_new("", e))
         .collect();
     let ingest = Ingest {
         target: target(&key)?,
