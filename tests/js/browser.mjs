@@ -190,7 +190,8 @@ function watch(page) {
 }
 
 async function run(browser, pagesOrigin) {
-  const ctx = await browser.newContext();
+  // A Korean browser: the SDK sends navigator.language at boot, stored as `ko`.
+  const ctx = await browser.newContext({ locale: 'ko-KR' });
   const page = await ctx.newPage();
   watch(page);
   const canonical = `${pagesOrigin}/canonical/product-1`;
@@ -231,6 +232,7 @@ async function run(browser, pagesOrigin) {
     );
     assert.equal(p.referrer, 'http://search.example/results?q=shoes', 'referrer from the arriving page');
     assert.equal(user.sessionsCount, 1, 'sessionsCount');
+    assert.equal(user.language, 'ko', 'language from navigator.language (ko-KR)');
     assert.ok(user.web && typeof user.web.browserName === 'string' && user.web.browserName, 'web.browserName set');
     return `user ${s.anonId}, PageView ${views[0].page}, browser ${user.web.browserName}`;
   });

@@ -270,8 +270,11 @@ pub enum Source {
     SdkBoot,
     /// The customer's own action through the SDK (`updateUser`, tags ≤ 10 per call).
     Sdk,
-    /// The Segment-compatible API and imports (server-side, full trust).
+    /// The Segment-compatible API (server-side, full trust).
     Server,
+    /// An import line: a user's whole state moved from elsewhere, so its tag list may be
+    /// as long as a user's (an export of a user with 30 tags must import).
+    Import,
 }
 
 /// One request's change to one user: who, what to update, what it says about activity,
@@ -302,13 +305,16 @@ impl Ingest {
 
 impl crate::App {
     fn context(&self, ch: &crate::auth::ChannelInfo, source: Source) -> sori_domain::ApplyContext {
-        use sori_domain::limits::{MAX_TAGS_PER_API_CALL, MAX_TAGS_PER_SDK_CALL};
+        use sori_domain::limits::{
+            MAX_TAGS_PER_API_CALL, MAX_TAGS_PER_SDK_CALL, MAX_TAGS_PER_USER,
+        };
         sori_domain::ApplyContext {
             now: crate::secrets::now_ms(),
             tz: ch.tz.clone(),
             tag_limit_per_call: match source {
                 Source::SdkBoot | Source::Sdk => MAX_TAGS_PER_SDK_CALL,
                 Source::OpenApi | Source::Desk { .. } | Source::Server => MAX_TAGS_PER_API_CALL,
+                Source::Import => MAX_TAGS_PER_USER,
             },
             may_resubscribe: source != Source::SdkBoot,
             may_register: !matches!(

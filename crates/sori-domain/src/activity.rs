@@ -1,5 +1,6 @@
 //! Activity of a user: when they were last seen, sessions, and the device they used
-//! (SPEC §4 "Sessions"). A visit after 30 minutes of inactivity starts a new session.
+//! (SPEC §4 "Sessions"). A visit after 30 minutes without a visit on its platform starts a
+//! new session there; `sessionsCount` is the sum of the web and app sessions.
 //! Times only move the right way: `lastSeenAt` never goes back, `createdAt` never forward,
 //! so replayed or historical data (Segment `timestamp`, imports) cannot corrupt them.
 
@@ -84,17 +85,17 @@ pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
     if let Some(at) = a.at {
         user.created_at = user.created_at.min(at);
         if let Some(v) = &a.visit {
-            let starts_session = user.last_seen_at.is_none_or(|l| at - l > SESSION_GAP_MS);
+            // A session is a platform's: web and app sessions are counted apart, and the
+            // total is their sum (seed 002: 총 세션 수 = web + app). Only that platform's
+            // visits keep it alive; an event a backend sends does not mean the customer
+            // is on the site or in the app.
             let dev = match v.platform.unwrap_or(Platform::Web) {
                 Platform::Web => &mut user.web,
                 Platform::Mobile => &mut user.mobile,
             };
-            let dev_starts = dev.last_seen_at.is_none_or(|l| at - l > SESSION_GAP_MS);
-            if starts_session {
-                user.sessions_count += 1;
-            }
-            if dev_starts {
+            if dev.last_seen_at.is_none_or(|l| at - l > SESSION_GAP_MS) {
                 dev.sessions_count += 1;
+                user.sessions_count += 1;
             }
             if dev.last_seen_at.is_none_or(|l| at >= l) {
                 overwrite(&mut dev.browser, &v.device.browser);
@@ -147,13 +148,37 @@ mod tests {
         assert_eq!(u.mobile.sessions_count, 0);
     }
 
+    fn app_visit(at: i64) -> Activity {
+        Activity {
+            at: Some(at),
+            visit: Some(Visit {
+                platform: Some(Platform::Mobile),
+                ..Visit::default()
+            }),
+            ..Activity::default()
+        }
+    }
+
     #[test]
-    fn events_keep_sessions_alive_but_do_not_start_them() {
+    fn events_neither_start_nor_extend_sessions() {
         let mut u = User::new("u".into(), 0);
         apply_activity(&mut u, &visit(0));
         apply_activity(&mut u, &Activity::seen(25 * MIN));
-        apply_activity(&mut u, &visit(50 * MIN));
         assert_eq!(u.sessions_count, 1);
+        apply_activity(&mut u, &visit(50 * MIN));
+        assert_eq!((u.sessions_count, u.web.sessions_count), (2, 2));
+        assert_eq!(u.last_seen_at, Some(50 * MIN));
+    }
+
+    #[test]
+    fn the_total_is_the_sum_of_web_and_app_sessions() {
+        let mut u = User::new("u".into(), 0);
+        apply_activity(&mut u, &visit(0));
+        apply_activity(&mut u, &app_visit(10 * MIN));
+        apply_activity(&mut u, &visit(20 * MIN));
+        apply_activity(&mut u, &app_visit(50 * MIN));
+        assert_eq!((u.web.sessions_count, u.mobile.sessions_count), (1, 2));
+        assert_eq!(u.sessions_count, 3);
     }
 
     #[test]

@@ -193,13 +193,35 @@ pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, I
     if trimmed.chars().any(char::is_control) {
         return Err(Invalid::one(path, "must not contain control characters"));
     }
-    if by_client && RESERVED.contains(&trimmed) {
+    if trimmed.chars().any(invisible) {
+        return Err(Invalid::one(
+            path,
+            "must not contain invisible format characters (zero-width spaces, byte-order marks, \
+             direction marks)",
+        ));
+    }
+    // Joiners are kept (emoji sequences and some scripts need them), so they must not
+    // make a reserved name look like a new one.
+    let visible = || {
+        trimmed
+            .chars()
+            .filter(|c| !matches!(c, '\u{200c}' | '\u{200d}'))
+    };
+    if by_client && RESERVED.iter().any(|r| r.chars().eq(visible())) {
         return Err(Invalid::one(
             path,
             format!("`{trimmed}` is recorded by Sori itself and cannot be sent by a client"),
         ));
     }
     Ok(trimmed.to_owned())
+}
+
+/// A character that shows nothing (Unicode format characters, such as U+200B or U+FEFF)
+/// other than the two joiners: two names that differ only by one look the same in the
+/// catalog and the timeline.
+fn invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.general_category() == GeneralCategory::Format && !matches!(c, '\u{200c}' | '\u{200d}')
 }
 
 /// Checks a page value.
@@ -464,6 +486,17 @@ mod tests {
             "name"
         );
         assert!(check(json!({"name": "MarketingClick"})).is_err());
+        // Look-alikes of a reserved name: invisible characters are refused in any name,
+        // and joiners (allowed, emoji need them) do not hide a reserved one.
+        for fake in [
+            "\u{feff}MarketingGoal",
+            "MarketingGoal\u{200b}",
+            "Marketing\u{2060}Goal",
+        ] {
+            assert_eq!(check(json!({"name": fake})).unwrap_err().0[0].field, "name");
+        }
+        assert!(check(json!({"name": "Marketing\u{200d}Goal"})).is_err());
+        assert!(check(json!({"name": "Family 👨\u{200d}👩\u{200d}👧"})).is_ok());
         assert!(check(json!({"name": "PageView"})).is_ok());
         assert!(check(json!({"name": "  "})).is_err());
         assert!(check(json!({"property": {}})).is_err());

@@ -3,6 +3,8 @@
 //! createdAt, page}`. CSV rows are first turned into the same JSON shape, so both formats
 //! share one validation.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use crate::error::{Errors, Invalid};
@@ -10,7 +12,7 @@ use crate::event::EventInput;
 use crate::field::{FieldType, Registry};
 use crate::segment::time_value;
 use crate::update::{UPDATE_FIELDS, UserUpdate, check_member_id};
-use crate::value::kind;
+use crate::value::{infer_type, kind};
 
 /// A parsed user line.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +73,7 @@ pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => {
-            errs.push("memberId", "is required (a string)");
+            errs.push("memberId", "is required (a string or a number)");
             None
         }
     };
@@ -89,11 +91,22 @@ pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
     };
     let created_at = not_future("createdAt");
     let last_seen_at = not_future("lastSeenAt");
-    let body: Map<String, Value> = o
-        .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "id" | "memberId" | "createdAt" | "lastSeenAt"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut body = Map::new();
+    for (k, v) in o {
+        match k.as_str() {
+            "id" | "memberId" | "createdAt" | "lastSeenAt" => {}
+            k if UPDATE_FIELDS.contains(&k) => {
+                body.insert(k.to_owned(), v.clone());
+            }
+            _ => errs.push(
+                k,
+                format!(
+                    "unknown field; expected one of memberId, createdAt, lastSeenAt, {}",
+                    UPDATE_FIELDS.join(", ")
+                ),
+            ),
+        }
+    }
     let update = match UserUpdate::from_json(&Value::Object(body), UPDATE_FIELDS) {
         Ok(u) => Some(u),
         Err(e) => {
@@ -136,11 +149,12 @@ pub fn event_line(v: &Value) -> Result<EventLine, Invalid> {
     for k in o.keys() {
         if !matches!(
             k.as_str(),
-            "memberId" | "userId" | "name" | "property" | "page" | "createdAt"
+            "memberId" | "userId" | "name" | "property" | "page" | "createdAt" | "id" | "source"
         ) {
             errs.push(
                 k,
-                "is not a known field (memberId, userId, name, property, page, createdAt)",
+                "is not a known field (memberId, userId, name, property, page, createdAt; \
+                 id and source, as exports write them, are ignored)",
             );
         }
     }
@@ -179,14 +193,14 @@ pub fn csv_cell(raw: &str, registered: Option<FieldType>) -> Option<Value> {
                 }
             })
     };
-    let list = || s.split(';').map(|x| x.trim()).filter(|x| !x.is_empty());
     Some(match registered {
         Some(FieldType::String) => Value::String(s.to_owned()),
         Some(FieldType::List) => {
-            Value::Array(list().map(|x| Value::String(x.to_owned())).collect())
+            Value::Array(csv_list_items(s).into_iter().map(Value::String).collect())
         }
         Some(FieldType::ListOfNumber) => Value::Array(
-            list()
+            csv_list_items(s)
+                .iter()
                 .map(|x| csv_cell(x, Some(FieldType::Number)).unwrap_or(Value::Null))
                 .collect(),
         ),
@@ -195,6 +209,55 @@ pub fn csv_cell(raw: &str, registered: Option<FieldType>) -> Option<Value> {
         Some(FieldType::Datetime) => number().unwrap_or_else(|| Value::String(s.to_owned())),
         _ => number().unwrap_or_else(|| Value::String(s.to_owned())),
     })
+}
+
+/// The items of a CSV list cell, split on `;`. `\;` is a `;` inside an item and `\\` a
+/// backslash (any other backslash stays as it is), so an exported tag such as `a;b` comes
+/// back whole. Items are trimmed and empty ones dropped.
+pub fn csv_list_items(s: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut item = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ';' => items.push(std::mem::take(&mut item)),
+            '\\' if matches!(chars.peek(), Some(';' | '\\')) => item.extend(chars.next()),
+            c => item.push(c),
+        }
+    }
+    items.push(item);
+    items
+        .into_iter()
+        .map(|x| x.trim().to_owned())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// One CSV cell holding `items`, written so that `csv_list_items` reads them back.
+pub fn csv_list_cell<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    items
+        .into_iter()
+        .map(|x| x.replace('\\', "\\\\").replace(';', "\\;"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The types user CSV cells are read as: a registered field's, else the type a column
+/// took from its first value in this file. That value registers the field when it is
+/// written, so later rows are read as a re-run of the file reads them (a zip code column
+/// that starts with `01234` stays text in every row).
+pub struct CsvTypes(HashMap<String, FieldType>);
+
+impl CsvTypes {
+    /// Starts from the channel's registered fields.
+    pub fn new(registry: &Registry) -> Self {
+        Self(
+            registry
+                .fields()
+                .map(|f| (f.key.as_str().to_owned(), f.field_type))
+                .collect(),
+        )
+    }
 }
 
 /// The profile key a user CSV column writes to when it is not one of the named columns:
@@ -240,7 +303,7 @@ pub fn check_csv_width(headers: &[String], cells: &[String]) -> Result<(), Inval
 /// A CSV user row as a user line: `memberId`, `createdAt`, `lastSeenAt`, `tags` (`;`
 /// separated), `unsubscribeEmail`, `unsubscribeTexting`, `blocked`; every other column
 /// (optionally written `profile.key`) is a profile value.
-pub fn csv_user(headers: &[String], cells: &[String], registry: &Registry) -> Value {
+pub fn csv_user(headers: &[String], cells: &[String], types: &mut CsvTypes) -> Value {
     let mut line = Map::new();
     let mut profile = Map::new();
     for (h, c) in headers.iter().zip(cells) {
@@ -268,8 +331,13 @@ pub fn csv_user(headers: &[String], cells: &[String], registry: &Registry) -> Va
             }
             _ => {
                 let key = profile_column(h);
-                let ty = registry.get(key).map(|f| f.field_type);
+                let ty = types.0.get(key).copied();
                 if let Some(v) = csv_cell(c, ty) {
+                    if ty.is_none()
+                        && let Ok(learned) = infer_type(&v)
+                    {
+                        types.0.insert(key.to_owned(), learned);
+                    }
                     profile.insert(key.to_owned(), v);
                 }
             }
@@ -290,7 +358,13 @@ pub fn csv_event(headers: &[String], cells: &[String]) -> Result<Value, Invalid>
         let h = h.trim();
         match h {
             "property" if !c.trim().is_empty() => match serde_json::from_str::<Value>(c) {
-                Ok(Value::Object(m)) => property.extend(m),
+                Ok(Value::Object(m)) => {
+                    for (k, v) in m {
+                        if property.insert(k.clone(), v).is_some() {
+                            return Err(twice(&k));
+                        }
+                    }
+                }
                 _ => return Err(Invalid::one("property", "must be a JSON object")),
             },
             "property" | "id" | "source" => {}
@@ -308,8 +382,10 @@ pub fn csv_event(headers: &[String], cells: &[String]) -> Result<Value, Invalid>
             }
             other => match other.strip_prefix("property.") {
                 Some(k) => {
-                    if let Some(v) = csv_cell(c, None) {
-                        property.insert(k.to_owned(), v);
+                    if let Some(v) = csv_cell(c, None)
+                        && property.insert(k.to_owned(), v).is_some()
+                    {
+                        return Err(twice(k));
                     }
                 }
                 None => {
@@ -322,6 +398,15 @@ pub fn csv_event(headers: &[String], cells: &[String]) -> Result<Value, Invalid>
         line.insert("property".into(), Value::Object(property));
     }
     Ok(Value::Object(line))
+}
+
+/// A property given both in the `property` cell and as a `property.KEY` column: which one
+/// counts would be a guess.
+fn twice(key: &str) -> Invalid {
+    Invalid::one(
+        format!("property.{key}"),
+        "is given both in the property column and as its own column",
+    )
 }
 
 #[cfg(test)]
@@ -359,6 +444,11 @@ mod tests {
         let e = user_line(&json!({"profile": {"x": 1}, "color": "red"}), NOW).unwrap_err();
         let fields: Vec<&str> = e.0.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, vec!["memberId", "color"]);
+        assert!(
+            e.0[1]
+                .message
+                .contains("memberId, createdAt, lastSeenAt, profile")
+        );
     }
 
     #[test]
@@ -406,6 +496,41 @@ mod tests {
             Some(json!(["a", "b"]))
         );
         assert_eq!(csv_cell("  ", None), None);
+    }
+
+    #[test]
+    fn csv_list_cells_round_trip_items_holding_separators() {
+        let items = ["a;b", "c\\d", "e\\;", "plain"];
+        let cell = csv_list_cell(items);
+        assert_eq!(csv_list_items(&cell), items);
+        // A lone backslash before anything else is text, as in a hand-made file.
+        assert_eq!(csv_list_items("C:\\x; y"), ["C:\\x", "y"]);
+    }
+
+    #[test]
+    fn csv_user_columns_keep_the_type_of_their_first_value() {
+        let headers = vec!["memberId".to_owned(), "zip".to_owned()];
+        let mut types = CsvTypes::new(&Registry::default());
+        let row = |zip: &str| vec!["m".to_owned(), zip.to_owned()];
+        let first = csv_user(&headers, &row("01234"), &mut types);
+        let second = csv_user(&headers, &row("12345"), &mut types);
+        assert_eq!(first["profile"]["zip"], json!("01234"));
+        assert_eq!(second["profile"]["zip"], json!("12345"));
+    }
+
+    #[test]
+    fn csv_event_refuses_a_property_given_twice() {
+        let headers = vec![
+            "memberId".to_owned(),
+            "name".to_owned(),
+            "property".to_owned(),
+            "property.qty".to_owned(),
+        ];
+        let cells = |json: &str| vec!["m".into(), "Order".into(), json.into(), "3".into()];
+        let e = csv_event(&headers, &cells(r#"{"qty": 9}"#)).unwrap_err();
+        assert_eq!(e.0[0].field, "property.qty");
+        let ok = csv_event(&headers, &cells(r#"{"sku": "A"}"#)).unwrap();
+        assert_eq!(ok["property"], json!({"sku": "A", "qty": 3}));
     }
 
     proptest! {

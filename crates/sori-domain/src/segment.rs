@@ -158,8 +158,8 @@ pub fn parse(
                             } else {
                                 "landlineNumber"
                             };
-                            profile.insert(key.to_owned(), v.clone());
-                            origins.push((key.to_owned(), sent));
+                            let exact = k == key;
+                            put_trait(&mut profile, &mut origins, key.into(), v, sent, exact);
                         }
                         "address" => {
                             if let Value::Object(a) = v {
@@ -177,13 +177,14 @@ pub fn parse(
                                         sub = first.to_uppercase() + &sub[1..];
                                     }
                                     let key = format!("{}{sub}", camel_case(k));
-                                    origins.push((key.clone(), format!("{sent}.{ik}")));
-                                    profile.insert(key, iv.clone());
+                                    let sent = format!("{sent}.{ik}");
+                                    put_trait(&mut profile, &mut origins, key, iv, sent, false);
                                 }
                             }
                             _ => {
-                                profile.insert(camel_case(k), v.clone());
-                                origins.push((camel_case(k), sent));
+                                let key = camel_case(k);
+                                let exact = *k == key;
+                                put_trait(&mut profile, &mut origins, key, v, sent, exact);
                             }
                         },
                     }
@@ -233,9 +234,7 @@ pub fn parse(
     let language = context
         .get("locale")
         .and_then(Value::as_str)
-        .and_then(|l| l.split(['-', '_']).next())
-        .filter(|l| matches!(*l, "ko" | "en" | "ja"))
-        .map(str::to_owned);
+        .and_then(|l| crate::update::check_language(l).ok());
 
     let ctx_page = page_ctx
         .and_then(|p| p.get("url"))
@@ -458,6 +457,30 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
     }
 }
 
+/// Puts a trait's value under its profile key. Two traits can land on one key
+/// (`first_name` and `firstName`, `company.name` and `companyName`): the one sent under
+/// the key itself wins, whatever the order, and of two mapped ones the first (traits are
+/// read in key order) stays.
+fn put_trait(
+    profile: &mut Map<String, Value>,
+    origins: &mut Vec<(String, String)>,
+    key: String,
+    v: &Value,
+    sent: String,
+    exact: bool,
+) {
+    if let Some((_, held)) = origins.iter_mut().find(|(k, _)| *k == key) {
+        let held_exact = held.rsplit('.').next() == Some(key.as_str());
+        if held_exact || !exact {
+            return;
+        }
+        *held = sent;
+    } else {
+        origins.push((key.clone(), sent));
+    }
+    profile.insert(key, v.clone());
+}
+
 /// `first_name` → `firstName`, so snake_case traits fit the profile key rule.
 fn camel_case(k: &str) -> String {
     if !k.contains('_') {
@@ -570,6 +593,26 @@ mod tests {
         };
         assert_eq!(p["companyName"], json!("Acme"));
         assert_eq!(p["companyEmployeeCount"], json!(3));
+        // Two traits for one key: the one sent under the key itself wins, either order.
+        for traits in [
+            json!({"first_name": "A", "firstName": "B", "company": {"name": "X"}, "companyName": "Y"}),
+            json!({"firstName": "B", "first_name": "A", "companyName": "Y", "company": {"name": "X"}}),
+        ] {
+            let c = parse(
+                "",
+                json!({"userId": "m", "traits": traits}),
+                Some(Kind::Identify),
+                NOW,
+            )
+            .unwrap();
+            let ProfilePatch::Set(p) = c.update.unwrap().profile else {
+                panic!("profile")
+            };
+            assert_eq!(
+                (&p["firstName"], &p["companyName"]),
+                (&json!("B"), &json!("Y"))
+            );
+        }
     }
 
     #[test]

@@ -443,15 +443,25 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
     }
 }
 
-fn check_language(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 35
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(s.to_owned())
+/// A language tag (`ko`, `ko-KR`, `en_US`, `zh-Hans-CN`) as the language it names: its
+/// primary subtag in lower case. Every path (SDK, Segment `context.locale`, Open API)
+/// stores the same form, so a filter `language = ko` finds every Korean speaker whatever
+/// region their browser or app reported.
+pub fn check_language(s: &str) -> Result<String, String> {
+    let well_formed = s.len() <= 35
+        && s.split(['-', '_'])
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()));
+    let primary = s.split(['-', '_']).next().unwrap_or_default();
+    if well_formed
+        && (2..=3).contains(&primary.len())
+        && primary.chars().all(|c| c.is_ascii_alphabetic())
+    {
+        Ok(primary.to_ascii_lowercase())
     } else {
-        Err(format!("`{s}` is not a language tag such as ko or en-US"))
+        Err(format!(
+            "`{}` is not a language tag such as ko or en-US",
+            crate::value::clip_text(s)
+        ))
     }
 }
 

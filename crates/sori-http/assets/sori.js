@@ -262,7 +262,8 @@
       memberId: option.memberId,
       memberHash: option.memberHash,
       profile: option.profile,
-      language: option.language,
+      // The browser's language setting unless the site names one (kept for new users only).
+      language: option.language || navigator.language || undefined,
       unsubscribeEmail: option.unsubscribeEmail,
       unsubscribeTexting: option.unsubscribeTexting,
       page: currentPage(),

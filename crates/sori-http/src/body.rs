@@ -186,6 +186,25 @@ pub const DEFAULT_LIMIT: u32 = 25;
 pub const MAX_LIMIT: u32 = 500;
 
 impl Paging {
+    /// Rows to ask the store for: one more than the page, which only tells whether a next
+    /// page exists (so the last page has no `next` leading to an empty one).
+    pub fn fetch(&self) -> u32 {
+        self.limit + 1
+    }
+
+    /// Cuts rows fetched with [`Paging::fetch`] to the page, and gives the page's `next`
+    /// cursor (from its last row) when there were more.
+    pub fn split<T>(
+        &self,
+        mut rows: Vec<T>,
+        cursor: impl Fn(&T) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        let more = rows.len() > self.limit as usize;
+        rows.truncate(self.limit as usize);
+        let next = if more { rows.last().map(cursor) } else { None };
+        (rows, next)
+    }
+
     /// Reads and checks the paging parameters.
     pub fn from_query(q: &Query<HashMap<String, String>>) -> Result<Self, ApiError> {
         let limit = match q.get("limit") {

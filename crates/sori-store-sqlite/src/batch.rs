@@ -293,7 +293,7 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
         let mut st = tx
             .prepare_cached(
                 "UPDATE users SET \
-                 updated_at = CASE WHEN ?3 > ifnull(last_seen_at, -1) \
+                 updated_at = CASE WHEN ?3 > ifnull(last_seen_at, -1) OR ?4 < created_at \
                      THEN max(updated_at, ?5) ELSE updated_at END, \
                  last_seen_at = max(ifnull(last_seen_at, ?3), ?3), \
                  created_at = min(created_at, ?4) \

@@ -18,7 +18,8 @@ use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
 use sori_domain::event::EventSource;
 use sori_domain::import::{
-    Owner, check_csv_header, check_csv_width, csv_event, csv_user, event_line, user_line,
+    CsvTypes, Owner, check_csv_header, check_csv_width, csv_event, csv_list_cell, csv_user,
+    event_line, user_line,
 };
 use sori_domain::{Invalid, Registry};
 use sori_store::UserTarget;
@@ -122,7 +123,9 @@ pub async fn import(
         bar: &bar,
         out: errors,
     };
-    let registry = Registry::new(app.store.profile_fields(ch.channel.id).await?);
+    let mut types = CsvTypes::new(&Registry::new(
+        app.store.profile_fields(ch.channel.id).await?,
+    ));
     let mut summary = Summary::default();
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
     let mut seen: HashMap<String, u32> = HashMap::new();
@@ -198,7 +201,7 @@ pub async fn import(
                             blank.skip(record.position().map_or(next, |p| p.line() as usize));
                         let cells: Vec<String> = record.iter().map(str::to_owned).collect();
                         let parsed = check_csv_width(&headers, &cells).and_then(|()| match kind {
-                            Kind::Users => Ok(csv_user(&headers, &cells, &registry)),
+                            Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
                             Kind::Events => csv_event(&headers, &cells),
                         });
                         (line, parsed)
@@ -377,7 +380,7 @@ async fn flush(
         .ingest_many(
             ch,
             batch.into_iter().map(|p| p.ingest).collect(),
-            Source::Server,
+            Source::Import,
         )
         .await?;
     for (line, r) in lines.into_iter().zip(results) {
@@ -546,7 +549,7 @@ pub async fn export(
                                 u.member_id.clone().unwrap_or_default(),
                                 u.created_at.to_string(),
                                 u.last_seen_at.map(|t| t.to_string()).unwrap_or_default(),
-                                u.tags.join(";"),
+                                csv_list_cell(u.tags.iter().map(String::as_str)),
                                 u.unsubscribe_email.to_string(),
                                 u.unsubscribe_texting.to_string(),
                                 u.blocked.to_string(),
@@ -569,6 +572,7 @@ pub async fn export(
             if csv {
                 let header = [
                     "id",
+                    "memberId",
                     "userId",
                     "name",
                     "createdAt",
@@ -584,21 +588,45 @@ pub async fn export(
                     .store
                     .events_page(id, after.as_ref().map(|(t, i)| (*t, i.as_str())), PAGE)
                     .await?;
+                // A member's events name the member, so the file imports into another
+                // store (where user ids mean nothing) after the users.
+                let mut owners: Vec<String> = events.iter().map(|e| e.user_id.clone()).collect();
+                owners.sort_unstable();
+                owners.dedup();
+                let members: HashMap<String, String> = app
+                    .store
+                    .users_by_ids(id, &owners)
+                    .await?
+                    .into_iter()
+                    .filter_map(|u| Some((u.id, u.member_id?)))
+                    .collect();
                 for e in &events {
                     n += 1;
                     let property = Value::Object(e.property.clone());
+                    let member = members.get(&e.user_id);
                     match csv {
                         false => {
-                            let v = serde_json::json!({
-                                "userId": e.user_id, "name": e.name, "property": property,
+                            let mut v = serde_json::json!({
+                                "id": e.id, "name": e.name, "property": property,
                                 "page": e.page, "createdAt": e.created_at,
+                                "source": e.source.as_str(),
                             });
+                            v[if member.is_some() {
+                                "memberId"
+                            } else {
+                                "userId"
+                            }] = Value::String(member.unwrap_or(&e.user_id).clone());
                             writeln!(out, "{v}")?;
                         }
                         true => {
                             let row = [
                                 e.id.clone(),
-                                e.user_id.clone(),
+                                member.cloned().unwrap_or_default(),
+                                if member.is_some() {
+                                    String::new()
+                                } else {
+                                    e.user_id.clone()
+                                },
                                 e.name.clone(),
                                 e.created_at.to_string(),
                                 e.page.clone().unwrap_or_default(),
@@ -633,14 +661,16 @@ fn cell(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| match x {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(";"),
+        Some(Value::Array(a)) => {
+            let items: Vec<String> = a
+                .iter()
+                .map(|x| match x {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            csv_list_cell(items.iter().map(String::as_str))
+        }
         Some(other) => other.to_string(),
     }
 }

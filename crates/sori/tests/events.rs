@@ -120,9 +120,10 @@ async fn open_api_events(b: Backend) {
                     )
                     .await;
                 assert_eq!(r.status, 200, "{:?}", r.body);
-                for e in r.body["events"].as_array().unwrap() {
-                    seen.push(e.clone());
-                }
+                let page = r.body["events"].as_array().unwrap();
+                // 6 events, 2 a page: the third page is the last and says so.
+                assert!(!page.is_empty(), "a `next` led to an empty page");
+                seen.extend(page.iter().cloned());
                 match r.body["next"].as_str() {
                     Some(n) => since = Some(n.to_owned()),
                     None => break,
@@ -449,6 +450,63 @@ async fn segment_api(b: Backend) {
     assert_eq!(s5["lastSeenAt"], now - hour);
     assert_eq!(s5["language"], "ko");
 
+    // A backend event between two visits neither starts nor prolongs a session, so the
+    // total never falls behind the web's (it counts web plus app sessions).
+    for (at, body) in [
+        (now - 2 * hour, json!({"type": "page"})),
+        (
+            now - 2 * hour + 25 * 60 * 1000,
+            json!({"type": "track", "event": "OrderShipped"}),
+        ),
+        (now - 2 * hour + 50 * 60 * 1000, json!({"type": "page"})),
+    ] {
+        let mut body = body;
+        body["userId"] = json!("s6");
+        body["timestamp"] = json!(at);
+        let r = segment(&app, "/v1/batch", json!({"batch": [body]})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let s6 = app.member("s6").await;
+    assert_eq!(
+        (&s6["sessionsCount"], &s6["web"]["sessionsCount"]),
+        (&json!(2), &json!(2))
+    );
+
+    // An old event that moves `createdAt` back moves `updatedAt`, on the events-only path
+    // (a member id alone) as on the full one (an anonymous id beside it).
+    for (user, extra) in [
+        ("lp1", json!({})),
+        ("fp1", json!({"anonymousId": "fp1-anon"})),
+    ] {
+        let track = |at: i64| {
+            let mut b = json!({"userId": user, "event": "Seen", "timestamp": at});
+            b.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            b
+        };
+        assert_eq!(
+            segment(&app, "/v1/track", track(now - hour)).await.status,
+            200
+        );
+        let before = app.member(user).await;
+        // Lets the clock pass a millisecond, so a moved `updatedAt` shows.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(
+            segment(&app, "/v1/track", track(now - 2 * hour))
+                .await
+                .status,
+            200
+        );
+        let after = app.member(user).await;
+        assert_eq!(after["createdAt"], now - 2 * hour, "{user}");
+        assert_eq!(after["lastSeenAt"], before["lastSeenAt"], "{user}");
+        assert!(
+            after["updatedAt"].as_i64() > before["updatedAt"].as_i64(),
+            "{user}: {before} {after}"
+        );
+    }
+
     // A mobile app's screen calls (alone and in a batch) are its page views and feed
     // `mobile.*` from the app's context, leaving `web.*` alone.
     let phone = json!({"app": {"name": "Shop", "version": "2.3.1"},
@@ -486,7 +544,10 @@ async fn segment_api(b: Backend) {
     assert!(m["lastSeenAt"].as_i64().is_some());
     assert_eq!(s3["web"]["sessionsCount"], 1);
     assert_eq!(s3["web"]["browserName"], "Chrome");
-    assert_eq!(s3["sessionsCount"], 1);
+    assert_eq!(
+        s3["sessionsCount"], 2,
+        "the total is the web and the app session"
+    );
     let pages: Vec<_> = events_of(&app, s3["id"].as_str().unwrap())
         .await
         .iter()

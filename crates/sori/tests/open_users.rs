@@ -342,16 +342,18 @@ async fn create_patch_delete_and_list(b: Backend) {
         app.upsert(&format!("p-{i}"), json!({"profile": {"rank": i}}))
             .await;
     }
-    // 9 users: page through ascending, 4 at a time.
+    // 9 users: page through ascending, 3 at a time; the third page is the last and has
+    // no `next` (none leads to an empty page).
     let mut seen = Vec::new();
-    let mut path = "/open/v5/users?limit=4&sortOrder=asc".to_owned();
+    let mut path = "/open/v5/users?limit=3&sortOrder=asc".to_owned();
     loop {
         let r = app.open(Method::GET, &path, None).await;
         assert_eq!(r.status, 200);
         let users = r.body["users"].as_array().unwrap();
+        assert!(!users.is_empty(), "a `next` led to an empty page");
         seen.extend(users.iter().map(|u| u["id"].as_str().unwrap().to_owned()));
         match r.body["next"].as_str() {
-            Some(n) => path = format!("/open/v5/users?limit=4&sortOrder=asc&since={n}"),
+            Some(n) => path = format!("/open/v5/users?limit=3&sortOrder=asc&since={n}"),
             None => break,
         }
     }

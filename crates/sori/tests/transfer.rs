@@ -213,7 +213,10 @@ async fn import_and_export(b: Backend) {
     assert!(err.contains("line 3:"), "{err}");
     let evs = db.events();
     let refund = evs.iter().find(|e| e["name"] == "Refund").unwrap();
-    assert_eq!(refund["userId"], u1_id.as_str());
+    // A member's events are exported by member id (another store knows no user ids).
+    assert_eq!(refund["memberId"], "u1");
+    assert!(refund.get("userId").is_none(), "{refund}");
+    assert_eq!(refund["source"], "import");
     assert_eq!(refund["createdAt"], 1_654_041_600_000_i64);
     assert_eq!(refund["property"], json!({"amount": 3}));
     assert_eq!(evs.len(), 4);
@@ -270,13 +273,82 @@ async fn import_and_export(b: Backend) {
     // An events export in CSV: the import's columns plus id and source.
     let (ok, out, _) = db.run(&["export", "events", "--format", "csv"]);
     assert!(ok);
-    assert!(out.starts_with("id,userId,name,createdAt,page,source,property"));
+    assert!(out.starts_with("id,memberId,userId,name,createdAt,page,source,property"));
     let mut rdr = csv::Reader::from_reader(out.as_bytes());
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 8);
     assert!(
-        rows.iter().all(|r| &r[5] == "import"),
-        "every imported event's source"
+        rows.iter()
+            .all(|r| &r[6] == "import" && r[1].starts_with('u') && r[2].is_empty()),
+        "every imported event's source, by member id"
+    );
+
+    // An unregistered CSV column keeps the type of its first cell in every row of one
+    // run: `01234` registers `zip5` as text, so `12345` after it is text too, and the
+    // same file imports whole on the first run (not only on a re-run).
+    let zips = db.file(
+        "zips.csv",
+        "memberId,zip5
+z1,01234
+z2,12345
+",
+    );
+    db.import_ok("users", &zips, "imported 2 users, skipped 0");
+    // An import line carries a user's whole tag list (up to 200), not an API call's 20.
+    let tags: Vec<String> = (0..30).map(|i| format!("t{i}")).collect();
+    let many = db.file(
+        "many-tags.ndjson",
+        json!({"memberId": "z3", "tags": tags}).to_string(),
+    );
+    db.import_ok("users", &many, "imported 1 users, skipped 0");
+    db.import_ok(
+        "users",
+        &db.file(
+            "semi.ndjson",
+            json!({"memberId": "z4", "tags": ["a;b"]}).to_string(),
+        ),
+        "imported 1 users",
+    );
+
+    // The whole channel moves to a fresh store: users (CSV), then events (NDJSON).
+    let (ok, users_csv, err) = db.run(&["export", "users", "--format", "csv"]);
+    assert!(ok, "{err}");
+    let (ok, events_nd, err) = db.run(&["export", "events"]);
+    assert!(ok, "{err}");
+    let fresh = Db::new(b).await;
+    assert!(fresh.run(&["channel", "create", "--name", "Copy"]).0);
+    assert!(
+        fresh
+            .run(&["channel", "set", "--event-retention-days", "3650"])
+            .0
+    );
+    let us = db.file("users-export.csv", &users_csv);
+    let err = fresh.import_ok("users", &us, "skipped 0 bad lines");
+    assert!(!err.contains("line "), "{err}");
+    let evs = db.file("events-export.ndjson", &events_nd);
+    fresh.import_ok(
+        "events",
+        &evs,
+        "imported 8 events (0 already stored), skipped 0",
+    );
+    let (ok, out, err) = fresh.run(&["export", "users"]);
+    assert!(ok, "{err}");
+    let copied = ndjson(&out);
+    let by_member = |m: &str| copied.iter().find(|u| u["memberId"] == m).unwrap().clone();
+    assert_eq!(by_member("z1")["profile"]["zip5"], "01234");
+    assert_eq!(by_member("z2")["profile"]["zip5"], "12345");
+    assert_eq!(by_member("z3")["tags"].as_array().unwrap().len(), 30);
+    assert_eq!(
+        by_member("z4")["tags"],
+        json!(["a;b"]),
+        "a `;` inside a tag survives CSV"
+    );
+    let moved: Vec<Value> = fresh.events();
+    assert_eq!(moved.len(), 8);
+    assert!(
+        moved
+            .iter()
+            .any(|e| e["memberId"] == "u1" && e["name"] == "Refund")
     );
 }
 

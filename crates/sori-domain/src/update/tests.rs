@@ -296,3 +296,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn languages_are_stored_as_their_primary_subtag() {
+    for (tag, lang) in [
+        ("ko", "ko"),
+        ("ko-KR", "ko"),
+        ("EN_us", "en"),
+        ("zh-Hans-CN", "zh"),
+    ] {
+        assert_eq!(check_language(tag).as_deref(), Ok(lang), "{tag}");
+    }
+    for bad in ["", "k", "koreanx", "ko--KR", "ko KR", "12", "-ko"] {
+        assert!(check_language(bad).is_err(), "{bad:?}");
+    }
+    let new = apply_update(
+        &base(),
+        true,
+        &registry(),
+        &UserUpdate {
+            language: Some("ko-KR".into()),
+            ..UserUpdate::default()
+        },
+        &ctx(),
+    )
+    .expect("ok");
+    assert_eq!(new.user.language.as_deref(), Some("ko"));
+}

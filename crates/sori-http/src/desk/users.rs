@@ -219,24 +219,24 @@ pub async fn reveals(
     let reveals = state
         .app
         .store
-        .reveals(ctx.channel.channel.id, page.since.as_deref(), page.limit)
+        .reveals(ctx.channel.channel.id, page.since.as_deref(), page.fetch())
         .await?;
-    let next = (reveals.len() == page.limit as usize)
-        .then(|| reveals.last().map(|r| r.id.clone()))
-        .flatten();
+    let (reveals, next) = page.split(reveals, |r| r.id.clone());
     Ok(Json(RevealsPage { reveals, next }))
 }
 
-/// One CSV cell: lists joined by `;`, formula characters neutralized, quoted when needed.
+/// One CSV cell: lists joined by `;` as imports read them, formula characters neutralized, quoted when needed.
 pub(crate) fn csv_cell(v: &Value) -> String {
     let s = match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
-            .collect::<Vec<_>>()
-            .join(";"),
+        Value::Array(items) => {
+            let items: Vec<String> = items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect();
+            sori_domain::import::csv_list_cell(items.iter().map(String::as_str))
+        }
         other => other.to_string(),
     };
     // A leading formula character is neutralized so spreadsheets do not execute it.

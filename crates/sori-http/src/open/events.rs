@@ -227,13 +227,11 @@ pub async fn list(
             ch.channel.id,
             &user.id,
             cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
-            page.limit,
+            page.fetch(),
             page.order == crate::body::SortOrder::Asc,
         )
         .await?;
-    let next = (events.len() == page.limit as usize)
-        .then(|| events.last().map(|e| format!("{}-{}", e.created_at, e.id)))
-        .flatten();
+    let (events, next) = page.split(events, |e| format!("{}-{}", e.created_at, e.id));
     Ok(Json(EventsPage {
         events: events.into_iter().map(EventView::of).collect(),
         next,

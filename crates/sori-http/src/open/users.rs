@@ -259,13 +259,11 @@ pub async fn users_page(
         .users_page(
             channel_id,
             page.since.as_deref(),
-            page.limit,
+            page.fetch(),
             page.order == SortOrder::Desc,
         )
         .await?;
-    let next = (users.len() == page.limit as usize)
-        .then(|| users.last().map(|u| u.id.clone()))
-        .flatten();
+    let (users, next) = page.split(users, |u| u.id.clone());
     let users = users
         .into_iter()
         .map(|u| shape(serde_json::to_value(UserView::of(channel_id, u)).unwrap_or(Value::Null)))
