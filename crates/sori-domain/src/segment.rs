@@ -84,8 +84,10 @@ pub fn parse(
 ) -> Result<Call, Invalid> {
     let at = |f: &str| crate::error::field_path(prefix, f).into_owned();
     let Value::Object(mut m) = msg else {
+        // A batch item that is not an object is the item's own error (`batch[3]`).
+        let field = if prefix.is_empty() { "body" } else { prefix };
         return Err(Invalid::one(
-            at("body"),
+            field,
             format!("must be an object, got {}", value::kind(&msg)),
         ));
     };

@@ -399,16 +399,19 @@ pub fn normalize_tag(raw: &str) -> Result<String, String> {
 }
 
 fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Errors) {
-    let given = match op {
-        TagOp::Set(t) | TagOp::Add(t) | TagOp::Remove(t) => t,
+    // Errors name the field the caller sent.
+    let (field, given) = match op {
+        TagOp::Set(t) => ("tags", t),
+        TagOp::Add(t) => ("addTags", t),
+        TagOp::Remove(t) => ("removeTags", t),
     };
     if given.is_empty() {
-        errs.push("tags", "must not be an empty list");
+        errs.push(field, "must not be an empty list");
         return;
     }
     if given.len() > per_call {
         errs.push(
-            "tags",
+            field,
             format!("at most {per_call} tags per call (got {})", given.len()),
         );
         return;
@@ -418,7 +421,7 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
         match normalize_tag(raw) {
             Ok(t) if !normalized.contains(&t) => normalized.push(t),
             Ok(_) => {}
-            Err(e) => errs.push(format!("tags[{i}]"), e),
+            Err(e) => errs.push(format!("{field}[{i}]"), e),
         }
     }
     match op {
@@ -434,7 +437,7 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
     }
     if tags.len() > MAX_TAGS_PER_USER {
         errs.push(
-            "tags",
+            field,
             format!(
                 "a user may have at most {MAX_TAGS_PER_USER} tags (would have {})",
                 tags.len()

@@ -131,6 +131,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/open/v5/segments/{id}/users.csv", get(osg::export))
         .route("/open/v5/segments/{id}/users/{user}", get(osg::membership))
         .layer(from_fn_with_state(state.clone(), ratelimit::limit));
+    let open = ops::gzip_bodies(open);
     use desk::{settings as ds, users as du};
     let desk = Router::new()
         .route("/desk/v1/login", post(desk::login))
@@ -175,15 +176,8 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/v1/track", post(segment::track))
         .route("/v1/page", post(segment::page))
         .route("/v1/screen", post(segment::screen))
-        .route("/v1/batch", post(segment::batch))
-        // One composite layer (see `ops::with_middleware`).
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(axum::middleware::map_response(ops::unsupported_encoding))
-                .map_response(axum::response::IntoResponse::into_response)
-                .layer(tower_http::decompression::RequestDecompressionLayer::new())
-                .layer(DefaultBodyLimit::max(cfg.max_ingest_body_bytes)),
-        );
+        .route("/v1/batch", post(segment::batch));
+    let segment = ops::gzip_bodies(segment).layer(DefaultBodyLimit::max(cfg.max_ingest_body_bytes));
     let sdk = Router::new()
         // The OPTIONS routes let the CORS layer answer preflights (without them the
         // router's 405 fallback would).

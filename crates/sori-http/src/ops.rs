@@ -132,9 +132,23 @@ fn route_handles(
     handles
 }
 
+/// Request bodies of the server-side APIs (Segment, Open API) may be gzip-compressed, as
+/// client libraries send large batches; any other `Content-Encoding` is refused with 415
+/// instead of being read as plain JSON. One composite layer (see `with_middleware`).
+pub(crate) fn gzip_bodies<S: Clone + Send + Sync + 'static>(
+    routes: axum::Router<S>,
+) -> axum::Router<S> {
+    routes.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::middleware::map_response(unsupported_encoding))
+            .map_response(axum::response::IntoResponse::into_response)
+            .layer(tower_http::decompression::RequestDecompressionLayer::new()),
+    )
+}
+
 /// The request decompression layer refuses a `Content-Encoding` other than gzip with an
 /// empty 415; this gives that answer the API's error format like every other.
-pub(crate) async fn unsupported_encoding(resp: Response) -> Response {
+async fn unsupported_encoding(resp: Response) -> Response {
     if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
         return ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -202,6 +202,13 @@ pub async fn batch(
             format!("must hold 1 to {MAX_BATCH_ITEMS} calls"),
         ));
     }
+    // The batch's own `sentAt` is the client library's, shared by its items: a bad one is
+    // the request's error (named as sent), not an error of whichever items use it.
+    if let Some(sent) = body.get("sentAt").filter(|v| !v.is_null()) {
+        let mut errs = sori_domain::error::Errors::default();
+        segment::time_value(sent, "sentAt", &mut errs);
+        errs.check()?;
+    }
     let now = now_ms();
     let retention = ch.retention(now);
     let mut errors = Vec::new();

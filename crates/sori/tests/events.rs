@@ -53,6 +53,31 @@ async fn open_api_events(b: Backend) {
         .unwrap()
         .to_owned();
 
+    // Server-side clients may gzip their bodies; another encoding is refused (415), not
+    // read as plain JSON.
+    let creds = &app.creds;
+    let plain = json!({"name": "Zipped"}).to_string().into_bytes();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &plain).unwrap();
+    for (encoding, body, status) in [("gzip", gz.finish().unwrap(), 200), ("br", plain, 415)] {
+        let headers = [
+            ("x-access-key", creds.access_key.as_str()),
+            ("x-access-secret", creds.access_secret.as_str()),
+            ("content-type", "application/json"),
+            ("content-encoding", encoding),
+        ];
+        let r = app
+            .raw(Method::POST, "/open/v5/users/@zip/events", &headers, body)
+            .await;
+        assert_eq!(r.status, status, "{encoding}: {:?}", r.body);
+    }
+    let zip = app.member("zip").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        events_of(&app, &zip).await.len(),
+        1,
+        "the gzip call's event only"
+    );
+
     let r = app
         .open(
             Method::POST,
@@ -178,6 +203,7 @@ async fn open_api_events(b: Backend) {
             json!({"events": [{"name": "ok"}, {"name": ""}]}),
             "events[1].name",
         ),
+        (json!({"events": [{"name": "ok"}, 7]}), "events[1]"),
     ] {
         let r = app
             .open(
@@ -227,7 +253,7 @@ async fn open_api_events(b: Backend) {
         left.iter().all(|e| e.user_id != doomed),
         "events of a deleted user remain"
     );
-    assert_eq!(left.len(), 6);
+    assert_eq!(left.len(), 7, "m1's six and the gzip call's");
 
     // Another channel's keys see nothing of this user.
     let other = app.second_channel().await;
@@ -310,13 +336,18 @@ async fn segment_api(b: Backend) {
             {"type": "alias", "userId": "s1", "previousId": "a"},
             {"type": "page", "userId": "s1", "properties": {"url": "https://shop.example/a"}},
             {"type": "track", "userId": "s1", "event": "Nul", "properties": {"k": "a\u{0}b"}},
+            "not a call",
         ]}),
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let errs = r.body["errors"].as_array().unwrap();
     let indexes: Vec<i64> = errs.iter().map(|e| e["index"].as_i64().unwrap()).collect();
-    assert_eq!(indexes, vec![1, 3, 5], "{errs:?}");
+    assert_eq!(indexes, vec![1, 3, 5, 6], "{errs:?}");
+    assert_eq!(
+        errs[3]["field"], "batch[6]",
+        "an item that is not an object"
+    );
     assert_eq!(errs[0]["field"], "batch[1].event");
     assert_eq!(
         errs[2]["field"], "batch[5].properties.k",
@@ -623,6 +654,16 @@ async fn segment_api(b: Backend) {
     item["type"] = json!("track");
     let r = segment(&app, "/v1/batch", json!({"batch": [item]})).await;
     assert_eq!(r.error_field(), "batch[0].timestamp", "{:?}", r.body);
+    // The batch's own sentAt is the request's: a bad one refuses the batch, named as sent.
+    let before = events_of(&app, &id).await.len();
+    let r = segment(
+        &app,
+        "/v1/batch",
+        json!({"sentAt": "yesterday", "batch": [{"type": "track", "userId": "s1", "event": "A"}]}),
+    )
+    .await;
+    assert_eq!((r.status, r.error_field()), (400, "sentAt"), "{:?}", r.body);
+    assert_eq!(events_of(&app, &id).await.len(), before);
     // With a longer retention it keeps its time; createdAt moves back, lastSeenAt does not.
     keep_events_for(&app, 3650).await;
     let seen_before = app.member("s1").await["lastSeenAt"].as_i64().unwrap();

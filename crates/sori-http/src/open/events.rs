@@ -195,7 +195,11 @@ fn prefixed(prefix: &str, e: Invalid) -> Invalid {
     Invalid(
         e.0.into_iter()
             .map(|mut f| {
-                f.field = format!("{prefix}.{}", f.field);
+                // An item that is not an object is the item's own error.
+                f.field = match f.field.as_str() {
+                    "body" => prefix.to_owned(),
+                    field => format!("{prefix}.{field}"),
+                };
                 f
             })
             .collect(),
