@@ -174,6 +174,9 @@ pub struct Event {
 
 /// Checks an event name; `by_client` refuses the reserved system names.
 pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, Invalid> {
+    if name.is_null() {
+        return Err(Invalid::one(path, "is required"));
+    }
     let Value::String(s) = name else {
         return Err(Invalid::one(
             path,
@@ -372,6 +375,10 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
             errs.push(p(), "key must not contain control characters");
             continue;
         }
+        if k.trim().is_empty() {
+            errs.push(p(), "key must not be blank");
+            continue;
+        }
         match v {
             Value::Null => nulls = true,
             Value::Array(_) | Value::Object(_) => {
@@ -476,6 +483,20 @@ mod tests {
 
     fn check(v: Value) -> Result<NewEvent, Invalid> {
         EventInput::from_json(v)?.check("", "e1".into(), 1, EventSource::OpenApi, None)
+    }
+
+    #[test]
+    fn blank_property_keys_and_missing_names_are_named() {
+        let e = check(json!({"name": "A", "property": {" ": 1}})).unwrap_err();
+        assert_eq!(
+            (e.0[0].field.as_str(), e.0[0].message.as_str()),
+            ("property. ", "key must not be blank")
+        );
+        let e = check(json!({"property": {}})).unwrap_err();
+        assert_eq!(
+            (e.0[0].field.as_str(), e.0[0].message.as_str()),
+            ("name", "is required")
+        );
     }
 
     #[test]

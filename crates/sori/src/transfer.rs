@@ -337,7 +337,11 @@ impl<R: BufRead> Read for LfOnly<R> {
 
 fn report(errors: &mut dyn Write, line: usize, e: &Invalid) {
     for f in &e.0 {
-        say(errors, &format!("line {line}: {}: {}", f.field, f.message));
+        // An error of the whole line (malformed JSON or CSV, not UTF-8) names no field.
+        match f.field.as_str() {
+            "line" => say(errors, &format!("line {line}: {}", f.message)),
+            field => say(errors, &format!("line {line}: {field}: {}", f.message)),
+        }
     }
 }
 

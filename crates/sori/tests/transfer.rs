@@ -114,7 +114,7 @@ async fn import_and_export(b: Backend) {
         err.contains("line 5: lastSeenAt: must not be in the future"),
         "{err}"
     );
-    assert!(err.contains("line 6: line: malformed JSON"), "{err}");
+    assert!(err.contains("line 6: malformed JSON"), "{err}");
 
     let csv_users = db.file(
         "users.csv",
@@ -229,14 +229,14 @@ async fn import_and_export(b: Backend) {
             "latin.ndjson",
             &b"\xef\xbb\xbf{\"memberId\": \"u2\", \"name\": \"A\"}\r\n{\"memberId\": \"u2\", \"name\": \"Caf\xe9\"}\n\n{\"memberId\": \"u2\"}\n{\"memberId\": \"u2\", \"name\": \"C\"}"[..],
             // After an empty line 3; the last line has no line end and is still read.
-            ["line 2: line: is not UTF-8 text", "line 4: name"],
+            ["line 2: is not UTF-8 text", "line 4: name"],
         ),
         (
             "latin.csv",
             &b"\xef\xbb\xbfmemberId,name,,\nu2,D\nu2,Caf\xe9\nu2,E,,,extra\nu2,F,,,\n"[..],
             [
-                "line 3: line: malformed CSV",
-                "line 4: line: has 5 cells but the header row names 4 columns",
+                "line 3: malformed CSV",
+                "line 4: has 5 cells but the header row names 4 columns",
             ],
         ),
     ] {
