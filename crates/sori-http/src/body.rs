@@ -154,10 +154,56 @@ impl JsonBody {
     pub fn parse<T: DeserializeOwned>(self) -> Result<T, ApiError> {
         serde_path_to_error::deserialize(self.0).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "body".to_owned() } else { path };
-            ApiError::field(field, e.into_inner().to_string())
+            let (field, message) = plain_error(&path, &e.into_inner().to_string());
+            ApiError::field(field, message)
         })
     }
+}
+
+/// A serde error in the API's words: the field it is about (`body` for the whole body) and
+/// the rule (`must be an integer, got floating point `1.5``), not Rust's type names.
+fn plain_error(path: &str, message: &str) -> (String, String) {
+    let at = |name: &str| match path {
+        "." => name.to_owned(),
+        p if p.ends_with(&format!(".{name}")) || p == name => p.to_owned(),
+        p => format!("{p}.{name}"),
+    };
+    let field = if path == "." {
+        "body".to_owned()
+    } else {
+        path.to_owned()
+    };
+    let wanted = |w: &str| match w {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "isize" | "usize" => {
+            "an integer".to_owned()
+        }
+        "f32" | "f64" => "a number".to_owned(),
+        w => w.to_owned(),
+    };
+    for kind in ["invalid type: ", "invalid value: "] {
+        if let Some((got, want)) = message
+            .strip_prefix(kind)
+            .and_then(|rest| rest.split_once(", expected "))
+        {
+            return (field, format!("must be {}, got {got}", wanted(want)));
+        }
+    }
+    if let Some(name) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return (at(name), "is required".to_owned());
+    }
+    if let Some((name, expected)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once("`, expected "))
+    {
+        return (
+            at(name),
+            format!("is not a known field (expected {expected})"),
+        );
+    }
+    (field, message.to_owned())
 }
 
 /// Sort direction of a list.
@@ -247,6 +293,54 @@ mod tests {
 
     fn parse_error(body: &str) -> Option<String> {
         parse_json(body.as_bytes()).err().map(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn serde_errors_name_the_field_and_the_rule() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            days: u32,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            name: String,
+            inner: Option<Inner>,
+        }
+        for (body, field, message) in [
+            (
+                r#"{"name": 1.5}"#,
+                "name",
+                "must be a string, got floating point `1.5`",
+            ),
+            (
+                r#"{"name": "a", "inner": {"days": 1.5}}"#,
+                "inner.days",
+                "must be an integer",
+            ),
+            (
+                r#"{"name": "a", "inner": {"days": -1}}"#,
+                "inner.days",
+                "must be an integer",
+            ),
+            (r#"{"inner": null}"#, "name", "is required"),
+            (r#"{"name": "a", "inner": {}}"#, "inner.days", "is required"),
+            (
+                r#"{"name": "a", "colour": 1}"#,
+                "colour",
+                "is not a known field (expected",
+            ),
+        ] {
+            let e = JsonBody(serde_json::from_str(body).unwrap())
+                .parse::<Body>()
+                .unwrap_err();
+            let e = format!("{e:?}");
+            assert!(e.contains(&format!("{field:?}")), "{body}: {e}");
+            assert!(e.contains(message), "{body}: {e}");
+        }
     }
 
     #[test]

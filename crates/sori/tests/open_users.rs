@@ -418,7 +418,7 @@ async fn profile_field_registry(b: Backend) {
         (json!({"key": "1abc", "type": "string"}), "key"),
         (json!({"key": "has_space", "type": "string"}), "key"),
         (json!({"key": "ok", "type": "object"}), "type"),
-        (json!({"key": "ok"}), "body"),
+        (json!({"key": "ok"}), "type"),
         (json!({"key": "ok", "type": "string", "extra": 1}), "extra"),
         (json!({"key": 5, "type": "string"}), "key"),
     ] {
