@@ -362,13 +362,32 @@ impl App {
         path: &str,
         json: &serde_json::Value,
     ) -> AppResult<Filter> {
+        self.parse_filter(ch, path, json, ch.channel.event_retention_days)
+            .await
+    }
+
+    /// Reads a saved segment's filter. Its event windows were checked against the
+    /// retention of the day it was saved; a retention lowered since shortens them when
+    /// the filter is resolved, instead of making the segment unusable.
+    async fn saved_filter(&self, ch: &ChannelInfo, json: &serde_json::Value) -> AppResult<Filter> {
+        let longest = sori_domain::event::MAX_RETENTION_DAYS;
+        self.parse_filter(ch, "segment.filter", json, longest).await
+    }
+
+    async fn parse_filter(
+        &self,
+        ch: &ChannelInfo,
+        path: &str,
+        json: &serde_json::Value,
+        retention_days: i64,
+    ) -> AppResult<Filter> {
         let registry = Registry::new(self.store.profile_fields(ch.channel.id).await?);
         Ok(Filter::parse(
             path,
             json,
             &Schema {
                 registry: &registry,
-                retention_days: ch.channel.event_retention_days,
+                retention_days,
             },
         )?)
     }
@@ -600,7 +619,7 @@ impl App {
             (Some(f), None) => self.check_filter(ch, "filter", f).await?,
             (None, Some(id)) => {
                 let sg = self.segment(ch, id).await?;
-                self.check_filter(ch, "segment.filter", &sg.filter).await?
+                self.saved_filter(ch, &sg.filter).await?
             }
             _ => {
                 return Err(sori_domain::Invalid::one(

@@ -266,9 +266,11 @@ pub enum Source {
         /// The manager may register new profile fields.
         may_register: bool,
     },
-    /// The browser SDK's boot (tags ≤ 10 per call; a boot can never resubscribe).
+    /// The browser SDK's boot (tags ≤ 10 per call; a boot can never resubscribe; registered
+    /// profile keys only).
     SdkBoot,
-    /// The customer's own action through the SDK (`updateUser`, tags ≤ 10 per call).
+    /// The customer's own action through the SDK (`updateUser`, tags ≤ 10 per call;
+    /// registered profile keys only).
     Sdk,
     /// The Segment-compatible API (server-side, full trust).
     Server,
@@ -317,12 +319,13 @@ impl crate::App {
                 Source::Import => MAX_TAGS_PER_USER,
             },
             may_resubscribe: source != Source::SdkBoot,
-            may_register: !matches!(
-                source,
+            new_keys: match source {
                 Source::Desk {
-                    may_register: false
-                }
-            ),
+                    may_register: false,
+                } => sori_domain::update::NewKeys::NeedsPermission,
+                Source::SdkBoot | Source::Sdk => sori_domain::update::NewKeys::RegisteredOnly,
+                _ => sori_domain::update::NewKeys::Register,
+            },
         }
     }
 

@@ -188,9 +188,22 @@ pub struct ApplyContext {
     pub tag_limit_per_call: usize,
     /// False on SDK boots: a boot can unsubscribe but never subscribe again.
     pub may_resubscribe: bool,
-    /// Whether an unknown profile key may register a new field (false for managers
-    /// without the general-settings permission, who may not change the schema).
-    pub may_register: bool,
+    /// Whether an unknown profile key registers a new field, and if not, why.
+    pub new_keys: NewKeys,
+}
+
+/// What a write may do with a profile key the channel has not registered (SPEC §3.2: a
+/// value for an unregistered key registers it, from trusted callers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewKeys {
+    /// The key is registered with the type of its value (Open API, Segment, imports).
+    Register,
+    /// A manager without the general-settings permission may not change the schema.
+    NeedsPermission,
+    /// The browser SDK writes registered keys only: its plugin key is public, so any
+    /// visitor could otherwise add fields without end and fix their types before the
+    /// business does (seed 002: a site's keys are added in the settings).
+    RegisteredOnly,
 }
 
 /// The result of a successful update.
@@ -343,8 +356,15 @@ fn checked_value(
 ) -> Option<Value> {
     let ty = if let Some(f) = registry.get(key).or_else(|| new_fields.get(key)) {
         f.field_type
-    } else if !ctx.may_register {
+    } else if ctx.new_keys == NewKeys::NeedsPermission {
         errs.push(path, "is not a registered profile field; registering one needs the general-settings permission");
+        return None;
+    } else if ctx.new_keys == NewKeys::RegisteredOnly {
+        errs.push(
+            path,
+            "is not a registered profile field; the web SDK writes registered fields only \
+             (register it in the console or with POST /open/v5/profile-fields)",
+        );
         return None;
     } else {
         let parsed = match ProfileKey::parse(key) {

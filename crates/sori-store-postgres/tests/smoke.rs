@@ -71,7 +71,7 @@ async fn store_round_trip() {
             tz: jiff::tz::TimeZone::UTC,
             tag_limit_per_call: 20,
             may_resubscribe: true,
-            may_register: true,
+            new_keys: sori_domain::update::NewKeys::Register,
         },
         activity: Default::default(),
         events: Vec::new(),

@@ -494,7 +494,7 @@ mod tests {
                 tz: jiff::tz::TimeZone::UTC,
                 tag_limit_per_call: 20,
                 may_resubscribe: true,
-                may_register: true,
+                new_keys: sori_domain::update::NewKeys::Register,
             },
             activity: Activity::default(),
             events: Vec::new(),

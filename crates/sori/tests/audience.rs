@@ -536,6 +536,65 @@ async fn segments_api(b: Backend) {
     assert_eq!(r.status, 400);
     assert_eq!(r.error_field(), "sortField");
 
+    // A saved event window longer than a retention lowered later is shortened to it: the
+    // segment keeps working (a new filter must fit the new retention).
+    let visited = |days: i64| {
+        json!({"and": [{"or": [{"event": "Visit", "operator": "$countGte", "values": [1],
+                                "withinDays": days}]}]})
+    };
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/segments",
+            Some(json!({"name": "Visited in 45 days", "filter": visited(45)})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let window = r.body["segment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        count(&app, json!({"segmentId": window})).await,
+        3,
+        "s1, s2, f1"
+    );
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/channel",
+            Some(json!({"eventRetentionDays": 35})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        count(&app, json!({"segmentId": window})).await,
+        2,
+        "s2, f1 (35 days)"
+    );
+    let r = app
+        .open(
+            Method::GET,
+            &format!("/open/v5/segments/{window}/users"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/users/count",
+            Some(json!({"filter": visited(45)})),
+        )
+        .await;
+    assert_eq!(
+        r.error_field(),
+        "filter.and[0].or[0].withinDays",
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .open(Method::DELETE, &format!("/open/v5/segments/{window}"), None)
+        .await;
+    assert_eq!(r.status, 204);
+
     // Another channel's keys do not see the segment.
     let other = app.second_channel().await;
     let r = app

@@ -743,6 +743,21 @@ async fn sdk_rules(b: Backend) {
     let r = boot(&app, json!({"pluginKey": pk, "veilId": "bad id!"})).await;
     assert_eq!(r.error_field(), "veilId");
 
+    // The SDK writes registered profile fields only (its plugin key is public, so any
+    // visitor could otherwise add fields and fix their types): an unknown key is refused,
+    // naming it, and nothing is written, not even the field.
+    let fields = app.open(Method::GET, "/open/v5/profile-fields", None).await;
+    let r = boot(&app, json!({"pluginKey": pk, "profile": {"plan": "free"}})).await;
+    assert_eq!(
+        (r.status, r.error_field()),
+        (400, "profile.plan"),
+        "{:?}",
+        r.body
+    );
+    let after = app.open(Method::GET, "/open/v5/profile-fields", None).await;
+    assert_eq!(fields.body, after.body);
+    app.register_field("plan", "string").await;
+
     // A first boot creates an anonymous user with a session, device and PageView.
     let r = boot(
         &app,
@@ -1088,6 +1103,8 @@ fn node(app: &TestApp, script: &str, envs: &[(&str, String)]) {
 
 async fn web_sdk_in_chromium(b: Backend) {
     let app = spawn_app(b).await;
+    // The page's updateUser writes `nickname`: the SDK writes registered fields only.
+    app.register_field("nickname", "string").await;
     let envs = [
         ("SORI_PLUGIN_KEY", app.creds.plugin_key.clone()),
         (

@@ -11,7 +11,7 @@ fn ctx() -> ApplyContext {
         tz: TimeZone::get("Asia/Seoul").expect("tz"),
         tag_limit_per_call: MAX_TAGS_PER_API_CALL,
         may_resubscribe: true,
-        may_register: true,
+        new_keys: NewKeys::Register,
     }
 }
 
@@ -212,11 +212,20 @@ fn registered_type_wins_over_inference() {
 #[test]
 fn unknown_keys_need_the_right_to_register() {
     let mut c = ctx();
-    c.may_register = false;
     let upd = parse(json!({"profile": {"name": "Kim", "newKey": 1}}));
-    let e = apply_update(&base(), false, &registry(), &upd, &c).unwrap_err();
-    assert_eq!(e.0.len(), 1);
-    assert_eq!(e.0[0].field, "profile.newKey");
+    for (refusal, says) in [
+        (NewKeys::NeedsPermission, "general-settings permission"),
+        (
+            NewKeys::RegisteredOnly,
+            "the web SDK writes registered fields only",
+        ),
+    ] {
+        c.new_keys = refusal;
+        let e = apply_update(&base(), false, &registry(), &upd, &c).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].field, "profile.newKey");
+        assert!(e.0[0].message.contains(says), "{}", e.0[0].message);
+    }
 }
 
 #[test]
