@@ -326,6 +326,7 @@ impl crate::App {
                 Source::SdkBoot | Source::Sdk => sori_domain::update::NewKeys::RegisteredOnly,
                 _ => sori_domain::update::NewKeys::Register,
             },
+            sets_language: source == Source::Sdk,
         }
     }
 

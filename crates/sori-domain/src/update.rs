@@ -54,7 +54,8 @@ pub struct UserUpdate {
     pub unsubscribe_texting: Option<bool>,
     /// Block from chatting.
     pub blocked: Option<bool>,
-    /// Language, applied only to a new user.
+    /// Language: set by the customer's own `updateUser`; elsewhere (boot, Segment
+    /// `context.locale`) applied only to a new user (see `ApplyContext::sets_language`).
     pub language: Option<String>,
 }
 
@@ -80,6 +81,19 @@ pub const UPDATE_FIELDS: &[&str] = &[
 ];
 
 impl UserUpdate {
+    /// Refuses an update that names nothing to change (a `PATCH` body `{}`): SPEC §3.2
+    /// makes an empty object in an update an error, and a no-op answered 200 hides a
+    /// client's mistake. (An upsert's `{}` is not refused: it creates the member.)
+    pub fn require_change(&self) -> Result<(), Invalid> {
+        if *self == UserUpdate::default() {
+            return Err(Invalid::one(
+                "body",
+                "must name at least one field to change",
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses a JSON body, accepting only `allowed` top-level fields; every wrong type is
     /// reported with its field name.
     pub fn from_json(body: &Value, allowed: &[&str]) -> Result<Self, Invalid> {
@@ -190,6 +204,10 @@ pub struct ApplyContext {
     pub may_resubscribe: bool,
     /// Whether an unknown profile key registers a new field, and if not, why.
     pub new_keys: NewKeys,
+    /// True for the customer's own `updateUser`, whose `language` is a choice to apply;
+    /// a boot's or a Segment locale applies only to a new user (the language a customer
+    /// first came with stays theirs until they change it).
+    pub sets_language: bool,
 }
 
 /// What a write may do with a profile key the channel has not registered (SPEC §3.2: a
@@ -314,7 +332,7 @@ pub fn apply_update(
     // came with stays theirs).
     if let Some(lang) = &upd.language {
         match check_language(lang) {
-            Ok(l) if created => user.language = Some(l),
+            Ok(l) if created || ctx.sets_language => user.language = Some(l),
             Ok(_) => {}
             Err(e) => errs.push("language", e),
         }

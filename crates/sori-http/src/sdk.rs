@@ -278,6 +278,7 @@ pub async fn update_user(
 ) -> ApiResult<Json<UserEnvelope>> {
     let (ch, user) = session(&state, &headers).await?;
     let update = UserUpdate::from_json(&body, SDK_UPDATE_FIELDS)?;
+    update.require_change()?;
     let outcome = state
         .app
         .ingest(

@@ -72,6 +72,7 @@ async fn store_round_trip() {
             tag_limit_per_call: 20,
             may_resubscribe: true,
             new_keys: sori_domain::update::NewKeys::Register,
+            sets_language: false,
         },
         activity: Default::default(),
         events: Vec::new(),

@@ -495,6 +495,7 @@ mod tests {
                 tag_limit_per_call: 20,
                 may_resubscribe: true,
                 new_keys: sori_domain::update::NewKeys::Register,
+                sets_language: false,
             },
             activity: Activity::default(),
             events: Vec::new(),

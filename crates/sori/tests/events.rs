@@ -909,6 +909,32 @@ async fn sdk_rules(b: Backend) {
         r.body["user"]["unsubscribeEmail"], false,
         "the customer's own action may resubscribe"
     );
+    // updateUser's language is the customer's choice: it applies to an existing user
+    // (a boot's applies only to a new one, above).
+    let r = send(
+        session.clone(),
+        "/sdk/v1/user",
+        Method::PATCH,
+        json!({"language": "ko-KR"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.body["user"]["language"]),
+        (200, &json!("ko")),
+        "{:?}",
+        r.body
+    );
+    // An update naming nothing to change is an error (SPEC §3.2), here and on the Open API.
+    let r = send(session.clone(), "/sdk/v1/user", Method::PATCH, json!({})).await;
+    assert_eq!((r.status, r.error_field()), (400, "body"), "{:?}", r.body);
+    let r = app
+        .open(
+            Method::PATCH,
+            &format!("/open/v5/users/{id}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((r.status, r.error_field()), (400, "body"), "{:?}", r.body);
 
     // Without member-hash checking a member boot works, but the browser is not shown the
     // member's profile (anyone with the public plugin key could claim a memberId).

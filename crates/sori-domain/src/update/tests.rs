@@ -12,6 +12,7 @@ fn ctx() -> ApplyContext {
         tag_limit_per_call: MAX_TAGS_PER_API_CALL,
         may_resubscribe: true,
         new_keys: NewKeys::Register,
+        sets_language: false,
     }
 }
 
@@ -331,4 +332,37 @@ fn languages_are_stored_as_their_primary_subtag() {
     )
     .expect("ok");
     assert_eq!(new.user.language.as_deref(), Some("ko"));
+}
+
+#[test]
+fn language_is_set_on_an_existing_user_only_by_the_customers_own_update() {
+    let upd = UserUpdate {
+        language: Some("en".into()),
+        ..UserUpdate::default()
+    };
+    let mut u = base();
+    u.language = Some("ko".into());
+    let kept = apply_update(&u, false, &registry(), &upd, &ctx()).expect("ok");
+    assert_eq!(
+        kept.user.language.as_deref(),
+        Some("ko"),
+        "a boot's language"
+    );
+    let mut own = ctx();
+    own.sets_language = true;
+    let set = apply_update(&u, false, &registry(), &upd, &own).expect("ok");
+    assert_eq!(
+        set.user.language.as_deref(),
+        Some("en"),
+        "updateUser's language"
+    );
+}
+
+#[test]
+fn an_update_naming_nothing_is_refused() {
+    assert_eq!(
+        UserUpdate::default().require_change().unwrap_err().0[0].field,
+        "body"
+    );
+    assert!(parse(json!({"blocked": false})).require_change().is_ok());
 }

@@ -113,6 +113,7 @@ pub async fn patch(
 ) -> ApiResult<Json<MaskedUser>> {
     ctx.require(Permission::ContactsEdit)?;
     let update = UserUpdate::from_json(&body, DESK_UPDATE_FIELDS)?;
+    update.require_change()?;
     if !is_id(&id) {
         return Err(ApiError::not_found("user"));
     }

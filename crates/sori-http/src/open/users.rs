@@ -193,6 +193,7 @@ pub async fn patch_user(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<UserEnvelope>> {
     let update = UserUpdate::from_json(&body, UPDATE_FIELDS)?;
+    update.require_change()?;
     let target = match user_key(key) {
         UserKey::Id(id) if is_id(&id) => UserTarget::Id(id),
         UserKey::Id(_) => return Err(ApiError::not_found("user")),
