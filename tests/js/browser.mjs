@@ -458,6 +458,47 @@ async function run(browser, pagesOrigin) {
     return `referrer none, tags ${removed.user.tags.join(',')}, shutdown dropped calls`;
   });
 
+  step('10 SPA PageView pages, a lost session, a refused stored id', async () => {
+    // A router changes the canonical link right after pushState, in the same task: the
+    // PageView carries the new page, not the one being left.
+    const boot = await sdkCall(fresh, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.equal(boot.error, null, 'boot error');
+    await fresh.evaluate(() => {
+      history.pushState({}, '', '/shop/fresh/shoes');
+      let link = document.querySelector('link[rel=canonical]');
+      if (!link) {
+        link = document.createElement('link');
+        link.rel = 'canonical';
+        document.head.appendChild(link);
+      }
+      link.href = '/canonical/shoes';
+    });
+    const shoes = `${pagesOrigin}/canonical/shoes`;
+    await until('the SPA PageView', async () =>
+      named(await events(s.freshId), 'PageView').some((e) => e.page === shoes));
+
+    // The user behind this browser's session is deleted (or merged into a member in
+    // another tab): the next calls boot again quietly and land, instead of being lost.
+    const deleted = await api('DELETE', userPath(s.freshId));
+    assert.equal(deleted.status, 204, `delete: ${deleted.text}`);
+    const upd = await sdkCall(fresh, 'updateUser', { profile: { nickname: 'Again' } });
+    assert.equal(upd.error, null, `updateUser after the user was deleted: ${JSON.stringify(upd)}`);
+    assert.notEqual(upd.user.id, s.freshId, 'a new user');
+    await sdk(fresh, 'track', 'Marker10');
+    const list = await eventsWith(upd.user.id, 'Marker10');
+    assert.deepEqual(named(list, 'PageView'), [], 'the quiet boot records no PageView');
+
+    // A visitor id the server refuses, left in storage by something else, is dropped and
+    // the boot goes through as a new visitor's (it would otherwise fail for good).
+    await fresh.evaluate(() => localStorage.setItem('sori:veilId', 'not a valid id!'));
+    await fresh.reload();
+    const again = await sdkCall(fresh, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
+    assert.equal(again.error, null, `boot with a refused stored id: ${JSON.stringify(again)}`);
+    const stored = await fresh.evaluate(() => localStorage.getItem('sori:veilId'));
+    assert.ok(stored && stored !== 'not a valid id!', `a new stored id: ${stored}`);
+    return `PageView ${shoes}; re-booted as ${upd.user.id}; refused id replaced`;
+  });
+
   for (const [name, fn] of steps) {
     try {
       const summary = await fn();

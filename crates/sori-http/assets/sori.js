@@ -74,6 +74,15 @@
     }
   }
 
+  function forgetVeil() {
+    memoryVeil = null;
+    try {
+      w.localStorage.removeItem(VEIL_KEY);
+    } catch (e) {
+      // Storage disabled: nothing was stored.
+    }
+  }
+
   function saveVeil(id) {
     memoryVeil = id;
     try {
@@ -218,7 +227,13 @@
     var href = hrefWithoutHash();
     if (href === spa.lastHref) return; // only the fragment changed, or nothing did
     spa.lastHref = href;
-    track('PageView');
+    // Sent once the task that changed the URL is over: routers update the page's head
+    // (the canonical link, the title) right after pushState, and the PageView's page is
+    // the new one, not the one being left.
+    var gen = generation;
+    setTimeout(function () {
+      if (spa.tracking && gen === generation) track('PageView');
+    }, 0);
   }
 
   function installSpaHooks() {
@@ -255,26 +270,7 @@
     session.pluginKey = option.pluginKey;
     session.options = option;
     session.veilId = loadVeil();
-
-    var body = {
-      pluginKey: option.pluginKey,
-      veilId: session.veilId || undefined,
-      memberId: option.memberId,
-      memberHash: option.memberHash,
-      profile: option.profile,
-      // The browser's language setting unless the site names one (kept for new users only).
-      language: option.language || navigator.language || undefined,
-      unsubscribeEmail: option.unsubscribeEmail,
-      unsubscribeTexting: option.unsubscribeTexting,
-      page: currentPage(),
-      trackDefaultEvent: option.trackDefaultEvent !== false,
-    };
-    if (option.trackUtmSource !== false) {
-      var utm = utmFromLocation();
-      if (utm) body.utm = utm;
-      var ref = externalReferrer();
-      if (ref) body.referrer = ref;
-    }
+    var body = bootBody(option);
 
     // The server records the boot's own PageView; later URL changes are ours to send.
     spa.tracking = body.trackDefaultEvent;
@@ -290,19 +286,14 @@
         safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
         return;
       }
-      return request('POST', '/sdk/v1/boot', JSON.stringify(body)).then(
+      return requestBoot(body).then(
         function (data) {
           if (gen !== generation) {
             safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
             return;
           }
           state = 'booted';
-          session.token = data.session || null;
-          session.user = data.user || null;
-          if (data.veilId) {
-            session.veilId = data.veilId;
-            saveVeil(data.veilId);
-          }
+          adopt(data);
           safeCall(cb, null, session.user);
         },
         function (err) {
@@ -322,6 +313,90 @@
         call.drop();
       });
     });
+  }
+
+  // The body of a boot request for `option`.
+  function bootBody(option) {
+    var body = {
+      pluginKey: option.pluginKey,
+      veilId: session.veilId || undefined,
+      memberId: option.memberId,
+      memberHash: option.memberHash,
+      profile: option.profile,
+      // The browser's language setting unless the site names one (kept for new users only).
+      language: option.language || navigator.language || undefined,
+      unsubscribeEmail: option.unsubscribeEmail,
+      unsubscribeTexting: option.unsubscribeTexting,
+      page: currentPage(),
+      trackDefaultEvent: option.trackDefaultEvent !== false,
+    };
+    if (option.trackUtmSource !== false) {
+      var utm = utmFromLocation();
+      if (utm) body.utm = utm;
+      var ref = externalReferrer();
+      if (ref) body.referrer = ref;
+    }
+    return body;
+  }
+
+  // Sends a boot. A veilId the server refuses (a stored value some other script or an
+  // older version wrote) would fail every boot in this browser for good: it is forgotten
+  // and the boot sent again without it, as a new visitor's.
+  function requestBoot(body) {
+    return request('POST', '/sdk/v1/boot', JSON.stringify(body)).catch(function (err) {
+      var badVeil =
+        err.status === 400 &&
+        body.veilId &&
+        (err.errors || []).some(function (e) {
+          return e && e.field === 'veilId';
+        });
+      if (!badVeil) throw err;
+      warn('the stored visitor id was refused; starting as a new visitor');
+      forgetVeil();
+      body.veilId = undefined;
+      return request('POST', '/sdk/v1/boot', JSON.stringify(body));
+    });
+  }
+
+  // Takes a boot answer's session, user and visitor id.
+  function adopt(data) {
+    session.token = data.session || null;
+    session.user = data.user || null;
+    if (data.veilId) {
+      session.veilId = data.veilId;
+      saveVeil(data.veilId);
+    }
+  }
+
+  // A request on the session. Its user can be gone: merged into a member (this visitor
+  // booted as one in another tab) or deleted, and the server answers 404. The SDK then
+  // boots again with the same options, quietly (no second PageView), and sends the call
+  // once more; a call that finds a newer session than its own just uses it.
+  function sessionRequest(method, path, json, token, keepalive) {
+    return request(method, path, json, token, keepalive).catch(function (err) {
+      if (err.status !== 404 || state !== 'booted' || !session.options) throw err;
+      var gen = generation;
+      var renewed =
+        token !== session.token
+          ? Promise.resolve()
+          : requestBoot(quietBootBody(session.options)).then(function (data) {
+              if (gen === generation && state === 'booted') adopt(data);
+            });
+      return renewed.then(function () {
+        if (gen !== generation || state !== 'booted') throw err;
+        return request(method, path, json, session.token, keepalive);
+      });
+    });
+  }
+
+  // A boot that renews a lost session: the page was counted by the first one.
+  function quietBootBody(option) {
+    var body = bootBody(option);
+    body.veilId = loadVeil() || undefined;
+    body.trackDefaultEvent = false;
+    delete body.utm;
+    delete body.referrer;
+    return body;
   }
 
   function shutdown() {
@@ -350,7 +425,7 @@
     });
     if (json === null) return;
     withSession('track(' + name + ')', function (token) {
-      return request('POST', '/sdk/v1/events', json, token, true);
+      return sessionRequest('POST', '/sdk/v1/events', json, token, true);
     });
   }
 
@@ -364,9 +439,9 @@
     withSession(
       what,
       function (token) {
-        return request('PATCH', '/sdk/v1/user', json, token).then(
+        return sessionRequest('PATCH', '/sdk/v1/user', json, token).then(
           function (data) {
-            if (data.user && session.token === token) session.user = data.user;
+            if (data.user && state === 'booted') session.user = data.user;
             safeCall(cb, null, data.user || null);
           },
           function (err) {
