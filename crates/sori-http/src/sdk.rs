@@ -95,15 +95,18 @@ fn user_agent(h: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The user as the browser may see it. A member's profile is shown only when the channel
-/// requires member hashes: otherwise anyone holding the public plugin key could boot as a
-/// known memberId and read that customer's data.
+/// The user as the browser may see it. A member's personal data (profile, name, tags,
+/// place) is shown only when the channel requires member hashes: otherwise anyone holding
+/// the public plugin key could boot as a known memberId and read that customer's data.
 fn browser_view(ch: &ChannelInfo, u: sori_domain::User) -> UserView {
     let hide = u.member() && !ch.channel.member_hash_required;
     let mut v = UserView::of(ch.channel.id, u);
     if hide {
         v.profile = Map::new();
         v.name = None;
+        v.tags = Vec::new();
+        v.city = None;
+        v.country = None;
     }
     v
 }

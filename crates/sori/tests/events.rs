@@ -940,13 +940,14 @@ async fn sdk_rules(b: Backend) {
     // member's profile (anyone with the public plugin key could claim a memberId).
     app.upsert(
         "known",
-        json!({"profile": {"name": "Secret Kim", "email": "kim@example.com"}}),
+        json!({"profile": {"name": "Secret Kim", "email": "kim@example.com"}, "tags": ["debt"]}),
     )
     .await;
     let r = boot(&app, json!({"pluginKey": pk, "memberId": "known"})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["user"]["profile"], json!({}));
     assert!(r.body["user"].get("name").is_none());
+    assert_eq!(r.body["user"]["tags"], json!([]), "{:?}", r.body);
 
     // Member hashes, once required, are checked and a failure writes nothing.
     let r = app

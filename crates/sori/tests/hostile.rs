@@ -357,7 +357,11 @@ const OPEN_ARMS: u64 = 18;
 async fn hostile_input(b: Backend) {
     let app = spawn_app(b).await;
     // The SDK templates' keys: the SDK writes registered fields only.
-    for (key, ty) in [("born", "date"), ("visits", "number"), ("firstSeen", "string")] {
+    for (key, ty) in [
+        ("born", "date"),
+        ("visits", "number"),
+        ("firstSeen", "string"),
+    ] {
         app.register_field(key, ty).await;
     }
     let auth = basic(&app.creds.write_key);
