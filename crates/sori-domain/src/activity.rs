@@ -98,13 +98,23 @@ pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
                 user.sessions_count += 1;
             }
             if dev.last_seen_at.is_none_or(|l| at >= l) {
-                overwrite(&mut dev.browser, &v.device.browser);
-                overwrite(&mut dev.browser_name, &v.device.browser_name);
-                overwrite(&mut dev.os, &v.device.os);
-                overwrite(&mut dev.os_name, &v.device.os_name);
-                overwrite(&mut dev.device, &v.device.device);
-                overwrite(&mut dev.app_name, &v.device.app_name);
-                overwrite(&mut dev.app_version, &v.device.app_version);
+                // The newest visit's device, as a whole: a visit that describes one (its
+                // user agent, or an app's context) replaces all five fields, so a Windows
+                // browser followed by a phone never reads "Safari on Windows". A visit
+                // that describes none (no user agent) leaves them.
+                let d = &v.device;
+                let described = [&d.browser, &d.browser_name, &d.os, &d.os_name, &d.device]
+                    .iter()
+                    .any(|f| f.is_some());
+                if described {
+                    dev.browser.clone_from(&d.browser);
+                    dev.browser_name.clone_from(&d.browser_name);
+                    dev.os.clone_from(&d.os);
+                    dev.os_name.clone_from(&d.os_name);
+                    dev.device.clone_from(&d.device);
+                }
+                overwrite(&mut dev.app_name, &d.app_name);
+                overwrite(&mut dev.app_version, &d.app_version);
             }
             dev.last_seen_at = Some(dev.last_seen_at.map_or(at, |l| l.max(at)));
         }
@@ -179,6 +189,48 @@ mod tests {
         apply_activity(&mut u, &app_visit(50 * MIN));
         assert_eq!((u.web.sessions_count, u.mobile.sessions_count), (1, 2));
         assert_eq!(u.sessions_count, 3);
+    }
+
+    #[test]
+    fn the_newest_visit_describes_the_device_as_a_whole() {
+        let mut u = User::new("u".into(), 0);
+        let seen = |at: i64, device: DeviceInfo| Activity {
+            at: Some(at),
+            visit: Some(Visit {
+                platform: None,
+                device,
+            }),
+            ..Activity::default()
+        };
+        let windows = DeviceInfo {
+            browser: Some("Chrome 120".into()),
+            browser_name: Some("Chrome".into()),
+            os: Some("Windows 10".into()),
+            os_name: Some("Windows".into()),
+            device: Some("Desktop".into()),
+            ..DeviceInfo::default()
+        };
+        apply_activity(&mut u, &seen(0, windows.clone()));
+        apply_activity(&mut u, &seen(MIN, DeviceInfo::default()));
+        assert_eq!(
+            u.web.os.as_deref(),
+            Some("Windows 10"),
+            "no user agent: kept"
+        );
+        let curl = DeviceInfo {
+            browser: Some("curl 7.88.1".into()),
+            browser_name: Some("curl".into()),
+            ..DeviceInfo::default()
+        };
+        apply_activity(&mut u, &seen(2 * MIN, curl));
+        assert_eq!(u.web.browser.as_deref(), Some("curl 7.88.1"));
+        assert_eq!((u.web.os.as_deref(), u.web.device.as_deref()), (None, None));
+        apply_activity(&mut u, &seen(MIN, windows));
+        assert_eq!(
+            u.web.browser_name.as_deref(),
+            Some("curl"),
+            "an older visit: kept"
+        );
     }
 
     #[test]

@@ -244,8 +244,15 @@ async fn main() -> anyhow::Result<()> {
             let n = match output {
                 Some(path) => {
                     let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-                    sori::transfer::export(&app, &ch, kind, format, segment.as_deref(), &mut f)
-                        .await?
+                    let done =
+                        sori::transfer::export(&app, &ch, kind, format, segment.as_deref(), &mut f)
+                            .await;
+                    drop(f);
+                    // A failed export leaves no file that looks like a (short) export.
+                    if done.is_err() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    done?
                 }
                 None => {
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

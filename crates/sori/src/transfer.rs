@@ -478,6 +478,22 @@ pub async fn export(
                 .into_iter()
                 .map(|f| f.key.as_str().to_owned())
                 .collect();
+            // A segment's users, in id order like a whole export; resolved before anything is
+            // written, so a bad segment leaves no half-written output.
+            let members = match segment {
+                Some(sid) => {
+                    let q = app
+                        .target(ch, None, Some(sid))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("segment {sid}: {e}"))?;
+                    Some(
+                        app.matching_ids(ch, &q, sori_app::Engine::Memory)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                    )
+                }
+                None => None,
+            };
             let csv = format == Format::Csv;
             if csv {
                 let mut header: Vec<String> = [
@@ -495,21 +511,6 @@ pub async fn export(
                 header.extend(keys.iter().cloned());
                 out.write_all(&csv_line(&header)?)?;
             }
-            // A segment's users, in id order like a whole export.
-            let members = match segment {
-                Some(sid) => {
-                    let q = app
-                        .target(ch, None, Some(sid))
-                        .await
-                        .map_err(|e| anyhow::anyhow!("segment {sid}: {e}"))?;
-                    Some(
-                        app.matching_ids(ch, &q, sori_app::Engine::Memory)
-                            .await
-                            .map_err(|e| anyhow::anyhow!("{e}"))?,
-                    )
-                }
-                None => None,
-            };
             // Pages of a segment's ids, or pages of the whole channel by id cursor.
             let mut chunks = members.as_deref().map(|ids| ids.chunks(PAGE as usize));
             let mut after: Option<String> = None;

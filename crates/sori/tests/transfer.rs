@@ -310,6 +310,19 @@ z2,12345
         "imported 1 users",
     );
 
+    // A failed export leaves no output file that could pass for a short export.
+    let out_file = db.dir.path().join("segment.csv");
+    let (ok, _, err) = db.run(&[
+        "export",
+        "users",
+        "--segment",
+        "ffffffffffffffffffffffff",
+        "--output",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("segment"), "{err}");
+    assert!(!out_file.exists(), "a failed export left {out_file:?}");
+
     // The whole channel moves to a fresh store: users (CSV), then events (NDJSON).
     let (ok, users_csv, err) = db.run(&["export", "users", "--format", "csv"]);
     assert!(ok, "{err}");
