@@ -476,6 +476,24 @@ async function run(browser, pagesOrigin) {
     const shoes = `${pagesOrigin}/canonical/shoes`;
     await until('the SPA PageView', async () =>
       named(await events(s.freshId), 'PageView').some((e) => e.page === shoes));
+    // A redirect in one task (pushState, then replaceState) is one PageView, of the page
+    // it ends on.
+    await fresh.evaluate(() => {
+      document.querySelector('link[rel=canonical]').remove();
+      history.pushState({}, '', '/shop/fresh/redirect');
+      history.replaceState({}, '', '/shop/fresh/final');
+    });
+    const final = `${pagesOrigin}/shop/fresh/final`;
+    const views = await until('the redirect PageView', async () => {
+      const v = named(await events(s.freshId), 'PageView');
+      return v.some((e) => e.page === final) ? v : null;
+    });
+    const redirect = `${pagesOrigin}/shop/fresh/redirect`;
+    assert.deepEqual(
+      views.filter((e) => e.page === redirect || e.page === final).map((e) => e.page),
+      [final],
+      'one PageView for the redirect, of its last page',
+    );
 
     // The user behind this browser's session is deleted (or merged into a member in
     // another tab): the next calls boot again quietly and land, instead of being lost.
@@ -496,6 +514,13 @@ async function run(browser, pagesOrigin) {
     assert.equal(again.error, null, `boot with a refused stored id: ${JSON.stringify(again)}`);
     const stored = await fresh.evaluate(() => localStorage.getItem('sori:veilId'));
     assert.ok(stored && stored !== 'not a valid id!', `a new stored id: ${stored}`);
+    // A boot whose profile holds a key the channel has not registered still boots (the
+    // visit counts); the profile is left out, with a warning in the console.
+    const unknown = await sdkCall(fresh, 'boot', {
+      pluginKey: PLUGIN_KEY, trackDefaultEvent: false, profile: { notRegistered: 1 },
+    });
+    assert.equal(unknown.error, null, `boot with an unregistered key: ${JSON.stringify(unknown)}`);
+    assert.equal(unknown.user.profile.notRegistered, undefined, 'the key was left out');
     return `PageView ${shoes}; re-booted as ${upd.user.id}; refused id replaced`;
   });
 

@@ -99,22 +99,30 @@ pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
             }
             if dev.last_seen_at.is_none_or(|l| at >= l) {
                 // The newest visit's device, as a whole: a visit that describes one (its
-                // user agent, or an app's context) replaces all five fields, so a Windows
-                // browser followed by a phone never reads "Safari on Windows". A visit
-                // that describes none (no user agent) leaves them.
+                // user agent, or an app's context) replaces every device field, so a
+                // Windows browser followed by a phone never reads "Safari on Windows". A
+                // visit that describes none (no user agent) leaves them.
                 let d = &v.device;
-                let described = [&d.browser, &d.browser_name, &d.os, &d.os_name, &d.device]
-                    .iter()
-                    .any(|f| f.is_some());
+                let described = [
+                    &d.browser,
+                    &d.browser_name,
+                    &d.os,
+                    &d.os_name,
+                    &d.device,
+                    &d.app_name,
+                    &d.app_version,
+                ]
+                .iter()
+                .any(|f| f.is_some());
                 if described {
                     dev.browser.clone_from(&d.browser);
                     dev.browser_name.clone_from(&d.browser_name);
                     dev.os.clone_from(&d.os);
                     dev.os_name.clone_from(&d.os_name);
                     dev.device.clone_from(&d.device);
+                    dev.app_name.clone_from(&d.app_name);
+                    dev.app_version.clone_from(&d.app_version);
                 }
-                overwrite(&mut dev.app_name, &d.app_name);
-                overwrite(&mut dev.app_version, &d.app_version);
             }
             dev.last_seen_at = Some(dev.last_seen_at.map_or(at, |l| l.max(at)));
         }

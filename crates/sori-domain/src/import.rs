@@ -14,6 +14,10 @@ use crate::segment::time_value;
 use crate::update::{UPDATE_FIELDS, UserUpdate, check_member_id};
 use crate::value::{infer_type, kind};
 
+/// The field of an error about a whole line (malformed JSON or CSV, not UTF-8, too many
+/// cells): none, so it cannot be taken for a key named `line`.
+pub const WHOLE_LINE: &str = "";
+
 /// A parsed user line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserLine {
@@ -48,8 +52,12 @@ pub struct EventLine {
 }
 
 fn object(v: &Value) -> Result<&Map<String, Value>, Invalid> {
-    v.as_object()
-        .ok_or_else(|| Invalid::one("line", format!("must be a JSON object, got {}", kind(v))))
+    v.as_object().ok_or_else(|| {
+        Invalid::one(
+            WHOLE_LINE,
+            format!("must be a JSON object, got {}", kind(v)),
+        )
+    })
 }
 
 fn time(o: &Map<String, Value>, k: &str, errs: &mut Errors) -> Option<i64> {
@@ -242,6 +250,23 @@ pub fn csv_list_cell<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
         .join(";")
 }
 
+/// A value as the text of a CSV cell, as imports read it back: nothing for null, a string
+/// as it is, a list as `csv_list_cell` writes it, anything else as JSON.
+pub fn csv_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            let items: Vec<String> = items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect();
+            csv_list_cell(items.iter().map(String::as_str))
+        }
+        other => other.to_string(),
+    }
+}
+
 /// The types user CSV cells are read as: a registered field's, else the type a column
 /// took from its first value in this file. That value registers the field when it is
 /// written, so later rows are read as a re-run of the file reads them (a zip code column
@@ -289,7 +314,7 @@ pub fn check_csv_width(headers: &[String], cells: &[String]) -> Result<(), Inval
     let extra = cells.get(headers.len()..).unwrap_or_default();
     if extra.iter().any(|c| !c.trim().is_empty()) {
         return Err(Invalid::one(
-            "line",
+            WHOLE_LINE,
             format!(
                 "has {} cells but the header row names {} columns",
                 cells.len(),

@@ -595,24 +595,48 @@ mod tests {
         };
         assert_eq!(p["companyName"], json!("Acme"));
         assert_eq!(p["companyEmployeeCount"], json!(3));
-        // Two traits for one key: the one sent under the key itself wins, either order.
-        for traits in [
-            json!({"first_name": "A", "firstName": "B", "company": {"name": "X"}, "companyName": "Y"}),
-            json!({"firstName": "B", "first_name": "A", "companyName": "Y", "company": {"name": "X"}}),
-        ] {
-            let c = parse(
-                "",
-                json!({"userId": "m", "traits": traits}),
-                Some(Kind::Identify),
-                NOW,
-            )
-            .unwrap();
-            let ProfilePatch::Set(p) = c.update.unwrap().profile else {
-                panic!("profile")
+        // Two traits for one key: the one sent under the key itself wins.
+        let traits = json!({"first_name": "A", "firstName": "B", "company": {"name": "X"}, "companyName": "Y"});
+        let c = parse(
+            "",
+            json!({"userId": "m", "traits": traits}),
+            Some(Kind::Identify),
+            NOW,
+        )
+        .unwrap();
+        let ProfilePatch::Set(p) = c.update.unwrap().profile else {
+            panic!("profile")
+        };
+        assert_eq!(
+            (&p["firstName"], &p["companyName"]),
+            (&json!("B"), &json!("Y"))
+        );
+        // Whichever comes first (serde_json's maps are sorted, so the order is set here).
+        let (exact, mapped) = (json!("B"), json!("A"));
+        for exact_first in [true, false] {
+            let mut profile = Map::new();
+            let mut origins = Vec::new();
+            let mut put = |v: &Value, sent: &str, exact: bool| {
+                put_trait(
+                    &mut profile,
+                    &mut origins,
+                    "firstName".into(),
+                    v,
+                    sent.into(),
+                    exact,
+                )
             };
+            if exact_first {
+                put(&exact, "traits.firstName", true);
+                put(&mapped, "traits.first_name", false);
+            } else {
+                put(&mapped, "traits.first_name", false);
+                put(&exact, "traits.firstName", true);
+            }
+            assert_eq!(profile["firstName"], exact, "exact first: {exact_first}");
             assert_eq!(
-                (&p["firstName"], &p["companyName"]),
-                (&json!("B"), &json!("Y"))
+                origins,
+                vec![("firstName".to_owned(), "traits.firstName".to_owned())]
             );
         }
     }

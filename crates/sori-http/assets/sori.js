@@ -41,7 +41,7 @@
   var earlyCalls = []; // calls made before the first boot; sent once a boot succeeds
   var chain = Promise.resolve(); // every request runs in call order on this chain
   var pageOverride = null;
-  var spa = { tracking: false, installed: false, lastHref: null };
+  var spa = { tracking: false, installed: false, lastHref: null, pending: false };
   var memoryVeil = null;
 
   // ---------------------------------------------------------------- helpers
@@ -222,17 +222,21 @@
 
   // ---------------------------------------------------------------- SPA page views
 
+  // One PageView per task that navigates, sent once that task is over: routers update
+  // the page's head (the canonical link) right after pushState, and a redirect
+  // (pushState then replaceState) ends on the page that was shown. A `track` made in the
+  // same task as the navigation is sent before this PageView.
   function onUrlMaybeChanged() {
-    if (!spa.tracking) return;
-    var href = hrefWithoutHash();
-    if (href === spa.lastHref) return; // only the fragment changed, or nothing did
-    spa.lastHref = href;
-    // Sent once the task that changed the URL is over: routers update the page's head
-    // (the canonical link, the title) right after pushState, and the PageView's page is
-    // the new one, not the one being left.
+    if (!spa.tracking || spa.pending) return;
     var gen = generation;
+    spa.pending = true;
     setTimeout(function () {
-      if (spa.tracking && gen === generation) track('PageView');
+      spa.pending = false;
+      if (!spa.tracking || gen !== generation) return;
+      var href = hrefWithoutHash();
+      if (href === spa.lastHref) return; // only the fragment changed, or nothing did
+      spa.lastHref = href;
+      track('PageView');
     }, 0);
   }
 
@@ -324,7 +328,7 @@
       memberHash: option.memberHash,
       profile: option.profile,
       // The browser's language setting unless the site names one (kept for new users only).
-      language: option.language || navigator.language || undefined,
+      language: option.language || browserLanguage(),
       unsubscribeEmail: option.unsubscribeEmail,
       unsubscribeTexting: option.unsubscribeTexting,
       page: currentPage(),
@@ -339,21 +343,50 @@
     return body;
   }
 
+  // navigator.language when it is a language tag the server takes (`ko-KR`), else none:
+  // the site did not choose it, so it must not fail the boot.
+  function browserLanguage() {
+    var l = w.navigator && navigator.language;
+    return typeof l === 'string' && /^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$/.test(l) ? l : undefined;
+  }
+
+  // The fields of a boot's refusal (400), or none.
+  function refusedFields(err) {
+    if (err.status !== 400) return [];
+    return (err.errors || []).map(function (e) {
+      return (e && e.field) || '';
+    });
+  }
+
   // Sends a boot. A veilId the server refuses (a stored value some other script or an
   // older version wrote) would fail every boot in this browser for good: it is forgotten
   // and the boot sent again without it, as a new visitor's.
+  //
+  // Likewise a boot whose `profile` or `language` is refused (a key the channel has not
+  // registered, say) goes through without them, with a warning: the visit and the page
+  // still count, and failing the boot would switch the SDK off for the whole page.
   function requestBoot(body) {
     return request('POST', '/sdk/v1/boot', JSON.stringify(body)).catch(function (err) {
-      var badVeil =
-        err.status === 400 &&
-        body.veilId &&
-        (err.errors || []).some(function (e) {
-          return e && e.field === 'veilId';
-        });
-      if (!badVeil) throw err;
-      warn('the stored visitor id was refused; starting as a new visitor');
-      forgetVeil();
-      body.veilId = undefined;
+      var fields = refusedFields(err);
+      if (!fields.length) throw err;
+      var veil = fields.indexOf('veilId') >= 0 && body.veilId;
+      var dropped = fields.filter(function (f) {
+        return /^(profile|language)(\.|\[|$)/.test(f);
+      });
+      var other = fields.filter(function (f) {
+        return f !== 'veilId' && dropped.indexOf(f) < 0;
+      });
+      if (other.length || (!veil && !dropped.length)) throw err;
+      if (veil) {
+        warn('the stored visitor id was refused; starting as a new visitor');
+        forgetVeil();
+        body.veilId = undefined;
+      }
+      if (dropped.length) {
+        warn('boot: left out what the server refused: ' + err.message);
+        body.profile = undefined;
+        body.language = undefined;
+      }
       return request('POST', '/sdk/v1/boot', JSON.stringify(body));
     });
   }
@@ -369,12 +402,12 @@
   }
 
   // A request on the session. Its user can be gone: merged into a member (this visitor
-  // booted as one in another tab) or deleted, and the server answers 404. The SDK then
+  // booted as one in another tab) or deleted, and the server answers 404 `userGone`. The SDK then
   // boots again with the same options, quietly (no second PageView), and sends the call
   // once more; a call that finds a newer session than its own just uses it.
   function sessionRequest(method, path, json, token, keepalive) {
     return request(method, path, json, token, keepalive).catch(function (err) {
-      if (err.status !== 404 || state !== 'booted' || !session.options) throw err;
+      if (err.type !== 'userGone' || state !== 'booted' || !session.options) throw err;
       var gen = generation;
       var renewed =
         token !== session.token

@@ -161,23 +161,24 @@ impl JsonBody {
 }
 
 /// A serde error in the API's words: the field it is about (`body` for the whole body) and
-/// the rule (`must be an integer, got floating point `1.5``), not Rust's type names.
+/// the rule (`must be an integer from 0 to 4294967295, got floating point `1.5``), not
+/// Rust's type names. serde_path_to_error's path ends at the unknown key of an unknown
+/// field, and at the object that lacks a missing one.
 fn plain_error(path: &str, message: &str) -> (String, String) {
-    let at = |name: &str| match path {
-        "." => name.to_owned(),
-        p if p.ends_with(&format!(".{name}")) || p == name => p.to_owned(),
-        p => format!("{p}.{name}"),
-    };
     let field = if path == "." {
         "body".to_owned()
     } else {
         path.to_owned()
     };
     let wanted = |w: &str| match w {
-        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "isize" | "usize" => {
-            "an integer".to_owned()
-        }
+        "u8" => "an integer from 0 to 255".to_owned(),
+        "u16" => "an integer from 0 to 65535".to_owned(),
+        "u32" => "an integer from 0 to 4294967295".to_owned(),
+        "u64" | "usize" => "a non-negative integer".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".to_owned(),
         "f32" | "f64" => "a number".to_owned(),
+        w if w.starts_with("struct ") || w == "a map" => "an object".to_owned(),
+        w if w.starts_with("enum ") => "one of the documented values".to_owned(),
         w => w.to_owned(),
     };
     for kind in ["invalid type: ", "invalid value: "] {
@@ -192,16 +193,18 @@ fn plain_error(path: &str, message: &str) -> (String, String) {
         .strip_prefix("missing field `")
         .and_then(|rest| rest.strip_suffix('`'))
     {
-        return (at(name), "is required".to_owned());
+        let at = if path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        };
+        return (at, "is required".to_owned());
     }
-    if let Some((name, expected)) = message
+    if let Some((_, expected)) = message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split_once("`, expected "))
     {
-        return (
-            at(name),
-            format!("is not a known field (expected {expected})"),
-        );
+        return (field, format!("is not a known field (expected {expected})"));
     }
     (field, message.to_owned())
 }

@@ -233,6 +233,20 @@ pub async fn boot(
     }))
 }
 
+/// A session whose user is gone (merged into a member in another tab, or deleted) answers
+/// 404 of its own type, `userGone`: sori.js boots again on exactly that, and a 404 from
+/// something else (a proxy, a wrong route) is not mistaken for it.
+fn user_gone(e: sori_app::AppError) -> ApiError {
+    match e {
+        sori_app::AppError::NotFound(_) => ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "userGone",
+            "the session's user no longer exists (merged into a member or deleted); boot again",
+        ),
+        e => e.into(),
+    }
+}
+
 /// The channel (by plugin key inside the token's channel) and user of an SDK call.
 async fn session(state: &AppState, headers: &HeaderMap) -> ApiResult<(Arc<ChannelInfo>, String)> {
     let token = headers
@@ -265,7 +279,8 @@ pub async fn track(
     let (outcome, mut event) = state
         .app
         .sdk_track(&ch, &user, input, user_agent(&headers).as_deref())
-        .await?;
+        .await
+        .map_err(user_gone)?;
     Ok(Json(EventEnvelope {
         event: EventView::of_new(&outcome.user_id, &mut event),
     }))
@@ -289,7 +304,8 @@ pub async fn update_user(
             Ingest::update(UserTarget::Id(user), update),
             Source::Sdk,
         )
-        .await?;
+        .await
+        .map_err(user_gone)?;
     Ok(Json(UserEnvelope {
         user: browser_view(&ch, sori_app::users::whole(outcome)?),
     }))

@@ -96,6 +96,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "change log pruning",
         include_str!("../migrations/0011_change_log_pruning.sql"),
     ),
+    (
+        12,
+        "sessions as web plus app, languages as their primary subtag",
+        include_str!("../migrations/0012_sessions_and_languages.sql"),
+    ),
 ];
 
 /// The owners of the events at positions `($1, $2]` with their activity instants as they

@@ -92,6 +92,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "change log pruning",
         include_str!("../migrations/0010_change_log_pruning.sql"),
     ),
+    (
+        11,
+        "sessions as web plus app, languages as their primary subtag",
+        include_str!("../migrations/0011_sessions_and_languages.sql"),
+    ),
 ];
 
 /// The migration whose SQL is followed by [`fill_message_keys`].

@@ -243,16 +243,27 @@ async fn main() -> anyhow::Result<()> {
             let ch = sori::transfer::channel(&app, channel).await?;
             let n = match output {
                 Some(path) => {
-                    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                    // Written beside the target and renamed when complete: a failed export
+                    // leaves neither a file that looks like a (short) export nor a damaged
+                    // earlier one at that path.
+                    let mut partial = path.clone().into_os_string();
+                    partial.push(".partial");
+                    let partial = PathBuf::from(partial);
+                    let mut f = std::io::BufWriter::new(std::fs::File::create(&partial)?);
                     let done =
                         sori::transfer::export(&app, &ch, kind, format, segment.as_deref(), &mut f)
                             .await;
                     drop(f);
-                    // A failed export leaves no file that looks like a (short) export.
-                    if done.is_err() {
-                        let _ = std::fs::remove_file(&path);
+                    match done {
+                        Ok(n) => {
+                            std::fs::rename(&partial, &path)?;
+                            n
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&partial);
+                            return Err(e);
+                        }
                     }
-                    done?
                 }
                 None => {
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -18,8 +18,8 @@ use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
 use sori_domain::event::EventSource;
 use sori_domain::import::{
-    CsvTypes, Owner, check_csv_header, check_csv_width, csv_event, csv_list_cell, csv_user,
-    event_line, user_line,
+    CsvTypes, Owner, WHOLE_LINE, check_csv_header, check_csv_width, csv_event, csv_list_cell,
+    csv_text, csv_user, event_line, user_line,
 };
 use sori_domain::{Invalid, Registry};
 use sori_store::UserTarget;
@@ -165,8 +165,8 @@ pub async fn import(
                 let parsed = match std::str::from_utf8(line) {
                     Ok(text) if text.trim().is_empty() => continue,
                     Ok(text) => serde_json::from_str::<Value>(text)
-                        .map_err(|e| Invalid::one("line", format!("malformed JSON: {e}"))),
-                    Err(e) => Err(Invalid::one("line", format!("is not UTF-8 text: {e}"))),
+                        .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
+                    Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
                 };
                 handle(i + 1, parsed, &mut pending, &mut summary, errors);
                 if pending.len() >= CHUNK {
@@ -208,7 +208,7 @@ pub async fn import(
                     }
                     Err(e) => {
                         let line = blank.skip(e.position().map_or(next, |p| p.line() as usize));
-                        let bad = Invalid::one("line", format!("malformed CSV: {e}"));
+                        let bad = Invalid::one(WHOLE_LINE, format!("malformed CSV: {e}"));
                         (line, Err(bad))
                     }
                 };
@@ -339,7 +339,7 @@ fn report(errors: &mut dyn Write, line: usize, e: &Invalid) {
     for f in &e.0 {
         // An error of the whole line (malformed JSON or CSV, not UTF-8) names no field.
         match f.field.as_str() {
-            "line" => say(errors, &format!("line {line}: {}", f.message)),
+            WHOLE_LINE => say(errors, &format!("line {line}: {}", f.message)),
             field => say(errors, &format!("line {line}: {field}: {}", f.message)),
         }
     }
@@ -663,21 +663,7 @@ fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
 }
 
 fn cell(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) => {
-            let items: Vec<String> = a
-                .iter()
-                .map(|x| match x {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect();
-            csv_list_cell(items.iter().map(String::as_str))
-        }
-        Some(other) => other.to_string(),
-    }
+    v.map(csv_text).unwrap_or_default()
 }
 
 #[cfg(test)]

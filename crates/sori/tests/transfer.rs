@@ -310,8 +310,21 @@ z2,12345
         "imported 1 users",
     );
 
-    // A failed export leaves no output file that could pass for a short export.
+    // A failed export leaves no output file that could pass for a short export, and an
+    // earlier file at that path as it was.
     let out_file = db.dir.path().join("segment.csv");
+    let earlier = db.dir.path().join("earlier.csv");
+    std::fs::write(&earlier, "kept").unwrap();
+    let (ok, _, _) = db.run(&[
+        "export",
+        "users",
+        "--segment",
+        "ffffffffffffffffffffffff",
+        "--output",
+        earlier.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(std::fs::read_to_string(&earlier).unwrap(), "kept");
     let (ok, _, err) = db.run(&[
         "export",
         "users",

@@ -228,18 +228,7 @@ pub async fn reveals(
 
 /// One CSV cell: lists joined by `;` as imports read them, formula characters neutralized, quoted when needed.
 pub(crate) fn csv_cell(v: &Value) -> String {
-    let s = match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) => {
-            let items: Vec<String> = items
-                .iter()
-                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
-                .collect();
-            sori_domain::import::csv_list_cell(items.iter().map(String::as_str))
-        }
-        other => other.to_string(),
-    };
+    let s = sori_domain::import::csv_text(v);
     // A leading formula character is neutralized so spreadsheets do not execute it.
     let risky =
         s.starts_with(['=', '@']) || (s.starts_with(['+', '-']) && s[1..].parse::<f64>().is_err());

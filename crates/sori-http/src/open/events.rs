@@ -13,7 +13,7 @@ use sori_app::secrets::{is_id, new_id, now_ms};
 use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
 use sori_domain::event::{Event, EventInput, EventSource, NewEvent};
-use sori_domain::{Invalid, UserUpdate};
+use sori_domain::{FieldError, Invalid, UserUpdate};
 use sori_store::{CatalogEntry, Merge, UserTarget};
 use utoipa::ToSchema;
 
@@ -148,6 +148,15 @@ pub async fn create(
     let mut events = Vec::with_capacity(inputs.len());
     let mut problems = Vec::new();
     for (i, item) in inputs.into_iter().enumerate() {
+        // A batch item that is not an object is the item's own error (`events[1]`).
+        if batch && !item.is_object() {
+            let got = sori_domain::value::kind(&item);
+            problems.push(FieldError::new(
+                format!("events[{i}]"),
+                format!("must be an object, got {got}"),
+            ));
+            continue;
+        }
         let checked = EventInput::from_json(item)
             .and_then(|input| input.check("", new_id(), now, EventSource::OpenApi, None));
         match checked {
@@ -195,11 +204,7 @@ fn prefixed(prefix: &str, e: Invalid) -> Invalid {
     Invalid(
         e.0.into_iter()
             .map(|mut f| {
-                // An item that is not an object is the item's own error.
-                f.field = match f.field.as_str() {
-                    "body" => prefix.to_owned(),
-                    field => format!("{prefix}.{field}"),
-                };
+                f.field = format!("{prefix}.{}", f.field);
                 f
             })
             .collect(),

@@ -1,0 +1,22 @@
+-- Two rules changed on 2026-11-30 (docs/events.md): `sessionsCount` is the sum of the web
+-- and app sessions (before, events could keep the total's session alive while the
+-- platform's started anew, so the total could fall below `web.sessionsCount`), and a
+-- language is stored as its primary subtag (`ko-KR` → `ko`; the SDK stored tags as sent).
+-- Rows written before are brought to the new rules, so filters see one form.
+UPDATE users
+SET sessions_count = coalesce(json_extract(web, '$.sessionsCount'), 0)
+                   + coalesce(json_extract(mobile, '$.sessionsCount'), 0)
+WHERE sessions_count <> coalesce(json_extract(web, '$.sessionsCount'), 0)
+                      + coalesce(json_extract(mobile, '$.sessionsCount'), 0);
+UPDATE users
+SET language = CASE
+    WHEN lower(substr(replace(language, '_', '-'), 1,
+                      instr(replace(language, '_', '-') || '-', '-') - 1))
+         GLOB '[a-z][a-z]'
+      OR lower(substr(replace(language, '_', '-'), 1,
+                      instr(replace(language, '_', '-') || '-', '-') - 1))
+         GLOB '[a-z][a-z][a-z]'
+    THEN lower(substr(replace(language, '_', '-'), 1,
+                      instr(replace(language, '_', '-') || '-', '-') - 1))
+    END
+WHERE language IS NOT NULL;
