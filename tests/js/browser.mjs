@@ -521,7 +521,20 @@ async function run(browser, pagesOrigin) {
     });
     assert.equal(unknown.error, null, `boot with an unregistered key: ${JSON.stringify(unknown)}`);
     assert.equal(unknown.user.profile.notRegistered, undefined, 'the key was left out');
-    return `PageView ${shoes}; re-booted as ${upd.user.id}; refused id replaced`;
+    // A boot, then another before the first is answered (an anonymous boot, then the
+    // member's after sign-in): a call made between the two goes with the second.
+    const between = await fresh.evaluate(
+      (pk) =>
+        new Promise((resolve) => {
+          window.Sori('boot', { pluginKey: pk, trackDefaultEvent: false });
+          window.Sori('track', 'BetweenBoots');
+          window.Sori('boot', { pluginKey: pk, trackDefaultEvent: false }, (e, u) => resolve(u && u.id));
+        }),
+      PLUGIN_KEY,
+    );
+    assert.ok(between, 'the second boot answered');
+    await eventsWith(between, 'BetweenBoots');
+    return `PageView ${shoes}; re-booted as ${upd.user.id}; refused id replaced; a call between boots kept`;
   });
 
   for (const [name, fn] of steps) {

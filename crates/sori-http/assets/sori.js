@@ -22,7 +22,7 @@
   })();
 
   var VEIL_KEY = 'sori:veilId';
-  var MAX_EARLY_CALLS = 100;
+  var MAX_PENDING_CALLS = 100;
 
   // The one session object: a future WebSocket client reads `token` and `user` from here.
   var session = {
@@ -38,7 +38,9 @@
   // 'idle' (never booted), 'booting', 'booted', 'off' (shut down or boot failed).
   var state = 'idle';
   var generation = 0; // bumped by every boot and shutdown; stale responses are ignored
-  var earlyCalls = []; // calls made before the first boot; sent once a boot succeeds
+  // Calls made while no session exists yet (before the first boot, or while a boot is on
+  // its way, also one that replaced an earlier boot): sent once a boot succeeds.
+  var pending = [];
   var chain = Promise.resolve(); // every request runs in call order on this chain
   var pageOverride = null;
   var spa = { tracking: false, installed: false, lastHref: null, pending: false };
@@ -193,8 +195,9 @@
 
   // Runs `send(token)` with the session token once one exists:
   // - booted: now (in order), with the current token;
-  // - booting: after the boot, if it succeeds and is still current;
-  // - never booted: after the first successful boot;
+  // - never booted, or booting: after the boot that succeeds, in order. A boot that
+  //   replaces one on its way (an anonymous boot, then the member's after sign-in) takes
+  //   the calls over, so nothing made between the two is lost;
   // - shut down / boot failed: dropped. `fail(err)` is told when the call is dropped.
   function withSession(what, send, fail) {
     var drop = function () {
@@ -206,18 +209,32 @@
       enqueue(function () {
         return send(token);
       });
-    } else if (state === 'booting') {
-      var gen = generation;
-      enqueue(function () {
-        if (gen === generation && state === 'booted') return send(session.token);
-        drop();
-      });
-    } else if (state === 'idle') {
-      if (earlyCalls.length >= MAX_EARLY_CALLS) return drop();
-      earlyCalls.push({ send: send, drop: drop });
+    } else if (state === 'booting' || state === 'idle') {
+      if (pending.length >= MAX_PENDING_CALLS) return drop();
+      pending.push({ send: send, drop: drop });
     } else {
       drop();
     }
+  }
+
+  // Sends the calls that waited for this session, in the order they were made.
+  function sendPending() {
+    var calls = pending;
+    pending = [];
+    var token = session.token;
+    calls.forEach(function (call) {
+      enqueue(function () {
+        return call.send(token);
+      });
+    });
+  }
+
+  function dropPending() {
+    var calls = pending;
+    pending = [];
+    calls.forEach(function (call) {
+      call.drop();
+    });
   }
 
   // ---------------------------------------------------------------- SPA page views
@@ -262,7 +279,7 @@
   // ---------------------------------------------------------------- methods
 
   function boot(option, cb) {
-    if (state === 'booting' || state === 'booted') shutdown();
+    if (state === 'booting' || state === 'booted') endSession();
     if (!option || typeof option !== 'object' || !option.pluginKey) {
       warn('boot needs { pluginKey }');
       safeCall(cb, sdkError('pluginKey is required', 0), null);
@@ -281,10 +298,6 @@
     spa.lastHref = hrefWithoutHash();
     if (spa.tracking) installSpaHooks();
 
-    // Calls made before the first boot wait right behind this boot.
-    var early = earlyCalls;
-    earlyCalls = [];
-
     enqueue(function () {
       if (gen !== generation) {
         safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
@@ -298,24 +311,20 @@
           }
           state = 'booted';
           adopt(data);
+          // Before the callback: what it calls comes after what waited for the boot.
+          sendPending();
           safeCall(cb, null, session.user);
         },
         function (err) {
+          warn('boot failed: ' + err.message);
+          safeCall(cb, err, null);
           if (gen === generation) {
             state = 'off';
             spa.tracking = false;
+            dropPending();
           }
-          warn('boot failed: ' + err.message);
-          safeCall(cb, err, null);
         }
       );
-    });
-
-    early.forEach(function (call) {
-      enqueue(function () {
-        if (gen === generation && state === 'booted') return call.send(session.token);
-        call.drop();
-      });
     });
   }
 
@@ -432,17 +441,19 @@
     return body;
   }
 
-  function shutdown() {
+  // Ends the session; calls waiting for one stay for the next boot.
+  function endSession() {
     generation++;
     state = 'off';
     session.token = null;
     session.user = null;
     session.options = null;
     spa.tracking = false;
-    earlyCalls.forEach(function (call) {
-      call.drop();
-    });
-    earlyCalls = [];
+  }
+
+  function shutdown() {
+    endSession();
+    dropPending();
   }
 
   function track(name, property) {
