@@ -494,6 +494,19 @@ async function run(browser, pagesOrigin) {
       [final],
       'one PageView for the redirect, of its last page',
     );
+    // A router that sets the canonical link in a later task (or frame) still gets its page.
+    await fresh.evaluate(() => {
+      history.pushState({}, '', '/shop/fresh/later');
+      setTimeout(() => {
+        const link = document.createElement('link');
+        link.rel = 'canonical';
+        link.href = '/canonical/later';
+        document.head.appendChild(link);
+      }, 0);
+    });
+    const later = `${pagesOrigin}/canonical/later`;
+    await until('the PageView of a later canonical', async () =>
+      named(await events(s.freshId), 'PageView').some((e) => e.page === later));
 
     // The user behind this browser's session is deleted (or merged into a member in
     // another tab): the next calls boot again quietly and land, instead of being lost.

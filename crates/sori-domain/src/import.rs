@@ -300,12 +300,45 @@ pub fn check_csv_header(headers: &[String], users: bool) -> Result<(), String> {
         let key = if users { profile_column(h) } else { h };
         !key.is_empty() && !names.insert(key)
     });
-    match twice {
-        Some(twice) => Err(format!(
+    if let Some(twice) = twice {
+        return Err(format!(
             "the CSV header row names the column `{twice}` twice"
+        ));
+    }
+    // A bare column named after a field Sori keeps itself (city, sessionsCount…) would
+    // silently become a profile field of that name beside the real one.
+    match headers
+        .iter()
+        .map(|h| h.trim())
+        .find(|h| users && system_field(h))
+    {
+        Some(h) => Err(format!(
+            "the column `{h}` names a field Sori keeps itself, which an import cannot set \
+             (a user line sets profile fields, tags, consent, blocked, createdAt and \
+             lastSeenAt); name it `profile.{h}` to import it as a profile field of that name"
         )),
         None => Ok(()),
     }
+}
+
+/// User fields Sori sets from activity, or derives, as a bare CSV column would name them
+/// (an export writes a profile field of such a name as `profile.KEY`).
+pub fn system_field(column: &str) -> bool {
+    matches!(
+        column,
+        "city"
+            | "country"
+            | "language"
+            | "member"
+            | "veilId"
+            | "hasChat"
+            | "hasPushToken"
+            | "sessionsCount"
+            | "updatedAt"
+            | "web"
+            | "mobile"
+    ) || column.starts_with("web.")
+        || column.starts_with("mobile.")
 }
 
 /// Refuses a row with non-empty cells beyond the header's columns (they would be lost).
@@ -521,6 +554,16 @@ mod tests {
             Some(json!(["a", "b"]))
         );
         assert_eq!(csv_cell("  ", None), None);
+    }
+
+    #[test]
+    fn csv_user_columns_may_not_name_system_fields() {
+        let h = |cols: &[&str]| cols.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        let e = check_csv_header(&h(&["memberId", "city"]), true).unwrap_err();
+        assert!(e.contains("`city` names a field Sori keeps itself"), "{e}");
+        assert!(check_csv_header(&h(&["memberId", "web.browser"]), true).is_err());
+        assert!(check_csv_header(&h(&["memberId", "profile.city"]), true).is_ok());
+        assert!(check_csv_header(&h(&["memberId", "name", "createdAt"]), true).is_ok());
     }
 
     #[test]

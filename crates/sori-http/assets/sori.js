@@ -239,22 +239,39 @@
 
   // ---------------------------------------------------------------- SPA page views
 
-  // One PageView per task that navigates, sent once that task is over: routers update
-  // the page's head (the canonical link) right after pushState, and a redirect
-  // (pushState then replaceState) ends on the page that was shown. A `track` made in the
-  // same task as the navigation is sent before this PageView.
+  // Runs `fn` once the page has rendered after a navigation: after the next frame (and
+  // the tasks queued before it), or after 100 ms where frames do not come (a hidden tab).
+  function afterRender(fn) {
+    var done = false;
+    var once = function () {
+      if (done) return;
+      done = true;
+      fn();
+    };
+    if (typeof w.requestAnimationFrame === 'function' && document.visibilityState !== 'hidden') {
+      w.requestAnimationFrame(function () {
+        setTimeout(once, 0);
+      });
+    }
+    setTimeout(once, 100);
+  }
+
+  // One PageView per navigation, sent once the page has rendered: routers update the
+  // page's head (the canonical link) after pushState, in the same task, a later one or
+  // the next frame; and a redirect (pushState then replaceState) ends on the page that
+  // was shown. A `track` made right after navigating is sent before this PageView.
   function onUrlMaybeChanged() {
     if (!spa.tracking || spa.pending) return;
     var gen = generation;
     spa.pending = true;
-    setTimeout(function () {
+    afterRender(function () {
       spa.pending = false;
       if (!spa.tracking || gen !== generation) return;
       var href = hrefWithoutHash();
       if (href === spa.lastHref) return; // only the fragment changed, or nothing did
       spa.lastHref = href;
       track('PageView');
-    }, 0);
+    });
   }
 
   function installSpaHooks() {
@@ -393,8 +410,10 @@
       }
       if (dropped.length) {
         warn('boot: left out what the server refused: ' + err.message);
-        body.profile = undefined;
-        body.language = undefined;
+        dropped.forEach(function (f) {
+          if (/^profile/.test(f)) body.profile = undefined;
+          else body.language = undefined;
+        });
       }
       return request('POST', '/sdk/v1/boot', JSON.stringify(body));
     });

@@ -150,6 +150,18 @@ fn body_rejection(r: BytesRejection) -> ApiError {
 }
 
 impl JsonBody {
+    /// Deserializes a `PATCH` body into `T`: one that names nothing to change (`{}`) is a
+    /// 400, as a user update's is (SPEC §3.2), rather than a 200 that hides a mistake.
+    pub fn parse_patch<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        if self.0.as_object().is_some_and(serde_json::Map::is_empty) {
+            return Err(ApiError::field(
+                "body",
+                "must name at least one field to change",
+            ));
+        }
+        self.parse()
+    }
+
     /// Deserializes into `T`, naming the path of the first offending field.
     pub fn parse<T: DeserializeOwned>(self) -> Result<T, ApiError> {
         serde_path_to_error::deserialize(self.0).map_err(|e| {

@@ -408,6 +408,8 @@ impl Store for PostgresStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
+        let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+        sori_store::refuse_newer_schema(&done, known)?;
         for (version, description, sql) in MIGRATIONS {
             if done.contains(version) {
                 continue;

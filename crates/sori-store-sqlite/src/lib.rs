@@ -325,6 +325,8 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
+        let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+        sori_store::refuse_newer_schema(&done, known)?;
         for (version, description, sql) in MIGRATIONS {
             if done.contains(version) {
                 continue;

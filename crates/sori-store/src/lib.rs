@@ -290,3 +290,16 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<RevealRecord>>;
 }
+
+/// Refuses a store a newer Sori has migrated past what this build knows: this build would
+/// run on a schema it does not understand (an operator rolling back without restoring a
+/// backup, say).
+pub fn refuse_newer_schema(applied: &[i64], known: i64) -> Result<()> {
+    match applied.iter().copied().filter(|v| *v > known).max() {
+        Some(v) => Err(StoreError::Corrupt(format!(
+            "the store was migrated by a newer Sori (migration {v}; this build knows up to \
+             {known}): run that version or newer, or restore a backup made for this one"
+        ))),
+        None => Ok(()),
+    }
+}

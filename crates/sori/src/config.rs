@@ -44,7 +44,8 @@ pub struct ConfigArgs {
     /// Open API burst per access key [default: 2000].
     #[arg(long, env = "SORI_RATE_BURST", global = true)]
     pub rate_burst: Option<u32>,
-    /// User writer shards (see `Config::writer_shards`).
+    /// User writer shards: write batches in flight at once (default 1 on SQLite, one per
+    /// two cores on PostgreSQL).
     #[arg(long, env = "SORI_WRITER_SHARDS", global = true)]
     pub writer_shards: Option<usize>,
     /// Serve `POST /_noop`, the benchmarks' baseline endpoint (off by default: it is of no

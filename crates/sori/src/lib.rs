@@ -19,6 +19,22 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 
+/// Opens a store that must exist already (`import`, `export`, `channel set`): a mistyped
+/// `--data-dir` is an error, not a new empty store left behind.
+pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if cfg.database_url.is_none() {
+        let file = cfg.data_dir.join("sori.db");
+        if !file.exists() {
+            anyhow::bail!(
+                "no Sori store at {}: run `sori serve` or `sori channel create` with this \
+                 --data-dir first, or pass the --data-dir or --database-url of an existing one",
+                file.display()
+            );
+        }
+    }
+    open_store(cfg).await
+}
+
 /// Opens the store the configuration names and applies migrations.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = cfg.database_url();

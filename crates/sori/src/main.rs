@@ -1,5 +1,6 @@
 //! `sori`: serve, migrate and manage channels.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// mimalloc: request handling allocates many small short-lived objects; glibc malloc
@@ -180,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
                     event_retention_days,
                 },
         } => {
-            let store = sori::open_store(&cfg).await?;
+            let store = sori::open_existing_store(&cfg).await?;
             let app = sori::app(&cfg, store).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
             // Checked here too, to name the flag rather than the API's field.
@@ -206,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
             channel,
             format,
         } => {
-            let store = sori::open_store(&cfg).await?;
+            let store = sori::open_existing_store(&cfg).await?;
             let app = sori::app(&cfg, store).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
             let format = format.unwrap_or_else(|| Format::of(&file));
@@ -238,18 +239,27 @@ async fn main() -> anyhow::Result<()> {
             if segment.is_some() && kind != sori::transfer::Kind::Users {
                 anyhow::bail!("--segment applies to `export users` only");
             }
-            let store = sori::open_store(&cfg).await?;
+            let store = sori::open_existing_store(&cfg).await?;
             let app = sori::app(&cfg, store).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
             let n = match output {
                 Some(path) => {
-                    // Written beside the target and renamed when complete: a failed export
-                    // leaves neither a file that looks like a (short) export nor a damaged
-                    // earlier one at that path.
+                    // Written to a file of its own beside the target and renamed when
+                    // complete: a failed export leaves neither a file that looks like a
+                    // (short) export nor a damaged earlier one, and two exports to one
+                    // path at once do not write into each other.
+                    if path.is_dir() {
+                        anyhow::bail!("--output {} is a directory", path.display());
+                    }
                     let mut partial = path.clone().into_os_string();
-                    partial.push(".partial");
+                    partial.push(format!(".{}.partial", sori_app::secrets::random_hex(6)));
                     let partial = PathBuf::from(partial);
-                    let mut f = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&partial)
+                        .with_context(|| format!("creating {}", partial.display()))?;
+                    let mut f = std::io::BufWriter::new(file);
                     let done =
                         sori::transfer::export(&app, &ch, kind, format, segment.as_deref(), &mut f)
                             .await;

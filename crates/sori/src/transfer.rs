@@ -19,7 +19,7 @@ use sori_domain::activity::Activity;
 use sori_domain::event::EventSource;
 use sori_domain::import::{
     CsvTypes, Owner, WHOLE_LINE, check_csv_header, check_csv_width, csv_event, csv_list_cell,
-    csv_text, csv_user, event_line, user_line,
+    csv_text, csv_user, event_line, system_field, user_line,
 };
 use sori_domain::{Invalid, Registry};
 use sori_store::UserTarget;
@@ -27,7 +27,7 @@ use sori_store::UserTarget;
 /// What a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
-    /// Users (upserts by member id).
+    /// Users (imported as upserts by member id; exported whole).
     Users,
     /// Events.
     Events,
@@ -508,7 +508,12 @@ pub async fn export(
                 ]
                 .map(str::to_owned)
                 .to_vec();
-                header.extend(keys.iter().cloned());
+                // A profile field named like one of Sori's own (`city`) keeps its prefix, so
+                // the file imports back.
+                header.extend(keys.iter().map(|k| match system_field(k) {
+                    true => format!("profile.{k}"),
+                    false => k.clone(),
+                }));
                 out.write_all(&csv_line(&header)?)?;
             }
             // Pages of a segment's ids, or pages of the whole channel by id cursor.

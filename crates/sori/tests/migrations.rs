@@ -76,4 +76,23 @@ async fn sessions_and_languages(b: Backend) {
     app.stop().await;
 }
 
-both!(sessions_and_languages);
+/// A store a newer Sori migrated is refused rather than run on (a rollback without the
+/// matching backup).
+async fn newer_schema_is_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let cfg = app.config.clone();
+    raw(
+        &cfg,
+        b,
+        "INSERT INTO sori_migrations (version, description, applied_at) VALUES (999, 'future', 0)",
+    )
+    .await;
+    let err = sori::open_store(&cfg).await.err().expect("refused");
+    assert!(
+        format!("{err:#}").contains("migrated by a newer Sori (migration 999"),
+        "{err:#}"
+    );
+    app.stop().await;
+}
+
+both!(sessions_and_languages, newer_schema_is_refused);

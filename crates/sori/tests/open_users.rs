@@ -479,6 +479,16 @@ async fn channel_settings(b: Backend) {
     let r = app.open(Method::GET, "/open/v5/channel", None).await;
     assert_eq!(r.body["channel"]["timeZone"], "Asia/Seoul");
     assert_eq!(r.body["channel"]["memberHashRequired"], false);
+    // A PATCH naming nothing to change is refused, here and on a profile field.
+    for path in ["/open/v5/channel", "/open/v5/profile-fields/name"] {
+        let r = app.open(Method::PATCH, path, Some(json!({}))).await;
+        assert_eq!(
+            (r.status, r.error_field()),
+            (400, "body"),
+            "{path}: {:?}",
+            r.body
+        );
+    }
     let r = app
         .open(
             Method::PATCH,

@@ -336,6 +336,24 @@ z2,12345
     assert!(!ok && err.contains("segment"), "{err}");
     assert!(!out_file.exists(), "a failed export left {out_file:?}");
 
+    // A command that reads a store does not create one where a path was mistyped.
+    let typo = db.dir.path().join("typo");
+    let out = Command::new(env!("CARGO_BIN_EXE_sori"))
+        .arg("--data-dir")
+        .arg(&typo)
+        .args(["export", "users"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no Sori store at"),
+        "{err}"
+    );
+    assert!(!typo.exists(), "a store was created at {typo:?}");
+    // A bare column named after a field Sori keeps itself stops the run.
+    let city = db.file("city.csv", "memberId,city\nc1,Seoul\n");
+    db.import_refused("users", &city, "`city` names a field Sori keeps itself");
+
     // The whole channel moves to a fresh store: users (CSV), then events (NDJSON).
     let (ok, users_csv, err) = db.run(&["export", "users", "--format", "csv"]);
     assert!(ok, "{err}");

@@ -73,7 +73,7 @@ pub struct ChannelPatch {
 
 /// Validates a patch and applies it.
 pub async fn apply(state: &AppState, channel: &Channel, body: JsonBody) -> ApiResult<ChannelView> {
-    let p: ChannelPatch = body.parse()?;
+    let p: ChannelPatch = body.parse_patch()?;
     let patch = ChannelSettingsPatch {
         event_retention_days: p.event_retention_days,
         name: p.name,

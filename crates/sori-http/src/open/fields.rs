@@ -111,7 +111,7 @@ pub async fn update(
             "cannot change; delete the field and register it again",
         ));
     }
-    let req: FieldPatch = body.parse()?;
+    let req: FieldPatch = body.parse_patch()?;
     let name = req
         .name
         .as_deref()

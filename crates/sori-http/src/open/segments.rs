@@ -214,7 +214,7 @@ pub async fn patch(
     Path(id): Path<String>,
     body: JsonBody,
 ) -> ApiResult<Json<SegmentEnvelope>> {
-    let req: SegmentPatch = body.parse()?;
+    let req: SegmentPatch = body.parse_patch()?;
     let sg = state
         .app
         .update_segment(&ch, &id, req.name.as_deref(), req.filter.as_ref())
