@@ -294,8 +294,53 @@ impl OpenTx<'_> {
     }
 }
 
-/// Writes a batch of user ops (see the module documentation).
+/// Owners of stored events by `messageId`, for recognising whole retries (see
+/// `sori_store::retried`); the key is computed as the generated `message_key` is.
+const STORED_OWNERS: &str = "SELECT k.ch, k.id, e.user_id \
+    FROM UNNEST($1::bigint[], $2::text[]) AS k(ch, id) \
+    JOIN events e ON e.channel_id = k.ch AND e.message_key = \
+    substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16)";
+
+/// Writes a batch of user ops (see the module documentation). Calls already stored in
+/// whole (see `sori_store::retried`) are answered, not written again; one stored by
+/// another batch between the read and the write is written as before (its event row is
+/// still refused).
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+    let keys: Vec<(i64, &str)> = sori_store::retry_keys(ops)
+        .into_iter()
+        .filter(|(_, id)| !id.contains('\0'))
+        .collect();
+    if keys.is_empty() {
+        return write_planned(writers, ops).await;
+    }
+    let mut tx = writers.take().await?;
+    let rows: Vec<(i64, String, String)> = match sqlx::query_as(STORED_OWNERS)
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .fetch_all(tx.conn())
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return Err(tx.abort(backend(e)).await),
+    };
+    tx.release();
+    let owners = rows
+        .into_iter()
+        .map(|(ch, id, owner)| ((ch, id), owner))
+        .collect();
+    let done = sori_store::retried(ops, &owners);
+    match sori_store::to_write(ops, &done) {
+        None => write_planned(writers, ops).await,
+        Some(rest) if rest.is_empty() => sori_store::with_retries(done, Vec::new()),
+        Some(rest) => {
+            let written = write_planned(writers, &rest).await?;
+            sori_store::with_retries(done, written)
+        }
+    }
+}
+
+/// Writes a batch: two round trips and the events' insert, planned by `plan_user_writes`.
+async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     // Rows are locked channel by channel in ascending order; within a channel in id order
     // (member-only lookups too, see `by_members_in_id_order`), whole-row ops' rows before
     // the light ops' rows. Batches that meet in another order (a user written whole by one

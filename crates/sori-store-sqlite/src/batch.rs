@@ -208,6 +208,40 @@ fn lookup<T>(
 
 /// Runs one batch in one transaction.
 pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+    let keys = sori_store::retry_keys(ops);
+    if keys.is_empty() {
+        return write_planned(conn, ops);
+    }
+    // Calls already stored in whole are answered, not written again (see `retried`). One
+    // writer per database, so nothing stores them between this read and the write.
+    let mut owners = HashMap::new();
+    {
+        let mut st = conn
+            .prepare_cached("SELECT user_id FROM events WHERE channel_id = ?1 AND message_key = ?2")
+            .map_err(db)?;
+        for (ch, id) in keys {
+            if let Some(owner) = st
+                .query_row(params![ch, &message_key(id)[..]], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(db)?
+            {
+                owners.insert((ch, id.to_owned()), owner);
+            }
+        }
+    }
+    let done = sori_store::retried(ops, &owners);
+    match sori_store::to_write(ops, &done) {
+        None => write_planned(conn, ops),
+        Some(rest) if rest.is_empty() => sori_store::with_retries(done, Vec::new()),
+        Some(rest) => {
+            let written = write_planned(conn, &rest)?;
+            sori_store::with_retries(done, written)
+        }
+    }
+}
+
+/// Writes a batch: one transaction, planned by `plan_user_writes`.
+fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     let mut full: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
     let mut light_keys: BTreeMap<i64, Keys<'_>> = BTreeMap::new();
     for op in ops {

@@ -427,6 +427,87 @@ impl WritePlan<'_> {
     }
 }
 
+/// Whether a stored `messageId` makes this whole op a retry (not only its event rows): it
+/// is more than an events-only write (a visit, an identify that comes with an event), and
+/// every one of its events carries a `messageId`. Applying such a retry again would redo
+/// what the first delivery did: a visit would start a session, and an anonymous visit
+/// whose anonymous user the first delivery merged away would create a new one to merge.
+fn guarded_whole(op: &UserOp) -> bool {
+    !op.is_light() && !op.events.is_empty() && op.events.iter().all(|e| e.message_id.is_some())
+}
+
+/// The `(channel, messageId)`s to look up before a batch is planned (see [`retried`]).
+pub fn retry_keys(ops: &[UserOp]) -> Vec<(i64, &str)> {
+    ops.iter()
+        .filter(|op| guarded_whole(op))
+        .flat_map(|op| {
+            op.events
+                .iter()
+                .filter_map(move |e| Some((op.channel_id, e.message_id.as_deref()?)))
+        })
+        .collect()
+}
+
+/// For each op, by position, its result when it is a whole retry (every event's
+/// `messageId` is stored; `owners` maps them to the stored events' owners), which writes
+/// nothing; `None` for an op to write.
+pub fn retried(
+    ops: &[UserOp],
+    owners: &HashMap<(i64, String), String>,
+) -> Vec<Option<UserOpResult>> {
+    ops.iter()
+        .map(|op| {
+            if !guarded_whole(op) {
+                return None;
+            }
+            let mut owner = None;
+            for e in &op.events {
+                let id = e.message_id.clone()?;
+                owner = Some(owners.get(&(op.channel_id, id))?.clone());
+            }
+            Some(Ok(UserOpOutcome {
+                user_id: owner?,
+                user: None,
+                created: false,
+                changed: false,
+                merged_from: None,
+                duplicate_events: op.events.len(),
+            }))
+        })
+        .collect()
+}
+
+/// The ops to write when some are whole retries (`done`, from [`retried`]); `None` when
+/// none is, so the batch is written as it came.
+pub fn to_write(ops: &[UserOp], done: &[Option<UserOpResult>]) -> Option<Vec<UserOp>> {
+    if done.iter().all(Option::is_none) {
+        return None;
+    }
+    Some(
+        ops.iter()
+            .zip(done)
+            .filter(|(_, d)| d.is_none())
+            .map(|(op, _)| op.clone())
+            .collect(),
+    )
+}
+
+/// The batch's results: the retries' from `done`, the written ops' in their places.
+pub fn with_retries(
+    done: Vec<Option<UserOpResult>>,
+    written: Vec<UserOpResult>,
+) -> crate::Result<Vec<UserOpResult>> {
+    let mut written = written.into_iter();
+    done.into_iter()
+        .map(|d| match d {
+            Some(r) => Ok(r),
+            None => written.next().ok_or_else(|| {
+                crate::StoreError::Corrupt("a batch answered fewer writes than it was given".into())
+            }),
+        })
+        .collect()
+}
+
 impl UserOp {
     /// The user ids this op may read.
     pub fn id_key(&self) -> Option<&str> {

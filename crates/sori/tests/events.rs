@@ -293,6 +293,43 @@ async fn segment(app: &TestApp, path: &str, body: Value) -> common::Reply {
 async fn segment_api(b: Backend) {
     let app = spawn_app(b).await;
 
+    // A retried batch (a proxy lost the first answer) changes nothing: an anonymous visit,
+    // then the identify that signs that visitor in. Replayed by messageId, the visit would
+    // otherwise find its anonymous user merged away, create another with a session, and
+    // the identify would merge that one too.
+    let minute_ago = sori_app::secrets::now_ms() - 60_000;
+    let at = |s: i64| json!(minute_ago + s * 1000);
+    let retried = json!({"batch": [
+        {"type": "page", "anonymousId": "rv-anon", "messageId": "rv-1",
+         "timestamp": at(0), "properties": {"url": "https://shop.example/"}},
+        {"type": "identify", "userId": "rv-member", "anonymousId": "rv-anon",
+         "messageId": "rv-2", "timestamp": at(1), "traits": {"plan": "pro"}},
+        {"type": "track", "userId": "rv-member", "anonymousId": "rv-anon", "event": "Bought",
+         "messageId": "rv-3", "timestamp": at(2)},
+    ]});
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = segment(&app, "/v1/batch", retried.clone()).await;
+        assert_eq!(r.body, json!({"success": true}), "no item refused");
+        let m = app.member("rv-member").await;
+        let id = m["id"].as_str().unwrap().to_owned();
+        let merges = app
+            .open(Method::GET, &format!("/open/v5/users/{id}/merges"), None)
+            .await;
+        seen.push((
+            m["sessionsCount"].clone(),
+            m["web"]["sessionsCount"].clone(),
+            merges.body["merges"].as_array().unwrap().len(),
+            events_of(&app, &id).await.len(),
+        ));
+    }
+    assert_eq!(seen[0], seen[1], "the retry changed the member");
+    assert_eq!(
+        seen[0],
+        (json!(1), json!(1), 0, 2),
+        "one session, no merge, two events"
+    );
+
     // Authentication: missing or wrong write key is 401 and stores nothing.
     let r = app
         .raw(
