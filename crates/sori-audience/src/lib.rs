@@ -41,16 +41,7 @@ struct DeviceCols {
 
 impl DeviceCols {
     fn set(&mut self, slot: u32, d: &DeviceInfo) {
-        let vals = [
-            &d.browser,
-            &d.browser_name,
-            &d.os,
-            &d.os_name,
-            &d.device,
-            &d.app_name,
-            &d.app_version,
-        ];
-        for (c, v) in self.strs.iter_mut().zip(vals) {
+        for (c, v) in self.strs.iter_mut().zip(d.texts()) {
             c.set(slot, v.as_deref());
         }
         self.last_seen_at.set(slot, d.last_seen_at);

@@ -102,26 +102,8 @@ pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
                 // user agent, or an app's context) replaces every device field, so a
                 // Windows browser followed by a phone never reads "Safari on Windows". A
                 // visit that describes none (no user agent) leaves them.
-                let d = &v.device;
-                let described = [
-                    &d.browser,
-                    &d.browser_name,
-                    &d.os,
-                    &d.os_name,
-                    &d.device,
-                    &d.app_name,
-                    &d.app_version,
-                ]
-                .iter()
-                .any(|f| f.is_some());
-                if described {
-                    dev.browser.clone_from(&d.browser);
-                    dev.browser_name.clone_from(&d.browser_name);
-                    dev.os.clone_from(&d.os);
-                    dev.os_name.clone_from(&d.os_name);
-                    dev.device.clone_from(&d.device);
-                    dev.app_name.clone_from(&d.app_name);
-                    dev.app_version.clone_from(&d.app_version);
+                if v.device.texts().iter().any(|f| f.is_some()) {
+                    dev.replace_texts(&v.device);
                 }
             }
             dev.last_seen_at = Some(dev.last_seen_at.map_or(at, |l| l.max(at)));

@@ -35,6 +35,34 @@ pub struct DeviceInfo {
     pub sessions_count: i64,
 }
 
+impl DeviceInfo {
+    /// The text fields that describe the device, in one order for every reader (the
+    /// audience columns, the newest-visit rule).
+    pub fn texts(&self) -> [&Option<String>; 7] {
+        [
+            &self.browser,
+            &self.browser_name,
+            &self.os,
+            &self.os_name,
+            &self.device,
+            &self.app_name,
+            &self.app_version,
+        ]
+    }
+
+    /// Takes every text field of `from`, empty ones included: a visit describes its device
+    /// as a whole.
+    pub fn replace_texts(&mut self, from: &DeviceInfo) {
+        self.browser.clone_from(&from.browser);
+        self.browser_name.clone_from(&from.browser_name);
+        self.os.clone_from(&from.os);
+        self.os_name.clone_from(&from.os_name);
+        self.device.clone_from(&from.device);
+        self.app_name.clone_from(&from.app_name);
+        self.app_version.clone_from(&from.app_version);
+    }
+}
+
 /// A user as stored. `member` and `name` are derived, never stored separately in the domain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
