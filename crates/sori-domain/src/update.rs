@@ -81,19 +81,6 @@ pub const UPDATE_FIELDS: &[&str] = &[
 ];
 
 impl UserUpdate {
-    /// Refuses an update that names nothing to change (a `PATCH` body `{}`): SPEC §3.2
-    /// makes an empty object in an update an error, and a no-op answered 200 hides a
-    /// client's mistake. (An upsert's `{}` is not refused: it creates the member.)
-    pub fn require_change(&self) -> Result<(), Invalid> {
-        if *self == UserUpdate::default() {
-            return Err(Invalid::one(
-                "body",
-                "must name at least one field to change",
-            ));
-        }
-        Ok(())
-    }
-
     /// Parses a JSON body, accepting only `allowed` top-level fields; every wrong type is
     /// reported with its field name.
     pub fn from_json(body: &Value, allowed: &[&str]) -> Result<Self, Invalid> {

@@ -217,12 +217,17 @@
     }
   }
 
-  // Sends the calls that waited for this session, in the order they were made.
-  function sendPending() {
+  // Hands the waiting calls over, in the order they were made.
+  function takePending() {
     var calls = pending;
     pending = [];
+    return calls;
+  }
+
+  // Sends the calls that waited for this session.
+  function sendPending() {
     var token = session.token;
-    calls.forEach(function (call) {
+    takePending().forEach(function (call) {
       enqueue(function () {
         return call.send(token);
       });
@@ -230,9 +235,7 @@
   }
 
   function dropPending() {
-    var calls = pending;
-    pending = [];
-    calls.forEach(function (call) {
+    takePending().forEach(function (call) {
       call.drop();
     });
   }
@@ -308,7 +311,7 @@
     session.pluginKey = option.pluginKey;
     session.options = option;
     session.veilId = loadVeil();
-    var body = bootBody(option);
+    var body = bootBody(option, session.veilId);
 
     // The server records the boot's own PageView; later URL changes are ours to send.
     spa.tracking = body.trackDefaultEvent;
@@ -345,11 +348,11 @@
     });
   }
 
-  // The body of a boot request for `option`.
-  function bootBody(option) {
+  // The body of a boot request for `option`, as the visitor `veilId` (none for a new one).
+  function bootBody(option, veilId) {
     var body = {
       pluginKey: option.pluginKey,
-      veilId: session.veilId || undefined,
+      veilId: veilId || undefined,
       memberId: option.memberId,
       memberHash: option.memberHash,
       profile: option.profile,
@@ -393,28 +396,23 @@
   // still count, and failing the boot would switch the SDK off for the whole page.
   function requestBoot(body) {
     return request('POST', '/sdk/v1/boot', JSON.stringify(body)).catch(function (err) {
-      var fields = refusedFields(err);
-      if (!fields.length) throw err;
-      var veil = fields.indexOf('veilId') >= 0 && body.veilId;
-      var dropped = fields.filter(function (f) {
-        return /^(profile|language)(\.|\[|$)/.test(f);
+      // The part of the boot each refused field belongs to: a refusal of anything else,
+      // or of a part the boot did not send, fails the boot.
+      var parts = refusedFields(err).map(function (f) {
+        var m = /^(veilId|profile|language)(\.|\[|$)/.exec(f);
+        return m && body[m[1]] !== undefined ? m[1] : null;
       });
-      var other = fields.filter(function (f) {
-        return f !== 'veilId' && dropped.indexOf(f) < 0;
-      });
-      if (other.length || (!veil && !dropped.length)) throw err;
-      if (veil) {
+      if (!parts.length || parts.indexOf(null) >= 0) throw err;
+      if (parts.indexOf('veilId') >= 0) {
         warn('the stored visitor id was refused; starting as a new visitor');
         forgetVeil();
-        body.veilId = undefined;
       }
-      if (dropped.length) {
+      if (parts.some(function (p) { return p !== 'veilId'; })) {
         warn('boot: left out what the server refused: ' + err.message);
-        dropped.forEach(function (f) {
-          if (/^profile/.test(f)) body.profile = undefined;
-          else body.language = undefined;
-        });
       }
+      parts.forEach(function (p) {
+        body[p] = undefined;
+      });
       return request('POST', '/sdk/v1/boot', JSON.stringify(body));
     });
   }
@@ -430,9 +428,9 @@
   }
 
   // A request on the session. Its user can be gone: merged into a member (this visitor
-  // booted as one in another tab) or deleted, and the server answers 404 `userGone`. The SDK then
-  // boots again with the same options, quietly (no second PageView), and sends the call
-  // once more; a call that finds a newer session than its own just uses it.
+  // booted as one in another tab) or deleted, and the server answers 404 `userGone`. The
+  // SDK then boots again with the same options, quietly (no second PageView), and sends
+  // the call once more; a call that finds a newer session than its own just uses it.
   function sessionRequest(method, path, json, token, keepalive) {
     return request(method, path, json, token, keepalive).catch(function (err) {
       if (err.type !== 'userGone' || state !== 'booted' || !session.options) throw err;
@@ -452,8 +450,7 @@
 
   // A boot that renews a lost session: the page was counted by the first one.
   function quietBootBody(option) {
-    var body = bootBody(option);
-    body.veilId = loadVeil() || undefined;
+    var body = bootBody(option, loadVeil());
     body.trackDefaultEvent = false;
     delete body.utm;
     delete body.referrer;

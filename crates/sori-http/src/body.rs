@@ -150,15 +150,10 @@ fn body_rejection(r: BytesRejection) -> ApiError {
 }
 
 impl JsonBody {
-    /// Deserializes a `PATCH` body into `T`: one that names nothing to change (`{}`) is a
-    /// 400, as a user update's is (SPEC §3.2), rather than a 200 that hides a mistake.
+    /// Deserializes a `PATCH` body into `T`, refusing one that names nothing to change
+    /// (see [`require_fields`]).
     pub fn parse_patch<T: DeserializeOwned>(self) -> Result<T, ApiError> {
-        if self.0.as_object().is_some_and(serde_json::Map::is_empty) {
-            return Err(ApiError::field(
-                "body",
-                "must name at least one field to change",
-            ));
-        }
+        require_fields(&self.0)?;
         self.parse()
     }
 
@@ -170,6 +165,19 @@ impl JsonBody {
             ApiError::field(field, message)
         })
     }
+}
+
+/// Refuses a `PATCH` body that names nothing to change (`{}`) with a 400: SPEC §3.2 makes
+/// an empty object in an update an error, and a 200 for a no-op hides a client's mistake.
+/// Every `PATCH` (users, channel, profile fields, segments) goes through here.
+pub fn require_fields(body: &Value) -> Result<(), ApiError> {
+    if body.as_object().is_some_and(serde_json::Map::is_empty) {
+        return Err(ApiError::field(
+            "body",
+            "must name at least one field to change",
+        ));
+    }
+    Ok(())
 }
 
 /// A serde error in the API's words: the field it is about (`body` for the whole body) and
@@ -308,6 +316,13 @@ mod tests {
 
     fn parse_error(body: &str) -> Option<String> {
         parse_json(body.as_bytes()).err().map(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn a_patch_naming_nothing_is_refused() {
+        let e = format!("{:?}", require_fields(&serde_json::json!({})).unwrap_err());
+        assert!(e.contains("\"body\""), "{e}");
+        assert!(require_fields(&serde_json::json!({"blocked": false})).is_ok());
     }
 
     #[test]

@@ -134,15 +134,19 @@ fn route_handles(
 
 /// Request bodies of the server-side APIs (Segment, Open API) may be gzip-compressed, as
 /// client libraries send large batches; any other `Content-Encoding` is refused with 415
-/// instead of being read as plain JSON. One composite layer (see `with_middleware`).
+/// instead of being read as plain JSON. `body_limit` (on the decompressed body) replaces
+/// the server's default where given. One composite layer, as in `with_middleware`: each
+/// `Router::layer` call boxes every route once more.
 pub(crate) fn gzip_bodies<S: Clone + Send + Sync + 'static>(
     routes: axum::Router<S>,
+    body_limit: Option<usize>,
 ) -> axum::Router<S> {
     routes.layer(
         tower::ServiceBuilder::new()
             .layer(axum::middleware::map_response(unsupported_encoding))
             .map_response(axum::response::IntoResponse::into_response)
-            .layer(tower_http::decompression::RequestDecompressionLayer::new()),
+            .layer(tower_http::decompression::RequestDecompressionLayer::new())
+            .option_layer(body_limit.map(axum::extract::DefaultBodyLimit::max)),
     )
 }
 

@@ -295,8 +295,8 @@ pub async fn update_user(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<UserEnvelope>> {
     let (ch, user) = session(&state, &headers).await?;
+    crate::body::require_fields(&body)?;
     let update = UserUpdate::from_json(&body, SDK_UPDATE_FIELDS)?;
-    update.require_change()?;
     let outcome = state
         .app
         .ingest(

@@ -31,9 +31,9 @@ const SEQ_AND_FIELDS: &str = "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lo
      f.created_at FROM s LEFT JOIN profile_fields f ON f.channel_id = ANY($2::bigint[])";
 
 /// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes; `updatedAt`
-/// moves when either does (as on the full path: both are visible fields). The change number stays (followers find these users
-/// through their new events), so only unindexed columns change and the update can stay on
-/// the row's page (HOT; migration 8).
+/// moves when either does (as on the full path: both are visible fields). The change
+/// number stays (followers find these users through their new events), so only unindexed
+/// columns change and the update can stay on the row's page (HOT; migration 8).
 const LIGHT_ACTIVITY: &str = "UPDATE users SET \
     updated_at = CASE WHEN v.latest > COALESCE(users.last_seen_at, -1) \
         OR v.earliest < users.created_at THEN GREATEST(users.updated_at, v.now) ELSE users.updated_at END, \

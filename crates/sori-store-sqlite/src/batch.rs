@@ -213,7 +213,8 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
         return write_planned(conn, ops);
     }
     // Calls already stored in whole are answered, not written again (see `retried`). One
-    // writer per database, so nothing stores them between this read and the write.
+    // stored by another process between this read and the write (a second server on the
+    // file) is written as before: its event row is still refused.
     let mut owners = HashMap::new();
     {
         let mut st = conn

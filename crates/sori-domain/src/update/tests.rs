@@ -357,12 +357,3 @@ fn language_is_set_on_an_existing_user_only_by_the_customers_own_update() {
         "updateUser's language"
     );
 }
-
-#[test]
-fn an_update_naming_nothing_is_refused() {
-    assert_eq!(
-        UserUpdate::default().require_change().unwrap_err().0[0].field,
-        "body"
-    );
-    assert!(parse(json!({"blocked": false})).require_change().is_ok());
-}

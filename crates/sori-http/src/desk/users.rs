@@ -112,8 +112,8 @@ pub async fn patch(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<MaskedUser>> {
     ctx.require(Permission::ContactsEdit)?;
+    crate::body::require_fields(&body)?;
     let update = UserUpdate::from_json(&body, DESK_UPDATE_FIELDS)?;
-    update.require_change()?;
     if !is_id(&id) {
         return Err(ApiError::not_found("user"));
     }
@@ -226,7 +226,8 @@ pub async fn reveals(
     Ok(Json(RevealsPage { reveals, next }))
 }
 
-/// One CSV cell: lists joined by `;` as imports read them, formula characters neutralized, quoted when needed.
+/// One CSV cell: lists joined by `;` as imports read them, formula characters neutralized,
+/// quoted when needed.
 pub(crate) fn csv_cell(v: &Value) -> String {
     let s = sori_domain::import::csv_text(v);
     // A leading formula character is neutralized so spreadsheets do not execute it.

@@ -192,8 +192,8 @@ pub async fn patch_user(
     Path(key): Path<String>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<UserEnvelope>> {
+    crate::body::require_fields(&body)?;
     let update = UserUpdate::from_json(&body, UPDATE_FIELDS)?;
-    update.require_change()?;
     let target = match user_key(key) {
         UserKey::Id(id) if is_id(&id) => UserTarget::Id(id),
         UserKey::Id(_) => return Err(ApiError::not_found("user")),
