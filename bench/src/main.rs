@@ -159,18 +159,19 @@ fn start_server(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Ser
         .local_addr()?
         .port();
     let mut cmd = Command::new(bin);
-    cmd.args(["--data-dir"]).arg(dir.path()).args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--rate-limit",
-        "0",
-        "--bench-endpoints",
-    ]);
+    cmd.args(["--data-dir"]).arg(dir.path());
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);
     }
     let mut child = cmd
-        .arg("serve")
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--rate-limit",
+            "0",
+            "--bench-endpoints",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -550,6 +550,22 @@ async function run(browser, pagesOrigin) {
     return `PageView ${shoes}; re-booted as ${upd.user.id}; refused id replaced; a call between boots kept`;
   });
 
+  step('11 two tabs of a first visit boot at once as one visitor', async () => {
+    const ctx3 = await browser.newContext();
+    const tabs = [await ctx3.newPage(), await ctx3.newPage()];
+    for (const tab of tabs) {
+      watch(tab);
+      await tab.goto(`${pagesOrigin}/shop/fresh`);
+    }
+    const boots = await Promise.all(
+      tabs.map((tab) => sdkCall(tab, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false })),
+    );
+    for (const b of boots) assert.equal(b.error, null, 'boot error');
+    assert.equal(boots[0].user.id, boots[1].user.id, 'both tabs are one user');
+    await ctx3.close();
+    return `both tabs booted as ${boots[0].user.id}`;
+  });
+
   for (const [name, fn] of steps) {
     try {
       const summary = await fn();

@@ -323,7 +323,9 @@
         safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
         return;
       }
-      return requestBoot(body).then(
+      return asOneVisitor(body, function () {
+        return requestBoot(body);
+      }).then(
         function (data) {
           if (gen !== generation) {
             safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
@@ -414,6 +416,21 @@
         body[p] = undefined;
       });
       return request('POST', '/sdk/v1/boot', JSON.stringify(body));
+    });
+  }
+
+  // Two tabs of a first visit booting at once would each create an anonymous user, and
+  // the site would then count one visitor twice. A boot that has no stored visitor id (and
+  // names no member) runs under a lock the site's tabs share (Web Locks, where the browser
+  // has them); a tab that waited for it takes the id the first tab stored.
+  function asOneVisitor(body, send) {
+    var locks = w.navigator && navigator.locks;
+    if (body.veilId || body.memberId != null || !locks || typeof locks.request !== 'function') {
+      return send();
+    }
+    return locks.request('sori:new-visitor', function () {
+      body.veilId = loadVeil() || undefined;
+      return send();
     });
   }
 

@@ -278,6 +278,24 @@ impl PostgresStore {
             // and falls back to a sequential scan (5+ ms per batch at 20,000 users); custom
             // plans keep the index scans for a fraction of a millisecond of planning.
             .options([("plan_cache_mode", "force_custom_plan")]);
+        // One direct connection first: the pool retries a refused or unreachable server
+        // for its whole acquire timeout (30 s) and then reports only that it timed out,
+        // where this fails at once with the cause (refused, unknown host, password).
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+        )
+        .await
+        {
+            Ok(conn) => {
+                let _ = sqlx::Connection::close(conn.map_err(backend)?).await;
+            }
+            Err(_) => {
+                return Err(StoreError::Backend(
+                    "PostgreSQL did not answer within 10 s".into(),
+                ));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             // No ping before every checkout: it cost a round trip per transaction (a tenth

@@ -32,25 +32,31 @@ pub struct ConfigArgs {
     /// [default: the data directory's sori.db].
     #[arg(long, env = "SORI_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
-    /// Listen address [default: 127.0.0.1:8080].
-    #[arg(long, env = "SORI_LISTEN", global = true)]
-    pub listen: Option<String>,
     /// Log format [default: text].
     #[arg(long, env = "SORI_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Open API requests per second per access key, 0 for unlimited [default: 1000].
-    #[arg(long, env = "SORI_RATE_LIMIT", global = true)]
-    pub rate_limit: Option<u32>,
-    /// Open API burst per access key [default: 2000].
-    #[arg(long, env = "SORI_RATE_BURST", global = true)]
-    pub rate_burst: Option<u32>,
     /// User writer shards: write batches in flight at once (default 1 on SQLite, one per
     /// two cores on PostgreSQL).
     #[arg(long, env = "SORI_WRITER_SHARDS", global = true)]
     pub writer_shards: Option<usize>,
+}
+
+/// Options of `sori serve` only (each also reads `SORI_<NAME>`): the other commands do not
+/// listen, so they do not accept these.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "SORI_LISTEN")]
+    pub listen: Option<String>,
+    /// Open API requests per second per access key, 0 for unlimited [default: 1000].
+    #[arg(long, env = "SORI_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Open API burst per access key [default: 2000].
+    #[arg(long, env = "SORI_RATE_BURST")]
+    pub rate_burst: Option<u32>,
     /// Serve `POST /_noop`, the benchmarks' baseline endpoint (off by default: it is of no
     /// use to anyone else).
-    #[arg(long, env = "SORI_BENCH_ENDPOINTS", global = true)]
+    #[arg(long, env = "SORI_BENCH_ENDPOINTS")]
     pub bench_endpoints: bool,
 }
 
@@ -120,14 +126,15 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Merges defaults, the TOML file and the flags/environment.
-    pub fn load(args: &ConfigArgs) -> anyhow::Result<Self> {
+    /// Merges defaults, the TOML file and the flags/environment (`serve` holds the serve
+    /// command's own flags; the other commands pass the default).
+    pub fn load(args: &ConfigArgs, serve: &ServeArgs) -> anyhow::Result<Self> {
         let file = match &args.config {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
         };
         let d = Config::default();
-        let listen = args.listen.clone().or(file.listen).unwrap_or(d.listen);
+        let listen = serve.listen.clone().or(file.listen).unwrap_or(d.listen);
         listen.parse::<SocketAddr>().with_context(|| {
             format!("listen address `{listen}` is not host:port (e.g. 127.0.0.1:8080)")
         })?;
@@ -140,14 +147,14 @@ impl Config {
             database_url: args.database_url.clone().or(file.database_url),
             listen,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(d.rate_limit),
-            rate_burst: args.rate_burst.or(file.rate_burst).unwrap_or(d.rate_burst),
+            rate_limit: serve.rate_limit.or(file.rate_limit).unwrap_or(d.rate_limit),
+            rate_burst: serve.rate_burst.or(file.rate_burst).unwrap_or(d.rate_burst),
             max_body_bytes: file.max_body_bytes.unwrap_or(d.max_body_bytes),
             cookie_secure: file.cookie_secure.unwrap_or(d.cookie_secure),
             writer_shards: args.writer_shards.or(file.writer_shards),
             pg_max_connections: file.pg_max_connections.unwrap_or(d.pg_max_connections),
             owner_email: file.owner_email.unwrap_or(d.owner_email),
-            bench_endpoints: args.bench_endpoints,
+            bench_endpoints: serve.bench_endpoints,
         })
     }
 
@@ -209,26 +216,39 @@ mod tests {
             config: Some(f.clone()),
             ..Default::default()
         };
-        let c = Config::load(&args).expect("load");
+        let c = Config::load(&args, &ServeArgs::default()).expect("load");
         assert_eq!(c.listen, "127.0.0.1:9000");
         assert_eq!(c.rate_limit, 5);
         let args = ConfigArgs {
             config: Some(f),
+            ..Default::default()
+        };
+        let serve = ServeArgs {
             rate_limit: Some(7),
             ..Default::default()
         };
-        assert_eq!(Config::load(&args).expect("load").rate_limit, 7);
-        assert!(!Config::load(&args).expect("load").http().noop_endpoint);
-        let args = ConfigArgs {
+        assert_eq!(Config::load(&args, &serve).expect("load").rate_limit, 7);
+        assert!(
+            !Config::load(&args, &serve)
+                .expect("load")
+                .http()
+                .noop_endpoint
+        );
+        let serve = ServeArgs {
             bench_endpoints: true,
             ..Default::default()
         };
-        assert!(Config::load(&args).expect("load").http().noop_endpoint);
+        assert!(
+            Config::load(&ConfigArgs::default(), &serve)
+                .expect("load")
+                .http()
+                .noop_endpoint
+        );
         std::fs::write(dir.path().join("bad.toml"), "nope = 1").expect("write");
         let args = ConfigArgs {
             config: Some(dir.path().join("bad.toml")),
             ..Default::default()
         };
-        assert!(Config::load(&args).is_err());
+        assert!(Config::load(&args, &ServeArgs::default()).is_err());
     }
 }

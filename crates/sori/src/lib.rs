@@ -130,23 +130,33 @@ impl Running {
     /// Turns SIGTERM / Ctrl-C into a graceful shutdown. The handlers are installed before
     /// this returns, so a signal sent right after start-up is not lost.
     pub fn shutdown_on_signal(&mut self) -> anyhow::Result<()> {
-        #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = stop_signal()?;
         if let Some(tx) = self.shutdown.take() {
             tokio::spawn(async move {
-                #[cfg(unix)]
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                #[cfg(not(unix))]
-                let _ = tokio::signal::ctrl_c().await;
+                stop.await;
                 tracing::info!("shutting down");
                 let _ = tx.send(());
             });
         }
         Ok(())
     }
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so a long command can end cleanly (the server drains,
+/// an export removes its partial file). The SIGTERM handler is installed before this
+/// returns.
+pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// Opens the store, creates the default channel on an empty store, binds the listener and

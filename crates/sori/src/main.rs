@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 /// spent a quarter of the server's CPU on them under load.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use sori::config::{Config, ConfigArgs, LogFormat};
+use sori::config::{Config, ConfigArgs, LogFormat, ServeArgs};
 use sori::transfer::{Format, Kind};
 use sori_app::ChannelSpec;
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP server and background workers.
-    Serve,
+    Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage channels.
@@ -106,7 +106,9 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: in a log file or a journal they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -132,10 +134,14 @@ fn print_credentials(c: &sori_app::ChannelCredentials) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg = Config::load(&cli.config)?;
+    let serve = match &cli.command {
+        Command::Serve(serve) => serve.clone(),
+        _ => ServeArgs::default(),
+    };
+    let cfg = Config::load(&cli.config, &serve)?;
     init_logs(cfg.log_format);
     match cli.command {
-        Command::Serve => {
+        Command::Serve(_) => {
             let mut running = sori::start(&cfg).await?;
             running.shutdown_on_signal()?;
             if let Some(c) = &running.first_channel {
@@ -260,9 +266,15 @@ async fn main() -> anyhow::Result<()> {
                         .open(&partial)
                         .with_context(|| format!("creating {}", partial.display()))?;
                     let mut f = std::io::BufWriter::new(file);
-                    let done =
-                        sori::transfer::export(&app, &ch, kind, format, segment.as_deref(), &mut f)
-                            .await;
+                    let stop = sori::stop_signal()?;
+                    let done = tokio::select! {
+                        done = sori::transfer::export(
+                            &app, &ch, kind, format, segment.as_deref(), &mut f,
+                        ) => done,
+                        () = stop => Err(anyhow::anyhow!(
+                            "export interrupted; nothing written to {}", path.display()
+                        )),
+                    };
                     drop(f);
                     match done {
                         Ok(n) => {

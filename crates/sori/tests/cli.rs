@@ -76,7 +76,7 @@ fn channel_create_prints_credentials_as_json() {
 fn serve_prints_first_credentials_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = sori(dir.path())
-        .args(["--listen", "127.0.0.1:0", "serve"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -102,17 +102,21 @@ fn serve_prints_first_credentials_and_stops_on_sigterm() {
 
     // A second start on the same data does not create another channel.
     let out = sori(dir.path())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "channel",
-            "create",
-            "--name",
-            "Two",
-            "--json",
-        ])
+        .args(["channel", "create", "--name", "Two", "--json"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["channelId"], "2");
+
+    // Serve's own flags are refused by the other commands rather than ignored.
+    let out = sori(dir.path())
+        .args(["import", "users", "x.csv", "--rate-limit", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--rate-limit"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -400,7 +400,7 @@ z2,12345
 fn serve(db: &Db) -> (Child, String, Vec<String>) {
     let mut child = db
         .sori()
-        .args(["--listen", "127.0.0.1:0", "serve"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
