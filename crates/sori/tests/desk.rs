@@ -228,6 +228,9 @@ async fn masking_reveal_and_audit(b: Backend) {
     assert_eq!(r.status, 200);
     let csv = r.body.as_str().unwrap();
     assert!(csv.starts_with("id,memberId,name,tags"));
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert!(!header.contains(&"profile.name"), "name once: {header:?}");
+    assert!(header.contains(&"profile.email"), "{header:?}");
     assert!(
         csv.contains("aaa**@example.com") && !csv.contains("aaabb@example.com"),
         "{csv}"

@@ -251,7 +251,8 @@ pub(crate) fn push_csv_row(out: &mut String, v: &Value, columns: &[String]) {
     out.push('\n');
 }
 
-/// Columns of a user CSV export: the main built-ins, then every registered profile field.
+/// Columns of a user CSV export: the main built-ins, then every other registered profile
+/// field (`name` is both a built-in column and a profile field, and is shown once).
 pub(crate) fn user_columns(fields: &[sori_domain::ProfileField]) -> Vec<String> {
     let base = [
         "id",
@@ -265,7 +266,12 @@ pub(crate) fn user_columns(fields: &[sori_domain::ProfileField]) -> Vec<String> 
         "updatedAt",
     ];
     let mut columns: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
-    columns.extend(fields.iter().map(|f| format!("profile.{}", f.key.as_str())));
+    columns.extend(
+        fields
+            .iter()
+            .filter(|f| !base.contains(&f.key.as_str()))
+            .map(|f| format!("profile.{}", f.key.as_str())),
+    );
     columns
 }
 
