@@ -430,7 +430,11 @@
     }
     return locks.request('sori:new-visitor', function () {
       body.veilId = loadVeil() || undefined;
-      return send();
+      // Stored before the lock is released, so the next tab finds it.
+      return send().then(function (data) {
+        if (data && data.veilId) saveVeil(data.veilId);
+        return data;
+      });
     });
   }
 

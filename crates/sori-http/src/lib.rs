@@ -143,6 +143,8 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/desk/v1/users", get(du::list))
         .route("/desk/v1/users/{id}", get(du::get).patch(du::patch))
         .route("/desk/v1/users/{id}/reveal", post(du::reveal))
+        .route("/desk/v1/users/{id}/events", get(du::events))
+        .route("/desk/v1/events/catalog", get(du::catalog))
         .route("/desk/v1/audit/reveals", get(du::reveals))
         .route("/desk/v1/exports/users.csv", get(du::export))
         .route("/desk/v1/fields", get(ds::all_fields))

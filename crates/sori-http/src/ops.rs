@@ -270,6 +270,7 @@ impl utoipa::Modify for Security {
         crate::desk::settings::get_channel, crate::desk::settings::patch_channel,
         crate::desk::users::list, crate::desk::users::get, crate::desk::users::patch, crate::desk::users::reveal,
         crate::desk::users::reveals, crate::desk::users::export,
+        crate::desk::users::events, crate::desk::users::catalog,
         crate::desk::settings::all_fields, crate::desk::settings::set_sensitive,
         crate::desk::settings::list_fields, crate::desk::settings::create_field, crate::desk::settings::update_field,
         crate::desk::settings::delete_field,

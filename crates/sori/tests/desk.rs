@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Backend, spawn_app};
+use common::{Backend, segment, spawn_app};
 use reqwest::Method;
 use serde_json::json;
 
@@ -547,7 +547,101 @@ async fn export_pages_through_every_user(b: Backend) {
     assert_eq!(ids.len(), 512);
 }
 
+/// The console reads a user's timeline and the channel's event catalog.
+async fn user_events_and_catalog(b: Backend) {
+    let app = spawn_app(b).await;
+    let owner = app
+        .login(&app.creds.owner.email, &app.creds.owner.password)
+        .await;
+    // Three days in a row, ending yesterday (inside the default 90-day retention).
+    let today = jiff::Timestamp::now().as_millisecond() / 86_400_000 * 86_400_000;
+    let day = |d: i64| today - (4 - d) * 86_400_000;
+    let batch = ["Signup", "Purchase", "Purchase"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({"type": "track", "userId": "m-1", "event": name,
+                "properties": {"revenue": 1000 * (i + 1)},
+                "timestamp": jiff::Timestamp::from_millisecond(day(i as i64 + 1)).unwrap().to_string()})
+        })
+        .collect::<Vec<_>>();
+    let r = segment(&app, "/v1/batch", json!({ "batch": batch })).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let id = app.member("m-1").await["id"].as_str().unwrap().to_owned();
+    let page = app
+        .desk(
+            &owner,
+            Method::GET,
+            &format!("/desk/v1/users/{id}/events?limit=2"),
+            None,
+        )
+        .await;
+    assert_eq!(page.status, 200, "{:?}", page.body);
+    let names: Vec<_> = page.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["createdAt"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("Purchase", day(3)), ("Purchase", day(2))]);
+    let next = page.body["next"].as_str().unwrap().to_owned();
+    let rest = app
+        .desk(
+            &owner,
+            Method::GET,
+            &format!("/desk/v1/users/{id}/events?limit=2&since={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(rest.body["events"][0]["name"], "Signup");
+    assert!(rest.body["next"].is_null(), "{:?}", rest.body);
+    let bad = app
+        .desk(
+            &owner,
+            Method::GET,
+            &format!("/desk/v1/users/{id}/events?since=nope"),
+            None,
+        )
+        .await;
+    assert_eq!((bad.status, bad.error_field()), (400, "since"));
+    let missing = app
+        .desk(
+            &owner,
+            Method::GET,
+            "/desk/v1/users/0123456789abcdef01234567/events",
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+
+    let catalog = app
+        .desk(&owner, Method::GET, "/desk/v1/events/catalog", None)
+        .await;
+    assert_eq!(catalog.status, 200);
+    let purchase = catalog.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "Purchase")
+        .cloned()
+        .unwrap();
+    assert_eq!(purchase["count"], 2);
+    assert_eq!(purchase["revenue"], true);
+    assert_eq!(purchase["firstSeenAt"], day(2));
+    let anonymous = app
+        .raw(Method::GET, "/desk/v1/events/catalog", &[], vec![])
+        .await;
+    assert_eq!(anonymous.status, 401);
+    app.stop().await;
+}
+
 both!(
+    user_events_and_catalog,
     export_pages_through_every_user,
     login_session_and_csrf,
     masking_reveal_and_audit,

@@ -9,8 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine;
-use common::{Backend, TestApp, spawn_app};
+use common::{Backend, TestApp, basic, segment, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -267,27 +266,6 @@ async fn open_api_events(b: Backend) {
         .await;
     assert_eq!(r.status, 404);
     app.stop().await;
-}
-
-fn basic(write_key: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
-    )
-}
-
-async fn segment(app: &TestApp, path: &str, body: Value) -> common::Reply {
-    let auth = basic(&app.creds.write_key);
-    app.raw(
-        Method::POST,
-        path,
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        body.to_string().into_bytes(),
-    )
-    .await
 }
 
 async fn segment_api(b: Backend) {

@@ -10,8 +10,7 @@
 
 mod common;
 
-use base64::Engine;
-use common::{Backend, TestApp, spawn_app};
+use common::{Backend, TestApp, basic, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -220,13 +219,6 @@ fn filter() -> Value {
         {"or": [{"key": "member", "operator": "$eq", "values": [true]}]},
         {"or": [{"key": "tags", "operator": "$in", "values": ["vip"]}]}
     ]}})
-}
-
-fn basic(write_key: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
-    )
 }
 
 /// What a rejected request must not have changed: users (whole records), events, profile

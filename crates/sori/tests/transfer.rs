@@ -8,7 +8,6 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use base64::Engine;
 use common::{Backend, fresh_pg_database};
 use serde_json::{Value, json};
 
@@ -431,11 +430,7 @@ fn key(keys: &[String], name: &str) -> String {
 
 /// The Segment API's Basic authorization for a `serve` child's write key.
 fn segment_auth(keys: &[String]) -> String {
-    let write = key(keys, "writeKey");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{write}:"))
-    )
+    common::basic(&key(keys, "writeKey"))
 }
 
 /// `GET base+path` on the Open API of a `serve` child, with the keys it printed.

@@ -20,6 +20,7 @@ use super::Desk;
 use crate::AppState;
 use crate::body::{JsonBody, Paging};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::open::events::{Catalog, EventsPage};
 use crate::open::users::users_page;
 use crate::views::{MaskSet, UserView, UsersPage, value_at};
 
@@ -99,6 +100,36 @@ pub async fn get(
     Ok(Json(MaskedUser {
         user: masked(ch, u, &mask_set(&state, ch).await?),
     }))
+}
+
+/// One user's events, newest first, paged like the Open API's timeline.
+#[utoipa::path(get, path = "/desk/v1/users/{userId}/events", tag = "desk",
+    params(("userId" = String, Path), ("since" = Option<String>, Query),
+        ("limit" = Option<u32>, Query),
+        ("sortOrder" = Option<String>, Query, description = "desc (default) or asc")),
+    responses((status = 200, body = EventsPage), (status = 404, body = ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    Desk(ctx): Desk,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<EventsPage>> {
+    ctx.require(Permission::ContactsRead)?;
+    let ch = ctx.channel.channel.id;
+    let u = load(&state, ch, &id).await?;
+    crate::open::events::timeline(&state, ch, &u.id, q)
+        .await
+        .map(Json)
+}
+
+/// The channel's event names with counts and first/last times, for the filter builder.
+#[utoipa::path(get, path = "/desk/v1/events/catalog", tag = "desk",
+    responses((status = 200, body = Catalog), (status = 403, body = ErrorBody)))]
+pub async fn catalog(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResult<Json<Catalog>> {
+    ctx.require(Permission::ContactsRead)?;
+    crate::open::events::catalog_of(&state, ctx.channel.channel.id)
+        .await
+        .map(Json)
 }
 
 /// Changes profile values, tags, consent or the block flag.

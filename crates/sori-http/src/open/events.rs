@@ -223,28 +223,39 @@ pub async fn list(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
     Path(key): Path<String>,
-    Query(mut q): Query<HashMap<String, String>>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<EventsPage>> {
+    let user = super::users::find_by_key(&state, &ch, &key).await?;
+    timeline(&state, ch.channel.id, &user.id, q).await.map(Json)
+}
+
+/// A page of one user's events for a query of `since`, `limit` and `sortOrder` (the Open
+/// API's and the console's timelines).
+pub(crate) async fn timeline(
+    state: &AppState,
+    channel_id: i64,
+    user_id: &str,
+    mut q: HashMap<String, String>,
+) -> ApiResult<EventsPage> {
     let since = q.remove("since");
     let page = Paging::from_query(&Query(q))?;
     let cursor = since.as_deref().map(parse_cursor).transpose()?;
-    let user = super::users::find_by_key(&state, &ch, &key).await?;
     let events = state
         .app
         .store
         .user_events(
-            ch.channel.id,
-            &user.id,
+            channel_id,
+            user_id,
             cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
             page.fetch(),
             page.order == crate::body::SortOrder::Asc,
         )
         .await?;
     let (events, next) = page.split(events, |e| format!("{}-{}", e.created_at, e.id));
-    Ok(Json(EventsPage {
+    Ok(EventsPage {
         events: events.into_iter().map(EventView::of).collect(),
         next,
-    }))
+    })
 }
 
 /// Parses a `{createdAt}-{id}` cursor.
@@ -286,8 +297,13 @@ pub async fn catalog(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
 ) -> ApiResult<Json<Catalog>> {
-    let entries = state.app.store.event_catalog(ch.channel.id).await?;
-    Ok(Json(Catalog {
+    catalog_of(&state, ch.channel.id).await.map(Json)
+}
+
+/// A channel's catalog (the Open API's, and the console's for its filter builder).
+pub(crate) async fn catalog_of(state: &AppState, channel_id: i64) -> ApiResult<Catalog> {
+    let entries = state.app.store.event_catalog(channel_id).await?;
+    Ok(Catalog {
         events: entries
             .into_iter()
             .map(|e: CatalogEntry| CatalogView {
@@ -298,7 +314,7 @@ pub async fn catalog(
                 revenue: e.revenue,
             })
             .collect(),
-    }))
+    })
 }
 
 /// One recorded merge.

@@ -266,3 +266,27 @@ impl TestApp {
         }
     }
 }
+
+/// The Segment API's Basic authorization for a write key.
+pub fn basic(write_key: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
+    )
+}
+
+/// `POST` of a JSON body to a Segment path (`/v1/batch`, …) with the channel's write key.
+pub async fn segment(app: &TestApp, path: &str, body: Value) -> Reply {
+    let auth = basic(&app.creds.write_key);
+    app.raw(
+        Method::POST,
+        path,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().into_bytes(),
+    )
+    .await
+}
