@@ -566,6 +566,107 @@ async function run(browser, pagesOrigin) {
     return `both tabs booted as ${boots[0].user.id}`;
   });
 
+  // A page of its own in a fresh browser (empty localStorage): a first visit.
+  async function firstVisit(path = '/shop/fresh') {
+    const c = await browser.newContext();
+    const p = await c.newPage();
+    watch(p);
+    await p.goto(`${pagesOrigin}${path}`);
+    return [c, p];
+  }
+
+  step('12 a boot replaced before it answered hands its visitor to the next', async () => {
+    const [c, p] = await firstVisit();
+    // Boots reach the server 300 ms late, so the member's boot (sign-in right after load)
+    // is made while the anonymous one is on its way. The anonymous boot records the
+    // PageView and the member's records none: the member's PageView can only come from
+    // the first boot's visitor.
+    await p.route('**/sdk/v1/boot', async (route) => {
+      await new Promise((r) => setTimeout(r, 300));
+      await route.continue();
+    });
+    const results = await p.evaluate(
+      ([pk, hash]) =>
+        new Promise((resolve) => {
+          const out = {};
+          window.Sori('boot', { pluginKey: pk }, (e) => {
+            out.first = e ? e.message : null;
+          });
+          window.Sori('track', 'BetweenSignIn');
+          setTimeout(() => {
+            window.Sori(
+              'boot',
+              { pluginKey: pk, memberId: 'late-member', memberHash: hash, trackDefaultEvent: false },
+              (e, u) => {
+                out.second = e ? e.message : null;
+                out.user = u && u.id;
+                resolve(out);
+              },
+            );
+          }, 50);
+        }),
+      [PLUGIN_KEY, memberHash('late-member')],
+    );
+    assert.equal(results.first, 'boot replaced by a later boot', 'first callback');
+    assert.equal(results.second, null, 'second boot');
+    const list = await eventsWith(results.user, 'BetweenSignIn');
+    assert.equal(named(list, 'PageView').length, 1, "the first boot's PageView is the member's");
+    const member = await getUser(results.user);
+    assert.equal(member.memberId, 'late-member');
+    assert.equal(member.web.sessionsCount, 1, 'one visit');
+    await c.close();
+    return `member ${results.user}: ${list.map((e) => e.name).join(',')}`;
+  });
+
+  step('13 calls made as the page is left are all sent', async () => {
+    const [c, p] = await firstVisit();
+    const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
+    assert.equal(boot.error, null, 'boot error');
+    await p.evaluate(() => {
+      window.Sori('track', 'LeaveOne');
+      window.Sori('track', 'LeaveTwo');
+      window.Sori('track', 'LeaveThree');
+      location.href = '/shop/second';
+    });
+    await p.waitForURL('**/shop/second');
+    const list = await eventsWith(boot.user.id, 'LeaveThree');
+    assert.deepEqual(
+      ['LeaveOne', 'LeaveTwo', 'LeaveThree'].filter((n) => named(list, n).length === 1),
+      ['LeaveOne', 'LeaveTwo', 'LeaveThree'],
+    );
+    await c.close();
+    return 'three tracks made on leaving stored';
+  });
+
+  step('14 a refused boot keeps the running session', async () => {
+    const [c, p] = await firstVisit();
+    const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
+    assert.equal(boot.error, null, 'boot error');
+    const bad = await sdkCall(p, 'boot', { pluginKey: '' });
+    assert.equal(bad.error && bad.error.message, 'pluginKey is required');
+    await sdk(p, 'track', 'AfterRefusedBoot');
+    await eventsWith(boot.user.id, 'AfterRefusedBoot');
+    await c.close();
+    return 'track after a refused boot stored';
+  });
+
+  step('15 a boot answered 200 with something other than JSON fails', async () => {
+    const [c, p] = await firstVisit();
+    await p.route('**/sdk/v1/boot', (route) =>
+      route.fulfill({
+        status: 200,
+        headers: { 'access-control-allow-origin': '*' },
+        contentType: 'text/html',
+        body: '<html>captive portal</html>',
+      }),
+    );
+    const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.ok(boot.error, 'the callback hears an error');
+    assert.equal(boot.user, null);
+    await c.close();
+    return `boot error: ${boot.error.message}`;
+  });
+
   for (const [name, fn] of steps) {
     try {
       const summary = await fn();

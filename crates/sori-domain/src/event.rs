@@ -196,6 +196,12 @@ pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, I
     if trimmed.chars().any(char::is_control) {
         return Err(Invalid::one(path, "must not contain control characters"));
     }
+    if !trimmed.chars().any(shows) {
+        return Err(Invalid::one(
+            path,
+            "must not be blank (it has only characters that do not show)",
+        ));
+    }
     if by_client && looks_reserved(trimmed) {
         return Err(Invalid::one(
             path,
@@ -205,24 +211,30 @@ pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, I
     Ok(trimmed.to_owned())
 }
 
-/// Whether `name` reads as a reserved name once the characters that show nothing are
-/// left out: format characters (U+200B, U+FEFF, joiners, direction marks), combining
-/// marks (U+FE0F, U+034F) and the Hangul fillers. Such a name would pass for the system's
-/// own `MarketingGoal` in the catalog and the timeline. Names are otherwise free to hold
-/// them (emoji sequences need joiners, a flag needs tag characters).
-fn looks_reserved(name: &str) -> bool {
+/// Whether `c` shows on screen: not white space, and none of format characters (U+200B,
+/// U+FEFF, U+00AD, joiners, direction marks), combining marks (U+FE0F, U+034F) or the
+/// Hangul fillers. A name or key of such characters only would list as a blank in the
+/// catalog, the timeline and the filter builder.
+fn shows(c: char) -> bool {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
-    let shown = || {
-        name.chars().filter(|c| {
-            !matches!(
-                c.general_category(),
-                GeneralCategory::Format
-                    | GeneralCategory::NonspacingMark
-                    | GeneralCategory::EnclosingMark
-            ) && !matches!(c, '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}')
-        })
-    };
-    RESERVED.iter().any(|r| r.chars().eq(shown()))
+    !c.is_whitespace()
+        && !matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::NonspacingMark
+                | GeneralCategory::EnclosingMark
+        )
+        && !matches!(c, '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}')
+}
+
+/// Whether `name` reads as a reserved name once the characters that show nothing are
+/// left out (see [`shows`]): such a name would pass for the system's own `MarketingGoal`
+/// in the catalog and the timeline. Names are otherwise free to hold them (emoji
+/// sequences need joiners, a flag needs tag characters).
+fn looks_reserved(name: &str) -> bool {
+    RESERVED
+        .iter()
+        .any(|r| r.chars().eq(name.chars().filter(|&c| shows(c))))
 }
 
 /// Checks a page value.
@@ -373,7 +385,7 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
             errs.push(p(), "key must not contain control characters");
             continue;
         }
-        if k.trim().is_empty() {
+        if !k.chars().any(shows) {
             errs.push(p(), "key must not be blank");
             continue;
         }
@@ -495,6 +507,21 @@ mod tests {
             (e.0[0].field.as_str(), e.0[0].message.as_str()),
             ("name", "is required")
         );
+        // Names and keys of characters that show nothing are blank too.
+        for blank in [
+            "\u{200b}",
+            "\u{3164}",
+            "\u{feff}",
+            "\u{200b}\u{200b}",
+            "\u{ad}",
+            "\u{fe0f}",
+        ] {
+            let e = check(json!({ "name": blank })).unwrap_err();
+            assert_eq!(e.0[0].field, "name", "{blank:?}");
+            let e = check(json!({"name": "A", "property": { blank: 1 }})).unwrap_err();
+            assert_eq!(e.0[0].message, "key must not be blank", "{blank:?}");
+        }
+        assert!(check(json!({"name": "👩\u{200d}💻", "property": {"a\u{200b}": 1}})).is_ok());
     }
 
     #[test]

@@ -38,10 +38,12 @@
   // 'idle' (never booted), 'booting', 'booted', 'off' (shut down or boot failed).
   var state = 'idle';
   var generation = 0; // bumped by every boot and shutdown; stale responses are ignored
+  var shutdowns = 0; // tells a boot replaced by a later boot from one ended by shutdown
   // Calls made while no session exists yet (before the first boot, or while a boot is on
   // its way, also one that replaced an earlier boot): sent once a boot succeeds.
   var pending = [];
-  var chain = Promise.resolve(); // every request runs in call order on this chain
+  var queue = []; // requests waiting their turn: one runs at a time, in call order
+  var running = false;
   var pageOverride = null;
   var spa = { tracking: false, installed: false, lastHref: null, pending: false };
   var memoryVeil = null;
@@ -163,10 +165,17 @@
       function (res) {
         return res.text().then(function (text) {
           var data = null;
+          var parsed = true;
           try {
             data = text ? JSON.parse(text) : null;
           } catch (e) {
-            data = null;
+            parsed = false;
+          }
+          // A 2xx that is not Sori's JSON came from something in between (a captive
+          // portal, a proxy's page): taking it as success would leave the SDK without
+          // a session.
+          if (res.ok && (!parsed || (data !== null && typeof data !== 'object'))) {
+            throw sdkError('unexpected answer from ' + path + ' (not JSON)', res.status);
           }
           if (!res.ok) {
             var err = sdkError((data && data.message) || 'HTTP ' + res.status, res.status);
@@ -185,13 +194,41 @@
     );
   }
 
-  // Appends a task to the request chain. A failed task never stops the ones after it.
+  // Appends a task to the request queue. A failed task never stops the ones after it.
   function enqueue(task) {
-    chain = chain.then(task).catch(function (e) {
-      warn(e && e.message ? e.message : String(e));
-    });
-    return chain;
+    queue.push(task);
+    pump();
   }
+
+  function runTask(task) {
+    return Promise.resolve()
+      .then(task)
+      .catch(function (e) {
+        warn(e && e.message ? e.message : String(e));
+      });
+  }
+
+  function pump() {
+    if (running || !queue.length) return;
+    running = true;
+    runTask(queue.shift()).then(function () {
+      running = false;
+      pump();
+    });
+  }
+
+  // A page being left cannot wait for each request's answer before sending the next:
+  // only the request on its way would survive the unload. Everything queued is sent at
+  // once instead (events with keepalive), in call order.
+  function flushQueue() {
+    var tasks = queue;
+    queue = [];
+    tasks.forEach(runTask);
+  }
+  w.addEventListener('pagehide', flushQueue);
+  document.addEventListener('visibilitychange', function () {
+    if (document.visibilityState === 'hidden') flushQueue();
+  });
 
   // Runs `send(token)` with the session token once one exists:
   // - booted: now (in order), with the current token;
@@ -299,36 +336,54 @@
   // ---------------------------------------------------------------- methods
 
   function boot(option, cb) {
-    if (state === 'booting' || state === 'booted') endSession();
+    // A refused boot leaves the running session as it was.
     if (!option || typeof option !== 'object' || !option.pluginKey) {
       warn('boot needs { pluginKey }');
       safeCall(cb, sdkError('pluginKey is required', 0), null);
       return;
     }
+    if (state === 'booting' || state === 'booted') endSession();
 
     var gen = ++generation;
+    var shutdownsThen = shutdowns;
     state = 'booting';
     session.pluginKey = option.pluginKey;
     session.options = option;
-    session.veilId = loadVeil();
-    var body = bootBody(option, session.veilId);
+    var body = bootBody(option, null);
 
     // The server records the boot's own PageView; later URL changes are ours to send.
     spa.tracking = body.trackDefaultEvent;
     spa.lastHref = hrefWithoutHash();
     if (spa.tracking) installSpaHooks();
 
+    // Why a boot's answer is not used: a later boot or a shutdown came first.
+    var cancelled = function () {
+      return sdkError(
+        shutdowns !== shutdownsThen ? 'boot cancelled by shutdown' : 'boot replaced by a later boot',
+        0
+      );
+    };
     enqueue(function () {
       if (gen !== generation) {
-        safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
+        safeCall(cb, cancelled(), null);
         return;
       }
+      // Read when sent, not when called: a boot that waited for an earlier one (an
+      // anonymous boot, then the member's after sign-in) continues the visitor that one
+      // created, so the member gets its history instead of leaving it behind.
+      body.veilId = loadVeil() || undefined;
+      session.veilId = body.veilId || null;
       return asOneVisitor(body, function () {
-        return requestBoot(body);
+        return requestBoot(body).then(function (data) {
+          if (typeof data.session !== 'string') throw sdkError('boot answer without a session', 0);
+          return data;
+        });
       }).then(
         function (data) {
           if (gen !== generation) {
-            safeCall(cb, sdkError('boot cancelled by shutdown', 0), null);
+            // Replaced by a later boot: that boot is this visitor's, so it takes the id.
+            if (shutdowns === shutdownsThen && data.veilId) saveVeil(data.veilId);
+            safeCall(cb, cancelled(), null);
             return;
           }
           state = 'booted';
@@ -489,6 +544,7 @@
   }
 
   function shutdown() {
+    shutdowns++;
     endSession();
     dropPending();
   }

@@ -96,7 +96,7 @@ fn user_agent(h: &HeaderMap) -> Option<String> {
 }
 
 /// The user as the browser may see it. A member's personal data (profile, name, tags,
-/// place) is shown only when the channel requires member hashes: otherwise anyone holding
+/// place, browser id) is shown only when the channel requires member hashes: otherwise anyone holding
 /// the public plugin key could boot as a known memberId and read that customer's data.
 fn browser_view(ch: &ChannelInfo, u: sori_domain::User) -> UserView {
     let hide = u.member() && !ch.channel.member_hash_required;
@@ -107,6 +107,9 @@ fn browser_view(ch: &ChannelInfo, u: sori_domain::User) -> UserView {
         v.tags = Vec::new();
         v.city = None;
         v.country = None;
+        // The browser id the member signed in from: with it, anyone could boot as the
+        // anonymous user that browser uses after a logout and read what it holds.
+        v.veil_id = None;
     }
     v
 }

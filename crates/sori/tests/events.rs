@@ -963,6 +963,18 @@ async fn sdk_rules(b: Backend) {
     assert_eq!(r.body["user"]["profile"], json!({}));
     assert!(r.body["user"].get("name").is_none());
     assert_eq!(r.body["user"]["tags"], json!([]), "{:?}", r.body);
+    // Nor the browser id a member signed in from: with it, anyone could boot as the
+    // anonymous user that browser uses after a logout and read what it holds.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "victim-veil", "memberId": "signed"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = boot(&app, json!({"pluginKey": pk, "memberId": "signed"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.body["user"].get("veilId").is_none(), "{:?}", r.body);
+    assert_ne!(r.body["veilId"], "victim-veil", "{:?}", r.body);
 
     // Member hashes, once required, are checked and a failure writes nothing.
     let r = app
