@@ -26,7 +26,7 @@ pub fn ingest_of(
                 retention.check(&field_path(prefix, call.time_field), call.at),
                 input
                     .check(prefix, new_id(), call.at, source, None)
-                    .map_err(|e| segment_names(prefix, call.kind, e)),
+                    .map_err(|e| segment_names(prefix, call.page_field, e)),
             )?;
             e.message_id.clone_from(&call.message_id);
             Some(e)
@@ -64,20 +64,14 @@ pub fn ingest_of(
     })
 }
 
-/// Renames Sori's event fields in errors to the Segment fields the client sent.
-fn segment_names(prefix: &str, kind: Kind, e: Invalid) -> Invalid {
+/// Renames Sori's event fields in errors to the Segment fields the client sent
+/// (`page_field`: where the page came from).
+fn segment_names(prefix: &str, page_field: &str, e: Invalid) -> Invalid {
     let at = |f| field_path(prefix, f);
     let renames = [
         (at("name"), at("event")),
         (at("property"), at("properties")),
-        (
-            at("page"),
-            at(if kind == Kind::Screen {
-                "name"
-            } else {
-                "context.page.url"
-            }),
-        ),
+        (at("page"), at(page_field)),
     ];
     Invalid(
         e.0.into_iter()

@@ -79,9 +79,10 @@ pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
     let mut errs = Errors::default();
     let member_id = match o.get("memberId") {
         Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
+        // Digits of an integer; other numbers have lost digits on the way (as in Segment).
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         _ => {
-            errs.push("memberId", "is required (a string or a number)");
+            errs.push("memberId", "is required (a string or an integer)");
             None
         }
     };
@@ -99,6 +100,11 @@ pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
     };
     let created_at = not_future("createdAt");
     let last_seen_at = not_future("lastSeenAt");
+    if let (Some(c), Some(l)) = (created_at, last_seen_at)
+        && l < c
+    {
+        errs.push("lastSeenAt", "must not be before createdAt");
+    }
     let mut body = Map::new();
     for (k, v) in o {
         match k.as_str() {
@@ -139,7 +145,7 @@ pub fn event_line(v: &Value) -> Result<EventLine, Invalid> {
     let mut errs = Errors::default();
     let id = |k: &str| match o.get(k) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         _ => None,
     };
     let owner = match (id("memberId"), id("userId")) {
@@ -486,6 +492,28 @@ mod tests {
             let l = user_line(&json!({"memberId": "m", k: NOW + 1000}), NOW).unwrap();
             assert_eq!(l.created_at.or(l.last_seen_at), Some(NOW));
         }
+    }
+
+    #[test]
+    fn a_user_line_cannot_be_seen_before_it_was_created_or_have_a_lossy_id() {
+        let e = user_line(
+            &json!({"memberId": "m", "createdAt": 2_000, "lastSeenAt": 1_000}),
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.0[0].field.as_str(), e.0[0].message.as_str()),
+            ("lastSeenAt", "must not be before createdAt")
+        );
+        assert!(user_line(&json!({"memberId": 42}), NOW).is_ok());
+        let e = user_line(&json!({"memberId": 1e3}), NOW).unwrap_err();
+        assert_eq!(e.0[0].field, "memberId");
+        let e = user_line(
+            &json!({"memberId": "m", "createdAt": "2026-11-01T00:00:00+24:00"}),
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.0[0].field, "createdAt");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct Call {
     /// The field `at` was read from (`timestamp` or `originalTimestamp`), to name in an
     /// error about the time.
     pub time_field: &'static str,
+    /// The field the event's page was read from (`context.page.url`, a page call's
+    /// `properties.url`, a screen's `name`), to name in an error about the page.
+    pub page_field: &'static str,
     /// `(profile key, path in the message)` for every profile value the call sets
     /// (`firstName` ← `traits.first_name`, `utmSource` ← `context.campaign.source`).
     pub origins: Vec<(String, String)>,
@@ -93,14 +96,20 @@ pub fn parse(
     };
     let kind = match kind {
         Some(k) => k,
-        None => match m.get("type").and_then(Value::as_str) {
-            Some(t) => Kind::parse(t).ok_or_else(|| {
+        None => match m.get("type") {
+            Some(Value::String(t)) => Kind::parse(t).ok_or_else(|| {
                 Invalid::one(
                     at("type"),
                     format!("`{t}` is not supported (identify, track, page, screen)"),
                 )
             })?,
-            None => return Err(Invalid::one(at("type"), "is required")),
+            None | Some(Value::Null) => return Err(Invalid::one(at("type"), "is required")),
+            Some(other) => {
+                return Err(Invalid::one(
+                    at("type"),
+                    format!("must be a string, got {}", value::kind(other)),
+                ));
+            }
         },
     };
     let mut errs = Errors::default();
@@ -247,6 +256,7 @@ pub fn parse(
         .and_then(Value::as_str)
         .map(str::to_owned);
     let app = app_of(context);
+    let mut page_field = "context.page.url";
     // The message is not read after this: its event parts move out rather than copy.
     let event = match kind {
         Kind::Identify => None,
@@ -255,20 +265,27 @@ pub fn parse(
             property: m.remove("properties"),
             page: ctx_page,
         }),
-        Kind::Screen => Some(EventInput {
-            name: Value::String(PAGE_VIEW.into()),
-            property: m.remove("properties"),
-            page: m.remove("name").map(event::clip_page_value),
-        }),
+        Kind::Screen => {
+            page_field = "name";
+            Some(EventInput {
+                name: Value::String(PAGE_VIEW.into()),
+                property: m.remove("properties"),
+                page: m.remove("name").map(event::clip_page_value),
+            })
+        }
         Kind::Page => {
             let mut props = m.remove("properties");
-            let url = props
+            let url = match props
                 .as_ref()
                 .and_then(|p| p.get("url"))
                 .filter(|u| u.is_string())
-                .cloned()
-                .map(event::clip_page_value)
-                .or(ctx_page);
+            {
+                Some(u) => {
+                    page_field = "properties.url";
+                    Some(event::clip_page_value(u.clone()))
+                }
+                None => ctx_page,
+            };
             // Libraries fill these from the browser (analytics.js: `path`, `referrer`,
             // `search`, `title`, `url`); a long one is cut, not a reason to lose the page.
             if let Some(Value::Object(p)) = props.as_mut() {
@@ -303,6 +320,7 @@ pub fn parse(
         event,
         at: when,
         time_field,
+        page_field,
         origins,
         message_id,
         user_agent,
@@ -378,7 +396,18 @@ fn id_field(
             None
         }
         Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
+        // An integer id is its digits; any other number (`1e3`, `12.5`, digits past 64
+        // bits) reaches us as a float whose text is not what the client had, so two
+        // customers could end up with one id.
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Some(Value::Number(_)) => {
+            errs.push(
+                at(key),
+                "must be a string or an integer (a number with a fraction, an exponent or \
+                 over 64 bits loses digits; send it as a string)",
+            );
+            None
+        }
         Some(other) => {
             errs.push(
                 at(key),
@@ -431,24 +460,34 @@ const TIMES: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 /// An ISO-8601 time or epoch milliseconds, from 1970 to 9999.
 pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
     match v {
-        Value::String(s) => match s.parse::<jiff::Timestamp>() {
-            Ok(t) if TIMES.contains(&t.as_millisecond()) => Some(t.as_millisecond()),
-            Ok(_) => {
+        Value::String(s) => match value::parse_instant(s) {
+            Some(t) if TIMES.contains(&t.as_millisecond()) => Some(t.as_millisecond()),
+            Some(_) => {
                 errs.push(path, "must be a time between 1970 and 9999");
                 None
             }
-            Err(_) => {
+            None => {
                 errs.push(
                     path,
-                    "must be an ISO-8601 time with an offset, or epoch milliseconds",
+                    "must be an ISO-8601 time with an offset (at most ±23:59), or epoch \
+                     milliseconds",
                 );
                 None
             }
         },
-        Value::Number(n) => match n.as_i64() {
+        // A whole number written as a float (`1793000000000.0`, `1.793e12`) is the same time.
+        Value::Number(n) => match n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }) {
             Some(ms) if TIMES.contains(&ms) => Some(ms),
-            _ => {
+            Some(_) => {
                 errs.push(path, "must be epoch milliseconds between 1970 and 9999");
+                None
+            }
+            None => {
+                errs.push(path, "must be whole epoch milliseconds");
                 None
             }
         },

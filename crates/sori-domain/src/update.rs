@@ -169,6 +169,14 @@ pub fn check_member_id(s: &str) -> Result<(), Invalid> {
     if s.contains('\0') {
         return Err(Invalid::one("memberId", value::NUL_REJECTED));
     }
+    // A line break or escape in an id is a bug upstream, and one that would show as a
+    // different id in every CSV and log line.
+    if s.chars().any(char::is_control) {
+        return Err(Invalid::one(
+            "memberId",
+            "must not contain control characters",
+        ));
+    }
     if s.chars().count() > MAX_MEMBER_ID_CHARS {
         return Err(Invalid::one(
             "memberId",

@@ -143,14 +143,25 @@ fn to_millis(v: &Value) -> Result<i64, String> {
             Timestamp::from_millisecond(ms).map_err(|_| "timestamp out of range".to_owned())?;
             Ok(ms)
         }
-        Value::String(s) => s
-            .parse::<Timestamp>()
+        Value::String(s) => parse_instant(s)
             .map(|t| t.as_millisecond())
-            .map_err(|_| format!("`{s}` is not a datetime; use epoch milliseconds or RFC 3339")),
+            .ok_or_else(|| format!("`{s}` is not a datetime; use epoch milliseconds or RFC 3339")),
         _ => Err(format!(
             "must be a datetime in epoch milliseconds, got {}",
             kind(v)
         )),
+    }
+}
+
+/// An RFC 3339 / ISO-8601 instant with an offset. jiff takes offsets up to ±25:59, where
+/// the standards stop at ±23:59: a larger one is a typo that would move the time by a day
+/// or more, so it is refused.
+pub fn parse_instant(s: &str) -> Option<Timestamp> {
+    use jiff::fmt::temporal::{Pieces, PiecesOffset};
+    let t = s.parse::<Timestamp>().ok()?;
+    match Pieces::parse(s).ok()?.offset() {
+        Some(PiecesOffset::Numeric(o)) if o.offset().seconds().abs() >= 86_400 => None,
+        _ => Some(t),
     }
 }
 

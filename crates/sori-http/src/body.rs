@@ -152,9 +152,24 @@ fn body_rejection(r: BytesRejection) -> ApiError {
 impl JsonBody {
     /// Deserializes a `PATCH` body into `T`, refusing one that names nothing to change
     /// (see [`require_fields`]).
+    ///
+    /// These settings cannot be cleared, so a `null` would be read as "not given" and the
+    /// call answered 200 for changing nothing: it is refused, naming the field.
     pub fn parse_patch<T: DeserializeOwned>(self) -> Result<T, ApiError> {
         require_fields(&self.0)?;
-        self.parse()
+        let null = self
+            .0
+            .as_object()
+            .and_then(|o| o.iter().find(|(_, v)| v.is_null()))
+            .map(|(k, _)| k.clone());
+        let parsed = self.parse()?;
+        match null {
+            Some(k) => Err(ApiError::field(
+                k,
+                "must not be null (this setting cannot be cleared; leave it out to keep it)",
+            )),
+            None => Ok(parsed),
+        }
     }
 
     /// Deserializes into `T`, naming the path of the first offending field.

@@ -145,9 +145,23 @@ pub(crate) fn gzip_bodies<S: Clone + Send + Sync + 'static>(
         tower::ServiceBuilder::new()
             .layer(axum::middleware::map_response(unsupported_encoding))
             .map_response(axum::response::IntoResponse::into_response)
+            .map_request(lowercase_encoding)
             .layer(tower_http::decompression::RequestDecompressionLayer::new())
             .option_layer(body_limit.map(axum::extract::DefaultBodyLimit::max)),
     )
+}
+
+/// Content codings are case-insensitive (RFC 9110 §8.4.1), and the decompression layer
+/// knows `gzip` only as written so: `GZIP` would be refused.
+fn lowercase_encoding<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    let enc = axum::http::header::CONTENT_ENCODING;
+    if let Some(v) = req.headers().get(&enc)
+        && v.as_bytes().iter().any(u8::is_ascii_uppercase)
+        && let Ok(lower) = axum::http::HeaderValue::from_bytes(&v.as_bytes().to_ascii_lowercase())
+    {
+        req.headers_mut().insert(enc, lower);
+    }
+    req
 }
 
 /// The request decompression layer refuses a `Content-Encoding` other than gzip with an

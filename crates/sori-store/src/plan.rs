@@ -238,6 +238,8 @@ pub fn plan_user_writes<'a>(
             }
         }
         let mut merge_from: Option<User> = None;
+        // An anonymous user taking a member id: a change even when nothing else is.
+        let mut became_member = false;
         let (mut base, created) = match &op.target {
             UserTarget::Id(id) => match users.get(&(ch, id.clone())) {
                 Some(u) => (u.clone(), false),
@@ -295,6 +297,7 @@ pub fn plan_user_writes<'a>(
                     (None, Some(a)) => {
                         let mut u = a.clone();
                         u.member_id.clone_from(member_id);
+                        became_member = u.member_id.is_some();
                         (u, false)
                     }
                     (None, None) => {
@@ -318,7 +321,8 @@ pub fn plan_user_writes<'a>(
             registry.insert(f.clone());
             plan.new_fields.push((ch, f));
         }
-        let identity_changed = applied.user.member_id != base.member_id || merge_from.is_some();
+        let identity_changed =
+            became_member || applied.user.member_id != base.member_id || merge_from.is_some();
         base = applied.user;
         let active = apply_activity(&mut base, &op.activity);
         let changed = applied.changed || active || identity_changed || created;
@@ -432,8 +436,14 @@ impl WritePlan<'_> {
 /// every one of its events carries a `messageId`. Applying such a retry again would redo
 /// what the first delivery did: a visit would start a session, and an anonymous visit
 /// whose anonymous user the first delivery merged away would create a new one to merge.
+///
+/// An events-only write to an anonymous id is guarded too: its anonymous user may have
+/// been merged away since, and a retry would create an empty one. Events-only writes to
+/// a member or a user id skip the lookup (a retried event row is refused on its own).
 fn guarded_whole(op: &UserOp) -> bool {
-    !op.is_light() && !op.events.is_empty() && op.events.iter().all(|e| e.message_id.is_some())
+    !op.events.is_empty()
+        && op.events.iter().all(|e| e.message_id.is_some())
+        && (!op.is_light() || (op.member_key().is_none() && op.veil_key().is_some()))
 }
 
 /// The `(channel, messageId)`s to look up before a batch is planned (see [`retried`]).
@@ -626,6 +636,26 @@ mod tests {
         assert!(plan.results[1].is_ok());
         assert_eq!(plan.results[2].as_ref().err(), Some(&UserOpError::NotFound));
         assert_eq!(plan.users.len(), 1);
+    }
+
+    #[test]
+    fn an_identify_with_both_ids_and_nothing_else_makes_the_anonymous_user_a_member() {
+        let mut anon = User::new("a".into(), 1);
+        anon.veil_id = Some("v1".into());
+        let mut identify = op(
+            UserTarget::Identify {
+                member_id: Some("42".into()),
+                veil_id: Some("v1".into()),
+                new_id: "n".into(),
+            },
+            json!({}),
+        );
+        identify.update = UserUpdate::default();
+        let ops = [identify];
+        let plan = plan_user_writes(&ops, vec![(1, anon)], Vec::new(), HashMap::new());
+        let written = &plan.users[&(1, "a".to_owned())];
+        assert_eq!(written.member_id.as_deref(), Some("42"));
+        assert!(plan.results[0].as_ref().expect("ok").changed);
     }
 
     #[test]

@@ -1439,7 +1439,175 @@ async fn concurrent_retries_store_once(b: Backend) {
     assert_eq!(count, Some(json!(30)), "the catalog counts them once too");
 }
 
+/// Identity and input edges of the Segment API found by black-box testing.
+async fn segment_edges(b: Backend) {
+    let app = spawn_app(b).await;
+    let users_with_veil = |veil: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .open(Method::GET, "/open/v5/users?limit=500", None)
+                .await;
+            r.body["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|u| u["veilId"] == veil)
+                .cloned()
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // Sign-in: an identify with both ids and nothing else makes the visitor the member.
+    let r = segment(
+        &app,
+        "/v1/page",
+        json!({"anonymousId": "visitor-77", "properties": {"url": "https://shop.example/"},
+               "messageId": "p-77"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let visitor = users_with_veil("visitor-77").await[0]["id"].clone();
+    let r = segment(
+        &app,
+        "/v1/identify",
+        json!({"anonymousId": "visitor-77", "userId": "cust-77", "messageId": "i-77"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let member = app.member("cust-77").await;
+    assert_eq!(member["id"], visitor, "the visitor became the member");
+    assert_eq!(events_of(&app, "@cust-77").await.len(), 1);
+
+    // A retried anonymous track whose user was merged away since creates no user.
+    segment(
+        &app,
+        "/v1/identify",
+        json!({"userId": "mem-h", "traits": {"name": "H"}}),
+    )
+    .await;
+    let track = json!({"anonymousId": "anon-h", "event": "Clicked", "messageId": "h-track-1"});
+    assert_eq!(segment(&app, "/v1/track", track.clone()).await.status, 200);
+    let r = segment(
+        &app,
+        "/v1/identify",
+        json!({"anonymousId": "anon-h", "userId": "mem-h", "traits": {"x": 1}}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        users_with_veil("anon-h")
+            .await
+            .iter()
+            .all(|u| u["member"] == true)
+    );
+    assert_eq!(segment(&app, "/v1/track", track.clone()).await.status, 200);
+    let batch = json!({"batch": [{"type": "track", "anonymousId": "anon-h", "event": "Clicked",
+                                  "messageId": "h-track-1"}]});
+    assert_eq!(segment(&app, "/v1/batch", batch).await.status, 200);
+    let after = users_with_veil("anon-h").await;
+    assert!(
+        after.iter().all(|u| u["member"] == true),
+        "no new anonymous user: {after:?}"
+    );
+    assert_eq!(events_of(&app, "@mem-h").await.len(), 1);
+
+    // Numbers as ids: an integer is its digits; a number that lost digits is refused.
+    let r = segment(&app, "/v1/track", json!({"userId": 1000, "event": "N"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.member("1000").await;
+    for lossy in [
+        json!(1e3),
+        json!(12.5),
+        json!(123_456_789_012_345_678_901_231_f64),
+    ] {
+        let r = segment(&app, "/v1/track", json!({"userId": lossy, "event": "N"})).await;
+        assert_eq!((r.status, r.error_field()), (400, "userId"), "{lossy}");
+    }
+
+    // Offsets stop at ±23:59; whole milliseconds written as floats are times.
+    for bad in ["2026-11-01T00:00:00+24:00", "2026-11-01T00:00:00-25:00"] {
+        let r = segment(
+            &app,
+            "/v1/track",
+            json!({"userId": "t", "event": "E", "timestamp": bad}),
+        )
+        .await;
+        assert_eq!((r.status, r.error_field()), (400, "timestamp"), "{bad}");
+    }
+    let ms = jiff::Timestamp::now().as_millisecond() - 86_400_000;
+    let r = segment(
+        &app,
+        "/v1/track",
+        json!({"userId": "t", "event": "Float", "timestamp": ms as f64}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(events_of(&app, "@t").await[0]["createdAt"], ms);
+
+    // Errors name the field the call sent; a batch item's `type` must be text.
+    let r = segment(
+        &app,
+        "/v1/page",
+        json!({"userId": "p", "properties": {"url": "https://x/\ty"}}),
+    )
+    .await;
+    assert_eq!((r.status, r.error_field()), (400, "properties.url"));
+    let r = segment(
+        &app,
+        "/v1/batch",
+        json!({"batch": [{"type": 5, "userId": "p"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be a string"),
+        "{:?}",
+        r.body
+    );
+    let r = segment(
+        &app,
+        "/v1/track",
+        json!({"userId": "c\u{7}d", "event": "E"}),
+    )
+    .await;
+    assert_eq!((r.status, r.error_field()), (400, "userId"));
+
+    // Content codings are case-insensitive.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, br#"{"userId": "gz", "event": "G"}"#).unwrap();
+    let auth = basic(&app.creds.write_key);
+    let r = app
+        .raw(
+            Method::POST,
+            "/v1/track",
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("content-encoding", "GZIP"),
+            ],
+            gz.finish().unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // A PATCH cannot clear a setting with null.
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/channel",
+            Some(json!({"eventRetentionDays": null})),
+        )
+        .await;
+    assert_eq!((r.status, r.error_field()), (400, "eventRetentionDays"));
+    app.stop().await;
+}
+
 both!(
+    segment_edges,
     concurrent_retries_store_once,
     merges_race_events,
     one_anonymous_user_per_veil,

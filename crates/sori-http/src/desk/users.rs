@@ -56,7 +56,7 @@ pub struct MaskedUser {
 
 /// Lists users with sensitive values masked.
 #[utoipa::path(get, path = "/desk/v1/users", tag = "desk",
-    params(("since" = Option<String>, Query), ("limit" = Option<u32>, Query), ("sortOrder" = Option<String>, Query)),
+    params(("since" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 25"), ("sortOrder" = Option<String>, Query)),
     responses((status = 200, body = UsersPage), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -105,7 +105,7 @@ pub async fn get(
 /// One user's events, newest first, paged like the Open API's timeline.
 #[utoipa::path(get, path = "/desk/v1/users/{userId}/events", tag = "desk",
     params(("userId" = String, Path), ("since" = Option<String>, Query),
-        ("limit" = Option<u32>, Query),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 25"),
         ("sortOrder" = Option<String>, Query, description = "desc (default) or asc")),
     responses((status = 200, body = EventsPage), (status = 404, body = ErrorBody)))]
 pub async fn events(
@@ -239,7 +239,7 @@ pub struct RevealsPage {
 
 /// The reveal audit log: who revealed which field of which user, when.
 #[utoipa::path(get, path = "/desk/v1/audit/reveals", tag = "desk",
-    params(("since" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    params(("since" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 25")),
     responses((status = 200, body = RevealsPage), (status = 403, body = ErrorBody)))]
 pub async fn reveals(
     State(state): State<AppState>,

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use crate::body::Path;
 use crate::json::Json;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use sori_app::secrets::{is_id, new_id, now_ms};
@@ -84,6 +83,16 @@ pub struct EventEnvelope {
     pub event: EventView,
 }
 
+/// What a POST of events answers: `{"event": …}` for one, `{"events": […]}` for a batch.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Recorded {
+    /// One event was sent.
+    One(EventEnvelope),
+    /// A batch was sent (`next` is always absent).
+    Batch(EventsPage),
+}
+
 /// `{"events": […], "next": "…"}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventsPage {
@@ -112,14 +121,14 @@ fn target(key: &str) -> ApiResult<UserTarget> {
 #[utoipa::path(post, path = "/open/v5/users/{userId}/events", tag = "events",
     params(("userId" = String, Path, description = "user id, or `@memberId`")),
     request_body(content = Object, description = "`{name, property}` or `{events: [...]}`"),
-    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Recorded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("access_key" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
     Path(key): Path<String>,
     JsonBody(mut body): JsonBody,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Recorded>> {
     let now = now_ms();
     let batch = match body.get("events") {
         Some(Value::Array(items)) => {
@@ -185,14 +194,13 @@ pub async fn create(
         v.user_id.clone_from(&outcome.user_id);
     }
     if batch {
-        return Ok(Json(EventsPage {
+        return Ok(Json(Recorded::Batch(EventsPage {
             events: views,
             next: None,
-        })
-        .into_response());
+        })));
     }
     match views.pop() {
-        Some(event) => Ok(Json(EventEnvelope { event }).into_response()),
+        Some(event) => Ok(Json(Recorded::One(EventEnvelope { event }))),
         None => Err(ApiError::field("body", "no event")),
     }
 }
@@ -215,7 +223,7 @@ fn prefixed(prefix: &str, e: Invalid) -> Invalid {
 /// page's `next`.
 #[utoipa::path(get, path = "/open/v5/users/{userId}/events", tag = "events",
     params(("userId" = String, Path, description = "user id, or `@memberId`"),
-        ("since" = Option<String>, Query), ("limit" = Option<u32>, Query),
+        ("since" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 25"),
         ("sortOrder" = Option<String>, Query, description = "desc (default) or asc")),
     responses((status = 200, body = EventsPage), (status = 404, body = ErrorBody)),
     security(("access_key" = [])))]

@@ -235,7 +235,7 @@ pub async fn create_user(
 /// Lists users by creation, newest first unless `sortOrder=asc`.
 #[utoipa::path(get, path = "/open/v5/users", tag = "users",
     params(("since" = Option<String>, Query, description = "Cursor from `next`"),
-        ("limit" = Option<u32>, Query, description = "1–500, default 25"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 25"),
         ("sortOrder" = Option<String>, Query, description = "asc or desc (default)")),
     responses((status = 200, body = UsersPage), (status = 400, body = ErrorBody)))]
 pub async fn list_users(
