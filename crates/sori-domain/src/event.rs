@@ -211,30 +211,30 @@ pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, I
     Ok(trimmed.to_owned())
 }
 
-/// Whether `c` shows on screen: not white space, and none of format characters (U+200B,
-/// U+FEFF, U+00AD, joiners, direction marks), combining marks (U+FE0F, U+034F) or the
-/// Hangul fillers. A name or key of such characters only would list as a blank in the
-/// catalog, the timeline and the filter builder.
-fn shows(c: char) -> bool {
+/// Whether `c` is drawn as nothing: format characters (U+200B, U+FEFF, U+00AD, joiners,
+/// direction marks), combining marks (U+FE0F, U+034F) and the Hangul fillers.
+fn invisible(c: char) -> bool {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
-    !c.is_whitespace()
-        && !matches!(
-            c.general_category(),
-            GeneralCategory::Format
-                | GeneralCategory::NonspacingMark
-                | GeneralCategory::EnclosingMark
-        )
-        && !matches!(c, '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}')
+    matches!(
+        c.general_category(),
+        GeneralCategory::Format | GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
+    ) || matches!(c, '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}')
 }
 
-/// Whether `name` reads as a reserved name once the characters that show nothing are
-/// left out (see [`shows`]): such a name would pass for the system's own `MarketingGoal`
-/// in the catalog and the timeline. Names are otherwise free to hold them (emoji
-/// sequences need joiners, a flag needs tag characters).
+/// Whether `c` shows on screen (neither white space nor [`invisible`]): a name or key
+/// without one would list as a blank in the catalog, the timeline and the filter builder.
+fn shows(c: char) -> bool {
+    !c.is_whitespace() && !invisible(c)
+}
+
+/// Whether `name` reads as a reserved name once the [`invisible`] characters are left
+/// out: such a name would pass for the system's own `MarketingGoal` in the catalog and
+/// the timeline. Names are otherwise free to hold them (emoji sequences need joiners, a
+/// flag needs tag characters), and spaced names (`Marketing Goal`) are not reserved.
 fn looks_reserved(name: &str) -> bool {
     RESERVED
         .iter()
-        .any(|r| r.chars().eq(name.chars().filter(|&c| shows(c))))
+        .any(|r| r.chars().eq(name.chars().filter(|&c| !invisible(c))))
 }
 
 /// Checks a page value.
@@ -522,6 +522,16 @@ mod tests {
             assert_eq!(e.0[0].message, "key must not be blank", "{blank:?}");
         }
         assert!(check(json!({"name": "👩\u{200d}💻", "property": {"a\u{200b}": 1}})).is_ok());
+        // Object-Action names with spaces are ordinary names, not reserved look-alikes.
+        for spaced in ["Marketing Goal", "Marketing Click", "Marketing\u{a0}View"] {
+            assert!(
+                EventInput::from_json(json!({ "name": spaced }))
+                    .unwrap()
+                    .check("", "e".into(), 1, EventSource::Segment, None)
+                    .is_ok(),
+                "{spaced:?}"
+            );
+        }
     }
 
     #[test]

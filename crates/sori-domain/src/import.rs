@@ -67,6 +67,11 @@ fn time(o: &Map<String, Value>, k: &str, errs: &mut Errors) -> Option<i64> {
     }
 }
 
+/// Why a number with a fraction or an exponent is refused as an id: it reaches us as a
+/// float whose text is not what the file had, so two customers could share one id.
+const LOSSY_ID: &str =
+    "must be a string or an integer (a number with a fraction or an exponent loses digits)";
+
 /// Clock difference between the machine that wrote a file and this one that a time may
 /// be ahead by; such a time counts as now.
 pub const FUTURE_TOLERANCE_MS: i64 = 5 * 60 * 1000;
@@ -81,6 +86,10 @@ pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
         Some(Value::String(s)) => Some(s.clone()),
         // Digits of an integer; other numbers have lost digits on the way (as in Segment).
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Some(Value::Number(_)) => {
+            errs.push("memberId", LOSSY_ID);
+            None
+        }
         _ => {
             errs.push("memberId", "is required (a string or an integer)");
             None
@@ -143,22 +152,28 @@ pub fn user_line(v: &Value, now: i64) -> Result<UserLine, Invalid> {
 pub fn event_line(v: &Value) -> Result<EventLine, Invalid> {
     let o = object(v)?;
     let mut errs = Errors::default();
-    let id = |k: &str| match o.get(k) {
+    let mut id = |k: &str| match o.get(k) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Some(Value::Number(_)) => {
+            errs.push(k, LOSSY_ID);
+            None
+        }
         _ => None,
     };
-    let owner = match (id("memberId"), id("userId")) {
+    let ids = (id("memberId"), id("userId"));
+    let owner = match ids {
         (Some(m), None) => Some(Owner::Member(m)),
         (None, Some(u)) => Some(Owner::User(u)),
         (Some(_), Some(_)) => {
             errs.push("memberId", "send memberId or userId, not both");
             None
         }
-        (None, None) => {
+        (None, None) if errs.is_empty() => {
             errs.push("memberId", "memberId or userId is required");
             None
         }
+        (None, None) => None,
     };
     for k in o.keys() {
         if !matches!(

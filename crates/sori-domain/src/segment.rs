@@ -476,21 +476,25 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
             }
         },
         // A whole number written as a float (`1793000000000.0`, `1.793e12`) is the same time.
-        Value::Number(n) => match n.as_i64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                .map(|f| f as i64)
-        }) {
-            Some(ms) if TIMES.contains(&ms) => Some(ms),
-            Some(_) => {
-                errs.push(path, "must be epoch milliseconds between 1970 and 9999");
-                None
+        Value::Number(n) => {
+            let whole = n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0);
+            let ms = n.as_i64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            });
+            match ms {
+                Some(ms) if TIMES.contains(&ms) => Some(ms),
+                _ if whole => {
+                    errs.push(path, "must be epoch milliseconds between 1970 and 9999");
+                    None
+                }
+                _ => {
+                    errs.push(path, "must be whole epoch milliseconds");
+                    None
+                }
             }
-            None => {
-                errs.push(path, "must be whole epoch milliseconds");
-                None
-            }
-        },
+        }
         other => {
             errs.push(path, format!("must be a time, got {}", value::kind(other)));
             None

@@ -44,6 +44,9 @@
   var pending = [];
   var queue = []; // requests waiting their turn: one runs at a time, in call order
   var running = false;
+  var leaving = false; // the page is being left: requests go out at once (see flushQueue)
+  var renewing = null; // the quiet re-boot on its way, shared by the calls that need it
+  var LOCK_WAIT_MS = 5000;
   var pageOverride = null;
   var spa = { tracking: false, installed: false, lastHref: null, pending: false };
   var memoryVeil = null;
@@ -194,9 +197,14 @@
     );
   }
 
-  // Appends a task to the request queue. A failed task never stops the ones after it.
-  function enqueue(task) {
-    queue.push(task);
+  // Appends a task to the request queue (`boot` marks a boot's). A failed task never
+  // stops the ones after it.
+  function enqueue(task, boot) {
+    if (leaving && !boot) {
+      runTask(task);
+      return;
+    }
+    queue.push({ run: task, boot: !!boot });
     pump();
   }
 
@@ -211,23 +219,25 @@
   function pump() {
     if (running || !queue.length) return;
     running = true;
-    runTask(queue.shift()).then(function () {
+    runTask(queue.shift().run).then(function () {
       running = false;
       pump();
     });
   }
 
   // A page being left cannot wait for each request's answer before sending the next:
-  // only the request on its way would survive the unload. Everything queued is sent at
-  // once instead (events with keepalive), in call order.
+  // only the request on its way would survive the unload. The queued calls are sent at
+  // once instead (events with keepalive), in call order, and so are calls made after
+  // (the site's own pagehide handler). A queued boot and what follows it stay queued:
+  // they wait for a session the page will not live to use. A page kept in the
+  // back/forward cache comes back to the one-at-a-time queue.
   function flushQueue() {
-    var tasks = queue;
-    queue = [];
-    tasks.forEach(runTask);
+    leaving = true;
+    while (queue.length && !queue[0].boot) runTask(queue.shift().run);
   }
   w.addEventListener('pagehide', flushQueue);
-  document.addEventListener('visibilitychange', function () {
-    if (document.visibilityState === 'hidden') flushQueue();
+  w.addEventListener('pageshow', function () {
+    leaving = false;
   });
 
   // Runs `send(token)` with the session token once one exists:
@@ -373,12 +383,15 @@
       // created, so the member gets its history instead of leaving it behind.
       body.veilId = loadVeil() || undefined;
       session.veilId = body.veilId || null;
-      return asOneVisitor(body, function () {
-        return requestBoot(body).then(function (data) {
-          if (typeof data.session !== 'string') throw sdkError('boot answer without a session', 0);
-          return data;
-        });
-      }).then(
+      return asOneVisitor(
+        body,
+        function () {
+          return requestBoot(body).then(requireSession);
+        },
+        function () {
+          return shutdowns === shutdownsThen;
+        }
+      ).then(
         function (data) {
           if (gen !== generation) {
             // Replaced by a later boot: that boot is this visitor's, so it takes the id.
@@ -402,7 +415,13 @@
           }
         }
       );
-    });
+    }, true);
+  }
+
+  // A boot answer, which must carry a session: without one every later call would fail.
+  function requireSession(data) {
+    if (typeof data.session !== 'string') throw sdkError('boot answer without a session', 0);
+    return data;
   }
 
   // The body of a boot request for `option`, as the visitor `veilId` (none for a new one).
@@ -477,19 +496,65 @@
   // Two tabs of a first visit booting at once would each create an anonymous user, and
   // the site would then count one visitor twice. A boot that has no stored visitor id (and
   // names no member) runs under a lock the site's tabs share (Web Locks, where the browser
-  // has them); a tab that waited for it takes the id the first tab stored.
-  function asOneVisitor(body, send) {
+  // has them); a tab that had to wait for it boots as the visitor the first tab stored,
+  // unless `keepVeil()` says this boot no longer counts (ended by shutdown). A lock that
+  // cannot be had (an opaque origin refuses it) or not within LOCK_WAIT_MS (the other
+  // tab's boot is stuck) is done without.
+  function asOneVisitor(body, send, keepVeil) {
     var locks = w.navigator && navigator.locks;
-    if (body.veilId || body.memberId != null || !locks || typeof locks.request !== 'function') {
-      return send();
-    }
-    return locks.request('sori:new-visitor', function () {
+    var member = body.memberId != null && body.memberId !== '';
+    if (body.veilId || member || !locks || typeof locks.request !== 'function') return send();
+    var entered = false;
+    var unlocked = function () {
       body.veilId = loadVeil() || undefined;
-      // Stored before the lock is released, so the next tab finds it.
-      return send().then(function (data) {
-        if (data && data.veilId) saveVeil(data.veilId);
-        return data;
-      });
+      return send();
+    };
+    var underLock = function (waited) {
+      entered = true;
+      // The other tab stored its visitor before releasing the lock, but another tab's
+      // localStorage write reaches this one a moment later.
+      return (waited ? storedVeilSoon() : Promise.resolve())
+        .then(unlocked)
+        .then(function (data) {
+          // Stored before the lock is released, so the next tab finds it.
+          if (data.veilId && keepVeil()) saveVeil(data.veilId);
+          return data;
+        });
+    };
+    var WAIT = {};
+    var options = {};
+    if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') {
+      options.signal = AbortSignal.timeout(LOCK_WAIT_MS);
+    }
+    var locked;
+    try {
+      locked = locks
+        .request('sori:new-visitor', { ifAvailable: true }, function (lock) {
+          return lock ? underLock(false) : WAIT;
+        })
+        .then(function (result) {
+          if (result !== WAIT) return result;
+          return locks.request('sori:new-visitor', options, function () {
+            return underLock(true);
+          });
+        });
+    } catch (e) {
+      return unlocked();
+    }
+    return locked.catch(function (err) {
+      if (entered) throw err;
+      return unlocked();
+    });
+  }
+
+  // Resolves once a visitor id is stored, or after 500 ms (the other tab's boot failed).
+  function storedVeilSoon() {
+    return new Promise(function (resolve) {
+      var deadline = Date.now() + 500;
+      (function poll() {
+        if (loadVeil() || Date.now() >= deadline) resolve();
+        else setTimeout(poll, 10);
+      })();
     });
   }
 
@@ -511,17 +576,28 @@
     return request(method, path, json, token, keepalive).catch(function (err) {
       if (err.type !== 'userGone' || state !== 'booted' || !session.options) throw err;
       var gen = generation;
-      var renewed =
-        token !== session.token
-          ? Promise.resolve()
-          : requestBoot(quietBootBody(session.options)).then(function (data) {
-              if (gen === generation && state === 'booted') adopt(data);
-            });
+      var renewed = token !== session.token ? Promise.resolve() : renew(gen);
       return renewed.then(function () {
         if (gen !== generation || state !== 'booted') throw err;
         return request(method, path, json, session.token, keepalive);
       });
     });
+  }
+
+  // Boots again for a lost session, once for all the calls that found it lost.
+  function renew(gen) {
+    if (!renewing) {
+      renewing = requestBoot(quietBootBody(session.options))
+        .then(requireSession)
+        .then(function (data) {
+          if (gen === generation && state === 'booted') adopt(data);
+        });
+      var done = function () {
+        renewing = null;
+      };
+      renewing.then(done, done);
+    }
+    return renewing;
   }
 
   // A boot that renews a lost session: the page was counted by the first one.

@@ -278,24 +278,7 @@ impl PostgresStore {
             // and falls back to a sequential scan (5+ ms per batch at 20,000 users); custom
             // plans keep the index scans for a fraction of a millisecond of planning.
             .options([("plan_cache_mode", "force_custom_plan")]);
-        // One direct connection first: the pool retries a refused or unreachable server
-        // for its whole acquire timeout (30 s) and then reports only that it timed out,
-        // where this fails at once with the cause (refused, unknown host, password).
-        match tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
-        )
-        .await
-        {
-            Ok(conn) => {
-                let _ = sqlx::Connection::close(conn.map_err(backend)?).await;
-            }
-            Err(_) => {
-                return Err(StoreError::Backend(
-                    "PostgreSQL did not answer within 10 s".into(),
-                ));
-            }
-        }
+        wait_until_up(&opts).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             // No ping before every checkout: it cost a round trip per transaction (a tenth
@@ -308,6 +291,51 @@ impl PostgresStore {
             pool,
             writers: write::Writers::new(opts),
         })
+    }
+}
+
+/// Opens and closes one direct connection. A server that refuses connections or says it
+/// is starting up (Sori and PostgreSQL started together) is tried again for up to 30 s,
+/// each wait logged with its cause; anything else (unknown host, bad password, no
+/// answer within 10 s) fails at once with its cause, where the pool would retry every
+/// error for its whole acquire timeout and then report only that it timed out.
+async fn wait_until_up(opts: &PgConnectOptions) -> Result<()> {
+    use std::time::Duration;
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let tried = tokio::time::timeout(
+            Duration::from_secs(10),
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(opts),
+        )
+        .await;
+        match tried {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                return Ok(());
+            }
+            Ok(Err(e)) if not_up_yet(&e) && started.elapsed() < Duration::from_secs(30) => {
+                tracing::warn!(error = %e, "PostgreSQL is not accepting connections yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Ok(Err(e)) => return Err(backend(e)),
+            Err(_) => {
+                return Err(StoreError::Backend(
+                    "PostgreSQL did not answer within 10 s".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// A server that is down or still starting: refused connections, `57P03`
+/// (`cannot_connect_now`, "the database system is starting up").
+fn not_up_yet(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+        _ => false,
     }
 }
 

@@ -321,8 +321,7 @@ pub fn plan_user_writes<'a>(
             registry.insert(f.clone());
             plan.new_fields.push((ch, f));
         }
-        let identity_changed =
-            became_member || applied.user.member_id != base.member_id || merge_from.is_some();
+        let identity_changed = became_member || merge_from.is_some();
         base = applied.user;
         let active = apply_activity(&mut base, &op.activity);
         let changed = applied.changed || active || identity_changed || created;

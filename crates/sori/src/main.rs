@@ -101,6 +101,24 @@ enum ChannelCommand {
     },
 }
 
+/// A serve-only flag written before `serve` (`sori --listen X serve`, the order these flags
+/// took until they moved to `serve`): named with the fix, where clap would only call it
+/// unexpected.
+fn serve_flag_before_serve(args: impl Iterator<Item = String>) -> Option<String> {
+    const SERVE_ONLY: [&str; 4] = [
+        "--listen",
+        "--rate-limit",
+        "--rate-burst",
+        "--bench-endpoints",
+    ];
+    let args: Vec<String> = args.collect();
+    let serve = args.iter().position(|a| a == "serve")?;
+    args[..serve].iter().find_map(|a| {
+        let flag = a.split('=').next().unwrap_or(a);
+        SERVE_ONLY.contains(&flag).then(|| flag.to_owned())
+    })
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
@@ -133,6 +151,10 @@ fn print_credentials(c: &sori_app::ChannelCredentials) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(flag) = serve_flag_before_serve(std::env::args().skip(1)) {
+        eprintln!("error: {flag} belongs to `serve` and goes after it: sori serve {flag} …");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     let serve = match &cli.command {
         Command::Serve(serve) => serve.clone(),
@@ -257,6 +279,8 @@ async fn main() -> anyhow::Result<()> {
                     if path.is_dir() {
                         anyhow::bail!("--output {} is a directory", path.display());
                     }
+                    // Before the file exists, so no signal finds it without a handler.
+                    let stop = sori::stop_signal()?;
                     let mut partial = path.clone().into_os_string();
                     partial.push(format!(".{}.partial", sori_app::secrets::random_hex(6)));
                     let partial = PathBuf::from(partial);
@@ -266,7 +290,6 @@ async fn main() -> anyhow::Result<()> {
                         .open(&partial)
                         .with_context(|| format!("creating {}", partial.display()))?;
                     let mut f = std::io::BufWriter::new(file);
-                    let stop = sori::stop_signal()?;
                     let done = tokio::select! {
                         done = sori::transfer::export(
                             &app, &ch, kind, format, segment.as_deref(), &mut f,

@@ -108,6 +108,15 @@ fn serve_prints_first_credentials_and_stops_on_sigterm() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["channelId"], "2");
 
+    // Serve's own flags before `serve` (their old place) are named with the fix.
+    let out = sori(dir.path())
+        .args(["--listen", "127.0.0.1:0", "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sori serve --listen"), "{err}");
+
     // Serve's own flags are refused by the other commands rather than ignored.
     let out = sori(dir.path())
         .args(["import", "users", "x.csv", "--rate-limit", "5"])

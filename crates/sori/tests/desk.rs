@@ -66,7 +66,7 @@ async fn login_session_and_csrf(b: Backend) {
 async fn masking_reveal_and_audit(b: Backend) {
     let app = spawn_app(b).await;
     let r = app
-        .upsert("m-1", json!({"profile": {"name": "Kim", "email": "aaabb@example.com", "mobileNumber": "01012340000", "secretNote": "x"}}))
+        .upsert("m-1", json!({"profile": {"name": "Kim", "email": "aaabb@example.com", "mobileNumber": "01012340000", "secretNote": "x", "createdAt": 5}}))
         .await;
     let id = r.body["user"]["id"].as_str().unwrap().to_owned();
     let owner = app
@@ -230,6 +230,7 @@ async fn masking_reveal_and_audit(b: Backend) {
     assert!(csv.starts_with("id,memberId,name,tags"));
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     assert!(!header.contains(&"profile.name"), "name once: {header:?}");
+    assert!(header.contains(&"profile.createdAt"), "{header:?}");
     assert!(header.contains(&"profile.email"), "{header:?}");
     assert!(
         csv.contains("aaa**@example.com") && !csv.contains("aaabb@example.com"),

@@ -282,8 +282,9 @@ pub(crate) fn push_csv_row(out: &mut String, v: &Value, columns: &[String]) {
     out.push('\n');
 }
 
-/// Columns of a user CSV export: the main built-ins, then every other registered profile
-/// field (`name` is both a built-in column and a profile field, and is shown once).
+/// Columns of a user CSV export: the main built-ins, then the registered profile fields
+/// (`name` is both the built-in column and the profile field, one datum, shown once; a
+/// profile field keyed like another built-in, `createdAt` say, is other data and stays).
 pub(crate) fn user_columns(fields: &[sori_domain::ProfileField]) -> Vec<String> {
     let base = [
         "id",
@@ -300,7 +301,7 @@ pub(crate) fn user_columns(fields: &[sori_domain::ProfileField]) -> Vec<String> 
     columns.extend(
         fields
             .iter()
-            .filter(|f| !base.contains(&f.key.as_str()))
+            .filter(|f| f.key.as_str() != "name")
             .map(|f| format!("profile.{}", f.key.as_str())),
     );
     columns
