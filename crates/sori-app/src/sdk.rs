@@ -31,6 +31,10 @@ pub struct Boot {
     pub page: Option<String>,
     /// Record a `PageView` (option `trackDefaultEvent`).
     pub track_page_view: bool,
+    /// Count the boot as a visit (sessions, `web.*`). sori.js sends `false` when it boots
+    /// again for a session it lost mid-visit (its user merged away in another tab): that
+    /// visit was counted by the first boot.
+    pub visit: bool,
     /// `User-Agent` header.
     pub user_agent: Option<String>,
 }
@@ -98,7 +102,11 @@ impl App {
                 new_id: new_id(),
             },
             update: boot.update,
-            activity: visit(now, boot.user_agent.as_deref()),
+            activity: if boot.visit {
+                visit(now, boot.user_agent.as_deref())
+            } else {
+                Activity::seen(now)
+            },
             events,
         };
         let outcome = self.ingest(ch, ingest, Source::SdkBoot).await?;

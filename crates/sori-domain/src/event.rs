@@ -212,13 +212,17 @@ pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, I
 }
 
 /// Whether `c` is drawn as nothing: format characters (U+200B, U+FEFF, U+00AD, joiners,
-/// direction marks), combining marks (U+FE0F, U+034F) and the Hangul fillers.
+/// direction marks), combining marks (U+FE0F, U+034F), the Hangul fillers and the blank
+/// Braille pattern (U+2800).
 fn invisible(c: char) -> bool {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     matches!(
         c.general_category(),
         GeneralCategory::Format | GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
-    ) || matches!(c, '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}')
+    ) || matches!(
+        c,
+        '\u{115f}' | '\u{1160}' | '\u{2800}' | '\u{3164}' | '\u{ffa0}'
+    )
 }
 
 /// Whether `c` shows on screen (neither white space nor [`invisible`]): a name or key
@@ -509,6 +513,7 @@ mod tests {
         );
         // Names and keys of characters that show nothing are blank too.
         for blank in [
+            "\u{2800}",
             "\u{200b}",
             "\u{3164}",
             "\u{feff}",

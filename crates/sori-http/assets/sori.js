@@ -45,6 +45,9 @@
   var queue = []; // requests waiting their turn: one runs at a time, in call order
   var running = false;
   var leaving = false; // the page is being left: requests go out at once (see flushQueue)
+  var leavingItems = []; // calls made while leaving, sent together at the end of the task
+  var renewedTokens = {}; // a lost session's token → the token of the boot that renewed it
+  var KEEPALIVE_MAX_BYTES = 60000; // under the browser's 64 KB for keepalive requests
   var renewing = null; // the quiet re-boot on its way, shared by the calls that need it
   var LOCK_WAIT_MS = 5000;
   var pageOverride = null;
@@ -154,8 +157,10 @@
   // carrying `.status` (0 for network failures) and the server's `.message`.
   // `json` is the already serialized body, so later changes to the caller's objects
   // do not leak into a queued request.
-  function request(method, path, json, token, keepalive) {
-    var headers = { 'content-type': 'application/json' };
+  // `simple` sends it as a CORS simple request (text/plain, no custom header), which needs
+  // no preflight: a page being left gets no answer to one.
+  function request(method, path, json, token, keepalive, simple) {
+    var headers = { 'content-type': simple ? 'text/plain' : 'application/json' };
     if (token) headers['x-sori-session'] = token;
     return fetch(ORIGIN + path, {
       method: method,
@@ -197,14 +202,17 @@
     );
   }
 
-  // Appends a task to the request queue (`boot` marks a boot's). A failed task never
-  // stops the ones after it.
-  function enqueue(task, boot) {
+  // Appends a request to the queue. `boot` marks a boot's; `call` is what a page being
+  // left sends in its place (see flushQueue): `{token, json, settle(result)}`. A failed
+  // request never stops the ones after it.
+  function enqueue(run, boot, call) {
+    var item = { run: run, boot: !!boot, call: call || null };
     if (leaving && !boot) {
-      runTask(task);
+      leavingItems.push(item);
+      if (leavingItems.length === 1) Promise.resolve().then(sendLeaving);
       return;
     }
-    queue.push({ run: task, boot: !!boot });
+    queue.push(item);
     pump();
   }
 
@@ -226,19 +234,100 @@
   }
 
   // A page being left cannot wait for each request's answer before sending the next:
-  // only the request on its way would survive the unload. The queued calls are sent at
-  // once instead (events with keepalive), in call order, and so are calls made after
-  // (the site's own pagehide handler). A queued boot and what follows it stay queued:
-  // they wait for a session the page will not live to use. A page kept in the
-  // back/forward cache comes back to the one-at-a-time queue.
+  // only the request on its way would survive the unload. What is queued goes out at once
+  // instead, as `POST /sdk/v1/calls` with keepalive: one request per session keeps the
+  // calls' order (separate requests could be applied in any order) and the browser's
+  // 64 KB budget for requests that outlive their page. Calls made while leaving (the
+  // site's own pagehide handler) follow the same way. A queued boot and what follows it
+  // stay queued: they wait for a session the page will not live to use. A page kept in
+  // the back/forward cache comes back to the one-at-a-time queue.
   function flushQueue() {
     leaving = true;
-    while (queue.length && !queue[0].boot) runTask(queue.shift().run);
+    var items = [];
+    while (queue.length && !queue[0].boot) items.push(queue.shift());
+    sendAtOnce(items);
   }
+
   w.addEventListener('pagehide', flushQueue);
   w.addEventListener('pageshow', function () {
     leaving = false;
   });
+
+  function sendLeaving() {
+    var items = leavingItems;
+    leavingItems = [];
+    sendAtOnce(items);
+  }
+
+  // Sends `items` at once: runs of calls of one session as batches, the rest on their own.
+  function sendAtOnce(items) {
+    var run = [];
+    var flush = function () {
+      if (run.length) sendCalls(run);
+      run = [];
+    };
+    items.forEach(function (item) {
+      if (!item.call) {
+        flush();
+        runTask(item.run);
+        return;
+      }
+      if (run.length && run[0].call.token !== item.call.token) flush();
+      run.push(item);
+    });
+    flush();
+  }
+
+  // Posts calls of one session in batches that fit a keepalive request; a call too large
+  // for one goes on its own, without keepalive.
+  function sendCalls(items) {
+    var batch = [];
+    var size = 0;
+    var post = function () {
+      if (!batch.length) return;
+      var sent = batch;
+      var token = sent[0].call.token;
+      while (renewedTokens[token]) token = renewedTokens[token];
+      var json =
+        '{"session":' +
+        JSON.stringify(token) +
+        ',"calls":[' +
+        sent.map(function (i) { return i.call.json; }).join(',') +
+        ']}';
+      request('POST', '/sdk/v1/calls', json, null, true, true).then(
+        function (data) {
+          var results = (data && data.results) || [];
+          sent.forEach(function (item, i) {
+            item.call.settle(results[i] || { status: 0 });
+          });
+        },
+        function (err) {
+          sent.forEach(function (item) {
+            item.call.settle({ status: err.status, error: { message: err.message } });
+          });
+        }
+      );
+      batch = [];
+      size = 0;
+    };
+    items.forEach(function (item) {
+      var n = byteLength(item.call.json) + 1;
+      if (n + 20 > KEEPALIVE_MAX_BYTES) {
+        runTask(item.run);
+        return;
+      }
+      if (size + n + 20 > KEEPALIVE_MAX_BYTES) post();
+      batch.push(item);
+      size += n;
+    });
+    post();
+  }
+
+  // Bytes of a string as UTF-8.
+  function byteLength(s) {
+    if (typeof TextEncoder === 'function') return new TextEncoder().encode(s).length;
+    return s.length * 3;
+  }
 
   // Runs `send(token)` with the session token once one exists:
   // - booted: now (in order), with the current token;
@@ -246,22 +335,32 @@
   //   replaces one on its way (an anonymous boot, then the member's after sign-in) takes
   //   the calls over, so nothing made between the two is lost;
   // - shut down / boot failed: dropped. `fail(err)` is told when the call is dropped.
-  function withSession(what, send, fail) {
+  // `call` is the call as `POST /sdk/v1/calls` takes it, for a page being left:
+  // `{json, settle(result)}`.
+  function withSession(what, send, fail, call) {
     var drop = function () {
       warn(what + ' dropped: Sori is not booted');
       if (fail) fail(sdkError('Sori is not booted', 0));
     };
     if (state === 'booted') {
-      var token = session.token;
-      enqueue(function () {
-        return send(token);
-      });
+      sendAs(session.token, send, call);
     } else if (state === 'booting' || state === 'idle') {
       if (pending.length >= MAX_PENDING_CALLS) return drop();
-      pending.push({ send: send, drop: drop });
+      pending.push({ send: send, drop: drop, call: call });
     } else {
       drop();
     }
+  }
+
+  // Queues `send` for the session `token`.
+  function sendAs(token, send, call) {
+    enqueue(
+      function () {
+        return send(token);
+      },
+      false,
+      call && { token: token, json: call.json, settle: call.settle }
+    );
   }
 
   // Hands the waiting calls over, in the order they were made.
@@ -275,9 +374,7 @@
   function sendPending() {
     var token = session.token;
     takePending().forEach(function (call) {
-      enqueue(function () {
-        return call.send(token);
-      });
+      sendAs(token, call.send, call.call);
     });
   }
 
@@ -383,19 +480,15 @@
       // created, so the member gets its history instead of leaving it behind.
       body.veilId = loadVeil() || undefined;
       session.veilId = body.veilId || null;
-      return asOneVisitor(
-        body,
-        function () {
-          return requestBoot(body).then(requireSession);
-        },
-        function () {
-          return shutdowns === shutdownsThen;
-        }
-      ).then(
+      return asOneVisitor(body, function () {
+        return requestBoot(body).then(requireSession);
+      }).then(
         function (data) {
           if (gen !== generation) {
-            // Replaced by a later boot: that boot is this visitor's, so it takes the id.
-            if (shutdowns === shutdownsThen && data.veilId) saveVeil(data.veilId);
+            // Replaced by a later boot or ended by shutdown: the visitor it created is
+            // still this browser's (shutdown keeps the stored id), so the next boot takes
+            // it, whether or not this answer came in time.
+            if (data.veilId) saveVeil(data.veilId);
             safeCall(cb, cancelled(), null);
             return;
           }
@@ -496,14 +589,18 @@
   // Two tabs of a first visit booting at once would each create an anonymous user, and
   // the site would then count one visitor twice. A boot that has no stored visitor id (and
   // names no member) runs under a lock the site's tabs share (Web Locks, where the browser
-  // has them); a tab that had to wait for it boots as the visitor the first tab stored,
-  // unless `keepVeil()` says this boot no longer counts (ended by shutdown). A lock that
-  // cannot be had (an opaque origin refuses it) or not within LOCK_WAIT_MS (the other
-  // tab's boot is stuck) is done without.
-  function asOneVisitor(body, send, keepVeil) {
+  // has them, and only where localStorage works: without it tabs cannot share an id
+  // anyway); a tab that had to wait for it boots as the visitor the first tab stored. A
+  // lock that cannot be had (an opaque origin refuses it) is done without. A tab that has
+  // waited LOCK_WAIT_MS (the holder's boot is stuck on a bad connection) queues for the
+  // next lock of a series instead, so the tabs behind a stuck one still boot as one
+  // visitor among themselves.
+  function asOneVisitor(body, send) {
     var locks = w.navigator && navigator.locks;
     var member = body.memberId != null && body.memberId !== '';
-    if (body.veilId || member || !locks || typeof locks.request !== 'function') return send();
+    if (body.veilId || member || !locks || typeof locks.request !== 'function' || !storageWorks()) {
+      return send();
+    }
     var entered = false;
     var unlocked = function () {
       body.veilId = loadVeil() || undefined;
@@ -517,27 +614,36 @@
         .then(unlocked)
         .then(function (data) {
           // Stored before the lock is released, so the next tab finds it.
-          if (data.veilId && keepVeil()) saveVeil(data.veilId);
+          if (data.veilId) saveVeil(data.veilId);
           return data;
         });
     };
     var WAIT = {};
-    var options = {};
-    if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') {
-      options.signal = AbortSignal.timeout(LOCK_WAIT_MS);
-    }
-    var locked;
-    try {
-      locked = locks
-        .request('sori:new-visitor', { ifAvailable: true }, function (lock) {
-          return lock ? underLock(false) : WAIT;
+    var attempt = function (n) {
+      var name = 'sori:new-visitor:' + n;
+      return locks
+        .request(name, { ifAvailable: true }, function (lock) {
+          return lock ? underLock(n > 0) : WAIT;
         })
         .then(function (result) {
           if (result !== WAIT) return result;
-          return locks.request('sori:new-visitor', options, function () {
-            return underLock(true);
-          });
+          var options = {};
+          if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') {
+            options.signal = AbortSignal.timeout(LOCK_WAIT_MS);
+          }
+          return locks
+            .request(name, options, function () {
+              return underLock(true);
+            })
+            .catch(function (err) {
+              if (entered || !err || err.name !== 'AbortError' || n >= 2) throw err;
+              return attempt(n + 1);
+            });
         });
+    };
+    var locked;
+    try {
+      locked = attempt(0);
     } catch (e) {
       return unlocked();
     }
@@ -545,6 +651,18 @@
       if (entered) throw err;
       return unlocked();
     });
+  }
+
+  // Whether localStorage can be written (not blocked, not full, not a throwing getter).
+  function storageWorks() {
+    try {
+      var probe = 'sori:probe';
+      w.localStorage.setItem(probe, '1');
+      w.localStorage.removeItem(probe);
+      return true;
+    } catch (e) {
+      return false;
+    }
   }
 
   // Resolves once a visitor id is stored, or after 500 ms (the other tab's boot failed).
@@ -570,13 +688,17 @@
 
   // A request on the session. Its user can be gone: merged into a member (this visitor
   // booted as one in another tab) or deleted, and the server answers 404 `userGone`. The
-  // SDK then boots again with the same options, quietly (no second PageView), and sends
-  // the call once more; a call that finds a newer session than its own just uses it.
-  function sessionRequest(method, path, json, token, keepalive) {
+  // SDK then boots again with the same options, quietly (no second PageView, no second
+  // visit), and sends the call once more; a call queued with a session that was renewed
+  // since goes out with the new one. Requests are sent with keepalive (so the one on its
+  // way survives the page being left) when they fit its budget.
+  function sessionRequest(method, path, json, token) {
+    var keepalive = byteLength(json) <= KEEPALIVE_MAX_BYTES;
+    while (renewedTokens[token]) token = renewedTokens[token];
     return request(method, path, json, token, keepalive).catch(function (err) {
       if (err.type !== 'userGone' || state !== 'booted' || !session.options) throw err;
       var gen = generation;
-      var renewed = token !== session.token ? Promise.resolve() : renew(gen);
+      var renewed = token !== session.token ? Promise.resolve() : renew(gen, token);
       return renewed.then(function () {
         if (gen !== generation || state !== 'booted') throw err;
         return request(method, path, json, session.token, keepalive);
@@ -584,13 +706,16 @@
     });
   }
 
-  // Boots again for a lost session, once for all the calls that found it lost.
-  function renew(gen) {
+  // Boots again for the lost session `lost`, once for all the calls that found it lost.
+  function renew(gen, lost) {
     if (!renewing) {
       renewing = requestBoot(quietBootBody(session.options))
         .then(requireSession)
         .then(function (data) {
-          if (gen === generation && state === 'booted') adopt(data);
+          if (gen === generation && state === 'booted') {
+            renewedTokens[lost] = data.session;
+            adopt(data);
+          }
         });
       var done = function () {
         renewing = null;
@@ -600,10 +725,11 @@
     return renewing;
   }
 
-  // A boot that renews a lost session: the page was counted by the first one.
+  // A boot that renews a lost session: the page and the visit were counted by the first.
   function quietBootBody(option) {
     var body = bootBody(option, loadVeil());
     body.trackDefaultEvent = false;
+    body.visit = false;
     delete body.utm;
     delete body.referrer;
     return body;
@@ -637,9 +763,14 @@
       page: currentPage(),
     });
     if (json === null) return;
-    withSession('track(' + name + ')', function (token) {
-      return sessionRequest('POST', '/sdk/v1/events', json, token, true);
-    });
+    withSession(
+      'track(' + name + ')',
+      function (token) {
+        return sessionRequest('POST', '/sdk/v1/events', json, token);
+      },
+      null,
+      { json: '{"track":' + json + '}', settle: noop }
+    );
   }
 
   // PATCH /sdk/v1/user, then cb(error, user).
@@ -649,22 +780,34 @@
       safeCall(cb, sdkError(what + ': the argument cannot be sent as JSON', 0), null);
       return;
     }
+    var done = function (data) {
+      if (data.user && state === 'booted') session.user = data.user;
+      safeCall(cb, null, data.user || null);
+    };
+    var failed = function (err) {
+      warn(what + ' failed: ' + err.message);
+      safeCall(cb, err, null);
+    };
     withSession(
       what,
       function (token) {
-        return sessionRequest('PATCH', '/sdk/v1/user', json, token).then(
-          function (data) {
-            if (data.user && state === 'booted') session.user = data.user;
-            safeCall(cb, null, data.user || null);
-          },
-          function (err) {
-            warn(what + ' failed: ' + err.message);
-            safeCall(cb, err, null);
-          }
-        );
+        return sessionRequest('PATCH', '/sdk/v1/user', json, token).then(done, failed);
       },
       function (err) {
         safeCall(cb, err, null);
+      },
+      {
+        json: '{"user":' + json + '}',
+        // The call's result inside a `POST /sdk/v1/calls` answer.
+        settle: function (r) {
+          if (r.status === 200) return done(r);
+          var err = sdkError((r.error && r.error.message) || 'HTTP ' + r.status, r.status);
+          if (r.error) {
+            err.type = r.error.type;
+            err.errors = r.error.errors;
+          }
+          failed(err);
+        },
       }
     );
   }

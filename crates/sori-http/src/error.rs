@@ -150,8 +150,10 @@ pub(crate) fn clip_message(s: String) -> String {
     clip(s, MAX_MESSAGE_CHARS)
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the body this error answers with (also one item's result inside a
+    /// 200, see `sdk::calls`).
+    pub(crate) fn status_and_body(self) -> (StatusCode, ErrorBody) {
         let body = ErrorBody {
             kind: self.kind,
             message: clip_message(self.message),
@@ -164,7 +166,14 @@ impl IntoResponse for ApiError {
                 })
                 .collect(),
         };
-        (self.status, crate::json::Json(body)).into_response()
+        (self.status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        (status, crate::json::Json(body)).into_response()
     }
 }
 

@@ -184,6 +184,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         // router's 405 fallback would).
         .route("/sdk/v1/boot", post(sdk::boot).options(sdk::preflight))
         .route("/sdk/v1/events", post(sdk::track).options(sdk::preflight))
+        .route("/sdk/v1/calls", post(sdk::calls).options(sdk::preflight))
         .route(
             "/sdk/v1/user",
             patch(sdk::update_user).options(sdk::preflight),

@@ -279,7 +279,7 @@ impl utoipa::Modify for Security {
         crate::open::segments::search, crate::open::segments::users,
         crate::open::segments::membership, crate::open::segments::export,
         crate::segment::identify, crate::segment::track, crate::segment::page, crate::segment::screen, crate::segment::batch,
-        crate::sdk::boot, crate::sdk::track, crate::sdk::update_user,
+        crate::sdk::boot, crate::sdk::track, crate::sdk::update_user, crate::sdk::calls,
         crate::desk::login, crate::desk::logout, crate::desk::whoami,
         crate::desk::settings::get_channel, crate::desk::settings::patch_channel,
         crate::desk::users::list, crate::desk::users::get, crate::desk::users::patch, crate::desk::users::reveal,

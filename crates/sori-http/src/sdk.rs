@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use sori_app::auth::ChannelInfo;
 use sori_app::sdk::Boot;
 use sori_app::users::{Ingest, Source};
-use sori_domain::UserUpdate;
 use sori_domain::event::{EventInput, check_page, clip_page_value};
 use sori_domain::update::SDK_UPDATE_FIELDS;
 use sori_domain::value::clip_text;
+use sori_domain::{Invalid, UserUpdate};
 use sori_store::UserTarget;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -64,6 +64,7 @@ const BOOT_FIELDS: &[&str] = &[
     "unsubscribeTexting",
     "page",
     "trackDefaultEvent",
+    "visit",
     "utm",
     "referrer",
 ];
@@ -209,11 +210,13 @@ pub async fn boot(
         Some(p) => check_page("page", &clip_page_value(p.clone()))?,
         None => None,
     };
-    let track = match o.get("trackDefaultEvent") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::field("trackDefaultEvent", "must be a boolean")),
+    let flag = |k: &str| match o.get(k) {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::field(k, "must be a boolean")),
     };
+    let track = flag("trackDefaultEvent")?;
+    let visit = flag("visit")?;
     let booted = state
         .app
         .sdk_boot(
@@ -225,6 +228,7 @@ pub async fn boot(
                 update,
                 page,
                 track_page_view: track,
+                visit,
                 user_agent: user_agent(&headers),
             },
         )
@@ -256,6 +260,11 @@ async fn session(state: &AppState, headers: &HeaderMap) -> ApiResult<(Arc<Channe
         .get("x-sori-session")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::unauthorized("x-sori-session is missing; boot first"))?;
+    session_of(state, token).await
+}
+
+/// The channel and user a session token names.
+async fn session_of(state: &AppState, token: &str) -> ApiResult<(Arc<ChannelInfo>, String)> {
     let invalid = || ApiError::unauthorized("x-sori-session is invalid; boot first");
     let (channel, rest) = token.split_once(':').ok_or_else(invalid)?;
     let ch = state
@@ -312,4 +321,157 @@ pub async fn update_user(
     Ok(Json(UserEnvelope {
         user: browser_view(&ch, sori_app::users::whole(outcome)?),
     }))
+}
+
+/// Most calls in one `POST /sdk/v1/calls`.
+pub const MAX_CALLS: usize = 100;
+
+/// The result of one call of a `POST /sdk/v1/calls`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallResult {
+    /// The status the call would have answered with on its own route.
+    pub status: u16,
+    /// For a `user` call that succeeded: the user, as `PATCH /sdk/v1/user` shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserView>,
+    /// For a call that failed: the error, as its own route would have answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::error::ErrorBody>,
+}
+
+/// `{"results": […]}`, one per call, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallResults {
+    /// One result per call.
+    pub results: Vec<CallResult>,
+}
+
+/// Several calls of the booted user in one request, applied in order, each on its own (a
+/// failed call does not stop the ones after it). sori.js sends what is still queued this
+/// way when the page is left: one `keepalive` request keeps the calls' order, where
+/// separate requests sent at once would reach the server in any order, and stays under
+/// the browser's 64 KB budget for requests that outlive their page. The session may come
+/// in the body (`session`) instead of `x-sori-session`, so that the request can go as a
+/// CORS "simple" one (`text/plain`, no custom header): a page being left gets no answer
+/// to a preflight, and browsers drop a keepalive request that needs one.
+#[utoipa::path(post, path = "/sdk/v1/calls", tag = "sdk",
+    request_body(content = Object, description = "`{session?, calls: [{track: {name, property, page}} | {user: {profile, profileOnce, language, unsubscribeEmail, unsubscribeTexting, addTags, removeTags}}]}`"),
+    responses((status = 200, body = CallResults), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn calls(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult<Json<CallResults>> {
+    let (ch, user) = match body.get("session").and_then(Value::as_str) {
+        Some(token) if !headers.contains_key("x-sori-session") => session_of(&state, token).await?,
+        _ => session(&state, &headers).await?,
+    };
+    let Some(Value::Array(items)) = body.get_mut("calls").map(Value::take) else {
+        return Err(ApiError::field("calls", "must be a list of calls"));
+    };
+    if items.is_empty() || items.len() > MAX_CALLS {
+        return Err(ApiError::field(
+            "calls",
+            format!("must hold 1 to {MAX_CALLS} calls"),
+        ));
+    }
+    let agent = user_agent(&headers);
+    let mut results = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = format!("calls[{i}]");
+        let result = match one_call(&state, &ch, &user, &at, item, agent.as_deref()).await {
+            Ok(user) => CallResult {
+                status: 200,
+                user,
+                error: None,
+            },
+            Err(e) => {
+                let (status, error) = e.status_and_body();
+                CallResult {
+                    status: status.as_u16(),
+                    user: None,
+                    error: Some(error),
+                }
+            }
+        };
+        results.push(result);
+    }
+    Ok(Json(CallResults { results }))
+}
+
+/// Applies one call of [`calls`] (`at` names it in errors: `calls[2]`): `{"track": {…}}`
+/// as `POST /sdk/v1/events` would, or `{"user": {…}}` as `PATCH /sdk/v1/user` would
+/// (answering the user).
+async fn one_call(
+    state: &AppState,
+    ch: &ChannelInfo,
+    user: &str,
+    at: &str,
+    item: Value,
+    agent: Option<&str>,
+) -> ApiResult<Option<UserView>> {
+    let Value::Object(mut o) = item else {
+        return Err(ApiError::field(at, "must be an object"));
+    };
+    let kind = match (o.len(), o.keys().next().map(String::as_str)) {
+        (1, Some(k @ ("track" | "user"))) => k.to_owned(),
+        _ => {
+            return Err(ApiError::field(
+                at,
+                "must be {\"track\": {…}} or {\"user\": {…}}",
+            ));
+        }
+    };
+    let body = o.remove(&kind).unwrap_or(Value::Null);
+    let key = format!("{at}.{kind}");
+    if kind == "track" {
+        let mut input = EventInput::from_json(body).map_err(|e| prefixed(&key, e))?;
+        input.page = input.page.map(clip_page_value);
+        state
+            .app
+            .sdk_track(ch, user, input, agent)
+            .await
+            .map_err(|e| match e {
+                sori_app::AppError::Invalid(i) => ApiError::from(prefixed(&key, i)),
+                e => user_gone(e),
+            })?;
+        return Ok(None);
+    }
+    if body.as_object().is_some_and(Map::is_empty) {
+        return Err(ApiError::field(
+            key,
+            "must name at least one field to change",
+        ));
+    }
+    let update = UserUpdate::from_json(&body, SDK_UPDATE_FIELDS).map_err(|e| prefixed(&key, e))?;
+    let outcome = state
+        .app
+        .ingest(
+            ch,
+            Ingest::update(UserTarget::Id(user.to_owned()), update),
+            Source::Sdk,
+        )
+        .await
+        .map_err(|e| match e {
+            sori_app::AppError::Invalid(i) => ApiError::from(prefixed(&key, i)),
+            e => user_gone(e),
+        })?;
+    Ok(Some(browser_view(ch, sori_app::users::whole(outcome)?)))
+}
+
+/// Field paths of one call's errors, under the call's path (`calls[2].track.name`).
+fn prefixed(key: &str, e: Invalid) -> Invalid {
+    Invalid(
+        e.0.into_iter()
+            .map(|mut f| {
+                f.field = if f.field.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{key}.{}", f.field)
+                };
+                f
+            })
+            .collect(),
+    )
 }

@@ -1439,6 +1439,102 @@ async fn concurrent_retries_store_once(b: Backend) {
     assert_eq!(count, Some(json!(30)), "the catalog counts them once too");
 }
 
+/// `POST /sdk/v1/calls`, what sori.js sends as a page is left: calls applied in order,
+/// each on its own, with the session in the body of a `text/plain` request.
+async fn sdk_calls(b: Backend) {
+    let app = spawn_app(b).await;
+    app.register_field("nickname", "string").await;
+    let pk = app.creds.plugin_key.clone();
+    let r = boot(&app, json!({"pluginKey": pk, "trackDefaultEvent": false})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let session = r.body["session"].as_str().unwrap().to_owned();
+    let id = r.body["user"]["id"].as_str().unwrap().to_owned();
+    let calls = json!({"session": session, "calls": [
+        {"track": {"name": "One"}},
+        {"user": {"addTags": ["a"]}},
+        {"user": {"removeTags": ["a"]}},
+        {"track": {"name": ""}},
+        {"user": {"addTags": ["b"], "profile": {"nickname": "N"}}},
+        {"nope": {}},
+        {"track": {"name": "Two", "property": {"k": 1}}}
+    ]});
+    let r = app
+        .raw(
+            Method::POST,
+            "/sdk/v1/calls",
+            &[("content-type", "text/plain;charset=UTF-8")],
+            calls.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let statuses: Vec<_> = r.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 400, 200, 400, 200]);
+    assert_eq!(
+        r.body["results"][3]["error"]["errors"][0]["field"],
+        "calls[3].track.name"
+    );
+    assert_eq!(
+        r.body["results"][5]["error"]["errors"][0]["field"],
+        "calls[5]"
+    );
+    assert_eq!(r.body["results"][4]["user"]["tags"], json!(["b"]));
+    let user = app
+        .open(Method::GET, &format!("/open/v5/users/{id}"), None)
+        .await
+        .body["user"]
+        .clone();
+    assert_eq!(user["tags"], json!(["b"]));
+    assert_eq!(user["profile"]["nickname"], "N");
+    let names: Vec<_> = events_of(&app, &id)
+        .await
+        .iter()
+        .rev()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["One", "Two"]);
+
+    // The whole request is refused for a bad session or shape, and writes nothing.
+    let r = app
+        .raw(
+            Method::POST,
+            "/sdk/v1/calls",
+            &[("content-type", "text/plain")],
+            json!({"session": "forged", "calls": [{"track": {"name": "X"}}]})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let too_many: Vec<_> = (0..101).map(|_| json!({"track": {"name": "X"}})).collect();
+    let r = app
+        .raw(
+            Method::POST,
+            "/sdk/v1/calls",
+            &[("x-sori-session", session.as_str())],
+            json!({ "calls": too_many }).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!((r.status, r.error_field()), (400, "calls"));
+    assert_eq!(events_of(&app, &id).await.len(), 2);
+
+    // sori.js's quiet re-boot of a lost session is not a second visit.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "trackDefaultEvent": false, "visit": false}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["user"]["sessionsCount"], 0);
+    let r = boot(&app, json!({"pluginKey": pk, "visit": "no"})).await;
+    assert_eq!((r.status, r.error_field()), (400, "visit"));
+    app.stop().await;
+}
+
 /// Identity and input edges of the Segment API found by black-box testing.
 async fn segment_edges(b: Backend) {
     let app = spawn_app(b).await;
@@ -1607,6 +1703,7 @@ async fn segment_edges(b: Backend) {
 }
 
 both!(
+    sdk_calls,
     segment_edges,
     concurrent_retries_store_once,
     merges_race_events,
