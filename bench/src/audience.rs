@@ -346,7 +346,7 @@ pub async fn run(
     // Start-up rebuild, as `serve` does it: fresh services over the loaded SQLite store.
     let before = rss_bytes();
     let t = Instant::now();
-    sqlite.app = App::new(sqlite.app.store.clone(), 1)
+    sqlite.app = App::new(sqlite.app.store.clone(), 1, true)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let build_s = t.elapsed().as_secs_f64();
@@ -357,7 +357,7 @@ pub async fn run(
         grown as f64 / 1048576.0
     );
     if let Some(t) = pg.as_mut() {
-        t.app = App::new(t.app.store.clone(), 4)
+        t.app = App::new(t.app.store.clone(), 4, true)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }

@@ -54,6 +54,10 @@ impl From<StoreError> for AppError {
         match e {
             StoreError::Conflict(m) => AppError::Conflict(m),
             StoreError::Transient(_) => AppError::Unavailable,
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "store unavailable");
+                AppError::Unavailable
+            }
             other => AppError::Store(other),
         }
     }
@@ -82,11 +86,23 @@ pub struct App {
 
 impl App {
     /// Wires the services over `store`, loading (or creating) the install's hashing key.
-    pub async fn new(store: Arc<dyn Store>, writer_shards: usize) -> AppResult<Self> {
+    ///
+    /// Without `audience` the projections are not built (a command that counts no
+    /// audience, `sori import` or `sori channel set`, would otherwise load every channel's
+    /// users into memory first); audience queries then see empty channels.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        writer_shards: usize,
+        audience: bool,
+    ) -> AppResult<Self> {
         let fresh = secrets::random_hex(32);
         let pepper = store.meta_get_or_insert("secret_hash_key", &fresh).await?;
         let pepper: Arc<[u8]> = hex_or_bytes(&pepper).into();
-        let audience = Arc::new(Audience::build(&store).await?);
+        let audience = Arc::new(if audience {
+            Audience::build(&store).await?
+        } else {
+            Audience::default()
+        });
         // SQLite writes on one connection, so a second batch in flight would only queue.
         // On PostgreSQL a large batch (bulk ingestion) keeps one backend on one core busy,
         // and a second one (on other keys) puts the other core to work.

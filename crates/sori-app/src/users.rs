@@ -17,6 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{AppError, AppResult};
 
+/// The `reason` labels of `sori_user_write_retries_total`: a unique key taken by another
+/// writer between read and write, or a race the database broke (deadlock, serialization).
+pub const RETRY_REASONS: [&str; 2] = ["conflict", "transient"];
+
 /// Most ops in one transaction; bounds latency of the last op in a batch.
 const MAX_BATCH: usize = 2048;
 /// Queued ops that let a shard start a second batch while one is in flight (see `run`):
@@ -32,7 +36,15 @@ const RETRIES: usize = 3;
 
 /// The op goes back with its result, so the requester's thread (not the writer's) pays
 /// for freeing it.
-type Reply = (Result<UserOpResult, String>, UserOp);
+type Reply = (Result<UserOpResult, BatchError>, UserOp);
+
+/// Why a batch failed, as each of its writes hears it (a store error is not `Clone`): an
+/// unreachable database is a 503 for every one of them, anything else a 500.
+#[derive(Debug, Clone)]
+enum BatchError {
+    Unavailable,
+    Failed(String),
+}
 
 struct Job {
     op: UserOp,
@@ -139,7 +151,10 @@ impl UserWriter {
             for rx in waiting {
                 out.push(match rx.await {
                     Ok((Ok(r), _op)) => Ok(r),
-                    Ok((Err(msg), _op)) => Err(AppError::Store(StoreError::Backend(msg.into()))),
+                    Ok((Err(BatchError::Unavailable), _op)) => Err(AppError::Unavailable),
+                    Ok((Err(BatchError::Failed(msg)), _op)) => {
+                        Err(AppError::Store(StoreError::Backend(msg.into())))
+                    }
                     Err(_) => Err(AppError::Unavailable),
                 });
             }
@@ -229,9 +244,9 @@ async fn write_batch(store: Arc<dyn Store>, jobs: Vec<Job>) {
                 // Races are normal in small numbers (several nodes or shards, a deadlock
                 // PostgreSQL broke); a rising count is worth an operator's look.
                 let reason = if matches!(e, StoreError::Conflict(_)) {
-                    "conflict"
+                    RETRY_REASONS[0]
                 } else {
-                    "transient"
+                    RETRY_REASONS[1]
                 };
                 metrics::counter!("sori_user_write_retries_total", "reason" => reason).increment(1);
                 tracing::debug!(attempt, conflict = %e, "user batch raced; retrying");
@@ -248,8 +263,12 @@ async fn write_batch(store: Arc<dyn Store>, jobs: Vec<Job>) {
         }
         Err(e) => {
             tracing::error!(error = %e, batch = ops.len(), "user write batch failed");
+            let err = match e {
+                StoreError::Unavailable(_) => BatchError::Unavailable,
+                e => BatchError::Failed(e.to_string()),
+            };
             for (reply, op) in replies.into_iter().zip(ops) {
-                let _ = reply.send((Err(e.to_string()), op));
+                let _ = reply.send((Err(err.clone()), op));
             }
         }
     }

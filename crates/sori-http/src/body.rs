@@ -142,7 +142,9 @@ fn body_rejection(r: BytesRejection) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payloadTooLarge",
-            "request body is too large",
+            "request body is too large: over the server's max_body_bytes (256 KiB unless \
+             configured; the Segment API takes at least 1 MiB), counted after gzip \
+             decompression",
         )
     } else {
         ApiError::field("body", r.body_text())

@@ -111,7 +111,8 @@ impl From<AppError> for ApiError {
             AppError::Unavailable => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "the server is shutting down or overloaded; retry shortly",
+                "the server is shutting down, overloaded or cannot reach its database; retry \
+                 shortly",
             ),
             AppError::Busy(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "tooManyRequests", m),
             AppError::Store(s) => Self::internal(&s),

@@ -19,7 +19,9 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -34,9 +36,45 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may already be installed (embedding); then ours only renders.
             let _ = metrics::set_global_recorder(recorder);
+            describe_metrics();
             handle
         })
         .clone()
+}
+
+/// `# HELP` lines for every series, and the retry counters at zero from the start: an
+/// alert on a series that appears only at its first increment sees "no data" until then.
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "sori_http_requests_total",
+        "HTTP requests by route template, method and status"
+    );
+    metrics::describe_histogram!(
+        "sori_http_request_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency by route template and method"
+    );
+    metrics::describe_histogram!(
+        "sori_user_write_batch_seconds",
+        metrics::Unit::Seconds,
+        "Time to write one batch of user writes (one transaction)"
+    );
+    metrics::describe_histogram!(
+        "sori_user_write_batch_size",
+        "User writes (upserts, events, visits) per batch"
+    );
+    metrics::describe_counter!(
+        "sori_user_write_retries_total",
+        "Batches written again after a race with another node or shard, by reason"
+    );
+    metrics::describe_gauge!(
+        "sori_audience_memory_bytes",
+        metrics::Unit::Bytes,
+        "Memory held by the in-memory audience projections"
+    );
+    for reason in sori_app::users::RETRY_REASONS {
+        metrics::counter!("sori_user_write_retries_total", "reason" => reason).absolute(0);
+    }
 }
 
 #[derive(Clone, Default)]
@@ -187,18 +225,28 @@ pub async fn noop(crate::body::RawBody(body): crate::body::RawBody) -> Json<serd
 /// Liveness and store reachability.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Object), (status = 503)))]
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    match state.app.store.count_channels().await {
-        Ok(_) => Json(serde_json::json!({"status": "ok", "store": state.app.store.backend()}))
+    // A load balancer's probe wants an answer in time, not after a pool's timeout.
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.app.store.count_channels(),
+    )
+    .await;
+    match probe {
+        Ok(Ok(_)) => Json(serde_json::json!({"status": "ok", "store": state.app.store.backend()}))
             .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "health check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"status": "unavailable"})),
-            )
-                .into_response()
-        }
+        Ok(Err(e)) => unhealthy(&e),
+        Err(_) => unhealthy(&"the store did not answer within 2 s"),
     }
+}
+
+/// The failed probe's answer; the cause goes to the log only.
+fn unhealthy(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "health check failed");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"status": "unavailable"})),
+    )
+        .into_response()
 }
 
 /// Prometheus metrics.
@@ -258,6 +306,57 @@ impl utoipa::Modify for Security {
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("sori_session"))),
         );
+        c.add_security_scheme(
+            "csrfToken",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-csrf-token"))),
+        );
+        c.add_security_scheme(
+            "writeKey",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+        c.add_security_scheme(
+            "sdkSession",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-sori-session"))),
+        );
+        // One rule per API, set here rather than on each handler so none is missed: the
+        // Open API needs both keys at once (one requirement naming both), the desk its
+        // session cookie (and the CSRF token on writes), the Segment API the write key as
+        // Basic user, SDK calls after boot the session header.
+        let no_scopes = Vec::<String>::new;
+        for (path, item) in &mut doc.paths.paths {
+            let ops = [
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
+            ];
+            for (op, writes) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                let rule = if path.starts_with("/open/v5/") {
+                    Some(
+                        SecurityRequirement::new("accessKey", no_scopes())
+                            .add("accessSecret", no_scopes()),
+                    )
+                } else if path.starts_with("/desk/v1/") && path != "/desk/v1/login" {
+                    let rule = SecurityRequirement::new("session", no_scopes());
+                    Some(if writes {
+                        rule.add("csrfToken", no_scopes())
+                    } else {
+                        rule
+                    })
+                } else if path.starts_with("/v1/") {
+                    Some(SecurityRequirement::new("writeKey", no_scopes()))
+                } else if path.starts_with("/sdk/v1/") && path != "/sdk/v1/boot" {
+                    Some(SecurityRequirement::new("sdkSession", no_scopes()))
+                } else {
+                    None
+                };
+                if let Some(rule) = rule {
+                    op.security = Some(vec![rule]);
+                }
+            }
+        }
     }
 }
 

@@ -51,6 +51,11 @@ impl RateLimiter {
         }
     }
 
+    /// Sustained requests per second allowed.
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
+
     /// Whether limiting is on.
     pub fn enabled(&self) -> bool {
         self.per_second > 0.0
@@ -123,7 +128,9 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
             StatusCode::TOO_MANY_REQUESTS,
             "tooManyRequests",
             format!(
-                "rate limit of {} requests exceeded; retry in {} s",
+                "rate limit exceeded: {} requests per second with bursts of up to {}, per \
+                 access key; retry in {} s",
+                limiter.per_second(),
                 d.limit,
                 d.reset.max(1)
             ),

@@ -217,6 +217,12 @@ fn backend(e: sqlx::Error) -> StoreError {
     {
         return StoreError::Transient(db.message().to_owned());
     }
+    if matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    ) {
+        return StoreError::Unavailable(e.to_string());
+    }
     StoreError::Backend(Box::new(e))
 }
 
@@ -284,6 +290,10 @@ impl PostgresStore {
             // No ping before every checkout: it cost a round trip per transaction (a tenth
             // of an upsert batch). A dead connection fails its query instead and is dropped.
             .test_before_acquire(false)
+            // A request waits at most this for a connection: past it PostgreSQL is down or
+            // swamped, and a 503 now serves clients and health checks better than one in
+            // 30 s (the default).
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(opts.clone())
             .await
             .map_err(backend)?;
@@ -318,6 +328,11 @@ async fn wait_until_up(opts: &PgConnectOptions) -> Result<()> {
                 tracing::warn!(error = %e, "PostgreSQL is not accepting connections yet; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Ok(Err(e)) if not_up_yet(&e) => {
+                return Err(StoreError::Backend(
+                    format!("PostgreSQL still refused connections after 30 s: {e}").into(),
+                ));
             }
             Ok(Err(e)) => return Err(backend(e)),
             Err(_) => {

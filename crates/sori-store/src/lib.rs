@@ -28,9 +28,16 @@ pub enum StoreError {
     /// A race with another transaction (deadlock, serialization failure); retrying may succeed.
     #[error("transient conflict: {0}")]
     Transient(String),
-    /// The database failed; the cause is logged, never shown to clients.
+    /// The database failed; the cause is logged, never shown to clients. The cause is
+    /// part of the message rather than a `source`, so a report of the chain does not
+    /// print it twice.
     #[error("database error: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The database cannot be reached (down, restarting, every connection busy for
+    /// seconds): requests get 503 at once, as a health check or a client's retry expects,
+    /// instead of waiting out a pool's timeout for a 500.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// Stored data could not be decoded (a bug or a hand-edited database).
     #[error("corrupt row: {0}")]
     Corrupt(String),

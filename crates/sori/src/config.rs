@@ -138,6 +138,19 @@ impl Config {
         listen.parse::<SocketAddr>().with_context(|| {
             format!("listen address `{listen}` is not host:port (e.g. 127.0.0.1:8080)")
         })?;
+        // Values that would start a server unable to do its work (every body refused,
+        // no writer, no connection) are refused at start instead.
+        if let Some(n) = file.max_body_bytes
+            && n < 1024
+        {
+            anyhow::bail!("max_body_bytes = {n}: must be at least 1024");
+        }
+        if args.writer_shards.or(file.writer_shards) == Some(0) {
+            anyhow::bail!("writer shards (--writer-shards, writer_shards) must be at least 1");
+        }
+        if file.pg_max_connections == Some(0) {
+            anyhow::bail!("pg_max_connections = 0: must be at least 1");
+        }
         Ok(Self {
             data_dir: args
                 .data_dir
@@ -250,5 +263,17 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::load(&args, &ServeArgs::default()).is_err());
+        for bad in [
+            "max_body_bytes = 0",
+            "writer_shards = 0",
+            "pg_max_connections = 0",
+        ] {
+            std::fs::write(dir.path().join("zero.toml"), bad).expect("write");
+            let args = ConfigArgs {
+                config: Some(dir.path().join("zero.toml")),
+                ..Default::default()
+            };
+            assert!(Config::load(&args, &ServeArgs::default()).is_err(), "{bad}");
+        }
     }
 }

@@ -68,6 +68,12 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Builds the services over a store.
 pub async fn app(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<App> {
+    app_with(cfg, store, true).await
+}
+
+/// The services for a one-off command; `audience` builds the audience projections (only
+/// `sori export --segment` counts an audience).
+pub async fn app_with(cfg: &Config, store: Arc<dyn Store>, audience: bool) -> anyhow::Result<App> {
     // SQLite has one writer connection. On PostgreSQL each shard's batch pays a fixed cost
     // (two round trips, a commit), so fewer, bigger batches win until PostgreSQL's work on
     // a batch needs more than one core: one shard per two cores.
@@ -77,7 +83,7 @@ pub async fn app(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<App> {
     } else {
         (cores / 2).max(1)
     });
-    Ok(App::new(store, shards).await?)
+    Ok(App::new(store, shards, audience).await?)
 }
 
 /// Creates a channel and returns its one-time credentials.
@@ -103,6 +109,9 @@ pub struct Running {
 
 /// How often the audience projections follow the change sequence between queries.
 const AUDIENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a graceful shutdown waits for open requests before the server stops anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the retention job looks for expired events.
 const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -159,35 +168,71 @@ pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
+/// Creates the default channel on an empty store, once however many nodes start on it at
+/// the same moment (two replicas of a fresh deployment): the node whose claim the store
+/// keeps creates it; another waits for it to appear, and creates it itself only if it has
+/// not after 10 s (the claiming node died first).
+async fn first_channel(cfg: &Config, app: &App) -> anyhow::Result<Option<ChannelCredentials>> {
+    let store = &app.store;
+    if store.count_channels().await? > 0 {
+        return Ok(None);
+    }
+    let mine = sori_app::secrets::random_hex(16);
+    if store
+        .meta_get_or_insert("first_channel_claim", &mine)
+        .await?
+        != mine
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if store.count_channels().await? > 0 {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tracing::warn!("the node that claimed the first channel did not create it; creating it");
+    }
+    let spec = ChannelSpec {
+        name: "Default".into(),
+        owner_email: cfg.owner_email.clone(),
+        owner_password: None,
+        time_zone: None,
+    };
+    Ok(Some(create_channel(app, spec).await?))
+}
+
 /// Opens the store, creates the default channel on an empty store, binds the listener and
 /// serves in a background task. The listener is bound before this returns, so callers can
 /// connect at once.
 pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let store = open_store(cfg).await?;
     let app = app(cfg, store.clone()).await?;
-    let first_channel = if store.count_channels().await? == 0 {
-        let spec = ChannelSpec {
-            name: "Default".into(),
-            owner_email: cfg.owner_email.clone(),
-            owner_password: None,
-            time_zone: None,
-        };
-        Some(create_channel(&app, spec).await?)
-    } else {
-        None
-    };
+    let first_channel = first_channel(cfg, &app).await?;
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let router = sori_http::router(app.clone(), &cfg.http());
     let (tx, rx) = oneshot::channel::<()>();
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let stopped = stopping.clone();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = rx.await;
+            stopped.notify_one();
+        });
+        // In-flight requests get SHUTDOWN_GRACE to finish; a connection that never
+        // completes its request (a stalled or malicious client) must not hold a restart.
+        tokio::select! {
+            served = std::future::IntoFuture::into_future(serve) => served,
+            () = async {
+                stopping.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("connections still open {} s after shutdown began; closing them", SHUTDOWN_GRACE.as_secs());
+                Ok(())
+            }
+        }
     });
     // The user-agent parsers take ~100 ms to build: off the first visit's path.
     tokio::task::spawn_blocking(sori_domain::user_agent::warm);

@@ -1,6 +1,5 @@
 //! `sori`: serve, migrate and manage channels.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// mimalloc: request handling allocates many small short-lived objects; glibc malloc
@@ -101,22 +100,31 @@ enum ChannelCommand {
     },
 }
 
-/// A serve-only flag written before `serve` (`sori --listen X serve`, the order these flags
-/// took until they moved to `serve`): named with the fix, where clap would only call it
-/// unexpected.
-fn serve_flag_before_serve(args: impl Iterator<Item = String>) -> Option<String> {
+/// A serve-only flag in the wrong place: before `serve` (`sori --listen X serve`, the order
+/// these flags took until they moved to `serve`), or given to another command (named as
+/// the second value). Named with the fix, where clap would only call it unexpected.
+fn serve_flag_before_serve(args: impl Iterator<Item = String>) -> Option<(String, Option<String>)> {
     const SERVE_ONLY: [&str; 4] = [
         "--listen",
         "--rate-limit",
         "--rate-burst",
         "--bench-endpoints",
     ];
+    const COMMANDS: [&str; 5] = ["serve", "migrate", "channel", "import", "export"];
     let args: Vec<String> = args.collect();
-    let serve = args.iter().position(|a| a == "serve")?;
-    args[..serve].iter().find_map(|a| {
+    let command = args.iter().position(|a| COMMANDS.contains(&a.as_str()));
+    let flag = |a: &String| {
         let flag = a.split('=').next().unwrap_or(a);
         SERVE_ONLY.contains(&flag).then(|| flag.to_owned())
-    })
+    };
+    match command {
+        Some(i) if args[i] == "serve" => args[..i].iter().find_map(flag).map(|f| (f, None)),
+        Some(i) => args
+            .iter()
+            .find_map(flag)
+            .map(|f| (f, Some(args[i].clone()))),
+        None => None,
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -150,18 +158,45 @@ fn print_credentials(c: &sori_app::ChannelCredentials) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    if let Some(flag) = serve_flag_before_serve(std::env::args().skip(1)) {
-        eprintln!("error: {flag} belongs to `serve` and goes after it: sori serve {flag} …");
-        std::process::exit(2);
+async fn main() -> std::process::ExitCode {
+    if let Some((flag, command)) = serve_flag_before_serve(std::env::args().skip(1)) {
+        match command {
+            Some(c) => eprintln!("error: {flag} belongs to `sori serve`, not `sori {c}`"),
+            None => {
+                eprintln!("error: {flag} belongs to `serve` and goes after it: sori serve {flag} …")
+            }
+        }
+        return std::process::ExitCode::from(2);
     }
     let cli = Cli::parse();
     let serve = match &cli.command {
         Command::Serve(serve) => serve.clone(),
         _ => ServeArgs::default(),
     };
-    let cfg = Config::load(&cli.config, &serve)?;
+    let cfg = match Config::load(&cli.config, &serve) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     init_logs(cfg.log_format);
+    let json = cfg.log_format == LogFormat::Json;
+    match run(cli, cfg).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A log collector reading JSON lines gets the failure as one of them.
+            if json {
+                tracing::error!(error = format!("{e:#}"), "sori stopped");
+            } else {
+                eprintln!("Error: {e:?}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => {
             let mut running = sori::start(&cfg).await?;
@@ -188,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let store = sori::open_store(&cfg).await?;
-            let app = sori::app(&cfg, store).await?;
+            let app = sori::app_with(&cfg, store, false).await?;
             let spec = ChannelSpec {
                 name,
                 owner_email,
@@ -210,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app(&cfg, store).await?;
+            let app = sori::app_with(&cfg, store, false).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
             // Checked here too, to name the flag rather than the API's field.
             if let Some(d) = event_retention_days {
@@ -236,7 +271,7 @@ async fn main() -> anyhow::Result<()> {
             format,
         } => {
             let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app(&cfg, store).await?;
+            let app = sori::app_with(&cfg, store, false).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
             let format = format.unwrap_or_else(|| Format::of(&file));
             let started = std::time::Instant::now();
@@ -268,44 +303,28 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--segment applies to `export users` only");
             }
             let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app(&cfg, store).await?;
+            let app = sori::app_with(&cfg, store, segment.is_some()).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
             let n = match output {
                 Some(path) => {
-                    // Written to a file of its own beside the target and renamed when
-                    // complete: a failed export leaves neither a file that looks like a
-                    // (short) export nor a damaged earlier one, and two exports to one
-                    // path at once do not write into each other.
-                    if path.is_dir() {
-                        anyhow::bail!("--output {} is a directory", path.display());
-                    }
-                    // Before the file exists, so no signal finds it without a handler.
+                    // Installed before the file exists, so no signal finds it unhandled.
                     let stop = sori::stop_signal()?;
-                    let mut partial = path.clone().into_os_string();
-                    partial.push(format!(".{}.partial", sori_app::secrets::random_hex(6)));
-                    let partial = PathBuf::from(partial);
-                    let file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&partial)
-                        .with_context(|| format!("creating {}", partial.display()))?;
-                    let mut f = std::io::BufWriter::new(file);
+                    let mut file = sori::transfer::ExportFile::create(&path)?;
                     let done = tokio::select! {
                         done = sori::transfer::export(
-                            &app, &ch, kind, format, segment.as_deref(), &mut f,
+                            &app, &ch, kind, format, segment.as_deref(), file.writer(),
                         ) => done,
                         () = stop => Err(anyhow::anyhow!(
                             "export interrupted; nothing written to {}", path.display()
                         )),
                     };
-                    drop(f);
                     match done {
                         Ok(n) => {
-                            std::fs::rename(&partial, &path)?;
+                            file.finish()?;
                             n
                         }
                         Err(e) => {
-                            let _ = std::fs::remove_file(&partial);
+                            file.abandon();
                             return Err(e);
                         }
                     }

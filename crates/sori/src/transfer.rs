@@ -424,9 +424,12 @@ fn user_ingest(v: &Value) -> Result<Ingest, Invalid> {
     })
 }
 
-/// An event line as an ingest. Its `messageId` is a hash of the line's content plus how
-/// often that content appeared before in this file, so a re-run stores nothing twice while
-/// two identical lines of one file stay two events.
+/// An event line as an ingest. Its `messageId` is a hash of the event the line describes
+/// plus how often that event appeared before in this file, so a re-run stores nothing
+/// twice while two identical lines of one file stay two events. The hash is of the event
+/// as checked (owner, name, properties without nulls, page, time in milliseconds), not
+/// of the line's text: the same export written as NDJSON and as CSV, or one instant
+/// written with two offsets, is the same event.
 fn event_ingest(
     v: &Value,
     seen: &mut HashMap<String, u32>,
@@ -438,7 +441,19 @@ fn event_ingest(
         retention.check("createdAt", at),
         l.input.check("", new_id(), at, EventSource::Import, None),
     )?;
-    let digest = hex::encode(Sha256::digest(v.to_string().as_bytes()));
+    let owner = match &l.owner {
+        Owner::Member(m) => ("memberId", m),
+        Owner::User(u) => ("userId", u),
+    };
+    let canonical = serde_json::json!([
+        owner.0,
+        owner.1,
+        event.name,
+        event.property_json,
+        event.page,
+        l.created_at
+    ]);
+    let digest = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
     let n = seen.entry(digest.clone()).or_insert(0);
     event.message_id = Some(format!("import:{}:{n}", &digest[..40]));
     *n += 1;
@@ -669,6 +684,98 @@ fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
 
 fn cell(v: Option<&Value>) -> String {
     v.map(csv_text).unwrap_or_default()
+}
+
+/// The file `sori export --output` writes. A regular file (or a new one) is written beside
+/// the target under a name of its own and renamed over it when complete: a failed or
+/// interrupted export leaves neither a file that looks like a short export nor a damaged
+/// earlier one, and two exports to one path do not write into each other. A symbolic link
+/// keeps pointing where it did (the file it names is replaced). Anything else
+/// (`/dev/null`, a FIFO, a terminal) is written to directly: replacing it with a regular
+/// file would break it for everyone.
+pub struct ExportFile {
+    out: std::io::BufWriter<std::fs::File>,
+    /// `(partial, target)` when written beside the target.
+    rename: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    shown: std::path::PathBuf,
+}
+
+impl ExportFile {
+    /// Opens the output for `path` (see the type).
+    pub fn create(path: &Path) -> anyhow::Result<Self> {
+        let meta = std::fs::metadata(path).ok();
+        if meta.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+            anyhow::bail!("--output {} is a directory", path.display());
+        }
+        if meta.as_ref().is_some_and(|m| !m.is_file()) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            return Ok(Self {
+                out: std::io::BufWriter::new(file),
+                rename: None,
+                shown: path.to_path_buf(),
+            });
+        }
+        let target = match meta {
+            Some(_) => std::fs::canonicalize(path)?,
+            None => path.to_path_buf(),
+        };
+        let mut partial = target.clone().into_os_string();
+        partial.push(format!(".{}.partial", sori_app::secrets::random_hex(6)));
+        let partial = std::path::PathBuf::from(partial);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .with_context(|| format!("creating a file beside {}", target.display()))?;
+        Ok(Self {
+            out: std::io::BufWriter::new(file),
+            rename: Some((partial, target)),
+            shown: path.to_path_buf(),
+        })
+    }
+
+    /// Where the export writes.
+    pub fn writer(&mut self) -> &mut dyn Write {
+        &mut self.out
+    }
+
+    /// Completes the export: flushed and on disk before it takes the target's name, so a
+    /// full disk fails the export instead of leaving a short file under the name.
+    pub fn finish(self) -> anyhow::Result<()> {
+        let shown = self.shown.clone();
+        let rename = self.rename.clone();
+        let flushed = self
+            .out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)
+            .and_then(|f| match rename {
+                Some(_) => f.sync_all(),
+                None => Ok(()),
+            });
+        match (flushed, rename) {
+            (Ok(()), Some((partial, target))) => std::fs::rename(&partial, &target)
+                .with_context(|| format!("renaming the export to {}", target.display())),
+            (Ok(()), None) => Ok(()),
+            (Err(e), rename) => {
+                if let Some((partial, _)) = rename {
+                    let _ = std::fs::remove_file(partial);
+                }
+                Err(anyhow::Error::new(e).context(format!("writing {}", shown.display())))
+            }
+        }
+    }
+
+    /// Gives the export up: a file written beside the target is removed.
+    pub fn abandon(self) {
+        let ExportFile { out, rename, .. } = self;
+        drop(out);
+        if let Some((partial, _)) = rename {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -129,3 +129,45 @@ fn serve_prints_first_credentials_and_stops_on_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Two nodes starting at once on a fresh store (replicas of a new deployment) create one
+/// default channel between them, not one each.
+#[test]
+fn two_first_starts_create_one_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<_> = (0..2)
+        .map(|_| {
+            sori(dir.path())
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut created = 0;
+    for node in &mut nodes {
+        let lines = BufReader::new(node.stdout.take().unwrap()).lines();
+        for line in lines {
+            let line = line.unwrap();
+            created += usize::from(line.contains("created. These secrets"));
+            if line.starts_with("Sori is listening") {
+                break;
+            }
+        }
+    }
+    for mut node in nodes {
+        Command::new("kill")
+            .args(["-TERM", &node.id().to_string()])
+            .status()
+            .unwrap();
+        node.wait().unwrap();
+    }
+    assert_eq!(created, 1, "one node printed the first channel's secrets");
+    let out = sori(dir.path())
+        .args(["channel", "create", "--name", "Next", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["channelId"], "2", "only channel 1 existed");
+}

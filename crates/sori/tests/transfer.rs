@@ -374,6 +374,15 @@ z2,12345
         &evs,
         "imported 8 events (0 already stored), skipped 0",
     );
+    // The same events exported as CSV are the same events: nothing is stored twice.
+    let (ok, events_csv, err) = db.run(&["export", "events", "--format", "csv"]);
+    assert!(ok, "{err}");
+    let evs_csv = db.file("events-export.csv", &events_csv);
+    fresh.import_ok(
+        "events",
+        &evs_csv,
+        "imported 0 events (8 already stored), skipped 0",
+    );
     let (ok, out, err) = fresh.run(&["export", "users"]);
     assert!(ok, "{err}");
     let copied = ndjson(&out);

@@ -121,8 +121,7 @@ fn target(key: &str) -> ApiResult<UserTarget> {
 #[utoipa::path(post, path = "/open/v5/users/{userId}/events", tag = "events",
     params(("userId" = String, Path, description = "user id, or `@memberId`")),
     request_body(content = Object, description = "`{name, property}` or `{events: [...]}`"),
-    responses((status = 200, body = Recorded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("access_key" = [])))]
+    responses((status = 200, body = Recorded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
@@ -225,8 +224,7 @@ fn prefixed(prefix: &str, e: Invalid) -> Invalid {
     params(("userId" = String, Path, description = "user id, or `@memberId`"),
         ("since" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 25"),
         ("sortOrder" = Option<String>, Query, description = "desc (default) or asc")),
-    responses((status = 200, body = EventsPage), (status = 404, body = ErrorBody)),
-    security(("access_key" = [])))]
+    responses((status = 200, body = EventsPage), (status = 404, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
@@ -300,7 +298,7 @@ pub struct Catalog {
 
 /// The channel's event catalog: every name seen, with counts and first/last times.
 #[utoipa::path(get, path = "/open/v5/events/catalog", tag = "events",
-    responses((status = 200, body = Catalog)), security(("access_key" = [])))]
+    responses((status = 200, body = Catalog)))]
 pub async fn catalog(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
@@ -349,8 +347,7 @@ pub struct Merges {
 /// Anonymous users merged into this user, newest first.
 #[utoipa::path(get, path = "/open/v5/users/{userId}/merges", tag = "events",
     params(("userId" = String, Path, description = "user id, or `@memberId`")),
-    responses((status = 200, body = Merges), (status = 404, body = ErrorBody)),
-    security(("access_key" = [])))]
+    responses((status = 200, body = Merges), (status = 404, body = ErrorBody)))]
 pub async fn merges(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,

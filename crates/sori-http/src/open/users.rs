@@ -77,8 +77,7 @@ pub async fn put_route(
     params(("memberId" = String, Path, description = "The business's customer id")),
     request_body(content = Object, description = "Update: profile, profileOnce, tags, unsubscribeEmail, unsubscribeTexting, blocked"),
     responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)),
-    security(("accessKey" = []), ("accessSecret" = [])))]
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn upsert_member(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
