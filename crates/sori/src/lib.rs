@@ -54,7 +54,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         Arc::new(
             SqliteStore::connect(&url)
                 .await
-                .context("opening SQLite database")?,
+                .with_context(|| format!("opening the SQLite database {}", config::redact(&url)))?,
         )
     } else {
         anyhow::bail!(

@@ -74,9 +74,10 @@ enum ChannelCommand {
         /// Business name.
         #[arg(long)]
         name: String,
-        /// Owner login e-mail.
-        #[arg(long, default_value = "owner@sori.local")]
-        owner_email: String,
+        /// Owner login e-mail [default: the configuration's `owner_email`,
+        /// owner@sori.local unless set].
+        #[arg(long, env = "SORI_OWNER_EMAIL")]
+        owner_email: Option<String>,
         /// Owner password (generated when omitted).
         #[arg(long, env = "SORI_OWNER_PASSWORD")]
         owner_password: Option<String>,
@@ -226,7 +227,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             let app = sori::app_with(&cfg, store, false).await?;
             let spec = ChannelSpec {
                 name,
-                owner_email,
+                owner_email: owner_email.unwrap_or_else(|| cfg.owner_email.clone()),
                 owner_password,
                 time_zone: Some(time_zone),
             };
