@@ -686,6 +686,21 @@ async fn hostile_input(b: Backend) {
                         OPEN_ARMS,
                     ),
                 ),
+                11 => (
+                    "sdk-calls",
+                    Method::POST,
+                    "/sdk/v1/calls".into(),
+                    &sdk_headers[..],
+                    mutate(
+                        &mut rng,
+                        json!({"calls": [
+                            {"track": {"name": "Left", "property": {"step": 2}, "page": "https://shop.example/"}},
+                            {"user": {"addTags": ["left"], "profile": {"name": "Kang"}}}
+                        ]}),
+                        n,
+                        OPEN_ARMS,
+                    ),
+                ),
                 16 => (
                     "field-patch",
                     Method::PATCH,
