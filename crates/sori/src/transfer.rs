@@ -131,11 +131,14 @@ pub async fn import(
     let mut seen: HashMap<String, u32> = HashMap::new();
     let retention = ch.retention(now_ms());
 
+    // Bad lines of the chunk being read, reported with the chunk's write errors in line
+    // order once it is written.
+    let mut held: Vec<(usize, String)> = Vec::new();
     let mut handle = |line: usize,
                       parsed: Result<Value, Invalid>,
                       pending: &mut Vec<Pending>,
                       summary: &mut Summary,
-                      errors: &mut dyn Write| {
+                      held: &mut Vec<(usize, String)>| {
         let ingest = parsed.and_then(|v| match kind {
             Kind::Users => user_ingest(&v),
             Kind::Events => event_ingest(&v, &mut seen, retention),
@@ -144,7 +147,7 @@ pub async fn import(
             Ok(ingest) => pending.push(Pending { line, ingest }),
             Err(e) => {
                 summary.skipped += 1;
-                report(errors, line, &e);
+                report(held, line, &e);
             }
         }
     };
@@ -168,9 +171,9 @@ pub async fn import(
                         .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
                     Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
                 };
-                handle(i + 1, parsed, &mut pending, &mut summary, errors);
+                handle(i + 1, parsed, &mut pending, &mut summary, &mut held);
                 if pending.len() >= CHUNK {
-                    flush(app, ch, &mut pending, &mut summary, errors).await?;
+                    flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
                     bar.set_message(format!(
                         "{} imported, {} skipped",
                         summary.imported, summary.skipped
@@ -212,9 +215,9 @@ pub async fn import(
                         (line, Err(bad))
                     }
                 };
-                handle(line, parsed, &mut pending, &mut summary, errors);
+                handle(line, parsed, &mut pending, &mut summary, &mut held);
                 if pending.len() >= CHUNK {
-                    flush(app, ch, &mut pending, &mut summary, errors).await?;
+                    flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
                     bar.set_message(format!(
                         "{} imported, {} skipped",
                         summary.imported, summary.skipped
@@ -223,7 +226,7 @@ pub async fn import(
             }
         }
     }
-    flush(app, ch, &mut pending, &mut summary, errors).await?;
+    flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
     bar.finish_and_clear();
     Ok(summary)
 }
@@ -335,13 +338,21 @@ impl<R: BufRead> Read for LfOnly<R> {
     }
 }
 
-fn report(errors: &mut dyn Write, line: usize, e: &Invalid) {
+fn report(held: &mut Vec<(usize, String)>, line: usize, e: &Invalid) {
     for f in &e.0 {
         // An error of the whole line (malformed JSON or CSV, not UTF-8) names no field.
-        match f.field.as_str() {
-            WHOLE_LINE => say(errors, &format!("line {line}: {}", f.message)),
-            field => say(errors, &format!("line {line}: {field}: {}", f.message)),
-        }
+        held.push(match f.field.as_str() {
+            WHOLE_LINE => (line, format!("line {line}: {}", f.message)),
+            field => (line, format!("line {line}: {field}: {}", f.message)),
+        });
+    }
+}
+
+/// Writes the held reports in line order (a line's own reports keep their order).
+fn emit(held: &mut Vec<(usize, String)>, errors: &mut dyn Write) {
+    held.sort_by_key(|(line, _)| *line);
+    for (_, message) in held.drain(..) {
+        say(errors, &message);
     }
 }
 
@@ -368,14 +379,18 @@ impl Write for AboveBar<'_> {
     }
 }
 
+/// Writes the pending lines, then reports the chunk's bad lines, parse and write errors
+/// together, in line order.
 async fn flush(
     app: &App,
     ch: &ChannelInfo,
     pending: &mut Vec<Pending>,
     summary: &mut Summary,
+    held: &mut Vec<(usize, String)>,
     errors: &mut dyn Write,
 ) -> anyhow::Result<()> {
     if pending.is_empty() {
+        emit(held, errors);
         return Ok(());
     }
     let batch: Vec<Pending> = std::mem::take(pending);
@@ -393,17 +408,19 @@ async fn flush(
             Ok(_) => summary.imported += 1,
             Err(sori_app::AppError::Invalid(e)) => {
                 summary.skipped += 1;
-                report(errors, line, &e);
+                report(held, line, &e);
             }
             Err(e @ (sori_app::AppError::Store(_) | sori_app::AppError::Unavailable)) => {
+                emit(held, errors);
                 return Err(anyhow::anyhow!("line {line}: {e}"));
             }
             Err(e) => {
                 summary.skipped += 1;
-                say(errors, &format!("line {line}: {e}"));
+                held.push((line, format!("line {line}: {e}")));
             }
         }
     }
+    emit(held, errors);
     Ok(())
 }
 
