@@ -344,7 +344,7 @@ async fn check(
 }
 
 /// Templates of the Open API, SDK and Segment loop.
-const OPEN_ARMS: u64 = 18;
+const OPEN_ARMS: u64 = 19;
 
 async fn hostile_input(b: Backend) {
     let app = spawn_app(b).await;
@@ -686,7 +686,7 @@ async fn hostile_input(b: Backend) {
                         OPEN_ARMS,
                     ),
                 ),
-                11 => (
+                18 => (
                     "sdk-calls",
                     Method::POST,
                     "/sdk/v1/calls".into(),
