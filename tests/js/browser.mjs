@@ -703,6 +703,49 @@ async function run(browser, pagesOrigin) {
     return 'a 72 KB event stored';
   });
 
+  step('17 tabs behind a stuck first boot boot as one visitor', async () => {
+    const c = await browser.newContext();
+    const stuck = await c.newPage();
+    watch(stuck);
+    await stuck.goto(`${pagesOrigin}/shop/fresh`);
+    await stuck.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    // This tab's boot never reaches the server: it holds the visitor lock for good.
+    await stuck.route('**/sdk/v1/boot', () => {});
+    await stuck.evaluate((pk) => window.Sori('boot', { pluginKey: pk, trackDefaultEvent: false }), PLUGIN_KEY);
+    const tabs = [];
+    for (let i = 0; i < 2; i++) {
+      const t = await c.newPage();
+      watch(t);
+      await t.goto(`${pagesOrigin}/shop/fresh`);
+      await t.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+      tabs.push(t);
+    }
+    const boots = await Promise.all(
+      tabs.map((t) => sdkCall(t, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false })),
+    );
+    for (const b of boots) assert.equal(b.error, null, 'boot error');
+    assert.equal(boots[0].user.id, boots[1].user.id, 'the tabs behind the stuck one are one user');
+    await c.close();
+    return `both waiting tabs booted as ${boots[0].user.id}`;
+  });
+
+  step('18 over a hundred calls made as the page is left are all sent', async () => {
+    const [c, p] = await firstVisit();
+    const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
+    assert.equal(boot.error, null, 'boot error');
+    await p.evaluate(() => {
+      for (let i = 0; i < 150; i++) window.Sori('track', `Many${i}`);
+      window.Sori('addTags', ['many']);
+      location.href = '/shop/second';
+    });
+    await p.waitForURL('**/shop/second');
+    await until('the tag after 150 tracks', async () => (await getUser(boot.user.id)).tags.includes('many'));
+    const list = (await apiOk('GET', `${userPath(boot.user.id)}/events?limit=500`)).events;
+    assert.equal(list.filter((e) => e.name.startsWith('Many')).length, 150, 'all 150 tracks');
+    await c.close();
+    return '150 tracks and a tag sent in batches of 100';
+  });
+
   for (const [name, fn] of steps) {
     try {
       const summary = await fn();

@@ -92,7 +92,8 @@ impl App {
         let veil_id = boot.veil_id.clone().unwrap_or_else(new_id);
         let now = now_ms();
         let mut events = Vec::new();
-        if boot.track_page_view {
+        // A PageView is a visit (docs/sdk.md): a boot that counts none records none.
+        if boot.track_page_view && boot.visit {
             events.push(page_view(boot.page.clone(), now)?);
         }
         let ingest = Ingest {

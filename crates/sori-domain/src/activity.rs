@@ -81,6 +81,10 @@ pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
     }
     if let Some(s) = a.last_seen_at {
         user.last_seen_at = Some(user.last_seen_at.map_or(s, |l| l.max(s)));
+        // Seen then, so existing by then: an imported `lastSeenAt` older than the user's
+        // `createdAt` (a user created now, or upserted before its history arrived) moves
+        // `createdAt` back, as an old event does, and an export of it imports again.
+        user.created_at = user.created_at.min(s);
     }
     if let Some(at) = a.at {
         user.created_at = user.created_at.min(at);
@@ -232,6 +236,14 @@ mod tests {
         apply_activity(&mut u, &Activity::seen(100 * MIN));
         assert_eq!(u.created_at, 100 * MIN);
         assert_eq!(u.last_seen_at, Some(900 * MIN));
+        // An imported lastSeenAt older than createdAt moves createdAt back too.
+        let mut u = User::new("u".into(), 1_000 * MIN);
+        let imported = Activity {
+            last_seen_at: Some(50 * MIN),
+            ..Activity::default()
+        };
+        apply_activity(&mut u, &imported);
+        assert_eq!((u.created_at, u.last_seen_at), (50 * MIN, Some(50 * MIN)));
     }
 
     #[test]

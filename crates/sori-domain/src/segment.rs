@@ -395,6 +395,16 @@ fn id_field(
             errs.push(at(key), "must be at most 256 characters");
             None
         }
+        // Ids are compared and shown as written: a control character or padding is a bug
+        // upstream that would make one visitor two.
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            errs.push(at(key), "must not contain control characters");
+            None
+        }
+        Some(Value::String(s)) if s.trim() != s => {
+            errs.push(at(key), "must not start or end with whitespace");
+            None
+        }
         Some(Value::String(s)) => Some(s.clone()),
         // An integer id is its digits; any other number (`1e3`, `12.5`, digits past 64
         // bits) reaches us as a float whose text is not what the client had, so two

@@ -46,10 +46,14 @@
   var running = false;
   var leaving = false; // the page is being left: requests go out at once (see flushQueue)
   var leavingItems = []; // calls made while leaving, sent together at the end of the task
+  var leavingBytes = 0; // keepalive bytes sent since the page began to be left
+  var inFlightBytes = 0; // keepalive bytes of the requests on their way
   var renewedTokens = {}; // a lost session's token → the token of the boot that renewed it
   var KEEPALIVE_MAX_BYTES = 60000; // under the browser's 64 KB for keepalive requests
   var renewing = null; // the quiet re-boot on its way, shared by the calls that need it
   var LOCK_WAIT_MS = 5000;
+  var REQUEST_TIMEOUT_MS = 15000;
+  var MAX_CALLS_PER_REQUEST = 100; // what POST /sdk/v1/calls takes
   var pageOverride = null;
   var spa = { tracking: false, installed: false, lastHref: null, pending: false };
   var memoryVeil = null;
@@ -162,14 +166,19 @@
   function request(method, path, json, token, keepalive, simple) {
     var headers = { 'content-type': simple ? 'text/plain' : 'application/json' };
     if (token) headers['x-sori-session'] = token;
-    return fetch(ORIGIN + path, {
+    var options = {
       method: method,
       mode: 'cors',
       credentials: 'omit',
       keepalive: !!keepalive,
       headers: headers,
       body: json,
-    }).then(
+    };
+    // A request that never answers would hold the one-at-a-time queue for good.
+    if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') {
+      options.signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
+    }
+    return fetch(ORIGIN + path, options).then(
       function (res) {
         return res.text().then(function (text) {
           var data = null;
@@ -243,6 +252,7 @@
   // the back/forward cache comes back to the one-at-a-time queue.
   function flushQueue() {
     leaving = true;
+    leavingBytes = inFlightBytes;
     var items = [];
     while (queue.length && !queue[0].boot) items.push(queue.shift());
     sendAtOnce(items);
@@ -251,6 +261,7 @@
   w.addEventListener('pagehide', flushQueue);
   w.addEventListener('pageshow', function () {
     leaving = false;
+    leavingBytes = 0;
   });
 
   function sendLeaving() {
@@ -278,8 +289,10 @@
     flush();
   }
 
-  // Posts calls of one session in batches that fit a keepalive request; a call too large
-  // for one goes on its own, without keepalive.
+  // Posts calls of one session in batches of at most MAX_CALLS_PER_REQUEST that fit a
+  // keepalive request. The browser's 64 KB budget is for all keepalive requests in flight
+  // together, so batches go out only while the total fits it; the calls past it (or one
+  // call too large alone) cannot outlive the page, and are reported as not sent.
   function sendCalls(items) {
     var batch = [];
     var size = 0;
@@ -294,6 +307,7 @@
         ',"calls":[' +
         sent.map(function (i) { return i.call.json; }).join(',') +
         ']}';
+      leavingBytes += size + 40;
       request('POST', '/sdk/v1/calls', json, null, true, true).then(
         function (data) {
           var results = (data && data.results) || [];
@@ -310,17 +324,26 @@
       batch = [];
       size = 0;
     };
+    var unsent = 0;
     items.forEach(function (item) {
       var n = byteLength(item.call.json) + 1;
-      if (n + 20 > KEEPALIVE_MAX_BYTES) {
-        runTask(item.run);
-        return;
+      if (leavingBytes + size + n + 40 > KEEPALIVE_MAX_BYTES) {
+        post();
+        if (leavingBytes + n + 40 > KEEPALIVE_MAX_BYTES) {
+          unsent++;
+          item.call.settle({
+            status: 0,
+            error: { message: 'not sent: the page was left with more than 64 KB of calls' },
+          });
+          return;
+        }
       }
-      if (size + n + 20 > KEEPALIVE_MAX_BYTES) post();
+      if (batch.length >= MAX_CALLS_PER_REQUEST) post();
       batch.push(item);
       size += n;
     });
     post();
+    if (unsent) warn(unsent + ' calls not sent: the page was left with more than 64 KB of calls');
   }
 
   // Bytes of a string as UTF-8.
@@ -345,7 +368,12 @@
     if (state === 'booted') {
       sendAs(session.token, send, call);
     } else if (state === 'booting' || state === 'idle') {
-      if (pending.length >= MAX_PENDING_CALLS) return drop();
+      if (pending.length >= MAX_PENDING_CALLS) {
+        var full = 'more than ' + MAX_PENDING_CALLS + ' calls are waiting for a boot';
+        warn(what + ' dropped: ' + full);
+        if (fail) fail(sdkError(full, 0));
+        return;
+      }
       pending.push({ send: send, drop: drop, call: call });
     } else {
       drop();
@@ -564,7 +592,11 @@
   // registered, say) goes through without them, with a warning: the visit and the page
   // still count, and failing the boot would switch the SDK off for the whole page.
   function requestBoot(body) {
-    return request('POST', '/sdk/v1/boot', JSON.stringify(body)).catch(function (err) {
+    var json = serialize('boot', body);
+    if (json === null) {
+      return Promise.reject(sdkError('boot: the options cannot be sent as JSON', 0));
+    }
+    return request('POST', '/sdk/v1/boot', json).catch(function (err) {
       // The part of the boot each refused field belongs to: a refusal of anything else,
       // or of a part the boot did not send, fails the boot.
       var parts = refusedFields(err).map(function (f) {
@@ -636,7 +668,8 @@
               return underLock(true);
             })
             .catch(function (err) {
-              if (entered || !err || err.name !== 'AbortError' || n >= 2) throw err;
+              var waitedOut = err && (err.name === 'TimeoutError' || err.name === 'AbortError');
+              if (entered || !waitedOut || n >= 2) throw err;
               return attempt(n + 1);
             });
         });
@@ -693,9 +726,17 @@
   // since goes out with the new one. Requests are sent with keepalive (so the one on its
   // way survives the page being left) when they fit its budget.
   function sessionRequest(method, path, json, token) {
-    var keepalive = byteLength(json) <= KEEPALIVE_MAX_BYTES;
+    var bytes = byteLength(json);
+    var keepalive = bytes <= KEEPALIVE_MAX_BYTES;
     while (renewedTokens[token]) token = renewedTokens[token];
-    return request(method, path, json, token, keepalive).catch(function (err) {
+    // Counted against the keepalive budget a page being left shares (see sendCalls).
+    if (keepalive) inFlightBytes += bytes;
+    var settled = function () {
+      if (keepalive) inFlightBytes -= bytes;
+    };
+    var sent = request(method, path, json, token, keepalive);
+    sent.then(settled, settled);
+    return sent.catch(function (err) {
       if (err.type !== 'userGone' || state !== 'booted' || !session.options) throw err;
       var gen = generation;
       var renewed = token !== session.token ? Promise.resolve() : renew(gen, token);

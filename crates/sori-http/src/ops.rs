@@ -189,15 +189,22 @@ pub(crate) fn gzip_bodies<S: Clone + Send + Sync + 'static>(
     )
 }
 
-/// Content codings are case-insensitive (RFC 9110 §8.4.1), and the decompression layer
-/// knows `gzip` only as written so: `GZIP` would be refused.
+/// Content codings are case-insensitive, and `x-gzip` is `gzip` (RFC 9110 §8.4.1); the
+/// decompression layer knows `gzip` only as written so, and would refuse the others.
 fn lowercase_encoding<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
     let enc = axum::http::header::CONTENT_ENCODING;
-    if let Some(v) = req.headers().get(&enc)
-        && v.as_bytes().iter().any(u8::is_ascii_uppercase)
-        && let Ok(lower) = axum::http::HeaderValue::from_bytes(&v.as_bytes().to_ascii_lowercase())
-    {
-        req.headers_mut().insert(enc, lower);
+    if let Some(v) = req.headers().get(&enc) {
+        let lower = v.as_bytes().to_ascii_lowercase();
+        let named = if lower == b"x-gzip" {
+            &b"gzip"[..]
+        } else {
+            &lower[..]
+        };
+        if named != v.as_bytes()
+            && let Ok(v) = axum::http::HeaderValue::from_bytes(named)
+        {
+            req.headers_mut().insert(enc, v);
+        }
     }
     req
 }

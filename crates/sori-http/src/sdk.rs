@@ -361,11 +361,36 @@ pub struct CallResults {
 pub async fn calls(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody,
+    crate::body::RawBody(bytes): crate::body::RawBody,
 ) -> ApiResult<Json<CallResults>> {
-    let (ch, user) = match body.get("session").and_then(Value::as_str) {
-        Some(token) if !headers.contains_key("x-sori-session") => session_of(&state, token).await?,
-        _ => session(&state, &headers).await?,
+    // A NUL character is one call's error (as in a Segment batch), not the request's.
+    let mut body = crate::body::parse_json_with_nul(&bytes)?;
+    let nul = crate::body::may_hold_nul(&bytes);
+    if nul
+        && let Some(s) = body
+            .get("session")
+            .and_then(Value::as_str)
+            .filter(|s| s.contains('\0'))
+    {
+        let _ = s;
+        return Err(crate::body::nul_error("session".into()));
+    }
+    if let Some(k) = body.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !matches!(k.as_str(), "session" | "calls"))
+    }) {
+        return Err(ApiError::field(k, "unknown field; expected session, calls"));
+    }
+    let (ch, user) = match (body.get("session"), headers.contains_key("x-sori-session")) {
+        (Some(_), true) => {
+            return Err(ApiError::field(
+                "session",
+                "give the session in x-sori-session or in the body, not both",
+            ));
+        }
+        (Some(Value::String(token)), false) => session_of(&state, token).await?,
+        (Some(_), false) => return Err(ApiError::field("session", "must be a string")),
+        (None, _) => session(&state, &headers).await?,
     };
     let Some(Value::Array(items)) = body.get_mut("calls").map(Value::take) else {
         return Err(ApiError::field("calls", "must be a list of calls"));
@@ -380,7 +405,15 @@ pub async fn calls(
     let mut results = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let at = format!("calls[{i}]");
-        let result = match one_call(&state, &ch, &user, &at, item, agent.as_deref()).await {
+        let checked = match crate::body::nul_path(&item, at.clone()).filter(|_| nul) {
+            Some(path) => Err(crate::body::nul_error(path)),
+            None => Ok(item),
+        };
+        let done = match checked {
+            Ok(item) => one_call(&state, &ch, &user, &at, item, agent.as_deref()).await,
+            Err(e) => Err(e),
+        };
+        let result = match done {
             Ok(user) => CallResult {
                 status: 200,
                 user,

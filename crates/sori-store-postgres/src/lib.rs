@@ -217,11 +217,21 @@ fn backend(e: sqlx::Error) -> StoreError {
     {
         return StoreError::Transient(db.message().to_owned());
     }
-    if matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    ) {
+    if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) {
         return StoreError::Unavailable(e.to_string());
+    }
+    // A connection the server ended (a restart: `57P01` admin shutdown, `57P02`, `57P03`,
+    // class 08, or the socket gone): another attempt on a fresh connection may succeed,
+    // and if the server is down it answers 503, not 500.
+    if let sqlx::Error::Database(db) = &e
+        && db
+            .code()
+            .is_some_and(|c| c.starts_with("57P0") || c.starts_with("08"))
+    {
+        return StoreError::Transient(db.message().to_owned());
+    }
+    if let sqlx::Error::Io(io) = &e {
+        return StoreError::Transient(io.to_string());
     }
     StoreError::Backend(Box::new(e))
 }

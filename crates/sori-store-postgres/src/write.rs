@@ -306,6 +306,11 @@ const STORED_OWNERS: &str = "SELECT k.ch, k.id, e.user_id \
 /// another batch between the read and the write is written as before (its event row is
 /// still refused).
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+    if let Some(i) = sori_store::first_repeat(ops).filter(|&i| i > 0) {
+        let mut done = Box::pin(write_users(writers, &ops[..i])).await?;
+        done.extend(Box::pin(write_users(writers, &ops[i..])).await?);
+        return Ok(done);
+    }
     let keys: Vec<(i64, &str)> = sori_store::retry_keys(ops)
         .into_iter()
         .filter(|(_, id)| !id.contains('\0'))
@@ -458,6 +463,11 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
 
     if let Some(agg) = &agg {
         plan.account_duplicates(ops, &agg.duplicates);
+    }
+    if plan.raced(ops) {
+        let e =
+            StoreError::Transient("another transaction stored the same Segment call first".into());
+        return Err(tx.abort(e).await);
     }
 
     // Round trip 2: everything else the plan wrote, and the commit.

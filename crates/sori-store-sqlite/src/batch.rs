@@ -208,6 +208,11 @@ fn lookup<T>(
 
 /// Runs one batch in one transaction.
 pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
+    if let Some(i) = sori_store::first_repeat(ops).filter(|&i| i > 0) {
+        let mut done = write_users(conn, &ops[..i])?;
+        done.extend(write_users(conn, &ops[i..])?);
+        return Ok(done);
+    }
     let keys = sori_store::retry_keys(ops);
     if keys.is_empty() {
         return write_planned(conn, ops);
@@ -322,6 +327,12 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
         insert_events(&tx, &plan.events)?
     };
     plan.account_duplicates(ops, &duplicates);
+    if plan.raced(ops) {
+        // Dropping the transaction rolls it back; the writer retries the batch.
+        return Err(StoreError::Transient(
+            "another process stored the same Segment call first".into(),
+        ));
+    }
     if !plan.light.is_empty() {
         // The change number stays: followers find these users through their new events
         // (see `follow`), and the seq index is left alone.

@@ -12,7 +12,7 @@ use sori_domain::{ProfileField, Role, User};
 
 pub use plan::{
     Merge, UserKeys, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan,
-    plan_user_writes, retried, retry_keys, to_write, with_retries,
+    first_repeat, plan_user_writes, retried, retry_keys, to_write, with_retries,
 };
 pub use types::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Segment,

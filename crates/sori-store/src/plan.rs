@@ -380,6 +380,18 @@ pub fn plan_user_writes<'a>(
 }
 
 impl WritePlan<'_> {
+    /// Whether a whole-guarded op found every one of its events stored already though the
+    /// read before planning had not: another transaction stored the same call in between
+    /// (two deliveries racing, on two nodes or shards). The batch must be rolled back and
+    /// written again, when the read finds the call and answers it as a retry; kept, it
+    /// would replay the visit, session or merge. Call it after
+    /// [`WritePlan::account_duplicates`].
+    pub fn raced(&self, ops: &[UserOp]) -> bool {
+        ops.iter().zip(&self.results).any(|(op, r)| {
+            guarded_whole(op) && matches!(r, Ok(o) if o.duplicate_events == op.events.len())
+        })
+    }
+
     /// Accounts for the batch's events the store did not insert (`duplicates`: their ids,
     /// already stored by `messageId`). Each write's outcome counts its own (imports report
     /// them), and `light` keeps only what stored events move: a retried event changes no
@@ -443,6 +455,26 @@ fn guarded_whole(op: &UserOp) -> bool {
     !op.events.is_empty()
         && op.events.iter().all(|e| e.message_id.is_some())
         && (!op.is_light() || (op.member_key().is_none() && op.veil_key().is_some()))
+}
+
+/// Where a batch must be cut so that no whole-guarded op repeats a `messageId` of an
+/// earlier op of the batch: a second delivery of a call (a client's retry) that reaches
+/// the same batch as the first is then written after the first is stored, and found
+/// stored, instead of replaying the visit, session or merge. `None` when no op repeats.
+pub fn first_repeat(ops: &[UserOp]) -> Option<usize> {
+    let mut seen: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
+    for (i, op) in ops.iter().enumerate() {
+        let ids = || {
+            op.events
+                .iter()
+                .filter_map(|e| Some((op.channel_id, e.message_id.as_deref()?)))
+        };
+        if guarded_whole(op) && ids().any(|k| seen.contains(&k)) {
+            return Some(i);
+        }
+        seen.extend(ids());
+    }
+    None
 }
 
 /// The `(channel, messageId)`s to look up before a batch is planned (see [`retried`]).

@@ -111,7 +111,9 @@ pub struct Running {
 const AUDIENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How long a graceful shutdown waits for open requests before the server stops anyway.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Kept well under the 10 s a container runtime waits before it kills: the store still
+/// closes after it.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often the retention job looks for expired events.
 const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);

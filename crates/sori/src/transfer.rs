@@ -342,9 +342,31 @@ fn report(held: &mut Vec<(usize, String)>, line: usize, e: &Invalid) {
     for f in &e.0 {
         // An error of the whole line (malformed JSON or CSV, not UTF-8) names no field.
         held.push(match f.field.as_str() {
-            WHOLE_LINE => (line, format!("line {line}: {}", f.message)),
-            field => (line, format!("line {line}: {field}: {}", f.message)),
+            WHOLE_LINE => (line, format!("line {line}: {}", shown(&f.message))),
+            field => (
+                line,
+                format!("line {line}: {}: {}", shown(field), shown(&f.message)),
+            ),
         });
+    }
+}
+
+/// Text from the file as the terminal should show it: control characters escaped, so a
+/// key holding an escape sequence cannot drive the operator's terminal.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
     }
 }
 
@@ -735,9 +757,15 @@ impl ExportFile {
                 shown: path.to_path_buf(),
             });
         }
-        let target = match meta {
-            Some(_) => std::fs::canonicalize(path)?,
-            None => path.to_path_buf(),
+        let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        let target = match (meta, link) {
+            (Some(_), _) => std::fs::canonicalize(path)?,
+            // A link to nothing (or a loop): writing would replace the link itself.
+            (None, true) => anyhow::bail!(
+                "--output {} is a symbolic link to a file that does not exist",
+                path.display()
+            ),
+            (None, false) => path.to_path_buf(),
         };
         let mut partial = target.clone().into_os_string();
         partial.push(format!(".{}.partial", sori_app::secrets::random_hex(6)));

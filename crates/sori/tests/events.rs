@@ -1437,6 +1437,51 @@ async fn concurrent_retries_store_once(b: Backend) {
         .find(|e| e["name"] == "Paid")
         .map(|e| e["count"].clone());
     assert_eq!(count, Some(json!(30)), "the catalog counts them once too");
+
+    // Copies of a sign-in batch (a visit, then the identify naming a known member) that
+    // arrive at once: one visit, one merge, however they meet (one write batch, or two
+    // shards racing).
+    for round in 0..4 {
+        let member = format!("racer-{round}");
+        app.upsert(&member, json!({"profile": {"name": "R"}})).await;
+        let anon = format!("anon-race-{round}");
+        let batch = json!({"batch": [
+            {"type": "page", "anonymousId": anon, "messageId": format!("race-page-{round}"),
+             "properties": {"url": "https://shop.example/"}},
+            {"type": "track", "anonymousId": anon, "event": "Looked",
+             "messageId": format!("race-track-{round}")},
+            {"type": "identify", "anonymousId": anon, "userId": member},
+            {"type": "track", "userId": member, "event": "Bought",
+             "messageId": format!("race-buy-{round}")}
+        ]});
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let (app, batch) = (app.clone(), batch.clone());
+            tasks.push(tokio::spawn(async move {
+                segment(&app, "/v1/batch", batch).await
+            }));
+        }
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+        let user = app.member(&member).await;
+        assert_eq!(user["sessionsCount"], 1, "round {round}: {user:?}");
+        let merges = app
+            .open(
+                Method::GET,
+                &format!("/open/v5/users/@{member}/merges"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            merges.body["merges"].as_array().map(Vec::len),
+            Some(1),
+            "round {round}: {:?}",
+            merges.body
+        );
+        assert_eq!(events_of(&app, &format!("@{member}")).await.len(), 3);
+    }
 }
 
 /// `POST /sdk/v1/calls`, what sori.js sends as a page is left: calls applied in order,
@@ -1520,7 +1565,60 @@ async fn sdk_calls(b: Backend) {
         )
         .await;
     assert_eq!((r.status, r.error_field()), (400, "calls"));
+    // Shape: unknown fields, a session both ways, a session that is not text.
+    for (body, field) in [
+        (
+            json!({"session": session, "calls": [], "extra": 1}),
+            "extra",
+        ),
+        (
+            json!({"session": 5, "calls": [{"track": {"name": "X"}}]}),
+            "session",
+        ),
+    ] {
+        let r = app
+            .raw(
+                Method::POST,
+                "/sdk/v1/calls",
+                &[("content-type", "text/plain")],
+                body.to_string().into_bytes(),
+            )
+            .await;
+        assert_eq!((r.status, r.error_field()), (400, field), "{:?}", r.body);
+    }
+    let r = app
+        .raw(
+            Method::POST,
+            "/sdk/v1/calls",
+            &[("x-sori-session", session.as_str())],
+            json!({"session": session, "calls": [{"track": {"name": "X"}}]})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!((r.status, r.error_field()), (400, "session"));
     assert_eq!(events_of(&app, &id).await.len(), 2);
+    // A NUL character is that call's error; the others are applied.
+    let r = app
+        .raw(
+            Method::POST,
+            "/sdk/v1/calls",
+            &[("content-type", "text/plain")],
+            json!({"session": session, "calls": [
+                {"track": {"name": "a\u{0}b"}}, {"track": {"name": "Three"}}
+            ]})
+            .to_string()
+            .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["results"][0]["status"], 400);
+    assert_eq!(
+        r.body["results"][0]["error"]["errors"][0]["field"],
+        "calls[0].track.name"
+    );
+    assert_eq!(r.body["results"][1]["status"], 200);
+    assert_eq!(events_of(&app, &id).await.len(), 3);
 
     // sori.js's quiet re-boot of a lost session is not a second visit.
     let r = boot(
@@ -1530,6 +1628,11 @@ async fn sdk_calls(b: Backend) {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["user"]["sessionsCount"], 0);
+    // Nor does it record a PageView, even when asked: a PageView is a visit.
+    let r = boot(&app, json!({"pluginKey": pk, "visit": false})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let quiet = r.body["user"]["id"].as_str().unwrap().to_owned();
+    assert!(events_of(&app, &quiet).await.is_empty());
     let r = boot(&app, json!({"pluginKey": pk, "visit": "no"})).await;
     assert_eq!((r.status, r.error_field()), (400, "visit"));
     app.stop().await;
@@ -1671,6 +1774,19 @@ async fn segment_edges(b: Backend) {
     )
     .await;
     assert_eq!((r.status, r.error_field()), (400, "userId"));
+    for anon in ["ctl\u{1}anon", " pad "] {
+        let r = segment(
+            &app,
+            "/v1/track",
+            json!({"anonymousId": anon, "event": "E"}),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.error_field()),
+            (400, "anonymousId"),
+            "{anon:?}"
+        );
+    }
 
     // Content codings are case-insensitive.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
