@@ -286,16 +286,47 @@ pub async fn track(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<EventEnvelope>> {
     let (ch, user) = session(&state, &headers).await?;
-    let mut input = EventInput::from_json(body)?;
-    input.page = input.page.map(clip_page_value);
-    let (outcome, mut event) = state
-        .app
-        .sdk_track(&ch, &user, input, user_agent(&headers).as_deref())
+    let (outcome, mut event) = track_as(&state, &ch, &user, body, user_agent(&headers).as_deref())
         .await
         .map_err(user_gone)?;
     Ok(Json(EventEnvelope {
         event: EventView::of_new(&outcome.user_id, &mut event),
     }))
+}
+
+/// Records `body` (`{name, property, page}`) for the session's user: `POST /sdk/v1/events`
+/// and a `track` call of `POST /sdk/v1/calls`.
+async fn track_as(
+    state: &AppState,
+    ch: &ChannelInfo,
+    user: &str,
+    body: Value,
+    agent: Option<&str>,
+) -> Result<(sori_store::UserOpOutcome, sori_domain::event::NewEvent), sori_app::AppError> {
+    let mut input = EventInput::from_json(body)?;
+    input.page = input.page.map(clip_page_value);
+    state.app.sdk_track(ch, user, input, agent).await
+}
+
+/// Applies `body` (a non-empty `PATCH /sdk/v1/user` body) to the session's user and shows
+/// the user as the browser may see it: `PATCH /sdk/v1/user` and a `user` call of
+/// `POST /sdk/v1/calls`.
+async fn update_as(
+    state: &AppState,
+    ch: &ChannelInfo,
+    user: &str,
+    body: &Value,
+) -> Result<UserView, sori_app::AppError> {
+    let update = UserUpdate::from_json(body, SDK_UPDATE_FIELDS)?;
+    let outcome = state
+        .app
+        .ingest(
+            ch,
+            Ingest::update(UserTarget::Id(user.to_owned()), update),
+            Source::Sdk,
+        )
+        .await?;
+    Ok(browser_view(ch, sori_app::users::whole(outcome)?))
 }
 
 /// `updateUser`, `addTags`, `removeTags` for the booted user.
@@ -308,19 +339,10 @@ pub async fn update_user(
 ) -> ApiResult<Json<UserEnvelope>> {
     let (ch, user) = session(&state, &headers).await?;
     crate::body::require_fields(&body)?;
-    let update = UserUpdate::from_json(&body, SDK_UPDATE_FIELDS)?;
-    let outcome = state
-        .app
-        .ingest(
-            &ch,
-            Ingest::update(UserTarget::Id(user), update),
-            Source::Sdk,
-        )
+    let user = update_as(&state, &ch, &user, &body)
         .await
         .map_err(user_gone)?;
-    Ok(Json(UserEnvelope {
-        user: browser_view(&ch, sori_app::users::whole(outcome)?),
-    }))
+    Ok(Json(UserEnvelope { user }))
 }
 
 /// Most calls in one `POST /sdk/v1/calls`.
@@ -367,12 +389,11 @@ pub async fn calls(
     let mut body = crate::body::parse_json_with_nul(&bytes)?;
     let nul = crate::body::may_hold_nul(&bytes);
     if nul
-        && let Some(s) = body
+        && body
             .get("session")
             .and_then(Value::as_str)
-            .filter(|s| s.contains('\0'))
+            .is_some_and(|s| s.contains('\0'))
     {
-        let _ = s;
         return Err(crate::body::nul_error("session".into()));
     }
     if let Some(k) = body.as_object().and_then(|o| {
@@ -458,17 +479,15 @@ async fn one_call(
     };
     let body = o.remove(&kind).unwrap_or(Value::Null);
     let key = format!("{at}.{kind}");
+    // As the call's own route answers, its fields named under the call.
+    let answer = |e| match e {
+        sori_app::AppError::Invalid(i) => ApiError::from(prefixed(&key, i)),
+        e => user_gone(e),
+    };
     if kind == "track" {
-        let mut input = EventInput::from_json(body).map_err(|e| prefixed(&key, e))?;
-        input.page = input.page.map(clip_page_value);
-        state
-            .app
-            .sdk_track(ch, user, input, agent)
+        track_as(state, ch, user, body, agent)
             .await
-            .map_err(|e| match e {
-                sori_app::AppError::Invalid(i) => ApiError::from(prefixed(&key, i)),
-                e => user_gone(e),
-            })?;
+            .map_err(answer)?;
         return Ok(None);
     }
     if body.as_object().is_some_and(Map::is_empty) {
@@ -477,20 +496,10 @@ async fn one_call(
             "must name at least one field to change",
         ));
     }
-    let update = UserUpdate::from_json(&body, SDK_UPDATE_FIELDS).map_err(|e| prefixed(&key, e))?;
-    let outcome = state
-        .app
-        .ingest(
-            ch,
-            Ingest::update(UserTarget::Id(user.to_owned()), update),
-            Source::Sdk,
-        )
+    update_as(state, ch, user, &body)
         .await
-        .map_err(|e| match e {
-            sori_app::AppError::Invalid(i) => ApiError::from(prefixed(&key, i)),
-            e => user_gone(e),
-        })?;
-    Ok(Some(browser_view(ch, sori_app::users::whole(outcome)?)))
+        .map(Some)
+        .map_err(answer)
 }
 
 /// Field paths of one call's errors, under the call's path (`calls[2].track.name`).

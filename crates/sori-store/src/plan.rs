@@ -462,6 +462,10 @@ fn guarded_whole(op: &UserOp) -> bool {
 /// the same batch as the first is then written after the first is stored, and found
 /// stored, instead of replaying the visit, session or merge. `None` when no op repeats.
 pub fn first_repeat(ops: &[UserOp]) -> Option<usize> {
+    // Most batches hold no guarded op (events by userId, upserts): no set to build.
+    if !ops.iter().any(guarded_whole) {
+        return None;
+    }
     let mut seen: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
     for (i, op) in ops.iter().enumerate() {
         let ids = || {
