@@ -75,6 +75,7 @@ struct FileConfig {
     writer_shards: Option<usize>,
     pg_max_connections: Option<u32>,
     owner_email: Option<String>,
+    header_timeout_secs: Option<u64>,
 }
 
 /// Resolved configuration.
@@ -104,6 +105,10 @@ pub struct Config {
     pub owner_email: String,
     /// Serve the benchmarks' no-op endpoint.
     pub bench_endpoints: bool,
+    /// Longest a connection may take to send a request's headers, counted from when it
+    /// opened or its previous response went out: idle and stalled (slowloris) clients must
+    /// not hold sockets forever.
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -121,6 +126,7 @@ impl Default for Config {
             pg_max_connections: 16,
             owner_email: "owner@sori.local".into(),
             bench_endpoints: false,
+            header_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -151,6 +157,9 @@ impl Config {
         if file.pg_max_connections == Some(0) {
             anyhow::bail!("pg_max_connections = 0: must be at least 1");
         }
+        if file.header_timeout_secs == Some(0) {
+            anyhow::bail!("header_timeout_secs = 0: must be at least 1");
+        }
         Ok(Self {
             data_dir: args
                 .data_dir
@@ -168,6 +177,9 @@ impl Config {
             pg_max_connections: file.pg_max_connections.unwrap_or(d.pg_max_connections),
             owner_email: file.owner_email.unwrap_or(d.owner_email),
             bench_endpoints: serve.bench_endpoints,
+            header_timeout: file
+                .header_timeout_secs
+                .map_or(d.header_timeout, std::time::Duration::from_secs),
         })
     }
 
@@ -224,7 +236,11 @@ mod tests {
     fn file_then_flags() {
         let dir = tempfile::tempdir().expect("tmp");
         let f = dir.path().join("sori.toml");
-        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\nrate_limit = 5\n").expect("write");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:9000\"\nrate_limit = 5\nheader_timeout_secs = 7\n",
+        )
+        .expect("write");
         let args = ConfigArgs {
             config: Some(f.clone()),
             ..Default::default()
@@ -232,6 +248,7 @@ mod tests {
         let c = Config::load(&args, &ServeArgs::default()).expect("load");
         assert_eq!(c.listen, "127.0.0.1:9000");
         assert_eq!(c.rate_limit, 5);
+        assert_eq!(c.header_timeout, std::time::Duration::from_secs(7));
         let args = ConfigArgs {
             config: Some(f),
             ..Default::default()
@@ -267,6 +284,7 @@ mod tests {
             "max_body_bytes = 0",
             "writer_shards = 0",
             "pg_max_connections = 0",
+            "header_timeout_secs = 0",
         ] {
             std::fs::write(dir.path().join("zero.toml"), bad).expect("write");
             let args = ConfigArgs {

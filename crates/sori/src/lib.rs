@@ -3,6 +3,7 @@
 //! [`start`] to run a real server on a free port.
 
 pub mod config;
+mod listen;
 pub mod transfer;
 
 use std::net::SocketAddr;
@@ -215,18 +216,19 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let router = sori_http::router(app.clone(), &cfg.http());
+    let header_timeout = cfg.header_timeout;
     let (tx, rx) = oneshot::channel::<()>();
     let stopping = Arc::new(tokio::sync::Notify::new());
     let stopped = stopping.clone();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let serve = listen::serve(listener, router, header_timeout, async move {
             let _ = rx.await;
             stopped.notify_one();
         });
         // In-flight requests get SHUTDOWN_GRACE to finish; a connection that never
         // completes its request (a stalled or malicious client) must not hold a restart.
         tokio::select! {
-            served = std::future::IntoFuture::into_future(serve) => served,
+            () = serve => Ok(()),
             () = async {
                 stopping.notified().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -85,3 +85,57 @@ async fn openapi_describes_every_endpoint(b: Backend) {
 }
 
 both!(ops_endpoints, openapi_describes_every_endpoint);
+
+/// Reads from `stream` until the server closes it (at most `within`); what it sent.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut got))
+        .await
+        .expect("the server closed the connection in time")
+        .expect("read");
+    got
+}
+
+/// A client that stalls in the middle of a request's headers, or keeps a connection idle
+/// after a response, is disconnected after `header_timeout` (not the storage: one backend).
+#[tokio::test]
+async fn stalled_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let timeout = std::time::Duration::from_secs(1);
+    let app = common::spawn_with(Backend::Sqlite, |c| c.header_timeout = timeout).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let within = std::time::Duration::from_secs(10);
+
+    // Half a request (slowloris): closed without an answer to it.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut stalled, within).await;
+    assert!(started.elapsed() >= timeout, "closed before the deadline");
+    assert!(
+        !String::from_utf8_lossy(&got).contains("200 OK"),
+        "answered a request it never finished: {}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // A finished request is answered, then the idle connection is closed.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = String::from_utf8_lossy(&read_until_closed(&mut idle, within).await).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    assert!(got.contains("\"status\":\"ok\""), "{got}");
+
+    // Clients that keep sending requests keep their connection.
+    let r = app.raw(Method::GET, "/healthz", &[], vec![]).await;
+    assert_eq!(r.status, 200);
+    app.stop().await;
+}
