@@ -138,7 +138,14 @@ pub(crate) fn nul_path(v: &Value, at: String) -> Option<String> {
 }
 
 fn body_rejection(r: BytesRejection) -> ApiError {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if timed_out(&r) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "requestTimeout",
+            "the request body stopped arriving: no data within the server's \
+             header_timeout_secs (30 s unless configured)",
+        )
+    } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payloadTooLarge",
@@ -149,6 +156,19 @@ fn body_rejection(r: BytesRejection) -> ApiError {
     } else {
         ApiError::field("body", r.body_text())
     }
+}
+
+/// Whether reading the body failed because it paused too long (see `listen`), however
+/// many layers (decompression, limits) wrapped the error.
+fn timed_out(r: &BytesRejection) -> bool {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(err) = e {
+        if err.is::<crate::listen::BodyTimeout>() {
+            return true;
+        }
+        e = err.source();
+    }
+    false
 }
 
 impl JsonBody {

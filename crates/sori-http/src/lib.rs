@@ -6,6 +6,7 @@ pub mod body;
 pub mod desk;
 pub mod error;
 pub mod json;
+mod listen;
 pub mod open;
 mod ops;
 pub mod ratelimit;
@@ -21,6 +22,7 @@ use axum::routing::{get, patch, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sori_app::App;
 
+pub use listen::serve;
 pub use ops::{ApiDoc, metrics_handle};
 use ratelimit::RateLimiter;
 

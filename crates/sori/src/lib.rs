@@ -3,7 +3,6 @@
 //! [`start`] to run a real server on a free port.
 
 pub mod config;
-mod listen;
 pub mod transfer;
 
 use std::net::SocketAddr;
@@ -221,7 +220,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let stopping = Arc::new(tokio::sync::Notify::new());
     let stopped = stopping.clone();
     let task = tokio::spawn(async move {
-        let serve = listen::serve(listener, router, header_timeout, async move {
+        let serve = sori_http::serve(listener, router, header_timeout, async move {
             let _ = rx.await;
             stopped.notify_one();
         });

@@ -101,7 +101,9 @@ async fn read_until_closed(
 }
 
 /// A client that stalls in the middle of a request's headers, or keeps a connection idle
-/// after a response, is disconnected after `header_timeout` (not the storage: one backend).
+/// after a response, is disconnected after `header_timeout`; one that pauses that long
+/// within a body (plain or gzip) gets a 408 and nothing is stored (the deadline is the
+/// HTTP layer's, not the storage's: one backend).
 #[tokio::test]
 async fn stalled_and_idle_connections_are_closed() {
     use tokio::io::AsyncWriteExt;
@@ -133,6 +135,37 @@ async fn stalled_and_idle_connections_are_closed() {
     let got = String::from_utf8_lossy(&read_until_closed(&mut idle, within).await).into_owned();
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     assert!(got.contains("\"status\":\"ok\""), "{got}");
+
+    // Half a body: 408 in the API's format, then the connection closes.
+    let auth = common::basic(&app.creds.write_key);
+    let event = br#"{"userId":"slow-1","event":"Stalled","messageId":"m-slow"}"#;
+    let gzipped = {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(event).unwrap();
+        z.finish().unwrap()
+    };
+    for (encoding, body) in [("identity", event.to_vec()), ("gzip", gzipped)] {
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+             Content-Type: application/json\r\nContent-Encoding: {encoding}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        slow.write_all(&body[..body.len() / 2]).await.unwrap();
+        let got = String::from_utf8_lossy(&read_until_closed(&mut slow, within).await).into_owned();
+        assert!(got.starts_with("HTTP/1.1 408"), "{encoding}: {got}");
+        assert!(got.contains("requestTimeout"), "{encoding}: {got}");
+    }
+    let r = app.open(Method::GET, "/open/v5/events/catalog", None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.body.to_string().contains("Stalled"),
+        "a stalled body was stored: {}",
+        r.body
+    );
 
     // Clients that keep sending requests keep their connection.
     let r = app.raw(Method::GET, "/healthz", &[], vec![]).await;

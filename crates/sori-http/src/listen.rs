@@ -1,0 +1,165 @@
+//! The HTTP/1.1 accept loop. `axum::serve` gives hyper no timer, so a connection that never
+//! finishes sending a request (a stalled client, or a slowloris attack holding sockets
+//! open a byte at a time) or simply stays idle is kept forever. Here each connection runs
+//! with hyper's timer and two deadlines of the same length, `timeout`: the headers of each
+//! request must arrive within it of the connection opening or of the previous response,
+//! and a body must never pause longer than it between two pieces (408, then the
+//! connection closes).
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Sleep;
+use tower::ServiceExt;
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, asks every
+/// connection to close after its current request, and returns when all have.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    // Connections watch `stop` (closed when shutdown begins) and hold a receiver of `done`,
+    // so the loop knows when the last one has ended.
+    let (stop_tx, stop_rx) = watch::channel(());
+    let (done_tx, done_rx) = watch::channel(());
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |req: axum::http::Request<Incoming>| {
+                req.map(|body| axum::body::Body::new(IdleTimeout::new(body, timeout)))
+            },
+        ));
+        let mut stop = stop_rx.clone();
+        let done = done_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout);
+            let mut conn = pin!(
+                builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+            );
+            tokio::select! {
+                // Errors here are the client's (reset, timed out, malformed): nothing to
+                // report beyond hyper's own debug logs.
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(done);
+        });
+    }
+    drop(listener);
+    drop(stop_rx);
+    drop(stop_tx);
+    drop(done_rx);
+    done_tx.closed().await;
+}
+
+/// Connection-level errors (the client went away before the accept) are routine; anything
+/// else, such as running out of file descriptors, is logged and retried after a pause
+/// instead of spinning.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// What a body that paused too long fails with; the body extractors answer 408 for it.
+#[derive(Debug)]
+pub struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body stopped arriving")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// A request body that fails with [`BodyTimeout`] when no piece of it arrives for
+/// `timeout`. The clock starts only when the body is waited for, so a body that came with
+/// its headers (almost every API call) costs no timer.
+struct IdleTimeout {
+    body: Incoming,
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimeout {
+    fn new(body: Incoming, timeout: Duration) -> Self {
+        Self {
+            body,
+            timeout,
+            sleep: None,
+        }
+    }
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
