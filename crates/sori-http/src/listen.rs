@@ -1,9 +1,10 @@
 //! The HTTP/1.1 accept loop. `axum::serve` gives hyper no timer, so a connection that never
 //! finishes sending a request (a stalled client, or a slowloris attack holding sockets
 //! open a byte at a time) or simply stays idle is kept forever. Here each connection runs
-//! with hyper's timer and two deadlines of the same length, `timeout`: the headers of each
-//! request must arrive within it of the connection opening or of the previous response,
-//! and a body must never pause longer than it between two pieces (408, then the
+//! with hyper's timer and three deadlines of the same length, `timeout`: the headers of
+//! each request must arrive within it of the connection opening or of the previous
+//! response, a body must never pause longer than it between two pieces (408, then the
+//! connection closes), and a client must not leave an answer unread that long (the
 //! connection closes).
 
 use std::future::Future;
@@ -17,7 +18,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Sleep;
 use tower::ServiceExt;
@@ -60,7 +62,7 @@ pub async fn serve(
                 .header_read_timeout(timeout);
             let mut conn = pin!(
                 builder
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(TokioIo::new(WriteDeadline::new(stream, timeout)), service)
                     .with_upgrades()
             );
             tokio::select! {
@@ -161,5 +163,95 @@ impl Body for IdleTimeout {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A connection whose writes fail when the client has not taken any of an answer for
+/// `timeout` (its receive window stays full): a client that never reads would otherwise
+/// hold the connection, and the answers queued for it, forever.
+struct WriteDeadline {
+    stream: TcpStream,
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(stream: TcpStream, timeout: Duration) -> Self {
+        Self {
+            stream,
+            timeout,
+            sleep: None,
+        }
+    }
+
+    /// Maps a write's outcome: progress clears the clock, waiting starts or checks it.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.sleep = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.deadline(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.deadline(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.deadline(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.deadline(cx, polled)
     }
 }

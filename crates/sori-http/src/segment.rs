@@ -50,12 +50,29 @@ pub struct Accepted {
     pub errors: Vec<ItemError>,
 }
 
-async fn channel(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &Value,
-) -> ApiResult<Arc<ChannelInfo>> {
-    let from_header = headers
+/// The channel whose write key is the HTTP Basic user name, resolved before the body is
+/// read: a wrong key is refused at once, not after a body its sender may drip for as long
+/// as the server's body deadline allows. `None` when the header names no key (it may then
+/// be the body's `writeKey`).
+pub struct KeyedChannel(Option<Arc<ChannelInfo>>);
+
+impl axum::extract::FromRequestParts<AppState> for KeyedChannel {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        match header_key(&parts.headers) {
+            Some(key) => Ok(Self(Some(state.app.channels.by_write_key(&key).await?))),
+            None => Ok(Self(None)),
+        }
+    }
+}
+
+/// The Basic auth user name, when there is a non-empty one.
+fn header_key(headers: &HeaderMap) -> Option<String> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -71,30 +88,38 @@ async fn channel(
         .map(|s| {
             s.split_once(':')
                 .map_or(s.clone(), |(user, _)| user.to_owned())
-        });
-    let key = from_header
-        .filter(|k| !k.is_empty())
-        .or_else(|| {
-            body.get("writeKey")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
         })
+        .filter(|k| !k.is_empty())
+}
+
+/// The call's channel: the header's, or else the body's `writeKey`.
+async fn channel(
+    state: &AppState,
+    keyed: KeyedChannel,
+    body: &Value,
+) -> ApiResult<Arc<ChannelInfo>> {
+    if let Some(ch) = keyed.0 {
+        return Ok(ch);
+    }
+    let key = body
+        .get("writeKey")
+        .and_then(Value::as_str)
         .ok_or_else(|| {
             ApiError::unauthorized(
                 "send the channel's write key as the HTTP Basic user name (password empty)",
             )
         })?;
-    Ok(state.app.channels.by_write_key(&key).await?)
+    Ok(state.app.channels.by_write_key(key).await?)
 }
 
 async fn single(
     state: AppState,
-    headers: HeaderMap,
+    keyed: KeyedChannel,
     bytes: Bytes,
     kind: Kind,
 ) -> ApiResult<Json<Accepted>> {
     let body = crate::body::parse_json(&bytes)?;
-    let ch = channel(&state, &headers, &body).await?;
+    let ch = channel(&state, keyed, &body).await?;
     let now = now_ms();
     // In a block, so the parsed call is not kept in this future across the write (see
     // `App::ingest`).
@@ -130,7 +155,7 @@ async fn single(
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn identify(
     State(s): State<AppState>,
-    h: HeaderMap,
+    h: KeyedChannel,
     RawBody(b): RawBody,
 ) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Identify).await
@@ -142,7 +167,7 @@ pub async fn identify(
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn track(
     State(s): State<AppState>,
-    h: HeaderMap,
+    h: KeyedChannel,
     RawBody(b): RawBody,
 ) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Track).await
@@ -154,7 +179,7 @@ pub async fn track(
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn page(
     State(s): State<AppState>,
-    h: HeaderMap,
+    h: KeyedChannel,
     RawBody(b): RawBody,
 ) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Page).await
@@ -166,7 +191,7 @@ pub async fn page(
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn screen(
     State(s): State<AppState>,
-    h: HeaderMap,
+    h: KeyedChannel,
     RawBody(b): RawBody,
 ) -> ApiResult<Json<Accepted>> {
     single(s, h, b, Kind::Screen).await
@@ -179,7 +204,7 @@ pub async fn screen(
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn batch(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    keyed: KeyedChannel,
     RawBody(bytes): RawBody,
 ) -> ApiResult<Json<Accepted>> {
     // A NUL is an error of the item that holds it, like any other (checked below).
@@ -192,7 +217,7 @@ pub async fn batch(
     if nul && let Some(path) = crate::body::nul_path(&body, String::new()) {
         return Err(crate::body::nul_error(path));
     }
-    let ch = channel(&state, &headers, &body).await?;
+    let ch = channel(&state, keyed, &body).await?;
     let Some(Value::Array(items)) = items else {
         return Err(ApiError::field("batch", "must be a list of calls"));
     };

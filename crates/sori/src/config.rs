@@ -60,6 +60,9 @@ pub struct ServeArgs {
     pub bench_endpoints: bool,
 }
 
+/// Longest `header_timeout_secs`: a day.
+const MAX_HEADER_TIMEOUT_SECS: u64 = 86_400;
+
 /// The TOML file's keys (all optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,8 +160,14 @@ impl Config {
         if file.pg_max_connections == Some(0) {
             anyhow::bail!("pg_max_connections = 0: must be at least 1");
         }
-        if file.header_timeout_secs == Some(0) {
-            anyhow::bail!("header_timeout_secs = 0: must be at least 1");
+        // Bounded above too: a deadline past the clock's range would overflow on every
+        // connection.
+        if let Some(n) = file.header_timeout_secs
+            && !(1..=MAX_HEADER_TIMEOUT_SECS).contains(&n)
+        {
+            anyhow::bail!(
+                "header_timeout_secs = {n}: must be from 1 to {MAX_HEADER_TIMEOUT_SECS} (one day)"
+            );
         }
         Ok(Self {
             data_dir: args
@@ -285,6 +294,8 @@ mod tests {
             "writer_shards = 0",
             "pg_max_connections = 0",
             "header_timeout_secs = 0",
+            "header_timeout_secs = 86401",
+            "header_timeout_secs = 9223372036854775807",
         ] {
             std::fs::write(dir.path().join("zero.toml"), bad).expect("write");
             let args = ConfigArgs {

@@ -100,10 +100,11 @@ async fn read_until_closed(
     got
 }
 
-/// A client that stalls in the middle of a request's headers, or keeps a connection idle
-/// after a response, is disconnected after `header_timeout`; one that pauses that long
-/// within a body (plain or gzip) gets a 408 and nothing is stored (the deadline is the
-/// HTTP layer's, not the storage's: one backend).
+/// A client that stalls in the middle of a request's headers, keeps a connection idle
+/// after a response or leaves answers unread is disconnected after `header_timeout`; one
+/// that pauses that long within a body (plain or gzip) gets a 408 and nothing is stored; a
+/// wrong Segment write key is refused before the body is read (the deadlines are the HTTP
+/// layer's, not the storage's: one backend).
 #[tokio::test]
 async fn stalled_and_idle_connections_are_closed() {
     use tokio::io::AsyncWriteExt;
@@ -165,6 +166,61 @@ async fn stalled_and_idle_connections_are_closed() {
         !r.body.to_string().contains("Stalled"),
         "a stalled body was stored: {}",
         r.body
+    );
+
+    // A wrong write key is refused before the body is read: at once, not after the body
+    // deadline.
+    let mut keyed = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+         Content-Length: 100\r\n\r\n",
+        common::basic("wrong-key")
+    );
+    let started = std::time::Instant::now();
+    keyed.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    tokio::time::timeout(
+        within,
+        tokio::io::AsyncReadExt::read_exact(&mut keyed, &mut first),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 401");
+    assert!(
+        started.elapsed() < timeout,
+        "answered only after the body deadline"
+    );
+
+    // A client that sends requests but never reads the answers is disconnected once its
+    // receive window has stayed full for the deadline: it gets only part of the answers.
+    let doc_len = app
+        .raw(Method::GET, "/openapi.json", &[], vec![])
+        .await
+        .body
+        .to_string()
+        .len();
+    let asked = (16 << 20) / doc_len + 1;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut deaf = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let requests = "GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(asked);
+    let _ = tokio::time::timeout(within, deaf.write_all(requests.as_bytes())).await;
+    // Longer than the deadline, without reading (the point of the case).
+    tokio::time::sleep(3 * timeout).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(
+        within,
+        tokio::io::AsyncReadExt::read_to_end(&mut deaf, &mut got),
+    )
+    .await
+    .expect("the connection was closed");
+    let answered = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        answered < asked,
+        "all {asked} answers were kept for a client that did not read ({read:?})"
     );
 
     // Clients that keep sending requests keep their connection.
