@@ -166,7 +166,14 @@ fn timed_out(r: &BytesRejection) -> bool {
         if err.is::<crate::listen::BodyTimeout>() {
             return true;
         }
-        e = err.source();
+        // An `io::Error` hides what it wraps from `source()`.
+        e = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     false
 }

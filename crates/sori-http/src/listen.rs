@@ -39,6 +39,9 @@ pub async fn serve(
     let mut shutdown = pin!(shutdown);
     loop {
         let stream = tokio::select! {
+            // Shutdown first: a stream of new connections must not hold it off.
+            biased;
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -46,7 +49,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
         };
         let service = TowerToHyperService::new(router.clone().map_request(
             move |req: axum::http::Request<Incoming>| {
@@ -66,9 +68,13 @@ pub async fn serve(
                     .with_upgrades()
             );
             tokio::select! {
-                // Errors here are the client's (reset, timed out, malformed): nothing to
-                // report beyond hyper's own debug logs.
-                _ = conn.as_mut() => {}
+                // Errors here are the client's (reset, a deadline passed, malformed
+                // input), worth a debug line at most.
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
                 _ = stop.changed() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;

@@ -152,7 +152,7 @@ async fn single(
 /// Segment `identify`: traits → profile.
 #[utoipa::path(post, path = "/v1/identify", tag = "segment", request_body = Object,
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn identify(
     State(s): State<AppState>,
     h: KeyedChannel,
@@ -164,7 +164,7 @@ pub async fn identify(
 /// Segment `track`: an event.
 #[utoipa::path(post, path = "/v1/track", tag = "segment", request_body = Object,
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn track(
     State(s): State<AppState>,
     h: KeyedChannel,
@@ -176,7 +176,7 @@ pub async fn track(
 /// Segment `page`: a `PageView` and a visit.
 #[utoipa::path(post, path = "/v1/page", tag = "segment", request_body = Object,
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn page(
     State(s): State<AppState>,
     h: KeyedChannel,
@@ -188,7 +188,7 @@ pub async fn page(
 /// Segment `screen`: a mobile app's `PageView` (the page is the screen name) and a visit.
 #[utoipa::path(post, path = "/v1/screen", tag = "segment", request_body = Object,
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn screen(
     State(s): State<AppState>,
     h: KeyedChannel,
@@ -201,7 +201,7 @@ pub async fn screen(
 /// `errors` and the valid ones stored. 400 only when no item is valid.
 #[utoipa::path(post, path = "/v1/batch", tag = "segment", request_body = Object,
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn batch(
     State(state): State<AppState>,
     keyed: KeyedChannel,

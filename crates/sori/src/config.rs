@@ -108,9 +108,10 @@ pub struct Config {
     pub owner_email: String,
     /// Serve the benchmarks' no-op endpoint.
     pub bench_endpoints: bool,
-    /// Longest a connection may take to send a request's headers, counted from when it
-    /// opened or its previous response went out: idle and stalled (slowloris) clients must
-    /// not hold sockets forever.
+    /// The connection deadlines: longest a connection may take to send a request's headers
+    /// (counted from when it opened or its previous response went out, so also how long an
+    /// idle connection stays open), pause within a body, or leave an answer unread. Idle
+    /// and stalled (slowloris) clients must not hold sockets forever.
     pub header_timeout: std::time::Duration,
 }
 
