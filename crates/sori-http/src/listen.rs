@@ -24,6 +24,9 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 use tower::ServiceExt;
 
+/// The idle-connection hint's header (hop-by-hop, so `http` has no constant for it).
+const KEEP_ALIVE: axum::http::HeaderName = axum::http::HeaderName::from_static("keep-alive");
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, asks every
 /// connection to close after its current request, and returns when all have.
 pub async fn serve(
@@ -36,6 +39,12 @@ pub async fn serve(
     // so the loop knows when the last one has ended.
     let (stop_tx, stop_rx) = watch::channel(());
     let (done_tx, done_rx) = watch::channel(());
+    // Tells clients how long an idle connection lives, so pools that read it (Node's
+    // undici, behind `fetch` and the Segment client, retires sockets a second early)
+    // stop reusing one before the server closes it, instead of racing the close.
+    // Static bytes: a clone per response is then a copy, not a reference count.
+    let hint: &'static str = Box::leak(format!("timeout={}", timeout.as_secs()).into_boxed_str());
+    let keep_alive = axum::http::HeaderValue::from_static(hint);
     let mut shutdown = pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -50,11 +59,18 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |req: axum::http::Request<Incoming>| {
-                req.map(|body| axum::body::Body::new(IdleTimeout::new(body, timeout)))
-            },
-        ));
+        let keep_alive = keep_alive.clone();
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .map_request(move |req: axum::http::Request<Incoming>| {
+                    req.map(|body| axum::body::Body::new(IdleTimeout::new(body, timeout)))
+                })
+                .map_response(move |mut resp: axum::response::Response| {
+                    resp.headers_mut().insert(KEEP_ALIVE, keep_alive.clone());
+                    resp
+                }),
+        );
         let mut stop = stop_rx.clone();
         let done = done_rx.clone();
         tokio::spawn(async move {

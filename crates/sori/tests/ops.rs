@@ -135,6 +135,7 @@ async fn stalled_and_idle_connections_are_closed() {
         .unwrap();
     let got = String::from_utf8_lossy(&read_until_closed(&mut idle, within).await).into_owned();
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    assert!(got.contains("keep-alive: timeout=1\r\n"), "{got}");
     assert!(got.contains("\"status\":\"ok\""), "{got}");
 
     // Half a body: 408 in the API's format, then the connection closes.
