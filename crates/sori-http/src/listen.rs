@@ -133,21 +133,52 @@ impl std::fmt::Display for BodyTimeout {
 
 impl std::error::Error for BodyTimeout {}
 
-/// A request body that fails with [`BodyTimeout`] when no piece of it arrives for
-/// `timeout`. The clock starts only when the body is waited for, so a body that came with
-/// its headers (almost every API call) costs no timer.
-struct IdleTimeout {
-    body: Incoming,
+/// A clock that runs while an operation waits and stops when it makes progress: the
+/// body and write deadlines. It starts only when the operation has to wait, so one that
+/// is ready at once (a body that came with its headers, a write the socket takes) costs
+/// no timer.
+struct Stall {
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+        }
+    }
+
+    /// Called after each poll of the operation (`waiting`: it returned `Pending`); true
+    /// once it has waited `timeout` without progress. Waiting polls the clock with the
+    /// same context, so its expiry wakes the task.
+    fn expired(&mut self, cx: &mut Context<'_>, waiting: bool) -> bool {
+        if !waiting {
+            self.sleep = None;
+            return false;
+        }
+        let timeout = self.timeout;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+}
+
+/// A request body that fails with [`BodyTimeout`] when no piece of it arrives for the
+/// deadline.
+struct IdleTimeout {
+    body: Incoming,
+    stall: Stall,
 }
 
 impl IdleTimeout {
     fn new(body: Incoming, timeout: Duration) -> Self {
         Self {
             body,
-            timeout,
-            sleep: None,
+            stall: Stall::new(timeout),
         }
     }
 }
@@ -161,22 +192,11 @@ impl Body for IdleTimeout {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.sleep = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if this.stall.expired(cx, polled.is_pending()) {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
         }
+        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -188,49 +208,35 @@ impl Body for IdleTimeout {
     }
 }
 
-/// A connection whose writes fail when the client has not taken any of an answer for
-/// `timeout` (its receive window stays full): a client that never reads would otherwise
+/// A connection whose writes fail when the client has not taken any of an answer for the
+/// deadline (its receive window stays full): a client that never reads would otherwise
 /// hold the connection, and the answers queued for it, forever.
 struct WriteDeadline {
     stream: TcpStream,
-    timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
+    stall: Stall,
 }
 
 impl WriteDeadline {
     fn new(stream: TcpStream, timeout: Duration) -> Self {
         Self {
             stream,
-            timeout,
-            sleep: None,
+            stall: Stall::new(timeout),
         }
     }
 
-    /// Maps a write's outcome: progress clears the clock, waiting starts or checks it.
+    /// A write's outcome, or an error once the client has taken nothing for the deadline.
     fn deadline<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
-        match polled {
-            Poll::Ready(r) => {
-                self.sleep = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client stopped reading",
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+        if self.stall.expired(cx, polled.is_pending()) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )));
         }
+        polled
     }
 }
 
