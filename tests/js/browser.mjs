@@ -126,8 +126,8 @@ async function getUser(id) {
   return (await apiOk('GET', userPath(id))).user;
 }
 
-async function events(userId) {
-  return (await apiOk('GET', `${userPath(userId)}/events?limit=50`)).events;
+async function events(userId, limit = 50) {
+  return (await apiOk('GET', `${userPath(userId)}/events?limit=${limit}`)).events;
 }
 
 // Polls `probe` until it returns a truthy value; fails after WAIT_MS with `what`.
@@ -746,7 +746,7 @@ async function run(browser, pagesOrigin) {
     // The two batches are applied side by side: wait for both.
     await until('the tag after 150 tracks', async () => (await getUser(boot.user.id)).tags.includes('many'));
     await until('all 150 tracks', async () => {
-      const list = (await apiOk('GET', `${userPath(boot.user.id)}/events?limit=500`)).events;
+      const list = await events(boot.user.id, 500);
       return list.filter((e) => e.name.startsWith('Many')).length === 150;
     });
     await c.close();

@@ -59,6 +59,28 @@ impl Invalid {
             (Err(e), Ok(_)) => Err(e),
         }
     }
+
+    /// The same problems with their fields under `prefix` (`events[2]`, `calls[0].track`),
+    /// for a part of a request checked on its own; a problem of the part as a whole (no
+    /// field) is named by the prefix itself.
+    pub fn under(self, prefix: &str) -> Self {
+        if prefix.is_empty() {
+            return self;
+        }
+        Self(
+            self.0
+                .into_iter()
+                .map(|mut f| {
+                    f.field = if f.field.is_empty() {
+                        prefix.to_owned()
+                    } else {
+                        format!("{prefix}.{}", f.field)
+                    };
+                    f
+                })
+                .collect(),
+        )
+    }
 }
 
 /// `field` under `prefix` (`batch[3].event`), or `field` itself at the top level, where it
@@ -93,5 +115,27 @@ impl Errors {
         } else {
             Err(Invalid(self.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_go_under_a_prefix() {
+        let e = Invalid(vec![
+            FieldError::new("name", "too long"),
+            FieldError::new("", "bad"),
+        ]);
+        let fields: Vec<String> = e
+            .clone()
+            .under("calls[2].track")
+            .0
+            .into_iter()
+            .map(|f| f.field)
+            .collect();
+        assert_eq!(fields, ["calls[2].track.name", "calls[2].track"]);
+        assert_eq!(e.clone().under("").0, e.0);
     }
 }

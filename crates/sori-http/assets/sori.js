@@ -80,6 +80,31 @@
     return err;
   }
 
+  // The error a refused call reports, from the server's error body (`data`, may be null):
+  // a request's answer, or one call's result inside `POST /sdk/v1/calls`.
+  function answerError(status, data) {
+    var err = sdkError((data && data.message) || 'HTTP ' + status, status);
+    if (data) {
+      err.type = data.type;
+      err.errors = data.errors;
+    }
+    return err;
+  }
+
+  // Gives `options` a timeout signal where the browser has one; returns `options`.
+  function withTimeout(options, ms) {
+    if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') {
+      options.signal = AbortSignal.timeout(ms);
+    }
+    return options;
+  }
+
+  // The newest token for a session that lost its user and was renewed (perhaps twice).
+  function latestToken(token) {
+    while (renewedTokens[token]) token = renewedTokens[token];
+    return token;
+  }
+
   function loadVeil() {
     try {
       return w.localStorage.getItem(VEIL_KEY) || memoryVeil;
@@ -175,9 +200,7 @@
       body: json,
     };
     // A request that never answers would hold the one-at-a-time queue for good.
-    if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') {
-      options.signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
-    }
+    withTimeout(options, REQUEST_TIMEOUT_MS);
     return fetch(ORIGIN + path, options).then(
       function (res) {
         return res.text().then(function (text) {
@@ -194,14 +217,7 @@
           if (res.ok && (!parsed || (data !== null && typeof data !== 'object'))) {
             throw sdkError('unexpected answer from ' + path + ' (not JSON)', res.status);
           }
-          if (!res.ok) {
-            var err = sdkError((data && data.message) || 'HTTP ' + res.status, res.status);
-            if (data) {
-              err.type = data.type;
-              err.errors = data.errors;
-            }
-            throw err;
-          }
+          if (!res.ok) throw answerError(res.status, data);
           return data || {};
         });
       },
@@ -299,8 +315,7 @@
     var post = function () {
       if (!batch.length) return;
       var sent = batch;
-      var token = sent[0].call.token;
-      while (renewedTokens[token]) token = renewedTokens[token];
+      var token = latestToken(sent[0].call.token);
       var json =
         '{"session":' +
         JSON.stringify(token) +
@@ -659,10 +674,7 @@
         })
         .then(function (result) {
           if (result !== WAIT) return result;
-          var options = {};
-          if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') {
-            options.signal = AbortSignal.timeout(LOCK_WAIT_MS);
-          }
+          var options = withTimeout({}, LOCK_WAIT_MS);
           return locks
             .request(name, options, function () {
               return underLock(true);
@@ -728,7 +740,7 @@
   function sessionRequest(method, path, json, token) {
     var bytes = byteLength(json);
     var keepalive = bytes <= KEEPALIVE_MAX_BYTES;
-    while (renewedTokens[token]) token = renewedTokens[token];
+    token = latestToken(token);
     // Counted against the keepalive budget a page being left shares (see sendCalls).
     if (keepalive) inFlightBytes += bytes;
     var settled = function () {
@@ -842,12 +854,7 @@
         // The call's result inside a `POST /sdk/v1/calls` answer.
         settle: function (r) {
           if (r.status === 200) return done(r);
-          var err = sdkError((r.error && r.error.message) || 'HTTP ' + r.status, r.status);
-          if (r.error) {
-            err.type = r.error.type;
-            err.errors = r.error.errors;
-          }
-          failed(err);
+          failed(answerError(r.status, r.error));
         },
       }
     );

@@ -215,9 +215,15 @@ impl JsonBody {
 /// an empty object in an update an error, and a 200 for a no-op hides a client's mistake.
 /// Every `PATCH` (users, channel, profile fields, segments) goes through here.
 pub fn require_fields(body: &Value) -> Result<(), ApiError> {
+    require_fields_at("body", body)
+}
+
+/// [`require_fields`] for an update inside a larger body, named by `field`
+/// (`calls[2].user`).
+pub fn require_fields_at(field: &str, body: &Value) -> Result<(), ApiError> {
     if body.as_object().is_some_and(serde_json::Map::is_empty) {
         return Err(ApiError::field(
-            "body",
+            field,
             "must name at least one field to change",
         ));
     }

@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use sori_app::auth::ChannelInfo;
 use sori_app::sdk::Boot;
 use sori_app::users::{Ingest, Source};
+use sori_domain::UserUpdate;
 use sori_domain::event::{EventInput, check_page, clip_page_value};
 use sori_domain::update::SDK_UPDATE_FIELDS;
 use sori_domain::value::clip_text;
-use sori_domain::{Invalid, UserUpdate};
 use sori_store::UserTarget;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -481,7 +481,7 @@ async fn one_call(
     let key = format!("{at}.{kind}");
     // As the call's own route answers, its fields named under the call.
     let answer = |e| match e {
-        sori_app::AppError::Invalid(i) => ApiError::from(prefixed(&key, i)),
+        sori_app::AppError::Invalid(i) => ApiError::from(i.under(&key)),
         e => user_gone(e),
     };
     if kind == "track" {
@@ -490,30 +490,9 @@ async fn one_call(
             .map_err(answer)?;
         return Ok(None);
     }
-    if body.as_object().is_some_and(Map::is_empty) {
-        return Err(ApiError::field(
-            key,
-            "must name at least one field to change",
-        ));
-    }
+    crate::body::require_fields_at(&key, &body)?;
     update_as(state, ch, user, &body)
         .await
         .map(Some)
         .map_err(answer)
-}
-
-/// Field paths of one call's errors, under the call's path (`calls[2].track.name`).
-fn prefixed(key: &str, e: Invalid) -> Invalid {
-    Invalid(
-        e.0.into_iter()
-            .map(|mut f| {
-                f.field = if f.field.is_empty() {
-                    key.to_owned()
-                } else {
-                    format!("{key}.{}", f.field)
-                };
-                f
-            })
-            .collect(),
-    )
 }

@@ -170,7 +170,7 @@ pub async fn create(
         match checked {
             Ok(e) => events.push(e),
             // A batch item's fields are named under it, spelled out only for an error.
-            Err(e) if batch => problems.extend(prefixed(&format!("events[{i}]"), e).0),
+            Err(e) if batch => problems.extend(e.under(&format!("events[{i}]")).0),
             Err(e) => problems.extend(e.0),
         }
     }
@@ -202,20 +202,6 @@ pub async fn create(
         Some(event) => Ok(Json(Recorded::One(EventEnvelope { event }))),
         None => Err(ApiError::field("body", "no event")),
     }
-}
-
-fn prefixed(prefix: &str, e: Invalid) -> Invalid {
-    if prefix.is_empty() {
-        return e;
-    }
-    Invalid(
-        e.0.into_iter()
-            .map(|mut f| {
-                f.field = format!("{prefix}.{}", f.field);
-                f
-            })
-            .collect(),
-    )
 }
 
 /// A user's events, newest first (`sortOrder=asc`: oldest first); `since` is the previous
