@@ -790,13 +790,11 @@ impl ExportFile {
     /// Completes the export: flushed and on disk before it takes the target's name, so a
     /// full disk fails the export instead of leaving a short file under the name.
     pub fn finish(self) -> anyhow::Result<()> {
-        let shown = self.shown.clone();
-        let rename = self.rename.clone();
-        let flushed = self
-            .out
+        let ExportFile { out, rename, shown } = self;
+        let flushed = out
             .into_inner()
             .map_err(std::io::IntoInnerError::into_error)
-            .and_then(|f| match rename {
+            .and_then(|f| match &rename {
                 Some(_) => f.sync_all(),
                 None => Ok(()),
             });
