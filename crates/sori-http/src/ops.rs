@@ -181,46 +181,42 @@ pub(crate) fn gzip_bodies<S: Clone + Send + Sync + 'static>(
 ) -> axum::Router<S> {
     routes.layer(
         tower::ServiceBuilder::new()
-            .layer(axum::middleware::map_response(unsupported_encoding))
-            .map_response(axum::response::IntoResponse::into_response)
-            .map_request(lowercase_encoding)
-            .layer(tower_http::decompression::RequestDecompressionLayer::new())
+            .layer(axum::middleware::map_request(decode_gzip))
             .option_layer(body_limit.map(axum::extract::DefaultBodyLimit::max)),
     )
 }
 
-/// Content codings are case-insensitive, and `x-gzip` is `gzip` (RFC 9110 §8.4.1); the
-/// decompression layer knows `gzip` only as written so, and would refuse the others.
-fn lowercase_encoding<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
-    let enc = axum::http::header::CONTENT_ENCODING;
-    if let Some(v) = req.headers().get(&enc) {
-        let lower = v.as_bytes().to_ascii_lowercase();
-        let named = if lower == b"x-gzip" {
-            &b"gzip"[..]
-        } else {
-            &lower[..]
-        };
-        if named != v.as_bytes()
-            && let Ok(v) = axum::http::HeaderValue::from_bytes(named)
-        {
-            req.headers_mut().insert(enc, v);
-        }
+/// Unwraps a gzip body as it is read. Content codings are case-insensitive and `x-gzip`
+/// is `gzip` (RFC 9110 §8.4.1); a body of several gzip members (concatenated files, as
+/// RFC 1952 allows) is read to its end, not to the end of its first member.
+async fn decode_gzip(mut req: axum::extract::Request) -> Result<axum::extract::Request, ApiError> {
+    use futures_util::TryStreamExt;
+    let Some(coding) = req.headers().get(axum::http::header::CONTENT_ENCODING) else {
+        return Ok(req);
+    };
+    let coding = coding.as_bytes().trim_ascii();
+    if coding.eq_ignore_ascii_case(b"identity") {
+        return Ok(req);
     }
-    req
-}
-
-/// The request decompression layer refuses a `Content-Encoding` other than gzip with an
-/// empty 415; this gives that answer the API's error format like every other.
-async fn unsupported_encoding(resp: Response) -> Response {
-    if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        return ApiError::new(
+    if !(coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip")) {
+        return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupportedMediaType",
             "Content-Encoding must be gzip or absent",
-        )
-        .into_response();
+        ));
     }
-    resp
+    let headers = req.headers_mut();
+    headers.remove(axum::http::header::CONTENT_ENCODING);
+    headers.remove(axum::http::header::CONTENT_LENGTH);
+    let compressed = std::mem::take(req.body_mut())
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(
+        tokio_util::io::StreamReader::new(compressed),
+    );
+    decoder.multiple_members(true);
+    *req.body_mut() = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(decoder));
+    Ok(req)
 }
 
 /// Reads the body and answers like an ingestion call without doing anything: benchmarks

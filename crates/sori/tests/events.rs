@@ -1788,23 +1788,51 @@ async fn segment_edges(b: Backend) {
         );
     }
 
-    // Content codings are case-insensitive.
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, br#"{"userId": "gz", "event": "G"}"#).unwrap();
+    // Content codings are case-insensitive, and a body of several gzip members (files
+    // concatenated, as RFC 1952 allows) is read to its end.
+    let gzip = |part: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, part).unwrap();
+        gz.finish().unwrap()
+    };
     let auth = basic(&app.creds.write_key);
-    let r = app
-        .raw(
-            Method::POST,
-            "/v1/track",
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-                ("content-encoding", "GZIP"),
-            ],
-            gz.finish().unwrap(),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    for (path, body) in [
+        ("/v1/track", gzip(br#"{"userId": "gz", "event": "G"}"#)),
+        (
+            "/v1/batch",
+            [
+                gzip(br#"{"batch": [{"type": "track", "userId": "gz", "event": "G1"},"#),
+                gzip(br#"{"type": "track", "userId": "gz", "event": "G2"}]}"#),
+            ]
+            .concat(),
+        ),
+    ] {
+        let r = app
+            .raw(
+                Method::POST,
+                path,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                    ("content-encoding", "GZIP"),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+    }
+    let gz = app.member("gz").await["id"].as_str().unwrap().to_owned();
+    let mut names: Vec<_> = events_of(&app, &gz)
+        .await
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["G", "G1", "G2"],
+        "both members of the batch were read"
+    );
 
     // A PATCH cannot clear a setting with null.
     let r = app
