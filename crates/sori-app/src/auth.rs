@@ -96,7 +96,7 @@ impl ChannelCache {
     pub async fn by_write_key(&self, write_key: &str) -> AppResult<Arc<ChannelInfo>> {
         self.get(KeyKind::Write, write_key).await?.ok_or_else(|| {
             AppError::Unauthorized(
-                "the write key (HTTP Basic user name) is missing or wrong".into(),
+                "the write key is wrong: send the channel's write key as the HTTP Basic user name (or as `writeKey` in the body)".into(),
             )
         })
     }

@@ -211,16 +211,21 @@ pub fn csv_cell(raw: &str, registered: Option<FieldType>) -> Option<Value> {
     let number = || {
         let plain = s.strip_prefix('-').unwrap_or(s);
         let leading_zero = plain.len() > 1 && plain.starts_with('0') && !plain.starts_with("0.");
-        (!leading_zero && plain.chars().all(|c| c.is_ascii_digit() || c == '.'))
-            .then(|| s.parse::<f64>().ok())
-            .flatten()
-            .and_then(|f| {
-                if f.fract() == 0.0 && f.abs() < 9.0e15 {
-                    Some(Value::from(f as i64))
-                } else {
-                    serde_json::Number::from_f64(f).map(Value::Number)
-                }
-            })
+        if leading_zero || !plain.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return None;
+        }
+        // A whole number too long for 64 bits (an order or account number) would lose
+        // digits as a float: it stays text.
+        if !plain.contains('.') {
+            return s.parse::<i64>().ok().map(Value::from);
+        }
+        s.parse::<f64>().ok().and_then(|f| {
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                Some(Value::from(f as i64))
+            } else {
+                serde_json::Number::from_f64(f).map(Value::Number)
+            }
+        })
     };
     Some(match registered {
         Some(FieldType::String) => Value::String(s.to_owned()),
@@ -312,14 +317,43 @@ fn profile_column(h: &str) -> &str {
     h.strip_prefix("profile.").unwrap_or(h)
 }
 
+/// The columns of a user CSV that are the line's own fields, not profile fields, in the
+/// order an export writes them.
+pub const USER_LINE_COLUMNS: [&str; 8] = [
+    "id",
+    "memberId",
+    "createdAt",
+    "lastSeenAt",
+    "tags",
+    "unsubscribeEmail",
+    "unsubscribeTexting",
+    "blocked",
+];
+
+/// The column an export writes a profile field under: its key, or `profile.KEY` when a
+/// bare column of that name would mean something else on import (a line field such as
+/// `tags`, or a field Sori keeps itself such as `city`), so the file imports back.
+pub fn profile_field_column(key: &str) -> std::borrow::Cow<'_, str> {
+    if system_field(key) || USER_LINE_COLUMNS.contains(&key) {
+        format!("profile.{key}").into()
+    } else {
+        key.into()
+    }
+}
+
 /// Refuses a header row that names a column twice (for users, `email` and
 /// `profile.email` are one column): which cell counted would be left to chance. Unnamed
 /// columns (an editor's leftovers) may repeat; they hold nothing the import reads.
 pub fn check_csv_header(headers: &[String], users: bool) -> Result<(), String> {
     let mut names = std::collections::HashSet::new();
     let twice = headers.iter().map(|h| h.trim()).find(|h| {
-        let key = if users { profile_column(h) } else { h };
-        !key.is_empty() && !names.insert(key)
+        // For users, a profile field is one column however it is named, and apart from a
+        // line field of the same name (`profile.tags` is not `tags`).
+        let key = match h.strip_prefix("profile.") {
+            Some(field) if users => (true, field),
+            _ => (users && !USER_LINE_COLUMNS.contains(h), *h),
+        };
+        !key.1.is_empty() && !names.insert(key)
     });
     if let Some(twice) = twice {
         return Err(format!(
@@ -590,6 +624,15 @@ mod tests {
         );
         assert_eq!(csv_cell("42", None), Some(json!(42)));
         assert_eq!(csv_cell("4.5", None), Some(json!(4.5)));
+        assert_eq!(
+            csv_cell("-9223372036854775808", None),
+            Some(json!(i64::MIN))
+        );
+        assert_eq!(
+            csv_cell("12345678901234567890", None),
+            Some(json!("12345678901234567890")),
+            "past 64 bits a whole number would lose digits"
+        );
         assert_eq!(csv_cell("true", None), Some(json!(true)));
         assert_eq!(csv_cell("42", Some(FieldType::String)), Some(json!("42")));
         assert_eq!(

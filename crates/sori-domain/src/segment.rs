@@ -247,8 +247,11 @@ pub fn parse(
         .and_then(Value::as_str)
         .and_then(|l| crate::update::check_language(l).ok());
 
+    // Like the other context strings, one that is not a string or holds control
+    // characters is left out rather than failing the call.
     let ctx_page = page_ctx
         .and_then(|p| p.get("url"))
+        .filter(|u| u.as_str().is_some_and(|u| !u.chars().any(char::is_control)))
         .cloned()
         .map(event::clip_page_value);
     let user_agent = context
@@ -421,7 +424,7 @@ fn id_field(
         Some(other) => {
             errs.push(
                 at(key),
-                format!("must be a string, got {}", value::kind(other)),
+                format!("must be a string or an integer, got {}", value::kind(other)),
             );
             None
         }
@@ -479,8 +482,8 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
             None => {
                 errs.push(
                     path,
-                    "must be an ISO-8601 time with an offset (at most ±23:59), or epoch \
-                     milliseconds",
+                    "must be an ISO-8601 time with an offset (at most ±23:59) no later \
+                     than 9999-12-30, or epoch milliseconds",
                 );
                 None
             }
@@ -733,6 +736,18 @@ mod tests {
         let e = p.event.unwrap();
         assert_eq!(e.name, json!("PageView"));
         assert_eq!(e.page, Some(json!("https://s/")));
+        // A context URL that is not a string, or holds a control character, is left out
+        // like any other context string the library got wrong.
+        for url in [json!(5), json!("https://s/\u{7}"), json!({"a": 1})] {
+            let c = parse(
+                "",
+                json!({"userId": "m", "event": "e", "context": {"page": {"url": url}}}),
+                Some(Kind::Track),
+                NOW,
+            )
+            .unwrap();
+            assert_eq!(c.event.unwrap().page, None, "{url}");
+        }
     }
 
     #[test]

@@ -153,6 +153,32 @@ fn to_millis(v: &Value) -> Result<i64, String> {
     }
 }
 
+/// Path of the first string (or key) holding U+0000, under `at` (a string at the root is
+/// named `at` itself, empty for a whole body or line): no store can keep it as text, and
+/// every way in refuses it alike.
+pub fn nul_path(v: &Value, at: String) -> Option<String> {
+    match v {
+        Value::String(s) if s.contains('\0') => Some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_path(x, format!("{at}[{i}]"))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let p = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(p)
+            } else {
+                nul_path(x, p)
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// An RFC 3339 / ISO-8601 instant with an offset. jiff takes offsets up to ±25:59, where
 /// the standards stop at ±23:59: a larger one is a typo that would move the time by a day
 /// or more, so it is refused.

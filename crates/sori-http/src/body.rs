@@ -75,7 +75,7 @@ where
 pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     let v = parse_json_with_nul(bytes)?;
     if may_hold_nul(bytes)
-        && let Some(path) = nul_path(&v, String::new())
+        && let Some(path) = sori_domain::value::nul_path(&v, String::new())
     {
         return Err(nul_error(path));
     }
@@ -98,44 +98,16 @@ pub(crate) fn may_hold_nul(bytes: &[u8]) -> bool {
     memchr::memmem::find(bytes, br"\u0000").is_some()
 }
 
-/// The 400 for a NUL at `path`.
+/// The 400 for a NUL at `path` (one from the root of the body is named under `body`).
 pub(crate) fn nul_error(path: String) -> ApiError {
-    ApiError::field(path, NUL_RULE)
+    match path.is_empty() || path.starts_with('[') {
+        true => ApiError::field(format!("body{path}"), NUL_RULE),
+        false => ApiError::field(path, NUL_RULE),
+    }
 }
 
 /// Why a NUL is refused: the words the profile checks use too.
 pub(crate) const NUL_RULE: &str = sori_domain::value::NUL_REJECTED;
-
-/// Path of the first string (or key) holding U+0000, under `at` (empty for the body).
-pub(crate) fn nul_path(v: &Value, at: String) -> Option<String> {
-    let here = || {
-        if at.is_empty() {
-            "body".to_owned()
-        } else {
-            at.clone()
-        }
-    };
-    match v {
-        Value::String(s) if s.contains('\0') => Some(here()),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, x)| nul_path(x, format!("{}[{i}]", here()))),
-        Value::Object(m) => m.iter().find_map(|(k, x)| {
-            let p = if at.is_empty() {
-                k.clone()
-            } else {
-                format!("{at}.{k}")
-            };
-            if k.contains('\0') {
-                Some(p)
-            } else {
-                nul_path(x, p)
-            }
-        }),
-        _ => None,
-    }
-}
 
 fn body_rejection(r: BytesRejection) -> ApiError {
     if timed_out(&r) {

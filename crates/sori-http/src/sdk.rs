@@ -426,7 +426,7 @@ pub async fn calls(
     let mut results = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let at = format!("calls[{i}]");
-        let checked = match crate::body::nul_path(&item, at.clone()).filter(|_| nul) {
+        let checked = match sori_domain::value::nul_path(&item, at.clone()).filter(|_| nul) {
             Some(path) => Err(crate::body::nul_error(path)),
             None => Ok(item),
         };

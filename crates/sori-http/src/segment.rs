@@ -214,7 +214,7 @@ pub async fn batch(
     // before it is used.
     let items = body.get_mut("batch").map(Value::take);
     let nul = crate::body::may_hold_nul(&bytes);
-    if nul && let Some(path) = crate::body::nul_path(&body, String::new()) {
+    if nul && let Some(path) = sori_domain::value::nul_path(&body, String::new()) {
         return Err(crate::body::nul_error(path));
     }
     let ch = channel(&state, keyed, &body).await?;
@@ -241,7 +241,7 @@ pub async fn batch(
     let mut origins: Vec<Vec<(String, String)>> = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let prefix = format!("batch[{i}]");
-        if nul && let Some(path) = crate::body::nul_path(&item, prefix.clone()) {
+        if nul && let Some(path) = sori_domain::value::nul_path(&item, prefix.clone()) {
             errors.push(item_error(i, FieldError::new(path, crate::body::NUL_RULE)));
             continue;
         }

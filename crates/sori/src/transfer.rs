@@ -18,9 +18,10 @@ use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
 use sori_domain::event::EventSource;
 use sori_domain::import::{
-    CsvTypes, Owner, WHOLE_LINE, check_csv_header, check_csv_width, csv_event, csv_list_cell,
-    csv_text, csv_user, event_line, system_field, user_line,
+    CsvTypes, Owner, USER_LINE_COLUMNS, WHOLE_LINE, check_csv_header, check_csv_width, csv_event,
+    csv_list_cell, csv_text, csv_user, event_line, profile_field_column, user_line,
 };
+use sori_domain::value::{NUL_REJECTED, nul_path};
 use sori_domain::{Invalid, Registry};
 use sori_store::UserTarget;
 
@@ -139,6 +140,11 @@ pub async fn import(
                       pending: &mut Vec<Pending>,
                       summary: &mut Summary,
                       held: &mut Vec<(usize, String)>| {
+        // Every way in refuses U+0000 alike (the APIs check whole bodies for it).
+        let parsed = parsed.and_then(|v| match nul_path(&v, String::new()) {
+            Some(path) => Err(Invalid::one(path, NUL_REJECTED)),
+            None => Ok(v),
+        });
         let ingest = parsed.and_then(|v| match kind {
             Kind::Users => user_ingest(&v),
             Kind::Events => event_ingest(&v, &mut seen, retention),
@@ -182,10 +188,10 @@ pub async fn import(
             }
         }
         Format::Csv => {
-            let blank = BlankLines::default();
+            let scan = CsvScan::default();
             let mut rdr = csv::ReaderBuilder::new()
                 .flexible(true)
-                .from_reader(blank.wrap(LfOnly(reader)));
+                .from_reader(scan.wrap(LfOnly(reader)));
             let headers: Vec<String> = rdr
                 .headers()
                 .context("reading the CSV header row")?
@@ -200,8 +206,19 @@ pub async fn import(
                 let (line, parsed) = match rdr.read_record(&mut record) {
                     Ok(false) => break,
                     Ok(true) => {
-                        let line =
-                            blank.skip(record.position().map_or(next, |p| p.line() as usize));
+                        let line = scan.skip(record.position().map_or(next, |p| p.line() as usize));
+                        if let Some(quote) = scan.unclosed_quote() {
+                            let bad = Invalid::one(
+                                WHOLE_LINE,
+                                format!(
+                                    "malformed CSV: the quote that opens a cell on line \
+                                     {quote} is never closed, so every line after it was \
+                                     read into that cell"
+                                ),
+                            );
+                            handle(line, Err(bad), &mut pending, &mut summary, &mut held);
+                            continue;
+                        }
                         let cells: Vec<String> = record.iter().map(str::to_owned).collect();
                         let parsed = check_csv_width(&headers, &cells).and_then(|()| match kind {
                             Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
@@ -210,7 +227,7 @@ pub async fn import(
                         (line, parsed)
                     }
                     Err(e) => {
-                        let line = blank.skip(e.position().map_or(next, |p| p.line() as usize));
+                        let line = scan.skip(e.position().map_or(next, |p| p.line() as usize));
                         let bad = Invalid::one(WHOLE_LINE, format!("malformed CSV: {e}"));
                         (line, Err(bad))
                     }
@@ -231,20 +248,55 @@ pub async fn import(
     Ok(summary)
 }
 
-/// The empty lines of a CSV file as the parser reads it. The parser skips them but counts
-/// a record as starting where it began looking, so a record after empty lines would be
-/// reported on the first of them; `skip` moves such a line number past them. (Only lines
-/// from a record's reported start on are looked at, and the lines between two records can
-/// only be empty ones, so an empty line inside a quoted cell never matters.)
+/// What the CSV parser does not say about the bytes it reads: where the empty lines are,
+/// and whether the file ended inside a quoted cell.
+///
+/// The parser skips empty lines but counts a record as starting where it began looking, so
+/// a record after empty lines would be reported on the first of them; `skip` moves such a
+/// line number past them. (Only lines from a record's reported start on are looked at, and
+/// the lines between two records can only be empty ones, so an empty line inside a quoted
+/// cell never matters.)
+///
+/// A quote that is never closed makes the parser read the rest of the file into one cell
+/// and call it the last record; `unclosed_quote` names the line of that quote once the end
+/// of the file is reached, so the record is reported instead of stored or lost quietly.
 #[derive(Clone, Default)]
-struct BlankLines(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+struct CsvScan(std::sync::Arc<std::sync::Mutex<Scanned>>);
 
-impl BlankLines {
-    /// A reader passing `inner` through while noting its empty lines.
-    fn wrap<R: Read>(&self, inner: R) -> NoteBlank<R> {
-        NoteBlank {
+/// See [`CsvScan`].
+#[derive(Default)]
+struct Scanned {
+    /// Empty lines, in order.
+    blank: Vec<usize>,
+    /// The quoting state of the parser (RFC 4180 as the `csv` crate reads it).
+    quote: Quote,
+    /// The line of the quote that opened the cell being read, while it is open.
+    opened_on: usize,
+    /// The end of the file has been read.
+    eof: bool,
+}
+
+/// Where a byte falls, as far as quotes go.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    /// At the start of a cell: a quote here opens a quoted cell.
+    #[default]
+    CellStart,
+    /// In a cell that did not start with a quote: quotes are plain characters.
+    Plain,
+    /// Inside a quoted cell.
+    Open,
+    /// Just after a quote inside a quoted cell: another quote is an escaped one, anything
+    /// else means the quote closed the cell.
+    MaybeClosed,
+}
+
+impl CsvScan {
+    /// A reader passing `inner` through while noting what it reads.
+    fn wrap<R: Read>(&self, inner: R) -> NoteScan<R> {
+        NoteScan {
             inner,
-            blank: self.clone(),
+            scan: self.clone(),
             line: 1,
             at_start: true,
         }
@@ -252,38 +304,59 @@ impl BlankLines {
 
     /// The first line from `line` on that is not empty.
     fn skip(&self, mut line: usize) -> usize {
-        let Ok(blank) = self.0.lock() else {
+        let Ok(scan) = self.0.lock() else {
             return line;
         };
-        while blank.binary_search(&line).is_ok() {
+        while scan.blank.binary_search(&line).is_ok() {
             line += 1;
         }
         line
     }
+
+    /// The line of a quote still open at the end of the file (asked once a record has
+    /// been read: only the last record can end there).
+    fn unclosed_quote(&self) -> Option<usize> {
+        let scan = self.0.lock().ok()?;
+        (scan.eof && scan.quote == Quote::Open).then_some(scan.opened_on)
+    }
 }
 
-/// See [`BlankLines::wrap`].
-struct NoteBlank<R> {
+/// See [`CsvScan::wrap`].
+struct NoteScan<R> {
     inner: R,
-    blank: BlankLines,
+    scan: CsvScan,
     /// The line the next byte belongs to (1-based, as the parser counts).
     line: usize,
     /// Nothing of `line` has been read yet.
     at_start: bool,
 }
 
-impl<R: Read> Read for NoteBlank<R> {
+impl<R: Read> Read for NoteScan<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let mut blank = self
-            .blank
+        let mut scan = self
+            .scan
             .0
             .lock()
-            .map_err(|_| std::io::Error::other("blank-line list poisoned"))?;
+            .map_err(|_| std::io::Error::other("CSV scan poisoned"))?;
+        if n == 0 && !buf.is_empty() {
+            scan.eof = true;
+        }
         for &b in &buf[..n] {
+            let ends_cell = matches!(b, b',' | b'\n' | b'\r');
+            scan.quote = match (scan.quote, b) {
+                (Quote::CellStart, b'"') => {
+                    scan.opened_on = self.line;
+                    Quote::Open
+                }
+                (Quote::Open, b'"') => Quote::MaybeClosed,
+                (Quote::Open, _) | (Quote::MaybeClosed, b'"') => Quote::Open,
+                (_, _) if ends_cell => Quote::CellStart,
+                _ => Quote::Plain,
+            };
             if b == b'\n' {
                 if self.at_start {
-                    blank.push(self.line);
+                    scan.blank.push(self.line);
                 }
                 self.line += 1;
                 self.at_start = true;
@@ -550,24 +623,11 @@ pub async fn export(
             };
             let csv = format == Format::Csv;
             if csv {
-                let mut header: Vec<String> = [
-                    "id",
-                    "memberId",
-                    "createdAt",
-                    "lastSeenAt",
-                    "tags",
-                    "unsubscribeEmail",
-                    "unsubscribeTexting",
-                    "blocked",
-                ]
-                .map(str::to_owned)
-                .to_vec();
-                // A profile field named like one of Sori's own (`city`) keeps its prefix, so
-                // the file imports back.
-                header.extend(keys.iter().map(|k| match system_field(k) {
-                    true => format!("profile.{k}"),
-                    false => k.clone(),
-                }));
+                let header: Vec<String> = USER_LINE_COLUMNS
+                    .iter()
+                    .map(|&c| c.to_owned())
+                    .chain(keys.iter().map(|k| profile_field_column(k).into_owned()))
+                    .collect();
                 out.write_all(&csv_line(&header)?)?;
             }
             // Pages of a segment's ids, or pages of the whole channel by id cursor.
@@ -841,7 +901,7 @@ mod tests {
 
     #[test]
     fn empty_lines_are_skipped_when_naming_a_line() {
-        let blank = super::BlankLines::default();
+        let blank = super::CsvScan::default();
         let input = b"h\n\n\n,x\n\"a\n\nb\"\ny";
         let mut r = blank.wrap(&input[..]);
         let mut out = Vec::new();

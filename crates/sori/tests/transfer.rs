@@ -353,6 +353,55 @@ z2,12345
     let city = db.file("city.csv", "memberId,city\nc1,Seoul\n");
     db.import_refused("users", &city, "`city` names a field Sori keeps itself");
 
+    // Profile fields named like a user line's own columns or like Sori's fields are
+    // exported as `profile.KEY`, so the CSV export imports back whole.
+    let clash = db.file(
+        "clash.ndjson",
+        json!({"memberId": "k1", "tags": ["real"],
+               "profile": {"tags": "t", "createdAt": "c", "blocked": "no", "city": "Busan"}})
+        .to_string(),
+    );
+    db.import_ok("users", &clash, "imported 1 users, skipped 0");
+
+    // A quote that is never closed would read the rest of the file into one cell: that
+    // row is reported (naming the quote's line) instead of stored, and nothing after it
+    // is lost quietly.
+    let open_quote = db.file(
+        "open-quote.csv",
+        "memberId,note\nq1,fine\nq2,\"oops\nq3,after\nq4,more\n",
+    );
+    let err = db.import_ok("users", &open_quote, "imported 1 users, skipped 1");
+    assert!(
+        err.contains(
+            "line 3: malformed CSV: the quote that opens a cell on line 3 is never closed"
+        ),
+        "{err}"
+    );
+    // U+0000 is refused in an import as in the APIs, wherever it is (a JSON escape or a
+    // raw byte in a CSV cell).
+    let nul = db.file(
+        "nul.ndjson",
+        json!({"memberId": "n1", "name": "N", "property": {"o": {"k": ["a\u{0}b"]}}}).to_string(),
+    );
+    let err = db.import_ok(
+        "events",
+        &nul,
+        "imported 0 events (0 already stored), skipped 1",
+    );
+    assert!(
+        err.contains("line 1: property.o.k[0]: must not contain the NUL character"),
+        "{err}"
+    );
+    let nul = db.file("nul.csv", "memberId,note\nn2,a\0b\n");
+    let err = db.import_ok("users", &nul, "imported 0 users, skipped 1");
+    assert!(
+        err.contains("line 2: profile.note: must not contain the NUL"),
+        "{err}"
+    );
+    // A quote inside a cell that did not start with one is a plain character.
+    let inch = db.file("inch.csv", "memberId,height\nq5,5'11\"\nq6,6'\n");
+    db.import_ok("users", &inch, "imported 2 users, skipped 0");
+
     // The whole channel moves to a fresh store: users (CSV), then events (NDJSON).
     let (ok, users_csv, err) = db.run(&["export", "users", "--format", "csv"]);
     assert!(ok, "{err}");
@@ -387,6 +436,14 @@ z2,12345
     assert!(ok, "{err}");
     let copied = ndjson(&out);
     let by_member = |m: &str| copied.iter().find(|u| u["memberId"] == m).unwrap().clone();
+    assert_eq!(by_member("q5")["profile"]["height"], "5'11\"");
+    let k1 = by_member("k1");
+    assert_eq!(
+        k1["profile"],
+        json!({"tags": "t", "createdAt": "c", "blocked": "no", "city": "Busan"})
+    );
+    assert_eq!(k1["tags"], json!(["real"]));
+    assert_eq!(k1["blocked"], false);
     assert_eq!(by_member("z1")["profile"]["zip5"], "01234");
     assert_eq!(by_member("z2")["profile"]["zip5"], "12345");
     assert_eq!(by_member("z3")["tags"].as_array().unwrap().len(), 30);
