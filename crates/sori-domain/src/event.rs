@@ -341,13 +341,17 @@ pub fn clip_page_value(page: Value) -> Value {
     }
 }
 
-/// Checks a `messageId`.
+/// Checks a `messageId`. Libraries send UUID-like ids; a blank one, or one with control
+/// characters, is a bug that as an idempotency key could silently drop unrelated events.
 pub fn check_message_id(path: &str, id: &str) -> Result<(), Invalid> {
-    if id.is_empty() || id.chars().count() > MAX_MESSAGE_ID_CHARS {
+    if id.trim().is_empty() || id.chars().count() > MAX_MESSAGE_ID_CHARS {
         return Err(Invalid::one(
             path,
-            format!("must be 1 to {MAX_MESSAGE_ID_CHARS} characters"),
+            format!("must be 1 to {MAX_MESSAGE_ID_CHARS} characters, not only white space"),
         ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Invalid::one(path, "must not contain control characters"));
     }
     Ok(())
 }

@@ -463,8 +463,15 @@ pub fn csv_user(headers: &[String], cells: &[String], types: &mut CsvTypes) -> V
 }
 
 /// A CSV event row as an event line: `memberId` or `userId`, `name`, `createdAt`, `page`,
-/// `property` (a JSON object) and `property.key` columns.
-pub fn csv_event(headers: &[String], cells: &[String]) -> Result<Value, Invalid> {
+/// `property` (a JSON object) and `property.key` columns. A `property.key` column takes
+/// its type from its first non-empty cell in the file (`types`, empty at the start), as a
+/// user column does: a column of zip codes starting `01234` stays text in every row, so
+/// the events of one column do not mix types that a filter would then tell apart.
+pub fn csv_event(
+    headers: &[String],
+    cells: &[String],
+    types: &mut CsvTypes,
+) -> Result<Value, Invalid> {
     let mut line = Map::new();
     let mut property = Map::new();
     for (h, c) in headers.iter().zip(cells) {
@@ -495,10 +502,16 @@ pub fn csv_event(headers: &[String], cells: &[String]) -> Result<Value, Invalid>
             }
             other => match other.strip_prefix("property.") {
                 Some(k) => {
-                    if let Some(v) = csv_cell(c, None)
-                        && property.insert(k.to_owned(), v).is_some()
-                    {
-                        return Err(twice(k));
+                    let ty = types.0.get(k).copied();
+                    if let Some(v) = csv_cell(c, ty) {
+                        if ty.is_none()
+                            && let Ok(learned) = infer_type(&v)
+                        {
+                            types.0.insert(k.to_owned(), learned);
+                        }
+                        if property.insert(k.to_owned(), v).is_some() {
+                            return Err(twice(k));
+                        }
                     }
                 }
                 None => {
@@ -673,6 +686,17 @@ mod tests {
     }
 
     #[test]
+    fn csv_event_columns_keep_the_type_of_their_first_value() {
+        let headers = vec!["memberId".into(), "name".into(), "property.zip".into()];
+        let mut types = CsvTypes::new(&Registry::default());
+        let row = |zip: &str| vec!["m".into(), "Ship".into(), zip.to_owned()];
+        let first = csv_event(&headers, &row("01234"), &mut types).unwrap();
+        let second = csv_event(&headers, &row("5678"), &mut types).unwrap();
+        assert_eq!(first["property"]["zip"], json!("01234"));
+        assert_eq!(second["property"]["zip"], json!("5678"));
+    }
+
+    #[test]
     fn csv_event_refuses_a_property_given_twice() {
         let headers = vec![
             "memberId".to_owned(),
@@ -681,9 +705,10 @@ mod tests {
             "property.qty".to_owned(),
         ];
         let cells = |json: &str| vec!["m".into(), "Order".into(), json.into(), "3".into()];
-        let e = csv_event(&headers, &cells(r#"{"qty": 9}"#)).unwrap_err();
+        let types = &mut CsvTypes::new(&Registry::default());
+        let e = csv_event(&headers, &cells(r#"{"qty": 9}"#), types).unwrap_err();
         assert_eq!(e.0[0].field, "property.qty");
-        let ok = csv_event(&headers, &cells(r#"{"sku": "A"}"#)).unwrap();
+        let ok = csv_event(&headers, &cells(r#"{"sku": "A"}"#), types).unwrap();
         assert_eq!(ok["property"], json!({"sku": "A", "qty": 3}));
     }
 

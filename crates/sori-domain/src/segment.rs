@@ -725,6 +725,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.at, 1_704_164_645_000);
         assert_eq!(c.message_id.as_deref(), Some("x1"));
+        for bad in [" ", "a\nb", ""] {
+            let e = parse(
+                "",
+                json!({"userId": "m", "event": "e", "messageId": bad}),
+                Some(Kind::Track),
+                NOW,
+            )
+            .unwrap_err();
+            assert_eq!(e.0[0].field, "messageId", "{bad:?}");
+        }
         assert_eq!(c.event.as_ref().unwrap().page, Some(json!("https://s/x")));
         let p = parse(
             "",

@@ -124,9 +124,11 @@ pub async fn import(
         bar: &bar,
         out: errors,
     };
-    let mut types = CsvTypes::new(&Registry::new(
-        app.store.profile_fields(ch.channel.id).await?,
-    ));
+    // User columns start from the registered profile fields; event properties have none.
+    let mut types = CsvTypes::new(&match kind {
+        Kind::Users => Registry::new(app.store.profile_fields(ch.channel.id).await?),
+        Kind::Events => Registry::default(),
+    });
     let mut summary = Summary::default();
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
     let mut seen: HashMap<String, u32> = HashMap::new();
@@ -222,7 +224,7 @@ pub async fn import(
                         let cells: Vec<String> = record.iter().map(str::to_owned).collect();
                         let parsed = check_csv_width(&headers, &cells).and_then(|()| match kind {
                             Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
-                            Kind::Events => csv_event(&headers, &cells),
+                            Kind::Events => csv_event(&headers, &cells, &mut types),
                         });
                         (line, parsed)
                     }
