@@ -485,6 +485,8 @@ pub fn csv_event(
                         }
                     }
                 }
+                // `null`, as an NDJSON line may have it: no properties.
+                Ok(Value::Null) => {}
                 _ => return Err(Invalid::one("property", "must be a JSON object")),
             },
             "property" | "id" | "source" => {}
@@ -708,6 +710,7 @@ mod tests {
         let types = &mut CsvTypes::new(&Registry::default());
         let e = csv_event(&headers, &cells(r#"{"qty": 9}"#), types).unwrap_err();
         assert_eq!(e.0[0].field, "property.qty");
+        assert!(csv_event(&headers, &cells("null"), types).is_ok());
         let ok = csv_event(&headers, &cells(r#"{"sku": "A"}"#), types).unwrap();
         assert_eq!(ok["property"], json!({"sku": "A", "qty": 3}));
     }
