@@ -54,6 +54,7 @@
   var LOCK_WAIT_MS = 5000;
   var REQUEST_TIMEOUT_MS = 15000;
   var MAX_CALLS_PER_REQUEST = 100; // what POST /sdk/v1/calls takes
+  var CALLS_ENVELOPE_BYTES = 40; // `{"session":…,"calls":[…]}` around a batch's calls
   var pageOverride = null;
   var spa = { tracking: false, installed: false, lastHref: null, pending: false };
   var memoryVeil = null;
@@ -227,11 +228,11 @@
     );
   }
 
-  // Appends a request to the queue. `boot` marks a boot's; `call` is what a page being
-  // left sends in its place (see flushQueue): `{token, json, settle(result)}`. A failed
-  // request never stops the ones after it.
+  // Appends a request to the queue. `boot` marks a boot's; every other request has a
+  // `call`, what a page being left sends in its place (see flushQueue): `{token, json,
+  // settle(result)}`. A failed request never stops the ones after it.
   function enqueue(run, boot, call) {
-    var item = { run: run, boot: !!boot, call: call || null };
+    var item = { run: run, boot: !!boot, call: call };
     if (leaving && !boot) {
       leavingItems.push(item);
       if (leavingItems.length === 1) Promise.resolve().then(sendLeaving);
@@ -277,7 +278,6 @@
   w.addEventListener('pagehide', flushQueue);
   w.addEventListener('pageshow', function () {
     leaving = false;
-    leavingBytes = 0;
   });
 
   function sendLeaving() {
@@ -286,7 +286,7 @@
     sendAtOnce(items);
   }
 
-  // Sends `items` at once: runs of calls of one session as batches, the rest on their own.
+  // Sends `items` (calls, no boot) at once: each run of calls of one session as batches.
   function sendAtOnce(items) {
     var run = [];
     var flush = function () {
@@ -294,11 +294,6 @@
       run = [];
     };
     items.forEach(function (item) {
-      if (!item.call) {
-        flush();
-        runTask(item.run);
-        return;
-      }
       if (run.length && run[0].call.token !== item.call.token) flush();
       run.push(item);
     });
@@ -322,7 +317,7 @@
         ',"calls":[' +
         sent.map(function (i) { return i.call.json; }).join(',') +
         ']}';
-      leavingBytes += size + 40;
+      leavingBytes += size + CALLS_ENVELOPE_BYTES;
       request('POST', '/sdk/v1/calls', json, null, true, true).then(
         function (data) {
           var results = (data && data.results) || [];
@@ -342,9 +337,9 @@
     var unsent = 0;
     items.forEach(function (item) {
       var n = byteLength(item.call.json) + 1;
-      if (leavingBytes + size + n + 40 > KEEPALIVE_MAX_BYTES) {
+      if (leavingBytes + size + n + CALLS_ENVELOPE_BYTES > KEEPALIVE_MAX_BYTES) {
         post();
-        if (leavingBytes + n + 40 > KEEPALIVE_MAX_BYTES) {
+        if (leavingBytes + n + CALLS_ENVELOPE_BYTES > KEEPALIVE_MAX_BYTES) {
           unsent++;
           item.call.settle({
             status: 0,
@@ -376,17 +371,16 @@
   // `call` is the call as `POST /sdk/v1/calls` takes it, for a page being left:
   // `{json, settle(result)}`.
   function withSession(what, send, fail, call) {
-    var drop = function () {
-      warn(what + ' dropped: Sori is not booted');
-      if (fail) fail(sdkError('Sori is not booted', 0));
+    var drop = function (why) {
+      why = why || 'Sori is not booted';
+      warn(what + ' dropped: ' + why);
+      if (fail) fail(sdkError(why, 0));
     };
     if (state === 'booted') {
       sendAs(session.token, send, call);
     } else if (state === 'booting' || state === 'idle') {
       if (pending.length >= MAX_PENDING_CALLS) {
-        var full = 'more than ' + MAX_PENDING_CALLS + ' calls are waiting for a boot';
-        warn(what + ' dropped: ' + full);
-        if (fail) fail(sdkError(full, 0));
+        drop('more than ' + MAX_PENDING_CALLS + ' calls are waiting for a boot');
         return;
       }
       pending.push({ send: send, drop: drop, call: call });
@@ -402,7 +396,7 @@
         return send(token);
       },
       false,
-      call && { token: token, json: call.json, settle: call.settle }
+      { token: token, json: call.json, settle: call.settle }
     );
   }
 
@@ -751,7 +745,7 @@
     return sent.catch(function (err) {
       if (err.type !== 'userGone' || state !== 'booted' || !session.options) throw err;
       var gen = generation;
-      var renewed = token !== session.token ? Promise.resolve() : renew(gen, token);
+      var renewed = token !== session.token ? Promise.resolve() : renew(gen);
       return renewed.then(function () {
         if (gen !== generation || state !== 'booted') throw err;
         return request(method, path, json, session.token, keepalive);
@@ -759,9 +753,11 @@
     });
   }
 
-  // Boots again for the lost session `lost`, once for all the calls that found it lost.
-  function renew(gen, lost) {
+  // Boots again for the current session, which was found lost, once for all the calls
+  // that found it lost.
+  function renew(gen) {
     if (!renewing) {
+      var lost = session.token;
       renewing = requestBoot(quietBootBody(session.options))
         .then(requireSession)
         .then(function (data) {
