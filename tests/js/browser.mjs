@@ -73,6 +73,7 @@ const PAGES = {
   '/shop/product-1': html({ title: 'Product 1', canonical: '/canonical/product-1', extra: BOOT_INLINE }),
   '/shop/second': html({ title: 'Second' }),
   '/shop/fresh': html({ title: 'Fresh' }),
+  '/shop/landing': html({ title: 'Landing', canonical: '/canonical/landing#offer' }),
 };
 
 function startPageServer() {
@@ -626,6 +627,13 @@ async function run(browser, pagesOrigin) {
     const [c, p] = await firstVisit();
     const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
     assert.equal(boot.error, null, 'boot error');
+    // The first call is still on its way when the page is left (on a fast machine it
+    // could otherwise be answered first, and the next call, a tag change, would be the
+    // one on its way, landing apart from the rest).
+    await p.route('**/sdk/v1/events', async (route) => {
+      await new Promise((r) => setTimeout(r, 300));
+      await route.continue();
+    });
     await p.evaluate(() => {
       window.Sori('track', 'LeaveOne');
       window.Sori('addTags', ['a']);
@@ -751,6 +759,45 @@ async function run(browser, pagesOrigin) {
     });
     await c.close();
     return '150 tracks and a tag sent in batches of 100';
+  });
+
+  step('19 a page left before its boot answered: the next page is the same visitor', async () => {
+    const c = await browser.newContext();
+    const p = await c.newPage();
+    watch(p);
+    await p.goto(`${pagesOrigin}/shop/landing?utm_source=letter`, { referer: 'http://mail.example/inbox' });
+    await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    // The boot reaches the server, which creates the visitor, but its answer never
+    // reaches the page (the visitor clicked on before it came).
+    await p.route('**/sdk/v1/boot', async (route) => {
+      await route.fetch();
+      await route.abort();
+    });
+    const lost = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.notEqual(lost.error, null, 'the first boot heard no answer');
+    await p.unroute('**/sdk/v1/boot');
+    await p.goto(`${pagesOrigin}/shop/second`);
+    await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    const next = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.equal(next.error, null, 'boot error');
+    const user = await getUser(next.user.id);
+    assert.equal(user.profile.utmSource, 'letter', "the landing page's UTM is this visitor's");
+    assert.equal(user.profile.referrer, 'http://mail.example/inbox', "and its referrer");
+    assert.equal(user.web.sessionsCount, 1, 'one visit');
+    const views = named(await eventsWith(next.user.id, 'PageView'), 'PageView');
+    assert.deepEqual(
+      views.map((e) => e.page).sort(),
+      [`${pagesOrigin}/canonical/landing`, `${pagesOrigin}/shop/second`].sort(),
+      "both pages' views, the canonical one without its fragment",
+    );
+    // A member id kept as a number is its digits.
+    const member = await sdkCall(p, 'boot', {
+      pluginKey: PLUGIN_KEY, memberId: 4242, memberHash: memberHash('4242'), trackDefaultEvent: false,
+    });
+    assert.equal(member.error, null, 'numeric memberId boot');
+    assert.equal((await getUser(member.user.id)).memberId, '4242');
+    await c.close();
+    return `visitor ${next.user.id} kept its landing page; member 4242 booted from a number`;
   });
 
   for (const [name, fn] of steps) {

@@ -123,6 +123,22 @@
     }
   }
 
+  // A new visitor's id, made in the browser so that it can be stored before the boot that
+  // creates the visitor is sent (see asOneVisitor). 128 random bits, as hex.
+  function newVeil() {
+    var bytes = new Uint8Array(16);
+    var c = w.crypto;
+    if (c && typeof c.getRandomValues === 'function') {
+      c.getRandomValues(bytes);
+    } else {
+      for (var i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+    }
+    var id = '';
+    for (var j = 0; j < bytes.length; j++) id += (bytes[j] + 256).toString(16).slice(1);
+    saveVeil(id);
+    return id;
+  }
+
   function saveVeil(id) {
     memoryVeil = id;
     try {
@@ -150,7 +166,8 @@
   function currentPage() {
     if (pageOverride != null) return pageOverride;
     var link = document.querySelector('link[rel~="canonical"][href]');
-    if (link && link.getAttribute('href')) return link.href; // .href is absolute
+    // `.href` is absolute; a fragment is no more a page of its own here than in the URL.
+    if (link && link.getAttribute('href')) return link.href.split('#')[0];
     return hrefWithoutHash();
   }
 
@@ -559,7 +576,8 @@
     var body = {
       pluginKey: option.pluginKey,
       veilId: veilId || undefined,
-      memberId: option.memberId,
+      // A member id kept as a number (a database id) is its digits, as in the Segment API.
+      memberId: Number.isSafeInteger(option.memberId) ? String(option.memberId) : option.memberId,
       memberHash: option.memberHash,
       profile: option.profile,
       // The browser's language setting unless the site names one (kept for new users only).
@@ -605,7 +623,7 @@
     if (json === null) {
       return Promise.reject(sdkError('boot: the options cannot be sent as JSON', 0));
     }
-    return request('POST', '/sdk/v1/boot', json).catch(function (err) {
+    return keptAlive('POST', '/sdk/v1/boot', json, null).catch(function (err) {
       // The part of the boot each refused field belongs to: a refusal of anything else,
       // or of a part the boot did not send, fails the boot.
       var parts = refusedFields(err).map(function (f) {
@@ -620,10 +638,16 @@
       if (parts.some(function (p) { return p !== 'veilId'; })) {
         warn('boot: left out what the server refused: ' + err.message);
       }
+      var language = body.language;
       parts.forEach(function (p) {
         body[p] = undefined;
       });
-      return request('POST', '/sdk/v1/boot', JSON.stringify(body));
+      // A refused language of the site's own falls back to the browser's, as if none
+      // had been given.
+      if (parts.indexOf('language') >= 0 && language !== browserLanguage()) {
+        body.language = browserLanguage();
+      }
+      return keptAlive('POST', '/sdk/v1/boot', JSON.stringify(body), null);
     });
   }
 
@@ -636,16 +660,24 @@
   // waited LOCK_WAIT_MS (the holder's boot is stuck on a bad connection) queues for the
   // next lock of a series instead, so the tabs behind a stuck one still boot as one
   // visitor among themselves.
+  //
+  // A new visitor's id is made and stored before its boot is sent: when the page is left
+  // before the answer arrives, the next page's boot continues that visitor (and its
+  // landing page, UTM and referrer) instead of starting another.
   function asOneVisitor(body, send) {
     var locks = w.navigator && navigator.locks;
     var member = body.memberId != null && body.memberId !== '';
-    if (body.veilId || member || !locks || typeof locks.request !== 'function' || !storageWorks()) {
+    var sendAsVisitor = function () {
+      if (!body.veilId && !member) body.veilId = newVeil();
       return send();
+    };
+    if (body.veilId || member || !locks || typeof locks.request !== 'function' || !storageWorks()) {
+      return sendAsVisitor();
     }
     var entered = false;
     var unlocked = function () {
       body.veilId = loadVeil() || undefined;
-      return send();
+      return sendAsVisitor();
     };
     var underLock = function (waited) {
       entered = true;
@@ -732,25 +764,32 @@
   // since goes out with the new one. Requests are sent with keepalive (so the one on its
   // way survives the page being left) when they fit its budget.
   function sessionRequest(method, path, json, token) {
-    var bytes = byteLength(json);
-    var keepalive = bytes <= KEEPALIVE_MAX_BYTES;
     token = latestToken(token);
-    // Counted against the keepalive budget a page being left shares (see sendCalls).
-    if (keepalive) inFlightBytes += bytes;
-    var settled = function () {
-      if (keepalive) inFlightBytes -= bytes;
-    };
-    var sent = request(method, path, json, token, keepalive);
-    sent.then(settled, settled);
-    return sent.catch(function (err) {
+    return keptAlive(method, path, json, token).catch(function (err) {
       if (err.type !== 'userGone' || state !== 'booted' || !session.options) throw err;
       var gen = generation;
       var renewed = token !== session.token ? Promise.resolve() : renew(gen);
       return renewed.then(function () {
         if (gen !== generation || state !== 'booted') throw err;
-        return request(method, path, json, session.token, keepalive);
+        return keptAlive(method, path, json, session.token);
       });
     });
+  }
+
+  // A request sent with keepalive when it fits the budget, so that it survives the page
+  // being left; its bytes count against the budget a page being left shares (see
+  // sendCalls) while it is on its way. Without a session token it goes as a CORS
+  // "simple" request: no preflight to wait for before the page may be left.
+  function keptAlive(method, path, json, token) {
+    var bytes = byteLength(json);
+    var keepalive = bytes <= KEEPALIVE_MAX_BYTES;
+    if (keepalive) inFlightBytes += bytes;
+    var settled = function () {
+      if (keepalive) inFlightBytes -= bytes;
+    };
+    var sent = request(method, path, json, token, keepalive, !token);
+    sent.then(settled, settled);
+    return sent;
   }
 
   // Boots again for the current session, which was found lost, once for all the calls
@@ -815,7 +854,10 @@
     withSession(
       'track(' + name + ')',
       function (token) {
-        return sessionRequest('POST', '/sdk/v1/events', json, token);
+        // `track` has no callback: the warning is the site's only clue, so it names the call.
+        return sessionRequest('POST', '/sdk/v1/events', json, token).catch(function (err) {
+          warn('track(' + name + ') failed: ' + err.message);
+        });
       },
       null,
       { json: '{"track":' + json + '}', settle: noop }

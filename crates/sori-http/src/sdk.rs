@@ -103,9 +103,10 @@ fn browser_view(ch: &ChannelInfo, u: sori_domain::User) -> UserView {
     let hide = u.member() && !ch.channel.member_hash_required;
     let mut v = UserView::of(ch.channel.id, u);
     if hide {
-        v.profile = Map::new();
+        // Left out rather than empty: an empty list would read as "no tags".
+        v.profile = None;
         v.name = None;
-        v.tags = Vec::new();
+        v.tags = None;
         v.city = None;
         v.country = None;
         // The browser id the member signed in from: with it, anyone could boot as the

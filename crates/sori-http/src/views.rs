@@ -24,11 +24,14 @@ pub struct UserView {
     /// Display name (`profile.name`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Profile values by key.
-    #[schema(value_type = Object)]
-    pub profile: Map<String, Value>,
-    /// Tags.
-    pub tags: Vec<String>,
+    /// Profile values by key. Always present, except in a browser's view of a member
+    /// while the channel does not require member hashes (`docs/sdk.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub profile: Option<Map<String, Value>>,
+    /// Tags; absent where `profile` is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
     /// Opted out of marketing e-mail.
     pub unsubscribe_email: bool,
     /// Opted out of marketing texts.
@@ -75,8 +78,8 @@ impl UserView {
             id: u.id,
             member_id: u.member_id,
             veil_id: u.veil_id,
-            profile: u.profile,
-            tags: u.tags,
+            profile: Some(u.profile),
+            tags: Some(u.tags),
             unsubscribe_email: u.unsubscribe_email,
             unsubscribe_texting: u.unsubscribe_texting,
             blocked: u.blocked,
