@@ -790,6 +790,58 @@ async function run(browser, pagesOrigin) {
       [`${pagesOrigin}/canonical/landing`, `${pagesOrigin}/shop/second`].sort(),
       "both pages' views, the canonical one without its fragment",
     );
+    // A boot still on its way when its page is left (a slow uplink) reaches the server:
+    // it goes with keepalive, as a simple request with no preflight to wait for.
+    const c2 = await browser.newContext();
+    const p2 = await c2.newPage();
+    watch(p2);
+    await p2.goto(`${pagesOrigin}/shop/fresh?utm_source=slow`);
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    let delayed = 0;
+    let sending;
+    const sent = new Promise((r) => {
+      sending = r;
+    });
+    await p2.route('**/sdk/v1/boot', async (route) => {
+      if (delayed++ === 0) {
+        sending();
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      await route.continue();
+    });
+    await p2.evaluate((pk) => window.Sori('boot', { pluginKey: pk }), PLUGIN_KEY);
+    await sent;
+    await p2.evaluate(() => {
+      location.href = '/shop/second';
+    });
+    await p2.waitForURL('**/shop/second');
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    const after = await sdkCall(p2, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.equal(after.error, null, 'boot error');
+    await until('the slow boot of the page left', async () => (await getUser(after.user.id)).profile.utmSource === 'slow');
+    // A boot the page is left before it could even be sent (still waiting for the
+    // new-visitor lock) is sent as the page goes.
+    await p2.unroute('**/sdk/v1/boot');
+    // Another tab holds the lock, so the boot waits for it until the page is left.
+    const holder = await c2.newPage();
+    await holder.goto(`${pagesOrigin}/shop/fresh`);
+    await holder.evaluate(() => {
+      navigator.locks.request('sori:new-visitor:0', () => new Promise(() => {}));
+    });
+    await p2.goto(`${pagesOrigin}/shop/fresh?utm_source=quick`);
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    await p2.evaluate(() => localStorage.clear());
+    await p2.evaluate((pk) => {
+      window.Sori('boot', { pluginKey: pk });
+      location.href = '/shop/second';
+    }, PLUGIN_KEY);
+    await p2.waitForURL('**/shop/second');
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    const quick = await sdkCall(p2, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.equal(quick.error, null, 'boot error');
+    assert.notEqual(quick.user.id, after.user.id, 'a new visitor after the storage was cleared');
+    await until('the boot of the page left at once', async () => (await getUser(quick.user.id)).profile.utmSource === 'quick');
+    await c2.close();
     // A member id kept as a number is its digits.
     const member = await sdkCall(p, 'boot', {
       pluginKey: PLUGIN_KEY, memberId: 4242, memberHash: memberHash('4242'), trackDefaultEvent: false,

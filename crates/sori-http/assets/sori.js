@@ -675,10 +675,22 @@
       return sendAsVisitor();
     }
     var entered = false;
+    var sending = null; // the boot, once sent (by the lock's holder, or as the page is left)
     var unlocked = function () {
-      body.veilId = loadVeil() || undefined;
-      return sendAsVisitor();
+      if (!sending) {
+        w.removeEventListener('pagehide', leaving);
+        body.veilId = loadVeil() || undefined;
+        sending = sendAsVisitor();
+      }
+      return sending;
     };
+    // A boot still waiting for the lock when the page is left would be lost with the page:
+    // it goes at once instead (with the id another tab may have stored meanwhile).
+    var leaving = function () {
+      entered = true;
+      unlocked();
+    };
+    w.addEventListener('pagehide', leaving);
     var underLock = function (waited) {
       entered = true;
       // The other tab stored its visitor before releasing the lock, but another tab's
