@@ -731,6 +731,8 @@
       return unlocked();
     }
     return locked.catch(function (err) {
+      // A boot sent as the page was left answers for itself, whatever became of the lock.
+      if (sending) return sending;
       if (entered) throw err;
       return unlocked();
     });
