@@ -255,13 +255,23 @@ impl OpenTx<'_> {
     }
 
     /// Ends the transaction after a failed statement and returns `e`.
-    async fn abort(mut self, e: StoreError) -> StoreError {
-        if let Some(c) = self.conn.as_mut()
-            && sqlx::raw_sql("ROLLBACK").execute(c).await.is_ok()
-        {
+    async fn abort(self, e: StoreError) -> StoreError {
+        // A connection whose rollback failed is closed, not kept (see `roll_back`).
+        let _ = self.roll_back().await;
+        e
+    }
+
+    /// Ends the transaction without writing and keeps the connection; one whose rollback
+    /// fails is dropped, which closes it (as is one already given up, see `begin`).
+    async fn roll_back(mut self) -> Result<()> {
+        if let Some(c) = self.conn.as_mut() {
+            sqlx::raw_sql("ROLLBACK")
+                .execute(c)
+                .await
+                .map_err(backend)?;
             self.release();
         }
-        e
+        Ok(())
     }
 
     /// Runs the batch's first script, preparing the batch statements on this connection
@@ -319,20 +329,11 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
         return write_planned(writers, ops).await;
     }
     let mut tx = writers.take().await?;
-    let rows: Vec<(i64, String, String)> = match sqlx::query_as(STORED_OWNERS)
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .fetch_all(tx.conn())
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => return Err(tx.abort(backend(e)).await),
+    let owners = match stored_owners(tx.conn(), &keys).await {
+        Ok(owners) => owners,
+        Err(e) => return Err(tx.abort(e).await),
     };
     tx.release();
-    let owners = rows
-        .into_iter()
-        .map(|(ch, id, owner)| ((ch, id), owner))
-        .collect();
     let done = sori_store::retried(ops, &owners);
     match sori_store::to_write(ops, &done) {
         None => write_planned(writers, ops).await,
@@ -342,6 +343,23 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
             sori_store::with_retries(done, written)
         }
     }
+}
+
+/// The users owning the stored events of these `messageId`s, by channel and `messageId`.
+async fn stored_owners(
+    conn: &mut PgConnection,
+    keys: &[(i64, &str)],
+) -> Result<HashMap<(i64, String), String>> {
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(STORED_OWNERS)
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await
+        .map_err(backend)?;
+    Ok(rows
+        .into_iter()
+        .map(|(ch, id, owner)| ((ch, id), owner))
+        .collect())
 }
 
 /// Writes a batch: two round trips and the events' insert, planned by `plan_user_writes`.
@@ -428,7 +446,13 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
         }
     }
     let mut light = Vec::new();
+    // Every events-only write addressed a member, and every one was found: the usual
+    // case, in which no write creates a member.
+    let mut members_found = true;
     for (ch, at) in light_lookups {
+        members_found &= light_keys.get(&ch).is_some_and(|k| {
+            k.ids.is_empty() && k.veils.is_empty() && got[at].rows.len() == k.members.len()
+        });
         for r in &got[at].rows {
             light.push((
                 ch,
@@ -440,6 +464,37 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
             ));
         }
     }
+
+    // A write that would create a member for a `messageId` stored already (see
+    // `sori_store::creating_keys`) is answered as a retry, and the rest planned again.
+    let found = match members_found {
+        true => Default::default(),
+        false => sori_store::found_members(&loaded, &light),
+    };
+    let creating: Vec<(i64, &str)> = match members_found {
+        true => Vec::new(),
+        false => sori_store::creating_keys(ops, &found)
+            .into_iter()
+            .filter(|(_, id)| !id.contains('\0'))
+            .collect(),
+    };
+    if !creating.is_empty() {
+        let owners = match stored_owners(tx.conn(), &creating).await {
+            Ok(owners) => owners,
+            Err(e) => return Err(tx.abort(e).await),
+        };
+        let done = sori_store::retried_creations(ops, &found, &owners);
+        if let Some(rest) = sori_store::to_write(ops, &done) {
+            // Nothing is written yet: the transaction ends without writing.
+            tx.roll_back().await?;
+            let written = match rest.is_empty() {
+                true => Vec::new(),
+                false => Box::pin(write_planned(writers, &rest)).await?,
+            };
+            return sori_store::with_retries(done, written);
+        }
+    }
+    drop(found);
 
     let mut plan = plan_user_writes(ops, loaded, light, registries);
     if !plan.new_fields.is_empty() {

@@ -220,21 +220,7 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     // Calls already stored in whole are answered, not written again (see `retried`). One
     // stored by another process between this read and the write (a second server on the
     // file) is written as before: its event row is still refused.
-    let mut owners = HashMap::new();
-    {
-        let mut st = conn
-            .prepare_cached("SELECT user_id FROM events WHERE channel_id = ?1 AND message_key = ?2")
-            .map_err(db)?;
-        for (ch, id) in keys {
-            if let Some(owner) = st
-                .query_row(params![ch, &message_key(id)[..]], |r| r.get::<_, String>(0))
-                .optional()
-                .map_err(db)?
-            {
-                owners.insert((ch, id.to_owned()), owner);
-            }
-        }
-    }
+    let owners = stored_owners(conn, &keys)?;
     let done = sori_store::retried(ops, &owners);
     match sori_store::to_write(ops, &done) {
         None => write_planned(conn, ops),
@@ -244,6 +230,27 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
             sori_store::with_retries(done, written)
         }
     }
+}
+
+/// The users owning the stored events of these `messageId`s, by channel and `messageId`.
+fn stored_owners(
+    conn: &Connection,
+    keys: &[(i64, &str)],
+) -> Result<HashMap<(i64, String), String>> {
+    let mut owners = HashMap::new();
+    let mut st = conn
+        .prepare_cached("SELECT user_id FROM events WHERE channel_id = ?1 AND message_key = ?2")
+        .map_err(db)?;
+    for &(ch, id) in keys {
+        if let Some(owner) = st
+            .query_row(params![ch, &message_key(id)[..]], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(db)?
+        {
+            owners.insert((ch, id.to_owned()), owner);
+        }
+    }
+    Ok(owners)
 }
 
 /// Writes a batch: one transaction, planned by `plan_user_writes`.
@@ -279,6 +286,9 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
         }
     }
     let mut light = Vec::new();
+    // Every events-only write addressed a member, and every one was found: the usual
+    // case, in which no write creates a member.
+    let mut members_found = true;
     for (ch, k) in &light_keys {
         let found = lookup(&tx, *ch, k, "id, member_id, veil_id", |r| {
             Ok(UserKeys {
@@ -287,7 +297,32 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
                 veil_id: r.get(2)?,
             })
         })?;
+        members_found &= k.ids.is_empty() && k.veils.is_empty() && found.len() == k.members.len();
         light.extend(found.into_iter().map(|keys| (*ch, keys)));
+    }
+    // A write that would create a member for a `messageId` stored already (see
+    // `sori_store::creating_keys`) is answered as a retry, and the rest planned again.
+    let retries = if members_found {
+        None
+    } else {
+        let found = sori_store::found_members(&loaded, &light);
+        let keys = sori_store::creating_keys(ops, &found);
+        if keys.is_empty() {
+            None
+        } else {
+            let owners = stored_owners(&tx, &keys)?;
+            let done = sori_store::retried_creations(ops, &found, &owners);
+            sori_store::to_write(ops, &done).map(|rest| (done, rest))
+        }
+    };
+    if let Some((done, rest)) = retries {
+        // Nothing is written yet: the transaction ends without writing.
+        drop(tx);
+        let written = match rest.is_empty() {
+            true => Vec::new(),
+            false => write_planned(conn, &rest)?,
+        };
+        return sori_store::with_retries(done, written);
     }
 
     let mut plan = plan_user_writes(ops, loaded, light, registries);

@@ -2,7 +2,7 @@
 //! batch touches, this module applies the domain rules in order (so two writes to the same
 //! user in one batch see each other), and the backend writes back what changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sori_domain::activity::{Activity, apply_activity};
 use sori_domain::event::NewEvent;
@@ -502,22 +502,87 @@ pub fn retried(
 ) -> Vec<Option<UserOpResult>> {
     ops.iter()
         .map(|op| {
-            if !guarded_whole(op) {
-                return None;
-            }
-            let mut owner = None;
-            for e in &op.events {
-                let id = e.message_id.clone()?;
-                owner = Some(owners.get(&(op.channel_id, id))?.clone());
-            }
-            Some(Ok(UserOpOutcome {
-                user_id: owner?,
-                user: None,
-                created: false,
-                changed: false,
-                merged_from: None,
-                duplicate_events: op.events.len(),
-            }))
+            guarded_whole(op)
+                .then(|| stored_whole(op, owners))
+                .flatten()
+        })
+        .collect()
+}
+
+/// `op`'s result when every one of its events' `messageId`s is stored (`owners`), which
+/// makes it a retry to answer without writing.
+fn stored_whole(op: &UserOp, owners: &HashMap<(i64, String), String>) -> Option<UserOpResult> {
+    let mut owner = None;
+    for e in &op.events {
+        let id = e.message_id.clone()?;
+        owner = Some(owners.get(&(op.channel_id, id))?.clone());
+    }
+    Some(Ok(UserOpOutcome {
+        user_id: owner?,
+        user: None,
+        created: false,
+        changed: false,
+        merged_from: None,
+        duplicate_events: op.events.len(),
+    }))
+}
+
+/// Whether `op` is an events-only write by member id, every event with a `messageId`,
+/// whose member the batch's lookups did not find (`found`: channel and member id), so
+/// that writing it would create the member. Such writes skip the whole-call guard (see
+/// [`guarded_whole`]): the event row alone refuses a retry to a member that exists. But a
+/// `messageId` reused for a member not known yet would then create that member, empty.
+fn creates_member(op: &UserOp, found: &HashSet<(i64, &str)>) -> bool {
+    op.is_light()
+        && op.events.iter().all(|e| e.message_id.is_some())
+        && op
+            .member_key()
+            .is_some_and(|m| !found.contains(&(op.channel_id, m)))
+}
+
+/// The members the batch's lookups found, whole rows and identity rows, for
+/// [`creating_keys`] and [`retried_creations`].
+pub fn found_members<'a>(
+    loaded: &'a [(i64, User)],
+    light: &'a [(i64, UserKeys)],
+) -> HashSet<(i64, &'a str)> {
+    loaded
+        .iter()
+        .filter_map(|(ch, u)| Some((*ch, u.member_id.as_deref()?)))
+        .chain(
+            light
+                .iter()
+                .filter_map(|(ch, k)| Some((*ch, k.member_id.as_deref()?))),
+        )
+        .collect()
+}
+
+/// The `(channel, messageId)`s to look up, once the batch's users are found, for the
+/// writes that would create a member (see [`creates_member`]): few, since a member is
+/// created once, so the hot path of events to known members pays nothing.
+pub fn creating_keys<'a>(ops: &'a [UserOp], found: &HashSet<(i64, &str)>) -> Vec<(i64, &'a str)> {
+    ops.iter()
+        .filter(|op| creates_member(op, found))
+        .flat_map(|op| {
+            op.events
+                .iter()
+                .filter_map(move |e| Some((op.channel_id, e.message_id.as_deref()?)))
+        })
+        .collect()
+}
+
+/// As [`retried`], for the writes [`creating_keys`] looked up: one whose every event is
+/// stored already is answered as a retry and creates nothing.
+pub fn retried_creations(
+    ops: &[UserOp],
+    found: &HashSet<(i64, &str)>,
+    owners: &HashMap<(i64, String), String>,
+) -> Vec<Option<UserOpResult>> {
+    ops.iter()
+        .map(|op| {
+            creates_member(op, found)
+                .then(|| stored_whole(op, owners))
+                .flatten()
         })
         .collect()
 }

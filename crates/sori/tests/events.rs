@@ -1793,6 +1793,57 @@ async fn segment_edges(b: Backend) {
         );
     }
 
+    // A `messageId` reused for a member not known yet stores nothing and creates no
+    // member, alone or in a batch; a new `messageId` for that member in the same batch
+    // still creates it.
+    for (path, body) in [
+        (
+            "/v1/track",
+            json!({"userId": "dup-a", "event": "DupX", "messageId": "DUPX"}),
+        ),
+        (
+            "/v1/track",
+            json!({"userId": "dup-new", "event": "DupX", "messageId": "DUPX"}),
+        ),
+        (
+            "/v1/batch",
+            json!({"batch": [
+                {"type": "track", "userId": "dup-new2", "event": "DupX", "messageId": "DUPX"},
+                {"type": "track", "userId": "dup-new3", "event": "DupX", "messageId": "DUPX"},
+                {"type": "track", "userId": "dup-new3", "event": "DupY", "messageId": "DUPY"},
+            ]}),
+        ),
+    ] {
+        let r = segment(&app, path, body).await;
+        assert_eq!(
+            (r.status, &r.body["errors"]),
+            (200, &Value::Null),
+            "{:?}",
+            r.body
+        );
+    }
+    for (member, status) in [
+        ("dup-a", 200),
+        ("dup-new", 404),
+        ("dup-new2", 404),
+        ("dup-new3", 200),
+    ] {
+        let r = app
+            .open(Method::GET, &format!("/open/v5/users/@{member}"), None)
+            .await;
+        assert_eq!(r.status, status, "{member}: {:?}", r.body);
+    }
+    let new3 = app.member("dup-new3").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let names: Vec<_> = events_of(&app, &new3)
+        .await
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["DupY"]);
+
     // Content codings are case-insensitive, and a body of several gzip members (files
     // concatenated, as RFC 1952 allows) is read to its end.
     let gzip = |part: &[u8]| {
