@@ -841,6 +841,23 @@ async function run(browser, pagesOrigin) {
     assert.equal(quick.error, null, 'boot error');
     assert.notEqual(quick.user.id, after.user.id, 'a new visitor after the storage was cleared');
     await until('the boot of the page left at once', async () => (await getUser(quick.user.id)).profile.utmSource === 'quick');
+    // One cancelled by a shutdown while it waited is not sent, not even as the page goes.
+    await p2.goto(`${pagesOrigin}/shop/fresh?utm_source=shut`);
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    await p2.evaluate(() => localStorage.clear());
+    // The boot is waiting for the lock (the holder tab has it) when the shutdown comes.
+    await p2.evaluate((pk) => window.Sori('boot', { pluginKey: pk }), PLUGIN_KEY);
+    await new Promise((r) => setTimeout(r, 200));
+    await p2.evaluate(() => {
+      window.Sori('shutdown');
+      location.href = '/shop/second';
+    });
+    await p2.waitForURL('**/shop/second');
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    // A boot on its way would land within this second (the ones above took milliseconds).
+    await new Promise((r) => setTimeout(r, 1000));
+    const { users } = await apiOk('GET', '/users?limit=500');
+    assert.equal(users.filter((u) => u.profile.utmSource === 'shut').length, 0, 'no visitor for a shut-down boot');
     await c2.close();
     // A member id kept as a number is its digits.
     const member = await sdkCall(p, 'boot', {

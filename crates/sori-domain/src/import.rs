@@ -506,10 +506,24 @@ pub fn csv_event(
                 Some(k) => {
                     let ty = types.0.get(k).copied();
                     if let Some(v) = csv_cell(c, ty) {
-                        if ty.is_none()
-                            && let Ok(learned) = infer_type(&v)
-                        {
-                            types.0.insert(k.to_owned(), learned);
+                        match (ty, &v) {
+                            (None, _) => {
+                                if let Ok(learned) = infer_type(&v) {
+                                    types.0.insert(k.to_owned(), learned);
+                                }
+                            }
+                            (Some(FieldType::Number), Value::Number(_))
+                            | (Some(FieldType::Boolean), Value::Bool(_))
+                            | (Some(FieldType::String), _) => {}
+                            (Some(ty), _) => {
+                                return Err(Invalid::one(
+                                    format!("property.{k}"),
+                                    format!(
+                                        "must be a {} value, as the column's first value was",
+                                        ty.as_str()
+                                    ),
+                                ));
+                            }
                         }
                         if property.insert(k.to_owned(), v).is_some() {
                             return Err(twice(k));
@@ -696,6 +710,16 @@ mod tests {
         let second = csv_event(&headers, &row("5678"), &mut types).unwrap();
         assert_eq!(first["property"]["zip"], json!("01234"));
         assert_eq!(second["property"]["zip"], json!("5678"));
+        // A column of numbers refuses a cell that is not one, rather than mix types.
+        let headers = vec!["memberId".into(), "name".into(), "property.n".into()];
+        let row = |n: &str| vec!["m".into(), "Count".into(), n.to_owned()];
+        assert_eq!(
+            csv_event(&headers, &row("5"), &mut types).unwrap()["property"]["n"],
+            json!(5)
+        );
+        let e = csv_event(&headers, &row("abc"), &mut types).unwrap_err();
+        assert_eq!(e.0[0].field, "property.n");
+        assert!(csv_event(&headers, &row("12345678901234567890"), &mut types).is_err());
     }
 
     #[test]

@@ -483,7 +483,7 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
                 errs.push(
                     path,
                     "must be an ISO-8601 time with an offset (at most ±23:59) no later \
-                     than 9999-12-30, or epoch milliseconds",
+                     than 9999-12-30T22:00:00Z, or epoch milliseconds",
                 );
                 None
             }

@@ -535,6 +535,9 @@
       body.veilId = loadVeil() || undefined;
       session.veilId = body.veilId || null;
       return asOneVisitor(body, function () {
+        // A boot that waited for the new-visitor lock may have been cancelled meanwhile
+        // (a shutdown, a later boot): it is not sent.
+        if (gen !== generation) return Promise.reject(cancelled());
         return requestBoot(body).then(requireSession);
       }).then(
         function (data) {
@@ -553,13 +556,15 @@
           safeCall(cb, null, session.user);
         },
         function (err) {
+          if (gen !== generation) {
+            safeCall(cb, cancelled(), null);
+            return;
+          }
           warn('boot failed: ' + err.message);
           safeCall(cb, err, null);
-          if (gen === generation) {
-            state = 'off';
-            spa.tracking = false;
-            dropPending();
-          }
+          state = 'off';
+          spa.tracking = false;
+          dropPending();
         }
       );
     }, true);
@@ -678,7 +683,7 @@
     var sending = null; // the boot, once sent (by the lock's holder, or as the page is left)
     var unlocked = function () {
       if (!sending) {
-        w.removeEventListener('pagehide', leaving);
+        w.removeEventListener('pagehide', leave);
         body.veilId = loadVeil() || undefined;
         sending = sendAsVisitor();
       }
@@ -686,11 +691,11 @@
     };
     // A boot still waiting for the lock when the page is left would be lost with the page:
     // it goes at once instead (with the id another tab may have stored meanwhile).
-    var leaving = function () {
+    var leave = function () {
       entered = true;
       unlocked();
     };
-    w.addEventListener('pagehide', leaving);
+    w.addEventListener('pagehide', leave);
     var underLock = function (waited) {
       entered = true;
       // The other tab stored its visitor before releasing the lock, but another tab's
@@ -796,7 +801,8 @@
   // "simple" request: no preflight to wait for before the page may be left.
   function keptAlive(method, path, json, token) {
     var bytes = byteLength(json);
-    var keepalive = bytes <= KEEPALIVE_MAX_BYTES;
+    // The browser refuses a keepalive request past the budget the ones on their way share.
+    var keepalive = inFlightBytes + bytes <= KEEPALIVE_MAX_BYTES;
     if (keepalive) inFlightBytes += bytes;
     var settled = function () {
       if (keepalive) inFlightBytes -= bytes;

@@ -110,12 +110,19 @@ pub(crate) fn nul_error(path: String) -> ApiError {
 pub(crate) const NUL_RULE: &str = sori_domain::value::NUL_REJECTED;
 
 fn body_rejection(r: BytesRejection) -> ApiError {
-    if timed_out(&r) {
+    if caused_by::<crate::listen::BodyTimeout>(&r) {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "requestTimeout",
             "the request body stopped arriving: no data within the server's \
              header_timeout_secs (30 s unless configured)",
+        )
+    } else if caused_by::<crate::ops::GzipTooLarge>(&r) {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payloadTooLarge",
+            "request body is too large: its gzip-compressed bytes alone go past the \
+             server's body limit (max_body_bytes; at least 1 MiB for the Segment API)",
         )
     } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
@@ -130,12 +137,12 @@ fn body_rejection(r: BytesRejection) -> ApiError {
     }
 }
 
-/// Whether reading the body failed because it paused too long (see `listen`), however
-/// many layers (decompression, limits) wrapped the error.
-fn timed_out(r: &BytesRejection) -> bool {
+/// Whether reading the body failed with an `E` (a pause too long, see `listen`; a gzip
+/// body too large, see `ops`), however many layers (decompression, limits) wrapped it.
+fn caused_by<E: std::error::Error + 'static>(r: &BytesRejection) -> bool {
     let mut e: Option<&(dyn std::error::Error + 'static)> = Some(r);
     while let Some(err) = e {
-        if err.is::<crate::listen::BodyTimeout>() {
+        if err.is::<E>() {
             return true;
         }
         // An `io::Error` hides what it wraps from `source()`.

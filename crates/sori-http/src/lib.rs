@@ -132,7 +132,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/open/v5/segments/{id}/users.csv", get(osg::export))
         .route("/open/v5/segments/{id}/users/{user}", get(osg::membership))
         .layer(from_fn_with_state(state.clone(), ratelimit::limit));
-    let open = ops::gzip_bodies(open, None);
+    let open = ops::gzip_bodies(open, cfg.max_body_bytes);
     use desk::{settings as ds, users as du};
     let desk = Router::new()
         .route("/desk/v1/login", post(desk::login))
@@ -180,7 +180,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route("/v1/page", post(segment::page))
         .route("/v1/screen", post(segment::screen))
         .route("/v1/batch", post(segment::batch));
-    let segment = ops::gzip_bodies(segment, Some(cfg.max_ingest_body_bytes));
+    let segment = ops::gzip_bodies(segment, cfg.max_ingest_body_bytes);
     let sdk = Router::new()
         // The OPTIONS routes let the CORS layer answer preflights (without them the
         // router's 405 fallback would).

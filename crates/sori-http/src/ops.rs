@@ -172,45 +172,74 @@ fn route_handles(
 
 /// Request bodies of the server-side APIs (Segment, Open API) may be gzip-compressed, as
 /// client libraries send large batches; any other `Content-Encoding` is refused with 415
-/// instead of being read as plain JSON. `body_limit` (on the decompressed body) replaces
-/// the server's default where given. One composite layer, as in `with_middleware`: each
-/// `Router::layer` call boxes every route once more.
+/// instead of being read as plain JSON. `body_limit` applies to the decompressed body (and,
+/// with some room, to the compressed one). One composite layer, as in `with_middleware`:
+/// each `Router::layer` call boxes every route once more.
 pub(crate) fn gzip_bodies<S: Clone + Send + Sync + 'static>(
     routes: axum::Router<S>,
-    body_limit: Option<usize>,
+    body_limit: usize,
 ) -> axum::Router<S> {
     routes.layer(
         tower::ServiceBuilder::new()
-            .layer(axum::middleware::map_request(decode_gzip))
-            .option_layer(body_limit.map(axum::extract::DefaultBodyLimit::max)),
+            .layer(axum::middleware::map_request_with_state(
+                body_limit,
+                decode_gzip,
+            ))
+            .layer(axum::extract::DefaultBodyLimit::max(body_limit)),
     )
 }
 
 /// Unwraps a gzip body as it is read. Content codings are case-insensitive and `x-gzip`
-/// is `gzip` (RFC 9110 §8.4.1); a body of several gzip members (concatenated files, as
-/// RFC 1952 allows) is read to its end, not to the end of its first member.
-async fn decode_gzip(mut req: axum::extract::Request) -> Result<axum::extract::Request, ApiError> {
-    use futures_util::TryStreamExt;
-    let Some(coding) = req.headers().get(axum::http::header::CONTENT_ENCODING) else {
-        return Ok(req);
+/// is `gzip` (RFC 9110 §8.4.1); `identity` changes nothing. A body of several gzip
+/// members (concatenated files, as RFC 1952 allows) is read to its end, not to the end of
+/// its first member; bytes after the last member are an error, not ignored.
+async fn decode_gzip(
+    State(body_limit): State<usize>,
+    mut req: axum::extract::Request,
+) -> Result<axum::extract::Request, ApiError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    // Every header line, each a comma-separated list (RFC 9110 §5.3).
+    let mut codings = req
+        .headers()
+        .get_all(axum::http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
+    let gzip = match (codings.next(), codings.next()) {
+        (None, _) => false,
+        (Some(c), None) if c.eq_ignore_ascii_case(b"gzip") || c.eq_ignore_ascii_case(b"x-gzip") => {
+            true
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupportedMediaType",
+                "Content-Encoding must be gzip, identity or absent",
+            ));
+        }
     };
-    let coding = coding.as_bytes().trim_ascii();
-    if coding.eq_ignore_ascii_case(b"identity") {
-        return Ok(req);
-    }
-    if !(coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip")) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupportedMediaType",
-            "Content-Encoding must be gzip or absent",
-        ));
-    }
     let headers = req.headers_mut();
     headers.remove(axum::http::header::CONTENT_ENCODING);
+    if !gzip {
+        return Ok(req);
+    }
     headers.remove(axum::http::header::CONTENT_LENGTH);
+    // Members that decompress to nothing cost the decompressed limit nothing: the
+    // compressed bytes have a limit of their own, with room for data that does not shrink.
+    let compressed_limit = body_limit + body_limit / 16 + 4096;
+    let mut read = 0usize;
     let compressed = std::mem::take(req.body_mut())
         .into_data_stream()
-        .map_err(std::io::Error::other);
+        .map_err(std::io::Error::other)
+        .map(move |chunk| {
+            let chunk = chunk?;
+            read += chunk.len();
+            match read > compressed_limit {
+                true => Err(std::io::Error::other(GzipTooLarge)),
+                false => Ok(chunk),
+            }
+        });
     let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(
         tokio_util::io::StreamReader::new(compressed),
     );
@@ -218,6 +247,18 @@ async fn decode_gzip(mut req: axum::extract::Request) -> Result<axum::extract::R
     *req.body_mut() = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(decoder));
     Ok(req)
 }
+
+/// A gzip body's compressed bytes went past their limit (see `decode_gzip`).
+#[derive(Debug)]
+pub(crate) struct GzipTooLarge;
+
+impl std::fmt::Display for GzipTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the compressed body is too large")
+    }
+}
+
+impl std::error::Error for GzipTooLarge {}
 
 /// Reads the body and answers like an ingestion call without doing anything: benchmarks
 /// run the same load against it to show how close an endpoint is to the HTTP stack's limit.

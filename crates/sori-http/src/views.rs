@@ -25,12 +25,13 @@ pub struct UserView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Profile values by key. Always present, except in a browser's view of a member
-    /// while the channel does not require member hashes (`docs/sdk.md`).
+    /// while the channel does not require member hashes (`docs/sdk.md`); never null.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Object, required = false)]
     pub profile: Option<Map<String, Value>>,
-    /// Tags; absent where `profile` is.
+    /// Tags; left out exactly when `profile` is.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<String>, required = false)]
     pub tags: Option<Vec<String>>,
     /// Opted out of marketing e-mail.
     pub unsubscribe_email: bool,

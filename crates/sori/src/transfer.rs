@@ -200,6 +200,12 @@ pub async fn import(
                 .iter()
                 .map(str::to_owned)
                 .collect();
+            if let Some(quote) = scan.unclosed_quote() {
+                anyhow::bail!(
+                    "malformed CSV: the quote that opens a cell of the header row on line \
+                     {quote} is never closed, so the whole file was read into that cell"
+                );
+            }
             check_csv_header(&headers, kind == Kind::Users).map_err(anyhow::Error::msg)?;
             let mut record = csv::StringRecord::new();
             loop {
@@ -301,6 +307,7 @@ impl CsvScan {
             scan: self.clone(),
             line: 1,
             at_start: true,
+            at_file_start: true,
         }
     }
 
@@ -331,6 +338,8 @@ struct NoteScan<R> {
     line: usize,
     /// Nothing of `line` has been read yet.
     at_start: bool,
+    /// Nothing of the file has been read yet (a byte-order mark there is not a cell's).
+    at_file_start: bool,
 }
 
 impl<R: Read> Read for NoteScan<R> {
@@ -344,7 +353,13 @@ impl<R: Read> Read for NoteScan<R> {
         if n == 0 && !buf.is_empty() {
             scan.eof = true;
         }
-        for &b in &buf[..n] {
+        // The parser drops a byte-order mark before the header row, so the first cell
+        // starts after it (one split over two reads is not looked for: reads are buffered).
+        let mut bytes = &buf[..n];
+        if n > 0 && std::mem::take(&mut self.at_file_start) {
+            bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+        }
+        for &b in bytes {
             let ends_cell = matches!(b, b',' | b'\n' | b'\r');
             scan.quote = match (scan.quote, b) {
                 (Quote::CellStart, b'"') => {
@@ -915,6 +930,34 @@ mod tests {
         // Inside the quoted cell (lines 5–7) only the cell's own start is ever asked for.
         assert_eq!(blank.skip(5), 5);
         assert_eq!(blank.skip(8), 8);
+    }
+
+    #[test]
+    fn quotes_are_followed_as_the_parser_reads_them() {
+        let unclosed = |input: &[u8]| {
+            let scan = super::CsvScan::default();
+            let mut r = scan.wrap(input);
+            std::io::Read::read_to_end(&mut r, &mut Vec::new()).unwrap();
+            scan.unclosed_quote()
+        };
+        assert_eq!(unclosed(b"a,b\n1,\"x\ny\"\n2,\"\"\"q\"\"\""), None);
+        assert_eq!(
+            unclosed(b"a,b\n1,5'11\"\n2,x\"y\n"),
+            None,
+            "quotes inside a cell"
+        );
+        assert_eq!(
+            unclosed(b"\xef\xbb\xbf\"a,\",b\nx"),
+            None,
+            "after a byte-order mark"
+        );
+        assert_eq!(unclosed(b"a,b\n1,x\n2,\"y\n3,z\n"), Some(3));
+        assert_eq!(
+            unclosed(b"a,b\n1,x\r\"y\n"),
+            Some(2),
+            "a CR ends a record too"
+        );
+        assert_eq!(unclosed(b"a,\"b\n1,2\n"), Some(1));
     }
 
     #[test]

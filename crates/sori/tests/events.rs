@@ -1889,6 +1889,29 @@ async fn segment_edges(b: Backend) {
         ["G", "G1", "G2"],
         "both members of the batch were read"
     );
+    // Bytes after the last member are an error; a list of codings (one header line or
+    // several) other than gzip alone is refused; members that decompress to nothing
+    // still count against the limit by their compressed size.
+    let event = br#"{"userId": "gz", "event": "G3"}"#;
+    let empty_members: Vec<u8> = std::iter::repeat_n(gzip(b""), 60_000)
+        .flatten()
+        .chain(gzip(event))
+        .collect();
+    for (codings, body, status) in [
+        (&["gzip"][..], [gzip(event), b"tail".to_vec()].concat(), 400),
+        (&["gzip", "br"][..], gzip(event), 415),
+        (&["gzip, br"][..], gzip(event), 415),
+        (&["identity", "gzip"][..], gzip(event), 200),
+        (&["gzip"][..], empty_members, 413),
+    ] {
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        headers.extend(codings.iter().map(|c| ("content-encoding", *c)));
+        let r = app.raw(Method::POST, "/v1/track", &headers, body).await;
+        assert_eq!(r.status, status, "{codings:?}: {:?}", r.body);
+    }
 
     // A PATCH cannot clear a setting with null.
     let r = app

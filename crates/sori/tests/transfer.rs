@@ -398,6 +398,13 @@ z2,12345
         err.contains("line 2: profile.note: must not contain the NUL"),
         "{err}"
     );
+    // So is one in the header row, which stops the run.
+    let open_header = db.file("open-header.csv", "memberId,\"name\nq7,Alice\n");
+    db.import_refused(
+        "users",
+        &open_header,
+        "the quote that opens a cell of the header row on line 1 is never closed",
+    );
     // A quote inside a cell that did not start with one is a plain character.
     let inch = db.file("inch.csv", "memberId,height\nq5,5'11\"\nq6,6'\n");
     db.import_ok("users", &inch, "imported 2 users, skipped 0");
