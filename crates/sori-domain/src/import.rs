@@ -297,6 +297,7 @@ pub fn csv_text(v: &Value) -> String {
 /// took from its first value in this file. That value registers the field when it is
 /// written, so later rows are read as a re-run of the file reads them (a zip code column
 /// that starts with `01234` stays text in every row).
+#[derive(Clone)]
 pub struct CsvTypes(HashMap<String, FieldType>);
 
 impl CsvTypes {

@@ -535,9 +535,10 @@
       body.veilId = loadVeil() || undefined;
       session.veilId = body.veilId || null;
       return asOneVisitor(body, function () {
-        // A boot that waited for the new-visitor lock may have been cancelled meanwhile
-        // (a shutdown, a later boot): it is not sent.
-        if (gen !== generation) return Promise.reject(cancelled());
+        // A boot that waited for the new-visitor lock may have been ended by a shutdown
+        // meanwhile: it is not sent. One replaced by a later boot is (the later boot waits
+        // behind it, and takes over the visitor it creates).
+        if (shutdowns !== shutdownsThen) return Promise.reject(cancelled());
         return requestBoot(body).then(requireSession);
       }).then(
         function (data) {

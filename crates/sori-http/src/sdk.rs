@@ -357,9 +357,11 @@ pub struct CallResult {
     pub status: u16,
     /// For a `user` call that succeeded: the user, as `PATCH /sdk/v1/user` shows it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub user: Option<UserView>,
     /// For a call that failed: the error, as its own route would have answered.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub error: Option<crate::error::ErrorBody>,
 }
 

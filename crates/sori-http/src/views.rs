@@ -15,14 +15,17 @@ pub struct UserView {
     pub channel_id: String,
     /// The business's customer id (members only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub member_id: Option<String>,
     /// Anonymous browser id.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub veil_id: Option<String>,
     /// True exactly when `memberId` is set.
     pub member: bool,
     /// Display name (`profile.name`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// Profile values by key. Always present, except in a browser's view of a member
     /// while the channel does not require member hashes (`docs/sdk.md`); never null.
@@ -41,12 +44,15 @@ pub struct UserView {
     pub blocked: bool,
     /// City.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub city: Option<String>,
     /// Country.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub country: Option<String>,
     /// Language.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub language: Option<String>,
     /// Has chats.
     pub has_chat: bool,
@@ -56,6 +62,7 @@ pub struct UserView {
     pub sessions_count: i64,
     /// Last activity.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub last_seen_at: Option<i64>,
     /// Creation.
     pub created_at: i64,
@@ -113,6 +120,7 @@ pub struct UsersPage {
     pub users: Vec<Value>,
     /// Cursor for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next: Option<String>,
 }
 

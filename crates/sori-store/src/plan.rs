@@ -572,7 +572,9 @@ pub fn creating_keys<'a>(ops: &'a [UserOp], found: &HashSet<(i64, &str)>) -> Vec
 }
 
 /// As [`retried`], for the writes [`creating_keys`] looked up: one whose every event is
-/// stored already is answered as a retry and creates nothing.
+/// stored already is answered as a retry and creates nothing. Its result names the stored
+/// events' owner, which is another user than the one the write named (no caller shows it:
+/// Segment answers calls without user ids, and imports count such lines as stored).
 pub fn retried_creations(
     ops: &[UserOp],
     found: &HashSet<(i64, &str)>,

@@ -152,10 +152,14 @@ pub async fn import(
             Kind::Events => event_ingest(&v, &mut seen, retention),
         });
         match ingest {
-            Ok(ingest) => pending.push(Pending { line, ingest }),
+            Ok(ingest) => {
+                pending.push(Pending { line, ingest });
+                true
+            }
             Err(e) => {
                 summary.skipped += 1;
                 report(held, line, &e);
+                false
             }
         }
     };
@@ -179,7 +183,7 @@ pub async fn import(
                         .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
                     Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
                 };
-                handle(i + 1, parsed, &mut pending, &mut summary, &mut held);
+                let _ = handle(i + 1, parsed, &mut pending, &mut summary, &mut held);
                 if pending.len() >= CHUNK {
                     flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
                     bar.set_message(format!(
@@ -211,6 +215,9 @@ pub async fn import(
             loop {
                 // Line numbers from the parser: a quoted cell may span lines.
                 let next = rdr.position().line() as usize;
+                // The column types a bad event row would have taught are forgotten with it:
+                // only rows that are imported decide how later cells read.
+                let known = (kind == Kind::Events).then(|| types.clone());
                 let (line, parsed) = match rdr.read_record(&mut record) {
                     Ok(false) => break,
                     Ok(true) => {
@@ -224,7 +231,7 @@ pub async fn import(
                                      read into that cell"
                                 ),
                             );
-                            handle(line, Err(bad), &mut pending, &mut summary, &mut held);
+                            let _ = handle(line, Err(bad), &mut pending, &mut summary, &mut held);
                             continue;
                         }
                         let cells: Vec<String> = record.iter().map(str::to_owned).collect();
@@ -240,7 +247,10 @@ pub async fn import(
                         (line, Err(bad))
                     }
                 };
-                handle(line, parsed, &mut pending, &mut summary, &mut held);
+                let imported = handle(line, parsed, &mut pending, &mut summary, &mut held);
+                if let Some(known) = known.filter(|_| !imported) {
+                    types = known;
+                }
                 if pending.len() >= CHUNK {
                     flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
                     bar.set_message(format!(

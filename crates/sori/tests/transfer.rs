@@ -466,6 +466,31 @@ z2,12345
             .iter()
             .any(|e| e["memberId"] == "u1" && e["name"] == "Refund")
     );
+
+    // An event CSV column takes its type from its first imported cell: a bad row's cell
+    // teaches nothing, and a later cell of another type is a bad row of its own.
+    let typed = db.file(
+        "typed.csv",
+        "memberId,name,property.k\n,Ev,5\nt1,Ev,abc\nt1,Ev,def\nt1,Ev,7\n",
+    );
+    let err = db.import_ok(
+        "events",
+        &typed,
+        "imported 3 events (0 already stored), skipped 1",
+    );
+    assert!(err.contains("line 2: memberId"), "{err}");
+    let mut ks: Vec<Value> = db
+        .events()
+        .into_iter()
+        .filter(|e| e["name"] == "Ev")
+        .map(|e| e["property"]["k"].clone())
+        .collect();
+    ks.sort_by_key(Value::to_string);
+    assert_eq!(
+        ks,
+        [json!("7"), json!("abc"), json!("def")],
+        "a text column"
+    );
 }
 
 /// Starts `sori serve`; returns the child, its base URL and the first start's keys.

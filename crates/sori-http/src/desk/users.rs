@@ -234,6 +234,7 @@ pub struct RevealsPage {
     pub reveals: Vec<RevealRecord>,
     /// Cursor for older records.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next: Option<String>,
 }
 

@@ -39,6 +39,7 @@ pub struct EventView {
     pub property: serde_json::Map<String, Value>,
     /// Page it happened on.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub page: Option<String>,
     /// Time.
     pub created_at: i64,
@@ -100,6 +101,7 @@ pub struct EventsPage {
     pub events: Vec<EventView>,
     /// Cursor of the next page, absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next: Option<String>,
 }
 

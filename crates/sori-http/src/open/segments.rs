@@ -134,6 +134,7 @@ pub struct SearchPage {
     pub users: Vec<UserView>,
     /// Cursor for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next: Option<String>,
     /// All matching users.
     pub total: u64,
