@@ -212,6 +212,9 @@ pub fn parse(
         city = city.or_else(|| place(loc, "city"));
         country = country.or_else(|| place(loc, "country"));
     }
+    // Collected by the library: cut to the limits rather than refused, left out where the
+    // traits name the same field, and applied only where they fit (`UserUpdate::collected`).
+    let mut collected = Map::new();
     if let Some(Value::Object(c)) = context.get("campaign") {
         for (from, to) in [
             ("source", "Source"),
@@ -223,11 +226,11 @@ pub fn parse(
             if let Some(Value::String(v)) = c.get(from)
                 && !v.is_empty()
             {
-                // Collected by the library, so cut to the limit rather than refused.
                 let v = value::clip_text(v);
                 for key in [format!("utm{to}"), format!("lastUtm{to}")] {
-                    origins.push((key.clone(), format!("context.campaign.{from}")));
-                    profile.insert(key, Value::String(v.to_owned()));
+                    if !profile.contains_key(&key) {
+                        collected.insert(key, Value::String(v.to_owned()));
+                    }
                 }
             }
         }
@@ -235,12 +238,12 @@ pub fn parse(
     let page_ctx = context.get("page").and_then(Value::as_object);
     if let Some(Value::String(r)) = page_ctx.and_then(|p| p.get("referrer"))
         && !r.is_empty()
+        && !profile.contains_key("referrer")
     {
-        profile.insert(
+        collected.insert(
             "referrer".into(),
             Value::String(value::clip_text(r).to_owned()),
         );
-        origins.push(("referrer".into(), "context.page.referrer".into()));
     }
     let language = context
         .get("locale")
@@ -306,15 +309,17 @@ pub fn parse(
         }
     };
     errs.check()?;
-    let update = (!profile.is_empty() || language.is_some()).then(|| UserUpdate {
-        profile: if profile.is_empty() {
-            ProfilePatch::Keep
-        } else {
-            ProfilePatch::Set(profile)
-        },
-        language,
-        ..UserUpdate::default()
-    });
+    let update =
+        (!profile.is_empty() || !collected.is_empty() || language.is_some()).then(|| UserUpdate {
+            profile: if profile.is_empty() {
+                ProfilePatch::Keep
+            } else {
+                ProfilePatch::Set(profile)
+            },
+            collected: (!collected.is_empty()).then_some(collected),
+            language,
+            ..UserUpdate::default()
+        });
     Ok(Call {
         kind,
         member_id,
@@ -587,8 +592,9 @@ mod tests {
         };
         assert_eq!(p["firstName"], json!("Min"));
         assert_eq!(p["mobileNumber"], json!("010-1234-5678"));
-        assert_eq!(p["utmSource"], json!("news"));
-        assert_eq!(p["lastUtmCampaign"], json!("fall"));
+        let collected = u.collected.as_ref().unwrap();
+        assert_eq!(collected["utmSource"], json!("news"));
+        assert_eq!(collected["lastUtmCampaign"], json!("fall"));
         assert_eq!(u.language.as_deref(), Some("ko"));
         assert_eq!(c.created_at, Some(1_704_164_645_000));
         assert_eq!(c.city.as_deref(), Some("Seoul"));

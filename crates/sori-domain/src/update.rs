@@ -46,6 +46,11 @@ pub struct UserUpdate {
     pub profile: ProfilePatch,
     /// Keys to set only where empty.
     pub profile_once: Option<Map<String, Value>>,
+    /// Profile values a client library collected rather than the business sent (UTM
+    /// parameters, referrer): applied after `profile`, where they fit, and left out
+    /// together when they would take the profile past its limits, so that they never fail
+    /// a call the business did not fill in.
+    pub collected: Option<Map<String, Value>>,
     /// Tag change.
     pub tags: Option<TagOp>,
     /// Marketing e-mail consent.
@@ -186,6 +191,11 @@ pub fn check_member_id(s: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A profile's size as stored (compact JSON), the measure of its 15 KB limit.
+fn profile_bytes(profile: &Map<String, Value>) -> usize {
+    serde_json::to_vec(profile).map_or(usize::MAX, |v| v.len())
+}
+
 /// Inputs of an update that do not come from the request.
 #[derive(Debug, Clone)]
 pub struct ApplyContext {
@@ -293,6 +303,27 @@ pub fn apply_update(
         }
     }
 
+    if let Some(m) = &upd.collected {
+        let (profile, fields) = (user.profile.clone(), new_fields.clone());
+        let mut refused = Errors::default();
+        for (k, v) in m {
+            let path = format!("profile.{k}");
+            if let Some(stored) =
+                checked_value(k, v, &path, registry, &mut new_fields, ctx, &mut refused)
+                && !(SET_ONCE_KEYS.contains(&k.as_str()) && has_value(&user, k))
+            {
+                user.profile.insert(k.clone(), stored);
+            }
+        }
+        if !refused.is_empty()
+            || user.profile.len() > MAX_PROFILE_KEYS
+            || profile_bytes(&user.profile) > MAX_PROFILE_BYTES
+        {
+            user.profile = profile;
+            new_fields = fields;
+        }
+    }
+
     if user.profile.len() > MAX_PROFILE_KEYS {
         errs.push(
             "profile",
@@ -302,7 +333,7 @@ pub fn apply_update(
             ),
         );
     }
-    let size = serde_json::to_vec(&user.profile).map_or(usize::MAX, |v| v.len());
+    let size = profile_bytes(&user.profile);
     if size > MAX_PROFILE_BYTES {
         errs.push(
             "profile",

@@ -13,7 +13,7 @@ use sori_app::sdk::Boot;
 use sori_app::users::{Ingest, Source};
 use sori_domain::UserUpdate;
 use sori_domain::event::{EventInput, check_page, clip_page_value};
-use sori_domain::update::SDK_UPDATE_FIELDS;
+use sori_domain::update::{ProfilePatch, SDK_UPDATE_FIELDS};
 use sori_domain::value::clip_text;
 use sori_store::UserTarget;
 use std::sync::Arc;
@@ -193,20 +193,15 @@ pub async fn boot(
     if let Some(r) = string(o, "referrer")? {
         visit_profile.insert("referrer".into(), Value::String(clip_text(&r).to_owned()));
     }
-    if !visit_profile.is_empty() {
-        let profile = upd
-            .entry("profile")
-            .or_insert_with(|| Value::Object(Map::new()));
-        match profile {
-            Value::Object(p) => {
-                for (k, v) in visit_profile {
-                    p.entry(k).or_insert(v);
-                }
-            }
-            _ => return Err(ApiError::field("profile", "must be an object")),
-        }
+    let mut update = UserUpdate::from_json(&Value::Object(upd), SDK_UPDATE_FIELDS)?;
+    // Collected by the browser: the site's own profile values win, and they are applied
+    // only where they fit (`UserUpdate::collected`).
+    if let ProfilePatch::Set(p) = &update.profile {
+        visit_profile.retain(|k, _| !p.contains_key(k));
     }
-    let update = UserUpdate::from_json(&Value::Object(upd), SDK_UPDATE_FIELDS)?;
+    if !visit_profile.is_empty() {
+        update.collected = Some(visit_profile);
+    }
     let page = match o.get("page") {
         Some(p) => check_page("page", &clip_page_value(p.clone()))?,
         None => None,

@@ -1793,6 +1793,42 @@ async fn segment_edges(b: Backend) {
         );
     }
 
+    // What the library collected (campaign, referrer) is left out when it would take the
+    // profile past 15 KB, instead of failing the call: the event is stored.
+    let long = "가".repeat(600);
+    let r = segment(
+        &app,
+        "/v1/page",
+        json!({"userId": "long-utm", "name": "x",
+               "context": {"campaign": {"source": long, "medium": long, "name": long,
+                                        "content": long, "term": long},
+                           "page": {"referrer": format!("https://a/{long}")}}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let u = app.member("long-utm").await;
+    assert!(u["profile"].get("utmSource").is_none(), "{u}");
+    let id = u["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        events_of(&app, &id).await.len(),
+        1,
+        "the PageView is stored"
+    );
+    // Short ones are applied, and traits win over them.
+    let r = segment(
+        &app,
+        "/v1/identify",
+        json!({"userId": "long-utm", "traits": {"utmMedium": "mail"},
+               "context": {"campaign": {"source": "news", "medium": "cpc"}}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let p = app.member("long-utm").await["profile"].clone();
+    assert_eq!(
+        (&p["utmSource"], &p["utmMedium"], &p["lastUtmMedium"]),
+        (&json!("news"), &json!("mail"), &json!("cpc"))
+    );
+
     // A `messageId` reused for a member not known yet stores nothing and creates no
     // member, alone or in a batch; a new `messageId` for that member in the same batch
     // still creates it.

@@ -3,7 +3,7 @@ use serde_json::json;
 
 use super::*;
 use crate::field::FieldType;
-use crate::limits::{MAX_TAGS_PER_API_CALL, MAX_TAGS_PER_SDK_CALL};
+use crate::limits::{MAX_STRING_CHARS, MAX_TAGS_PER_API_CALL, MAX_TAGS_PER_SDK_CALL};
 
 fn ctx() -> ApplyContext {
     ApplyContext {
@@ -356,4 +356,40 @@ fn language_is_set_on_an_existing_user_only_by_the_customers_own_update() {
         Some("en"),
         "updateUser's language"
     );
+}
+
+#[test]
+fn collected_values_apply_where_they_fit_and_never_fail_the_update() {
+    let collected = |v: &str| {
+        let mut m = Map::new();
+        for k in ["utmSource", "lastUtmSource", "referrer"] {
+            m.insert(k.into(), json!(v));
+        }
+        m
+    };
+    let mut upd = parse(json!({"profile": {"name": "Kim"}}));
+    upd.collected = Some(collected("news"));
+    let a = apply_update(&base(), false, &registry(), &upd, &ctx()).expect("ok");
+    assert_eq!(a.user.profile["utmSource"], json!("news"));
+    assert_eq!(a.user.profile["referrer"], json!("news"));
+    // Set-once fields keep their first value; `lastUtm*` follows.
+    upd.collected = Some(collected("ads"));
+    let b = apply_update(&a.user, false, &registry(), &upd, &ctx()).expect("ok");
+    assert_eq!(b.user.profile["utmSource"], json!("news"));
+    assert_eq!(b.user.profile["lastUtmSource"], json!("ads"));
+    // A profile near its limit keeps the business's own values and leaves the
+    // collected ones out, all of them, instead of failing.
+    let mut full = base();
+    full.profile
+        .insert("description".into(), json!("가".repeat(MAX_STRING_CHARS)));
+    for i in 0..8 {
+        full.profile
+            .insert(format!("note{i}"), json!("가".repeat(MAX_STRING_CHARS)));
+    }
+    upd.collected = Some(collected(&"나".repeat(MAX_STRING_CHARS)));
+    let c = apply_update(&full, false, &registry(), &upd, &ctx()).expect("not refused");
+    assert_eq!(c.user.profile["name"], json!("Kim"));
+    for k in ["utmSource", "lastUtmSource", "referrer"] {
+        assert!(!c.user.profile.contains_key(k), "{k} left out");
+    }
 }
