@@ -59,8 +59,8 @@ pub struct Call {
     /// The field the event's page was read from (`context.page.url`, a page call's
     /// `properties.url`, a screen's `name`), to name in an error about the page.
     pub page_field: &'static str,
-    /// `(profile key, path in the message)` for every profile value the call sets
-    /// (`firstName` ← `traits.first_name`, `utmSource` ← `context.campaign.source`).
+    /// `(profile key, path in the message)` for every profile value the call's traits
+    /// set (`firstName` ← `traits.first_name`), to name the trait in an error.
     pub origins: Vec<(String, String)>,
     /// Idempotency key.
     pub message_id: Option<String>,

@@ -1,7 +1,9 @@
 //! Update semantics of a user, the same on every path (Open API, SDK, Segment, import):
 //! `profile` sets keys, `null` clears one key, `profile: null` clears all, `profileOnce`
 //! sets only empty keys, tags are normalized and limited. An update either applies whole or
-//! is rejected with every problem listed; nothing is half-applied.
+//! is rejected with every problem listed; nothing is half-applied. The one exception is
+//! what a client library collected (`collected`): left out, as a whole, where it does not
+//! fit, since nobody typed it.
 
 use std::collections::BTreeMap;
 
@@ -303,24 +305,32 @@ pub fn apply_update(
         }
     }
 
+    // Collected values go in whole or not at all, undone key by key (a handful of keys;
+    // the profile itself is not copied on every call).
     if let Some(m) = &upd.collected {
-        let (profile, fields) = (user.profile.clone(), new_fields.clone());
+        let registered: Vec<&String> = m.keys().filter(|k| new_fields.contains_key(*k)).collect();
         let mut refused = Errors::default();
+        let mut before: Vec<(&String, Option<Value>)> = Vec::new();
         for (k, v) in m {
             let path = format!("profile.{k}");
             if let Some(stored) =
                 checked_value(k, v, &path, registry, &mut new_fields, ctx, &mut refused)
                 && !(SET_ONCE_KEYS.contains(&k.as_str()) && has_value(&user, k))
             {
-                user.profile.insert(k.clone(), stored);
+                before.push((k, user.profile.insert(k.clone(), stored)));
             }
         }
-        if !refused.is_empty()
-            || user.profile.len() > MAX_PROFILE_KEYS
-            || profile_bytes(&user.profile) > MAX_PROFILE_BYTES
-        {
-            user.profile = profile;
-            new_fields = fields;
+        let over = !before.is_empty()
+            && (user.profile.len() > MAX_PROFILE_KEYS
+                || profile_bytes(&user.profile) > MAX_PROFILE_BYTES);
+        if over || !refused.is_empty() {
+            for (k, old) in before.into_iter().rev() {
+                match old {
+                    Some(v) => user.profile.insert(k.clone(), v),
+                    None => user.profile.remove(k),
+                };
+            }
+            new_fields.retain(|k, _| !m.contains_key(k) || registered.contains(&k));
         }
     }
 

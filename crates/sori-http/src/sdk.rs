@@ -193,6 +193,10 @@ pub async fn boot(
     if let Some(r) = string(o, "referrer")? {
         visit_profile.insert("referrer".into(), Value::String(clip_text(&r).to_owned()));
     }
+    // An empty `profile` sets nothing: a boot is not an update call that must name one.
+    if matches!(upd.get("profile"), Some(Value::Object(p)) if p.is_empty()) {
+        upd.remove("profile");
+    }
     let mut update = UserUpdate::from_json(&Value::Object(upd), SDK_UPDATE_FIELDS)?;
     // Collected by the browser: the site's own profile values win, and they are applied
     // only where they fit (`UserUpdate::collected`).

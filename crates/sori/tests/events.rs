@@ -951,6 +951,15 @@ async fn sdk_rules(b: Backend) {
         .await;
     assert_eq!((r.status, r.error_field()), (400, "body"), "{:?}", r.body);
 
+    // An empty `profile` in a boot sets nothing; the visit's UTM still applies.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "profile": {}, "utm": {"source": "empty-profile"}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["user"]["profile"]["utmSource"], "empty-profile");
+
     // Without member-hash checking a member boot works, but the browser is not shown the
     // member's profile (anyone with the public plugin key could claim a memberId).
     app.upsert(

@@ -3,7 +3,9 @@ use serde_json::json;
 
 use super::*;
 use crate::field::FieldType;
-use crate::limits::{MAX_STRING_CHARS, MAX_TAGS_PER_API_CALL, MAX_TAGS_PER_SDK_CALL};
+use crate::limits::{
+    MAX_PROFILE_KEYS, MAX_STRING_CHARS, MAX_TAGS_PER_API_CALL, MAX_TAGS_PER_SDK_CALL,
+};
 
 fn ctx() -> ApplyContext {
     ApplyContext {
@@ -392,4 +394,19 @@ fn collected_values_apply_where_they_fit_and_never_fail_the_update() {
     for k in ["utmSource", "lastUtmSource", "referrer"] {
         assert!(!c.user.profile.contains_key(k), "{k} left out");
     }
+    // The key limit too, and a field a left-out value would have registered is not.
+    let mut many = base();
+    for i in 0..MAX_PROFILE_KEYS - 1 {
+        many.profile.insert(format!("k{i}"), json!(1));
+    }
+    let mut m = collected("news");
+    m.insert("collectedNew".into(), json!("x"));
+    upd.collected = Some(m);
+    let d = apply_update(&many, false, &registry(), &upd, &ctx()).expect("not refused");
+    assert_eq!(d.user.profile.len(), MAX_PROFILE_KEYS, "with `name` only");
+    assert!(
+        d.new_fields
+            .iter()
+            .all(|f| f.key.as_str() != "collectedNew")
+    );
 }
