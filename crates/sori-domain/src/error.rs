@@ -71,10 +71,9 @@ impl Invalid {
             self.0
                 .into_iter()
                 .map(|mut f| {
-                    f.field = if f.field.is_empty() {
-                        prefix.to_owned()
-                    } else {
-                        format!("{prefix}.{}", f.field)
+                    f.field = match f.field.is_empty() {
+                        true => prefix.to_owned(),
+                        false => field_path(prefix, &f.field).into_owned(),
                     };
                     f
                 })

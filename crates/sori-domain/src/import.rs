@@ -310,6 +310,19 @@ impl CsvTypes {
                 .collect(),
         )
     }
+
+    /// The cell of column `key` as a value of the column's type, with that type; `None`
+    /// as the type when this cell is the column's first value, which decides it.
+    fn read(&mut self, key: &str, raw: &str) -> Option<(Value, Option<FieldType>)> {
+        let ty = self.0.get(key).copied();
+        let v = csv_cell(raw, ty)?;
+        if ty.is_none()
+            && let Ok(learned) = infer_type(&v)
+        {
+            self.0.insert(key.to_owned(), learned);
+        }
+        Some((v, ty))
+    }
 }
 
 /// The profile key a user CSV column writes to when it is not one of the named columns:
@@ -445,13 +458,7 @@ pub fn csv_user(headers: &[String], cells: &[String], types: &mut CsvTypes) -> V
             }
             _ => {
                 let key = profile_column(h);
-                let ty = types.0.get(key).copied();
-                if let Some(v) = csv_cell(c, ty) {
-                    if ty.is_none()
-                        && let Ok(learned) = infer_type(&v)
-                    {
-                        types.0.insert(key.to_owned(), learned);
-                    }
+                if let Some((v, _)) = types.read(key, c) {
                     profile.insert(key.to_owned(), v);
                 }
             }
@@ -505,26 +512,17 @@ pub fn csv_event(
             }
             other => match other.strip_prefix("property.") {
                 Some(k) => {
-                    let ty = types.0.get(k).copied();
-                    if let Some(v) = csv_cell(c, ty) {
-                        match (ty, &v) {
-                            (None, _) => {
-                                if let Ok(learned) = infer_type(&v) {
-                                    types.0.insert(k.to_owned(), learned);
-                                }
-                            }
-                            (Some(FieldType::Number), Value::Number(_))
-                            | (Some(FieldType::Boolean), Value::Bool(_))
-                            | (Some(FieldType::String), _) => {}
-                            (Some(ty), _) => {
-                                return Err(Invalid::one(
-                                    format!("property.{k}"),
-                                    format!(
-                                        "must be a {} value, as the column's first value was",
-                                        ty.as_str()
-                                    ),
-                                ));
-                            }
+                    if let Some((v, ty)) = types.read(k, c) {
+                        // One the column's type cannot read (text in a column of numbers)
+                        // is refused rather than stored as another type.
+                        if let Some(ty) = ty.filter(|&ty| infer_type(&v) != Ok(ty)) {
+                            return Err(Invalid::one(
+                                format!("property.{k}"),
+                                format!(
+                                    "must be a {} value, as the column's first value was",
+                                    ty.as_str()
+                                ),
+                            ));
                         }
                         if property.insert(k.to_owned(), v).is_some() {
                             return Err(twice(k));

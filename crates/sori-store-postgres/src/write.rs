@@ -467,13 +467,9 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
 
     // A write that would create a member for a `messageId` stored already (see
     // `sori_store::creating_keys`) is answered as a retry, and the rest planned again.
-    let found = match members_found {
-        true => Default::default(),
-        false => sori_store::found_members(&loaded, &light),
-    };
     let creating: Vec<(i64, &str)> = match members_found {
         true => Vec::new(),
-        false => sori_store::creating_keys(ops, &found)
+        false => sori_store::creating_keys(ops, &loaded, &light)
             .into_iter()
             .filter(|(_, id)| !id.contains('\0'))
             .collect(),
@@ -483,7 +479,7 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
             Ok(owners) => owners,
             Err(e) => return Err(tx.abort(e).await),
         };
-        let done = sori_store::retried_creations(ops, &found, &owners);
+        let done = sori_store::retried_creations(ops, &loaded, &light, &owners);
         if let Some(rest) = sori_store::to_write(ops, &done) {
             // Nothing is written yet: the transaction ends without writing.
             tx.roll_back().await?;
@@ -494,7 +490,6 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
             return sori_store::with_retries(done, written);
         }
     }
-    drop(found);
 
     let mut plan = plan_user_writes(ops, loaded, light, registries);
     if !plan.new_fields.is_empty() {

@@ -302,16 +302,15 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
     }
     // A write that would create a member for a `messageId` stored already (see
     // `sori_store::creating_keys`) is answered as a retry, and the rest planned again.
-    let retries = if members_found {
-        None
-    } else {
-        let found = sori_store::found_members(&loaded, &light);
-        let keys = sori_store::creating_keys(ops, &found);
-        if keys.is_empty() {
-            None
-        } else {
+    let keys = match members_found {
+        true => Vec::new(),
+        false => sori_store::creating_keys(ops, &loaded, &light),
+    };
+    let retries = match keys.is_empty() {
+        true => None,
+        false => {
             let owners = stored_owners(&tx, &keys)?;
-            let done = sori_store::retried_creations(ops, &found, &owners);
+            let done = sori_store::retried_creations(ops, &loaded, &light, &owners);
             sori_store::to_write(ops, &done).map(|rest| (done, rest))
         }
     };

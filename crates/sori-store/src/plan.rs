@@ -466,30 +466,28 @@ pub fn first_repeat(ops: &[UserOp]) -> Option<usize> {
     if !ops.iter().any(guarded_whole) {
         return None;
     }
-    let mut seen: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
+    let mut seen: HashSet<(i64, &str)> = HashSet::new();
     for (i, op) in ops.iter().enumerate() {
-        let ids = || {
-            op.events
-                .iter()
-                .filter_map(|e| Some((op.channel_id, e.message_id.as_deref()?)))
-        };
-        if guarded_whole(op) && ids().any(|k| seen.contains(&k)) {
+        if guarded_whole(op) && message_keys(op).any(|k| seen.contains(&k)) {
             return Some(i);
         }
-        seen.extend(ids());
+        seen.extend(message_keys(op));
     }
     None
+}
+
+/// The `(channel, messageId)`s of `op`'s events that carry one.
+fn message_keys(op: &UserOp) -> impl Iterator<Item = (i64, &str)> {
+    op.events
+        .iter()
+        .filter_map(|e| Some((op.channel_id, e.message_id.as_deref()?)))
 }
 
 /// The `(channel, messageId)`s to look up before a batch is planned (see [`retried`]).
 pub fn retry_keys(ops: &[UserOp]) -> Vec<(i64, &str)> {
     ops.iter()
         .filter(|op| guarded_whole(op))
-        .flat_map(|op| {
-            op.events
-                .iter()
-                .filter_map(move |e| Some((op.channel_id, e.message_id.as_deref()?)))
-        })
+        .flat_map(message_keys)
         .collect()
 }
 
@@ -540,9 +538,9 @@ fn creates_member(op: &UserOp, found: &HashSet<(i64, &str)>) -> bool {
             .is_some_and(|m| !found.contains(&(op.channel_id, m)))
 }
 
-/// The members the batch's lookups found, whole rows and identity rows, for
-/// [`creating_keys`] and [`retried_creations`].
-pub fn found_members<'a>(
+/// The members the batch's lookups found, whole rows (`loaded`) and identity rows
+/// (`light`), as [`plan_user_writes`] is given them.
+fn found_members<'a>(
     loaded: &'a [(i64, User)],
     light: &'a [(i64, UserKeys)],
 ) -> HashSet<(i64, &'a str)> {
@@ -560,14 +558,15 @@ pub fn found_members<'a>(
 /// The `(channel, messageId)`s to look up, once the batch's users are found, for the
 /// writes that would create a member (see [`creates_member`]): few, since a member is
 /// created once, so the hot path of events to known members pays nothing.
-pub fn creating_keys<'a>(ops: &'a [UserOp], found: &HashSet<(i64, &str)>) -> Vec<(i64, &'a str)> {
+pub fn creating_keys<'a>(
+    ops: &'a [UserOp],
+    loaded: &[(i64, User)],
+    light: &[(i64, UserKeys)],
+) -> Vec<(i64, &'a str)> {
+    let found = found_members(loaded, light);
     ops.iter()
-        .filter(|op| creates_member(op, found))
-        .flat_map(|op| {
-            op.events
-                .iter()
-                .filter_map(move |e| Some((op.channel_id, e.message_id.as_deref()?)))
-        })
+        .filter(|op| creates_member(op, &found))
+        .flat_map(message_keys)
         .collect()
 }
 
@@ -577,12 +576,14 @@ pub fn creating_keys<'a>(ops: &'a [UserOp], found: &HashSet<(i64, &str)>) -> Vec
 /// Segment answers calls without user ids, and imports count such lines as stored).
 pub fn retried_creations(
     ops: &[UserOp],
-    found: &HashSet<(i64, &str)>,
+    loaded: &[(i64, User)],
+    light: &[(i64, UserKeys)],
     owners: &HashMap<(i64, String), String>,
 ) -> Vec<Option<UserOpResult>> {
+    let found = found_members(loaded, light);
     ops.iter()
         .map(|op| {
-            creates_member(op, found)
+            creates_member(op, &found)
                 .then(|| stored_whole(op, owners))
                 .flatten()
         })
