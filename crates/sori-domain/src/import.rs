@@ -293,33 +293,52 @@ pub fn csv_text(v: &Value) -> String {
     }
 }
 
-/// The types user CSV cells are read as: a registered field's, else the type a column
-/// took from its first value in this file. That value registers the field when it is
-/// written, so later rows are read as a re-run of the file reads them (a zip code column
-/// that starts with `01234` stays text in every row).
-#[derive(Clone)]
-pub struct CsvTypes(HashMap<String, FieldType>);
+/// The types CSV cells are read as: a registered field's, else the type a column took
+/// from its first value in this file. That value registers the field when it is written,
+/// so later rows are read as a re-run of the file reads them (a zip code column that
+/// starts with `01234` stays text in every row).
+pub struct CsvTypes {
+    types: HashMap<String, FieldType>,
+    /// Columns whose type was learned from a value, in order (see `forget_since`).
+    learned: Vec<String>,
+}
 
 impl CsvTypes {
     /// Starts from the channel's registered fields.
     pub fn new(registry: &Registry) -> Self {
-        Self(
-            registry
+        Self {
+            types: registry
                 .fields()
                 .map(|f| (f.key.as_str().to_owned(), f.field_type))
                 .collect(),
-        )
+            learned: Vec::new(),
+        }
+    }
+
+    /// How many column types have been learned from values so far: the mark to give
+    /// `forget_since` when a row turns out not to be imported.
+    pub fn learned(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// Forgets the column types learned since `learned()` returned `mark`: a row that is
+    /// not imported teaches nothing.
+    pub fn forget_since(&mut self, mark: usize) {
+        for key in self.learned.drain(mark.min(self.learned.len())..) {
+            self.types.remove(&key);
+        }
     }
 
     /// The cell of column `key` as a value of the column's type, with that type; `None`
     /// as the type when this cell is the column's first value, which decides it.
     fn read(&mut self, key: &str, raw: &str) -> Option<(Value, Option<FieldType>)> {
-        let ty = self.0.get(key).copied();
+        let ty = self.types.get(key).copied();
         let v = csv_cell(raw, ty)?;
         if ty.is_none()
             && let Ok(learned) = infer_type(&v)
         {
-            self.0.insert(key.to_owned(), learned);
+            self.types.insert(key.to_owned(), learned);
+            self.learned.push(key.to_owned());
         }
         Some((v, ty))
     }

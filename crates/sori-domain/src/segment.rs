@@ -212,8 +212,8 @@ pub fn parse(
         city = city.or_else(|| place(loc, "city"));
         country = country.or_else(|| place(loc, "country"));
     }
-    // Collected by the library: cut to the limits rather than refused, left out where the
-    // traits name the same field, and applied only where they fit (`UserUpdate::collected`).
+    // Collected by the library: cut to the limits rather than refused, and applied where the
+    // traits name no such field and they fit (`UserUpdate::collected`).
     let mut collected = Map::new();
     if let Some(Value::Object(c)) = context.get("campaign") {
         for (from, to) in [
@@ -228,9 +228,7 @@ pub fn parse(
             {
                 let v = value::clip_text(v);
                 for key in [format!("utm{to}"), format!("lastUtm{to}")] {
-                    if !profile.contains_key(&key) {
-                        collected.insert(key, Value::String(v.to_owned()));
-                    }
+                    collected.insert(key, Value::String(v.to_owned()));
                 }
             }
         }
@@ -238,7 +236,6 @@ pub fn parse(
     let page_ctx = context.get("page").and_then(Value::as_object);
     if let Some(Value::String(r)) = page_ctx.and_then(|p| p.get("referrer"))
         && !r.is_empty()
-        && !profile.contains_key("referrer")
     {
         collected.insert(
             "referrer".into(),

@@ -49,9 +49,9 @@ pub struct UserUpdate {
     /// Keys to set only where empty.
     pub profile_once: Option<Map<String, Value>>,
     /// Profile values a client library collected rather than the business sent (UTM
-    /// parameters, referrer): applied after `profile`, where they fit, and left out
-    /// together when they would take the profile past its limits, so that they never fail
-    /// a call the business did not fill in.
+    /// parameters, referrer): applied after `profile`, except keys `profile` itself sets,
+    /// and left out together when they would take the profile past its limits, so that
+    /// they never fail a call the business did not fill in.
     pub collected: Option<Map<String, Value>>,
     /// Tag change.
     pub tags: Option<TagOp>,
@@ -311,7 +311,14 @@ pub fn apply_update(
         let registered: Vec<&String> = m.keys().filter(|k| new_fields.contains_key(*k)).collect();
         let mut refused = Errors::default();
         let mut before: Vec<(&String, Option<Value>)> = Vec::new();
+        let sent = match &upd.profile {
+            ProfilePatch::Set(p) => Some(p),
+            _ => None,
+        };
         for (k, v) in m {
+            if sent.is_some_and(|p| p.contains_key(k)) {
+                continue;
+            }
             let path = format!("profile.{k}");
             if let Some(stored) =
                 checked_value(k, v, &path, registry, &mut new_fields, ctx, &mut refused)

@@ -13,7 +13,7 @@ use sori_app::sdk::Boot;
 use sori_app::users::{Ingest, Source};
 use sori_domain::UserUpdate;
 use sori_domain::event::{EventInput, check_page, clip_page_value};
-use sori_domain::update::{ProfilePatch, SDK_UPDATE_FIELDS};
+use sori_domain::update::SDK_UPDATE_FIELDS;
 use sori_domain::value::clip_text;
 use sori_store::UserTarget;
 use std::sync::Arc;
@@ -198,11 +198,8 @@ pub async fn boot(
         upd.remove("profile");
     }
     let mut update = UserUpdate::from_json(&Value::Object(upd), SDK_UPDATE_FIELDS)?;
-    // Collected by the browser: the site's own profile values win, and they are applied
-    // only where they fit (`UserUpdate::collected`).
-    if let ProfilePatch::Set(p) = &update.profile {
-        visit_profile.retain(|k, _| !p.contains_key(k));
-    }
+    // Collected by the browser: applied where the site's own profile names no such field
+    // and they fit (`UserUpdate::collected`).
     if !visit_profile.is_empty() {
         update.collected = Some(visit_profile);
     }

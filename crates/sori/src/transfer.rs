@@ -217,28 +217,28 @@ pub async fn import(
                 let next = rdr.position().line() as usize;
                 // The column types a bad event row would have taught are forgotten with it:
                 // only rows that are imported decide how later cells read.
-                let known = (kind == Kind::Events).then(|| types.clone());
+                let mark = types.learned();
                 let (line, parsed) = match rdr.read_record(&mut record) {
                     Ok(false) => break,
                     Ok(true) => {
                         let line = scan.skip(record.position().map_or(next, |p| p.line() as usize));
-                        if let Some(quote) = scan.unclosed_quote() {
-                            let bad = Invalid::one(
+                        let parsed = match scan.unclosed_quote() {
+                            Some(quote) => Err(Invalid::one(
                                 WHOLE_LINE,
                                 format!(
                                     "malformed CSV: the quote that opens a cell on line \
                                      {quote} is never closed, so every line after it was \
                                      read into that cell"
                                 ),
-                            );
-                            let _ = handle(line, Err(bad), &mut pending, &mut summary, &mut held);
-                            continue;
-                        }
-                        let cells: Vec<String> = record.iter().map(str::to_owned).collect();
-                        let parsed = check_csv_width(&headers, &cells).and_then(|()| match kind {
-                            Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
-                            Kind::Events => csv_event(&headers, &cells, &mut types),
-                        });
+                            )),
+                            None => {
+                                let cells: Vec<String> = record.iter().map(str::to_owned).collect();
+                                check_csv_width(&headers, &cells).and_then(|()| match kind {
+                                    Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
+                                    Kind::Events => csv_event(&headers, &cells, &mut types),
+                                })
+                            }
+                        };
                         (line, parsed)
                     }
                     Err(e) => {
@@ -248,8 +248,8 @@ pub async fn import(
                     }
                 };
                 let imported = handle(line, parsed, &mut pending, &mut summary, &mut held);
-                if let Some(known) = known.filter(|_| !imported) {
-                    types = known;
+                if kind == Kind::Events && !imported {
+                    types.forget_since(mark);
                 }
                 if pending.len() >= CHUNK {
                     flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
