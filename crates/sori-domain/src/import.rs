@@ -593,7 +593,7 @@ mod tests {
     #[test]
     fn a_user_line_cannot_be_seen_before_it_was_created_or_have_a_lossy_id() {
         let e = user_line(
-            &json!({"memberId": "m", "createdAt": 2_000, "lastSeenAt": 1_000}),
+            &json!({"memberId": "m", "createdAt": NOW - 1_000, "lastSeenAt": NOW - 2_000}),
             NOW,
         )
         .unwrap_err();

@@ -472,7 +472,13 @@ fn time_of(
 /// would be negative, and a user's `createdAt` follows its earliest event.
 const TIMES: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
-/// An ISO-8601 time or epoch milliseconds, from 1970 to 9999.
+/// Epoch numbers below this (1973-03-03 in milliseconds) are refused: a time that early in
+/// customer activity is a time in seconds read as milliseconds (seconds run from 1.0e9 in
+/// 2001 to 9.9e9 in 2286), and taking it would put a migrated history in January 1970.
+const SECONDS_BELOW: i64 = 100_000_000_000;
+
+/// An ISO-8601 time or epoch milliseconds, from 1970 to 9999 (numbers from 1973: see
+/// [`SECONDS_BELOW`]).
 pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
     match v {
         Value::String(s) => match value::parse_instant(s) {
@@ -499,6 +505,16 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
                     .map(|f| f as i64)
             });
             match ms {
+                Some(ms) if (0..SECONDS_BELOW).contains(&ms) => {
+                    errs.push(
+                        path,
+                        format!(
+                            "must be epoch milliseconds: {ms} would be a time in 1970–1973, \
+                             so it looks like seconds (multiply by 1000)"
+                        ),
+                    );
+                    None
+                }
                 Some(ms) if TIMES.contains(&ms) => Some(ms),
                 _ if whole => {
                     errs.push(path, "must be epoch milliseconds between 1970 and 9999");
@@ -767,7 +783,8 @@ mod tests {
     fn skewed_clocks_are_corrected_and_the_future_is_clamped() {
         let c = parse(
             "",
-            json!({"userId": "m", "event": "e", "originalTimestamp": 1000, "sentAt": 5000}),
+            json!({"userId": "m", "event": "e", "originalTimestamp": NOW - 9000,
+                "sentAt": NOW - 5000}),
             Some(Kind::Track),
             NOW,
         )
@@ -814,6 +831,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.at, 0);
+    }
+
+    #[test]
+    fn epoch_seconds_are_refused_as_milliseconds() {
+        for (body, kind, field) in [
+            (
+                json!({"userId": "m", "event": "e", "timestamp": 1_793_000_000}),
+                Kind::Track,
+                "timestamp",
+            ),
+            (
+                json!({"userId": "m", "traits": {"createdAt": 1_600_000_000.0}}),
+                Kind::Identify,
+                "traits.createdAt",
+            ),
+        ] {
+            let e = parse("", body.clone(), Some(kind), NOW).unwrap_err();
+            assert_eq!(e.0[0].field, field, "{body}");
+            assert!(e.0[0].message.contains("looks like seconds"), "{e:?}");
+        }
+        // The first millisecond taken, and the same time as text.
+        for t in [json!(100_000_000_000_i64), json!("1971-01-01T00:00:00Z")] {
+            let ok = parse(
+                "",
+                json!({"userId": "m", "event": "e", "timestamp": t}),
+                Some(Kind::Track),
+                NOW,
+            );
+            assert!(ok.is_ok(), "{t}: {ok:?}");
+        }
     }
 
     #[test]

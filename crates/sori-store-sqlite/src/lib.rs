@@ -163,6 +163,18 @@ fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// The database file a `sqlite:` URL names (`None` for an in-memory database or a URL
+/// that does not parse): the binary locks a file beside it, so two servers never share
+/// one store and its in-memory state (see `sori::start`).
+pub fn database_file(url: &str) -> Option<std::path::PathBuf> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let opts = SqliteConnectOptions::from_str(url).ok()?;
+    let file = opts.get_filename();
+    (!file.as_os_str().is_empty()).then(|| file.to_path_buf())
+}
+
 impl SqliteStore {
     /// Runs `f` on the follower connection, off the async workers.
     async fn follow<T: Send + 'static>(

@@ -457,18 +457,22 @@ fn guarded_whole(op: &UserOp) -> bool {
         && (!op.is_light() || (op.member_key().is_none() && op.veil_key().is_some()))
 }
 
-/// Where a batch must be cut so that no whole-guarded op repeats a `messageId` of an
-/// earlier op of the batch: a second delivery of a call (a client's retry) that reaches
-/// the same batch as the first is then written after the first is stored, and found
-/// stored, instead of replaying the visit, session or merge. `None` when no op repeats.
+/// Where a batch must be cut so that no op whose `messageId`s are looked up before it is
+/// written (whole-guarded ops, and events-only writes that may create their member)
+/// repeats a `messageId` of an earlier op of the batch: a second delivery of a call (a
+/// client's retry) that reaches the same batch as the first is then written after the
+/// first is stored, and found stored, instead of replaying the visit, session or merge,
+/// or creating a member for a `userId` the retry named differently. `None` when no op
+/// repeats.
 pub fn first_repeat(ops: &[UserOp]) -> Option<usize> {
-    // Most batches hold no guarded op (events by userId, upserts): no set to build.
-    if !ops.iter().any(guarded_whole) {
+    let checked = |op: &UserOp| guarded_whole(op) || may_create_member(op);
+    // Upserts and events without `messageId`s: no set to build.
+    if !ops.iter().any(checked) {
         return None;
     }
     let mut seen: HashSet<(i64, &str)> = HashSet::new();
     for (i, op) in ops.iter().enumerate() {
-        if guarded_whole(op) && message_keys(op).any(|k| seen.contains(&k)) {
+        if checked(op) && message_keys(op).any(|k| seen.contains(&k)) {
             return Some(i);
         }
         seen.extend(message_keys(op));
@@ -531,11 +535,19 @@ fn stored_whole(op: &UserOp, owners: &HashMap<(i64, String), String>) -> Option<
 /// [`guarded_whole`]): the event row alone refuses a retry to a member that exists. But a
 /// `messageId` reused for a member not known yet would then create that member, empty.
 fn creates_member(op: &UserOp, found: &HashSet<(i64, &str)>) -> bool {
-    op.is_light()
-        && op.events.iter().all(|e| e.message_id.is_some())
+    may_create_member(op)
         && op
             .member_key()
             .is_some_and(|m| !found.contains(&(op.channel_id, m)))
+}
+
+/// Whether `op` is an events-only write by member id, every event with a `messageId`:
+/// one that [`creates_member`] checks once the batch's members are looked up.
+fn may_create_member(op: &UserOp) -> bool {
+    op.is_light()
+        && !op.events.is_empty()
+        && op.events.iter().all(|e| e.message_id.is_some())
+        && op.member_key().is_some()
 }
 
 /// The members the batch's lookups found, whole rows (`loaded`) and identity rows

@@ -105,6 +105,8 @@ pub struct Running {
     task: JoinHandle<std::io::Result<()>>,
     retention: JoinHandle<()>,
     audience: JoinHandle<()>,
+    /// The SQLite store's serve lock, held until the server is dropped (see `claim_store`).
+    _serving: Option<std::fs::File>,
 }
 
 /// How often the audience projections follow the change sequence between queries.
@@ -207,6 +209,7 @@ async fn first_channel(cfg: &Config, app: &App) -> anyhow::Result<Option<Channel
 /// serves in a background task. The listener is bound before this returns, so callers can
 /// connect at once.
 pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
+    let serving = claim_store(cfg)?;
     let store = open_store(cfg).await?;
     let app = app(cfg, store.clone()).await?;
     let first_channel = first_channel(cfg, &app).await?;
@@ -249,5 +252,48 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         task,
         retention,
         audience,
+        _serving: serving,
     })
+}
+
+/// Locks `<database>-serve.lock` beside a SQLite store for as long as the server runs, so
+/// a second `sori serve` on the same store stops with a clear message instead of running
+/// beside the first: each would keep its own in-memory state (audience projections,
+/// caches, rate limits) and its own checkpoints over one file. The CLI's other commands
+/// (import, export, channel) take no lock and may run beside a server. The operating
+/// system releases the lock when the process ends, however it ends.
+fn claim_store(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    let url = cfg.database_url();
+    let Some(db) = url
+        .starts_with("sqlite:")
+        .then(|| sori_store_sqlite::database_file(&url))
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    if cfg.database_url.is_none() {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    }
+    let mut path = db.into_os_string();
+    path.push("-serve.lock");
+    let path = std::path::PathBuf::from(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `sori serve` is running on this store ({} is locked): stop it first, \
+             or give this server its own --data-dir (only PostgreSQL stores are shared \
+             by several servers)",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }

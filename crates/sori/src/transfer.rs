@@ -119,7 +119,7 @@ pub async fn import(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let reader = BufReader::new(bar.wrap_read(file));
+    let mut reader = BufReader::new(bar.wrap_read(file));
     let errors = &mut AboveBar {
         bar: &bar,
         out: errors,
@@ -168,9 +168,25 @@ pub async fn import(
         Format::Ndjson => {
             // Lines as bytes: one line that is not UTF-8 (a stray Latin-1 export, say) is
             // a bad line to report and skip, not the end of the import.
-            for (i, line) in reader.split(b'\n').enumerate() {
-                let line = line.with_context(|| format!("reading line {}", i + 1))?;
-                let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            let mut buf = Vec::new();
+            for i in 0.. {
+                let Some(whole) = next_line(&mut reader, &mut buf)
+                    .with_context(|| format!("reading line {}", i + 1))?
+                else {
+                    break;
+                };
+                if !whole {
+                    let long = Invalid::one(
+                        WHOLE_LINE,
+                        format!(
+                            "is longer than {} MiB, the most a line may hold",
+                            MAX_LINE >> 20
+                        ),
+                    );
+                    let _ = handle(i + 1, Err(long), &mut pending, &mut summary, &mut held);
+                    continue;
+                }
+                let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
                 // A byte-order mark, as Windows editors save UTF-8 (the CSV reader drops
                 // it itself).
                 let line = match i {
@@ -392,6 +408,43 @@ impl<R: Read> Read for NoteScan<R> {
             }
         }
         Ok(n)
+    }
+}
+
+/// The longest NDJSON line read, as large as the largest API body: a valid user or event
+/// line is far smaller, so a longer one (a file that is not NDJSON, one huge value) is
+/// reported and skipped without being held in memory.
+const MAX_LINE: usize = 1 << 20;
+
+/// Reads the next line, without its `\n`, into `buf`: `Ok(None)` at the end of the file,
+/// `Ok(Some(false))` for a line longer than [`MAX_LINE`], whose bytes are passed over and
+/// not kept (`buf` is then empty).
+fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    let (mut read, mut long) = (false, false);
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(read.then_some(!long));
+        }
+        read = true;
+        let end = chunk.iter().position(|&b| b == b'\n');
+        let part = end.unwrap_or(chunk.len());
+        if !long && buf.len() + part > MAX_LINE {
+            long = true;
+            buf.clear();
+        }
+        if !long {
+            buf.extend_from_slice(&chunk[..part]);
+        }
+        r.consume(part + usize::from(end.is_some()));
+        if end.is_some() {
+            return Ok(Some(!long));
+        }
     }
 }
 
@@ -1001,6 +1054,37 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn lines_past_the_limit_are_passed_over_across_every_chunk_boundary() {
+        let long = vec![b'x'; super::MAX_LINE + 1];
+        let fits = vec![b'y'; super::MAX_LINE];
+        let mut input = b"a\n\n".to_vec();
+        input.extend_from_slice(&long);
+        input.push(b'\n');
+        input.extend_from_slice(&fits);
+        input.extend_from_slice(b"\nlast");
+        for step in [1, 7, 4096, 1 << 16] {
+            let mut r = BufReader::with_capacity(step, Trickle(&input, step));
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            while let Some(whole) = super::next_line(&mut r, &mut buf).unwrap() {
+                got.push((whole, buf.len(), buf.first().copied()));
+                assert!(buf.capacity() <= 2 * super::MAX_LINE + step, "step {step}");
+            }
+            assert_eq!(
+                got,
+                [
+                    (true, 1, Some(b'a')),
+                    (true, 0, None),
+                    (false, 0, None),
+                    (true, super::MAX_LINE, Some(b'y')),
+                    (true, 4, Some(b'l')),
+                ],
+                "step {step}"
+            );
         }
     }
 }

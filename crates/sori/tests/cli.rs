@@ -1,7 +1,9 @@
 //! The binary as an operator runs it: `channel create --json`, `migrate`, first `serve`
-//! printing credentials, graceful shutdown on SIGTERM.
+//! printing credentials, graceful shutdown on SIGTERM, one server per SQLite store.
 
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -130,44 +132,103 @@ fn serve_prints_first_credentials_and_stops_on_sigterm() {
     );
 }
 
-/// Two nodes starting at once on a fresh store (replicas of a new deployment) create one
-/// default channel between them, not one each.
-#[test]
-fn two_first_starts_create_one_channel() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<_> = (0..2)
-        .map(|_| {
-            sori(dir.path())
-                .args(["serve", "--listen", "127.0.0.1:0"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut created = 0;
-    for node in &mut nodes {
-        let lines = BufReader::new(node.stdout.take().unwrap()).lines();
-        for line in lines {
-            let line = line.unwrap();
-            created += usize::from(line.contains("created. These secrets"));
-            if line.starts_with("Sori is listening") {
-                break;
-            }
+/// Starts `sori serve` on a free port with extra flags; returns the child once it listens,
+/// and what it printed up to then.
+fn serving(dir: &std::path::Path, global: &[&str]) -> (std::process::Child, String) {
+    let mut child = sori(dir)
+        .args(global)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("Sori is listening") {
+            return (child, seen);
         }
     }
-    for mut node in nodes {
-        Command::new("kill")
-            .args(["-TERM", &node.id().to_string()])
-            .status()
-            .unwrap();
-        node.wait().unwrap();
+    let ended = child.wait().unwrap();
+    panic!("sori serve ended ({ended}) before it listened: {seen}");
+}
+
+fn terminate(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Two nodes starting at once on a fresh PostgreSQL database (replicas of a new
+/// deployment) create one default channel between them, not one each.
+#[tokio::test]
+async fn two_first_starts_create_one_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::fresh_pg_database().await;
+    let flags = ["--database-url", url.as_str()];
+    let nodes: Vec<_> = std::thread::scope(|s| {
+        let starting: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| serving(dir.path(), &flags)))
+            .collect();
+        starting.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = nodes
+        .iter()
+        .filter(|(_, seen)| seen.contains("created. These secrets"))
+        .count();
+    for (node, _) in nodes {
+        terminate(node);
     }
     assert_eq!(created, 1, "one node printed the first channel's secrets");
     let out = sori(dir.path())
+        .args(flags)
         .args(["channel", "create", "--name", "Next", "--json"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["channelId"], "2", "only channel 1 existed");
+}
+
+/// A second `sori serve` on a SQLite store that a server is using stops at once with a
+/// message naming the cause, and changes nothing; the CLI's other commands still run
+/// beside the server, and once it stops the store serves again.
+#[test]
+fn a_second_server_on_one_sqlite_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, seen) = serving(dir.path(), &[]);
+    assert!(seen.contains("accessSecret"), "{seen}");
+    let out = sori(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another `sori serve` is running on this store"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("accessSecret"),
+        "the refused server printed credentials"
+    );
+    let out = sori(dir.path())
+        .args(["channel", "create", "--name", "Beside", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    terminate(first);
+    let (again, seen) = serving(dir.path(), &[]);
+    assert!(
+        !seen.contains("accessSecret"),
+        "a second default channel: {seen}"
+    );
+    terminate(again);
 }

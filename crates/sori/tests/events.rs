@@ -1840,7 +1840,8 @@ async fn segment_edges(b: Backend) {
 
     // A `messageId` reused for a member not known yet stores nothing and creates no
     // member, alone or in a batch; a new `messageId` for that member in the same batch
-    // still creates it.
+    // still creates it; two calls of one batch sharing a new `messageId` create only the
+    // first one's member.
     for (path, body) in [
         (
             "/v1/track",
@@ -1858,6 +1859,13 @@ async fn segment_edges(b: Backend) {
                 {"type": "track", "userId": "dup-new3", "event": "DupY", "messageId": "DUPY"},
             ]}),
         ),
+        (
+            "/v1/batch",
+            json!({"batch": [
+                {"type": "track", "userId": "twin-1", "event": "Twin", "messageId": "TWIN"},
+                {"type": "track", "userId": "twin-2", "event": "Twin", "messageId": "TWIN"},
+            ]}),
+        ),
     ] {
         let r = segment(&app, path, body).await;
         assert_eq!(
@@ -1872,6 +1880,8 @@ async fn segment_edges(b: Backend) {
         ("dup-new", 404),
         ("dup-new2", 404),
         ("dup-new3", 200),
+        ("twin-1", 200),
+        ("twin-2", 404),
     ] {
         let r = app
             .open(Method::GET, &format!("/open/v5/users/@{member}"), None)

@@ -99,6 +99,8 @@ async fn import_and_export(b: Backend) {
             json!({"memberId": "u3", "profile": {"age": "x".repeat(600)}}),
             json!({"profile": {"name": "no member id"}}),
             json!({"memberId": "u9", "lastSeenAt": "2999-01-01T00:00:00Z"}),
+            json!({"memberId": "u8", "createdAt": 1_650_000_000}),
+            json!({"memberId": "u7", "profile": {"big": "x".repeat(1 << 20)}}),
         ]
         .iter()
         .map(Value::to_string)
@@ -106,14 +108,22 @@ async fn import_and_export(b: Backend) {
         .join("\n")
             + "\n{broken\n"),
     );
-    let err = db.import_ok("users", &users, "imported 2 users, skipped 4 bad lines");
+    let err = db.import_ok("users", &users, "imported 2 users, skipped 6 bad lines");
     assert!(err.contains("line 3: profile.age"), "{err}");
     assert!(err.contains("line 4: memberId"), "{err}");
     assert!(
         err.contains("line 5: lastSeenAt: must not be in the future"),
         "{err}"
     );
-    assert!(err.contains("line 6: malformed JSON"), "{err}");
+    assert!(
+        err.contains("line 6: createdAt: must be epoch milliseconds") && err.contains("seconds"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 7: is longer than 1 MiB, the most a line may hold"),
+        "{err}"
+    );
+    assert!(err.contains("line 8: malformed JSON"), "{err}");
 
     let csv_users = db.file(
         "users.csv",
