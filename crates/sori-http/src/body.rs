@@ -117,6 +117,16 @@ fn body_rejection(r: BytesRejection) -> ApiError {
             "the request body stopped arriving: no data within the server's \
              header_timeout_secs (30 s unless configured)",
         )
+    } else if caused_by::<crate::listen::BodyTooSlow>(&r) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "requestTimeout",
+            format!(
+                "the request body arrived too slowly: under {} bytes per second on \
+                 average after the server's header_timeout_secs (30 s unless configured)",
+                crate::listen::MIN_BODY_RATE
+            ),
+        )
     } else if caused_by::<crate::ops::GzipTooLarge>(&r) {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -5,7 +5,8 @@
 //! each request must arrive within it of the connection opening or of the previous
 //! response, a body must never pause longer than it between two pieces (408, then the
 //! connection closes), and a client must not leave an answer unread that long (the
-//! connection closes).
+//! connection closes). A body must also keep an average pace once the first deadline
+//! has passed (see [`MIN_BODY_RATE`]), so one trickled in a byte at a time ends too.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -171,11 +172,35 @@ impl Stall {
     }
 }
 
+/// What a body that arrives too slowly on average fails with (see [`MIN_BODY_RATE`]).
+#[derive(Debug)]
+pub struct BodyTooSlow;
+
+impl std::fmt::Display for BodyTooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body arrived too slowly")
+    }
+}
+
+impl std::error::Error for BodyTooSlow {}
+
+/// The slowest a body may arrive on average, in bytes per second, once the first
+/// deadline has passed: a client that sends a byte just often enough to beat the pause
+/// deadline would otherwise hold its connection for as long as its body lasts (a
+/// 1 MiB body at a byte a second: twelve days). A slow mobile upload, a few KB a
+/// second, is far above it.
+pub const MIN_BODY_RATE: u64 = 500;
+
 /// A request body that fails with [`BodyTimeout`] when no piece of it arrives for the
-/// deadline.
+/// deadline, and with [`BodyTooSlow`] when it is still incomplete at `due`.
 struct IdleTimeout {
     body: Incoming,
     stall: Stall,
+    /// When the body must be complete by what has arrived: the deadline after the
+    /// headers, plus a second per [`MIN_BODY_RATE`] bytes received.
+    due: tokio::time::Instant,
+    /// The clock for `due`, made the first time the body has to wait.
+    overall: Option<Pin<Box<Sleep>>>,
 }
 
 impl IdleTimeout {
@@ -183,7 +208,21 @@ impl IdleTimeout {
         Self {
             body,
             stall: Stall::new(timeout),
+            due: tokio::time::Instant::now() + timeout,
+            overall: None,
         }
+    }
+
+    /// True once the body is waiting past `due`; the clock then wakes the task.
+    fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        let due = self.due;
+        let sleep = self
+            .overall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if sleep.deadline() != due {
+            sleep.as_mut().reset(due);
+        }
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -197,8 +236,16 @@ impl Body for IdleTimeout {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.due += Duration::from_millis(data.len() as u64 * 1000 / MIN_BODY_RATE);
+        }
         if this.stall.expired(cx, polled.is_pending()) {
             return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+        }
+        if polled.is_pending() && this.overdue(cx) {
+            return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
         }
         polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }

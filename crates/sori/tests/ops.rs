@@ -102,7 +102,8 @@ async fn read_until_closed(
 
 /// A client that stalls in the middle of a request's headers, keeps a connection idle
 /// after a response or leaves answers unread is disconnected after `header_timeout`; one
-/// that pauses that long within a body (plain or gzip) gets a 408 and nothing is stored; a
+/// that pauses that long within a body (plain or gzip), or trickles it in too slowly, gets
+/// a 408 and nothing is stored; a
 /// wrong Segment write key is refused before the body is read; a client that half-closes
 /// after its request is answered (the deadlines are the HTTP layer's, not the storage's:
 /// one backend).
@@ -162,6 +163,45 @@ async fn stalled_and_idle_connections_are_closed() {
         assert!(got.starts_with("HTTP/1.1 408"), "{encoding}: {got}");
         assert!(got.contains("requestTimeout"), "{encoding}: {got}");
     }
+    // A body trickled in a byte at a time, each pause shorter than the deadline: 408 once
+    // it falls behind the minimum pace, well before the body would end.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        event.len()
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    for byte in event {
+        // Each pause is under the deadline; the server answers within a few.
+        if trickle.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(
+            timeout / 3,
+            tokio::io::AsyncReadExt::read(&mut trickle, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    answer.extend(read_until_closed(&mut trickle, within).await);
+    let got = String::from_utf8_lossy(&answer).into_owned();
+    assert!(got.starts_with("HTTP/1.1 408"), "trickled: {got}");
+    assert!(got.contains("arrived too slowly"), "trickled: {got}");
+    assert!(
+        started.elapsed() < 4 * timeout,
+        "cut after {:?}, the body would have taken {:?}",
+        started.elapsed(),
+        timeout / 3 * event.len() as u32
+    );
+
     let r = app.open(Method::GET, "/open/v5/events/catalog", None).await;
     assert_eq!(r.status, 200);
     assert!(
