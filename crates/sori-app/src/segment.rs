@@ -52,6 +52,9 @@ pub fn ingest_of(
     activity.created_at = call.created_at;
     activity.city = call.city;
     activity.country = call.country;
+    if call.kind == Kind::Identify {
+        activity.place_at = Some(call.at);
+    }
     Ok(Ingest {
         target: UserTarget::Identify {
             member_id: call.member_id,

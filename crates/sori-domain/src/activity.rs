@@ -43,6 +43,10 @@ pub struct Activity {
     pub city: Option<String>,
     /// Country reported by the client.
     pub country: Option<String>,
+    /// When the place was reported by a call that is no activity itself (an `identify`
+    /// sent late, with its own `timestamp`): like a visit's, such a place is taken only
+    /// if it is not older than the user's last activity.
+    pub place_at: Option<i64>,
 }
 
 impl Activity {
@@ -67,10 +71,11 @@ impl Activity {
 /// Applies activity to `user`; returns whether anything changed.
 pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
     let before = user.clone();
-    // A place that comes with activity is the user's place only if that activity is the
-    // newest (a late-arriving older call must not move them back); one given without a
-    // time (an identify's address) is a statement about now.
+    // A place that comes with activity, or with the time of the call that reported it,
+    // is the user's place only if that time is the newest (a late-arriving older call
+    // must not move them back); one given without a time is a statement about now.
     if a.at
+        .or(a.place_at)
         .is_none_or(|at| user.last_seen_at.is_none_or(|l| at >= l))
     {
         overwrite(&mut user.city, &a.city);

@@ -51,12 +51,18 @@ pub fn merge_into(member: &mut User, anon: &User) {
             slot.clone_from(v);
         }
     }
-    if member.web.browser.is_none() {
-        let sessions = member.web.sessions_count;
-        let seen = member.web.last_seen_at;
-        member.web = anon.web.clone();
-        member.web.sessions_count = sessions;
-        member.web.last_seen_at = seen.max(anon.web.last_seen_at);
+    // Per platform: the device is filled when the member describes none, and the
+    // platform's last visit is the later of the two, whichever side describes the device:
+    // the next visit's session is judged against it, so an anonymous visit a minute
+    // before signing in keeps its session going instead of starting another.
+    for (m, a) in [
+        (&mut member.web, &anon.web),
+        (&mut member.mobile, &anon.mobile),
+    ] {
+        if m.texts().iter().all(|f| f.is_none()) {
+            m.replace_texts(a);
+        }
+        m.last_seen_at = m.last_seen_at.max(a.last_seen_at);
     }
 }
 
@@ -87,6 +93,42 @@ mod tests {
         assert_eq!(m.created_at, 50);
         assert_eq!(m.last_seen_at, Some(70));
         assert_eq!(m.member_id.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn each_platform_keeps_its_latest_visit_and_a_device_fills_a_gap() {
+        let mut m = User::new("m".into(), 1);
+        m.web.browser = Some("Firefox 120".into());
+        m.web.last_seen_at = Some(100);
+        m.web.sessions_count = 1;
+        m.mobile.last_seen_at = Some(300);
+        m.mobile.sessions_count = 1;
+        let mut a = User::new("a".into(), 1);
+        a.web.browser = Some("Chrome 120".into());
+        a.web.last_seen_at = Some(200);
+        a.web.sessions_count = 1;
+        a.mobile.app_name = Some("Shop".into());
+        a.mobile.last_seen_at = Some(250);
+        a.mobile.sessions_count = 2;
+        merge_into(&mut m, &a);
+        assert_eq!(
+            (
+                m.web.browser.as_deref(),
+                m.web.last_seen_at,
+                m.web.sessions_count
+            ),
+            (Some("Firefox 120"), Some(200), 2),
+            "the member's device stays; the anonymous visit is the later one"
+        );
+        assert_eq!(
+            (
+                m.mobile.app_name.as_deref(),
+                m.mobile.last_seen_at,
+                m.mobile.sessions_count
+            ),
+            (Some("Shop"), Some(300), 3),
+            "a device fills the member's gap; the member's visit is the later one"
+        );
     }
 
     #[test]

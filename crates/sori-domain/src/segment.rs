@@ -159,16 +159,19 @@ pub fn parse(
                 for (k, v) in t {
                     let sent = format!("{traits_at}.{k}");
                     let path = at(&sent);
-                    match k.as_str() {
+                    // Reserved traits by their camelCase name too (`created_at`), as
+                    // every other trait key is camelCased.
+                    match camel_case(k).as_str() {
                         "id" | "anonymousId" | "userId" => {}
                         "createdAt" => created_at = time_value(v, &path, &mut errs),
-                        "phone" | "mobileNumber" if v.is_string() => {
+                        named @ ("phone" | "mobileNumber") if v.is_string() => {
                             let s = v.as_str().unwrap_or_default();
-                            let key = if phone::normalize_mobile(s).is_ok() || k == "mobileNumber" {
-                                "mobileNumber"
-                            } else {
-                                "landlineNumber"
-                            };
+                            let key =
+                                if phone::normalize_mobile(s).is_ok() || named == "mobileNumber" {
+                                    "mobileNumber"
+                                } else {
+                                    "landlineNumber"
+                                };
                             let exact = k == key;
                             put_trait(&mut profile, &mut origins, key.into(), v, sent, exact);
                         }
@@ -278,10 +281,12 @@ pub fn parse(
         }
         Kind::Page => {
             let mut props = m.remove("properties");
+            // As `context.page.url`: a URL with control characters is no page (it stays
+            // a property) and the context's page is taken instead.
             let url = match props
                 .as_ref()
                 .and_then(|p| p.get("url"))
-                .filter(|u| u.is_string())
+                .filter(|u| u.as_str().is_some_and(|u| !u.chars().any(char::is_control)))
             {
                 Some(u) => {
                     page_field = "properties.url";
@@ -776,6 +781,16 @@ mod tests {
             )
             .unwrap();
             assert_eq!(c.event.unwrap().page, None, "{url}");
+            // A page call's `properties.url` alike: the context's page is taken instead.
+            let c = parse(
+                "",
+                json!({"userId": "m", "properties": {"url": url},
+                       "context": {"page": {"url": "https://s/ctx"}}}),
+                Some(Kind::Page),
+                NOW,
+            )
+            .unwrap();
+            assert_eq!(c.event.unwrap().page, Some(json!("https://s/ctx")), "{url}");
         }
     }
 
@@ -831,6 +846,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.at, 0);
+    }
+
+    #[test]
+    fn reserved_traits_are_read_by_their_camel_case_name() {
+        let c = parse(
+            "",
+            json!({"userId": "m", "traits": {"created_at": "2020-01-01T00:00:00Z",
+                   "mobile_number": "010-1234-5678", "user_id": "x"}}),
+            Some(Kind::Identify),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(c.created_at, Some(1_577_836_800_000));
+        let ProfilePatch::Set(p) = c.update.unwrap().profile else {
+            panic!("a profile")
+        };
+        assert_eq!(p.keys().collect::<Vec<_>>(), ["mobileNumber"]);
     }
 
     #[test]

@@ -487,11 +487,39 @@ fn message_keys(op: &UserOp) -> impl Iterator<Item = (i64, &str)> {
         .filter_map(|e| Some((op.channel_id, e.message_id.as_deref()?)))
 }
 
+/// Whether each op's `messageId`s are looked up before the batch is planned: whole-guarded
+/// ops, and events-only writes to a user whom another op of the batch names for more than
+/// events (an `identify` sent with a `track`). The planner applies such a write's activity
+/// to the whole row it loaded, where a stored event can no longer hold `lastSeenAt` back
+/// as it does on the events-only path, so a retried batch would move it.
+fn looked_up(ops: &[UserOp]) -> Vec<bool> {
+    let mut whole: HashSet<(i64, &str, bool)> = HashSet::new();
+    for op in ops.iter().filter(|op| !op.is_light()) {
+        whole.extend(op.member_key().map(|m| (op.channel_id, m, true)));
+        whole.extend(op.veil_key().map(|v| (op.channel_id, v, false)));
+    }
+    ops.iter()
+        .map(|op| {
+            guarded_whole(op)
+                || (!whole.is_empty()
+                    && op.is_light()
+                    && op.events.iter().all(|e| e.message_id.is_some())
+                    && (op
+                        .member_key()
+                        .is_some_and(|m| whole.contains(&(op.channel_id, m, true)))
+                        || op
+                            .veil_key()
+                            .is_some_and(|v| whole.contains(&(op.channel_id, v, false)))))
+        })
+        .collect()
+}
+
 /// The `(channel, messageId)`s to look up before a batch is planned (see [`retried`]).
 pub fn retry_keys(ops: &[UserOp]) -> Vec<(i64, &str)> {
     ops.iter()
-        .filter(|op| guarded_whole(op))
-        .flat_map(message_keys)
+        .zip(looked_up(ops))
+        .filter(|(_, looked)| *looked)
+        .flat_map(|(op, _)| message_keys(op))
         .collect()
 }
 
@@ -503,11 +531,8 @@ pub fn retried(
     owners: &HashMap<(i64, String), String>,
 ) -> Vec<Option<UserOpResult>> {
     ops.iter()
-        .map(|op| {
-            guarded_whole(op)
-                .then(|| stored_whole(op, owners))
-                .flatten()
-        })
+        .zip(looked_up(ops))
+        .map(|(op, looked)| looked.then(|| stored_whole(op, owners)).flatten())
         .collect()
 }
 

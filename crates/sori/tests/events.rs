@@ -1761,11 +1761,21 @@ async fn segment_edges(b: Backend) {
     // Errors name the field the call sent; a batch item's `type` must be text.
     let r = segment(
         &app,
+        "/v1/screen",
+        json!({"userId": "p", "name": "Home\tScreen"}),
+    )
+    .await;
+    assert_eq!((r.status, r.error_field()), (400, "name"), "{:?}", r.body);
+    // A page call's URL is the library's, like the context's: one with a control
+    // character is no page, and the call is kept.
+    let r = segment(
+        &app,
         "/v1/page",
         json!({"userId": "p", "properties": {"url": "https://x/\ty"}}),
     )
     .await;
-    assert_eq!((r.status, r.error_field()), (400, "properties.url"));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(events_of(&app, "@p").await[0]["page"], Value::Null);
     let r = segment(
         &app,
         "/v1/batch",
@@ -1980,8 +1990,108 @@ async fn segment_edges(b: Backend) {
     app.stop().await;
 }
 
+/// Late, retried and merged calls keep the activity they describe: a member signing in a
+/// minute after browsing anonymously continues that session; a retried batch holding an
+/// `identify` and a `track` moves no `lastSeenAt`; an `identify` sent late with an older
+/// `timestamp` does not move the place back; `traits.created_at` is the user's
+/// `createdAt` like `traits.createdAt`.
+async fn late_retried_and_merged_calls(b: Backend) {
+    let app = spawn_app(b).await;
+    let now = sori_app::secrets::now_ms();
+    let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
+                  (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    let ok = |r: common::Reply| {
+        assert_eq!(
+            (r.status, &r.body["errors"]),
+            (200, &Value::Null),
+            "{:?}",
+            r.body
+        )
+    };
+
+    // A member's visit two hours ago, then an anonymous boot and the sign-in boot now.
+    ok(segment(
+        &app,
+        "/v1/page",
+        json!({"userId": "sm1", "timestamp": now - 7_200_000,
+               "properties": {"url": "https://s/m"}, "context": {"userAgent": chrome}}),
+    )
+    .await);
+    let pk = app.creds.plugin_key.clone();
+    let r = boot(&app, json!({"pluginKey": pk, "veilId": "smv1"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "smv1", "memberId": "sm1"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let m = app.member("sm1").await;
+    assert_eq!(
+        (&m["sessionsCount"], &m["web"]["sessionsCount"]),
+        (&json!(2), &json!(2)),
+        "the member's session and the anonymous one it continues: {m}"
+    );
+    assert!(m["web"]["lastSeenAt"].as_i64().unwrap() >= now, "{m}");
+
+    // A retried batch of an identify and a track for one user.
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "rep1", "traits": {"plan": "gold"}},
+        {"type": "track", "userId": "rep1", "event": "Order", "messageId": "rep1-1"},
+    ]});
+    ok(segment(&app, "/v1/batch", batch.clone()).await);
+    let first = app.member("rep1").await;
+    // Long enough for the retry's receive time to differ.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    ok(segment(&app, "/v1/batch", batch).await);
+    let again = app.member("rep1").await;
+    assert_eq!(
+        (&again["lastSeenAt"], &again["updatedAt"]),
+        (&first["lastSeenAt"], &first["updatedAt"]),
+        "a retry moved the user's times"
+    );
+    assert_eq!(events_of(&app, "@rep1").await.len(), 1);
+
+    // A late identify with an older timestamp leaves the newer place.
+    ok(segment(
+        &app,
+        "/v1/track",
+        json!({"userId": "cp1", "event": "E", "context": {"location": {"city": "Seoul"}}}),
+    )
+    .await);
+    ok(segment(
+        &app,
+        "/v1/identify",
+        json!({"userId": "cp1", "timestamp": now - 3_000_000,
+               "context": {"location": {"city": "Ulsan"}}}),
+    )
+    .await);
+    assert_eq!(app.member("cp1").await["city"], "Seoul");
+    // Sent now, it is the place now.
+    ok(segment(
+        &app,
+        "/v1/identify",
+        json!({"userId": "cp1", "traits": {"address": {"city": "Busan"}}}),
+    )
+    .await);
+    assert_eq!(app.member("cp1").await["city"], "Busan");
+
+    // `created_at` is `createdAt`, not a profile field.
+    ok(segment(
+        &app,
+        "/v1/identify",
+        json!({"userId": "tc1", "traits": {"created_at": "2020-01-01T00:00:00Z"}}),
+    )
+    .await);
+    let u = app.member("tc1").await;
+    assert_eq!(u["createdAt"], 1_577_836_800_000_i64, "{u}");
+    assert_eq!(u["profile"].get("createdAt"), None, "{u}");
+    app.stop().await;
+}
+
 both!(
     sdk_calls,
+    late_retried_and_merged_calls,
     segment_edges,
     concurrent_retries_store_once,
     merges_race_events,
