@@ -227,7 +227,7 @@ fn invisible(c: char) -> bool {
 
 /// Whether `c` shows on screen (neither white space nor [`invisible`]): a name or key
 /// without one would list as a blank in the catalog, the timeline and the filter builder.
-fn shows(c: char) -> bool {
+pub(crate) fn shows(c: char) -> bool {
     !c.is_whitespace() && !invisible(c)
 }
 

@@ -415,6 +415,13 @@ fn id_field(
             errs.push(at(key), "must not start or end with whitespace");
             None
         }
+        Some(Value::String(s)) if !s.chars().any(event::shows) => {
+            errs.push(
+                at(key),
+                "must hold a visible character (it is only zero-width or blank ones)",
+            );
+            None
+        }
         Some(Value::String(s)) => Some(s.clone()),
         // An integer id is its digits; any other number (`1e3`, `12.5`, digits past 64
         // bits) reaches us as a float whose text is not what the client had, so two
@@ -863,6 +870,23 @@ mod tests {
             panic!("a profile")
         };
         assert_eq!(p.keys().collect::<Vec<_>>(), ["mobileNumber"]);
+    }
+
+    #[test]
+    fn ids_of_only_invisible_characters_are_refused() {
+        for key in ["userId", "anonymousId"] {
+            let e = parse(
+                "",
+                json!({key: "\u{200b}\u{feff}", "event": "e"}),
+                Some(Kind::Track),
+                NOW,
+            )
+            .unwrap_err();
+            assert_eq!(e.0[0].field, key);
+            assert!(e.0[0].message.contains("visible"), "{e:?}");
+        }
+        assert!(crate::update::check_member_id("\u{200b}").is_err());
+        assert!(crate::update::check_member_id("a\u{200b}").is_ok());
     }
 
     #[test]

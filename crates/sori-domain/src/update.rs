@@ -190,6 +190,14 @@ pub fn check_member_id(s: &str) -> Result<(), Invalid> {
             format!("must be at most {MAX_MEMBER_ID_CHARS} characters"),
         ));
     }
+    // Only zero-width or blank characters: an id that lists as a blank in the console and
+    // every export, and is a bug upstream (as with event names).
+    if !s.chars().any(crate::event::shows) {
+        return Err(Invalid::one(
+            "memberId",
+            "must hold a visible character (it is only zero-width or blank ones)",
+        ));
+    }
     Ok(())
 }
 
