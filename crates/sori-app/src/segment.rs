@@ -52,7 +52,8 @@ pub fn ingest_of(
     activity.created_at = call.created_at;
     activity.city = call.city;
     activity.country = call.country;
-    if call.kind == Kind::Identify {
+    // An identify is no activity, so its location is dated by the call's own time.
+    if call.kind == Kind::Identify && !call.addressed {
         activity.place_at = Some(call.at);
     }
     Ok(Ingest {

@@ -74,12 +74,16 @@ pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
     // A place that comes with activity, or with the time of the call that reported it,
     // is the user's place only if that time is the newest (a late-arriving older call
     // must not move them back); one given without a time is a statement about now.
+    // An older one still fills a place the user does not have.
     if a.at
         .or(a.place_at)
         .is_none_or(|at| user.last_seen_at.is_none_or(|l| at >= l))
     {
         overwrite(&mut user.city, &a.city);
         overwrite(&mut user.country, &a.country);
+    } else {
+        fill(&mut user.city, &a.city);
+        fill(&mut user.country, &a.country);
     }
     if let Some(c) = a.created_at {
         user.created_at = user.created_at.min(c);
@@ -125,6 +129,12 @@ pub fn apply_activity(user: &mut User, a: &Activity) -> bool {
 fn overwrite(slot: &mut Option<String>, v: &Option<String>) {
     if let Some(v) = v {
         *slot = Some(v.clone());
+    }
+}
+
+fn fill(slot: &mut Option<String>, v: &Option<String>) {
+    if slot.is_none() {
+        slot.clone_from(v);
     }
 }
 
@@ -277,6 +287,21 @@ mod tests {
             Some("Daegu"),
             "an identify's address applies"
         );
+        // An identify's location is dated by its call: older than the last activity, it
+        // only fills a place the user lacks.
+        let located = |t: i64, city: &str, country: &str| Activity {
+            city: Some(city.into()),
+            country: Some(country.into()),
+            place_at: Some(t),
+            ..Activity::default()
+        };
+        apply_activity(&mut u, &located(15 * MIN, "Ulsan", "KR"));
+        assert_eq!(
+            (u.city.as_deref(), u.country.as_deref()),
+            (Some("Daegu"), Some("KR"))
+        );
+        apply_activity(&mut u, &located(25 * MIN, "Ulsan", "KR"));
+        assert_eq!(u.city.as_deref(), Some("Ulsan"));
     }
 
     proptest! {

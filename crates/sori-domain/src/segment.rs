@@ -75,6 +75,10 @@ pub struct Call {
     pub city: Option<String>,
     /// `traits.address.country` on `identify`, else `context.location.country`.
     pub country: Option<String>,
+    /// The place comes (at least in part) from an identify's `traits.address`, which
+    /// applies whenever it is sent, rather than from `context.location`, which applies
+    /// only when its call is not older than the user's last activity.
+    pub addressed: bool,
 }
 
 /// Translates one message. `kind` is given by the endpoint (`/v1/track`) or read from the
@@ -163,7 +167,15 @@ pub fn parse(
                     // every other trait key is camelCased.
                     match camel_case(k).as_str() {
                         "id" | "anonymousId" | "userId" => {}
-                        "createdAt" => created_at = time_value(v, &path, &mut errs),
+                        "createdAt" if k == "createdAt" => {
+                            created_at = time_value(v, &path, &mut errs);
+                        }
+                        // The snake_case spelling (Intercom's) counts in seconds; the
+                        // exact key wins when both are sent.
+                        "createdAt" if !t.contains_key("createdAt") => {
+                            created_at = time_value(&seconds_as_millis(v), &path, &mut errs);
+                        }
+                        "createdAt" => {}
                         named @ ("phone" | "mobileNumber") if v.is_string() => {
                             let s = v.as_str().unwrap_or_default();
                             let key =
@@ -210,6 +222,9 @@ pub fn parse(
             ),
         }
     }
+    // An identify's address is the business's statement about now; a location is only
+    // what the library saw when the call was made.
+    let addressed = city.is_some() || country.is_some();
     // Segment's standard `context.location`, on any call, where traits name no address.
     if let Some(Value::Object(loc)) = context.get("location") {
         city = city.or_else(|| place(loc, "city"));
@@ -254,7 +269,7 @@ pub fn parse(
     // characters is left out rather than failing the call.
     let ctx_page = page_ctx
         .and_then(|p| p.get("url"))
-        .filter(|u| u.as_str().is_some_and(|u| !u.chars().any(char::is_control)))
+        .filter(|u| page_url(u))
         .cloned()
         .map(event::clip_page_value);
     let user_agent = context
@@ -286,7 +301,7 @@ pub fn parse(
             let url = match props
                 .as_ref()
                 .and_then(|p| p.get("url"))
-                .filter(|u| u.as_str().is_some_and(|u| !u.chars().any(char::is_control)))
+                .filter(|u| page_url(u))
             {
                 Some(u) => {
                     page_field = "properties.url";
@@ -338,6 +353,7 @@ pub fn parse(
         created_at,
         city,
         country,
+        addressed,
     })
 }
 
@@ -480,6 +496,23 @@ fn time_of(
     (t.min(received_at), field)
 }
 
+/// Whether a URL the library collected can be a page: text without control characters
+/// (anything else is left out rather than failing the call).
+fn page_url(u: &Value) -> bool {
+    u.as_str().is_some_and(|u| !u.chars().any(char::is_control))
+}
+
+/// A whole number below [`SECONDS_BELOW`] as milliseconds (it counts seconds); any other
+/// value as it is.
+fn seconds_as_millis(v: &Value) -> Value {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && (1.0..SECONDS_BELOW as f64).contains(&f) => {
+            Value::from(f as i64 * 1000)
+        }
+        _ => v.clone(),
+    }
+}
+
 /// Times Sori keeps, in epoch milliseconds: from 1970 to the end of 9999. Earlier ones
 /// would be negative, and a user's `createdAt` follows its earliest event.
 const TIMES: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
@@ -487,7 +520,7 @@ const TIMES: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 /// Epoch numbers below this (1973-03-03 in milliseconds) are refused: a time that early in
 /// customer activity is a time in seconds read as milliseconds (seconds run from 1.0e9 in
 /// 2001 to 9.9e9 in 2286), and taking it would put a migrated history in January 1970.
-const SECONDS_BELOW: i64 = 100_000_000_000;
+pub const SECONDS_BELOW: i64 = 100_000_000_000;
 
 /// An ISO-8601 time or epoch milliseconds, from 1970 to 9999 (numbers from 1973: see
 /// [`SECONDS_BELOW`]).
@@ -517,6 +550,10 @@ pub fn time_value(v: &Value, path: &str, errs: &mut Errors) -> Option<i64> {
                     .map(|f| f as i64)
             });
             match ms {
+                Some(0) => {
+                    errs.push(path, "must be a time: 0 (1970-01-01) stands for no time");
+                    None
+                }
                 Some(ms) if (0..SECONDS_BELOW).contains(&ms) => {
                     errs.push(
                         path,
@@ -866,6 +903,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.created_at, Some(1_577_836_800_000));
+        // In seconds, as Intercom-style traits send it; the exact key wins.
+        for (traits, want) in [
+            (json!({"created_at": 1_577_836_800}), 1_577_836_800_000_i64),
+            (
+                json!({"created_at": 1_577_836_800_000_i64}),
+                1_577_836_800_000,
+            ),
+            (
+                json!({"created_at": "bad", "createdAt": 1_600_000_000_000_i64}),
+                1_600_000_000_000,
+            ),
+        ] {
+            let c = parse(
+                "",
+                json!({"userId": "m", "traits": traits}),
+                Some(Kind::Identify),
+                NOW,
+            )
+            .unwrap();
+            assert_eq!(c.created_at, Some(want), "{traits}");
+        }
         let ProfilePatch::Set(p) = c.update.unwrap().profile else {
             panic!("a profile")
         };

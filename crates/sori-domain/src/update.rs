@@ -162,7 +162,8 @@ fn strings(items: &[Value], field: &str, errs: &mut Errors) -> Option<Vec<String
     ok.then_some(out)
 }
 
-/// Checks a `memberId`: 1–256 characters, no surrounding whitespace.
+/// Checks a `memberId`: 1–256 characters, no surrounding whitespace, no NUL or control
+/// characters, at least one visible character.
 pub fn check_member_id(s: &str) -> Result<(), Invalid> {
     if s.is_empty() {
         return Err(Invalid::one("memberId", "must not be empty"));

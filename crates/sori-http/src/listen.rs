@@ -78,11 +78,7 @@ pub async fn serve(
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                // A client that shuts down its sending side once the request is out (as
-                // `curl --data @file` over a pipe or a one-shot script may) still gets
-                // the answer; hyper's default takes the half-close for a hang-up.
-                .half_close(true);
+                .header_read_timeout(timeout);
             let mut conn = pin!(
                 builder
                     .serve_connection(TokioIo::new(WriteDeadline::new(stream, timeout)), service)

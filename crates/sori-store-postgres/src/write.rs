@@ -316,11 +316,6 @@ const STORED_OWNERS: &str = "SELECT k.ch, k.id, e.user_id \
 /// another batch between the read and the write is written as before (its event row is
 /// still refused).
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
-    if let Some(i) = sori_store::first_repeat(ops).filter(|&i| i > 0) {
-        let mut done = Box::pin(write_users(writers, &ops[..i])).await?;
-        done.extend(Box::pin(write_users(writers, &ops[i..])).await?);
-        return Ok(done);
-    }
     let keys: Vec<(i64, &str)> = sori_store::retry_keys(ops)
         .into_iter()
         .filter(|(_, id)| !id.contains('\0'))

@@ -208,18 +208,13 @@ fn lookup<T>(
 
 /// Runs one batch in one transaction.
 pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
-    if let Some(i) = sori_store::first_repeat(ops).filter(|&i| i > 0) {
-        let mut done = write_users(conn, &ops[..i])?;
-        done.extend(write_users(conn, &ops[i..])?);
-        return Ok(done);
-    }
     let keys = sori_store::retry_keys(ops);
     if keys.is_empty() {
         return write_planned(conn, ops);
     }
     // Calls already stored in whole are answered, not written again (see `retried`). One
-    // stored by another process between this read and the write (a second server on the
-    // file) is written as before: its event row is still refused.
+    // stored by another process between this read and the write (an import running beside
+    // the server) is written as before: its event row is still refused.
     let owners = stored_owners(conn, &keys)?;
     let done = sori_store::retried(ops, &owners);
     match sori_store::to_write(ops, &done) {

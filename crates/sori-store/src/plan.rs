@@ -111,6 +111,41 @@ pub struct WritePlan<'a> {
     /// Activity of events-only writes to users not loaded whole: (channel, id) →
     /// (latest event time, earliest event time, time of the write).
     pub light: BTreeMap<(i64, String), (i64, i64, i64)>,
+    /// Ops answered as second deliveries of an earlier op of the batch (see
+    /// [`Earlier`]), by position: they write nothing, and their result already counts
+    /// their events as stored.
+    pub repeats: HashSet<usize>,
+}
+
+/// The `messageId`s of a batch's ops before the one being planned, gathered only once an
+/// op needs them (a whole-guarded op, or an events-only write that would create its
+/// member), so a batch of events to known members never builds the set. An op whose
+/// every `messageId` an earlier op of the batch carries is a second delivery of that
+/// call (a client's retry that reached the same batch): it is answered as the earlier
+/// op was, instead of replaying a visit, session or merge or creating a member for a
+/// `userId` the retry named differently.
+#[derive(Default)]
+struct Earlier<'a> {
+    first: HashMap<(i64, &'a str), usize>,
+    upto: usize,
+}
+
+impl<'a> Earlier<'a> {
+    /// The earlier op that carries every `messageId` of `ops[i]`, if any.
+    fn repeat_of(&mut self, ops: &'a [UserOp], i: usize) -> Option<usize> {
+        for (j, op) in ops.iter().enumerate().take(i).skip(self.upto) {
+            for k in message_keys(op) {
+                self.first.entry(k).or_insert(j);
+            }
+        }
+        self.upto = self.upto.max(i);
+        let mut earliest = None;
+        for k in message_keys(&ops[i]) {
+            let j = *self.first.get(&k)?;
+            earliest = Some(earliest.map_or(j, |e: usize| e.min(j)));
+        }
+        earliest
+    }
 }
 
 /// The identity columns of a user, enough to route an events-only write.
@@ -180,8 +215,38 @@ pub fn plan_user_writes<'a>(
         .collect();
 
     let mut merged_into: HashMap<(i64, String), String> = HashMap::new();
-    for op in ops {
+    let mut earlier = Earlier::default();
+    // `ops[i]` answered as the earlier op `j` that its `messageId`s repeat, when that op
+    // was written (else it is written as any other).
+    let repeat = |earlier: &mut Earlier<'a>,
+                  plan: &mut WritePlan<'a>,
+                  merged_into: &HashMap<(i64, String), String>,
+                  i: usize| {
+        let j = earlier.repeat_of(ops, i)?;
+        let Ok(first) = &plan.results[j] else {
+            return None;
+        };
+        let ch = ops[i].channel_id;
+        let user_id = merged_into
+            .get(&(ch, first.user_id.clone()))
+            .unwrap_or(&first.user_id)
+            .clone();
+        plan.results.push(Ok(UserOpOutcome {
+            user_id,
+            user: None,
+            created: false,
+            changed: false,
+            merged_from: None,
+            duplicate_events: ops[i].events.len(),
+        }));
+        plan.repeats.insert(i);
+        Some(())
+    };
+    for (i, op) in ops.iter().enumerate() {
         let ch = op.channel_id;
+        if guarded_whole(op) && repeat(&mut earlier, &mut plan, &merged_into, i).is_some() {
+            continue;
+        }
         if op.is_light() {
             // Resolved against whole rows first (another op of the batch may have changed
             // the user), then against the identity index; unknown users take the full path
@@ -234,6 +299,13 @@ pub fn plan_user_writes<'a>(
                     merged_from: None,
                     duplicate_events: 0,
                 }));
+                continue;
+            }
+            // Not found: writing it would create its member.
+            if !in_batch
+                && keyed_by_member(op)
+                && repeat(&mut earlier, &mut plan, &merged_into, i).is_some()
+            {
                 continue;
             }
         }
@@ -387,9 +459,14 @@ impl WritePlan<'_> {
     /// would replay the visit, session or merge. Call it after
     /// [`WritePlan::account_duplicates`].
     pub fn raced(&self, ops: &[UserOp]) -> bool {
-        ops.iter().zip(&self.results).any(|(op, r)| {
-            guarded_whole(op) && matches!(r, Ok(o) if o.duplicate_events == op.events.len())
-        })
+        ops.iter()
+            .zip(&self.results)
+            .enumerate()
+            .any(|(i, (op, r))| {
+                guarded_whole(op)
+                    && !self.repeats.contains(&i)
+                    && matches!(r, Ok(o) if o.duplicate_events == op.events.len())
+            })
     }
 
     /// Accounts for the batch's events the store did not insert (`duplicates`: their ids,
@@ -407,7 +484,10 @@ impl WritePlan<'_> {
         if duplicates.is_empty() {
             return;
         }
-        for (op, r) in ops.iter().zip(&mut self.results) {
+        for (i, (op, r)) in ops.iter().zip(&mut self.results).enumerate() {
+            if self.repeats.contains(&i) {
+                continue;
+            }
             if let Ok(o) = r {
                 o.duplicate_events = op
                     .events
@@ -452,32 +532,7 @@ impl WritePlan<'_> {
 /// been merged away since, and a retry would create an empty one. Events-only writes to
 /// a member or a user id skip the lookup (a retried event row is refused on its own).
 fn guarded_whole(op: &UserOp) -> bool {
-    !op.events.is_empty()
-        && op.events.iter().all(|e| e.message_id.is_some())
-        && (!op.is_light() || (op.member_key().is_none() && op.veil_key().is_some()))
-}
-
-/// Where a batch must be cut so that no op whose `messageId`s are looked up before it is
-/// written (whole-guarded ops, and events-only writes that may create their member)
-/// repeats a `messageId` of an earlier op of the batch: a second delivery of a call (a
-/// client's retry) that reaches the same batch as the first is then written after the
-/// first is stored, and found stored, instead of replaying the visit, session or merge,
-/// or creating a member for a `userId` the retry named differently. `None` when no op
-/// repeats.
-pub fn first_repeat(ops: &[UserOp]) -> Option<usize> {
-    let checked = |op: &UserOp| guarded_whole(op) || may_create_member(op);
-    // Upserts and events without `messageId`s: no set to build.
-    if !ops.iter().any(checked) {
-        return None;
-    }
-    let mut seen: HashSet<(i64, &str)> = HashSet::new();
-    for (i, op) in ops.iter().enumerate() {
-        if checked(op) && message_keys(op).any(|k| seen.contains(&k)) {
-            return Some(i);
-        }
-        seen.extend(message_keys(op));
-    }
-    None
+    all_keyed(op) && (!op.is_light() || (op.member_key().is_none() && op.veil_key().is_some()))
 }
 
 /// The `(channel, messageId)`s of `op`'s events that carry one.
@@ -493,23 +548,20 @@ fn message_keys(op: &UserOp) -> impl Iterator<Item = (i64, &str)> {
 /// to the whole row it loaded, where a stored event can no longer hold `lastSeenAt` back
 /// as it does on the events-only path, so a retried batch would move it.
 fn looked_up(ops: &[UserOp]) -> Vec<bool> {
-    let mut whole: HashSet<(i64, &str, bool)> = HashSet::new();
-    for op in ops.iter().filter(|op| !op.is_light()) {
-        whole.extend(op.member_key().map(|m| (op.channel_id, m, true)));
-        whole.extend(op.veil_key().map(|v| (op.channel_id, v, false)));
-    }
+    // (Events-only writes by anonymous id alone are whole-guarded already.)
+    let whole: HashSet<(i64, &str)> = ops
+        .iter()
+        .filter(|op| !op.is_light())
+        .filter_map(|op| Some((op.channel_id, op.member_key()?)))
+        .collect();
     ops.iter()
         .map(|op| {
             guarded_whole(op)
                 || (!whole.is_empty()
-                    && op.is_light()
-                    && op.events.iter().all(|e| e.message_id.is_some())
-                    && (op
+                    && keyed_by_member(op)
+                    && op
                         .member_key()
-                        .is_some_and(|m| whole.contains(&(op.channel_id, m, true)))
-                        || op
-                            .veil_key()
-                            .is_some_and(|v| whole.contains(&(op.channel_id, v, false)))))
+                        .is_some_and(|m| whole.contains(&(op.channel_id, m))))
         })
         .collect()
 }
@@ -560,7 +612,7 @@ fn stored_whole(op: &UserOp, owners: &HashMap<(i64, String), String>) -> Option<
 /// [`guarded_whole`]): the event row alone refuses a retry to a member that exists. But a
 /// `messageId` reused for a member not known yet would then create that member, empty.
 fn creates_member(op: &UserOp, found: &HashSet<(i64, &str)>) -> bool {
-    may_create_member(op)
+    keyed_by_member(op)
         && op
             .member_key()
             .is_some_and(|m| !found.contains(&(op.channel_id, m)))
@@ -568,11 +620,13 @@ fn creates_member(op: &UserOp, found: &HashSet<(i64, &str)>) -> bool {
 
 /// Whether `op` is an events-only write by member id, every event with a `messageId`:
 /// one that [`creates_member`] checks once the batch's members are looked up.
-fn may_create_member(op: &UserOp) -> bool {
-    op.is_light()
-        && !op.events.is_empty()
-        && op.events.iter().all(|e| e.message_id.is_some())
-        && op.member_key().is_some()
+fn keyed_by_member(op: &UserOp) -> bool {
+    op.is_light() && all_keyed(op) && op.member_key().is_some()
+}
+
+/// Whether `op` has events and every one carries a `messageId`.
+fn all_keyed(op: &UserOp) -> bool {
+    !op.events.is_empty() && op.events.iter().all(|e| e.message_id.is_some())
 }
 
 /// The members the batch's lookups found, whole rows (`loaded`) and identity rows
@@ -899,6 +953,98 @@ mod tests {
             })
             .collect();
         assert_eq!(outcomes, vec![(true, 2), (false, 1)], "u2 wrote nothing");
+    }
+
+    #[test]
+    fn second_deliveries_in_one_batch_are_answered_as_the_first() {
+        use sori_domain::event::{EventSource, NewEvent};
+        let event = |id: &str, message: &str| {
+            let mut e = NewEvent::new(
+                id.into(),
+                "E".into(),
+                serde_json::Map::new(),
+                None,
+                3,
+                EventSource::Segment,
+            );
+            e.message_id = Some(message.into());
+            e
+        };
+        let track = |member: &str, new_id: &str, e: NewEvent| {
+            let mut o = op(
+                UserTarget::Identify {
+                    member_id: Some(member.into()),
+                    veil_id: None,
+                    new_id: new_id.into(),
+                },
+                json!({}),
+            );
+            o.update = UserUpdate::default();
+            o.events = vec![e];
+            assert!(o.is_light());
+            o
+        };
+        let visit = |veil: &str, new_id: &str, e: NewEvent| {
+            let mut o = op(
+                UserTarget::Identify {
+                    member_id: None,
+                    veil_id: Some(veil.into()),
+                    new_id: new_id.into(),
+                },
+                json!({}),
+            );
+            o.update = UserUpdate::default();
+            o.activity = Activity {
+                at: Some(3),
+                visit: Some(sori_domain::activity::Visit::default()),
+                ..Activity::default()
+            };
+            o.events = vec![e];
+            assert!(guarded_whole(&o));
+            o
+        };
+        // Two new members sharing a messageId; an anonymous visit delivered twice (the
+        // second copy naming another visitor); a known member's event, written as usual.
+        let ops = [
+            track("twin-1", "u1", event("e1", "M")),
+            track("twin-2", "u2", event("e2", "M")),
+            visit("v1", "u3", event("e3", "V")),
+            visit("v2", "u4", event("e4", "V")),
+            track("known", "u5", event("e5", "K")),
+        ];
+        let keys = UserKeys {
+            id: "k".into(),
+            member_id: Some("known".into()),
+            veil_id: None,
+        };
+        let mut plan = plan_user_writes(&ops, vec![], vec![(1, keys)], HashMap::new());
+        let ids: Vec<&str> = plan
+            .results
+            .iter()
+            .map(|r| r.as_ref().expect("ok").user_id.as_str())
+            .collect();
+        assert_eq!(ids, ["u1", "u1", "u3", "u3", "k"]);
+        assert_eq!(
+            plan.users
+                .keys()
+                .map(|(_, id)| id.as_str())
+                .collect::<Vec<_>>(),
+            ["u1", "u3"],
+            "no user for the second deliveries"
+        );
+        let events: Vec<&str> = plan.events.iter().map(|(_, _, e)| e.id.as_str()).collect();
+        assert_eq!(events, ["e1", "e3", "e5"]);
+        assert_eq!(plan.repeats, HashSet::from([1, 3]));
+        // The store refuses nothing new; the repeats keep counting their events as stored,
+        // and none of them reads as a race to roll back.
+        plan.account_duplicates(&ops, &HashSet::from(["e5".to_owned()]));
+        let counted: Vec<usize> = plan
+            .results
+            .iter()
+            .map(|r| r.as_ref().expect("ok").duplicate_events)
+            .collect();
+        assert_eq!(counted, [0, 1, 0, 1, 1]);
+        assert!(!plan.raced(&ops));
     }
 
     #[test]

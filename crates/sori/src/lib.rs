@@ -38,30 +38,26 @@ pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>>
 /// Opens the store the configuration names and applies migrations.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = cfg.database_url();
-    let store: Arc<dyn Store> = if url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-    {
-        Arc::new(
-            PostgresStore::connect(&url, cfg.pg_max_connections)
-                .await
-                .context("connecting to PostgreSQL")?,
-        )
-    } else if url.starts_with("sqlite:") {
-        if cfg.database_url.is_none() {
-            std::fs::create_dir_all(&cfg.data_dir)
-                .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-        }
-        Arc::new(
-            SqliteStore::connect(&url)
-                .await
-                .with_context(|| format!("opening the SQLite database {}", config::redact(&url)))?,
-        )
-    } else {
-        anyhow::bail!(
-            "database URL must start with sqlite: or postgres:// (got `{}`)",
-            config::redact(&url)
-        );
-    };
+    let store: Arc<dyn Store> =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Arc::new(
+                PostgresStore::connect(&url, cfg.pg_max_connections)
+                    .await
+                    .context("connecting to PostgreSQL")?,
+            )
+        } else if url.starts_with("sqlite:") {
+            ensure_data_dir(cfg)?;
+            Arc::new(
+                SqliteStore::connect(&url).await.with_context(|| {
+                    format!("opening the SQLite database {}", config::redact(&url))
+                })?,
+            )
+        } else {
+            anyhow::bail!(
+                "database URL must start with sqlite: or postgres:// (got `{}`)",
+                config::redact(&url)
+            );
+        };
     store.migrate().await.context("applying migrations")?;
     Ok(store)
 }
@@ -261,7 +257,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
 /// beside the first: each would keep its own in-memory state (audience projections,
 /// caches, rate limits) and its own checkpoints over one file. The CLI's other commands
 /// (import, export, channel) take no lock and may run beside a server. The operating
-/// system releases the lock when the process ends, however it ends.
+/// system releases the lock when the process ends, however it ends. The path is resolved
+/// through symbolic links, so two names of one file share one lock. Where locks cannot be
+/// taken at all (some network file systems), the server starts with a warning.
 fn claim_store(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
     let url = cfg.database_url();
     let Some(db) = url
@@ -271,19 +269,41 @@ fn claim_store(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
     else {
         return Ok(None);
     };
-    if cfg.database_url.is_none() {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    }
+    ensure_data_dir(cfg)?;
+    let db = std::fs::canonicalize(&db).unwrap_or_else(|_| {
+        // Not created yet: its directory's real path.
+        match (db.parent(), db.file_name()) {
+            (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            })
+            .map_or_else(|_| db.clone(), |d| d.join(name)),
+            _ => db.clone(),
+        }
+    });
     let mut path = db.into_os_string();
     path.push("-serve.lock");
     let path = std::path::PathBuf::from(path);
-    let file = std::fs::OpenOptions::new()
+    let unlocked = |e: &dyn std::fmt::Display| {
+        tracing::warn!(
+            lock = %path.display(),
+            error = %e,
+            "cannot lock the store; nothing stops a second `sori serve` on it"
+        );
+    };
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    {
+        Ok(file) => file,
+        Err(e) => {
+            unlocked(&e);
+            return Ok(None);
+        }
+    };
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -293,7 +313,17 @@ fn claim_store(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
             path.display()
         ),
         Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
+            unlocked(&e);
+            Ok(None)
         }
     }
+}
+
+/// Creates the default data directory (a configured database URL names its own place).
+fn ensure_data_dir(cfg: &Config) -> anyhow::Result<()> {
+    if cfg.database_url.is_none() {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    }
+    Ok(())
 }

@@ -411,6 +411,27 @@ impl<R: Read> Read for NoteScan<R> {
     }
 }
 
+/// A stored time as an export writes it: epoch milliseconds, except a time before
+/// 1973-03-03, which import refuses as a number (it reads as seconds sent as
+/// milliseconds, see `SECONDS_BELOW`) and takes as ISO-8601 text: an export stays an
+/// import file.
+fn export_time(ms: i64) -> Value {
+    if ms < sori_domain::segment::SECONDS_BELOW
+        && let Ok(t) = jiff::Timestamp::from_millisecond(ms)
+    {
+        return Value::String(t.to_string());
+    }
+    Value::from(ms)
+}
+
+/// [`export_time`] as a CSV cell.
+fn cell_time(ms: i64) -> String {
+    match export_time(ms) {
+        Value::String(s) => s,
+        v => v.to_string(),
+    }
+}
+
 /// The longest NDJSON line read, as large as the largest API body: a valid user or event
 /// line is far smaller, so a longer one (a file that is not NDJSON, one huge value) is
 /// reported and skipped without being held in memory.
@@ -737,7 +758,8 @@ pub async fn export(
                                 "id": u.id, "memberId": u.member_id,
                                 "unsubscribeEmail": u.unsubscribe_email,
                                 "unsubscribeTexting": u.unsubscribe_texting, "blocked": u.blocked,
-                                "createdAt": u.created_at, "lastSeenAt": u.last_seen_at,
+                                "createdAt": export_time(u.created_at),
+                                "lastSeenAt": u.last_seen_at.map(export_time),
                             });
                             if !u.profile.is_empty() {
                                 v["profile"] = Value::Object(u.profile.clone());
@@ -751,8 +773,8 @@ pub async fn export(
                             let mut row = vec![
                                 u.id.clone(),
                                 u.member_id.clone().unwrap_or_default(),
-                                u.created_at.to_string(),
-                                u.last_seen_at.map(|t| t.to_string()).unwrap_or_default(),
+                                cell_time(u.created_at),
+                                u.last_seen_at.map(cell_time).unwrap_or_default(),
                                 csv_list_cell(u.tags.iter().map(String::as_str)),
                                 u.unsubscribe_email.to_string(),
                                 u.unsubscribe_texting.to_string(),
@@ -812,7 +834,7 @@ pub async fn export(
                         false => {
                             let mut v = serde_json::json!({
                                 "id": e.id, "name": e.name, "property": property,
-                                "page": e.page, "createdAt": e.created_at,
+                                "page": e.page, "createdAt": export_time(e.created_at),
                                 "source": e.source.as_str(),
                             });
                             v[if member.is_some() {
@@ -832,7 +854,7 @@ pub async fn export(
                                     e.user_id.clone()
                                 },
                                 e.name.clone(),
-                                e.created_at.to_string(),
+                                cell_time(e.created_at),
                                 e.page.clone().unwrap_or_default(),
                                 e.source.as_str().to_owned(),
                                 property.to_string(),

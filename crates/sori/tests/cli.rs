@@ -215,6 +215,20 @@ fn a_second_server_on_one_sqlite_store_is_refused() {
         !String::from_utf8_lossy(&out.stdout).contains("accessSecret"),
         "the refused server printed credentials"
     );
+    // The same store by another name (a symbolic link to its directory) is the same store.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = elsewhere.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let out = sori(&link)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second server through a link");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another `sori serve`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = sori(dir.path())
         .args(["channel", "create", "--name", "Beside", "--json"])
         .output()

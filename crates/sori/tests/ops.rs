@@ -103,10 +103,8 @@ async fn read_until_closed(
 /// A client that stalls in the middle of a request's headers, keeps a connection idle
 /// after a response or leaves answers unread is disconnected after `header_timeout`; one
 /// that pauses that long within a body (plain or gzip), or trickles it in too slowly, gets
-/// a 408 and nothing is stored; a
-/// wrong Segment write key is refused before the body is read; a client that half-closes
-/// after its request is answered (the deadlines are the HTTP layer's, not the storage's:
-/// one backend).
+/// a 408 and nothing is stored; a wrong Segment write key is refused before the body is
+/// read (the deadlines are the HTTP layer's, not the storage's: one backend).
 #[tokio::test]
 async fn stalled_and_idle_connections_are_closed() {
     use tokio::io::AsyncWriteExt;
@@ -259,23 +257,6 @@ async fn stalled_and_idle_connections_are_closed() {
         answered < asked,
         "all {asked} answers were kept for a client that did not read ({read:?})"
     );
-
-    // A client that shuts down its sending side after the request still gets the
-    // answer, and the event is stored.
-    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let body = br#"{"userId":"half-1","event":"HalfClosed","messageId":"m-half"}"#;
-    let head = format!(
-        "POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    half.write_all(head.as_bytes()).await.unwrap();
-    half.write_all(body).await.unwrap();
-    half.shutdown().await.unwrap();
-    let got = String::from_utf8_lossy(&read_until_closed(&mut half, within).await).into_owned();
-    assert!(got.starts_with("HTTP/1.1 200"), "half-closed: {got}");
-    let r = app.open(Method::GET, "/open/v5/events/catalog", None).await;
-    assert!(r.body.to_string().contains("HalfClosed"), "{}", r.body);
 
     // The server still answers.
     let r = app.raw(Method::GET, "/healthz", &[], vec![]).await;
