@@ -29,6 +29,10 @@ pub enum AppError {
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// An SDK session opened without a member hash, used as a member of a channel that
+    /// requires one (see `sdk::SdkSession`): the browser must boot again with the hash.
+    #[error("{0}")]
+    MemberHashRequired(String),
     /// Authenticated but not allowed.
     #[error("{0}")]
     Forbidden(String),

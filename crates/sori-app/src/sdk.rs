@@ -48,6 +48,22 @@ pub struct Booted {
     pub veil_id: String,
     /// Token for later SDK calls.
     pub token: String,
+    /// Whether the session may act as a member of a channel that requires member hashes
+    /// (see [`SdkSession::entitled`]).
+    pub entitled: bool,
+}
+
+/// The user an SDK session token names, and what the boot that issued it proved.
+#[derive(Debug, Clone)]
+pub struct SdkSession {
+    /// The session's user.
+    pub user_id: String,
+    /// The boot proved its right to the user: it was anonymous (the browser's own visitor)
+    /// or named its member with a valid `memberHash`. A member session opened without one,
+    /// while the channel did not require hashes, is not entitled: once the channel requires
+    /// them it may neither act as the member nor see the member's data, so turning hashes
+    /// on also shuts out whoever booted as a member by id alone before.
+    pub entitled: bool,
 }
 
 /// A valid veil id: 1–64 characters of letters, digits, `-` and `_`.
@@ -74,20 +90,17 @@ impl App {
         if let Some(v) = &boot.veil_id {
             check_veil_id(v)?;
         }
-        if let Some(m) = &boot.member_id
-            && ch.channel.member_hash_required
-        {
-            let ok = boot
-                .member_hash
+        let hashed = boot.member_id.as_deref().is_some_and(|m| {
+            boot.member_hash
                 .as_deref()
-                .is_some_and(|h| member_hash::verify(&ch.channel.member_hash_secret, m, h));
-            if !ok {
-                return Err(AppError::Unauthorized(
-                    "memberHash is missing or does not match memberId; this channel requires \
-                     member hashes (HMAC-SHA256 of memberId with the channel's secret)"
-                        .into(),
-                ));
-            }
+                .is_some_and(|h| member_hash::verify(&ch.channel.member_hash_secret, m, h))
+        });
+        if boot.member_id.is_some() && ch.channel.member_hash_required && !hashed {
+            return Err(AppError::Unauthorized(
+                "memberHash is missing or does not match memberId; this channel requires \
+                 member hashes (HMAC-SHA256 of memberId with the channel's secret)"
+                    .into(),
+            ));
         }
         let veil_id = boot.veil_id.clone().unwrap_or_else(new_id);
         let now = now_ms();
@@ -111,11 +124,13 @@ impl App {
             events,
         };
         let outcome = self.ingest(ch, ingest, Source::SdkBoot).await?;
-        let token = self.sdk_token(ch.channel.id, &outcome.user_id);
+        let entitled = boot.member_id.is_none() || hashed;
+        let token = self.sdk_token(ch.channel.id, &outcome.user_id, entitled);
         Ok(Booted {
             user: crate::users::whole(outcome)?,
             veil_id,
             token,
+            entitled,
         })
     }
 
@@ -144,23 +159,65 @@ impl App {
         Ok((outcome, event))
     }
 
-    /// The token naming `user_id` in `channel_id`.
-    pub fn sdk_token(&self, channel_id: i64, user_id: &str) -> String {
-        let mac = keyed_hash(&self.pepper, &format!("sdk:{channel_id}:{user_id}"));
+    /// The token naming `user_id` in `channel_id`; an entitled one (see
+    /// [`SdkSession::entitled`]) is signed over a different text, so neither kind passes
+    /// for the other.
+    pub fn sdk_token(&self, channel_id: i64, user_id: &str, entitled: bool) -> String {
+        let mac = keyed_hash(&self.pepper, &token_text(channel_id, user_id, entitled));
         format!("{user_id}.{}", &mac[..32])
     }
 
-    /// The user a token names, when the token is genuine for this channel.
-    pub fn sdk_user(&self, channel_id: i64, token: &str) -> AppResult<String> {
+    /// The session a token names, when the token is genuine for this channel. (Tokens
+    /// issued before sessions recorded their entitlement read as not entitled.)
+    pub fn sdk_user(&self, channel_id: i64, token: &str) -> AppResult<SdkSession> {
         let bad =
             || AppError::Unauthorized("x-sori-session is missing or invalid; boot first".into());
         let (user_id, mac) = token.rsplit_once('.').ok_or_else(bad)?;
-        let signed = format!("sdk:{channel_id}:{user_id}");
-        if mac.len() == 32 && keyed_hash_prefix_matches(&self.pepper, &signed, mac) {
-            Ok(user_id.to_owned())
-        } else {
-            Err(bad())
+        if mac.len() != 32 {
+            return Err(bad());
         }
+        let signed = |entitled| {
+            keyed_hash_prefix_matches(
+                &self.pepper,
+                &token_text(channel_id, user_id, entitled),
+                mac,
+            )
+        };
+        let entitled = if signed(true) {
+            true
+        } else if signed(false) {
+            false
+        } else {
+            return Err(bad());
+        };
+        Ok(SdkSession {
+            user_id: user_id.to_owned(),
+            entitled,
+        })
+    }
+
+    /// Refuses a session that may not act as its user: one not entitled to a member of a
+    /// channel that now requires member hashes. Only such sessions pay the user lookup.
+    pub async fn sdk_check(&self, ch: &ChannelInfo, s: &SdkSession) -> AppResult<()> {
+        if s.entitled || !ch.channel.member_hash_required {
+            return Ok(());
+        }
+        match self.store.user(ch.channel.id, &s.user_id).await? {
+            Some(u) if u.member() => Err(AppError::MemberHashRequired(
+                "this session was opened without a memberHash, which the channel now \
+                 requires for members: boot again with memberHash"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a session token's MAC signs.
+fn token_text(channel_id: i64, user_id: &str, entitled: bool) -> String {
+    match entitled {
+        true => format!("sdk:{channel_id}:{user_id}:entitled"),
+        false => format!("sdk:{channel_id}:{user_id}"),
     }
 }
 

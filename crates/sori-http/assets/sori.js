@@ -778,15 +778,17 @@
   }
 
   // A request on the session. Its user can be gone: merged into a member (this visitor
-  // booted as one in another tab) or deleted, and the server answers 404 `userGone`. The
-  // SDK then boots again with the same options, quietly (no second PageView, no second
-  // visit), and sends the call once more; a call queued with a session that was renewed
+  // booted as one in another tab) or deleted, and the server answers 404 `userGone`; or
+  // the channel has come to require member hashes since a member session was opened
+  // without one (401 `memberHashRequired`). The SDK then boots again with the same
+  // options, quietly (no second PageView, no second visit), and sends the call once more; a call queued with a session that was renewed
   // since goes out with the new one. Requests are sent with keepalive (so the one on its
   // way survives the page being left) when they fit its budget.
   function sessionRequest(method, path, json, token) {
     token = latestToken(token);
     return keptAlive(method, path, json, token).catch(function (err) {
-      if (err.type !== 'userGone' || state !== 'booted' || !session.options) throw err;
+      var lost = err.type === 'userGone' || err.type === 'memberHashRequired';
+      if (!lost || state !== 'booted' || !session.options) throw err;
       var gen = generation;
       var renewed = token !== session.token ? Promise.resolve() : renew(gen);
       return renewed.then(function () {

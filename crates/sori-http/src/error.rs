@@ -105,6 +105,9 @@ impl From<AppError> for ApiError {
         match e {
             AppError::Invalid(i) => i.into(),
             AppError::Unauthorized(m) => Self::unauthorized(m),
+            AppError::MemberHashRequired(m) => {
+                Self::new(StatusCode::UNAUTHORIZED, "memberHashRequired", m)
+            }
             AppError::Forbidden(m) => Self::forbidden(m),
             AppError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "notFound", m),
             AppError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sori_app::auth::ChannelInfo;
-use sori_app::sdk::Boot;
+use sori_app::sdk::{Boot, SdkSession};
 use sori_app::users::{Ingest, Source};
 use sori_domain::UserUpdate;
 use sori_domain::event::{EventInput, check_page, clip_page_value};
@@ -97,10 +97,11 @@ fn user_agent(h: &HeaderMap) -> Option<String> {
 }
 
 /// The user as the browser may see it. A member's personal data (profile, name, tags,
-/// place, browser id) is shown only when the channel requires member hashes: otherwise anyone holding
-/// the public plugin key could boot as a known memberId and read that customer's data.
-fn browser_view(ch: &ChannelInfo, u: sori_domain::User) -> UserView {
-    let hide = u.member() && !ch.channel.member_hash_required;
+/// place, browser id) is shown only when the channel requires member hashes and the
+/// session proved one (`entitled`): otherwise anyone holding the public plugin key could
+/// boot as a known memberId and read that customer's data.
+fn browser_view(ch: &ChannelInfo, u: sori_domain::User, entitled: bool) -> UserView {
+    let hide = u.member() && !(ch.channel.member_hash_required && entitled);
     let mut v = UserView::of(ch.channel.id, u);
     if hide {
         // Left out rather than empty: an empty list would read as "no tags".
@@ -231,7 +232,7 @@ pub async fn boot(
         )
         .await?;
     Ok(Json(Booted {
-        user: browser_view(&ch, booted.user),
+        user: browser_view(&ch, booted.user, booted.entitled),
         veil_id: booted.veil_id,
         session: format!("{}:{}", ch.channel.plugin_key, booted.token),
     }))
@@ -251,8 +252,11 @@ fn user_gone(e: sori_app::AppError) -> ApiError {
     }
 }
 
-/// The channel (by plugin key inside the token's channel) and user of an SDK call.
-async fn session(state: &AppState, headers: &HeaderMap) -> ApiResult<(Arc<ChannelInfo>, String)> {
+/// The channel (by plugin key inside the token's channel) and session of an SDK call.
+async fn session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> ApiResult<(Arc<ChannelInfo>, SdkSession)> {
     let token = headers
         .get("x-sori-session")
         .and_then(|v| v.to_str().ok())
@@ -260,8 +264,9 @@ async fn session(state: &AppState, headers: &HeaderMap) -> ApiResult<(Arc<Channe
     session_of(state, token).await
 }
 
-/// The channel and user a session token names.
-async fn session_of(state: &AppState, token: &str) -> ApiResult<(Arc<ChannelInfo>, String)> {
+/// The channel and session a token names, once the session may act as its user (see
+/// `App::sdk_check`).
+async fn session_of(state: &AppState, token: &str) -> ApiResult<(Arc<ChannelInfo>, SdkSession)> {
     let invalid = || ApiError::unauthorized("x-sori-session is invalid; boot first");
     let (channel, rest) = token.split_once(':').ok_or_else(invalid)?;
     let ch = state
@@ -270,8 +275,13 @@ async fn session_of(state: &AppState, token: &str) -> ApiResult<(Arc<ChannelInfo
         .find_plugin_key(channel)
         .await?
         .ok_or_else(invalid)?;
-    let user = state.app.sdk_user(ch.channel.id, rest)?;
-    Ok((ch, user))
+    let session = state.app.sdk_user(ch.channel.id, rest)?;
+    state
+        .app
+        .sdk_check(&ch, &session)
+        .await
+        .map_err(user_gone)?;
+    Ok((ch, session))
 }
 
 /// Records an event for the booted user.
@@ -296,13 +306,13 @@ pub async fn track(
 async fn track_as(
     state: &AppState,
     ch: &ChannelInfo,
-    user: &str,
+    user: &SdkSession,
     body: Value,
     agent: Option<&str>,
 ) -> Result<(sori_store::UserOpOutcome, sori_domain::event::NewEvent), sori_app::AppError> {
     let mut input = EventInput::from_json(body)?;
     input.page = input.page.map(clip_page_value);
-    state.app.sdk_track(ch, user, input, agent).await
+    state.app.sdk_track(ch, &user.user_id, input, agent).await
 }
 
 /// Applies `body` (a non-empty `PATCH /sdk/v1/user` body) to the session's user and shows
@@ -311,7 +321,7 @@ async fn track_as(
 async fn update_as(
     state: &AppState,
     ch: &ChannelInfo,
-    user: &str,
+    user: &SdkSession,
     body: &Value,
 ) -> Result<UserView, sori_app::AppError> {
     let update = UserUpdate::from_json(body, SDK_UPDATE_FIELDS)?;
@@ -319,11 +329,15 @@ async fn update_as(
         .app
         .ingest(
             ch,
-            Ingest::update(UserTarget::Id(user.to_owned()), update),
+            Ingest::update(UserTarget::Id(user.user_id.clone()), update),
             Source::Sdk,
         )
         .await?;
-    Ok(browser_view(ch, sori_app::users::whole(outcome)?))
+    Ok(browser_view(
+        ch,
+        sori_app::users::whole(outcome)?,
+        user.entitled,
+    ))
 }
 
 /// `updateUser`, `addTags`, `removeTags` for the booted user.
@@ -459,7 +473,7 @@ pub async fn calls(
 async fn one_call(
     state: &AppState,
     ch: &ChannelInfo,
-    user: &str,
+    user: &SdkSession,
     at: &str,
     item: Value,
     agent: Option<&str>,

@@ -969,6 +969,11 @@ async fn sdk_rules(b: Backend) {
     .await;
     let r = boot(&app, json!({"pluginKey": pk, "memberId": "known"})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+    let unproven = r.body["session"].as_str().unwrap().to_owned();
+    let anonymous = boot(&app, json!({"pluginKey": pk})).await.body["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Left out, not empty (an empty list would read as "no tags").
     for hidden in ["profile", "name", "tags"] {
         assert!(
@@ -1037,6 +1042,82 @@ async fn sdk_rules(b: Backend) {
     assert_eq!(
         r.body["user"]["profile"]["name"], "Secret Kim",
         "a verified member sees their profile"
+    );
+    let proven = r.body["session"].as_str().unwrap().to_owned();
+
+    // A member session opened by id alone, before hashes were required, may no longer act
+    // as the member (nor read them); an anonymous session and a proven one still may.
+    let sdk = |method: Method, path: &'static str, session: String, body: Value| {
+        let app = &app;
+        async move {
+            app.raw(
+                method,
+                path,
+                &[
+                    ("x-sori-session", session.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    let tag = json!({"addTags": ["stolen"]});
+    for r in [
+        sdk(Method::PATCH, "/sdk/v1/user", unproven.clone(), tag.clone()).await,
+        sdk(
+            Method::POST,
+            "/sdk/v1/events",
+            unproven.clone(),
+            json!({"name": "Stolen"}),
+        )
+        .await,
+        app.raw(
+            Method::POST,
+            "/sdk/v1/calls",
+            &[("content-type", "text/plain")],
+            json!({"session": unproven, "calls": [{"user": tag}]})
+                .to_string()
+                .into_bytes(),
+        )
+        .await,
+    ] {
+        assert_eq!(
+            (r.status, r.body["type"].as_str()),
+            (401, Some("memberHashRequired")),
+            "{:?}",
+            r.body
+        );
+    }
+    let known_user = app.member("known").await;
+    assert_eq!(known_user["tags"], json!(["debt"]), "{known_user}");
+    assert!(
+        events_of(&app, "@known")
+            .await
+            .iter()
+            .all(|e| e["name"] != "Stolen")
+    );
+    let r = sdk(
+        Method::PATCH,
+        "/sdk/v1/user",
+        anonymous,
+        json!({"addTags": ["a"]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = sdk(
+        Method::PATCH,
+        "/sdk/v1/user",
+        proven,
+        json!({"addTags": ["ok"]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["user"]["tags"],
+        json!(["debt", "ok"]),
+        "{:?}",
+        r.body
     );
     app.stop().await;
 }
