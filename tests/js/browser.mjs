@@ -741,24 +741,30 @@ async function run(browser, pagesOrigin) {
     return `both waiting tabs booted as ${boots[0].user.id}`;
   });
 
-  step('18 over a hundred calls made as the page is left are all sent', async () => {
+  step('18 over a hundred calls made as the page is left are all sent, in order', async () => {
     const [c, p] = await firstVisit();
     const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
     assert.equal(boot.error, null, 'boot error');
     await p.evaluate(() => {
       for (let i = 0; i < 150; i++) window.Sori('track', `Many${i}`);
+      window.Sori('addTags', ['flip']);
+      window.Sori('removeTags', ['flip']);
       window.Sori('addTags', ['many']);
+      window.Sori('track', 'ManyLast');
       location.href = '/shop/second';
     });
     await p.waitForURL('**/shop/second');
-    // The two batches are applied side by side: wait for both.
-    await until('the tag after 150 tracks', async () => (await getUser(boot.user.id)).tags.includes('many'));
-    await until('all 150 tracks', async () => {
-      const list = await events(boot.user.id, 500);
-      return list.filter((e) => e.name.startsWith('Many')).length === 150;
+    const list = await until('all 151 tracks', async () => {
+      const now = await events(boot.user.id, 500);
+      return now.filter((e) => e.name.startsWith('Many')).length === 151 && now;
     });
+    // One request for the whole queue: applied in call order.
+    const last = named(list, 'ManyLast')[0].createdAt;
+    const before = list.filter((e) => /^Many[0-9]+$/.test(e.name)).map((e) => e.createdAt);
+    assert.ok(before.every((t) => t <= last), 'the last call is stored last');
+    assert.deepEqual((await getUser(boot.user.id)).tags, ['many'], 'tags applied in order');
     await c.close();
-    return '150 tracks and a tag sent in batches of 100';
+    return '151 tracks and three tag calls sent as one request, applied in order';
   });
 
   step('19 a page left before its boot answered: the next page is the same visitor', async () => {

@@ -6,7 +6,7 @@
 use sori_domain::activity::{Activity, Visit};
 use sori_domain::event::{EventInput, EventSource, NewEvent, PAGE_VIEW};
 use sori_domain::{Invalid, UserUpdate, member_hash};
-use sori_store::{UserOpOutcome, UserTarget};
+use sori_store::UserTarget;
 
 use crate::auth::ChannelInfo;
 use crate::secrets::{keyed_hash, keyed_hash_prefix_matches, new_id, now_ms};
@@ -134,31 +134,6 @@ impl App {
         })
     }
 
-    /// Records an SDK event for the token's user; a `PageView` counts as a visit.
-    pub async fn sdk_track(
-        &self,
-        ch: &ChannelInfo,
-        user_id: &str,
-        input: EventInput,
-        user_agent: Option<&str>,
-    ) -> AppResult<(UserOpOutcome, NewEvent)> {
-        let now = now_ms();
-        let event = input.check("", new_id(), now, EventSource::Sdk, None)?;
-        let activity = if event.name == PAGE_VIEW {
-            visit(now, user_agent)
-        } else {
-            Activity::seen(now)
-        };
-        let ingest = Ingest {
-            target: UserTarget::Id(user_id.to_owned()),
-            update: UserUpdate::default(),
-            activity,
-            events: vec![event.clone()],
-        };
-        let outcome = self.ingest(ch, ingest, Source::Sdk).await?;
-        Ok((outcome, event))
-    }
-
     /// The token naming `user_id` in `channel_id`; an entitled one (see
     /// [`SdkSession::entitled`]) is signed over a different text, so neither kind passes
     /// for the other.
@@ -211,6 +186,29 @@ impl App {
             _ => Ok(()),
         }
     }
+}
+
+/// The write of an SDK event for the token's user, and the event: a `PageView` counts as
+/// a visit.
+pub fn sdk_event(
+    user_id: &str,
+    input: EventInput,
+    user_agent: Option<&str>,
+) -> Result<(Ingest, NewEvent), Invalid> {
+    let now = now_ms();
+    let event = input.check("", new_id(), now, EventSource::Sdk, None)?;
+    let activity = if event.name == PAGE_VIEW {
+        visit(now, user_agent)
+    } else {
+        Activity::seen(now)
+    };
+    let ingest = Ingest {
+        target: UserTarget::Id(user_id.to_owned()),
+        update: UserUpdate::default(),
+        activity,
+        events: vec![event.clone()],
+    };
+    Ok((ingest, event))
 }
 
 /// What a session token's MAC signs.

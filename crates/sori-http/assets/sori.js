@@ -53,7 +53,9 @@
   var renewing = null; // the quiet re-boot on its way, shared by the calls that need it
   var LOCK_WAIT_MS = 5000;
   var REQUEST_TIMEOUT_MS = 15000;
-  var MAX_CALLS_PER_REQUEST = 100; // what POST /sdk/v1/calls takes
+  // What POST /sdk/v1/calls takes: more than the 64 KB budget can hold, so what a page
+  // being left sends of one session goes as one request, applied in order.
+  var MAX_CALLS_PER_REQUEST = 2000;
   var CALLS_ENVELOPE_BYTES = 40; // `{"session":…,"calls":[…]}` around a batch's calls
   var pageOverride = null;
   var spa = { tracking: false, installed: false, lastHref: null, pending: false };
@@ -319,8 +321,9 @@
 
   // Posts calls of one session in batches of at most MAX_CALLS_PER_REQUEST that fit a
   // keepalive request. The browser's 64 KB budget is for all keepalive requests in flight
-  // together, so batches go out only while the total fits it; the calls past it (or one
-  // call too large alone) cannot outlive the page, and are reported as not sent.
+  // together, so batches go out only while the total fits it; the calls from the first
+  // that does not fit on cannot outlive the page, and are reported as not sent (a later,
+  // smaller one is not sent either: what is sent is always the calls' first part).
   function sendCalls(items) {
     var batch = [];
     var size = 0;
@@ -354,16 +357,13 @@
     var unsent = 0;
     items.forEach(function (item) {
       var n = byteLength(item.call.json) + 1;
-      if (leavingBytes + size + n + CALLS_ENVELOPE_BYTES > KEEPALIVE_MAX_BYTES) {
-        post();
-        if (leavingBytes + n + CALLS_ENVELOPE_BYTES > KEEPALIVE_MAX_BYTES) {
-          unsent++;
-          item.call.settle({
-            status: 0,
-            error: { message: 'not sent: the page was left with more than 64 KB of calls' },
-          });
-          return;
-        }
+      if (unsent || leavingBytes + size + n + CALLS_ENVELOPE_BYTES > KEEPALIVE_MAX_BYTES) {
+        unsent++;
+        item.call.settle({
+          status: 0,
+          error: { message: 'not sent: the page was left with more than 64 KB of calls' },
+        });
+        return;
       }
       if (batch.length >= MAX_CALLS_PER_REQUEST) post();
       batch.push(item);
@@ -388,10 +388,11 @@
   // `call` is the call as `POST /sdk/v1/calls` takes it, for a page being left:
   // `{json, settle(result)}`.
   function withSession(what, send, fail, call) {
+    // `why`: the failed boot's error, or words saying why.
     var drop = function (why) {
-      why = why || 'Sori is not booted';
-      warn(what + ' dropped: ' + why);
-      if (fail) fail(sdkError(why, 0));
+      var err = why instanceof Error ? why : sdkError(why || 'Sori is not booted', 0);
+      warn(what + ' dropped: ' + err.message);
+      if (fail) fail(err);
     };
     if (state === 'booted') {
       sendAs(session.token, send, call);
@@ -432,9 +433,10 @@
     });
   }
 
-  function dropPending() {
+  // Drops the calls that waited for a boot, telling each `why`.
+  function dropPending(why) {
     takePending().forEach(function (call) {
-      call.drop();
+      call.drop(why);
     });
   }
 
@@ -565,7 +567,7 @@
           safeCall(cb, err, null);
           state = 'off';
           spa.tracking = false;
-          dropPending();
+          dropPending(err);
         }
       );
     }, true);
@@ -859,7 +861,7 @@
   function shutdown() {
     shutdowns++;
     endSession();
-    dropPending();
+    dropPending('cancelled by shutdown');
   }
 
   function track(name, property) {

@@ -293,7 +293,10 @@ pub async fn track(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<EventEnvelope>> {
     let (ch, user) = session(&state, &headers).await?;
-    let (outcome, mut event) = track_as(&state, &ch, &user, body, user_agent(&headers).as_deref())
+    let (ingest, mut event) = track_ingest(&user, body, user_agent(&headers).as_deref())?;
+    let outcome = state
+        .app
+        .ingest(&ch, ingest, Source::Sdk)
         .await
         .map_err(user_gone)?;
     Ok(Json(EventEnvelope {
@@ -301,42 +304,25 @@ pub async fn track(
     }))
 }
 
-/// Records `body` (`{name, property, page}`) for the session's user: `POST /sdk/v1/events`
-/// and a `track` call of `POST /sdk/v1/calls`.
-async fn track_as(
-    state: &AppState,
-    ch: &ChannelInfo,
-    user: &SdkSession,
+/// The write of `body` (`{name, property, page}`) for the session's user, and its event:
+/// `POST /sdk/v1/events` and a `track` call of `POST /sdk/v1/calls`.
+fn track_ingest(
+    session: &SdkSession,
     body: Value,
     agent: Option<&str>,
-) -> Result<(sori_store::UserOpOutcome, sori_domain::event::NewEvent), sori_app::AppError> {
+) -> Result<(Ingest, sori_domain::event::NewEvent), sori_domain::Invalid> {
     let mut input = EventInput::from_json(body)?;
     input.page = input.page.map(clip_page_value);
-    state.app.sdk_track(ch, &user.user_id, input, agent).await
+    sori_app::sdk::sdk_event(&session.user_id, input, agent)
 }
 
-/// Applies `body` (a non-empty `PATCH /sdk/v1/user` body) to the session's user and shows
-/// the user as the browser may see it: `PATCH /sdk/v1/user` and a `user` call of
-/// `POST /sdk/v1/calls`.
-async fn update_as(
-    state: &AppState,
-    ch: &ChannelInfo,
-    user: &SdkSession,
-    body: &Value,
-) -> Result<UserView, sori_app::AppError> {
+/// The write of `body` (a non-empty `PATCH /sdk/v1/user` body) to the session's user:
+/// `PATCH /sdk/v1/user` and a `user` call of `POST /sdk/v1/calls`.
+fn user_ingest(session: &SdkSession, body: &Value) -> Result<Ingest, sori_domain::Invalid> {
     let update = UserUpdate::from_json(body, SDK_UPDATE_FIELDS)?;
-    let outcome = state
-        .app
-        .ingest(
-            ch,
-            Ingest::update(UserTarget::Id(user.user_id.clone()), update),
-            Source::Sdk,
-        )
-        .await?;
-    Ok(browser_view(
-        ch,
-        sori_app::users::whole(outcome)?,
-        user.entitled,
+    Ok(Ingest::update(
+        UserTarget::Id(session.user_id.clone()),
+        update,
     ))
 }
 
@@ -348,16 +334,23 @@ pub async fn update_user(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<UserEnvelope>> {
-    let (ch, user) = session(&state, &headers).await?;
+    let (ch, session) = session(&state, &headers).await?;
     crate::body::require_fields(&body)?;
-    let user = update_as(&state, &ch, &user, &body)
+    let outcome = state
+        .app
+        .ingest(&ch, user_ingest(&session, &body)?, Source::Sdk)
         .await
         .map_err(user_gone)?;
-    Ok(Json(UserEnvelope { user }))
+    let user = sori_app::users::whole(outcome)?;
+    Ok(Json(UserEnvelope {
+        user: browser_view(&ch, user, session.entitled),
+    }))
 }
 
-/// Most calls in one `POST /sdk/v1/calls`.
-pub const MAX_CALLS: usize = 100;
+/// Most calls in one `POST /sdk/v1/calls`: more than the 64 KB a page being left may send
+/// can hold, so sori.js sends what is queued for one session as one request, whose calls
+/// are applied in order (separate requests sent at once could land in any order).
+pub const MAX_CALLS: usize = 2000;
 
 /// The result of one call of a `POST /sdk/v1/calls`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -383,7 +376,7 @@ pub struct CallResults {
 }
 
 /// Several calls of the booted user in one request, applied in order, each on its own (a
-/// failed call does not stop the ones after it). sori.js sends what is still queued this
+/// failed call does not stop the ones after it), written together. sori.js sends what is still queued this
 /// way when the page is left: one `keepalive` request keeps the calls' order, where
 /// separate requests sent at once would reach the server in any order, and stays under
 /// the browser's 64 KB budget for requests that outlive their page. The session may come
@@ -436,48 +429,92 @@ pub async fn calls(
         ));
     }
     let agent = user_agent(&headers);
-    let mut results = Vec::with_capacity(items.len());
+    // Every call is read first; those that read well are written together, in order, as
+    // one submission to the writer (one batch, not a commit per call).
+    let mut read = Vec::with_capacity(items.len());
+    let mut ingests = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let at = format!("calls[{i}]");
-        let checked = match sori_domain::value::nul_path(&item, at.clone()).filter(|_| nul) {
+        let call = match sori_domain::value::nul_path(&item, at.clone()).filter(|_| nul) {
             Some(path) => Err(crate::body::nul_error(path)),
-            None => Ok(item),
+            None => read_call(&user, &at, item, agent.as_deref()),
         };
-        let done = match checked {
-            Ok(item) => one_call(&state, &ch, &user, &at, item, agent.as_deref()).await,
-            Err(e) => Err(e),
-        };
-        let result = match done {
-            Ok(user) => CallResult {
-                status: 200,
-                user,
-                error: None,
-            },
-            Err(e) => {
-                let (status, error) = e.status_and_body();
-                CallResult {
-                    status: status.as_u16(),
-                    user: None,
-                    error: Some(error),
+        read.push(call.map(|(call, ingest)| {
+            ingests.push(ingest);
+            call
+        }));
+    }
+    let mut written = state
+        .app
+        .ingest_many(&ch, ingests, Source::Sdk)
+        .await?
+        .into_iter();
+    let results = read
+        .into_iter()
+        .map(|call| {
+            let done = call.and_then(|call| {
+                let outcome = written
+                    .next()
+                    .unwrap_or(Err(sori_app::AppError::Unavailable));
+                call.answer(&ch, &user, outcome)
+            });
+            match done {
+                Ok(user) => CallResult {
+                    status: 200,
+                    user,
+                    error: None,
+                },
+                Err(e) => {
+                    let (status, error) = e.status_and_body();
+                    CallResult {
+                        status: status.as_u16(),
+                        user: None,
+                        error: Some(error),
+                    }
                 }
             }
-        };
-        results.push(result);
-    }
+        })
+        .collect();
     Ok(Json(CallResults { results }))
 }
 
-/// Applies one call of [`calls`] (`at` names it in errors: `calls[2]`): `{"track": {…}}`
-/// as `POST /sdk/v1/events` would, or `{"user": {…}}` as `PATCH /sdk/v1/user` would
-/// (answering the user).
-async fn one_call(
-    state: &AppState,
-    ch: &ChannelInfo,
-    user: &SdkSession,
+/// One call of [`calls`], read: a `track`, or a `user` call (answered with the user), and
+/// the key its errors are named under (`calls[2].track`).
+struct Call {
+    user: bool,
+    key: String,
+}
+
+impl Call {
+    /// The call's answer, from its write's outcome, as its own route would give it.
+    fn answer(
+        &self,
+        ch: &ChannelInfo,
+        session: &SdkSession,
+        outcome: Result<sori_store::UserOpOutcome, sori_app::AppError>,
+    ) -> ApiResult<Option<UserView>> {
+        let named = |e| match e {
+            sori_app::AppError::Invalid(i) => ApiError::from(i.under(&self.key)),
+            e => user_gone(e),
+        };
+        let outcome = outcome.map_err(named)?;
+        if !self.user {
+            return Ok(None);
+        }
+        let user = sori_app::users::whole(outcome).map_err(named)?;
+        Ok(Some(browser_view(ch, user, session.entitled)))
+    }
+}
+
+/// Reads one call of [`calls`] (`at` names it in errors: `calls[2]`): `{"track": {…}}` as
+/// `POST /sdk/v1/events` reads it, or `{"user": {…}}` as `PATCH /sdk/v1/user` does; and
+/// the write it asks for.
+fn read_call(
+    session: &SdkSession,
     at: &str,
     item: Value,
     agent: Option<&str>,
-) -> ApiResult<Option<UserView>> {
+) -> ApiResult<(Call, Ingest)> {
     let Value::Object(mut o) = item else {
         return Err(ApiError::field(at, "must be an object"));
     };
@@ -492,20 +529,18 @@ async fn one_call(
     };
     let body = o.remove(&kind).unwrap_or(Value::Null);
     let key = format!("{at}.{kind}");
-    // As the call's own route answers, its fields named under the call.
-    let answer = |e| match e {
-        sori_app::AppError::Invalid(i) => ApiError::from(i.under(&key)),
-        e => user_gone(e),
+    let named = |e: sori_domain::Invalid| ApiError::from(e.under(&key));
+    let ingest = if kind == "track" {
+        track_ingest(session, body, agent).map_err(named)?.0
+    } else {
+        crate::body::require_fields_at(&key, &body)?;
+        user_ingest(session, &body).map_err(named)?
     };
-    if kind == "track" {
-        track_as(state, ch, user, body, agent)
-            .await
-            .map_err(answer)?;
-        return Ok(None);
-    }
-    crate::body::require_fields_at(&key, &body)?;
-    update_as(state, ch, user, &body)
-        .await
-        .map(Some)
-        .map_err(answer)
+    Ok((
+        Call {
+            user: kind == "user",
+            key,
+        },
+        ingest,
+    ))
 }

@@ -1650,7 +1650,7 @@ async fn sdk_calls(b: Backend) {
         )
         .await;
     assert_eq!(r.status, 401);
-    let too_many: Vec<_> = (0..101).map(|_| json!({"track": {"name": "X"}})).collect();
+    let too_many: Vec<_> = (0..2001).map(|_| json!({"track": {"name": "X"}})).collect();
     let r = app
         .raw(
             Method::POST,
