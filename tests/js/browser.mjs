@@ -875,6 +875,52 @@ async function run(browser, pagesOrigin) {
     return `visitor ${next.user.id} kept its landing page; member 4242 booted from a number`;
   });
 
+  step('20 calls made with a boot that has not answered are sent as the page goes', async () => {
+    const c = await browser.newContext();
+    const p = await c.newPage();
+    watch(p);
+    await p.goto(`${pagesOrigin}/shop/fresh?utm_source=eager`);
+    await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    // A slow uplink: the boot is still on its way when the visitor clicks on.
+    let delayed = 0;
+    let sending;
+    const sent = new Promise((r) => {
+      sending = r;
+    });
+    await p.route('**/sdk/v1/boot', async (route) => {
+      if (delayed++ === 0) {
+        sending();
+        await new Promise((r) => setTimeout(r, 400));
+      }
+      await route.continue();
+    });
+    await p.evaluate((pk) => {
+      window.Sori('boot', { pluginKey: pk });
+      window.Sori('track', 'Eager', { plan: 'pro' });
+      window.Sori('addTags', ['lead']);
+    }, PLUGIN_KEY);
+    await sent;
+    await p.evaluate(() => {
+      location.href = '/shop/second';
+    });
+    await p.waitForURL('**/shop/second');
+    await p.unroute('**/sdk/v1/boot');
+    await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    const next = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.equal(next.error, null, 'boot error');
+    const user = await until('the calls made with the first boot', async () => {
+      const u = await getUser(next.user.id);
+      return u.tags.includes('lead') && u;
+    });
+    const eager = named(await events(next.user.id), 'Eager');
+    assert.equal(eager.length, 1, 'the track made with the boot, once');
+    assert.equal(eager[0].property.plan, 'pro');
+    assert.equal(user.profile.utmSource, 'eager', "the first page's visit");
+    assert.equal(user.web.sessionsCount, 1, 'one visit: the boot that carried the calls counts none');
+    await c.close();
+    return `visitor ${next.user.id}: Eager and tag lead stored though the boot had not answered`;
+  });
+
   for (const [name, fn] of steps) {
     try {
       const summary = await fn();

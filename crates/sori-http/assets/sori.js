@@ -292,6 +292,55 @@
     var items = [];
     while (queue.length && !queue[0].boot) items.push(queue.shift());
     sendAtOnce(items);
+    sendWithBoot();
+  }
+
+  // Calls made while a boot has not answered yet wait for its session, which a page being
+  // left will not live to see. They go instead with a quiet boot of the same visitor
+  // (same stored veilId and member, no visit, no PageView): the server boots it and
+  // applies them as that session's, in order. The first boot, on its way or sent as the
+  // page goes, still counts the visit; the two land on one user.
+  function sendWithBoot() {
+    if (state !== 'booting' || !pending.length || !session.options) return;
+    var head = serialize('boot', quietBootBody(session.options));
+    if (head === null) return;
+    var size = byteLength(head) + CALLS_ENVELOPE_BYTES;
+    var sent = [];
+    var unsent = 0;
+    takePending().forEach(function (waiting) {
+      var n = byteLength(waiting.call.json) + 1;
+      if (unsent || leavingBytes + size + n > KEEPALIVE_MAX_BYTES) {
+        unsent++;
+        waiting.call.settle({
+          status: 0,
+          error: { message: 'not sent: the page was left with more than 64 KB of calls' },
+        });
+        return;
+      }
+      sent.push(waiting.call);
+      size += n;
+    });
+    if (unsent) warn(unsent + ' calls not sent: the page was left with more than 64 KB of calls');
+    if (!sent.length) return;
+    leavingBytes += size;
+    var json =
+      head.slice(0, -1) +
+      ',"calls":[' +
+      sent.map(function (call) { return call.json; }).join(',') +
+      ']}';
+    request('POST', '/sdk/v1/boot', json, null, true, true).then(
+      function (data) {
+        var results = (data && data.results) || [];
+        sent.forEach(function (call, i) {
+          call.settle(results[i] || { status: 0 });
+        });
+      },
+      function (err) {
+        sent.forEach(function (call) {
+          call.settle({ status: err.status, error: { message: err.message } });
+        });
+      }
+    );
   }
 
   w.addEventListener('pagehide', flushQueue);

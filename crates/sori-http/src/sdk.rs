@@ -65,6 +65,7 @@ const BOOT_FIELDS: &[&str] = &[
     "page",
     "trackDefaultEvent",
     "visit",
+    "calls",
     "utm",
     "referrer",
 ];
@@ -79,6 +80,11 @@ pub struct Booted {
     pub veil_id: String,
     /// Token for `x-sori-session`.
     pub session: String,
+    /// For a boot that came with `calls`: one result per call, as `POST /sdk/v1/calls`
+    /// answers them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub results: Option<Vec<CallResult>>,
 }
 
 fn string(o: &Map<String, Value>, k: &str) -> ApiResult<Option<String>> {
@@ -215,6 +221,13 @@ pub async fn boot(
     };
     let track = flag("trackDefaultEvent")?;
     let visit = flag("visit")?;
+    // Calls made while this boot's first attempt was on its way, sent by a page being
+    // left (which cannot wait for a session): applied after the boot, as its session's.
+    let calls = match o.get("calls") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(call_items(items.clone())?),
+        Some(_) => return Err(ApiError::field("calls", "must be a list of calls")),
+    };
     let booted = state
         .app
         .sdk_boot(
@@ -231,10 +244,22 @@ pub async fn boot(
             },
         )
         .await?;
+    let results = match calls {
+        Some(items) => {
+            let session = SdkSession {
+                user_id: booted.user.id.clone(),
+                entitled: booted.entitled,
+            };
+            let agent = user_agent(&headers);
+            Some(apply_calls(&state, &ch, &session, items, false, agent.as_deref()).await?)
+        }
+        None => None,
+    };
     Ok(Json(Booted {
         user: browser_view(&ch, booted.user, booted.entitled),
         veil_id: booted.veil_id,
         session: format!("{}:{}", ch.channel.plugin_key, booted.token),
+        results,
     }))
 }
 
@@ -422,41 +447,62 @@ pub async fn calls(
     let Some(Value::Array(items)) = body.get_mut("calls").map(Value::take) else {
         return Err(ApiError::field("calls", "must be a list of calls"));
     };
+    let items = call_items(items)?;
+    let agent = user_agent(&headers);
+    let results = apply_calls(&state, &ch, &user, items, nul, agent.as_deref()).await?;
+    Ok(Json(CallResults { results }))
+}
+
+/// The calls of a `POST /sdk/v1/calls` (or of a boot sent by a page being left): a list
+/// of 1 to [`MAX_CALLS`].
+fn call_items(items: Vec<Value>) -> ApiResult<Vec<Value>> {
     if items.is_empty() || items.len() > MAX_CALLS {
         return Err(ApiError::field(
             "calls",
             format!("must hold 1 to {MAX_CALLS} calls"),
         ));
     }
-    let agent = user_agent(&headers);
-    // Every call is read first; those that read well are written together, in order, as
-    // one submission to the writer (one batch, not a commit per call).
+    Ok(items)
+}
+
+/// Applies calls of `session`'s user in order, each on its own (a failed call does not
+/// stop the ones after it): every call is read first, and those that read well are
+/// written together, as one submission to the writer (one batch, not a commit per call).
+/// `nul`: the request's text held `\u0000`, so calls are searched for it.
+async fn apply_calls(
+    state: &AppState,
+    ch: &ChannelInfo,
+    session: &SdkSession,
+    items: Vec<Value>,
+    nul: bool,
+    agent: Option<&str>,
+) -> ApiResult<Vec<CallResult>> {
     let mut read = Vec::with_capacity(items.len());
     let mut ingests = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let at = format!("calls[{i}]");
         let call = match sori_domain::value::nul_path(&item, at.clone()).filter(|_| nul) {
             Some(path) => Err(crate::body::nul_error(path)),
-            None => read_call(&user, &at, item, agent.as_deref()),
+            None => read_call(session, &at, item, agent),
         };
         read.push(call.map(|(call, ingest)| {
             ingests.push(ingest);
             call
         }));
     }
-    let mut written = state
-        .app
-        .ingest_many(&ch, ingests, Source::Sdk)
-        .await?
-        .into_iter();
-    let results = read
+    let mut written = match ingests.is_empty() {
+        true => Vec::new(),
+        false => state.app.ingest_many(ch, ingests, Source::Sdk).await?,
+    }
+    .into_iter();
+    Ok(read
         .into_iter()
         .map(|call| {
             let done = call.and_then(|call| {
                 let outcome = written
                     .next()
                     .unwrap_or(Err(sori_app::AppError::Unavailable));
-                call.answer(&ch, &user, outcome)
+                call.answer(ch, session, outcome)
             });
             match done {
                 Ok(user) => CallResult {
@@ -474,8 +520,7 @@ pub async fn calls(
                 }
             }
         })
-        .collect();
-    Ok(Json(CallResults { results }))
+        .collect())
 }
 
 /// One call of [`calls`], read: a `track`, or a `user` call (answered with the user), and

@@ -1650,6 +1650,56 @@ async fn sdk_calls(b: Backend) {
         )
         .await;
     assert_eq!(r.status, 401);
+    // A boot may carry calls (a page left before its first boot answered): applied after
+    // the boot as its session's, answered one by one; malformed ones refuse the boot
+    // before anything is written.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "with-calls", "visit": false,
+               "trackDefaultEvent": false, "calls": [
+            {"track": {"name": "WithBoot"}},
+            {"user": {"addTags": ["carried"]}},
+            {"track": {"name": ""}},
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let results = r.body["results"].as_array().unwrap();
+    assert_eq!(
+        results
+            .iter()
+            .map(|x| x["status"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [200, 200, 400]
+    );
+    assert_eq!(results[1]["user"]["tags"], json!(["carried"]));
+    assert_eq!(
+        results[2]["error"]["errors"][0]["field"],
+        "calls[2].track.name"
+    );
+    let carried = r.body["user"]["id"].as_str().unwrap().to_owned();
+    let names: Vec<_> = events_of(&app, &carried)
+        .await
+        .iter()
+        .map(|e| e["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("WithBoot")]);
+    let many = Value::Array(vec![json!({"nope": {}}); 2001]);
+    for bad in [json!("x"), json!([]), many] {
+        let r = boot(
+            &app,
+            json!({"pluginKey": pk, "veilId": "refused-calls", "calls": bad}),
+        )
+        .await;
+        assert_eq!((r.status, r.error_field()), (400, "calls"), "{:?}", r.body);
+    }
+    let r = app
+        .open(Method::GET, "/open/v5/users?limit=500", None)
+        .await;
+    assert!(
+        !r.body.to_string().contains("refused-calls"),
+        "a refused boot created its visitor"
+    );
     let too_many: Vec<_> = (0..2001).map(|_| json!({"track": {"name": "X"}})).collect();
     let r = app
         .raw(
