@@ -110,24 +110,28 @@ pub(crate) fn nul_error(path: String) -> ApiError {
 pub(crate) const NUL_RULE: &str = sori_domain::value::NUL_REJECTED;
 
 fn body_rejection(r: BytesRejection) -> ApiError {
-    if caused_by::<crate::listen::BodyTimeout>(&r) {
+    if let Some(crate::listen::BodyTimeout(t)) = cause(&r) {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "requestTimeout",
-            "the request body stopped arriving: no data within the server's \
-             header_timeout_secs (30 s unless configured)",
+            format!(
+                "the request body stopped arriving: no data within {} s (the server's \
+                 header_timeout_secs)",
+                t.as_secs()
+            ),
         )
-    } else if caused_by::<crate::listen::BodyTooSlow>(&r) {
+    } else if let Some(crate::listen::BodyTooSlow(t)) = cause(&r) {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "requestTimeout",
             format!(
                 "the request body arrived too slowly: under {} bytes per second on \
-                 average after the server's header_timeout_secs (30 s unless configured)",
-                crate::listen::MIN_BODY_RATE
+                 average after the first {} s (the server's header_timeout_secs)",
+                crate::listen::MIN_BODY_RATE,
+                t.as_secs()
             ),
         )
-    } else if caused_by::<crate::ops::GzipTooLarge>(&r) {
+    } else if cause::<crate::ops::GzipTooLarge>(&r).is_some() {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payloadTooLarge",
@@ -147,13 +151,13 @@ fn body_rejection(r: BytesRejection) -> ApiError {
     }
 }
 
-/// Whether reading the body failed with an `E` (a pause too long, see `listen`; a gzip
-/// body too large, see `ops`), however many layers (decompression, limits) wrapped it.
-fn caused_by<E: std::error::Error + 'static>(r: &BytesRejection) -> bool {
+/// The `E` reading the body failed with (a pause too long, see `listen`; a gzip body too
+/// large, see `ops`), however many layers (decompression, limits) wrapped it.
+fn cause<E: std::error::Error + 'static>(r: &BytesRejection) -> Option<&E> {
     let mut e: Option<&(dyn std::error::Error + 'static)> = Some(r);
     while let Some(err) = e {
-        if err.is::<E>() {
-            return true;
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
         }
         // An `io::Error` hides what it wraps from `source()`.
         e = match err
@@ -164,7 +168,7 @@ fn caused_by<E: std::error::Error + 'static>(r: &BytesRejection) -> bool {
             None => err.source(),
         };
     }
-    false
+    None
 }
 
 impl JsonBody {

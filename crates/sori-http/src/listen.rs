@@ -122,9 +122,10 @@ async fn accept_failed(e: &std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// What a body that paused too long fails with; the body extractors answer 408 for it.
+/// What a body that paused too long (the deadline it broke) fails with; the body
+/// extractors answer 408 for it.
 #[derive(Debug)]
-pub struct BodyTimeout;
+pub struct BodyTimeout(pub Duration);
 
 impl std::fmt::Display for BodyTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,9 +169,10 @@ impl Stall {
     }
 }
 
-/// What a body that arrives too slowly on average fails with (see [`MIN_BODY_RATE`]).
+/// What a body that arrives too slowly on average fails with (see [`MIN_BODY_RATE`]),
+/// with the deadline after which the pace counts.
 #[derive(Debug)]
-pub struct BodyTooSlow;
+pub struct BodyTooSlow(pub Duration);
 
 impl std::fmt::Display for BodyTooSlow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,10 +240,10 @@ impl Body for IdleTimeout {
             this.due += Duration::from_millis(data.len() as u64 * 1000 / MIN_BODY_RATE);
         }
         if this.stall.expired(cx, polled.is_pending()) {
-            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.stall.timeout)))));
         }
         if polled.is_pending() && this.overdue(cx) {
-            return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
+            return Poll::Ready(Some(Err(Box::new(BodyTooSlow(this.stall.timeout)))));
         }
         polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
