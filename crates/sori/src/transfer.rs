@@ -525,23 +525,24 @@ fn report(held: &mut Vec<(usize, String)>, line: usize, e: &Invalid) {
     }
 }
 
-/// Text from the file as the terminal should show it: control characters escaped, so a
-/// key holding an escape sequence cannot drive the operator's terminal.
+/// Text from the file as the terminal should show it: control characters escaped as JSON
+/// writes them (`\n`, `\u001b`), so a key holding an escape sequence cannot drive the
+/// operator's terminal, and the escape reads as what a file of JSON lines would hold.
 fn shown(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().any(char::is_control) {
-        s.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        s.into()
+    if !s.chars().any(char::is_control) {
+        return s.into();
     }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// Writes the held reports in line order (a line's own reports keep their order).
@@ -1108,5 +1109,14 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn control_characters_are_shown_as_json_escapes() {
+        assert_eq!(
+            super::shown("a\u{1b}[31mb\nc\t\u{85}"),
+            "a\\u001b[31mb\\nc\\t\\u0085"
+        );
+        assert_eq!(super::shown("plain 한글"), "plain 한글");
     }
 }
