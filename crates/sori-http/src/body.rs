@@ -110,7 +110,8 @@ pub(crate) fn nul_error(path: String) -> ApiError {
 pub(crate) const NUL_RULE: &str = sori_domain::value::NUL_REJECTED;
 
 fn body_rejection(r: BytesRejection) -> ApiError {
-    if let Some(crate::listen::BodyTimeout(t)) = cause(&r) {
+    use crate::listen::BodyDeadline;
+    if let Some(BodyDeadline::Stalled(t)) = cause(&r) {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "requestTimeout",
@@ -120,7 +121,7 @@ fn body_rejection(r: BytesRejection) -> ApiError {
                 t.as_secs()
             ),
         )
-    } else if let Some(crate::listen::BodyTooSlow(t)) = cause(&r) {
+    } else if let Some(BodyDeadline::TooSlow(t)) = cause(&r) {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "requestTimeout",

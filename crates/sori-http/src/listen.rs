@@ -122,18 +122,17 @@ async fn accept_failed(e: &std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// What a body that paused too long (the deadline it broke) fails with; the body
+/// Why a request body was cut off, with the connection deadline it broke; the body
 /// extractors answer 408 for it.
-#[derive(Debug)]
-pub struct BodyTimeout(pub Duration);
-
-impl std::fmt::Display for BodyTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request body stopped arriving")
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum BodyDeadline {
+    /// No piece of it arrived for the deadline.
+    #[error("the request body stopped arriving")]
+    Stalled(Duration),
+    /// It kept arriving, but under [`MIN_BODY_RATE`] on average once the deadline passed.
+    #[error("the request body arrived too slowly")]
+    TooSlow(Duration),
 }
-
-impl std::error::Error for BodyTimeout {}
 
 /// A clock that runs while an operation waits and stops when it makes progress: the
 /// body and write deadlines. It starts only when the operation has to wait, so one that
@@ -169,19 +168,6 @@ impl Stall {
     }
 }
 
-/// What a body that arrives too slowly on average fails with (see [`MIN_BODY_RATE`]),
-/// with the deadline after which the pace counts.
-#[derive(Debug)]
-pub struct BodyTooSlow(pub Duration);
-
-impl std::fmt::Display for BodyTooSlow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request body arrived too slowly")
-    }
-}
-
-impl std::error::Error for BodyTooSlow {}
-
 /// The slowest a body may arrive on average, in bytes per second, once the first
 /// deadline has passed: a client that sends a byte just often enough to beat the pause
 /// deadline would otherwise hold its connection for as long as its body lasts (a
@@ -189,8 +175,9 @@ impl std::error::Error for BodyTooSlow {}
 /// second, is far above it.
 pub const MIN_BODY_RATE: u64 = 500;
 
-/// A request body that fails with [`BodyTimeout`] when no piece of it arrives for the
-/// deadline, and with [`BodyTooSlow`] when it is still incomplete at `due`.
+/// A request body that fails with [`BodyDeadline::Stalled`] when no piece of it arrives
+/// for the deadline, and with [`BodyDeadline::TooSlow`] when it is still incomplete at
+/// `due`.
 struct IdleTimeout {
     body: Incoming,
     stall: Stall,
@@ -240,10 +227,12 @@ impl Body for IdleTimeout {
             this.due += Duration::from_millis(data.len() as u64 * 1000 / MIN_BODY_RATE);
         }
         if this.stall.expired(cx, polled.is_pending()) {
-            return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.stall.timeout)))));
+            let stalled = BodyDeadline::Stalled(this.stall.timeout);
+            return Poll::Ready(Some(Err(Box::new(stalled))));
         }
         if polled.is_pending() && this.overdue(cx) {
-            return Poll::Ready(Some(Err(Box::new(BodyTooSlow(this.stall.timeout)))));
+            let slow = BodyDeadline::TooSlow(this.stall.timeout);
+            return Poll::Ready(Some(Err(Box::new(slow))));
         }
         polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }

@@ -249,16 +249,9 @@ async fn decode_gzip(
 }
 
 /// A gzip body's compressed bytes went past their limit (see `decode_gzip`).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the compressed body is too large")]
 pub(crate) struct GzipTooLarge;
-
-impl std::fmt::Display for GzipTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the compressed body is too large")
-    }
-}
-
-impl std::error::Error for GzipTooLarge {}
 
 /// Reads the body and answers like an ingestion call without doing anything: benchmarks
 /// run the same load against it to show how close an endpoint is to the HTTP stack's limit.
