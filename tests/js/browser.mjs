@@ -918,7 +918,42 @@ async function run(browser, pagesOrigin) {
     assert.equal(user.profile.utmSource, 'eager', "the first page's visit");
     assert.equal(user.web.sessionsCount, 1, 'one visit: the boot that carried the calls counts none');
     await c.close();
-    return `visitor ${next.user.id}: Eager and tag lead stored though the boot had not answered`;
+    // The same with boot options the server refuses in part (an unregistered profile
+    // key): the calls still land, since the boot that carries them leaves the profile out.
+    const c2 = await browser.newContext();
+    const p2 = await c2.newPage();
+    watch(p2);
+    await p2.goto(`${pagesOrigin}/shop/fresh`);
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    let held = 0;
+    let holding;
+    const heldBoot = new Promise((r) => {
+      holding = r;
+    });
+    await p2.route('**/sdk/v1/boot', async (route) => {
+      if (held++ === 0) {
+        holding();
+        await new Promise((r) => setTimeout(r, 400));
+      }
+      await route.continue();
+    });
+    await p2.evaluate((pk) => {
+      window.Sori('boot', { pluginKey: pk, profile: { notRegistered20: 'x' } });
+      window.Sori('track', 'EagerRefused');
+    }, PLUGIN_KEY);
+    await heldBoot;
+    await p2.evaluate(() => {
+      location.href = '/shop/second';
+    });
+    await p2.waitForURL('**/shop/second');
+    await p2.unroute('**/sdk/v1/boot');
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    const again = await sdkCall(p2, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.equal(again.error, null, 'boot error');
+    await until('the call made with a partly refused boot', async () =>
+      named(await events(again.user.id), 'EagerRefused').length === 1);
+    await c2.close();
+    return `visitor ${next.user.id}: Eager and tag lead stored though the boot had not answered; also with a refused profile`;
   });
 
   for (const [name, fn] of steps) {

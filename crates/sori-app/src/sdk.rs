@@ -58,11 +58,12 @@ pub struct Booted {
 pub struct SdkSession {
     /// The session's user.
     pub user_id: String,
-    /// The boot proved its right to the user: it was anonymous (the browser's own visitor)
-    /// or named its member with a valid `memberHash`. A member session opened without one,
-    /// while the channel did not require hashes, is not entitled: once the channel requires
-    /// them it may neither act as the member nor see the member's data, so turning hashes
-    /// on also shuts out whoever booted as a member by id alone before.
+    /// The boot named its member with a valid `memberHash`. Only such a session may act
+    /// as a member, and see the member's data, once the channel requires hashes. Every
+    /// other session, whose user is (or has since become) a member, is shut out then: one
+    /// opened by member id alone while hashes were off, and an anonymous one whose visitor
+    /// became a member since (an id-only boot while hashes were off could have claimed any
+    /// member id that way). Anonymous sessions of anonymous users are not concerned.
     pub entitled: bool,
 }
 
@@ -124,13 +125,12 @@ impl App {
             events,
         };
         let outcome = self.ingest(ch, ingest, Source::SdkBoot).await?;
-        let entitled = boot.member_id.is_none() || hashed;
-        let token = self.sdk_token(ch.channel.id, &outcome.user_id, entitled);
+        let token = self.sdk_token(ch.channel.id, &outcome.user_id, hashed);
         Ok(Booted {
             user: crate::users::whole(outcome)?,
             veil_id,
             token,
-            entitled,
+            entitled: hashed,
         })
     }
 
@@ -172,15 +172,16 @@ impl App {
     }
 
     /// Refuses a session that may not act as its user: one not entitled to a member of a
-    /// channel that now requires member hashes. Only such sessions pay the user lookup.
+    /// channel that requires member hashes. On such a channel every session but a proven
+    /// member's pays a user lookup (by id) per request.
     pub async fn sdk_check(&self, ch: &ChannelInfo, s: &SdkSession) -> AppResult<()> {
         if s.entitled || !ch.channel.member_hash_required {
             return Ok(());
         }
         match self.store.user(ch.channel.id, &s.user_id).await? {
             Some(u) if u.member() => Err(AppError::MemberHashRequired(
-                "this session was opened without a memberHash, which the channel now \
-                 requires for members: boot again with memberHash"
+                "this session was not opened with a memberHash for its member, which the \
+                 channel requires: boot again with memberId and memberHash"
                     .into(),
             )),
             _ => Ok(()),

@@ -297,12 +297,17 @@
 
   // Calls made while a boot has not answered yet wait for its session, which a page being
   // left will not live to see. They go instead with a quiet boot of the same visitor
-  // (same stored veilId and member, no visit, no PageView): the server boots it and
+  // (same stored veilId, member and hash; no visit, no PageView): the server boots it and
   // applies them as that session's, in order. The first boot, on its way or sent as the
   // page goes, still counts the visit; the two land on one user.
   function sendWithBoot() {
     if (state !== 'booting' || !pending.length || !session.options) return;
-    var head = serialize('boot', quietBootBody(session.options));
+    // Without the site's profile and language: the first boot applies them, and a part
+    // the server refuses (which that boot drops and sends again) would refuse these calls.
+    var body = quietBootBody(session.options);
+    delete body.profile;
+    delete body.language;
+    var head = serialize('boot', body);
     if (head === null) return;
     var size = byteLength(head) + CALLS_ENVELOPE_BYTES;
     var sent = [];

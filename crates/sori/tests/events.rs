@@ -974,6 +974,19 @@ async fn sdk_rules(b: Backend) {
         .as_str()
         .unwrap()
         .to_owned();
+    // A visitor's anonymous session, whose visitor then claims a member id by id alone.
+    let squatter = boot(&app, json!({"pluginKey": pk, "veilId": "squat"}))
+        .await
+        .body["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "squat", "memberId": "squatted"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     // Left out, not empty (an empty list would read as "no tags").
     for hidden in ["profile", "name", "tags"] {
         assert!(
@@ -1065,6 +1078,7 @@ async fn sdk_rules(b: Backend) {
     let tag = json!({"addTags": ["stolen"]});
     for r in [
         sdk(Method::PATCH, "/sdk/v1/user", unproven.clone(), tag.clone()).await,
+        sdk(Method::PATCH, "/sdk/v1/user", squatter, tag.clone()).await,
         sdk(
             Method::POST,
             "/sdk/v1/events",
@@ -1091,6 +1105,7 @@ async fn sdk_rules(b: Backend) {
     }
     let known_user = app.member("known").await;
     assert_eq!(known_user["tags"], json!(["debt"]), "{known_user}");
+    assert_eq!(app.member("squatted").await["tags"], json!([]));
     assert!(
         events_of(&app, "@known")
             .await
