@@ -892,7 +892,8 @@ async function run(browser, pagesOrigin) {
         sending();
         await new Promise((r) => setTimeout(r, 400));
       }
-      await route.continue();
+      // Unrouted meanwhile (the page was left), it may have gone on by itself.
+      await route.continue().catch(() => {});
     });
     await p.evaluate((pk) => {
       window.Sori('boot', { pluginKey: pk });
@@ -935,7 +936,8 @@ async function run(browser, pagesOrigin) {
         holding();
         await new Promise((r) => setTimeout(r, 400));
       }
-      await route.continue();
+      // Unrouted meanwhile (the page was left), it may have gone on by itself.
+      await route.continue().catch(() => {});
     });
     await p2.evaluate((pk) => {
       window.Sori('boot', { pluginKey: pk, profile: { notRegistered20: 'x' } });
@@ -952,8 +954,36 @@ async function run(browser, pagesOrigin) {
     assert.equal(again.error, null, 'boot error');
     await until('the call made with a partly refused boot', async () =>
       named(await events(again.user.id), 'EagerRefused').length === 1);
+    // A new visitor whose boot still waits for another tab's new-visitor lock: the calls
+    // and the boot, both sent as the page goes, name one visitor id made then.
+    const holder = await c2.newPage();
+    await holder.goto(`${pagesOrigin}/shop/fresh`);
+    await holder.evaluate(() => {
+      navigator.locks.request('sori:new-visitor:0', () => new Promise(() => {}));
+    });
+    await p2.goto(`${pagesOrigin}/shop/fresh?utm_source=locked`);
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    await p2.evaluate(() => localStorage.clear());
+    await p2.evaluate((pk) => {
+      window.Sori('boot', { pluginKey: pk });
+      window.Sori('track', 'EagerLocked');
+      // The site's own handler, after the SDK's: its call goes too.
+      window.addEventListener('pagehide', () => window.Sori('track', 'EagerLeaving'));
+      location.href = '/shop/second';
+    }, PLUGIN_KEY);
+    await p2.waitForURL('**/shop/second');
+    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    const locked = await sdkCall(p2, 'boot', { pluginKey: PLUGIN_KEY });
+    assert.equal(locked.error, null, 'boot error');
+    const lockedUser = await until('the calls and the visit of the locked boot', async () => {
+      const u = await getUser(locked.user.id);
+      const list = await events(locked.user.id);
+      return u.profile.utmSource === 'locked' &&
+        named(list, 'EagerLocked').length === 1 && named(list, 'EagerLeaving').length === 1 && u;
+    });
+    assert.equal(lockedUser.web.sessionsCount, 1, 'one visit');
     await c2.close();
-    return `visitor ${next.user.id}: Eager and tag lead stored though the boot had not answered; also with a refused profile`;
+    return `visitor ${next.user.id}: Eager and tag lead stored though the boot had not answered; also with a refused profile, and behind another tab's lock`;
   });
 
   for (const [name, fn] of steps) {

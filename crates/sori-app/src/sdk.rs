@@ -214,8 +214,9 @@ pub fn sdk_event(
 
 /// What a session token's MAC signs.
 fn token_text(channel_id: i64, user_id: &str, entitled: bool) -> String {
+    // The flag leads, so no user id could make one text the other.
     match entitled {
-        true => format!("sdk:{channel_id}:{user_id}:entitled"),
+        true => format!("sdk-member:{channel_id}:{user_id}"),
         false => format!("sdk:{channel_id}:{user_id}"),
     }
 }

@@ -48,6 +48,9 @@
   var leavingItems = []; // calls made while leaving, sent together at the end of the task
   var leavingBytes = 0; // keepalive bytes sent since the page began to be left
   var inFlightBytes = 0; // keepalive bytes of the requests on their way
+  // Bytes of a boot waiting for the new-visitor lock, kept free in a page being left's
+  // keepalive budget: the boot goes out as the page goes, after the calls (asOneVisitor).
+  var waitingBootBytes = 0;
   var renewedTokens = {}; // a lost session's token → the token of the boot that renewed it
   var KEEPALIVE_MAX_BYTES = 60000; // under the browser's 64 KB for keepalive requests
   var renewing = null; // the quiet re-boot on its way, shared by the calls that need it
@@ -56,7 +59,8 @@
   // What POST /sdk/v1/calls takes: more than the 64 KB budget can hold, so what a page
   // being left sends of one session goes as one request, applied in order.
   var MAX_CALLS_PER_REQUEST = 2000;
-  var CALLS_ENVELOPE_BYTES = 40; // `{"session":…,"calls":[…]}` around a batch's calls
+  var CALLS_ENVELOPE_BYTES = 20; // `,"calls":[…]` and braces around a request's calls
+  var NOT_SENT = 'not sent: the page was left with more than 64 KB of calls';
   var pageOverride = null;
   var spa = { tracking: false, installed: false, lastHref: null, pending: false };
   var memoryVeil = null;
@@ -302,6 +306,10 @@
   // page goes, still counts the visit; the two land on one user.
   function sendWithBoot() {
     if (state !== 'booting' || !pending.length || !session.options) return;
+    var member = session.options.memberId != null && session.options.memberId !== '';
+    // A new visitor whose boot still waits for the lock has no stored id yet: made now,
+    // so that the first boot, sent next, names the same one.
+    if (!member && !loadVeil()) newVeil();
     // Without the site's profile and language: the first boot applies them, and a part
     // the server refuses (which that boot drops and sends again) would refuse these calls.
     var body = quietBootBody(session.options);
@@ -309,39 +317,53 @@
     delete body.language;
     var head = serialize('boot', body);
     if (head === null) return;
-    var size = byteLength(head) + CALLS_ENVELOPE_BYTES;
-    var sent = [];
+    var calls = takePending().map(function (waiting) {
+      return waiting.call;
+    });
+    var taken = fitting(calls, byteLength(head) + CALLS_ENVELOPE_BYTES);
+    if (!taken.fit.length) return;
+    leavingBytes += taken.size;
+    postCalls('/sdk/v1/boot', head.slice(0, -1) + ',"calls":' + callsJson(taken.fit) + '}', taken.fit);
+  }
+
+  // The first part of `calls` (`{json, settle}`) that fits, with `base` bytes around it,
+  // in what a page being left may still send with keepalive (the rest cannot outlive the
+  // page: they are settled as not sent, with a warning, however small a later one is),
+  // and at most MAX_CALLS_PER_REQUEST of them; `size`: the request's bytes.
+  function fitting(calls, base) {
+    var room = KEEPALIVE_MAX_BYTES - leavingBytes - waitingBootBytes;
+    var size = base;
+    var fit = [];
     var unsent = 0;
-    takePending().forEach(function (waiting) {
-      var n = byteLength(waiting.call.json) + 1;
-      if (unsent || leavingBytes + size + n > KEEPALIVE_MAX_BYTES) {
+    calls.forEach(function (call) {
+      var n = byteLength(call.json) + 1;
+      if (unsent || size + n > room || fit.length >= MAX_CALLS_PER_REQUEST) {
         unsent++;
-        waiting.call.settle({
-          status: 0,
-          error: { message: 'not sent: the page was left with more than 64 KB of calls' },
-        });
+        call.settle({ status: 0, error: { message: NOT_SENT } });
         return;
       }
-      sent.push(waiting.call);
+      fit.push(call);
       size += n;
     });
-    if (unsent) warn(unsent + ' calls not sent: the page was left with more than 64 KB of calls');
-    if (!sent.length) return;
-    leavingBytes += size;
-    var json =
-      head.slice(0, -1) +
-      ',"calls":[' +
-      sent.map(function (call) { return call.json; }).join(',') +
-      ']}';
-    request('POST', '/sdk/v1/boot', json, null, true, true).then(
+    if (unsent) warn(unsent + ' calls ' + NOT_SENT);
+    return { fit: fit, size: size };
+  }
+
+  function callsJson(calls) {
+    return '[' + calls.map(function (call) { return call.json; }).join(',') + ']';
+  }
+
+  // Posts a request carrying `calls` with keepalive, and settles each with its result.
+  function postCalls(path, json, calls) {
+    request('POST', path, json, null, true, true).then(
       function (data) {
         var results = (data && data.results) || [];
-        sent.forEach(function (call, i) {
+        calls.forEach(function (call, i) {
           call.settle(results[i] || { status: 0 });
         });
       },
       function (err) {
-        sent.forEach(function (call) {
+        calls.forEach(function (call) {
           call.settle({ status: err.status, error: { message: err.message } });
         });
       }
@@ -373,58 +395,18 @@
     flush();
   }
 
-  // Posts calls of one session in batches of at most MAX_CALLS_PER_REQUEST that fit a
-  // keepalive request. The browser's 64 KB budget is for all keepalive requests in flight
-  // together, so batches go out only while the total fits it; the calls from the first
-  // that does not fit on cannot outlive the page, and are reported as not sent (a later,
-  // smaller one is not sent either: what is sent is always the calls' first part).
+  // Posts calls of one session as one request, applied in order, of what fits a
+  // keepalive request (see fitting): the browser's 64 KB budget is for all keepalive
+  // requests in flight together, so the calls past it cannot outlive the page.
   function sendCalls(items) {
-    var batch = [];
-    var size = 0;
-    var post = function () {
-      if (!batch.length) return;
-      var sent = batch;
-      var token = latestToken(sent[0].call.token);
-      var json =
-        '{"session":' +
-        JSON.stringify(token) +
-        ',"calls":[' +
-        sent.map(function (i) { return i.call.json; }).join(',') +
-        ']}';
-      leavingBytes += size + CALLS_ENVELOPE_BYTES;
-      request('POST', '/sdk/v1/calls', json, null, true, true).then(
-        function (data) {
-          var results = (data && data.results) || [];
-          sent.forEach(function (item, i) {
-            item.call.settle(results[i] || { status: 0 });
-          });
-        },
-        function (err) {
-          sent.forEach(function (item) {
-            item.call.settle({ status: err.status, error: { message: err.message } });
-          });
-        }
-      );
-      batch = [];
-      size = 0;
-    };
-    var unsent = 0;
-    items.forEach(function (item) {
-      var n = byteLength(item.call.json) + 1;
-      if (unsent || leavingBytes + size + n + CALLS_ENVELOPE_BYTES > KEEPALIVE_MAX_BYTES) {
-        unsent++;
-        item.call.settle({
-          status: 0,
-          error: { message: 'not sent: the page was left with more than 64 KB of calls' },
-        });
-        return;
-      }
-      if (batch.length >= MAX_CALLS_PER_REQUEST) post();
-      batch.push(item);
-      size += n;
+    var calls = items.map(function (item) {
+      return item.call;
     });
-    post();
-    if (unsent) warn(unsent + ' calls not sent: the page was left with more than 64 KB of calls');
+    var head = '{"session":' + JSON.stringify(latestToken(calls[0].token));
+    var taken = fitting(calls, byteLength(head) + CALLS_ENVELOPE_BYTES);
+    if (!taken.fit.length) return;
+    leavingBytes += taken.size;
+    postCalls('/sdk/v1/calls', head + ',"calls":' + callsJson(taken.fit) + '}', taken.fit);
   }
 
   // Bytes of a string as UTF-8.
@@ -456,6 +438,9 @@
         return;
       }
       pending.push({ send: send, drop: drop, call: call });
+      // Made as the page goes (a site's own pagehide handler, after the SDK's): with a
+      // boot of their own, as the calls that waited before them went.
+      if (leaving) Promise.resolve().then(sendWithBoot);
     } else {
       drop();
     }
@@ -738,8 +723,11 @@
     }
     var entered = false;
     var sending = null; // the boot, once sent (by the lock's holder, or as the page is left)
+    // Its id, the one thing it may still gain, is at most 60 bytes more.
+    waitingBootBytes = byteLength(serialize('boot', body) || '') + 60;
     var unlocked = function () {
       if (!sending) {
+        waitingBootBytes = 0;
         w.removeEventListener('pagehide', leave);
         body.veilId = loadVeil() || undefined;
         sending = sendAsVisitor();
@@ -860,9 +848,14 @@
   // "simple" request: no preflight to wait for before the page may be left.
   function keptAlive(method, path, json, token) {
     var bytes = byteLength(json);
-    // The browser refuses a keepalive request past the budget the ones on their way share.
-    var keepalive = inFlightBytes + bytes <= KEEPALIVE_MAX_BYTES;
-    if (keepalive) inFlightBytes += bytes;
+    // The browser refuses a keepalive request past the budget the ones on their way share
+    // (while the page is being left, that includes the calls sent as it went).
+    var used = leaving ? Math.max(inFlightBytes, leavingBytes) : inFlightBytes;
+    var keepalive = used + bytes <= KEEPALIVE_MAX_BYTES;
+    if (keepalive) {
+      inFlightBytes += bytes;
+      if (leaving) leavingBytes += bytes;
+    }
     var settled = function () {
       if (keepalive) inFlightBytes -= bytes;
     };
@@ -878,12 +871,23 @@
       var lost = session.token;
       renewing = requestBoot(quietBootBody(session.options))
         .then(requireSession)
-        .then(function (data) {
-          if (gen === generation && state === 'booted') {
-            renewedTokens[lost] = data.session;
-            adopt(data);
+        .then(
+          function (data) {
+            if (gen === generation && state === 'booted') {
+              renewedTokens[lost] = data.session;
+              adopt(data);
+            }
+          },
+          function (err) {
+            // Refused (the options hold no valid member hash): the session is over, and
+            // later calls are dropped at once instead of each failing with a boot.
+            if (err.status === 401 && gen === generation && state === 'booted') {
+              warn('session ended: ' + err.message);
+              endSession();
+            }
+            throw err;
           }
-        });
+        );
       var done = function () {
         renewing = null;
       };

@@ -453,6 +453,11 @@ pub async fn calls(
     Ok(Json(CallResults { results }))
 }
 
+/// How many calls of one request go to the writer at once (see [`apply_calls`]): a
+/// writer's queue holds 8,192 writes, so a few requests of 2,000 calls could otherwise
+/// fill it and make every other write wait.
+const CALLS_PER_SUBMISSION: usize = 128;
+
 /// The calls of a `POST /sdk/v1/calls` (or of a boot sent by a page being left): a list
 /// of 1 to [`MAX_CALLS`].
 fn call_items(items: Vec<Value>) -> ApiResult<Vec<Value>> {
@@ -467,8 +472,10 @@ fn call_items(items: Vec<Value>) -> ApiResult<Vec<Value>> {
 
 /// Applies calls of `session`'s user in order, each on its own (a failed call does not
 /// stop the ones after it): every call is read first, and those that read well are
-/// written together, as one submission to the writer (one batch, not a commit per call).
-/// `nul`: the request's text held `\u0000`, so calls are searched for it.
+/// written in order, [`CALLS_PER_SUBMISSION`] at a time, so that they share the writer's
+/// commits instead of taking one each, while one request never fills the writer's queue
+/// for everyone else. `nul`: the request's text held `\u0000`, so calls are searched for
+/// it.
 async fn apply_calls(
     state: &AppState,
     ch: &ChannelInfo,
@@ -490,11 +497,13 @@ async fn apply_calls(
             call
         }));
     }
-    let mut written = match ingests.is_empty() {
-        true => Vec::new(),
-        false => state.app.ingest_many(ch, ingests, Source::Sdk).await?,
+    let mut written = Vec::with_capacity(ingests.len());
+    let mut ingests = ingests.into_iter().peekable();
+    while ingests.peek().is_some() {
+        let chunk: Vec<Ingest> = ingests.by_ref().take(CALLS_PER_SUBMISSION).collect();
+        written.extend(state.app.ingest_many(ch, chunk, Source::Sdk).await?);
     }
-    .into_iter();
+    let mut written = written.into_iter();
     Ok(read
         .into_iter()
         .map(|call| {
