@@ -139,6 +139,7 @@ impl App {
                 write_key_hash: keyed_hash(&self.pepper, &write_key),
                 member_hash_secret: member_hash_secret.clone(),
                 member_hash_required: false,
+                member_hash_epoch: 0,
                 event_retention_days: sori_domain::event::DEFAULT_RETENTION_DAYS,
                 created_at: now,
             },

@@ -48,23 +48,35 @@ pub struct Booted {
     pub veil_id: String,
     /// Token for later SDK calls.
     pub token: String,
-    /// Whether the session may act as a member of a channel that requires member hashes
-    /// (see [`SdkSession::entitled`]).
-    pub entitled: bool,
+    /// The boot's session (see [`SdkSession`]).
+    pub session: SdkSession,
 }
 
 /// The user an SDK session token names, and what the boot that issued it proved.
+///
+/// Once a channel requires member hashes, a session may act as a member (and see the
+/// member's data) only when it is entitled to: its boot named the member with a valid
+/// `memberHash`, or it was opened under the channel's current member-hash epoch (the
+/// times hashes were turned on), when any member its visitor has become since was made
+/// one by a proven boot or by the business's own servers. A session opened by member id
+/// alone while hashes were off, or an anonymous one opened before they were last turned
+/// on (whose visitor could have claimed any unused member id by id alone), is shut out.
 #[derive(Debug, Clone)]
 pub struct SdkSession {
     /// The session's user.
     pub user_id: String,
-    /// The boot named its member with a valid `memberHash`. Only such a session may act
-    /// as a member, and see the member's data, once the channel requires hashes. Every
-    /// other session, whose user is (or has since become) a member, is shut out then: one
-    /// opened by member id alone while hashes were off, and an anonymous one whose visitor
-    /// became a member since (an id-only boot while hashes were off could have claimed any
-    /// member id that way). Anonymous sessions of anonymous users are not concerned.
-    pub entitled: bool,
+    /// The boot named its member with a valid `memberHash`.
+    pub proven: bool,
+    /// The channel's member-hash epoch when the session was opened (`None` for tokens
+    /// issued before sessions recorded it).
+    pub epoch: Option<i64>,
+}
+
+impl SdkSession {
+    /// Whether the session may act as a member of `ch` (see the type's documentation).
+    pub fn entitled(&self, ch: &sori_store::Channel) -> bool {
+        self.proven || self.epoch == Some(ch.member_hash_epoch)
+    }
 }
 
 /// A valid veil id: 1–64 characters of letters, digits, `-` and `_`.
@@ -125,40 +137,52 @@ impl App {
             events,
         };
         let outcome = self.ingest(ch, ingest, Source::SdkBoot).await?;
-        let token = self.sdk_token(ch.channel.id, &outcome.user_id, hashed);
+        let session = SdkSession {
+            user_id: outcome.user_id.clone(),
+            proven: hashed,
+            epoch: Some(ch.channel.member_hash_epoch),
+        };
+        let token = self.sdk_token(ch.channel.id, &session);
         Ok(Booted {
             user: crate::users::whole(outcome)?,
             veil_id,
             token,
-            entitled: hashed,
+            session,
         })
     }
 
-    /// The token naming `user_id` in `channel_id`; an entitled one (see
-    /// [`SdkSession::entitled`]) is signed over a different text, so neither kind passes
-    /// for the other.
-    pub fn sdk_token(&self, channel_id: i64, user_id: &str, entitled: bool) -> String {
-        let mac = keyed_hash(&self.pepper, &token_text(channel_id, user_id, entitled));
-        format!("{user_id}.{}", &mac[..32])
+    /// The token for `session` in `channel_id`: `{userId}.{epoch}.{mac}`, the MAC over the
+    /// channel, the epoch, the user and whether the boot was proven (a text of its own,
+    /// so neither kind passes for the other).
+    pub fn sdk_token(&self, channel_id: i64, session: &SdkSession) -> String {
+        let epoch = session.epoch.unwrap_or(0);
+        let text = token_text(channel_id, &session.user_id, Some(epoch), session.proven);
+        let mac = keyed_hash(&self.pepper, &text);
+        format!("{}.{epoch}.{}", session.user_id, &mac[..32])
     }
 
-    /// The session a token names, when the token is genuine for this channel. (Tokens
-    /// issued before sessions recorded their entitlement read as not entitled.)
+    /// The session a token names, when the token is genuine for this channel. (A token
+    /// issued before sessions recorded their epoch, `{userId}.{mac}`, reads as neither
+    /// proven nor of any epoch.)
     pub fn sdk_user(&self, channel_id: i64, token: &str) -> AppResult<SdkSession> {
         let bad =
             || AppError::Unauthorized("x-sori-session is missing or invalid; boot first".into());
-        let (user_id, mac) = token.rsplit_once('.').ok_or_else(bad)?;
+        let (rest, mac) = token.rsplit_once('.').ok_or_else(bad)?;
         if mac.len() != 32 {
             return Err(bad());
         }
-        let signed = |entitled| {
+        let (user_id, epoch) = match rest.rsplit_once('.') {
+            Some((user, epoch)) => (user, Some(epoch.parse::<i64>().map_err(|_| bad())?)),
+            None => (rest, None),
+        };
+        let signed = |proven| {
             keyed_hash_prefix_matches(
                 &self.pepper,
-                &token_text(channel_id, user_id, entitled),
+                &token_text(channel_id, user_id, epoch, proven),
                 mac,
             )
         };
-        let entitled = if signed(true) {
+        let proven = if epoch.is_some() && signed(true) {
             true
         } else if signed(false) {
             false
@@ -167,15 +191,16 @@ impl App {
         };
         Ok(SdkSession {
             user_id: user_id.to_owned(),
-            entitled,
+            proven,
+            epoch,
         })
     }
 
     /// Refuses a session that may not act as its user: one not entitled to a member of a
-    /// channel that requires member hashes. On such a channel every session but a proven
-    /// member's pays a user lookup (by id) per request.
+    /// channel that requires member hashes (see [`SdkSession`]). Only sessions that are
+    /// not entitled pay a user lookup (by id), once per request.
     pub async fn sdk_check(&self, ch: &ChannelInfo, s: &SdkSession) -> AppResult<()> {
-        if s.entitled || !ch.channel.member_hash_required {
+        if !ch.channel.member_hash_required || s.entitled(&ch.channel) {
             return Ok(());
         }
         match self.store.user(ch.channel.id, &s.user_id).await? {
@@ -213,11 +238,12 @@ pub fn sdk_event(
 }
 
 /// What a session token's MAC signs.
-fn token_text(channel_id: i64, user_id: &str, entitled: bool) -> String {
-    // The flag leads, so no user id could make one text the other.
-    match entitled {
-        true => format!("sdk-member:{channel_id}:{user_id}"),
-        false => format!("sdk:{channel_id}:{user_id}"),
+fn token_text(channel_id: i64, user_id: &str, epoch: Option<i64>, proven: bool) -> String {
+    // The kind leads, so no user id could make one text another.
+    match (epoch, proven) {
+        (Some(e), true) => format!("sdk-member:{channel_id}:{e}:{user_id}"),
+        (Some(e), false) => format!("sdk-visitor:{channel_id}:{e}:{user_id}"),
+        (None, _) => format!("sdk:{channel_id}:{user_id}"),
     }
 }
 

@@ -106,8 +106,8 @@ fn user_agent(h: &HeaderMap) -> Option<String> {
 /// place, browser id) is shown only when the channel requires member hashes and the
 /// session proved one (`entitled`): otherwise anyone holding the public plugin key could
 /// boot as a known memberId and read that customer's data.
-fn browser_view(ch: &ChannelInfo, u: sori_domain::User, entitled: bool) -> UserView {
-    let hide = u.member() && !(ch.channel.member_hash_required && entitled);
+fn browser_view(ch: &ChannelInfo, u: sori_domain::User, session: &SdkSession) -> UserView {
+    let hide = u.member() && !(ch.channel.member_hash_required && session.entitled(&ch.channel));
     let mut v = UserView::of(ch.channel.id, u);
     if hide {
         // Left out rather than empty: an empty list would read as "no tags".
@@ -246,17 +246,14 @@ pub async fn boot(
         .await?;
     let results = match calls {
         Some(items) => {
-            let session = SdkSession {
-                user_id: booted.user.id.clone(),
-                entitled: booted.entitled,
-            };
+            let session = booted.session.clone();
             let agent = user_agent(&headers);
             Some(apply_calls(&state, &ch, &session, items, false, agent.as_deref()).await?)
         }
         None => None,
     };
     Ok(Json(Booted {
-        user: browser_view(&ch, booted.user, booted.entitled),
+        user: browser_view(&ch, booted.user, &booted.session),
         veil_id: booted.veil_id,
         session: format!("{}:{}", ch.channel.plugin_key, booted.token),
         results,
@@ -368,7 +365,7 @@ pub async fn update_user(
         .map_err(user_gone)?;
     let user = sori_app::users::whole(outcome)?;
     Ok(Json(UserEnvelope {
-        user: browser_view(&ch, user, session.entitled),
+        user: browser_view(&ch, user, &session),
     }))
 }
 
@@ -556,7 +553,7 @@ impl Call {
             return Ok(None);
         }
         let user = sori_app::users::whole(outcome).map_err(named)?;
-        Ok(Some(browser_view(ch, user, session.entitled)))
+        Ok(Some(browser_view(ch, user, session)))
     }
 }
 

@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions as web plus app, languages as their primary subtag",
         include_str!("../migrations/0012_sessions_and_languages.sql"),
     ),
+    (
+        13,
+        "member hash epoch",
+        include_str!("../migrations/0013_member_hash_epoch.sql"),
+    ),
 ];
 
 /// The owners of the events at positions `($1, $2]` with their activity instants as they
@@ -595,6 +600,8 @@ impl Store for PostgresStore {
         let row = sqlx::query(
             "UPDATE channels SET name = COALESCE($1, name), time_zone = COALESCE($2, time_zone), \
              default_language = COALESCE($3, default_language), \
+             member_hash_epoch = member_hash_epoch \
+                 + CASE WHEN $4 AND NOT member_hash_required THEN 1 ELSE 0 END, \
              member_hash_required = COALESCE($4, member_hash_required), \
              event_retention_days = COALESCE($5, event_retention_days) WHERE id = $6 RETURNING *",
         )

@@ -43,6 +43,7 @@ async fn store_round_trip() {
                 write_key_hash: format!("wk{run}"),
                 member_hash_secret: "00".into(),
                 member_hash_required: false,
+                member_hash_epoch: 0,
                 event_retention_days: 90,
                 created_at: ms,
             },

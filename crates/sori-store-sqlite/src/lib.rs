@@ -97,6 +97,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions as web plus app, languages as their primary subtag",
         include_str!("../migrations/0011_sessions_and_languages.sql"),
     ),
+    (
+        12,
+        "member hash epoch",
+        include_str!("../migrations/0012_member_hash_epoch.sql"),
+    ),
 ];
 
 /// The migration whose SQL is followed by [`fill_message_keys`].
@@ -456,12 +461,15 @@ impl Store for SqliteStore {
         let row = sqlx::query(
             "UPDATE channels SET name = COALESCE(?, name), time_zone = COALESCE(?, time_zone), \
              default_language = COALESCE(?, default_language), \
+             member_hash_epoch = member_hash_epoch \
+                 + (COALESCE(?, 0) = 1 AND member_hash_required = 0), \
              member_hash_required = COALESCE(?, member_hash_required), \
              event_retention_days = COALESCE(?, event_retention_days) WHERE id = ? RETURNING *",
         )
         .bind(&p.name)
         .bind(&p.time_zone)
         .bind(&p.default_language)
+        .bind(p.member_hash_required)
         .bind(p.member_hash_required)
         .bind(p.event_retention_days)
         .bind(id)

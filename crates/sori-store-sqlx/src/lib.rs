@@ -105,6 +105,7 @@ pub fn channel<R: SoriRow>(r: &R) -> Result<Channel, StoreError> {
         write_key_hash: r.col("write_key_hash")?,
         member_hash_secret: r.col("member_hash_secret")?,
         member_hash_required: r.col("member_hash_required")?,
+        member_hash_epoch: r.col("member_hash_epoch")?,
         event_retention_days: r.col("event_retention_days")?,
         created_at: r.col("created_at")?,
     })

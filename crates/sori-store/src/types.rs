@@ -28,6 +28,9 @@ pub struct Channel {
     pub member_hash_secret: String,
     /// Boots with a `memberId` must carry a valid `memberHash`.
     pub member_hash_required: bool,
+    /// How many times member hashes were turned on: SDK sessions carry the value they
+    /// were opened under (see `sori_app::sdk::SdkSession`).
+    pub member_hash_epoch: i64,
     /// Events older than this many days are deleted by the retention job.
     pub event_retention_days: i64,
     /// Creation time (ms).

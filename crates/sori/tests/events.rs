@@ -1134,6 +1134,50 @@ async fn sdk_rules(b: Backend) {
         "{:?}",
         r.body
     );
+    // A visitor's anonymous session opened while hashes are required goes on once the
+    // visitor signs in with a valid hash and becomes that member (a request still on its
+    // way at sign-in, another tab).
+    let visitor = boot(&app, json!({"pluginKey": pk, "veilId": "legit-v"}))
+        .await
+        .body["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hash = sori_domain::member_hash::compute(&secret, "legit-m").unwrap();
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "legit-v", "memberId": "legit-m", "memberHash": hash}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = sdk(
+        Method::PATCH,
+        "/sdk/v1/user",
+        visitor,
+        json!({"addTags": ["mine"]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["user"]["memberId"], "legit-m");
+    assert_eq!(r.body["user"]["tags"], json!(["mine"]), "{:?}", r.body);
+    // Tokens from before sessions recorded an epoch read as not entitled.
+    let user_id = r.body["user"]["id"].as_str().unwrap().to_owned();
+    let ch: i64 = app.creds.channel_id.parse().unwrap();
+    let mac = sori_app::secrets::keyed_hash(&app.app().pepper, &format!("sdk:{ch}:{user_id}"));
+    let legacy = format!("{pk}:{user_id}.{}", &mac[..32]);
+    let r = sdk(
+        Method::PATCH,
+        "/sdk/v1/user",
+        legacy,
+        json!({"addTags": ["old"]}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["type"].as_str()),
+        (401, Some("memberHashRequired")),
+        "{:?}",
+        r.body
+    );
     app.stop().await;
 }
 
