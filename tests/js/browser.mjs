@@ -896,7 +896,7 @@ async function run(browser, pagesOrigin) {
       await route.continue().catch(() => {});
     });
     await p.evaluate((pk) => {
-      window.Sori('boot', { pluginKey: pk });
+      window.Sori('boot', { pluginKey: pk, language: 'ko-KR' });
       window.Sori('track', 'Eager', { plan: 'pro' });
       window.Sori('addTags', ['lead']);
     }, PLUGIN_KEY);
@@ -918,6 +918,7 @@ async function run(browser, pagesOrigin) {
     assert.equal(eager[0].property.plan, 'pro');
     assert.equal(user.profile.utmSource, 'eager', "the first page's visit");
     assert.equal(user.web.sessionsCount, 1, 'one visit: the boot that carried the calls counts none');
+    assert.equal(user.language, 'ko', "the site's language, whichever boot created the visitor");
     await c.close();
     // The same with boot options the server refuses in part (an unregistered profile
     // key): the calls still land, since the boot that carries them leaves the profile out.

@@ -51,6 +51,9 @@
   // Bytes of a boot waiting for the new-visitor lock, kept free in a page being left's
   // keepalive budget: the boot goes out as the page goes, after the calls (asOneVisitor).
   var waitingBootBytes = 0;
+  // Calls were left unsent as the page went: later ones are not sent either, so what is
+  // sent stays the calls' first part.
+  var leavingFull = false;
   var renewedTokens = {}; // a lost session's token → the token of the boot that renewed it
   var KEEPALIVE_MAX_BYTES = 60000; // under the browser's 64 KB for keepalive requests
   var renewing = null; // the quiet re-boot on its way, shared by the calls that need it
@@ -60,7 +63,7 @@
   // being left sends of one session goes as one request, applied in order.
   var MAX_CALLS_PER_REQUEST = 2000;
   var CALLS_ENVELOPE_BYTES = 20; // `,"calls":[…]` and braces around a request's calls
-  var NOT_SENT = 'not sent: the page was left with more than 64 KB of calls';
+  var NOT_SENT = 'not sent: the page was left with more calls than its last requests carry (64 KB)';
   var pageOverride = null;
   var spa = { tracking: false, installed: false, lastHref: null, pending: false };
   var memoryVeil = null;
@@ -292,6 +295,7 @@
   // the back/forward cache comes back to the one-at-a-time queue.
   function flushQueue() {
     leaving = true;
+    leavingFull = false;
     leavingBytes = inFlightBytes;
     var items = [];
     while (queue.length && !queue[0].boot) items.push(queue.shift());
@@ -310,11 +314,13 @@
     // A new visitor whose boot still waits for the lock has no stored id yet: made now,
     // so that the first boot, sent next, names the same one.
     if (!member && !loadVeil()) newVeil();
-    // Without the site's profile and language: the first boot applies them, and a part
-    // the server refuses (which that boot drops and sends again) would refuse these calls.
+    // Without the site's profile: the first boot applies it, and a part the server
+    // refuses (which that boot drops and sends again) would refuse these calls. The
+    // language is kept, as a tag the server takes: it is set only on a new visitor, which
+    // this boot may be the one to create.
     var body = quietBootBody(session.options);
     delete body.profile;
-    delete body.language;
+    body.language = languageTag(session.options.language) || browserLanguage();
     var head = serialize('boot', body);
     if (head === null) return;
     var calls = takePending().map(function (waiting) {
@@ -337,7 +343,7 @@
     var unsent = 0;
     calls.forEach(function (call) {
       var n = byteLength(call.json) + 1;
-      if (unsent || size + n > room || fit.length >= MAX_CALLS_PER_REQUEST) {
+      if (leavingFull || unsent || size + n > room || fit.length >= MAX_CALLS_PER_REQUEST) {
         unsent++;
         call.settle({ status: 0, error: { message: NOT_SENT } });
         return;
@@ -345,7 +351,10 @@
       fit.push(call);
       size += n;
     });
-    if (unsent) warn(unsent + ' calls ' + NOT_SENT);
+    if (unsent) {
+      leavingFull = true;
+      warn(unsent + ' calls ' + NOT_SENT);
+    }
     return { fit: fit, size: size };
   }
 
@@ -646,8 +655,14 @@
   // navigator.language when it is a language tag the server takes (`ko-KR`), else none:
   // the site did not choose it, so it must not fail the boot.
   function browserLanguage() {
-    var l = w.navigator && navigator.language;
-    return typeof l === 'string' && /^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$/.test(l) ? l : undefined;
+    return languageTag(w.navigator && navigator.language);
+  }
+
+  // `l` when it is a language tag the server takes (its rule: a primary subtag of 2 or 3
+  // letters, then letter-or-digit subtags, at most 35 characters), else none.
+  function languageTag(l) {
+    var ok = typeof l === 'string' && l.length <= 35 && /^[A-Za-z]{2,3}([-_][A-Za-z0-9]+)*$/.test(l);
+    return ok ? l : undefined;
   }
 
   // The fields of a boot's refusal (400), or none.
