@@ -144,6 +144,26 @@ async function until(what, probe) {
 }
 
 // Waits until the user's stored events include one named `name`; returns all events.
+// Holds the page's first boot request `ms` before sending it on (a slow uplink). `sent`
+// resolves when that request has left the page (wrapped: an async function's result
+// would adopt the promise and wait for it).
+async function holdFirstBoot(p, ms) {
+  let held = 0;
+  let holding;
+  const sent = new Promise((r) => {
+    holding = r;
+  });
+  await p.route('**/sdk/v1/boot', async (route) => {
+    if (held++ === 0) {
+      holding();
+      await new Promise((r) => setTimeout(r, ms));
+    }
+    // Unrouted meanwhile (the page was left), it may have gone on by itself.
+    await route.continue().catch(() => {});
+  });
+  return { sent };
+}
+
 async function eventsWith(userId, name) {
   return until(`event ${name} of user ${userId}`, async () => {
     const list = await events(userId);
@@ -803,18 +823,7 @@ async function run(browser, pagesOrigin) {
     watch(p2);
     await p2.goto(`${pagesOrigin}/shop/fresh?utm_source=slow`);
     await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
-    let delayed = 0;
-    let sending;
-    const sent = new Promise((r) => {
-      sending = r;
-    });
-    await p2.route('**/sdk/v1/boot', async (route) => {
-      if (delayed++ === 0) {
-        sending();
-        await new Promise((r) => setTimeout(r, 300));
-      }
-      await route.continue();
-    });
+    const { sent } = await holdFirstBoot(p2, 300);
     await p2.evaluate((pk) => window.Sori('boot', { pluginKey: pk }), PLUGIN_KEY);
     await sent;
     await p2.evaluate(() => {
@@ -882,19 +891,7 @@ async function run(browser, pagesOrigin) {
     await p.goto(`${pagesOrigin}/shop/fresh?utm_source=eager`);
     await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
     // A slow uplink: the boot is still on its way when the visitor clicks on.
-    let delayed = 0;
-    let sending;
-    const sent = new Promise((r) => {
-      sending = r;
-    });
-    await p.route('**/sdk/v1/boot', async (route) => {
-      if (delayed++ === 0) {
-        sending();
-        await new Promise((r) => setTimeout(r, 400));
-      }
-      // Unrouted meanwhile (the page was left), it may have gone on by itself.
-      await route.continue().catch(() => {});
-    });
+    const { sent } = await holdFirstBoot(p, 400);
     await p.evaluate((pk) => {
       window.Sori('boot', { pluginKey: pk, language: 'ko-KR' });
       window.Sori('track', 'Eager', { plan: 'pro' });
@@ -927,19 +924,7 @@ async function run(browser, pagesOrigin) {
     watch(p2);
     await p2.goto(`${pagesOrigin}/shop/fresh`);
     await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
-    let held = 0;
-    let holding;
-    const heldBoot = new Promise((r) => {
-      holding = r;
-    });
-    await p2.route('**/sdk/v1/boot', async (route) => {
-      if (held++ === 0) {
-        holding();
-        await new Promise((r) => setTimeout(r, 400));
-      }
-      // Unrouted meanwhile (the page was left), it may have gone on by itself.
-      await route.continue().catch(() => {});
-    });
+    const { sent: heldBoot } = await holdFirstBoot(p2, 400);
     await p2.evaluate((pk) => {
       window.Sori('boot', { pluginKey: pk, profile: { notRegistered20: 'x' } });
       window.Sori('track', 'EagerRefused');
