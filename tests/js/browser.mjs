@@ -765,6 +765,12 @@ async function run(browser, pagesOrigin) {
     const [c, p] = await firstVisit();
     const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
     assert.equal(boot.error, null, 'boot error');
+    // The first call stays on its way until the page is left (as in step 13), so the
+    // rest are all queued then.
+    await p.route('**/sdk/v1/events', async (route) => {
+      await new Promise((r) => setTimeout(r, 300));
+      await route.continue().catch(() => {});
+    });
     await p.evaluate(() => {
       for (let i = 0; i < 150; i++) window.Sori('track', `Many${i}`);
       window.Sori('addTags', ['flip']);
@@ -778,9 +784,10 @@ async function run(browser, pagesOrigin) {
       const now = await events(boot.user.id, 500);
       return now.filter((e) => e.name.startsWith('Many')).length === 151 && now;
     });
-    // One request for the whole queue: applied in call order.
+    // One request for the whole queue: applied in call order. (Many0 went out on its own
+    // before the page was left, so it may land after the batch: docs/sdk.md.)
     const last = named(list, 'ManyLast')[0].createdAt;
-    const before = list.filter((e) => /^Many[0-9]+$/.test(e.name)).map((e) => e.createdAt);
+    const before = list.filter((e) => /^Many[1-9][0-9]*$/.test(e.name)).map((e) => e.createdAt);
     assert.ok(before.every((t) => t <= last), 'the last call is stored last');
     assert.deepEqual((await getUser(boot.user.id)).tags, ['many'], 'tags applied in order');
     await c.close();
