@@ -60,11 +60,18 @@ where
             .await
             .map(|p| Path(p.0))
             .map_err(|r| {
-                // A route that names a parameter its handler does not take is our bug.
-                if r.status().is_server_error() {
-                    ApiError::internal(&r.body_text())
-                } else {
-                    ApiError::field("path", r.body_text())
+                use axum::extract::path::ErrorKind;
+                use axum::extract::rejection::PathRejection;
+                match &r {
+                    // A route that names a parameter its handler does not take is our bug.
+                    r if r.status().is_server_error() => ApiError::internal(&r.body_text()),
+                    // axum's text names the route's own parameter, which callers never see.
+                    PathRejection::FailedToDeserializePathParams(e)
+                        if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+                    {
+                        ApiError::field("path", "is not UTF-8 text once its %-escapes are decoded")
+                    }
+                    r => ApiError::field("path", r.body_text()),
                 }
             })
     }
@@ -148,28 +155,37 @@ fn body_rejection(r: BytesRejection) -> ApiError {
              decompression",
         )
     } else {
-        ApiError::field("body", r.body_text())
+        // What failed below axum's "Failed to buffer the request body" (a gzip body that
+        // is not gzip, say), in its own words.
+        ApiError::field("body", format!("could not be read: {}", innermost(&r)))
     }
 }
 
-/// The `E` reading the body failed with (a pause too long, see `listen`; a gzip body too
-/// large, see `ops`), however many layers (decompression, limits) wrapped it.
-fn cause<E: std::error::Error + 'static>(r: &BytesRejection) -> Option<&E> {
-    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(r);
-    while let Some(err) = e {
-        if let Some(found) = err.downcast_ref::<E>() {
-            return Some(found);
-        }
-        // An `io::Error` hides what it wraps from `source()`.
-        e = match err
+/// The errors a body rejection wraps, outermost first, however many layers
+/// (decompression, limits) wrapped them.
+fn causes(r: &BytesRejection) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(
+        Some(r as &(dyn std::error::Error + 'static)),
+        |err| match err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
+            // An `io::Error` hides what it wraps from `source()`.
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => err.source(),
-        };
-    }
-    None
+        },
+    )
+}
+
+/// The `E` reading the body failed with (a deadline, see `listen`; a gzip body too
+/// large, see `ops`).
+fn cause<E: std::error::Error + 'static>(r: &BytesRejection) -> Option<&E> {
+    causes(r).find_map(|e| e.downcast_ref::<E>())
+}
+
+/// The innermost cause of a body rejection, in its own words.
+fn innermost(r: &BytesRejection) -> String {
+    causes(r).last().map(|e| e.to_string()).unwrap_or_default()
 }
 
 impl JsonBody {

@@ -2168,6 +2168,32 @@ async fn segment_edges(b: Backend) {
         assert_eq!(r.status, status, "{codings:?}: {:?}", r.body);
     }
 
+    // A gzip body that is not gzip, and a path that is not UTF-8, are named in Sori's
+    // words.
+    let r = app
+        .raw(
+            Method::POST,
+            "/v1/track",
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            event.to_vec(),
+        )
+        .await;
+    assert_eq!((r.status, r.error_field()), (400, "body"), "{:?}", r.body);
+    assert!(
+        r.body
+            .to_string()
+            .contains("could not be read: Invalid gzip header"),
+        "{:?}",
+        r.body
+    );
+    let r = app.open(Method::GET, "/open/v5/users/%FF", None).await;
+    assert_eq!((r.status, r.error_field()), (400, "path"), "{:?}", r.body);
+    assert!(r.body.to_string().contains("not UTF-8"), "{:?}", r.body);
+
     // A PATCH cannot clear a setting with null.
     let r = app
         .open(

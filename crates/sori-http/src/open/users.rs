@@ -123,7 +123,7 @@ pub async fn get_member(
 
 /// A user by id.
 #[utoipa::path(get, path = "/open/v5/users/{userId}", tag = "users",
-    params(("userId" = String, Path)),
+    params(("userId" = String, Path, description = "A user id, or `@` and a member id (`@m-1`)")),
     responses((status = 200, body = UserEnvelope), (status = 404, body = ErrorBody)))]
 pub async fn get_user(
     State(state): State<AppState>,
@@ -161,7 +161,7 @@ pub async fn delete_member(
 
 /// Deletes a user by id.
 #[utoipa::path(delete, path = "/open/v5/users/{userId}", tag = "users",
-    params(("userId" = String, Path)),
+    params(("userId" = String, Path, description = "A user id, or `@` and a member id (`@m-1`)")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_user(
     State(state): State<AppState>,
@@ -182,7 +182,7 @@ async fn remove(state: &AppState, ch: &ChannelInfo, id: &str) -> ApiResult<Statu
 
 /// Changes a user by id (same body as the upsert).
 #[utoipa::path(patch, path = "/open/v5/users/{userId}", tag = "users",
-    params(("userId" = String, Path)),
+    params(("userId" = String, Path, description = "A user id, or `@` and a member id (`@m-1`)")),
     request_body(content = Object, description = "Update: profile, profileOnce, tags, unsubscribeEmail, unsubscribeTexting, blocked"),
     responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn patch_user(
