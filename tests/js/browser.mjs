@@ -979,6 +979,22 @@ async function run(browser, pagesOrigin) {
     return `visitor ${next.user.id}: Eager and tag lead stored though the boot had not answered; also with a refused profile, and behind another tab's lock`;
   });
 
+  step('21 trackDefaultEvent given as the text "false" records no PageView', async () => {
+    const c = await browser.newContext();
+    const p = await c.newPage();
+    watch(p);
+    await p.goto(`${pagesOrigin}/shop/fresh`);
+    await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: 'false' });
+    assert.equal(boot.error, null, 'boot error');
+    await p.evaluate(() => history.pushState({}, '', '/shop/fresh/next'));
+    await sdk(p, 'track', 'Marker21');
+    const list = await eventsWith(boot.user.id, 'Marker21');
+    assert.deepEqual(named(list, 'PageView'), [], 'no PageView');
+    await c.close();
+    return `user ${boot.user.id}: ${list.map((e) => e.name).join(',')}`;
+  });
+
   for (const [name, fn] of steps) {
     try {
       const summary = await fn();

@@ -641,15 +641,23 @@
       unsubscribeEmail: option.unsubscribeEmail,
       unsubscribeTexting: option.unsubscribeTexting,
       page: currentPage(),
-      trackDefaultEvent: option.trackDefaultEvent !== false,
+      trackDefaultEvent: !switchedOff(option, 'trackDefaultEvent'),
     };
-    if (option.trackUtmSource !== false) {
+    if (!switchedOff(option, 'trackUtmSource')) {
       var utm = utmFromLocation();
       if (utm) body.utm = utm;
       var ref = externalReferrer();
       if (ref) body.referrer = ref;
     }
     return body;
+  }
+
+  // Whether a site switched an option off: `false`, or the text `'false'` a template
+  // rendered (which, as a non-empty string, would otherwise read as on), with a warning.
+  function switchedOff(option, name) {
+    var v = option[name];
+    if (v === 'false' || v === 'true') warn(name + ' should be true or false, not the text "' + v + '"');
+    return v === false || v === 'false';
   }
 
   // navigator.language when it is a language tag the server takes (`ko-KR`), else none:
