@@ -155,10 +155,12 @@ impl App {
     /// channel, the epoch, the user and whether the boot was proven (a text of its own,
     /// so neither kind passes for the other).
     pub fn sdk_token(&self, channel_id: i64, session: &SdkSession) -> String {
-        let epoch = session.epoch.unwrap_or(0);
-        let text = token_text(channel_id, &session.user_id, Some(epoch), session.proven);
-        let mac = keyed_hash(&self.pepper, &text);
-        format!("{}.{epoch}.{}", session.user_id, &mac[..32])
+        let text = token_text(channel_id, &session.user_id, session.epoch, session.proven);
+        let mac = &keyed_hash(&self.pepper, &text)[..32];
+        match session.epoch {
+            Some(epoch) => format!("{}.{epoch}.{mac}", session.user_id),
+            None => format!("{}.{mac}", session.user_id),
+        }
     }
 
     /// The session a token names, when the token is genuine for this channel. (A token

@@ -10,7 +10,7 @@ use crate::user::User;
 /// fail), tags (up to the per-user limit), sessions, the earliest creation and the latest
 /// activity, and any opt-out (an opt-out is never lost by merging).
 pub fn merge_into(member: &mut User, anon: &User) {
-    let mut size = serde_json::to_vec(&member.profile).map_or(0, |b| b.len());
+    let mut size = crate::update::profile_bytes(&member.profile);
     for (k, v) in &anon.profile {
         if member.profile.contains_key(k) || member.profile.len() >= MAX_PROFILE_KEYS {
             continue;

@@ -203,7 +203,7 @@ pub fn check_member_id(s: &str) -> Result<(), Invalid> {
 }
 
 /// A profile's size as stored (compact JSON), the measure of its 15 KB limit.
-fn profile_bytes(profile: &Map<String, Value>) -> usize {
+pub(crate) fn profile_bytes(profile: &Map<String, Value>) -> usize {
     serde_json::to_vec(profile).map_or(usize::MAX, |v| v.len())
 }
 

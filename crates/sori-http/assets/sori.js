@@ -310,10 +310,9 @@
   // page goes, still counts the visit; the two land on one user.
   function sendWithBoot() {
     if (state !== 'booting' || !pending.length || !session.options) return;
-    var member = session.options.memberId != null && session.options.memberId !== '';
     // A new visitor whose boot still waits for the lock has no stored id yet: made now,
     // so that the first boot, sent next, names the same one.
-    if (!member && !loadVeil()) newVeil();
+    if (!namesMember(session.options) && !loadVeil()) newVeil();
     // Without the site's profile: the first boot applies it, and a part the server
     // refuses (which that boot drops and sends again) would refuse these calls. The
     // language is kept, as a tag the server takes: it is set only on a new visitor, which
@@ -321,24 +320,22 @@
     var body = quietBootBody(session.options);
     delete body.profile;
     body.language = languageTag(session.options.language) || browserLanguage();
-    var head = serialize('boot', body);
-    if (head === null) return;
+    var json = serialize('boot', body);
+    if (json === null) return;
     var calls = takePending().map(function (waiting) {
       return waiting.call;
     });
-    var taken = fitting(calls, byteLength(head) + CALLS_ENVELOPE_BYTES);
-    if (!taken.fit.length) return;
-    leavingBytes += taken.size;
-    postCalls('/sdk/v1/boot', head.slice(0, -1) + ',"calls":' + callsJson(taken.fit) + '}', taken.fit);
+    postFitting('/sdk/v1/boot', json.slice(0, -1), calls);
   }
 
-  // The first part of `calls` (`{json, settle}`) that fits, with `base` bytes around it,
-  // in what a page being left may still send with keepalive (the rest cannot outlive the
-  // page: they are settled as not sent, with a warning, however small a later one is),
-  // and at most MAX_CALLS_PER_REQUEST of them; `size`: the request's bytes.
-  function fitting(calls, base) {
+  // Posts `head` (an unclosed JSON object) with `,"calls":[…]}` appended, with keepalive,
+  // and settles each call with its result. The calls (`{json, settle}`) are the first
+  // part of `calls` that fits what a page being left may still send with keepalive, at
+  // most MAX_CALLS_PER_REQUEST of them; the rest cannot outlive the page and are settled
+  // as not sent, with a warning, however small a later one is.
+  function postFitting(path, head, calls) {
     var room = KEEPALIVE_MAX_BYTES - leavingBytes - waitingBootBytes;
-    var size = base;
+    var size = byteLength(head) + CALLS_ENVELOPE_BYTES;
     var fit = [];
     var unsent = 0;
     calls.forEach(function (call) {
@@ -355,24 +352,22 @@
       leavingFull = true;
       warn(unsent + ' calls ' + NOT_SENT);
     }
-    return { fit: fit, size: size };
-  }
-
-  function callsJson(calls) {
-    return '[' + calls.map(function (call) { return call.json; }).join(',') + ']';
-  }
-
-  // Posts a request carrying `calls` with keepalive, and settles each with its result.
-  function postCalls(path, json, calls) {
+    if (!fit.length) return;
+    leavingBytes += size;
+    var json =
+      head +
+      ',"calls":[' +
+      fit.map(function (call) { return call.json; }).join(',') +
+      ']}';
     request('POST', path, json, null, true, true).then(
       function (data) {
         var results = (data && data.results) || [];
-        calls.forEach(function (call, i) {
+        fit.forEach(function (call, i) {
           call.settle(results[i] || { status: 0 });
         });
       },
       function (err) {
-        calls.forEach(function (call) {
+        fit.forEach(function (call) {
           call.settle({ status: err.status, error: { message: err.message } });
         });
       }
@@ -405,17 +400,13 @@
   }
 
   // Posts calls of one session as one request, applied in order, of what fits a
-  // keepalive request (see fitting): the browser's 64 KB budget is for all keepalive
+  // keepalive request (see postFitting): the browser's 64 KB budget is for all keepalive
   // requests in flight together, so the calls past it cannot outlive the page.
   function sendCalls(items) {
     var calls = items.map(function (item) {
       return item.call;
     });
-    var head = '{"session":' + JSON.stringify(latestToken(calls[0].token));
-    var taken = fitting(calls, byteLength(head) + CALLS_ENVELOPE_BYTES);
-    if (!taken.fit.length) return;
-    leavingBytes += taken.size;
-    postCalls('/sdk/v1/calls', head + ',"calls":' + callsJson(taken.fit) + '}', taken.fit);
+    postFitting('/sdk/v1/calls', '{"session":' + JSON.stringify(latestToken(calls[0].token)), calls);
   }
 
   // Bytes of a string as UTF-8.
@@ -652,6 +643,11 @@
     return body;
   }
 
+  // Whether boot options (or a boot's body) name a member.
+  function namesMember(option) {
+    return option.memberId != null && option.memberId !== '';
+  }
+
   // Whether a site switched an option off: `false`, or the text `'false'` a template
   // rendered (which, as a non-empty string, would otherwise read as on), with a warning.
   function switchedOff(option, name) {
@@ -736,7 +732,7 @@
   // landing page, UTM and referrer) instead of starting another.
   function asOneVisitor(body, send) {
     var locks = w.navigator && navigator.locks;
-    var member = body.memberId != null && body.memberId !== '';
+    var member = namesMember(body);
     var sendAsVisitor = function () {
       if (!body.veilId && !member) body.veilId = newVeil();
       return send();
@@ -848,8 +844,8 @@
   // booted as one in another tab) or deleted, and the server answers 404 `userGone`; or
   // the channel has come to require member hashes since a member session was opened
   // without one (401 `memberHashRequired`). The SDK then boots again with the same
-  // options, quietly (no second PageView, no second visit), and sends the call once more; a call queued with a session that was renewed
-  // since goes out with the new one. Requests are sent with keepalive (so the one on its
+  // options, quietly (no second PageView, no second visit), and sends the call once more;
+  // a call queued with a session that was renewed since goes out with the new one. Requests are sent with keepalive (so the one on its
   // way survives the page being left) when they fit its budget.
   function sessionRequest(method, path, json, token) {
     token = latestToken(token);

@@ -305,18 +305,20 @@ impl OpenTx<'_> {
 }
 
 /// Owners of stored events by `messageId`, for recognising whole retries (see
-/// `sori_store::retried`); the key is computed as the generated `message_key` is.
+/// `sori_store::RetryCheck`); the key is computed as the generated `message_key` is.
 const STORED_OWNERS: &str = "SELECT k.ch, k.id, e.user_id \
     FROM UNNEST($1::bigint[], $2::text[]) AS k(ch, id) \
     JOIN events e ON e.channel_id = k.ch AND e.message_key = \
     substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16)";
 
 /// Writes a batch of user ops (see the module documentation). Calls already stored in
-/// whole (see `sori_store::retried`) are answered, not written again; one stored by
+/// whole (see `sori_store::RetryCheck`) are answered, not written again; one stored by
 /// another batch between the read and the write is written as before (its event row is
 /// still refused).
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
-    let keys: Vec<(i64, &str)> = sori_store::retry_keys(ops)
+    let check = sori_store::RetryCheck::before_planning(ops);
+    let keys: Vec<(i64, &str)> = check
+        .keys()
         .into_iter()
         .filter(|(_, id)| !id.contains('\0'))
         .collect();
@@ -329,7 +331,7 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
         Err(e) => return Err(tx.abort(e).await),
     };
     tx.release();
-    let done = sori_store::retried(ops, &owners);
+    let done = check.retried(&owners);
     match sori_store::to_write(ops, &done) {
         None => write_planned(writers, ops).await,
         Some(rest) if rest.is_empty() => sori_store::with_retries(done, Vec::new()),
@@ -461,20 +463,22 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
     }
 
     // A write that would create a member for a `messageId` stored already (see
-    // `sori_store::creating_keys`) is answered as a retry, and the rest planned again.
-    let creating: Vec<(i64, &str)> = match members_found {
-        true => Vec::new(),
-        false => sori_store::creating_keys(ops, &loaded, &light)
-            .into_iter()
-            .filter(|(_, id)| !id.contains('\0'))
-            .collect(),
-    };
-    if !creating.is_empty() {
+    // `sori_store::RetryCheck::creations`) is answered as a retry, and the rest planned
+    // again.
+    let check = (!members_found).then(|| sori_store::RetryCheck::creations(ops, &loaded, &light));
+    let creating: Vec<(i64, &str)> = check
+        .as_ref()
+        .map(|c| c.keys())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, id)| !id.contains('\0'))
+        .collect();
+    if let Some(check) = check.filter(|_| !creating.is_empty()) {
         let owners = match stored_owners(tx.conn(), &creating).await {
             Ok(owners) => owners,
             Err(e) => return Err(tx.abort(e).await),
         };
-        let done = sori_store::retried_creations(ops, &loaded, &light, &owners);
+        let done = check.retried(&owners);
         if let Some(rest) = sori_store::to_write(ops, &done) {
             // Nothing is written yet: the transaction ends without writing.
             tx.roll_back().await?;

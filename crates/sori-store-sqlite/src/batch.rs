@@ -208,15 +208,16 @@ fn lookup<T>(
 
 /// Runs one batch in one transaction.
 pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
-    let keys = sori_store::retry_keys(ops);
+    let check = sori_store::RetryCheck::before_planning(ops);
+    let keys = check.keys();
     if keys.is_empty() {
         return write_planned(conn, ops);
     }
-    // Calls already stored in whole are answered, not written again (see `retried`). One
-    // stored by another process between this read and the write (an import running beside
-    // the server) is written as before: its event row is still refused.
+    // Calls already stored in whole are answered, not written again (see `RetryCheck`).
+    // One stored by another process between this read and the write (an import running
+    // beside the server) is written as before: its event row is still refused.
     let owners = stored_owners(conn, &keys)?;
-    let done = sori_store::retried(ops, &owners);
+    let done = check.retried(&owners);
     match sori_store::to_write(ops, &done) {
         None => write_planned(conn, ops),
         Some(rest) if rest.is_empty() => sori_store::with_retries(done, Vec::new()),
@@ -296,18 +297,17 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
         light.extend(found.into_iter().map(|keys| (*ch, keys)));
     }
     // A write that would create a member for a `messageId` stored already (see
-    // `sori_store::creating_keys`) is answered as a retry, and the rest planned again.
-    let keys = match members_found {
-        true => Vec::new(),
-        false => sori_store::creating_keys(ops, &loaded, &light),
-    };
-    let retries = match keys.is_empty() {
-        true => None,
-        false => {
+    // `sori_store::RetryCheck::creations`) is answered as a retry, and the rest planned
+    // again.
+    let check = (!members_found).then(|| sori_store::RetryCheck::creations(ops, &loaded, &light));
+    let keys = check.as_ref().map(|c| c.keys()).unwrap_or_default();
+    let retries = match (check, keys.is_empty()) {
+        (Some(check), false) => {
             let owners = stored_owners(&tx, &keys)?;
-            let done = sori_store::retried_creations(ops, &loaded, &light, &owners);
+            let done = check.retried(&owners);
             sori_store::to_write(ops, &done).map(|rest| (done, rest))
         }
+        _ => None,
     };
     if let Some((done, rest)) = retries {
         // Nothing is written yet: the transaction ends without writing.

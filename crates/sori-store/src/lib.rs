@@ -11,9 +11,8 @@ use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Role, User};
 
 pub use plan::{
-    Merge, UserKeys, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget, WritePlan,
-    creating_keys, plan_user_writes, retried, retried_creations, retry_keys, to_write,
-    with_retries,
+    Merge, RetryCheck, UserKeys, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget,
+    WritePlan, plan_user_writes, to_write, with_retries,
 };
 pub use types::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Segment,

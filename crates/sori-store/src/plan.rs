@@ -231,14 +231,7 @@ pub fn plan_user_writes<'a>(
             .get(&(ch, first.user_id.clone()))
             .unwrap_or(&first.user_id)
             .clone();
-        plan.results.push(Ok(UserOpOutcome {
-            user_id,
-            user: None,
-            created: false,
-            changed: false,
-            merged_from: None,
-            duplicate_events: ops[i].events.len(),
-        }));
+        plan.results.push(Ok(answered_as_stored(&ops[i], user_id)));
         plan.repeats.insert(i);
         Some(())
     };
@@ -566,26 +559,59 @@ fn looked_up(ops: &[UserOp]) -> Vec<bool> {
         .collect()
 }
 
-/// The `(channel, messageId)`s to look up before a batch is planned (see [`retried`]).
-pub fn retry_keys(ops: &[UserOp]) -> Vec<(i64, &str)> {
-    ops.iter()
-        .zip(looked_up(ops))
-        .filter(|(_, looked)| *looked)
-        .flat_map(|(op, _)| message_keys(op))
-        .collect()
+/// The ops of a batch whose `messageId`s are read before it is written, and the answers
+/// for those found stored: whole retries, which write nothing. Read before planning (see
+/// [`looked_up`]), or once the batch's members are found, for the writes that would create
+/// a member (see [`creates_member`]; few, since a member is created once, so the hot path
+/// of events to known members pays nothing).
+pub struct RetryCheck<'a> {
+    ops: &'a [UserOp],
+    /// By position: whether the op's `messageId`s are read.
+    checked: Vec<bool>,
 }
 
-/// For each op, by position, its result when it is a whole retry (every event's
-/// `messageId` is stored; `owners` maps them to the stored events' owners), which writes
-/// nothing; `None` for an op to write.
-pub fn retried(
-    ops: &[UserOp],
-    owners: &HashMap<(i64, String), String>,
-) -> Vec<Option<UserOpResult>> {
-    ops.iter()
-        .zip(looked_up(ops))
-        .map(|(op, looked)| looked.then(|| stored_whole(op, owners)).flatten())
-        .collect()
+impl<'a> RetryCheck<'a> {
+    /// The check made before a batch is planned.
+    pub fn before_planning(ops: &'a [UserOp]) -> Self {
+        Self {
+            ops,
+            checked: looked_up(ops),
+        }
+    }
+
+    /// The check of the writes that would create a member, once the batch's lookups found
+    /// its members: whole rows (`loaded`) and identity rows (`light`), as
+    /// [`plan_user_writes`] is given them.
+    pub fn creations(ops: &'a [UserOp], loaded: &[(i64, User)], light: &[(i64, UserKeys)]) -> Self {
+        let found = found_members(loaded, light);
+        Self {
+            ops,
+            checked: ops.iter().map(|op| creates_member(op, &found)).collect(),
+        }
+    }
+
+    /// The `(channel, messageId)`s to look up.
+    pub fn keys(&self) -> Vec<(i64, &'a str)> {
+        self.ops
+            .iter()
+            .zip(&self.checked)
+            .filter(|(_, checked)| **checked)
+            .flat_map(|(op, _)| message_keys(op))
+            .collect()
+    }
+
+    /// For each op, by position, its result when it is a whole retry (every event's
+    /// `messageId` is stored; `owners` maps them to the stored events' owners), which
+    /// writes nothing; `None` for an op to write. A creation answered so names the stored
+    /// events' owner, another user than the one the write named (no caller shows it:
+    /// Segment answers calls without user ids, and imports count such lines as stored).
+    pub fn retried(&self, owners: &HashMap<(i64, String), String>) -> Vec<Option<UserOpResult>> {
+        self.ops
+            .iter()
+            .zip(&self.checked)
+            .map(|(op, checked)| checked.then(|| stored_whole(op, owners)).flatten())
+            .collect()
+    }
 }
 
 /// `op`'s result when every one of its events' `messageId`s is stored (`owners`), which
@@ -596,14 +622,20 @@ fn stored_whole(op: &UserOp, owners: &HashMap<(i64, String), String>) -> Option<
         let id = e.message_id.clone()?;
         owner = Some(owners.get(&(op.channel_id, id))?.clone());
     }
-    Some(Ok(UserOpOutcome {
-        user_id: owner?,
+    Some(Ok(answered_as_stored(op, owner?)))
+}
+
+/// The outcome of `op` answered as a delivery stored before (by `user_id`): nothing
+/// written, every event counted as stored.
+fn answered_as_stored(op: &UserOp, user_id: String) -> UserOpOutcome {
+    UserOpOutcome {
+        user_id,
         user: None,
         created: false,
         changed: false,
         merged_from: None,
         duplicate_events: op.events.len(),
-    }))
+    }
 }
 
 /// Whether `op` is an events-only write by member id, every event with a `messageId`,
@@ -619,7 +651,8 @@ fn creates_member(op: &UserOp, found: &HashSet<(i64, &str)>) -> bool {
 }
 
 /// Whether `op` is an events-only write by member id, every event with a `messageId`:
-/// one that [`creates_member`] checks once the batch's members are looked up.
+/// one that [`creates_member`] checks once the batch's members are looked up, and that
+/// [`looked_up`] checks before when another op of the batch loads its member whole.
 fn keyed_by_member(op: &UserOp) -> bool {
     op.is_light() && all_keyed(op) && op.member_key().is_some()
 }
@@ -646,42 +679,8 @@ fn found_members<'a>(
         .collect()
 }
 
-/// The `(channel, messageId)`s to look up, once the batch's users are found, for the
-/// writes that would create a member (see [`creates_member`]): few, since a member is
-/// created once, so the hot path of events to known members pays nothing.
-pub fn creating_keys<'a>(
-    ops: &'a [UserOp],
-    loaded: &[(i64, User)],
-    light: &[(i64, UserKeys)],
-) -> Vec<(i64, &'a str)> {
-    let found = found_members(loaded, light);
-    ops.iter()
-        .filter(|op| creates_member(op, &found))
-        .flat_map(message_keys)
-        .collect()
-}
-
-/// As [`retried`], for the writes [`creating_keys`] looked up: one whose every event is
-/// stored already is answered as a retry and creates nothing. Its result names the stored
-/// events' owner, which is another user than the one the write named (no caller shows it:
-/// Segment answers calls without user ids, and imports count such lines as stored).
-pub fn retried_creations(
-    ops: &[UserOp],
-    loaded: &[(i64, User)],
-    light: &[(i64, UserKeys)],
-    owners: &HashMap<(i64, String), String>,
-) -> Vec<Option<UserOpResult>> {
-    let found = found_members(loaded, light);
-    ops.iter()
-        .map(|op| {
-            creates_member(op, &found)
-                .then(|| stored_whole(op, owners))
-                .flatten()
-        })
-        .collect()
-}
-
-/// The ops to write when some are whole retries (`done`, from [`retried`]); `None` when
+/// The ops to write when some are whole retries (`done`, from [`RetryCheck::retried`]);
+/// `None` when
 /// none is, so the batch is written as it came.
 pub fn to_write(ops: &[UserOp], done: &[Option<UserOpResult>]) -> Option<Vec<UserOp>> {
     if done.iter().all(Option::is_none) {

@@ -270,42 +270,18 @@ fn claim_store(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
         return Ok(None);
     };
     ensure_data_dir(cfg)?;
-    let db = std::fs::canonicalize(&db).unwrap_or_else(|_| {
-        // Not created yet: its directory's real path.
-        match (db.parent(), db.file_name()) {
-            (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                dir
-            })
-            .map_or_else(|_| db.clone(), |d| d.join(name)),
-            _ => db.clone(),
-        }
-    });
-    let mut path = db.into_os_string();
+    let mut path = real_path(&db).into_os_string();
     path.push("-serve.lock");
     let path = std::path::PathBuf::from(path);
-    let unlocked = |e: &dyn std::fmt::Display| {
-        tracing::warn!(
-            lock = %path.display(),
-            error = %e,
-            "cannot lock the store; nothing stops a second `sori serve` on it"
-        );
-    };
-    let file = match std::fs::OpenOptions::new()
+    let locked = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-    {
-        Ok(file) => file,
-        Err(e) => {
-            unlocked(&e);
-            return Ok(None);
-        }
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
+        .map_err(std::fs::TryLockError::Error)
+        .and_then(|file| file.try_lock().map(|()| file));
+    match locked {
+        Ok(file) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
             "another `sori serve` is running on this store ({} is locked): stop it first, \
              or give this server its own --data-dir (only PostgreSQL stores are shared \
@@ -313,10 +289,28 @@ fn claim_store(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
             path.display()
         ),
         Err(std::fs::TryLockError::Error(e)) => {
-            unlocked(&e);
+            tracing::warn!(
+                lock = %path.display(),
+                error = %e,
+                "cannot lock the store; nothing stops a second `sori serve` on it"
+            );
             Ok(None)
         }
     }
+}
+
+/// `p` through symbolic links; for a file not created yet, its directory's real path.
+fn real_path(p: &std::path::Path) -> std::path::PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        match (std::fs::canonicalize(dir), p.file_name()) {
+            (Ok(dir), Some(name)) => dir.join(name),
+            _ => p.to_path_buf(),
+        }
+    })
 }
 
 /// Creates the default data directory (a configured database URL names its own place).
