@@ -129,11 +129,24 @@ fn browser_view(ch: &ChannelInfo, u: sori_domain::User, session: &SdkSession) ->
 pub async fn boot(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    crate::body::RawBody(bytes): crate::body::RawBody,
 ) -> ApiResult<Json<Booted>> {
+    // A NUL character in a carried call is that call's error (as in `POST /sdk/v1/calls`):
+    // refusing the whole boot would lose the visit and every other call of a page that is
+    // gone. Anywhere else it refuses the boot.
+    let body = crate::body::parse_json_with_nul(&bytes)?;
+    let nul = crate::body::may_hold_nul(&bytes);
     let Value::Object(o) = &body else {
         return Err(ApiError::field("body", "must be an object"));
     };
+    if nul
+        && let Some(path) = o
+            .iter()
+            .filter(|(k, _)| k.as_str() != "calls")
+            .find_map(|(k, v)| sori_domain::value::nul_path(v, k.clone()))
+    {
+        return Err(crate::body::nul_error(path));
+    }
     if let Some(k) = o
         .keys()
         .find(|k| !BOOT_FIELDS.contains(&k.as_str()) && !CLIENT_ONLY.contains(&k.as_str()))
@@ -248,7 +261,7 @@ pub async fn boot(
         Some(items) => {
             let session = booted.session.clone();
             let agent = user_agent(&headers);
-            Some(apply_calls(&state, &ch, &session, items, false, agent.as_deref()).await?)
+            Some(apply_calls(&state, &ch, &session, items, nul, agent.as_deref()).await?)
         }
         None => None,
     };

@@ -1719,6 +1719,7 @@ async fn sdk_calls(b: Backend) {
             {"track": {"name": "WithBoot"}},
             {"user": {"addTags": ["carried"]}},
             {"track": {"name": ""}},
+            {"track": {"name": "Nul", "property": {"k": "a\u{0}b"}}},
         ]}),
     )
     .await;
@@ -1729,12 +1730,17 @@ async fn sdk_calls(b: Backend) {
             .iter()
             .map(|x| x["status"].as_i64().unwrap())
             .collect::<Vec<_>>(),
-        [200, 200, 400]
+        [200, 200, 400, 400]
     );
     assert_eq!(results[1]["user"]["tags"], json!(["carried"]));
     assert_eq!(
         results[2]["error"]["errors"][0]["field"],
         "calls[2].track.name"
+    );
+    // A NUL character is its call's error, as in `/sdk/v1/calls`, not the boot's.
+    assert_eq!(
+        results[3]["error"]["errors"][0]["field"],
+        "calls[3].track.property.k"
     );
     let carried = r.body["user"]["id"].as_str().unwrap().to_owned();
     let names: Vec<_> = events_of(&app, &carried)
@@ -1743,6 +1749,19 @@ async fn sdk_calls(b: Backend) {
         .map(|e| e["name"].clone())
         .collect();
     assert_eq!(names, [json!("WithBoot")]);
+    // Anywhere else in the boot, it refuses the boot.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "refused-calls", "profile": {"k": "a\u{0}b"},
+               "calls": [{"track": {"name": "X"}}]}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_field()),
+        (400, "profile.k"),
+        "{:?}",
+        r.body
+    );
     let many = Value::Array(vec![json!({"nope": {}}); 2001]);
     for bad in [json!("x"), json!([]), many] {
         let r = boot(
