@@ -35,6 +35,9 @@ pub enum ProfilePatch {
 pub enum TagOp {
     /// Replace all tags (Open API `tags`).
     Set(Vec<String>),
+    /// Remove every tag (Open API `tags: null`, as `profile: null` clears the profile): an
+    /// empty list is refused as a likely mistake, so emptying needs a value of its own.
+    Clear,
     /// Add tags (SDK `addTags`).
     Add(Vec<String>),
     /// Remove tags (SDK `removeTags`).
@@ -111,6 +114,7 @@ impl UserUpdate {
                 ("profile", Value::Null) => upd.profile = ProfilePatch::ClearAll,
                 ("profile", Value::Object(m)) => upd.profile = ProfilePatch::Set(m.clone()),
                 ("profileOnce", Value::Object(m)) => upd.profile_once = Some(m.clone()),
+                ("tags", Value::Null) => upd.tags = Some(TagOp::Clear),
                 ("tags", Value::Array(items)) => match strings(items, "tags", &mut errs) {
                     Some(tags) => upd.tags = Some(TagOp::Set(tags)),
                     None => continue,
@@ -132,7 +136,14 @@ impl UserUpdate {
                 ("profile" | "profileOnce", _) => {
                     errs.push(k, format!("must be an object or null, got {}", kind(v)))
                 }
-                ("tags" | "addTags" | "removeTags", _) => {
+                ("tags", _) => errs.push(
+                    k,
+                    format!(
+                        "must be a list of strings, or null to remove every tag, got {}",
+                        kind(v)
+                    ),
+                ),
+                ("addTags" | "removeTags", _) => {
                     errs.push(k, format!("must be a list of strings, got {}", kind(v)))
                 }
                 ("language", _) => errs.push(k, format!("must be a string, got {}", kind(v))),
@@ -491,6 +502,10 @@ pub fn normalize_tag(raw: &str) -> Result<String, String> {
 fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Errors) {
     // Errors name the field the caller sent.
     let (field, given) = match op {
+        TagOp::Clear => {
+            tags.clear();
+            return;
+        }
         TagOp::Set(t) => ("tags", t),
         TagOp::Add(t) => ("addTags", t),
         TagOp::Remove(t) => ("removeTags", t),
@@ -515,6 +530,7 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
         }
     }
     match op {
+        TagOp::Clear => {}
         TagOp::Set(_) => *tags = normalized,
         TagOp::Add(_) => {
             for t in normalized {

@@ -321,6 +321,36 @@ async fn create_patch_delete_and_list(b: Backend) {
         )
         .await;
     assert_eq!(r.body["user"]["tags"], json!(["lead"]));
+    // `tags: null` removes every tag (an empty list is refused as a likely mistake).
+    let r = app
+        .open(
+            Method::PATCH,
+            &format!("/open/v5/users/{lead}"),
+            Some(json!({"tags": null})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["user"]["tags"], json!([]));
+    let r = app
+        .open(Method::GET, &format!("/open/v5/users/{lead}"), None)
+        .await;
+    assert_eq!(r.body["user"]["tags"], json!([]));
+    let r = app
+        .open(
+            Method::PATCH,
+            &format!("/open/v5/users/{lead}"),
+            Some(json!({"tags": "lead"})),
+        )
+        .await;
+    assert_eq!((r.status, r.error_field()), (400, "tags"));
+    assert!(
+        r.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("null to remove every tag"),
+        "{:?}",
+        r.body
+    );
     let r = app
         .open(
             Method::PATCH,

@@ -75,7 +75,7 @@ pub async fn put_route(
 /// `unsubscribeTexting`, `blocked`.
 #[utoipa::path(put, path = "/open/v5/users/@{memberId}", tag = "users",
     params(("memberId" = String, Path, description = "The business's customer id")),
-    request_body(content = Object, description = "Update: profile, profileOnce, tags, unsubscribeEmail, unsubscribeTexting, blocked"),
+    request_body(content = Object, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
     responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn upsert_member(
@@ -183,7 +183,7 @@ async fn remove(state: &AppState, ch: &ChannelInfo, id: &str) -> ApiResult<Statu
 /// Changes a user by id (same body as the upsert).
 #[utoipa::path(patch, path = "/open/v5/users/{userId}", tag = "users",
     params(("userId" = String, Path, description = "A user id, or `@` and a member id (`@m-1`)")),
-    request_body(content = Object, description = "Update: profile, profileOnce, tags, unsubscribeEmail, unsubscribeTexting, blocked"),
+    request_body(content = Object, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
     responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn patch_user(
     State(state): State<AppState>,
