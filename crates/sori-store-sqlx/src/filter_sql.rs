@@ -135,12 +135,14 @@ impl Builder {
         }
     }
 
-    /// The JSON value as a number when it is one, else NULL.
+    /// The JSON value as a number when it is one, else NULL. A double on both backends,
+    /// as filter values are: SQLite compares a 64-bit integer with a double exactly, so
+    /// an integer beyond 2^53 would match there what it does not on PostgreSQL.
     fn json_num(&mut self, j: Json<'_>) -> String {
         let is = self.json_is(j, "number");
         let v = self.json(j);
         match self.d {
-            Dialect::Sqlite => format!("(CASE WHEN {is} THEN {v} ->> '$' END)"),
+            Dialect::Sqlite => format!("(CASE WHEN {is} THEN CAST({v} ->> '$' AS REAL) END)"),
             Dialect::Postgres => format!("(CASE WHEN {is} THEN ({v} #>> '{{}}')::float8 END)"),
         }
     }
@@ -301,7 +303,7 @@ impl Builder {
                         Some(i) => b.floats(&[items.num(i)]),
                         None => b.floats(items.nums()),
                     };
-                    format!("type IN ('integer', 'real') AND value IN ({a})")
+                    format!("type IN ('integer', 'real') AND CAST(value AS REAL) IN ({a})")
                 }
                 (Dialect::Postgres, false) => {
                     let a = match one {
