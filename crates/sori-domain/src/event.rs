@@ -344,10 +344,13 @@ pub fn clip_page_value(page: Value) -> Value {
 /// Checks a `messageId`. Libraries send UUID-like ids; a blank one, or one with control
 /// characters, is a bug that as an idempotency key could silently drop unrelated events.
 pub fn check_message_id(path: &str, id: &str) -> Result<(), Invalid> {
-    if id.trim().is_empty() || id.chars().count() > MAX_MESSAGE_ID_CHARS {
+    if !id.chars().any(shows) || id.chars().count() > MAX_MESSAGE_ID_CHARS {
         return Err(Invalid::one(
             path,
-            format!("must be 1 to {MAX_MESSAGE_ID_CHARS} characters, not only white space"),
+            format!(
+                "must be 1 to {MAX_MESSAGE_ID_CHARS} characters, not only white space or \
+                 characters that show nothing"
+            ),
         ));
     }
     if id.chars().any(char::is_control) {
@@ -371,7 +374,9 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
         }
     };
     let mut errs = Errors::default();
-    if obj.len() > MAX_PROPERTIES {
+    // `null` values are dropped, so they do not count.
+    if obj.len() > MAX_PROPERTIES && obj.values().filter(|v| !v.is_null()).count() > MAX_PROPERTIES
+    {
         errs.push(path, format!("must have at most {MAX_PROPERTIES} keys"));
     }
     // Checked in place: the map is kept, not rebuilt key by key.
@@ -649,6 +654,16 @@ mod tests {
         let ok = check(json!({"name": "a", "property": {"n": 1.5, "b": true, "l": ["a"], "o": {"k": 1}, "z": null}}))
             .unwrap();
         assert_eq!(ok.property.len(), 4);
+        // `null` values are dropped before the key count: 100 keys and a `null` pass.
+        let mut hundred: serde_json::Map<String, Value> = (0..MAX_PROPERTIES)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect();
+        hundred.insert("z".into(), Value::Null);
+        let ok = check(json!({"name": "a", "property": hundred.clone()})).unwrap();
+        assert_eq!(ok.property.len(), MAX_PROPERTIES);
+        hundred.insert("y".into(), json!(1));
+        let e = check(json!({"name": "a", "property": hundred})).unwrap_err();
+        assert_eq!(e.0[0].field, "property");
         assert!(check(json!({"name": "a", "property": [1]})).is_err());
         assert!(check(json!({"name": "a", "extra": 1})).is_err());
     }

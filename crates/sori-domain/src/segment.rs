@@ -793,7 +793,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.at, 1_704_164_645_000);
         assert_eq!(c.message_id.as_deref(), Some("x1"));
-        for bad in [" ", "a\nb", ""] {
+        for bad in [" ", "a\nb", "", "\u{200b}", "\u{feff} "] {
             let e = parse(
                 "",
                 json!({"userId": "m", "event": "e", "messageId": bad}),

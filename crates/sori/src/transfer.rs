@@ -259,7 +259,7 @@ pub async fn import(
                     }
                     Err(e) => {
                         let line = scan.skip(e.position().map_or(next, |p| p.line() as usize));
-                        let bad = Invalid::one(WHOLE_LINE, format!("malformed CSV: {e}"));
+                        let bad = Invalid::one(WHOLE_LINE, csv_problem(&e));
                         (line, Err(bad))
                     }
                 };
@@ -408,6 +408,19 @@ impl<R: Read> Read for NoteScan<R> {
             }
         }
         Ok(n)
+    }
+}
+
+/// A CSV reader's error in the report's words. The reader's own text gives its position
+/// again, in lines that do not count blank ones, next to the report's line number.
+fn csv_problem(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => format!(
+            "malformed CSV: cell {} is not UTF-8 text (a file saved in another encoding, \
+             such as EUC-KR, must be converted to UTF-8)",
+            err.field() + 1
+        ),
+        _ => format!("malformed CSV: {e}"),
     }
 }
 

@@ -244,7 +244,8 @@ async fn import_and_export(b: Backend) {
             "latin.csv",
             &b"\xef\xbb\xbfmemberId,name,,\nu2,D\nu2,Caf\xe9\nu2,E,,,extra\nu2,F,,,\n"[..],
             [
-                "line 3: malformed CSV",
+                "line 3: malformed CSV: cell 2 is not UTF-8 text (a file saved in another \
+                 encoding, such as EUC-KR, must be converted to UTF-8)",
                 "line 4: has 5 cells but the header row names 4 columns",
             ],
         ),
