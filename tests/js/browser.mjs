@@ -995,6 +995,62 @@ async function run(browser, pagesOrigin) {
     return `user ${boot.user.id}: ${list.map((e) => e.name).join(',')}`;
   });
 
+  step('22 text from a link or a template does not switch the SDK off', async () => {
+    const c = await browser.newContext();
+    const p = await c.newPage();
+    watch(p);
+    // A shared link whose utm_source is %00; a name cut inside an emoji (JSON.stringify
+    // writes the lone surrogate as an escape); a template's signed-out member id and its
+    // unsubscribe flag as text.
+    await p.goto(`${pagesOrigin}/shop/fresh?utm_source=%00evil&utm_medium=ad`);
+    await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+    await p.evaluate((pluginKey) => {
+      const cut = '😀님'.slice(0, 1);
+      const option = { pluginKey, memberId: '  ', unsubscribeEmail: 'true', profile: { name: cut } };
+      window.Sori('boot', option, (e, u) => {
+        window.__boot22 = { error: e ? e.message : null, user: u };
+      });
+      window.Sori('track', 'Cut22', { title: cut + 'x' });
+    }, PLUGIN_KEY);
+    await p.waitForFunction(() => window.__boot22 !== undefined, null, { timeout: WAIT_MS });
+    const boot = await p.evaluate(() => window.__boot22);
+    assert.equal(boot.error, null, 'boot error');
+    const id = boot.user.id;
+    const list = await eventsWith(id, 'Cut22');
+    assert.equal(named(list, 'Cut22')[0].property.title, '\ufffdx', 'a lone surrogate reads as U+FFFD');
+    assert.equal(named(list, 'PageView').length, 1, 'the visit is recorded');
+    const user = await getUser(id);
+    assert.equal(user.member, false, 'a blank memberId boots an anonymous visitor');
+    assert.equal(user.unsubscribeEmail, true, "unsubscribeEmail 'true'");
+    assert.deepEqual([user.profile.utmSource, user.profile.utmMedium, user.name], ['evil', 'ad', '\ufffd'], 'profile');
+    // A call holding a lone surrogate among the calls sent as the page is left.
+    await p.evaluate(() => {
+      const cut = '😀'.slice(0, 1);
+      window.Sori('track', 'First22');
+      window.Sori('track', 'Cut22b', { s: cut });
+      window.Sori('track', 'Last22');
+      window.Sori('addTags', ['left22']);
+      location.href = '/shop/fresh/left22';
+    });
+    // First22 goes out alone and may land after the rest (docs/sdk.md); the rest go
+    // together, in order.
+    const after = await until('First22 and Last22', async () => {
+      const list = await events(id);
+      return ['First22', 'Last22'].every((n) => list.some((e) => e.name === n)) ? list : null;
+    });
+    const names = after.map((e) => e.name).reverse();
+    assert.deepEqual(
+      names.filter((n) => n !== 'PageView').sort(),
+      ['Cut22', 'Cut22b', 'First22', 'Last22'],
+      'calls sent as the page was left',
+    );
+    assert.ok(names.indexOf('Cut22b') < names.indexOf('Last22'), 'in order');
+    const tags = await until('tag left22', async () => ((await getUser(id)).tags.includes('left22') ? true : null));
+    assert.ok(tags);
+    await c.close();
+    return `user ${id}: ${after.map((e) => e.name).join(',')}`;
+  });
+
   for (const [name, fn] of steps) {
     try {
       const summary = await fn();

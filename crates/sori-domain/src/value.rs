@@ -153,6 +153,20 @@ fn to_millis(v: &Value) -> Result<i64, String> {
     }
 }
 
+/// Removes U+0000 from the strings of what a client library collected from the browser or
+/// app rather than the business sent (a Segment call's `context`, but for its `traits`;
+/// the SDK's UTM parameters): a link whose `utm_source` is `%00` must not switch off
+/// tracking for every visitor who follows it. Such values are cut to their limits for the
+/// same reason. Keys are left alone, to be refused as the business's own text is.
+pub fn strip_collected_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
+        Value::Array(items) => items.iter_mut().for_each(strip_collected_nul),
+        Value::Object(m) => m.values_mut().for_each(strip_collected_nul),
+        _ => {}
+    }
+}
+
 /// Path of the first string (or key) holding U+0000, under `at` (a string at the root is
 /// named `at` itself, empty for a whole body or line): no store can keep it as text, and
 /// every way in refuses it alike.

@@ -545,6 +545,7 @@
       return;
     }
     if (state === 'booting' || state === 'booted') endSession();
+    option = templated(option);
 
     var gen = ++generation;
     var shutdownsThen = shutdowns;
@@ -646,6 +647,28 @@
   // Whether boot options (or a boot's body) name a member.
   function namesMember(option) {
     return option.memberId != null && option.memberId !== '';
+  }
+
+  // Boot options as a template may render them, read as meant (each with a warning):
+  // a member id of white space only (a signed-out visitor) as none, and the texts
+  // 'true'/'false' as the unsubscribe flags' booleans. Refused by the server, either would
+  // switch the SDK off for the page. A copy: the site's object is left as it is.
+  function templated(option) {
+    var o = {};
+    for (var k in option) if (Object.prototype.hasOwnProperty.call(option, k)) o[k] = option[k];
+    if (typeof o.memberId === 'string' && o.memberId !== '' && !/\S/.test(o.memberId)) {
+      warn('memberId is only white space; booting as an anonymous visitor');
+      delete o.memberId;
+      delete o.memberHash;
+    }
+    ['unsubscribeEmail', 'unsubscribeTexting'].forEach(function (name) {
+      var v = o[name];
+      if (v === 'true' || v === 'false') {
+        warn(name + ' should be true or false, not the text "' + v + '"');
+        o[name] = v === 'true';
+      }
+    });
+    return o;
   }
 
   // Whether a site switched an option off: `false`, or the text `'false'` a template
@@ -973,8 +996,10 @@
       safeCall(cb, sdkError(what + ': the argument cannot be sent as JSON', 0), null);
       return;
     }
-    var done = function (data) {
-      if (data.user && state === 'booted') session.user = data.user;
+    // The answer's user is the session's only if no other session began meanwhile
+    // (a shutdown and a boot as someone else while the request was on its way).
+    var done = function (token, data) {
+      if (data.user && state === 'booted' && session.token === token) session.user = data.user;
       safeCall(cb, null, data.user || null);
     };
     var failed = function (err) {
@@ -984,7 +1009,7 @@
     withSession(
       what,
       function (token) {
-        return sessionRequest('PATCH', '/sdk/v1/user', json, token).then(done, failed);
+        return sessionRequest('PATCH', '/sdk/v1/user', json, token).then(done.bind(null, token), failed);
       },
       function (err) {
         safeCall(cb, err, null);

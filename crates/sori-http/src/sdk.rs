@@ -134,8 +134,17 @@ pub async fn boot(
     // A NUL character in a carried call is that call's error (as in `POST /sdk/v1/calls`):
     // refusing the whole boot would lose the visit and every other call of a page that is
     // gone. Anywhere else it refuses the boot.
-    let body = crate::body::parse_json_with_nul(&bytes)?;
+    let mut body = crate::body::parse_json_with_nul(&bytes)?;
     let nul = crate::body::may_hold_nul(&bytes);
+    if nul && let Value::Object(o) = &mut body {
+        // UTM parameters come from the page's link: one holding `%00` is cleaned, not a
+        // reason to switch the SDK off for whoever follows that link.
+        for k in ["utm", "referrer"] {
+            if let Some(v) = o.get_mut(k) {
+                sori_domain::value::strip_collected_nul(v);
+            }
+        }
+    }
     let Value::Object(o) = &body else {
         return Err(ApiError::field("body", "must be an object"));
     };

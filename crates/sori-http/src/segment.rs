@@ -118,7 +118,13 @@ async fn single(
     bytes: Bytes,
     kind: Kind,
 ) -> ApiResult<Json<Accepted>> {
-    let body = crate::body::parse_json(&bytes)?;
+    let mut body = crate::body::parse_json_with_nul(&bytes)?;
+    if crate::body::may_hold_nul(&bytes) {
+        strip_context_nul(&mut body);
+        if let Some(path) = sori_domain::value::nul_path(&body, String::new()) {
+            return Err(crate::body::nul_error(path));
+        }
+    }
     let ch = channel(&state, keyed, &body).await?;
     let now = now_ms();
     // In a block, so the parsed call is not kept in this future across the write (see
@@ -214,8 +220,11 @@ pub async fn batch(
     // before it is used.
     let items = body.get_mut("batch").map(Value::take);
     let nul = crate::body::may_hold_nul(&bytes);
-    if nul && let Some(path) = sori_domain::value::nul_path(&body, String::new()) {
-        return Err(crate::body::nul_error(path));
+    if nul {
+        strip_context_nul(&mut body);
+        if let Some(path) = sori_domain::value::nul_path(&body, String::new()) {
+            return Err(crate::body::nul_error(path));
+        }
     }
     let ch = channel(&state, keyed, &body).await?;
     let Some(Value::Array(items)) = items else {
@@ -239,11 +248,14 @@ pub async fn batch(
     let mut errors = Vec::new();
     let mut valid: Vec<(usize, Ingest)> = Vec::with_capacity(items.len());
     let mut origins: Vec<Vec<(String, String)>> = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
+    for (i, mut item) in items.into_iter().enumerate() {
         let prefix = format!("batch[{i}]");
-        if nul && let Some(path) = sori_domain::value::nul_path(&item, prefix.clone()) {
-            errors.push(item_error(i, FieldError::new(path, crate::body::NUL_RULE)));
-            continue;
+        if nul {
+            strip_context_nul(&mut item);
+            if let Some(path) = sori_domain::value::nul_path(&item, prefix.clone()) {
+                errors.push(item_error(i, FieldError::new(path, crate::body::NUL_RULE)));
+                continue;
+            }
         }
         let item = with_batch_defaults(item, &body);
         match segment::parse(&prefix, item, None, now).and_then(|mut call| {
@@ -323,6 +335,19 @@ fn segment_field(
         }
     }
     f
+}
+
+/// Takes U+0000 out of the strings of a call's `context` but its `traits`: the library
+/// collected them (a campaign from a link, a page's URL), and they are cut rather than
+/// failing the call (`docs/segment.md`). `traits` are the business's profile values.
+fn strip_context_nul(call: &mut Value) {
+    if let Some(Value::Object(ctx)) = call.get_mut("context") {
+        for (k, v) in ctx.iter_mut() {
+            if k != "traits" {
+                sori_domain::value::strip_collected_nul(v);
+            }
+        }
+    }
 }
 
 /// A batch item with the batch-level `context` (item keys win) and `sentAt` filled in, as

@@ -195,7 +195,8 @@ pub async fn import(
                 };
                 let parsed = match std::str::from_utf8(line) {
                     Ok(text) if text.trim().is_empty() => continue,
-                    Ok(text) => serde_json::from_str::<Value>(text)
+                    // As an API body: a lone surrogate escape reads as U+FFFD.
+                    Ok(text) => sori_http::body::json_text(text.as_bytes())
                         .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
                     Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
                 };

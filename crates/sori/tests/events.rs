@@ -376,11 +376,41 @@ async fn segment_api(b: Backend) {
     let r = segment(
         &app,
         "/v1/batch",
-        json!({"context": {"locale": "ko\u{0}"}, "batch": [{"type": "track", "userId": "s1", "event": "e"}]}),
+        json!({"context": {"traits": {"k": "ko\u{0}"}}, "batch": [{"type": "track", "userId": "s1", "event": "e"}]}),
     )
     .await;
     assert_eq!(r.status, 400, "{:?}", r.body);
-    assert_eq!(r.error_field(), "context.locale");
+    assert_eq!(r.error_field(), "context.traits.k");
+    // But for `traits`, what the library collected in `context` (a campaign from a link
+    // whose utm_source is %00) loses its NULs instead of failing the call.
+    for (path, body) in [
+        (
+            "/v1/batch",
+            json!({"context": {"locale": "ko\u{0}"}, "batch": [
+                {"type": "track", "userId": "nul-ctx", "event": "Collected",
+                 "context": {"campaign": {"source": "\u{0}evil"}, "location": {"city": "Se\u{0}oul"}}}
+            ]}),
+        ),
+        (
+            "/v1/track",
+            json!({"userId": "nul-ctx", "event": "Collected",
+                   "context": {"campaign": {"term": "t\u{0}"}, "page": {"url": "https://s.example/\u{0}"}}}),
+        ),
+    ] {
+        let r = segment(&app, path, body).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+        assert!(
+            r.body["errors"].as_array().is_none_or(Vec::is_empty),
+            "{path}: {:?}",
+            r.body
+        );
+    }
+    let u = app.member("nul-ctx").await;
+    let p = &u["profile"];
+    assert_eq!(
+        (&p["utmSource"], &u["language"], &p["lastUtmTerm"], &u["city"]),
+        (&json!("evil"), &json!("ko"), &json!("t"), &json!("Seoul"))
+    );
     // So does one in a write key sent in the body: bad input, not a wrong key.
     for path in ["/v1/batch", "/v1/track"] {
         let body = json!({"writeKey": "k\u{0}", "userId": "s1", "event": "e",
@@ -1842,6 +1872,37 @@ async fn sdk_calls(b: Backend) {
     );
     assert_eq!(r.body["results"][1]["status"], 200);
     assert_eq!(events_of(&app, &id).await.len(), 3);
+    // A lone surrogate escape (JavaScript's JSON for a string cut inside an emoji) reads
+    // as U+FFFD instead of making the whole request malformed JSON.
+    let text = format!(
+        r#"{{"session": "{session}", "calls": [{{"track": {{"name": "Cut", "property": {{"s": "\ud83d"}}}}}}, {{"track": {{"name": "Four"}}}}]}}"#
+    );
+    let r = app
+        .raw(
+            Method::POST,
+            "/sdk/v1/calls",
+            &[("content-type", "text/plain")],
+            text.into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let evs = events_of(&app, &id).await;
+    assert_eq!(evs.len(), 5);
+    assert_eq!(evs[1]["property"]["s"], "\u{fffd}");
+    // UTM parameters from a link whose value holds `%00` lose the NUL instead of failing
+    // the boot (which would switch the SDK off for everyone following that link).
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "utm": {"source": "\u{0}evil", "medium": "a\u{0}d"},
+               "referrer": "https://r.example/\u{0}"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let u = r.body["user"]["profile"].clone();
+    assert_eq!(
+        (&u["utmSource"], &u["lastUtmMedium"], &u["referrer"]),
+        (&json!("evil"), &json!("ad"), &json!("https://r.example/"))
+    );
 
     // sori.js's quiet re-boot of a lost session is not a second visit.
     let r = boot(
