@@ -504,7 +504,7 @@ pub fn csv_event(
     for (h, c) in headers.iter().zip(cells) {
         let h = h.trim();
         match h {
-            "property" if !c.trim().is_empty() => match serde_json::from_str::<Value>(c) {
+            "property" if !c.trim().is_empty() => match crate::value::json_text(c.as_bytes()) {
                 Ok(Value::Object(m)) => {
                     for (k, v) in m {
                         if property.insert(k.clone(), v).is_some() {

@@ -153,16 +153,73 @@ fn to_millis(v: &Value) -> Result<i64, String> {
     }
 }
 
+/// Parses JSON text, reading a lone UTF-16 surrogate escape as U+FFFD. JavaScript's
+/// `JSON.stringify` writes one (`"\ud83d"`) for a string cut inside an emoji, as sites
+/// cutting names and titles to a length do; strict parsing would refuse the whole body
+/// for it, and with it every other call a page sent as it was left. Valid text is
+/// parsed once; only text that fails is mended and parsed again.
+pub fn json_text(bytes: &[u8]) -> serde_json::Result<Value> {
+    serde_json::from_slice(bytes).or_else(|e| match mend_surrogates(bytes) {
+        Some(mended) => serde_json::from_slice(&mended),
+        None => Err(e),
+    })
+}
+
+/// `bytes` with every lone surrogate escape inside a string replaced by `\ufffd` (of the
+/// same length, so error positions stay), or `None` when there is none.
+fn mend_surrogates(bytes: &[u8]) -> Option<Vec<u8>> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = bytes.get(at..at + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                in_string = !in_string;
+                i += 1;
+            }
+            b'\\' if in_string => match unit(i) {
+                Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+                Some(0xD800..=0xDFFF) => {
+                    out.get_or_insert_with(|| bytes.to_vec())[i..i + 6].copy_from_slice(br"\ufffd");
+                    i += 6;
+                }
+                // Any other escape: its two characters (a `\u` escape's digits are plain).
+                _ => i += 2,
+            },
+            _ => i += 1,
+        }
+    }
+    out
+}
+
 /// Removes U+0000 from the strings of what a client library collected from the browser or
 /// app rather than the business sent (a Segment call's `context`, but for its `traits`;
 /// the SDK's UTM parameters): a link whose `utm_source` is `%00` must not switch off
-/// tracking for every visitor who follows it. Such values are cut to their limits for the
-/// same reason. Keys are left alone, to be refused as the business's own text is.
+/// tracking for every visitor who follows it (nor one whose parameter name holds it, as
+/// libraries that keep every `utm_*` parameter make a key of it). Such values are cut to
+/// their limits for the same reason.
 pub fn strip_collected_nul(v: &mut Value) {
     match v {
         Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
         Value::Array(items) => items.iter_mut().for_each(strip_collected_nul),
-        Value::Object(m) => m.values_mut().for_each(strip_collected_nul),
+        Value::Object(m) => {
+            if m.keys().any(|k| k.contains('\0')) {
+                // Rebuilt in order; of two keys that become one, the first is kept.
+                let mut clean = serde_json::Map::with_capacity(m.len());
+                for (mut k, v) in std::mem::take(m) {
+                    k.retain(|c| c != '\0');
+                    clean.entry(k).or_insert(v);
+                }
+                *m = clean;
+            }
+            m.values_mut().for_each(strip_collected_nul);
+        }
         _ => {}
     }
 }
@@ -245,6 +302,41 @@ pub fn clip_text(s: &str) -> &str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lone_surrogates_read_as_replacement_characters() {
+        let v = |t: &str| json_text(t.as_bytes()).unwrap();
+        // A high surrogate alone, before a quote, another escape or text; a low one alone.
+        assert_eq!(v(r#"{"s": "\ud83d"}"#)["s"], "\u{fffd}");
+        assert_eq!(
+            v(r#"["a\uD83D\n", "\ude00b"]"#),
+            json!(["a\u{fffd}\n", "\u{fffd}b"])
+        );
+        assert_eq!(v(r#"["\ud83d\ud83d\ude00"]"#)[0], "\u{fffd}😀");
+        // Pairs, escaped backslashes and text outside strings are left alone.
+        assert_eq!(
+            v(r#"["\ud83d\ude00", "\\ud83d"]"#),
+            json!(["😀", "\\ud83d"])
+        );
+        assert!(json_text(br#"{"s": "\ud83d" "#).is_err());
+        assert!(mend_surrogates(br#"\ud83d"#).is_none());
+        assert!(mend_surrogates(br#"{"a": "x"} \ud83d"#).is_none());
+        assert!(mend_surrogates(br#"{"s": "\ud83d\ude00"}"#).is_none());
+    }
+
+    proptest::proptest! {
+        /// Any UTF-16 text, as JavaScript escapes it, reads as Rust's lossy decoding of
+        /// it: pairs as their character, each lone surrogate as U+FFFD.
+        #[test]
+        fn utf16_text_reads_as_its_lossy_decoding(
+            units in proptest::collection::vec(
+                proptest::prop_oneof![0xD7F0u16..0xE010, 0x20u16..0x80], 0..12),
+        ) {
+            let escaped: String = units.iter().map(|u| format!("\\u{u:04x}")).collect();
+            let v = json_text(format!("[\"{escaped}\"]").as_bytes()).unwrap();
+            proptest::prop_assert_eq!(v[0].as_str().unwrap(), String::from_utf16_lossy(&units));
+        }
+    }
 
     fn seoul() -> TimeZone {
         TimeZone::get("Asia/Seoul").expect("bundled tzdb")

@@ -655,28 +655,36 @@
   // switch the SDK off for the page. A copy: the site's object is left as it is.
   function templated(option) {
     var o = {};
-    for (var k in option) if (Object.prototype.hasOwnProperty.call(option, k)) o[k] = option[k];
-    if (typeof o.memberId === 'string' && o.memberId !== '' && !/\S/.test(o.memberId)) {
-      warn('memberId is only white space; booting as an anonymous visitor');
-      delete o.memberId;
-      delete o.memberHash;
+    // Inherited options too (a site may build them with Object.create(defaults)).
+    for (var k in option) o[k] = option[k];
+    if (typeof o.memberId === 'string' && o.memberId !== o.memberId.trim()) {
+      if (o.memberId.trim() === '') {
+        warn('memberId is only white space; booting as an anonymous visitor');
+        delete o.memberId;
+        delete o.memberHash;
+      } else {
+        warn('memberId "' + o.memberId + '" has white space around it; booting as "' + o.memberId.trim() + '"');
+        o.memberId = o.memberId.trim();
+      }
     }
     ['unsubscribeEmail', 'unsubscribeTexting'].forEach(function (name) {
-      var v = o[name];
-      if (v === 'true' || v === 'false') {
-        warn(name + ' should be true or false, not the text "' + v + '"');
-        o[name] = v === 'true';
-      }
+      o[name] = textBool(o, name);
     });
     return o;
   }
 
-  // Whether a site switched an option off: `false`, or the text `'false'` a template
-  // rendered (which, as a non-empty string, would otherwise read as on), with a warning.
-  function switchedOff(option, name) {
+  // option[name], with the text 'true' or 'false' a template rendered (which, as a
+  // non-empty string, would read as on) as its boolean, with a warning.
+  function textBool(option, name) {
     var v = option[name];
-    if (v === 'false' || v === 'true') warn(name + ' should be true or false, not the text "' + v + '"');
-    return v === false || v === 'false';
+    if (v !== 'false' && v !== 'true') return v;
+    warn(name + ' should be true or false, not the text "' + v + '"');
+    return v === 'true';
+  }
+
+  // Whether a site switched an option off: `false`, or the text `'false'`.
+  function switchedOff(option, name) {
+    return textBool(option, name) === false;
   }
 
   // navigator.language when it is a language tag the server takes (`ko-KR`), else none:
@@ -996,10 +1004,12 @@
       safeCall(cb, sdkError(what + ': the argument cannot be sent as JSON', 0), null);
       return;
     }
-    // The answer's user is the session's only if no other session began meanwhile
-    // (a shutdown and a boot as someone else while the request was on its way).
-    var done = function (token, data) {
-      if (data.user && state === 'booted' && session.token === token) session.user = data.user;
+    // The answer's user is the session's only if no boot or shutdown came since the
+    // request was sent (`gen`; null: not known): a shutdown and a boot as someone else
+    // while it was on its way must not leave the new session with the old user.
+    var done = function (gen, data) {
+      var current = gen === null || gen === generation;
+      if (data.user && state === 'booted' && current) session.user = data.user;
       safeCall(cb, null, data.user || null);
     };
     var failed = function (err) {
@@ -1009,7 +1019,7 @@
     withSession(
       what,
       function (token) {
-        return sessionRequest('PATCH', '/sdk/v1/user', json, token).then(done.bind(null, token), failed);
+        return sessionRequest('PATCH', '/sdk/v1/user', json, token).then(done.bind(null, generation), failed);
       },
       function (err) {
         safeCall(cb, err, null);
@@ -1018,7 +1028,7 @@
         json: '{"user":' + json + '}',
         // The call's result inside a `POST /sdk/v1/calls` answer.
         settle: function (r) {
-          if (r.status === 200) return done(r);
+          if (r.status === 200) return done(null, r);
           failed(answerError(r.status, r.error));
         },
       }

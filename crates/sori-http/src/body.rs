@@ -95,52 +95,8 @@ pub(crate) fn parse_json_with_nul(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::field("body", "a JSON body is required"));
     }
-    json_text(bytes).map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))
-}
-
-/// Parses JSON text, reading a lone UTF-16 surrogate escape as U+FFFD. JavaScript's
-/// `JSON.stringify` writes one (`"\ud83d"`) for a string cut inside an emoji, as sites
-/// cutting names and titles to a length do; strict parsing would refuse the whole body
-/// for it, and with it every other call a page sent as it was left. Valid text is
-/// parsed once; only text that fails is mended and parsed again.
-pub fn json_text(bytes: &[u8]) -> serde_json::Result<Value> {
-    serde_json::from_slice(bytes).or_else(|e| match mend_surrogates(bytes) {
-        Some(mended) => serde_json::from_slice(&mended),
-        None => Err(e),
-    })
-}
-
-/// `bytes` with every lone surrogate escape inside a string replaced by `\ufffd` (of the
-/// same length, so error positions stay), or `None` when there is none.
-fn mend_surrogates(bytes: &[u8]) -> Option<Vec<u8>> {
-    let unit = |at: usize| -> Option<u16> {
-        let hex = bytes.get(at..at + 6)?;
-        if hex[0] != b'\\' || hex[1] != b'u' {
-            return None;
-        }
-        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
-    };
-    let mut out: Option<Vec<u8>> = None;
-    let (mut i, mut in_string) = (0, false);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                in_string = !in_string;
-                i += 1;
-            }
-            b'\\' if in_string => match unit(i) {
-                Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
-                Some(0xD800..=0xDFFF) => {
-                    out.get_or_insert_with(|| bytes.to_vec())[i..i + 6].copy_from_slice(br"\ufffd");
-                    i += 6;
-                }
-                // Any other escape: its two characters (a `\u` escape's digits are plain).
-                _ => i += 2,
-            },
-            _ => i += 1,
-        }
-    }
-    out
+    sori_domain::value::json_text(bytes)
+        .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))
 }
 
 /// JSON can only carry U+0000 as the escape `\u0000`: without it in the text there is
@@ -420,40 +376,6 @@ mod tests {
 
     fn parse_error(body: &str) -> Option<String> {
         parse_json(body.as_bytes()).err().map(|e| format!("{e:?}"))
-    }
-
-    #[test]
-    fn lone_surrogates_read_as_replacement_characters() {
-        let v = |t: &str| json_text(t.as_bytes()).unwrap();
-        // A high surrogate alone, before a quote, another escape or text; a low one alone.
-        assert_eq!(v(r#"{"s": "\ud83d"}"#)["s"], "\u{fffd}");
-        assert_eq!(
-            v(r#"["a\uD83D\n", "\ude00b"]"#),
-            serde_json::json!(["a\u{fffd}\n", "\u{fffd}b"])
-        );
-        assert_eq!(v(r#"["\ud83d\ud83d\ude00"]"#)[0], "\u{fffd}😀");
-        // Pairs, escaped backslashes and text outside strings are left alone.
-        assert_eq!(
-            v(r#"["\ud83d\ude00", "\\ud83d"]"#),
-            serde_json::json!(["😀", "\\ud83d"])
-        );
-        assert!(json_text(br#"{"s": "\ud83d" "#).is_err());
-        assert!(json_text(br#"\ud83d"#).is_err());
-        assert!(mend_surrogates(br#"{"s": "\ud83d\ude00"}"#).is_none());
-    }
-
-    proptest::proptest! {
-        /// Any UTF-16 text, as JavaScript escapes it, reads as Rust's lossy decoding of
-        /// it: pairs as their character, each lone surrogate as U+FFFD.
-        #[test]
-        fn utf16_text_reads_as_its_lossy_decoding(
-            units in proptest::collection::vec(
-                proptest::prop_oneof![0xD7F0u16..0xE010, 0x20u16..0x80], 0..12),
-        ) {
-            let escaped: String = units.iter().map(|u| format!("\\u{u:04x}")).collect();
-            let v = json_text(format!("[\"{escaped}\"]").as_bytes()).unwrap();
-            proptest::prop_assert_eq!(v[0].as_str().unwrap(), String::from_utf16_lossy(&units));
-        }
     }
 
     #[test]

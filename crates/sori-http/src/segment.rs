@@ -342,10 +342,14 @@ fn segment_field(
 /// failing the call (`docs/segment.md`). `traits` are the business's profile values.
 fn strip_context_nul(call: &mut Value) {
     if let Some(Value::Object(ctx)) = call.get_mut("context") {
-        for (k, v) in ctx.iter_mut() {
-            if k != "traits" {
-                sori_domain::value::strip_collected_nul(v);
+        let traits = ctx.remove("traits");
+        let mut collected = Value::Object(std::mem::take(ctx));
+        sori_domain::value::strip_collected_nul(&mut collected);
+        if let Value::Object(mut clean) = collected {
+            if let Some(t) = traits {
+                clean.insert("traits".into(), t);
             }
+            *ctx = clean;
         }
     }
 }

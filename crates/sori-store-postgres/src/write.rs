@@ -676,18 +676,15 @@ pub(crate) async fn upsert_users(
     Ok(())
 }
 
-/// Rows in (channel, member id) order: the only waits left when they are written are on
-/// member ids another batch is inserting, and taking them in one order turns a race for
-/// the same new members into a `Conflict`, not a deadlock.
+/// Rows in [`users_in_write_order`](sori_store::users_in_write_order): members in
+/// (channel, member id) order, so the only waits left when they are written are on member
+/// ids another batch is inserting, and taking them in one order turns a race for the same
+/// new members into a `Conflict`, not a deadlock; anonymous users after them.
 fn upsert_rows(users: &BTreeMap<(i64, String), User>) -> Vec<UserRow> {
-    let mut rows: Vec<UserRow> = users
-        .iter()
-        .map(|((ch, _), user)| UserRow::from_user(*ch, user))
-        .collect();
-    rows.sort_by(|a, b| {
-        (a.channel_id, &a.member_id, &a.id).cmp(&(b.channel_id, &b.member_id, &b.id))
-    });
-    rows
+    sori_store::users_in_write_order(users)
+        .into_iter()
+        .map(|(ch, user)| UserRow::from_user(ch, user))
+        .collect()
 }
 
 fn upsert_args(rows: &[UserRow], seq: i64) -> Vec<Lit<'_>> {

@@ -10,7 +10,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use sori_domain::event::NewEvent;
 use sori_domain::{FieldType, ProfileField, ProfileKey, Registry, User};
-use sori_store::{Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes};
+use sori_store::{
+    Merge, StoreError, UserKeys, UserOp, UserOpResult, UserRow, plan_user_writes,
+    users_in_write_order,
+};
 use sori_store_sqlx::EventAggregates;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -383,7 +386,7 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
     if let Some(seq) = seq
         && !plan.users.is_empty()
     {
-        upsert_users(&tx, seq, plan.users.iter().map(|((ch, _), u)| (*ch, u)))?;
+        upsert_users(&tx, seq, users_in_write_order(&plan.users).into_iter())?;
     }
     tx.commit().map_err(db)?;
     Ok(plan.results)

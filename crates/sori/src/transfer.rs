@@ -196,7 +196,7 @@ pub async fn import(
                 let parsed = match std::str::from_utf8(line) {
                     Ok(text) if text.trim().is_empty() => continue,
                     // As an API body: a lone surrogate escape reads as U+FFFD.
-                    Ok(text) => sori_http::body::json_text(text.as_bytes())
+                    Ok(text) => sori_domain::value::json_text(text.as_bytes())
                         .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
                     Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
                 };

@@ -408,7 +408,12 @@ async fn segment_api(b: Backend) {
     let u = app.member("nul-ctx").await;
     let p = &u["profile"];
     assert_eq!(
-        (&p["utmSource"], &u["language"], &p["lastUtmTerm"], &u["city"]),
+        (
+            &p["utmSource"],
+            &u["language"],
+            &p["lastUtmTerm"],
+            &u["city"]
+        ),
         (&json!("evil"), &json!("ko"), &json!("t"), &json!("Seoul"))
     );
     // So does one in a write key sent in the body: bad input, not a wrong key.
@@ -2283,6 +2288,62 @@ async fn segment_edges(b: Backend) {
         )
         .await;
     assert_eq!((r.status, r.error_field()), (400, "eventRetentionDays"));
+
+    // An anonymousId-only call right after the identify that signs its visitor in lands
+    // as it would in a later request: the anonymousId names no anonymous user any more,
+    // so a new one is made, in a batch as alone, whether the identify made the known
+    // visitor a member or merged it into one (QA: it landed on the member, or not).
+    app.upsert("after-existing", json!({})).await;
+    for (member, anon, name) in [
+        ("after-new", "anon-after-1", "AnonAfter1"),
+        ("after-existing", "anon-after-2", "AnonAfter2"),
+    ] {
+        let r = segment(
+            &app,
+            "/v1/page",
+            json!({"anonymousId": anon, "name": "Home"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let r = segment(
+            &app,
+            "/v1/batch",
+            json!({"batch": [
+                {"type": "identify", "userId": member, "anonymousId": anon},
+                {"type": "track", "anonymousId": anon, "event": name},
+            ]}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let m = app.member(member).await;
+        let names: Vec<Value> = events_of(&app, m["id"].as_str().unwrap())
+            .await
+            .iter()
+            .map(|e| e["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("PageView")], "{member}");
+        let r = app
+            .open(Method::GET, "/open/v5/users?limit=500", None)
+            .await;
+        let after: Vec<&Value> = r.body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["memberId"].is_null())
+            .collect();
+        let mut owners = Vec::new();
+        for u in after {
+            let id = u["id"].as_str().unwrap();
+            if events_of(&app, id).await.iter().any(|e| e["name"] == name) {
+                owners.push(id.to_owned());
+            }
+        }
+        assert_eq!(
+            owners.len(),
+            1,
+            "{member}: one new anonymous user holds {name}"
+        );
+    }
     app.stop().await;
 }
 
