@@ -530,8 +530,7 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
         }
     }
     match op {
-        TagOp::Clear => {}
-        TagOp::Set(_) => *tags = normalized,
+        TagOp::Set(_) | TagOp::Clear => *tags = normalized,
         TagOp::Add(_) => {
             for t in normalized {
                 if !tags.contains(&t) {

@@ -507,7 +507,10 @@ async fn apply_calls(
     let mut ingests = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let at = format!("calls[{i}]");
-        let call = match sori_domain::value::nul_path(&item, at.clone()).filter(|_| nul) {
+        let call = match nul
+            .then(|| sori_domain::value::nul_path(&item, at.clone()))
+            .flatten()
+        {
             Some(path) => Err(crate::body::nul_error(path)),
             None => read_call(session, &at, item, agent),
         };

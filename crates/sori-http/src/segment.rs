@@ -119,11 +119,10 @@ async fn single(
     kind: Kind,
 ) -> ApiResult<Json<Accepted>> {
     let mut body = crate::body::parse_json_with_nul(&bytes)?;
-    if crate::body::may_hold_nul(&bytes) {
-        strip_context_nul(&mut body);
-        if let Some(path) = sori_domain::value::nul_path(&body, String::new()) {
-            return Err(crate::body::nul_error(path));
-        }
+    if crate::body::may_hold_nul(&bytes)
+        && let Some(path) = nul_in_call(&mut body, String::new())
+    {
+        return Err(crate::body::nul_error(path));
     }
     let ch = channel(&state, keyed, &body).await?;
     let now = now_ms();
@@ -220,11 +219,8 @@ pub async fn batch(
     // before it is used.
     let items = body.get_mut("batch").map(Value::take);
     let nul = crate::body::may_hold_nul(&bytes);
-    if nul {
-        strip_context_nul(&mut body);
-        if let Some(path) = sori_domain::value::nul_path(&body, String::new()) {
-            return Err(crate::body::nul_error(path));
-        }
+    if nul && let Some(path) = nul_in_call(&mut body, String::new()) {
+        return Err(crate::body::nul_error(path));
     }
     let ch = channel(&state, keyed, &body).await?;
     let Some(Value::Array(items)) = items else {
@@ -250,12 +246,9 @@ pub async fn batch(
     let mut origins: Vec<Vec<(String, String)>> = Vec::with_capacity(items.len());
     for (i, mut item) in items.into_iter().enumerate() {
         let prefix = format!("batch[{i}]");
-        if nul {
-            strip_context_nul(&mut item);
-            if let Some(path) = sori_domain::value::nul_path(&item, prefix.clone()) {
-                errors.push(item_error(i, FieldError::new(path, crate::body::NUL_RULE)));
-                continue;
-            }
+        if nul && let Some(path) = nul_in_call(&mut item, prefix.clone()) {
+            errors.push(item_error(i, FieldError::new(path, crate::body::NUL_RULE)));
+            continue;
         }
         let item = with_batch_defaults(item, &body);
         match segment::parse(&prefix, item, None, now).and_then(|mut call| {
@@ -337,9 +330,16 @@ fn segment_field(
     f
 }
 
-/// Takes U+0000 out of the strings of a call's `context` but its `traits`: the library
-/// collected them (a campaign from a link, a page's URL), and they are cut rather than
-/// failing the call (`docs/segment.md`). `traits` are the business's profile values.
+/// Where a call (or a batch's shared fields) holds U+0000 once [`strip_context_nul`] has
+/// cleaned its `context`: the path of the first one, under `at`.
+fn nul_in_call(call: &mut Value, at: String) -> Option<String> {
+    strip_context_nul(call);
+    sori_domain::value::nul_path(call, at)
+}
+
+/// Takes U+0000 out of a call's `context` but its `traits`: the library collected it (a
+/// campaign from a link, a page's URL), and it is cut rather than failing the call
+/// (`docs/segment.md`). `traits` are the business's profile values.
 fn strip_context_nul(call: &mut Value) {
     if let Some(Value::Object(ctx)) = call.get_mut("context") {
         let traits = ctx.remove("traits");

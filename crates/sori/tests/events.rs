@@ -394,7 +394,7 @@ async fn segment_api(b: Backend) {
         (
             "/v1/track",
             json!({"userId": "nul-ctx", "event": "Collected",
-                   "context": {"campaign": {"term": "t\u{0}"}, "page": {"url": "https://s.example/\u{0}"}}}),
+                   "context": {"campaign": {"term": "t\u{0}", "utm_\u{0}x": "y"}, "page": {"url": "https://s.example/\u{0}"}}}),
         ),
     ] {
         let r = segment(&app, path, body).await;
@@ -406,6 +406,12 @@ async fn segment_api(b: Backend) {
         );
     }
     let u = app.member("nul-ctx").await;
+    let pages: Vec<Value> = events_of(&app, u["id"].as_str().unwrap())
+        .await
+        .iter()
+        .map(|e| e["page"].clone())
+        .collect();
+    assert!(pages.contains(&json!("https://s.example/")), "{pages:?}");
     let p = &u["profile"];
     assert_eq!(
         (
