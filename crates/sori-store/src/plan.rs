@@ -272,7 +272,7 @@ pub fn plan_user_writes<'a>(
                                 .filter(|id| {
                                     let key = (ch, (*id).to_owned());
                                     !merged_into.contains_key(&key)
-                                        && !users.get(&key).is_some_and(|u| u.member_id.is_some())
+                                        && users.get(&key).is_none_or(|u| u.member_id.is_none())
                                 })
                         }),
                 }
