@@ -817,6 +817,32 @@ mod tests {
         }
     }
 
+    /// A Segment-style identify by both ids that changes nothing else (a sign-in).
+    fn identify(member: Option<&str>, veil: &str, new_id: &str) -> UserOp {
+        let mut o = op(
+            UserTarget::Identify {
+                member_id: member.map(Into::into),
+                veil_id: Some(veil.into()),
+                new_id: new_id.into(),
+            },
+            json!({}),
+        );
+        o.update = UserUpdate::default();
+        o
+    }
+
+    /// A Segment event `id` at `at`.
+    fn event(id: &str, at: i64) -> sori_domain::event::NewEvent {
+        sori_domain::event::NewEvent::new(
+            id.into(),
+            "E".into(),
+            serde_json::Map::new(),
+            None,
+            at,
+            sori_domain::event::EventSource::Segment,
+        )
+    }
+
     fn upsert(m: &str, id: &str, body: serde_json::Value) -> UserOp {
         op(
             UserTarget::MemberId {
@@ -866,16 +892,7 @@ mod tests {
     fn an_identify_with_both_ids_and_nothing_else_makes_the_anonymous_user_a_member() {
         let mut anon = User::new("a".into(), 1);
         anon.veil_id = Some("v1".into());
-        let mut identify = op(
-            UserTarget::Identify {
-                member_id: Some("42".into()),
-                veil_id: Some("v1".into()),
-                new_id: "n".into(),
-            },
-            json!({}),
-        );
-        identify.update = UserUpdate::default();
-        let ops = [identify];
+        let ops = [identify(Some("42"), "v1", "n")];
         let plan = plan_user_writes(&ops, vec![(1, anon)], Vec::new(), HashMap::new());
         let written = &plan.users[&(1, "a".to_owned())];
         assert_eq!(written.member_id.as_deref(), Some("42"));
@@ -888,7 +905,6 @@ mod tests {
     /// a member or merged it into one (QA: it landed on the member, or not, by chance).
     #[test]
     fn a_veil_only_write_after_a_sign_in_in_the_batch_makes_a_new_anonymous_user() {
-        use sori_domain::event::{EventSource, NewEvent};
         for member_exists in [false, true] {
             let mut loaded = Vec::new();
             if member_exists {
@@ -899,39 +915,15 @@ mod tests {
             let mut anon = User::new("a".into(), 1);
             anon.veil_id = Some("v1".into());
             loaded.push((1, anon));
-            let mut identify = op(
-                UserTarget::Identify {
-                    member_id: Some("42".into()),
-                    veil_id: Some("v1".into()),
-                    new_id: "n1".into(),
-                },
-                json!({}),
-            );
-            identify.update = UserUpdate::default();
-            let mut track = op(
-                UserTarget::Identify {
-                    member_id: None,
-                    veil_id: Some("v1".into()),
-                    new_id: "n2".into(),
-                },
-                json!({}),
-            );
-            track.update = UserUpdate::default();
-            track.events = vec![NewEvent::new(
-                "e1".into(),
-                "E".into(),
-                serde_json::Map::new(),
-                None,
-                3,
-                EventSource::Segment,
-            )];
+            let mut track = identify(None, "v1", "n2");
+            track.events = vec![event("e1", 3)];
             assert!(track.is_light());
             let keys = UserKeys {
                 id: "a".into(),
                 member_id: None,
                 veil_id: Some("v1".into()),
             };
-            let ops = [identify, track];
+            let ops = [identify(Some("42"), "v1", "n1"), track];
             let plan = plan_user_writes(&ops, loaded, vec![(1, keys)], HashMap::new());
             let owner = &plan.results[1].as_ref().expect("ok").user_id;
             assert_eq!(owner, "n2", "member exists: {member_exists}");
@@ -942,40 +934,20 @@ mod tests {
 
     #[test]
     fn an_events_only_write_after_a_merge_lands_on_the_member() {
-        use sori_domain::event::{EventSource, NewEvent};
         let mut member = User::new("m".into(), 1);
         member.member_id = Some("42".into());
         let mut anon = User::new("a".into(), 1);
         anon.veil_id = Some("v1".into());
-        let event = |id: &str| {
-            NewEvent::new(
-                id.into(),
-                "E".into(),
-                serde_json::Map::new(),
-                None,
-                3,
-                EventSource::Segment,
-            )
-        };
-        let mut identify = op(
-            UserTarget::Identify {
-                member_id: Some("42".into()),
-                veil_id: Some("v1".into()),
-                new_id: "merge-1".into(),
-            },
-            json!({}),
-        );
-        identify.update = UserUpdate::default();
         let mut late = op(UserTarget::Id("a".into()), json!({}));
         late.update = UserUpdate::default();
-        late.events = vec![event("e1")];
+        late.events = vec![event("e1", 3)];
         assert!(late.is_light());
         let keys = UserKeys {
             id: "a".into(),
             member_id: None,
             veil_id: Some("v1".into()),
         };
-        let ops = [identify, late];
+        let ops = [identify(Some("42"), "v1", "merge-1"), late];
         let plan = plan_user_writes(
             &ops,
             vec![(1, member), (1, anon)],
@@ -989,16 +961,9 @@ mod tests {
 
     #[test]
     fn retried_events_move_no_activity() {
-        use sori_domain::event::{EventSource, NewEvent};
+        use sori_domain::event::NewEvent;
         let event = |id: &str, at: i64| {
-            let mut e = NewEvent::new(
-                id.into(),
-                "E".into(),
-                serde_json::Map::new(),
-                None,
-                at,
-                EventSource::Segment,
-            );
+            let mut e = event(id, at);
             e.message_id = Some(format!("m-{id}"));
             e
         };
@@ -1045,16 +1010,9 @@ mod tests {
 
     #[test]
     fn second_deliveries_in_one_batch_are_answered_as_the_first() {
-        use sori_domain::event::{EventSource, NewEvent};
+        use sori_domain::event::NewEvent;
         let event = |id: &str, message: &str| {
-            let mut e = NewEvent::new(
-                id.into(),
-                "E".into(),
-                serde_json::Map::new(),
-                None,
-                3,
-                EventSource::Segment,
-            );
+            let mut e = event(id, 3);
             e.message_id = Some(message.into());
             e
         };

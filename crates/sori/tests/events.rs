@@ -30,6 +30,19 @@ async fn keep_events_for(app: &TestApp, days: i64) {
     );
 }
 
+/// The channel's users without a member id (the first 500).
+async fn anonymous_users(app: &TestApp) -> Vec<Value> {
+    let r = app
+        .open(Method::GET, "/open/v5/users?limit=500", None)
+        .await;
+    let users = r.body["users"].as_array().unwrap();
+    users
+        .iter()
+        .filter(|u| u["memberId"].is_null())
+        .cloned()
+        .collect()
+}
+
 async fn events_of(app: &TestApp, key: &str) -> Vec<Value> {
     let r = app
         .open(
@@ -1577,15 +1590,7 @@ async fn merges_race_events(b: Backend) {
         "every anonymous PageView merged into a member"
     );
     // No anonymous user is left behind: each was merged.
-    let list = app
-        .open(Method::GET, "/open/v5/users?limit=500", None)
-        .await;
-    let anonymous: Vec<&Value> = list.body["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["memberId"].is_null())
-        .collect();
+    let anonymous = anonymous_users(&app).await;
     assert!(anonymous.is_empty(), "{anonymous:?}");
 }
 
@@ -2328,17 +2333,8 @@ async fn segment_edges(b: Backend) {
             .map(|e| e["name"].clone())
             .collect();
         assert_eq!(names, [json!("PageView")], "{member}");
-        let r = app
-            .open(Method::GET, "/open/v5/users?limit=500", None)
-            .await;
-        let after: Vec<&Value> = r.body["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|u| u["memberId"].is_null())
-            .collect();
         let mut owners = Vec::new();
-        for u in after {
+        for u in anonymous_users(&app).await {
             let id = u["id"].as_str().unwrap();
             if events_of(&app, id).await.iter().any(|e| e["name"] == name) {
                 owners.push(id.to_owned());
