@@ -556,6 +556,13 @@ async function run(browser, pagesOrigin) {
     });
     assert.equal(unknown.error, null, `boot with an unregistered key: ${JSON.stringify(unknown)}`);
     assert.equal(unknown.user.profile.notRegistered, undefined, 'the key was left out');
+    // That session lost, its calls boot again quietly, where the refused profile is left
+    // out again as the first boot left it, and land.
+    const gone = await api('DELETE', userPath(unknown.user.id));
+    assert.equal(gone.status, 204, `delete: ${gone.text}`);
+    const renewed = await sdkCall(fresh, 'updateUser', { profile: { nickname: 'Renewed' } });
+    assert.equal(renewed.error, null, `updateUser after the session was lost: ${JSON.stringify(renewed)}`);
+    assert.notEqual(renewed.user.id, unknown.user.id, 'a new user');
     // A boot, then another before the first is answered (an anonymous boot, then the
     // member's after sign-in): a call made between the two goes with the second.
     const between = await fresh.evaluate(
