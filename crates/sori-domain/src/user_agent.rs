@@ -68,12 +68,20 @@ fn device_name(d: &ua_parser::device::ValueRef<'_>) -> Option<String> {
     (!name.is_empty() && name != "Other").then(|| name.to_owned())
 }
 
+/// The longest `User-Agent` read, in bytes, as for every string a client library
+/// collects. Browsers send 100 to 300; the dataset's patterns copy parts of the text into
+/// the device name, so a longer one (anyone holding the public plugin key can send it)
+/// would store that much in every row it visits.
+pub const MAX_USER_AGENT_BYTES: usize = 512;
+
 /// Device facts of a visit: `browser`/`os` with their versions, `browserName`/`osName`
 /// without, and `device` as the dataset names it (`iPhone`, `Mac`, `Samsung SM-S918N`,
 /// `Spider` for crawlers), or `Desktop` for desktop systems it names no device for.
-/// Anything the dataset does not know is left out.
+/// Anything the dataset does not know is left out, and so is everything of a string over
+/// [`MAX_USER_AGENT_BYTES`]: such a visit keeps the device it had, like one without a
+/// user agent.
 pub fn parse(ua: &str) -> DeviceInfo {
-    let Some(ex) = extractor() else {
+    let Some(ex) = extractor().filter(|_| ua.len() <= MAX_USER_AGENT_BYTES) else {
         return DeviceInfo::default();
     };
     let (browser, os, device) = ex.extract(ua);
@@ -224,5 +232,25 @@ mod tests {
         assert_eq!(parse("\u{0}\u{1}garbage"), DeviceInfo::default());
         let bot = parse("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)");
         assert_eq!(bot.device.as_deref(), Some("Spider"));
+    }
+
+    /// The device pattern copies the text between `Android 13;` and `)`: an agent padded
+    /// there is not read at all past the limit, instead of naming a device of that size.
+    #[test]
+    fn agents_over_the_limit_are_not_read() {
+        let padded = |n: usize| {
+            format!(
+                "Mozilla/5.0 (Linux; Android 13; {}) Chrome/120.0 Mobile Safari/537.36",
+                "A".repeat(n)
+            )
+        };
+        let fits = padded(MAX_USER_AGENT_BYTES - padded(0).len());
+        assert_eq!(fits.len(), MAX_USER_AGENT_BYTES);
+        assert!(
+            parse(&fits)
+                .device
+                .is_some_and(|d| d.len() < MAX_USER_AGENT_BYTES)
+        );
+        assert_eq!(parse(&padded(100_000)), DeviceInfo::default());
     }
 }
