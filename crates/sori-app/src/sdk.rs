@@ -135,6 +135,7 @@ impl App {
                 Activity::seen(now)
             },
             events,
+            message_id: None,
         };
         let outcome = self.ingest(ch, ingest, Source::SdkBoot).await?;
         let session = SdkSession {
@@ -235,6 +236,7 @@ pub fn sdk_event(
         update: UserUpdate::default(),
         activity,
         events: vec![event.clone()],
+        message_id: None,
     };
     Ok((ingest, event))
 }

@@ -20,6 +20,12 @@ pub fn ingest_of(
     source: EventSource,
     retention: Retention<'_>,
 ) -> Result<Ingest, Invalid> {
+    // A call without an event keeps its own `messageId`; an event carries it otherwise.
+    let message_id = call
+        .event
+        .is_none()
+        .then(|| call.message_id.clone())
+        .flatten();
     let event = match call.event {
         Some(input) => {
             let mut e = Invalid::both(
@@ -65,6 +71,7 @@ pub fn ingest_of(
         update: call.update.unwrap_or_default(),
         activity,
         events: event.into_iter().collect(),
+        message_id,
     })
 }
 

@@ -310,6 +310,9 @@ pub struct Ingest {
     pub activity: sori_domain::activity::Activity,
     /// Events to append.
     pub events: Vec<sori_domain::event::NewEvent>,
+    /// The `messageId` of a Segment call without events (an `identify`), which makes its
+    /// retries answered instead of applied again ([`sori_store::UserOp::message_id`]).
+    pub message_id: Option<String>,
 }
 
 impl Ingest {
@@ -320,6 +323,7 @@ impl Ingest {
             update,
             activity: sori_domain::activity::Activity::default(),
             events: Vec::new(),
+            message_id: None,
         }
     }
 }
@@ -374,6 +378,7 @@ impl crate::App {
             ctx: self.context(ch, source),
             activity: ingest.activity,
             events: ingest.events,
+            message_id: ingest.message_id,
         })
     }
 

@@ -106,6 +106,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "member hash epoch",
         include_str!("../migrations/0013_member_hash_epoch.sql"),
     ),
+    (
+        14,
+        "messageIds of calls without events",
+        include_str!("../migrations/0014_call_keys.sql"),
+    ),
 ];
 
 /// The owners of the events at positions `($1, $2]` with their activity instants as they
@@ -1249,6 +1254,13 @@ impl Store for PostgresStore {
         upto: i64,
         limit: u32,
     ) -> Result<u64> {
+        // The messageIds of calls without events are kept as long as events are.
+        sqlx::query("DELETE FROM call_keys WHERE channel_id = $1 AND created_at < $2")
+            .bind(channel_id)
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         // Roll the chunk up into per-user counts in the same statement that deletes it,
         // so segments keep counting events that retention removed.
         let r: i64 = sqlx::query_scalar(

@@ -311,22 +311,34 @@ const STORED_OWNERS: &str = "SELECT k.ch, k.id, e.user_id \
     JOIN events e ON e.channel_id = k.ch AND e.message_key = \
     substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16)";
 
+/// Users the stored calls without events of these `messageId`s were applied to (see
+/// `sori_store::UserOp::message_id`), keyed as [`STORED_OWNERS`] keys events.
+const STORED_CALL_OWNERS: &str = "SELECT k.ch, k.id, c.user_id \
+    FROM UNNEST($1::bigint[], $2::text[]) AS k(ch, id) \
+    JOIN call_keys c ON c.channel_id = k.ch AND c.message_key = \
+    substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16)";
+
+/// Stores the `messageId`s of a batch's calls without events (see
+/// `sori_store::WritePlan::call_keys`).
+const INSERT_CALL_KEYS: &str = "INSERT INTO call_keys (channel_id, message_key, user_id, created_at) \
+    SELECT k.ch, substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16), \
+    k.u, k.at FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[]) AS k(ch, id, u, at) \
+    ON CONFLICT DO NOTHING";
+
 /// Writes a batch of user ops (see the module documentation). Calls already stored in
 /// whole (see `sori_store::RetryCheck`) are answered, not written again; one stored by
 /// another batch between the read and the write is written as before (its event row is
 /// still refused).
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     let check = sori_store::RetryCheck::before_planning(ops);
-    let keys: Vec<(i64, &str)> = check
-        .keys()
-        .into_iter()
-        .filter(|(_, id)| !id.contains('\0'))
-        .collect();
-    if keys.is_empty() {
+    let (mut keys, mut call_keys) = (check.keys(), check.call_keys());
+    keys.retain(|(_, id)| !id.contains('\0'));
+    call_keys.retain(|(_, id)| !id.contains('\0'));
+    if keys.is_empty() && call_keys.is_empty() {
         return write_planned(writers, ops).await;
     }
     let mut tx = writers.take().await?;
-    let owners = match stored_owners(tx.conn(), &keys).await {
+    let owners = match stored_owners(tx.conn(), &keys, &call_keys).await {
         Ok(owners) => owners,
         Err(e) => return Err(tx.abort(e).await),
     };
@@ -342,21 +354,48 @@ pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec
     }
 }
 
-/// The users owning the stored events of these `messageId`s, by channel and `messageId`.
+/// The users owning the stored events of these `messageId`s (`keys`), and the users the
+/// stored calls without events were applied to (`call_keys`), by channel and `messageId`.
 async fn stored_owners(
     conn: &mut PgConnection,
     keys: &[(i64, &str)],
+    call_keys: &[(i64, &str)],
 ) -> Result<HashMap<(i64, String), String>> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(STORED_OWNERS)
+    let mut owners = HashMap::new();
+    for (sql, keys) in [(STORED_OWNERS, keys), (STORED_CALL_OWNERS, call_keys)] {
+        if keys.is_empty() {
+            continue;
+        }
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sql)
+            .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+        owners.extend(rows.into_iter().map(|(ch, id, owner)| ((ch, id), owner)));
+    }
+    Ok(owners)
+}
+
+/// Stores the `messageId`s of the batch's calls without events; false when one was stored
+/// already, by another transaction since the batch read them (the batch is then written
+/// again, and the read finds it).
+async fn insert_call_keys(
+    conn: &mut PgConnection,
+    keys: &[(i64, &str, &str, i64)],
+) -> Result<bool> {
+    if keys.is_empty() {
+        return Ok(true);
+    }
+    let inserted = sqlx::query(INSERT_CALL_KEYS)
         .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .fetch_all(conn)
+        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.3).collect::<Vec<_>>())
+        .execute(conn)
         .await
         .map_err(backend)?;
-    Ok(rows
-        .into_iter()
-        .map(|(ch, id, owner)| ((ch, id), owner))
-        .collect())
+    Ok(inserted.rows_affected() == keys.len() as u64)
 }
 
 /// Writes a batch: two round trips and the events' insert, planned by `plan_user_writes`.
@@ -474,7 +513,8 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
         .filter(|(_, id)| !id.contains('\0'))
         .collect();
     if let Some(check) = check.filter(|_| !creating.is_empty()) {
-        let owners = match stored_owners(tx.conn(), &creating).await {
+        // (Creations are events-only writes: they carry no call keys.)
+        let owners = match stored_owners(tx.conn(), &creating, &[]).await {
             Ok(owners) => owners,
             Err(e) => return Err(tx.abort(e).await),
         };
@@ -513,7 +553,14 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
     if let Some(agg) = &agg {
         plan.account_duplicates(ops, &agg.duplicates);
     }
-    if plan.raced(ops) {
+    let stored_first = match plan.raced(ops) {
+        true => true,
+        false => match insert_call_keys(tx.conn(), &plan.call_keys(ops)).await {
+            Ok(inserted) => !inserted,
+            Err(e) => return Err(tx.abort(e).await),
+        },
+    };
+    if stored_first {
         let e =
             StoreError::Transient("another transaction stored the same Segment call first".into());
         return Err(tx.abort(e).await);

@@ -77,6 +77,7 @@ async fn store_round_trip() {
         },
         activity: Default::default(),
         events: Vec::new(),
+        message_id: None,
     };
     let upsert = |new_id: &str, body| {
         op(

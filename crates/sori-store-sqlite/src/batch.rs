@@ -212,14 +212,14 @@ fn lookup<T>(
 /// Runs one batch in one transaction.
 pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     let check = sori_store::RetryCheck::before_planning(ops);
-    let keys = check.keys();
-    if keys.is_empty() {
+    let (keys, call_keys) = (check.keys(), check.call_keys());
+    if keys.is_empty() && call_keys.is_empty() {
         return write_planned(conn, ops);
     }
     // Calls already stored in whole are answered, not written again (see `RetryCheck`).
     // One stored by another process between this read and the write (an import running
     // beside the server) is written as before: its event row is still refused.
-    let owners = stored_owners(conn, &keys)?;
+    let owners = stored_owners(conn, &keys, &call_keys)?;
     let done = check.retried(&owners);
     match sori_store::to_write(ops, &done) {
         None => write_planned(conn, ops),
@@ -231,22 +231,36 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     }
 }
 
-/// The users owning the stored events of these `messageId`s, by channel and `messageId`.
+/// The users owning the stored events of these `messageId`s (`keys`), and the users the
+/// stored calls without events were applied to (`call_keys`), by channel and `messageId`.
 fn stored_owners(
     conn: &Connection,
     keys: &[(i64, &str)],
+    call_keys: &[(i64, &str)],
 ) -> Result<HashMap<(i64, String), String>> {
     let mut owners = HashMap::new();
-    let mut st = conn
-        .prepare_cached("SELECT user_id FROM events WHERE channel_id = ?1 AND message_key = ?2")
-        .map_err(db)?;
-    for &(ch, id) in keys {
-        if let Some(owner) = st
-            .query_row(params![ch, &message_key(id)[..]], |r| r.get::<_, String>(0))
-            .optional()
-            .map_err(db)?
-        {
-            owners.insert((ch, id.to_owned()), owner);
+    for (sql, keys) in [
+        (
+            "SELECT user_id FROM events WHERE channel_id = ?1 AND message_key = ?2",
+            keys,
+        ),
+        (
+            "SELECT user_id FROM call_keys WHERE channel_id = ?1 AND message_key = ?2",
+            call_keys,
+        ),
+    ] {
+        if keys.is_empty() {
+            continue;
+        }
+        let mut st = conn.prepare_cached(sql).map_err(db)?;
+        for &(ch, id) in keys {
+            if let Some(owner) = st
+                .query_row(params![ch, &message_key(id)[..]], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(db)?
+            {
+                owners.insert((ch, id.to_owned()), owner);
+            }
         }
     }
     Ok(owners)
@@ -306,7 +320,8 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
     let keys = check.as_ref().map(|c| c.keys()).unwrap_or_default();
     let retries = match (check, keys.is_empty()) {
         (Some(check), false) => {
-            let owners = stored_owners(&tx, &keys)?;
+            // (Creations are events-only writes: they carry no call keys.)
+            let owners = stored_owners(&tx, &keys, &[])?;
             let done = check.retried(&owners);
             sori_store::to_write(ops, &done).map(|rest| (done, rest))
         }
@@ -359,7 +374,7 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
         insert_events(&tx, &plan.events)?
     };
     plan.account_duplicates(ops, &duplicates);
-    if plan.raced(ops) {
+    if plan.raced(ops) || !insert_call_keys(&tx, &plan.call_keys(ops))? {
         // Dropping the transaction rolls it back; the writer retries the batch.
         return Err(StoreError::Transient(
             "another process stored the same Segment call first".into(),
@@ -390,6 +405,30 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
     }
     tx.commit().map_err(db)?;
     Ok(plan.results)
+}
+
+/// Stores the `messageId`s of the batch's calls without events (see
+/// `sori_store::WritePlan::call_keys`); false when one was stored already, by another
+/// transaction since the batch read them (the batch is then written again).
+fn insert_call_keys(tx: &Connection, keys: &[(i64, &str, &str, i64)]) -> Result<bool> {
+    if keys.is_empty() {
+        return Ok(true);
+    }
+    let mut st = tx
+        .prepare_cached(
+            "INSERT INTO call_keys (channel_id, message_key, user_id, created_at)              VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .map_err(db)?;
+    for &(ch, id, user, at) in keys {
+        if st
+            .execute(params![ch, &message_key(id)[..], user, at])
+            .map_err(db)?
+            == 0
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Takes the next change number; the write transaction holds the database's write lock,

@@ -102,6 +102,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "member hash epoch",
         include_str!("../migrations/0012_member_hash_epoch.sql"),
     ),
+    (
+        13,
+        "messageIds of calls without events",
+        include_str!("../migrations/0013_call_keys.sql"),
+    ),
 ];
 
 /// The migration whose SQL is followed by [`fill_message_keys`].
@@ -1064,6 +1069,13 @@ impl Store for SqliteStore {
                 deleted = r.rows_affected();
             }
         }
+        // The messageIds of calls without events are kept as long as events are.
+        sqlx::query("DELETE FROM call_keys WHERE channel_id = ? AND created_at < ?")
+            .bind(channel_id)
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(deleted)
     }

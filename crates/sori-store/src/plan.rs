@@ -56,6 +56,10 @@ pub struct UserOp {
     pub activity: Activity,
     /// Events to append to the resolved user.
     pub events: Vec<NewEvent>,
+    /// The `messageId` of a call that carries no event (a Segment `identify`): stored on
+    /// its own once the call is written, so that a retry is answered without applying
+    /// the call again (events carry theirs).
+    pub message_id: Option<String>,
 }
 
 /// Why one write of a batch failed.
@@ -488,9 +492,27 @@ impl WritePlan<'_> {
             .enumerate()
             .any(|(i, (op, r))| {
                 guarded_whole(op)
+                    && !op.events.is_empty()
                     && !self.repeats.contains(&i)
                     && matches!(r, Ok(o) if o.duplicate_events == op.events.len())
             })
+    }
+
+    /// The `messageId`s of the calls without events this batch applies (not those it
+    /// answers as repeats, nor failed ones), to store with the batch: `(channel,
+    /// messageId, user id, when)`. A backend that finds one stored already by another
+    /// transaction must roll the batch back and write it again, as for [`Self::raced`].
+    pub fn call_keys<'o>(&'o self, ops: &'o [UserOp]) -> Vec<(i64, &'o str, &'o str, i64)> {
+        ops.iter()
+            .zip(&self.results)
+            .enumerate()
+            .filter(|(i, _)| !self.repeats.contains(i))
+            .filter_map(|(_, (op, r))| {
+                let id = op.message_id.as_deref().filter(|_| op.events.is_empty())?;
+                let written = r.as_ref().ok()?;
+                Some((op.channel_id, id, written.user_id.as_str(), op.ctx.now))
+            })
+            .collect()
     }
 
     /// Accounts for the batch's events the store did not insert (`duplicates`: their ids,
@@ -559,11 +581,23 @@ fn guarded_whole(op: &UserOp) -> bool {
     all_keyed(op) && (!op.is_light() || (op.member_key().is_none() && op.veil_key().is_some()))
 }
 
-/// The `(channel, messageId)`s of `op`'s events that carry one.
+/// The `(channel, messageId)`s of `op`: its events' that carry one, or its own when it
+/// has no events.
 fn message_keys(op: &UserOp) -> impl Iterator<Item = (i64, &str)> {
+    event_keys(op).chain(call_key(op))
+}
+
+/// The `(channel, messageId)`s of `op`'s events that carry one.
+fn event_keys(op: &UserOp) -> impl Iterator<Item = (i64, &str)> {
     op.events
         .iter()
         .filter_map(|e| Some((op.channel_id, e.message_id.as_deref()?)))
+}
+
+/// The `(channel, messageId)` of a call without events.
+fn call_key(op: &UserOp) -> Option<(i64, &str)> {
+    let id = op.message_id.as_deref().filter(|_| op.events.is_empty())?;
+    Some((op.channel_id, id))
 }
 
 /// Whether each op's `messageId`s are looked up before the batch is planned: whole-guarded
@@ -621,21 +655,31 @@ impl<'a> RetryCheck<'a> {
         }
     }
 
-    /// The `(channel, messageId)`s to look up.
+    /// The `(channel, messageId)`s to look up among stored events.
     pub fn keys(&self) -> Vec<(i64, &'a str)> {
+        self.checked_ops().flat_map(event_keys).collect()
+    }
+
+    /// The `(channel, messageId)`s to look up among stored calls without events
+    /// ([`UserOp::message_id`]).
+    pub fn call_keys(&self) -> Vec<(i64, &'a str)> {
+        self.checked_ops().filter_map(call_key).collect()
+    }
+
+    fn checked_ops(&self) -> impl Iterator<Item = &'a UserOp> + '_ {
         self.ops
             .iter()
             .zip(&self.checked)
             .filter(|(_, checked)| **checked)
-            .flat_map(|(op, _)| message_keys(op))
-            .collect()
+            .map(|(op, _)| op)
     }
 
     /// For each op, by position, its result when it is a whole retry (every event's
-    /// `messageId` is stored; `owners` maps them to the stored events' owners), which
-    /// writes nothing; `None` for an op to write. A creation answered so names the stored
-    /// events' owner, another user than the one the write named (no caller shows it:
-    /// Segment answers calls without user ids, and imports count such lines as stored).
+    /// `messageId` is stored, or a call's without events; `owners` maps them to the
+    /// users they were stored for), which writes nothing; `None` for an op to write. A
+    /// creation answered so names the stored events' owner, another user than the one
+    /// the write named (no caller shows it: Segment answers calls without user ids, and
+    /// imports count such lines as stored).
     pub fn retried(&self, owners: &HashMap<(i64, String), String>) -> Vec<Option<UserOpResult>> {
         self.ops
             .iter()
@@ -645,13 +689,12 @@ impl<'a> RetryCheck<'a> {
     }
 }
 
-/// `op`'s result when every one of its events' `messageId`s is stored (`owners`), which
-/// makes it a retry to answer without writing.
+/// `op`'s result when every one of its `messageId`s is stored (`owners`), which makes it
+/// a retry to answer without writing.
 fn stored_whole(op: &UserOp, owners: &HashMap<(i64, String), String>) -> Option<UserOpResult> {
     let mut owner = None;
-    for e in &op.events {
-        let id = e.message_id.clone()?;
-        owner = Some(owners.get(&(op.channel_id, id))?.clone());
+    for (ch, id) in message_keys(op) {
+        owner = Some(owners.get(&(ch, id.to_owned()))?.clone());
     }
     Some(Ok(answered_as_stored(op, owner?)))
 }
@@ -688,9 +731,13 @@ fn keyed_by_member(op: &UserOp) -> bool {
     op.is_light() && all_keyed(op) && op.member_key().is_some()
 }
 
-/// Whether `op` has events and every one carries a `messageId`.
+/// Whether `op` has events and every one carries a `messageId`, or has none and carries
+/// its own.
 fn all_keyed(op: &UserOp) -> bool {
-    !op.events.is_empty() && op.events.iter().all(|e| e.message_id.is_some())
+    match op.events.is_empty() {
+        true => op.message_id.is_some(),
+        false => op.events.iter().all(|e| e.message_id.is_some()),
+    }
 }
 
 /// The members the batch's lookups found, whole rows (`loaded`) and identity rows
@@ -814,6 +861,7 @@ mod tests {
             },
             activity: Activity::default(),
             events: Vec::new(),
+            message_id: None,
         }
     }
 

@@ -649,6 +649,7 @@ fn user_ingest(v: &Value) -> Result<Ingest, Invalid> {
             ..Activity::default()
         },
         events: Vec::new(),
+        message_id: None,
     })
 }
 
@@ -697,6 +698,7 @@ fn event_ingest(
         update: sori_domain::UserUpdate::default(),
         activity: Activity::seen(at),
         events: vec![event],
+        message_id: None,
     })
 }
 

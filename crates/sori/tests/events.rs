@@ -2346,6 +2346,39 @@ async fn segment_edges(b: Backend) {
             "{member}: one new anonymous user holds {name}"
         );
     }
+
+    // A retried identify is answered, not applied again (QA): applied again, it merged the
+    // anonymous user made since into the member, and it set traits back to what a later
+    // identify had replaced. Two copies in one batch apply once too.
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "retry-u", "anonymousId": "retry-a",
+         "traits": {"name": "First"}, "messageId": "retry-1"},
+        {"type": "track", "anonymousId": "retry-a", "event": "AfterSignIn", "messageId": "retry-2"},
+    ]});
+    for _ in 0..2 {
+        let r = segment(&app, "/v1/batch", batch.clone()).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let m = app.member("retry-u").await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    assert!(events_of(&app, &id).await.is_empty(), "the retry merged");
+    let merges = app
+        .open(Method::GET, &format!("/open/v5/users/{id}/merges"), None)
+        .await;
+    assert_eq!(merges.status, 200, "{:?}", merges.body);
+    assert_eq!(merges.body["merges"], json!([]));
+    let later = json!({"userId": "retry-u", "traits": {"name": "Second"}, "messageId": "retry-3"});
+    assert_eq!(segment(&app, "/v1/identify", later).await.status, 200);
+    let first = json!({"userId": "retry-u", "traits": {"name": "First"}, "messageId": "retry-1"});
+    assert_eq!(segment(&app, "/v1/identify", first).await.status, 200);
+    assert_eq!(app.member("retry-u").await["name"], "Second");
+    let twice = json!({"batch": [
+        {"type": "identify", "userId": "retry-u", "traits": {"name": "Third"}, "messageId": "retry-4"},
+        {"type": "identify", "userId": "retry-u", "traits": {"name": "Second"}, "messageId": "retry-3"},
+        {"type": "identify", "userId": "retry-u", "traits": {"name": "Fourth"}, "messageId": "retry-4"},
+    ]});
+    assert_eq!(segment(&app, "/v1/batch", twice).await.status, 200);
+    assert_eq!(app.member("retry-u").await["name"], "Third");
     app.stop().await;
 }
 

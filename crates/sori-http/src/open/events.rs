@@ -189,6 +189,7 @@ pub async fn create(
         update: UserUpdate::default(),
         activity: Activity::seen(now),
         events,
+        message_id: None,
     };
     let outcome = state.app.ingest(&ch, ingest, Source::OpenApi).await?;
     for v in &mut views {
