@@ -1013,7 +1013,9 @@ async function run(browser, pagesOrigin) {
     await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
     await p.evaluate((pluginKey) => {
       const cut = '😀님'.slice(0, 1);
-      const option = { pluginKey, memberId: '  ', unsubscribeEmail: 'true', profile: { name: cut } };
+      const option = {
+        pluginKey, memberId: '\u200b ', unsubscribeEmail: 'true', unsubscribeTexting: ' TRUE ', profile: { name: cut },
+      };
       window.Sori('boot', option, (e, u) => {
         window.__boot22 = { error: e ? e.message : null, user: u };
       });
@@ -1029,6 +1031,7 @@ async function run(browser, pagesOrigin) {
     const user = await getUser(id);
     assert.equal(user.member, false, 'a blank memberId boots an anonymous visitor');
     assert.equal(user.unsubscribeEmail, true, "unsubscribeEmail 'true'");
+    assert.equal(user.unsubscribeTexting, true, "unsubscribeTexting ' TRUE '");
     assert.deepEqual([user.profile.utmSource, user.profile.utmMedium, user.name], ['evil', 'ad', '\ufffd'], 'profile');
     // A call holding a lone surrogate among the calls sent as the page is left.
     await p.evaluate(() => {

@@ -210,9 +210,12 @@ pub fn strip_collected_nul(v: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(strip_collected_nul),
         Value::Object(m) => {
             if m.keys().any(|k| k.contains('\0')) {
-                // Rebuilt in order; of two keys that become one, the first is kept.
-                let mut clean = serde_json::Map::with_capacity(m.len());
-                for (mut k, v) in std::mem::take(m) {
+                // Of two keys that become one, the one sent clean is kept.
+                let (dirty, mut clean): (serde_json::Map<_, _>, serde_json::Map<_, _>) =
+                    std::mem::take(m)
+                        .into_iter()
+                        .partition(|(k, _)| k.contains('\0'));
+                for (mut k, v) in dirty {
                     k.retain(|c| c != '\0');
                     clean.entry(k).or_insert(v);
                 }
@@ -322,6 +325,14 @@ mod tests {
         assert!(mend_surrogates(br#"\ud83d"#).is_none());
         assert!(mend_surrogates(br#"{"a": "x"} \ud83d"#).is_none());
         assert!(mend_surrogates(br#"{"s": "\ud83d\ude00"}"#).is_none());
+    }
+
+    #[test]
+    fn collected_text_loses_its_nuls_and_a_clean_key_wins() {
+        let mut v =
+            json!({"sour\u{0}ce": "B", "source": "A", "x": ["a\u{0}b"], "\u{0}y": "c\u{0}"});
+        strip_collected_nul(&mut v);
+        assert_eq!(v, json!({"source": "A", "x": ["ab"], "y": "c"}));
     }
 
     proptest::proptest! {

@@ -657,14 +657,16 @@
     var o = {};
     // Inherited options too (a site may build them with Object.create(defaults)).
     for (var k in option) o[k] = option[k];
-    if (typeof o.memberId === 'string' && o.memberId !== o.memberId.trim()) {
-      if (o.memberId.trim() === '') {
-        warn('memberId is only white space; booting as an anonymous visitor');
+    var id = o.memberId;
+    if (typeof id === 'string' && id !== '') {
+      // White space, or characters that show nothing (U+200B…), only: a blank.
+      if (id.replace(/[\u200b-\u200d\u2060\ufeff]/g, '').trim() === '') {
+        warn('memberId is blank; booting as an anonymous visitor');
         delete o.memberId;
         delete o.memberHash;
-      } else {
-        warn('memberId "' + o.memberId + '" has white space around it; booting as "' + o.memberId.trim() + '"');
-        o.memberId = o.memberId.trim();
+      } else if (id !== id.trim()) {
+        warn('memberId "' + id + '" has white space around it; booting as "' + id.trim() + '"');
+        o.memberId = id.trim();
       }
     }
     ['unsubscribeEmail', 'unsubscribeTexting'].forEach(function (name) {
@@ -674,12 +676,15 @@
   }
 
   // option[name], with the text 'true' or 'false' a template rendered (which, as a
-  // non-empty string, would read as on) as its boolean, with a warning.
+  // non-empty string, would read as on) as its boolean, in any case and spacing, and an
+  // empty text (PHP renders false so) as not given; each with a warning.
   function textBool(option, name) {
     var v = option[name];
-    if (v !== 'false' && v !== 'true') return v;
+    if (typeof v !== 'string') return v;
+    var t = v.trim().toLowerCase();
+    if (t !== 'true' && t !== 'false' && t !== '') return v;
     warn(name + ' should be true or false, not the text "' + v + '"');
-    return v === 'true';
+    return t === '' ? undefined : t === 'true';
   }
 
   // Whether a site switched an option off: `false`, or the text `'false'`.

@@ -53,7 +53,13 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // Answers leave at once: with Nagle's algorithm, an answer written
+                    // after a `100 Continue` waited for the client's delayed ACK of it
+                    // (40 ms). hyper writes each answer whole, so no more packets go.
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
                 Err(e) => {
                     accept_failed(&e).await;
                     continue;
@@ -310,7 +316,8 @@ impl AsyncRead for WriteDeadline {
 }
 
 /// Whether `chunk` (one read) ends with the end of a request's headers, and those headers
-/// announce a body (`Content-Length` other than 0, or `Transfer-Encoding`). Most clients
+/// announce a body (`Content-Length` other than 0, or `Transfer-Encoding`), or began in an
+/// earlier read (the chunk holds no request line), where that cannot be told. Most clients
 /// send a request in one piece, whose last bytes are its body: they are told apart by the
 /// first test alone.
 fn headers_alone(chunk: &[u8]) -> bool {
@@ -319,15 +326,22 @@ fn headers_alone(chunk: &[u8]) -> bool {
     };
     // The last request's headers: after the previous request's end, if the chunk holds one.
     let start = memchr::memmem::rfind(head, b"\r\n\r\n").map_or(0, |i| i + 4);
-    head[start..].split(|&b| b == b'\n').any(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return false;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        name.eq_ignore_ascii_case(b"transfer-encoding")
-            || (name.eq_ignore_ascii_case(b"content-length") && value.iter().any(|&d| d != b'0'))
-    })
+    let block = &head[start..];
+    let request_line = block.split(|&b| b == b'\n').next().is_some_and(|l| {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        l.ends_with(b" HTTP/1.1") || l.ends_with(b" HTTP/1.0")
+    });
+    !request_line
+        || block.split(|&b| b == b'\n').any(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                return false;
+            };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            name.eq_ignore_ascii_case(b"transfer-encoding")
+                || (name.eq_ignore_ascii_case(b"content-length")
+                    && value.iter().any(|&d| d != b'0'))
+        })
 }
 
 /// Sends the ACK the kernel holds back for this connection, if any (`TCP_QUICKACK`).
@@ -394,6 +408,8 @@ mod tests {
         ));
         assert!(!headers_alone(b"POST / HTTP/1.1\r\nContent-Len"));
         assert!(!headers_alone(b""));
+        // Headers that came in pieces: the last piece cannot tell, so it is acknowledged.
+        assert!(headers_alone(b"gth: 12\r\nHost: x\r\n\r\n"));
         // Only the last request of a chunk counts.
         assert!(!headers_alone(
             b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET / HTTP/1.1\r\n\r\n"
