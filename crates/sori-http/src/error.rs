@@ -134,9 +134,20 @@ const MAX_FIELD_CHARS: usize = 200;
 /// Longest message an error carries (characters).
 const MAX_MESSAGE_CHARS: usize = 1000;
 
-/// `s` cut to `max` characters, marked with an ellipsis. Messages quote the client's
-/// input (an unknown key, say), and a megabyte-long key should not come back twice.
+/// `s` cut to `max` characters, marked with an ellipsis, with control characters written
+/// as `\u0000`-style escapes. Messages quote the client's input (an unknown key, say): a
+/// megabyte-long key should not come back twice, and a NUL or a line break in one should
+/// not reach the client's screen or log as itself.
 pub(crate) fn clip(mut s: String, max: usize) -> String {
+    if s.chars().any(char::is_control) {
+        s = s
+            .chars()
+            .map(|c| match c.is_control() {
+                true => format!("\\u{:04x}", u32::from(c)),
+                false => c.to_string(),
+            })
+            .collect();
+    }
     if let Some((at, _)) = s.char_indices().nth(max) {
         s.truncate(at);
         s.push('…');
@@ -191,5 +202,6 @@ mod tests {
         assert_eq!(clip("abcd".into(), 3), "abc…");
         assert_eq!(clip("한국어입니다".into(), 2), "한국…");
         assert_eq!(clip(String::new(), 0), "");
+        assert_eq!(clip("tr\u{0}ack\n".into(), 20), "tr\\u0000ack\\u000a");
     }
 }
