@@ -263,7 +263,7 @@ pub fn parse(
     let language = context
         .get("locale")
         .and_then(Value::as_str)
-        .and_then(|l| crate::update::check_language(l).ok());
+        .and_then(|l| crate::update::check_language(l.trim()).ok());
 
     // Like the other context strings, one that is not a string or holds control
     // characters is left out rather than failing the call.

@@ -560,7 +560,12 @@ pub fn check_language(s: &str) -> Result<String, String> {
         && s.split(['-', '_'])
             .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()));
     let primary = s.split(['-', '_']).next().unwrap_or_default();
+    // `und` (undetermined) and `zxx` (no linguistic content) are tags that name no language.
+    let names_one = !["und", "zxx"]
+        .iter()
+        .any(|n| primary.eq_ignore_ascii_case(n));
     if well_formed
+        && names_one
         && (2..=3).contains(&primary.len())
         && primary.chars().all(|c| c.is_ascii_alphabetic())
     {

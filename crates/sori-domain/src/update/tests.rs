@@ -319,7 +319,9 @@ fn languages_are_stored_as_their_primary_subtag() {
     ] {
         assert_eq!(check_language(tag).as_deref(), Ok(lang), "{tag}");
     }
-    for bad in ["", "k", "koreanx", "ko--KR", "ko KR", "12", "-ko"] {
+    for bad in [
+        "", "k", "koreanx", "ko--KR", "ko KR", "12", "-ko", "und", "UND-KR", "zxx",
+    ] {
         assert!(check_language(bad).is_err(), "{bad:?}");
     }
     let new = apply_update(
