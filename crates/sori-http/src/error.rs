@@ -134,25 +134,38 @@ const MAX_FIELD_CHARS: usize = 200;
 /// Longest message an error carries (characters).
 const MAX_MESSAGE_CHARS: usize = 1000;
 
-/// `s` cut to `max` characters, marked with an ellipsis, with control characters written
-/// as `\u0000`-style escapes. Messages quote the client's input (an unknown key, say): a
-/// megabyte-long key should not come back twice, and a NUL or a line break in one should
-/// not reach the client's screen or log as itself.
+/// `s` cut to `max` characters, marked with an ellipsis, with control characters, line
+/// separators and direction overrides written as `\u0000`-style escapes. Messages quote
+/// the client's input (an unknown key, say): a megabyte-long key should not come back
+/// twice, and a NUL, a line break or a right-to-left override in one should not reach the
+/// client's screen or log as itself. Cut first, so an escape is never cut in half.
 pub(crate) fn clip(mut s: String, max: usize) -> String {
-    if s.chars().any(char::is_control) {
+    if let Some((at, _)) = s.char_indices().nth(max) {
+        s.truncate(at);
+        s.push('…');
+    }
+    if s.chars().any(unseen) {
         s = s
             .chars()
-            .map(|c| match c.is_control() {
+            .map(|c| match unseen(c) {
                 true => format!("\\u{:04x}", u32::from(c)),
                 false => c.to_string(),
             })
             .collect();
     }
-    if let Some((at, _)) = s.char_indices().nth(max) {
-        s.truncate(at);
-        s.push('…');
-    }
     s
+}
+
+/// Characters an error writes as escapes: controls, line and paragraph separators, and
+/// the marks that change the direction of the text around them.
+fn unseen(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// A field path as errors show it.
@@ -203,5 +216,7 @@ mod tests {
         assert_eq!(clip("한국어입니다".into(), 2), "한국…");
         assert_eq!(clip(String::new(), 0), "");
         assert_eq!(clip("tr\u{0}ack\n".into(), 20), "tr\\u0000ack\\u000a");
+        assert_eq!(clip("a\u{1b}\u{1b}\u{1b}".into(), 2), "a\\u001b…");
+        assert_eq!(clip("k\u{2028}z\u{202e}".into(), 9), "k\\u2028z\\u202e");
     }
 }

@@ -914,6 +914,7 @@ impl Store for PostgresStore {
         let seq = next_seq(&mut tx).await?;
         for sql in [
             "DELETE FROM events WHERE channel_id = $1 AND user_id = $2",
+            "DELETE FROM call_keys WHERE channel_id = $1 AND user_id = $2",
             "DELETE FROM user_event_stats WHERE channel_id = $1 AND user_id = $2",
             "DELETE FROM user_merges WHERE channel_id = $1 AND into_user_id = $2",
         ] {

@@ -78,10 +78,11 @@ const FIELDS_INSERT: &str = "INSERT INTO profile_fields (channel_id, key, name, 
 
 /// A merge: the anonymous user's events and counts move to the member, the anonymous row
 /// goes, the merge is recorded (arguments: channel, from, into, merge id, time, change).
-const MERGE: [&str; 6] = [
+const MERGE: [&str; 7] = [
     "INSERT INTO change_log (channel_id, seq, kind, user_id, into_id, at) \
      VALUES ($1, $6::bigint, 'merge', $2, $3, $5::bigint)",
     "UPDATE events SET user_id = $3 WHERE channel_id = $1 AND user_id = $2",
+    "UPDATE call_keys SET user_id = $3 WHERE channel_id = $1 AND user_id = $2",
     "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
      SELECT channel_id, $3, name, count, first_at, last_at FROM user_event_stats \
      WHERE channel_id = $1 AND user_id = $2 \
@@ -360,9 +361,12 @@ async fn stored_owners(
     conn: &mut PgConnection,
     keys: &[(i64, &str)],
     call_keys: &[(i64, &str)],
-) -> Result<HashMap<(i64, String), String>> {
-    let mut owners = HashMap::new();
-    for (sql, keys) in [(STORED_OWNERS, keys), (STORED_CALL_OWNERS, call_keys)] {
+) -> Result<sori_store::StoredOwners> {
+    let mut owners = sori_store::StoredOwners::default();
+    for (sql, keys, found) in [
+        (STORED_OWNERS, keys, &mut owners.events),
+        (STORED_CALL_OWNERS, call_keys, &mut owners.calls),
+    ] {
         if keys.is_empty() {
             continue;
         }
@@ -372,7 +376,7 @@ async fn stored_owners(
             .fetch_all(&mut *conn)
             .await
             .map_err(backend)?;
-        owners.extend(rows.into_iter().map(|(ch, id, owner)| ((ch, id), owner)));
+        found.extend(rows.into_iter().map(|(ch, id, owner)| ((ch, id), owner)));
     }
     Ok(owners)
 }

@@ -11,3 +11,6 @@ CREATE TABLE call_keys (
     PRIMARY KEY (channel_id, message_key)
 ) WITHOUT ROWID;
 CREATE INDEX call_keys_by_time ON call_keys (channel_id, created_at);
+-- A merge moves them to the member, and a deleted user's go with its events, so that a
+-- retry after either behaves as an event's would.
+CREATE INDEX call_keys_by_user ON call_keys (channel_id, user_id);

@@ -237,16 +237,18 @@ fn stored_owners(
     conn: &Connection,
     keys: &[(i64, &str)],
     call_keys: &[(i64, &str)],
-) -> Result<HashMap<(i64, String), String>> {
-    let mut owners = HashMap::new();
-    for (sql, keys) in [
+) -> Result<sori_store::StoredOwners> {
+    let mut owners = sori_store::StoredOwners::default();
+    for (sql, keys, found) in [
         (
             "SELECT user_id FROM events WHERE channel_id = ?1 AND message_key = ?2",
             keys,
+            &mut owners.events,
         ),
         (
             "SELECT user_id FROM call_keys WHERE channel_id = ?1 AND message_key = ?2",
             call_keys,
+            &mut owners.calls,
         ),
     ] {
         if keys.is_empty() {
@@ -259,7 +261,7 @@ fn stored_owners(
                 .optional()
                 .map_err(db)?
             {
-                owners.insert((ch, id.to_owned()), owner);
+                found.insert((ch, id.to_owned()), owner);
             }
         }
     }
@@ -521,8 +523,9 @@ fn merge(tx: &Connection, m: &Merge, seq: i64) -> Result<()> {
     )
     .and_then(|mut st| st.execute(params![m.channel_id, seq, m.from, m.into, m.at]))
     .map_err(db)?;
-    let stmts: [&str; 5] = [
+    let stmts: [&str; 6] = [
         "UPDATE events SET user_id = ?3 WHERE channel_id = ?1 AND user_id = ?2",
+        "UPDATE call_keys SET user_id = ?3 WHERE channel_id = ?1 AND user_id = ?2",
         "INSERT INTO user_event_stats (channel_id, user_id, name, count, first_at, last_at) \
          SELECT channel_id, ?3, name, count, first_at, last_at FROM user_event_stats \
          WHERE channel_id = ?1 AND user_id = ?2 ON CONFLICT (channel_id, user_id, name) DO UPDATE \

@@ -798,6 +798,7 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         for sql in [
             "DELETE FROM events WHERE channel_id = ? AND user_id = ?",
+            "DELETE FROM call_keys WHERE channel_id = ? AND user_id = ?",
             "DELETE FROM user_event_stats WHERE channel_id = ? AND user_id = ?",
             "DELETE FROM user_merges WHERE channel_id = ? AND into_user_id = ?",
         ] {

@@ -11,8 +11,8 @@ use sori_domain::filter::{EventTest, Query};
 use sori_domain::{ProfileField, Role, User};
 
 pub use plan::{
-    Merge, RetryCheck, UserKeys, UserOp, UserOpError, UserOpOutcome, UserOpResult, UserTarget,
-    WritePlan, plan_user_writes, to_write, users_in_write_order, with_retries,
+    Merge, RetryCheck, StoredOwners, UserKeys, UserOp, UserOpError, UserOpOutcome, UserOpResult,
+    UserTarget, WritePlan, plan_user_writes, to_write, users_in_write_order, with_retries,
 };
 pub use types::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Segment,

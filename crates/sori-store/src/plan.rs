@@ -130,7 +130,7 @@ pub struct WritePlan<'a> {
 /// `userId` the retry named differently.
 #[derive(Default)]
 struct Earlier<'a> {
-    first: HashMap<(i64, &'a str), usize>,
+    first: HashMap<(i64, &'a str, Keyed), usize>,
     upto: usize,
 }
 
@@ -581,10 +581,21 @@ fn guarded_whole(op: &UserOp) -> bool {
     all_keyed(op) && (!op.is_light() || (op.member_key().is_none() && op.veil_key().is_some()))
 }
 
-/// The `(channel, messageId)`s of `op`: its events' that carry one, or its own when it
-/// has no events.
-fn message_keys(op: &UserOp) -> impl Iterator<Item = (i64, &str)> {
-    event_keys(op).chain(call_key(op))
+/// What a `messageId` keys. The two are kept apart, as the stores keep them: an
+/// `identify` that reuses a `track`'s id repeats nothing, in one batch as across two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Keyed {
+    /// An event (its row holds the id).
+    Event,
+    /// A call without events ([`UserOp::message_id`]).
+    Call,
+}
+
+/// The `(channel, messageId, what it keys)`s of `op`: its events' that carry one, or its
+/// own when it has no events.
+fn message_keys(op: &UserOp) -> impl Iterator<Item = (i64, &str, Keyed)> {
+    let events = event_keys(op).map(|(ch, id)| (ch, id, Keyed::Event));
+    events.chain(call_key(op).map(|(ch, id)| (ch, id, Keyed::Call)))
 }
 
 /// The `(channel, messageId)`s of `op`'s events that carry one.
@@ -680,7 +691,7 @@ impl<'a> RetryCheck<'a> {
     /// creation answered so names the stored events' owner, another user than the one
     /// the write named (no caller shows it: Segment answers calls without user ids, and
     /// imports count such lines as stored).
-    pub fn retried(&self, owners: &HashMap<(i64, String), String>) -> Vec<Option<UserOpResult>> {
+    pub fn retried(&self, owners: &StoredOwners) -> Vec<Option<UserOpResult>> {
         self.ops
             .iter()
             .zip(&self.checked)
@@ -689,12 +700,26 @@ impl<'a> RetryCheck<'a> {
     }
 }
 
+/// The users stored `messageId`s belong to, as a backend found them for a
+/// [`RetryCheck`], by channel and `messageId`.
+#[derive(Debug, Default)]
+pub struct StoredOwners {
+    /// Owners of stored events ([`RetryCheck::keys`]).
+    pub events: HashMap<(i64, String), String>,
+    /// Users stored calls without events were applied to ([`RetryCheck::call_keys`]).
+    pub calls: HashMap<(i64, String), String>,
+}
+
 /// `op`'s result when every one of its `messageId`s is stored (`owners`), which makes it
 /// a retry to answer without writing.
-fn stored_whole(op: &UserOp, owners: &HashMap<(i64, String), String>) -> Option<UserOpResult> {
+fn stored_whole(op: &UserOp, owners: &StoredOwners) -> Option<UserOpResult> {
     let mut owner = None;
-    for (ch, id) in message_keys(op) {
-        owner = Some(owners.get(&(ch, id.to_owned()))?.clone());
+    for (ch, id, keyed) in message_keys(op) {
+        let found = match keyed {
+            Keyed::Event => &owners.events,
+            Keyed::Call => &owners.calls,
+        };
+        owner = Some(found.get(&(ch, id.to_owned()))?.clone());
     }
     Some(Ok(answered_as_stored(op, owner?)))
 }

@@ -2379,6 +2379,23 @@ async fn segment_edges(b: Backend) {
     ]});
     assert_eq!(segment(&app, "/v1/batch", twice).await.status, 200);
     assert_eq!(app.member("retry-u").await["name"], "Third");
+    // An identify that reuses a track's messageId repeats nothing, in one batch as in
+    // two: the two kinds of id are kept apart.
+    let shared = json!({"batch": [
+        {"type": "track", "userId": "retry-u", "event": "Shared", "messageId": "retry-5"},
+        {"type": "identify", "userId": "retry-u", "traits": {"name": "Fifth"}, "messageId": "retry-5"},
+    ]});
+    assert_eq!(segment(&app, "/v1/batch", shared).await.status, 200);
+    assert_eq!(app.member("retry-u").await["name"], "Fifth");
+    // Once its user is deleted, a retried identify applies again, as a retried track's
+    // event (gone with the user) is stored again.
+    let r = app
+        .open(Method::DELETE, "/open/v5/users/@retry-u", None)
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let again = json!({"userId": "retry-u", "traits": {"name": "Again"}, "messageId": "retry-4"});
+    assert_eq!(segment(&app, "/v1/identify", again).await.status, 200);
+    assert_eq!(app.member("retry-u").await["name"], "Again");
     app.stop().await;
 }
 
