@@ -954,6 +954,11 @@ async function run(browser, pagesOrigin) {
     assert.equal(again.error, null, 'boot error');
     await until('the call made with a partly refused boot', async () =>
       named(await events(again.user.id), 'EagerRefused').length === 1);
+    // That first boot, refused for its profile and answered once the page was gone, still
+    // counted its visit: the server left the profile out (a partial boot) instead of
+    // refusing the boot, which the page could no longer send again without it.
+    const firstViews = named(await events(again.user.id), 'PageView').map((e) => e.page);
+    assert.ok(firstViews.some((page) => page.endsWith('/shop/fresh')), `the first page's PageView: ${firstViews}`);
     // A new visitor whose boot still waits for another tab's new-visitor lock: the calls
     // and the boot, both sent as the page goes, name one visitor id made then.
     const holder = await c2.newPage();

@@ -123,15 +123,6 @@
     }
   }
 
-  function forgetVeil() {
-    memoryVeil = null;
-    try {
-      w.localStorage.removeItem(VEIL_KEY);
-    } catch (e) {
-      // Storage disabled: nothing was stored.
-    }
-  }
-
   // A new visitor's id, made in the browser so that it can be stored before the boot that
   // creates the visitor is sent (see asOneVisitor). 128 random bits, as hex.
   function newVeil() {
@@ -629,11 +620,14 @@
       memberHash: option.memberHash,
       profile: option.profile,
       // The browser's language setting unless the site names one (kept for new users only).
-      language: option.language || browserLanguage(),
+      language: siteLanguage(option) || browserLanguage(),
       unsubscribeEmail: option.unsubscribeEmail,
       unsubscribeTexting: option.unsubscribeTexting,
       page: currentPage(),
       trackDefaultEvent: !switchedOff(option, 'trackDefaultEvent'),
+      // Refused parts are left out by the server, not the boot (see requestBoot): a boot
+      // refused as the page is left could not be sent again.
+      partial: true,
     };
     if (!switchedOff(option, 'trackUtmSource')) {
       var utm = utmFromLocation();
@@ -692,6 +686,15 @@
     return textBool(option, name) === false;
   }
 
+  // The site's `language` when it is a tag the server takes; one it would refuse falls
+  // back to the browser's, with a warning, as if none had been given.
+  function siteLanguage(option) {
+    if (option.language == null || option.language === '') return undefined;
+    var l = languageTag(option.language);
+    if (!l) warn('language "' + option.language + '" is not a language tag; using the browser\'s');
+    return l;
+  }
+
   // navigator.language when it is a language tag the server takes (`ko-KR`), else none:
   // the site did not choose it, so it must not fail the boot.
   function browserLanguage() {
@@ -701,55 +704,28 @@
   // `l` when it is a language tag the server takes (its rule: a primary subtag of 2 or 3
   // letters, then letter-or-digit subtags, at most 35 characters), else none.
   function languageTag(l) {
-    var ok = typeof l === 'string' && l.length <= 35 && /^[A-Za-z]{2,3}([-_][A-Za-z0-9]+)*$/.test(l);
+    var ok = typeof l === 'string' && l.length <= 35 && /^[A-Za-z]{2,3}([-_][A-Za-z0-9]+)*$/.test(l) &&
+      !/^(und|zxx)([-_]|$)/i.test(l);
     return ok ? l : undefined;
   }
 
-  // The fields of a boot's refusal (400), or none.
-  function refusedFields(err) {
-    if (err.status !== 400) return [];
-    return (err.errors || []).map(function (e) {
-      return (e && e.field) || '';
-    });
-  }
-
   // Sends a boot. A veilId the server refuses (a stored value some other script or an
-  // older version wrote) would fail every boot in this browser for good: it is forgotten
-  // and the boot sent again without it, as a new visitor's.
-  //
-  // Likewise a boot whose `profile` or `language` is refused (a key the channel has not
-  // registered, say) goes through without them, with a warning: the visit and the page
-  // still count, and failing the boot would switch the SDK off for the whole page.
+  // older version wrote) would fail every boot in this browser for good, and a refused
+  // `profile` or `language` (a key the channel has not registered, say) would switch the
+  // SDK off for the whole page. The boot is `partial` (bootBody): the server leaves them
+  // out, boots a new visitor for a refused id (whose id the answer brings and `adopt`
+  // stores), and counts the visit and the page; the refusals are warned of here.
   function requestBoot(body) {
     var json = serialize('boot', body);
     if (json === null) {
       return Promise.reject(sdkError('boot: the options cannot be sent as JSON', 0));
     }
-    return keptAlive('POST', '/sdk/v1/boot', json, null).catch(function (err) {
-      // The part of the boot each refused field belongs to: a refusal of anything else,
-      // or of a part the boot did not send, fails the boot.
-      var parts = refusedFields(err).map(function (f) {
-        var m = /^(veilId|profile|language)(\.|\[|$)/.exec(f);
-        return m && body[m[1]] !== undefined ? m[1] : null;
+    return keptAlive('POST', '/sdk/v1/boot', json, null).then(function (data) {
+      (data && data.refused || []).forEach(function (f) {
+        if (f.field === 'veilId') warn('the stored visitor id was refused; starting as a new visitor');
+        else warn('boot: left out what the server refused: ' + f.field + ': ' + f.message);
       });
-      if (!parts.length || parts.indexOf(null) >= 0) throw err;
-      if (parts.indexOf('veilId') >= 0) {
-        warn('the stored visitor id was refused; starting as a new visitor');
-        forgetVeil();
-      }
-      if (parts.some(function (p) { return p !== 'veilId'; })) {
-        warn('boot: left out what the server refused: ' + err.message);
-      }
-      var language = body.language;
-      parts.forEach(function (p) {
-        body[p] = undefined;
-      });
-      // A refused language of the site's own falls back to the browser's, as if none
-      // had been given.
-      if (parts.indexOf('language') >= 0 && language !== browserLanguage()) {
-        body.language = browserLanguage();
-      }
-      return keptAlive('POST', '/sdk/v1/boot', JSON.stringify(body), null);
+      return data;
     });
   }
 

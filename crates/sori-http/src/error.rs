@@ -59,6 +59,14 @@ impl ApiError {
         Invalid::one(field, message).into()
     }
 
+    /// The fields an input error (400) names, and none for any other error.
+    pub(crate) fn invalid_fields(&self) -> &[FieldError] {
+        match self.status {
+            StatusCode::BAD_REQUEST => &self.errors,
+            _ => &[],
+        }
+    }
+
     /// 404 that does not say whether the thing exists in another channel.
     pub fn not_found(what: &str) -> Self {
         Self::new(

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, FieldErrorBody};
 use crate::open::events::{EventEnvelope, EventView};
 use crate::views::{UserEnvelope, UserView};
 
@@ -68,7 +68,12 @@ const BOOT_FIELDS: &[&str] = &[
     "calls",
     "utm",
     "referrer",
+    "partial",
 ];
+
+/// The parts of a boot a `partial` boot leaves out when the server refuses them (see
+/// [`boot`]): what the site or a stored id gave, not what makes the visit.
+const LEAVABLE: &[&str] = &["profile", "language", "veilId"];
 
 /// `{"user": …, "veilId": …, "session": …}`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,6 +90,10 @@ pub struct Booted {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub results: Option<Vec<CallResult>>,
+    /// For a `partial` boot: what it left out because the server refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub refused: Option<Vec<FieldErrorBody>>,
 }
 
 fn string(o: &Map<String, Value>, k: &str) -> ApiResult<Option<String>> {
@@ -100,6 +109,57 @@ fn user_agent(h: &HeaderMap) -> Option<String> {
     h.get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// A boot's update: its `profile`, `language` and unsubscribe flags, but the parts left
+/// out (`left_out`), and the visit's UTM parameters and referrer.
+fn boot_update(
+    o: &Map<String, Value>,
+    left_out: &[&str],
+    visit_profile: &Map<String, Value>,
+) -> ApiResult<UserUpdate> {
+    let mut upd = Map::new();
+    for k in [
+        "profile",
+        "language",
+        "unsubscribeEmail",
+        "unsubscribeTexting",
+    ] {
+        if let Some(v) = o.get(k).filter(|v| !v.is_null() && !left_out.contains(&k)) {
+            upd.insert(k.to_owned(), v.clone());
+        }
+    }
+    // An empty `profile` sets nothing: a boot is not an update call that must name one.
+    if matches!(upd.get("profile"), Some(Value::Object(p)) if p.is_empty()) {
+        upd.remove("profile");
+    }
+    let mut update = UserUpdate::from_json(&Value::Object(upd), SDK_UPDATE_FIELDS)?;
+    // Collected by the browser: applied where the site's own profile names no such field
+    // and they fit (`UserUpdate::collected`).
+    if !visit_profile.is_empty() {
+        update.collected = Some(visit_profile.clone());
+    }
+    Ok(update)
+}
+
+/// The [`LEAVABLE`] parts of a boot that the refused `fields` belong to, when every one
+/// belongs to one; none when the refusal is of anything else (the boot then fails).
+fn leavable_parts(fields: &[sori_domain::error::FieldError]) -> Option<Vec<&'static str>> {
+    if fields.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for f in fields {
+        let part = LEAVABLE.iter().find(|p| {
+            f.field
+                .strip_prefix(**p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })?;
+        if !parts.contains(part) {
+            parts.push(*part);
+        }
+    }
+    Some(parts)
 }
 
 /// The user as the browser may see it. A member's personal data (profile, name, tags,
@@ -171,17 +231,6 @@ pub async fn boot(
     let plugin_key =
         string(o, "pluginKey")?.ok_or_else(|| ApiError::field("pluginKey", "is required"))?;
     let ch = state.app.channels.by_plugin_key(&plugin_key).await?;
-    let mut upd = Map::new();
-    for k in [
-        "profile",
-        "language",
-        "unsubscribeEmail",
-        "unsubscribeTexting",
-    ] {
-        if let Some(v) = o.get(k).filter(|v| !v.is_null()) {
-            upd.insert(k.to_owned(), v.clone());
-        }
-    }
     // UTM parameters and the referrer of the visit: initial fields are set once, `lastUtm*`
     // always (SPEC §3.2).
     let mut visit_profile = Map::new();
@@ -222,27 +271,21 @@ pub async fn boot(
     if let Some(r) = string(o, "referrer")? {
         visit_profile.insert("referrer".into(), Value::String(clip_text(&r).to_owned()));
     }
-    // An empty `profile` sets nothing: a boot is not an update call that must name one.
-    if matches!(upd.get("profile"), Some(Value::Object(p)) if p.is_empty()) {
-        upd.remove("profile");
-    }
-    let mut update = UserUpdate::from_json(&Value::Object(upd), SDK_UPDATE_FIELDS)?;
-    // Collected by the browser: applied where the site's own profile names no such field
-    // and they fit (`UserUpdate::collected`).
-    if !visit_profile.is_empty() {
-        update.collected = Some(visit_profile);
-    }
     let page = match o.get("page") {
         Some(p) => check_page("page", &clip_page_value(p.clone()))?,
         None => None,
     };
-    let flag = |k: &str| match o.get(k) {
-        None | Some(Value::Null) => Ok(true),
+    let flag = |k: &str, default: bool| match o.get(k) {
+        None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(_) => Err(ApiError::field(k, "must be a boolean")),
     };
-    let track = flag("trackDefaultEvent")?;
-    let visit = flag("visit")?;
+    let track = flag("trackDefaultEvent", true)?;
+    let visit = flag("visit", true)?;
+    // A partial boot leaves out what the server refuses of the site's profile and language
+    // and of the stored visitor id, and still counts the visit: sori.js sends its boots so,
+    // as a page being left cannot send a refused boot again without the refused part.
+    let partial = flag("partial", false)?;
     // Calls made while this boot's first attempt was on its way, sent by a page being
     // left (which cannot wait for a session): applied after the boot, as its session's.
     let calls = match o.get("calls") {
@@ -250,22 +293,44 @@ pub async fn boot(
         Some(Value::Array(items)) => Some(call_items(items.clone())?),
         Some(_) => return Err(ApiError::field("calls", "must be a list of calls")),
     };
-    let booted = state
-        .app
-        .sdk_boot(
-            &ch,
-            Boot {
-                veil_id: string(o, "veilId")?,
-                member_id: string(o, "memberId")?,
-                member_hash: string(o, "memberHash")?,
+    let member_id = string(o, "memberId")?;
+    let member_hash = string(o, "memberHash")?;
+    let mut left_out: Vec<&str> = Vec::new();
+    let mut refused = None;
+    let booted = loop {
+        let attempt = async {
+            let veil_id = match left_out.contains(&"veilId") {
+                true => None,
+                false => string(o, "veilId")?,
+            };
+            let update = boot_update(o, &left_out, &visit_profile)?;
+            let boot = Boot {
+                veil_id,
+                member_id: member_id.clone(),
+                member_hash: member_hash.clone(),
                 update,
-                page,
+                page: page.clone(),
                 track_page_view: track,
                 visit,
                 user_agent: user_agent(&headers),
-            },
-        )
-        .await?;
+            };
+            Ok::<_, ApiError>(state.app.sdk_boot(&ch, boot).await?)
+        }
+        .await;
+        match attempt {
+            Err(e) if partial && left_out.is_empty() => {
+                let parts: Option<Vec<&str>> = leavable_parts(e.invalid_fields());
+                match parts {
+                    Some(parts) => {
+                        refused = Some(e.status_and_body().1.errors);
+                        left_out = parts;
+                    }
+                    None => break Err(e),
+                }
+            }
+            other => break other,
+        }
+    }?;
     let results = match calls {
         Some(items) => {
             let session = booted.session.clone();
@@ -279,6 +344,7 @@ pub async fn boot(
         veil_id: booted.veil_id,
         session: format!("{}:{}", ch.channel.plugin_key, booted.token),
         results,
+        refused,
     }))
 }
 

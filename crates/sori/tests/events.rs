@@ -1920,6 +1920,59 @@ async fn sdk_calls(b: Backend) {
         (&json!("evil"), &json!("ad"), &json!("https://r.example/"))
     );
 
+    // A partial boot (what sori.js sends) leaves out the parts the server refuses of the
+    // site's profile and language and of the stored visitor id, says so, and still counts
+    // the visit: a page being left could not send the boot again without them.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "partial-1", "partial": true,
+               "profile": {"notRegistered": 1}, "language": "und", "page": "https://s.example/p"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let fields: Vec<&str> = r.body["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["profile.notRegistered", "language"],
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["user"]["sessionsCount"], 1);
+    assert_eq!(r.body["veilId"], "partial-1");
+    let partial = r.body["user"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        events_of(&app, &partial).await[0]["page"],
+        "https://s.example/p"
+    );
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "not a valid id!", "partial": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["refused"][0]["field"], "veilId");
+    assert_ne!(r.body["veilId"], "not a valid id!");
+    // Not partial, or refused for anything else, the boot fails and writes nothing.
+    for body in [
+        json!({"pluginKey": pk, "veilId": "partial-2", "profile": {"notRegistered": 1}}),
+        json!({"pluginKey": pk, "veilId": "partial-2", "partial": true, "page": "a\nb"}),
+        json!({"pluginKey": pk, "veilId": "partial-2", "partial": "yes"}),
+    ] {
+        let r = boot(&app, body).await;
+        assert_eq!(r.status, 400, "{:?}", r.body);
+    }
+    assert!(
+        !anonymous_users(&app)
+            .await
+            .iter()
+            .any(|u| u["veilId"] == "partial-2")
+    );
+
     // sori.js's quiet re-boot of a lost session is not a second visit.
     let r = boot(
         &app,
