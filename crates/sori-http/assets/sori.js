@@ -304,14 +304,10 @@
     // A new visitor whose boot still waits for the lock has no stored id yet: made now,
     // so that the first boot, sent next, names the same one.
     if (!namesMember(session.options) && !loadVeil()) newVeil();
-    // Without the site's profile: the first boot applies it, and a part the server
-    // refuses (which that boot drops and sends again) would refuse these calls. The
-    // language is kept, as a tag the server takes: it is set only on a new visitor, which
-    // this boot may be the one to create.
-    var body = quietBootBody(session.options);
-    delete body.profile;
-    body.language = languageTag(session.options.language) || browserLanguage();
-    var json = serialize('boot', body);
+    // With the site's profile and language, as the first boot has them (a boot that
+    // waited behind another request is not sent at all): the server leaves out a part it
+    // refuses, not these calls (a partial boot).
+    var json = serialize('boot', quietBootBody(session.options));
     if (json === null) return;
     var calls = takePending().map(function (waiting) {
       return waiting.call;
