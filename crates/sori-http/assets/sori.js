@@ -115,12 +115,27 @@
     return token;
   }
 
+  // The stored visitor id, when it is one the server takes (1-64 letters, digits, `-`,
+  // `_`): one some other script or an older version wrote is forgotten, and the visitor
+  // starts anew under the new-visitor lock, instead of every boot of the page and of the
+  // quiet boot beside it each making a visitor of its own.
   function loadVeil() {
+    var stored;
     try {
-      return w.localStorage.getItem(VEIL_KEY) || memoryVeil;
+      stored = w.localStorage.getItem(VEIL_KEY);
     } catch (e) {
       return memoryVeil;
     }
+    if (stored && !/^[A-Za-z0-9_-]{1,64}$/.test(stored)) {
+      warn('the stored visitor id is not one Sori makes; starting as a new visitor');
+      try {
+        w.localStorage.removeItem(VEIL_KEY);
+      } catch (e) {
+        // Storage disabled meanwhile: nothing more to forget.
+      }
+      stored = null;
+    }
+    return stored || memoryVeil;
   }
 
   // A new visitor's id, made in the browser so that it can be stored before the boot that
@@ -716,13 +731,23 @@
     if (json === null) {
       return Promise.reject(sdkError('boot: the options cannot be sent as JSON', 0));
     }
-    return keptAlive('POST', '/sdk/v1/boot', json, null).then(function (data) {
-      (data && data.refused || []).forEach(function (f) {
-        if (f.field === 'veilId') warn('the stored visitor id was refused; starting as a new visitor');
-        else warn('boot: left out what the server refused: ' + f.field + ': ' + f.message);
-      });
-      return data;
-    });
+    return keptAlive('POST', '/sdk/v1/boot', json, null).then(
+      function (data) {
+        (data && data.refused || []).forEach(function (f) {
+          if (f.field === 'veilId') warn('the stored visitor id was refused; the server gave a new one');
+          else warn('boot: left out what the server refused: ' + f.field + ': ' + f.message);
+        });
+        return data;
+      },
+      function (err) {
+        // A server older than partial boots refuses the option itself: sent again without.
+        var only = err.status === 400 && err.errors && err.errors.length === 1 &&
+          err.errors[0] && err.errors[0].field === 'partial';
+        if (!only) throw err;
+        body.partial = undefined;
+        return keptAlive('POST', '/sdk/v1/boot', JSON.stringify(body), null);
+      }
+    );
   }
 
   // Two tabs of a first visit booting at once would each create an anonymous user, and

@@ -296,7 +296,7 @@ pub async fn boot(
     let member_id = string(o, "memberId")?;
     let member_hash = string(o, "memberHash")?;
     let mut left_out: Vec<&str> = Vec::new();
-    let mut refused = None;
+    let mut refused: Option<Vec<FieldErrorBody>> = None;
     let booted = loop {
         let attempt = async {
             let veil_id = match left_out.contains(&"veilId") {
@@ -317,17 +317,18 @@ pub async fn boot(
             Ok::<_, ApiError>(state.app.sdk_boot(&ch, boot).await?)
         }
         .await;
+        // A refusal is found part by part (the stored id is checked before the profile):
+        // each attempt leaves out what the last was refused for, at most once per part.
         match attempt {
-            Err(e) if partial && left_out.is_empty() => {
-                let parts: Option<Vec<&str>> = leavable_parts(e.invalid_fields());
-                match parts {
-                    Some(parts) => {
-                        refused = Some(e.status_and_body().1.errors);
-                        left_out = parts;
-                    }
-                    None => break Err(e),
+            Err(e) if partial => match leavable_parts(e.invalid_fields()) {
+                Some(parts) if parts.iter().all(|p| !left_out.contains(p)) => {
+                    left_out.extend(parts);
+                    refused
+                        .get_or_insert_with(Vec::new)
+                        .extend(e.status_and_body().1.errors);
                 }
-            }
+                _ => break Err(e),
+            },
             other => break other,
         }
     }?;

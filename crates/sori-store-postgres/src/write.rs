@@ -329,7 +329,8 @@ const INSERT_CALL_KEYS: &str = "INSERT INTO call_keys (channel_id, message_key, 
 /// Writes a batch of user ops (see the module documentation). Calls already stored in
 /// whole (see `sori_store::RetryCheck`) are answered, not written again; one stored by
 /// another batch between the read and the write is written as before (its event row is
-/// still refused).
+/// still refused), except a call without events, whose stored id sends the batch round
+/// again.
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     let check = sori_store::RetryCheck::before_planning(ops);
     let (mut keys, mut call_keys) = (check.keys(), check.call_keys());

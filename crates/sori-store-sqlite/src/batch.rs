@@ -218,7 +218,8 @@ pub fn write_users(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpRe
     }
     // Calls already stored in whole are answered, not written again (see `RetryCheck`).
     // One stored by another process between this read and the write (an import running
-    // beside the server) is written as before: its event row is still refused.
+    // beside the server) is written as before: its event row is still refused, and a call
+    // without events whose id is stored meanwhile sends the batch round again.
     let owners = stored_owners(conn, &keys, &call_keys)?;
     let done = check.retried(&owners);
     match sori_store::to_write(ops, &done) {
@@ -418,7 +419,8 @@ fn insert_call_keys(tx: &Connection, keys: &[(i64, &str, &str, i64)]) -> Result<
     }
     let mut st = tx
         .prepare_cached(
-            "INSERT INTO call_keys (channel_id, message_key, user_id, created_at)              VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO call_keys (channel_id, message_key, user_id, created_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .map_err(db)?;
     for &(ch, id, user, at) in keys {

@@ -1070,13 +1070,20 @@ impl Store for SqliteStore {
                 deleted = r.rows_affected();
             }
         }
-        // The messageIds of calls without events are kept as long as events are.
-        sqlx::query("DELETE FROM call_keys WHERE channel_id = ? AND created_at < ?")
-            .bind(channel_id)
-            .bind(before)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        // The messageIds of calls without events are kept as long as events are, and go
+        // in chunks of the same size (the job calls again until nothing is left of either).
+        let keys = sqlx::query(
+            "DELETE FROM call_keys WHERE channel_id = ?1 AND message_key IN \
+             (SELECT message_key FROM call_keys WHERE channel_id = ?1 AND created_at < ?2 \
+             LIMIT ?3)",
+        )
+        .bind(channel_id)
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        deleted += keys.rows_affected();
         tx.commit().await.map_err(backend)?;
         Ok(deleted)
     }

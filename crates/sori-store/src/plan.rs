@@ -502,17 +502,36 @@ impl WritePlan<'_> {
     /// answers as repeats, nor failed ones), to store with the batch: `(channel,
     /// messageId, user id, when)`. A backend that finds one stored already by another
     /// transaction must roll the batch back and write it again, as for [`Self::raced`].
+    /// The user is the one the call's user ends the batch as (a later op of the batch may
+    /// have merged it into a member), whatever order a backend writes merges and keys in;
+    /// keys come sorted, so that batches that share some take them in one order.
     pub fn call_keys<'o>(&'o self, ops: &'o [UserOp]) -> Vec<(i64, &'o str, &'o str, i64)> {
-        ops.iter()
+        let into: HashMap<(i64, &str), &str> = self
+            .merges
+            .iter()
+            .map(|m| ((m.channel_id, m.from.as_str()), m.into.as_str()))
+            .collect();
+        let mut keys: Vec<(i64, &str, &str, i64)> = ops
+            .iter()
             .zip(&self.results)
             .enumerate()
             .filter(|(i, _)| !self.repeats.contains(i))
             .filter_map(|(_, (op, r))| {
                 let id = op.message_id.as_deref().filter(|_| op.events.is_empty())?;
-                let written = r.as_ref().ok()?;
-                Some((op.channel_id, id, written.user_id.as_str(), op.ctx.now))
+                let mut user = r.as_ref().ok()?.user_id.as_str();
+                // (Anonymous users merge into members, which merge into nothing: one step,
+                // bounded all the same.)
+                for _ in 0..into.len() {
+                    match into.get(&(op.channel_id, user)) {
+                        Some(next) => user = next,
+                        None => break,
+                    }
+                }
+                Some((op.channel_id, id, user, op.ctx.now))
             })
-            .collect()
+            .collect();
+        keys.sort_unstable();
+        keys
     }
 
     /// Accounts for the batch's events the store did not insert (`duplicates`: their ids,

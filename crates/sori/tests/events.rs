@@ -1957,6 +1957,22 @@ async fn sdk_calls(b: Backend) {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["refused"][0]["field"], "veilId");
     assert_ne!(r.body["veilId"], "not a valid id!");
+    // Refusals found one after another (the stored id is checked before the profile) are
+    // all left out.
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "not a valid id!", "partial": true,
+               "profile": {"notRegistered": 1}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let fields: Vec<&str> = r.body["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["veilId", "profile.notRegistered"], "{:?}", r.body);
     // Not partial, or refused for anything else, the boot fails and writes nothing.
     for body in [
         json!({"pluginKey": pk, "veilId": "partial-2", "profile": {"notRegistered": 1}}),
@@ -2449,6 +2465,27 @@ async fn segment_edges(b: Backend) {
     let again = json!({"userId": "retry-u", "traits": {"name": "Again"}, "messageId": "retry-4"});
     assert_eq!(segment(&app, "/v1/identify", again).await.status, 200);
     assert_eq!(app.member("retry-u").await["name"], "Again");
+    // An identify whose anonymous user a later identify of the batch merges into a member
+    // stores its id as the member's: deleting the member removes it, on both backends.
+    let merged = json!({"batch": [
+        {"type": "identify", "anonymousId": "retry-v", "traits": {"name": "Anon"}, "messageId": "retry-6"},
+        {"type": "identify", "userId": "retry-u", "anonymousId": "retry-v", "messageId": "retry-7"},
+    ]});
+    assert_eq!(segment(&app, "/v1/batch", merged.clone()).await.status, 200);
+    let r = app
+        .open(Method::DELETE, "/open/v5/users/@retry-u", None)
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let anon =
+        json!({"anonymousId": "retry-v", "traits": {"name": "Anon"}, "messageId": "retry-6"});
+    assert_eq!(segment(&app, "/v1/identify", anon).await.status, 200);
+    assert!(
+        anonymous_users(&app)
+            .await
+            .iter()
+            .any(|u| u["veilId"] == "retry-v" && u["name"] == "Anon"),
+        "the retry after the deletion applied again"
+    );
     app.stop().await;
 }
 
