@@ -30,6 +30,12 @@ async fn keep_events_for(app: &TestApp, days: i64) {
     );
 }
 
+/// The fields a partial boot's answer says it left out.
+fn refused(r: &common::Reply) -> Vec<&str> {
+    let list = r.body["refused"].as_array().expect("refused");
+    list.iter().map(|f| f["field"].as_str().unwrap()).collect()
+}
+
 /// The channel's users without a member id (the first 500).
 async fn anonymous_users(app: &TestApp) -> Vec<Value> {
     let r = app
@@ -1930,14 +1936,8 @@ async fn sdk_calls(b: Backend) {
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let fields: Vec<&str> = r.body["refused"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        fields,
+        refused(&r),
         ["profile.notRegistered", "language"],
         "{:?}",
         r.body
@@ -1966,13 +1966,12 @@ async fn sdk_calls(b: Backend) {
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let fields: Vec<&str> = r.body["refused"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["veilId", "profile.notRegistered"], "{:?}", r.body);
+    assert_eq!(
+        refused(&r),
+        ["veilId", "profile.notRegistered"],
+        "{:?}",
+        r.body
+    );
     // Not partial, or refused for anything else, the boot fails and writes nothing.
     for body in [
         json!({"pluginKey": pk, "veilId": "partial-2", "profile": {"notRegistered": 1}}),
