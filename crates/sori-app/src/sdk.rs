@@ -100,9 +100,6 @@ impl App {
     /// writes nothing), then identifies, merges, applies the update, counts the visit and
     /// records the boot's `PageView`, all in one write.
     pub async fn sdk_boot(&self, ch: &ChannelInfo, boot: Boot) -> AppResult<Booted> {
-        if let Some(v) = &boot.veil_id {
-            check_veil_id(v)?;
-        }
         let hashed = boot.member_id.as_deref().is_some_and(|m| {
             boot.member_hash
                 .as_deref()
@@ -114,6 +111,10 @@ impl App {
                  member hashes (HMAC-SHA256 of memberId with the channel's secret)"
                     .into(),
             ));
+        }
+        // After the hash: a wrong hash is a 401 whatever else the boot holds.
+        if let Some(v) = &boot.veil_id {
+            check_veil_id(v)?;
         }
         let veil_id = boot.veil_id.clone().unwrap_or_else(new_id);
         let now = now_ms();

@@ -127,13 +127,18 @@
       return memoryVeil;
     }
     if (stored && !/^[A-Za-z0-9_-]{1,64}$/.test(stored)) {
-      warn('the stored visitor id is not one Sori makes; starting as a new visitor');
+      // Written over by something else while this page knows its visitor: that id is put
+      // back, or the next page would start another visitor.
+      var known = memoryVeil || session.veilId;
+      warn('the stored visitor id is not one Sori makes; ' +
+        (known ? 'storing this page\'s again' : 'starting as a new visitor'));
       try {
-        w.localStorage.removeItem(VEIL_KEY);
+        if (known) w.localStorage.setItem(VEIL_KEY, known);
+        else w.localStorage.removeItem(VEIL_KEY);
       } catch (e) {
-        // Storage disabled meanwhile: nothing more to forget.
+        // Storage disabled meanwhile: nothing more to do.
       }
-      stored = null;
+      return known;
     }
     return stored || memoryVeil;
   }

@@ -1091,6 +1091,13 @@ async fn sdk_rules(b: Backend) {
     )
     .await;
     assert_eq!(r.status, 401);
+    // A wrong hash is a 401 whatever else is wrong with the boot (a bad stored id).
+    let r = boot(
+        &app,
+        json!({"pluginKey": pk, "veilId": "bad id", "memberId": "mem-1", "memberHash": "00"}),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
     assert_eq!(
         app.open(Method::GET, "/open/v5/users/@mem-1", None)
             .await
