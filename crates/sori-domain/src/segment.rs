@@ -633,6 +633,25 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
+    /// An identify of member `m` with `traits`, parsed.
+    fn identify_with(traits: Value) -> Call {
+        parse(
+            "",
+            json!({"userId": "m", "traits": traits}),
+            Some(Kind::Identify),
+            NOW,
+        )
+        .unwrap()
+    }
+
+    /// The profile a parsed identify sets.
+    fn profile_of(c: Call) -> Map<String, Value> {
+        let ProfilePatch::Set(p) = c.update.unwrap().profile else {
+            panic!("profile")
+        };
+        p
+    }
+
     #[test]
     fn identify_maps_traits_campaign_and_phone() {
         let c = parse(
@@ -707,30 +726,14 @@ mod tests {
 
     #[test]
     fn nested_traits_are_flattened() {
-        let c = parse(
-            "",
-            json!({"userId": "m", "traits": {"company": {"name": "Acme", "employee_count": 3}}}),
-            Some(Kind::Identify),
-            NOW,
-        )
-        .unwrap();
-        let ProfilePatch::Set(p) = c.update.unwrap().profile else {
-            panic!("profile")
-        };
+        let c = identify_with(json!({"company": {"name": "Acme", "employee_count": 3}}));
+        let p = profile_of(c);
         assert_eq!(p["companyName"], json!("Acme"));
         assert_eq!(p["companyEmployeeCount"], json!(3));
         // Two traits for one key: the one sent under the key itself wins.
         let traits = json!({"first_name": "A", "firstName": "B", "company": {"name": "X"}, "companyName": "Y"});
-        let c = parse(
-            "",
-            json!({"userId": "m", "traits": traits}),
-            Some(Kind::Identify),
-            NOW,
-        )
-        .unwrap();
-        let ProfilePatch::Set(p) = c.update.unwrap().profile else {
-            panic!("profile")
-        };
+        let c = identify_with(traits);
+        let p = profile_of(c);
         assert_eq!(
             (&p["firstName"], &p["companyName"]),
             (&json!("B"), &json!("Y"))
@@ -767,16 +770,8 @@ mod tests {
 
     #[test]
     fn landline_phone_goes_to_landline() {
-        let c = parse(
-            "",
-            json!({"userId": "m", "traits": {"phone": "02-123-4567"}}),
-            Some(Kind::Identify),
-            NOW,
-        )
-        .unwrap();
-        let ProfilePatch::Set(p) = c.update.unwrap().profile else {
-            panic!("profile")
-        };
+        let c = identify_with(json!({"phone": "02-123-4567"}));
+        let p = profile_of(c);
         assert!(p.contains_key("landlineNumber"));
     }
 
@@ -915,13 +910,7 @@ mod tests {
                 1_600_000_000_000,
             ),
         ] {
-            let c = parse(
-                "",
-                json!({"userId": "m", "traits": traits}),
-                Some(Kind::Identify),
-                NOW,
-            )
-            .unwrap();
+            let c = identify_with(traits.clone());
             assert_eq!(c.created_at, Some(want), "{traits}");
         }
         let ProfilePatch::Set(p) = c.update.unwrap().profile else {

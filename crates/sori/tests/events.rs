@@ -1142,6 +1142,15 @@ async fn sdk_rules(b: Backend) {
             .await
         }
     };
+    // Adds one tag as `session`'s user.
+    let tag_as = |session: String, tag: &'static str| {
+        sdk(
+            Method::PATCH,
+            "/sdk/v1/user",
+            session,
+            json!({"addTags": [tag]}),
+        )
+    };
     let tag = json!({"addTags": ["stolen"]});
     for r in [
         sdk(Method::PATCH, "/sdk/v1/user", unproven.clone(), tag.clone()).await,
@@ -1179,21 +1188,9 @@ async fn sdk_rules(b: Backend) {
             .iter()
             .all(|e| e["name"] != "Stolen")
     );
-    let r = sdk(
-        Method::PATCH,
-        "/sdk/v1/user",
-        anonymous,
-        json!({"addTags": ["a"]}),
-    )
-    .await;
+    let r = tag_as(anonymous, "a").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = sdk(
-        Method::PATCH,
-        "/sdk/v1/user",
-        proven,
-        json!({"addTags": ["ok"]}),
-    )
-    .await;
+    let r = tag_as(proven, "ok").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(
         r.body["user"]["tags"],
@@ -1217,13 +1214,7 @@ async fn sdk_rules(b: Backend) {
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = sdk(
-        Method::PATCH,
-        "/sdk/v1/user",
-        visitor,
-        json!({"addTags": ["mine"]}),
-    )
-    .await;
+    let r = tag_as(visitor, "mine").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["user"]["memberId"], "legit-m");
     assert_eq!(r.body["user"]["tags"], json!(["mine"]), "{:?}", r.body);
@@ -1232,13 +1223,7 @@ async fn sdk_rules(b: Backend) {
     let ch: i64 = app.creds.channel_id.parse().unwrap();
     let mac = sori_app::secrets::keyed_hash(&app.app().pepper, &format!("sdk:{ch}:{user_id}"));
     let legacy = format!("{pk}:{user_id}.{}", &mac[..32]);
-    let r = sdk(
-        Method::PATCH,
-        "/sdk/v1/user",
-        legacy,
-        json!({"addTags": ["old"]}),
-    )
-    .await;
+    let r = tag_as(legacy, "old").await;
     assert_eq!(
         (r.status, r.body["type"].as_str()),
         (401, Some("memberHashRequired")),
