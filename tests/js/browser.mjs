@@ -177,6 +177,20 @@ function memberHash(memberId) {
   return createHmac('sha256', Buffer.from(MEMBER_HASH_SECRET, 'hex')).update(memberId).digest('hex');
 }
 
+// Leaves `page` for /shop/second while its first boot is held on its way (see
+// holdFirstBoot), lets the next page's boot through, and boots it; the answer.
+async function leaveAndBootNext(page) {
+  await page.evaluate(() => {
+    location.href = '/shop/second';
+  });
+  await page.waitForURL('**/shop/second');
+  await page.unroute('**/sdk/v1/boot');
+  await page.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
+  const next = await sdkCall(page, 'boot', { pluginKey: PLUGIN_KEY });
+  assert.equal(next.error, null, 'boot error');
+  return next;
+}
+
 // ---------------------------------------------------------------- SDK calls in the page
 
 let seq = 0;
@@ -912,14 +926,7 @@ async function run(browser, pagesOrigin) {
       window.Sori('addTags', ['lead']);
     }, PLUGIN_KEY);
     await sent;
-    await p.evaluate(() => {
-      location.href = '/shop/second';
-    });
-    await p.waitForURL('**/shop/second');
-    await p.unroute('**/sdk/v1/boot');
-    await p.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
-    const next = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY });
-    assert.equal(next.error, null, 'boot error');
+    const next = await leaveAndBootNext(p);
     const user = await until('the calls made with the first boot', async () => {
       const u = await getUser(next.user.id);
       return u.tags.includes('lead') && u;
@@ -932,7 +939,8 @@ async function run(browser, pagesOrigin) {
     assert.equal(user.language, 'ko', "the site's language, whichever boot created the visitor");
     await c.close();
     // The same with boot options the server refuses in part (an unregistered profile
-    // key): the calls still land, since the boot that carries them leaves the profile out.
+    // key): the calls still land, since the server leaves the refused part out of the
+    // (partial) boot that carries them.
     const c2 = await browser.newContext();
     const p2 = await c2.newPage();
     watch(p2);
@@ -944,14 +952,7 @@ async function run(browser, pagesOrigin) {
       window.Sori('track', 'EagerRefused');
     }, PLUGIN_KEY);
     await heldBoot;
-    await p2.evaluate(() => {
-      location.href = '/shop/second';
-    });
-    await p2.waitForURL('**/shop/second');
-    await p2.unroute('**/sdk/v1/boot');
-    await p2.waitForFunction(() => window.Sori && window.Sori.__soriSdk, null, { timeout: WAIT_MS });
-    const again = await sdkCall(p2, 'boot', { pluginKey: PLUGIN_KEY });
-    assert.equal(again.error, null, 'boot error');
+    const again = await leaveAndBootNext(p2);
     await until('the call made with a partly refused boot', async () =>
       named(await events(again.user.id), 'EagerRefused').length === 1);
     // That first boot, refused for its profile and answered once the page was gone, still
