@@ -640,12 +640,12 @@
       unsubscribeEmail: option.unsubscribeEmail,
       unsubscribeTexting: option.unsubscribeTexting,
       page: currentPage(),
-      trackDefaultEvent: !switchedOff(option, 'trackDefaultEvent'),
+      trackDefaultEvent: option.trackDefaultEvent !== false,
       // Refused parts are left out by the server, not the boot (see requestBoot): a boot
       // refused as the page is left could not be sent again.
       partial: true,
     };
-    if (!switchedOff(option, 'trackUtmSource')) {
+    if (option.trackUtmSource !== false) {
       var utm = utmFromLocation();
       if (utm) body.utm = utm;
       var ref = externalReferrer();
@@ -679,7 +679,8 @@
         o.memberId = id.trim();
       }
     }
-    ['unsubscribeEmail', 'unsubscribeTexting'].forEach(function (name) {
+    // Once per boot() (quiet boots reuse these options): one warning each.
+    ['unsubscribeEmail', 'unsubscribeTexting', 'trackDefaultEvent', 'trackUtmSource'].forEach(function (name) {
       o[name] = textBool(o, name);
     });
     return o;
@@ -695,11 +696,6 @@
     if (t !== 'true' && t !== 'false' && t !== '') return v;
     warn(name + ' should be true or false, not the text "' + v + '"');
     return t === '' ? undefined : t === 'true';
-  }
-
-  // Whether a site switched an option off: `false`, or the text `'false'`.
-  function switchedOff(option, name) {
-    return textBool(option, name) === false;
   }
 
   // The site's `language` when it is a tag the server takes; one it would refuse falls

@@ -196,6 +196,8 @@ pub async fn boot(
     // gone. Anywhere else it refuses the boot.
     let mut body = crate::body::parse_json_with_nul(&bytes)?;
     let nul = crate::body::may_hold_nul(&bytes);
+    // The calls move out of the body (a `null` stays for the checks of its keys).
+    let carried = body.get_mut("calls").map(Value::take);
     if nul && let Value::Object(o) = &mut body {
         // UTM parameters come from the page's link: one holding `%00` is cleaned, not a
         // reason to switch the SDK off for whoever follows that link.
@@ -288,11 +290,12 @@ pub async fn boot(
     let partial = flag("partial", false)?;
     // Calls made while this boot's first attempt was on its way, sent by a page being
     // left (which cannot wait for a session): applied after the boot, as its session's.
-    let calls = match o.get("calls") {
+    let calls = match carried {
         None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => Some(call_items(items.clone())?),
+        Some(Value::Array(items)) => Some(call_items(items)?),
         Some(_) => return Err(ApiError::field("calls", "must be a list of calls")),
     };
+    let agent = user_agent(&headers);
     let member_id = string(o, "memberId")?;
     let member_hash = string(o, "memberHash")?;
     let mut left_out: Vec<&str> = Vec::new();
@@ -312,7 +315,7 @@ pub async fn boot(
                 page: page.clone(),
                 track_page_view: track,
                 visit,
-                user_agent: user_agent(&headers),
+                user_agent: agent.clone(),
             };
             Ok::<_, ApiError>(state.app.sdk_boot(&ch, boot).await?)
         }
@@ -335,7 +338,6 @@ pub async fn boot(
     let results = match calls {
         Some(items) => {
             let session = booted.session.clone();
-            let agent = user_agent(&headers);
             Some(apply_calls(&state, &ch, &session, items, nul, agent.as_deref()).await?)
         }
         None => None,

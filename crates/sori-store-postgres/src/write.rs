@@ -305,26 +305,43 @@ impl OpenTx<'_> {
     }
 }
 
-/// Owners of stored events by `messageId`, for recognising whole retries (see
-/// `sori_store::RetryCheck`); the key is computed as the generated `message_key` is.
-const STORED_OWNERS: &str = "SELECT k.ch, k.id, e.user_id \
-    FROM UNNEST($1::bigint[], $2::text[]) AS k(ch, id) \
-    JOIN events e ON e.channel_id = k.ch AND e.message_key = \
-    substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16)";
+/// The key of `messageId` `k.id` as SQL: the first 16 bytes of its SHA-256, computed as
+/// the generated `events.message_key` is (migration 9), for events and calls alike.
+macro_rules! message_key_of_k_id {
+    () => {
+        "substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16)"
+    };
+}
+
+/// Owners of stored `messageId`s in `$table` (`events` or `call_keys`), for recognising
+/// whole retries (see `sori_store::RetryCheck`).
+macro_rules! stored_owners_in {
+    ($table:literal) => {
+        concat!(
+            "SELECT k.ch, k.id, t.user_id FROM UNNEST($1::bigint[], $2::text[]) AS k(ch, id) \
+             JOIN ",
+            $table,
+            " t ON t.channel_id = k.ch AND t.message_key = ",
+            message_key_of_k_id!()
+        )
+    };
+}
+
+/// Owners of stored events by `messageId`.
+const STORED_OWNERS: &str = stored_owners_in!("events");
 
 /// Users the stored calls without events of these `messageId`s were applied to (see
-/// `sori_store::UserOp::message_id`), keyed as [`STORED_OWNERS`] keys events.
-const STORED_CALL_OWNERS: &str = "SELECT k.ch, k.id, c.user_id \
-    FROM UNNEST($1::bigint[], $2::text[]) AS k(ch, id) \
-    JOIN call_keys c ON c.channel_id = k.ch AND c.message_key = \
-    substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16)";
+/// `sori_store::UserOp::message_id`).
+const STORED_CALL_OWNERS: &str = stored_owners_in!("call_keys");
 
 /// Stores the `messageId`s of a batch's calls without events (see
 /// `sori_store::WritePlan::call_keys`).
-const INSERT_CALL_KEYS: &str = "INSERT INTO call_keys (channel_id, message_key, user_id, created_at) \
-    SELECT k.ch, substring(sha256(decode(replace(k.id, '\\', '\\\\'), 'escape')) FROM 1 FOR 16), \
-    k.u, k.at FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[]) AS k(ch, id, u, at) \
-    ON CONFLICT DO NOTHING";
+const INSERT_CALL_KEYS: &str = concat!(
+    "INSERT INTO call_keys (channel_id, message_key, user_id, created_at) SELECT k.ch, ",
+    message_key_of_k_id!(),
+    ", k.u, k.at FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
+     AS k(ch, id, u, at) ON CONFLICT DO NOTHING"
+);
 
 /// Writes a batch of user ops (see the module documentation). Calls already stored in
 /// whole (see `sori_store::RetryCheck`) are answered, not written again; one stored by

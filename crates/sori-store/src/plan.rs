@@ -517,17 +517,11 @@ impl WritePlan<'_> {
             .enumerate()
             .filter(|(i, _)| !self.repeats.contains(i))
             .filter_map(|(_, (op, r))| {
-                let id = op.message_id.as_deref().filter(|_| op.events.is_empty())?;
-                let mut user = r.as_ref().ok()?.user_id.as_str();
-                // (Anonymous users merge into members, which merge into nothing: one step,
-                // bounded all the same.)
-                for _ in 0..into.len() {
-                    match into.get(&(op.channel_id, user)) {
-                        Some(next) => user = next,
-                        None => break,
-                    }
-                }
-                Some((op.channel_id, id, user, op.ctx.now))
+                let (ch, id) = call_key(op)?;
+                let user = r.as_ref().ok()?.user_id.as_str();
+                // Anonymous users merge into members, which merge into nothing: one step.
+                let user = into.get(&(ch, user)).copied().unwrap_or(user);
+                Some((ch, id, user, op.ctx.now))
             })
             .collect();
         keys.sort_unstable();
