@@ -484,7 +484,9 @@ fn checked_value(
     }
 }
 
-/// Normalizes one tag: trimmed, lowercase, 1–50 characters.
+/// Normalizes one tag: trimmed, lowercase, 1–50 characters. As with member ids, a tag with
+/// control characters or with nothing visible is refused: it is a bug upstream, and it
+/// would show as a blank or a broken line in the console, filters and every export.
 pub fn normalize_tag(raw: &str) -> Result<String, String> {
     let t = raw.trim().to_lowercase();
     if t.is_empty() {
@@ -492,6 +494,12 @@ pub fn normalize_tag(raw: &str) -> Result<String, String> {
     }
     if t.contains('\0') {
         return Err(value::NUL_REJECTED.into());
+    }
+    if t.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if !t.chars().any(crate::event::shows) {
+        return Err("must hold a visible character (it is only zero-width or blank ones)".into());
     }
     if t.chars().count() > MAX_TAG_CHARS {
         return Err(format!("must be at most {MAX_TAG_CHARS} characters"));

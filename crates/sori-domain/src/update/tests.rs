@@ -157,6 +157,17 @@ fn nul_characters_are_refused_where_postgres_cannot_store_them() {
 }
 
 #[test]
+fn tags_with_control_or_only_invisible_characters_are_refused() {
+    for bad in ["a\u{7}b", "vip\nnew", "\u{200b}", "\u{200b}\u{feff}", "a\u{85}b"] {
+        let e = apply(&base(), json!({"tags": ["ok", bad]})).unwrap_err();
+        assert_eq!(e.0[0].field, "tags[1]", "{bad:?}");
+    }
+    // Surrounding whitespace is trimmed, and a zero-width joiner inside an emoji is kept.
+    let a = apply(&base(), json!({"tags": ["\tvip\n", "👩\u{200d}💻"]})).expect("ok");
+    assert_eq!(a.user.tags, vec!["vip", "👩\u{200d}💻"]);
+}
+
+#[test]
 fn tags_per_user_limit_counts_after_adding() {
     let mut u = base();
     u.tags = (0..195).map(|i| format!("t{i}")).collect();
