@@ -92,6 +92,9 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 /// [`parse_json`] without the NUL check, for a caller that checks parts of the body on
 /// their own (a Segment batch reports a NUL per item).
 pub(crate) fn parse_json_with_nul(bytes: &[u8]) -> Result<Value, ApiError> {
+    // RFC 8259 §8.1: a parser may ignore a leading byte order mark, and some Windows tools
+    // write one; it is not part of the JSON text.
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::field("body", "a JSON body is required"));
     }
@@ -212,7 +215,20 @@ impl JsonBody {
     }
 
     /// Deserializes into `T`, naming the path of the first offending field.
+    ///
+    /// Every `T` is an object with named fields, and serde would also read one from an
+    /// array, field by field in declaration order (`[null, 7]` setting the second field):
+    /// a body that is not an object is refused first.
     pub fn parse<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        if !self.0.is_object() {
+            return Err(ApiError::field(
+                "body",
+                format!(
+                    "must be an object, got {}",
+                    sori_domain::value::kind(&self.0)
+                ),
+            ));
+        }
         serde_path_to_error::deserialize(self.0).map_err(|e| {
             let path = e.path().to_string();
             let (field, message) = plain_error(&path, &e.into_inner().to_string());
@@ -423,6 +439,9 @@ mod tests {
                 "colour",
                 "is not a known field (expected",
             ),
+            // serde alone would read `["a", null]` as the fields in order.
+            (r#"["a", null]"#, "body", "must be an object, got array"),
+            (r#"[]"#, "body", "must be an object, got array"),
         ] {
             let e = JsonBody(serde_json::from_str(body).unwrap())
                 .parse::<Body>()
@@ -431,6 +450,14 @@ mod tests {
             assert!(e.contains(&format!("{field:?}")), "{body}: {e}");
             assert!(e.contains(message), "{body}: {e}");
         }
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_not_part_of_the_json() {
+        assert_eq!(parse_error("\u{feff}{\"a\": 1}"), None);
+        assert!(parse_error("\u{feff}").is_some_and(|e| e.contains("is required")));
+        // Only at the start: elsewhere it is a stray character.
+        assert!(parse_error("{\"a\": 1}\u{feff}").is_some());
     }
 
     #[test]

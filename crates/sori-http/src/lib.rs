@@ -172,6 +172,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
             "/desk/v1/managers/{id}",
             patch(ds::update_manager).delete(ds::delete_manager),
         );
+    let desk = ops::gzip_bodies(desk, cfg.max_body_bytes);
     // Ingestion paths are not rate limited per key: they are built for bulk, and the
     // writer queue pushes back (503) when the store cannot keep up.
     let segment = Router::new()
@@ -190,7 +191,9 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         .route(
             "/sdk/v1/user",
             patch(sdk::update_user).options(sdk::preflight),
-        )
+        );
+    // Inside the CORS layer, so that a refused encoding's 415 reaches the page's script.
+    let sdk = ops::gzip_bodies(sdk, cfg.max_body_bytes)
         .layer(
             tower_http::cors::CorsLayer::new()
                 .allow_origin(tower_http::cors::Any)

@@ -170,9 +170,9 @@ fn route_handles(
     handles
 }
 
-/// Request bodies of the server-side APIs (Segment, Open API) may be gzip-compressed, as
-/// client libraries send large batches; any other `Content-Encoding` is refused with 415
-/// instead of being read as plain JSON. `body_limit` applies to the decompressed body (and,
+/// Request bodies may be gzip-compressed, as the server-side client libraries do for large
+/// batches; any other `Content-Encoding` is refused with 415 instead of being read as plain
+/// JSON. Every API (Segment, Open API, SDK, console) takes bodies the same way. `body_limit` applies to the decompressed body (and,
 /// with some room, to the compressed one). One composite layer, as in `with_middleware`:
 /// each `Router::layer` call boxes every route once more.
 pub(crate) fn gzip_bodies<S: Clone + Send + Sync + 'static>(

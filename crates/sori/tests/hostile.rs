@@ -431,6 +431,73 @@ async fn hostile_input(b: Backend) {
         }
     }
 
+    // The SDK takes bodies as the other APIs do: gzip, or 415 for another encoding (its
+    // answer still carries CORS headers, so the page's script can read it).
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, br#"{"name": "Zipped"}"#).unwrap();
+    for (encoding, body, expected) in [
+        ("gzip", gz.finish().unwrap(), 200),
+        ("gzip", b"not compressed".to_vec(), 400),
+        ("br", br#"{"name": "Plain"}"#.to_vec(), 415),
+    ] {
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-sori-session", session.as_str()),
+            ("content-encoding", encoding),
+            ("origin", "https://shop.example"),
+        ];
+        let r = app
+            .raw(Method::POST, "/sdk/v1/events", &headers, body.clone())
+            .await;
+        assert_eq!(r.status, expected, "sdk {encoding}: {:?}", r.body);
+        assert_eq!(
+            r.headers
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok()),
+            Some("*"),
+            "sdk {encoding}"
+        );
+        if expected != 200 {
+            check(
+                &app,
+                None,
+                "sdk encoding",
+                Method::POST,
+                "/sdk/v1/events",
+                &headers,
+                body,
+            )
+            .await;
+        }
+    }
+
+    // Arrays where an object is taken: serde alone would read the fields in order from
+    // one (`[null, null, null, null, 7]` set the channel's retention to 7 days).
+    for (method, path, raw) in [
+        (Method::PATCH, "/open/v5/channel", "[null,null,null,null,7]"),
+        (Method::POST, "/open/v5/segments", r#"["arr",{"and":[]}]"#),
+        (Method::POST, "/open/v5/users/count", "[]"),
+        (Method::POST, "/open/v5/users/search", r#"[{"and":[]}]"#),
+        (
+            Method::POST,
+            "/open/v5/profile-fields",
+            r#"["arr","Arr","string"]"#,
+        ),
+    ] {
+        let (status, answer) = check(
+            &app,
+            None,
+            "array",
+            method,
+            path,
+            &open_headers,
+            raw.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(status, 400, "{path} {raw}: {answer:?}");
+        assert_eq!(answer["errors"][0]["field"], "body", "{path}: {answer:?}");
+    }
+
     // Odd keys in the path, for writes, reads and deletions (nothing has these keys, so
     // every deletion is a 4xx that changes nothing).
     for key in odd_keys() {

@@ -158,7 +158,13 @@ fn nul_characters_are_refused_where_postgres_cannot_store_them() {
 
 #[test]
 fn tags_with_control_or_only_invisible_characters_are_refused() {
-    for bad in ["a\u{7}b", "vip\nnew", "\u{200b}", "\u{200b}\u{feff}", "a\u{85}b"] {
+    for bad in [
+        "a\u{7}b",
+        "vip\nnew",
+        "\u{200b}",
+        "\u{200b}\u{feff}",
+        "a\u{85}b",
+    ] {
         let e = apply(&base(), json!({"tags": ["ok", bad]})).unwrap_err();
         assert_eq!(e.0[0].field, "tags[1]", "{bad:?}");
     }
