@@ -20,7 +20,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{
-    ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
 
 use crate::AppState;
@@ -349,7 +349,16 @@ impl utoipa::Modify for Security {
         );
         c.add_security_scheme(
             "writeKey",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "the channel's write key as the Basic user name (no password); \
+                         a body field `writeKey` is taken instead when no Authorization \
+                         header is sent",
+                    ))
+                    .build(),
+            ),
         );
         c.add_security_scheme(
             "sdkSession",
@@ -397,6 +406,104 @@ impl utoipa::Modify for Security {
     }
 }
 
+/// The answers every call of an API can get whatever its handler does (authentication,
+/// body reading, rate limits, an unavailable store), added to each operation here rather
+/// than listed by hand on each handler, so the document cannot forget one; and operation
+/// ids made unique across the APIs (handlers of different APIs share names such as
+/// `track` or `list`, and code generators need them unique).
+struct CommonAnswers;
+
+impl utoipa::Modify for CommonAnswers {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in &mut doc.paths.paths {
+            let api = ["open", "desk", "segment", "sdk"]
+                .into_iter()
+                .zip(["/open/v5/", "/desk/v1/", "/v1/", "/sdk/v1/"])
+                .find_map(|(api, prefix)| path.starts_with(prefix).then_some(api));
+            let Some(api) = api else { continue };
+            let ops = [
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, false),
+                (&mut item.patch, true),
+            ];
+            for (op, has_body) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                if let Some(id) = op.operation_id.take() {
+                    // `open_list` of the events tag → `open_events_list`.
+                    let tag = op.tags.iter().flatten().next().map_or("", String::as_str);
+                    let mut name = id.as_str();
+                    for affix in [api, tag] {
+                        name = name
+                            .strip_prefix(affix)
+                            .and_then(|n| n.strip_prefix('_'))
+                            .or_else(|| name.strip_suffix(affix)?.strip_suffix('_'))
+                            .unwrap_or(name);
+                    }
+                    op.operation_id = Some(match tag {
+                        "" => format!("{api}_{name}"),
+                        t if t == api => format!("{api}_{name}"),
+                        t => format!("{api}_{}_{name}", t.replace('-', "_")),
+                    });
+                }
+                let queried = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                let mut add = |status: u16, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                };
+                if has_body || queried {
+                    add(
+                        400,
+                        "a field or parameter breaks a rule (`errors` names it)",
+                    );
+                }
+                if has_body {
+                    add(408, "the body did not arrive in time");
+                    add(413, "the body is too large");
+                    add(415, "a `Content-Encoding` other than gzip or identity");
+                }
+                add(401, "missing or wrong credentials");
+                if api == "desk" && path != "/desk/v1/login" {
+                    add(
+                        403,
+                        "the manager's role does not allow it, or no CSRF token",
+                    );
+                }
+                if api == "open" {
+                    add(
+                        429,
+                        "over the key's rate limit (`x-ratelimit-*` headers say when)",
+                    );
+                }
+                add(
+                    503,
+                    "overloaded, shutting down or without its database: retry shortly",
+                );
+            }
+        }
+    }
+}
+
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
@@ -430,6 +537,6 @@ impl utoipa::Modify for Security {
         crate::desk::settings::update_manager, crate::desk::settings::delete_manager,
         healthz, metrics, openapi,
     ),
-    modifiers(&Security)
+    modifiers(&Security, &CommonAnswers)
 )]
 pub struct ApiDoc;

@@ -399,7 +399,8 @@ async fn session_of(state: &AppState, token: &str) -> ApiResult<(Arc<ChannelInfo
 
 /// Records an event for the booted user.
 #[utoipa::path(post, path = "/sdk/v1/events", tag = "sdk", request_body = Object,
-    responses((status = 200, body = EventEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = EventEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "`userGone`: the session's user was deleted or merged away; boot again")))]
 pub async fn track(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -441,7 +442,8 @@ fn user_ingest(session: &SdkSession, body: &Value) -> Result<Ingest, sori_domain
 
 /// `updateUser`, `addTags`, `removeTags` for the booted user.
 #[utoipa::path(patch, path = "/sdk/v1/user", tag = "sdk", request_body = Object,
-    responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "`userGone`: the session's user was deleted or merged away; boot again")))]
 pub async fn update_user(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -60,14 +60,19 @@ pub struct ChannelEnvelope {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChannelPatch {
     /// Business name.
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// IANA time zone.
+    #[schema(nullable = false)]
     pub time_zone: Option<String>,
     /// `ko` or `en`.
+    #[schema(nullable = false)]
     pub default_language: Option<String>,
     /// Member-hash checking.
+    #[schema(nullable = false)]
     pub member_hash_required: Option<bool>,
     /// Event retention in days (1–3650).
+    #[schema(nullable = false)]
     pub event_retention_days: Option<i64>,
 }
 
@@ -98,7 +103,8 @@ pub async fn get_channel(OpenChannel(ch): OpenChannel) -> Json<ChannelEnvelope> 
     })
 }
 
-/// Changes the calling channel's settings (name, time zone, language, member-hash checking).
+/// Changes the calling channel's settings (name, time zone, language, member-hash
+/// checking, event retention). A field left out is kept; none can be cleared with `null`.
 #[utoipa::path(patch, path = "/open/v5/channel", tag = "channel", request_body = ChannelPatch,
     responses((status = 200, body = ChannelEnvelope), (status = 400, body = ErrorBody)))]
 pub async fn patch_channel(

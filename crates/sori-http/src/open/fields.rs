@@ -53,8 +53,10 @@ pub struct NewField {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FieldPatch {
     /// New display name.
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// New sensitive flag.
+    #[schema(nullable = false)]
     pub sensitive: Option<bool>,
 }
 

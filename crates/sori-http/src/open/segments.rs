@@ -84,9 +84,10 @@ pub struct NewSegment {
 #[serde(deny_unknown_fields)]
 pub struct SegmentPatch {
     /// New name.
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// New filter.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable = false, required = false)]
     pub filter: Option<Value>,
 }
 
@@ -95,7 +96,7 @@ pub struct SegmentPatch {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Target {
     /// An ad-hoc filter.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub filter: Option<Value>,
     /// A saved segment.
     pub segment_id: Option<String>,
@@ -106,7 +107,7 @@ pub struct Target {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Search {
     /// An ad-hoc filter.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub filter: Option<Value>,
     /// A saved segment.
     pub segment_id: Option<String>,
