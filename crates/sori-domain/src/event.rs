@@ -193,8 +193,8 @@ pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, I
             format!("must be at most {MAX_NAME_CHARS} characters"),
         ));
     }
-    if trimmed.chars().any(char::is_control) {
-        return Err(Invalid::one(path, "must not contain control characters"));
+    if trimmed.chars().any(crate::value::breaks_display) {
+        return Err(Invalid::one(path, crate::value::BREAKS_DISPLAY));
     }
     if !trimmed.chars().any(shows) {
         return Err(Invalid::one(
@@ -250,8 +250,8 @@ pub fn check_page(path: &str, page: &Value) -> Result<Option<String>, Invalid> {
             path,
             format!("must be at most {MAX_PAGE_BYTES} bytes"),
         )),
-        Value::String(s) if s.chars().any(char::is_control) => {
-            Err(Invalid::one(path, "must not contain control characters"))
+        Value::String(s) if s.chars().any(crate::value::breaks_display) => {
+            Err(Invalid::one(path, crate::value::BREAKS_DISPLAY))
         }
         Value::String(s) => Ok(Some(s.clone())),
         other => Err(Invalid::one(
@@ -353,8 +353,8 @@ pub fn check_message_id(path: &str, id: &str) -> Result<(), Invalid> {
             ),
         ));
     }
-    if id.chars().any(char::is_control) {
-        return Err(Invalid::one(path, "must not contain control characters"));
+    if id.chars().any(crate::value::breaks_display) {
+        return Err(Invalid::one(path, crate::value::BREAKS_DISPLAY));
     }
     Ok(())
 }
@@ -394,8 +394,8 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
             );
             continue;
         }
-        if k.chars().any(char::is_control) {
-            errs.push(p(), "key must not contain control characters");
+        if k.chars().any(crate::value::breaks_display) {
+            errs.push(p(), format!("key {}", crate::value::BREAKS_DISPLAY));
             continue;
         }
         if !k.chars().any(shows) {
@@ -546,6 +546,22 @@ mod tests {
                 "{spaced:?}"
             );
         }
+    }
+
+    #[test]
+    fn names_keys_and_pages_that_would_display_otherwise_are_refused() {
+        for bad in ["a\u{202e}b", "a\u{2028}b", "a\u{2066}b\u{2069}", "a\u{7}b"] {
+            let e = check(json!({ "name": bad })).unwrap_err();
+            assert_eq!(e.0[0].message, crate::value::BREAKS_DISPLAY, "{bad:?}");
+            let e = check(json!({"name": "A", "property": { bad: 1 }})).unwrap_err();
+            assert!(
+                e.0[0].message.ends_with(crate::value::BREAKS_DISPLAY),
+                "{bad:?}"
+            );
+            assert!(check_page("page", &json!(bad)).is_err(), "{bad:?}");
+        }
+        // Direction marks only nudge their neighbours, and values are free text.
+        assert!(check(json!({"name": "a\u{200f}b", "property": {"k": "a\u{202e}b"}})).is_ok());
     }
 
     #[test]

@@ -423,8 +423,8 @@ fn id_field(
         }
         // Ids are compared and shown as written: a control character or padding is a bug
         // upstream that would make one visitor two.
-        Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            errs.push(at(key), "must not contain control characters");
+        Some(Value::String(s)) if s.chars().any(crate::value::breaks_display) => {
+            errs.push(at(key), crate::value::BREAKS_DISPLAY);
             None
         }
         Some(Value::String(s)) if s.trim() != s => {
@@ -496,10 +496,11 @@ fn time_of(
     (t.min(received_at), field)
 }
 
-/// Whether a URL the library collected can be a page: text without control characters
-/// (anything else is left out rather than failing the call).
+/// Whether a URL the library collected can be a page: text without control characters or
+/// direction overrides (anything else is left out rather than failing the call).
 fn page_url(u: &Value) -> bool {
-    u.as_str().is_some_and(|u| !u.chars().any(char::is_control))
+    u.as_str()
+        .is_some_and(|u| !u.chars().any(crate::value::breaks_display))
 }
 
 /// A whole number below [`SECONDS_BELOW`] as milliseconds (it counts seconds); any other

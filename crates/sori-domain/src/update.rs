@@ -190,11 +190,8 @@ pub fn check_member_id(s: &str) -> Result<(), Invalid> {
     }
     // A line break or escape in an id is a bug upstream, and one that would show as a
     // different id in every CSV and log line.
-    if s.chars().any(char::is_control) {
-        return Err(Invalid::one(
-            "memberId",
-            "must not contain control characters",
-        ));
+    if s.chars().any(value::breaks_display) {
+        return Err(Invalid::one("memberId", value::BREAKS_DISPLAY));
     }
     if s.chars().count() > MAX_MEMBER_ID_CHARS {
         return Err(Invalid::one(
@@ -495,8 +492,8 @@ pub fn normalize_tag(raw: &str) -> Result<String, String> {
     if t.contains('\0') {
         return Err(value::NUL_REJECTED.into());
     }
-    if t.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
+    if t.chars().any(value::breaks_display) {
+        return Err(value::BREAKS_DISPLAY.into());
     }
     if !t.chars().any(crate::event::shows) {
         return Err("must hold a visible character (it is only zero-width or blank ones)".into());

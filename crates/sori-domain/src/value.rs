@@ -279,6 +279,20 @@ fn as_i64(v: &Value) -> Result<i64, String> {
 /// and both backends must accept the same data (one such op would fail a whole batch).
 pub const NUL_REJECTED: &str = "must not contain the NUL character (U+0000)";
 
+/// Whether `c` breaks how a name, key or id reads where it is shown: control characters
+/// (a line break or an escape splits a CSV line or a log entry), the line and paragraph
+/// separators, and the direction embeddings, overrides and isolates, which make text
+/// display in another order than it is stored (`a\u{202e}b` shows as another name).
+/// Direction marks (U+200E, U+200F) only nudge neighbouring characters and stay allowed.
+pub fn breaks_display(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The rule [`breaks_display`] checks, in an error message's words.
+pub const BREAKS_DISPLAY: &str =
+    "must not contain control characters, line separators or direction overrides";
+
 /// The JSON kind of a value, for error messages.
 pub fn kind(v: &Value) -> &'static str {
     match v {

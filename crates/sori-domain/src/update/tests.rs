@@ -164,10 +164,13 @@ fn tags_with_control_or_only_invisible_characters_are_refused() {
         "\u{200b}",
         "\u{200b}\u{feff}",
         "a\u{85}b",
+        "a\u{202e}b",
     ] {
         let e = apply(&base(), json!({"tags": ["ok", bad]})).unwrap_err();
         assert_eq!(e.0[0].field, "tags[1]", "{bad:?}");
     }
+    assert!(check_member_id("m\u{2028}1").is_err());
+    assert!(check_member_id("m\u{202e}1").is_err());
     // Surrounding whitespace is trimmed, and a zero-width joiner inside an emoji is kept.
     let a = apply(&base(), json!({"tags": ["\tvip\n", "👩\u{200d}💻"]})).expect("ok");
     assert_eq!(a.user.tags, vec!["vip", "👩\u{200d}💻"]);
