@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Errors, Invalid};
 use crate::event::EventInput;
-use crate::field::{FieldType, Registry};
+use crate::field::{FieldType, ProfileField, ProfileKey, Registry};
 use crate::segment::time_value;
 use crate::update::{UPDATE_FIELDS, UserUpdate, check_member_id};
 use crate::value::{infer_type, kind};
@@ -562,6 +562,107 @@ pub fn csv_event(
 
 /// A property given both in the `property` cell and as a `property.KEY` column: which one
 /// counts would be a guess.
+/// A line of `sori import fields`: a profile field's definition, as `sori export fields`
+/// writes it. A user file says nothing of its fields' types (a Date reads as text, a
+/// Datetime as a number), display names or sensitive flags, so a store is moved fields
+/// first, users second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldLine {
+    /// The field.
+    pub key: ProfileKey,
+    /// Its type, which must agree with the target's where the target has the field.
+    pub field_type: FieldType,
+    /// Display name; `None` keeps the target's (a new field is named by its key).
+    pub name: Option<String>,
+    /// Masking; `None` keeps the target's (a new field is not sensitive).
+    pub sensitive: Option<bool>,
+}
+
+/// The fields of a field line, in the order `sori export fields` writes them (`builtin`
+/// is informational: every store has the same built-in fields).
+pub const FIELD_LINE_COLUMNS: [&str; 5] = ["key", "name", "type", "sensitive", "builtin"];
+
+/// Parses a field line.
+pub fn field_line(v: &Value) -> Result<FieldLine, Invalid> {
+    let o = object(v)?;
+    let mut errs = Errors::default();
+    for k in o.keys() {
+        if !FIELD_LINE_COLUMNS.contains(&k.as_str()) {
+            errs.push(
+                k,
+                "is not a known field (key, name, type, sensitive; builtin, as exports \
+                 write it, is ignored)",
+            );
+        }
+    }
+    let mut text = |k: &str, required: bool| match o.get(k) {
+        Some(Value::String(s)) => Some(s.clone()),
+        None | Some(Value::Null) if !required => None,
+        None | Some(Value::Null) => {
+            errs.push(k, "is required");
+            None
+        }
+        Some(other) => {
+            errs.push(k, format!("must be a string, got {}", kind(other)));
+            None
+        }
+    };
+    let (key, ty, name) = (text("key", true), text("type", true), text("name", false));
+    let key = key.and_then(|k| ProfileKey::parse(&k).map_err(|e| errs.push("key", e)).ok());
+    let field_type = ty.and_then(|t| FieldType::parse(&t).map_err(|e| errs.push("type", e)).ok());
+    let name = name.and_then(|n| match ProfileField::check_name(&n) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            for f in e.0 {
+                errs.push(f.field, f.message);
+            }
+            None
+        }
+    });
+    let mut flag = |k: &str| match o.get(k) {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            errs.push(k, format!("must be true or false, got {}", kind(other)));
+            None
+        }
+    };
+    let (sensitive, _builtin) = (flag("sensitive"), flag("builtin"));
+    errs.check()?;
+    match (key, field_type) {
+        (Some(key), Some(field_type)) => Ok(FieldLine {
+            key,
+            field_type,
+            name,
+            sensitive,
+        }),
+        // Both were required, and a missing one was reported above.
+        _ => Err(Invalid::one("key", "is required")),
+    }
+}
+
+/// A CSV row of `sori import fields` as a field line's JSON (empty cells are absent; the
+/// two flags read `true` / `false` in any case).
+pub fn csv_field(headers: &[String], cells: &[String]) -> Result<Value, Invalid> {
+    let mut line = Map::new();
+    for (h, c) in headers.iter().zip(cells) {
+        let (h, c) = (h.trim(), c.trim());
+        if c.is_empty() {
+            continue;
+        }
+        let v = match h {
+            "sensitive" | "builtin" => match c.to_ascii_lowercase().as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(Invalid::one(h, "must be true or false")),
+            },
+            _ => Value::String(c.to_owned()),
+        };
+        line.insert(h.to_owned(), v);
+    }
+    Ok(Value::Object(line))
+}
+
 fn twice(key: &str) -> Invalid {
     Invalid::one(
         format!("property.{key}"),
@@ -574,6 +675,34 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn field_lines_name_every_bad_part() {
+        let f = field_line(&json!({"key": "anniv", "type": "date", "builtin": false})).unwrap();
+        assert_eq!((f.key.as_str(), f.field_type), ("anniv", FieldType::Date));
+        assert_eq!((f.name, f.sensitive), (None, None));
+        let e = field_line(&json!({"key": "bad key", "type": "day", "sensitive": "yes", "x": 1}))
+            .unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|f| f.field.as_str()).collect();
+        for field in ["x", "key", "type", "sensitive"] {
+            assert!(fields.contains(&field), "{field}: {e:?}");
+        }
+        let e = field_line(&json!({"name": "Plan"})).unwrap_err();
+        assert_eq!(e.0.len(), 2, "key and type are required: {e:?}");
+        // CSV cells: empty ones are absent, the flags read in any case.
+        let headers = FIELD_LINE_COLUMNS.map(str::to_owned);
+        let cells = ["plan", "", "string", "TRUE", ""].map(str::to_owned);
+        let v = csv_field(&headers, &cells).unwrap();
+        assert_eq!(
+            v,
+            json!({"key": "plan", "type": "string", "sensitive": true})
+        );
+        let cells = ["plan", "", "string", "ja", ""].map(str::to_owned);
+        assert_eq!(
+            csv_field(&headers, &cells).unwrap_err().0[0].field,
+            "sensitive"
+        );
+    }
 
     const NOW: i64 = 1_700_000_000_000;
 

@@ -32,8 +32,9 @@ enum Command {
         #[command(subcommand)]
         command: ChannelCommand,
     },
-    /// Import users or events from a CSV (header row) or NDJSON file. Bad lines are
-    /// reported with their numbers and skipped; re-running a file duplicates nothing.
+    /// Import users, events or profile field definitions from a CSV (header row) or NDJSON
+    /// file. Bad lines are reported with their numbers and skipped; re-running a file
+    /// duplicates nothing.
     Import {
         /// What the file holds.
         #[arg(value_enum)]
@@ -47,7 +48,7 @@ enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
-    /// Export every user or event of a channel as NDJSON or CSV.
+    /// Export every user, event or profile field definition of a channel as NDJSON or CSV.
     Export {
         /// What to export.
         #[arg(value_enum)]
@@ -281,6 +282,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             let already = match kind {
                 Kind::Users => String::new(),
                 Kind::Events => format!(" ({} already stored)", s.already),
+                Kind::Fields => format!(" ({} unchanged)", s.already),
             };
             println!(
                 "imported {} {}{already}, skipped {} bad lines, in {:.1} s",
@@ -288,6 +290,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 match kind {
                     Kind::Users => "users",
                     Kind::Events => "events",
+                    Kind::Fields => "fields",
                 },
                 s.skipped,
                 started.elapsed().as_secs_f64()

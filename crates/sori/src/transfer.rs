@@ -18,11 +18,12 @@ use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
 use sori_domain::event::EventSource;
 use sori_domain::import::{
-    CsvTypes, Owner, USER_LINE_COLUMNS, WHOLE_LINE, check_csv_header, check_csv_width, csv_event,
-    csv_list_cell, csv_text, csv_user, event_line, profile_field_column, user_line,
+    CsvTypes, FIELD_LINE_COLUMNS, Owner, USER_LINE_COLUMNS, WHOLE_LINE, check_csv_header,
+    check_csv_width, csv_event, csv_field, csv_list_cell, csv_text, csv_user, event_line,
+    field_line, profile_field_column, user_line,
 };
 use sori_domain::value::{NUL_REJECTED, nul_path};
-use sori_domain::{Invalid, Registry};
+use sori_domain::{Invalid, ProfileField, Registry};
 use sori_store::UserTarget;
 
 /// What a file holds.
@@ -32,6 +33,10 @@ pub enum Kind {
     Users,
     /// Events.
     Events,
+    /// Profile field definitions (key, display name, type, sensitive flag): moved before
+    /// users, so Date and Datetime values keep their types and sensitive fields stay
+    /// masked in the target.
+    Fields,
 }
 
 /// File format.
@@ -62,7 +67,7 @@ pub struct Summary {
     /// Lines stored.
     pub imported: u64,
     /// Event lines whose event was stored before (the file, or part of it, was imported
-    /// already): nothing written.
+    /// already), and field lines the registry agrees with already: nothing written.
     pub already: u64,
     /// Lines skipped as invalid.
     pub skipped: u64,
@@ -109,6 +114,11 @@ pub async fn import(
     format: Format,
     errors: &mut dyn Write,
 ) -> anyhow::Result<Summary> {
+    // A registry is small and written field by field; the line loop below is for users
+    // and events.
+    if kind == Kind::Fields {
+        return import_fields(app, ch, path, format, errors).await;
+    }
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = indicatif::ProgressBar::new(size);
@@ -127,7 +137,7 @@ pub async fn import(
     // User columns start from the registered profile fields; event properties have none.
     let mut types = CsvTypes::new(&match kind {
         Kind::Users => Registry::new(app.store.profile_fields(ch.channel.id).await?),
-        Kind::Events => Registry::default(),
+        Kind::Events | Kind::Fields => Registry::default(),
     });
     let mut summary = Summary::default();
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
@@ -149,7 +159,7 @@ pub async fn import(
         });
         let ingest = parsed.and_then(|v| match kind {
             Kind::Users => user_ingest(&v),
-            Kind::Events => event_ingest(&v, &mut seen, retention),
+            Kind::Events | Kind::Fields => event_ingest(&v, &mut seen, retention),
         });
         match ingest {
             Ok(ingest) => {
@@ -252,7 +262,9 @@ pub async fn import(
                                 let cells: Vec<String> = record.iter().map(str::to_owned).collect();
                                 check_csv_width(&headers, &cells).and_then(|()| match kind {
                                     Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
-                                    Kind::Events => csv_event(&headers, &cells, &mut types),
+                                    Kind::Events | Kind::Fields => {
+                                        csv_event(&headers, &cells, &mut types)
+                                    }
                                 })
                             }
                         };
@@ -280,6 +292,152 @@ pub async fn import(
     }
     flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
     bar.finish_and_clear();
+    Ok(summary)
+}
+
+/// Imports profile field definitions (`sori export fields`): a field the target lacks is
+/// registered; one it has with the same type takes the line's name and sensitive flag; one
+/// it has with another type is a bad line (a type cannot change under stored values). A
+/// registry is small, so the file is read whole, without a progress bar.
+async fn import_fields(
+    app: &App,
+    ch: &ChannelInfo,
+    path: &Path,
+    format: Format,
+    errors: &mut dyn Write,
+) -> anyhow::Result<Summary> {
+    let id = ch.channel.id;
+    let mut lines: Vec<(usize, Result<Value, Invalid>)> = Vec::new();
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    match format {
+        Format::Ndjson => {
+            let mut reader = BufReader::new(file);
+            let mut buf = Vec::new();
+            for i in 0.. {
+                let Some(whole) = next_line(&mut reader, &mut buf)
+                    .with_context(|| format!("reading line {}", i + 1))?
+                else {
+                    break;
+                };
+                let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
+                let line = match i {
+                    0 => line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line),
+                    _ => line,
+                };
+                let parsed = match std::str::from_utf8(line) {
+                    _ if !whole => Err(Invalid::one(WHOLE_LINE, "is longer than a line may be")),
+                    Ok(text) if text.trim().is_empty() => continue,
+                    Ok(text) => sori_domain::value::json_text(text.as_bytes())
+                        .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
+                    Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
+                };
+                lines.push((i + 1, parsed));
+            }
+        }
+        Format::Csv => {
+            let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+            let headers: Vec<String> = rdr
+                .headers()
+                .context("reading the CSV header row")?
+                .iter()
+                .map(str::to_owned)
+                .collect();
+            check_csv_header(&headers, false).map_err(anyhow::Error::msg)?;
+            for record in rdr.records() {
+                let (line, parsed) = match record {
+                    Ok(r) => {
+                        let cells: Vec<String> = r.iter().map(str::to_owned).collect();
+                        let line = r.position().map_or(0, |p| p.line() as usize);
+                        let parsed = check_csv_width(&headers, &cells)
+                            .and_then(|()| csv_field(&headers, &cells));
+                        (line, parsed)
+                    }
+                    Err(e) => {
+                        let line = e.position().map_or(0, |p| p.line() as usize);
+                        (line, Err(Invalid::one(WHOLE_LINE, csv_problem(&e))))
+                    }
+                };
+                lines.push((line, parsed));
+            }
+        }
+    }
+    let mut registered: HashMap<String, ProfileField> = app
+        .store
+        .profile_fields(id)
+        .await?
+        .into_iter()
+        .map(|f| (f.key.as_str().to_owned(), f))
+        .collect();
+    let mut on_line: HashMap<String, usize> = HashMap::new();
+    let mut summary = Summary::default();
+    let mut held = Vec::new();
+    for (line, parsed) in lines {
+        let checked = parsed.and_then(|v| match nul_path(&v, String::new()) {
+            Some(path) => Err(Invalid::one(path, NUL_REJECTED)),
+            None => field_line(&v),
+        });
+        let f = match checked {
+            Ok(f) => f,
+            Err(e) => {
+                summary.skipped += 1;
+                report(&mut held, line, &e);
+                continue;
+            }
+        };
+        let key = f.key.as_str().to_owned();
+        if let Some(first) = on_line.insert(key.clone(), line) {
+            summary.skipped += 1;
+            let e = Invalid::one("key", format!("`{key}` is defined on line {first} already"));
+            report(&mut held, line, &e);
+            continue;
+        }
+        match registered.get(&key) {
+            Some(had) if had.field_type != f.field_type => {
+                summary.skipped += 1;
+                let e = Invalid::one(
+                    "type",
+                    format!(
+                        "`{key}` is registered here as {}, not {} (a field's type cannot \
+                         change under stored values: delete the field first, or leave the \
+                         line out)",
+                        had.field_type.as_str(),
+                        f.field_type.as_str()
+                    ),
+                );
+                report(&mut held, line, &e);
+            }
+            Some(had) => {
+                let name = f.name.filter(|n| *n != had.name);
+                let sensitive = f.sensitive.filter(|s| *s != had.sensitive);
+                if name.is_none() && sensitive.is_none() {
+                    summary.already += 1;
+                    continue;
+                }
+                if let Some(changed) = app
+                    .store
+                    .update_profile_field(id, &key, name.as_deref(), sensitive)
+                    .await?
+                {
+                    registered.insert(key, changed);
+                }
+                summary.imported += 1;
+            }
+            None => {
+                let field = ProfileField {
+                    name: f.name.unwrap_or_else(|| key.clone()),
+                    key: f.key,
+                    field_type: f.field_type,
+                    sensitive: f.sensitive.unwrap_or(false),
+                    builtin: false,
+                    created_at: now_ms(),
+                };
+                app.store.insert_profile_field(id, &field).await?;
+                registered.insert(key, field);
+                summary.imported += 1;
+            }
+        }
+    }
+    emit(&mut held, errors);
     Ok(summary)
 }
 
@@ -539,11 +697,13 @@ fn report(held: &mut Vec<(usize, String)>, line: usize, e: &Invalid) {
     }
 }
 
-/// Text from the file as the terminal should show it: control characters escaped as JSON
-/// writes them (`\n`, `\u001b`), so a key holding an escape sequence cannot drive the
-/// operator's terminal, and the escape reads as what a file of JSON lines would hold.
+/// Text from the file as the terminal should show it: control characters, line separators
+/// and direction overrides escaped as JSON writes them (`\n`, `\u001b`, `\u202e`), so a
+/// key holding an escape sequence cannot drive the operator's terminal nor reorder the
+/// report, and the escape reads as what a file of JSON lines would hold.
 fn shown(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    use sori_domain::value::breaks_display;
+    if !s.chars().any(breaks_display) {
         return s.into();
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -552,7 +712,7 @@ fn shown(s: &str) -> std::borrow::Cow<'_, str> {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c if breaks_display(c) => out.push_str(&format!("\\u{:04x}", u32::from(c))),
             c => out.push(c),
         }
     }
@@ -806,6 +966,33 @@ pub async fn export(
                     match users.last() {
                         Some(u) if users.len() == PAGE as usize => after = Some(u.id.clone()),
                         _ => break,
+                    }
+                }
+            }
+        }
+        Kind::Fields => {
+            let csv = format == Format::Csv;
+            if csv {
+                out.write_all(&csv_line(&FIELD_LINE_COLUMNS.map(str::to_owned))?)?;
+            }
+            for f in app.store.profile_fields(id).await? {
+                n += 1;
+                let (key, ty) = (f.key.as_str(), f.field_type.as_str());
+                match csv {
+                    false => {
+                        let v = serde_json::json!({
+                            "key": key, "name": f.name, "type": ty,
+                            "sensitive": f.sensitive, "builtin": f.builtin,
+                        });
+                        writeln!(out, "{v}")?;
+                    }
+                    true => {
+                        let row = [key, &f.name, ty]
+                            .map(str::to_owned)
+                            .into_iter()
+                            .chain([f.sensitive.to_string(), f.builtin.to_string()])
+                            .collect::<Vec<_>>();
+                        out.write_all(&csv_line(&row)?)?;
                     }
                 }
             }

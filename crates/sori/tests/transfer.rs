@@ -731,7 +731,101 @@ async fn import_while_serving(b: Backend) {
     println!("{acked} events acknowledged over HTTP while 6,000 lines were imported");
 }
 
+/// A store moves fields first, users second: the field export carries what a user file
+/// cannot (Date and Datetime types, display names, sensitive flags, built-in ones too).
+async fn fields_move_before_users(b: Backend) {
+    let (from, to) = (Db::new(b).await, Db::new(b).await);
+    for db in [&from, &to] {
+        let (ok, _, err) = db.run(&["channel", "create", "--name", "Shop"]);
+        assert!(ok, "{err}");
+    }
+    let fields = from.file(
+        "fields.ndjson",
+        [
+            json!({"key": "anniv", "name": "Anniversary", "type": "date", "sensitive": true}),
+            json!({"key": "renewAt", "type": "datetime"}),
+            json!({"key": "email", "type": "string", "sensitive": true}),
+        ]
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n"),
+    );
+    from.import_ok("fields", &fields, "imported 3 fields (0 unchanged)");
+    let users = from.file(
+        "users.ndjson",
+        json!({"memberId": "m1", "profile": {"anniv": "2020-02-03", "renewAt": 1_700_000_000_000_i64,
+               "email": "kim@example.com"}})
+        .to_string(),
+    );
+    from.import_ok("users", &users, "imported 1 users");
+
+    // NDJSON and CSV exports of the fields both move them.
+    let export = |db: &Db, args: &[&str]| {
+        let (ok, out, err) = db.run(args);
+        assert!(ok, "{err}");
+        out
+    };
+    let field_file = from.file("f.ndjson", export(&from, &["export", "fields"]));
+    let field_csv = from.file(
+        "f.csv",
+        export(&from, &["export", "fields", "--format", "csv"]),
+    );
+    let user_file = from.file("u.ndjson", export(&from, &["export", "users"]));
+    to.import_ok("fields", &field_csv, "skipped 0 bad lines");
+    to.import_ok("fields", &field_file, "imported 0 fields");
+    to.import_ok("users", &user_file, "imported 1 users");
+    assert_eq!(
+        export(&to, &["export", "fields"]),
+        export(&from, &["export", "fields"])
+    );
+    let profile = |db: &Db| ndjson(&export(db, &["export", "users"]))[0]["profile"].clone();
+    assert_eq!(profile(&to), profile(&from));
+
+    // A field the target has with another type is a bad line, named by its number; a key
+    // twice in one file too; the rest of the file is applied.
+    let clash = to.file(
+        "clash.ndjson",
+        [
+            json!({"key": "anniv", "type": "string"}),
+            json!({"key": "plan", "name": "Plan", "type": "string"}),
+            json!({"key": "plan", "type": "string", "sensitive": true}),
+            json!({"key": "renewAt", "type": "datetime", "name": "Renews"}),
+        ]
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n"),
+    );
+    let err = to.import_ok(
+        "fields",
+        &clash,
+        "imported 2 fields (0 unchanged), skipped 2 bad lines",
+    );
+    assert!(
+        err.contains("line 1: type: `anniv` is registered here as date, not string"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 3: key: `plan` is defined on line 2 already"),
+        "{err}"
+    );
+    let names: Vec<Value> = ndjson(&export(&to, &["export", "fields"]))
+        .into_iter()
+        .filter(|f| f["key"] == "renewAt" || f["key"] == "plan")
+        .map(|f| json!([f["key"], f["name"], f["type"], f["sensitive"]]))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            json!(["plan", "Plan", "string", false]),
+            json!(["renewAt", "Renews", "datetime", false])
+        ]
+    );
+}
+
 both!(
+    fields_move_before_users,
     import_and_export,
     acknowledged_events_survive_kill_9,
     import_while_serving
