@@ -39,6 +39,8 @@ pub struct Decision {
     pub remaining: u64,
     /// Seconds until the bucket is full again.
     pub reset: u64,
+    /// Seconds until the next request may proceed (0 when this one may).
+    pub retry_after: u64,
 }
 
 impl RateLimiter {
@@ -69,6 +71,7 @@ impl RateLimiter {
                 limit: 0,
                 remaining: 0,
                 reset: 0,
+                retry_after: 0,
             };
         };
         if map.len() >= MAX_BUCKETS && !map.contains_key(key) {
@@ -91,6 +94,11 @@ impl RateLimiter {
             limit: self.burst as u64,
             remaining: b.tokens.floor() as u64,
             reset: ((self.burst - b.tokens) / self.per_second).ceil() as u64,
+            // A refused request waits for one token, not for the whole bucket.
+            retry_after: match allowed {
+                true => 0,
+                false => ((1.0 - b.tokens) / self.per_second).ceil().max(1.0) as u64,
+            },
         }
     }
 }
@@ -132,12 +140,12 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
                  access key; retry in {} s",
                 limiter.per_second(),
                 d.limit,
-                d.reset.max(1)
+                d.retry_after
             ),
         )
         .into_response();
         r.headers_mut()
-            .insert("retry-after", HeaderValue::from(d.reset.max(1)));
+            .insert("retry-after", HeaderValue::from(d.retry_after));
         r
     };
     let h = resp.headers_mut();
@@ -164,5 +172,18 @@ mod tests {
         assert!(!l.check("k", t0).allowed);
         assert!(l.check("other", t0).allowed);
         assert!(l.check("k", t0 + Duration::from_millis(150)).allowed);
+    }
+
+    #[test]
+    fn a_refused_request_waits_for_one_token_not_a_full_bucket() {
+        // 1 per second, bursts of 2: the third request at once waits 1 s, while the
+        // bucket is full again only after 2 s.
+        let l = RateLimiter::new(1, 2);
+        let t0 = Instant::now();
+        assert!(l.check("k", t0).allowed && l.check("k", t0).allowed);
+        let d = l.check("k", t0);
+        assert!(!d.allowed);
+        assert_eq!((d.retry_after, d.reset), (1, 2));
+        assert!(l.check("k", t0 + Duration::from_secs(d.retry_after)).allowed);
     }
 }
