@@ -184,6 +184,9 @@ mod tests {
         let d = l.check("k", t0);
         assert!(!d.allowed);
         assert_eq!((d.retry_after, d.reset), (1, 2));
-        assert!(l.check("k", t0 + Duration::from_secs(d.retry_after)).allowed);
+        assert!(
+            l.check("k", t0 + Duration::from_secs(d.retry_after))
+                .allowed
+        );
     }
 }

@@ -223,6 +223,15 @@ pub async fn batch(
         return Err(crate::body::nul_error(path));
     }
     let ch = channel(&state, keyed, &body).await?;
+    if !body.is_object() {
+        return Err(ApiError::field(
+            "body",
+            format!(
+                "must be an object (`{{\"batch\": [...]}}`), got {}",
+                sori_domain::value::kind(&body)
+            ),
+        ));
+    }
     let Some(Value::Array(items)) = items else {
         return Err(ApiError::field("batch", "must be a list of calls"));
     };

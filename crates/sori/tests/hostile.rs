@@ -406,6 +406,10 @@ async fn hostile_input(b: Backend) {
             let (status, answer) =
                 check(&app, None, "raw", Method::POST, path, headers, raw.to_vec()).await;
             assert_eq!(status, 400, "{path} {raw:?}: {answer:?}");
+            // A body of the wrong kind is named as the body, not as a field inside it.
+            if raw == b"[]" || raw == b"42" {
+                assert_eq!(answer["errors"][0]["field"], "body", "{path} {raw:?}");
+            }
         }
     }
     // A body that says gzip and is not: 400 on `body`; an encoding Sori does not take:
