@@ -474,10 +474,17 @@ fn time_of(
         None | Some(Value::Null) => None,
         Some(v) => time_value(v, &at(k), errs),
     };
-    let (t, field) = if let Some(t) = get("timestamp", errs) {
+    // Each time the call carries is checked, used or not: a broken one is a client bug to
+    // report, whichever of them the event's time then comes from.
+    let (timestamp, original, sent) = (
+        get("timestamp", errs),
+        get("originalTimestamp", errs),
+        get("sentAt", errs),
+    );
+    let (t, field) = if let Some(t) = timestamp {
         (t, "timestamp")
-    } else if let Some(o) = get("originalTimestamp", errs) {
-        let t = match get("sentAt", errs).map(|s| received_at - (s - o)) {
+    } else if let Some(o) = original {
+        let t = match sent.map(|s| received_at - (s - o)) {
             Some(t) if t < 0 => {
                 // The client claims to have held the call for longer than since 1970.
                 errs.push(
@@ -853,6 +860,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.at, NOW);
+        // A broken time is reported even where another one decides the event's time.
+        for (body, field) in [
+            (json!({"timestamp": NOW - 10, "sentAt": "nope"}), "sentAt"),
+            (json!({"sentAt": "nope"}), "sentAt"),
+            (
+                json!({"timestamp": NOW - 10, "originalTimestamp": "nope"}),
+                "originalTimestamp",
+            ),
+        ] {
+            let mut call = json!({"userId": "m", "event": "e"});
+            call.as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
+            let e = parse("", call, Some(Kind::Track), NOW).unwrap_err();
+            assert_eq!(e.0[0].field, field);
+        }
     }
 
     #[test]
