@@ -430,6 +430,11 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
     if nulls {
         obj.retain(|_, v| !v.is_null());
     }
+    for v in obj.values_mut() {
+        if v.is_f64() {
+            *v = crate::value::without_negative_zero(std::mem::take(v));
+        }
+    }
     Ok(obj)
 }
 
@@ -546,6 +551,27 @@ mod tests {
                 "{spaced:?}"
             );
         }
+    }
+
+    #[test]
+    fn negative_zero_is_zero() {
+        let v: Value =
+            serde_json::from_str(r#"{"name": "A", "property": {"a": -0, "b": -0.0, "c": [-0]}}"#)
+                .unwrap();
+        let e = check(v).unwrap();
+        let stored: Value = serde_json::from_str(&e.property_json).unwrap();
+        // Top-level numbers (what filters read) are normalized; a payload is kept as sent.
+        assert_eq!(stored["a"].to_string(), "0");
+        assert_eq!(stored["b"].to_string(), "0");
+        assert_eq!(stored["c"].to_string(), "[-0.0]");
+        let tz = jiff::tz::TimeZone::UTC;
+        let zero = crate::value::check(
+            "n",
+            crate::FieldType::Number,
+            &serde_json::from_str("-0").unwrap(),
+            &tz,
+        );
+        assert_eq!(zero.unwrap().to_string(), "0");
     }
 
     #[test]

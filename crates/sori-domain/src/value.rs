@@ -35,7 +35,7 @@ pub fn check(key: &str, ty: FieldType, v: &Value, tz: &TimeZone) -> Result<Value
             if n.as_f64().is_none_or(|f| !f.is_finite()) {
                 return Err("must be a finite number".into());
             }
-            v.clone()
+            without_negative_zero(v.clone())
         }
         (FieldType::String, Value::String(s)) => Value::String(check_string(key, s)?),
         (FieldType::Date, _) => Value::String(to_date(v, tz)?),
@@ -62,11 +62,21 @@ pub fn check(key: &str, ty: FieldType, v: &Value, tz: &TimeZone) -> Result<Value
             {
                 return Err(format!("item {i} must be a number ({})", kind(item)));
             }
-            v.clone()
+            Value::Array(items.iter().cloned().map(without_negative_zero).collect())
         }
         _ => return Err(format!("must be a {ty} value, got {}", kind(v))),
     };
     Ok(normalized)
+}
+
+/// `-0` as `0`. JSON's `-0` reaches us as a float with its sign, which SQLite keeps and
+/// PostgreSQL's `numeric` drops, so the two stores would answer differently; and it is the
+/// same number.
+pub fn without_negative_zero(v: Value) -> Value {
+    match v.as_f64() {
+        Some(f) if f == 0.0 && f.is_sign_negative() => Value::from(0),
+        _ => v,
+    }
 }
 
 fn check_string(key: &str, s: &str) -> Result<String, String> {
