@@ -129,7 +129,7 @@ pub async fn import(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let mut reader = BufReader::new(bar.wrap_read(file));
+    let reader = BufReader::new(bar.wrap_read(file));
     let errors = &mut AboveBar {
         bar: &bar,
         out: errors,
@@ -174,120 +174,32 @@ pub async fn import(
         }
     };
 
-    match format {
-        Format::Ndjson => {
-            // Lines as bytes: one line that is not UTF-8 (a stray Latin-1 export, say) is
-            // a bad line to report and skip, not the end of the import.
-            let mut buf = Vec::new();
-            for i in 0.. {
-                let Some(whole) = next_line(&mut reader, &mut buf)
-                    .with_context(|| format!("reading line {}", i + 1))?
-                else {
-                    break;
-                };
-                if !whole {
-                    let long = Invalid::one(
-                        WHOLE_LINE,
-                        format!(
-                            "is longer than {} MiB, the most a line may hold",
-                            MAX_LINE >> 20
-                        ),
-                    );
-                    let _ = handle(i + 1, Err(long), &mut pending, &mut summary, &mut held);
-                    continue;
-                }
-                let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
-                // A byte-order mark, as Windows editors save UTF-8 (the CSV reader drops
-                // it itself).
-                let line = match i {
-                    0 => line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line),
-                    _ => line,
-                };
-                let parsed = match std::str::from_utf8(line) {
-                    Ok(text) if text.trim().is_empty() => continue,
-                    // As an API body: a lone surrogate escape reads as U+FFFD.
-                    Ok(text) => sori_domain::value::json_text(text.as_bytes())
-                        .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
-                    Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
-                };
-                let _ = handle(i + 1, parsed, &mut pending, &mut summary, &mut held);
-                if pending.len() >= CHUNK {
-                    flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
-                    bar.set_message(format!(
-                        "{} imported, {} skipped",
-                        summary.imported, summary.skipped
-                    ));
-                }
-            }
+    let mut records = Records::open(reader, format)?;
+    let headers = records.headers().to_vec();
+    if format == Format::Csv {
+        check_csv_header(&headers, kind == Kind::Users).map_err(anyhow::Error::msg)?;
+    }
+    while let Some((line, record)) = records.next()? {
+        // The column types a bad event row would have taught are forgotten with it: only
+        // rows that are imported decide how later cells read.
+        let mark = types.learned();
+        let parsed = match record {
+            Record::Json(parsed) => parsed,
+            Record::Cells(cells) => cells.and_then(|cells| match kind {
+                Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
+                Kind::Events | Kind::Fields => csv_event(&headers, &cells, &mut types),
+            }),
+        };
+        let imported = handle(line, parsed, &mut pending, &mut summary, &mut held);
+        if kind == Kind::Events && !imported {
+            types.forget_since(mark);
         }
-        Format::Csv => {
-            let scan = CsvScan::default();
-            let mut rdr = csv::ReaderBuilder::new()
-                .flexible(true)
-                .from_reader(scan.wrap(LfOnly(reader)));
-            let headers: Vec<String> = rdr
-                .headers()
-                .context("reading the CSV header row")?
-                .iter()
-                .map(str::to_owned)
-                .collect();
-            if let Some(quote) = scan.unclosed_quote() {
-                anyhow::bail!(
-                    "malformed CSV: the quote that opens a cell of the header row on line \
-                     {quote} is never closed, so the whole file was read into that cell"
-                );
-            }
-            check_csv_header(&headers, kind == Kind::Users).map_err(anyhow::Error::msg)?;
-            let mut record = csv::StringRecord::new();
-            loop {
-                // Line numbers from the parser: a quoted cell may span lines.
-                let next = rdr.position().line() as usize;
-                // The column types a bad event row would have taught are forgotten with it:
-                // only rows that are imported decide how later cells read.
-                let mark = types.learned();
-                let (line, parsed) = match rdr.read_record(&mut record) {
-                    Ok(false) => break,
-                    Ok(true) => {
-                        let line = scan.skip(record.position().map_or(next, |p| p.line() as usize));
-                        let parsed = match scan.unclosed_quote() {
-                            Some(quote) => Err(Invalid::one(
-                                WHOLE_LINE,
-                                format!(
-                                    "malformed CSV: the quote that opens a cell on line \
-                                     {quote} is never closed, so every line after it was \
-                                     read into that cell"
-                                ),
-                            )),
-                            None => {
-                                let cells: Vec<String> = record.iter().map(str::to_owned).collect();
-                                check_csv_width(&headers, &cells).and_then(|()| match kind {
-                                    Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
-                                    Kind::Events | Kind::Fields => {
-                                        csv_event(&headers, &cells, &mut types)
-                                    }
-                                })
-                            }
-                        };
-                        (line, parsed)
-                    }
-                    Err(e) => {
-                        let line = scan.skip(e.position().map_or(next, |p| p.line() as usize));
-                        let bad = Invalid::one(WHOLE_LINE, csv_problem(&e));
-                        (line, Err(bad))
-                    }
-                };
-                let imported = handle(line, parsed, &mut pending, &mut summary, &mut held);
-                if kind == Kind::Events && !imported {
-                    types.forget_since(mark);
-                }
-                if pending.len() >= CHUNK {
-                    flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
-                    bar.set_message(format!(
-                        "{} imported, {} skipped",
-                        summary.imported, summary.skipped
-                    ));
-                }
-            }
+        if pending.len() >= CHUNK {
+            flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
+            bar.set_message(format!(
+                "{} imported, {} skipped",
+                summary.imported, summary.skipped
+            ));
         }
     }
     flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
@@ -307,59 +219,19 @@ async fn import_fields(
     errors: &mut dyn Write,
 ) -> anyhow::Result<Summary> {
     let id = ch.channel.id;
-    let mut lines: Vec<(usize, Result<Value, Invalid>)> = Vec::new();
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    match format {
-        Format::Ndjson => {
-            let mut reader = BufReader::new(file);
-            let mut buf = Vec::new();
-            for i in 0.. {
-                let Some(whole) = next_line(&mut reader, &mut buf)
-                    .with_context(|| format!("reading line {}", i + 1))?
-                else {
-                    break;
-                };
-                let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
-                let line = match i {
-                    0 => line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line),
-                    _ => line,
-                };
-                let parsed = match std::str::from_utf8(line) {
-                    _ if !whole => Err(Invalid::one(WHOLE_LINE, "is longer than a line may be")),
-                    Ok(text) if text.trim().is_empty() => continue,
-                    Ok(text) => sori_domain::value::json_text(text.as_bytes())
-                        .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
-                    Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
-                };
-                lines.push((i + 1, parsed));
-            }
-        }
-        Format::Csv => {
-            let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(file);
-            let headers: Vec<String> = rdr
-                .headers()
-                .context("reading the CSV header row")?
-                .iter()
-                .map(str::to_owned)
-                .collect();
-            check_csv_header(&headers, false).map_err(anyhow::Error::msg)?;
-            for record in rdr.records() {
-                let (line, parsed) = match record {
-                    Ok(r) => {
-                        let cells: Vec<String> = r.iter().map(str::to_owned).collect();
-                        let line = r.position().map_or(0, |p| p.line() as usize);
-                        let parsed = check_csv_width(&headers, &cells)
-                            .and_then(|()| csv_field(&headers, &cells));
-                        (line, parsed)
-                    }
-                    Err(e) => {
-                        let line = e.position().map_or(0, |p| p.line() as usize);
-                        (line, Err(Invalid::one(WHOLE_LINE, csv_problem(&e))))
-                    }
-                };
-                lines.push((line, parsed));
-            }
-        }
+    let mut records = Records::open(BufReader::new(file), format)?;
+    let headers = records.headers().to_vec();
+    if format == Format::Csv {
+        check_csv_header(&headers, false).map_err(anyhow::Error::msg)?;
+    }
+    let mut lines: Vec<(usize, Result<Value, Invalid>)> = Vec::new();
+    while let Some((line, record)) = records.next()? {
+        let parsed = match record {
+            Record::Json(parsed) => parsed,
+            Record::Cells(cells) => cells.and_then(|cells| csv_field(&headers, &cells)),
+        };
+        lines.push((line, parsed));
     }
     let mut registered: HashMap<String, ProfileField> = app
         .store
@@ -439,6 +311,154 @@ async fn import_fields(
     }
     emit(&mut held, errors);
     Ok(summary)
+}
+
+/// The records of an import file in order, each with its line number: NDJSON lines as
+/// JSON, CSV records as cells. One reader for every kind of file, so a line is numbered,
+/// and a broken one reported, the same way whatever the file holds.
+enum Records<R: BufRead> {
+    /// Lines as bytes: one line that is not UTF-8 (a stray Latin-1 export, say) is a bad
+    /// line to report and skip, not the end of the import.
+    Ndjson {
+        reader: R,
+        buf: Vec<u8>,
+        next: usize,
+    },
+    Csv {
+        rdr: csv::Reader<NoteScan<LfOnly<R>>>,
+        scan: CsvScan,
+        headers: Vec<String>,
+        record: csv::StringRecord,
+    },
+}
+
+/// One record of [`Records`].
+enum Record {
+    /// An NDJSON line, parsed.
+    Json(Result<Value, Invalid>),
+    /// A CSV record's cells, as many as the header row names.
+    Cells(Result<Vec<String>, Invalid>),
+}
+
+impl<R: BufRead> Records<R> {
+    /// Starts reading; a CSV file's header row is read here (a header row whose quote is
+    /// never closed ends the import: the whole file went into one cell).
+    fn open(reader: R, format: Format) -> anyhow::Result<Self> {
+        Ok(match format {
+            Format::Ndjson => Self::Ndjson {
+                reader,
+                buf: Vec::new(),
+                next: 0,
+            },
+            Format::Csv => {
+                let scan = CsvScan::default();
+                let mut rdr = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .from_reader(scan.wrap(LfOnly(reader)));
+                let headers: Vec<String> = rdr
+                    .headers()
+                    .context("reading the CSV header row")?
+                    .iter()
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(quote) = scan.unclosed_quote() {
+                    anyhow::bail!(
+                        "malformed CSV: the quote that opens a cell of the header row on line \
+                         {quote} is never closed, so the whole file was read into that cell"
+                    );
+                }
+                Self::Csv {
+                    rdr,
+                    scan,
+                    headers,
+                    record: csv::StringRecord::new(),
+                }
+            }
+        })
+    }
+
+    /// The CSV header row (none for NDJSON).
+    fn headers(&self) -> &[String] {
+        match self {
+            Self::Ndjson { .. } => &[],
+            Self::Csv { headers, .. } => headers,
+        }
+    }
+
+    /// The next record; blank NDJSON lines and empty CSV lines are passed over.
+    fn next(&mut self) -> anyhow::Result<Option<(usize, Record)>> {
+        match self {
+            Self::Ndjson { reader, buf, next } => loop {
+                let i = *next;
+                *next += 1;
+                let Some(whole) =
+                    next_line(reader, buf).with_context(|| format!("reading line {}", i + 1))?
+                else {
+                    return Ok(None);
+                };
+                if !whole {
+                    let long = Invalid::one(
+                        WHOLE_LINE,
+                        format!(
+                            "is longer than {} MiB, the most a line may hold",
+                            MAX_LINE >> 20
+                        ),
+                    );
+                    return Ok(Some((i + 1, Record::Json(Err(long)))));
+                }
+                let line = buf.strip_suffix(b"\r").unwrap_or(buf);
+                // A byte-order mark, as Windows editors save UTF-8 (the CSV reader drops
+                // it itself).
+                let line = match i {
+                    0 => line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line),
+                    _ => line,
+                };
+                let parsed = match std::str::from_utf8(line) {
+                    Ok(text) if text.trim().is_empty() => continue,
+                    // As an API body: a lone surrogate escape reads as U+FFFD.
+                    Ok(text) => sori_domain::value::json_text(text.as_bytes())
+                        .map_err(|e| Invalid::one(WHOLE_LINE, format!("malformed JSON: {e}"))),
+                    Err(e) => Err(Invalid::one(WHOLE_LINE, format!("is not UTF-8 text: {e}"))),
+                };
+                return Ok(Some((i + 1, Record::Json(parsed))));
+            },
+            Self::Csv {
+                rdr,
+                scan,
+                headers,
+                record,
+            } => {
+                // Line numbers from the parser: a quoted cell may span lines.
+                let next = rdr.position().line() as usize;
+                Ok(match rdr.read_record(record) {
+                    Ok(false) => None,
+                    Ok(true) => {
+                        let line = scan.skip(record.position().map_or(next, |p| p.line() as usize));
+                        let cells = match scan.unclosed_quote() {
+                            Some(quote) => Err(Invalid::one(
+                                WHOLE_LINE,
+                                format!(
+                                    "malformed CSV: the quote that opens a cell on line \
+                                     {quote} is never closed, so every line after it was \
+                                     read into that cell"
+                                ),
+                            )),
+                            None => {
+                                let cells: Vec<String> = record.iter().map(str::to_owned).collect();
+                                check_csv_width(headers, &cells).map(|()| cells)
+                            }
+                        };
+                        Some((line, Record::Cells(cells)))
+                    }
+                    Err(e) => {
+                        let line = scan.skip(e.position().map_or(next, |p| p.line() as usize));
+                        let bad = Invalid::one(WHOLE_LINE, csv_problem(&e));
+                        Some((line, Record::Cells(Err(bad))))
+                    }
+                })
+            }
+        }
+    }
 }
 
 /// What the CSV parser does not say about the bytes it reads: where the empty lines are,
