@@ -326,6 +326,21 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The operations of a path, with their methods.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = (Method, &mut utoipa::openapi::path::Operation)> {
+    [
+        (Method::GET, &mut item.get),
+        (Method::PUT, &mut item.put),
+        (Method::POST, &mut item.post),
+        (Method::DELETE, &mut item.delete),
+        (Method::PATCH, &mut item.patch),
+    ]
+    .into_iter()
+    .filter_map(|(method, op)| Some((method, op.as_mut()?)))
+}
+
 struct Security;
 
 impl utoipa::Modify for Security {
@@ -370,15 +385,8 @@ impl utoipa::Modify for Security {
         // Basic user, SDK calls after boot the session header.
         let no_scopes = Vec::<String>::new;
         for (path, item) in &mut doc.paths.paths {
-            let ops = [
-                (&mut item.get, false),
-                (&mut item.put, true),
-                (&mut item.post, true),
-                (&mut item.delete, true),
-                (&mut item.patch, true),
-            ];
-            for (op, writes) in ops {
-                let Some(op) = op.as_mut() else { continue };
+            for (method, op) in operations(item) {
+                let writes = method != Method::GET;
                 let rule = if path.starts_with("/open/v5/") {
                     Some(
                         SecurityRequirement::new("accessKey", no_scopes())
@@ -434,15 +442,8 @@ impl utoipa::Modify for CommonAnswers {
                 .zip(["/open/v5/", "/desk/v1/", "/v1/", "/sdk/v1/"])
                 .find_map(|(api, prefix)| path.starts_with(prefix).then_some(api));
             let Some(api) = api else { continue };
-            let ops = [
-                (&mut item.get, false),
-                (&mut item.put, true),
-                (&mut item.post, true),
-                (&mut item.delete, false),
-                (&mut item.patch, true),
-            ];
-            for (op, has_body) in ops {
-                let Some(op) = op.as_mut() else { continue };
+            for (method, op) in operations(item) {
+                let has_body = [Method::PUT, Method::POST, Method::PATCH].contains(&method);
                 if let Some(id) = op.operation_id.take() {
                     // `open_list` of the events tag → `open_events_list`.
                     let tag = op.tags.iter().flatten().next().map_or("", String::as_str);
