@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Errors, Invalid};
 use crate::event::EventInput;
-use crate::field::{FieldType, ProfileField, ProfileKey, Registry};
+use crate::field::{BUILTIN_FIELDS, FieldType, ProfileField, ProfileKey, Registry};
 use crate::segment::time_value;
 use crate::update::{UPDATE_FIELDS, UserUpdate, check_member_id};
 use crate::value::{infer_type, kind};
@@ -560,27 +560,37 @@ pub fn csv_event(
     Ok(Value::Object(line))
 }
 
-/// A property given both in the `property` cell and as a `property.KEY` column: which one
-/// counts would be a guess.
-/// A line of `sori import fields`: a profile field's definition, as `sori export fields`
-/// writes it. A user file says nothing of its fields' types (a Date reads as text, a
-/// Datetime as a number), display names or sensitive flags, so a store is moved fields
-/// first, users second.
+/// A line of `sori import fields`: a field's definition, as `sori export fields` writes it.
+/// A user file says nothing of its fields' types (a Date reads as text, a Datetime as a
+/// number), display names or sensitive flags, so a store is moved fields first, users
+/// second.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FieldLine {
-    /// The field.
-    pub key: ProfileKey,
-    /// Its type, which must agree with the target's where the target has the field.
-    pub field_type: FieldType,
-    /// Display name; `None` keeps the target's (a new field is named by its key).
-    pub name: Option<String>,
-    /// Masking; `None` keeps the target's (a new field is not sensitive).
-    pub sensitive: Option<bool>,
+pub enum FieldLine {
+    /// A profile field (`profile.KEY`).
+    Profile {
+        /// The field.
+        key: ProfileKey,
+        /// Its type, which must agree with the target's where the target has the field.
+        field_type: FieldType,
+        /// Display name; `None` keeps the target's (a new field is named by its key).
+        name: Option<String>,
+        /// Masking; `None` keeps the target's (a new field is not sensitive).
+        sensitive: Option<bool>,
+    },
+    /// A built-in user field (`memberId`, `web.browser`): only its masking moves, the rest
+    /// is the same in every store.
+    User {
+        /// One of [`BUILTIN_FIELDS`].
+        key: &'static str,
+        /// Masking; `None` keeps the target's.
+        sensitive: Option<bool>,
+    },
 }
 
-/// The fields of a field line, in the order `sori export fields` writes them (`builtin`
-/// is informational: every store has the same built-in fields).
-pub const FIELD_LINE_COLUMNS: [&str; 5] = ["key", "name", "type", "sensitive", "builtin"];
+/// The fields of a field line, in the order `sori export fields` writes them. `scope` is
+/// `profile` (the default) or `user` (a built-in user field); `builtin` is informational:
+/// every store has the same built-in fields.
+pub const FIELD_LINE_COLUMNS: [&str; 6] = ["scope", "key", "name", "type", "sensitive", "builtin"];
 
 /// Parses a field line.
 pub fn field_line(v: &Value) -> Result<FieldLine, Invalid> {
@@ -590,7 +600,7 @@ pub fn field_line(v: &Value) -> Result<FieldLine, Invalid> {
         if !FIELD_LINE_COLUMNS.contains(&k.as_str()) {
             errs.push(
                 k,
-                "is not a known field (key, name, type, sensitive; builtin, as exports \
+                "is not a known field (scope, key, name, type, sensitive; builtin, as exports \
                  write it, is ignored)",
             );
         }
@@ -607,18 +617,12 @@ pub fn field_line(v: &Value) -> Result<FieldLine, Invalid> {
             None
         }
     };
-    let (key, ty, name) = (text("key", true), text("type", true), text("name", false));
-    let key = key.and_then(|k| ProfileKey::parse(&k).map_err(|e| errs.push("key", e)).ok());
-    let field_type = ty.and_then(|t| FieldType::parse(&t).map_err(|e| errs.push("type", e)).ok());
-    let name = name.and_then(|n| match ProfileField::check_name(&n) {
-        Ok(n) => Some(n),
-        Err(e) => {
-            for f in e.0 {
-                errs.push(f.field, f.message);
-            }
-            None
-        }
-    });
+    let (scope, key, ty, name) = (
+        text("scope", false),
+        text("key", true),
+        text("type", true),
+        text("name", false),
+    );
     let mut flag = |k: &str| match o.get(k) {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -628,17 +632,58 @@ pub fn field_line(v: &Value) -> Result<FieldLine, Invalid> {
         }
     };
     let (sensitive, _builtin) = (flag("sensitive"), flag("builtin"));
+    let field_type = ty.and_then(|t| FieldType::parse(&t).map_err(|e| errs.push("type", e)).ok());
+    let line = match scope.as_deref() {
+        None | Some("profile") => {
+            let key = key.and_then(|k| ProfileKey::parse(&k).map_err(|e| errs.push("key", e)).ok());
+            let name = name.and_then(|n| match ProfileField::check_name(&n) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    for f in e.0 {
+                        errs.push(f.field, f.message);
+                    }
+                    None
+                }
+            });
+            key.zip(field_type)
+                .map(|(key, field_type)| FieldLine::Profile {
+                    key,
+                    field_type,
+                    name,
+                    sensitive,
+                })
+        }
+        Some("user") => {
+            if name.is_some() {
+                errs.push("name", "a built-in user field has no display name to set");
+            }
+            let builtin = key.as_deref().and_then(|k| {
+                let found = BUILTIN_FIELDS.iter().find(|(b, _)| *b == k);
+                if found.is_none() {
+                    errs.push("key", format!("`{k}` is not a built-in user field"));
+                }
+                found
+            });
+            match (builtin, field_type) {
+                (Some((key, ty)), Some(given)) if *ty != given => {
+                    errs.push(
+                        "type",
+                        format!("`{key}` is a {} field, not {}", ty.as_str(), given.as_str()),
+                    );
+                    None
+                }
+                (Some((key, _)), Some(_)) => Some(FieldLine::User { key, sensitive }),
+                _ => None,
+            }
+        }
+        Some(other) => {
+            errs.push("scope", format!("must be profile or user, got `{other}`"));
+            None
+        }
+    };
     errs.check()?;
-    match (key, field_type) {
-        (Some(key), Some(field_type)) => Ok(FieldLine {
-            key,
-            field_type,
-            name,
-            sensitive,
-        }),
-        // Both were required, and a missing one was reported above.
-        _ => Err(Invalid::one("key", "is required")),
-    }
+    // Every way to `None` above said why, so this is not reached.
+    line.ok_or_else(|| Invalid::one("key", "is required"))
 }
 
 /// A CSV row of `sori import fields` as a field line's JSON (empty cells are absent; the
@@ -663,6 +708,8 @@ pub fn csv_field(headers: &[String], cells: &[String]) -> Result<Value, Invalid>
     Ok(Value::Object(line))
 }
 
+/// A property given both in the `property` cell and as a `property.KEY` column: which one
+/// counts would be a guess.
 fn twice(key: &str) -> Invalid {
     Invalid::one(
         format!("property.{key}"),
@@ -679,8 +726,50 @@ mod tests {
     #[test]
     fn field_lines_name_every_bad_part() {
         let f = field_line(&json!({"key": "anniv", "type": "date", "builtin": false})).unwrap();
-        assert_eq!((f.key.as_str(), f.field_type), ("anniv", FieldType::Date));
-        assert_eq!((f.name, f.sensitive), (None, None));
+        let FieldLine::Profile {
+            key,
+            field_type,
+            name,
+            sensitive,
+        } = f
+        else {
+            panic!("{f:?}")
+        };
+        assert_eq!((key.as_str(), field_type), ("anniv", FieldType::Date));
+        assert_eq!((name, sensitive), (None, None));
+        // Built-in user fields: only their masking, and their type must be theirs.
+        let f = field_line(
+            &json!({"scope": "user", "key": "web.browser", "type": "string",
+            "sensitive": true}),
+        );
+        assert_eq!(
+            f.unwrap(),
+            FieldLine::User {
+                key: "web.browser",
+                sensitive: Some(true)
+            }
+        );
+        for (bad, field) in [
+            (
+                json!({"scope": "user", "key": "nope", "type": "string"}),
+                "key",
+            ),
+            (
+                json!({"scope": "user", "key": "memberId", "type": "number"}),
+                "type",
+            ),
+            (
+                json!({"scope": "user", "key": "memberId", "type": "string", "name": "M"}),
+                "name",
+            ),
+            (
+                json!({"scope": "team", "key": "memberId", "type": "string"}),
+                "scope",
+            ),
+        ] {
+            assert_eq!(field_line(&bad).unwrap_err().0[0].field, field, "{bad}");
+        }
+
         let e = field_line(&json!({"key": "bad key", "type": "day", "sensitive": "yes", "x": 1}))
             .unwrap_err();
         let fields: Vec<&str> = e.0.iter().map(|f| f.field.as_str()).collect();
@@ -691,13 +780,13 @@ mod tests {
         assert_eq!(e.0.len(), 2, "key and type are required: {e:?}");
         // CSV cells: empty ones are absent, the flags read in any case.
         let headers = FIELD_LINE_COLUMNS.map(str::to_owned);
-        let cells = ["plan", "", "string", "TRUE", ""].map(str::to_owned);
+        let cells = ["", "plan", "", "string", "TRUE", ""].map(str::to_owned);
         let v = csv_field(&headers, &cells).unwrap();
         assert_eq!(
             v,
             json!({"key": "plan", "type": "string", "sensitive": true})
         );
-        let cells = ["plan", "", "string", "ja", ""].map(str::to_owned);
+        let cells = ["", "plan", "", "string", "ja", ""].map(str::to_owned);
         assert_eq!(
             csv_field(&headers, &cells).unwrap_err().0[0].field,
             "sensitive"

@@ -17,10 +17,11 @@ use sori_app::secrets::{new_id, now_ms};
 use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
 use sori_domain::event::EventSource;
+use sori_domain::field::BUILTIN_FIELDS;
 use sori_domain::import::{
-    CsvTypes, FIELD_LINE_COLUMNS, Owner, USER_LINE_COLUMNS, WHOLE_LINE, check_csv_header,
-    check_csv_width, csv_event, csv_field, csv_list_cell, csv_text, csv_user, event_line,
-    field_line, profile_field_column, user_line,
+    CsvTypes, FIELD_LINE_COLUMNS, FieldLine, Owner, USER_LINE_COLUMNS, WHOLE_LINE,
+    check_csv_header, check_csv_width, csv_event, csv_field, csv_list_cell, csv_text, csv_user,
+    event_line, field_line, profile_field_column, user_line,
 };
 use sori_domain::value::{NUL_REJECTED, nul_path};
 use sori_domain::{Invalid, ProfileField, Registry};
@@ -116,9 +117,11 @@ pub async fn import(
 ) -> anyhow::Result<Summary> {
     // A registry is small and written field by field; the line loop below is for users
     // and events.
-    if kind == Kind::Fields {
-        return import_fields(app, ch, path, format, errors).await;
-    }
+    let users = match kind {
+        Kind::Users => true,
+        Kind::Events => false,
+        Kind::Fields => return import_fields(app, ch, path, format, errors).await,
+    };
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = indicatif::ProgressBar::new(size);
@@ -135,9 +138,9 @@ pub async fn import(
         out: errors,
     };
     // User columns start from the registered profile fields; event properties have none.
-    let mut types = CsvTypes::new(&match kind {
-        Kind::Users => Registry::new(app.store.profile_fields(ch.channel.id).await?),
-        Kind::Events | Kind::Fields => Registry::default(),
+    let mut types = CsvTypes::new(&match users {
+        true => Registry::new(app.store.profile_fields(ch.channel.id).await?),
+        false => Registry::default(),
     });
     let mut summary = Summary::default();
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
@@ -157,9 +160,9 @@ pub async fn import(
             Some(path) => Err(Invalid::one(path, NUL_REJECTED)),
             None => Ok(v),
         });
-        let ingest = parsed.and_then(|v| match kind {
-            Kind::Users => user_ingest(&v),
-            Kind::Events | Kind::Fields => event_ingest(&v, &mut seen, retention),
+        let ingest = parsed.and_then(|v| match users {
+            true => user_ingest(&v),
+            false => event_ingest(&v, &mut seen, retention),
         });
         match ingest {
             Ok(ingest) => {
@@ -177,7 +180,7 @@ pub async fn import(
     let mut records = Records::open(reader, format)?;
     let headers = records.headers().to_vec();
     if format == Format::Csv {
-        check_csv_header(&headers, kind == Kind::Users).map_err(anyhow::Error::msg)?;
+        check_csv_header(&headers, users).map_err(anyhow::Error::msg)?;
     }
     while let Some((line, record)) = records.next()? {
         // The column types a bad event row would have taught are forgotten with it: only
@@ -185,16 +188,18 @@ pub async fn import(
         let mark = types.learned();
         let parsed = match record {
             Record::Json(parsed) => parsed,
-            Record::Cells(cells) => cells.and_then(|cells| match kind {
-                Kind::Users => Ok(csv_user(&headers, &cells, &mut types)),
-                Kind::Events | Kind::Fields => csv_event(&headers, &cells, &mut types),
+            Record::Cells(cells) => cells.and_then(|cells| match users {
+                true => Ok(csv_user(&headers, &cells, &mut types)),
+                false => csv_event(&headers, &cells, &mut types),
             }),
         };
         let imported = handle(line, parsed, &mut pending, &mut summary, &mut held);
-        if kind == Kind::Events && !imported {
+        if !users && !imported {
             types.forget_since(mark);
         }
-        if pending.len() >= CHUNK {
+        // Reports are held to be written in line order with the chunk's write errors; a
+        // file of bad lines must not hold them all.
+        if pending.len() >= CHUNK || held.len() >= CHUNK {
             flush(app, ch, &mut pending, &mut summary, &mut held, errors).await?;
             bar.set_message(format!(
                 "{} imported, {} skipped",
@@ -218,99 +223,187 @@ async fn import_fields(
     format: Format,
     errors: &mut dyn Write,
 ) -> anyhow::Result<Summary> {
-    let id = ch.channel.id;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut records = Records::open(BufReader::new(file), format)?;
     let headers = records.headers().to_vec();
     if format == Format::Csv {
         check_csv_header(&headers, false).map_err(anyhow::Error::msg)?;
     }
-    let mut lines: Vec<(usize, Result<Value, Invalid>)> = Vec::new();
+    let mut fields = Fields::load(app, ch.channel.id).await?;
+    // The line each (scope, key) was applied from: a second line for it is refused.
+    let mut on_line: HashMap<(bool, String), usize> = HashMap::new();
+    let mut summary = Summary::default();
+    let mut held = Vec::new();
     while let Some((line, record)) = records.next()? {
         let parsed = match record {
             Record::Json(parsed) => parsed,
             Record::Cells(cells) => cells.and_then(|cells| csv_field(&headers, &cells)),
         };
-        lines.push((line, parsed));
-    }
-    let mut registered: HashMap<String, ProfileField> = app
-        .store
-        .profile_fields(id)
-        .await?
-        .into_iter()
-        .map(|f| (f.key.as_str().to_owned(), f))
-        .collect();
-    let mut on_line: HashMap<String, usize> = HashMap::new();
-    let mut summary = Summary::default();
-    let mut held = Vec::new();
-    for (line, parsed) in lines {
         let checked = parsed.and_then(|v| match nul_path(&v, String::new()) {
             Some(path) => Err(Invalid::one(path, NUL_REJECTED)),
             None => field_line(&v),
         });
-        let f = match checked {
-            Ok(f) => f,
+        let applied = match checked {
+            Ok(f) => {
+                let at = match &f {
+                    FieldLine::Profile { key, .. } => (false, key.as_str().to_owned()),
+                    FieldLine::User { key, .. } => (true, (*key).to_owned()),
+                };
+                match on_line.get(&at) {
+                    Some(first) => Err(Invalid::one(
+                        "key",
+                        format!("`{}` is defined on line {first} already", at.1),
+                    )),
+                    None => match fields.apply(app, f).await {
+                        Ok(applied) => {
+                            if applied.is_ok() {
+                                on_line.insert(at, line);
+                            }
+                            applied
+                        }
+                        Err(e) => {
+                            // The reports so far still reach the operator.
+                            emit(&mut held, errors);
+                            return Err(e);
+                        }
+                    },
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(true) => summary.imported += 1,
+            Ok(false) => summary.already += 1,
             Err(e) => {
                 summary.skipped += 1;
                 report(&mut held, line, &e);
-                continue;
+                // Lines are applied in order, so their reports can go at once.
+                emit(&mut held, errors);
             }
-        };
-        let key = f.key.as_str().to_owned();
-        if let Some(first) = on_line.insert(key.clone(), line) {
-            summary.skipped += 1;
-            let e = Invalid::one("key", format!("`{key}` is defined on line {first} already"));
-            report(&mut held, line, &e);
-            continue;
         }
-        match registered.get(&key) {
-            Some(had) if had.field_type != f.field_type => {
-                summary.skipped += 1;
-                let e = Invalid::one(
+    }
+    emit(&mut held, errors);
+    Ok(summary)
+}
+
+/// The target's fields while a fields file is applied to it.
+struct Fields {
+    channel_id: i64,
+    profile: HashMap<String, ProfileField>,
+    /// The built-in user fields marked sensitive.
+    sensitive_builtins: Vec<String>,
+}
+
+impl Fields {
+    async fn load(app: &App, channel_id: i64) -> anyhow::Result<Self> {
+        let profile = app
+            .store
+            .profile_fields(channel_id)
+            .await?
+            .into_iter()
+            .map(|f| (f.key.as_str().to_owned(), f))
+            .collect();
+        let sensitive_builtins = app.store.sensitive_builtins(channel_id).await?;
+        Ok(Self {
+            channel_id,
+            profile,
+            sensitive_builtins,
+        })
+    }
+
+    /// Applies one line: `Ok(Ok(true))` when it changed the store, `Ok(Ok(false))` when the
+    /// store agreed already, `Ok(Err(_))` when the line cannot apply (a bad line).
+    async fn apply(&mut self, app: &App, line: FieldLine) -> anyhow::Result<Result<bool, Invalid>> {
+        let id = self.channel_id;
+        let (key, field_type, name, sensitive) = match line {
+            FieldLine::User { key, sensitive } => {
+                let had = self.sensitive_builtins.iter().any(|k| k == key);
+                return Ok(match sensitive.filter(|s| *s != had) {
+                    None => Ok(false),
+                    Some(s) => {
+                        app.store.set_builtin_sensitive(id, key, s).await?;
+                        self.sensitive_builtins.retain(|k| k != key);
+                        if s {
+                            self.sensitive_builtins.push(key.to_owned());
+                        }
+                        Ok(true)
+                    }
+                });
+            }
+            FieldLine::Profile {
+                key,
+                field_type,
+                name,
+                sensitive,
+            } => (key, field_type, name, sensitive),
+        };
+        // Twice at most: a field the running server registered since the registry was
+        // read (a user write naming it) is then found, and the line applies to it.
+        for _ in 0..2 {
+            let Some(had) = self.profile.get(key.as_str()) else {
+                let field = ProfileField {
+                    name: name.clone().unwrap_or_else(|| key.as_str().to_owned()),
+                    key: key.clone(),
+                    field_type,
+                    sensitive: sensitive.unwrap_or(false),
+                    builtin: false,
+                    created_at: now_ms(),
+                };
+                match app.store.insert_profile_field(id, &field).await {
+                    Ok(()) => {
+                        self.profile.insert(key.as_str().to_owned(), field);
+                        return Ok(Ok(true));
+                    }
+                    Err(sori_store::StoreError::Conflict(_)) => {
+                        *self = Self::load(app, id).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if had.field_type != field_type {
+                return Ok(Err(Invalid::one(
                     "type",
                     format!(
                         "`{key}` is registered here as {}, not {} (a field's type cannot \
                          change under stored values: delete the field first, or leave the \
                          line out)",
                         had.field_type.as_str(),
-                        f.field_type.as_str()
+                        field_type.as_str(),
+                        key = key.as_str(),
                     ),
-                );
-                report(&mut held, line, &e);
+                )));
             }
-            Some(had) => {
-                let name = f.name.filter(|n| *n != had.name);
-                let sensitive = f.sensitive.filter(|s| *s != had.sensitive);
-                if name.is_none() && sensitive.is_none() {
-                    summary.already += 1;
-                    continue;
-                }
-                if let Some(changed) = app
+            let name = name.filter(|n| *n != had.name);
+            let sensitive = sensitive.filter(|s| *s != had.sensitive);
+            if name.is_none() && sensitive.is_none() {
+                return Ok(Ok(false));
+            }
+            return Ok(
+                match app
                     .store
-                    .update_profile_field(id, &key, name.as_deref(), sensitive)
+                    .update_profile_field(id, key.as_str(), name.as_deref(), sensitive)
                     .await?
                 {
-                    registered.insert(key, changed);
-                }
-                summary.imported += 1;
-            }
-            None => {
-                let field = ProfileField {
-                    name: f.name.unwrap_or_else(|| key.clone()),
-                    key: f.key,
-                    field_type: f.field_type,
-                    sensitive: f.sensitive.unwrap_or(false),
-                    builtin: false,
-                    created_at: now_ms(),
-                };
-                app.store.insert_profile_field(id, &field).await?;
-                registered.insert(key, field);
-                summary.imported += 1;
-            }
+                    Some(changed) => {
+                        self.profile.insert(key.as_str().to_owned(), changed);
+                        Ok(true)
+                    }
+                    None => Err(Invalid::one(
+                        "key",
+                        format!("`{}` was deleted while the file was read", key.as_str()),
+                    )),
+                },
+            );
         }
+        Ok(Err(Invalid::one(
+            "key",
+            format!(
+                "`{}` is being registered and removed meanwhile",
+                key.as_str()
+            ),
+        )))
     }
-    emit(&mut held, errors);
-    Ok(summary)
 }
 
 /// The records of an import file in order, each with its line number: NDJSON lines as
@@ -336,7 +429,7 @@ enum Records<R: BufRead> {
 enum Record {
     /// An NDJSON line, parsed.
     Json(Result<Value, Invalid>),
-    /// A CSV record's cells, as many as the header row names.
+    /// A CSV record's cells (no more than the header row names, but for empty ones).
     Cells(Result<Vec<String>, Invalid>),
 }
 
@@ -995,22 +1088,39 @@ pub async fn export(
             if csv {
                 out.write_all(&csv_line(&FIELD_LINE_COLUMNS.map(str::to_owned))?)?;
             }
-            for f in app.store.profile_fields(id).await? {
+            // Profile fields, then the built-in user fields' masking (the one thing of
+            // theirs a store sets).
+            let sensitive = app.store.sensitive_builtins(id).await?;
+            let profile = app.store.profile_fields(id).await?;
+            let user = BUILTIN_FIELDS.iter().map(|(key, ty)| {
+                let flag = sensitive.iter().any(|s| s == key);
+                ("user", *key, None, *ty, flag, true)
+            });
+            let rows = profile
+                .iter()
+                .map(|f| {
+                    let (key, name) = (f.key.as_str(), Some(f.name.as_str()));
+                    ("profile", key, name, f.field_type, f.sensitive, f.builtin)
+                })
+                .chain(user);
+            for (scope, key, name, ty, sensitive, builtin) in rows {
                 n += 1;
-                let (key, ty) = (f.key.as_str(), f.field_type.as_str());
                 match csv {
                     false => {
-                        let v = serde_json::json!({
-                            "key": key, "name": f.name, "type": ty,
-                            "sensitive": f.sensitive, "builtin": f.builtin,
+                        let mut v = serde_json::json!({
+                            "scope": scope, "key": key, "type": ty.as_str(),
+                            "sensitive": sensitive, "builtin": builtin,
                         });
+                        if let Some(name) = name {
+                            v["name"] = Value::from(name);
+                        }
                         writeln!(out, "{v}")?;
                     }
                     true => {
-                        let row = [key, &f.name, ty]
+                        let row = [scope, key, name.unwrap_or(""), ty.as_str()]
                             .map(str::to_owned)
                             .into_iter()
-                            .chain([f.sensitive.to_string(), f.builtin.to_string()])
+                            .chain([sensitive.to_string(), builtin.to_string()])
                             .collect::<Vec<_>>();
                         out.write_all(&csv_line(&row)?)?;
                     }

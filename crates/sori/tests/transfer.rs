@@ -745,13 +745,14 @@ async fn fields_move_before_users(b: Backend) {
             json!({"key": "anniv", "name": "Anniversary", "type": "date", "sensitive": true}),
             json!({"key": "renewAt", "type": "datetime"}),
             json!({"key": "email", "type": "string", "sensitive": true}),
+            json!({"scope": "user", "key": "memberId", "type": "string", "sensitive": true}),
         ]
         .iter()
         .map(Value::to_string)
         .collect::<Vec<_>>()
         .join("\n"),
     );
-    from.import_ok("fields", &fields, "imported 3 fields (0 unchanged)");
+    from.import_ok("fields", &fields, "imported 4 fields (0 unchanged)");
     let users = from.file(
         "users.ndjson",
         json!({"memberId": "m1", "profile": {"anniv": "2020-02-03", "renewAt": 1_700_000_000_000_i64,
@@ -772,7 +773,9 @@ async fn fields_move_before_users(b: Backend) {
         export(&from, &["export", "fields", "--format", "csv"]),
     );
     let user_file = from.file("u.ndjson", export(&from, &["export", "users"]));
-    to.import_ok("fields", &field_csv, "skipped 0 bad lines");
+    // The CSV moves the two new fields and the two sensitive flags; the NDJSON then
+    // finds nothing left to change.
+    to.import_ok("fields", &field_csv, "imported 4 fields");
     to.import_ok("fields", &field_file, "imported 0 fields");
     to.import_ok("users", &user_file, "imported 1 users");
     assert_eq!(
@@ -791,6 +794,8 @@ async fn fields_move_before_users(b: Backend) {
             json!({"key": "plan", "name": "Plan", "type": "string"}),
             json!({"key": "plan", "type": "string", "sensitive": true}),
             json!({"key": "renewAt", "type": "datetime", "name": "Renews"}),
+            // Line 1 was refused, so this one is the first for its key.
+            json!({"key": "anniv", "type": "date", "name": "Wedding day"}),
         ]
         .iter()
         .map(Value::to_string)
@@ -800,7 +805,7 @@ async fn fields_move_before_users(b: Backend) {
     let err = to.import_ok(
         "fields",
         &clash,
-        "imported 2 fields (0 unchanged), skipped 2 bad lines",
+        "imported 3 fields (0 unchanged), skipped 2 bad lines",
     );
     assert!(
         err.contains("line 1: type: `anniv` is registered here as date, not string"),
@@ -810,6 +815,20 @@ async fn fields_move_before_users(b: Backend) {
         err.contains("line 3: key: `plan` is defined on line 2 already"),
         "{err}"
     );
+    // A CSV file's line numbers count blank lines and the lines of a quoted cell, and a
+    // quote never closed is reported on its line.
+    let quirks = to.file(
+        "quirks.csv",
+        "scope,key,name,type\r\n\r\nprofile,tier,\"Tier, level\",string\r\n\r\n\
+         profile,bad key,,string\r\nprofile,zz,\"open,string\r\n",
+    );
+    let err = to.import_ok(
+        "fields",
+        &quirks,
+        "imported 1 fields (0 unchanged), skipped 2",
+    );
+    assert!(err.contains("line 5: key:"), "{err}");
+    assert!(err.contains("line 6: malformed CSV: the quote"), "{err}");
     let names: Vec<Value> = ndjson(&export(&to, &["export", "fields"]))
         .into_iter()
         .filter(|f| f["key"] == "renewAt" || f["key"] == "plan")
