@@ -367,10 +367,7 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
         None | Some(Value::Null) => return Ok(Map::new()),
         Some(Value::Object(o)) => o,
         Some(other) => {
-            return Err(Invalid::one(
-                path,
-                format!("must be an object, got {}", kind(&other)),
-            ));
+            return Err(Invalid::one(path, crate::value::not_an_object(&other)));
         }
     };
     let mut errs = Errors::default();
@@ -452,10 +449,7 @@ impl EventInput {
     /// Parses a `{name, property, page}` object, taking its parts.
     pub fn from_json(body: Value) -> Result<Self, Invalid> {
         let Value::Object(mut o) = body else {
-            return Err(Invalid::one(
-                "body",
-                format!("must be an object, got {}", kind(&body)),
-            ));
+            return Err(Invalid::one("body", crate::value::not_an_object(&body)));
         };
         let mut errs = Errors::default();
         for k in o.keys() {

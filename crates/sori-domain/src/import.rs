@@ -52,12 +52,8 @@ pub struct EventLine {
 }
 
 fn object(v: &Value) -> Result<&Map<String, Value>, Invalid> {
-    v.as_object().ok_or_else(|| {
-        Invalid::one(
-            WHOLE_LINE,
-            format!("must be a JSON object, got {}", kind(v)),
-        )
-    })
+    v.as_object()
+        .ok_or_else(|| Invalid::one(WHOLE_LINE, crate::value::not_an_object(v)))
 }
 
 fn time(o: &Map<String, Value>, k: &str, errs: &mut Errors) -> Option<i64> {

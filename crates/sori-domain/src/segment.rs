@@ -93,10 +93,7 @@ pub fn parse(
     let Value::Object(mut m) = msg else {
         // A batch item that is not an object is the item's own error (`batch[3]`).
         let field = if prefix.is_empty() { "body" } else { prefix };
-        return Err(Invalid::one(
-            field,
-            format!("must be an object, got {}", value::kind(&msg)),
-        ));
+        return Err(Invalid::one(field, value::not_an_object(&msg)));
     };
     let kind = match kind {
         Some(k) => k,
@@ -216,10 +213,7 @@ pub fn parse(
                     }
                 }
             }
-            Some(other) => errs.push(
-                at(traits_at),
-                format!("must be an object, got {}", value::kind(other)),
-            ),
+            Some(other) => errs.push(at(traits_at), value::not_an_object(other)),
         }
     }
     // An identify's address is the business's statement about now; a location is only

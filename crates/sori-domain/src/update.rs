@@ -96,10 +96,7 @@ impl UserUpdate {
     pub fn from_json(body: &Value, allowed: &[&str]) -> Result<Self, Invalid> {
         let mut errs = Errors::default();
         let Value::Object(obj) = body else {
-            return Err(Invalid::one(
-                "body",
-                format!("must be a JSON object, got {}", kind(body)),
-            ));
+            return Err(Invalid::one("body", value::not_an_object(body)));
         };
         let mut upd = UserUpdate::default();
         for (k, v) in obj {

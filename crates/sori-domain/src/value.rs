@@ -303,6 +303,11 @@ pub fn breaks_display(c: char) -> bool {
 pub const BREAKS_DISPLAY: &str =
     "must not contain control characters, line separators or direction overrides";
 
+/// Why `v` is refused where an object is taken, in the words every path uses.
+pub fn not_an_object(v: &Value) -> String {
+    format!("must be an object, got {}", kind(v))
+}
+
 /// The JSON kind of a value, for error messages.
 pub fn kind(v: &Value) -> &'static str {
     match v {

@@ -223,10 +223,7 @@ impl JsonBody {
         if !self.0.is_object() {
             return Err(ApiError::field(
                 "body",
-                format!(
-                    "must be an object, got {}",
-                    sori_domain::value::kind(&self.0)
-                ),
+                sori_domain::value::not_an_object(&self.0),
             ));
         }
         serde_path_to_error::deserialize(self.0).map_err(|e| {

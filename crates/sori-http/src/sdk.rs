@@ -14,7 +14,7 @@ use sori_app::users::{Ingest, Source};
 use sori_domain::UserUpdate;
 use sori_domain::event::{EventInput, check_page, clip_page_value};
 use sori_domain::update::SDK_UPDATE_FIELDS;
-use sori_domain::value::clip_text;
+use sori_domain::value::{clip_text, not_an_object};
 use sori_store::UserTarget;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -208,7 +208,7 @@ pub async fn boot(
         }
     }
     let Value::Object(o) = &body else {
-        return Err(ApiError::field("body", "must be an object"));
+        return Err(ApiError::field("body", not_an_object(&body)));
     };
     if nul
         && let Some(path) = o
@@ -517,10 +517,13 @@ pub async fn calls(
     {
         return Err(crate::body::nul_error("session".into()));
     }
-    if let Some(k) = body.as_object().and_then(|o| {
-        o.keys()
-            .find(|k| !matches!(k.as_str(), "session" | "calls"))
-    }) {
+    let Some(o) = body.as_object() else {
+        return Err(ApiError::field("body", not_an_object(&body)));
+    };
+    if let Some(k) = o
+        .keys()
+        .find(|k| !matches!(k.as_str(), "session" | "calls"))
+    {
         return Err(ApiError::field(k, "unknown field; expected session, calls"));
     }
     let (ch, user) = match (body.get("session"), headers.contains_key("x-sori-session")) {
@@ -663,7 +666,7 @@ fn read_call(
     agent: Option<&str>,
 ) -> ApiResult<(Call, Ingest)> {
     let Value::Object(mut o) = item else {
-        return Err(ApiError::field(at, "must be an object"));
+        return Err(ApiError::field(at, not_an_object(&item)));
     };
     let kind = match (o.len(), o.keys().next().map(String::as_str)) {
         (1, Some(k @ ("track" | "user"))) => k.to_owned(),

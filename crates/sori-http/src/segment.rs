@@ -226,10 +226,7 @@ pub async fn batch(
     if !body.is_object() {
         return Err(ApiError::field(
             "body",
-            format!(
-                "must be an object (`{{\"batch\": [...]}}`), got {}",
-                sori_domain::value::kind(&body)
-            ),
+            sori_domain::value::not_an_object(&body),
         ));
     }
     let Some(Value::Array(items)) = items else {

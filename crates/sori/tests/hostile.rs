@@ -401,6 +401,7 @@ async fn hostile_input(b: Backend) {
             ("/v1/page", &json_headers[..]),
             ("/v1/batch", &json_headers[..]),
             ("/sdk/v1/events", &sdk_headers[..]),
+            ("/sdk/v1/calls", &sdk_headers[..]),
             ("/open/v5/users/u1/events", &open_headers[..]),
         ] {
             let (status, answer) =

@@ -160,10 +160,9 @@ pub async fn create(
     for (i, item) in inputs.into_iter().enumerate() {
         // A batch item that is not an object is the item's own error (`events[1]`).
         if batch && !item.is_object() {
-            let got = sori_domain::value::kind(&item);
             problems.push(FieldError::new(
                 format!("events[{i}]"),
-                format!("must be an object, got {got}"),
+                sori_domain::value::not_an_object(&item),
             ));
             continue;
         }
