@@ -524,15 +524,11 @@ pub const MAX_SEGMENTS: usize = 1_000;
 pub const MAX_SEGMENT_NAME_CHARS: usize = 100;
 
 fn check_segment_name(name: &str) -> AppResult<String> {
-    let n = name.trim();
-    if n.is_empty() || n.chars().count() > MAX_SEGMENT_NAME_CHARS {
-        return Err(sori_domain::Invalid::one(
-            "name",
-            format!("must be 1 to {MAX_SEGMENT_NAME_CHARS} characters"),
-        )
-        .into());
-    }
-    Ok(n.to_owned())
+    Ok(sori_domain::value::display_name(
+        "name",
+        name,
+        MAX_SEGMENT_NAME_CHARS,
+    )?)
 }
 
 impl App {

@@ -32,13 +32,9 @@ pub fn check_language(field: &str, lang: &str) -> Result<(), Invalid> {
     }
 }
 
-/// Checks a channel name: 1–100 characters after trimming.
+/// Checks a channel name (1–100 characters; see [`crate::value::display_name`]).
 pub fn check_name(field: &str, name: &str) -> Result<String, Invalid> {
-    let n = name.trim();
-    if n.is_empty() || n.chars().count() > 100 {
-        return Err(Invalid::one(field, "must be 1 to 100 characters"));
-    }
-    Ok(n.to_owned())
+    crate::value::display_name(field, name, 100)
 }
 
 #[cfg(test)]

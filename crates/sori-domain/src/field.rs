@@ -133,19 +133,9 @@ pub struct ProfileField {
 }
 
 impl ProfileField {
-    /// Checks a display name: non-empty after trimming, at most 100 characters.
+    /// Checks a display name (see [`crate::value::display_name`]).
     pub fn check_name(name: &str) -> Result<String, Invalid> {
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(Invalid::one("name", "must not be empty"));
-        }
-        if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-            return Err(Invalid::one(
-                "name",
-                format!("must be at most {MAX_DISPLAY_NAME_CHARS} characters"),
-            ));
-        }
-        Ok(name.to_owned())
+        crate::value::display_name("name", name, MAX_DISPLAY_NAME_CHARS)
     }
 }
 

@@ -140,13 +140,9 @@ impl Role {
         }
     }
 
-    /// Checks a custom role's name (1–50 characters).
+    /// Checks a custom role's name (1–50 characters; see [`crate::value::display_name`]).
     pub fn check_name(name: &str) -> Result<String, Invalid> {
-        let n = name.trim();
-        if n.is_empty() || n.chars().count() > 50 {
-            return Err(Invalid::one("name", "must be 1 to 50 characters"));
-        }
-        Ok(n.to_owned())
+        crate::value::display_name("name", name, 50)
     }
 }
 

@@ -303,6 +303,23 @@ pub fn breaks_display(c: char) -> bool {
 pub const BREAKS_DISPLAY: &str =
     "must not contain control characters, line separators or direction overrides";
 
+/// A name people read in the console (a field's, a segment's, a role's, a channel's, a
+/// manager's): trimmed, 1 to `max` characters, something visible, and nothing that breaks
+/// how it displays ([`breaks_display`]); `field` names it in the error.
+pub fn display_name(field: &str, name: &str, max: usize) -> Result<String, crate::Invalid> {
+    let n = name.trim();
+    let rule = if n.is_empty() || n.chars().count() > max {
+        format!("must be 1 to {max} characters")
+    } else if n.chars().any(breaks_display) {
+        BREAKS_DISPLAY.to_owned()
+    } else if !n.chars().any(crate::event::shows) {
+        "must hold a visible character (it is only zero-width or blank ones)".to_owned()
+    } else {
+        return Ok(n.to_owned());
+    };
+    Err(crate::Invalid::one(field, rule))
+}
+
 /// Why `v` is refused where an object is taken, in the words every path uses.
 pub fn not_an_object(v: &Value) -> String {
     format!("must be an object, got {}", kind(v))
@@ -334,6 +351,23 @@ pub fn clip_text(s: &str) -> &str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn display_names_are_trimmed_visible_and_read_as_stored() {
+        assert_eq!(display_name("name", "  Plan  ", 10).unwrap(), "Plan");
+        assert_eq!(display_name("name", "🙂", 1).unwrap(), "🙂");
+        for bad in [
+            "",
+            "   ",
+            "x".repeat(11).as_str(),
+            "a\nb",
+            "a\u{202e}b",
+            "\u{200b}",
+        ] {
+            let e = display_name("title", bad, 10).unwrap_err();
+            assert_eq!(e.0[0].field, "title", "{bad:?}");
+        }
+    }
 
     #[test]
     fn lone_surrogates_read_as_replacement_characters() {

@@ -393,10 +393,7 @@ pub async fn create_manager(
     let ch = ctx.channel.channel.id;
     let email = check_email("email", &req.email)?;
     check_password("password", &req.password)?;
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::field("name", "must be 1 to 100 characters"));
-    }
+    let name = sori_domain::value::display_name("name", &req.name, 100)?;
     check_grant(&state, &ctx, &req.role_id).await?;
     let pw = req.password.clone();
     let password_hash = tokio::task::spawn_blocking(move || hash_password(&pw))
