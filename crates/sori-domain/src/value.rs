@@ -299,6 +299,28 @@ pub fn breaks_display(c: char) -> bool {
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// `s` as a message quoting it should show it: what [`breaks_display`] refuses, and the
+/// direction marks (U+200E, U+200F, U+061C, which names may hold but which would reorder
+/// the message around them), written as JSON writes escapes (`\n`, `\u202e`). A quoted
+/// key then cannot drive a terminal, split a log line or reorder what a reader sees.
+pub fn escape_unseen(s: &str) -> std::borrow::Cow<'_, str> {
+    let unseen = |c: char| breaks_display(c) || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}');
+    if !s.chars().any(unseen) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unseen(c) => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// The rule [`breaks_display`] checks, in an error message's words.
 pub const BREAKS_DISPLAY: &str =
     "must not contain control characters, line separators or direction overrides";
@@ -351,6 +373,20 @@ pub fn clip_text(s: &str) -> &str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn quoted_text_shows_its_escapes_as_json_writes_them() {
+        // A terminal escape, a line break, a direction override: the operator's terminal
+        // and the client's log see them as text.
+        assert_eq!(
+            escape_unseen("a\u{1b}[31mb\nc\t\u{85}\u{202e}\u{200f}"),
+            "a\\u001b[31mb\\nc\\t\\u0085\\u202e\\u200f"
+        );
+        assert!(matches!(
+            escape_unseen("plain 한글"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn display_names_are_trimmed_visible_and_read_as_stored() {

@@ -152,28 +152,10 @@ pub(crate) fn clip(mut s: String, max: usize) -> String {
         s.truncate(at);
         s.push('…');
     }
-    if s.chars().any(unseen) {
-        s = s
-            .chars()
-            .map(|c| match unseen(c) {
-                true => format!("\\u{:04x}", u32::from(c)),
-                false => c.to_string(),
-            })
-            .collect();
+    match sori_domain::value::escape_unseen(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(escaped) => escaped,
     }
-    s
-}
-
-/// Characters an error writes as escapes: controls, line and paragraph separators, and
-/// the marks that change the direction of the text around them.
-fn unseen(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
-        )
-        || ('\u{202a}'..='\u{202e}').contains(&c)
-        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// A field path as errors show it.
@@ -223,7 +205,7 @@ mod tests {
         assert_eq!(clip("abcd".into(), 3), "abc…");
         assert_eq!(clip("한국어입니다".into(), 2), "한국…");
         assert_eq!(clip(String::new(), 0), "");
-        assert_eq!(clip("tr\u{0}ack\n".into(), 20), "tr\\u0000ack\\u000a");
+        assert_eq!(clip("tr\u{0}ack\n".into(), 20), "tr\\u0000ack\\n");
         assert_eq!(clip("a\u{1b}\u{1b}\u{1b}".into(), 2), "a\\u001b…");
         assert_eq!(clip("k\u{2028}z\u{202e}".into(), 9), "k\\u2028z\\u202e");
     }

@@ -23,7 +23,7 @@ use sori_domain::import::{
     check_csv_header, check_csv_width, csv_event, csv_field, csv_list_cell, csv_text, csv_user,
     event_line, field_line, profile_field_column, user_line,
 };
-use sori_domain::value::{NUL_REJECTED, nul_path};
+use sori_domain::value::{NUL_REJECTED, escape_unseen, nul_path};
 use sori_domain::{Invalid, ProfileField, Registry};
 use sori_store::UserTarget;
 
@@ -801,35 +801,17 @@ fn report(held: &mut Vec<(usize, String)>, line: usize, e: &Invalid) {
     for f in &e.0 {
         // An error of the whole line (malformed JSON or CSV, not UTF-8) names no field.
         held.push(match f.field.as_str() {
-            WHOLE_LINE => (line, format!("line {line}: {}", shown(&f.message))),
+            WHOLE_LINE => (line, format!("line {line}: {}", escape_unseen(&f.message))),
             field => (
                 line,
-                format!("line {line}: {}: {}", shown(field), shown(&f.message)),
+                format!(
+                    "line {line}: {}: {}",
+                    escape_unseen(field),
+                    escape_unseen(&f.message)
+                ),
             ),
         });
     }
-}
-
-/// Text from the file as the terminal should show it: control characters, line separators
-/// and direction overrides escaped as JSON writes them (`\n`, `\u001b`, `\u202e`), so a
-/// key holding an escape sequence cannot drive the operator's terminal nor reorder the
-/// report, and the escape reads as what a file of JSON lines would hold.
-fn shown(s: &str) -> std::borrow::Cow<'_, str> {
-    use sori_domain::value::breaks_display;
-    if !s.chars().any(breaks_display) {
-        return s.into();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if breaks_display(c) => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.into()
 }
 
 /// Writes the held reports in line order (a line's own reports keep their order).
@@ -1442,14 +1424,5 @@ mod tests {
                 "step {step}"
             );
         }
-    }
-
-    #[test]
-    fn control_characters_are_shown_as_json_escapes() {
-        assert_eq!(
-            super::shown("a\u{1b}[31mb\nc\t\u{85}"),
-            "a\\u001b[31mb\\nc\\t\\u0085"
-        );
-        assert_eq!(super::shown("plain 한글"), "plain 한글");
     }
 }
