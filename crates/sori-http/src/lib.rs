@@ -204,6 +204,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
                 ])
                 .allow_headers([
                     axum::http::header::CONTENT_TYPE,
+                    axum::http::header::CONTENT_ENCODING,
                     axum::http::HeaderName::from_static("x-sori-session"),
                 ])
                 .max_age(std::time::Duration::from_secs(3600)),

@@ -423,7 +423,6 @@ struct CommonAnswers;
 
 impl utoipa::Modify for CommonAnswers {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::path::ParameterIn;
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let error = |description: &str| {
             ResponseBuilder::new()
@@ -442,8 +441,8 @@ impl utoipa::Modify for CommonAnswers {
                 .zip(["/open/v5/", "/desk/v1/", "/v1/", "/sdk/v1/"])
                 .find_map(|(api, prefix)| path.starts_with(prefix).then_some(api));
             let Some(api) = api else { continue };
-            for (method, op) in operations(item) {
-                let has_body = [Method::PUT, Method::POST, Method::PATCH].contains(&method);
+            for (_, op) in operations(item) {
+                let has_body = op.request_body.is_some();
                 if let Some(id) = op.operation_id.take() {
                     // `open_list` of the events tag → `open_events_list`.
                     let tag = op.tags.iter().flatten().next().map_or("", String::as_str);
@@ -461,23 +460,18 @@ impl utoipa::Modify for CommonAnswers {
                         t => format!("{api}_{}_{name}", t.replace('-', "_")),
                     });
                 }
-                let queried = op
-                    .parameters
-                    .iter()
-                    .flatten()
-                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
                 let mut add = |status: u16, description: &str| {
                     op.responses
                         .responses
                         .entry(status.to_string())
                         .or_insert_with(|| error(description).into());
                 };
-                if has_body || queried {
-                    add(
-                        400,
-                        "a field or parameter breaks a rule (`errors` names it)",
-                    );
-                }
+                // Any path or query can be refused (an encoded NUL, a bad id), not only
+                // a body.
+                add(
+                    400,
+                    "a field or parameter breaks a rule (`errors` names it)",
+                );
                 if has_body {
                     add(408, "the body did not arrive in time");
                     add(413, "the body is too large");

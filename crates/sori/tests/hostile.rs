@@ -476,6 +476,31 @@ async fn hostile_input(b: Backend) {
         }
     }
 
+    // A page's script may send such a body cross-origin: the preflight allows the header.
+    let preflight = app
+        .raw(
+            Method::OPTIONS,
+            "/sdk/v1/events",
+            &[
+                ("origin", "https://shop.example"),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "content-type,content-encoding,x-sori-session",
+                ),
+            ],
+            vec![],
+        )
+        .await;
+    assert!(preflight.status < 300, "{}", preflight.status);
+    let allowed = preflight
+        .headers
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("content-encoding"), "{allowed}");
+
     // Arrays where an object is taken: serde alone would read the fields in order from
     // one (`[null, null, null, null, 7]` set the channel's retention to 7 days).
     for (method, path, raw) in [

@@ -130,7 +130,8 @@ fn me(ctx: &ManagerContext) -> MeView {
 
 /// Logs a manager in and sets the session cookie (HttpOnly, SameSite=Strict).
 #[utoipa::path(post, path = "/desk/v1/login", tag = "desk", request_body = LoginRequest,
-    responses((status = 200, body = MeView), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = MeView), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many logins are being checked at once; retry shortly")))]
 pub async fn login(State(state): State<AppState>, body: JsonBody) -> ApiResult<Response> {
     let req: LoginRequest = body.parse()?;
     let channel_id = match req.channel_id.as_deref().map(str::parse::<i64>) {

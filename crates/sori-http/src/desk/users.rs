@@ -180,7 +180,8 @@ pub struct RevealResponse {
 /// Reveals masked values; each field revealed is written to the audit log.
 #[utoipa::path(post, path = "/desk/v1/users/{userId}/reveal", tag = "desk", params(("userId" = String, Path)),
     request_body = RevealRequest,
-    responses((status = 200, body = RevealResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = RevealResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn reveal(
     State(state): State<AppState>,
     Desk(ctx): Desk,

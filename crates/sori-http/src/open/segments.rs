@@ -391,7 +391,11 @@ pub async fn search(
 
 /// Lists a segment's users (`sortField`, `sortOrder`, `since`, `limit` as query parameters).
 #[utoipa::path(get, path = "/open/v5/segments/{id}/users", tag = "segments",
-    params(("id" = String, Path)),
+    params(("id" = String, Path),
+        ("since" = Option<String>, Query, description = "the previous page's `next`"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 25"),
+        ("sortField" = Option<String>, Query, description = "`lastSeenAt` (default), `createdAt`, `name` or `profile.<key>`"),
+        ("sortOrder" = Option<String>, Query, description = "desc (default) or asc")),
     responses((status = 200, body = SearchPage), (status = 404, body = ErrorBody)))]
 pub async fn users(
     State(state): State<AppState>,
