@@ -158,6 +158,11 @@ impl Config {
         if args.writer_shards.or(file.writer_shards) == Some(0) {
             anyhow::bail!("writer shards (--writer-shards, writer_shards) must be at least 1");
         }
+        // A bucket of 0 would hold no request: every call refused, or (as it was read)
+        // silently one.
+        if serve.rate_burst.or(file.rate_burst) == Some(0) {
+            anyhow::bail!("rate burst (--rate-burst, rate_burst) must be at least 1");
+        }
         if file.pg_max_connections == Some(0) {
             anyhow::bail!("pg_max_connections = 0: must be at least 1");
         }
@@ -293,6 +298,7 @@ mod tests {
         for bad in [
             "max_body_bytes = 0",
             "writer_shards = 0",
+            "rate_burst = 0",
             "pg_max_connections = 0",
             "header_timeout_secs = 0",
             "header_timeout_secs = 86401",

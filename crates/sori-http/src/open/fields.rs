@@ -43,7 +43,8 @@ pub struct NewField {
     /// boolean, string, number, date, datetime, list or listOfNumber.
     #[serde(rename = "type")]
     pub field_type: String,
-    /// Mask for managers without the reveal permission.
+    /// Mask the value in the console for every manager, owners included (revealing it is
+    /// an explicit, audited act).
     #[serde(default)]
     pub sensitive: bool,
 }
