@@ -216,6 +216,16 @@ pub fn builtin_type(key: &str) -> Option<FieldType> {
         .map(|(_, t)| *t)
 }
 
+/// Why a built-in user field cannot be marked sensitive, if it cannot: `id` is how a
+/// manager opens a user (masked, a list would offer nothing to open).
+pub fn builtin_unmaskable(key: &str) -> Option<String> {
+    match (key, builtin_type(key)) {
+        ("id", _) => Some("`id` cannot be sensitive: it is how a user is opened".into()),
+        (_, None) => Some(format!("`{key}` is not a built-in user field")),
+        _ => None,
+    }
+}
+
 /// A channel's registered profile fields by key.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {

@@ -627,7 +627,8 @@ pub fn field_line(v: &Value) -> Result<FieldLine, Invalid> {
             None
         }
     };
-    let (sensitive, _builtin) = (flag("sensitive"), flag("builtin"));
+    // `builtin` is what an export says of the field; the target knows its own.
+    let sensitive = flag("sensitive");
     let field_type = ty.and_then(|t| FieldType::parse(&t).map_err(|e| errs.push("type", e)).ok());
     let line = match scope.as_deref() {
         None | Some("profile") => {
@@ -654,11 +655,11 @@ pub fn field_line(v: &Value) -> Result<FieldLine, Invalid> {
                 errs.push("name", "a built-in user field has no display name to set");
             }
             let builtin = key.as_deref().and_then(|k| {
-                let found = BUILTIN_FIELDS.iter().find(|(b, _)| *b == k);
-                if found.is_none() {
-                    errs.push("key", format!("`{k}` is not a built-in user field"));
+                if let Some(why) = crate::field::builtin_unmaskable(k) {
+                    errs.push("key", why);
+                    return None;
                 }
-                found
+                BUILTIN_FIELDS.iter().find(|(b, _)| *b == k)
             });
             match (builtin, field_type) {
                 (Some((key, ty)), Some(given)) if *ty != given => {

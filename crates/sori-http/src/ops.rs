@@ -475,8 +475,9 @@ impl utoipa::Modify for CommonAnswers {
                 if has_body {
                     add(408, "the body did not arrive in time");
                     add(413, "the body is too large");
-                    add(415, "a `Content-Encoding` other than gzip or identity");
                 }
+                // Every request's encoding is checked, with a body or without.
+                add(415, "a `Content-Encoding` other than gzip or identity");
                 add(401, "missing or wrong credentials");
                 if api == "desk" && path != "/desk/v1/login" {
                     add(

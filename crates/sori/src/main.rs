@@ -143,20 +143,30 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn print_credentials(c: &sori_app::ChannelCredentials) {
-    println!(
+/// Writes a line to standard output; a closed output (`sori import … | true`) is an error
+/// to report, not a panic (`println!` panics).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+fn print_credentials(c: &sori_app::ChannelCredentials) -> std::io::Result<()> {
+    say!(
         "Channel {} created. These secrets are shown only now:",
         c.channel_id
-    );
-    println!("  pluginKey        {}", c.plugin_key);
-    println!("  accessKey        {}", c.access_key);
-    println!("  accessSecret     {}", c.access_secret);
-    println!("  writeKey         {}", c.write_key);
-    println!("  memberHashSecret {}", c.member_hash_secret);
-    println!(
+    )?;
+    say!("  pluginKey        {}", c.plugin_key)?;
+    say!("  accessKey        {}", c.access_key)?;
+    say!("  accessSecret     {}", c.access_secret)?;
+    say!("  writeKey         {}", c.write_key)?;
+    say!("  memberHashSecret {}", c.member_hash_secret)?;
+    say!(
         "  owner login      {} / {}",
-        c.owner.email, c.owner.password
-    );
+        c.owner.email,
+        c.owner.password
+    )
 }
 
 #[tokio::main]
@@ -204,15 +214,15 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             let mut running = sori::start(&cfg).await?;
             running.shutdown_on_signal()?;
             if let Some(c) = &running.first_channel {
-                print_credentials(c);
+                print_credentials(c)?;
             }
             tracing::info!(addr = %running.addr, store = running.app.store.backend(), "sori is serving");
-            println!("Sori is listening on http://{}", running.addr);
+            say!("Sori is listening on http://{}", running.addr)?;
             running.wait().await?;
         }
         Command::Migrate => {
             let store = sori::open_store(&cfg).await?;
-            println!("migrations applied ({})", store.backend());
+            say!("migrations applied ({})", store.backend())?;
         }
         Command::Channel {
             command:
@@ -234,9 +244,9 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             };
             let creds = sori::create_channel(&app, spec).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&creds)?);
+                say!("{}", serde_json::to_string_pretty(&creds)?)?;
             } else {
-                print_credentials(&creds);
+                print_credentials(&creds)?;
             }
         }
         Command::Channel {
@@ -261,10 +271,11 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 .update_channel(ch.channel.id, patch)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("channel {} is gone", ch.channel.id))?;
-            println!(
+            say!(
                 "channel {}: events kept {} days",
-                updated.id, updated.event_retention_days
-            );
+                updated.id,
+                updated.event_retention_days
+            )?;
         }
         Command::Import {
             kind,
@@ -284,7 +295,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 Kind::Events => format!(" ({} already stored)", s.already),
                 Kind::Fields => format!(" ({} unchanged)", s.already),
             };
-            println!(
+            say!(
                 "imported {} {}{already}, skipped {} bad lines, in {:.1} s",
                 s.imported,
                 match kind {
@@ -294,7 +305,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 },
                 s.skipped,
                 started.elapsed().as_secs_f64()
-            );
+            )?;
         }
         Command::Export {
             kind,

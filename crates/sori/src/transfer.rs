@@ -17,7 +17,7 @@ use sori_app::secrets::{new_id, now_ms};
 use sori_app::users::{Ingest, Source};
 use sori_domain::activity::Activity;
 use sori_domain::event::EventSource;
-use sori_domain::field::BUILTIN_FIELDS;
+use sori_domain::field::{BUILTIN_FIELDS, builtin_unmaskable};
 use sori_domain::import::{
     CsvTypes, FIELD_LINE_COLUMNS, FieldLine, Owner, USER_LINE_COLUMNS, WHOLE_LINE,
     check_csv_header, check_csv_width, csv_event, csv_field, csv_list_cell, csv_text, csv_user,
@@ -34,9 +34,9 @@ pub enum Kind {
     Users,
     /// Events.
     Events,
-    /// Profile field definitions (key, display name, type, sensitive flag): moved before
-    /// users, so Date and Datetime values keep their types and sensitive fields stay
-    /// masked in the target.
+    /// Profile field definitions (key, display name, type, sensitive flag) and the
+    /// sensitive flags of built-in user fields (`scope: user`): moved before users, so Date
+    /// and Datetime values keep their types and sensitive fields stay masked in the target.
     Fields,
 }
 
@@ -1074,10 +1074,13 @@ pub async fn export(
             // theirs a store sets).
             let sensitive = app.store.sensitive_builtins(id).await?;
             let profile = app.store.profile_fields(id).await?;
-            let user = BUILTIN_FIELDS.iter().map(|(key, ty)| {
-                let flag = sensitive.iter().any(|s| s == key);
-                ("user", *key, None, *ty, flag, true)
-            });
+            let user = BUILTIN_FIELDS
+                .iter()
+                .filter(|(key, _)| builtin_unmaskable(key).is_none())
+                .map(|(key, ty)| {
+                    let flag = sensitive.iter().any(|s| s == key);
+                    ("user", *key, None, *ty, flag, true)
+                });
             let rows = profile
                 .iter()
                 .map(|f| {

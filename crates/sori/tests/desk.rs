@@ -104,6 +104,19 @@ async fn masking_reveal_and_audit(b: Backend) {
         )
         .await;
     assert_eq!(r.status, 404);
+    // `id` is how a user is opened: masked, the list would offer nothing to open.
+    let r = app
+        .desk(
+            &owner,
+            Method::PATCH,
+            "/desk/v1/fields/id",
+            Some(json!({"sensitive": true})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["errors"][0]["field"].clone()),
+        (400, json!("key"))
+    );
     let u = app
         .desk(&owner, Method::GET, &format!("/desk/v1/users/{id}"), None)
         .await;

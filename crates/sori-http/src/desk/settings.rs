@@ -99,7 +99,8 @@ pub struct SensitivePatch {
 /// (general-settings permission, seed 002).
 #[utoipa::path(patch, path = "/desk/v1/fields/{key}", tag = "desk", params(("key" = String, Path)),
     request_body = SensitivePatch,
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn set_sensitive(
     State(state): State<AppState>,
     Desk(ctx): Desk,
@@ -117,6 +118,9 @@ pub async fn set_sensitive(
             .await?
             .ok_or_else(|| ApiError::not_found("profile field"))?;
     } else if builtin_type(&key).is_some() {
+        if let Some(why) = sori_domain::field::builtin_unmaskable(&key) {
+            return Err(ApiError::field("key", why));
+        }
         state
             .app
             .store

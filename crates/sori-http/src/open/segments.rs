@@ -118,6 +118,7 @@ pub struct Search {
     /// Cursor from the previous page's `next`.
     pub since: Option<String>,
     /// Page size, 1–500 (default 25).
+    #[schema(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -209,7 +210,7 @@ pub async fn get(
 #[utoipa::path(patch, path = "/open/v5/segments/{id}", tag = "segments",
     params(("id" = String, Path)), request_body = SegmentPatch,
     responses((status = 200, body = SegmentEnvelope), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "another segment has the name")))]
 pub async fn patch(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
@@ -250,7 +251,8 @@ pub async fn delete(
 /// answers from the database instead of the in-memory projection (for comparison).
 #[utoipa::path(post, path = "/open/v5/users/count", tag = "segments", request_body = Target,
     params(("engine" = Option<String>, Query, description = "`memory` (default) or `sql`")),
-    responses((status = 200, body = CountEnvelope), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = CountEnvelope), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no segment has the `segmentId`")))]
 pub async fn count(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
@@ -366,7 +368,8 @@ async fn search_page(
 
 /// Lists the users a filter or segment matches, sorted and paged.
 #[utoipa::path(post, path = "/open/v5/users/search", tag = "segments", request_body = Search,
-    responses((status = 200, body = SearchPage), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = SearchPage), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no segment has the `segmentId`")))]
 pub async fn search(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
