@@ -272,6 +272,16 @@ async fn roles_and_managers(b: Backend) {
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let role_id = r.body["id"].as_str().unwrap().to_owned();
+    // A role is picked by its name: two alike (in any case, built-in ones included) are
+    // refused.
+    for taken in ["marketer", "OWNER"] {
+        let mut same = body.clone();
+        same["name"] = json!(taken);
+        let r = app
+            .desk(&owner, Method::POST, "/desk/v1/roles", Some(same))
+            .await;
+        assert_eq!(r.status, 409, "{taken}: {:?}", r.body);
+    }
     let r = app
         .desk(
             &owner,

@@ -242,14 +242,8 @@ pub async fn create_role(
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
     let ch = ctx.channel.channel.id;
-    let custom = state
-        .app
-        .store
-        .roles(ch)
-        .await?
-        .iter()
-        .filter(|r| !r.builtin)
-        .count();
+    let roles = state.app.store.roles(ch).await?;
+    let custom = roles.iter().filter(|r| !r.builtin).count();
     if custom >= MAX_CUSTOM_ROLES {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -258,14 +252,31 @@ pub async fn create_role(
         ));
     }
     let role = req.into_role(new_id())?;
+    name_is_free(&roles, &role)?;
     ctx.role.may_grant(&role).map_err(ApiError::forbidden)?;
     state.app.store.insert_role(ch, &role).await?;
     Ok((StatusCode::CREATED, Json(role)))
 }
 
+/// Refuses a role name another role of the channel has (built-in ones included, in any
+/// case): a manager picks a role by its name, and two alike could not be told apart.
+fn name_is_free(roles: &[Role], role: &Role) -> ApiResult<()> {
+    match roles
+        .iter()
+        .find(|r| r.id != role.id && r.name.to_lowercase() == role.name.to_lowercase())
+    {
+        Some(taken) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("a role named `{}` exists", taken.name),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Changes a custom role; built-in roles are fixed.
 #[utoipa::path(patch, path = "/desk/v1/roles/{roleId}", tag = "desk", params(("roleId" = String, Path)),
-    request_body = RoleBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    request_body = RoleBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn update_role(
     State(state): State<AppState>,
     Desk(ctx): Desk,
@@ -279,6 +290,7 @@ pub async fn update_role(
     if !existing.iter().any(|r| r.id == role.id && !r.builtin) {
         return Err(ApiError::not_found("custom role"));
     }
+    name_is_free(&existing, &role)?;
     if role.id == ctx.role.id {
         return Err(ApiError::forbidden("you cannot change your own role"));
     }
