@@ -754,9 +754,10 @@ fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<
     }
 }
 
-/// Turns CRLF line ends into LF. The CSV parser counts lines on `\n` but ends a record at
-/// the `\r` before it, so in a CRLF file (Excel on Windows) a record's start position
-/// would name the line before it.
+/// Turns CRLF and lone CR line ends into LF. The CSV parser counts lines on `\n` but ends
+/// a record at a `\r` too, so in a CRLF file (Excel on Windows) a record's start position
+/// would name the line before it, and in a CR file (old Mac exports) every record would be
+/// on line 1.
 struct LfOnly<R>(R);
 
 impl<R: BufRead> Read for LfOnly<R> {
@@ -777,7 +778,12 @@ impl<R: BufRead> Read for LfOnly<R> {
                         lone_cr = w == 0;
                         break;
                     }
-                    Some(_) => {}
+                    Some(_) => {
+                        buf[w] = b'\n';
+                        w += 1;
+                        r += 1;
+                        continue;
+                    }
                 }
             }
             buf[w] = chunk[r];
@@ -792,7 +798,7 @@ impl<R: BufRead> Read for LfOnly<R> {
         if self.0.fill_buf()?.first() == Some(&b'\n') {
             return self.read(buf);
         }
-        buf[0] = b'\r';
+        buf[0] = b'\n';
         Ok(1)
     }
 }
@@ -1365,7 +1371,7 @@ mod tests {
     }
 
     #[test]
-    fn crlf_becomes_lf_across_every_chunk_boundary() {
+    fn crlf_and_cr_become_lf_across_every_chunk_boundary() {
         let inputs: [&[u8]; 6] = [
             b"a,b\r\nc,d\r\n",
             b"\r\r\n\r",
@@ -1375,7 +1381,9 @@ mod tests {
             b"",
         ];
         for input in inputs {
-            let want = String::from_utf8_lossy(input).replace("\r\n", "\n");
+            let want = String::from_utf8_lossy(input)
+                .replace("\r\n", "\n")
+                .replace('\r', "\n");
             for step in 1..=5 {
                 for size in 1..=4 {
                     let mut r = LfOnly(BufReader::with_capacity(step, Trickle(input, step)));
