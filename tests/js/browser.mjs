@@ -38,7 +38,8 @@ setTimeout(() => {
 
 // The loader snippet of docs/sdk.md, pointing at the server under test. `extra` is more
 // inline script run right after it (calls there are queued until sori.js loads).
-function html({ title, canonical, extra = '' }) {
+// `oldLoader`: the snippet as it was before 2026-12-01, which did not note each call's URL.
+function html({ title, canonical, extra = '', oldLoader = false }) {
   return `<!doctype html>
 <html><head><meta charset="utf-8"><title>${title}</title>
 ${canonical ? `<link rel="canonical" href="${canonical}">` : ''}
@@ -48,7 +49,7 @@ ${canonical ? `<link rel="canonical" href="${canonical}">` : ''}
     if (w.Sori) return;
     var s = function () { s.c(arguments); };
     s.q = [];
-    s.c = function (args) { s.q.push(args); };
+    s.c = function (args) { ${oldLoader ? '' : 'args.u = location.href; '}s.q.push(args); };
     w.Sori = s;
     function l() {
       var x = document.createElement('script');
@@ -69,11 +70,22 @@ const BOOT_INLINE = `Sori('boot', { pluginKey: ${JSON.stringify(PLUGIN_KEY)} }, 
     window.__boot = { error: e ? { status: e.status, message: e.message } : null, user: u };
   });`;
 
+const UTM_INLINE = `Sori('boot', { pluginKey: ${JSON.stringify(PLUGIN_KEY)} }, function (e, u) {
+    window.__boot23 = { error: e ? e.message : null, user: u };
+  });
+  Sori('track', 'Cta23');
+  history.replaceState(null, '', location.pathname);
+  history.pushState({}, '', location.pathname + '/home');`;
+
 const PAGES = {
   '/shop/product-1': html({ title: 'Product 1', canonical: '/canonical/product-1', extra: BOOT_INLINE }),
   '/shop/second': html({ title: 'Second' }),
   '/shop/fresh': html({ title: 'Fresh' }),
   '/shop/landing': html({ title: 'Landing', canonical: '/canonical/landing#offer' }),
+  // Boots and tracks from its inline script, then cleans utm_* from its URL and routes on,
+  // all before its `load` event (so before sori.js runs).
+  '/shop/utm': html({ title: 'UTM', extra: UTM_INLINE }),
+  '/shop/old': html({ title: 'Old loader', extra: UTM_INLINE, oldLoader: true }),
 };
 
 function startPageServer() {
@@ -1065,6 +1077,41 @@ async function run(browser, pagesOrigin) {
     assert.ok(tags);
     await c.close();
     return `user ${id}: ${after.map((e) => e.name).join(',')}`;
+  });
+
+  step('23 calls queued before sori.js keep the URL they were made at', async () => {
+    const results = [];
+    for (const [path, loader] of [['/shop/utm', 'new'], ['/shop/old', 'old']]) {
+      const c = await browser.newContext();
+      const p = await c.newPage();
+      watch(p);
+      const landing = `${pagesOrigin}${path}?utm_source=news23&utm_campaign=dec23`;
+      await p.goto(landing);
+      await p.waitForFunction(() => window.__boot23 !== undefined, null, { timeout: WAIT_MS });
+      const boot = await p.evaluate(() => window.__boot23);
+      assert.equal(boot.error, null, `${loader} loader: boot error`);
+      const id = boot.user.id;
+      const user = await getUser(id);
+      assert.deepEqual(
+        [user.profile.utmSource, user.profile.utmCampaign, user.profile.lastUtmSource],
+        ['news23', 'dec23', 'news23'],
+        `${loader} loader: UTM of the landing URL`,
+      );
+      // The boot's PageView is the landing page; the page routed to is a view of its own.
+      const list = await until(`${loader} loader: two PageViews`, async () => {
+        const l = await events(id);
+        return named(l, 'PageView').length >= 2 ? l : null;
+      });
+      const views = named(list, 'PageView').map((e) => e.page).sort();
+      assert.deepEqual(views, [`${pagesOrigin}${path}/home`, landing].sort(), `${loader} loader: PageViews`);
+      // A queued track keeps its call's URL with the loader that notes it; the old loader's
+      // is read at replay.
+      const cta = named(list, 'Cta23')[0].page;
+      assert.equal(cta, loader === 'new' ? landing : `${pagesOrigin}${path}/home`, `${loader} loader: Cta23`);
+      results.push(`${loader}: user ${id}`);
+      await c.close();
+    }
+    return results.join(', ');
   });
 
   for (const [name, fn] of steps) {

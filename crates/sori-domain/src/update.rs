@@ -525,7 +525,15 @@ fn apply_tags(tags: &mut Vec<String>, op: &TagOp, per_call: usize, errs: &mut Er
     }
     let mut normalized: Vec<String> = Vec::with_capacity(given.len());
     for (i, raw) in given.iter().enumerate() {
-        match normalize_tag(raw) {
+        // A tag being removed need only name a stored one: one stored before the rules
+        // of [`normalize_tag`] grew stricter must still be removable.
+        let checked = match op {
+            TagOp::Remove(_) if tags.contains(&raw.trim().to_lowercase()) => {
+                Ok(raw.trim().to_lowercase())
+            }
+            _ => normalize_tag(raw),
+        };
+        match checked {
             Ok(t) if !normalized.contains(&t) => normalized.push(t),
             Ok(_) => {}
             Err(e) => errs.push(format!("{field}[{i}]"), e),

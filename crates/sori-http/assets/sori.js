@@ -178,13 +178,21 @@
     }
   }
 
+  // The URL a call replayed from the loader's queue was made at (see the replay at the
+  // end); null while a call is made live. A site may clean its URL of utm_* parameters or
+  // route elsewhere before this script loads (the loader waits for the page's `load`).
+  var callUrl = null;
+
   function hrefWithoutHash() {
-    return location.href.split('#')[0];
+    return (callUrl || location.href).split('#')[0];
   }
 
   // The page of an event: setPage's value, else the canonical URL, else the URL without hash.
   function currentPage() {
     if (pageOverride != null) return pageOverride;
+    // A queued call made at another URL of this document: that URL, since the canonical
+    // link now describes the page the site moved on to.
+    if (callUrl && hrefWithoutHash() !== location.href.split('#')[0]) return hrefWithoutHash();
     var link = document.querySelector('link[rel~="canonical"][href]');
     // `.href` is absolute; a fragment is no more a page of its own here than in the URL.
     if (link && link.getAttribute('href')) return link.href.split('#')[0];
@@ -207,7 +215,13 @@
 
   // utm_* query parameters that are present and non-empty; null when there are none.
   function utmFromLocation() {
-    var params = new URLSearchParams(location.search);
+    var search = location.search;
+    try {
+      if (callUrl) search = new URL(callUrl, location.href).search;
+    } catch (e) {
+      // Not a URL: the current one's parameters, as for a live call.
+    }
+    var params = new URLSearchParams(search);
     var utm = {};
     var any = false;
     ['source', 'medium', 'campaign', 'content', 'term'].forEach(function (k) {
@@ -1121,7 +1135,24 @@
       Sori.apply(null, args);
     };
   }
+  // The URL the document was loaded at: where a boot queued by an older loader (one that
+  // did not note each call's URL) was made, as far as can be told.
+  function landingUrl() {
+    try {
+      var nav = performance.getEntriesByType('navigation')[0];
+      return (nav && nav.name) || null;
+    } catch (e) {
+      return null;
+    }
+  }
   queued.forEach(function (args) {
-    Sori.apply(null, args);
+    callUrl = typeof args.u === 'string' ? args.u : args[0] === 'boot' ? landingUrl() : null;
+    try {
+      Sori.apply(null, args);
+    } finally {
+      callUrl = null;
+    }
   });
+  // A router that moved on before this script loaded: the page shown now is a view too.
+  if (queued.length) onUrlMaybeChanged();
 })();

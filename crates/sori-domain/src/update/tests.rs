@@ -171,6 +171,20 @@ fn tags_with_control_or_only_invisible_characters_are_refused() {
     }
     assert!(check_member_id("m\u{2028}1").is_err());
     assert!(check_member_id("m\u{202e}1").is_err());
+    // A tag stored before these rules can still be removed by name, and only a stored one.
+    let mut legacy = base();
+    legacy.tags = vec!["ok".into(), "vip\u{202e}new".into()];
+    let upd = UserUpdate {
+        tags: Some(TagOp::Remove(vec!["VIP\u{202e}new ".into()])),
+        ..Default::default()
+    };
+    let a = apply_update(&legacy, false, &registry(), &upd, &ctx()).expect("removed");
+    assert_eq!(a.user.tags, vec!["ok"]);
+    let upd = UserUpdate {
+        tags: Some(TagOp::Remove(vec!["a\u{202e}b".into()])),
+        ..Default::default()
+    };
+    assert!(apply_update(&legacy, false, &registry(), &upd, &ctx()).is_err());
     // Surrounding whitespace is trimmed, and a zero-width joiner inside an emoji is kept.
     let a = apply(&base(), json!({"tags": ["\tvip\n", "👩\u{200d}💻"]})).expect("ok");
     assert_eq!(a.user.tags, vec!["vip", "👩\u{200d}💻"]);
