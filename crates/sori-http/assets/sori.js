@@ -187,12 +187,24 @@
     return (callUrl || location.href).split('#')[0];
   }
 
+  // Whether two URLs are the same page but for their query and fragment (a site cleaning
+  // utm_* from its URL stays on the page; a router moving on does not).
+  function samePath(a, b) {
+    try {
+      var x = new URL(a, location.href);
+      var y = new URL(b, location.href);
+      return x.origin === y.origin && x.pathname === y.pathname;
+    } catch (e) {
+      return false;
+    }
+  }
+
   // The page of an event: setPage's value, else the canonical URL, else the URL without hash.
   function currentPage() {
     if (pageOverride != null) return pageOverride;
-    // A queued call made at another URL of this document: that URL, since the canonical
-    // link now describes the page the site moved on to.
-    if (callUrl && hrefWithoutHash() !== location.href.split('#')[0]) return hrefWithoutHash();
+    // A queued call made on another page of this document (a router moved on before this
+    // script loaded): that page, since the canonical link now describes the one moved to.
+    if (callUrl && !samePath(callUrl, location.href)) return hrefWithoutHash();
     var link = document.querySelector('link[rel~="canonical"][href]');
     // `.href` is absolute; a fragment is no more a page of its own here than in the URL.
     if (link && link.getAttribute('href')) return link.href.split('#')[0];
@@ -1135,12 +1147,16 @@
       Sori.apply(null, args);
     };
   }
-  // The URL the document was loaded at: where a boot queued by an older loader (one that
-  // did not note each call's URL) was made, as far as can be told.
+  // Where a boot queued by an older loader (one that did not note each call's URL) was
+  // made, as far as can be told: the URL the document was loaded at when the page is still
+  // that one but for its query (the site cleaned utm_* from it); none when the page moved
+  // on (a router, before or after a loader inserted late: which one made the boot is
+  // unknown, so the current URL is taken, as before the loader noted URLs).
   function landingUrl() {
     try {
       var nav = performance.getEntriesByType('navigation')[0];
-      return (nav && nav.name) || null;
+      var url = nav && nav.name;
+      return url && samePath(url, location.href) ? url : null;
     } catch (e) {
       return null;
     }
@@ -1153,6 +1169,12 @@
       callUrl = null;
     }
   });
-  // A router that moved on before this script loaded: the page shown now is a view too.
-  if (queued.length) onUrlMaybeChanged();
+  // The page shown now, when the site moved on before this script loaded: a view of its
+  // own after a router's move; the same page after a query was cleaned, so later history
+  // calls compare against the URL as it is now.
+  var shown = location.href.split('#')[0];
+  if (queued.length && spa.tracking && shown !== spa.lastHref) {
+    if (samePath(shown, spa.lastHref)) spa.lastHref = shown;
+    else onUrlMaybeChanged();
+  }
 })();
