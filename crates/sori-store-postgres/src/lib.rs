@@ -111,6 +111,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "messageIds of calls without events",
         include_str!("../migrations/0014_call_keys.sql"),
     ),
+    (
+        15,
+        "id is never sensitive",
+        include_str!("../migrations/0015_id_not_sensitive.sql"),
+    ),
 ];
 
 /// The owners of the events at positions `($1, $2]` with their activity instants as they

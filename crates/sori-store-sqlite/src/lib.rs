@@ -107,6 +107,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "messageIds of calls without events",
         include_str!("../migrations/0013_call_keys.sql"),
     ),
+    (
+        14,
+        "id is never sensitive",
+        include_str!("../migrations/0014_id_not_sensitive.sql"),
+    ),
 ];
 
 /// The migration whose SQL is followed by [`fill_message_keys`].

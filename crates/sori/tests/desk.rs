@@ -117,6 +117,16 @@ async fn masking_reveal_and_audit(b: Backend) {
         (r.status, r.body["errors"][0]["field"].clone()),
         (400, json!("key"))
     );
+    // Clearing it is a no-op, and allowed.
+    let r = app
+        .desk(
+            &owner,
+            Method::PATCH,
+            "/desk/v1/fields/id",
+            Some(json!({"sensitive": false})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
     let u = app
         .desk(&owner, Method::GET, &format!("/desk/v1/users/{id}"), None)
         .await;

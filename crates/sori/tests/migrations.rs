@@ -76,6 +76,29 @@ async fn sessions_and_languages(b: Backend) {
     app.stop().await;
 }
 
+/// An `id` flagged sensitive by an earlier version (which allowed it) is cleared: masked,
+/// the console's list offered nothing to open, and the API no longer takes the flag.
+async fn id_is_never_sensitive(b: Backend) {
+    let app = spawn_app(b).await;
+    let ch: i64 = app.creds.channel_id.parse().unwrap();
+    let cfg = app.config.clone();
+    let (version, flag) = match b {
+        Backend::Sqlite => (14, "1"),
+        Backend::Postgres => (15, "true"),
+    };
+    raw(
+        &cfg,
+        b,
+        &format!(
+            "INSERT INTO builtin_field_settings (channel_id, key, sensitive)              VALUES ({ch}, 'id', {flag}), ({ch}, 'memberId', {flag});              DELETE FROM sori_migrations WHERE version = {version};"
+        ),
+    )
+    .await;
+    let store = sori::open_store(&cfg).await.unwrap();
+    assert_eq!(store.sensitive_builtins(ch).await.unwrap(), ["memberId"]);
+    app.stop().await;
+}
+
 /// A store a newer Sori migrated is refused rather than run on (a rollback without the
 /// matching backup).
 async fn newer_schema_is_refused(b: Backend) {
@@ -95,4 +118,8 @@ async fn newer_schema_is_refused(b: Backend) {
     app.stop().await;
 }
 
-both!(sessions_and_languages, newer_schema_is_refused);
+both!(
+    sessions_and_languages,
+    id_is_never_sensitive,
+    newer_schema_is_refused
+);

@@ -118,7 +118,8 @@ pub async fn set_sensitive(
             .await?
             .ok_or_else(|| ApiError::not_found("profile field"))?;
     } else if builtin_type(&key).is_some() {
-        if let Some(why) = sori_domain::field::builtin_unmaskable(&key) {
+        // Clearing is always allowed: it changes nothing for a field that cannot be set.
+        if let Some(why) = sori_domain::field::builtin_unmaskable(&key).filter(|_| req.sensitive) {
             return Err(ApiError::field("key", why));
         }
         state
