@@ -292,6 +292,31 @@ async fn roles_and_managers(b: Backend) {
             .await;
         assert_eq!(r.status, 409, "{taken}: {:?}", r.body);
     }
+    // Requests at once are checked one after the other: one role of a name.
+    let twin = || {
+        app.desk(
+            &owner,
+            Method::POST,
+            "/desk/v1/roles",
+            Some(json!({"name": "Twin", "permissions": [], "inboxScope": "all"})),
+        )
+    };
+    let (a, b, c, d) = tokio::join!(twin(), twin(), twin(), twin());
+    let made: Vec<_> = [a, b, c, d]
+        .into_iter()
+        .filter(|r| r.status == 201)
+        .collect();
+    assert_eq!(made.len(), 1, "one Twin");
+    let twin_id = made[0].body["id"].as_str().unwrap().to_owned();
+    let r = app
+        .desk(
+            &owner,
+            Method::DELETE,
+            &format!("/desk/v1/roles/{twin_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
     let r = app
         .desk(
             &owner,

@@ -243,6 +243,7 @@ pub async fn create_role(
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
     let ch = ctx.channel.channel.id;
+    let _writing = state.role_writes.lock().await;
     let roles = state.app.store.roles(ch).await?;
     let custom = roles.iter().filter(|r| !r.builtin).count();
     if custom >= MAX_CUSTOM_ROLES {
@@ -287,11 +288,16 @@ pub async fn update_role(
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
     let role = req.into_role(id)?;
+    let _writing = state.role_writes.lock().await;
     let existing = state.app.store.roles(ctx.channel.channel.id).await?;
-    if !existing.iter().any(|r| r.id == role.id && !r.builtin) {
+    let Some(stored) = existing.iter().find(|r| r.id == role.id && !r.builtin) else {
         return Err(ApiError::not_found("custom role"));
+    };
+    // A name kept as it was is not checked: two alike stored before names were unique
+    // must still be changeable.
+    if stored.name.to_lowercase() != role.name.to_lowercase() {
+        name_is_free(&existing, &role)?;
     }
-    name_is_free(&existing, &role)?;
     if role.id == ctx.role.id {
         return Err(ApiError::forbidden("you cannot change your own role"));
     }
