@@ -76,6 +76,11 @@ const UTM_INLINE = `Sori('boot', { pluginKey: ${JSON.stringify(PLUGIN_KEY)} }, f
   Sori('track', 'Cta23');
   history.replaceState(null, '', location.pathname);`;
 const ROUTE_ON = `history.pushState({}, '', location.pathname + '/home');`;
+// A search app's move to another query (no cleaning: that would drop q too).
+const QUERY_ON = UTM_INLINE.replace(
+  "history.replaceState(null, '', location.pathname);",
+  "history.pushState({}, '', location.pathname + '?q=b');",
+);
 
 const PAGES = {
   '/shop/product-1': html({ title: 'Product 1', canonical: '/canonical/product-1', extra: BOOT_INLINE }),
@@ -87,6 +92,7 @@ const PAGES = {
   '/shop/utm': html({ title: 'UTM', extra: UTM_INLINE + ROUTE_ON }),
   '/shop/canon': html({ title: 'Canonical', canonical: '/canonical/canon23', extra: UTM_INLINE }),
   '/shop/old': html({ title: 'Old loader', extra: UTM_INLINE, oldLoader: true }),
+  '/shop/search': html({ title: 'Search', extra: QUERY_ON }),
 };
 
 function startPageServer() {
@@ -1098,6 +1104,8 @@ async function run(browser, pagesOrigin) {
       // A loader from before 2026-12-01 (no URL per call), only cleaning its URL: the boot
       // takes the URL the document was loaded at; a queued track the URL at replay.
       ['/shop/old', 'old', (l) => [l], (l, o) => `${o}/shop/old`],
+      // Moves to another query before load: another page, a view of its own.
+      ['/shop/search', 'new', (l, o) => [l, `${o}/shop/search?q=b`], (l) => l],
     ];
     for (const [path, loader, views, ctaPage] of cases) {
       const c = await browser.newContext();

@@ -655,11 +655,16 @@ pub fn field_line(v: &Value) -> Result<FieldLine, Invalid> {
                 errs.push("name", "a built-in user field has no display name to set");
             }
             let builtin = key.as_deref().and_then(|k| {
-                if let Some(why) = crate::field::builtin_unmaskable(k) {
-                    errs.push("key", why);
-                    return None;
+                let found = BUILTIN_FIELDS.iter().find(|(b, _)| *b == k);
+                // A field that cannot be sensitive may still be said not to be.
+                match crate::field::builtin_unmaskable(k) {
+                    Some(_) if found.is_some() && sensitive != Some(true) => found,
+                    Some(why) => {
+                        errs.push("key", why);
+                        None
+                    }
+                    None => found,
                 }
-                BUILTIN_FIELDS.iter().find(|(b, _)| *b == k)
             });
             match (builtin, field_type) {
                 (Some((key, ty)), Some(given)) if *ty != given => {
@@ -746,6 +751,17 @@ mod tests {
                 sensitive: Some(true)
             }
         );
+        // `id` cannot be sensitive, but a line may say it is not.
+        let f = field_line(
+            &json!({"scope": "user", "key": "id", "type": "string", "sensitive": false}),
+        );
+        assert_eq!(
+            f.unwrap(),
+            FieldLine::User {
+                key: "id",
+                sensitive: Some(false)
+            }
+        );
         for (bad, field) in [
             (
                 json!({"scope": "user", "key": "nope", "type": "string"}),
@@ -762,6 +778,10 @@ mod tests {
             (
                 json!({"scope": "team", "key": "memberId", "type": "string"}),
                 "scope",
+            ),
+            (
+                json!({"scope": "user", "key": "id", "type": "string", "sensitive": true}),
+                "key",
             ),
         ] {
             assert_eq!(field_line(&bad).unwrap_err().0[0].field, field, "{bad}");

@@ -187,13 +187,21 @@
     return (callUrl || location.href).split('#')[0];
   }
 
-  // Whether two URLs are the same page but for their query and fragment (a site cleaning
-  // utm_* from its URL stays on the page; a router moving on does not).
-  function samePath(a, b) {
+  // Whether two URLs are the same page but for their utm_* parameters and fragment: a site
+  // cleaning utm_* from its URL stays on the page; a router moving on, to another path or
+  // another query (a search app's `?q=`), does not.
+  function samePage(a, b) {
     try {
       var x = new URL(a, location.href);
       var y = new URL(b, location.href);
-      return x.origin === y.origin && x.pathname === y.pathname;
+      var rest = function (u) {
+        var kept = [];
+        u.searchParams.forEach(function (v, k) {
+          if (k.indexOf('utm_') !== 0) kept.push(k + '=' + v);
+        });
+        return kept.sort().join('&');
+      };
+      return x.origin === y.origin && x.pathname === y.pathname && rest(x) === rest(y);
     } catch (e) {
       return false;
     }
@@ -204,7 +212,7 @@
     if (pageOverride != null) return pageOverride;
     // A queued call made on another page of this document (a router moved on before this
     // script loaded): that page, since the canonical link now describes the one moved to.
-    if (callUrl && !samePath(callUrl, location.href)) return hrefWithoutHash();
+    if (callUrl && !samePage(callUrl, location.href)) return hrefWithoutHash();
     var link = document.querySelector('link[rel~="canonical"][href]');
     // `.href` is absolute; a fragment is no more a page of its own here than in the URL.
     if (link && link.getAttribute('href')) return link.href.split('#')[0];
@@ -1149,14 +1157,14 @@
   }
   // Where a boot queued by an older loader (one that did not note each call's URL) was
   // made, as far as can be told: the URL the document was loaded at when the page is still
-  // that one but for its query (the site cleaned utm_* from it); none when the page moved
+  // that one but for its utm_* parameters (the site cleaned them); none when the page moved
   // on (a router, before or after a loader inserted late: which one made the boot is
   // unknown, so the current URL is taken, as before the loader noted URLs).
   function landingUrl() {
     try {
       var nav = performance.getEntriesByType('navigation')[0];
       var url = nav && nav.name;
-      return url && samePath(url, location.href) ? url : null;
+      return url && samePage(url, location.href) ? url : null;
     } catch (e) {
       return null;
     }
@@ -1170,11 +1178,11 @@
     }
   });
   // The page shown now, when the site moved on before this script loaded: a view of its
-  // own after a router's move; the same page after a query was cleaned, so later history
+  // own after a router's move; the same page after utm_* were cleaned, so later history
   // calls compare against the URL as it is now.
   var shown = location.href.split('#')[0];
   if (queued.length && spa.tracking && shown !== spa.lastHref) {
-    if (samePath(shown, spa.lastHref)) spa.lastHref = shown;
+    if (samePage(shown, spa.lastHref)) spa.lastHref = shown;
     else onUrlMaybeChanged();
   }
 })();
