@@ -191,13 +191,39 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.status_and_body();
-        (status, crate::json::Json(body)).into_response()
+        let mut r = (status, crate::json::Json(body)).into_response();
+        // A client told to come back (overload, logins being checked, a store being
+        // reached) is told when: in a second, unless the answer's maker knows better (the
+        // rate limiter sets its own).
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        r
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::clip;
+    use super::*;
+
+    #[test]
+    fn answers_that_ask_to_come_back_say_when() {
+        for (status, want) in [
+            (StatusCode::TOO_MANY_REQUESTS, Some("1")),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
+            (StatusCode::BAD_REQUEST, None),
+        ] {
+            let r = ApiError::new(status, "x", "m").into_response();
+            let got = r.headers().get("retry-after").and_then(|v| v.to_str().ok());
+            assert_eq!(got, want, "{status}");
+        }
+    }
 
     #[test]
     fn clips_on_character_boundaries() {
