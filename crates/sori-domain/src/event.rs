@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Errors, Invalid};
-use crate::value::kind;
+use crate::value::{invisible, kind, shows};
 
 /// Maximum characters of an event name.
 pub const MAX_NAME_CHARS: usize = 30;
@@ -209,26 +209,6 @@ pub fn check_name(path: &str, name: &Value, by_client: bool) -> Result<String, I
         ));
     }
     Ok(trimmed.to_owned())
-}
-
-/// Whether `c` is drawn as nothing: format characters (U+200B, U+FEFF, U+00AD, joiners,
-/// direction marks), combining marks (U+FE0F, U+034F), the Hangul fillers and the blank
-/// Braille pattern (U+2800).
-fn invisible(c: char) -> bool {
-    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
-    matches!(
-        c.general_category(),
-        GeneralCategory::Format | GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
-    ) || matches!(
-        c,
-        '\u{115f}' | '\u{1160}' | '\u{2800}' | '\u{3164}' | '\u{ffa0}'
-    )
-}
-
-/// Whether `c` shows on screen (neither white space nor [`invisible`]): a name or key
-/// without one would list as a blank in the catalog, the timeline and the filter builder.
-pub(crate) fn shows(c: char) -> bool {
-    !c.is_whitespace() && !invisible(c)
 }
 
 /// Whether `name` reads as a reserved name once the [`invisible`] characters are left

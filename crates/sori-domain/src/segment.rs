@@ -425,11 +425,8 @@ fn id_field(
             errs.push(at(key), "must not start or end with whitespace");
             None
         }
-        Some(Value::String(s)) if !s.chars().any(event::shows) => {
-            errs.push(
-                at(key),
-                "must hold a visible character (it is only zero-width or blank ones)",
-            );
+        Some(Value::String(s)) if !s.chars().any(value::shows) => {
+            errs.push(at(key), value::NOTHING_VISIBLE);
             None
         }
         Some(Value::String(s)) => Some(s.clone()),

@@ -198,11 +198,8 @@ pub fn check_member_id(s: &str) -> Result<(), Invalid> {
     }
     // Only zero-width or blank characters: an id that lists as a blank in the console and
     // every export, and is a bug upstream (as with event names).
-    if !s.chars().any(crate::event::shows) {
-        return Err(Invalid::one(
-            "memberId",
-            "must hold a visible character (it is only zero-width or blank ones)",
-        ));
+    if !s.chars().any(value::shows) {
+        return Err(Invalid::one("memberId", value::NOTHING_VISIBLE));
     }
     Ok(())
 }
@@ -492,8 +489,8 @@ pub fn normalize_tag(raw: &str) -> Result<String, String> {
     if t.chars().any(value::breaks_display) {
         return Err(value::BREAKS_DISPLAY.into());
     }
-    if !t.chars().any(crate::event::shows) {
-        return Err("must hold a visible character (it is only zero-width or blank ones)".into());
+    if !t.chars().any(value::shows) {
+        return Err(value::NOTHING_VISIBLE.into());
     }
     if t.chars().count() > MAX_TAG_CHARS {
         return Err(format!("must be at most {MAX_TAG_CHARS} characters"));

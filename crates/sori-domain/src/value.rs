@@ -321,6 +321,30 @@ pub fn escape_unseen(s: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// Whether `c` is drawn as nothing: format characters (U+200B, U+FEFF, U+00AD, joiners,
+/// direction marks), combining marks (U+FE0F, U+034F), the Hangul fillers and the blank
+/// Braille pattern (U+2800).
+pub(crate) fn invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    matches!(
+        c.general_category(),
+        GeneralCategory::Format | GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
+    ) || matches!(
+        c,
+        '\u{115f}' | '\u{1160}' | '\u{2800}' | '\u{3164}' | '\u{ffa0}'
+    )
+}
+
+/// Whether `c` shows on screen (neither white space nor [`invisible`]): a name or key
+/// without one would list as a blank in the catalog, the timeline and the filter builder.
+pub(crate) fn shows(c: char) -> bool {
+    !c.is_whitespace() && !invisible(c)
+}
+
+/// Why text with nothing [`shows`] is refused, in an error message's words.
+pub const NOTHING_VISIBLE: &str =
+    "must hold a visible character (it is only zero-width or blank ones)";
+
 /// The rule [`breaks_display`] checks, in an error message's words.
 pub const BREAKS_DISPLAY: &str =
     "must not contain control characters, line separators or direction overrides";
@@ -334,8 +358,8 @@ pub fn display_name(field: &str, name: &str, max: usize) -> Result<String, crate
         format!("must be 1 to {max} characters")
     } else if n.chars().any(breaks_display) {
         BREAKS_DISPLAY.to_owned()
-    } else if !n.chars().any(crate::event::shows) {
-        "must hold a visible character (it is only zero-width or blank ones)".to_owned()
+    } else if !n.chars().any(shows) {
+        NOTHING_VISIBLE.to_owned()
     } else {
         return Ok(n.to_owned());
     };
