@@ -326,6 +326,19 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The API a documented path belongs to (`open`, `desk`, `segment`, `sdk`), by its prefix;
+/// none for the server's own endpoints (`/healthz`, `/metrics`, `/openapi.json`).
+fn api_of(path: &str) -> Option<&'static str> {
+    [
+        ("open", "/open/v5/"),
+        ("desk", "/desk/v1/"),
+        ("segment", "/v1/"),
+        ("sdk", "/sdk/v1/"),
+    ]
+    .into_iter()
+    .find_map(|(api, prefix)| path.starts_with(prefix).then_some(api))
+}
+
 /// The operations of a path, with their methods.
 fn operations(
     item: &mut utoipa::openapi::PathItem,
@@ -385,26 +398,27 @@ impl utoipa::Modify for Security {
         // Basic user, SDK calls after boot the session header.
         let no_scopes = Vec::<String>::new;
         for (path, item) in &mut doc.paths.paths {
+            let api = api_of(path);
             for (method, op) in operations(item) {
                 let writes = method != Method::GET;
-                let rule = if path.starts_with("/open/v5/") {
-                    Some(
+                let rule = match api {
+                    Some("open") => Some(
                         SecurityRequirement::new("accessKey", no_scopes())
                             .add("accessSecret", no_scopes()),
-                    )
-                } else if path.starts_with("/desk/v1/") && path != "/desk/v1/login" {
-                    let rule = SecurityRequirement::new("session", no_scopes());
-                    Some(if writes {
-                        rule.add("csrfToken", no_scopes())
-                    } else {
-                        rule
-                    })
-                } else if path.starts_with("/v1/") {
-                    Some(SecurityRequirement::new("writeKey", no_scopes()))
-                } else if path.starts_with("/sdk/v1/") && path != "/sdk/v1/boot" {
-                    Some(SecurityRequirement::new("sdkSession", no_scopes()))
-                } else {
-                    None
+                    ),
+                    Some("desk") if path != "/desk/v1/login" => {
+                        let rule = SecurityRequirement::new("session", no_scopes());
+                        Some(if writes {
+                            rule.add("csrfToken", no_scopes())
+                        } else {
+                            rule
+                        })
+                    }
+                    Some("segment") => Some(SecurityRequirement::new("writeKey", no_scopes())),
+                    Some("sdk") if path != "/sdk/v1/boot" => {
+                        Some(SecurityRequirement::new("sdkSession", no_scopes()))
+                    }
+                    _ => None,
                 };
                 if let Some(rule) = rule {
                     op.security = Some(vec![rule]);
@@ -436,11 +450,7 @@ impl utoipa::Modify for CommonAnswers {
                 .build()
         };
         for (path, item) in &mut doc.paths.paths {
-            let api = ["open", "desk", "segment", "sdk"]
-                .into_iter()
-                .zip(["/open/v5/", "/desk/v1/", "/v1/", "/sdk/v1/"])
-                .find_map(|(api, prefix)| path.starts_with(prefix).then_some(api));
-            let Some(api) = api else { continue };
+            let Some(api) = api_of(path) else { continue };
             for (_, op) in operations(item) {
                 let has_body = op.request_body.is_some();
                 if let Some(id) = op.operation_id.take() {

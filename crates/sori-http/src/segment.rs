@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::body::RawBody;
-use crate::error::{ApiError, ApiResult, ErrorBody, clip_field, clip_message};
+use crate::error::{ApiError, ApiResult, clip_field, clip_message};
 
 /// Most items in one batch.
 pub const MAX_BATCH_ITEMS: usize = 2000;
@@ -156,8 +156,7 @@ async fn single(
 
 /// Segment `identify`: traits → profile.
 #[utoipa::path(post, path = "/v1/identify", tag = "segment", request_body = Object,
-    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Accepted)))]
 pub async fn identify(
     State(s): State<AppState>,
     h: KeyedChannel,
@@ -168,8 +167,7 @@ pub async fn identify(
 
 /// Segment `track`: an event.
 #[utoipa::path(post, path = "/v1/track", tag = "segment", request_body = Object,
-    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Accepted)))]
 pub async fn track(
     State(s): State<AppState>,
     h: KeyedChannel,
@@ -180,8 +178,7 @@ pub async fn track(
 
 /// Segment `page`: a `PageView` and a visit.
 #[utoipa::path(post, path = "/v1/page", tag = "segment", request_body = Object,
-    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Accepted)))]
 pub async fn page(
     State(s): State<AppState>,
     h: KeyedChannel,
@@ -192,8 +189,7 @@ pub async fn page(
 
 /// Segment `screen`: a mobile app's `PageView` (the page is the screen name) and a visit.
 #[utoipa::path(post, path = "/v1/screen", tag = "segment", request_body = Object,
-    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Accepted)))]
 pub async fn screen(
     State(s): State<AppState>,
     h: KeyedChannel,
@@ -205,8 +201,7 @@ pub async fn screen(
 /// Segment `batch`: items of any kind, applied in order; invalid items are listed in
 /// `errors` and the valid ones stored. 400 only when no item is valid.
 #[utoipa::path(post, path = "/v1/batch", tag = "segment", request_body = Object,
-    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Accepted)))]
 pub async fn batch(
     State(state): State<AppState>,
     keyed: KeyedChannel,
