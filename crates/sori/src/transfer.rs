@@ -177,11 +177,8 @@ pub async fn import(
         }
     };
 
-    let mut records = Records::open(reader, format)?;
+    let mut records = Records::open(reader, format, users)?;
     let headers = records.headers().to_vec();
-    if format == Format::Csv {
-        check_csv_header(&headers, users).map_err(anyhow::Error::msg)?;
-    }
     while let Some((line, record)) = records.next()? {
         // The column types a bad event row would have taught are forgotten with it: only
         // rows that are imported decide how later cells read.
@@ -214,8 +211,9 @@ pub async fn import(
 
 /// Imports profile field definitions (`sori export fields`): a field the target lacks is
 /// registered; one it has with the same type takes the line's name and sensitive flag; one
-/// it has with another type is a bad line (a type cannot change under stored values). A
-/// registry is small, so the file is read whole, without a progress bar.
+/// it has with another type is a bad line (a type cannot change under stored values).
+/// Lines are applied one by one as they are read, so each report goes out at once; a
+/// registry is small, so no progress bar is drawn.
 async fn import_fields(
     app: &App,
     ch: &ChannelInfo,
@@ -224,16 +222,12 @@ async fn import_fields(
     errors: &mut dyn Write,
 ) -> anyhow::Result<Summary> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut records = Records::open(BufReader::new(file), format)?;
+    let mut records = Records::open(BufReader::new(file), format, false)?;
     let headers = records.headers().to_vec();
-    if format == Format::Csv {
-        check_csv_header(&headers, false).map_err(anyhow::Error::msg)?;
-    }
     let mut fields = Fields::load(app, ch.channel.id).await?;
     // The line each (scope, key) was applied from: a second line for it is refused.
     let mut on_line: HashMap<(bool, String), usize> = HashMap::new();
     let mut summary = Summary::default();
-    let mut held = Vec::new();
     while let Some((line, record)) = records.next()? {
         let parsed = match record {
             Record::Json(parsed) => parsed,
@@ -244,45 +238,35 @@ async fn import_fields(
             None => field_line(&v),
         });
         let applied = match checked {
+            Err(e) => Err(e),
             Ok(f) => {
                 let at = match &f {
                     FieldLine::Profile { key, .. } => (false, key.as_str().to_owned()),
                     FieldLine::User { key, .. } => (true, (*key).to_owned()),
                 };
-                match on_line.get(&at) {
-                    Some(first) => Err(Invalid::one(
-                        "key",
-                        format!("`{}` is defined on line {first} already", at.1),
-                    )),
-                    None => match fields.apply(app, f).await {
-                        Ok(applied) => {
-                            if applied.is_ok() {
-                                on_line.insert(at, line);
-                            }
-                            applied
-                        }
-                        Err(e) => {
-                            // The reports so far still reach the operator.
-                            emit(&mut held, errors);
-                            return Err(e);
-                        }
-                    },
+                if let Some(first) = on_line.get(&at) {
+                    let e = format!("`{}` is defined on line {first} already", at.1);
+                    Err(Invalid::one("key", e))
+                } else {
+                    let applied = fields.apply(app, f).await?;
+                    if applied.is_ok() {
+                        on_line.insert(at, line);
+                    }
+                    applied
                 }
             }
-            Err(e) => Err(e),
         };
         match applied {
             Ok(true) => summary.imported += 1,
             Ok(false) => summary.already += 1,
             Err(e) => {
                 summary.skipped += 1;
+                let mut held = Vec::new();
                 report(&mut held, line, &e);
-                // Lines are applied in order, so their reports can go at once.
                 emit(&mut held, errors);
             }
         }
     }
-    emit(&mut held, errors);
     Ok(summary)
 }
 
@@ -434,9 +418,10 @@ enum Record {
 }
 
 impl<R: BufRead> Records<R> {
-    /// Starts reading; a CSV file's header row is read here (a header row whose quote is
-    /// never closed ends the import: the whole file went into one cell).
-    fn open(reader: R, format: Format) -> anyhow::Result<Self> {
+    /// Starts reading; a CSV file's header row is read and checked here (`users`: for a
+    /// user file, see `check_csv_header`; a header row whose quote is never closed ends the
+    /// import: the whole file went into one cell).
+    fn open(reader: R, format: Format, users: bool) -> anyhow::Result<Self> {
         Ok(match format {
             Format::Ndjson => Self::Ndjson {
                 reader,
@@ -460,6 +445,7 @@ impl<R: BufRead> Records<R> {
                          {quote} is never closed, so the whole file was read into that cell"
                     );
                 }
+                check_csv_header(&headers, users).map_err(anyhow::Error::msg)?;
                 Self::Csv {
                     rdr,
                     scan,
