@@ -218,23 +218,25 @@ pub fn strip_collected_nul(v: &mut Value) {
     match v {
         Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
         Value::Array(items) => items.iter_mut().for_each(strip_collected_nul),
-        Value::Object(m) => {
-            if m.keys().any(|k| k.contains('\0')) {
-                // Of two keys that become one, the one sent clean is kept.
-                let (dirty, mut clean): (serde_json::Map<_, _>, serde_json::Map<_, _>) =
-                    std::mem::take(m)
-                        .into_iter()
-                        .partition(|(k, _)| k.contains('\0'));
-                for (mut k, v) in dirty {
-                    k.retain(|c| c != '\0');
-                    clean.entry(k).or_insert(v);
-                }
-                *m = clean;
-            }
-            m.values_mut().for_each(strip_collected_nul);
-        }
+        Value::Object(m) => strip_collected_nul_map(m),
         _ => {}
     }
+}
+
+/// [`strip_collected_nul`] for an object's map, keys and values.
+pub fn strip_collected_nul_map(m: &mut serde_json::Map<String, Value>) {
+    if m.keys().any(|k| k.contains('\0')) {
+        // Of two keys that become one, the one sent clean is kept.
+        let (dirty, mut clean): (serde_json::Map<_, _>, serde_json::Map<_, _>) = std::mem::take(m)
+            .into_iter()
+            .partition(|(k, _)| k.contains('\0'));
+        for (mut k, v) in dirty {
+            k.retain(|c| c != '\0');
+            clean.entry(k).or_insert(v);
+        }
+        *m = clean;
+    }
+    m.values_mut().for_each(strip_collected_nul);
 }
 
 /// Path of the first string (or key) holding U+0000, under `at` (a string at the root is

@@ -344,13 +344,9 @@ fn nul_in_call(call: &mut Value, at: String) -> Option<String> {
 fn strip_context_nul(call: &mut Value) {
     if let Some(Value::Object(ctx)) = call.get_mut("context") {
         let traits = ctx.remove("traits");
-        let mut collected = Value::Object(std::mem::take(ctx));
-        sori_domain::value::strip_collected_nul(&mut collected);
-        if let Value::Object(mut clean) = collected {
-            if let Some(t) = traits {
-                clean.insert("traits".into(), t);
-            }
-            *ctx = clean;
+        sori_domain::value::strip_collected_nul_map(ctx);
+        if let Some(t) = traits {
+            ctx.insert("traits".into(), t);
         }
     }
 }
