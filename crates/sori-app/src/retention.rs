@@ -39,6 +39,15 @@ impl App {
                 }
                 tokio::task::yield_now().await;
             }
+            // The messageIds of calls without events are kept as long as events are.
+            while self
+                .store
+                .delete_call_keys_before(id, cutoff, CHUNK)
+                .await?
+                == u64::from(CHUNK)
+            {
+                tokio::task::yield_now().await;
+            }
             self.audience.retire(id, cutoff);
         }
         let week_ago = now_ms() - CHANGE_LOG_DAYS * 24 * 3_600_000;

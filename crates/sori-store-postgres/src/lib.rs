@@ -1260,19 +1260,6 @@ impl Store for PostgresStore {
         upto: i64,
         limit: u32,
     ) -> Result<u64> {
-        // The messageIds of calls without events are kept as long as events are, and go
-        // in chunks of the same size (the job calls again until nothing is left of either).
-        let keys = sqlx::query(
-            "DELETE FROM call_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM call_keys \
-             WHERE channel_id = $1 AND created_at < $2 LIMIT $3))",
-        )
-        .bind(channel_id)
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?
-        .rows_affected();
         // Roll the chunk up into per-user counts in the same statement that deletes it,
         // so segments keep counting events that retention removed.
         let r: i64 = sqlx::query_scalar(
@@ -1296,7 +1283,26 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(u64::try_from(r).unwrap_or(0) + keys)
+        Ok(u64::try_from(r).unwrap_or(0))
+    }
+
+    async fn delete_call_keys_before(
+        &self,
+        channel_id: i64,
+        before: i64,
+        limit: u32,
+    ) -> Result<u64> {
+        sqlx::query(
+            "DELETE FROM call_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM call_keys \
+             WHERE channel_id = $1 AND created_at < $2 LIMIT $3))",
+        )
+        .bind(channel_id)
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(backend)
     }
 
     async fn event_counts(&self, channel_id: i64, user_id: &str) -> Result<Vec<(String, i64)>> {

@@ -1075,9 +1075,17 @@ impl Store for SqliteStore {
                 deleted = r.rows_affected();
             }
         }
-        // The messageIds of calls without events are kept as long as events are, and go
-        // in chunks of the same size (the job calls again until nothing is left of either).
-        let keys = sqlx::query(
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted)
+    }
+
+    async fn delete_call_keys_before(
+        &self,
+        channel_id: i64,
+        before: i64,
+        limit: u32,
+    ) -> Result<u64> {
+        sqlx::query(
             "DELETE FROM call_keys WHERE channel_id = ?1 AND message_key IN \
              (SELECT message_key FROM call_keys WHERE channel_id = ?1 AND created_at < ?2 \
              LIMIT ?3)",
@@ -1085,12 +1093,10 @@ impl Store for SqliteStore {
         .bind(channel_id)
         .bind(before)
         .bind(i64::from(limit))
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await
-        .map_err(backend)?;
-        deleted += keys.rows_affected();
-        tx.commit().await.map_err(backend)?;
-        Ok(deleted)
+        .map(|r| r.rows_affected())
+        .map_err(backend)
     }
 
     async fn event_counts(&self, channel_id: i64, user_id: &str) -> Result<Vec<(String, i64)>> {

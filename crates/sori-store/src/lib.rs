@@ -260,16 +260,23 @@ pub trait Store: Send + Sync + 'static {
     async fn event_catalog(&self, channel_id: i64) -> Result<Vec<CatalogEntry>>;
     /// Deletes at most `limit` events older than `before` (ms) whose position is at most
     /// `upto` (`Cursor::event`: what the caller's followers have read, so no follower
-    /// misses the activity a just-stored backdated event moved), and at most `limit` stored
-    /// `messageId`s of calls without events stored before `before`; returns how many of
-    /// both went (fewer than `limit` when both are done). The deleted events are first
-    /// rolled up into per-user counts (`user_event_stats`), and the catalog keeps its
-    /// totals, so segments still count them.
+    /// misses the activity a just-stored backdated event moved); returns how many went.
+    /// The deleted events are first rolled up into per-user counts (`user_event_stats`),
+    /// and the catalog keeps its totals, so segments still count them.
     async fn delete_events_before(
         &self,
         channel_id: i64,
         before: i64,
         upto: i64,
+        limit: u32,
+    ) -> Result<u64>;
+    /// Deletes at most `limit` stored `messageId`s of calls without events (`call_keys`)
+    /// stored before `before` (ms): they are kept as long as the channel keeps events.
+    /// Returns how many went.
+    async fn delete_call_keys_before(
+        &self,
+        channel_id: i64,
+        before: i64,
         limit: u32,
     ) -> Result<u64>;
     /// How many events of each name a user has, counting those retention already removed

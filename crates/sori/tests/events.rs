@@ -1295,6 +1295,35 @@ async fn retention(b: Backend) {
     );
     let deleted = app.app().enforce_retention().await.unwrap();
     assert_eq!(deleted, 2);
+    // A stored identify's messageId is kept as long as events are, and goes with them.
+    let r = segment(
+        &app,
+        "/v1/identify",
+        json!({"userId": "r9", "traits": {"plan": "a"}, "messageId": "retained-call-1"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        store
+            .delete_call_keys_before(ch, now - 1, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .delete_call_keys_before(ch, i64::MAX, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .delete_call_keys_before(ch, i64::MAX, 100)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(events_of(&app, "@r1").await.len(), 2);
     // Per-user counts still include what retention removed (rolled up before deletion).
     let id = app.member("r1").await["id"].as_str().unwrap().to_owned();
