@@ -313,13 +313,19 @@ macro_rules! message_key_of_k_id {
     };
 }
 
-/// Owners of stored `messageId`s in `$table` (`events` or `call_keys`), for recognising
-/// whole retries (see `sori_store::RetryCheck`).
+/// Owners of stored `messageId`s in `$table` (`events` or `call_keys`, told apart by
+/// `$call`), for the keys in the arrays `$ch` and `$id`: recognising whole retries (see
+/// `sori_store::RetryCheck`).
 macro_rules! stored_owners_in {
-    ($table:literal) => {
+    ($call:literal, $table:literal, $ch:literal, $id:literal) => {
         concat!(
-            "SELECT k.ch, k.id, t.user_id FROM UNNEST($1::bigint[], $2::text[]) AS k(ch, id) \
-             JOIN ",
+            "SELECT ",
+            $call,
+            ", k.ch, k.id, t.user_id FROM UNNEST(",
+            $ch,
+            "::bigint[], ",
+            $id,
+            "::text[]) AS k(ch, id) JOIN ",
             $table,
             " t ON t.channel_id = k.ch AND t.message_key = ",
             message_key_of_k_id!()
@@ -327,12 +333,13 @@ macro_rules! stored_owners_in {
     };
 }
 
-/// Owners of stored events by `messageId`.
-const STORED_OWNERS: &str = stored_owners_in!("events");
-
-/// Users the stored calls without events of these `messageId`s were applied to (see
-/// `sori_store::UserOp::message_id`).
-const STORED_CALL_OWNERS: &str = stored_owners_in!("call_keys");
+/// Owners of stored events (`$1`, `$2`) and the users stored calls without events (`$3`,
+/// `$4`; see `sori_store::UserOp::message_id`) were applied to, in one round trip.
+const STORED_OWNERS: &str = concat!(
+    stored_owners_in!("false", "events", "$1", "$2"),
+    " UNION ALL ",
+    stored_owners_in!("true", "call_keys", "$3", "$4")
+);
 
 /// Stores the `messageId`s of a batch's calls without events (see
 /// `sori_store::WritePlan::call_keys`).
@@ -381,20 +388,21 @@ async fn stored_owners(
     call_keys: &[(i64, &str)],
 ) -> Result<sori_store::StoredOwners> {
     let mut owners = sori_store::StoredOwners::default();
-    for (sql, keys, found) in [
-        (STORED_OWNERS, keys, &mut owners.events),
-        (STORED_CALL_OWNERS, call_keys, &mut owners.calls),
-    ] {
-        if keys.is_empty() {
-            continue;
-        }
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(sql)
-            .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(backend)?;
-        found.extend(rows.into_iter().map(|(ch, id, owner)| ((ch, id), owner)));
+    let rows: Vec<(bool, i64, String, String)> = sqlx::query_as(STORED_OWNERS)
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(call_keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(call_keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await
+        .map_err(backend)?;
+    for (call, ch, id, owner) in rows {
+        let found = if call {
+            &mut owners.calls
+        } else {
+            &mut owners.events
+        };
+        found.insert((ch, id), owner);
     }
     Ok(owners)
 }
