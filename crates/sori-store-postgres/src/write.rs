@@ -412,7 +412,7 @@ async fn stored_owners(
 /// again, and the read finds it).
 async fn insert_call_keys(
     conn: &mut PgConnection,
-    keys: &[(i64, &str, &str, i64)],
+    keys: &[(i64, &str, String, i64)],
 ) -> Result<bool> {
     if keys.is_empty() {
         return Ok(true);
@@ -420,7 +420,7 @@ async fn insert_call_keys(
     let inserted = sqlx::query(INSERT_CALL_KEYS)
         .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.3).collect::<Vec<_>>())
         .execute(conn)
         .await
@@ -585,7 +585,7 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
     }
     let stored_first = match plan.raced(ops) {
         true => true,
-        false => match insert_call_keys(tx.conn(), &plan.call_keys(ops)).await {
+        false => match insert_call_keys(tx.conn(), &plan.call_keys).await {
             Ok(inserted) => !inserted,
             Err(e) => return Err(tx.abort(e).await),
         },

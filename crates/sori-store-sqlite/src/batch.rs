@@ -377,7 +377,7 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
         insert_events(&tx, &plan.events)?
     };
     plan.account_duplicates(ops, &duplicates);
-    if plan.raced(ops) || !insert_call_keys(&tx, &plan.call_keys(ops))? {
+    if plan.raced(ops) || !insert_call_keys(&tx, &plan.call_keys)? {
         // Dropping the transaction rolls it back; the writer retries the batch.
         return Err(StoreError::Transient(
             "another process stored the same Segment call first".into(),
@@ -413,7 +413,7 @@ fn write_planned(conn: &mut Connection, ops: &[UserOp]) -> Result<Vec<UserOpResu
 /// Stores the `messageId`s of the batch's calls without events (see
 /// `sori_store::WritePlan::call_keys`); false when one was stored already, by another
 /// transaction since the batch read them (the batch is then written again).
-fn insert_call_keys(tx: &Connection, keys: &[(i64, &str, &str, i64)]) -> Result<bool> {
+fn insert_call_keys(tx: &Connection, keys: &[(i64, &str, String, i64)]) -> Result<bool> {
     if keys.is_empty() {
         return Ok(true);
     }
@@ -423,7 +423,7 @@ fn insert_call_keys(tx: &Connection, keys: &[(i64, &str, &str, i64)]) -> Result<
              VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .map_err(db)?;
-    for &(ch, id, user, at) in keys {
+    for (ch, id, user, at) in keys {
         if st
             .execute(params![ch, &message_key(id)[..], user, at])
             .map_err(db)?

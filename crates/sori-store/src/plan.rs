@@ -119,6 +119,13 @@ pub struct WritePlan<'a> {
     /// [`Earlier`]), by position: they write nothing, and their result already counts
     /// their events as stored.
     pub repeats: HashSet<usize>,
+    /// The `messageId`s of the calls without events this batch applies (not those it
+    /// answers as repeats, nor failed ones), to store with the batch: `(channel,
+    /// messageId, user id, when)`, with their final user (after this batch's merges), as
+    /// events have. A backend that finds one stored already by another transaction must
+    /// roll the batch back and write it again, as for [`Self::raced`]. Sorted, so that
+    /// batches that share some take them in one order.
+    pub call_keys: Vec<(i64, &'a str, String, i64)>,
 }
 
 /// The `messageId`s of a batch's ops before the one being planned, gathered only once an
@@ -419,6 +426,11 @@ pub fn plan_user_writes<'a>(
                     owner.clone_from(&user.id);
                 }
             }
+            for (c, _, owner, _) in &mut plan.call_keys {
+                if *c == ch && *owner == a.id {
+                    owner.clone_from(&user.id);
+                }
+            }
             let new_id = match &op.target {
                 UserTarget::Identify { new_id, .. } => new_id.clone(),
                 _ => a.id.clone(),
@@ -448,6 +460,9 @@ pub fn plan_user_writes<'a>(
         for e in &op.events {
             plan.events.push((ch, user.id.clone(), e));
         }
+        if let Some((_, id)) = call_key(op) {
+            plan.call_keys.push((ch, id, user.id.clone(), op.ctx.now));
+        }
         plan.results.push(Ok(UserOpOutcome {
             user_id: user.id.clone(),
             user: Some(user),
@@ -457,6 +472,7 @@ pub fn plan_user_writes<'a>(
             duplicate_events: 0,
         }));
     }
+    plan.call_keys.sort_unstable();
     plan
 }
 
@@ -496,36 +512,6 @@ impl WritePlan<'_> {
                     && !self.repeats.contains(&i)
                     && matches!(r, Ok(o) if o.duplicate_events == op.events.len())
             })
-    }
-
-    /// The `messageId`s of the calls without events this batch applies (not those it
-    /// answers as repeats, nor failed ones), to store with the batch: `(channel,
-    /// messageId, user id, when)`. A backend that finds one stored already by another
-    /// transaction must roll the batch back and write it again, as for [`Self::raced`].
-    /// The user is the one the call's user ends the batch as (a later op of the batch may
-    /// have merged it into a member), whatever order a backend writes merges and keys in;
-    /// keys come sorted, so that batches that share some take them in one order.
-    pub fn call_keys<'o>(&'o self, ops: &'o [UserOp]) -> Vec<(i64, &'o str, &'o str, i64)> {
-        let into: HashMap<(i64, &str), &str> = self
-            .merges
-            .iter()
-            .map(|m| ((m.channel_id, m.from.as_str()), m.into.as_str()))
-            .collect();
-        let mut keys: Vec<(i64, &str, &str, i64)> = ops
-            .iter()
-            .zip(&self.results)
-            .enumerate()
-            .filter(|(i, _)| !self.repeats.contains(i))
-            .filter_map(|(_, (op, r))| {
-                let (ch, id) = call_key(op)?;
-                let user = r.as_ref().ok()?.user_id.as_str();
-                // Anonymous users merge into members, which merge into nothing: one step.
-                let user = into.get(&(ch, user)).copied().unwrap_or(user);
-                Some((ch, id, user, op.ctx.now))
-            })
-            .collect();
-        keys.sort_unstable();
-        keys
     }
 
     /// Accounts for the batch's events the store did not insert (`duplicates`: their ids,
