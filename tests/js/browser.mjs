@@ -231,6 +231,15 @@ async function sdkCall(page, method, ...args) {
 }
 
 // Calls Sori(method, ...args) without a callback.
+// Resolves once the SDK's wait for a render after a navigation has passed for certain (two
+// frames, then longer than its 100 ms fallback): a PageView it was to send is queued by then,
+// so a call made after this goes out behind it.
+async function pastRender(page) {
+  await page.evaluate(
+    () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 150)))),
+  );
+}
+
 async function sdk(page, method, ...args) {
   await page.evaluate(([method, args]) => window.Sori(method, ...args), [method, args]);
 }
@@ -333,6 +342,11 @@ async function run(browser, pagesOrigin) {
     await page.evaluate(() => history.pushState({}, '', '/shop/second/spa-2'));
     // A hash-only change and a same-URL replaceState are not page views.
     await page.evaluate(() => history.replaceState({}, '', '/shop/second/spa-2#section'));
+    // The PageView goes out once the page has rendered, after any `track` made in the
+    // meantime: wait for it, then send a marker behind anything else the SDK queued.
+    await until('the SPA PageView', async () =>
+      named(await events(s.anonId), 'PageView').length > before);
+    await pastRender(page);
     await sdk(page, 'track', 'SpaMarker');
     const list = await eventsWith(s.anonId, 'SpaMarker');
     const views = named(list, 'PageView');
@@ -425,6 +439,7 @@ async function run(browser, pagesOrigin) {
     // Neither the boot nor an SPA navigation may record a PageView; the marker, sent after
     // both, proves the requests before it were handled.
     await fresh.evaluate(() => history.pushState({}, '', '/shop/fresh/next'));
+    await pastRender(fresh);
     await sdk(fresh, 'track', 'Marker7');
     const list = await eventsWith(s.freshId, 'Marker7');
     assert.deepEqual(named(list, 'PageView'), [], 'no PageView');
@@ -1020,6 +1035,7 @@ async function run(browser, pagesOrigin) {
     const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: 'false' });
     assert.equal(boot.error, null, 'boot error');
     await p.evaluate(() => history.pushState({}, '', '/shop/fresh/next'));
+    await pastRender(p);
     await sdk(p, 'track', 'Marker21');
     const list = await eventsWith(boot.user.id, 'Marker21');
     assert.deepEqual(named(list, 'PageView'), [], 'no PageView');
