@@ -20,12 +20,7 @@ pub fn ingest_of(
     source: EventSource,
     retention: Retention<'_>,
 ) -> Result<Ingest, Invalid> {
-    // A call without an event keeps its own `messageId`; an event carries it otherwise.
-    let message_id = call
-        .event
-        .is_none()
-        .then(|| call.message_id.clone())
-        .flatten();
+    let message_id = call.message_id.clone();
     let event = match call.event {
         Some(input) => {
             let mut e = Invalid::both(

@@ -310,8 +310,8 @@ pub struct Ingest {
     pub activity: sori_domain::activity::Activity,
     /// Events to append.
     pub events: Vec<sori_domain::event::NewEvent>,
-    /// The `messageId` of a Segment call without events (an `identify`), which makes its
-    /// retries answered instead of applied again ([`sori_store::UserOp::message_id`]).
+    /// The Segment call's `messageId`, which makes the retries of a call without events
+    /// (an `identify`) answered instead of applied again ([`sori_store::UserOp::message_id`]).
     pub message_id: Option<String>,
 }
 

@@ -357,9 +357,7 @@ const INSERT_CALL_KEYS: &str = concat!(
 /// again.
 pub(crate) async fn write_users(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
     let check = sori_store::RetryCheck::before_planning(ops);
-    let (mut keys, mut call_keys) = (check.keys(), check.call_keys());
-    keys.retain(|(_, id)| !id.contains('\0'));
-    call_keys.retain(|(_, id)| !id.contains('\0'));
+    let (keys, call_keys) = (check.keys(), check.call_keys());
     if keys.is_empty() && call_keys.is_empty() {
         return write_planned(writers, ops).await;
     }

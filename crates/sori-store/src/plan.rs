@@ -56,9 +56,9 @@ pub struct UserOp {
     pub activity: Activity,
     /// Events to append to the resolved user.
     pub events: Vec<NewEvent>,
-    /// The `messageId` of a call that carries no event (a Segment `identify`): stored on
-    /// its own once the call is written, so that a retry is answered without applying
-    /// the call again (events carry theirs).
+    /// The call's `messageId`. Stored on its own once the call is written when the call
+    /// carries no event (a Segment `identify`), so that a retry is answered without
+    /// applying it again; events carry theirs, and this one is then not used.
     pub message_id: Option<String>,
 }
 
