@@ -342,12 +342,14 @@ const STORED_OWNERS: &str = concat!(
 );
 
 /// Stores the `messageId`s of a batch's calls without events (see
-/// `sori_store::WritePlan::call_keys`).
+/// `sori_store::WritePlan::call_keys`), in the commit's round trip. One stored by another
+/// transaction since the batch read them fails the unique index: the batch is written
+/// again (a `Conflict` is retried), and that read finds it.
 const INSERT_CALL_KEYS: &str = concat!(
     "INSERT INTO call_keys (channel_id, message_key, user_id, created_at) SELECT k.ch, ",
     message_key_of_k_id!(),
     ", k.u, k.at FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
-     AS k(ch, id, u, at) ON CONFLICT DO NOTHING"
+     AS k(ch, id, u, at)"
 );
 
 /// Writes a batch of user ops (see the module documentation). Calls already stored in
@@ -403,27 +405,6 @@ async fn stored_owners(
         found.insert((ch, id), owner);
     }
     Ok(owners)
-}
-
-/// Stores the `messageId`s of the batch's calls without events; false when one was stored
-/// already, by another transaction since the batch read them (the batch is then written
-/// again, and the read finds it).
-async fn insert_call_keys(
-    conn: &mut PgConnection,
-    keys: &[(i64, &str, String, i64)],
-) -> Result<bool> {
-    if keys.is_empty() {
-        return Ok(true);
-    }
-    let inserted = sqlx::query(INSERT_CALL_KEYS)
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.3).collect::<Vec<_>>())
-        .execute(conn)
-        .await
-        .map_err(backend)?;
-    Ok(inserted.rows_affected() == keys.len() as u64)
 }
 
 /// Writes a batch: two round trips and the events' insert, planned by `plan_user_writes`.
@@ -533,13 +514,7 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
     // `sori_store::RetryCheck::creations`) is answered as a retry, and the rest planned
     // again.
     let check = (!members_found).then(|| sori_store::RetryCheck::creations(ops, &loaded, &light));
-    let creating: Vec<(i64, &str)> = check
-        .as_ref()
-        .map(|c| c.keys())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(_, id)| !id.contains('\0'))
-        .collect();
+    let creating: Vec<(i64, &str)> = check.as_ref().map(|c| c.keys()).unwrap_or_default();
     if let Some(check) = check.filter(|_| !creating.is_empty()) {
         // (Creations are events-only writes: they carry no call keys.)
         let owners = match stored_owners(tx.conn(), &creating, &[]).await {
@@ -581,14 +556,7 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
     if let Some(agg) = &agg {
         plan.account_duplicates(ops, &agg.duplicates);
     }
-    let stored_first = match plan.raced(ops) {
-        true => true,
-        false => match insert_call_keys(tx.conn(), &plan.call_keys).await {
-            Ok(inserted) => !inserted,
-            Err(e) => return Err(tx.abort(e).await),
-        },
-    };
-    if stored_first {
+    if plan.raced(ops) {
         let e =
             StoreError::Transient("another transaction stored the same Segment call first".into());
         return Err(tx.abort(e).await);
@@ -635,6 +603,18 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
     if !plan.users.is_empty() {
         let rows = upsert_rows(&plan.users);
         write.exec("sori_upsert", &upsert_args(&rows, seq))?;
+    }
+    if !plan.call_keys.is_empty() {
+        let keys = &plan.call_keys;
+        write.push(
+            INSERT_CALL_KEYS,
+            &[
+                Lit::Ints(keys.iter().map(|k| Some(k.0)).collect()),
+                Lit::Texts(keys.iter().map(|k| Some(k.1)).collect()),
+                Lit::Texts(keys.iter().map(|k| Some(k.2.as_str())).collect()),
+                Lit::Ints(keys.iter().map(|k| Some(k.3)).collect()),
+            ],
+        )?;
     }
     // The catalog last, in the transaction: its rows are shared by every batch, so they
     // are locked only for the commit (in one order), and the batch needs no round trip or

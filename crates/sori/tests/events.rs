@@ -1665,6 +1665,9 @@ async fn concurrent_retries_store_once(b: Backend) {
         .map(|e| e["count"].clone());
     assert_eq!(count, Some(json!(30)), "the catalog counts them once too");
 
+    // Copies of an identify with a `messageId` (a call without events) to a known member:
+    // whichever copy commits first stores the id; one that raced it is written again and
+    // answered as the retry it is, never a 5xx.
     // Copies of a sign-in batch (a visit, then the identify naming a known member) that
     // arrive at once: one visit, one merge, however they meet (one write batch, or two
     // shards racing).
@@ -2624,3 +2627,44 @@ both!(
     web_sdk_in_chromium,
     segment_and_rudder_node_clients
 );
+
+/// Two nodes on one PostgreSQL database receive copies of one `identify` with a
+/// `messageId` (a client's retry that overlaps its first attempt, sent to another node).
+/// Nothing serializes the nodes' batches as one node's shards are: both read the id as
+/// new, and the one that commits second fails on the stored id, is written again and is
+/// answered as the retry it is. Every copy gets a 200, and a late retry of an earlier
+/// round does not undo a later one. (Several nodes share PostgreSQL only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_race_one_identify() {
+    let app = std::sync::Arc::new(spawn_app(Backend::Postgres).await);
+    let other = std::sync::Arc::new(app.second_node().await);
+    app.upsert("ident-race", json!({"profile": {"name": "Before"}}))
+        .await;
+    let call = |round: usize| {
+        json!({"batch": [
+            {"type": "identify", "userId": "ident-race", "messageId": format!("ident-{round}"),
+             "traits": {"name": format!("Name {round}")}}
+        ]})
+    };
+    for round in 0..6 {
+        let mut tasks = Vec::new();
+        for copy in 0..6 {
+            let node = if copy % 2 == 0 { &app } else { &other }.clone();
+            let body = call(round);
+            tasks.push(tokio::spawn(async move {
+                segment(&node, "/v1/batch", body).await
+            }));
+        }
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200, "round {round}: {:?}", r.body);
+            assert!(r.body.get("errors").is_none(), "{:?}", r.body);
+        }
+        if round > 0 {
+            let r = segment(&other, "/v1/batch", call(round - 1)).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+        let user = app.member("ident-race").await;
+        assert_eq!(user["profile"]["name"], format!("Name {round}"), "{user:?}");
+    }
+}

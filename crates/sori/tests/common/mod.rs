@@ -260,6 +260,30 @@ impl TestApp {
     }
 
     /// Stops the server gracefully.
+    /// Another node on this app's PostgreSQL database (several nodes share one; a second
+    /// server on a SQLite store is refused), with the same credentials.
+    pub async fn second_node(&self) -> TestApp {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "nodes share PostgreSQL only"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = self.config.clone();
+        config.data_dir = dir.path().join("data");
+        config.listen = "127.0.0.1:0".into();
+        let running = sori::start(&config).await.expect("second node starts");
+        TestApp {
+            base: format!("http://{}", running.addr),
+            http: Client::new(),
+            creds: self.creds.clone(),
+            backend: self.backend,
+            config,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await.unwrap();
