@@ -183,6 +183,21 @@ async function holdFirstBoot(p, ms) {
   return { sent };
 }
 
+// Holds the page's `/sdk/v1/events` requests (the first call, sent alone) until
+// `release()`, so that the calls after it are still queued when the page is left and go
+// in the one request sent then; at most WAIT_MS, so a failing step cannot hold it forever.
+async function holdEvents(p) {
+  let release;
+  const released = new Promise((r) => {
+    release = r;
+  });
+  await p.route('**/sdk/v1/events', async (route) => {
+    await Promise.race([released, new Promise((r) => setTimeout(r, WAIT_MS))]);
+    await route.continue().catch(() => {});
+  });
+  return release;
+}
+
 async function eventsWith(userId, name) {
   return until(`event ${name} of user ${userId}`, async () => {
     const list = await events(userId);
@@ -217,6 +232,11 @@ let seq = 0;
 // Calls Sori(method, ...args, cb) in the page and waits for the callback;
 // returns { error: {status, message} | null, user }.
 async function sdkCall(page, method, ...args) {
+  return sdkCallWithin(WAIT_MS, page, method, ...args);
+}
+
+// sdkCall for a call whose answer may take longer than WAIT_MS by design (`ms`).
+async function sdkCallWithin(ms, page, method, ...args) {
   const key = `__sori_result_${++seq}`;
   await page.evaluate(
     ([method, args, key]) => {
@@ -226,20 +246,24 @@ async function sdkCall(page, method, ...args) {
     },
     [method, args, key],
   );
-  await page.waitForFunction((key) => window[key] !== undefined, key, { timeout: WAIT_MS });
+  await page.waitForFunction((key) => window[key] !== undefined, key, { timeout: ms });
   return page.evaluate((key) => window[key], key);
 }
 
-// Calls Sori(method, ...args) without a callback.
 // Resolves once the SDK's wait for a render after a navigation has passed for certain (two
-// frames, then longer than its 100 ms fallback): a PageView it was to send is queued by then,
-// so a call made after this goes out behind it.
+// frames, then longer than its 100 ms fallback; 400 ms where frames do not come): a
+// PageView it was to send is queued by then, so a call made after this goes out behind it.
 async function pastRender(page) {
   await page.evaluate(
-    () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 150)))),
+    () =>
+      new Promise((r) => {
+        setTimeout(r, 400);
+        requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 150)));
+      }),
   );
 }
 
+// Calls Sori(method, ...args) without a callback.
 async function sdk(page, method, ...args) {
   await page.evaluate(([method, args]) => window.Sori(method, ...args), [method, args]);
 }
@@ -702,13 +726,10 @@ async function run(browser, pagesOrigin) {
     const [c, p] = await firstVisit();
     const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
     assert.equal(boot.error, null, 'boot error');
-    // The first call is still on its way when the page is left (on a fast machine it
-    // could otherwise be answered first, and the next call, a tag change, would be the
-    // one on its way, landing apart from the rest).
-    await p.route('**/sdk/v1/events', async (route) => {
-      await new Promise((r) => setTimeout(r, 300));
-      await route.continue();
-    });
+    // The first call is held on its way until the rest have landed (answered first, it
+    // would let the next call, a tag change, be the one on its way, landing apart from
+    // the rest).
+    const release = await holdEvents(p);
     await p.evaluate(() => {
       window.Sori('track', 'LeaveOne');
       window.Sori('addTags', ['a']);
@@ -722,6 +743,8 @@ async function run(browser, pagesOrigin) {
       location.href = '/shop/second';
     });
     await p.waitForURL('**/shop/second');
+    await eventsWith(boot.user.id, 'LeaveThree');
+    release();
     // The batch and the handler's request are applied side by side: wait for all four.
     const order = ['LeaveOne', 'LeaveTwo', 'LeaveThree', 'LeaveFour'];
     const list = await until('the four tracks made on leaving', async () => {
@@ -808,7 +831,8 @@ async function run(browser, pagesOrigin) {
       tabs.push(t);
     }
     const boots = await Promise.all(
-      tabs.map((t) => sdkCall(t, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false })),
+      // Both wait LOCK_WAIT_MS (5 s) for the stuck tab's lock first.
+      tabs.map((t) => sdkCallWithin(2 * WAIT_MS, t, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false })),
     );
     for (const b of boots) assert.equal(b.error, null, 'boot error');
     assert.equal(boots[0].user.id, boots[1].user.id, 'the tabs behind the stuck one are one user');
@@ -820,12 +844,9 @@ async function run(browser, pagesOrigin) {
     const [c, p] = await firstVisit();
     const boot = await sdkCall(p, 'boot', { pluginKey: PLUGIN_KEY, trackDefaultEvent: false });
     assert.equal(boot.error, null, 'boot error');
-    // The first call stays on its way until the page is left (as in step 13), so the
-    // rest are all queued then.
-    await p.route('**/sdk/v1/events', async (route) => {
-      await new Promise((r) => setTimeout(r, 300));
-      await route.continue().catch(() => {});
-    });
+    // The first call is held on its way until the rest have landed (as in step 13), so
+    // the rest are all queued when the page is left.
+    const release = await holdEvents(p);
     await p.evaluate(() => {
       for (let i = 0; i < 150; i++) window.Sori('track', `Many${i}`);
       window.Sori('addTags', ['flip']);
@@ -835,6 +856,8 @@ async function run(browser, pagesOrigin) {
       location.href = '/shop/second';
     });
     await p.waitForURL('**/shop/second');
+    await eventsWith(boot.user.id, 'ManyLast');
+    release();
     const list = await until('all 151 tracks', async () => {
       const now = await events(boot.user.id, 500);
       return now.filter((e) => e.name.startsWith('Many')).length === 151 && now;
@@ -961,9 +984,11 @@ async function run(browser, pagesOrigin) {
     }, PLUGIN_KEY);
     await sent;
     const next = await leaveAndBootNext(p);
-    const user = await until('the calls made with the first boot', async () => {
+    // The held boot may land after the calls (sent with a quiet boot as the page went):
+    // wait for both.
+    const user = await until('the calls and the visit made with the first boot', async () => {
       const u = await getUser(next.user.id);
-      return u.tags.includes('lead') && u;
+      return u.tags.includes('lead') && u.profile.utmSource === 'eager' && u;
     });
     const eager = named(await events(next.user.id), 'Eager');
     assert.equal(eager.length, 1, 'the track made with the boot, once');
@@ -987,13 +1012,16 @@ async function run(browser, pagesOrigin) {
     }, PLUGIN_KEY);
     await heldBoot;
     const again = await leaveAndBootNext(p2);
-    await until('the call made with a partly refused boot', async () =>
-      named(await events(again.user.id), 'EagerRefused').length === 1);
     // That first boot, refused for its profile and answered once the page was gone, still
-    // counted its visit: the server left the profile out (a partial boot) instead of
-    // refusing the boot, which the page could no longer send again without it.
-    const firstViews = named(await events(again.user.id), 'PageView').map((e) => e.page);
-    assert.ok(firstViews.some((page) => page.endsWith('/shop/fresh')), `the first page's PageView: ${firstViews}`);
+    // counts its visit: the server leaves the profile out (a partial boot) instead of
+    // refusing the boot, which the page could no longer send again without it. (It may
+    // land after the call.)
+    const list = await until("the call and the first page's PageView", async () => {
+      const l = await events(again.user.id);
+      const first = named(l, 'PageView').some((e) => e.page.endsWith('/shop/fresh'));
+      return named(l, 'EagerRefused').length >= 1 && first && l;
+    });
+    assert.equal(named(list, 'EagerRefused').length, 1, 'the call made with a partly refused boot, once');
     // A new visitor whose boot still waits for another tab's new-visitor lock: the calls
     // and the boot, both sent as the page goes, name one visitor id made then.
     const holder = await c2.newPage();
@@ -1075,12 +1103,9 @@ async function run(browser, pagesOrigin) {
     assert.equal(user.unsubscribeTexting, true, "unsubscribeTexting ' TRUE '");
     assert.deepEqual([user.profile.utmSource, user.profile.utmMedium, user.name], ['evil', 'ad', '\ufffd'], 'profile');
     // A call holding a lone surrogate among the calls sent as the page is left. First22 is
-    // held on its way (as in step 13): answered first, it would let Cut22b be the call on
+    // held on its way until the rest have landed (as in step 13): answered first, it would let Cut22b be the call on
     // its way, which may land after the batch.
-    await p.route('**/sdk/v1/events', async (route) => {
-      await new Promise((r) => setTimeout(r, 300));
-      await route.continue();
-    });
+    const release = await holdEvents(p);
     await p.evaluate(() => {
       const cut = '😀'.slice(0, 1);
       window.Sori('track', 'First22');
@@ -1089,6 +1114,9 @@ async function run(browser, pagesOrigin) {
       window.Sori('addTags', ['left22']);
       location.href = '/shop/fresh/left22';
     });
+    await p.waitForURL('**/shop/fresh/left22');
+    await eventsWith(id, 'Last22');
+    release();
     // First22 goes out alone and may land after the rest (docs/sdk.md); the rest go
     // together, in order.
     const after = await until('First22 and Last22', async () => {
@@ -1144,9 +1172,10 @@ async function run(browser, pagesOrigin) {
         const l = await events(id);
         return named(l, 'PageView').length >= want.length && named(l, 'Cta23').length ? l : null;
       });
-      // Late enough for a spurious view to have come (the routed page's is sent after a frame).
-      await new Promise((r) => setTimeout(r, 300));
-      const again = await events(id);
+      // A spurious view would be sent after a render, so before a marker sent past it.
+      await pastRender(p);
+      await sdk(p, 'track', 'End23');
+      const again = await eventsWith(id, 'End23');
       assert.deepEqual(named(again, 'PageView').map((e) => e.page).sort(), want, `${path}: PageViews`);
       assert.equal(named(list, 'Cta23')[0].page, ctaPage(landing, pagesOrigin), `${path}: Cta23`);
       results.push(`${path} (${loader} loader): user ${id}`);
