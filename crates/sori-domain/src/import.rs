@@ -289,6 +289,44 @@ pub fn csv_text(v: &Value) -> String {
     }
 }
 
+/// Whether a spreadsheet would run `s` as a formula (or a DDE command) when it opens a CSV
+/// file: it starts with `=`, `@`, a tab or a carriage return, or with `+` or `-` and is
+/// not a plain number. Profile values come from browsers, so anyone could plant one in a
+/// business's export.
+fn runs_in_a_sheet(s: &str) -> bool {
+    match s.chars().next() {
+        Some('=' | '@' | '\t' | '\r') => true,
+        Some('+' | '-') => s[1..].parse::<f64>().is_err(),
+        _ => false,
+    }
+}
+
+/// Whether [`from_sheet_safe`] drops the leading `'` of `'` + `rest`.
+fn quoted_by_us(rest: &str) -> bool {
+    runs_in_a_sheet(rest) || rest.starts_with('\'')
+}
+
+/// A CSV cell's text as exports write it: one that a spreadsheet would run gets a
+/// leading `'` (shown as text, not run), and so does one that starts with `'` where an
+/// import would take that `'` for ours, so [`from_sheet_safe`] gives every text back
+/// exactly. Numbers never change.
+pub fn sheet_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let ours = runs_in_a_sheet(s) || s.strip_prefix('\'').is_some_and(quoted_by_us);
+    match ours {
+        true => format!("'{s}").into(),
+        false => s.into(),
+    }
+}
+
+/// A CSV cell as imports read it: the `'` that [`sheet_safe`] (or a spreadsheet user)
+/// put before a value a spreadsheet would run is dropped.
+pub fn from_sheet_safe(s: &str) -> &str {
+    match s.strip_prefix('\'') {
+        Some(rest) if quoted_by_us(rest) => rest,
+        _ => s,
+    }
+}
+
 /// The types CSV cells are read as: a registered field's, else the type a column took
 /// from its first value in this file. That value registers the field when it is written,
 /// so later rows are read as a re-run of the file reads them (a zip code column that
@@ -726,6 +764,29 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn sheet_safe_cells() {
+        for (text, written) in [
+            ("=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("\tx", "'\tx"),
+            ("-5", "-5"),
+            ("+82", "+82"),
+            ("1.5", "1.5"),
+            ("'=x", "''=x"),
+            ("''a", "'''a"),
+            ("'a", "'a"),
+            ("'", "'"),
+            ("", ""),
+            ("김민준", "김민준"),
+        ] {
+            assert_eq!(sheet_safe(text), written, "{text:?}");
+            assert_eq!(from_sheet_safe(written), text, "{written:?}");
+        }
+    }
+
+    #[test]
     fn field_lines_name_every_bad_part() {
         let f = field_line(&json!({"key": "anniv", "type": "date", "builtin": false})).unwrap();
         let FieldLine::Profile {
@@ -990,6 +1051,17 @@ mod tests {
         assert!(csv_event(&headers, &cells("null"), types).is_ok());
         let ok = csv_event(&headers, &cells(r#"{"sku": "A"}"#), types).unwrap();
         assert_eq!(ok["property"], json!({"sku": "A", "qty": 3}));
+    }
+
+    proptest! {
+        /// Every text comes back from an export's cell exactly, and no cell an export
+        /// writes runs in a spreadsheet.
+        #[test]
+        fn sheet_safe_round_trips(s in "['=+@\t\r0-9a-z.-]{0,6}") {
+            let written = sheet_safe(&s);
+            prop_assert!(!runs_in_a_sheet(&written), "{written:?}");
+            prop_assert_eq!(from_sheet_safe(&written), s.as_str());
+        }
     }
 
     proptest! {

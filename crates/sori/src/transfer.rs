@@ -4,6 +4,7 @@
 //! duplicate anything (users are upserts by member id, events carry a `messageId` derived
 //! from the line's content).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -21,7 +22,7 @@ use sori_domain::field::{BUILTIN_FIELDS, builtin_unmaskable};
 use sori_domain::import::{
     CsvTypes, FIELD_LINE_COLUMNS, FieldLine, Owner, USER_LINE_COLUMNS, WHOLE_LINE,
     check_csv_header, check_csv_width, csv_event, csv_field, csv_list_cell, csv_text, csv_user,
-    event_line, field_line, profile_field_column, user_line,
+    event_line, field_line, from_sheet_safe, profile_field_column, sheet_safe, user_line,
 };
 use sori_domain::value::{NUL_REJECTED, escape_unseen, nul_path};
 use sori_domain::{Invalid, ProfileField, Registry};
@@ -523,7 +524,12 @@ impl<R: BufRead> Records<R> {
                                 ),
                             )),
                             None => {
-                                let cells: Vec<String> = record.iter().map(str::to_owned).collect();
+                                // Trimmed (spreadsheets leave stray spaces), and the `'`
+                                // an export put before a formula dropped.
+                                let cells: Vec<String> = record
+                                    .iter()
+                                    .map(|c| from_sheet_safe(c.trim()).to_owned())
+                                    .collect();
                                 check_csv_width(headers, &cells).map(|()| cells)
                             }
                         };
@@ -1045,7 +1051,7 @@ pub async fn export(
                                 u.blocked.to_string(),
                             ];
                             row.extend(keys.iter().map(|k| cell(u.profile.get(k))));
-                            out.write_all(&csv_line(&row)?)?;
+                            out.write_all(&csv_row(&row)?)?;
                         }
                     }
                 }
@@ -1099,7 +1105,7 @@ pub async fn export(
                             .into_iter()
                             .chain([sensitive.to_string(), builtin.to_string()])
                             .collect::<Vec<_>>();
-                        out.write_all(&csv_line(&row)?)?;
+                        out.write_all(&csv_row(&row)?)?;
                     }
                 }
             }
@@ -1170,7 +1176,7 @@ pub async fn export(
                                 e.source.as_str().to_owned(),
                                 property.to_string(),
                             ];
-                            out.write_all(&csv_line(&row)?)?;
+                            out.write_all(&csv_row(&row)?)?;
                         }
                     }
                 }
@@ -1191,6 +1197,16 @@ pub async fn export(
 fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(fields)?;
+    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// One CSV data record: every cell [`sheet_safe`], so that a value a customer planted
+/// cannot run as a formula in the spreadsheet the file is opened in, and the import reads
+/// it back as it was.
+fn csv_row(cells: &[String]) -> anyhow::Result<Vec<u8>> {
+    let safe: Vec<Cow<'_, str>> = cells.iter().map(|c| sheet_safe(c)).collect();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(safe.iter().map(|c| c.as_bytes()))?;
     w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
 

@@ -244,7 +244,8 @@ async fn masking_reveal_and_audit(b: Backend) {
         .await;
     assert_eq!((r.status, r.error_field()), (400, "profileOnce"));
 
-    // Export is masked like the console.
+    // Export is masked like the console, and a value a spreadsheet would run is not.
+    app.upsert("sheet", json!({"profile": {"name": "=1+2"}})).await;
     let r = app
         .desk(&owner, Method::GET, "/desk/v1/exports/users.csv", None)
         .await;
@@ -259,6 +260,7 @@ async fn masking_reveal_and_audit(b: Backend) {
         csv.contains("aaa**@example.com") && !csv.contains("aaabb@example.com"),
         "{csv}"
     );
+    assert!(csv.contains(",'=1+2,"), "{csv}");
     app.stop().await;
 }
 

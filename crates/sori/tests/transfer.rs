@@ -843,7 +843,105 @@ async fn fields_move_before_users(b: Backend) {
     );
 }
 
+/// Profile values come from browsers, so an export must not carry a formula that runs in
+/// the spreadsheet a business opens it in: every CSV export (users, events, fields) puts
+/// a `'` before such a cell, and every import reads the value back as it was.
+async fn csv_exports_do_not_run_in_sheets(b: Backend) {
+    let (from, to) = (Db::new(b).await, Db::new(b).await);
+    for db in [&from, &to] {
+        let (ok, _, err) = db.run(&["channel", "create", "--name", "Shop"]);
+        assert!(ok, "{err}");
+    }
+    let planted = [
+        "=HYPERLINK(\"http://evil.example\",\"open\")",
+        "+cmd|' /C calc'!A0",
+        "@SUM(A1)",
+        "-2+3",
+        "'=as typed",
+        "'plain",
+        "-5",
+    ];
+    let fields = from.file(
+        "fields.ndjson",
+        json!({"key": "note", "name": "=Evil()", "type": "list"}).to_string(),
+    );
+    from.import_ok("fields", &fields, "imported 1 fields");
+    let users: Vec<String> = planted
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({"memberId": format!("m{i}"), "profile": {"name": p, "note": [p, "ok"]},
+                   "tags": [format!("={i}")]})
+            .to_string()
+        })
+        .collect();
+    from.import_ok(
+        "users",
+        &from.file("users.ndjson", users.join("\n")),
+        "imported 7 users",
+    );
+    let yesterday = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 86_400_000;
+    let events = from.file(
+        "events.ndjson",
+        json!({"memberId": "m0", "name": "Viewed", "page": "=1+1", "createdAt": yesterday})
+            .to_string(),
+    );
+    from.import_ok("events", &events, "imported 1 events");
+
+    let export = |db: &Db, args: &[&str]| {
+        let (ok, out, err) = db.run(args);
+        assert!(ok, "{err}");
+        out
+    };
+    let runs = |cell: &str| match cell.chars().next() {
+        Some('=' | '@' | '\t' | '\r') => true,
+        Some('+' | '-') => cell[1..].parse::<f64>().is_err(),
+        _ => false,
+    };
+    let mut moved = Vec::new();
+    for kind in ["fields", "users", "events"] {
+        let text = export(&from, &["export", kind, "--format", "csv"]);
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+        for cell in rows.iter().flatten() {
+            assert!(!runs(cell), "{kind}: {cell:?} would run in a spreadsheet");
+        }
+        assert!(
+            rows.iter().flatten().any(|c| c.starts_with("'=")),
+            "{kind}: {text}"
+        );
+        moved.push((kind, from.file(&format!("{kind}.csv"), text)));
+    }
+    for (kind, file) in &moved {
+        to.import_ok(kind, file, "imported");
+    }
+    // The same, but for the ids each store made.
+    let same = |db: &Db, kind: &str| -> Vec<Value> {
+        let mut lines = ndjson(&export(db, &["export", kind]));
+        lines.iter_mut().for_each(|l| {
+            l.as_object_mut().unwrap().remove("id");
+        });
+        lines
+    };
+    for kind in ["fields", "users"] {
+        assert_eq!(same(&to, kind), same(&from, kind), "{kind}");
+    }
+    let users = ndjson(&export(&to, &["export", "users"]));
+    let names: Vec<&str> = users
+        .iter()
+        .map(|u| u["profile"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, planted, "read back as they were");
+    let pages: Vec<Value> = to.events().iter().map(|e| e["page"].clone()).collect();
+    assert_eq!(pages, [json!("=1+1")]);
+}
+
 both!(
+    csv_exports_do_not_run_in_sheets,
     fields_move_before_users,
     import_and_export,
     acknowledged_events_survive_kill_9,

@@ -262,15 +262,12 @@ pub async fn reveals(
 /// One CSV cell: lists joined by `;` as imports read them, formula characters neutralized,
 /// quoted when needed.
 pub(crate) fn csv_cell(v: &Value) -> String {
-    let s = sori_domain::import::csv_text(v);
-    // A leading formula character is neutralized so spreadsheets do not execute it.
-    let risky =
-        s.starts_with(['=', '@']) || (s.starts_with(['+', '-']) && s[1..].parse::<f64>().is_err());
-    let s = if risky { format!("'{s}") } else { s };
+    let text = sori_domain::import::csv_text(v);
+    let s = sori_domain::import::sheet_safe(&text);
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s
+        s.into_owned()
     }
 }
 
