@@ -20,7 +20,6 @@ pub fn ingest_of(
     source: EventSource,
     retention: Retention<'_>,
 ) -> Result<Ingest, Invalid> {
-    let message_id = call.message_id.clone();
     let event = match call.event {
         Some(input) => {
             let mut e = Invalid::both(
@@ -66,7 +65,7 @@ pub fn ingest_of(
         update: call.update.unwrap_or_default(),
         activity,
         events: event.into_iter().collect(),
-        message_id,
+        message_id: call.message_id,
     })
 }
 
