@@ -204,9 +204,18 @@ pub fn csv_cell(raw: &str, registered: Option<FieldType>) -> Option<Value> {
     if s.is_empty() {
         return None;
     }
-    let number = || {
+    // `exponent`: whether `1.5e-7` is read as a number (a Number field's cell, as exports
+    // write small and large numbers), or stays text (a column of codes such as `1E5`).
+    let number = |exponent: bool| {
         let plain = s.strip_prefix('-').unwrap_or(s);
         let leading_zero = plain.len() > 1 && plain.starts_with('0') && !plain.starts_with("0.");
+        if exponent && !leading_zero && plain.contains(['e', 'E']) && plain_number(plain) {
+            return s
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number);
+        }
         if leading_zero || !plain.chars().all(|c| c.is_ascii_digit() || c == '.') {
             return None;
         }
@@ -234,10 +243,10 @@ pub fn csv_cell(raw: &str, registered: Option<FieldType>) -> Option<Value> {
                 .map(|x| csv_cell(x, Some(FieldType::Number)).unwrap_or(Value::Null))
                 .collect(),
         ),
-        Some(FieldType::Number) => number().unwrap_or_else(|| Value::String(s.to_owned())),
+        Some(FieldType::Number) => number(true).unwrap_or_else(|| Value::String(s.to_owned())),
         Some(FieldType::Boolean) | None if s == "true" || s == "false" => Value::Bool(s == "true"),
-        Some(FieldType::Datetime) => number().unwrap_or_else(|| Value::String(s.to_owned())),
-        _ => number().unwrap_or_else(|| Value::String(s.to_owned())),
+        Some(FieldType::Datetime) => number(false).unwrap_or_else(|| Value::String(s.to_owned())),
+        _ => number(false).unwrap_or_else(|| Value::String(s.to_owned())),
     })
 }
 
@@ -290,26 +299,46 @@ pub fn csv_text(v: &Value) -> String {
 }
 
 /// Whether a spreadsheet would run `s` as a formula (or a DDE command) when it opens a CSV
-/// file: it starts with `=`, `@`, a tab or a carriage return, or with `+` or `-` and is
-/// not a plain number. Profile values come from browsers, so anyone could plant one in a
-/// business's export.
+/// file: it starts with a tab or a line end (some programs act on those first), or its
+/// first visible character is `=` or `@`, or `+` or `-` not starting a plain number.
+/// Profile values come from browsers, so anyone could plant one in a business's export.
 fn runs_in_a_sheet(s: &str) -> bool {
-    match s.chars().next() {
-        Some('=' | '@' | '\t' | '\r') => true,
-        Some('+' | '-') => s[1..].parse::<f64>().is_err(),
+    if s.starts_with(['\t', '\r', '\n']) {
+        return true;
+    }
+    let t = s.trim_start();
+    match t.chars().next() {
+        Some('=' | '@') => true,
+        Some('+' | '-') => !plain_number(&t[1..]),
         _ => false,
     }
 }
 
-/// Whether [`from_sheet_safe`] drops the leading `'` of `'` + `rest`.
+/// Whether `t` is an unsigned decimal number a spreadsheet reads as one: digits with at
+/// most one `.`, and an optional exponent (`1.5e-7`, as exports write small numbers).
+/// Rust's float parser would also take `inf`, `NaN` and a second sign.
+fn plain_number(t: &str) -> bool {
+    let (mantissa, exponent) = match t.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
+        None => (t, None),
+    };
+    mantissa.bytes().any(|b| b.is_ascii_digit())
+        && mantissa.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && mantissa.bytes().filter(|&b| b == b'.').count() <= 1
+        && exponent.is_none_or(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether [`from_sheet_safe`] drops the leading `'` of `'` + `rest`: before what a
+/// spreadsheet would run, another `'`, or a sign (tools that protect every cell starting
+/// with `+` or `-`, numbers included, write `'-5`).
 fn quoted_by_us(rest: &str) -> bool {
-    runs_in_a_sheet(rest) || rest.starts_with('\'')
+    runs_in_a_sheet(rest) || rest.starts_with(['\'', '+', '-'])
 }
 
 /// A CSV cell's text as exports write it: one that a spreadsheet would run gets a
 /// leading `'` (shown as text, not run), and so does one that starts with `'` where an
 /// import would take that `'` for ours, so [`from_sheet_safe`] gives every text back
-/// exactly. Numbers never change.
+/// (imports then trim it, as they trim every cell). Numbers never change.
 pub fn sheet_safe(s: &str) -> std::borrow::Cow<'_, str> {
     let ours = runs_in_a_sheet(s) || s.strip_prefix('\'').is_some_and(quoted_by_us);
     match ours {
@@ -318,8 +347,8 @@ pub fn sheet_safe(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A CSV cell as imports read it: the `'` that [`sheet_safe`] (or a spreadsheet user)
-/// put before a value a spreadsheet would run is dropped.
+/// A CSV cell as imports read it, before trimming: the `'` that [`sheet_safe`] (or a
+/// spreadsheet user) put before a value a spreadsheet would run is dropped.
 pub fn from_sheet_safe(s: &str) -> &str {
     match s.strip_prefix('\'') {
         Some(rest) if quoted_by_us(rest) => rest,
@@ -777,6 +806,18 @@ mod tests {
             ("'=x", "''=x"),
             ("''a", "'''a"),
             ("'a", "'a"),
+            ("'-5", "''-5"),
+            ("+inf", "'+inf"),
+            ("-NaN", "'-NaN"),
+            ("--1", "'--1"),
+            ("-1e", "'-1e"),
+            ("-.", "'-."),
+            ("-1e5", "-1e5"),
+            ("1e-7", "1e-7"),
+            ("-.5", "-.5"),
+            (" =x", "' =x"),
+            (" -5", " -5"),
+            ("\nx", "'\nx"),
             ("'", "'"),
             ("", ""),
             ("김민준", "김민준"),
@@ -983,6 +1024,19 @@ mod tests {
             Some(json!(["a", "b"]))
         );
         assert_eq!(csv_cell("  ", None), None);
+        // Exports write small and large numbers with an exponent: a Number field reads
+        // them back; an unregistered column keeps a code such as `1E5` as text.
+        let number = Some(FieldType::Number);
+        assert_eq!(csv_cell("1e-7", number), Some(json!(1e-7)));
+        assert_eq!(csv_cell("-1.23e+20", number), Some(json!(-1.23e20)));
+        assert_eq!(
+            csv_cell("1.5e-7;2", Some(FieldType::ListOfNumber)),
+            Some(json!([1.5e-7, 2]))
+        );
+        assert_eq!(csv_cell("1E5", None), Some(json!("1E5")));
+        assert_eq!(csv_cell("1e", number), Some(json!("1e")));
+        assert_eq!(csv_cell("01e5", number), Some(json!("01e5")));
+        assert_eq!(csv_cell("1e400", number), Some(json!("1e400")));
     }
 
     #[test]
@@ -1057,10 +1111,14 @@ mod tests {
         /// Every text comes back from an export's cell exactly, and no cell an export
         /// writes runs in a spreadsheet.
         #[test]
-        fn sheet_safe_round_trips(s in "['=+@\t\r0-9a-z.-]{0,6}") {
+        fn sheet_safe_round_trips(s in "['=+@\t\r\n 0-9.eEinfNa-]{0,7}") {
             let written = sheet_safe(&s);
             prop_assert!(!runs_in_a_sheet(&written), "{written:?}");
             prop_assert_eq!(from_sheet_safe(&written), s.as_str());
+            // The CSV reader gives a line end inside a quoted cell as LF.
+            let lf = |t: &str| t.replace("\r\n", "\n").replace('\r', "\n");
+            let read = lf(&written);
+            prop_assert_eq!(from_sheet_safe(&read), lf(&s));
         }
     }
 

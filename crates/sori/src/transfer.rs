@@ -524,11 +524,11 @@ impl<R: BufRead> Records<R> {
                                 ),
                             )),
                             None => {
-                                // Trimmed (spreadsheets leave stray spaces), and the `'`
-                                // an export put before a formula dropped.
+                                // The `'` an export put before a formula dropped, then
+                                // trimmed (spreadsheets leave stray spaces).
                                 let cells: Vec<String> = record
                                     .iter()
-                                    .map(|c| from_sheet_safe(c.trim()).to_owned())
+                                    .map(|c| from_sheet_safe(c).trim().to_owned())
                                     .collect();
                                 check_csv_width(headers, &cells).map(|()| cells)
                             }

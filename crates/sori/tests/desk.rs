@@ -245,7 +245,8 @@ async fn masking_reveal_and_audit(b: Backend) {
     assert_eq!((r.status, r.error_field()), (400, "profileOnce"));
 
     // Export is masked like the console, and a value a spreadsheet would run is not.
-    app.upsert("sheet", json!({"profile": {"name": "=1+2"}})).await;
+    app.upsert("sheet", json!({"profile": {"name": "=1+2"}}))
+        .await;
     let r = app
         .desk(&owner, Method::GET, "/desk/v1/exports/users.csv", None)
         .await;

@@ -859,26 +859,42 @@ async fn csv_exports_do_not_run_in_sheets(b: Backend) {
         "-2+3",
         "'=as typed",
         "'plain",
+        "'-5",
         "-5",
+        "-1e5",
+        "+inf",
+        "--1",
     ];
+    // Imports trim every CSV cell; the mark must not stay behind when they do.
+    let trimmed = [("-5 ", "-5"), ("\rx", "x"), (" =x", "=x"), ("\t=x", "=x")];
     let fields = from.file(
         "fields.ndjson",
-        json!({"key": "note", "name": "=Evil()", "type": "list"}).to_string(),
+        [
+            json!({"key": "note", "name": "=Evil()", "type": "list"}),
+            json!({"key": "score", "type": "number"}),
+        ]
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n"),
     );
-    from.import_ok("fields", &fields, "imported 1 fields");
-    let users: Vec<String> = planted
+    from.import_ok("fields", &fields, "imported 2 fields");
+    let mut users: Vec<String> = planted
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            json!({"memberId": format!("m{i}"), "profile": {"name": p, "note": [p, "ok"]},
-                   "tags": [format!("={i}")]})
+            json!({"memberId": format!("m{i}"), "profile": {"name": p, "note": [p, "ok"],
+                   "score": 1.5e-7 * (i + 1) as f64}, "tags": [format!("={i}")]})
             .to_string()
         })
         .collect();
+    users.extend(trimmed.iter().enumerate().map(|(i, (p, _))| {
+        json!({"memberId": format!("t{i}"), "profile": {"name": p}}).to_string()
+    }));
     from.import_ok(
         "users",
         &from.file("users.ndjson", users.join("\n")),
-        "imported 7 users",
+        "imported 15 users",
     );
     let yesterday = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -897,10 +913,17 @@ async fn csv_exports_do_not_run_in_sheets(b: Backend) {
         assert!(ok, "{err}");
         out
     };
-    let runs = |cell: &str| match cell.chars().next() {
-        Some('=' | '@' | '\t' | '\r') => true,
-        Some('+' | '-') => cell[1..].parse::<f64>().is_err(),
-        _ => false,
+    // A cell a spreadsheet would run: see sori_domain::import::sheet_safe.
+    let runs = |cell: &str| {
+        let t = cell.trim_start();
+        let number = |n: &str| {
+            n.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+                && n.chars().all(|c| c.is_ascii_digit() || ".eE+-".contains(c))
+                && n.parse::<f64>().is_ok()
+        };
+        cell.starts_with(['\t', '\r', '\n'])
+            || t.starts_with(['=', '@'])
+            || (t.starts_with(['+', '-']) && !number(&t[1..]))
     };
     let mut moved = Vec::new();
     for kind in ["fields", "users", "events"] {
@@ -927,15 +950,27 @@ async fn csv_exports_do_not_run_in_sheets(b: Backend) {
         });
         lines
     };
-    for kind in ["fields", "users"] {
-        assert_eq!(same(&to, kind), same(&from, kind), "{kind}");
-    }
+    assert_eq!(same(&to, "fields"), same(&from, "fields"));
+    let planted_users = |db: &Db| -> Vec<Value> {
+        let mut users = same(db, "users");
+        users.retain(|u| u["memberId"].as_str().unwrap().starts_with('m'));
+        users
+    };
+    assert_eq!(planted_users(&to), planted_users(&from));
     let users = ndjson(&export(&to, &["export", "users"]));
-    let names: Vec<&str> = users
-        .iter()
-        .map(|u| u["profile"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, planted, "read back as they were");
+    let name = |member: &str| {
+        users.iter().find(|u| u["memberId"] == member).unwrap()["profile"]["name"].clone()
+    };
+    for (i, p) in planted.iter().enumerate() {
+        assert_eq!(name(&format!("m{i}")), json!(p), "read back as it was");
+    }
+    for (i, (p, back)) in trimmed.iter().enumerate() {
+        assert_eq!(
+            name(&format!("t{i}")),
+            json!(back),
+            "{p:?}: trimmed, nothing added"
+        );
+    }
     let pages: Vec<Value> = to.events().iter().map(|e| e["page"].clone()).collect();
     assert_eq!(pages, [json!("=1+1")]);
 }
