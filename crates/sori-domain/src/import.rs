@@ -204,25 +204,20 @@ pub fn csv_cell(raw: &str, registered: Option<FieldType>) -> Option<Value> {
     if s.is_empty() {
         return None;
     }
-    // `exponent`: whether `1.5e-7` is read as a number (a Number field's cell, as exports
-    // write small and large numbers), or stays text (a column of codes such as `1E5`).
-    let number = |exponent: bool| {
+    // `field`: the cell is a Number field's, read as the API reads a JSON number (with an
+    // exponent, as exports write very small and large numbers, and whole numbers past 64
+    // bits); in a column no field types, `1E5` and long order numbers are codes: text.
+    let number = |field: bool| {
         let plain = s.strip_prefix('-').unwrap_or(s);
         let leading_zero = plain.len() > 1 && plain.starts_with('0') && !plain.starts_with("0.");
-        if exponent && !leading_zero && plain.contains(['e', 'E']) && plain_number(plain) {
-            return s
-                .parse::<f64>()
-                .ok()
-                .and_then(serde_json::Number::from_f64)
-                .map(Value::Number);
-        }
-        if leading_zero || !plain.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        if leading_zero || !plain_number(plain) || (!field && plain.contains(['e', 'E'])) {
             return None;
         }
-        // A whole number too long for 64 bits (an order or account number) would lose
-        // digits as a float: it stays text.
-        if !plain.contains('.') {
-            return s.parse::<i64>().ok().map(Value::from);
+        if !plain.contains(['.', 'e', 'E']) {
+            return match s.parse::<i64>() {
+                Ok(i) => Some(Value::from(i)),
+                Err(_) => field.then(|| serde_json::from_str(s).ok()).flatten(),
+            };
         }
         s.parse::<f64>().ok().and_then(|f| {
             if f.fract() == 0.0 && f.abs() < 9.0e15 {
@@ -1037,6 +1032,11 @@ mod tests {
         assert_eq!(csv_cell("1e", number), Some(json!("1e")));
         assert_eq!(csv_cell("01e5", number), Some(json!("01e5")));
         assert_eq!(csv_cell("1e400", number), Some(json!("1e400")));
+        assert_eq!(
+            csv_cell("12345678901234567890", number),
+            Some(json!(12_345_678_901_234_567_890_u64)),
+            "a Number field reads what its own export wrote"
+        );
     }
 
     #[test]
@@ -1087,7 +1087,11 @@ mod tests {
         );
         let e = csv_event(&headers, &row("abc"), &mut types).unwrap_err();
         assert_eq!(e.0[0].field, "property.n");
-        assert!(csv_event(&headers, &row("12345678901234567890"), &mut types).is_err());
+        // A whole number past 64 bits is still a number there, read exactly.
+        assert_eq!(
+            csv_event(&headers, &row("12345678901234567890"), &mut types).unwrap()["property"]["n"],
+            json!(12_345_678_901_234_567_890_u64)
+        );
     }
 
     #[test]

@@ -619,7 +619,79 @@ async fn rate_limit(b: Backend) {
     app.stop().await;
 }
 
+/// Numbers at the edges of a double (the largest, the smallest, long fractions) and whole
+/// numbers past 64 bits come back exactly, as profile values and event properties, and
+/// the audience still answers: on PostgreSQL a `jsonb` number is read back as a long
+/// decimal, and a parser that is not exact turned the largest double into "out of range"
+/// (every read of that user, and every count, failed).
+async fn extreme_numbers_round_trip(b: Backend) {
+    let app = spawn_app(b).await;
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/profile-fields",
+            Some(json!({"key": "num", "type": "number"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let numbers = [
+        json!(f64::MAX),
+        json!(f64::MIN),
+        json!(1.7e308),
+        json!(1.79e308),
+        json!(1.5e-300),
+        json!(5e-324),
+        json!(0.1),
+        json!(12_345_678_901_234_567_890_u64),
+        json!(i64::MIN),
+    ];
+    for (i, n) in numbers.iter().enumerate() {
+        let member = format!("n{i}");
+        let r = app.upsert(&member, json!({"profile": {"num": n}})).await;
+        assert_eq!(r.status, 200, "{n}: {:?}", r.body);
+        let r = app
+            .open(
+                Method::POST,
+                &format!("/open/v5/users/@{member}/events"),
+                Some(json!({"name": "Measured", "property": {"value": n}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{n}: {:?}", r.body);
+    }
+    for (i, n) in numbers.iter().enumerate() {
+        let member = format!("n{i}");
+        let user = app.member(&member).await;
+        assert_eq!(&user["profile"]["num"], n, "{user}");
+        let r = app
+            .open(
+                Method::GET,
+                &format!("/open/v5/users/@{member}/events"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(&r.body["events"][0]["property"]["value"], n, "{:?}", r.body);
+    }
+    let r = app
+        .open(
+            Method::POST,
+            "/open/v5/users/count",
+            Some(json!({"filter": {"and": [{"or": [
+                {"key": "profile.num", "operator": "$gt", "values": [0]}
+            ]}]}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["count"]),
+        (200, &json!(7)),
+        "{:?}",
+        r.body
+    );
+    app.stop().await;
+}
+
 both!(
+    extreme_numbers_round_trip,
     upsert_semantics,
     bad_input_changes_nothing,
     tenants_are_isolated,

@@ -888,13 +888,20 @@ async fn csv_exports_do_not_run_in_sheets(b: Backend) {
             .to_string()
         })
         .collect();
+    // A Number field reads back what its export writes: exponents, and whole numbers
+    // past 64 bits.
+    users.push(
+        json!({"memberId": "m-big", "profile": {"score": 12_345_678_901_234_567_890_u64}})
+            .to_string(),
+    );
+    users.push(json!({"memberId": "m-max", "profile": {"score": f64::MAX}}).to_string());
     users.extend(trimmed.iter().enumerate().map(|(i, (p, _))| {
         json!({"memberId": format!("t{i}"), "profile": {"name": p}}).to_string()
     }));
     from.import_ok(
         "users",
         &from.file("users.ndjson", users.join("\n")),
-        "imported 15 users",
+        "imported 17 users",
     );
     let yesterday = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
