@@ -409,7 +409,7 @@ pub fn check_property(path: &str, property: Option<Value>) -> Result<Map<String,
     }
     for v in obj.values_mut() {
         if v.is_f64() {
-            *v = crate::value::without_negative_zero(std::mem::take(v));
+            *v = crate::value::canonical_number(std::mem::take(v));
         }
     }
     Ok(obj)

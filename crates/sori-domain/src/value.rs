@@ -35,7 +35,7 @@ pub fn check(key: &str, ty: FieldType, v: &Value, tz: &TimeZone) -> Result<Value
             if n.as_f64().is_none_or(|f| !f.is_finite()) {
                 return Err("must be a finite number".into());
             }
-            without_negative_zero(v.clone())
+            canonical_number(v.clone())
         }
         (FieldType::String, Value::String(s)) => Value::String(check_string(key, s)?),
         (FieldType::Date, _) => Value::String(to_date(v, tz)?),
@@ -62,21 +62,37 @@ pub fn check(key: &str, ty: FieldType, v: &Value, tz: &TimeZone) -> Result<Value
             {
                 return Err(format!("item {i} must be a number ({})", kind(item)));
             }
-            Value::Array(items.iter().cloned().map(without_negative_zero).collect())
+            Value::Array(items.iter().cloned().map(canonical_number).collect())
         }
         _ => return Err(format!("must be a {ty} value, got {}", kind(v))),
     };
     Ok(normalized)
 }
 
-/// `-0` as `0`. JSON's `-0` reaches us as a float with its sign, which SQLite keeps and
-/// PostgreSQL's `numeric` drops, so the two stores would answer differently; and it is the
-/// same number.
-pub fn without_negative_zero(v: Value) -> Value {
-    match v.as_f64() {
-        Some(f) if f == 0.0 && f.is_sign_negative() => Value::from(0),
-        _ => v,
+/// A number as both stores give it back. JSON's `-0` reaches us as a float with its sign,
+/// which SQLite keeps and PostgreSQL's `numeric` drops: it becomes `0`. A whole float from
+/// 10^16 up (written `1e16`) comes back from a PostgreSQL `jsonb` column as the integer
+/// `10000000000000000`, longer than what was checked against the profile's size limit and
+/// never equal to the float sent again: it becomes that integer here when it fits in 64
+/// bits. (Smaller whole floats keep their `.0` in `jsonb`, and larger ones come back as
+/// floats.)
+pub fn canonical_number(v: Value) -> Value {
+    let Some(f) = v.as_f64().filter(|_| v.is_f64()) else {
+        return v;
+    };
+    if f == 0.0 && f.is_sign_negative() {
+        return Value::from(0);
     }
+    if f.fract() == 0.0 && f.abs() >= 1e16 {
+        // (Both bounds are exact doubles; `as` rounds nothing in between.)
+        if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+            return Value::from(f as i64);
+        }
+        if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+            return Value::from(f as u64);
+        }
+    }
+    v
 }
 
 fn check_string(key: &str, s: &str) -> Result<String, String> {
@@ -128,22 +144,30 @@ fn check_email(s: &str) -> Result<String, String> {
     }
 }
 
+/// Dates are stored as `YYYY-MM-DD` text, which sorts and compares as the dates do only
+/// for years 0000 to 9999: an earlier one is written `-009999-01-01` and would compare as
+/// text, so it is refused.
 fn to_date(v: &Value, tz: &TimeZone) -> Result<String, String> {
-    match v {
+    let date = match v {
         Value::String(s) => s
             .parse::<Date>()
-            .map(|d| d.to_string())
-            .map_err(|_| format!("`{s}` is not a date; use YYYY-MM-DD or epoch milliseconds")),
+            .map_err(|_| format!("`{s}` is not a date; use YYYY-MM-DD or epoch milliseconds"))?,
         Value::Number(_) => {
             let ts = Timestamp::from_millisecond(as_i64(v)?)
                 .map_err(|_| "timestamp out of range".to_owned())?;
-            Ok(ts.to_zoned(tz.clone()).date().to_string())
+            ts.to_zoned(tz.clone()).date()
         }
-        _ => Err(format!(
-            "must be a date (YYYY-MM-DD or epoch milliseconds), got {}",
-            kind(v)
-        )),
+        _ => {
+            return Err(format!(
+                "must be a date (YYYY-MM-DD or epoch milliseconds), got {}",
+                kind(v)
+            ));
+        }
+    };
+    if date.year() < 0 {
+        return Err("must be a date from 0000-01-01 to 9999-12-31".into());
     }
+    Ok(date.to_string())
 }
 
 fn to_millis(v: &Value) -> Result<i64, String> {
@@ -401,6 +425,26 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn numbers_are_kept_as_the_stores_give_them_back() {
+        let c = |text: &str| canonical_number(serde_json::from_str(text).unwrap()).to_string();
+        assert_eq!(c("-0"), "0");
+        assert_eq!(c("-0.0"), "0");
+        assert_eq!(c("0.0"), "0.0");
+        assert_eq!(c("4.0"), "4.0");
+        assert_eq!(c("1e15"), "1000000000000000.0");
+        assert_eq!(c("1e16"), "10000000000000000");
+        assert_eq!(c("-1e16"), "-10000000000000000");
+        assert_eq!(c("1.5e18"), "1500000000000000000");
+        assert_eq!(c("-9.223372036854775808e18"), "-9223372036854775808");
+        assert_eq!(c("1e19"), "10000000000000000000");
+        assert_eq!(c("1.8446744073709552e19"), "1.8446744073709552e+19");
+        assert_eq!(c("1e20"), "1e+20");
+        assert_eq!(c("1.5e16"), "15000000000000000");
+        assert_eq!(c("12345678901234567890"), "12345678901234567890");
+        assert_eq!(c("0.5"), "0.5");
+    }
+
+    #[test]
     fn quoted_text_shows_its_escapes_as_json_writes_them() {
         // A terminal escape, a line break, a direction override: the operator's terminal
         // and the client's log see them as text.
@@ -498,6 +542,13 @@ mod tests {
             Ok(json!("2024-02-29"))
         );
         assert!(check("d", FieldType::Date, &json!("2023-02-29"), &tz).is_err());
+        // Stored as text, a date before year 0 would compare as text.
+        assert!(check("d", FieldType::Date, &json!("-009999-01-01"), &tz).is_err());
+        assert!(check("d", FieldType::Date, &json!(-62_200_000_000_000_i64), &tz).is_err());
+        assert_eq!(
+            check("d", FieldType::Date, &json!("0000-01-01"), &tz),
+            Ok(json!("0000-01-01"))
+        );
         // 2024-01-01T15:00Z is already 2024-01-02 in Seoul.
         assert_eq!(
             check("d", FieldType::Date, &json!(1_704_121_200_000_i64), &tz),

@@ -690,7 +690,52 @@ async fn extreme_numbers_round_trip(b: Backend) {
     app.stop().await;
 }
 
+/// A whole float from 10^16 up comes back from PostgreSQL's `jsonb` as an integer, longer
+/// than `1e16`: it is stored as that integer on both backends, so the profile's size is
+/// checked as stored (a profile near the limit could be written, then no longer changed
+/// on PostgreSQL), and sending it again changes nothing.
+async fn large_whole_floats_are_stored_as_read_back(b: Backend) {
+    let app = spawn_app(b).await;
+    let near_limit = |last: usize| {
+        let mut p = serde_json::Map::new();
+        for i in 0..30 {
+            p.insert(format!("z{i}"), json!("x".repeat(500)));
+        }
+        p.insert("zlast".into(), json!("y".repeat(last)));
+        p.insert("zn".into(), serde_json::from_str::<Value>("1e16").unwrap());
+        json!({ "profile": p })
+    };
+    // As `1e16` this profile would fit; as stored (`10000000000000000`) it does not.
+    let r = app.upsert("big", near_limit(73)).await;
+    assert_eq!(
+        (r.status, r.error_field()),
+        (400, "profile"),
+        "{:?}",
+        r.body
+    );
+    let r = app.upsert("big", near_limit(60)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = app
+        .open(
+            Method::PATCH,
+            &format!("/open/v5/users/{}", r.body["user"]["id"].as_str().unwrap()),
+            Some(json!({"unsubscribeEmail": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let user = app.member("big").await;
+    assert_eq!(user["profile"]["zn"].to_string(), "10000000000000000");
+    let r = app.upsert("big", near_limit(60)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["user"]["updatedAt"], user["updatedAt"],
+        "nothing changed"
+    );
+    app.stop().await;
+}
+
 both!(
+    large_whole_floats_are_stored_as_read_back,
     extreme_numbers_round_trip,
     upsert_semantics,
     bad_input_changes_nothing,
