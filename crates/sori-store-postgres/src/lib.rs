@@ -1310,7 +1310,7 @@ impl Store for PostgresStore {
             "SELECT name, CAST(sum(n) AS BIGINT) AS n FROM ( \
              SELECT name, count AS n FROM user_event_stats WHERE channel_id = $1 AND user_id = $2 \
              UNION ALL SELECT name, count(*) AS n FROM events \
-             WHERE channel_id = $1 AND user_id = $2 GROUP BY name) t GROUP BY name ORDER BY name",
+             WHERE channel_id = $1 AND user_id = $2 GROUP BY name) t GROUP BY name ORDER BY name COLLATE \"C\"",
         )
         .bind(channel_id)
         .bind(user_id)
@@ -1333,11 +1333,12 @@ impl Store for PostgresStore {
     }
 
     async fn segments(&self, channel_id: i64) -> Result<Vec<Segment>> {
-        let rows = sqlx::query("SELECT * FROM segments WHERE channel_id = $1 ORDER BY name")
-            .bind(channel_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let rows =
+            sqlx::query("SELECT * FROM segments WHERE channel_id = $1 ORDER BY name COLLATE \"C\"")
+                .bind(channel_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
         rows.iter().map(segment_from_row).collect()
     }
 

@@ -627,6 +627,25 @@ async fn segments_api(b: Backend) {
     assert_eq!(r.status, 204);
     let r = app.open(Method::GET, "/open/v5/segments", None).await;
     assert_eq!(r.body["segments"], json!([]));
+    // Listed by name in code-point order on both backends, whatever PostgreSQL's
+    // collation (the test databases use ICU's en-US, which would put `_under` first).
+    let names = ["apple", "Zebra", "_under", "Äpfel"];
+    for name in names {
+        let body = json!({"name": name, "filter": {"and": [{"or": [
+            {"key": "member", "operator": "$eq", "values": [true]}]}]}});
+        let r = app
+            .open(Method::POST, "/open/v5/segments", Some(body))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let r = app.open(Method::GET, "/open/v5/segments", None).await;
+    let listed: Vec<&str> = r.body["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["Zebra", "_under", "apple", "Äpfel"]);
     app.stop().await;
 }
 

@@ -50,10 +50,16 @@ pub async fn fresh_pg_database() -> String {
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("connect to admin database");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
+    // With ICU's en-US collation, as production clusters sort text, not the test
+    // cluster's C: an order that depends on the database's collation shows up as a
+    // difference between the backends.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' \
+         LOCALE 'C.UTF-8'"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("create test database");
     let (base, _) = admin.rsplit_once('/').expect("URL has a database part");
     format!("{base}/{name}")
 }
