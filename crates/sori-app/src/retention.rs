@@ -34,7 +34,9 @@ impl App {
                     .delete_events_before(id, cutoff, upto, CHUNK)
                     .await?;
                 total += n;
-                if n < u64::from(CHUNK) {
+                // Until a chunk finds nothing: another node's pass may have taken part of
+                // this one (both pick the oldest rows), which is no sign of the end.
+                if n == 0 {
                     break;
                 }
                 tokio::task::yield_now().await;
@@ -44,7 +46,7 @@ impl App {
                 .store
                 .delete_call_keys_before(id, cutoff, CHUNK)
                 .await?
-                == u64::from(CHUNK)
+                > 0
             {
                 tokio::task::yield_now().await;
             }

@@ -917,6 +917,17 @@ impl Store for PostgresStore {
         // for followers of the change sequence.
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let seq = next_seq(&mut tx).await?;
+        // The row first, as write batches lock it before they add events or merge into
+        // it: a batch holding it commits before the deletes below read (its events go
+        // too), and one that comes after finds no user. Deleting the events first let a
+        // batch add events between them and the row, left to a user that no longer
+        // exists, and a merge in flight deadlocked with the delete.
+        sqlx::query("SELECT 1 FROM users WHERE channel_id = $1 AND id = $2 FOR UPDATE")
+            .bind(channel_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         for sql in [
             "DELETE FROM events WHERE channel_id = $1 AND user_id = $2",
             "DELETE FROM call_keys WHERE channel_id = $1 AND user_id = $2",
