@@ -811,6 +811,16 @@ impl Store for PostgresStore {
 
     async fn delete_profile_field(&self, channel_id: i64, key: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        // The change lock exclusively, so that no write batch is in flight while the key
+        // leaves the profiles: one that read the registry before would write the key back
+        // after the values are removed. Batches in flight commit first (their values go
+        // too); batches after read the registry without the field (a value of the key then
+        // registers it again, as any new key does).
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         let seq = next_seq(&mut tx).await?;
         let r = sqlx::query(
             "DELETE FROM profile_fields WHERE channel_id = $1 AND key = $2 AND NOT builtin",

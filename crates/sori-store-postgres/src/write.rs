@@ -23,12 +23,17 @@ use crate::{
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// The change number, taken before any row lock (see `next_seq`), with the field registries
-/// of the batch's channels.
-const SEQ_AND_FIELDS: &str = "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1::bigint)), \
-     s AS MATERIALIZED (SELECT nextval('change_seq') AS seq FROM l) \
+/// The shared change lock, taken before the change number and any row lock (see
+/// `next_seq`), in a statement of its own: the registries are then read with a snapshot
+/// taken once the lock is held. Read in the lock's statement, they were as they stood
+/// before any wait for it, and a batch that waited for a profile field's deletion (which
+/// holds the lock exclusively) wrote the deleted key back into profiles.
+const CHANGE_LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1)";
+
+/// The change number, with the field registries of the batch's channels.
+const SEQ_AND_FIELDS: &str = "WITH s AS MATERIALIZED (SELECT nextval('change_seq') AS seq) \
      SELECT s.seq, f.channel_id, f.key, f.name, f.type, f.sensitive, f.builtin, \
-     f.created_at FROM s LEFT JOIN profile_fields f ON f.channel_id = ANY($2::bigint[])";
+     f.created_at FROM s LEFT JOIN profile_fields f ON f.channel_id = ANY($1::bigint[])";
 
 /// Moves `lastSeenAt` later and `createdAt` earlier for events-only writes; `updatedAt`
 /// moves when either does (as on the full path: both are visible fields). The change
@@ -441,12 +446,10 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
     let mut read = Script::default();
     read.raw("BEGIN");
     read.raw(GENERIC_PLANS);
+    read.push(CHANGE_LOCK_SHARED, &[Lit::Int(CHANGE_LOCK)])?;
     let fields_at = read.exec(
         "sori_seq",
-        &[
-            Lit::Int(CHANGE_LOCK),
-            Lit::Ints(channel_ids.iter().map(|c| Some(*c)).collect()),
-        ],
+        &[Lit::Ints(channel_ids.iter().map(|c| Some(*c)).collect())],
     )?;
     // Channels in ascending order, each on the plan its lookup can use.
     let mut lookups = Vec::new();

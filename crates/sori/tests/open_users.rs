@@ -734,7 +734,62 @@ async fn large_whole_floats_are_stored_as_read_back(b: Backend) {
     app.stop().await;
 }
 
+/// Deleting a profile field while writes of its key are in flight: afterwards either the
+/// key is registered again (a write after the deletion registers it, as any new key) or
+/// no profile holds it. On PostgreSQL a batch that read the registry before the deletion
+/// wrote the key back after its values were removed (the writes also go through a second
+/// node there).
+async fn field_deletion_races_writes(b: Backend) {
+    let app = std::sync::Arc::new(spawn_app(b).await);
+    let other = match b {
+        Backend::Postgres => std::sync::Arc::new(app.second_node().await),
+        Backend::Sqlite => app.clone(),
+    };
+    for round in 0..10 {
+        let key = format!("racy{round}");
+        app.register_field(&key, "number").await;
+        let mut tasks = Vec::new();
+        for t in 0..6 {
+            let node = if t % 2 == 0 { &app } else { &other }.clone();
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = node
+                    .upsert(&format!("fd-{t}"), json!({"profile": {key: 101}}))
+                    .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+            }));
+        }
+        let r = other
+            .open(
+                Method::DELETE,
+                &format!("/open/v5/profile-fields/{key}"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 204, "{:?}", r.body);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let fields = app.open(Method::GET, "/open/v5/profile-fields", None).await;
+        let registered = fields.body["profileFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["key"] == key.as_str());
+        if !registered {
+            for t in 0..6 {
+                let user = app.member(&format!("fd-{t}")).await;
+                assert!(
+                    user["profile"].get(&key).is_none(),
+                    "round {round}: `{key}` is not registered but {user}"
+                );
+            }
+        }
+    }
+}
+
 both!(
+    field_deletion_races_writes,
     large_whole_floats_are_stored_as_read_back,
     extreme_numbers_round_trip,
     upsert_semantics,
