@@ -2618,10 +2618,7 @@ async fn late_retried_and_merged_calls(b: Backend) {
 /// also go through a second node).
 async fn deletes_race_writes(b: Backend) {
     let app = std::sync::Arc::new(spawn_app(b).await);
-    let other = match b {
-        Backend::Postgres => std::sync::Arc::new(app.second_node().await),
-        Backend::Sqlite => app.clone(),
-    };
+    let other = app.other_node().await;
     let ch: i64 = app.creds.channel_id.parse().unwrap();
     for round in 0..12 {
         let member = format!("doomed-{round}");
@@ -2696,10 +2693,7 @@ async fn deletes_race_writes(b: Backend) {
 /// overlap depends on timing and this test does not always produce it).
 async fn retention_passes_side_by_side(b: Backend) {
     let app = std::sync::Arc::new(spawn_app(b).await);
-    let other = match b {
-        Backend::Postgres => std::sync::Arc::new(app.second_node().await),
-        Backend::Sqlite => app.clone(),
-    };
+    let other = app.other_node().await;
     let set_days = |days: i64| {
         let app = app.clone();
         async move {

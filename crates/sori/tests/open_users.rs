@@ -741,10 +741,7 @@ async fn large_whole_floats_are_stored_as_read_back(b: Backend) {
 /// node there).
 async fn field_deletion_races_writes(b: Backend) {
     let app = std::sync::Arc::new(spawn_app(b).await);
-    let other = match b {
-        Backend::Postgres => std::sync::Arc::new(app.second_node().await),
-        Backend::Sqlite => app.clone(),
-    };
+    let other = app.other_node().await;
     for round in 0..10 {
         let key = format!("racy{round}");
         app.register_field(&key, "number").await;

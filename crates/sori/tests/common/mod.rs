@@ -266,6 +266,15 @@ impl TestApp {
     }
 
     /// Stops the server gracefully.
+    /// Where a scenario sends part of its writes: another node on PostgreSQL (several
+    /// share one database), the same server on SQLite (one server per store).
+    pub async fn other_node(self: &std::sync::Arc<Self>) -> std::sync::Arc<TestApp> {
+        match self.backend {
+            Backend::Postgres => std::sync::Arc::new(self.second_node().await),
+            Backend::Sqlite => self.clone(),
+        }
+    }
+
     /// Another node on this app's PostgreSQL database (several nodes share one; a second
     /// server on a SQLite store is refused), with the same credentials.
     pub async fn second_node(&self) -> TestApp {
