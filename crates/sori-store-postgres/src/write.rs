@@ -30,6 +30,12 @@ type Result<T> = std::result::Result<T, StoreError>;
 /// holds the lock exclusively) wrote the deleted key back into profiles.
 const CHANGE_LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1)";
 
+/// Locks the users a batch addresses in channel `$1` (ids `$2`, member ids `$3`, veil ids
+/// `$4`, as the lookups take them) in id order.
+const LOCK_IN_ID_ORDER: &str = "SELECT 1 FROM users WHERE channel_id = $1 \
+     AND (id = ANY($2::text[]) OR member_id = ANY($3::text[]) \
+     OR (member_id IS NULL AND veil_id = ANY($4::text[]))) ORDER BY id FOR UPDATE";
+
 /// The change number, with the field registries of the batch's channels.
 const SEQ_AND_FIELDS: &str = "WITH s AS MATERIALIZED (SELECT nextval('change_seq') AS seq) \
      SELECT s.seq, f.channel_id, f.key, f.name, f.type, f.sensitive, f.builtin, \
@@ -414,11 +420,10 @@ async fn stored_owners(
 
 /// Writes a batch: two round trips and the events' insert, planned by `plan_user_writes`.
 async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpResult>> {
-    // Rows are locked channel by channel in ascending order; within a channel in id order
-    // (member-only lookups too, see `by_members_in_id_order`), whole-row ops' rows before
-    // the light ops' rows. Batches that meet in another order (a user written whole by one
-    // and lightly by the other, and the reverse) deadlock; PostgreSQL breaks that and the
-    // writer retries.
+    // Rows are locked channel by channel in ascending order, within a channel in id order
+    // (member-only lookups too, see `by_members_in_id_order`); a batch with both whole-row
+    // and light ops locks all its rows so first (`LOCK_IN_ID_ORDER`), so batches never
+    // meet in opposite orders. (A deadlock PostgreSQL breaks is still retried.)
     let mut keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
     let mut light_keys: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
     for op in ops {
@@ -451,6 +456,24 @@ async fn write_planned(writers: &Writers, ops: &[UserOp]) -> Result<Vec<UserOpRe
         "sori_seq",
         &[Lit::Ints(channel_ids.iter().map(|c| Some(*c)).collect())],
     )?;
+    // A batch that writes some users whole and others events-only would lock them in two
+    // runs (whole rows, then the others), and two batches (on two nodes) holding the same
+    // two users in opposite roles would each wait for the other until PostgreSQL broke
+    // the deadlock a second later. Such a batch locks all of them first, channel by
+    // channel in id order, as every other batch's single run does.
+    if keys.values().any(|k| !k.is_empty()) && !light_keys.is_empty() {
+        read.raw(CUSTOM_PLANS);
+        let mut all: BTreeMap<i64, ChannelKeys<'_>> = BTreeMap::new();
+        for (ch, k) in keys.iter().chain(&light_keys) {
+            let into = all.entry(*ch).or_default();
+            into.ids.extend(&k.ids);
+            into.members.extend(&k.members);
+            into.veils.extend(&k.veils);
+        }
+        for (ch, k) in all.iter().filter(|(_, k)| !k.is_empty()) {
+            read.push(LOCK_IN_ID_ORDER, &k.args(*ch))?;
+        }
+    }
     // Channels in ascending order, each on the plan its lookup can use.
     let mut lookups = Vec::new();
     for (ch, k) in keys.iter().filter(|(_, k)| !k.is_empty()) {
