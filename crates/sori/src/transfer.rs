@@ -1066,7 +1066,7 @@ pub async fn export(
         Kind::Fields => {
             let csv = format == Format::Csv;
             if csv {
-                out.write_all(&csv_line(&FIELD_LINE_COLUMNS.map(str::to_owned))?)?;
+                out.write_all(&csv_line(FIELD_LINE_COLUMNS)?)?;
             }
             // Profile fields, then the built-in user fields' masking (the one thing of
             // theirs a store sets).
@@ -1123,7 +1123,7 @@ pub async fn export(
                     "source",
                     "property",
                 ];
-                out.write_all(&csv_line(&header.map(str::to_owned))?)?;
+                out.write_all(&csv_line(header)?)?;
             }
             let mut after: Option<(i64, String)> = None;
             loop {
@@ -1194,7 +1194,7 @@ pub async fn export(
 }
 
 /// One CSV record, quoted as needed.
-fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
+fn csv_line<T: AsRef<[u8]>>(fields: impl IntoIterator<Item = T>) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(fields)?;
     w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
@@ -1205,9 +1205,7 @@ fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
 /// it back as it was.
 fn csv_row(cells: &[String]) -> anyhow::Result<Vec<u8>> {
     let safe: Vec<Cow<'_, str>> = cells.iter().map(|c| sheet_safe(c)).collect();
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(safe.iter().map(|c| c.as_bytes()))?;
-    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
+    csv_line(safe.iter().map(|c| c.as_bytes()))
 }
 
 fn cell(v: Option<&Value>) -> String {
