@@ -13,6 +13,7 @@ pub mod users;
 use std::sync::Arc;
 
 use sori_domain::Invalid;
+use sori_domain::team::TeamRefusal;
 use sori_store::{Store, StoreError};
 
 pub use audience::{Audience, Engine};
@@ -57,6 +58,15 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => AppError::Conflict(m),
+            StoreError::Refused(r) => match r {
+                TeamRefusal::Forbidden(m) => AppError::Forbidden(m),
+                TeamRefusal::NoSuchRole(_) => Invalid::one("roleId", r.to_string()).into(),
+                TeamRefusal::NotFound(_) => AppError::NotFound(r.to_string()),
+                TeamRefusal::TooManyRoles
+                | TeamRefusal::NameTaken(_)
+                | TeamRefusal::LastOwner
+                | TeamRefusal::RoleHeld => AppError::Conflict(r.to_string()),
+            },
             StoreError::Transient(_) => AppError::Unavailable,
             StoreError::Unavailable(cause) => {
                 tracing::warn!(%cause, "store unavailable");

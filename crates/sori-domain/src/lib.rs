@@ -19,6 +19,7 @@ pub mod member_hash;
 pub mod phone;
 pub mod role;
 pub mod segment;
+pub mod team;
 pub mod update;
 pub mod user;
 pub mod user_agent;

@@ -80,9 +80,6 @@ pub struct StateInner {
     pub metrics: PrometheusHandle,
     /// See [`HttpConfig::cookie_secure`].
     pub cookie_secure: bool,
-    /// Held while a custom role is created or changed: the name and count checks read the
-    /// roles and then write, and two requests at once would both pass them.
-    pub role_writes: tokio::sync::Mutex<()>,
 }
 
 /// Builds the whole HTTP surface.
@@ -95,7 +92,6 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
         )),
         metrics: metrics_handle(),
         cookie_secure: cfg.cookie_secure,
-        role_writes: tokio::sync::Mutex::new(()),
     }));
     use open::{channel as och, events as oe, fields as of, segments as osg, users as ou};
     let open = Router::new()

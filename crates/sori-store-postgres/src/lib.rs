@@ -11,7 +11,7 @@ use sori_store_sqlx::{
     EventAggregates, LOG_CHANGES, PRUNED_MARK, RowDecode, WHOLE_CHANGES, catalog_entry,
     channel as channel_from_row, field as field_from_row, log_change, manager as manager_from_row,
     merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
-    scope_str, segment as segment_from_row, user as user_from_row,
+    scope_str, seat as seat_from_row, segment as segment_from_row, user as user_from_row,
 };
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -21,10 +21,11 @@ use futures_util::TryStreamExt;
 use sori_domain::change::Change;
 use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
+use sori_domain::team::Team;
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     CatalogEntry, ChangeBatch, Channel, ChannelSettingsPatch, Cursor, Manager, Merge, NewChannel,
-    RevealRecord, Segment, Session, Store, StoreError, UserOp, UserOpResult,
+    RevealRecord, Segment, Session, Store, StoreError, TeamWrite, UserOp, UserOpResult,
 };
 use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -128,6 +129,12 @@ const ACTIVITY_CHANGES: &str = "SELECT u.channel_id, u.id, u.last_seen_at, u.cre
 
 /// Advisory lock key serializing migrations across nodes that start at the same time.
 const MIGRATION_LOCK: i64 = 7_261_001;
+/// First key of the per-channel advisory lock that team writes take (the two-key locks
+/// are a space apart from the one-key ones above).
+const TEAM_LOCK: i32 = 7_261_003;
+
+const ROLES_SELECT: &str =
+    "SELECT * FROM roles WHERE channel_id = $1 ORDER BY builtin DESC, id = 'basic', id";
 
 /// The user columns in table order, JSON columns read back as text for `UserRow`.
 /// Users of channel `$1` whose id is in `$2`, member id in `$3`, or (anonymous) veil id in
@@ -628,44 +635,91 @@ impl Store for PostgresStore {
     }
 
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
-        let rows = sqlx::query(
-            "SELECT * FROM roles WHERE channel_id = $1 ORDER BY builtin DESC, id = 'basic', id",
-        )
-        .bind(channel_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(ROLES_SELECT)
+            .bind(channel_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         rows.iter().map(role_from_row).collect()
     }
 
-    async fn insert_role(&self, channel_id: i64, role: &Role) -> Result<()> {
-        insert_role(&self.pool, channel_id, role).await
-    }
-
-    async fn update_role(&self, channel_id: i64, role: &Role) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE roles SET name = $1, permissions = $2, inbox_scope = $3 \
-             WHERE channel_id = $4 AND id = $5 AND NOT builtin",
-        )
-        .bind(&role.name)
-        .bind(perms_json(role))
-        .bind(scope_str(role.inbox_scope))
-        .bind(channel_id)
-        .bind(&role.id)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn delete_role(&self, channel_id: i64, role_id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM roles WHERE channel_id = $1 AND id = $2 AND NOT builtin")
+    async fn change_team(&self, channel_id: i64, actor_id: &str, write: &TeamWrite) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Held to commit: the team's writes on every node queue here, and each reads the
+        // team (fresh statements under read committed) after the one before committed.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::int4)")
+            .bind(TEAM_LOCK)
             .bind(channel_id)
-            .bind(role_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
+        let roles = sqlx::query(ROLES_SELECT)
+            .bind(channel_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let seats = sqlx::query("SELECT id, role_id FROM managers WHERE channel_id = $1")
+            .bind(channel_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let team = Team {
+            roles: roles.iter().map(role_from_row).collect::<Result<_>>()?,
+            seats: seats.iter().map(seat_from_row).collect::<Result<_>>()?,
+        };
+        team.check(actor_id, write.change())?;
+        match write {
+            TeamWrite::CreateRole(role) => insert_role(&mut *tx, channel_id, role).await?,
+            TeamWrite::UpdateRole(role) => {
+                sqlx::query(
+                    "UPDATE roles SET name = $1, permissions = $2, inbox_scope = $3 \
+                     WHERE channel_id = $4 AND id = $5",
+                )
+                .bind(&role.name)
+                .bind(perms_json(role))
+                .bind(scope_str(role.inbox_scope))
+                .bind(channel_id)
+                .bind(&role.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+            TeamWrite::DeleteRole(id) => {
+                sqlx::query("DELETE FROM roles WHERE channel_id = $1 AND id = $2")
+                    .bind(channel_id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+            TeamWrite::AddManager(m) => insert_manager(&mut *tx, m).await?,
+            TeamWrite::SetRole {
+                manager_id,
+                role_id,
+            } => {
+                sqlx::query("UPDATE managers SET role_id = $1 WHERE channel_id = $2 AND id = $3")
+                    .bind(role_id)
+                    .bind(channel_id)
+                    .bind(manager_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+            TeamWrite::RemoveManager(id) => {
+                for sql in [
+                    "DELETE FROM sessions WHERE channel_id = $1 AND manager_id = $2",
+                    "DELETE FROM managers WHERE channel_id = $1 AND id = $2",
+                ] {
+                    sqlx::query(sql)
+                        .bind(channel_id)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(backend)
     }
 
     async fn managers(&self, channel_id: i64) -> Result<Vec<Manager>> {
@@ -694,39 +748,6 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         row.as_ref().map(manager_from_row).transpose()
-    }
-
-    async fn insert_manager(&self, manager: &Manager) -> Result<()> {
-        insert_manager(&self.pool, manager).await
-    }
-
-    async fn set_manager_role(&self, channel_id: i64, id: &str, role_id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE managers SET role_id = $1 WHERE channel_id = $2 AND id = $3")
-            .bind(role_id)
-            .bind(channel_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn delete_manager(&self, channel_id: i64, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query("DELETE FROM sessions WHERE channel_id = $1 AND manager_id = $2")
-            .bind(channel_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let r = sqlx::query("DELETE FROM managers WHERE channel_id = $1 AND id = $2")
-            .bind(channel_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(r.rows_affected() == 1)
     }
 
     async fn insert_session(&self, s: &Session) -> Result<()> {

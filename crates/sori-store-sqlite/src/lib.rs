@@ -14,7 +14,8 @@ mod walbuf;
 use sori_store_sqlx::{
     catalog_entry, channel as channel_from_row, field as field_from_row,
     manager as manager_from_row, merge as merge_from_row, perms_json, reveal as reveal_from_row,
-    role as role_from_row, scope_str, segment as segment_from_row, user as user_from_row,
+    role as role_from_row, scope_str, seat as seat_from_row, segment as segment_from_row,
+    user as user_from_row,
 };
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -23,10 +24,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
+use sori_domain::team::Team;
 use sori_domain::{ProfileField, Registry, Role, User};
 use sori_store::{
     CatalogEntry, ChangeBatch, Channel, ChannelSettingsPatch, Cursor, Manager, Merge, NewChannel,
-    RevealRecord, Segment, Session, Store, StoreError, UserOp, UserOpResult,
+    RevealRecord, Segment, Session, Store, StoreError, TeamWrite, UserOp, UserOpResult,
 };
 use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
 use sqlx::sqlite::{
@@ -269,6 +271,9 @@ const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND create
     AND rowid < (SELECT max(rowid) FROM events) AND rowid <= ?4 \
     ORDER BY created_at, id LIMIT ?3";
 
+const ROLES_SELECT: &str =
+    "SELECT * FROM roles WHERE channel_id = ? ORDER BY builtin DESC, id = 'basic', id";
+
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";
 
@@ -490,46 +495,89 @@ impl Store for SqliteStore {
     }
 
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
-        let rows = sqlx::query(
-            "SELECT * FROM roles WHERE channel_id = ? ORDER BY builtin DESC, id = 'basic', id",
-        )
-        .bind(channel_id)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(ROLES_SELECT)
+            .bind(channel_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
         rows.iter().map(role_from_row).collect()
     }
 
-    async fn insert_role(&self, channel_id: i64, role: &Role) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        insert_role_tx(&mut tx, channel_id, role).await?;
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn update_role(&self, channel_id: i64, role: &Role) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE roles SET name = ?, permissions = ?, inbox_scope = ? \
-             WHERE channel_id = ? AND id = ? AND builtin = 0",
-        )
-        .bind(&role.name)
-        .bind(perms_json(role))
-        .bind(scope_str(role.inbox_scope))
-        .bind(channel_id)
-        .bind(&role.id)
-        .execute(&self.writer)
-        .await
-        .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn delete_role(&self, channel_id: i64, role_id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM roles WHERE channel_id = ? AND id = ? AND builtin = 0")
-            .bind(channel_id)
-            .bind(role_id)
-            .execute(&self.writer)
+    async fn change_team(&self, channel_id: i64, actor_id: &str, write: &TeamWrite) -> Result<()> {
+        // The write lock before the team is read, so no other connection or process
+        // changes the team between the check and the write.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
+        let roles = sqlx::query(ROLES_SELECT)
+            .bind(channel_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let seats = sqlx::query("SELECT id, role_id FROM managers WHERE channel_id = ?")
+            .bind(channel_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let team = Team {
+            roles: roles.iter().map(role_from_row).collect::<Result<_>>()?,
+            seats: seats.iter().map(seat_from_row).collect::<Result<_>>()?,
+        };
+        team.check(actor_id, write.change())?;
+        match write {
+            TeamWrite::CreateRole(role) => insert_role_tx(&mut tx, channel_id, role).await?,
+            TeamWrite::UpdateRole(role) => {
+                sqlx::query(
+                    "UPDATE roles SET name = ?, permissions = ?, inbox_scope = ? \
+                     WHERE channel_id = ? AND id = ?",
+                )
+                .bind(&role.name)
+                .bind(perms_json(role))
+                .bind(scope_str(role.inbox_scope))
+                .bind(channel_id)
+                .bind(&role.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+            TeamWrite::DeleteRole(id) => {
+                sqlx::query("DELETE FROM roles WHERE channel_id = ? AND id = ?")
+                    .bind(channel_id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+            TeamWrite::AddManager(m) => insert_manager_tx(&mut tx, m).await?,
+            TeamWrite::SetRole {
+                manager_id,
+                role_id,
+            } => {
+                sqlx::query("UPDATE managers SET role_id = ? WHERE channel_id = ? AND id = ?")
+                    .bind(role_id)
+                    .bind(channel_id)
+                    .bind(manager_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+            TeamWrite::RemoveManager(id) => {
+                for sql in [
+                    "DELETE FROM sessions WHERE channel_id = ? AND manager_id = ?",
+                    "DELETE FROM managers WHERE channel_id = ? AND id = ?",
+                ] {
+                    sqlx::query(sql)
+                        .bind(channel_id)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(backend)
     }
 
     async fn managers(&self, channel_id: i64) -> Result<Vec<Manager>> {
@@ -558,41 +606,6 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         row.as_ref().map(manager_from_row).transpose()
-    }
-
-    async fn insert_manager(&self, manager: &Manager) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        insert_manager_tx(&mut tx, manager).await?;
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn set_manager_role(&self, channel_id: i64, id: &str, role_id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE managers SET role_id = ? WHERE channel_id = ? AND id = ?")
-            .bind(role_id)
-            .bind(channel_id)
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(backend)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn delete_manager(&self, channel_id: i64, id: &str) -> Result<bool> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        sqlx::query("DELETE FROM sessions WHERE channel_id = ? AND manager_id = ?")
-            .bind(channel_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let r = sqlx::query("DELETE FROM managers WHERE channel_id = ? AND id = ?")
-            .bind(channel_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(r.rows_affected() == 1)
     }
 
     async fn insert_session(&self, s: &Session) -> Result<()> {

@@ -5,6 +5,7 @@
 pub mod filter_sql;
 
 use sori_domain::event::{Event, EventSource};
+use sori_domain::team::Seat;
 use sori_domain::{FieldType, InboxScope, ProfileField, ProfileKey, Role, User};
 use sori_store::{
     CatalogEntry, Channel, Manager, Merge, RevealRecord, Segment, StoreError, UserRow,
@@ -121,6 +122,14 @@ pub fn manager<R: SoriRow>(r: &R) -> Result<Manager, StoreError> {
         role_id: r.col("role_id")?,
         password_hash: r.col("password_hash")?,
         created_at: r.col("created_at")?,
+    })
+}
+
+/// A manager as the team rules see them (rows of `SELECT id, role_id FROM managers`).
+pub fn seat<R: SoriRow>(r: &R) -> Result<Seat, StoreError> {
+    Ok(Seat {
+        id: r.col("id")?,
+        role_id: r.col("role_id")?,
     })
 }
 

@@ -8,6 +8,7 @@ mod types;
 use async_trait::async_trait;
 use sori_domain::event::{Event, NewEvent};
 use sori_domain::filter::{EventTest, Query};
+use sori_domain::team::TeamRefusal;
 use sori_domain::{ProfileField, Role, User};
 
 pub use plan::{
@@ -16,10 +17,10 @@ pub use plan::{
 };
 pub use types::{
     CatalogEntry, Channel, ChannelSettingsPatch, Manager, NewChannel, RevealRecord, Segment,
-    Session, UserRow,
+    Session, TeamWrite, UserRow,
 };
 
-/// Failures of the store that are not the caller's fault, except `Conflict`.
+/// Failures of the store that are not the caller's fault, except `Conflict` and `Refused`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A unique key is taken (e-mail of a manager, key of a profile field, ...).
@@ -38,6 +39,9 @@ pub enum StoreError {
     /// instead of waiting out a pool's timeout for a 500.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A team change the team rules refuse (checked inside the write).
+    #[error("refused: {0}")]
+    Refused(#[from] TeamRefusal),
     /// Stored data could not be decoded (a bug or a hand-edited database).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -108,12 +112,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Roles of a channel, built-in first.
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>>;
-    /// Adds a custom role.
-    async fn insert_role(&self, channel_id: i64, role: &Role) -> Result<()>;
-    /// Replaces a custom role; false when absent.
-    async fn update_role(&self, channel_id: i64, role: &Role) -> Result<bool>;
-    /// Deletes a custom role; false when absent.
-    async fn delete_role(&self, channel_id: i64, role_id: &str) -> Result<bool>;
+    /// Applies a team change made by the manager `actor_id` if the team rules allow it
+    /// against the team as stored: the check and the write are one transaction, taken one
+    /// at a time per channel across every node (`Refused` otherwise).
+    async fn change_team(&self, channel_id: i64, actor_id: &str, write: &TeamWrite) -> Result<()>;
 
     /// Managers of a channel.
     async fn managers(&self, channel_id: i64) -> Result<Vec<Manager>>;
@@ -121,12 +123,6 @@ pub trait Store: Send + Sync + 'static {
     async fn managers_by_email(&self, email: &str) -> Result<Vec<Manager>>;
     /// One manager.
     async fn manager(&self, channel_id: i64, id: &str) -> Result<Option<Manager>>;
-    /// Adds a manager; `Conflict` when the e-mail is taken in the channel.
-    async fn insert_manager(&self, manager: &Manager) -> Result<()>;
-    /// Changes a manager's role; false when absent.
-    async fn set_manager_role(&self, channel_id: i64, id: &str, role_id: &str) -> Result<bool>;
-    /// Removes a manager and their sessions; false when absent.
-    async fn delete_manager(&self, channel_id: i64, id: &str) -> Result<bool>;
 
     /// Stores a login session.
     async fn insert_session(&self, session: &Session) -> Result<()>;

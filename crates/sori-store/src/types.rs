@@ -1,7 +1,8 @@
 //! Rows that cross the storage seam.
 
 use serde_json::{Map, Value};
-use sori_domain::{DeviceInfo, User};
+use sori_domain::team::TeamChange;
+use sori_domain::{DeviceInfo, Role, User};
 
 use crate::StoreError;
 
@@ -93,6 +94,51 @@ pub struct Manager {
     pub password_hash: String,
     /// Creation time (ms).
     pub created_at: i64,
+}
+
+/// A change of a channel's team as the store applies it: one of
+/// [`sori_domain::team::TeamChange`] with what the store writes for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TeamWrite {
+    /// Adds a custom role.
+    CreateRole(Role),
+    /// Replaces a custom role's name, permissions and scope.
+    UpdateRole(Role),
+    /// Deletes a custom role.
+    DeleteRole(String),
+    /// Adds a manager (`Conflict` when the e-mail is taken in the channel).
+    AddManager(Manager),
+    /// Gives a manager another role.
+    SetRole {
+        /// The manager.
+        manager_id: String,
+        /// The role they are to hold.
+        role_id: String,
+    },
+    /// Removes a manager and their sessions.
+    RemoveManager(String),
+}
+
+impl TeamWrite {
+    /// The change the team rules judge.
+    pub fn change(&self) -> TeamChange<'_> {
+        match self {
+            TeamWrite::CreateRole(r) => TeamChange::CreateRole(r),
+            TeamWrite::UpdateRole(r) => TeamChange::UpdateRole(r),
+            TeamWrite::DeleteRole(id) => TeamChange::DeleteRole(id),
+            TeamWrite::AddManager(m) => TeamChange::AddManager {
+                role_id: &m.role_id,
+            },
+            TeamWrite::SetRole {
+                manager_id,
+                role_id,
+            } => TeamChange::SetRole {
+                manager_id,
+                role_id,
+            },
+            TeamWrite::RemoveManager(id) => TeamChange::RemoveManager(id),
+        }
+    }
 }
 
 /// A console login session.

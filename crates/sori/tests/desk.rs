@@ -702,6 +702,174 @@ async fn user_events_and_catalog(b: Backend) {
     app.stop().await;
 }
 
+/// The team rules that compare a change with the whole team (one owner at least, a role
+/// name once, at most 20 custom roles, no held role deleted) hold for requests at once
+/// on two nodes (PostgreSQL) or one server (SQLite): each is checked against the team
+/// as the write finds it.
+async fn team_rules_hold_across_nodes(b: Backend) {
+    let app = std::sync::Arc::new(spawn_app(b).await);
+    let other = app.other_node().await;
+    let mut owner = app
+        .login(&app.creds.owner.email, &app.creds.owner.password)
+        .await;
+    for round in 0..4 {
+        // Two owners demote each other at once, each through another node: one may win.
+        let email = format!("o{round}@example.com");
+        let r = app
+            .desk(&owner, Method::POST, "/desk/v1/managers", Some(json!({"email": email, "name": "O", "password": "owner-pass", "roleId": "owner"})))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let new_id = r.body["id"].as_str().unwrap().to_owned();
+        let new = other.login(&email, "owner-pass").await;
+        let me = app.desk(&owner, Method::GET, "/desk/v1/me", None).await;
+        let old_id = me.body["manager"]["id"].as_str().unwrap().to_owned();
+        let demote =
+            |node: &std::sync::Arc<common::TestApp>, s: &(String, String), target: &str| {
+                let (node, s, path) = (
+                    node.clone(),
+                    s.clone(),
+                    format!("/desk/v1/managers/{target}"),
+                );
+                async move {
+                    node.desk(&s, Method::PATCH, &path, Some(json!({"roleId": "basic"})))
+                        .await
+                }
+            };
+        let (a, c) = tokio::join!(demote(&app, &owner, &new_id), demote(&other, &new, &old_id));
+        let statuses = [a.status, c.status];
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 204).count(),
+            1,
+            "round {round}: one demotion, the other refused: {:?} {:?}",
+            a.body,
+            c.body
+        );
+        // The demoted one leaves; the one left is the owner of the next round.
+        let (kept, gone) = if a.status == 204 {
+            (owner, new_id)
+        } else {
+            (new, old_id)
+        };
+        owner = kept;
+        let ms = app
+            .desk(&owner, Method::GET, "/desk/v1/managers", None)
+            .await;
+        let owners = ms.body["managers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["roleId"] == "owner")
+            .count();
+        assert_eq!(owners, 1, "round {round}: {:?}", ms.body);
+        let r = app
+            .desk(
+                &owner,
+                Method::DELETE,
+                &format!("/desk/v1/managers/{gone}"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 204, "{:?}", r.body);
+    }
+    finish(app, other, owner).await;
+
+    async fn finish(
+        app: std::sync::Arc<common::TestApp>,
+        other: std::sync::Arc<common::TestApp>,
+        owner: (String, String),
+    ) {
+        // The same name on two nodes at once: one role.
+        let role = |node: std::sync::Arc<common::TestApp>, name: String| {
+            let owner = owner.clone();
+            async move {
+                node.desk(
+                    &owner,
+                    Method::POST,
+                    "/desk/v1/roles",
+                    Some(json!({"name": name, "permissions": [], "inboxScope": "all"})),
+                )
+                .await
+            }
+        };
+        let (a, c) = tokio::join!(
+            role(app.clone(), "Twin".into()),
+            role(other.clone(), "twin".into())
+        );
+        let made = [&a, &c].iter().filter(|r| r.status == 201).count();
+        assert_eq!(made, 1, "{:?} {:?}", a.body, c.body);
+        // The 20th custom role twice at once: one of them.
+        for i in 2..20 {
+            let r = role(app.clone(), format!("R{i}")).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+        }
+        let (a, c) = tokio::join!(
+            role(app.clone(), "Last A".into()),
+            role(other.clone(), "Last B".into())
+        );
+        assert_eq!(
+            [a.status, c.status].iter().filter(|s| **s == 201).count(),
+            1,
+            "{:?} {:?}",
+            a.body,
+            c.body
+        );
+        let roles = app.desk(&owner, Method::GET, "/desk/v1/roles", None).await;
+        let custom: Vec<_> = roles.body["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["builtin"] == false)
+            .cloned()
+            .collect();
+        assert_eq!(custom.len(), 20);
+        // A role deleted while a manager is given it: either the role stays held, or the
+        // manager keeps the role they had; never a manager holding a deleted role.
+        let doomed = custom[0]["id"].as_str().unwrap().to_owned();
+        let r = app
+            .desk(&owner, Method::POST, "/desk/v1/managers", Some(json!({"email": "m@example.com", "name": "M", "password": "m-password", "roleId": "basic"})))
+            .await;
+        let m = r.body["id"].as_str().unwrap().to_owned();
+        let (give_path, delete_path) = (
+            format!("/desk/v1/managers/{m}"),
+            format!("/desk/v1/roles/{doomed}"),
+        );
+        let (give, delete) = tokio::join!(
+            app.desk(
+                &owner,
+                Method::PATCH,
+                &give_path,
+                Some(json!({"roleId": doomed}))
+            ),
+            other.desk(&owner, Method::DELETE, &delete_path, None)
+        );
+        assert_ne!(
+            (give.status, delete.status),
+            (204, 204),
+            "{:?} {:?}",
+            give.body,
+            delete.body
+        );
+        let ms = app
+            .desk(&owner, Method::GET, "/desk/v1/managers", None)
+            .await;
+        let roles = app.desk(&owner, Method::GET, "/desk/v1/roles", None).await;
+        for m in ms.body["managers"].as_array().unwrap() {
+            assert!(
+                roles.body["roles"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["id"] == m["roleId"]),
+                "{m:?} holds a role that is gone"
+            );
+        }
+        drop(other);
+        if let Ok(app) = std::sync::Arc::try_unwrap(app) {
+            app.stop().await;
+        }
+    }
+}
+
 both!(
     user_events_and_catalog,
     export_pages_through_every_user,
@@ -709,5 +877,6 @@ both!(
     masking_reveal_and_audit,
     roles_and_managers,
     no_privilege_escalation,
-    login_across_channels
+    login_across_channels,
+    team_rules_hold_across_nodes
 );

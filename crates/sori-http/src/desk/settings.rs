@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 use sori_app::channels::{check_email, check_password};
 use sori_app::secrets::{hash_password, new_id, now_ms};
 use sori_domain::field::{BUILTIN_FIELDS, builtin_type};
-use sori_domain::role::MAX_CUSTOM_ROLES;
 use sori_domain::{InboxScope, Permission, Role};
-use sori_store::Manager;
+use sori_store::{Manager, TeamWrite};
 use utoipa::ToSchema;
 
 use super::{Desk, ManagerView};
@@ -242,38 +241,17 @@ pub async fn create_role(
 ) -> ApiResult<(StatusCode, Json<Role>)> {
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
-    let ch = ctx.channel.channel.id;
-    let _writing = state.role_writes.lock().await;
-    let roles = state.app.store.roles(ch).await?;
-    let custom = roles.iter().filter(|r| !r.builtin).count();
-    if custom >= MAX_CUSTOM_ROLES {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("a channel may have at most {MAX_CUSTOM_ROLES} custom roles"),
-        ));
-    }
     let role = req.into_role(new_id())?;
-    name_is_free(&roles, &role)?;
-    ctx.role.may_grant(&role).map_err(ApiError::forbidden)?;
-    state.app.store.insert_role(ch, &role).await?;
+    state
+        .app
+        .store
+        .change_team(
+            ctx.channel.channel.id,
+            &ctx.manager.id,
+            &TeamWrite::CreateRole(role.clone()),
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(role)))
-}
-
-/// Refuses a role name another role of the channel has (built-in ones included, in any
-/// case): a manager picks a role by its name, and two alike could not be told apart.
-fn name_is_free(roles: &[Role], role: &Role) -> ApiResult<()> {
-    match roles
-        .iter()
-        .find(|r| r.id != role.id && r.name.to_lowercase() == role.name.to_lowercase())
-    {
-        Some(taken) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("a role named `{}` exists", taken.name),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Changes a custom role; built-in roles are fixed.
@@ -288,28 +266,15 @@ pub async fn update_role(
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
     let role = req.into_role(id)?;
-    let _writing = state.role_writes.lock().await;
-    let existing = state.app.store.roles(ctx.channel.channel.id).await?;
-    let Some(stored) = existing.iter().find(|r| r.id == role.id && !r.builtin) else {
-        return Err(ApiError::not_found("custom role"));
-    };
-    // A name kept as it was is not checked: two alike stored before names were unique
-    // must still be changeable.
-    if stored.name.to_lowercase() != role.name.to_lowercase() {
-        name_is_free(&existing, &role)?;
-    }
-    if role.id == ctx.role.id {
-        return Err(ApiError::forbidden("you cannot change your own role"));
-    }
-    ctx.role.may_grant(&role).map_err(ApiError::forbidden)?;
-    if !state
+    state
         .app
         .store
-        .update_role(ctx.channel.channel.id, &role)
-        .await?
-    {
-        return Err(ApiError::not_found("custom role"));
-    }
+        .change_team(
+            ctx.channel.channel.id,
+            &ctx.manager.id,
+            &TeamWrite::UpdateRole(role.clone()),
+        )
+        .await?;
     Ok(Json(role))
 }
 
@@ -322,24 +287,15 @@ pub async fn delete_role(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     ctx.require(Permission::TeamManagement)?;
-    let ch = ctx.channel.channel.id;
-    if state
+    state
         .app
         .store
-        .managers(ch)
-        .await?
-        .iter()
-        .any(|m| m.role_id == id)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "managers still hold this role",
-        ));
-    }
-    if !state.app.store.delete_role(ch, &id).await? {
-        return Err(ApiError::not_found("custom role"));
-    }
+        .change_team(
+            ctx.channel.channel.id,
+            &ctx.manager.id,
+            &TeamWrite::DeleteRole(id),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -385,24 +341,6 @@ pub async fn list_managers(
     }))
 }
 
-/// Checks that `role_id` exists and that the acting manager may grant it.
-async fn check_grant(
-    state: &AppState,
-    ctx: &sori_app::ManagerContext,
-    role_id: &str,
-) -> ApiResult<Role> {
-    let role = state
-        .app
-        .store
-        .roles(ctx.channel.channel.id)
-        .await?
-        .into_iter()
-        .find(|r| r.id == role_id)
-        .ok_or_else(|| ApiError::field("roleId", format!("no role `{role_id}` in this channel")))?;
-    ctx.role.may_grant(&role).map_err(ApiError::forbidden)?;
-    Ok(role)
-}
-
 /// Adds a manager.
 #[utoipa::path(post, path = "/desk/v1/managers", tag = "desk", request_body = NewManager,
     responses((status = 201, body = ManagerView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -417,7 +355,6 @@ pub async fn create_manager(
     let email = check_email("email", &req.email)?;
     check_password("password", &req.password)?;
     let name = sori_domain::value::display_name("name", &req.name, 100)?;
-    check_grant(&state, &ctx, &req.role_id).await?;
     let pw = req.password.clone();
     let password_hash = tokio::task::spawn_blocking(move || hash_password(&pw))
         .await
@@ -431,10 +368,11 @@ pub async fn create_manager(
         password_hash,
         created_at: now_ms(),
     };
+    let view = ManagerView::from(&m);
     state
         .app
         .store
-        .insert_manager(&m)
+        .change_team(ch, &ctx.manager.id, &TeamWrite::AddManager(m))
         .await
         .map_err(|e| match e {
             sori_store::StoreError::Conflict(_) => ApiError::new(
@@ -444,20 +382,7 @@ pub async fn create_manager(
             ),
             other => other.into(),
         })?;
-    Ok((StatusCode::CREATED, Json(ManagerView::from(&m))))
-}
-
-async fn ensure_not_last_owner(state: &AppState, ch: i64, id: &str) -> ApiResult<()> {
-    let ms = state.app.store.managers(ch).await?;
-    let owners: Vec<_> = ms.iter().filter(|m| m.role_id == "owner").collect();
-    if owners.len() == 1 && owners[0].id == id {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "a channel must keep at least one owner",
-        ));
-    }
-    Ok(())
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// Changes a manager's role.
@@ -471,33 +396,15 @@ pub async fn update_manager(
 ) -> ApiResult<StatusCode> {
     ctx.require(Permission::TeamManagement)?;
     let req: ManagerPatch = body.parse()?;
-    let ch = ctx.channel.channel.id;
-    if id == ctx.manager.id {
-        return Err(ApiError::forbidden("you cannot change your own role"));
-    }
-    check_grant(&state, &ctx, &req.role_id).await?;
-    let target = state
+    let write = TeamWrite::SetRole {
+        manager_id: id,
+        role_id: req.role_id,
+    };
+    state
         .app
         .store
-        .manager(ch, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("manager"))?;
-    if target.role_id == "owner" && ctx.role.id != "owner" {
-        return Err(ApiError::forbidden(
-            "only owners may change an owner's role",
-        ));
-    }
-    if req.role_id != "owner" {
-        ensure_not_last_owner(&state, ch, &id).await?;
-    }
-    if !state
-        .app
-        .store
-        .set_manager_role(ch, &id, &req.role_id)
-        .await?
-    {
-        return Err(ApiError::not_found("manager"));
-    }
+        .change_team(ctx.channel.channel.id, &ctx.manager.id, &write)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -510,19 +417,14 @@ pub async fn delete_manager(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     ctx.require(Permission::TeamManagement)?;
-    let ch = ctx.channel.channel.id;
-    let target = state
+    state
         .app
         .store
-        .manager(ch, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("manager"))?;
-    if target.role_id == "owner" && ctx.role.id != "owner" {
-        return Err(ApiError::forbidden("only owners may remove an owner"));
-    }
-    ensure_not_last_owner(&state, ch, &id).await?;
-    if !state.app.store.delete_manager(ch, &id).await? {
-        return Err(ApiError::not_found("manager"));
-    }
+        .change_team(
+            ctx.channel.channel.id,
+            &ctx.manager.id,
+            &TeamWrite::RemoveManager(id),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
