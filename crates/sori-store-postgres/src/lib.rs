@@ -28,6 +28,7 @@ use sori_store::{
     RevealRecord, Segment, Session, Store, StoreError, TeamWrite, UserOp, UserOpResult,
 };
 use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
+use sori_store_sqlx::team_sql;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgExecutor, Row};
 
@@ -132,9 +133,6 @@ const MIGRATION_LOCK: i64 = 7_261_001;
 /// First key of the per-channel advisory lock that team writes take (the two-key locks
 /// are a space apart from the one-key ones above).
 const TEAM_LOCK: i32 = 7_261_003;
-
-const ROLES_SELECT: &str =
-    "SELECT * FROM roles WHERE channel_id = $1 ORDER BY builtin DESC, id = 'basic', id";
 
 /// The user columns in table order, JSON columns read back as text for `UserRow`.
 /// Users of channel `$1` whose id is in `$2`, member id in `$3`, or (anonymous) veil id in
@@ -635,7 +633,7 @@ impl Store for PostgresStore {
     }
 
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
-        let rows = sqlx::query(ROLES_SELECT)
+        let rows = sqlx::query(team_sql::roles_select(Dialect::Postgres))
             .bind(channel_id)
             .fetch_all(&self.pool)
             .await
@@ -653,12 +651,12 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let roles = sqlx::query(ROLES_SELECT)
+        let roles = sqlx::query(team_sql::roles_select(Dialect::Postgres))
             .bind(channel_id)
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
-        let seats = sqlx::query("SELECT id, role_id FROM managers WHERE channel_id = $1")
+        let seats = sqlx::query(team_sql::seats_select(Dialect::Postgres))
             .bind(channel_id)
             .fetch_all(&mut *tx)
             .await
@@ -668,56 +666,11 @@ impl Store for PostgresStore {
             seats: seats.iter().map(seat_from_row).collect::<Result<_>>()?,
         };
         team.check(actor_id, write.change())?;
-        match write {
-            TeamWrite::CreateRole(role) => insert_role(&mut *tx, channel_id, role).await?,
-            TeamWrite::UpdateRole(role) => {
-                sqlx::query(
-                    "UPDATE roles SET name = $1, permissions = $2, inbox_scope = $3 \
-                     WHERE channel_id = $4 AND id = $5",
-                )
-                .bind(&role.name)
-                .bind(perms_json(role))
-                .bind(scope_str(role.inbox_scope))
-                .bind(channel_id)
-                .bind(&role.id)
+        for sql in team_sql::team_write(Dialect::Postgres, channel_id, write) {
+            bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
-            }
-            TeamWrite::DeleteRole(id) => {
-                sqlx::query("DELETE FROM roles WHERE channel_id = $1 AND id = $2")
-                    .bind(channel_id)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            TeamWrite::AddManager(m) => insert_manager(&mut *tx, m).await?,
-            TeamWrite::SetRole {
-                manager_id,
-                role_id,
-            } => {
-                sqlx::query("UPDATE managers SET role_id = $1 WHERE channel_id = $2 AND id = $3")
-                    .bind(role_id)
-                    .bind(channel_id)
-                    .bind(manager_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            TeamWrite::RemoveManager(id) => {
-                for sql in [
-                    "DELETE FROM sessions WHERE channel_id = $1 AND manager_id = $2",
-                    "DELETE FROM managers WHERE channel_id = $1 AND id = $2",
-                ] {
-                    sqlx::query(sql)
-                        .bind(channel_id)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                }
-            }
         }
         tx.commit().await.map_err(backend)
     }

@@ -31,6 +31,7 @@ use sori_store::{
     RevealRecord, Segment, Session, Store, StoreError, TeamWrite, UserOp, UserOpResult,
 };
 use sori_store_sqlx::filter_sql::{self, Arg, Dialect};
+use sori_store_sqlx::team_sql;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -271,9 +272,6 @@ const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND create
     AND rowid < (SELECT max(rowid) FROM events) AND rowid <= ?4 \
     ORDER BY created_at, id LIMIT ?3";
 
-const ROLES_SELECT: &str =
-    "SELECT * FROM roles WHERE channel_id = ? ORDER BY builtin DESC, id = 'basic', id";
-
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";
 
@@ -495,7 +493,7 @@ impl Store for SqliteStore {
     }
 
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
-        let rows = sqlx::query(ROLES_SELECT)
+        let rows = sqlx::query(team_sql::roles_select(Dialect::Sqlite))
             .bind(channel_id)
             .fetch_all(&self.reader)
             .await
@@ -511,12 +509,12 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        let roles = sqlx::query(ROLES_SELECT)
+        let roles = sqlx::query(team_sql::roles_select(Dialect::Sqlite))
             .bind(channel_id)
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
-        let seats = sqlx::query("SELECT id, role_id FROM managers WHERE channel_id = ?")
+        let seats = sqlx::query(team_sql::seats_select(Dialect::Sqlite))
             .bind(channel_id)
             .fetch_all(&mut *tx)
             .await
@@ -526,56 +524,11 @@ impl Store for SqliteStore {
             seats: seats.iter().map(seat_from_row).collect::<Result<_>>()?,
         };
         team.check(actor_id, write.change())?;
-        match write {
-            TeamWrite::CreateRole(role) => insert_role_tx(&mut tx, channel_id, role).await?,
-            TeamWrite::UpdateRole(role) => {
-                sqlx::query(
-                    "UPDATE roles SET name = ?, permissions = ?, inbox_scope = ? \
-                     WHERE channel_id = ? AND id = ?",
-                )
-                .bind(&role.name)
-                .bind(perms_json(role))
-                .bind(scope_str(role.inbox_scope))
-                .bind(channel_id)
-                .bind(&role.id)
+        for sql in team_sql::team_write(Dialect::Sqlite, channel_id, write) {
+            bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
-            }
-            TeamWrite::DeleteRole(id) => {
-                sqlx::query("DELETE FROM roles WHERE channel_id = ? AND id = ?")
-                    .bind(channel_id)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            TeamWrite::AddManager(m) => insert_manager_tx(&mut tx, m).await?,
-            TeamWrite::SetRole {
-                manager_id,
-                role_id,
-            } => {
-                sqlx::query("UPDATE managers SET role_id = ? WHERE channel_id = ? AND id = ?")
-                    .bind(role_id)
-                    .bind(channel_id)
-                    .bind(manager_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            TeamWrite::RemoveManager(id) => {
-                for sql in [
-                    "DELETE FROM sessions WHERE channel_id = ? AND manager_id = ?",
-                    "DELETE FROM managers WHERE channel_id = ? AND id = ?",
-                ] {
-                    sqlx::query(sql)
-                        .bind(channel_id)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                }
-            }
         }
         tx.commit().await.map_err(backend)
     }

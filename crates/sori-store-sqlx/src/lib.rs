@@ -3,6 +3,7 @@
 //! sqlx's `Row`; each backend keeps its own SQL, migrations and error mapping.
 
 pub mod filter_sql;
+pub mod team_sql;
 
 use sori_domain::event::{Event, EventSource};
 use sori_domain::team::Seat;

@@ -219,6 +219,21 @@ impl RoleBody {
     }
 }
 
+/// Makes a team change as the acting manager (the store checks the team rules in the
+/// write).
+async fn change_team(
+    state: &AppState,
+    ctx: &sori_app::ManagerContext,
+    write: TeamWrite,
+) -> Result<(), sori_store::StoreError> {
+    let ch = ctx.channel.channel.id;
+    state
+        .app
+        .store
+        .change_team(ch, &ctx.manager.id, &write)
+        .await
+}
+
 /// Lists roles (team-management permission).
 #[utoipa::path(get, path = "/desk/v1/roles", tag = "desk", responses((status = 200, body = RolesEnvelope)))]
 pub async fn list_roles(
@@ -242,15 +257,7 @@ pub async fn create_role(
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
     let role = req.into_role(new_id())?;
-    state
-        .app
-        .store
-        .change_team(
-            ctx.channel.channel.id,
-            &ctx.manager.id,
-            &TeamWrite::CreateRole(role.clone()),
-        )
-        .await?;
+    change_team(&state, &ctx, TeamWrite::CreateRole(role.clone())).await?;
     Ok((StatusCode::CREATED, Json(role)))
 }
 
@@ -266,15 +273,7 @@ pub async fn update_role(
     ctx.require(Permission::TeamManagement)?;
     let req: RoleBody = body.parse()?;
     let role = req.into_role(id)?;
-    state
-        .app
-        .store
-        .change_team(
-            ctx.channel.channel.id,
-            &ctx.manager.id,
-            &TeamWrite::UpdateRole(role.clone()),
-        )
-        .await?;
+    change_team(&state, &ctx, TeamWrite::UpdateRole(role.clone())).await?;
     Ok(Json(role))
 }
 
@@ -287,15 +286,7 @@ pub async fn delete_role(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     ctx.require(Permission::TeamManagement)?;
-    state
-        .app
-        .store
-        .change_team(
-            ctx.channel.channel.id,
-            &ctx.manager.id,
-            &TeamWrite::DeleteRole(id),
-        )
-        .await?;
+    change_team(&state, &ctx, TeamWrite::DeleteRole(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -369,10 +360,7 @@ pub async fn create_manager(
         created_at: now_ms(),
     };
     let view = ManagerView::from(&m);
-    state
-        .app
-        .store
-        .change_team(ch, &ctx.manager.id, &TeamWrite::AddManager(m))
+    change_team(&state, &ctx, TeamWrite::AddManager(m))
         .await
         .map_err(|e| match e {
             sori_store::StoreError::Conflict(_) => ApiError::new(
@@ -400,11 +388,7 @@ pub async fn update_manager(
         manager_id: id,
         role_id: req.role_id,
     };
-    state
-        .app
-        .store
-        .change_team(ctx.channel.channel.id, &ctx.manager.id, &write)
-        .await?;
+    change_team(&state, &ctx, write).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -417,14 +401,6 @@ pub async fn delete_manager(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     ctx.require(Permission::TeamManagement)?;
-    state
-        .app
-        .store
-        .change_team(
-            ctx.channel.channel.id,
-            &ctx.manager.id,
-            &TeamWrite::RemoveManager(id),
-        )
-        .await?;
+    change_team(&state, &ctx, TeamWrite::RemoveManager(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
