@@ -38,28 +38,26 @@ pub fn team_write(d: Dialect, channel_id: i64, write: &TeamWrite) -> Vec<Sql> {
         },
         args,
     };
+    // A role's columns as arguments 1 to 5.
+    let role_args = |r: &sori_domain::Role| {
+        vec![
+            ch.clone(),
+            text(&r.id),
+            text(&r.name),
+            Arg::Text(perms_json(r)),
+            text(scope_str(r.inbox_scope)),
+        ]
+    };
     match write {
         TeamWrite::CreateRole(r) => vec![sql(
             "INSERT INTO roles (channel_id, id, name, permissions, inbox_scope, builtin) \
              VALUES (?1, ?2, ?3, ?4, ?5, FALSE)",
-            vec![
-                ch,
-                text(&r.id),
-                text(&r.name),
-                Arg::Text(perms_json(r)),
-                text(scope_str(r.inbox_scope)),
-            ],
+            role_args(r),
         )],
         TeamWrite::UpdateRole(r) => vec![sql(
             "UPDATE roles SET name = ?3, permissions = ?4, inbox_scope = ?5 \
              WHERE channel_id = ?1 AND id = ?2",
-            vec![
-                ch,
-                text(&r.id),
-                text(&r.name),
-                Arg::Text(perms_json(r)),
-                text(scope_str(r.inbox_scope)),
-            ],
+            role_args(r),
         )],
         TeamWrite::DeleteRole(id) => vec![sql(
             "DELETE FROM roles WHERE channel_id = ?1 AND id = ?2",
