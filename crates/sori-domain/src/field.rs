@@ -124,7 +124,7 @@ pub struct ProfileField {
     /// Value type.
     #[serde(rename = "type")]
     pub field_type: FieldType,
-    /// Masked for managers without the reveal permission.
+    /// Masked in the console for every manager; a reveal (audited) shows the value.
     pub sensitive: bool,
     /// Pre-registered by Sori; its type cannot change and it cannot be deleted.
     pub builtin: bool,

@@ -100,7 +100,7 @@ pub fn router(app: App, cfg: &HttpConfig) -> Router {
             "/open/v5/users/{key}",
             get(ou::get_route)
                 .put(ou::put_route)
-                .patch(ou::patch_user)
+                .patch(ou::patch_route)
                 .delete(ou::delete_route),
         )
         .route(

@@ -516,7 +516,7 @@ impl utoipa::Modify for CommonAnswers {
     info(title = "Sori API", description = "Open API (x-access-key / x-access-secret), desk API (session cookie + x-csrf-token). Times are epoch milliseconds."),
     paths(
         crate::open::users::upsert_member, crate::open::users::get_member, crate::open::users::get_user,
-        crate::open::users::delete_member, crate::open::users::delete_user, crate::open::users::patch_user,
+        crate::open::users::delete_member, crate::open::users::delete_user, crate::open::users::patch_user, crate::open::users::patch_member,
         crate::open::users::create_user, crate::open::users::list_users,
         crate::open::fields::open_list, crate::open::fields::open_create, crate::open::fields::open_update,
         crate::open::fields::open_delete,

@@ -135,7 +135,7 @@ pub struct FieldView {
     /// Value type.
     #[serde(rename = "type")]
     pub field_type: String,
-    /// Masked for managers without the reveal permission.
+    /// Masked in the console for every manager; a reveal (audited) shows the value.
     pub sensitive: bool,
     /// Pre-registered (type fixed, cannot be deleted).
     pub builtin: bool,

@@ -89,6 +89,13 @@ enum ChannelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the store's channels with their ids, names and public keys (the plugin key and
+    /// the access key; secrets are kept hashed and are never shown again).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change a channel's settings (the Open API's `PATCH /open/v5/channel` does the same
     /// on a running server). Raise the event retention before importing older history.
     Set {
@@ -212,10 +219,10 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => {
             let mut running = sori::start(&cfg).await?;
-            running.shutdown_on_signal()?;
             if let Some(c) = &running.first_channel {
                 print_credentials(c)?;
             }
+            running.shutdown_on_signal()?;
             tracing::info!(addr = %running.addr, store = running.app.store.backend(), "sori is serving");
             say!("Sori is listening on http://{}", running.addr)?;
             running.wait().await?;
@@ -247,6 +254,35 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 say!("{}", serde_json::to_string_pretty(&creds)?)?;
             } else {
                 print_credentials(&creds)?;
+            }
+        }
+        Command::Channel {
+            command: ChannelCommand::List { json },
+        } => {
+            let store = sori::open_existing_store(&cfg).await?;
+            let app = sori::app_with(&cfg, store, false).await?;
+            let channels = sori::transfer::channels(&app).await?;
+            if json {
+                let list: Vec<_> = channels
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({"id": c.id, "name": c.name, "timeZone": c.time_zone,
+                            "pluginKey": c.plugin_key, "accessKey": c.access_key,
+                            "createdAt": c.created_at})
+                    })
+                    .collect();
+                say!("{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                for c in &channels {
+                    say!(
+                        "{}\t{}\t{}\tpluginKey {}\taccessKey {}",
+                        c.id,
+                        c.name,
+                        c.time_zone,
+                        c.plugin_key,
+                        c.access_key
+                    )?;
+                }
             }
         }
         Command::Channel {

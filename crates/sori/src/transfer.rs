@@ -75,6 +75,15 @@ pub struct Summary {
     pub skipped: u64,
 }
 
+/// Every channel of the store, by id.
+pub async fn channels(app: &App) -> anyhow::Result<Vec<sori_store::Channel>> {
+    let mut out = Vec::new();
+    for id in app.store.channel_ids().await? {
+        out.extend(app.store.channel(id).await?);
+    }
+    Ok(out)
+}
+
 /// Picks the channel: the given id, or the only channel of the store.
 pub async fn channel(app: &App, id: Option<i64>) -> anyhow::Result<ChannelInfo> {
     let id = match id {
@@ -86,10 +95,18 @@ pub async fn channel(app: &App, id: Option<i64>) -> anyhow::Result<ChannelInfo> 
                 [] => anyhow::bail!(
                     "the store has no channel yet; run `sori serve` or `sori channel create` first"
                 ),
-                _ => anyhow::bail!(
-                    "the store has {} channels; pick one with --channel",
-                    ids.len()
-                ),
+                _ => {
+                    let names: Vec<String> = channels(app)
+                        .await?
+                        .iter()
+                        .map(|c| format!("{} ({})", c.id, c.name))
+                        .collect();
+                    anyhow::bail!(
+                        "the store has {} channels; pick one with --channel: {}",
+                        ids.len(),
+                        names.join(", ")
+                    )
+                }
             }
         }
     };

@@ -246,3 +246,77 @@ fn a_second_server_on_one_sqlite_store_is_refused() {
     );
     terminate(again);
 }
+
+/// A first start that cannot take its port makes no channel (its secrets would never be
+/// shown); the next start does. `channel list` names the channels that commands ask to
+/// pick from.
+#[test]
+fn a_taken_port_makes_no_channel_and_channels_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = sori(dir.path())
+        .args(["serve", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("binding"));
+    // Nothing was stored: the store itself was not made.
+    let out = sori(dir.path()).args(["channel", "list"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no Sori store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (child, seen) = serving(dir.path(), &[]);
+    assert!(seen.contains("accessSecret"), "{seen}");
+    terminate(child);
+    let out = sori(dir.path())
+        .args(["channel", "create", "--name", "Shop two", "--json"])
+        .output()
+        .unwrap();
+    let two: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = sori(dir.path())
+        .args(["channel", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_i64().unwrap(), c["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [(1, "Default"), (2, "Shop two")]);
+    assert_eq!(list[1]["pluginKey"], two["pluginKey"]);
+    assert_eq!(list[1]["accessKey"], two["accessKey"]);
+    assert!(list[1].get("accessSecret").is_none());
+    let text = sori(dir.path()).args(["channel", "list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("2\tShop two\t"),
+        "{text}"
+    );
+
+    let csv = dir.path().join("users.csv");
+    std::fs::write(&csv, "memberId\nm1\n").unwrap();
+    let out = sori(dir.path())
+        .args(["import", "users"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--channel: 1 (Default), 2 (Shop two)"),
+        "{err}"
+    );
+}

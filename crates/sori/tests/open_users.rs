@@ -241,10 +241,24 @@ async fn tenants_are_isolated(b: Backend) {
         (Method::DELETE, format!("/open/v5/users/{id}"), None),
         (Method::GET, "/open/v5/users/@m-1".to_owned(), None),
         (Method::DELETE, "/open/v5/users/@m-1".to_owned(), None),
+        (
+            Method::PATCH,
+            "/open/v5/users/@m-1".to_owned(),
+            Some(json!({"profile": {"name": "Evil"}})),
+        ),
     ] {
         let r = app.open_as(&other, method.clone(), &path, body).await;
         assert_eq!(r.status, 404, "{method} {path}: {:?}", r.body);
     }
+    // In its own channel a member is changed by member id; PATCH never creates one.
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/users/@m-2",
+            Some(json!({"tags": ["x"]})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
     // Same member id in the other channel is a different user.
     let r = app
         .open_as(
@@ -260,6 +274,14 @@ async fn tenants_are_isolated(b: Backend) {
         .await;
     assert_eq!(list.body["users"].as_array().unwrap().len(), 1);
     assert_eq!(app.member("m-1").await, before);
+    let r = app
+        .open(
+            Method::PATCH,
+            "/open/v5/users/@m-1",
+            Some(json!({"tags": ["vip"]})),
+        )
+        .await;
+    assert_eq!((r.status, &r.body["user"]["tags"]), (200, &json!(["vip"])));
 
     // Missing or wrong credentials.
     let r = app.raw(Method::GET, "/open/v5/users", &[], vec![]).await;

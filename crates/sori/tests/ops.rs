@@ -60,6 +60,7 @@ async fn openapi_describes_every_endpoint(b: Backend) {
         ("/open/v5/users/@{memberId}", "put"),
         ("/open/v5/users/@{memberId}", "get"),
         ("/open/v5/users/@{memberId}", "delete"),
+        ("/open/v5/users/@{memberId}", "patch"),
         ("/open/v5/users/{userId}", "get"),
         ("/open/v5/users/{userId}", "patch"),
         ("/open/v5/users/{userId}", "delete"),

@@ -180,6 +180,35 @@ async fn remove(state: &AppState, ch: &ChannelInfo, id: &str) -> ApiResult<Statu
     }
 }
 
+/// Routes `PATCH /open/v5/users/{key}`.
+pub async fn patch_route(
+    state: State<AppState>,
+    ch: OpenChannel,
+    Path(key): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Json<UserEnvelope>> {
+    match user_key(key) {
+        UserKey::Member(m) => patch_member(state, ch, Path(m), body).await,
+        UserKey::Id(id) => patch_user(state, ch, Path(id), body).await,
+    }
+}
+
+/// Changes a member by member id (same body as the upsert; unlike `PUT`, never creates).
+#[utoipa::path(patch, path = "/open/v5/users/@{memberId}", tag = "users",
+    params(("memberId" = String, Path)),
+    request_body(content = Object, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
+    responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn patch_member(
+    State(state): State<AppState>,
+    OpenChannel(ch): OpenChannel,
+    Path(member_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<UserEnvelope>> {
+    let update = patch_update(&body)?;
+    let id = find(&state, &ch, &UserKey::Member(member_id)).await?.id;
+    patch(&state, &ch, id, update).await
+}
+
 /// Changes a user by id (same body as the upsert).
 #[utoipa::path(patch, path = "/open/v5/users/{userId}", tag = "users",
     params(("userId" = String, Path, description = "A user id, or `@` and a member id (`@m-1`)")),
@@ -188,21 +217,33 @@ async fn remove(state: &AppState, ch: &ChannelInfo, id: &str) -> ApiResult<Statu
 pub async fn patch_user(
     State(state): State<AppState>,
     OpenChannel(ch): OpenChannel,
-    Path(key): Path<String>,
+    Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<UserEnvelope>> {
-    crate::body::require_fields(&body)?;
-    let update = UserUpdate::from_json(&body, UPDATE_FIELDS)?;
-    let target = match user_key(key) {
-        UserKey::Id(id) if is_id(&id) => UserTarget::Id(id),
-        UserKey::Id(_) => return Err(ApiError::not_found("user")),
-        UserKey::Member(m) => UserTarget::Id(find(&state, &ch, &UserKey::Member(m)).await?.id),
-    };
+    let update = patch_update(&body)?;
+    if !is_id(&id) {
+        return Err(ApiError::not_found("user"));
+    }
+    patch(&state, &ch, id, update).await
+}
+
+/// A `PATCH` body as an update: it must name something to change.
+fn patch_update(body: &Value) -> ApiResult<UserUpdate> {
+    crate::body::require_fields(body)?;
+    Ok(UserUpdate::from_json(body, UPDATE_FIELDS)?)
+}
+
+async fn patch(
+    state: &AppState,
+    ch: &ChannelInfo,
+    id: String,
+    update: UserUpdate,
+) -> ApiResult<Json<UserEnvelope>> {
     let out = state
         .app
-        .write_user(&ch, target, update, Source::OpenApi)
+        .write_user(ch, UserTarget::Id(id), update, Source::OpenApi)
         .await?;
-    Ok(envelope(&ch, out))
+    Ok(envelope(ch, out))
 }
 
 /// Creates a user (a lead, or a member when `memberId` is given; 409 if it is taken).
