@@ -194,25 +194,28 @@ async fn main() -> std::process::ExitCode {
     };
     let cfg = match Config::load(&cli.config, &serve) {
         Ok(cfg) => cfg,
+        // The file could not be read: the format the flag or environment asks for.
         Err(e) => {
-            eprintln!("Error: {e:?}");
-            return std::process::ExitCode::FAILURE;
+            let format = cli.config.log_format.unwrap_or_default();
+            init_logs(format);
+            return fail(format, e);
         }
     };
-    init_logs(cfg.log_format);
-    let json = cfg.log_format == LogFormat::Json;
+    let format = cfg.log_format;
+    init_logs(format);
     match run(cli, cfg).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // A log collector reading JSON lines gets the failure as one of them.
-            if json {
-                tracing::error!(error = format!("{e:#}"), "sori stopped");
-            } else {
-                eprintln!("Error: {e:?}");
-            }
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => fail(format, e),
     }
+}
+
+/// Reports a fatal error. A log collector reading JSON lines gets it as one of them.
+fn fail(format: LogFormat, e: anyhow::Error) -> std::process::ExitCode {
+    match format {
+        LogFormat::Json => tracing::error!(error = format!("{e:#}"), "sori stopped"),
+        LogFormat::Text => eprintln!("Error: {e:?}"),
+    }
+    std::process::ExitCode::FAILURE
 }
 
 async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {

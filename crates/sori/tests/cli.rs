@@ -320,3 +320,39 @@ fn a_taken_port_makes_no_channel_and_channels_are_listed() {
         "{err}"
     );
 }
+
+/// With `--log-format json` every fatal error is one JSON line on standard error, a
+/// configuration file that cannot be read included.
+#[test]
+fn fatal_errors_are_json_lines_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "listn = \"127.0.0.1:1\"\n").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = typo.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["--log-format", "json", "--config", config, "serve"],
+            "listn",
+        ),
+        (
+            vec!["--log-format", "json", "serve", "--listen", &addr],
+            "binding",
+        ),
+    ] {
+        let out = sori(dir.path()).args(&args).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<serde_json::Value> = err
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let last = lines.last().unwrap();
+        assert_eq!(last["fields"]["message"], "sori stopped", "{err}");
+        assert!(
+            last["fields"]["error"].as_str().unwrap().contains(says),
+            "{err}"
+        );
+    }
+}
