@@ -364,7 +364,17 @@ async fn wait_until_up(opts: &PgConnectOptions) -> Result<()> {
                     format!("PostgreSQL still refused connections after 30 s: {e}").into(),
                 ));
             }
-            Ok(Err(e)) => return Err(backend(e)),
+            // Said plainly: not a "transient conflict" (an unknown host is an I/O error),
+            // and without the server's source position ("at line 768") that reads like a
+            // line of the configuration.
+            Ok(Err(e)) => {
+                let cause = match &e {
+                    sqlx::Error::Database(db) => db.message().to_owned(),
+                    sqlx::Error::Io(io) => io.to_string(),
+                    other => other.to_string(),
+                };
+                return Err(StoreError::Backend(cause.into()));
+            }
             Err(_) => {
                 return Err(StoreError::Backend(
                     "PostgreSQL did not answer within 10 s".into(),

@@ -26,8 +26,9 @@ pub enum StoreError {
     /// A unique key is taken (e-mail of a manager, key of a profile field, ...).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// A race with another transaction (deadlock, serialization failure); retrying may succeed.
-    #[error("transient conflict: {0}")]
+    /// A race with another transaction (deadlock, serialization failure) or a connection
+    /// lost on the way; retrying may succeed.
+    #[error("temporary failure, another attempt may succeed: {0}")]
     Transient(String),
     /// The database failed; the cause is logged, never shown to clients. The cause is
     /// part of the message rather than a `source`, so a report of the chain does not

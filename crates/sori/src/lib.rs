@@ -47,6 +47,9 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
             )
         } else if url.starts_with("sqlite:") {
             ensure_data_dir(cfg)?;
+            if let Some(db) = sori_store_sqlite::database_file(&url) {
+                folder_exists(&db)?;
+            }
             Arc::new(
                 SqliteStore::connect(&url).await.with_context(|| {
                     format!("opening the SQLite database {}", config::redact(&url))
@@ -272,6 +275,7 @@ fn claim_store(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
         return Ok(None);
     };
     ensure_data_dir(cfg)?;
+    folder_exists(&db)?;
     let mut path = real_path(&db).into_os_string();
     path.push("-serve.lock");
     let path = std::path::PathBuf::from(path);
@@ -313,6 +317,19 @@ fn real_path(p: &std::path::Path) -> std::path::PathBuf {
             _ => p.to_path_buf(),
         }
     })
+}
+
+/// Refuses a SQLite database in a folder that does not exist, for which SQLite says only
+/// "unable to open database file".
+fn folder_exists(db: &std::path::Path) -> anyhow::Result<()> {
+    match db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => anyhow::bail!(
+            "the folder {} of the SQLite database does not exist: create it first (a \
+             --data-dir is created for you)",
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Creates the default data directory (a configured database URL names its own place).

@@ -331,7 +331,18 @@ fn fatal_errors_are_json_lines_when_asked() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let config = typo.to_str().unwrap();
+    let nowhere = format!("sqlite://{}/missing/x.db", dir.path().display());
     for (args, says) in [
+        (
+            vec![
+                "--log-format",
+                "json",
+                "--database-url",
+                &nowhere,
+                "migrate",
+            ],
+            "missing of the SQLite database does not exist",
+        ),
         (
             vec!["--log-format", "json", "--config", config, "serve"],
             "listn",
