@@ -63,6 +63,7 @@ impl From<StoreError> for AppError {
                 TeamRefusal::NoSuchRole(_) => Invalid::one("roleId", r.to_string()).into(),
                 TeamRefusal::NotFound(_) => AppError::NotFound(r.to_string()),
                 TeamRefusal::TooManyRoles
+                | TeamRefusal::BuiltIn
                 | TeamRefusal::NameTaken(_)
                 | TeamRefusal::LastOwner
                 | TeamRefusal::RoleHeld => AppError::Conflict(r.to_string()),

@@ -67,6 +67,9 @@ pub enum TeamRefusal {
     /// The change would leave the channel without an owner.
     #[error("a channel must keep at least one owner")]
     LastOwner,
+    /// `owner` and `basic` are the same in every channel.
+    #[error("built-in roles cannot be changed or deleted")]
+    BuiltIn,
     /// A role managers hold cannot be deleted.
     #[error("managers still hold this role")]
     RoleHeld,
@@ -108,8 +111,10 @@ impl Team {
             TeamChange::UpdateRole(role) => {
                 let stored = self
                     .role(&role.id)
-                    .filter(|r| !r.builtin)
                     .ok_or(TeamRefusal::NotFound("custom role"))?;
+                if stored.builtin {
+                    return Err(TeamRefusal::BuiltIn);
+                }
                 // A name kept as it was is not checked: two alike stored before names
                 // were unique must still be changeable.
                 if stored.name.to_lowercase() != role.name.to_lowercase() {
@@ -122,15 +127,12 @@ impl Team {
                 }
                 grant(role)
             }
-            TeamChange::DeleteRole(id) => {
-                if self.seats.iter().any(|s| s.role_id == id) {
-                    return Err(TeamRefusal::RoleHeld);
-                }
-                match self.role(id) {
-                    Some(r) if !r.builtin => Ok(()),
-                    _ => Err(TeamRefusal::NotFound("custom role")),
-                }
-            }
+            TeamChange::DeleteRole(id) => match self.role(id) {
+                None => Err(TeamRefusal::NotFound("custom role")),
+                Some(r) if r.builtin => Err(TeamRefusal::BuiltIn),
+                Some(_) if self.seats.iter().any(|s| s.role_id == id) => Err(TeamRefusal::RoleHeld),
+                Some(_) => Ok(()),
+            },
             TeamChange::AddManager { role_id } => grant(self.granted(role_id)?),
             TeamChange::SetRole {
                 manager_id,
@@ -332,12 +334,18 @@ mod tests {
         );
         let mut unheld = team();
         unheld.seats.retain(|s| s.role_id != "basic");
-        assert_eq!(
-            unheld.check("o1", TeamChange::DeleteRole("basic")),
-            Err(TeamRefusal::NotFound("custom role"))
-        );
+        for held in [&t, &unheld] {
+            assert_eq!(
+                held.check("o1", TeamChange::DeleteRole("basic")),
+                Err(TeamRefusal::BuiltIn)
+            );
+        }
         assert_eq!(
             t.check("o1", TeamChange::UpdateRole(&Role::owner())),
+            Err(TeamRefusal::BuiltIn)
+        );
+        assert_eq!(
+            t.check("o1", TeamChange::UpdateRole(&custom("ghost", "Ghost", &[]))),
             Err(TeamRefusal::NotFound("custom role"))
         );
         assert_eq!(

@@ -358,7 +358,11 @@ async fn roles_and_managers(b: Backend) {
             Some(body.clone()),
         )
         .await;
-    assert_eq!(r.status, 404, "built-in roles are fixed");
+    assert_eq!(
+        (r.status, r.body["message"].as_str().unwrap()),
+        (409, "built-in roles cannot be changed or deleted"),
+        "built-in roles are fixed"
+    );
 
     let r = app
         .desk(&owner, Method::POST, "/desk/v1/managers", Some(json!({"email": "m@example.com", "name": "M", "password": "m-password", "roleId": role_id})))
