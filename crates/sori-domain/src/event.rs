@@ -300,7 +300,8 @@ impl<'a> Retention<'a> {
             path,
             format!(
                 "is older than the channel keeps events ({} days); raise \
-                 eventRetentionDays first to store older history",
+                 eventRetentionDays first to store older history (`PATCH /open/v5/channel`, \
+                 or `sori channel set --event-retention-days N`)",
                 self.days
             ),
         ))

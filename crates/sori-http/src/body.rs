@@ -14,6 +14,16 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
+/// The body limit of the route a request came to (set by `ops::gzip_bodies`), so a 413
+/// can say the limit in effect.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimit(pub usize);
+
+/// The limit a request's body is read under, if its route has one.
+fn limit_of(req: &Request) -> Option<usize> {
+    req.extensions().get::<BodyLimit>().map(|l| l.0)
+}
+
 /// A JSON request body, parsed but not yet interpreted.
 pub struct JsonBody(pub Value);
 
@@ -21,9 +31,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = limit_of(&req);
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(body_rejection)?;
+            .map_err(|r| body_rejection(r, limit))?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -37,10 +48,11 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = limit_of(&req);
         Bytes::from_request(req, state)
             .await
             .map(RawBody)
-            .map_err(body_rejection)
+            .map_err(|r| body_rejection(r, limit))
     }
 }
 
@@ -119,7 +131,11 @@ pub(crate) fn nul_error(path: String) -> ApiError {
 /// Why a NUL is refused: the words the profile checks use too.
 pub(crate) const NUL_RULE: &str = sori_domain::value::NUL_REJECTED;
 
-fn body_rejection(r: BytesRejection) -> ApiError {
+fn body_rejection(r: BytesRejection, limit: Option<usize>) -> ApiError {
+    let limit = match limit {
+        Some(n) => format!("the limit of {n} bytes here (the server's max_body_bytes"),
+        None => "the server's max_body_bytes (256 KiB unless configured".to_owned(),
+    };
     use crate::listen::BodyDeadline;
     if let Some(BodyDeadline::Stalled(t)) = cause(&r) {
         ApiError::new(
@@ -146,16 +162,19 @@ fn body_rejection(r: BytesRejection) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payloadTooLarge",
-            "request body is too large: its gzip-compressed bytes alone go past the \
-             server's body limit (max_body_bytes; at least 1 MiB for the Segment API)",
+            format!(
+                "request body is too large: its gzip-compressed bytes alone go past \
+                 {limit}; at least 1 MiB for the Segment API)"
+            ),
         )
     } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payloadTooLarge",
-            "request body is too large: over the server's max_body_bytes (256 KiB unless \
-             configured; the Segment API takes at least 1 MiB), counted after gzip \
-             decompression",
+            format!(
+                "request body is too large: over {limit}; at least 1 MiB for the Segment \
+                 API), counted after gzip decompression"
+            ),
         )
     } else {
         // What failed below axum's "Failed to buffer the request body" (a gzip body that

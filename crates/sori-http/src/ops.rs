@@ -219,6 +219,8 @@ async fn decode_gzip(
             ));
         }
     };
+    req.extensions_mut()
+        .insert(crate::body::BodyLimit(body_limit));
     let headers = req.headers_mut();
     headers.remove(axum::http::header::CONTENT_ENCODING);
     if !gzip {

@@ -590,8 +590,11 @@ async fn hostile_input(b: Backend) {
         ("/sdk/v1/events", &sdk_headers[..], 256 * 1024),
         ("/open/v5/users/u1/events", &open_headers[..], 256 * 1024),
     ] {
-        let (status, _) = check(&app, None, "big", Method::POST, path, headers, big(size)).await;
+        let (status, body) = check(&app, None, "big", Method::POST, path, headers, big(size)).await;
         assert_eq!(status, 413, "{path}");
+        // The message names the limit in effect on that route.
+        let limit = format!("the limit of {size} bytes here");
+        assert!(body["message"].as_str().unwrap().contains(&limit), "{body}");
     }
 
     app.register_field("cartCount", "number").await;
