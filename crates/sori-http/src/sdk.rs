@@ -221,8 +221,9 @@ pub async fn boot(
         return Err(ApiError::field(
             k,
             format!(
-                "unknown boot option; expected one of {}",
-                BOOT_FIELDS.join(", ")
+                "unknown boot option; expected one of {}, {}",
+                BOOT_FIELDS.join(", "),
+                CLIENT_ONLY.join(", ")
             ),
         ));
     }
