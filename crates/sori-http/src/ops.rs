@@ -100,6 +100,7 @@ pub fn with_middleware(routes: Router<AppState>, max_body_bytes: usize) -> Route
     let boot = sori_app::secrets::now_ms() as u64;
     routes.layer(
         tower::ServiceBuilder::new()
+            .map_request(plain_request_id)
             .layer(SetRequestIdLayer::x_request_id(NextRequestId(boot)))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
@@ -114,6 +115,23 @@ pub fn with_middleware(routes: Router<AppState>, max_body_bytes: usize) -> Route
             .layer(DefaultBodyLimit::max(max_body_bytes))
             .layer(from_fn(frame)),
     )
+}
+
+/// Drops a client's `x-request-id` that is not a plain token (at most 128 letters,
+/// digits and `-_.:`), so the server makes its own: the id goes into every log line of
+/// the request, where a line break or a quote could forge entries.
+fn plain_request_id(mut req: Request) -> Request {
+    let plain = |v: &axum::http::HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    };
+    if req.headers().get("x-request-id").is_some_and(|v| !plain(v)) {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
 }
 
 /// Counts and times every request by route and status, and refuses an encoded NUL
@@ -131,7 +149,7 @@ async fn frame(req: Request, next: Next) -> Response {
         next.run(req).await
     };
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let (requests, seconds) = route_handles(route, &method, resp.status().as_u16());
+    let (requests, seconds) = route_handles(route, method_label(&method), resp.status().as_u16());
     requests.increment(1);
     seconds.record(started.elapsed().as_secs_f64());
     resp
@@ -140,11 +158,29 @@ async fn frame(req: Request, next: Next) -> Response {
 /// Request metric handles by route, then (method, status). Registering through the
 /// `metrics` macros builds and hashes a label set on every request, a visible share of a
 /// small request's cost; routes and statuses are few, so the handles are kept.
-type RouteHandles = HashMap<String, HashMap<(Method, u16), (metrics::Counter, metrics::Histogram)>>;
+type RouteHandles =
+    HashMap<String, HashMap<(&'static str, u16), (metrics::Counter, metrics::Histogram)>>;
+
+/// A request method as a metric label: the standard ones, and `other` for any other name
+/// a client sends (a label per name would let anyone grow the metrics without bound).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
 
 fn route_handles(
     route: &str,
-    method: &Method,
+    method: &'static str,
     status: u16,
 ) -> (metrics::Counter, metrics::Histogram) {
     static HANDLES: OnceLock<RwLock<RouteHandles>> = OnceLock::new();
@@ -153,20 +189,19 @@ fn route_handles(
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .get(route)
-        .and_then(|m| m.get(&(method.clone(), status)))
+        .and_then(|m| m.get(&(method, status)))
     {
         return h.clone();
     }
-    let m = method.to_string();
     let handles = (
-        metrics::counter!("sori_http_requests_total", "method" => m.clone(), "route" => route.to_owned(), "status" => status.to_string()),
-        metrics::histogram!("sori_http_request_seconds", "method" => m, "route" => route.to_owned()),
+        metrics::counter!("sori_http_requests_total", "method" => method, "route" => route.to_owned(), "status" => status.to_string()),
+        metrics::histogram!("sori_http_request_seconds", "method" => method, "route" => route.to_owned()),
     );
     lock.write()
         .unwrap_or_else(PoisonError::into_inner)
         .entry(route.to_owned())
         .or_default()
-        .insert((method.clone(), status), handles.clone());
+        .insert((method, status), handles.clone());
     handles
 }
 

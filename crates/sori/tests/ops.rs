@@ -25,6 +25,24 @@ async fn ops_endpoints(b: Backend) {
         )
         .await;
     assert_eq!(r.headers["x-request-id"], "trace-42");
+    // One that is not a plain token (it goes into every log line) is replaced.
+    let r = app
+        .raw(
+            Method::GET,
+            "/healthz",
+            &[("x-request-id", "x\" level=ERROR msg=\"forged")],
+            vec![],
+        )
+        .await;
+    let id = r.headers["x-request-id"].to_str().unwrap();
+    assert!(!id.contains('"') && !id.is_empty(), "{id}");
+    // Method names a client makes up share one metric label: they cannot grow the
+    // metrics without bound.
+    for i in 0..3 {
+        let m = Method::from_bytes(format!("XSORITEST{i}").as_bytes()).unwrap();
+        let r = app.raw(m, "/healthz", &[], vec![]).await;
+        assert_eq!(r.status, 405);
+    }
 
     app.upsert("m-1", json!({"profile": {"name": "Kim"}})).await;
     let r = app.raw(Method::GET, "/nope", &[], vec![]).await;
@@ -36,6 +54,8 @@ async fn ops_endpoints(b: Backend) {
     assert!(text.contains("sori_http_requests_total"), "{text}");
     assert!(text.contains(r#"route="/open/v5/users/{key}""#), "{text}");
     assert!(text.contains(r#"route="unmatched""#), "{text}");
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(!text.contains("XSORITEST"), "{text}");
     // The benchmarks' no-op endpoint exists only when the server is started for them.
     let r = app.raw(Method::POST, "/_noop", &[], b"{}".to_vec()).await;
     assert_eq!((r.status, r.body["type"].as_str()), (404, Some("notFound")));
