@@ -70,10 +70,43 @@ pub fn mask_email(s: &str) -> String {
     format!("{shown}{}@{domain}", "*".repeat((n - keep).max(2)))
 }
 
+/// Whether `v` has the shape of a masked value of `key` as [`mask`] writes it: the
+/// console shows masks in place of sensitive values, and an edit form that sends them back
+/// would otherwise store the mask over the real value. A real e-mail address has no `**`
+/// in its local part and a phone number no `*` in practice; the full mask is never data.
+pub fn looks_masked(key: &str, v: &Value) -> bool {
+    let Value::String(s) = v else {
+        return false;
+    };
+    s == FULL_MASK
+        || match MaskKind::for_key(key) {
+            MaskKind::Phone => s.contains('*'),
+            MaskKind::Email => s.split_once('@').is_some_and(|(l, _)| l.contains("**")),
+            MaskKind::Full => false,
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn masks_are_recognized() {
+        for (key, real) in [
+            ("email", json!("abcdefgh@x.io")),
+            ("email", json!("ab@x.io")),
+            ("mobileNumber", json!("+821012340000")),
+            ("landlineNumber", json!("02-123-4567")),
+            ("secret", json!("top")),
+            ("cart", json!([1, 2])),
+        ] {
+            assert!(!looks_masked(key, &real), "{key} {real}");
+            assert!(looks_masked(key, &mask(key, &real)), "{key} {real}");
+        }
+        assert!(!looks_masked("note", &json!("a**b")));
+        assert!(!looks_masked("email", &Value::Null));
+    }
 
     #[test]
     fn phone_masking() {

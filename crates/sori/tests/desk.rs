@@ -136,6 +136,31 @@ async fn masking_reveal_and_audit(b: Backend) {
     assert_eq!(p["secretNote"], "••••••");
     assert_eq!(u.body["user"]["memberId"], "••••••");
     assert_eq!(p["name"], "Kim");
+    // An edit form that sends the masks it showed back is refused, naming the field, and
+    // stores nothing over the real values.
+    for (key, shown) in [
+        ("email", "aaa**@example.com"),
+        ("mobileNumber", "010-****-0000"),
+        ("secretNote", "••••••"),
+    ] {
+        let r = app
+            .desk(
+                &owner,
+                Method::PATCH,
+                &format!("/desk/v1/users/{id}"),
+                Some(json!({"profile": {"name": "Lee", key: shown}})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.error_field()),
+            (400, format!("profile.{key}").as_str()),
+            "{:?}",
+            r.body
+        );
+    }
+    let stored = app.member("m-1").await;
+    assert_eq!(stored["profile"]["email"], "aaabb@example.com");
+    assert_eq!(stored["profile"]["name"], "Kim");
     let list = app.desk(&owner, Method::GET, "/desk/v1/users", None).await;
     assert_eq!(
         list.body["users"][0]["profile"]["email"],

@@ -148,6 +148,9 @@ pub async fn patch(
     if !is_id(&id) {
         return Err(ApiError::not_found("user"));
     }
+    let ch = ctx.channel.channel.id;
+    let masks = mask_set(&state, ch).await?;
+    refuse_masks(&body, &masks)?;
     let source = Source::Desk {
         may_register: ctx.role.allows(Permission::GeneralSettings),
     };
@@ -155,10 +158,28 @@ pub async fn patch(
         .app
         .write_user(&ctx.channel, UserTarget::Id(id), update, source)
         .await?;
-    let ch = ctx.channel.channel.id;
     Ok(Json(MaskedUser {
-        user: masked(ch, out, &mask_set(&state, ch).await?),
+        user: masked(ch, out, &masks),
     }))
+}
+
+/// Refuses a sensitive profile value sent back in its masked form (an edit form that
+/// saves every value it showed): stored, the mask would replace the real value.
+fn refuse_masks(body: &Value, masks: &MaskSet) -> ApiResult<()> {
+    let Some(profile) = body.get("profile").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    for (key, v) in profile {
+        let path = format!("profile.{key}");
+        if masks.contains(&path) && sori_domain::mask::looks_masked(key, v) {
+            return Err(ApiError::field(
+                path,
+                "is the masked form the console shows, not a value: leave the field out to \
+                 keep it, or send the real value (reveal it first)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Which masked fields to reveal.
