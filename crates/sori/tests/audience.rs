@@ -535,6 +535,18 @@ async fn segments_api(b: Backend) {
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.error_field(), "sortField");
+    // A list or a flag holds no one value to order users by.
+    for (key, ty) in [("vip", "boolean"), ("colors", "list")] {
+        app.register_field(key, ty).await;
+        let r = app
+            .open(
+                Method::POST,
+                "/open/v5/users/search",
+                Some(json!({"filter": {"and": []}, "sortField": format!("profile.{key}")})),
+            )
+            .await;
+        assert_eq!((r.status, r.error_field()), (400, "sortField"), "{ty}");
+    }
 
     // A saved event window longer than a retention lowered later is shortened to it: the
     // segment keeps working (a new filter must fit the new retention).

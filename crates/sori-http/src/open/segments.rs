@@ -291,10 +291,23 @@ async fn page_spec(
         Some(f) => match f.strip_prefix("profile.") {
             Some(k) => {
                 let fields = state.app.store.profile_fields(ch.channel.id).await?;
-                if !fields.iter().any(|x| x.key.as_str() == k) {
+                let Some(field) = fields.iter().find(|x| x.key.as_str() == k) else {
                     return Err(ApiError::field(
                         "sortField",
                         format!("`{f}` is not a registered profile field"),
+                    ));
+                };
+                // Users are ordered by one value each: a list has several, and true and
+                // false are not an order a list of users is read in.
+                use sori_domain::FieldType as T;
+                if matches!(field.field_type, T::Boolean | T::List | T::ListOfNumber) {
+                    return Err(ApiError::field(
+                        "sortField",
+                        format!(
+                            "`{f}` is a {} field; sort by a string, number, date or datetime \
+                             field",
+                            field.field_type.as_str()
+                        ),
                     ));
                 }
                 SortBy::Profile(k.to_owned())
