@@ -389,6 +389,7 @@ async fn create_patch_delete_and_list(b: Backend) {
         )
         .await;
     assert_eq!(r.status, 405);
+    assert_eq!(r.headers["allow"], "GET,HEAD,PATCH,DELETE");
 
     for i in 0..7 {
         app.upsert(&format!("p-{i}"), json!({"profile": {"rank": i}}))

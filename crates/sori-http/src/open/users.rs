@@ -60,14 +60,25 @@ pub async fn put_route(
     ch: OpenChannel,
     Path(key): Path<String>,
     body: JsonBody,
-) -> ApiResult<Json<UserEnvelope>> {
+) -> Result<Json<UserEnvelope>, Response> {
     match user_key(key) {
-        UserKey::Member(m) => upsert_member(state, ch, Path(m), body).await,
-        UserKey::Id(_) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "methodNotAllowed",
-            "PUT takes a member id: /open/v5/users/@{memberId}; use PATCH for a user id",
-        )),
+        UserKey::Member(m) => upsert_member(state, ch, Path(m), body)
+            .await
+            .map_err(IntoResponse::into_response),
+        UserKey::Id(_) => {
+            let mut r = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "methodNotAllowed",
+                "PUT takes a member id: /open/v5/users/@{memberId}; use PATCH for a user id",
+            )
+            .into_response();
+            // What a user id takes (RFC 9110 §15.5.6: a 405 lists them).
+            r.headers_mut().insert(
+                axum::http::header::ALLOW,
+                axum::http::HeaderValue::from_static("GET,HEAD,PATCH,DELETE"),
+            );
+            Err(r)
+        }
     }
 }
 
