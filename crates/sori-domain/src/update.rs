@@ -130,7 +130,9 @@ impl UserUpdate {
                 ("unsubscribeTexting", Value::Bool(b)) => upd.unsubscribe_texting = Some(*b),
                 ("blocked", Value::Bool(b)) => upd.blocked = Some(*b),
                 ("language", Value::String(s)) => upd.language = Some(s.clone()),
-                ("profile" | "profileOnce", _) => {
+                // Set-once values cannot be cleared: `null` says nothing here.
+                ("profileOnce", _) => errs.push(k, format!("must be an object, got {}", kind(v))),
+                ("profile", _) => {
                     errs.push(k, format!("must be an object or null, got {}", kind(v)))
                 }
                 ("tags", _) => errs.push(

@@ -10,6 +10,7 @@ mod listen;
 pub mod open;
 mod ops;
 pub mod ratelimit;
+pub mod schema;
 pub mod sdk;
 pub mod segment;
 pub mod views;

@@ -141,6 +141,27 @@ async fn openapi_describes_every_endpoint(b: Backend) {
             );
         }
     }
+    // Closed sets of names are listed from the domain's own lists, and the bodies the
+    // handlers read as JSON have their shape described.
+    let schemas = &doc["components"]["schemas"];
+    let perms = &schemas["RoleBody"]["properties"]["permissions"]["items"]["enum"];
+    assert_eq!(perms.as_array().map(Vec::len), Some(8), "{perms}");
+    assert!(perms.to_string().contains("\"contacts.read\""), "{perms}");
+    let types = &schemas["NewField"]["properties"]["type"]["enum"];
+    assert!(types.to_string().contains("\"listOfNumber\""), "{types}");
+    for (path, method, schema) in [
+        ("/open/v5/users/@{memberId}", "put", "UserUpdate"),
+        ("/open/v5/users/{userId}", "patch", "UserUpdate"),
+        ("/open/v5/users/{userId}/events", "post", "EventsBody"),
+    ] {
+        let body = &paths[path][method]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            body["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{method} {path}"
+        );
+        assert!(schemas[schema]["properties"].is_object(), "{schema}");
+    }
     // A PATCH field left out is kept; `null` is refused, so the schema does not offer it.
     let patch = &doc["components"]["schemas"]["ChannelPatch"]["properties"];
     for field in ["name", "timeZone", "eventRetentionDays"] {

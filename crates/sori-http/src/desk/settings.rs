@@ -199,10 +199,10 @@ pub struct RoleBody {
     /// Display name.
     pub name: String,
     /// Granted permissions.
-    #[schema(value_type = Vec<String>)]
+    #[schema(schema_with = crate::schema::permissions)]
     pub permissions: Vec<Permission>,
     /// `all` or `assigned`.
-    #[schema(value_type = String)]
+    #[schema(schema_with = crate::schema::inbox_scope)]
     pub inbox_scope: InboxScope,
 }
 

@@ -122,7 +122,7 @@ fn target(key: &str) -> ApiResult<UserTarget> {
 /// for one user, atomically.
 #[utoipa::path(post, path = "/open/v5/users/{userId}/events", tag = "events",
     params(("userId" = String, Path, description = "user id, or `@memberId`")),
-    request_body(content = Object, description = "`{name, property}` or `{events: [...]}`"),
+    request_body(content = crate::schema::EventsBodySchema, description = "`{name, property}` or `{events: [...]}`"),
     responses((status = 200, body = Recorded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,

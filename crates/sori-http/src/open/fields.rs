@@ -42,6 +42,7 @@ pub struct NewField {
     pub name: Option<String>,
     /// boolean, string, number, date, datetime, list or listOfNumber.
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::schema::field_type)]
     pub field_type: String,
     /// Mask the value in the console for every manager, owners included (revealing it is
     /// an explicit, audited act).

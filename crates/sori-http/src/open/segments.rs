@@ -114,6 +114,7 @@ pub struct Search {
     /// `lastSeenAt` (default), `createdAt`, `name` or `profile.<key>`.
     pub sort_field: Option<String>,
     /// `desc` (default) or `asc`; users without the value come last either way.
+    #[schema(schema_with = crate::schema::sort_order)]
     pub sort_order: Option<String>,
     /// Cursor from the previous page's `next`.
     pub since: Option<String>,

@@ -86,7 +86,7 @@ pub async fn put_route(
 /// `unsubscribeTexting`, `blocked`.
 #[utoipa::path(put, path = "/open/v5/users/@{memberId}", tag = "users",
     params(("memberId" = String, Path, description = "The business's customer id")),
-    request_body(content = Object, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
+    request_body(content = crate::schema::UserUpdateSchema, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
     responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn upsert_member(
@@ -207,7 +207,7 @@ pub async fn patch_route(
 /// Changes a member by member id (same body as the upsert; unlike `PUT`, never creates).
 #[utoipa::path(patch, path = "/open/v5/users/@{memberId}", tag = "users",
     params(("memberId" = String, Path)),
-    request_body(content = Object, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
+    request_body(content = crate::schema::UserUpdateSchema, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
     responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn patch_member(
     State(state): State<AppState>,
@@ -223,7 +223,7 @@ pub async fn patch_member(
 /// Changes a user by id (same body as the upsert).
 #[utoipa::path(patch, path = "/open/v5/users/{userId}", tag = "users",
     params(("userId" = String, Path, description = "A user id, or `@` and a member id (`@m-1`)")),
-    request_body(content = Object, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
+    request_body(content = crate::schema::UserUpdateSchema, description = "Update: profile (null clears it), profileOnce, tags (replaces the list; null removes every tag), unsubscribeEmail, unsubscribeTexting, blocked"),
     responses((status = 200, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn patch_user(
     State(state): State<AppState>,
@@ -259,7 +259,7 @@ async fn patch(
 
 /// Creates a user (a lead, or a member when `memberId` is given; 409 if it is taken).
 #[utoipa::path(post, path = "/open/v5/users", tag = "users",
-    request_body(content = Object, description = "memberId plus the update fields"),
+    request_body(content = crate::schema::UserUpdateSchema, description = "memberId plus the update fields"),
     responses((status = 201, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_user(
     State(state): State<AppState>,
