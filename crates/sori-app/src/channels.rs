@@ -53,16 +53,9 @@ pub struct ChannelCredentials {
 
 /// Checks a manager e-mail and lowercases it.
 pub fn check_email(field: &str, email: &str) -> Result<String, Invalid> {
-    let e = email.trim().to_lowercase();
-    match e.split_once('@') {
-        Some((l, d)) if !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace) => {
-            Ok(e)
-        }
-        _ => Err(Invalid::one(
-            field,
-            format!("`{email}` is not an e-mail address"),
-        )),
-    }
+    sori_domain::value::check_email(email)
+        .map(|e| e.to_lowercase())
+        .map_err(|m| Invalid::one(field, m))
 }
 
 /// Checks a new password: at least 8 characters.
