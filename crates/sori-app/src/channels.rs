@@ -51,6 +51,20 @@ pub struct ChannelCredentials {
     pub owner: OwnerLogin,
 }
 
+/// New secrets of a channel after a rotation; shown once, like a new channel's.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedKeys {
+    /// Channel id as a string.
+    pub channel_id: String,
+    /// Open API key (unchanged: it names the channel, the secret proves the caller).
+    pub access_key: String,
+    /// New Open API secret.
+    pub access_secret: String,
+    /// New Segment-compatible write key.
+    pub write_key: String,
+}
+
 /// Checks a manager e-mail and lowercases it.
 pub fn check_email(field: &str, email: &str) -> Result<String, Invalid> {
     sori_domain::value::check_email(email)
@@ -93,6 +107,71 @@ impl App {
         let updated = self.store.update_channel(channel_id, &patch).await?;
         self.channels.forget(channel_id);
         Ok(updated)
+    }
+
+    /// Gives a channel a new Open API secret and write key, for a leak or a loss (secrets
+    /// are stored hashed and cannot be shown again). The plugin key (public, in every
+    /// site's snippet) and the member-hash secret (in the site's server) stay. The old
+    /// ones stop working at once on this node and within the channel cache's lifetime
+    /// (5 s) on others. `None` when the channel does not exist.
+    pub async fn rotate_keys(&self, channel_id: i64) -> AppResult<Option<RotatedKeys>> {
+        let Some(ch) = self.store.channel(channel_id).await? else {
+            return Ok(None);
+        };
+        let access_secret = random_hex(32);
+        let write_key = random_hex(24);
+        let found = self
+            .store
+            .set_channel_secrets(
+                channel_id,
+                &keyed_hash(&self.pepper, &access_secret),
+                &keyed_hash(&self.pepper, &write_key),
+            )
+            .await?;
+        self.channels.forget(channel_id);
+        Ok(found.then(|| RotatedKeys {
+            channel_id: channel_id.to_string(),
+            access_key: ch.access_key,
+            access_secret,
+            write_key,
+        }))
+    }
+
+    /// Sets a manager's password (generated when `password` is `None`) and ends their
+    /// sessions, for a manager locked out; returns the login. `None` when no manager of
+    /// the channel has the e-mail.
+    pub async fn reset_password(
+        &self,
+        channel_id: i64,
+        email: &str,
+        password: Option<String>,
+    ) -> AppResult<Option<OwnerLogin>> {
+        let email = check_email("email", email)?;
+        let password = match password {
+            Some(p) => {
+                check_password("password", &p)?;
+                p
+            }
+            None => random_hex(12),
+        };
+        let Some(m) = self
+            .store
+            .managers_by_email(&email)
+            .await?
+            .into_iter()
+            .find(|m| m.channel_id == channel_id)
+        else {
+            return Ok(None);
+        };
+        let pw = password.clone();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
+            .await
+            .map_err(|_| crate::AppError::Unavailable)?;
+        let found = self
+            .store
+            .set_manager_password(channel_id, &m.id, &hash)
+            .await?;
+        Ok(found.then_some(OwnerLogin { email, password }))
     }
 
     /// Creates a channel with an owner, built-in roles and pre-registered profile fields.

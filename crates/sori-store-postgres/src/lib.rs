@@ -642,6 +642,49 @@ impl Store for PostgresStore {
         row.as_ref().map(channel_from_row).transpose()
     }
 
+    async fn set_channel_secrets(
+        &self,
+        id: i64,
+        access_secret_hash: &str,
+        write_key_hash: &str,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE channels SET access_secret_hash = $1, write_key_hash = $2 WHERE id = $3",
+        )
+        .bind(access_secret_hash)
+        .bind(write_key_hash)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_manager_password(
+        &self,
+        channel_id: i64,
+        manager_id: &str,
+        password_hash: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let r =
+            sqlx::query("UPDATE managers SET password_hash = $1 WHERE channel_id = $2 AND id = $3")
+                .bind(password_hash)
+                .bind(channel_id)
+                .bind(manager_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        sqlx::query("DELETE FROM sessions WHERE channel_id = $1 AND manager_id = $2")
+            .bind(channel_id)
+            .bind(manager_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
         let rows = sqlx::query(team_sql::roles_select(Dialect::Postgres))
             .bind(channel_id)

@@ -111,6 +111,15 @@ pub trait Store: Send + Sync + 'static {
         patch: &ChannelSettingsPatch,
     ) -> Result<Option<Channel>>;
 
+    /// Replaces a channel's hashed Open API secret and write key (a rotation after a leak
+    /// or a loss); false when the channel does not exist.
+    async fn set_channel_secrets(
+        &self,
+        id: i64,
+        access_secret_hash: &str,
+        write_key_hash: &str,
+    ) -> Result<bool>;
+
     /// Roles of a channel, built-in first.
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>>;
     /// Applies a team change made by the manager `actor_id` if the team rules allow it
@@ -124,6 +133,14 @@ pub trait Store: Send + Sync + 'static {
     async fn managers_by_email(&self, email: &str) -> Result<Vec<Manager>>;
     /// One manager.
     async fn manager(&self, channel_id: i64, id: &str) -> Result<Option<Manager>>;
+
+    /// Sets a manager's password hash and ends their sessions; false when absent.
+    async fn set_manager_password(
+        &self,
+        channel_id: i64,
+        manager_id: &str,
+        password_hash: &str,
+    ) -> Result<bool>;
 
     /// Stores a login session.
     async fn insert_session(&self, session: &Session) -> Result<()>;

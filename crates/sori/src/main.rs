@@ -96,6 +96,33 @@ enum ChannelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give a channel a new Open API secret and write key (for a leaked or lost one) and
+    /// print them once. The plugin key and the member-hash secret stay. Running servers
+    /// stop taking the old ones within 5 s.
+    RotateKeys {
+        /// Channel id (needed when the store has several).
+        #[arg(long)]
+        channel: Option<i64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a manager's password (for a locked-out owner) and end their sessions; prints
+    /// the new password once.
+    ResetPassword {
+        /// Channel id (needed when the store has several).
+        #[arg(long)]
+        channel: Option<i64>,
+        /// The manager's login e-mail.
+        #[arg(long)]
+        email: String,
+        /// The new password (generated when omitted).
+        #[arg(long, env = "SORI_NEW_PASSWORD")]
+        password: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change a channel's settings (the Open API's `PATCH /open/v5/channel` does the same
     /// on a running server). Raise the event retention before importing older history.
     Set {
@@ -286,6 +313,56 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                         c.access_key
                     )?;
                 }
+            }
+        }
+        Command::Channel {
+            command: ChannelCommand::RotateKeys { channel, json },
+        } => {
+            let store = sori::open_existing_store(&cfg).await?;
+            let app = sori::app_with(&cfg, store, false).await?;
+            let ch = sori::transfer::channel(&app, channel).await?;
+            let keys = app
+                .rotate_keys(ch.channel.id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("channel {} is gone", ch.channel.id))?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&keys)?)?;
+            } else {
+                say!(
+                    "Channel {}: new secrets, shown only now (the old ones stop working):",
+                    keys.channel_id
+                )?;
+                say!("  accessKey        {}", keys.access_key)?;
+                say!("  accessSecret     {}", keys.access_secret)?;
+                say!("  writeKey         {}", keys.write_key)?;
+            }
+        }
+        Command::Channel {
+            command:
+                ChannelCommand::ResetPassword {
+                    channel,
+                    email,
+                    password,
+                    json,
+                },
+        } => {
+            let store = sori::open_existing_store(&cfg).await?;
+            let app = sori::app_with(&cfg, store, false).await?;
+            let ch = sori::transfer::channel(&app, channel).await?;
+            let login = app
+                .reset_password(ch.channel.id, &email, password)
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("channel {} has no manager `{email}`", ch.channel.id)
+                })?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&login)?)?;
+            } else {
+                say!(
+                    "{}: new password {} (their sessions are ended)",
+                    login.email,
+                    login.password
+                )?;
             }
         }
         Command::Channel {

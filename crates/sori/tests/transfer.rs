@@ -536,6 +536,10 @@ fn serve(db: &Db) -> (Child, String, Vec<String>) {
         if let [k @ ("accessKey" | "accessSecret" | "writeKey"), v] = words.as_slice() {
             keys.push(format!("{k}={v}"));
         }
+        if let ["owner", "login", email, "/", password] = words.as_slice() {
+            keys.push(format!("ownerEmail={email}"));
+            keys.push(format!("ownerPassword={password}"));
+        }
         if let Some(addr) = line.strip_prefix("Sori is listening on ") {
             base = addr.to_owned();
             break;
@@ -982,10 +986,84 @@ async fn csv_exports_do_not_run_in_sheets(b: Backend) {
     assert_eq!(pages, [json!("=1+1")]);
 }
 
+/// A leaked or lost secret is replaced from the command line, and a locked-out owner
+/// gets a new password: the old ones stop working, the new ones work.
+async fn keys_rotate_and_passwords_reset(b: Backend) {
+    let db = Db::new(b).await;
+    let (mut child, base, old) = serve(&db);
+    let http = reqwest::Client::new();
+    let channel = open_get(&http, &base, &old, "/open/v5/channel").await;
+    assert_eq!(channel["channel"]["id"], "1", "{channel}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (ok, out, err) = db.run(&["channel", "rotate-keys", "--json"]);
+    assert!(ok, "{err}");
+    let rotated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        rotated["accessKey"].as_str(),
+        Some(key(&old, "accessKey").as_str())
+    );
+    assert_ne!(
+        rotated["accessSecret"].as_str(),
+        Some(key(&old, "accessSecret").as_str())
+    );
+    let (ok, out, err) = db.run(&[
+        "channel",
+        "reset-password",
+        "--email",
+        &key(&old, "ownerEmail").to_uppercase(),
+    ]);
+    assert!(ok, "{err}");
+    let password = out.split_whitespace().nth(3).unwrap().to_owned();
+    let (ok, _, err) = db.run(&["channel", "reset-password", "--email", "nobody@example.com"]);
+    assert!(!ok && err.contains("has no manager"), "{err}");
+
+    let (mut child, base, none) = serve(&db);
+    assert!(none.is_empty(), "no new channel: {none:?}");
+    let new = vec![
+        format!("accessKey={}", rotated["accessKey"].as_str().unwrap()),
+        format!("accessSecret={}", rotated["accessSecret"].as_str().unwrap()),
+        format!("writeKey={}", rotated["writeKey"].as_str().unwrap()),
+    ];
+    let status = |r: reqwest::Response| r.status().as_u16();
+    for (keys, want) in [(&old, 401), (&new, 200)] {
+        let r = http
+            .get(format!("{base}/open/v5/channel"))
+            .header("x-access-key", key(keys, "accessKey"))
+            .header("x-access-secret", key(keys, "accessSecret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(r), want, "Open API with {keys:?}");
+        let r = http
+            .post(format!("{base}/v1/track"))
+            .header("authorization", segment_auth(keys))
+            .json(&json!({"userId": "m1", "event": "Rotated"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(r), want, "Segment API with {keys:?}");
+    }
+    let login = |password: String| {
+        http.post(format!("{base}/desk/v1/login"))
+            .json(&json!({"email": key(&old, "ownerEmail"), "password": password}))
+            .send()
+    };
+    assert_eq!(
+        status(login(key(&old, "ownerPassword")).await.unwrap()),
+        401
+    );
+    assert_eq!(status(login(password).await.unwrap()), 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 both!(
     csv_exports_do_not_run_in_sheets,
     fields_move_before_users,
     import_and_export,
     acknowledged_events_survive_kill_9,
-    import_while_serving
+    import_while_serving,
+    keys_rotate_and_passwords_reset
 );
