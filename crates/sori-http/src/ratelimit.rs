@@ -104,7 +104,7 @@ impl RateLimiter {
 }
 
 /// Middleware for the Open API router.
-pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let limiter = &state.limiter;
     if !limiter.enabled() {
         return next.run(req).await;
@@ -123,8 +123,17 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     let key = match creds {
         (Some(k), Some(s)) => match state.app.channels.authenticate(&k, &s).await {
-            Ok(info) => format!("channel:{}", info.channel.id),
-            Err(_) => "unauthenticated".to_owned(),
+            Ok(info) => {
+                let key = format!("channel:{}", info.channel.id);
+                // The handler takes the channel from here instead of looking it up again.
+                req.extensions_mut()
+                    .insert(crate::open::Authenticated(info));
+                key
+            }
+            Err(sori_app::AppError::Unauthorized(_)) => "unauthenticated".to_owned(),
+            // The store could not say (down, overloaded): answer so now, rather than let
+            // the handler wait for the same lookup a second time.
+            Err(e) => return ApiError::from(e).into_response(),
         },
         _ => "unauthenticated".to_owned(),
     };

@@ -19,10 +19,18 @@ use crate::error::ApiError;
 /// The channel whose keys signed the request.
 pub struct OpenChannel(pub Arc<ChannelInfo>);
 
+/// The channel the rate limiter authenticated the request as (it must, to pick the
+/// channel's bucket), so [`OpenChannel`] does not check the keys twice.
+#[derive(Clone)]
+pub(crate) struct Authenticated(pub Arc<ChannelInfo>);
+
 impl FromRequestParts<AppState> for OpenChannel {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(Authenticated(info)) = parts.extensions.get::<Authenticated>() {
+            return Ok(Self(info.clone()));
+        }
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let (Some(key), Some(secret)) = (header("x-access-key"), header("x-access-secret")) else {
             return Err(ApiError::unauthorized(
