@@ -124,19 +124,19 @@ fn check_list_len(n: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// An e-mail address, trimmed: a local part and a dotted domain name within the lengths
-/// mail servers take (RFC 5321: 64 for the local part, 253 for the domain, 63 a label,
-/// 254 in all), no white space, no second `@`, no address literal (`[127.0.0.1]`).
+/// An e-mail address, trimmed: a local part, one `@`, a dotted domain that neither starts
+/// nor ends with a dot, no white space. Deliberately loose (no length or label rules):
+/// stored addresses must keep passing when they come back in a re-import, a Segment
+/// `identify` or an SDK boot.
 pub fn check_email(s: &str) -> Result<String, String> {
     let t = s.trim();
     let ok = match t.split_once('@') {
         Some((local, domain)) => {
-            (1..=64).contains(&local.len())
-                && domain.len() <= 253
-                && t.len() <= 254
+            !local.is_empty()
                 && domain.contains('.')
-                && domain.split('.').all(|l| (1..=63).contains(&l.len()))
-                && !domain.contains(['@', '[', ']'])
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
                 && !t.chars().any(char::is_whitespace)
         }
         None => false,
@@ -616,20 +616,8 @@ mod tests {
         assert!(check("email", FieldType::String, &json!("a@b.co"), &tz).is_ok());
         assert!(check("email", FieldType::String, &json!("nope"), &tz).is_err());
         assert!(check("email", FieldType::String, &json!("a@b"), &tz).is_err());
-        let long_label = format!("a@{}.com", "x".repeat(64));
-        let long_domain = format!("a@{}com", "x.".repeat(130));
-        for bad in [
-            "a@b@c.io",
-            "a@[127.0.0.1]",
-            "a@.b.io",
-            "a@b..io",
-            "a@b.io.",
-            long_label.as_str(),
-            long_domain.as_str(),
-        ] {
+        for bad in ["a@b@c.io", "a@.b.io", "a@b.io.", "a b@c.io"] {
             assert!(check_email(bad).is_err(), "{bad}");
         }
-        assert!(check_email(&format!("{}@b.io", "l".repeat(64))).is_ok());
-        assert!(check_email(&format!("{}@b.io", "l".repeat(65))).is_err());
     }
 }

@@ -313,7 +313,13 @@ impl PostgresStore {
             // Lookups by `= ANY($n)` arrays: a cached generic plan cannot see the array size
             // and falls back to a sequential scan (5+ ms per batch at 20,000 users); custom
             // plans keep the index scans for a fraction of a millisecond of planning.
-            .options([("plan_cache_mode", "force_custom_plan")]);
+            .options([
+                ("plan_cache_mode", "force_custom_plan"),
+                // Every lock-then-read in this store (team writes, the change lock, user
+                // rows) relies on each statement seeing what committed before it: a
+                // database set to `repeatable read` would read behind the lock.
+                ("default_transaction_isolation", "read committed"),
+            ]);
         wait_until_up(&opts).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))

@@ -349,20 +349,23 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             let store = sori::open_existing_store(&cfg).await?;
             let app = sori::app_with(&cfg, store, false).await?;
             let ch = sori::transfer::channel(&app, channel).await?;
+            // A password the operator chose is not printed back.
+            let generated = password.is_none();
             let login = app
                 .reset_password(ch.channel.id, &email, password)
                 .await?
                 .ok_or_else(|| {
                     anyhow::anyhow!("channel {} has no manager `{email}`", ch.channel.id)
                 })?;
-            if json {
-                say!("{}", serde_json::to_string_pretty(&login)?)?;
-            } else {
-                say!(
+            match (json, generated) {
+                (true, true) => say!("{}", serde_json::to_string_pretty(&login)?)?,
+                (true, false) => say!("{}", serde_json::json!({"email": login.email}))?,
+                (false, true) => say!(
                     "{}: new password {} (their sessions are ended)",
                     login.email,
                     login.password
-                )?;
+                )?,
+                (false, false) => say!("{}: password set (their sessions are ended)", login.email)?,
             }
         }
         Command::Channel {

@@ -60,6 +60,15 @@ pub async fn fresh_pg_database() -> String {
     .execute(&mut conn)
     .await
     .expect("create test database");
+    // Set to `repeatable read`, as some installations are: the store pins `read committed`
+    // on its connections, and its locks only order writes if it does (a team write read
+    // behind its lock left a channel without an owner).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("set the test database's isolation");
     let (base, _) = admin.rsplit_once('/').expect("URL has a database part");
     format!("{base}/{name}")
 }
