@@ -50,16 +50,21 @@ pub fn field_type() -> Object {
     )
 }
 
-/// A page's order.
+/// A page's order (`null` is the default).
 pub fn sort_order() -> Object {
-    one_of(
-        "`desc` (default) or `asc`; users without the value come last either way",
-        ["desc", "asc"].map(str::to_owned),
-    )
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::String,
+            Type::Null,
+        ]))
+        .description(Some(
+            "`desc` (default) or `asc`; users without the value come last either way",
+        ))
+        .enum_values(Some([Value::from("desc"), Value::from("asc"), Value::Null]))
+        .build()
 }
 
-/// A change of a user: what `PUT /open/v5/users/@{memberId}`, `PATCH` and `POST` take
-/// (`POST` also takes `memberId`), and the console's edit (profile, tags, consent).
+/// A change of a user: what `PUT /open/v5/users/@{memberId}` and `PATCH` take.
 #[derive(ToSchema)]
 #[schema(as = UserUpdate)]
 #[serde(rename_all = "camelCase")]
@@ -70,7 +75,54 @@ pub struct UserUpdateSchema {
     /// Values set only where the user has none yet.
     #[schema(nullable = false)]
     pub profile_once: Option<Map<String, Value>>,
-    /// Replaces the tag list (at most 10; `null` removes every tag).
+    /// Replaces the tag list (at most 20 per call; `null` removes every tag).
+    pub tags: Option<Vec<String>>,
+    /// Opt out of marketing e-mail.
+    #[schema(nullable = false)]
+    pub unsubscribe_email: Option<bool>,
+    /// Opt out of marketing texts.
+    #[schema(nullable = false)]
+    pub unsubscribe_texting: Option<bool>,
+    /// Blocked from chats.
+    #[schema(nullable = false)]
+    pub blocked: Option<bool>,
+}
+
+/// A new user: `memberId` (a member; a lead without it) and the fields of an update.
+#[derive(ToSchema)]
+#[schema(as = NewUser)]
+#[serde(rename_all = "camelCase")]
+pub struct NewUserSchema {
+    /// The business's customer id; 409 when taken.
+    pub member_id: Option<String>,
+    /// Profile values by field key.
+    #[schema(nullable = false)]
+    pub profile: Option<Map<String, Value>>,
+    /// Values set only where the user has none yet.
+    #[schema(nullable = false)]
+    pub profile_once: Option<Map<String, Value>>,
+    /// The tag list (at most 20 per call).
+    pub tags: Option<Vec<String>>,
+    /// Opt out of marketing e-mail.
+    #[schema(nullable = false)]
+    pub unsubscribe_email: Option<bool>,
+    /// Opt out of marketing texts.
+    #[schema(nullable = false)]
+    pub unsubscribe_texting: Option<bool>,
+    /// Blocked from chats.
+    #[schema(nullable = false)]
+    pub blocked: Option<bool>,
+}
+
+/// A manager's edit of a user in the console: profile values, tags, consent, the block.
+#[derive(ToSchema)]
+#[schema(as = ConsoleUserUpdate)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleUserUpdateSchema {
+    /// Profile values by field key (`null` clears a value); a sensitive value sent back
+    /// in its masked form is refused.
+    pub profile: Option<Map<String, Value>>,
+    /// Replaces the tag list (at most 20 per call; `null` removes every tag).
     pub tags: Option<Vec<String>>,
     /// Opt out of marketing e-mail.
     #[schema(nullable = false)]
@@ -92,6 +144,8 @@ pub struct NewEventSchema {
     /// Properties (at most 100 keys; strings up to 512 bytes, arrays and objects up to
     /// 4 KB).
     pub property: Option<Map<String, Value>>,
+    /// The page it happened on.
+    pub page: Option<String>,
 }
 
 /// One event, or a batch of them (`events`, 1–1,000), for one user.
@@ -102,6 +156,9 @@ pub struct EventsBodySchema {
     pub name: Option<String>,
     /// Properties of one event.
     pub property: Option<Map<String, Value>>,
+    /// The page one event happened on.
+    pub page: Option<String>,
     /// A batch instead, stored all or nothing.
+    #[schema(nullable = false)]
     pub events: Option<Vec<NewEventSchema>>,
 }

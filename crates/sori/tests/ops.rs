@@ -147,12 +147,21 @@ async fn openapi_describes_every_endpoint(b: Backend) {
     let perms = &schemas["RoleBody"]["properties"]["permissions"]["items"]["enum"];
     assert_eq!(perms.as_array().map(Vec::len), Some(8), "{perms}");
     assert!(perms.to_string().contains("\"contacts.read\""), "{perms}");
+    // The console takes no set-once values; a search's order may be null.
+    assert!(schemas["ConsoleUserUpdate"]["properties"]["profileOnce"].is_null());
+    let order = &schemas["Search"]["properties"]["sortOrder"]["enum"];
+    assert!(
+        order.as_array().unwrap().contains(&serde_json::Value::Null),
+        "{order}"
+    );
     let types = &schemas["NewField"]["properties"]["type"]["enum"];
     assert!(types.to_string().contains("\"listOfNumber\""), "{types}");
     for (path, method, schema) in [
         ("/open/v5/users/@{memberId}", "put", "UserUpdate"),
         ("/open/v5/users/{userId}", "patch", "UserUpdate"),
         ("/open/v5/users/{userId}/events", "post", "EventsBody"),
+        ("/open/v5/users", "post", "NewUser"),
+        ("/desk/v1/users/{userId}", "patch", "ConsoleUserUpdate"),
     ] {
         let body = &paths[path][method]["requestBody"]["content"]["application/json"]["schema"];
         assert_eq!(

@@ -134,7 +134,7 @@ pub async fn catalog(State(state): State<AppState>, Desk(ctx): Desk) -> ApiResul
 
 /// Changes profile values, tags, consent or the block flag.
 #[utoipa::path(patch, path = "/desk/v1/users/{userId}", tag = "desk", params(("userId" = String, Path)),
-    request_body(content = crate::schema::UserUpdateSchema, description = "profile, tags, unsubscribeEmail, unsubscribeTexting, blocked"),
+    request_body(content = crate::schema::ConsoleUserUpdateSchema, description = "profile, tags, unsubscribeEmail, unsubscribeTexting, blocked"),
     responses((status = 200, body = MaskedUser), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn patch(
     State(state): State<AppState>,

@@ -259,7 +259,7 @@ async fn patch(
 
 /// Creates a user (a lead, or a member when `memberId` is given; 409 if it is taken).
 #[utoipa::path(post, path = "/open/v5/users", tag = "users",
-    request_body(content = crate::schema::UserUpdateSchema, description = "memberId plus the update fields"),
+    request_body(content = crate::schema::NewUserSchema, description = "memberId plus the update fields"),
     responses((status = 201, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_user(
     State(state): State<AppState>,
