@@ -204,18 +204,19 @@ async fn first_channel(cfg: &Config, app: &App) -> anyhow::Result<Option<Channel
     Ok(Some(create_channel(app, spec).await?))
 }
 
-/// Binds the listener, opens the store, creates the default channel on an empty store and
+/// Opens the store, binds the listener, creates the default channel on an empty store and
 /// serves in a background task. The listener is bound before this returns, so callers can
 /// connect at once.
 pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let serving = claim_store(cfg)?;
-    // Bound before the first channel is made: its secrets are printed once, after this
-    // returns, so a port already taken must stop the start before they exist.
+    let store = open_store(cfg).await?;
+    let app = app(cfg, store.clone()).await?;
+    // Bound once the store is ready (a TCP probe should not pass before), and before the
+    // first channel is made: its secrets are printed once, after this returns, so a port
+    // already taken must stop the start before they exist.
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
-    let store = open_store(cfg).await?;
-    let app = app(cfg, store.clone()).await?;
     let first_channel = first_channel(cfg, &app).await?;
     let addr = listener.local_addr()?;
     let router = sori_http::router(app.clone(), &cfg.http());
