@@ -268,7 +268,11 @@ fn a_taken_port_makes_no_channel_and_channels_are_listed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("binding"));
     // The store was made, without a channel.
     let out = sori(dir.path()).args(["channel", "list"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty(), "no channel yet");
 
     let (child, seen) = serving(dir.path(), &[]);
