@@ -40,6 +40,14 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// The name the API and the store use (its serde name).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     /// Every permission.
     pub const ALL: [Permission; 8] = [
         Permission::GeneralSettings,
@@ -61,6 +69,19 @@ pub enum InboxScope {
     All,
     /// Only chats assigned to or followed by the manager.
     Assigned,
+}
+
+impl InboxScope {
+    /// Both scopes.
+    pub const ALL: [InboxScope; 2] = [InboxScope::All, InboxScope::Assigned];
+
+    /// The name the API and the store use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxScope::All => "all",
+            InboxScope::Assigned => "assigned",
+        }
+    }
 }
 
 /// A role: a named set of permissions.
@@ -131,10 +152,7 @@ impl Role {
         {
             Some(p) => Err(format!(
                 "you cannot grant `{}`, which your own role lacks",
-                serde_json::to_value(p)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                p.name()
             )),
             None => Ok(()),
         }

@@ -3,7 +3,6 @@
 //! cannot drift from what is accepted, and the shape of bodies the handlers read as JSON
 //! values (user updates, events).
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use sori_domain::{FieldType, InboxScope, Permission};
 use utoipa::ToSchema;
@@ -18,18 +17,13 @@ fn one_of(description: &str, names: impl IntoIterator<Item = String>) -> Object 
         .build()
 }
 
-/// How `v` is written on the wire (the domain's serde names).
-fn wire<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// A role's permissions.
 pub fn permissions() -> utoipa::openapi::Array {
     ArrayBuilder::new()
-        .items(one_of("A permission", Permission::ALL.map(wire)))
+        .items(one_of(
+            "A permission",
+            Permission::ALL.map(Permission::name),
+        ))
         .description(Some("Granted permissions"))
         .build()
 }
@@ -38,7 +32,7 @@ pub fn permissions() -> utoipa::openapi::Array {
 pub fn inbox_scope() -> Object {
     one_of(
         "Which chats the role sees: every chat, or those assigned to the manager",
-        [InboxScope::All, InboxScope::Assigned].map(wire),
+        InboxScope::ALL.map(|s| s.as_str().to_owned()),
     )
 }
 

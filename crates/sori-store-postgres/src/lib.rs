@@ -10,8 +10,8 @@
 use sori_store_sqlx::{
     EventAggregates, LOG_CHANGES, PRUNED_MARK, RowDecode, WHOLE_CHANGES, catalog_entry,
     channel as channel_from_row, field as field_from_row, log_change, manager as manager_from_row,
-    merge as merge_from_row, perms_json, reveal as reveal_from_row, role as role_from_row,
-    scope_str, seat as seat_from_row, segment as segment_from_row, user as user_from_row,
+    merge as merge_from_row, reveal as reveal_from_row, role as role_from_row,
+    seat as seat_from_row, segment as segment_from_row, user as user_from_row,
 };
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -400,21 +400,20 @@ fn not_up_yet(e: &sqlx::Error) -> bool {
     }
 }
 
-async fn insert_role(db: impl PgExecutor<'_>, channel_id: i64, role: &Role) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO roles (channel_id, id, name, permissions, inbox_scope, builtin) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(channel_id)
-    .bind(&role.id)
-    .bind(&role.name)
-    .bind(perms_json(role))
-    .bind(scope_str(role.inbox_scope))
-    .bind(role.builtin)
-    .execute(db)
-    .await
-    .map_err(backend)?;
-    Ok(())
+/// Runs statements in order inside `tx`; their counts of rows changed.
+async fn run_all(
+    tx: &mut sqlx::PgConnection,
+    statements: impl IntoIterator<Item = filter_sql::Sql>,
+) -> Result<Vec<u64>> {
+    let mut changed = Vec::new();
+    for sql in statements {
+        let r = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        changed.push(r.rows_affected());
+    }
+    Ok(changed)
 }
 
 async fn insert_field(db: impl PgExecutor<'_>, channel_id: i64, f: &ProfileField) -> Result<()> {
@@ -429,24 +428,6 @@ async fn insert_field(db: impl PgExecutor<'_>, channel_id: i64, f: &ProfileField
     .bind(f.sensitive)
     .bind(f.builtin)
     .bind(f.created_at)
-    .execute(db)
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
-async fn insert_manager(db: impl PgExecutor<'_>, m: &Manager) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO managers (channel_id, id, email, name, role_id, password_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(m.channel_id)
-    .bind(&m.id)
-    .bind(&m.email)
-    .bind(&m.name)
-    .bind(&m.role_id)
-    .bind(&m.password_hash)
-    .bind(m.created_at)
     .execute(db)
     .await
     .map_err(backend)?;
@@ -575,7 +556,11 @@ impl Store for PostgresStore {
         .await
         .map_err(backend)?;
         for role in [Role::owner(), Role::basic()] {
-            insert_role(&mut *tx, id, &role).await?;
+            run_all(
+                &mut tx,
+                [team_sql::insert_role(Dialect::Postgres, id, &role)],
+            )
+            .await?;
         }
         for f in Registry::preregistered(c.created_at) {
             insert_field(&mut *tx, id, &f).await?;
@@ -584,7 +569,11 @@ impl Store for PostgresStore {
             channel_id: id,
             ..new.owner
         };
-        insert_manager(&mut *tx, &owner).await?;
+        run_all(
+            &mut tx,
+            [team_sql::insert_manager(Dialect::Postgres, id, &owner)],
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
         Ok((Channel { id, ..new.channel }, owner))
     }
@@ -673,22 +662,13 @@ impl Store for PostgresStore {
         password_hash: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let r =
-            sqlx::query("UPDATE managers SET password_hash = $1 WHERE channel_id = $2 AND id = $3")
-                .bind(password_hash)
-                .bind(channel_id)
-                .bind(manager_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        sqlx::query("DELETE FROM sessions WHERE channel_id = $1 AND manager_id = $2")
-            .bind(channel_id)
-            .bind(manager_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let changed = run_all(
+            &mut tx,
+            team_sql::password_reset(Dialect::Postgres, channel_id, manager_id, password_hash),
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
-        Ok(r.rows_affected() == 1)
+        Ok(changed.first() == Some(&1))
     }
 
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
@@ -725,12 +705,11 @@ impl Store for PostgresStore {
             seats: seats.iter().map(seat_from_row).collect::<Result<_>>()?,
         };
         team.check(actor_id, write.change())?;
-        for sql in team_sql::team_write(Dialect::Postgres, channel_id, write) {
-            bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
+        run_all(
+            &mut tx,
+            team_sql::team_write(Dialect::Postgres, channel_id, write),
+        )
+        .await?;
         tx.commit().await.map_err(backend)
     }
 

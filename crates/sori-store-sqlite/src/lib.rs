@@ -13,8 +13,8 @@ mod walbuf;
 
 use sori_store_sqlx::{
     catalog_entry, channel as channel_from_row, field as field_from_row,
-    manager as manager_from_row, merge as merge_from_row, perms_json, reveal as reveal_from_row,
-    role as role_from_row, scope_str, seat as seat_from_row, segment as segment_from_row,
+    manager as manager_from_row, merge as merge_from_row, reveal as reveal_from_row,
+    role as role_from_row, seat as seat_from_row, segment as segment_from_row,
     user as user_from_row,
 };
 use std::str::FromStr;
@@ -275,25 +275,20 @@ const EXPIRED: &str = "SELECT rowid FROM events WHERE channel_id = ?1 AND create
 const FIELD_SELECT: &str = "SELECT key, name, type, sensitive, builtin, created_at \
     FROM profile_fields WHERE channel_id = ? ORDER BY key";
 
-async fn insert_role_tx(
+/// Runs statements in order inside `tx`; their counts of rows changed.
+async fn run_all(
     tx: &mut Transaction<'_, Sqlite>,
-    channel_id: i64,
-    role: &Role,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO roles (channel_id, id, name, permissions, inbox_scope, builtin) \
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(channel_id)
-    .bind(&role.id)
-    .bind(&role.name)
-    .bind(perms_json(role))
-    .bind(scope_str(role.inbox_scope))
-    .bind(role.builtin)
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    Ok(())
+    statements: impl IntoIterator<Item = filter_sql::Sql>,
+) -> Result<Vec<u64>> {
+    let mut changed = Vec::new();
+    for sql in statements {
+        let r = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        changed.push(r.rows_affected());
+    }
+    Ok(changed)
 }
 
 async fn insert_field_tx(
@@ -312,24 +307,6 @@ async fn insert_field_tx(
     .bind(f.sensitive)
     .bind(f.builtin)
     .bind(f.created_at)
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
-async fn insert_manager_tx(tx: &mut Transaction<'_, Sqlite>, m: &Manager) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO managers (channel_id, id, email, name, role_id, password_hash, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(m.channel_id)
-    .bind(&m.id)
-    .bind(&m.email)
-    .bind(&m.name)
-    .bind(&m.role_id)
-    .bind(&m.password_hash)
-    .bind(m.created_at)
     .execute(&mut **tx)
     .await
     .map_err(backend)?;
@@ -418,7 +395,7 @@ impl Store for SqliteStore {
         .await
         .map_err(backend)?;
         for role in [Role::owner(), Role::basic()] {
-            insert_role_tx(&mut tx, id, &role).await?;
+            run_all(&mut tx, [team_sql::insert_role(Dialect::Sqlite, id, &role)]).await?;
         }
         for f in Registry::preregistered(c.created_at) {
             insert_field_tx(&mut tx, id, &f).await?;
@@ -427,7 +404,11 @@ impl Store for SqliteStore {
             channel_id: id,
             ..new.owner
         };
-        insert_manager_tx(&mut tx, &owner).await?;
+        run_all(
+            &mut tx,
+            [team_sql::insert_manager(Dialect::Sqlite, id, &owner)],
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
         Ok((Channel { id, ..new.channel }, owner))
     }
@@ -517,22 +498,13 @@ impl Store for SqliteStore {
         password_hash: &str,
     ) -> Result<bool> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        let r =
-            sqlx::query("UPDATE managers SET password_hash = ? WHERE channel_id = ? AND id = ?")
-                .bind(password_hash)
-                .bind(channel_id)
-                .bind(manager_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        sqlx::query("DELETE FROM sessions WHERE channel_id = ? AND manager_id = ?")
-            .bind(channel_id)
-            .bind(manager_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let changed = run_all(
+            &mut tx,
+            team_sql::password_reset(Dialect::Sqlite, channel_id, manager_id, password_hash),
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
-        Ok(r.rows_affected() == 1)
+        Ok(changed.first() == Some(&1))
     }
 
     async fn roles(&self, channel_id: i64) -> Result<Vec<Role>> {
@@ -567,12 +539,11 @@ impl Store for SqliteStore {
             seats: seats.iter().map(seat_from_row).collect::<Result<_>>()?,
         };
         team.check(actor_id, write.change())?;
-        for sql in team_sql::team_write(Dialect::Sqlite, channel_id, write) {
-            bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
+        run_all(
+            &mut tx,
+            team_sql::team_write(Dialect::Sqlite, channel_id, write),
+        )
+        .await?;
         tx.commit().await.map_err(backend)
     }
 

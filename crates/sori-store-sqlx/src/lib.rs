@@ -161,14 +161,6 @@ pub fn reveal<R: SoriRow>(r: &R) -> Result<RevealRecord, StoreError> {
     })
 }
 
-/// The stored form of an inbox scope.
-pub fn scope_str(s: InboxScope) -> &'static str {
-    match s {
-        InboxScope::All => "all",
-        InboxScope::Assigned => "assigned",
-    }
-}
-
 /// The stored form of a role's permissions.
 pub fn perms_json(role: &Role) -> String {
     serde_json::to_string(&role.permissions).unwrap_or_else(|_| "[]".into())
