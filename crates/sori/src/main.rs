@@ -245,6 +245,19 @@ fn fail(format: LogFormat, e: anyhow::Error) -> std::process::ExitCode {
     std::process::ExitCode::FAILURE
 }
 
+/// The services over an existing store, and the channel a command names (or the only
+/// one); `audience` builds the audience projections.
+async fn channel_app(
+    cfg: &Config,
+    channel: Option<i64>,
+    audience: bool,
+) -> anyhow::Result<(sori_app::App, sori_app::auth::ChannelInfo)> {
+    let store = sori::open_existing_store(cfg).await?;
+    let app = sori::app_with(cfg, store, audience).await?;
+    let ch = sori::transfer::channel(&app, channel).await?;
+    Ok((app, ch))
+}
+
 async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => {
@@ -290,8 +303,8 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             command: ChannelCommand::List { json },
         } => {
             let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app_with(&cfg, store, false).await?;
-            let channels = sori::transfer::channels(&app).await?;
+            let channels =
+                sori::transfer::channels(&sori::app_with(&cfg, store, false).await?).await?;
             if json {
                 let list: Vec<_> = channels
                     .iter()
@@ -318,9 +331,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         Command::Channel {
             command: ChannelCommand::RotateKeys { channel, json },
         } => {
-            let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app_with(&cfg, store, false).await?;
-            let ch = sori::transfer::channel(&app, channel).await?;
+            let (app, ch) = channel_app(&cfg, channel, false).await?;
             let keys = app
                 .rotate_keys(ch.channel.id)
                 .await?
@@ -346,9 +357,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                     json,
                 },
         } => {
-            let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app_with(&cfg, store, false).await?;
-            let ch = sori::transfer::channel(&app, channel).await?;
+            let (app, ch) = channel_app(&cfg, channel, false).await?;
             // A password the operator chose is not printed back.
             let generated = password.is_none();
             let login = app
@@ -375,9 +384,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                     event_retention_days,
                 },
         } => {
-            let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app_with(&cfg, store, false).await?;
-            let ch = sori::transfer::channel(&app, channel).await?;
+            let (app, ch) = channel_app(&cfg, channel, false).await?;
             // Checked here too, to name the flag rather than the API's field.
             if let Some(d) = event_retention_days {
                 sori_domain::event::check_retention_days("--event-retention-days", d)?;
@@ -402,9 +409,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             channel,
             format,
         } => {
-            let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app_with(&cfg, store, false).await?;
-            let ch = sori::transfer::channel(&app, channel).await?;
+            let (app, ch) = channel_app(&cfg, channel, false).await?;
             let format = format.unwrap_or_else(|| Format::of(&file));
             let started = std::time::Instant::now();
             let s = sori::transfer::import(&app, &ch, kind, &file, format, &mut std::io::stderr())
@@ -436,9 +441,7 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             if segment.is_some() && kind != sori::transfer::Kind::Users {
                 anyhow::bail!("--segment applies to `export users` only");
             }
-            let store = sori::open_existing_store(&cfg).await?;
-            let app = sori::app_with(&cfg, store, segment.is_some()).await?;
-            let ch = sori::transfer::channel(&app, channel).await?;
+            let (app, ch) = channel_app(&cfg, channel, segment.is_some()).await?;
             let n = match output {
                 Some(path) => {
                     // Installed before the file exists, so no signal finds it unhandled.
